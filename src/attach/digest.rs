@@ -1,0 +1,433 @@
+//! Content hashes of attachments, with a local cache so unchanged files are never read again.
+//!
+//! The cache key is (absolute path, inode, mtime_ns, size) taken from `stat` before hashing, so
+//! a file changed while being hashed misses next time instead of keeping a stale hash. The
+//! cache only ever maps that key to a sha256; it knows nothing about uploads or backends.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+use super::AttachError;
+
+/// Large reads keep syscall overhead negligible next to hashing.
+const READ_BUF: usize = 1 << 20;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS attach_digest (
+    path     BLOB    PRIMARY KEY,
+    inode    INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    size     INTEGER NOT NULL,
+    sha256   TEXT    NOT NULL
+) WITHOUT ROWID;
+";
+
+const LOOKUP: &str =
+    "SELECT sha256 FROM attach_digest WHERE path = ?1 AND inode = ?2 AND mtime_ns = ?3 AND size = ?4";
+
+// One row per path: a changed file replaces its old entry, so the table never grows stale rows.
+const RECORD: &str = "INSERT OR REPLACE INTO attach_digest (path, inode, mtime_ns, size, sha256)
+                      VALUES (?1, ?2, ?3, ?4, ?5)";
+
+/// SHA-256 of a file's content, streamed in 1 MiB reads; lowercase hex.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut buf = Vec::new();
+    sha256_file_with(path, &mut buf)
+}
+
+/// Like [`sha256_file`] but reuses `buf`, so hashing many small files allocates once.
+fn sha256_file_with(path: &Path, buf: &mut Vec<u8>) -> io::Result<String> {
+    if buf.len() < READ_BUF {
+        buf.resize(READ_BUF, 0);
+    }
+    let mut file = File::open(path)?;
+    // sha2 picks the SHA-NI/AVX2 backend at runtime.
+    let mut hasher = Sha256::new();
+    loop {
+        match file.read(buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
+}
+
+/// What identifies one version of a file without reading it.
+struct FileKey {
+    path: Vec<u8>,
+    inode: i64,
+    mtime_ns: i64,
+    size: i64,
+}
+
+impl FileKey {
+    fn of(path: &Path) -> Result<FileKey, AttachError> {
+        let read_err = |source| AttachError::Read {
+            path: path.display().to_string(),
+            source,
+        };
+        // Absolute without resolving symlinks: two links to one file may have different keys,
+        // which only costs a hash, never a wrong answer (the inode is the target's).
+        let abs = std::path::absolute(path).map_err(read_err)?;
+        let meta = fs::metadata(path).map_err(read_err)?;
+        // SQLite integers are i64; the bit pattern of the u64 inode is all that matters.
+        Ok(FileKey {
+            path: abs.as_os_str().as_bytes().to_vec(),
+            inode: meta.ino() as i64,
+            mtime_ns: meta
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.mtime_nsec()),
+            size: meta.len() as i64,
+        })
+    }
+}
+
+/// Remembers content hashes keyed by (absolute path, inode, mtime_ns, size).
+pub struct DigestCache {
+    conn: Connection,
+}
+
+impl DigestCache {
+    /// Opens (creating) the cache database at `path`: WAL, busy_timeout 30 s, table created if
+    /// missing. The parent directory is created too.
+    pub fn open(path: &Path) -> Result<DigestCache, AttachError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|source| AttachError::CacheDir {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        // Set before switching to WAL, which itself needs the lock another process may hold.
+        conn.busy_timeout(Duration::from_secs(30))?;
+        // journal_mode returns a row, so it cannot go through execute.
+        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+        // Losing the last commits on power loss only costs a re-hash.
+        conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(DigestCache { conn })
+    }
+
+    /// Returns the sha256 of `path`: from the cache when path, inode, mtime_ns and size match,
+    /// else by hashing and recording it.
+    pub fn digest(&self, path: &Path) -> Result<String, AttachError> {
+        let mut all = self.digest_all(&[path], 1)?;
+        // digest_all returns exactly one result per input.
+        Ok(all.pop().unwrap_or_default())
+    }
+
+    /// Hashes many files, using up to `threads` worker threads for the misses, and returns the
+    /// hashes in input order. Lookups and inserts each happen in one transaction.
+    ///
+    /// On failure the first error in input order is returned; hashes that did succeed are
+    /// still recorded.
+    pub fn digest_all(&self, paths: &[&Path], threads: usize) -> Result<Vec<String>, AttachError> {
+        let keys = paths
+            .iter()
+            .map(|p| FileKey::of(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut found = self.lookup(&keys)?;
+        let misses: Vec<usize> = (0..paths.len()).filter(|&i| found[i].is_none()).collect();
+        if misses.is_empty() {
+            return Ok(found.into_iter().flatten().collect());
+        }
+
+        let hashed = hash_parallel(paths, &misses, threads);
+        let mut first_err = None;
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut record = tx.prepare_cached(RECORD)?;
+            for (&i, result) in misses.iter().zip(hashed) {
+                match result {
+                    Ok(sha) => {
+                        let k = &keys[i];
+                        record.execute(params![k.path, k.inode, k.mtime_ns, k.size, sha])?;
+                        found[i] = Some(sha);
+                    }
+                    Err(source) if first_err.is_none() => {
+                        first_err = Some(AttachError::Read {
+                            path: paths[i].display().to_string(),
+                            source,
+                        });
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        tx.commit()?;
+        match first_err {
+            Some(err) => Err(err),
+            None => Ok(found.into_iter().flatten().collect()),
+        }
+    }
+
+    fn lookup(&self, keys: &[FileKey]) -> Result<Vec<Option<String>>, AttachError> {
+        // One read transaction: a consistent snapshot and no per-row lock round trips.
+        let tx = self.conn.unchecked_transaction()?;
+        let found = {
+            let mut stmt = tx.prepare_cached(LOOKUP)?;
+            keys.iter()
+                .map(|k| {
+                    stmt.query_row(params![k.path, k.inode, k.mtime_ns, k.size], |row| {
+                        row.get(0)
+                    })
+                    .optional()
+                })
+                .collect::<Result<Vec<Option<String>>, _>>()?
+        };
+        tx.commit()?;
+        Ok(found)
+    }
+}
+
+/// Hashes `paths[i]` for each `i` in `todo`, results aligned with `todo`.
+fn hash_parallel(paths: &[&Path], todo: &[usize], threads: usize) -> Vec<io::Result<String>> {
+    let workers = threads.clamp(1, todo.len().max(1));
+    if workers == 1 {
+        let mut buf = Vec::new();
+        return todo
+            .iter()
+            .map(|&i| sha256_file_with(paths[i], &mut buf))
+            .collect();
+    }
+    // Workers pull the next index, so one huge file does not hold up a fixed share of the rest.
+    let next = AtomicUsize::new(0);
+    let mut out: Vec<Option<io::Result<String>>> = (0..todo.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut buf = Vec::new();
+                    let mut done = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&i) = todo.get(k) else { break };
+                        done.push((k, sha256_file_with(paths[i], &mut buf)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        for handle in handles {
+            let done = handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            for (k, result) in done {
+                out[k] = Some(result);
+            }
+        }
+    });
+    // Every index below todo.len() was claimed by exactly one worker.
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(io::Error::other("file was not hashed"))))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::time::SystemTime;
+
+    const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    const XYZ: &str = "3608bca1e44ea6c4d268eb6db02260269892c0b42b86bbf1e77a6fa16c3c9282";
+    const EMPTY: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn cache(dir: &Path) -> DigestCache {
+        DigestCache::open(&dir.join("state/cache.db")).unwrap()
+    }
+
+    /// Rewrites content while keeping the inode and size, then sets mtime explicitly.
+    fn rewrite(path: &Path, content: &str, mtime: SystemTime) {
+        fs::write(path, content).unwrap();
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+    }
+
+    #[test]
+    fn sha256_of_known_strings() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("f");
+        fs::write(&f, "abc").unwrap();
+        assert_eq!(sha256_file(&f).unwrap(), ABC);
+        fs::write(&f, "").unwrap();
+        assert_eq!(sha256_file(&f).unwrap(), EMPTY);
+    }
+
+    #[test]
+    fn content_larger_than_the_read_buffer_hashes_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("big");
+        let data: Vec<u8> = (0..READ_BUF * 2 + 12345).map(|i| (i % 251) as u8).collect();
+        fs::write(&f, &data).unwrap();
+        assert_eq!(sha256_file(&f).unwrap(), hex(&Sha256::digest(&data)));
+    }
+
+    #[test]
+    fn cache_hit_does_not_read_the_file_and_mtime_change_rehashes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = cache(tmp.path());
+        let f = tmp.path().join("f");
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
+        rewrite(&f, "abc", t0);
+        assert_eq!(cache.digest(&f).unwrap(), ABC);
+
+        // Same inode, size and mtime: the cached hash is returned without reading,
+        // which proves the key is all that is consulted.
+        rewrite(&f, "xyz", t0);
+        assert_eq!(cache.digest(&f).unwrap(), ABC);
+
+        // Touching the mtime (even by a nanosecond) misses and re-hashes.
+        rewrite(&f, "xyz", t0 + Duration::from_nanos(1));
+        assert_eq!(cache.digest(&f).unwrap(), XYZ);
+    }
+
+    #[test]
+    fn modified_file_gets_a_new_hash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = cache(tmp.path());
+        let f = tmp.path().join("f");
+        fs::write(&f, "abc").unwrap();
+        assert_eq!(cache.digest(&f).unwrap(), ABC);
+        fs::write(&f, "abcd").unwrap();
+        assert_eq!(cache.digest(&f).unwrap(), sha256_file(&f).unwrap());
+        assert_ne!(cache.digest(&f).unwrap(), ABC);
+    }
+
+    #[test]
+    fn replaced_file_with_same_size_and_mtime_misses_on_inode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = cache(tmp.path());
+        let f = tmp.path().join("f");
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+        rewrite(&f, "abc", t0);
+        assert_eq!(cache.digest(&f).unwrap(), ABC);
+        // Keep the old inode alive so the new file cannot reuse its number.
+        let keep = tmp.path().join("keep");
+        fs::rename(&f, &keep).unwrap();
+        rewrite(&f, "xyz", t0);
+        assert_eq!(cache.digest(&f).unwrap(), XYZ);
+    }
+
+    #[test]
+    fn cache_persists_across_opens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("f");
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+        rewrite(&f, "abc", t0);
+        assert_eq!(cache(tmp.path()).digest(&f).unwrap(), ABC);
+        rewrite(&f, "xyz", t0);
+        assert_eq!(cache(tmp.path()).digest(&f).unwrap(), ABC);
+    }
+
+    #[test]
+    fn digest_all_keeps_input_order_across_hits_and_misses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = cache(tmp.path());
+        let files: Vec<PathBuf> = (0..50).map(|i| tmp.path().join(format!("f{i}"))).collect();
+        for (i, f) in files.iter().enumerate() {
+            fs::write(f, format!("content {i}")).unwrap();
+        }
+        let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+        // Warm half the cache so the batch mixes hits and misses.
+        cache.digest_all(&paths[..25], 3).unwrap();
+        let got = cache.digest_all(&paths, 4).unwrap();
+        let expected: Vec<String> = paths.iter().map(|p| sha256_file(p).unwrap()).collect();
+        assert_eq!(got, expected);
+        assert_eq!(cache.digest_all(&paths, 1).unwrap(), expected);
+        assert!(cache.digest_all(&[], 4).unwrap().is_empty());
+    }
+
+    #[test]
+    fn unreadable_or_missing_files_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = cache(tmp.path());
+        let missing = tmp.path().join("missing");
+        let err = cache.digest(&missing).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "cannot read host file '{}': No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
+        // A directory stats fine but cannot be read as content.
+        let err = cache.digest(tmp.path()).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "cannot read host file '{}': ",
+                tmp.path().display()
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn failed_batch_still_records_the_files_that_hashed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = cache(tmp.path());
+        let f = tmp.path().join("f");
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+        rewrite(&f, "abc", t0);
+        assert!(cache.digest_all(&[&f, tmp.path()], 2).is_err());
+        rewrite(&f, "xyz", t0);
+        assert_eq!(cache.digest(&f).unwrap(), ABC);
+    }
+
+    #[test]
+    fn cache_errors_are_prefixed() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A directory where the database file should be.
+        let err = DigestCache::open(tmp.path()).err().unwrap().to_string();
+        assert!(err.starts_with("attachment cache error: "), "{err}");
+    }
+
+    /// 10,000 unchanged files must come from the cache far faster than hashing them.
+    /// Run with `cargo test -- --ignored --nocapture` to see timings.
+    #[test]
+    #[ignore]
+    fn many_unchanged_files_are_cheap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = cache(tmp.path());
+        let files: Vec<PathBuf> = (0..10_000)
+            .map(|i| tmp.path().join(format!("f{i}")))
+            .collect();
+        for (i, f) in files.iter().enumerate() {
+            fs::write(f, format!("content {i}")).unwrap();
+        }
+        let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+        let start = std::time::Instant::now();
+        cache.digest_all(&paths, 8).unwrap();
+        let cold = start.elapsed();
+        let start = std::time::Instant::now();
+        cache.digest_all(&paths, 8).unwrap();
+        let warm = start.elapsed();
+        eprintln!("cold {cold:?}, warm {warm:?}");
+        assert!(warm < Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,76 @@
+//! Attachments: turning `--file` specs into the files a run uploads, and hashing them.
+//!
+//! `spec` parses the `HOST[:/inst][:uUID][:gGID][:mMODE]` grammar without touching the disk,
+//! `expand` stats hosts and walks directories into [`Attachment`]s, and `digest` computes
+//! content hashes with a local cache so unchanged files are never read twice.
+//! Nothing here talks to a backend; uploading is the caller's job.
+
+pub mod digest;
+pub mod expand;
+pub mod spec;
+
+pub use digest::{sha256_file, DigestCache};
+pub use expand::{expand, Attachment, Excludes, DEFAULT_EXCLUDES};
+pub use spec::{parse_spec, FileSpec};
+
+use std::io;
+
+/// Everything that can go wrong while resolving or hashing attachments.
+///
+/// The Display texts are the user-facing messages; the caller adds the `[ERROR]` prefix.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("invalid file spec '{spec}': host_path is required")]
+    MissingHost { spec: String },
+
+    #[error("invalid file spec '{spec}': duplicate instance path")]
+    DuplicateInstance { spec: String },
+
+    #[error(
+        "invalid file spec '{spec}': unknown field '{field}' (expected /path, u<uid>, g<gid>, or m<mode>)"
+    )]
+    UnknownField { spec: String, field: String },
+
+    #[error("cannot stat host file '{host}': {source}")]
+    Stat { host: String, source: io::Error },
+
+    #[error("host path '{host}' is neither file nor directory")]
+    NotFileOrDir { host: String },
+
+    /// A walked file name cannot become an instance path, which is a JSON string.
+    #[error("host path '{path}' is not valid UTF-8")]
+    NonUtf8Path { path: String },
+
+    #[error("invalid exclude pattern '{pattern}': {reason}")]
+    BadExclude { pattern: String, reason: String },
+
+    #[error("cannot read host file '{path}': {source}")]
+    Read { path: String, source: io::Error },
+
+    #[error("attachment cache error: cannot create directory '{dir}': {source}")]
+    CacheDir { dir: String, source: io::Error },
+
+    #[error("attachment cache error: {0}")]
+    Cache(#[from] rusqlite::Error),
+}
+
+/// Renders permission bits as the wire wants them: octal, at least four digits (`0644`, `4755`).
+///
+/// File-type bits are masked off so a raw `st_mode` can be passed safely.
+pub fn mode_string(mode: u32) -> String {
+    format!("{:04o}", mode & 0o7777)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_string_pads_to_four_octal_digits() {
+        assert_eq!(mode_string(0o644), "0644");
+        assert_eq!(mode_string(0o755), "0755");
+        assert_eq!(mode_string(0o4755), "4755");
+        assert_eq!(mode_string(0), "0000");
+        assert_eq!(mode_string(0o100644), "0644");
+    }
+}

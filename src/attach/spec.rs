@@ -1,0 +1,281 @@
+//! The `--file` spec grammar: `HOST[:/inst][:uUID][:gGID][:mMODE]`, fields in any order.
+//!
+//! Parsing never touches the disk: missing fields are filled in later from `stat(HOST)` by
+//! `expand`. The only outside lookup is the local passwd/group database for named owners.
+
+use std::fmt;
+
+use super::{mode_string, AttachError};
+
+/// One parsed `--file` spec: `HOST[:/inst][:uUID][:gGID][:mMODE]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileSpec {
+    /// The host path as typed (relative stays relative).
+    pub host: String,
+    /// Explicit instance path, if given.
+    pub instance: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Permission bits incl. setuid/setgid/sticky.
+    pub mode: Option<u32>,
+}
+
+/// Parses a spec.
+///
+/// Named users/groups are resolved against the local passwd/group db; an unknown name yields
+/// id 0 and pushes `Unknown user 'x', using uid 0` / `Unknown group 'x', using gid 0` into
+/// `warnings`.
+pub fn parse_spec(spec: &str, warnings: &mut Vec<String>) -> Result<FileSpec, AttachError> {
+    // Every `:` splits, so a host path containing `:` cannot be expressed (as upstream on POSIX).
+    let mut pieces = spec.split(':');
+    let host = pieces.next().unwrap_or_default();
+    if host.is_empty() {
+        return Err(AttachError::MissingHost {
+            spec: spec.to_string(),
+        });
+    }
+    let mut parsed = FileSpec {
+        host: host.to_string(),
+        instance: None,
+        uid: None,
+        gid: None,
+        mode: None,
+    };
+    for field in pieces {
+        // Fields are told apart by their first byte, which is ASCII for all valid ones.
+        if field.starts_with('/') {
+            if parsed.instance.is_some() {
+                return Err(AttachError::DuplicateInstance {
+                    spec: spec.to_string(),
+                });
+            }
+            parsed.instance = Some(field.to_string());
+        } else if let Some(user) = field.strip_prefix('u') {
+            parsed.uid = Some(parse_owner(user, Owner::User, warnings));
+        } else if let Some(group) = field.strip_prefix('g') {
+            parsed.gid = Some(parse_owner(group, Owner::Group, warnings));
+        } else if let Some(mode) = field.strip_prefix('m') {
+            parsed.mode = Some(parse_mode(mode));
+        } else {
+            return Err(AttachError::UnknownField {
+                spec: spec.to_string(),
+                field: field.to_string(),
+            });
+        }
+    }
+    Ok(parsed)
+}
+
+/// Renders the spec back to text: host, then `/inst`, `uN`, `gN`, `mOOOO` for the present fields.
+impl fmt::Display for FileSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.host)?;
+        if let Some(instance) = &self.instance {
+            write!(f, ":{instance}")?;
+        }
+        if let Some(uid) = self.uid {
+            write!(f, ":u{uid}")?;
+        }
+        if let Some(gid) = self.gid {
+            write!(f, ":g{gid}")?;
+        }
+        if let Some(mode) = self.mode {
+            write!(f, ":m{}", mode_string(mode))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Owner {
+    User,
+    Group,
+}
+
+/// A decimal id, else a local name; an unknown name becomes 0 with a warning (upstream does the same).
+fn parse_owner(text: &str, kind: Owner, warnings: &mut Vec<String>) -> u32 {
+    if let Ok(id) = text.parse::<u32>() {
+        return id;
+    }
+    // nix wraps getpwnam_r/getgrnam_r (thread-safe, grows its buffer on ERANGE). A lookup
+    // error is treated like an unknown name: the spec is still usable, and the user is told.
+    let found = match kind {
+        Owner::User => nix::unistd::User::from_name(text)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw()),
+        Owner::Group => nix::unistd::Group::from_name(text)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw()),
+    };
+    found.unwrap_or_else(|| {
+        warnings.push(match kind {
+            Owner::User => format!("Unknown user '{text}', using uid 0"),
+            Owner::Group => format!("Unknown group '{text}', using gid 0"),
+        });
+        0
+    })
+}
+
+/// Octal permission bits; anything unparsable is 0, silently, as upstream does.
+fn parse_mode(text: &str) -> u32 {
+    // Python's int(x, 8) also accepts an `0o` prefix; keep that so copied specs still work.
+    let digits = text
+        .strip_prefix("0o")
+        .or_else(|| text.strip_prefix("0O"))
+        .unwrap_or(text);
+    u32::from_str_radix(digits, 8).map_or(0, |m| m & 0o7777)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(spec: &str) -> Result<FileSpec, AttachError> {
+        parse_spec(spec, &mut Vec::new())
+    }
+
+    fn err(spec: &str) -> String {
+        match parse(spec) {
+            Ok(parsed) => panic!("{spec} parsed as {parsed:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn host_only_leaves_every_field_for_stat() {
+        let spec = parse("proj/a.txt").unwrap();
+        assert_eq!(
+            spec,
+            FileSpec {
+                host: "proj/a.txt".into(),
+                instance: None,
+                uid: None,
+                gid: None,
+                mode: None,
+            }
+        );
+    }
+
+    #[test]
+    fn empty_host_is_rejected() {
+        assert_eq!(err(""), "invalid file spec '': host_path is required");
+        assert_eq!(err(":/x"), "invalid file spec ':/x': host_path is required");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_the_field_named() {
+        assert_eq!(
+            err("/a:badfield"),
+            "invalid file spec '/a:badfield': unknown field 'badfield' (expected /path, u<uid>, g<gid>, or m<mode>)"
+        );
+        assert_eq!(
+            err("/a:"),
+            "invalid file spec '/a:': unknown field '' (expected /path, u<uid>, g<gid>, or m<mode>)"
+        );
+    }
+
+    #[test]
+    fn relative_instance_path_is_an_unknown_field() {
+        assert_eq!(
+            err("/a:app/x"),
+            "invalid file spec '/a:app/x': unknown field 'app/x' (expected /path, u<uid>, g<gid>, or m<mode>)"
+        );
+    }
+
+    #[test]
+    fn windows_style_drive_splits_into_an_unknown_field() {
+        assert_eq!(
+            err("C:\\x:/app"),
+            "invalid file spec 'C:\\x:/app': unknown field '\\x' (expected /path, u<uid>, g<gid>, or m<mode>)"
+        );
+    }
+
+    #[test]
+    fn second_instance_path_is_a_duplicate() {
+        assert_eq!(
+            err("/a:/b:/c"),
+            "invalid file spec '/a:/b:/c': duplicate instance path"
+        );
+    }
+
+    #[test]
+    fn fields_come_in_any_order_without_touching_disk() {
+        let expected = FileSpec {
+            host: "/x".into(),
+            instance: Some("/b".into()),
+            uid: Some(0),
+            gid: Some(0),
+            mode: Some(0o644),
+        };
+        for spec in [
+            "/x:/b:u0:g0:m0644",
+            "/x:/b:m0644:g0:u0",
+            "/x:/b:g0:m0644:u0",
+        ] {
+            assert_eq!(parse(spec).unwrap(), expected, "{spec}");
+        }
+        // A nonexistent host parses fine: the disk is only consulted by expand.
+        let spec = parse("/nonexistent/x:/x:u1000:g100:m755").unwrap();
+        assert_eq!(spec.uid, Some(1000));
+        assert_eq!(spec.gid, Some(100));
+        assert_eq!(spec.mode, Some(0o755));
+    }
+
+    #[test]
+    fn named_root_resolves_to_zero_without_warning() {
+        let mut warnings = Vec::new();
+        let spec = parse_spec("/x:uroot:groot", &mut warnings).unwrap();
+        assert_eq!((spec.uid, spec.gid), (Some(0), Some(0)));
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn unknown_names_warn_and_use_zero() {
+        let mut warnings = Vec::new();
+        let spec = parse_spec("/x:uno-such-user-zz9:gno-such-group-zz9", &mut warnings).unwrap();
+        assert_eq!((spec.uid, spec.gid), (Some(0), Some(0)));
+        assert_eq!(
+            warnings,
+            [
+                "Unknown user 'no-such-user-zz9', using uid 0",
+                "Unknown group 'no-such-group-zz9', using gid 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn unparsable_mode_is_silently_zero() {
+        let mut warnings = Vec::new();
+        for spec in ["/x:mxyz", "/x:m999", "/x:m"] {
+            assert_eq!(
+                parse_spec(spec, &mut warnings).unwrap().mode,
+                Some(0),
+                "{spec}"
+            );
+        }
+        assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn mode_keeps_special_bits_and_masks_the_rest() {
+        assert_eq!(parse("/x:m4755").unwrap().mode, Some(0o4755));
+        assert_eq!(parse("/x:m0o644").unwrap().mode, Some(0o644));
+        assert_eq!(parse("/x:m100644").unwrap().mode, Some(0o644));
+    }
+
+    #[test]
+    fn later_owner_fields_override_earlier_ones() {
+        let spec = parse("/x:u1:u2").unwrap();
+        assert_eq!(spec.uid, Some(2));
+    }
+
+    #[test]
+    fn display_renders_present_fields_in_canonical_order() {
+        let spec = parse("proj:m755:g5:/app:u7").unwrap();
+        assert_eq!(spec.to_string(), "proj:/app:u7:g5:m0755");
+        assert_eq!(parse(&spec.to_string()).unwrap(), spec);
+        assert_eq!(parse("a.txt").unwrap().to_string(), "a.txt");
+    }
+}

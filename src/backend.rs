@@ -1,0 +1,84 @@
+//! The seam between the commands and where operations run: the embedded engine or a
+//! ConTree /v1 API. Everything is in /v1 terms (wire types), so the run pipeline, hooks and
+//! formatters never know which one they talk to.
+
+use crate::wire::{Event, Image, Operation, SpawnRequest, Status};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    /// The sandbox cannot be built here (kernel feature, privileges).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Store(String),
+    /// Ctrl-C arrived while waiting; the caller decides what to cancel.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Where the command's stdin comes from, besides any bytes in the request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdinSource {
+    /// Hand our own stdin to the process (exact and zero-copy for the local engine).
+    Inherit,
+    /// The process gets no stdin beyond the request's.
+    Null,
+}
+
+/// One event and, for stream events, its bytes already decoded.
+#[derive(Debug, Clone)]
+pub struct EventItem {
+    pub event: Event,
+    pub bytes: Vec<u8>,
+}
+
+pub trait EventStream {
+    /// The next event; `Ok(None)` once the log is complete (after `completion`).
+    fn next_event(&mut self) -> Result<Option<EventItem>, BackendError>;
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct OpFilter {
+    pub statuses: Vec<Status>,
+    pub kind: Option<String>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ImageFilter {
+    pub all: bool,
+    pub prefix: Option<String>,
+    pub uuid: Option<String>,
+}
+
+pub trait Backend {
+    /// `local` or `remote`, shown in `-o json` output.
+    fn name(&self) -> &'static str;
+    /// A UUID, `tag:NAME` or a bare tag → the image's UUID.
+    fn resolve_image(&self, reference: &str) -> Result<String, BackendError>;
+    /// Makes the file's content available as an attachment; returns the file uuid and
+    /// whether it was already there.
+    fn put_file(&self, path: &Path, sha256: &str) -> Result<(String, bool), BackendError>;
+    fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError>;
+    fn operation(&self, op: &str) -> Result<Operation, BackendError>;
+    fn operations(&self, filter: &OpFilter) -> Result<Vec<Operation>, BackendError>;
+    /// The operation's events from the start; with `follow` the stream waits for new ones
+    /// until `completion`.
+    fn events(&self, op: &str, follow: bool) -> Result<Box<dyn EventStream + '_>, BackendError>;
+    fn cancel(&self, op: &str) -> Result<(), BackendError>;
+    fn images(&self, filter: &ImageFilter) -> Result<Vec<Image>, BackendError>;
+    fn tag(&self, image: &str, tag: &str) -> Result<(), BackendError>;
+    fn untag(&self, image: &str, tag: &str) -> Result<(), BackendError>;
+    /// Imports a root filesystem directory or tar archive from this machine.
+    fn import_local(&self, path: &Path, tag: Option<&str>) -> Result<String, BackendError>;
+}
+
+/// True when `text` is an 8-4-4-4-12 hex UUID (any case).
+pub fn is_uuid(text: &str) -> bool {
+    uuid::Uuid::try_parse(text).is_ok() && text.len() == 36
+}

@@ -1,0 +1,273 @@
+//! The command line, as clap sees it. Mirrors the official client's surface; conversion to
+//! the pipeline's own types happens in the command modules.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "contree",
+    about = "Run commands in snapshotting sandboxes",
+    long_about = "Run commands in snapshotting sandboxes.\n\nEvery `contree run` executes a command in an isolated instance made from an image and, unless --disposable, snapshots the result into a new image the session moves to. Without a profile everything runs on this machine (the embedded engine).",
+    disable_version_flag = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// Print the version and exit
+    #[arg(short = 'v', long = "version", action = clap::ArgAction::SetTrue)]
+    pub version: bool,
+    /// Profile for this invocation
+    #[arg(short = 'p', long = "profile", env = "CONTREE_PROFILE")]
+    pub profile: Option<String>,
+    /// Override the profile's token for this call
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Override the profile's URL for this call
+    #[arg(short = 'u', long)]
+    pub url: Option<String>,
+    /// Override the profile's project for this call
+    #[arg(short = 'P', long)]
+    pub project: Option<String>,
+    /// Path of auth.ini
+    #[arg(short = 'c', long)]
+    pub config: Option<String>,
+    /// debug, info, warning, error or critical
+    #[arg(short = 'L', long = "log-level", default_value = "info")]
+    pub log_level: String,
+    /// Output format: default, table, json, json-pretty, csv, tsv
+    #[arg(
+        short = 'o',
+        short_alias = 'f',
+        long = "format",
+        visible_alias = "output",
+        default_value = "default"
+    )]
+    pub format: String,
+    /// Session key (default: $CONTREE_SESSION, else derived from the terminal)
+    #[arg(short = 'S', long = "session")]
+    pub session: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command in a sandbox made from the session's image
+    #[command(visible_alias = "r")]
+    Run(RunFlags),
+    /// Start or switch the session to IMAGE (prints the export line), or show it
+    #[command(visible_alias = "ci")]
+    Use(UseFlags),
+    /// List or import images
+    #[command(visible_aliases = ["i", "img"])]
+    Images(ImagesFlags),
+    /// Tag an image (the session's image when only TAG is given), or remove a tag
+    #[command(visible_alias = "t")]
+    Tag(TagFlags),
+    /// List operations (running ones unless -a)
+    Ps(PsFlags),
+    /// Show operations and their output
+    Show(ShowFlags),
+    /// Cancel operations
+    Kill(KillFlags),
+    /// Wait for operations to finish
+    Wait(WaitFlags),
+    /// Operations: ls, show, cancel, wait, events
+    #[command(visible_alias = "op")]
+    Operation {
+        #[command(subcommand)]
+        command: OpCommand,
+    },
+    /// The current session
+    #[command(visible_alias = "s")]
+    Session {
+        #[command(subcommand)]
+        command: Option<SessionCommand>,
+    },
+    /// Internal: supervise one operation of the local engine
+    #[command(name = "__supervise", hide = true)]
+    Supervise {
+        store: String,
+        data: String,
+        op: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunFlags {
+    /// Seconds before the command is killed
+    #[arg(short = 't', long, default_value_t = 120)]
+    pub timeout: u64,
+    /// Working directory inside the instance (created if missing)
+    #[arg(short = 'C', long, default_value = "")]
+    pub cwd: String,
+    /// KEY=VALUE for the environment (one pair per flag)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Hostname inside the instance
+    #[arg(short = 'H', long, default_value = "linuxkit")]
+    pub hostname: String,
+    /// Keep nothing: no snapshot, the session stays where it is
+    #[arg(short = 'D', long)]
+    pub disposable: bool,
+    /// Shebang mode: `#!/usr/bin/env -S contree run -I` (the script runs in the sandbox)
+    #[arg(short = 'I', long)]
+    pub interpreter: bool,
+    /// Run the words as one shell expression
+    #[arg(short = 's', long)]
+    pub shell: bool,
+    /// Attach HOST[:/inst][:uUID][:gGID][:mMODE] (file or directory)
+    #[arg(short = 'F', long = "file", value_name = "SPEC")]
+    pub files: Vec<String>,
+    /// Extra exclude globs for directory attachments
+    #[arg(long = "file-excludes", num_args = 1.., value_name = "GLOB")]
+    pub file_excludes: Vec<String>,
+    /// Bytes of output kept (and printed) per stream
+    #[arg(short = 'T', long, default_value_t = 65536)]
+    pub truncate: u64,
+    /// Keep the environment in the resulting image
+    #[arg(long = "preserve-env")]
+    pub preserve_env: bool,
+    /// Return right after starting
+    #[arg(short = 'd', long, visible_alias = "no-wait")]
+    pub detach: bool,
+    /// Switch the session to IMAGE first
+    #[arg(long = "use", value_name = "IMAGE")]
+    pub use_image: Option<String>,
+    /// No network: the instance gets only a loopback interface
+    #[arg(long = "no-network")]
+    pub no_network: bool,
+    /// The command and its arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0.., value_name = "COMMAND")]
+    pub words: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UseFlags {
+    /// Image UUID, tag:NAME or NAME
+    pub image: Option<String>,
+    /// Start a new session (a fresh key) on IMAGE
+    #[arg(short = 'N', long)]
+    pub new: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesFlags {
+    #[command(subcommand)]
+    pub command: Option<ImagesCommand>,
+    #[command(flatten)]
+    pub list: ImagesList,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct ImagesList {
+    /// Only tags starting with this
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Untagged images too
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Only this image
+    #[arg(short = 'i', long)]
+    pub uuid: Option<String>,
+    /// At most this many rows
+    #[arg(long, default_value_t = 3000)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// List images
+    #[command(visible_alias = "ls")]
+    List(ImagesList),
+    /// Import a root filesystem directory or a tar / tar.gz archive
+    Import {
+        path: String,
+        /// Tag for the new image
+        #[arg(long, short = 't')]
+        tag: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TagFlags {
+    /// IMAGE TAG, or TAG alone for the session's image
+    #[arg(num_args = 1..=2, required = true)]
+    pub args: Vec<String>,
+    /// Remove the tag instead
+    #[arg(short = 'U', long = "delete", visible_alias = "rm")]
+    pub delete: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PsFlags {
+    /// All operations, not only running ones
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Only this status (PENDING…CANCELLED or P A E S F C)
+    #[arg(long)]
+    pub status: Option<String>,
+    /// instance or image_import
+    #[arg(short = 'k', long)]
+    pub kind: Option<String>,
+    /// UUIDs only
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// At most this many rows
+    #[arg(short = 'M', long = "show-max", default_value_t = 1000)]
+    pub show_max: usize,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ShowFlags {
+    #[arg(required = true, value_name = "UUID_OR_REF")]
+    pub ops: Vec<String>,
+    /// The stored operation as one JSON object
+    #[arg(long)]
+    pub raw: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct KillFlags {
+    #[arg(value_name = "UUID_OR_REF")]
+    pub ops: Vec<String>,
+    /// Every active operation
+    #[arg(short = 'a', long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct WaitFlags {
+    #[arg(value_name = "UUID_OR_REF")]
+    pub ops: Vec<String>,
+    /// Every active operation
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Give up after this many seconds
+    #[arg(short = 't', long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OpCommand {
+    #[command(visible_alias = "ls")]
+    List(PsFlags),
+    Show(ShowFlags),
+    #[command(visible_aliases = ["kill", "k"])]
+    Cancel(KillFlags),
+    #[command(visible_alias = "w")]
+    Wait(WaitFlags),
+    #[command(visible_alias = "ev")]
+    Events {
+        #[arg(required = true, value_name = "UUID_OR_REF")]
+        ops: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// The current session
+    Show,
+    /// All sessions
+    #[command(visible_alias = "ls")]
+    List,
+}

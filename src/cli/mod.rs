@@ -1,0 +1,134 @@
+//! The command layer: parse flags once, build the context, dispatch to a command, turn the
+//! result into an exit code. Commands stay thin; the work happens in `run`, `engine`, ...
+
+pub mod args;
+mod images;
+mod ops;
+mod session;
+
+use crate::context::{backend_err, session_err, Context};
+use crate::engine::LocalEngine;
+use crate::error::{exit, CommandError, CommandResult};
+use crate::format::Format;
+use crate::paths::Paths;
+use crate::session::SessionStore;
+use args::{Cli, Command};
+use clap::Parser;
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    if cli.version {
+        println!(
+            "contree {} ({} {})",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        );
+        return 0;
+    }
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            report(&e);
+            e.exit_code()
+        }
+    }
+}
+
+fn report(e: &CommandError) {
+    if e.plain {
+        eprintln!("{}", e.message);
+    } else {
+        crate::log::emit(crate::log::Level::Error, &e.message);
+    }
+    for hint in &e.hints {
+        eprintln!("hint: {hint}");
+    }
+}
+
+fn dispatch(cli: Cli) -> CommandResult<i32> {
+    let level = crate::log::parse_level(&cli.log_level).ok_or_else(|| {
+        CommandError::user(format!(
+            "unknown log level '{}' (expected debug, info, warning, error or critical)",
+            cli.log_level
+        ))
+    })?;
+    crate::log::set_level(level);
+    let Some(command) = cli.command else {
+        return Ok(0);
+    };
+    if let Command::Supervise { store, data, op } = &command {
+        return Ok(crate::engine::supervisor::supervise(
+            std::path::Path::new(store),
+            op,
+            std::path::Path::new(data),
+        ));
+    }
+    let format: Format = cli
+        .format
+        .parse()
+        .map_err(|e: crate::format::FormatError| CommandError::user(e.to_string()))?;
+    if cli.profile.is_some() || cli.url.is_some() || cli.token.is_some() || cli.project.is_some() {
+        return Err(CommandError::new(
+            crate::error::Kind::Unavailable,
+            "remote profiles (-p/--url/--token/--project) are not available in this build; commands run on the embedded local engine",
+        )
+        .hint("drop the profile flags (and unset CONTREE_PROFILE) to use the local engine"));
+    }
+    let ctx = context(format, cli.session.as_deref())?;
+    crate::interrupt::install();
+    match command {
+        Command::Run(flags) => crate::run::run(&ctx, run_args(flags)),
+        Command::Use(flags) => session::use_image(&ctx, flags),
+        Command::Images(flags) => images::images(&ctx, flags),
+        Command::Tag(flags) => images::tag(&ctx, flags),
+        Command::Ps(flags) => ops::list(&ctx, flags),
+        Command::Show(flags) => ops::show(&ctx, flags),
+        Command::Kill(flags) => ops::cancel(&ctx, flags),
+        Command::Wait(flags) => ops::wait(&ctx, flags),
+        Command::Operation { command } => ops::dispatch(&ctx, command),
+        Command::Session { command } => session::session(&ctx, command),
+        Command::Supervise { .. } => Ok(0),
+    }
+}
+
+fn context(format: Format, session: Option<&str>) -> CommandResult<Context> {
+    let paths = Paths::from_env();
+    let engine = LocalEngine::open(&paths).map_err(backend_err)?;
+    let sessions = SessionStore::open(&paths.session_db("local")).map_err(session_err)?;
+    let session_key = SessionStore::resolve_key(session, "local");
+    Ok(Context {
+        backend: Box::new(engine),
+        sessions,
+        session_key,
+        format,
+        paths,
+    })
+}
+
+fn run_args(f: args::RunFlags) -> crate::run::RunArgs {
+    crate::run::RunArgs {
+        timeout: f.timeout,
+        cwd: f.cwd,
+        env: f.env,
+        hostname: f.hostname,
+        disposable: f.disposable,
+        interpreter: f.interpreter,
+        shell: f.shell,
+        files: f.files,
+        file_excludes: f.file_excludes,
+        truncate: f.truncate,
+        preserve_env: f.preserve_env,
+        detach: f.detach,
+        use_image: f.use_image,
+        no_network: f.no_network,
+        words: f.words,
+    }
+}

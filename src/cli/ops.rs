@@ -1,0 +1,410 @@
+//! Operations: `ps`, `show`, `kill`, `wait`, `op events`, and operation references
+//! (`HEAD`, `@-2`, a history id) resolved against the session.
+
+use super::args::{KillFlags, OpCommand, PsFlags, ShowFlags, WaitFlags};
+use crate::backend::{is_uuid, OpFilter};
+use crate::context::{backend_err, session_err, Context};
+use crate::error::{CommandError, CommandResult};
+use crate::format::{record_order, Format, Record};
+use crate::run::print_records;
+use crate::wire::{Operation, Status};
+use crate::{info, warn};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+pub fn dispatch(ctx: &Context, command: OpCommand) -> CommandResult<i32> {
+    match command {
+        OpCommand::List(f) => list(ctx, f),
+        OpCommand::Show(f) => show(ctx, f),
+        OpCommand::Cancel(f) => cancel(ctx, f),
+        OpCommand::Wait(f) => wait(ctx, f),
+        OpCommand::Events { ops } => events(ctx, &ops),
+    }
+}
+
+/// Resolves `UUID_OR_REF` words (§3.8); all failures are reported together.
+pub fn resolve_refs(ctx: &Context, words: &[String]) -> CommandResult<Vec<String>> {
+    let mut ops = Vec::new();
+    let mut failures = Vec::new();
+    for token in words.iter().flat_map(|w| w.split_whitespace()) {
+        if is_uuid(token) {
+            ops.push(token.to_ascii_lowercase());
+            continue;
+        }
+        match resolve_ref(ctx, token) {
+            Ok(op) => ops.push(op),
+            Err(reason) => failures.push((token.to_string(), reason)),
+        }
+    }
+    if failures.is_empty() {
+        return Ok(ops);
+    }
+    if failures.len() == 1 && failures[0].1.is_empty() {
+        return Err(CommandError::user(format!(
+            "Invalid operation reference: {}",
+            failures[0].0
+        )));
+    }
+    let parts: Vec<String> = failures
+        .iter()
+        .map(|(t, r)| {
+            if r.is_empty() {
+                t.clone()
+            } else {
+                format!("{t} [{t}: {r}]")
+            }
+        })
+        .collect();
+    Err(CommandError::user(format!(
+        "Invalid operation reference(s): {}",
+        parts.join(" ")
+    )))
+}
+
+fn resolve_ref(ctx: &Context, token: &str) -> Result<String, String> {
+    let back = |n: &str| n.parse::<i64>().map_err(|_| String::new());
+    let (kind, n): (char, i64) = if matches!(token, "HEAD" | "@" | ":") {
+        ('-', 0)
+    } else if token == "HEAD~" {
+        ('-', 1)
+    } else if let Some(n) = token.strip_prefix("HEAD~").or(token.strip_prefix("HEAD-")) {
+        ('-', back(n)?)
+    } else if let Some(n) = token.strip_prefix("@-").or(token.strip_prefix(":-")) {
+        ('-', back(n)?)
+    } else if let Some(n) = token.strip_prefix("@+").or(token.strip_prefix(":+")) {
+        ('+', back(n)?)
+    } else if let Some(n) = token.strip_prefix('@').or(token.strip_prefix(':')) {
+        ('=', back(n)?)
+    } else if token.chars().all(|c| c.is_ascii_digit()) && !token.is_empty() {
+        ('=', back(token)?)
+    } else {
+        return Err(String::new());
+    };
+    let info = ctx
+        .session()
+        .map_err(|e| e.message)?
+        .ok_or_else(|| "no active session".to_string())?;
+    let history = ctx
+        .sessions
+        .history(&ctx.session_key)
+        .map_err(|e| e.to_string())?;
+    let by_id = |id: i64| history.iter().find(|h| h.id == id);
+    let mut entry = by_id(info.tip_id).ok_or("the session has no tip")?;
+    match kind {
+        '-' => {
+            for i in 0..n {
+                entry = entry.parent_id.and_then(by_id).ok_or_else(|| {
+                    format!("Cannot go back {n} steps: only {i} ancestors available")
+                })?;
+            }
+        }
+        '+' => {
+            for i in 0..n {
+                entry = history
+                    .iter()
+                    .filter(|h| h.parent_id == Some(entry.id))
+                    .max_by_key(|h| h.id)
+                    .ok_or_else(|| {
+                        format!("Cannot go forward {n} steps: only {i} descendants available")
+                    })?;
+            }
+        }
+        _ => {
+            entry =
+                by_id(n).ok_or_else(|| format!("History entry {n} not found in this session"))?;
+        }
+    }
+    entry
+        .operation
+        .clone()
+        .ok_or_else(|| format!("History entry {} has no operation UUID", entry.id))
+}
+
+fn summary_record(op: &Operation) -> Record {
+    let mut rec = Record::new();
+    rec.insert("uuid".into(), op.uuid.clone().into());
+    rec.insert("kind".into(), op.kind.clone().into());
+    rec.insert("status".into(), op.status.as_str().into());
+    rec.insert("created_at".into(), json!(op.created_at));
+    rec.insert("duration".into(), json!(op.duration));
+    rec.insert("image_uuid".into(), json!(op.image_uuid));
+    rec.insert("result_image_uuid".into(), json!(op.result_image_uuid));
+    rec.insert("error".into(), json!(op.error));
+    rec
+}
+
+pub fn list(ctx: &Context, flags: PsFlags) -> CommandResult<i32> {
+    let statuses = match (&flags.status, flags.all) {
+        (Some(s), _) => vec![Status::parse(s).ok_or_else(|| {
+            CommandError::user(format!(
+                "unknown status '{s}' (expected PENDING, ASSIGNED, EXECUTING, SUCCESS, FAILED, CANCELLED or P A E S F C)"
+            ))
+        })?],
+        (None, true) => Vec::new(),
+        (None, false) => vec![Status::Pending, Status::Assigned, Status::Executing],
+    };
+    if let Some(k) = &flags.kind {
+        if k != "instance" && k != "image_import" {
+            return Err(CommandError::user(format!(
+                "unknown kind '{k}' (expected instance or image_import)"
+            )));
+        }
+    }
+    let filter = OpFilter {
+        statuses,
+        kind: flags.kind.clone(),
+        limit: Some(flags.show_max + 1),
+    };
+    let mut ops = ctx.backend.operations(&filter).map_err(backend_err)?;
+    if ops.len() > flags.show_max {
+        ops.truncate(flags.show_max);
+        warn!(
+            "Showing the first {} operations; raise -M/--show-max to see more",
+            flags.show_max
+        );
+    }
+    if flags.quiet {
+        let mut out = std::io::stdout().lock();
+        for op in &ops {
+            let _ = writeln!(out, "{}", op.uuid);
+        }
+        return Ok(0);
+    }
+    let records: Vec<Record> = ops.iter().map(summary_record).collect();
+    print_records(ctx.format, &records)?;
+    Ok(0)
+}
+
+/// The operation's recorded stdout and stderr, from its event log.
+fn recorded_output(ctx: &Context, op: &str) -> CommandResult<(Vec<u8>, Vec<u8>)> {
+    let mut stream = ctx.backend.events(op, false).map_err(backend_err)?;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    while let Some(item) = stream.next_event().map_err(backend_err)? {
+        match item.event.kind.as_str() {
+            "stdout" => out.extend_from_slice(&item.bytes),
+            "stderr" => err.extend_from_slice(&item.bytes),
+            _ => {}
+        }
+    }
+    Ok((out, err))
+}
+
+fn exit_code_of(op: &Operation) -> Option<i64> {
+    op.metadata
+        .as_ref()?
+        .pointer("/result/state/exit_code")?
+        .as_i64()
+}
+
+pub fn show(ctx: &Context, flags: ShowFlags) -> CommandResult<i32> {
+    let ops = resolve_refs(ctx, &flags.ops)?;
+    let mut code = 0;
+    for uuid in ops {
+        let op = match ctx.backend.operation(&uuid) {
+            Ok(op) => op,
+            Err(e) => {
+                crate::log::emit(
+                    crate::log::Level::Error,
+                    &format!("Failed to fetch {uuid}: {e}"),
+                );
+                code = 1;
+                continue;
+            }
+        };
+        if flags.raw {
+            println!("{}", serde_json::to_string(&op).unwrap_or_default());
+            continue;
+        }
+        let (stdout, stderr) = recorded_output(ctx, &uuid)?;
+        let mut rec = Record::new();
+        rec.insert("uuid".into(), op.uuid.clone().into());
+        rec.insert("status".into(), op.status.as_str().into());
+        rec.insert("exit_code".into(), json!(exit_code_of(&op)));
+        rec.insert("duration".into(), json!(op.duration));
+        rec.insert("result_image_uuid".into(), json!(op.result_image_uuid));
+        rec.insert("kind".into(), op.kind.clone().into());
+        rec.insert("created_at".into(), json!(op.created_at));
+        rec.insert("image_size".into(), json!(op.image_size));
+        rec.insert("image_uuid".into(), json!(op.image_uuid));
+        rec.insert(
+            "image".into(),
+            op.result_image_uuid.clone().unwrap_or_default().into(),
+        );
+        rec.insert("tag".into(), "".into());
+        if ctx.format != Format::Default {
+            let mut result = op
+                .metadata
+                .as_ref()
+                .and_then(|m| m.get("result").cloned())
+                .unwrap_or_else(|| json!({}));
+            if let Some(r) = result.as_object_mut() {
+                r.insert(
+                    "stdout".into(),
+                    String::from_utf8_lossy(&stdout).into_owned().into(),
+                );
+                r.insert(
+                    "stderr".into(),
+                    String::from_utf8_lossy(&stderr).into_owned().into(),
+                );
+            }
+            rec.insert("result".into(), result);
+        }
+        rec.insert("error".into(), json!(op.error));
+        print_records(ctx.format, &[rec])?;
+        if ctx.format == Format::Default {
+            write_text(&mut std::io::stdout().lock(), &stdout);
+            write_text(&mut std::io::stderr().lock(), &stderr);
+        }
+    }
+    Ok(code)
+}
+
+fn write_text(out: &mut dyn Write, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    let _ = out.write_all(bytes);
+    if !bytes.ends_with(b"\n") {
+        let _ = out.write_all(b"\n");
+    }
+    let _ = out.flush();
+}
+
+pub fn cancel(ctx: &Context, flags: KillFlags) -> CommandResult<i32> {
+    let mut ops = resolve_refs(ctx, &flags.ops)?;
+    if flags.all {
+        if !ops.is_empty() {
+            warn!("--all cancels every active operation; the UUIDs given are included");
+        }
+        let active = ctx
+            .backend
+            .operations(&OpFilter {
+                statuses: vec![Status::Pending, Status::Assigned, Status::Executing],
+                ..Default::default()
+            })
+            .map_err(backend_err)?;
+        if active.is_empty() && ops.is_empty() {
+            info!("No active operations to cancel");
+            return Ok(0);
+        }
+        ops.extend(active.into_iter().map(|o| o.uuid));
+        ops.dedup();
+    } else if ops.is_empty() {
+        return Err(CommandError::user(
+            "Provide at least one UUID, or use --all",
+        ));
+    }
+    let mut code = 0;
+    for op in ops {
+        match ctx.backend.cancel(&op) {
+            Ok(()) => info!("Cancelled operation {op}"),
+            Err(e) => {
+                crate::log::emit(
+                    crate::log::Level::Error,
+                    &format!("Failed to cancel {op}: {e}"),
+                );
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
+pub fn wait(ctx: &Context, flags: WaitFlags) -> CommandResult<i32> {
+    let mut pending = resolve_refs(ctx, &flags.ops)?;
+    if flags.all {
+        let active = ctx
+            .backend
+            .operations(&OpFilter {
+                statuses: vec![Status::Pending, Status::Assigned, Status::Executing],
+                ..Default::default()
+            })
+            .map_err(backend_err)?;
+        pending.extend(active.into_iter().map(|o| o.uuid));
+    }
+    if pending.is_empty() {
+        return Err(CommandError::user(
+            "Provide at least one UUID, or use --all",
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(flags.timeout);
+    let mut code = 0;
+    let mut delay = Duration::from_millis(50);
+    let record = |op: &Operation, timed_out: bool| {
+        let mut rec = Record::new();
+        rec.insert("uuid".into(), op.uuid.clone().into());
+        rec.insert("status".into(), op.status.as_str().into());
+        rec.insert("exit_code".into(), json!(exit_code_of(op)));
+        rec.insert("timed_out".into(), timed_out.into());
+        rec.insert("duration".into(), json!(op.duration));
+        rec.insert("result_image_uuid".into(), json!(op.result_image_uuid));
+        rec.insert("error".into(), json!(op.error));
+        record_order(rec, &[], &["error"])
+    };
+    loop {
+        let mut still = Vec::new();
+        for uuid in pending {
+            let op = ctx.backend.operation(&uuid).map_err(backend_err)?;
+            if op.status.is_terminal() {
+                if op.status != Status::Success {
+                    code = code.max(1);
+                }
+                if let Some(c) = exit_code_of(&op).filter(|c| *c > 0) {
+                    code = code.max(c as i32);
+                }
+                print_records(ctx.format, &[record(&op, false)])?;
+            } else {
+                still.push(uuid);
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            return Ok(code);
+        }
+        if Instant::now() >= deadline || crate::interrupt::take() {
+            break;
+        }
+        std::thread::sleep(delay.min(deadline.saturating_duration_since(Instant::now())));
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+    for uuid in &pending {
+        let op = ctx.backend.operation(uuid).map_err(backend_err)?;
+        print_records(ctx.format, &[record(&op, true)])?;
+    }
+    warn!(
+        "Timeout: {} operation(s) did not finish in {}s",
+        pending.len(),
+        flags.timeout
+    );
+    Ok(code.max(1))
+}
+
+pub fn events(ctx: &Context, words: &[String]) -> CommandResult<i32> {
+    let ops = resolve_refs(ctx, words)?;
+    let mut records = Vec::new();
+    for op in ops {
+        let mut stream = ctx.backend.events(&op, false).map_err(backend_err)?;
+        while let Some(item) = stream.next_event().map_err(backend_err)? {
+            let mut event = item.event;
+            if matches!(event.kind.as_str(), "stdout" | "stderr" | "stdin")
+                && !event.data.contains_key("value")
+            {
+                let (value, encoding) = crate::wire::encode_bytes(&item.bytes);
+                event.data.insert("value".into(), value.into());
+                event.data.insert("encoding".into(), encoding.into());
+            }
+            let mut rec = Record::new();
+            rec.insert("uuid".into(), op.clone().into());
+            rec.insert("id".into(), event.id.into());
+            rec.insert("ts".into(), event.ts.into());
+            rec.insert("type".into(), event.kind.into());
+            rec.insert("spid".into(), json!(event.spid));
+            rec.insert("data".into(), Value::Object(event.data));
+            records.push(rec);
+        }
+    }
+    print_records(ctx.format, &records)?;
+    let _ = session_err;
+    Ok(0)
+}

@@ -1,0 +1,54 @@
+//! What every command works with: the backend, the session store and key, the output
+//! format. Built once from the global flags.
+
+use crate::backend::Backend;
+use crate::error::{CommandError, CommandResult, Kind};
+use crate::format::Format;
+use crate::paths::Paths;
+use crate::session::{SessionError, SessionInfo, SessionStore};
+
+pub struct Context {
+    pub backend: Box<dyn Backend>,
+    pub sessions: SessionStore,
+    pub session_key: String,
+    pub format: Format,
+    pub paths: Paths,
+}
+
+/// The two-line message the official client prints when no session exists.
+pub fn no_session() -> CommandError {
+    CommandError::user(
+        "No active session. Run `contree use IMAGE` to start one.\nAgents: read `contree agent` for workflow and set a session first.",
+    )
+    .plain()
+    .hint("`eval $(contree use host)` starts a session on the built-in host image")
+}
+
+impl Context {
+    pub fn session(&self) -> CommandResult<Option<SessionInfo>> {
+        self.sessions.info(&self.session_key).map_err(session_err)
+    }
+
+    pub fn require_session(&self) -> CommandResult<SessionInfo> {
+        self.session()?.ok_or_else(no_session)
+    }
+}
+
+pub fn session_err(e: SessionError) -> CommandError {
+    let text = e.to_string();
+    if text.starts_with("session store error") {
+        CommandError::new(Kind::Io, text)
+    } else {
+        CommandError::user(text)
+    }
+}
+
+pub fn backend_err(e: crate::backend::BackendError) -> CommandError {
+    use crate::backend::BackendError as B;
+    match e {
+        B::NotFound(m) | B::Invalid(m) => CommandError::user(m),
+        B::Unavailable(m) => CommandError::new(Kind::Unavailable, m),
+        B::Store(m) => CommandError::new(Kind::Io, m),
+        B::Interrupted => CommandError::user("User interrupted"),
+    }
+}

@@ -1,0 +1,232 @@
+//! Per-operation event logs in the /v1 `OperationEvent` shapes.
+//!
+//! On disk each event is one frame: `u32 LE header length`, `u32 LE payload length`, the
+//! header as JSON (`id, ts, spid, type, data`), then the payload. Output events keep their
+//! bytes raw in the payload instead of base64 inside JSON, so a gigabyte of output costs a
+//! copy, not an encode and a decode; `to_wire` produces the API's `{value, encoding}` form.
+//! A frame is written with one `write` on an `O_APPEND` file, so a reader never sees half
+//! of one unless the writer died mid-write, and then the torn tail is simply never read.
+
+use crate::wire::{self, Event};
+use serde_json::{Map, Value};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// One event as stored: the header and, for stream events, the raw bytes.
+#[derive(Debug, Clone)]
+pub struct LogEvent {
+    pub header: Event,
+    pub payload: Vec<u8>,
+}
+
+impl LogEvent {
+    pub fn is_stream(&self) -> bool {
+        matches!(self.header.kind.as_str(), "stdout" | "stderr" | "stdin")
+    }
+
+    /// The event as the API shows it (`data.value` + `data.encoding` for stream events).
+    pub fn to_wire(&self) -> Event {
+        let mut event = self.header.clone();
+        if self.is_stream() {
+            let (value, encoding) = wire::encode_bytes(&self.payload);
+            event.data.insert("value".into(), Value::String(value));
+            event
+                .data
+                .insert("encoding".into(), Value::String(encoding.into()));
+            event.data.insert("truncated".into(), Value::Bool(false));
+        }
+        event
+    }
+}
+
+pub struct LogWriter {
+    file: File,
+    next_id: u64,
+    buf: Vec<u8>,
+}
+
+impl LogWriter {
+    /// Opens a log for appending; ids continue after the last complete frame.
+    pub fn open(path: &Path) -> io::Result<LogWriter> {
+        let mut next_id = 1;
+        if path.exists() {
+            let mut reader = LogReader::open(path)?;
+            while let Some(ev) = reader.next()? {
+                next_id = ev.header.id + 1;
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(LogWriter {
+            file,
+            next_id,
+            buf: Vec::with_capacity(64 * 1024),
+        })
+    }
+
+    pub fn append(
+        &mut self,
+        kind: &str,
+        spid: Option<u32>,
+        data: Map<String, Value>,
+    ) -> io::Result<u64> {
+        self.append_with_payload(kind, spid, data, &[])
+    }
+
+    pub fn append_stream(&mut self, kind: &str, spid: u32, bytes: &[u8]) -> io::Result<u64> {
+        self.append_with_payload(kind, Some(spid), Map::new(), bytes)
+    }
+
+    fn append_with_payload(
+        &mut self,
+        kind: &str,
+        spid: Option<u32>,
+        data: Map<String, Value>,
+        payload: &[u8],
+    ) -> io::Result<u64> {
+        let id = self.next_id;
+        let header = Event {
+            id,
+            ts: wire::now_ts(),
+            spid,
+            kind: kind.to_string(),
+            data,
+        };
+        let json = serde_json::to_vec(&header).map_err(io::Error::other)?;
+        self.buf.clear();
+        self.buf
+            .extend_from_slice(&(json.len() as u32).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&json);
+        self.buf.extend_from_slice(payload);
+        self.file.write_all(&self.buf)?;
+        self.next_id += 1;
+        Ok(id)
+    }
+}
+
+/// Reads frames from a log that may still be growing.
+pub struct LogReader {
+    file: File,
+    /// File offset of the first byte in `pending`.
+    offset: u64,
+    pending: Vec<u8>,
+    start: usize,
+}
+
+const READ_SIZE: usize = 1 << 20;
+
+impl LogReader {
+    pub fn open(path: &Path) -> io::Result<LogReader> {
+        Ok(LogReader {
+            file: File::open(path)?,
+            offset: 0,
+            pending: Vec::new(),
+            start: 0,
+        })
+    }
+
+    /// The next complete frame, or `None` when none is complete yet.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> io::Result<Option<LogEvent>> {
+        loop {
+            if let Some(ev) = self.parse()? {
+                return Ok(Some(ev));
+            }
+            if !self.fill()? {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn parse(&mut self) -> io::Result<Option<LogEvent>> {
+        let avail = &self.pending[self.start..];
+        if avail.len() < 8 {
+            return Ok(None);
+        }
+        let hlen = u32::from_le_bytes(avail[0..4].try_into().unwrap_or_default()) as usize;
+        let plen = u32::from_le_bytes(avail[4..8].try_into().unwrap_or_default()) as usize;
+        if avail.len() < 8 + hlen + plen {
+            return Ok(None);
+        }
+        let header: Event = serde_json::from_slice(&avail[8..8 + hlen])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let payload = avail[8 + hlen..8 + hlen + plen].to_vec();
+        self.start += 8 + hlen + plen;
+        Ok(Some(LogEvent { header, payload }))
+    }
+
+    /// Reads more bytes; false when the file has nothing new.
+    fn fill(&mut self) -> io::Result<bool> {
+        if self.start > 0 {
+            self.offset += self.start as u64;
+            self.pending.drain(..self.start);
+            self.start = 0;
+        }
+        let have = self.pending.len();
+        self.pending.resize(have + READ_SIZE, 0);
+        let n = loop {
+            match self
+                .file
+                .read_at(&mut self.pending[have..], self.offset + have as u64)
+            {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.pending.truncate(have);
+                    return Err(e);
+                }
+            }
+        };
+        self.pending.truncate(have + n);
+        Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_partial_frames_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events");
+        let mut w = LogWriter::open(&path).unwrap();
+        let mut data = Map::new();
+        data.insert("pid".into(), 7.into());
+        w.append("spawn", Some(1), data).unwrap();
+        w.append_stream("stdout", 1, b"\0bin\n").unwrap();
+        let mut r = LogReader::open(&path).unwrap();
+        let a = r.next().unwrap().unwrap();
+        assert_eq!((a.header.id, a.header.kind.as_str()), (1, "spawn"));
+        let b = r.next().unwrap().unwrap();
+        assert_eq!(b.payload, b"\0bin\n");
+        assert_eq!(b.to_wire().data["encoding"], "base64");
+        assert!(r.next().unwrap().is_none());
+        // A torn frame is not returned, and the ids of a reopened writer continue.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&[9, 0])
+            .unwrap();
+        assert!(r.next().unwrap().is_none());
+    }
+
+    #[test]
+    fn reopened_writer_continues_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events");
+        LogWriter::open(&path)
+            .unwrap()
+            .append("init", Some(0), Map::new())
+            .unwrap();
+        let id = LogWriter::open(&path)
+            .unwrap()
+            .append("completion", None, Map::new())
+            .unwrap();
+        assert_eq!(id, 2);
+    }
+}

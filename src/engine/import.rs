@@ -1,0 +1,120 @@
+//! Importing a base image into the local store: a root filesystem directory, or a tar /
+//! tar.gz archive of one. The result is a single layer and an image (optionally tagged).
+
+use super::store::{ImageRow, Store};
+use crate::wire;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot import '{path}': {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot import '{0}': not a directory, tar or tar.gz archive")]
+    Unsupported(String),
+    #[error("{0}")]
+    Store(#[from] super::store::StoreError),
+}
+
+/// Imports `source` and returns the new image's uuid.
+pub fn import(store: &Store, source: &Path, tag: Option<&str>) -> Result<String, ImportError> {
+    let shown = source.display().to_string();
+    let io_err = |e: io::Error| ImportError::Io {
+        path: shown.clone(),
+        source: e,
+    };
+    let meta = fs::metadata(source).map_err(io_err)?;
+    let id = format!("import-{}", uuid::Uuid::new_v4());
+    let staging = store.root.join("tmp").join(&id);
+    fs::create_dir_all(&staging).map_err(io_err)?;
+    let result = if meta.is_dir() {
+        copy_tree(source, &staging).map_err(io_err)
+    } else if meta.is_file() {
+        unpack(source, &staging, &shown)
+    } else {
+        Err(ImportError::Unsupported(shown.clone()))
+    };
+    if let Err(e) = result {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    let size = super::layers::layer_size(&staging);
+    let dest = store.layer_dir(&id);
+    fs::rename(&staging, &dest).map_err(io_err)?;
+    let image = ImageRow {
+        uuid: uuid::Uuid::new_v4().to_string(),
+        created_at: wire::now_ts(),
+        parent: None,
+        operation: None,
+        layers: vec![id.clone()],
+        env: Default::default(),
+        tags: tag.map(|t| vec![t.to_string()]).unwrap_or_default(),
+    };
+    if let Err(e) = store.insert_image(&image, Some((&id, size))) {
+        let _ = fs::remove_dir_all(&dest);
+        return Err(e.into());
+    }
+    Ok(image.uuid)
+}
+
+fn unpack(source: &Path, dest: &Path, shown: &str) -> Result<(), ImportError> {
+    let io_err = |e: io::Error| ImportError::Io {
+        path: shown.to_string(),
+        source: e,
+    };
+    let mut magic = [0u8; 262];
+    let n = fs::File::open(source)
+        .and_then(|mut f| f.read(&mut magic))
+        .map_err(io_err)?;
+    let file = fs::File::open(source).map_err(io_err)?;
+    let reader: Box<dyn Read> = if n >= 2 && magic[0] == 0x1f && magic[1] == 0x8b {
+        Box::new(flate2::read::GzDecoder::new(io::BufReader::new(file)))
+    } else if n >= 262 && &magic[257..262] == b"ustar" {
+        Box::new(io::BufReader::new(file))
+    } else {
+        return Err(ImportError::Unsupported(shown.to_string()));
+    };
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_overwrite(true);
+    archive.unpack(dest).map_err(io_err)
+}
+
+/// Copies a directory tree keeping modes, owners and symlinks (not following them).
+pub fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
+    for entry in walkdir::WalkDir::new(src).min_depth(1) {
+        let entry = entry.map_err(io::Error::other)?;
+        let rel = entry.path().strip_prefix(src).map_err(io::Error::other)?;
+        let target = dst.join(rel);
+        let meta = entry.path().symlink_metadata()?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            fs::create_dir_all(&target)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(entry.path())?, &target)?;
+        } else if ft.is_file() {
+            fs::copy(entry.path(), &target)?;
+        } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+            let c = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+                .map_err(io::Error::other)?;
+            // SAFETY: recreating a special file with the source's mode and device number.
+            if unsafe { libc::mknod(c.as_ptr(), meta.mode(), meta.rdev()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        } else {
+            continue;
+        }
+        std::os::unix::fs::lchown(&target, Some(meta.uid()), Some(meta.gid()))?;
+        if !ft.is_symlink() {
+            fs::set_permissions(&target, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        }
+    }
+    Ok(())
+}

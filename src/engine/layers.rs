@@ -1,0 +1,306 @@
+//! Layer directories: the host mask, emptiness and size of a run's upper dir, and
+//! flattening a long chain into one layer.
+//!
+//! Layers use overlayfs's own on-disk format (whiteouts are 0/0 character devices, opaque
+//! directories carry `trusted.overlay.opaque=y`), so a run's upper dir becomes a layer by a
+//! rename, with no conversion.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+const OPAQUE: &str = "trusted.overlay.opaque";
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+pub fn make_whiteout(path: &Path) -> io::Result<()> {
+    let p = c_path(path)?;
+    // SAFETY: mknod with a valid path; a 0/0 char device is overlayfs's whiteout.
+    if unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | 0o000, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn set_opaque(dir: &Path) -> io::Result<()> {
+    let p = c_path(dir)?;
+    let name = CString::new(OPAQUE).map_err(io::Error::other)?;
+    // SAFETY: valid C strings and a 1-byte value.
+    if unsafe { libc::lsetxattr(p.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn is_opaque(dir: &Path) -> bool {
+    let Ok(p) = c_path(dir) else { return false };
+    let Ok(name) = CString::new(OPAQUE) else {
+        return false;
+    };
+    let mut buf = [0u8; 4];
+    // SAFETY: reading at most 4 bytes into a stack buffer.
+    let n = unsafe {
+        libc::lgetxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    n == 1 && buf[0] == b'y'
+}
+
+pub fn is_whiteout(meta: &fs::Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+/// Top-level host entries that `host` shows; everything else appears as an empty dir.
+const HOST_VISIBLE: &[&str] = &[
+    "bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "opt", "var", "proc", "dev",
+    "sys",
+];
+/// Directories that always appear, and always empty.
+const HOST_EMPTY: &[&str] = &["root", "home", "tmp", "run", "mnt", "media", "srv"];
+/// Inside visible trees: directories shown empty and files hidden.
+const HOST_EMPTY_NESTED: &[&str] = &[
+    "var/log",
+    "var/tmp",
+    "var/mail",
+    "var/spool",
+    "etc/ssl/private",
+];
+const HOST_HIDDEN_FILES: &[&str] = &[
+    "etc/shadow",
+    "etc/shadow-",
+    "etc/gshadow",
+    "etc/gshadow-",
+    "etc/security/opasswd",
+];
+
+/// Builds the mask layer that turns the host root into the `host` image: secrets are
+/// whited out, private trees (home dirs, /tmp, the contree store) are opaque and empty.
+pub fn build_host_mask(dest: &Path, data_dir: &Path) -> io::Result<()> {
+    let tmp = dest.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    for entry in fs::read_dir("/")? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name_s = name.to_string_lossy();
+        if HOST_VISIBLE.contains(&name_s.as_ref()) || HOST_EMPTY.contains(&name_s.as_ref()) {
+            continue;
+        }
+        let meta = fs::symlink_metadata(entry.path())?;
+        if meta.is_dir() {
+            empty_dir(&tmp, Path::new(&name), true)?;
+        } else {
+            make_whiteout(&tmp.join(&name))?;
+        }
+    }
+    for name in HOST_EMPTY {
+        empty_dir(&tmp, Path::new(name), true)?;
+    }
+    for rel in HOST_EMPTY_NESTED {
+        if Path::new("/").join(rel).is_dir() {
+            empty_dir(&tmp, Path::new(rel), true)?;
+        }
+    }
+    let mut hidden: Vec<PathBuf> = HOST_HIDDEN_FILES.iter().map(PathBuf::from).collect();
+    if let Ok(rd) = fs::read_dir("/etc/ssh") {
+        for entry in rd.flatten() {
+            let n = entry.file_name().to_string_lossy().into_owned();
+            if n.starts_with("ssh_host_") && !n.ends_with(".pub") {
+                hidden.push(Path::new("etc/ssh").join(n));
+            }
+        }
+    }
+    for rel in hidden {
+        if fs::symlink_metadata(Path::new("/").join(&rel)).is_ok() {
+            ensure_parents(&tmp, &rel)?;
+            make_whiteout(&tmp.join(&rel))?;
+        }
+    }
+    // The store itself must never show, wherever the data dir lives.
+    if let Ok(rel) = data_dir.strip_prefix("/") {
+        if !rel.as_os_str().is_empty() && !tmp.join(rel).exists() {
+            let top = rel
+                .components()
+                .next()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned());
+            if top.is_some_and(|t| HOST_VISIBLE.contains(&t.as_str())) {
+                empty_dir(&tmp, rel, true)?;
+            }
+        }
+    }
+    let _ = fs::remove_dir_all(dest);
+    fs::rename(&tmp, dest)
+}
+
+/// Creates `rel` under `root` as an empty directory copying the host's metadata, opaque when
+/// asked (so the host's contents never show through).
+fn empty_dir(root: &Path, rel: &Path, opaque: bool) -> io::Result<()> {
+    ensure_parents(root, rel)?;
+    let path = root.join(rel);
+    fs::create_dir_all(&path)?;
+    copy_dir_meta(&Path::new("/").join(rel), &path, 0o755)?;
+    if opaque {
+        set_opaque(&path)?;
+    }
+    Ok(())
+}
+
+/// Creates the parent directories of `rel` under `root` with the host's modes and owners,
+/// since a directory in an upper layer shows its own metadata, not the host's.
+fn ensure_parents(root: &Path, rel: &Path) -> io::Result<()> {
+    let mut cur = PathBuf::new();
+    let comps: Vec<_> = rel.components().collect();
+    for comp in comps.iter().take(comps.len().saturating_sub(1)) {
+        cur.push(comp);
+        let path = root.join(&cur);
+        if !path.exists() {
+            fs::create_dir(&path)?;
+            copy_dir_meta(&Path::new("/").join(&cur), &path, 0o755)?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_dir_meta(src: &Path, dst: &Path, default_mode: u32) -> io::Result<()> {
+    match fs::metadata(src) {
+        Ok(meta) => {
+            fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+            std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()))
+        }
+        Err(_) => fs::set_permissions(dst, fs::Permissions::from_mode(default_mode)),
+    }
+}
+
+/// Whether a run's upper dir recorded no change at all.
+pub fn is_empty_dir(dir: &Path) -> io::Result<bool> {
+    Ok(fs::read_dir(dir)?.next().is_none())
+}
+
+/// Bytes a layer holds (regular files' sizes).
+pub fn layer_size(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Merges `layers` (top first) into the new directory `dest`, applying each layer's
+/// whiteouts and opaque dirs onto the ones below. Files are hard-linked, not copied, so the
+/// cost follows the number of entries, not their bytes. Whiteouts are kept in the result:
+/// they may still hide files of the layers below the merged range.
+pub fn flatten(layers: &[PathBuf], dest: &Path) -> io::Result<()> {
+    fs::create_dir(dest)?;
+    for layer in layers.iter().rev() {
+        apply_layer(layer, dest)?;
+    }
+    Ok(())
+}
+
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn apply_layer(layer: &Path, dest: &Path) -> io::Result<()> {
+    let mut walk = walkdir::WalkDir::new(layer).min_depth(1).into_iter();
+    while let Some(entry) = walk.next() {
+        let entry = entry.map_err(io::Error::other)?;
+        let rel = entry.path().strip_prefix(layer).map_err(io::Error::other)?;
+        let target = dest.join(rel);
+        let meta = entry.metadata().map_err(io::Error::other)?;
+        if meta.is_dir() {
+            let opaque = is_opaque(entry.path());
+            let existing = fs::symlink_metadata(&target).ok();
+            if opaque || existing.as_ref().is_some_and(|m| !m.is_dir()) {
+                remove_any(&target)?;
+            }
+            if !target.exists() {
+                fs::create_dir(&target)?;
+            }
+            fs::set_permissions(&target, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+            std::os::unix::fs::lchown(&target, Some(meta.uid()), Some(meta.gid()))?;
+            if opaque {
+                set_opaque(&target)?;
+            }
+        } else {
+            remove_any(&target)?;
+            if is_whiteout(&meta) {
+                make_whiteout(&target)?;
+            } else if meta.file_type().is_file() || meta.file_type().is_symlink() {
+                fs::hard_link(entry.path(), &target)
+                    .or_else(|_| copy_entry(entry.path(), &target, &meta))?;
+            } else {
+                copy_entry(entry.path(), &target, &meta)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies a special file (device, fifo) or falls back to a content copy.
+fn copy_entry(src: &Path, dst: &Path, meta: &fs::Metadata) -> io::Result<()> {
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        return std::os::unix::fs::symlink(fs::read_link(src)?, dst);
+    }
+    if ft.is_file() {
+        fs::copy(src, dst)?;
+    } else {
+        let p = c_path(dst)?;
+        // SAFETY: recreating a device node or fifo with the source's mode and rdev.
+        if unsafe { libc::mknod(p.as_ptr(), meta.mode(), meta.rdev()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flatten_applies_whiteouts_and_opaque_dirs_in_order() {
+        let t = tempfile::tempdir().unwrap();
+        let (l1, l2, l3) = (
+            t.path().join("l1"),
+            t.path().join("l2"),
+            t.path().join("l3"),
+        );
+        fs::create_dir_all(l1.join("d")).unwrap();
+        fs::write(l1.join("d/a"), "a").unwrap();
+        fs::write(l1.join("keep"), "k").unwrap();
+        fs::write(l1.join("gone"), "g").unwrap();
+        fs::create_dir_all(&l2).unwrap();
+        make_whiteout(&l2.join("gone")).unwrap();
+        fs::create_dir_all(l3.join("d")).unwrap();
+        set_opaque(&l3.join("d")).unwrap();
+        fs::write(l3.join("d/b"), "b").unwrap();
+        let out = t.path().join("flat");
+        flatten(&[l3, l2, l1], &out).unwrap();
+        assert_eq!(fs::read_to_string(out.join("keep")).unwrap(), "k");
+        assert!(is_whiteout(
+            &fs::symlink_metadata(out.join("gone")).unwrap()
+        ));
+        assert!(!out.join("d/a").exists());
+        assert_eq!(fs::read_to_string(out.join("d/b")).unwrap(), "b");
+        assert!(is_opaque(&out.join("d")));
+    }
+}

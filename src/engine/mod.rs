@@ -1,0 +1,504 @@
+//! The embedded local engine: the `Backend` that runs operations on this machine with
+//! namespaces and overlayfs, daemonless. Each operation is owned by its own supervisor
+//! process (`supervisor`), so the CLI can come and go.
+
+pub mod eventlog;
+pub mod import;
+pub mod layers;
+pub mod overlay;
+pub mod sandbox;
+pub mod store;
+pub mod supervisor;
+
+use crate::backend::{
+    Backend, BackendError, EventItem, EventStream, ImageFilter, OpFilter, StdinSource,
+};
+use crate::interrupt;
+use crate::paths::Paths;
+use crate::wire::{self, Image, Operation, SpawnRequest, Status};
+use eventlog::{LogReader, LogWriter};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use std::cell::RefCell;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use store::{Store, StoreError};
+
+impl From<StoreError> for BackendError {
+    fn from(e: StoreError) -> Self {
+        BackendError::Store(e.to_string())
+    }
+}
+
+pub struct LocalEngine {
+    store: Store,
+    data_dir: PathBuf,
+    /// Supervisors we started, so we can reap them instead of leaving zombies.
+    children: RefCell<Vec<Child>>,
+}
+
+/// The start time of a process (field 22 of /proc/PID/stat), to tell a live supervisor
+/// from a recycled pid; `None` if it is gone or a zombie.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+impl LocalEngine {
+    pub fn open(paths: &Paths) -> Result<LocalEngine, BackendError> {
+        let store = Store::open(&paths.store())?;
+        let engine = LocalEngine {
+            store,
+            data_dir: paths.data.clone(),
+            children: RefCell::new(Vec::new()),
+        };
+        engine.recover();
+        Ok(engine)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn supervisor_alive(&self, row: &store::OpRow) -> bool {
+        self.reap();
+        match (row.supervisor_pid, row.supervisor_start) {
+            (Some(pid), Some(start)) => process_start_time(pid) == Some(start),
+            (Some(pid), None) => process_start_time(pid).is_some(),
+            // Just created by another CLI that has not recorded the pid yet.
+            (None, _) => chrono::DateTime::parse_from_rfc3339(&row.created_at)
+                .map(|t| chrono::Utc::now().signed_duration_since(t).num_seconds() < 30)
+                .unwrap_or(false),
+        }
+    }
+
+    fn reap(&self) {
+        self.children
+            .borrow_mut()
+            .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+    }
+
+    /// Fails an active operation whose supervisor is gone, appending the `completion` the
+    /// supervisor never wrote, and removes its scratch dir.
+    fn recover_op(&self, row: &store::OpRow) {
+        if row.status.is_terminal() || self.supervisor_alive(row) {
+            return;
+        }
+        let error = "the operation's supervisor exited unexpectedly";
+        if let Ok(true) = self.store.finish_op(
+            &row.uuid,
+            Status::Failed,
+            Some(error),
+            0.0,
+            None,
+            None,
+            false,
+            None,
+        ) {
+            if let Ok(mut log) = LogWriter::open(&self.store.op_dir(&row.uuid).join("events")) {
+                let mut data = serde_json::Map::new();
+                data.insert("status".into(), "FAILED".into());
+                data.insert("duration_ms".into(), 0.into());
+                data.insert("result_image_uuid".into(), serde_json::Value::Null);
+                data.insert("error".into(), error.into());
+                data.insert("image_size_bytes".into(), 0.into());
+                let _ = log.append("completion", None, data);
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.store.scratch_dir(&row.uuid));
+    }
+
+    /// Cleans up after crashed runs: operations whose supervisor died, scratch dirs of
+    /// finished operations, layer dirs renamed into place but never committed.
+    fn recover(&self) {
+        let Ok(active) = self.store.ops(
+            &[Status::Pending, Status::Assigned, Status::Executing],
+            None,
+        ) else {
+            return;
+        };
+        for row in &active {
+            self.recover_op(row);
+        }
+        let active: std::collections::HashSet<String> = self
+            .store
+            .ops(
+                &[Status::Pending, Status::Assigned, Status::Executing],
+                None,
+            )
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.uuid)
+            .collect();
+        let old = |p: &Path| {
+            std::fs::symlink_metadata(p)
+                .and_then(|m| m.modified())
+                .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(600))
+                .unwrap_or(false)
+        };
+        if let Ok(rd) = std::fs::read_dir(self.store.root.join("tmp")) {
+            for entry in rd.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = entry.path();
+                let stale = if wire_uuid(&name) {
+                    !active.contains(&name)
+                } else {
+                    old(&path)
+                };
+                if stale {
+                    let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+                }
+            }
+        }
+    }
+
+    fn spawn_supervisor(&self, op: &str, stdin: StdinSource) -> Result<(), BackendError> {
+        let exe = std::env::current_exe().map_err(|e| {
+            BackendError::Unavailable(format!("cannot find the contree binary: {e}"))
+        })?;
+        let log_path = self.store.op_dir(op).join("supervisor.log");
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| BackendError::Store(format!("{}: {e}", log_path.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| BackendError::Store(e.to_string()))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("__supervise")
+            .arg(&self.store.root)
+            .arg(&self.data_dir)
+            .arg(op)
+            .stdout(log)
+            .stderr(log2)
+            .stdin(match stdin {
+                StdinSource::Inherit => Stdio::inherit(),
+                StdinSource::Null => Stdio::null(),
+            });
+        // SAFETY: setsid and sigprocmask are async-signal-safe. A new session keeps the
+        // terminal's Ctrl-C away from the supervisor (the CLI decides what Ctrl-C means),
+        // and blocking the cancel signals before exec means none is lost during start-up.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                supervisor::cancel_signals()
+                    .thread_block()
+                    .map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| BackendError::Unavailable(format!("cannot start the supervisor: {e}")))?;
+        let pid = child.id() as i32;
+        if let Some(start) = process_start_time(pid) {
+            let _ = self.store.set_supervisor(op, pid, start);
+        }
+        self.children.borrow_mut().push(child);
+        Ok(())
+    }
+
+    fn validate(&self, req: &SpawnRequest) -> Result<(), BackendError> {
+        if self.store.image(&req.image)?.is_none() {
+            return Err(BackendError::NotFound(format!(
+                "image {} not found",
+                req.image
+            )));
+        }
+        if let Some(cwd) = &req.cwd {
+            if !cwd.is_empty() && !cwd.starts_with('/') {
+                return Err(BackendError::Invalid(format!(
+                    "cwd '{cwd}' must be an absolute path"
+                )));
+            }
+        }
+        if req.hostname.is_empty() || req.hostname.len() > 64 || req.hostname.contains('/') {
+            return Err(BackendError::Invalid(format!(
+                "hostname '{}' is not valid (1 to 64 characters, no '/')",
+                req.hostname
+            )));
+        }
+        if req.shell && req.command.is_empty() {
+            return Err(BackendError::Invalid("shell command is empty".into()));
+        }
+        for (path, file) in req.files.iter().flatten() {
+            if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+                return Err(BackendError::Invalid(format!(
+                    "file path '{path}' must be absolute and must not contain '..'"
+                )));
+            }
+            if self.store.blob_by_uuid(&file.uuid)?.is_none() {
+                return Err(BackendError::NotFound(format!(
+                    "file {} (for {path}) not found",
+                    file.uuid
+                )));
+            }
+            if u32::from_str_radix(&file.mode, 8).is_err() {
+                return Err(BackendError::Invalid(format!(
+                    "file mode '{}' for {path} is not octal",
+                    file.mode
+                )));
+            }
+        }
+        if let Some(stdin) = &req.stdin {
+            stdin
+                .bytes()
+                .map_err(|e| BackendError::Invalid(format!("stdin is not valid base64: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+fn wire_uuid(text: &str) -> bool {
+    crate::backend::is_uuid(text)
+}
+
+impl Backend for LocalEngine {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn resolve_image(&self, reference: &str) -> Result<String, BackendError> {
+        if crate::backend::is_uuid(reference) {
+            return match self.store.image(reference)? {
+                Some(img) => Ok(img.uuid),
+                None => Err(BackendError::NotFound(format!(
+                    "image {reference} not found"
+                ))),
+            };
+        }
+        let name = reference.strip_prefix("tag:").unwrap_or(reference);
+        self.store
+            .find_tag(name)?
+            .ok_or_else(|| BackendError::NotFound(format!("no image tagged '{name}'")))
+    }
+
+    fn put_file(&self, path: &Path, sha256: &str) -> Result<(String, bool), BackendError> {
+        if let Some(uuid) = self.store.blob_uuid(sha256)? {
+            if self.store.blob_path(sha256).exists() {
+                return Ok((uuid, true));
+            }
+        }
+        Ok((self.store.put_blob(sha256, path)?, false))
+    }
+
+    fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
+        self.validate(req)?;
+        let op = uuid::Uuid::new_v4().to_string();
+        let dir = self.store.op_dir(&op);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
+        std::fs::File::create(dir.join("events"))
+            .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
+        self.store
+            .create_op(&op, "instance", Some(&req.image), Some(req))?;
+        if let Err(e) = self.spawn_supervisor(&op, stdin) {
+            let _ = self.store.delete_op(&op);
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        Ok(op)
+    }
+
+    fn operation(&self, op: &str) -> Result<Operation, BackendError> {
+        let row = self
+            .store
+            .op(op)?
+            .ok_or_else(|| BackendError::NotFound(format!("operation {op} not found")))?;
+        if !row.status.is_terminal() && !self.supervisor_alive(&row) {
+            self.recover_op(&row);
+            return self.operation(op);
+        }
+        Ok(row.to_wire())
+    }
+
+    fn operations(&self, filter: &OpFilter) -> Result<Vec<Operation>, BackendError> {
+        let mut rows = self.store.ops(&filter.statuses, filter.kind.as_deref())?;
+        if let Some(limit) = filter.limit {
+            rows.truncate(limit);
+        }
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let mut op = r.to_wire();
+                op.metadata = None;
+                op
+            })
+            .collect())
+    }
+
+    fn events(&self, op: &str, follow: bool) -> Result<Box<dyn EventStream + '_>, BackendError> {
+        if self.store.op(op)?.is_none() {
+            return Err(BackendError::NotFound(format!("operation {op} not found")));
+        }
+        let path = self.store.op_dir(op).join("events");
+        let inotify = if follow {
+            let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+                .map_err(|e| BackendError::Store(format!("inotify: {e}")))?;
+            ino.add_watch(&path, AddWatchFlags::IN_MODIFY)
+                .map_err(|e| BackendError::Store(format!("{}: {e}", path.display())))?;
+            Some(ino)
+        } else {
+            None
+        };
+        let reader = LogReader::open(&path)
+            .map_err(|e| BackendError::Store(format!("{}: {e}", path.display())))?;
+        Ok(Box::new(Tail {
+            engine: self,
+            op: op.to_string(),
+            reader,
+            inotify,
+            done: false,
+        }))
+    }
+
+    fn cancel(&self, op: &str) -> Result<(), BackendError> {
+        let row = self
+            .store
+            .op(op)?
+            .ok_or_else(|| BackendError::NotFound(format!("operation {op} not found")))?;
+        if row.status.is_terminal() {
+            return Err(BackendError::Invalid(format!(
+                "operation {op} has already finished ({})",
+                row.status
+            )));
+        }
+        if let (Some(pid), true) = (row.supervisor_pid, self.supervisor_alive(&row)) {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .map_err(|e| {
+                BackendError::Store(format!("cannot signal the supervisor of {op}: {e}"))
+            })?;
+            return Ok(());
+        }
+        self.recover_op(&row);
+        Ok(())
+    }
+
+    fn images(&self, filter: &ImageFilter) -> Result<Vec<Image>, BackendError> {
+        let mut out = Vec::new();
+        for img in self.store.images()? {
+            if let Some(u) = &filter.uuid {
+                if !img.uuid.eq_ignore_ascii_case(u) {
+                    continue;
+                }
+            }
+            let row = |tag: Option<String>| Image {
+                uuid: img.uuid.clone(),
+                tag,
+                created_at: img.created_at.clone(),
+                operation_uuid: img.operation.clone(),
+            };
+            if img.tags.is_empty() {
+                if filter.all && filter.prefix.is_none() {
+                    out.push(row(None));
+                }
+            } else {
+                for tag in &img.tags {
+                    if filter
+                        .prefix
+                        .as_ref()
+                        .is_none_or(|p| tag.starts_with(p.as_str()))
+                    {
+                        out.push(row(Some(tag.clone())));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn tag(&self, image: &str, tag: &str) -> Result<(), BackendError> {
+        if self.store.image(image)?.is_none() {
+            return Err(BackendError::NotFound(format!("image {image} not found")));
+        }
+        if tag.is_empty() || tag.chars().any(|c| c.is_whitespace()) {
+            return Err(BackendError::Invalid(format!("tag '{tag}' is not valid")));
+        }
+        Ok(self.store.set_tag(image, tag)?)
+    }
+
+    fn import_local(&self, path: &Path, tag: Option<&str>) -> Result<String, BackendError> {
+        import::import(&self.store, path, tag).map_err(|e| match e {
+            import::ImportError::Store(s) => BackendError::Store(s.to_string()),
+            other => BackendError::Invalid(other.to_string()),
+        })
+    }
+
+    fn untag(&self, image: &str, tag: &str) -> Result<(), BackendError> {
+        if !self.store.remove_tag(image, tag)? {
+            return Err(BackendError::NotFound(format!(
+                "image {image} has no tag '{tag}'"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Follows a growing event log, waking on inotify, and notices a dead supervisor.
+struct Tail<'a> {
+    engine: &'a LocalEngine,
+    op: String,
+    reader: LogReader,
+    inotify: Option<Inotify>,
+    done: bool,
+}
+
+impl EventStream for Tail<'_> {
+    fn next_event(&mut self) -> Result<Option<EventItem>, BackendError> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let next = self
+                .reader
+                .next()
+                .map_err(|e| BackendError::Store(format!("event log of {}: {e}", self.op)))?;
+            if let Some(ev) = next {
+                if ev.header.kind == "completion" {
+                    self.done = true;
+                }
+                return Ok(Some(EventItem {
+                    event: ev.header,
+                    bytes: ev.payload,
+                }));
+            }
+            let Some(ino) = &self.inotify else {
+                return Ok(None);
+            };
+            if interrupt::take() {
+                return Err(BackendError::Interrupted);
+            }
+            let mut fds = [nix::poll::PollFd::new(
+                ino.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(250u16)) {
+                Ok(0) => {
+                    // Quiet for a while: make sure someone is still writing.
+                    if let Some(row) = self.engine.store.op(&self.op)? {
+                        if !row.status.is_terminal() {
+                            self.engine.recover_op(&row);
+                        }
+                    }
+                }
+                Ok(_) => {
+                    while let Ok(events) = ino.read_events() {
+                        if events.is_empty() {
+                            break;
+                        }
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(BackendError::Store(format!("poll: {e}"))),
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Overlay mounts through the kernel's new mount API (fsopen/fsconfig/fsmount/move_mount).
+//!
+//! Why not mount(2): its option string is one page, so a long layer chain is silently cut
+//! at 4 KiB. With `lowerdir+` (Linux 6.8+) every layer is its own fsconfig call and paths
+//! need no escaping. Older kernels fall back to one `lowerdir` string.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+
+fn cstr(s: &[u8]) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+struct FsContext {
+    fd: OwnedFd,
+}
+
+impl FsContext {
+    fn open(fstype: &str) -> io::Result<FsContext> {
+        let name = cstr(fstype.as_bytes())?;
+        // SAFETY: fsopen takes a NUL-terminated name and flags; it returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd was just returned by the kernel and is owned by nobody else.
+        Ok(FsContext {
+            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+        })
+    }
+
+    fn set(&self, key: &str, value: Option<&[u8]>) -> io::Result<()> {
+        let key = cstr(key.as_bytes())?;
+        let value = value.map(cstr).transpose()?;
+        let (cmd, ptr) = match &value {
+            Some(v) => (FSCONFIG_SET_STRING, v.as_ptr()),
+            None => (FSCONFIG_SET_FLAG, std::ptr::null()),
+        };
+        // SAFETY: all pointers are valid NUL-terminated strings or null as fsconfig allows.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                self.fd.as_raw_fd(),
+                cmd,
+                key.as_ptr(),
+                ptr,
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(self.error(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Adds the kernel's own explanation (the context's message log) to an error.
+    fn error(&self, err: io::Error) -> io::Error {
+        let mut buf = [0u8; 512];
+        let mut notes = Vec::new();
+        loop {
+            // SAFETY: reading into a stack buffer of the given size.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            notes.push(
+                String::from_utf8_lossy(&buf[..n as usize])
+                    .trim()
+                    .to_string(),
+            );
+        }
+        if notes.is_empty() {
+            err
+        } else {
+            io::Error::new(err.kind(), format!("{err} ({})", notes.join("; ")))
+        }
+    }
+
+    fn mount_at(self, target: &Path) -> io::Result<()> {
+        // SAFETY: plain syscalls on fds we own and a NUL-terminated path.
+        unsafe {
+            let rc = libc::syscall(
+                libc::SYS_fsconfig,
+                self.fd.as_raw_fd(),
+                FSCONFIG_CMD_CREATE,
+                std::ptr::null::<libc::c_char>(),
+                std::ptr::null::<libc::c_char>(),
+                0,
+            );
+            if rc < 0 {
+                return Err(self.error(io::Error::last_os_error()));
+            }
+            let mfd = libc::syscall(libc::SYS_fsmount, self.fd.as_raw_fd(), FSMOUNT_CLOEXEC, 0);
+            if mfd < 0 {
+                return Err(self.error(io::Error::last_os_error()));
+            }
+            let mfd = OwnedFd::from_raw_fd(mfd as i32);
+            let empty = cstr(b"")?;
+            let target = cstr(target.as_os_str().as_bytes())?;
+            let rc = libc::syscall(
+                libc::SYS_move_mount,
+                mfd.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            );
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The layers of one overlay mount.
+pub struct Overlay<'a> {
+    /// Top layer first.
+    pub lowers: &'a [PathBuf],
+    /// `(upperdir, workdir)`; without it the mount is read-only.
+    pub upper: Option<(&'a Path, &'a Path)>,
+}
+
+impl Overlay<'_> {
+    pub fn mount(&self, target: &Path) -> io::Result<()> {
+        match self.mount_with(target, true) {
+            // EINVAL on `lowerdir+` means a kernel older than 6.8: use the joined form.
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINVAL)
+                    && e.to_string().contains("lowerdir+") =>
+            {
+                self.mount_with(target, false)
+            }
+            other => other,
+        }
+    }
+
+    fn mount_with(&self, target: &Path, append: bool) -> io::Result<()> {
+        let ctx = FsContext::open("overlay")?;
+        if append {
+            for lower in self.lowers {
+                ctx.set("lowerdir+", Some(lower.as_os_str().as_bytes()))
+                    .map_err(|e| {
+                        io::Error::new(e.kind(), format!("lowerdir+ {}: {e}", lower.display()))
+                    })?;
+            }
+        } else {
+            let mut joined = Vec::new();
+            for (i, lower) in self.lowers.iter().enumerate() {
+                if i > 0 {
+                    joined.push(b':');
+                }
+                for &b in lower.as_os_str().as_bytes() {
+                    if b == b':' || b == b'\\' || b == b',' {
+                        joined.push(b'\\');
+                    }
+                    joined.push(b);
+                }
+            }
+            ctx.set("lowerdir", Some(&joined))?;
+        }
+        if let Some((upper, work)) = self.upper {
+            ctx.set("upperdir", Some(upper.as_os_str().as_bytes()))?;
+            ctx.set("workdir", Some(work.as_os_str().as_bytes()))?;
+            // Layers must stay plain directories that a later flatten can read: no
+            // redirect or metacopy xattrs, no index.
+            let _ = ctx.set("redirect_dir", Some(b"off"));
+            let _ = ctx.set("metacopy", Some(b"off"));
+            let _ = ctx.set("index", Some(b"off"));
+        }
+        ctx.mount_at(target)
+    }
+}

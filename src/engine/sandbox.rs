@@ -1,0 +1,416 @@
+//! The sandbox: new PID, mount, UTS, IPC and cgroup namespaces (and a network namespace
+//! with only loopback when networking is off) around an already mounted root, with a small
+//! init as PID 1 that starts the command, forwards signals and reaps.
+//!
+//! The supervisor calls `start` with everything prepared; this module never touches the
+//! store. The init speaks to the supervisor over a status pipe with one line per fact:
+//! `pid N`, `execfail ERRNO`, `exit CODE SIGNAL CORE`.
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{self, ForkResult, Pid};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// Everything the init needs to start the command.
+pub struct Spec {
+    pub root: PathBuf,
+    pub hostname: String,
+    pub network: bool,
+    pub command: CString,
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+    /// `PATH` used to find a bare command name inside the sandbox.
+    pub search_path: String,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Attachments to write after pivot_root, so paths resolve inside the sandbox and a
+    /// symlink in the image can never redirect a write onto the host.
+    pub files: Vec<FileToWrite>,
+    /// The command's stdin; `None` keeps the supervisor's fd 0.
+    pub stdin: Option<OwnedFd>,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub status: OwnedFd,
+}
+
+pub struct FileToWrite {
+    pub path: String,
+    pub source: std::fs::File,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+static MAIN_PID: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = MAIN_PID.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Starts the sandbox; returns the init's pid (in the supervisor's namespace).
+pub fn start(spec: Spec) -> io::Result<Pid> {
+    let mut flags = CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWCGROUP;
+    if !spec.network {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    let mut stack = vec![0u8; 1 << 20];
+    let mut spec = Some(spec);
+    let child = Box::new(|| -> isize {
+        let spec = spec.take().expect("clone callback runs once");
+        let status = spec.status.as_raw_fd();
+        match init(spec) {
+            Ok(never) => match never {},
+            Err(e) => {
+                let msg = format!("setupfail {e}\n");
+                // SAFETY: writing a buffer to a pipe fd we own.
+                unsafe { libc::write(status, msg.as_ptr().cast(), msg.len()) };
+                // SAFETY: leave without running destructors of the supervisor's state.
+                unsafe { libc::_exit(120) }
+            }
+        }
+    });
+    // SAFETY: the child gets a copy of our address space (no CLONE_VM) and runs `init`,
+    // which only forks, mounts and execs; the supervisor is single-threaded here.
+    let pid = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }?;
+    Ok(pid)
+}
+
+enum Never {}
+
+fn init(spec: Spec) -> io::Result<Never> {
+    let root = &spec.root;
+    if !spec.network {
+        loopback_up()?;
+    }
+    setup_mounts(root)?;
+    unistd::sethostname(&spec.hostname)?;
+    unistd::chdir(root)?;
+    nix::unistd::pivot_root(".", ".")?;
+    umount2(".", MntFlags::MNT_DETACH)?;
+    unistd::chdir("/")?;
+    for file in &spec.files {
+        write_attachment(file)?;
+    }
+    std::fs::create_dir_all(&spec.cwd)?;
+    if spec.uid != 0 || spec.gid != 0 {
+        let _ = std::os::unix::fs::chown(&spec.cwd, Some(spec.uid), Some(spec.gid));
+    }
+
+    // Find the program now, inside the new root, with the sandbox's PATH.
+    let program = resolve_program(&spec.command, &spec.search_path);
+
+    let (err_r, err_w) = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: init is single-threaded; the child only calls exec-related functions.
+    match unsafe { unistd::fork() }? {
+        ForkResult::Child => {
+            drop(err_r);
+            let errno = exec_command(&spec, &program);
+            let bytes = (errno as i32).to_le_bytes();
+            // SAFETY: reporting errno through the CLOEXEC pipe, then leaving.
+            unsafe {
+                libc::write(err_w.as_raw_fd(), bytes.as_ptr().cast(), 4);
+                libc::_exit(127)
+            }
+        }
+        ForkResult::Parent { child } => {
+            drop(err_w);
+            MAIN_PID.store(child.as_raw(), Ordering::Relaxed);
+            for sig in FORWARDED {
+                // SAFETY: installing a handler that only calls kill.
+                unsafe { signal::signal(sig, SigHandler::Handler(forward)) }?;
+            }
+            signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+            let status = spec.status;
+            // The command holds the output pipes now; ours would keep them open.
+            drop(spec.stdout);
+            drop(spec.stderr);
+            drop(spec.stdin);
+            write_line(&status, &format!("pid {}\n", child.as_raw()));
+            let mut buf = [0u8; 4];
+            if read_full(err_r.as_raw_fd(), &mut buf) == 4 {
+                write_line(&status, &format!("execfail {}\n", i32::from_le_bytes(buf)));
+            }
+            drop(err_r);
+            let (code, sig, core) = reap_until(child);
+            // Whatever the command left behind dies with it.
+            // SAFETY: kill(-1) from PID 1 signals every other process of the namespace.
+            unsafe { libc::kill(-1, libc::SIGKILL) };
+            while waitpid(None, None).is_ok() {}
+            write_line(&status, &format!("exit {code} {sig} {}\n", core as u8));
+            // SAFETY: leaving the namespace's init ends the sandbox.
+            unsafe { libc::_exit(0) }
+        }
+    }
+}
+
+fn write_attachment(file: &FileToWrite) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = Path::new(&file.path);
+    let ctx = |e: io::Error| io::Error::new(e.kind(), format!("attachment {}: {e}", file.path));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(ctx)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let mut out = std::fs::File::create(path).map_err(ctx)?;
+    let mut src = &file.source;
+    io::copy(&mut src, &mut out).map_err(ctx)?;
+    // chown first: it clears setuid/setgid bits that the mode may set.
+    std::os::unix::fs::fchown(&out, Some(file.uid), Some(file.gid)).map_err(ctx)?;
+    out.set_permissions(std::fs::Permissions::from_mode(file.mode))
+        .map_err(ctx)?;
+    Ok(())
+}
+
+fn write_line(fd: &OwnedFd, line: &str) {
+    // SAFETY: plain write to a pipe we own.
+    unsafe { libc::write(fd.as_raw_fd(), line.as_ptr().cast(), line.len()) };
+}
+
+fn read_full(fd: RawFd, buf: &mut [u8]) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reading into the remaining part of `buf`.
+        let n = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        got += n as usize;
+    }
+    got
+}
+
+/// Reaps children until the main command exits; returns (exit code or -1, signal or -1, core).
+fn reap_until(main: Pid) -> (i32, i32, bool) {
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == main => return (code, -1, false),
+            Ok(WaitStatus::Signaled(pid, sig, core)) if pid == main => {
+                return (-1, sig as i32, core)
+            }
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return (-1, -1, false),
+        }
+    }
+}
+
+fn resolve_program(command: &CString, search_path: &str) -> CString {
+    let bytes = command.as_bytes();
+    if bytes.is_empty() || bytes.contains(&b'/') {
+        return command.clone();
+    }
+    let name = String::from_utf8_lossy(bytes);
+    for dir in search_path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(name.as_ref());
+        if let Ok(meta) = std::fs::metadata(&candidate) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                if let Ok(c) = CString::new(candidate.into_os_string().into_encoded_bytes()) {
+                    return c;
+                }
+            }
+        }
+    }
+    command.clone()
+}
+
+/// In the command's process: stdio, credentials, cwd, a clean signal state, exec.
+/// Returns only on failure, with the errno.
+fn exec_command(spec: &Spec, program: &CString) -> nix::errno::Errno {
+    let fail = |e: nix::errno::Errno| e;
+    let _ = unistd::setsid();
+    if let Some(stdin) = &spec.stdin {
+        if let Err(e) = unistd::dup2(stdin.as_raw_fd(), 0) {
+            return fail(e);
+        }
+    }
+    for (fd, target) in [(&spec.stdout, 1), (&spec.stderr, 2)] {
+        if let Err(e) = unistd::dup2(fd.as_raw_fd(), target) {
+            return fail(e);
+        }
+    }
+    // Rust ignores SIGPIPE and the supervisor blocks signals; exec keeps both, so undo them.
+    for sig in Signal::iterator() {
+        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+            // SAFETY: restoring default dispositions before exec.
+            let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
+        }
+    }
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    if let Err(e) = unistd::setgroups(&[]) {
+        return fail(e);
+    }
+    let gid = unistd::Gid::from_raw(spec.gid);
+    let uid = unistd::Uid::from_raw(spec.uid);
+    if let Err(e) = unistd::setresgid(gid, gid, gid) {
+        return fail(e);
+    }
+    if let Err(e) = unistd::setresuid(uid, uid, uid) {
+        return fail(e);
+    }
+    if let Err(e) = unistd::chdir(spec.cwd.as_str()) {
+        return fail(e);
+    }
+    match unistd::execve(program, &spec.argv, &spec.env) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+/// /proc, a minimal /dev and /dev/pts, /dev/shm inside the new root.
+fn setup_mounts(root: &Path) -> io::Result<()> {
+    let proc_dir = root.join("proc");
+    std::fs::create_dir_all(&proc_dir)?;
+    mount(
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )?;
+    let dev = root.join("dev");
+    std::fs::create_dir_all(&dev)?;
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let path = dev.join(name);
+        mknod(
+            &path,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
+        )?;
+        // mknod applies the umask; devices must be world-usable.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link))?;
+    }
+    let pts = dev.join("pts");
+    std::fs::create_dir(&pts)?;
+    mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=620"),
+    )?;
+    let shm = dev.join("shm");
+    std::fs::create_dir(&shm)?;
+    mount(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    Ok(())
+}
+
+/// Brings `lo` up in a fresh network namespace (it starts down).
+fn loopback_up() -> io::Result<()> {
+    // SAFETY: an ordinary socket used only for interface ioctls, closed by OwnedFd.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: sock is a fresh fd we own.
+    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(sock) };
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"lo".iter().enumerate() {
+        req.ifr_name[i] = *b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the flags member of ifreq.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Makes the caller's mount namespace private so nothing it mounts reaches the host, and
+/// so everything it mounts disappears with it (no leftover mounts after a crash).
+pub fn private_mount_namespace() -> io::Result<()> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    Ok(())
+}
+
+/// Mounts a tiny tmpfs (used as the empty second layer of the host view).
+pub fn mount_tiny_tmpfs(target: &Path) -> io::Result<()> {
+    mount(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_RDONLY,
+        Some("size=4k,mode=755"),
+    )?;
+    Ok(())
+}
+
+pub fn unmount(target: &Path) {
+    let _ = umount2(target, MntFlags::MNT_DETACH);
+}
+
+pub fn borrowed(fd: &OwnedFd) -> BorrowedFd<'_> {
+    use std::os::fd::AsFd;
+    fd.as_fd()
+}

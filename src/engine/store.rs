@@ -1,0 +1,527 @@
+//! The local engine's store: one SQLite database for metadata (images, tags, layers,
+//! blobs, operations) plus directories for layer contents, blob objects and event logs.
+//!
+//! Layout under the store root:
+//! - `contree.db`            metadata (WAL)
+//! - `layers/<id>/`          one overlay layer each, immutable once committed
+//! - `blobs/sha256/<hex>`    attachment contents, content-addressed
+//! - `ops/<uuid>/events`     per-operation event log (see `eventlog`)
+//! - `tmp/<uuid>/`           a running operation's scratch (upper, work, mount points)
+//! - `base/host-mask/`       the whiteout layer that hides host secrets from `host`
+//!
+//! Every visible change is a rename into place followed by one transaction, so a crash
+//! leaves at most unreferenced directories, which `recover` removes.
+
+use crate::wire::{self, Operation, SpawnRequest, Status};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("store I/O error on '{path}': {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+pub fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.into();
+    move |source| StoreError::Io { path, source }
+}
+
+/// The reserved layer id standing for "the host's root, seen through the mask".
+pub const HOST_LAYER: &str = "@host";
+pub const HOST_TAG: &str = "host";
+
+/// An image row.
+#[derive(Debug, Clone)]
+pub struct ImageRow {
+    pub uuid: String,
+    pub created_at: String,
+    pub parent: Option<String>,
+    pub operation: Option<String>,
+    /// Top layer first; may end with `HOST_LAYER`.
+    pub layers: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub tags: Vec<String>,
+}
+
+/// What the engine records about an operation besides the wire fields.
+#[derive(Debug, Clone)]
+pub struct OpRow {
+    pub uuid: String,
+    pub kind: String,
+    pub status: Status,
+    pub created_at: String,
+    pub duration: Option<f64>,
+    pub image: Option<String>,
+    pub result_image: Option<String>,
+    pub error: Option<String>,
+    pub request: Option<SpawnRequest>,
+    pub supervisor_pid: Option<i32>,
+    pub supervisor_start: Option<u64>,
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub image_size: Option<u64>,
+}
+
+impl OpRow {
+    /// The `OperationResponse` shape; `metadata` carries the request echo and the result state.
+    pub fn to_wire(&self) -> Operation {
+        let mut metadata = None;
+        if let Some(req) = &self.request {
+            let mut meta = serde_json::to_value(req).unwrap_or_default();
+            if let Some(obj) = meta.as_object_mut() {
+                obj.remove("stdin");
+                if self.status.is_terminal() {
+                    let mut state = serde_json::Map::new();
+                    if let Some(code) = self.exit_code {
+                        state.insert("exit_code".into(), code.into());
+                        state.insert("timed_out".into(), self.timed_out.into());
+                    }
+                    obj.insert(
+                        "result".into(),
+                        serde_json::json!({ "state": serde_json::Value::Object(state) }),
+                    );
+                }
+            }
+            metadata = Some(meta);
+        }
+        Operation {
+            uuid: self.uuid.clone(),
+            kind: self.kind.clone(),
+            status: self.status,
+            error: self.error.clone(),
+            created_at: Some(self.created_at.clone()),
+            duration: self.duration,
+            image_size: self.image_size,
+            image_uuid: self.image.clone(),
+            result_image_uuid: self.result_image.clone(),
+            metadata,
+            result: Some(wire::OperationResult {
+                image: self.result_image.clone(),
+                tag: None,
+            }),
+        }
+    }
+}
+
+pub struct Store {
+    pub root: PathBuf,
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS images(
+  uuid TEXT PRIMARY KEY, created_at TEXT NOT NULL, parent TEXT, operation TEXT,
+  layers TEXT NOT NULL, env TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE IF NOT EXISTS tags(tag TEXT PRIMARY KEY, image TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS tags_image ON tags(image);
+CREATE TABLE IF NOT EXISTS layers(id TEXT PRIMARY KEY, created_at TEXT NOT NULL, size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs(
+  sha256 TEXT PRIMARY KEY, uuid TEXT NOT NULL UNIQUE, size INTEGER NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS operations(
+  uuid TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, created_at TEXT NOT NULL,
+  duration REAL, image TEXT, result_image TEXT, error TEXT, request TEXT,
+  supervisor_pid INTEGER, supervisor_start INTEGER, exit_code INTEGER,
+  timed_out INTEGER NOT NULL DEFAULT 0, image_size INTEGER);
+CREATE INDEX IF NOT EXISTS operations_created ON operations(created_at);
+CREATE INDEX IF NOT EXISTS operations_status ON operations(status);
+";
+
+impl Store {
+    /// Opens the store at `root`, creating its directories, schema and the `host` image.
+    pub fn open(root: &Path) -> Result<Store> {
+        for sub in ["layers", "blobs/sha256", "ops", "tmp", "base"] {
+            let dir = root.join(sub);
+            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        let db = root.join("contree.db");
+        let conn = Connection::open(&db)?;
+        let timeout = std::env::var("CONTREE_DB_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(30);
+        conn.busy_timeout(Duration::from_secs(timeout))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        let store = Store {
+            root: root.to_path_buf(),
+            conn,
+        };
+        store.ensure_host_image()?;
+        Ok(store)
+    }
+
+    fn ensure_host_image(&self) -> Result<()> {
+        if self.find_tag(HOST_TAG)?.is_some() {
+            return Ok(());
+        }
+        // Checked again inside the write transaction: two first commands may race here.
+        self.transaction(|c| {
+            let exists: Option<String> = c
+                .query_row("SELECT image FROM tags WHERE tag = ?1", [HOST_TAG], |r| r.get(0))
+                .optional()?;
+            if exists.is_none() {
+                let uuid = uuid::Uuid::new_v4().to_string();
+                c.execute(
+                    "INSERT INTO images(uuid, created_at, parent, operation, layers, env) VALUES (?1, ?2, NULL, NULL, ?3, '{}')",
+                    params![uuid, wire::now_ts(), serde_json::to_string(&[HOST_LAYER]).unwrap_or_default()],
+                )?;
+                c.execute("INSERT INTO tags(tag, image) VALUES (?1, ?2)", params![HOST_TAG, uuid])?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn layer_dir(&self, id: &str) -> PathBuf {
+        if id == HOST_LAYER {
+            self.root.join("base/host-mask")
+        } else {
+            self.root.join("layers").join(id)
+        }
+    }
+    pub fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(sha256)
+    }
+    pub fn op_dir(&self, op: &str) -> PathBuf {
+        self.root.join("ops").join(op)
+    }
+    pub fn scratch_dir(&self, op: &str) -> PathBuf {
+        self.root.join("tmp").join(op)
+    }
+
+    // ---- images -------------------------------------------------------------------------
+
+    fn image_from_row(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<ImageRow> {
+        let layers: String = r.get(4)?;
+        let env: String = r.get(5)?;
+        Ok(ImageRow {
+            uuid: r.get(0)?,
+            created_at: r.get(1)?,
+            parent: r.get(2)?,
+            operation: r.get(3)?,
+            layers: serde_json::from_str(&layers).unwrap_or_default(),
+            env: serde_json::from_str(&env).unwrap_or_default(),
+            tags: Vec::new(),
+        })
+    }
+
+    pub fn image(&self, uuid: &str) -> Result<Option<ImageRow>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT uuid, created_at, parent, operation, layers, env FROM images WHERE uuid = ?1",
+                [uuid.to_ascii_lowercase()],
+                |r| self.image_from_row(r),
+            )
+            .optional()?;
+        match row {
+            Some(mut img) => {
+                img.tags = self.tags_of(&img.uuid)?;
+                Ok(Some(img))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn tags_of(&self, uuid: &str) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT tag FROM tags WHERE image = ?1 ORDER BY tag")?;
+        let tags = stmt
+            .query_map([uuid], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(tags)
+    }
+
+    pub fn find_tag(&self, tag: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT image FROM tags WHERE tag = ?1", [tag], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// All images, newest first, with their tags.
+    pub fn images(&self) -> Result<Vec<ImageRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT uuid, created_at, parent, operation, layers, env FROM images ORDER BY created_at DESC, rowid DESC",
+        )?;
+        let rows = stmt
+            .query_map([], |r| self.image_from_row(r))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        drop(stmt);
+        let mut out = Vec::with_capacity(rows.len());
+        for mut img in rows {
+            img.tags = self.tags_of(&img.uuid)?;
+            out.push(img);
+        }
+        Ok(out)
+    }
+
+    /// Points `tag` at `image` (moving it if another image had it).
+    pub fn set_tag(&self, image: &str, tag: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO tags(tag, image) VALUES (?1, ?2) ON CONFLICT(tag) DO UPDATE SET image = excluded.image",
+            params![tag, image],
+        )?;
+        Ok(())
+    }
+
+    pub fn remove_tag(&self, image: &str, tag: &str) -> Result<bool> {
+        Ok(self.conn.execute(
+            "DELETE FROM tags WHERE tag = ?1 AND image = ?2",
+            params![tag, image],
+        )? > 0)
+    }
+
+    /// Records a new layer directory (already renamed into place) and an image on top of it
+    /// in one transaction.
+    pub fn insert_image(&self, image: &ImageRow, new_layer: Option<(&str, u64)>) -> Result<()> {
+        self.transaction(|tx| {
+        if let Some((id, size)) = new_layer {
+            tx.execute(
+                "INSERT INTO layers(id, created_at, size) VALUES (?1, ?2, ?3)",
+                params![id, wire::now_ts(), size as i64],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO images(uuid, created_at, parent, operation, layers, env) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                image.uuid,
+                image.created_at,
+                image.parent,
+                image.operation,
+                serde_json::to_string(&image.layers).unwrap_or_default(),
+                serde_json::to_string(&image.env).unwrap_or_default(),
+            ],
+        )?;
+        for tag in &image.tags {
+            tx.execute(
+                "INSERT INTO tags(tag, image) VALUES (?1, ?2) ON CONFLICT(tag) DO UPDATE SET image = excluded.image",
+                params![tag, image.uuid],
+            )?;
+        }
+        Ok(())
+        })
+    }
+
+    /// Replaces an image's layer chain by an equivalent, shorter one (after flattening).
+    pub fn replace_layers(
+        &self,
+        image: &str,
+        layers: &[String],
+        new_layer: (&str, u64),
+    ) -> Result<()> {
+        self.transaction(|tx| {
+            tx.execute(
+                "INSERT INTO layers(id, created_at, size) VALUES (?1, ?2, ?3)",
+                params![new_layer.0, wire::now_ts(), new_layer.1 as i64],
+            )?;
+            tx.execute(
+                "UPDATE images SET layers = ?2 WHERE uuid = ?1",
+                params![image, serde_json::to_string(layers).unwrap_or_default()],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn layer_known(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM layers WHERE id = ?1", [id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    // ---- blobs --------------------------------------------------------------------------
+
+    /// The uuid of a stored blob with this digest.
+    pub fn blob_uuid(&self, sha256: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT uuid FROM blobs WHERE sha256 = ?1", [sha256], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn blob_by_uuid(&self, uuid: &str) -> Result<Option<(String, u64)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT sha256, size FROM blobs WHERE uuid = ?1",
+                [uuid.to_ascii_lowercase()],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()?)
+    }
+
+    /// Stores `source`'s content as the blob `sha256` unless it is already there; returns
+    /// the blob's uuid. The copy lands under a temporary name and is renamed into place.
+    pub fn put_blob(&self, sha256: &str, source: &Path) -> Result<String> {
+        if let Some(uuid) = self.blob_uuid(sha256)? {
+            if self.blob_path(sha256).exists() {
+                return Ok(uuid);
+            }
+        }
+        let target = self.blob_path(sha256);
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!(".blob-{}-{}", sha256, std::process::id()));
+        let size = std::fs::copy(source, &tmp).map_err(io_err(source))?;
+        std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
+        let uuid = uuid::Uuid::new_v4().to_string();
+        self.conn.execute(
+            "INSERT INTO blobs(sha256, uuid, size, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(sha256) DO NOTHING",
+            params![sha256, uuid, size as i64, wire::now_ts()],
+        )?;
+        Ok(self.blob_uuid(sha256)?.unwrap_or(uuid))
+    }
+
+    // ---- operations ---------------------------------------------------------------------
+
+    pub fn create_op(
+        &self,
+        uuid: &str,
+        kind: &str,
+        image: Option<&str>,
+        request: Option<&SpawnRequest>,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO operations(uuid, kind, status, created_at, image, request) VALUES (?1, ?2, 'PENDING', ?3, ?4, ?5)",
+            params![
+                uuid,
+                kind,
+                wire::now_ts(),
+                image,
+                request.map(|r| serde_json::to_string(r).unwrap_or_default())
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_op(&self, uuid: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM operations WHERE uuid = ?1", [uuid])?;
+        Ok(())
+    }
+
+    fn op_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OpRow> {
+        let status: String = r.get(2)?;
+        let request: Option<String> = r.get(8)?;
+        Ok(OpRow {
+            uuid: r.get(0)?,
+            kind: r.get(1)?,
+            status: Status::parse(&status).unwrap_or(Status::Failed),
+            created_at: r.get(3)?,
+            duration: r.get(4)?,
+            image: r.get(5)?,
+            result_image: r.get(6)?,
+            error: r.get(7)?,
+            request: request.and_then(|t| serde_json::from_str(&t).ok()),
+            supervisor_pid: r.get(9)?,
+            supervisor_start: r.get::<_, Option<i64>>(10)?.map(|v| v as u64),
+            exit_code: r.get(11)?,
+            timed_out: r.get::<_, i64>(12)? != 0,
+            image_size: r.get::<_, Option<i64>>(13)?.map(|v| v as u64),
+        })
+    }
+
+    const OP_COLUMNS: &'static str = "uuid, kind, status, created_at, duration, image, result_image, error, request, supervisor_pid, supervisor_start, exit_code, timed_out, image_size";
+
+    pub fn op(&self, uuid: &str) -> Result<Option<OpRow>> {
+        let sql = format!(
+            "SELECT {} FROM operations WHERE uuid = ?1",
+            Self::OP_COLUMNS
+        );
+        Ok(self
+            .conn
+            .query_row(&sql, [uuid.to_ascii_lowercase()], Self::op_from_row)
+            .optional()?)
+    }
+
+    /// Operations, newest first, optionally only those with one of `statuses`.
+    pub fn ops(&self, statuses: &[Status], kind: Option<&str>) -> Result<Vec<OpRow>> {
+        let sql = format!(
+            "SELECT {} FROM operations ORDER BY created_at DESC, rowid DESC",
+            Self::OP_COLUMNS
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt
+            .query_map([], Self::op_from_row)?
+            .filter_map(|r| r.ok())
+            .filter(|op| statuses.is_empty() || statuses.contains(&op.status))
+            .filter(|op| kind.is_none_or(|k| op.kind == k))
+            .collect();
+        Ok(rows)
+    }
+
+    /// PENDING → EXECUTING, recording who supervises the operation.
+    pub fn mark_executing(&self, uuid: &str, pid: i32, start: u64) -> Result<bool> {
+        Ok(self.conn.execute(
+            "UPDATE operations SET status = 'EXECUTING', supervisor_pid = ?2, supervisor_start = ?3 WHERE uuid = ?1 AND status IN ('PENDING', 'ASSIGNED')",
+            params![uuid, pid, start as i64],
+        )? > 0)
+    }
+
+    pub fn set_supervisor(&self, uuid: &str, pid: i32, start: u64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE operations SET supervisor_pid = ?2, supervisor_start = ?3 WHERE uuid = ?1",
+            params![uuid, pid, start as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Moves an active operation to a terminal status. Returns false if it already was
+    /// terminal (someone else finished it), so exactly one writer appends `completion`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish_op(
+        &self,
+        uuid: &str,
+        status: Status,
+        error: Option<&str>,
+        duration: f64,
+        result_image: Option<&str>,
+        exit_code: Option<i32>,
+        timed_out: bool,
+        image_size: Option<u64>,
+    ) -> Result<bool> {
+        Ok(self.conn.execute(
+            "UPDATE operations SET status = ?2, error = ?3, duration = ?4, result_image = ?5, exit_code = ?6, timed_out = ?7, image_size = ?8
+             WHERE uuid = ?1 AND status IN ('PENDING', 'ASSIGNED', 'EXECUTING')",
+            params![uuid, status.as_str(), error, duration, result_image, exit_code, timed_out as i64, image_size.map(|s| s as i64)],
+        )? > 0)
+    }
+
+    /// Runs `f` inside one IMMEDIATE transaction (for commits that touch several tables).
+    pub fn transaction<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(&self.conn) {
+            Ok(v) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+}

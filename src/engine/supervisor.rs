@@ -1,0 +1,810 @@
+//! The per-operation supervisor: a process of its own (`contree __supervise`) that owns
+//! one run from start to commit, so detached runs outlive the CLI and a killed CLI never
+//! leaves a half-finished operation.
+//!
+//! It works in a private mount namespace: every mount it makes (host view, overlay root)
+//! vanishes with it, so a crash leaves no mounts behind, only a scratch dir that `recover`
+//! removes. SIGTERM (sent by `kill` / Ctrl-C) cancels the run.
+
+use super::eventlog::LogWriter;
+use super::layers;
+use super::overlay::Overlay;
+use super::sandbox::{self, FileToWrite, Spec};
+use super::store::{ImageRow, OpRow, Store, HOST_LAYER};
+use crate::wire::{self, SpawnRequest, Status};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::Pid;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Layer chains longer than this (not counting the base) are merged into one layer after
+/// a commit. The kernel allows 500 lower layers; lookups and mounts slow down long before.
+pub const FLATTEN_AT: usize = 24;
+
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Signals that cancel a run; the CLI blocks them before exec so none is lost at start-up.
+pub fn cancel_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    set
+}
+
+#[derive(Debug)]
+struct Outcome {
+    status: Status,
+    error: Option<String>,
+    exit_code: Option<i32>,
+    timed_out: bool,
+}
+
+/// Entry point of `contree __supervise STORE OP`. Returns the process exit code.
+pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
+    let started = Instant::now();
+    let _ = cancel_signals().thread_block();
+    let store = match Store::open(store_root) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("supervisor: {e}");
+            return 1;
+        }
+    };
+    let Ok(Some(row)) = store.op(op) else {
+        eprintln!("supervisor: operation {op} not found");
+        return 1;
+    };
+    let log_path = store.op_dir(op).join("events");
+    let mut log = match LogWriter::open(&log_path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("supervisor: event log {}: {e}", log_path.display());
+            return 1;
+        }
+    };
+    let pid = std::process::id() as i32;
+    let _ = store.mark_executing(op, pid, super::process_start_time(pid).unwrap_or(0));
+    let mut run = Run {
+        store: &store,
+        row: &row,
+        log: &mut log,
+        scratch: store.scratch_dir(op),
+        data_dir: data_dir.to_path_buf(),
+    };
+    let outcome = run.execute();
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(message) => Outcome {
+            status: Status::Failed,
+            error: Some(message),
+            exit_code: None,
+            timed_out: false,
+        },
+    };
+    run.finish(outcome, started);
+    0
+}
+
+struct Run<'a> {
+    store: &'a Store,
+    row: &'a OpRow,
+    log: &'a mut LogWriter,
+    scratch: PathBuf,
+    data_dir: PathBuf,
+}
+
+struct Mounted {
+    root: PathBuf,
+    upper: PathBuf,
+    mounts: Vec<PathBuf>,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        for m in self.mounts.iter().rev() {
+            sandbox::unmount(m);
+        }
+    }
+}
+
+impl Run<'_> {
+    fn event(&mut self, kind: &str, spid: Option<u32>, data: Value) {
+        let data = match data {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        let _ = self.log.append(kind, spid, data);
+    }
+
+    fn request(&self) -> Result<&SpawnRequest, String> {
+        self.row
+            .request
+            .as_ref()
+            .ok_or_else(|| "operation has no spawn request".to_string())
+    }
+
+    fn image(&self) -> Result<ImageRow, String> {
+        let uuid = self.request()?.image.clone();
+        self.store
+            .image(&uuid)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("image {uuid} not found"))
+    }
+
+    fn execute(&mut self) -> Result<Outcome, String> {
+        let req = self.request()?.clone();
+        let image = self.image()?;
+        let uts = nix::sys::utsname::uname().ok();
+        self.event(
+            "init",
+            Some(0),
+            json!({
+                "started_at": wire::now_ts(),
+                "runtime_path": self.scratch.display().to_string(),
+                "verbose": false,
+                "init_pid": 1,
+                "hostname": req.hostname,
+                "kernel": uts.as_ref().map(|u| format!("{} {}", u.release().to_string_lossy(), u.version().to_string_lossy())),
+                "machine": uts.as_ref().map(|u| u.machine().to_string_lossy().into_owned()),
+                "boot_id": self.row.uuid,
+            }),
+        );
+        sandbox::private_mount_namespace()
+            .map_err(|e| format!("cannot create a private mount namespace: {e} (contree needs root or CAP_SYS_ADMIN)"))?;
+        let mounted = self.mount_root(&image)?;
+        let outcome = self.run_command(&req, &image, &mounted)?;
+        let root = mounted.root.clone();
+        drop(mounted);
+        let _ = root;
+        Ok(outcome)
+    }
+
+    /// Mounts the image's layers plus a fresh upper dir at `scratch/root`.
+    fn mount_root(&mut self, image: &ImageRow) -> Result<Mounted, String> {
+        let s = &self.scratch;
+        let (root, upper, work) = (s.join("root"), s.join("upper"), s.join("work"));
+        for d in [&root, &upper, &work] {
+            std::fs::create_dir_all(d).map_err(|e| format!("scratch dir {}: {e}", d.display()))?;
+        }
+        let mut mounted = Mounted {
+            root: root.clone(),
+            upper: upper.clone(),
+            mounts: Vec::new(),
+        };
+        let mut lowers = Vec::new();
+        for layer in &image.layers {
+            if layer == HOST_LAYER {
+                let mask = self.store.layer_dir(HOST_LAYER);
+                if !mask.exists() {
+                    layers::build_host_mask(&mask, &self.data_dir)
+                        .map_err(|e| format!("cannot build the host image mask: {e}"))?;
+                }
+                let (empty, host) = (s.join("empty"), s.join("host"));
+                for d in [&empty, &host] {
+                    std::fs::create_dir_all(d)
+                        .map_err(|e| format!("scratch dir {}: {e}", d.display()))?;
+                }
+                sandbox::mount_tiny_tmpfs(&empty)
+                    .map_err(|e| format!("tmpfs for the host view: {e}"))?;
+                mounted.mounts.push(empty.clone());
+                // overlayfs refuses layers that overlap, and the store lies under `/`: a
+                // read-only overlay of `/` (over an empty tmpfs dir) is a separate
+                // filesystem that can then sit under store layers.
+                Overlay {
+                    lowers: &[PathBuf::from("/"), empty],
+                    upper: None,
+                }
+                .mount(&host)
+                .map_err(|e| format!("cannot mount the host view: {e}"))?;
+                mounted.mounts.push(host.clone());
+                lowers.push(mask);
+                lowers.push(host);
+            } else {
+                lowers.push(self.store.layer_dir(layer));
+            }
+        }
+        Overlay {
+            lowers: &lowers,
+            upper: Some((&upper, &work)),
+        }
+        .mount(&root)
+        .map_err(|e| {
+            format!(
+                "cannot mount the overlay root ({} layers): {e}",
+                lowers.len()
+            )
+        })?;
+        mounted.mounts.push(root);
+        Ok(mounted)
+    }
+
+    fn run_command(
+        &mut self,
+        req: &SpawnRequest,
+        image: &ImageRow,
+        mounted: &Mounted,
+    ) -> Result<Outcome, String> {
+        let env = sandbox_env(req, image);
+        let search_path = env
+            .get("PATH")
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_PATH.into());
+        let (command, argv) = command_line(req);
+        let cstr =
+            |s: &str| CString::new(s).map_err(|_| format!("argument contains a NUL byte: {s:?}"));
+        let env_c = env
+            .iter()
+            .map(|(k, v)| cstr(&format!("{k}={v}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let argv_c = argv
+            .iter()
+            .map(|a| cstr(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cwd = req
+            .cwd
+            .clone()
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| "/".into());
+
+        let mut files = Vec::new();
+        for (path, file) in req.files.iter().flatten() {
+            let (sha, _) = self
+                .store
+                .blob_by_uuid(&file.uuid)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("file {} for {path} not found", file.uuid))?;
+            let source = std::fs::File::open(self.store.blob_path(&sha))
+                .map_err(|e| format!("file {} for {path}: {e}", file.uuid))?;
+            files.push(FileToWrite {
+                path: path.clone(),
+                source,
+                uid: file.uid,
+                gid: file.gid,
+                mode: u32::from_str_radix(&file.mode, 8).unwrap_or(0o644) & 0o7777,
+            });
+        }
+
+        let pipe =
+            || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (st_r, st_w) = pipe()?;
+        for fd in [&out_r, &err_r] {
+            // Bigger pipes mean fewer wake-ups for chatty commands.
+            let _ = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+        }
+        let mut stdin_feed = None;
+        let stdin = match &req.stdin {
+            Some(repr) => {
+                let bytes = repr
+                    .bytes()
+                    .map_err(|e| format!("stdin is not valid base64: {e}"))?;
+                let keep_open = repr.close == Some(false);
+                let (r, w) = pipe()?;
+                stdin_feed = Some(std::thread::spawn(move || feed_stdin(w, bytes, keep_open)));
+                Some(r)
+            }
+            None => None,
+        };
+
+        let timeout = req.timeout.filter(|t| *t > 0).map(Duration::from_secs);
+        let spawned_at = Instant::now();
+        let init = sandbox::start(Spec {
+            root: mounted.root.clone(),
+            hostname: req.hostname.clone(),
+            network: req.network_enabled(),
+            command: cstr(&command)?,
+            argv: argv_c,
+            env: env_c,
+            search_path,
+            cwd: cwd.clone(),
+            uid: req.uid.unwrap_or(0),
+            gid: req.gid.unwrap_or(0),
+            files,
+            stdin,
+            stdout: out_w,
+            stderr: err_w,
+            status: st_w,
+        })
+        .map_err(|e| format!("cannot create the sandbox namespaces: {e}"))?;
+
+        let mut masked_env = Map::new();
+        for (k, v) in req.env.iter().flatten() {
+            let secret = [
+                "TOKEN",
+                "SECRET",
+                "PASSWORD",
+                "API_KEY",
+                "CREDENTIALS",
+                "AUTHORIZATION",
+            ]
+            .iter()
+            .any(|s| k.to_ascii_uppercase().ends_with(s));
+            masked_env.insert(
+                k.clone(),
+                Value::String(if secret { "<MASKED>".into() } else { v.clone() }),
+            );
+        }
+        let cap = req.truncate_output_at.unwrap_or(1 << 20);
+        let mut streams = [
+            Stream::new("stdout", out_r, cap),
+            Stream::new("stderr", err_r, cap),
+        ];
+        let mut status_r = Some(st_r);
+        let mut status_buf = String::new();
+        let sigfd = SignalFd::with_flags(
+            &cancel_signals(),
+            SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
+        )
+        .map_err(|e| format!("signalfd: {e}"))?;
+        let mut cancelled = false;
+        let mut timed_out = false;
+        let mut main_pid: Option<i64> = None;
+        let mut exec_errno: Option<i32> = None;
+        let mut setup_error: Option<String> = None;
+        let mut exit: Option<(i32, i32, bool)> = None;
+        let mut buf = vec![0u8; 1 << 20];
+        let kill_init = || {
+            let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
+        };
+
+        while streams.iter().any(|s| s.fd.is_some()) || status_r.is_some() {
+            let mut fds = Vec::with_capacity(4);
+            let mut who = Vec::with_capacity(4);
+            for (i, s) in streams.iter().enumerate() {
+                if let Some(fd) = &s.fd {
+                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                    who.push(i);
+                }
+            }
+            if let Some(fd) = &status_r {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                who.push(2);
+            }
+            fds.push(PollFd::new(sigfd.as_fd(), PollFlags::POLLIN));
+            who.push(3);
+            let wait = match timeout {
+                Some(t) if !timed_out && !cancelled => {
+                    let left = t.saturating_sub(spawned_at.elapsed());
+                    PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
+                        .unwrap_or(PollTimeout::MAX)
+                }
+                _ => PollTimeout::NONE,
+            };
+            match poll(&mut fds, wait) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(format!("poll: {e}")),
+            }
+            let ready: Vec<usize> = fds
+                .iter()
+                .zip(&who)
+                .filter(|(f, _)| f.revents().is_some_and(|r| !r.is_empty()))
+                .map(|(_, w)| *w)
+                .collect();
+            drop(fds);
+            for w in ready {
+                match w {
+                    0 | 1 => {
+                        let s = &mut streams[w];
+                        let fd = s.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+                        match nix::unistd::read(fd, &mut buf) {
+                            Ok(0) => s.fd = None,
+                            Ok(n) => s.record(self.log, &buf[..n]),
+                            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                            Err(_) => s.fd = None,
+                        }
+                    }
+                    2 => {
+                        let fd = status_r.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+                        match nix::unistd::read(fd, &mut buf) {
+                            Ok(0) | Err(_) => status_r = None,
+                            Ok(n) => {
+                                status_buf.push_str(&String::from_utf8_lossy(&buf[..n]));
+                                while let Some(pos) = status_buf.find('\n') {
+                                    let line: String = status_buf.drain(..=pos).collect();
+                                    let mut parts = line.split_whitespace();
+                                    match parts.next() {
+                                        Some("pid") => {
+                                            main_pid = parts.next().and_then(|p| p.parse().ok());
+                                            self.event(
+                                                "spawn",
+                                                Some(1),
+                                                json!({
+                                                    "pid": main_pid.unwrap_or(2),
+                                                    "command": req.command,
+                                                    "args": req.args.clone().unwrap_or_default(),
+                                                    "shell": req.shell,
+                                                    "cwd": cwd,
+                                                    "uid": req.uid.unwrap_or(0),
+                                                    "gid": req.gid.unwrap_or(0),
+                                                    "timeout": req.timeout,
+                                                    "truncate_at": cap,
+                                                    "env": masked_env,
+                                                }),
+                                            );
+                                        }
+                                        Some("execfail") => {
+                                            exec_errno = parts.next().and_then(|p| p.parse().ok())
+                                        }
+                                        Some("setupfail") => {
+                                            setup_error = Some(line[10..].trim().to_string())
+                                        }
+                                        Some("exit") => {
+                                            let n: Vec<i32> =
+                                                parts.filter_map(|p| p.parse().ok()).collect();
+                                            if n.len() == 3 {
+                                                exit = Some((n[0], n[1], n[2] != 0));
+                                            }
+                                        }
+                                        _ => {}
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    _ => {
+                        while let Ok(Some(_)) = sigfd.read_signal() {
+                            if !cancelled {
+                                cancelled = true;
+                                kill_init();
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(t) = timeout {
+                if !timed_out && !cancelled && spawned_at.elapsed() >= t {
+                    timed_out = true;
+                    kill_init();
+                }
+            }
+        }
+        let rusage = wait_init(init);
+        if let Some(feed) = stdin_feed {
+            // The feeder ends on EOF or on EPIPE once the sandbox is gone.
+            let _ = feed.join();
+        }
+        let duration_ms = spawned_at.elapsed().as_millis() as u64;
+        for s in &streams {
+            if s.dropped > 0 {
+                self.event(
+                    "truncated",
+                    Some(1),
+                    json!({"stream": s.name, "bytes_emitted": s.emitted, "bytes_dropped": s.dropped}),
+                );
+            }
+        }
+        if let Some(err) = setup_error {
+            return Err(format!("sandbox setup failed: {err}"));
+        }
+        let (code, signal, core) = match (exec_errno, exit) {
+            (Some(errno), _) => (127, -1, false),
+            (None, Some(e)) => e,
+            // The init was killed (timeout, cancel) before it could report.
+            (None, None) => (-1, libc::SIGKILL, false),
+        };
+        self.event(
+            "exit",
+            Some(1),
+            json!({
+                "pid": main_pid.unwrap_or(2),
+                "code": code,
+                "signal": signal,
+                "core_dump": core,
+                "timed_out": timed_out,
+                "duration_ms": duration_ms,
+                "resources": rusage,
+            }),
+        );
+        let reason = if timed_out {
+            "timeout"
+        } else if cancelled {
+            "signal"
+        } else if exec_errno.is_some() {
+            "spawn_failed"
+        } else {
+            "job_complete"
+        };
+        self.event(
+            "shutdown",
+            Some(0),
+            json!({"stopped_at": wire::now_ts(), "reason": reason}),
+        );
+        let _ = mounted;
+        Ok(if cancelled {
+            Outcome {
+                status: Status::Cancelled,
+                error: Some("cancelled".into()),
+                exit_code: Some(code),
+                timed_out: false,
+            }
+        } else if let Some(errno) = exec_errno {
+            Outcome {
+                status: Status::Failed,
+                error: Some(format!(
+                    "spawn failed: exec {}: {}",
+                    command,
+                    nix::errno::Errno::from_raw(errno).desc()
+                )),
+                exit_code: Some(127),
+                timed_out: false,
+            }
+        } else if timed_out {
+            Outcome {
+                status: Status::Failed,
+                error: Some(format!("timed out after {}s", req.timeout.unwrap_or(0))),
+                exit_code: Some(-1),
+                timed_out: true,
+            }
+        } else {
+            Outcome {
+                status: Status::Success,
+                error: None,
+                exit_code: Some(code),
+                timed_out: false,
+            }
+        })
+    }
+
+    /// Commits the snapshot (for a successful, non-disposable run), records the terminal
+    /// state, appends `completion`, removes the scratch dir.
+    fn finish(&mut self, outcome: Outcome, started: Instant) {
+        let mut result_image = None;
+        let mut image_size = None;
+        let mut error = outcome.error.clone();
+        let mut status = outcome.status;
+        let disposable = self.row.request.as_ref().is_some_and(|r| r.disposable);
+        if status == Status::Success && !disposable {
+            match self.commit() {
+                Ok((image, size)) => {
+                    result_image = Some(image);
+                    image_size = Some(size);
+                }
+                Err(e) => {
+                    status = Status::Failed;
+                    error = Some(format!("snapshot failed: {e}"));
+                }
+            }
+        }
+        let duration = started.elapsed().as_secs_f64();
+        let finished = self
+            .store
+            .finish_op(
+                &self.row.uuid,
+                status,
+                error.as_deref(),
+                duration,
+                result_image.as_deref(),
+                outcome.exit_code,
+                outcome.timed_out,
+                image_size,
+            )
+            .unwrap_or(false);
+        if finished {
+            self.event(
+                "completion",
+                None,
+                json!({
+                    "status": status.as_str(),
+                    "duration_ms": (duration * 1000.0) as u64,
+                    "result_image_uuid": result_image,
+                    "error": error,
+                    "image_size_bytes": image_size.unwrap_or(0),
+                }),
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.scratch);
+        if let Some(image) = result_image {
+            if let Err(e) = self.maybe_flatten(&image) {
+                eprintln!("supervisor: flattening {image} failed: {e}");
+            }
+        }
+    }
+
+    /// Turns the upper dir into the new image's top layer by a rename (never a copy).
+    fn commit(&mut self) -> Result<(String, u64), String> {
+        let req = self.request()?.clone();
+        let image = self.image()?;
+        let upper = self.scratch.join("upper");
+        let mut env = image.env.clone();
+        if req.preserve_env {
+            for (k, v) in req.env.iter().flatten() {
+                if v.is_empty() {
+                    env.remove(k);
+                } else {
+                    env.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        let unchanged =
+            layers::is_empty_dir(&upper).map_err(|e| format!("{}: {e}", upper.display()))?;
+        if unchanged && env == image.env {
+            return Ok((image.uuid, 0));
+        }
+        let mut new_layers = image.layers.clone();
+        let mut new_layer = None;
+        let mut size = 0;
+        if !unchanged {
+            let id = self.row.uuid.clone();
+            let dest = self.store.layer_dir(&id);
+            size = layers::layer_size(&upper);
+            std::fs::rename(&upper, &dest)
+                .map_err(|e| format!("moving the layer into place: {e}"))?;
+            new_layers.insert(0, id);
+            new_layer = Some(size);
+        }
+        let row = ImageRow {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            created_at: wire::now_ts(),
+            parent: Some(image.uuid.clone()),
+            operation: Some(self.row.uuid.clone()),
+            layers: new_layers,
+            env,
+            tags: Vec::new(),
+        };
+        let layer_id = self.row.uuid.clone();
+        self.store
+            .insert_image(&row, new_layer.map(|s| (layer_id.as_str(), s)))
+            .map_err(|e| e.to_string())?;
+        Ok((row.uuid, size))
+    }
+
+    /// Merges all layers above the base into one when the chain grew long.
+    fn maybe_flatten(&mut self, image: &str) -> Result<(), String> {
+        let Some(row) = self.store.image(image).map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        if row.layers.len() <= FLATTEN_AT + 1 {
+            return Ok(());
+        }
+        let (top, base) = row.layers.split_at(row.layers.len() - 1);
+        let dirs: Vec<PathBuf> = top.iter().map(|l| self.store.layer_dir(l)).collect();
+        let id = format!("flat-{}", uuid::Uuid::new_v4());
+        let staging = self.store.root.join("tmp").join(&id);
+        layers::flatten(&dirs, &staging).map_err(|e| e.to_string())?;
+        let size = layers::layer_size(&staging);
+        let dest = self.store.layer_dir(&id);
+        std::fs::rename(&staging, &dest).map_err(|e| e.to_string())?;
+        let mut chain = vec![id.clone()];
+        chain.extend(base.iter().cloned());
+        self.store
+            .replace_layers(image, &chain, (&id, size))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Per-stream bookkeeping: bytes recorded up to the cap, the rest counted and dropped.
+struct Stream {
+    name: &'static str,
+    fd: Option<OwnedFd>,
+    cap: u64,
+    emitted: u64,
+    dropped: u64,
+}
+
+impl Stream {
+    fn new(name: &'static str, fd: OwnedFd, cap: u64) -> Stream {
+        Stream {
+            name,
+            fd: Some(fd),
+            cap,
+            emitted: 0,
+            dropped: 0,
+        }
+    }
+
+    fn record(&mut self, log: &mut LogWriter, bytes: &[u8]) {
+        let room = self.cap.saturating_sub(self.emitted) as usize;
+        let keep = room.min(bytes.len());
+        if keep > 0 {
+            let _ = log.append_stream(self.name, 1, &bytes[..keep]);
+            self.emitted += keep as u64;
+        }
+        self.dropped += (bytes.len() - keep) as u64;
+    }
+}
+
+fn feed_stdin(w: OwnedFd, bytes: Vec<u8>, keep_open: bool) {
+    let mut out = std::fs::File::from(w);
+    if out.write_all(&bytes).is_err() {
+        return;
+    }
+    if keep_open {
+        let mut input = std::io::stdin().lock();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match input.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn wait_init(init: Pid) -> Value {
+    let mut status = 0;
+    // SAFETY: rusage is plain data filled in by wait4.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waiting for our own child with valid out-pointers.
+        let rc = unsafe { libc::wait4(init.as_raw(), &mut status, 0, &mut ru) };
+        if rc >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    json!({
+        "user_cpu_time": secs(ru.ru_utime),
+        "system_cpu_time": secs(ru.ru_stime),
+        "max_rss": ru.ru_maxrss,
+        "shared_memory": ru.ru_ixrss,
+        "unshared_memory": ru.ru_idrss,
+        "page_faults": ru.ru_minflt,
+        "page_faults_io": ru.ru_majflt,
+        "swaps": ru.ru_nswap,
+        "block_input": ru.ru_inblock,
+        "block_output": ru.ru_oublock,
+        "signals": ru.ru_nsignals,
+        "voluntary_switches": ru.ru_nvcsw,
+        "involuntary_switches": ru.ru_nivcsw,
+        "elapsed_time": 0,
+        "monotonic_time": 0,
+    })
+}
+
+/// The process's environment per the API: with `shell` the image's variables are
+/// inherited and the request's merged over them; without it only the request's, plus a
+/// default PATH.
+pub fn sandbox_env(req: &SpawnRequest, image: &ImageRow) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert("PATH".to_string(), DEFAULT_PATH.to_string());
+    if req.shell {
+        let home = if req.uid.unwrap_or(0) == 0 {
+            "/root"
+        } else {
+            "/"
+        };
+        env.insert("HOME".to_string(), home.to_string());
+        env.insert("HOSTNAME".to_string(), req.hostname.clone());
+        for (k, v) in &image.env {
+            env.insert(k.clone(), v.clone());
+        }
+    }
+    for (k, v) in req.env.iter().flatten() {
+        env.insert(k.clone(), v.clone());
+    }
+    env
+}
+
+/// The program and argv: a shell expression runs as `/bin/sh -c EXPR`, except the
+/// interpreter form (`shell` with args `-s …`), which runs `/bin/sh -s …` reading stdin.
+pub fn command_line(req: &SpawnRequest) -> (String, Vec<String>) {
+    let args = req.args.clone().unwrap_or_default();
+    if req.shell {
+        if args.first().is_some_and(|a| a == "-s") {
+            let mut argv = vec![req.command.clone()];
+            argv.extend(args);
+            return (req.command.clone(), argv);
+        }
+        return (
+            "/bin/sh".to_string(),
+            vec!["/bin/sh".to_string(), "-c".to_string(), req.command.clone()],
+        );
+    }
+    let mut argv = vec![req.command.clone()];
+    argv.extend(args);
+    (req.command.clone(), argv)
+}

@@ -1,0 +1,481 @@
+//! Records and the built-in output formats (`-o default|table|json|json-pretty|csv|tsv`).
+//!
+//! Every command hands its results here as *records*: insertion-ordered JSON objects. This
+//! module decides how they look on stdout; it never decides *what* a command reports, never
+//! writes to stderr and never touches the terminal beyond the `tty` flag it is given.
+//! Framing follows run-behaviour.md §7, with the deliberate differences noted inline.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::str::FromStr;
+
+use serde_json::{Map, Value};
+
+/// One output row: keys keep their insertion order (`serde_json` is built with
+/// `preserve_order`), which is the column order the user sees.
+pub type Record = Map<String, Value>;
+
+/// The output formats built into the binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `table`, unless a command special-cases it (run, show, ls, session branch).
+    Default,
+    Table,
+    Json,
+    JsonPretty,
+    Csv,
+    Tsv,
+}
+
+impl Format {
+    /// The name accepted by `-o`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Default => "default",
+            Format::Table => "table",
+            Format::Json => "json",
+            Format::JsonPretty => "json-pretty",
+            Format::Csv => "csv",
+            Format::Tsv => "tsv",
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Errors of this module.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("unknown format '{0}' (expected default, table, json, json-pretty, csv or tsv)")]
+    Unknown(String),
+}
+
+impl FromStr for Format {
+    type Err = FormatError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "default" => Format::Default,
+            "table" => Format::Table,
+            "json" => Format::Json,
+            "json-pretty" => Format::JsonPretty,
+            "csv" => Format::Csv,
+            "tsv" => Format::Tsv,
+            other => return Err(FormatError::Unknown(other.to_string())),
+        })
+    }
+}
+
+/// Reorders `rec`: the `head` keys first (in the order given), then every other key in its
+/// original order, then the `tail` keys (in the order given). Keys named in `head`/`tail`
+/// but absent from the record are skipped; a key named in both stays in the head.
+pub fn record_order(mut rec: Record, head: &[&str], tail: &[&str]) -> Record {
+    let mut out = Record::new();
+    for k in head {
+        if let Some(v) = rec.shift_remove(*k) {
+            out.insert((*k).to_string(), v);
+        }
+    }
+    // Pull the tail out before copying the middle so the middle keeps its relative order.
+    let mut tail_vals = Vec::with_capacity(tail.len());
+    for k in tail {
+        if let Some(v) = rec.shift_remove(*k) {
+            tail_vals.push(((*k).to_string(), v));
+        }
+    }
+    for (k, v) in rec {
+        out.insert(k, v);
+    }
+    for (k, v) in tail_vals {
+        out.insert(k, v);
+    }
+    out
+}
+
+/// Writes `records` in `format`. `tty` says whether `out` is a terminal (tables are padded
+/// only then). Zero records print nothing in every format.
+pub fn write_records(
+    out: &mut dyn Write,
+    format: Format,
+    records: &[Record],
+    tty: bool,
+) -> io::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    match format {
+        Format::Default | Format::Table => write_table(out, records, tty),
+        Format::Csv => write_delimited(out, records, ','),
+        Format::Tsv => write_delimited(out, records, '\t'),
+        Format::Json => {
+            for rec in records {
+                let line = serde_json::to_string(&json_record(rec)).map_err(io::Error::other)?;
+                out.write_all(line.as_bytes())?;
+                out.write_all(b"\n")?;
+            }
+            Ok(())
+        }
+        Format::JsonPretty => {
+            let all: Vec<Value> = records
+                .iter()
+                .map(|r| Value::Object(json_record(r)))
+                .collect();
+            // serde_json's pretty printer uses two-space indentation, so the array renders as
+            // `[`, records indented by 2 and separated by `,\n`, then `]`.
+            let text = serde_json::to_string_pretty(&all).map_err(io::Error::other)?;
+            out.write_all(text.as_bytes())?;
+            out.write_all(b"\n")
+        }
+    }
+}
+
+/// JSON formats keep values as they are, except that a null `error` or `tag` is shown as ""
+/// (the official client does the same, and scripts test `error == ""`).
+fn json_record(rec: &Record) -> Record {
+    let mut out = rec.clone();
+    for key in ["error", "tag"] {
+        if let Some(v) = out.get_mut(key) {
+            if v.is_null() {
+                *v = Value::String(String::new());
+            }
+        }
+    }
+    out
+}
+
+/// Column names: the union of all records' keys in order of first appearance. The official
+/// client takes only the first record's keys, so later extra keys vanish and CSV rows can
+/// misalign (run-behaviour.md §10.19); taking the union fixes both.
+fn columns(records: &[Record]) -> Vec<&str> {
+    let mut cols: Vec<&str> = Vec::new();
+    for rec in records {
+        for k in rec.keys() {
+            if !cols.contains(&k.as_str()) {
+                cols.push(k);
+            }
+        }
+    }
+    cols
+}
+
+fn rows(records: &[Record], cols: &[&str]) -> Vec<Vec<String>> {
+    records
+        .iter()
+        .map(|rec| {
+            cols.iter()
+                .map(|c| rec.get(*c).map(|v| render_cell(c, v)).unwrap_or_default())
+                .collect()
+        })
+        .collect()
+}
+
+/// Tables carry no colour, so `NO_COLOR` needs no handling here, and a TTY table is padded
+/// but never truncated: dropping or ellipsising columns to fit the terminal (as the official
+/// client does) would hide data.
+fn write_table(out: &mut dyn Write, records: &[Record], tty: bool) -> io::Result<()> {
+    let cols = columns(records);
+    let header: Vec<String> = cols.iter().map(|c| c.to_uppercase()).collect();
+    let body = rows(records, &cols);
+    let widths: Vec<usize> = if tty {
+        (0..cols.len())
+            .map(|i| {
+                std::iter::once(&header)
+                    .chain(body.iter())
+                    .map(|r| r[i].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for row in std::iter::once(&header).chain(body.iter()) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            // Pad every column but the last, so lines carry no trailing blanks.
+            if tty && i + 1 < row.len() {
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn write_delimited(out: &mut dyn Write, records: &[Record], sep: char) -> io::Result<()> {
+    let cols = columns(records);
+    let header: Vec<String> = cols.iter().map(|c| (*c).to_string()).collect();
+    let body = rows(records, &cols);
+    for row in std::iter::once(&header).chain(body.iter()) {
+        let mut line = String::new();
+        if row.len() == 1 && row[0].is_empty() {
+            // A lone empty field would be an empty line, which CSV readers skip; quoting it
+            // keeps the row (Python's csv module does the same).
+            line.push_str("\"\"");
+        } else {
+            for (i, cell) in row.iter().enumerate() {
+                if i > 0 {
+                    line.push(sep);
+                }
+                push_csv_field(&mut line, cell, sep);
+            }
+        }
+        line.push_str("\r\n");
+        out.write_all(line.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// RFC 4180 minimal quoting: quote a field containing the separator, a quote, CR or LF, and
+/// double the quotes inside it.
+fn push_csv_field(line: &mut String, cell: &str, sep: char) {
+    if cell.contains([sep, '"', '\r', '\n']) {
+        line.push('"');
+        line.push_str(&cell.replace('"', "\"\""));
+        line.push('"');
+    } else {
+        line.push_str(cell);
+    }
+}
+
+/// Renders one value for the tabular formats. `key` selects field-based typing: numeric
+/// `duration`s are shown as intervals. Strings (timestamps included) are printed verbatim:
+/// the official client re-renders naive UTC timestamps as local time (§10.15), which this
+/// port does not copy.
+pub fn render_cell(key: &str, value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) if key == "duration" => match n.as_f64() {
+            Some(secs) => format_interval(secs),
+            None => n.to_string(),
+        },
+        Value::Number(n) => {
+            if n.is_f64() {
+                n.as_f64()
+                    .map(|f| format!("{f:.2}"))
+                    .unwrap_or_else(|| n.to_string())
+            } else {
+                n.to_string()
+            }
+        }
+        Value::String(s) => s.clone(),
+        // Compact JSON keeps nested values on one line and machine-readable.
+        Value::Array(_) | Value::Object(_) => value.to_string(),
+    }
+}
+
+/// A duration in seconds as a short interval: `0.12s`, `42s`, `3m5s`, `2h10m`, `3d4h`.
+/// Sub-second values keep two decimals; longer ones are truncated to whole units, since an
+/// elapsed time should never be shown as longer than it was.
+pub fn format_interval(secs: f64) -> String {
+    if !secs.is_finite() {
+        return secs.to_string();
+    }
+    let (sign, secs) = if secs < 0.0 { ("-", -secs) } else { ("", secs) };
+    let mut out = String::from(sign);
+    if secs > 0.0 && secs < 1.0 {
+        let _ = write!(out, "{secs:.2}s");
+        return out;
+    }
+    // Truncation to u64 is intended (whole seconds); `as` saturates on huge values.
+    let total = secs as u64;
+    let (d, h, m, s) = (
+        total / 86_400,
+        total / 3600 % 24,
+        total / 60 % 60,
+        total % 60,
+    );
+    let _ = if d > 0 {
+        write!(out, "{d}d{h}h")
+    } else if h > 0 {
+        write!(out, "{h}h{m}m")
+    } else if m > 0 {
+        write!(out, "{m}m{s}s")
+    } else {
+        write!(out, "{s}s")
+    };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rec(v: Value) -> Record {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    fn render(format: Format, records: &[Record], tty: bool) -> String {
+        let mut buf = Vec::new();
+        write_records(&mut buf, format, records, tty).unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn parses_every_format_name_and_rejects_others() {
+        for f in [
+            Format::Default,
+            Format::Table,
+            Format::Json,
+            Format::JsonPretty,
+            Format::Csv,
+            Format::Tsv,
+        ] {
+            assert_eq!(f.name().parse::<Format>().unwrap(), f);
+        }
+        let err = "yaml".parse::<Format>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown format 'yaml' (expected default, table, json, json-pretty, csv or tsv)"
+        );
+    }
+
+    #[test]
+    fn record_order_pins_head_and_tail_keys() {
+        let r = rec(json!({"error": null, "b": 1, "uuid": "u", "c": 2, "status": "S"}));
+        let r = record_order(r, &["uuid", "status", "missing"], &["error"]);
+        let keys: Vec<&str> = r.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["uuid", "status", "b", "c", "error"]);
+    }
+
+    #[test]
+    fn table_without_tty_joins_cells_with_two_spaces() {
+        let records = [
+            rec(json!({"uuid": "abc", "status": "SUCCESS", "ok": true})),
+            rec(json!({"uuid": "d", "status": null, "ok": false})),
+        ];
+        assert_eq!(
+            render(Format::Table, &records, false),
+            "UUID  STATUS  OK\nabc  SUCCESS  true\nd    false\n"
+        );
+        assert_eq!(
+            render(Format::Default, &records, false),
+            render(Format::Table, &records, false)
+        );
+    }
+
+    #[test]
+    fn table_on_tty_pads_all_but_the_last_column() {
+        let records = [
+            rec(json!({"uuid": "abc", "status": "SUCCESS", "x": 1})),
+            rec(json!({"uuid": "d", "status": "FAILED", "x": 22})),
+        ];
+        assert_eq!(
+            render(Format::Table, &records, true),
+            "UUID  STATUS   X\nabc   SUCCESS  1\nd     FAILED   22\n"
+        );
+    }
+
+    #[test]
+    fn table_columns_are_the_union_of_keys_in_first_appearance_order() {
+        let records = [rec(json!({"a": 1})), rec(json!({"b": 2, "a": 3}))];
+        assert_eq!(render(Format::Table, &records, false), "A  B\n1  \n3  2\n");
+    }
+
+    #[test]
+    fn cells_render_floats_durations_and_nested_values() {
+        let records = [rec(json!({
+            "duration": 185.4, "ratio": 0.5, "n": 7, "meta": {"a": [1, 2]},
+            "error": null, "tag": null, "s": "x y"
+        }))];
+        assert_eq!(
+            render(Format::Table, &records, false),
+            "DURATION  RATIO  N  META  ERROR  TAG  S\n3m5s  0.50  7  {\"a\":[1,2]}      x y\n"
+        );
+    }
+
+    #[test]
+    fn intervals_render_like_the_official_client() {
+        assert_eq!(format_interval(0.0), "0s");
+        assert_eq!(format_interval(0.123), "0.12s");
+        assert_eq!(format_interval(1.9), "1s");
+        assert_eq!(format_interval(42.0), "42s");
+        assert_eq!(format_interval(185.0), "3m5s");
+        assert_eq!(format_interval(7800.0), "2h10m");
+        assert_eq!(format_interval(90_061.0), "1d1h");
+        assert_eq!(format_interval(-42.0), "-42s");
+        assert_eq!(render_cell("duration", &json!(42)), "42s");
+        assert_eq!(render_cell("other", &json!(42)), "42");
+    }
+
+    #[test]
+    fn csv_quotes_only_when_needed_and_ends_lines_with_crlf() {
+        let records = [
+            rec(json!({"a": "plain", "b": "x,y", "c": "say \"hi\""})),
+            rec(json!({"a": "two\nlines", "b": "cr\r", "c": null})),
+        ];
+        assert_eq!(
+            render(Format::Csv, &records, false),
+            "a,b,c\r\nplain,\"x,y\",\"say \"\"hi\"\"\"\r\n\"two\nlines\",\"cr\r\",\r\n"
+        );
+    }
+
+    #[test]
+    fn tsv_quotes_tabs_but_not_commas() {
+        let records = [rec(json!({"a": "x,y", "b": "t\tab", "d": 1.0}))];
+        assert_eq!(
+            render(Format::Tsv, &records, false),
+            "a\tb\td\r\nx,y\t\"t\tab\"\t1.00\r\n"
+        );
+    }
+
+    #[test]
+    fn csv_keeps_a_lone_empty_field_visible() {
+        let records = [rec(json!({"a": null}))];
+        assert_eq!(render(Format::Csv, &records, false), "a\r\n\"\"\r\n");
+    }
+
+    #[test]
+    fn json_is_one_compact_object_per_line_with_error_and_tag_blanked() {
+        let records = [
+            rec(json!({"uuid": "u", "x": null, "nested": {"k": [1]}, "tag": null, "error": null})),
+            rec(json!({"uuid": "v", "duration": 1.5, "error": "boom"})),
+        ];
+        assert_eq!(
+            render(Format::Json, &records, false),
+            "{\"uuid\":\"u\",\"x\":null,\"nested\":{\"k\":[1]},\"tag\":\"\",\"error\":\"\"}\n\
+             {\"uuid\":\"v\",\"duration\":1.5,\"error\":\"boom\"}\n"
+        );
+    }
+
+    #[test]
+    fn json_pretty_is_an_indented_array() {
+        let records = [
+            rec(json!({"a": 1, "error": null})),
+            rec(json!({"b": [true]})),
+        ];
+        assert_eq!(
+            render(Format::JsonPretty, &records, false),
+            "[\n  {\n    \"a\": 1,\n    \"error\": \"\"\n  },\n  {\n    \"b\": [\n      true\n    ]\n  }\n]\n"
+        );
+    }
+
+    #[test]
+    fn zero_records_print_nothing_in_any_format() {
+        for f in [
+            Format::Default,
+            Format::Table,
+            Format::Json,
+            Format::JsonPretty,
+            Format::Csv,
+            Format::Tsv,
+        ] {
+            assert_eq!(render(f, &[], true), "", "{f}");
+        }
+    }
+}

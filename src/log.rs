@@ -1,0 +1,66 @@
+//! Diagnostics on stderr as `[LEVEL] message` lines, the official client's convention.
+//!
+//! Data never goes through here: stdout belongs to the command's output and records.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Debug = 0,
+    Info = 1,
+    Warning = 2,
+    Error = 3,
+    Critical = 4,
+}
+
+static THRESHOLD: AtomicU8 = AtomicU8::new(Level::Info as u8);
+
+pub fn set_level(level: Level) {
+    THRESHOLD.store(level as u8, Ordering::Relaxed);
+}
+
+pub fn parse_level(text: &str) -> Option<Level> {
+    Some(match text.to_ascii_lowercase().as_str() {
+        "debug" => Level::Debug,
+        "info" => Level::Info,
+        "warning" | "warn" => Level::Warning,
+        "error" => Level::Error,
+        "critical" => Level::Critical,
+        _ => return None,
+    })
+}
+
+pub fn emit(level: Level, message: &str) {
+    if (level as u8) < THRESHOLD.load(Ordering::Relaxed) {
+        return;
+    }
+    let name = match level {
+        Level::Debug => "DEBUG",
+        Level::Info => "INFO",
+        Level::Warning => "WARNING",
+        Level::Error => "ERROR",
+        Level::Critical => "CRITICAL",
+    };
+    let mut err = std::io::stderr().lock();
+    let colour = std::env::var_os("NO_COLOR").is_none()
+        && (std::env::var_os("FORCE_COLOR").is_some() || std::io::stderr().is_terminal());
+    let _ = if colour {
+        let code = match level {
+            Level::Debug => "2",
+            Level::Info => "36",
+            Level::Warning => "33",
+            Level::Error | Level::Critical => "31",
+        };
+        writeln!(err, "\x1b[{code}m[{name}]\x1b[0m {message}")
+    } else {
+        writeln!(err, "[{name}] {message}")
+    };
+}
+
+#[macro_export]
+macro_rules! info { ($($a:tt)*) => { $crate::log::emit($crate::log::Level::Info, &format!($($a)*)) } }
+#[macro_export]
+macro_rules! warn { ($($a:tt)*) => { $crate::log::emit($crate::log::Level::Warning, &format!($($a)*)) } }
+#[macro_export]
+macro_rules! debug { ($($a:tt)*) => { $crate::log::emit($crate::log::Level::Debug, &format!($($a)*)) } }

@@ -1,0 +1,512 @@
+//! The run pipeline: flags → spawn request → operation → live output → session update →
+//! exit code. One path for every backend, attached or detached (see ARCHITECTURE.md).
+
+pub mod request;
+
+use crate::attach::{self, AttachError, DigestCache, Excludes};
+use crate::backend::{BackendError, StdinSource};
+use crate::context::{backend_err, no_session, session_err, Context};
+use crate::error::{exit, CommandError, CommandResult, Kind};
+use crate::format::{self, Format, Record};
+use crate::session::PendingOp;
+use crate::wire::{FileRef, SpawnRequest, Status};
+use crate::{info, interrupt, warn};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+/// `run`'s flags, already parsed (the pipeline never sees clap types).
+#[derive(Debug, Clone, Default)]
+pub struct RunArgs {
+    pub timeout: u64,
+    pub cwd: String,
+    pub env: Vec<String>,
+    pub hostname: String,
+    pub disposable: bool,
+    pub interpreter: bool,
+    pub shell: bool,
+    pub files: Vec<String>,
+    pub file_excludes: Vec<String>,
+    pub truncate: u64,
+    pub preserve_env: bool,
+    pub detach: bool,
+    pub use_image: Option<String>,
+    pub no_network: bool,
+    pub words: Vec<String>,
+}
+
+fn attach_err(e: AttachError) -> CommandError {
+    let text = e.to_string();
+    let kind = if text.starts_with("attachment cache error") {
+        Kind::Io
+    } else {
+        Kind::User
+    };
+    let plain = matches!(e, AttachError::NotFileOrDir { .. });
+    let err = CommandError::new(kind, text);
+    if plain {
+        err.plain()
+    } else {
+        err
+    }
+}
+
+pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
+    if matches!(ctx.format, Format::Table | Format::Csv | Format::Tsv) {
+        return Err(CommandError::user(format!(
+            "run prints one record: use -o default, json or json-pretty (not {})",
+            ctx.format.name()
+        )));
+    }
+    // 1. Every --file spec is checked before anything else happens.
+    let mut warnings = Vec::new();
+    let specs = args
+        .files
+        .iter()
+        .map(|s| attach::parse_spec(s, &mut warnings))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(attach_err)?;
+    for w in warnings {
+        warn!("{w}");
+    }
+    let excludes = Excludes::new(&args.file_excludes).map_err(attach_err)?;
+
+    // 2. The image: --use switches the session first (and that sticks even if we fail later).
+    let key = &ctx.session_key;
+    let image = match &args.use_image {
+        Some(reference) => {
+            let uuid = ctx.backend.resolve_image(reference).map_err(backend_err)?;
+            ctx.sessions
+                .set_image(key, &uuid, "use", reference, None)
+                .map_err(session_err)?;
+            uuid
+        }
+        None => ctx.session()?.ok_or_else(no_session)?.current_image,
+    };
+
+    // 3-4. Expand and upload attachments.
+    let attachments = attach::expand(&specs, &excludes).map_err(attach_err)?;
+    let session_cwd = ctx.sessions.cwd(key).map_err(session_err)?;
+    let run_cwd = if args.cwd.is_empty() {
+        session_cwd.clone().unwrap_or_else(|| "/".into())
+    } else {
+        args.cwd.clone()
+    };
+    let mut files = BTreeMap::new();
+    // 5. Pending files (from `file cp`) go under explicit ones.
+    for (path, uuid, uid, gid, mode) in ctx.sessions.pending_files(key).map_err(session_err)? {
+        files.insert(
+            path,
+            FileRef {
+                uuid,
+                uid,
+                gid,
+                mode,
+            },
+        );
+    }
+    for (path, file) in upload(ctx, &attachments, &run_cwd)? {
+        files.insert(path, file);
+    }
+
+    // 6. The spawn body.
+    let session_env = ctx.sessions.env(key).map_err(session_err)?;
+    let preserved = ctx.sessions.preserved_env(&image).map_err(session_err)?;
+    let (mut req, merged_env) = request::build(request::Inputs {
+        image: image.clone(),
+        words: &args.words,
+        shell: args.shell,
+        session_env,
+        env_items: &args.env,
+        preserved_env: preserved,
+        preserve_env: args.preserve_env,
+        cwd_flag: &args.cwd,
+        session_cwd,
+        hostname: &args.hostname,
+        timeout: args.timeout,
+        truncate: args.truncate,
+        disposable: args.disposable,
+        network: !args.no_network,
+        files,
+    });
+
+    // 7. Interpreter mode: the script's body becomes stdin of `/bin/sh -s`.
+    let mut stdin = StdinSource::Inherit;
+    if args.interpreter {
+        if let Some((script, rest)) = args.words.split_first() {
+            let body = std::fs::read(script)
+                .map_err(|e| CommandError::user(format!("cannot read script '{script}': {e}")))?;
+            let (command, argv, script_stdin) = request::interpreter(&body, rest);
+            req.command = command;
+            req.args = Some(argv);
+            req.shell = true;
+            if script_stdin.is_some() {
+                req.stdin = script_stdin;
+                stdin = StdinSource::Null;
+            }
+        }
+    }
+    // 8. A detached run cannot read a terminal that the user gets back at once.
+    if args.detach && std::io::stdin().is_terminal() {
+        stdin = StdinSource::Null;
+    }
+
+    // 9. Spawn.
+    let title = args.words.join(" ");
+    let op = ctx.backend.spawn(&req, stdin).map_err(backend_err)?;
+
+    if args.detach {
+        return detach(ctx, &op, &req, &title, &image, args.disposable);
+    }
+    let outcome = follow(ctx, &op, ctx.format == Format::Default)?;
+    finish(ctx, &args, &req, &merged_env, &title, outcome)
+}
+
+/// Hashes (with the local digest cache) and uploads the attachments; returns the `files`
+/// map. Relative instance paths are taken relative to the run's working directory.
+fn upload(
+    ctx: &Context,
+    attachments: &[attach::Attachment],
+    cwd: &str,
+) -> CommandResult<Vec<(String, FileRef)>> {
+    if attachments.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cache =
+        DigestCache::open(&ctx.paths.data.join("cache").join("digests.db")).map_err(attach_err)?;
+    let paths: Vec<&Path> = attachments.iter().map(|a| a.host_path.as_path()).collect();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let digests = cache.digest_all(&paths, threads).map_err(attach_err)?;
+    let mut uploaded: BTreeMap<&str, String> = BTreeMap::new();
+    let mut out = Vec::with_capacity(attachments.len());
+    for (a, sha) in attachments.iter().zip(&digests) {
+        let uuid = match uploaded.get(sha.as_str()) {
+            Some(u) => u.clone(),
+            None => {
+                let (uuid, reused) = ctx
+                    .backend
+                    .put_file(&a.host_path, sha)
+                    .map_err(backend_err)?;
+                if reused {
+                    crate::debug!("File reused: {} -> {uuid}", a.host_path.display());
+                }
+                uploaded.insert(sha, uuid.clone());
+                uuid
+            }
+        };
+        let path = if a.instance_path.starts_with('/') {
+            a.instance_path.clone()
+        } else {
+            format!(
+                "{}/{}",
+                cwd.trim_end_matches('/'),
+                a.instance_path.trim_start_matches("./")
+            )
+        };
+        out.push((
+            path,
+            FileRef {
+                uuid,
+                uid: a.uid,
+                gid: a.gid,
+                mode: attach::mode_string(a.mode),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+fn detach(
+    ctx: &Context,
+    op: &str,
+    req: &SpawnRequest,
+    title: &str,
+    image: &str,
+    disposable: bool,
+) -> CommandResult<i32> {
+    let (branch, kind) = if disposable {
+        (format!("disposable-{op}"), "run-disposable")
+    } else {
+        (format!("detached-{op}"), "run-detached")
+    };
+    let key = &ctx.session_key;
+    ctx.sessions
+        .add_side_branch(key, &branch, image, kind, title, Some(op))
+        .map_err(session_err)?;
+    ctx.sessions
+        .add_pending_op(
+            key,
+            &PendingOp {
+                op: op.to_string(),
+                title: title.to_string(),
+                disposable,
+                branch,
+            },
+        )
+        .map_err(session_err)?;
+    let mut rec = Record::new();
+    rec.insert("uuid".into(), op.into());
+    rec.insert("status".into(), "PENDING".into());
+    if let Ok(Value::Object(echo)) = serde_json::to_value(req) {
+        for (k, v) in echo {
+            if k != "stdin" {
+                rec.insert(k, v);
+            }
+        }
+    }
+    rec.insert("backend".into(), ctx.backend.name().into());
+    print_records(ctx.format, &[rec])?;
+    Ok(0)
+}
+
+/// What the event stream told us about a finished operation.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub op: String,
+    pub status: Option<Status>,
+    pub error: Option<String>,
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub result_image: Option<String>,
+    pub duration_ms: u64,
+    pub image_size: u64,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub truncated: Vec<(String, u64, u64)>,
+    pub interrupted: bool,
+    pub broken_pipe: bool,
+}
+
+/// Follows the operation's events to `completion`, writing output live when asked.
+/// Ctrl-C cancels the operation (its sandbox is killed) and keeps following until the
+/// log ends, so nothing is left running.
+pub fn follow(ctx: &Context, op: &str, live: bool) -> CommandResult<Outcome> {
+    let mut out = Outcome {
+        op: op.to_string(),
+        ..Default::default()
+    };
+    let mut stream = ctx.backend.events(op, true).map_err(backend_err)?;
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    loop {
+        let item = match stream.next_event() {
+            Ok(Some(item)) => item,
+            Ok(None) => break,
+            Err(BackendError::Interrupted) => {
+                if !out.interrupted {
+                    out.interrupted = true;
+                    let _ = ctx.backend.cancel(op);
+                }
+                continue;
+            }
+            Err(e) => return Err(backend_err(e)),
+        };
+        let ev = &item.event;
+        match ev.kind.as_str() {
+            "stdout" | "stderr" => {
+                let is_out = ev.kind == "stdout";
+                if live && !out.broken_pipe {
+                    let res = if is_out {
+                        let mut lock = stdout.lock();
+                        lock.write_all(&item.bytes).and_then(|_| lock.flush())
+                    } else {
+                        let mut lock = stderr.lock();
+                        lock.write_all(&item.bytes).and_then(|_| lock.flush())
+                    };
+                    if let Err(e) = res {
+                        if e.kind() == std::io::ErrorKind::BrokenPipe && is_out {
+                            out.broken_pipe = true;
+                            let _ = ctx.backend.cancel(op);
+                        }
+                    }
+                }
+                if !live {
+                    if is_out {
+                        out.stdout.extend_from_slice(&item.bytes);
+                    } else {
+                        out.stderr.extend_from_slice(&item.bytes);
+                    }
+                }
+            }
+            "exit" if ev.spid == Some(1) => {
+                out.exit_code = ev
+                    .data
+                    .get("code")
+                    .and_then(|c| c.as_i64())
+                    .map(|c| c as i32);
+                out.timed_out = ev
+                    .data
+                    .get("timed_out")
+                    .and_then(|t| t.as_bool())
+                    .unwrap_or(false);
+            }
+            "truncated" => {
+                let stream = ev
+                    .data
+                    .get("stream")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                let n = |k: &str| ev.data.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+                out.truncated
+                    .push((stream, n("bytes_emitted"), n("bytes_dropped")));
+            }
+            "completion" => {
+                out.status = ev
+                    .data
+                    .get("status")
+                    .and_then(|s| s.as_str())
+                    .and_then(Status::parse);
+                out.error = ev
+                    .data
+                    .get("error")
+                    .and_then(|s| s.as_str())
+                    .map(String::from);
+                out.result_image = ev
+                    .data
+                    .get("result_image_uuid")
+                    .and_then(|s| s.as_str())
+                    .map(String::from);
+                out.duration_ms = ev
+                    .data
+                    .get("duration_ms")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0);
+                out.image_size = ev
+                    .data
+                    .get("image_size_bytes")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0);
+            }
+            _ => {}
+        }
+    }
+    if out.status.is_none() {
+        return Err(CommandError::new(
+            Kind::Internal,
+            format!("operation {op} event log ended without completion"),
+        ));
+    }
+    Ok(out)
+}
+
+/// The exit code rule of `run` (§2.12): the process's own code when known (killed → 255),
+/// else 1 for a failed or cancelled operation, else 0.
+pub fn exit_code(out: &Outcome) -> i32 {
+    match out.exit_code {
+        Some(code) if code < 0 => exit::KILLED,
+        Some(code) => code & 0xff,
+        None if out.status != Some(Status::Success) => 1,
+        None => 0,
+    }
+}
+
+fn finish(
+    ctx: &Context,
+    args: &RunArgs,
+    req: &SpawnRequest,
+    merged_env: &BTreeMap<String, String>,
+    title: &str,
+    out: Outcome,
+) -> CommandResult<i32> {
+    let status = out.status.unwrap_or(Status::Failed);
+    for (stream, emitted, dropped) in &out.truncated {
+        warn!("{stream} cut at {emitted} bytes ({dropped} more dropped); raise -T/--truncate to keep more");
+    }
+    if out.timed_out {
+        warn!("Operation {} timed out after {}s", out.op, args.timeout);
+    } else if status != Status::Success && !out.interrupted {
+        let detail = out.error.as_deref().filter(|e| !e.is_empty());
+        crate::log::emit(
+            crate::log::Level::Critical,
+            &match detail {
+                Some(e) => format!("Operation {} ended with status {status}: {e}", out.op),
+                None => format!("Operation {} ended with status {status}", out.op),
+            },
+        );
+    }
+    // Session bookkeeping (§2.13): a successful snapshot moves the session.
+    if status == Status::Success && !req.disposable {
+        if let Some(image) = &out.result_image {
+            ctx.sessions
+                .set_image(&ctx.session_key, image, "run", title, Some(&out.op))
+                .map_err(session_err)?;
+            if args.preserve_env {
+                ctx.sessions
+                    .set_preserved_env(image, merged_env)
+                    .map_err(session_err)?;
+            }
+        }
+    }
+    if ctx.format != Format::Default {
+        print_records(ctx.format, &[result_record(ctx, req, &out)])?;
+    }
+    if out.broken_pipe {
+        return Ok(exit::BROKEN_PIPE);
+    }
+    if out.interrupted {
+        info!("Cancelled operation {}", out.op);
+        return Err(CommandError::user("User interrupted"));
+    }
+    Ok(exit_code(&out))
+}
+
+fn result_record(ctx: &Context, req: &SpawnRequest, out: &Outcome) -> Record {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let enc = |b: &[u8]| {
+        let (value, encoding) = crate::wire::encode_bytes(b);
+        json!({"value": value, "encoding": encoding})
+    };
+    let mut metadata = serde_json::to_value(req).unwrap_or_default();
+    if let Some(m) = metadata.as_object_mut() {
+        m.remove("stdin");
+        m.insert(
+            "result".into(),
+            json!({
+                "stdout": enc(&out.stdout),
+                "stderr": enc(&out.stderr),
+                "state": {"exit_code": out.exit_code, "timed_out": out.timed_out},
+            }),
+        );
+    }
+    let mut rec = Record::new();
+    rec.insert("uuid".into(), out.op.clone().into());
+    rec.insert("kind".into(), "instance".into());
+    rec.insert(
+        "status".into(),
+        out.status.map(|s| s.as_str()).unwrap_or("FAILED").into(),
+    );
+    rec.insert("duration".into(), json!(out.duration_ms as f64 / 1000.0));
+    rec.insert("image_size".into(), out.image_size.into());
+    rec.insert("result_image_uuid".into(), json!(out.result_image));
+    rec.insert("metadata".into(), metadata);
+    rec.insert(
+        "result".into(),
+        json!({"image": out.result_image, "tag": null}),
+    );
+    rec.insert("exit_code".into(), json!(out.exit_code));
+    rec.insert(
+        "image".into(),
+        out.result_image.clone().unwrap_or_default().into(),
+    );
+    rec.insert("tag".into(), "".into());
+    rec.insert("stdout".into(), text(&out.stdout).into());
+    rec.insert("stderr".into(), text(&out.stderr).into());
+    rec.insert("backend".into(), ctx.backend.name().into());
+    rec.insert("error".into(), out.error.clone().unwrap_or_default().into());
+    rec
+}
+
+pub fn print_records(fmt: Format, records: &[Record]) -> CommandResult {
+    let mut stdout = std::io::stdout().lock();
+    let tty = std::io::stdout().is_terminal();
+    match format::write_records(&mut stdout, fmt, records, tty).and_then(|_| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CommandError::new(Kind::Io, format!("writing output: {e}")))
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,96 @@
+//! Sessions: the user's position in a tree of images (run-behaviour.md §3).
+//!
+//! A session is a history of entries forming a tree, named branches pointing at entries and
+//! an active branch. This module is the data layer only: one SQLite file per profile, shared
+//! safely by concurrent `contree` processes. It never talks to a backend, never resolves
+//! image references and never prints; the CLI decides what to show.
+
+mod key;
+mod store;
+mod target;
+
+#[cfg(test)]
+mod tests;
+
+pub use store::SessionStore;
+use target::Target;
+
+use serde::Serialize;
+
+/// One history entry. Ids are global to the database (shared by all sessions of a profile).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryEntry {
+    pub id: i64,
+    pub session_key: String,
+    pub image: String,
+    pub parent_id: Option<i64>,
+    /// `use`, `run`, `run-detached`, `run-disposable`, `cd`, `file`, `session use`.
+    pub kind: String,
+    pub title: String,
+    pub operation: Option<String>,
+    /// ISO-8601 UTC, second precision, `Z` suffix.
+    pub created_at: String,
+}
+
+/// What `contree use` / `contree session` show about a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionInfo {
+    pub session_key: String,
+    pub active_branch: String,
+    pub current_image: String,
+    pub last_kind: String,
+    pub last_title: String,
+    pub updated_at: String,
+    pub tip_id: i64,
+}
+
+/// A detached run still to be applied by `session wait` (run-behaviour.md §2.14).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingOp {
+    pub op: String,
+    pub title: String,
+    pub disposable: bool,
+    pub branch: String,
+}
+
+/// A file staged for the next run: `(instance_path, file_uuid, uid, gid, mode)`, mode as
+/// octal text (`"0644"`) the way the wire wants it.
+pub type PendingFile = (String, String, u32, u32, String);
+
+/// Errors of the session store. The texts are what the user sees (they match the official
+/// client where it has one).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("Branch '{0}' already exists")]
+    BranchExists(String),
+    #[error("Branch '{0}' does not exist")]
+    BranchNotFound(String),
+    #[error("Source branch '{0}' does not exist")]
+    SourceBranchNotFound(String),
+    #[error("Cannot delete the active branch")]
+    DeleteActiveBranch,
+    #[error("Navigation target must not be 0")]
+    ZeroTarget,
+    #[error("Cannot go back {steps} steps: only {available} ancestors available")]
+    TooFarBack { steps: u64, available: u64 },
+    #[error("Cannot go forward {steps} steps: only {available} descendants available")]
+    TooFarForward { steps: u64, available: u64 },
+    #[error("History entry {0} not found in this session")]
+    EntryNotFound(i64),
+    #[error("invalid rollback target '{0}'")]
+    InvalidTarget(String),
+    #[error("No active session. Run `contree use IMAGE` to start one.")]
+    NoSession,
+    #[error("session store error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("session store error: cannot create {path}: {source}")]
+    CreateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("session store error: corrupt {what}: {source}")]
+    Corrupt {
+        what: String,
+        source: serde_json::Error,
+    },
+}

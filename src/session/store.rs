@@ -1,0 +1,723 @@
+//! The SQLite-backed session store: one database file per profile.
+//!
+//! Several `contree` processes may work on one session at once (a detached run finishing
+//! while the user types the next command), so every change that reads before it writes runs
+//! in one `BEGIN IMMEDIATE` transaction: the write lock is taken up front and a second
+//! writer waits (busy timeout) instead of building on a tip that is about to move. Entries
+//! are never deleted except together with their whole session; rollback and checkout only
+//! move branch pointers, so history stays a tree.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+
+use super::{HistoryEntry, PendingFile, PendingOp, SessionError, SessionInfo, Target};
+
+/// Bumped when the schema changes; `open` migrates older files.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS history (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_key TEXT    NOT NULL,
+    image       TEXT    NOT NULL,
+    parent_id   INTEGER REFERENCES history(id),
+    kind        TEXT    NOT NULL,
+    title       TEXT    NOT NULL,
+    operation   TEXT,
+    created_at  TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_by_session ON history(session_key, id);
+CREATE INDEX IF NOT EXISTS history_by_parent ON history(parent_id, id);
+CREATE TABLE IF NOT EXISTS branches (
+    session_key TEXT    NOT NULL,
+    name        TEXT    NOT NULL,
+    history_id  INTEGER NOT NULL REFERENCES history(id),
+    PRIMARY KEY (session_key, name)
+);
+CREATE TABLE IF NOT EXISTS state (
+    session_key   TEXT PRIMARY KEY,
+    active_branch TEXT NOT NULL DEFAULT 'main',
+    updated_at    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS env (
+    session_key TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    PRIMARY KEY (session_key, key)
+);
+CREATE TABLE IF NOT EXISTS files (
+    history_id    INTEGER NOT NULL REFERENCES history(id),
+    instance_path TEXT    NOT NULL,
+    file_uuid     TEXT    NOT NULL,
+    uid           INTEGER NOT NULL DEFAULT 0,
+    gid           INTEGER NOT NULL DEFAULT 0,
+    mode          TEXT    NOT NULL DEFAULT '0644'
+);
+CREATE INDEX IF NOT EXISTS files_by_entry ON files(history_id);
+CREATE TABLE IF NOT EXISTS preserved_env (
+    image TEXT PRIMARY KEY,
+    json  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pending_ops (
+    session_key TEXT    NOT NULL,
+    op          TEXT    NOT NULL,
+    title       TEXT    NOT NULL,
+    disposable  INTEGER NOT NULL,
+    branch      TEXT    NOT NULL,
+    position    INTEGER NOT NULL,
+    PRIMARY KEY (session_key, op)
+);
+";
+
+const ENTRY_COLS: &str =
+    "h.id, h.session_key, h.image, h.parent_id, h.kind, h.title, h.operation, h.created_at";
+
+/// Entries from `?1` back to the root, with their distance from `?1`. The `parent_id < id`
+/// guard makes a corrupted parent link end the walk instead of looping forever (parents are
+/// always inserted before their children).
+const CHAIN: &str = "WITH RECURSIVE chain(id, depth) AS (
+    SELECT ?1, 0
+    UNION ALL
+    SELECT h.parent_id, c.depth + 1 FROM history h JOIN chain c ON h.id = c.id
+    WHERE h.parent_id IS NOT NULL AND h.parent_id < h.id
+)";
+
+/// Default for `$CONTREE_DB_TIMEOUT`, in seconds.
+const DEFAULT_TIMEOUT_SECS: f64 = 30.0;
+
+/// The session database of one profile.
+pub struct SessionStore {
+    conn: Connection,
+}
+
+/// The active branch of a session and, when the session exists, its tip.
+struct Active {
+    branch: String,
+    tip: Option<HistoryEntry>,
+}
+
+impl SessionStore {
+    /// Opens (creating if needed, with parent directories) the database at `path` and
+    /// brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, SessionError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| SessionError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(busy_timeout())?;
+        // WAL lets readers proceed while another process writes; the mode is persistent,
+        // so this is a no-op after the first open.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        let store = SessionStore { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> Result<(), SessionError> {
+        let tx = self.write()?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version < SCHEMA_VERSION {
+            tx.execute_batch(SCHEMA)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A write transaction: takes the database write lock now, not at the first write.
+    fn write(&self) -> Result<Transaction<'_>, SessionError> {
+        Ok(Transaction::new_unchecked(
+            &self.conn,
+            TransactionBehavior::Immediate,
+        )?)
+    }
+
+    /// A read transaction, so multi-query reads see one snapshot.
+    fn read(&self) -> Result<Transaction<'_>, SessionError> {
+        Ok(Transaction::new_unchecked(
+            &self.conn,
+            TransactionBehavior::Deferred,
+        )?)
+    }
+
+    /// Session key for this invocation (run-behaviour.md §3.2): `explicit` (`-S`), else
+    /// `$CONTREE_SESSION`, else `<cwd name or "session">+<8 hex>` derived from the profile,
+    /// the parent pid and stdin's tty, so each shell gets its own session.
+    pub fn resolve_key(explicit: Option<&str>, profile: &str) -> String {
+        super::key::resolve_key(explicit, profile)
+    }
+
+    /// The session's current state, or `None` when it does not exist (no state row whose
+    /// active branch exists).
+    pub fn info(&self, key: &str) -> Result<Option<SessionInfo>, SessionError> {
+        let sql = format!("{INFO_SELECT} WHERE s.session_key = ?1");
+        Ok(self.conn.query_row(&sql, [key], info_row).optional()?)
+    }
+
+    /// Every existing session, most recently updated first.
+    pub fn list(&self) -> Result<Vec<SessionInfo>, SessionError> {
+        let sql = format!("{INFO_SELECT} ORDER BY s.updated_at DESC, h.id DESC");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([], info_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Keys of the sessions `name` designates for `session use NAME`: those ending in
+    /// `name` (case-insensitive) after at least one more character, else the exact key.
+    /// The official client does this with `LIKE '%_NAME'`, where `_` inside NAME also
+    /// matches any character; a plain suffix test avoids that surprise.
+    pub fn find_sessions(&self, name: &str) -> Result<Vec<String>, SessionError> {
+        let keys: Vec<String> = self.list()?.into_iter().map(|s| s.session_key).collect();
+        let lname = name.to_lowercase();
+        let mut found: Vec<String> = keys
+            .iter()
+            .filter(|k| {
+                let lk = k.to_lowercase();
+                lk.len() > lname.len() && lk.ends_with(&lname)
+            })
+            .cloned()
+            .collect();
+        if found.is_empty() {
+            found = keys.into_iter().filter(|k| k == name).collect();
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// "Set image": appends an entry (parent = the active tip, none for a new session) and
+    /// moves the active branch to it, creating the session with branch `main` if needed.
+    pub fn set_image(
+        &self,
+        key: &str,
+        image: &str,
+        kind: &str,
+        title: &str,
+        operation: Option<&str>,
+    ) -> Result<HistoryEntry, SessionError> {
+        let tx = self.write()?;
+        let active = active(&tx, key)?;
+        let parent = active.tip.as_ref().map(|t| t.id);
+        let entry = insert_entry(&tx, key, image, parent, kind, title, operation)?;
+        upsert_branch(&tx, key, &active.branch, entry.id)?;
+        touch_state(&tx, key, &active.branch)?;
+        tx.commit()?;
+        Ok(entry)
+    }
+
+    /// Records a `cd` (title = the new cwd, image unchanged) on the active branch.
+    pub fn set_cwd(&self, key: &str, path: &str) -> Result<HistoryEntry, SessionError> {
+        let tx = self.write()?;
+        let entry = append_on_tip(&tx, key, "cd", path)?;
+        tx.commit()?;
+        Ok(entry)
+    }
+
+    /// Stages a file for the next run (`file cp` / `file edit`): a `file` entry titled
+    /// `Change file <path>` on the active branch plus its pending-file row, atomically.
+    pub fn add_file(
+        &self,
+        key: &str,
+        instance_path: &str,
+        file_uuid: &str,
+        uid: u32,
+        gid: u32,
+        mode: &str,
+    ) -> Result<HistoryEntry, SessionError> {
+        let tx = self.write()?;
+        let entry = append_on_tip(&tx, key, "file", &format!("Change file {instance_path}"))?;
+        tx.execute(
+            "INSERT INTO files (history_id, instance_path, file_uuid, uid, gid, mode)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![entry.id, instance_path, file_uuid, uid, gid, mode],
+        )?;
+        tx.commit()?;
+        Ok(entry)
+    }
+
+    /// A side entry (child of the active tip) with branch `branch` pointing at it; the
+    /// active branch does not move. Used for `detached-<op>` / `disposable-<op>`. An
+    /// existing branch of that name is moved: `session wait` re-creates the
+    /// `disposable-<op>` branch that `run -d -D` made at spawn time.
+    pub fn add_side_branch(
+        &self,
+        key: &str,
+        branch: &str,
+        image: &str,
+        kind: &str,
+        title: &str,
+        operation: Option<&str>,
+    ) -> Result<HistoryEntry, SessionError> {
+        let tx = self.write()?;
+        let active = active(&tx, key)?;
+        let tip = active.tip.ok_or(SessionError::NoSession)?;
+        let entry = insert_entry(&tx, key, image, Some(tip.id), kind, title, operation)?;
+        upsert_branch(&tx, key, branch, entry.id)?;
+        touch_state(&tx, key, &active.branch)?;
+        tx.commit()?;
+        Ok(entry)
+    }
+
+    /// The whole history of a session, oldest first.
+    pub fn history(&self, key: &str) -> Result<Vec<HistoryEntry>, SessionError> {
+        let sql =
+            format!("SELECT {ENTRY_COLS} FROM history h WHERE h.session_key = ?1 ORDER BY h.id");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([key], entry_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One entry by id, whatever its session.
+    pub fn entry(&self, id: i64) -> Result<Option<HistoryEntry>, SessionError> {
+        entry(&self.conn, id)
+    }
+
+    /// `(name, history id)` of every branch of the session, sorted by name.
+    pub fn branches(&self, key: &str) -> Result<Vec<(String, i64)>, SessionError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, history_id FROM branches WHERE session_key = ?1 ORDER BY name",
+        )?;
+        let rows = stmt.query_map([key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Creates branch `name` at the tip of `from` (default: the active branch).
+    pub fn create_branch(
+        &self,
+        key: &str,
+        name: &str,
+        from: Option<&str>,
+    ) -> Result<(), SessionError> {
+        let tx = self.write()?;
+        if branch_tip(&tx, key, name)?.is_some() {
+            return Err(SessionError::BranchExists(name.to_string()));
+        }
+        let at = match from {
+            Some(src) => branch_tip(&tx, key, src)?
+                .ok_or_else(|| SessionError::SourceBranchNotFound(src.to_string()))?,
+            None => active(&tx, key)?.tip.ok_or(SessionError::NoSession)?.id,
+        };
+        upsert_branch(&tx, key, name, at)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes a branch (never the active one). Its entries stay in the history.
+    pub fn delete_branch(&self, key: &str, name: &str) -> Result<(), SessionError> {
+        let tx = self.write()?;
+        if branch_tip(&tx, key, name)?.is_none() {
+            return Err(SessionError::BranchNotFound(name.to_string()));
+        }
+        if active(&tx, key)?.branch == name {
+            return Err(SessionError::DeleteActiveBranch);
+        }
+        tx.execute(
+            "DELETE FROM branches WHERE session_key = ?1 AND name = ?2",
+            params![key, name],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Makes `name` the active branch; returns its tip.
+    pub fn checkout(&self, key: &str, name: &str) -> Result<HistoryEntry, SessionError> {
+        let tx = self.write()?;
+        let tip = branch_tip(&tx, key, name)?
+            .ok_or_else(|| SessionError::BranchNotFound(name.to_string()))?;
+        let entry =
+            entry(&tx, tip)?.ok_or_else(|| SessionError::BranchNotFound(name.to_string()))?;
+        touch_state(&tx, key, name)?;
+        tx.commit()?;
+        Ok(entry)
+    }
+
+    /// Moves the active branch per `target` (run-behaviour.md §3.6): `-N` back along
+    /// parents, `+N` forward to the newest child each step, bare `N` to entry N of this
+    /// session. The target is validated before the store is looked at.
+    pub fn rollback(&self, key: &str, target: &str) -> Result<HistoryEntry, SessionError> {
+        let target: Target = target.parse()?;
+        let tx = self.write()?;
+        let active = active(&tx, key)?;
+        let tip = active.tip.ok_or(SessionError::NoSession)?;
+        let dest = match target {
+            Target::Back(steps) => {
+                let chain = ancestry(&tx, tip.id)?;
+                // The chain starts at the tip itself, so it holds len - 1 ancestors.
+                let available = chain.len().saturating_sub(1) as u64;
+                let too_far = SessionError::TooFarBack { steps, available };
+                if steps > available {
+                    return Err(too_far);
+                }
+                usize::try_from(steps)
+                    .ok()
+                    .and_then(|i| chain.into_iter().nth(i))
+                    .ok_or(too_far)?
+            }
+            Target::Forward(steps) => {
+                let mut cur = tip;
+                for done in 0..steps {
+                    cur = newest_child(&tx, key, cur.id)?.ok_or(SessionError::TooFarForward {
+                        steps,
+                        available: done,
+                    })?;
+                }
+                cur
+            }
+            Target::Absolute(id) => entry(&tx, id)?
+                .filter(|e| e.session_key == key)
+                .ok_or(SessionError::EntryNotFound(id))?,
+        };
+        upsert_branch(&tx, key, &active.branch, dest.id)?;
+        touch_state(&tx, key, &active.branch)?;
+        tx.commit()?;
+        Ok(dest)
+    }
+
+    /// The session cwd: the title of the nearest `cd` entry walking parents from the tip.
+    /// `None` without a session or without any `cd` on the path.
+    pub fn cwd(&self, key: &str) -> Result<Option<String>, SessionError> {
+        let tx = self.read()?;
+        let Some(tip) = active(&tx, key)?.tip else {
+            return Ok(None);
+        };
+        let sql = format!(
+            "{CHAIN} SELECT h.title FROM chain c JOIN history h ON h.id = c.id
+             WHERE h.kind = 'cd' ORDER BY c.depth LIMIT 1"
+        );
+        Ok(tx.query_row(&sql, [tip.id], |r| r.get(0)).optional()?)
+    }
+
+    /// The session's environment (`contree env`), sorted by name.
+    pub fn env(&self, key: &str) -> Result<BTreeMap<String, String>, SessionError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, value FROM env WHERE session_key = ?1")?;
+        let rows = stmt.query_map([key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_env(&self, key: &str, k: &str, v: &str) -> Result<(), SessionError> {
+        self.conn.execute(
+            "INSERT INTO env (session_key, key, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT (session_key, key) DO UPDATE SET value = excluded.value",
+            params![key, k, v],
+        )?;
+        Ok(())
+    }
+
+    /// Removes one variable; `false` when it was not set.
+    pub fn unset_env(&self, key: &str, k: &str) -> Result<bool, SessionError> {
+        let n = self.conn.execute(
+            "DELETE FROM env WHERE session_key = ?1 AND key = ?2",
+            params![key, k],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// The env map a `--preserve-env` run baked into `image`, if any.
+    pub fn preserved_env(
+        &self,
+        image: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, SessionError> {
+        let json: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT json FROM preserved_env WHERE image = ?1",
+                [image],
+                |r| r.get(0),
+            )
+            .optional()?;
+        json.map(|j| {
+            serde_json::from_str(&j).map_err(|source| SessionError::Corrupt {
+                what: format!("preserved env of image {image}"),
+                source,
+            })
+        })
+        .transpose()
+    }
+
+    pub fn set_preserved_env(
+        &self,
+        image: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<(), SessionError> {
+        let json = serde_json::to_string(env).map_err(|source| SessionError::Corrupt {
+            what: format!("preserved env of image {image}"),
+            source,
+        })?;
+        self.conn.execute(
+            "INSERT INTO preserved_env (image, json) VALUES (?1, ?2)
+             ON CONFLICT (image) DO UPDATE SET json = excluded.json",
+            params![image, json],
+        )?;
+        Ok(())
+    }
+
+    /// Files to send with the next run (run-behaviour.md §3.7), as `(instance_path,
+    /// file_uuid, uid, gid, mode)` sorted by path: walk from the tip through parents
+    /// collecting `file` entries, stop at the first entry whose kind is exactly `run` (it
+    /// baked them in), and keep the most recent entry per path.
+    pub fn pending_files(&self, key: &str) -> Result<Vec<PendingFile>, SessionError> {
+        let tx = self.read()?;
+        let Some(tip) = active(&tx, key)?.tip else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = tx.prepare(
+            "SELECT instance_path, file_uuid, uid, gid, mode FROM files
+             WHERE history_id = ?1 ORDER BY rowid DESC",
+        )?;
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for e in ancestry(&tx, tip.id)? {
+            if e.kind == "run" {
+                break;
+            }
+            let rows = stmt.query_map([e.id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
+            })?;
+            for row in rows {
+                let row = row?;
+                if seen.insert(row.0.clone()) {
+                    out.push(row);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Appends a detached op to the session's pending list; re-adding an op updates it in
+    /// place (keeping its position).
+    pub fn add_pending_op(&self, key: &str, op: &PendingOp) -> Result<(), SessionError> {
+        let tx = self.write()?;
+        tx.execute(
+            "INSERT INTO pending_ops (session_key, op, title, disposable, branch, position)
+             VALUES (?1, ?2, ?3, ?4, ?5,
+                     (SELECT COALESCE(MAX(position), 0) + 1 FROM pending_ops WHERE session_key = ?1))
+             ON CONFLICT (session_key, op) DO UPDATE
+             SET title = excluded.title, disposable = excluded.disposable, branch = excluded.branch",
+            params![key, op.op, op.title, op.disposable, op.branch],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The pending ops of a session, in the order they were added.
+    pub fn pending_ops(&self, key: &str) -> Result<Vec<PendingOp>, SessionError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT op, title, disposable, branch FROM pending_ops
+             WHERE session_key = ?1 ORDER BY position",
+        )?;
+        let rows = stmt.query_map([key], |r| {
+            Ok(PendingOp {
+                op: r.get(0)?,
+                title: r.get(1)?,
+                disposable: r.get(2)?,
+                branch: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Drops an op from the pending list (no error when it is not there).
+    pub fn remove_pending_op(&self, key: &str, op: &str) -> Result<(), SessionError> {
+        self.conn.execute(
+            "DELETE FROM pending_ops WHERE session_key = ?1 AND op = ?2",
+            params![key, op],
+        )?;
+        Ok(())
+    }
+
+    /// Removes every row of a session (`session delete`); `false` when there was nothing.
+    pub fn delete_session(&self, key: &str) -> Result<bool, SessionError> {
+        let tx = self.write()?;
+        tx.execute(
+            "DELETE FROM files WHERE history_id IN (SELECT id FROM history WHERE session_key = ?1)",
+            [key],
+        )?;
+        let mut n = 0;
+        // Children before parents for the foreign keys: branches point at history rows.
+        for table in ["branches", "state", "env", "pending_ops", "history"] {
+            n += tx.execute(
+                &format!("DELETE FROM {table} WHERE session_key = ?1"),
+                [key],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
+    }
+}
+
+/// `$CONTREE_DB_TIMEOUT` seconds (fractions allowed), else 30 s.
+fn busy_timeout() -> Duration {
+    std::env::var("CONTREE_DB_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .unwrap_or(Duration::from_secs_f64(DEFAULT_TIMEOUT_SECS))
+}
+
+fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+const INFO_SELECT: &str =
+    "SELECT s.session_key, s.active_branch, h.image, h.kind, h.title, s.updated_at, h.id
+    FROM state s
+    JOIN branches b ON b.session_key = s.session_key AND b.name = s.active_branch
+    JOIN history h ON h.id = b.history_id";
+
+fn info_row(r: &Row<'_>) -> rusqlite::Result<SessionInfo> {
+    Ok(SessionInfo {
+        session_key: r.get(0)?,
+        active_branch: r.get(1)?,
+        current_image: r.get(2)?,
+        last_kind: r.get(3)?,
+        last_title: r.get(4)?,
+        updated_at: r.get(5)?,
+        tip_id: r.get(6)?,
+    })
+}
+
+fn entry_row(r: &Row<'_>) -> rusqlite::Result<HistoryEntry> {
+    Ok(HistoryEntry {
+        id: r.get(0)?,
+        session_key: r.get(1)?,
+        image: r.get(2)?,
+        parent_id: r.get(3)?,
+        kind: r.get(4)?,
+        title: r.get(5)?,
+        operation: r.get(6)?,
+        created_at: r.get(7)?,
+    })
+}
+
+fn entry(conn: &Connection, id: i64) -> Result<Option<HistoryEntry>, SessionError> {
+    let sql = format!("SELECT {ENTRY_COLS} FROM history h WHERE h.id = ?1");
+    Ok(conn.query_row(&sql, [id], entry_row).optional()?)
+}
+
+/// `id` and its ancestors, nearest first.
+fn ancestry(conn: &Connection, id: i64) -> Result<Vec<HistoryEntry>, SessionError> {
+    let sql = format!(
+        "{CHAIN} SELECT {ENTRY_COLS} FROM chain c JOIN history h ON h.id = c.id ORDER BY c.depth"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([id], entry_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn newest_child(
+    conn: &Connection,
+    key: &str,
+    id: i64,
+) -> Result<Option<HistoryEntry>, SessionError> {
+    let sql = format!(
+        "SELECT {ENTRY_COLS} FROM history h WHERE h.parent_id = ?1 AND h.session_key = ?2
+         ORDER BY h.id DESC LIMIT 1"
+    );
+    Ok(conn
+        .query_row(&sql, params![id, key], entry_row)
+        .optional()?)
+}
+
+fn branch_tip(conn: &Connection, key: &str, name: &str) -> Result<Option<i64>, SessionError> {
+    Ok(conn
+        .query_row(
+            "SELECT history_id FROM branches WHERE session_key = ?1 AND name = ?2",
+            params![key, name],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// The active branch name (`main` for a session without state) and its tip entry.
+fn active(conn: &Connection, key: &str) -> Result<Active, SessionError> {
+    let branch: String = conn
+        .query_row(
+            "SELECT active_branch FROM state WHERE session_key = ?1",
+            [key],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or_else(|| "main".to_string());
+    let tip = match branch_tip(conn, key, &branch)? {
+        Some(id) => entry(conn, id)?,
+        None => None,
+    };
+    Ok(Active { branch, tip })
+}
+
+fn insert_entry(
+    conn: &Connection,
+    key: &str,
+    image: &str,
+    parent: Option<i64>,
+    kind: &str,
+    title: &str,
+    operation: Option<&str>,
+) -> Result<HistoryEntry, SessionError> {
+    let created_at = now();
+    conn.execute(
+        "INSERT INTO history (session_key, image, parent_id, kind, title, operation, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![key, image, parent, kind, title, operation, created_at],
+    )?;
+    Ok(HistoryEntry {
+        id: conn.last_insert_rowid(),
+        session_key: key.to_string(),
+        image: image.to_string(),
+        parent_id: parent,
+        kind: kind.to_string(),
+        title: title.to_string(),
+        operation: operation.map(str::to_string),
+        created_at,
+    })
+}
+
+/// Appends an entry that keeps the tip's image (`cd`, `file`) and moves the active branch.
+fn append_on_tip(
+    conn: &Connection,
+    key: &str,
+    kind: &str,
+    title: &str,
+) -> Result<HistoryEntry, SessionError> {
+    let active = active(conn, key)?;
+    let tip = active.tip.ok_or(SessionError::NoSession)?;
+    let entry = insert_entry(conn, key, &tip.image, Some(tip.id), kind, title, None)?;
+    upsert_branch(conn, key, &active.branch, entry.id)?;
+    touch_state(conn, key, &active.branch)?;
+    Ok(entry)
+}
+
+fn upsert_branch(conn: &Connection, key: &str, name: &str, id: i64) -> Result<(), SessionError> {
+    conn.execute(
+        "INSERT INTO branches (session_key, name, history_id) VALUES (?1, ?2, ?3)
+         ON CONFLICT (session_key, name) DO UPDATE SET history_id = excluded.history_id",
+        params![key, name, id],
+    )?;
+    Ok(())
+}
+
+fn touch_state(conn: &Connection, key: &str, active_branch: &str) -> Result<(), SessionError> {
+    conn.execute(
+        "INSERT INTO state (session_key, active_branch, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (session_key) DO UPDATE
+         SET active_branch = excluded.active_branch, updated_at = excluded.updated_at",
+        params![key, active_branch, now()],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! The ConTree /v1 wire types (serde structs for the schemas in `contree-openapi.yaml`).
+//!
+//! Shared by the run pipeline, the local engine and (later) the HTTP client and server, so
+//! every path speaks one format. Field names and optionality follow the spec; nothing here
+//! knows how a request is carried out.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `InstanceSpawnRequest`: what `POST /instances` takes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnRequest {
+    pub image: String,
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    #[serde(default)]
+    pub shell: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preserve_env: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preserve_cwd: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(default)]
+    pub disposable: bool,
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncate_output_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<BTreeMap<String, FileRef>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<StdinRepr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networking: Option<Networking>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources_limits: Option<serde_json::Value>,
+}
+
+pub fn default_hostname() -> String {
+    "linuxkit".to_string()
+}
+
+impl SpawnRequest {
+    /// Networking is on unless the request says `networking.enabled = false` (API default: true).
+    pub fn network_enabled(&self) -> bool {
+        self.networking.as_ref().is_none_or(|n| n.enabled)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Networking {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One entry of the spawn request's `files` map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub uuid: String,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    /// Octal text of at least four digits (`"0644"`).
+    #[serde(default = "default_mode")]
+    pub mode: String,
+}
+
+fn default_mode() -> String {
+    "0644".to_string()
+}
+
+/// `ClosableStreamRepr`: stdin bytes in the spawn body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StdinRepr {
+    pub value: String,
+    #[serde(default = "ascii")]
+    pub encoding: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close: Option<bool>,
+}
+
+fn ascii() -> String {
+    "ascii".to_string()
+}
+
+/// Encodes bytes per the API rule: `ascii` when every byte is printable ASCII or TAB/LF/CR,
+/// else standard base64.
+pub fn encode_bytes(bytes: &[u8]) -> (String, &'static str) {
+    let printable = bytes
+        .iter()
+        .all(|&b| (0x20..=0x7e).contains(&b) || b == b'\t' || b == b'\n' || b == b'\r');
+    if printable {
+        (String::from_utf8_lossy(bytes).into_owned(), "ascii")
+    } else {
+        use base64::Engine;
+        (
+            base64::engine::general_purpose::STANDARD.encode(bytes),
+            "base64",
+        )
+    }
+}
+
+/// Decodes a `{value, encoding}` pair back to bytes.
+pub fn decode_bytes(value: &str, encoding: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    if encoding == "base64" {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(value)
+    } else {
+        Ok(value.as_bytes().to_vec())
+    }
+}
+
+impl StdinRepr {
+    pub fn from_bytes(bytes: &[u8], close: Option<bool>) -> StdinRepr {
+        let (value, encoding) = encode_bytes(bytes);
+        StdinRepr {
+            value,
+            encoding: encoding.to_string(),
+            close,
+        }
+    }
+    pub fn bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        decode_bytes(&self.value, &self.encoding)
+    }
+}
+
+/// Operation statuses; the first three are active, the rest terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    Pending,
+    Assigned,
+    Executing,
+    Success,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Success | Status::Failed | Status::Cancelled)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "PENDING",
+            Status::Assigned => "ASSIGNED",
+            Status::Executing => "EXECUTING",
+            Status::Success => "SUCCESS",
+            Status::Failed => "FAILED",
+            Status::Cancelled => "CANCELLED",
+        }
+    }
+    /// Accepts the full names and the one-letter forms `P A E S F C`, any case.
+    pub fn parse(text: &str) -> Option<Status> {
+        Some(match text.to_ascii_uppercase().as_str() {
+            "PENDING" | "P" => Status::Pending,
+            "ASSIGNED" | "A" => Status::Assigned,
+            "EXECUTING" | "E" => Status::Executing,
+            "SUCCESS" | "S" => Status::Success,
+            "FAILED" | "F" => Status::Failed,
+            "CANCELLED" | "C" => Status::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `OperationResponse` (also used for summaries: `metadata` is then absent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Operation {
+    pub uuid: String,
+    pub kind: String,
+    pub status: Status,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub duration: Option<f64>,
+    #[serde(default)]
+    pub image_size: Option<u64>,
+    #[serde(default)]
+    pub image_uuid: Option<String>,
+    #[serde(default)]
+    pub result_image_uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<OperationResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperationResult {
+    pub image: Option<String>,
+    pub tag: Option<String>,
+}
+
+/// `Image`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Image {
+    pub uuid: String,
+    pub tag: Option<String>,
+    pub created_at: String,
+    pub operation_uuid: Option<String>,
+}
+
+/// `OperationEvent`. `data` stays a JSON object so unknown payloads pass through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: u64,
+    pub ts: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spid: Option<u32>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub data: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Event {
+    /// The raw bytes of a `stdin`/`stdout`/`stderr` event.
+    pub fn stream_bytes(&self) -> Option<Vec<u8>> {
+        let value = self.data.get("value")?.as_str()?;
+        let encoding = self
+            .data
+            .get("encoding")
+            .and_then(|e| e.as_str())
+            .unwrap_or("ascii");
+        decode_bytes(value, encoding).ok()
+    }
+}
+
+/// The current time as the API writes it: RFC 3339 UTC with microseconds.
+pub fn now_ts() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_picks_ascii_only_for_printable_bytes() {
+        assert_eq!(encode_bytes(b"hello\n"), ("hello\n".to_string(), "ascii"));
+        assert_eq!(
+            encode_bytes(b"\0\x01bin"),
+            ("AAFiaW4=".to_string(), "base64")
+        );
+        assert_eq!(decode_bytes("AAFiaW4=", "base64").unwrap(), b"\0\x01bin");
+    }
+
+    #[test]
+    fn spawn_request_rejects_unknown_fields() {
+        let err = serde_json::from_str::<SpawnRequest>(r#"{"image":"x","command":"y","bogus":1}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("bogus"));
+    }
+}
