@@ -1,19 +1,5 @@
-//! `contree`: run commands in snapshotting sandboxes.
-
-mod attach;
-mod backend;
-mod cli;
-mod context;
-mod engine;
-mod error;
-mod format;
-mod interrupt;
-mod log;
-mod paths;
-mod run;
-mod session;
-mod wire;
+//! `contree`: parse, run, exit. Everything else lives in the library.
 
 fn main() {
-    std::process::exit(cli::main());
+    std::process::exit(contree::cli::main());
 }

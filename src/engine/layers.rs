@@ -22,7 +22,7 @@ fn c_path(path: &Path) -> io::Result<CString> {
 pub fn make_whiteout(path: &Path) -> io::Result<()> {
     let p = c_path(path)?;
     // SAFETY: mknod with a valid path; a 0/0 char device is overlayfs's whiteout.
-    if unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | 0o000, 0) } != 0 {
+    if unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR, 0) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -219,8 +219,7 @@ fn remove_any(path: &Path) -> io::Result<()> {
 }
 
 fn apply_layer(layer: &Path, dest: &Path) -> io::Result<()> {
-    let mut walk = walkdir::WalkDir::new(layer).min_depth(1).into_iter();
-    while let Some(entry) = walk.next() {
+    for entry in walkdir::WalkDir::new(layer).min_depth(1) {
         let entry = entry.map_err(io::Error::other)?;
         let rel = entry.path().strip_prefix(layer).map_err(io::Error::other)?;
         let target = dest.join(rel);

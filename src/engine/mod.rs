@@ -15,7 +15,7 @@ use crate::backend::{
 };
 use crate::interrupt;
 use crate::paths::Paths;
-use crate::wire::{self, Image, Operation, SpawnRequest, Status};
+use crate::wire::{Image, Operation, SpawnRequest, Status};
 use eventlog::{LogReader, LogWriter};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::cell::RefCell;

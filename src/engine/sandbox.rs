@@ -103,6 +103,7 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
 enum Never {}
 
 fn init(spec: Spec) -> io::Result<Never> {
+    close_inherited_fds(&spec)?;
     let root = &spec.root;
     if !spec.network {
         loopback_up()?;
@@ -166,6 +167,25 @@ fn init(spec: Spec) -> io::Result<Never> {
             unsafe { libc::_exit(0) }
         }
     }
+}
+
+/// The init is a copy of the supervisor and so holds every fd it had: the database, the
+/// event log, the other ends of the pipes. Any of those kept open would, for one, stop the
+/// command from ever seeing EOF on its stdin. Keep only what the sandbox uses.
+fn close_inherited_fds(spec: &Spec) -> io::Result<()> {
+    let mut keep: Vec<RawFd> = vec![0, 1, 2, spec.stdout.as_raw_fd(), spec.stderr.as_raw_fd(), spec.status.as_raw_fd()];
+    keep.extend(spec.stdin.as_ref().map(|f| f.as_raw_fd()));
+    keep.extend(spec.files.iter().map(|f| f.source.as_raw_fd()));
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds {
+        if !keep.contains(&fd) {
+            // SAFETY: closing an fd this process inherited and will never use.
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
 }
 
 fn write_attachment(file: &FileToWrite) -> io::Result<()> {

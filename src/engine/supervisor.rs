@@ -103,7 +103,6 @@ struct Run<'a> {
 
 struct Mounted {
     root: PathBuf,
-    upper: PathBuf,
     mounts: Vec<PathBuf>,
 }
 
@@ -176,7 +175,6 @@ impl Run<'_> {
         }
         let mut mounted = Mounted {
             root: root.clone(),
-            upper: upper.clone(),
             mounts: Vec::new(),
         };
         let mut lowers = Vec::new();
@@ -487,7 +485,7 @@ impl Run<'_> {
             return Err(format!("sandbox setup failed: {err}"));
         }
         let (code, signal, core) = match (exec_errno, exit) {
-            (Some(errno), _) => (127, -1, false),
+            (Some(_), _) => (127, -1, false),
             (None, Some(e)) => e,
             // The init was killed (timeout, cancel) before it could report.
             (None, None) => (-1, libc::SIGKILL, false),

@@ -10,7 +10,7 @@ use crate::error::{exit, CommandError, CommandResult, Kind};
 use crate::format::{self, Format, Record};
 use crate::session::PendingOp;
 use crate::wire::{FileRef, SpawnRequest, Status};
-use crate::{info, interrupt, warn};
+use crate::{info, warn};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};

@@ -1,0 +1,20 @@
+//! `contree`: run commands in snapshotting sandboxes.
+//!
+//! The binary (`main.rs`) only calls `cli::main`. The modules, in pipeline order: `cli`
+//! (flags), `run` (the pipeline), `attach` (file specs), `backend` (the seam), `engine`
+//! (the embedded local engine), `session` (where the user is in the image tree), `format`
+//! (records), `wire` (the /v1 types).
+
+pub mod attach;
+pub mod backend;
+pub mod cli;
+pub mod context;
+pub mod engine;
+pub mod error;
+pub mod format;
+pub mod interrupt;
+pub mod log;
+pub mod paths;
+pub mod run;
+pub mod session;
+pub mod wire;
