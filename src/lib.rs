@@ -9,6 +9,7 @@ pub mod attach;
 pub mod backend;
 pub mod cli;
 pub mod context;
+pub mod db;
 pub mod engine;
 pub mod error;
 pub mod format;

@@ -10,7 +10,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
@@ -118,13 +117,7 @@ impl DigestCache {
                 source,
             })?;
         }
-        let conn = Connection::open(path)?;
-        // Set before switching to WAL, which itself needs the lock another process may hold.
-        conn.busy_timeout(Duration::from_secs(30))?;
-        // journal_mode returns a row, so it cannot go through execute.
-        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
-        // Losing the last commits on power loss only costs a re-hash.
-        conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        let conn = crate::db::open(path)?;
         conn.execute_batch(SCHEMA)?;
         Ok(DigestCache { conn })
     }

@@ -43,6 +43,8 @@ impl LogEvent {
 
 pub struct LogWriter {
     file: File,
+    /// Poked (one byte, never blocking) after each frame so a follower wakes at once.
+    notify: Option<std::os::fd::OwnedFd>,
     next_id: u64,
     buf: Vec<u8>,
 }
@@ -60,9 +62,15 @@ impl LogWriter {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(LogWriter {
             file,
+            notify: None,
             next_id,
             buf: Vec::with_capacity(64 * 1024),
         })
+    }
+
+    /// Wakes whoever holds the other end of `fd` after every event.
+    pub fn notify_to(&mut self, fd: std::os::fd::OwnedFd) {
+        self.notify = Some(fd);
     }
 
     pub fn append(
@@ -103,6 +111,10 @@ impl LogWriter {
         self.buf.extend_from_slice(payload);
         self.file.write_all(&self.buf)?;
         self.next_id += 1;
+        if let Some(fd) = &self.notify {
+            // A full pipe already means "there is news": EAGAIN is fine.
+            let _ = nix::unistd::write(fd, b"!");
+        }
         Ok(id)
     }
 }

@@ -17,9 +17,9 @@ use crate::interrupt;
 use crate::paths::Paths;
 use crate::wire::{Image, Operation, SpawnRequest, Status};
 use eventlog::{LogReader, LogWriter};
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::cell::RefCell;
-use std::os::fd::AsFd;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,7 +37,12 @@ pub struct LocalEngine {
     data_dir: PathBuf,
     /// Supervisors we started, so we can reap them instead of leaving zombies.
     children: RefCell<Vec<Child>>,
+    /// Read ends of the pipes our supervisors poke after each event (see `Tail`).
+    notify: RefCell<HashMap<String, OwnedFd>>,
 }
+
+/// The environment variable that hands a supervisor the write end of its notify pipe.
+pub const NOTIFY_FD_ENV: &str = "CONTREE_NOTIFY_FD";
 
 /// The start time of a process (field 22 of /proc/PID/stat), to tell a live supervisor
 /// from a recycled pid; `None` if it is gone or a zombie.
@@ -58,6 +63,7 @@ impl LocalEngine {
             store,
             data_dir: paths.data.clone(),
             children: RefCell::new(Vec::new()),
+            notify: RefCell::new(HashMap::new()),
         };
         engine.recover();
         Ok(engine)
@@ -169,7 +175,14 @@ impl LocalEngine {
         let log2 = log
             .try_clone()
             .map_err(|e| BackendError::Store(e.to_string()))?;
+        // A pipe the supervisor pokes after every event: cheaper than inotify, whose fd
+        // costs an RCU grace period (milliseconds) to close.
+        let (notify_r, notify_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(|e| BackendError::Store(format!("pipe: {e}")))?;
+        let notify_fd = notify_w.as_raw_fd();
         let mut cmd = Command::new(exe);
+        cmd.env(NOTIFY_FD_ENV, notify_fd.to_string());
         cmd.arg("__supervise")
             .arg(&self.store.root)
             .arg(&self.data_dir)
@@ -184,8 +197,14 @@ impl LocalEngine {
         // terminal's Ctrl-C away from the supervisor (the CLI decides what Ctrl-C means),
         // and blocking the cancel signals before exec means none is lost during start-up.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
+                // Let the notify pipe survive exec.
+                nix::fcntl::fcntl(
+                    notify_fd,
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                )
+                .map_err(std::io::Error::from)?;
                 supervisor::cancel_signals()
                     .thread_block()
                     .map_err(std::io::Error::from)?;
@@ -199,7 +218,9 @@ impl LocalEngine {
         if let Some(start) = process_start_time(pid) {
             let _ = self.store.set_supervisor(op, pid, start);
         }
+        drop(notify_w);
         self.children.borrow_mut().push(child);
+        self.notify.borrow_mut().insert(op.to_string(), notify_r);
         Ok(())
     }
 
@@ -337,12 +358,8 @@ impl Backend for LocalEngine {
             return Err(BackendError::NotFound(format!("operation {op} not found")));
         }
         let path = self.store.op_dir(op).join("events");
-        let inotify = if follow {
-            let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-                .map_err(|e| BackendError::Store(format!("inotify: {e}")))?;
-            ino.add_watch(&path, AddWatchFlags::IN_MODIFY)
-                .map_err(|e| BackendError::Store(format!("{}: {e}", path.display())))?;
-            Some(ino)
+        let notify = if follow {
+            self.notify.borrow_mut().remove(op)
         } else {
             None
         };
@@ -352,7 +369,9 @@ impl Backend for LocalEngine {
             engine: self,
             op: op.to_string(),
             reader,
-            inotify,
+            follow,
+            notify,
+            idle: Duration::ZERO,
             done: false,
         }))
     }
@@ -442,13 +461,62 @@ impl Backend for LocalEngine {
     }
 }
 
-/// Follows a growing event log, waking on inotify, and notices a dead supervisor.
+/// Follows a growing event log. The CLI that spawned the operation is woken by the
+/// supervisor's notify pipe (and sees it close when the supervisor exits); any other
+/// follower polls with a backoff of 2 to 100 ms. Either way a dead supervisor is noticed.
 struct Tail<'a> {
     engine: &'a LocalEngine,
     op: String,
     reader: LogReader,
-    inotify: Option<Inotify>,
+    follow: bool,
+    notify: Option<OwnedFd>,
+    idle: Duration,
     done: bool,
+}
+
+impl Tail<'_> {
+    fn check_supervisor(&self) -> Result<(), BackendError> {
+        if let Some(row) = self.engine.store.op(&self.op)? {
+            if !row.status.is_terminal() {
+                self.engine.recover_op(&row);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the log to grow; false when interrupted.
+    fn wait(&mut self) -> Result<(), BackendError> {
+        let Some(fd) = &self.notify else {
+            self.idle = (self.idle * 2).clamp(Duration::from_millis(2), Duration::from_millis(100));
+            std::thread::sleep(self.idle);
+            if self.idle >= Duration::from_millis(100) {
+                self.check_supervisor()?;
+            }
+            return Ok(());
+        };
+        let mut fds = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16)) {
+            Ok(0) => self.check_supervisor(),
+            Ok(_) => {
+                let hangup = fds[0].revents().is_some_and(|r| {
+                    r.intersects(nix::poll::PollFlags::POLLHUP | nix::poll::PollFlags::POLLERR)
+                });
+                let mut buf = [0u8; 4096];
+                while matches!(nix::unistd::read(fd.as_raw_fd(), &mut buf), Ok(n) if n > 0) {}
+                if hangup {
+                    // The supervisor is gone: whatever it wrote is in the log now.
+                    self.notify = None;
+                    self.idle = Duration::ZERO;
+                }
+                Ok(())
+            }
+            Err(nix::errno::Errno::EINTR) => Ok(()),
+            Err(e) => Err(BackendError::Store(format!("poll: {e}"))),
+        }
+    }
 }
 
 impl EventStream for Tail<'_> {
@@ -462,6 +530,7 @@ impl EventStream for Tail<'_> {
                 .next()
                 .map_err(|e| BackendError::Store(format!("event log of {}: {e}", self.op)))?;
             if let Some(ev) = next {
+                self.idle = Duration::ZERO;
                 if ev.header.kind == "completion" {
                     self.done = true;
                 }
@@ -470,35 +539,13 @@ impl EventStream for Tail<'_> {
                     bytes: ev.payload,
                 }));
             }
-            let Some(ino) = &self.inotify else {
+            if !self.follow {
                 return Ok(None);
-            };
+            }
             if interrupt::take() {
                 return Err(BackendError::Interrupted);
             }
-            let mut fds = [nix::poll::PollFd::new(
-                ino.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(250u16)) {
-                Ok(0) => {
-                    // Quiet for a while: make sure someone is still writing.
-                    if let Some(row) = self.engine.store.op(&self.op)? {
-                        if !row.status.is_terminal() {
-                            self.engine.recover_op(&row);
-                        }
-                    }
-                }
-                Ok(_) => {
-                    while let Ok(events) = ino.read_events() {
-                        if events.is_empty() {
-                            break;
-                        }
-                    }
-                }
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(BackendError::Store(format!("poll: {e}"))),
-            }
+            self.wait()?;
         }
     }
 }

@@ -173,17 +173,33 @@ fn init(spec: Spec) -> io::Result<Never> {
 /// event log, the other ends of the pipes. Any of those kept open would, for one, stop the
 /// command from ever seeing EOF on its stdin. Keep only what the sandbox uses.
 fn close_inherited_fds(spec: &Spec) -> io::Result<()> {
-    let mut keep: Vec<RawFd> = vec![0, 1, 2, spec.stdout.as_raw_fd(), spec.stderr.as_raw_fd(), spec.status.as_raw_fd()];
+    let mut keep: Vec<RawFd> = vec![
+        0,
+        1,
+        2,
+        spec.stdout.as_raw_fd(),
+        spec.stderr.as_raw_fd(),
+        spec.status.as_raw_fd(),
+    ];
     keep.extend(spec.stdin.as_ref().map(|f| f.as_raw_fd()));
     keep.extend(spec.files.iter().map(|f| f.source.as_raw_fd()));
-    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    for fd in fds {
-        if !keep.contains(&fd) {
-            // SAFETY: closing an fd this process inherited and will never use.
-            unsafe { libc::close(fd) };
+    keep.sort_unstable();
+    keep.dedup();
+    let mut next: RawFd = 0;
+    for fd in keep.into_iter().chain([RawFd::MAX]) {
+        if fd > next {
+            let last = if fd == RawFd::MAX {
+                u32::MAX
+            } else {
+                (fd - 1) as u32
+            };
+            // SAFETY: close_range closes fds this process inherited and will never use.
+            let rc = unsafe { libc::syscall(libc::SYS_close_range, next as u32, last, 0u32) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
+        next = fd.saturating_add(1);
     }
     Ok(())
 }

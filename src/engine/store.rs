@@ -16,7 +16,6 @@ use crate::wire::{self, Operation, SpawnRequest, Status};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -121,6 +120,8 @@ pub struct Store {
     conn: Connection,
 }
 
+const SCHEMA_VERSION: i64 = 1;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS images(
   uuid TEXT PRIMARY KEY, created_at TEXT NOT NULL, parent TEXT, operation TEXT,
@@ -142,25 +143,28 @@ CREATE INDEX IF NOT EXISTS operations_status ON operations(status);
 impl Store {
     /// Opens the store at `root`, creating its directories, schema and the `host` image.
     pub fn open(root: &Path) -> Result<Store> {
-        for sub in ["layers", "blobs/sha256", "ops", "tmp", "base"] {
-            let dir = root.join(sub);
-            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        }
         let db = root.join("contree.db");
-        let conn = Connection::open(&db)?;
-        let timeout = std::env::var("CONTREE_DB_TIMEOUT")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(30);
-        conn.busy_timeout(Duration::from_secs(timeout))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)?;
+        std::fs::create_dir_all(root).map_err(io_err(root))?;
+        let conn = crate::db::open(&db)?;
         let store = Store {
             root: root.to_path_buf(),
             conn,
         };
-        store.ensure_host_image()?;
+        // One cheap read on the common path; the full set-up only for a new store.
+        let version: i64 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version < SCHEMA_VERSION {
+            for sub in ["layers", "blobs/sha256", "ops", "tmp", "base"] {
+                let dir = root.join(sub);
+                std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            }
+            store.conn.execute_batch(SCHEMA)?;
+            store.ensure_host_image()?;
+            store
+                .conn
+                .pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
         Ok(store)
     }
 
@@ -459,17 +463,24 @@ impl Store {
 
     /// Operations, newest first, optionally only those with one of `statuses`.
     pub fn ops(&self, statuses: &[Status], kind: Option<&str>) -> Result<Vec<OpRow>> {
-        let sql = format!(
-            "SELECT {} FROM operations ORDER BY created_at DESC, rowid DESC",
-            Self::OP_COLUMNS
-        );
+        // Filtered in SQL (on the status index): every command looks for active
+        // operations, and the table grows with every run.
+        let mut sql = format!("SELECT {} FROM operations WHERE 1", Self::OP_COLUMNS);
+        let mut params: Vec<String> = Vec::new();
+        if !statuses.is_empty() {
+            let marks = vec!["?"; statuses.len()].join(",");
+            sql.push_str(&format!(" AND status IN ({marks})"));
+            params.extend(statuses.iter().map(|s| s.as_str().to_string()));
+        }
+        if let Some(k) = kind {
+            sql.push_str(" AND kind = ?");
+            params.push(k.to_string());
+        }
+        sql.push_str(" ORDER BY created_at DESC, rowid DESC");
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt
-            .query_map([], Self::op_from_row)?
-            .filter_map(|r| r.ok())
-            .filter(|op| statuses.is_empty() || statuses.contains(&op.status))
-            .filter(|op| kind.is_none_or(|k| op.kind == k))
-            .collect();
+            .query_map(rusqlite::params_from_iter(params.iter()), Self::op_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 

@@ -70,6 +70,19 @@ pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
             return 1;
         }
     };
+    if let Some(fd) = std::env::var(super::NOTIFY_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    {
+        // SAFETY: the CLI handed us this fd (the write end of its notify pipe) and nobody
+        // else in this process uses it.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let _ = nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        log.notify_to(fd);
+    }
     let pid = std::process::id() as i32;
     let _ = store.mark_executing(op, pid, super::process_start_time(pid).unwrap_or(0));
     let mut run = Run {

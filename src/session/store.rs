@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
@@ -86,7 +85,6 @@ const CHAIN: &str = "WITH RECURSIVE chain(id, depth) AS (
 )";
 
 /// Default for `$CONTREE_DB_TIMEOUT`, in seconds.
-const DEFAULT_TIMEOUT_SECS: f64 = 30.0;
 
 /// The session database of one profile.
 pub struct SessionStore {
@@ -109,11 +107,7 @@ impl SessionStore {
                 source,
             })?;
         }
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(busy_timeout())?;
-        // WAL lets readers proceed while another process writes; the mode is persistent,
-        // so this is a no-op after the first open.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let conn = crate::db::open(path)?;
         conn.pragma_update(None, "foreign_keys", true)?;
         let store = SessionStore { conn };
         store.migrate()?;
@@ -558,16 +552,6 @@ impl SessionStore {
         tx.commit()?;
         Ok(n > 0)
     }
-}
-
-/// `$CONTREE_DB_TIMEOUT` seconds (fractions allowed), else 30 s.
-fn busy_timeout() -> Duration {
-    std::env::var("CONTREE_DB_TIMEOUT")
-        .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        .unwrap_or(Duration::from_secs_f64(DEFAULT_TIMEOUT_SECS))
 }
 
 fn now() -> String {

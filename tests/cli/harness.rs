@@ -1,0 +1,593 @@
+//! The test harness: one `Env` per test owns a fresh data directory (`CONTREE_HOME`), a
+//! session key and a scratch directory for host files, and runs the real `contree` binary
+//! with a clean environment. It must never touch anything outside its own temp dirs.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// The binary under test, built by cargo for this integration test target.
+pub const CONTREE: &str = env!("CARGO_BIN_EXE_contree");
+
+/// A command that takes longer than this is considered hung: it is killed and the test fails.
+const HANG_LIMIT: Duration = Duration::from_secs(90);
+
+/// A user's machine, reduced to what contree sees: its data dir, session and scratch dir.
+pub struct Env {
+    home: TempDir,
+    work: TempDir,
+    session: String,
+}
+
+impl Env {
+    /// A fresh data dir in the system temp dir, session key `t`, no session yet.
+    pub fn new() -> Env {
+        Env::with_home_in(std::env::temp_dir())
+    }
+
+    /// Like `new`, with the data dir created inside `parent` (for tests about where it lives).
+    pub fn with_home_in(parent: impl AsRef<Path>) -> Env {
+        let home = tempfile::Builder::new()
+            .prefix("contree-home-")
+            .tempdir_in(parent)
+            .expect("create CONTREE_HOME");
+        let work = tempfile::Builder::new()
+            .prefix("contree-work-")
+            .tempdir()
+            .expect("create scratch dir");
+        Env {
+            home,
+            work,
+            session: "t".to_string(),
+        }
+    }
+
+    /// A fresh env whose session already stands on the built-in `host` image.
+    pub fn host() -> Env {
+        let env = Env::new();
+        env.use_host();
+        env
+    }
+
+    /// `contree use host`: start (or move) the session onto the built-in host image.
+    pub fn use_host(&self) -> &Env {
+        self.run(["use", "host"]).success();
+        self
+    }
+
+    /// `$CONTREE_HOME` of this env.
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// A scratch directory on the host for files to attach, scripts and archives.
+    pub fn work(&self) -> &Path {
+        self.work.path()
+    }
+
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+
+    /// Writes `content` to `rel` under the scratch dir (creating parents) and returns its path.
+    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.work().join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create parent dirs");
+        }
+        std::fs::write(&path, content).expect("write scratch file");
+        path
+    }
+
+    /// `contree ARGS…` with stdin at EOF, waited for.
+    pub fn run<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.cmd(args).output()
+    }
+
+    /// A `contree ARGS…` invocation to adjust (stdin, env, cwd) before running it.
+    pub fn cmd<I, S>(&self, args: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = self.program(CONTREE);
+        cmd.command.args(args);
+        cmd
+    }
+
+    /// Any program, run with this env's environment (data dir, session, PATH).
+    pub fn program(&self, program: impl AsRef<OsStr>) -> Cmd {
+        let mut command = Command::new(program);
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.work())
+            .env("CONTREE_HOME", self.home())
+            .env("CONTREE_SESSION", &self.session)
+            .current_dir(self.work());
+        Cmd {
+            command,
+            stdin: None,
+        }
+    }
+
+    /// `contree -o json ARGS…` parsed as one JSON record (the command must print exactly one).
+    pub fn json<I, S>(&self, args: I) -> Value
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut all: Vec<OsString> = vec!["-o".into(), "json".into()];
+        all.extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self.run(all).json()
+    }
+
+    /// The image the session currently stands on.
+    pub fn session_image(&self) -> String {
+        self.json(["use"])["current_image"]
+            .as_str()
+            .expect("current_image is a string")
+            .to_string()
+    }
+
+    /// UUIDs of every operation of this data dir, newest first.
+    pub fn all_ops(&self) -> Vec<String> {
+        self.run(["ps", "-a", "-q"])
+            .success()
+            .stdout_text()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The newest operation's UUID.
+    pub fn last_op(&self) -> String {
+        self.all_ops()
+            .into_iter()
+            .next()
+            .expect("at least one operation")
+    }
+
+    /// The status of operation `op` (`contree -o json show OP`).
+    pub fn op_status(&self, op: &str) -> String {
+        self.json(["show", op])["status"]
+            .as_str()
+            .expect("status is a string")
+            .to_string()
+    }
+
+    /// Lines of /proc/mounts that mention this env's data dir.
+    pub fn mounts_in_home(&self) -> Vec<String> {
+        let home = self.home().to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/mounts")
+            .expect("read /proc/mounts")
+            .lines()
+            .filter(|l| l.contains(&home))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// One invocation being prepared.
+pub struct Cmd {
+    command: Command,
+    stdin: Option<Vec<u8>>,
+}
+
+impl Cmd {
+    /// Feed these bytes on stdin, then close it.
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Cmd {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Cmd {
+        self.command.env(key, value);
+        self
+    }
+
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Cmd {
+        self.command.env_remove(key);
+        self
+    }
+
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Cmd {
+        self.command.current_dir(dir);
+        self
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Cmd {
+        self.command.arg(arg);
+        self
+    }
+
+    /// Starts the process with piped stdout/stderr (stdin piped if bytes were given, else
+    /// /dev/null) without waiting, for tests that signal it or read it while it runs.
+    pub fn spawn(mut self) -> Running {
+        let label = describe(&self.command);
+        self.command
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = self
+            .command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
+        if let Some(bytes) = self.stdin.take() {
+            let mut pipe = child.stdin.take().expect("stdin pipe");
+            // A writer thread: the command may exit without reading everything (EPIPE is fine).
+            thread::spawn(move || {
+                let _ = pipe.write_all(&bytes);
+            });
+        }
+        Running {
+            child,
+            label,
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs to completion (killing it after a generous hang limit) and captures everything.
+    pub fn output(self) -> Output {
+        self.spawn().wait()
+    }
+}
+
+/// A started process.
+pub struct Running {
+    pub child: Child,
+    label: String,
+    started: Instant,
+}
+
+impl Running {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits for the exit, with the hang limit, collecting both streams.
+    pub fn wait(mut self) -> Output {
+        let mut out = self.child.stdout.take().expect("stdout pipe");
+        let mut err = self.child.stderr.take().expect("stderr pipe");
+        let out_reader = thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = out.read_to_end(&mut buf);
+            buf
+        });
+        let err_reader = thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = err.read_to_end(&mut buf);
+            buf
+        });
+        let status = wait_with_limit(&mut self.child, self.started, &self.label);
+        Output {
+            label: self.label,
+            status,
+            stdout: out_reader.join().expect("stdout reader"),
+            stderr: err_reader.join().expect("stderr reader"),
+            elapsed: self.started.elapsed(),
+        }
+    }
+}
+
+fn wait_with_limit(child: &mut Child, started: Instant, label: &str) -> ExitStatus {
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            return status;
+        }
+        if started.elapsed() > HANG_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{label} still running after {HANG_LIMIT:?}; killed it");
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn describe(command: &Command) -> String {
+    let mut s = command.get_program().to_string_lossy().into_owned();
+    if s == CONTREE {
+        s = "contree".to_string();
+    }
+    for arg in command.get_args() {
+        let arg = arg.to_string_lossy();
+        if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || "'\"$;|&".contains(c)) {
+            let _ = write!(s, " '{}'", arg.replace('\'', r"'\''"));
+        } else {
+            let _ = write!(s, " {arg}");
+        }
+    }
+    s
+}
+
+/// What a finished command left behind, with fluent assertions that print everything on failure.
+pub struct Output {
+    label: String,
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub elapsed: Duration,
+}
+
+impl Output {
+    fn fail(&self, what: &str) -> ! {
+        panic!(
+            "\n$ {}\n{what}\n--- exit: {}\n--- stdout ({} bytes):\n{}\n--- stderr:\n{}\n---",
+            self.label,
+            self.code_text(),
+            self.stdout.len(),
+            show_bytes(&self.stdout),
+            show_bytes(&self.stderr),
+        )
+    }
+
+    fn code_text(&self) -> String {
+        match self.status.code() {
+            Some(code) => code.to_string(),
+            None => format!("{:?}", self.status),
+        }
+    }
+
+    /// The exit code (panics if killed by a signal).
+    pub fn exit_code(&self) -> i32 {
+        match self.status.code() {
+            Some(code) => code,
+            None => self.fail("expected an exit code, the process was killed by a signal"),
+        }
+    }
+
+    pub fn success(self) -> Output {
+        self.code(0)
+    }
+
+    pub fn code(self, expected: i32) -> Output {
+        if self.status.code() != Some(expected) {
+            self.fail(&format!("expected exit code {expected}"));
+        }
+        self
+    }
+
+    /// stdout is exactly this text.
+    pub fn stdout(self, expected: &str) -> Output {
+        self.stdout_bytes(expected.as_bytes())
+    }
+
+    pub fn stdout_bytes(self, expected: &[u8]) -> Output {
+        if self.stdout != expected {
+            self.fail(&format!("expected stdout:\n{}", show_bytes(expected)));
+        }
+        self
+    }
+
+    pub fn stdout_contains(self, needle: &str) -> Output {
+        if !self.stdout_text().contains(needle) {
+            self.fail(&format!("expected stdout to contain {needle:?}"));
+        }
+        self
+    }
+
+    pub fn stdout_lacks(self, needle: &str) -> Output {
+        if self.stdout_text().contains(needle) {
+            self.fail(&format!("expected stdout not to contain {needle:?}"));
+        }
+        self
+    }
+
+    /// stderr is exactly this text.
+    pub fn stderr(self, expected: &str) -> Output {
+        if self.stderr != expected.as_bytes() {
+            self.fail(&format!("expected stderr:\n{expected}"));
+        }
+        self
+    }
+
+    pub fn stderr_contains(self, needle: &str) -> Output {
+        if !self.stderr_text().contains(needle) {
+            self.fail(&format!("expected stderr to contain {needle:?}"));
+        }
+        self
+    }
+
+    pub fn stderr_lacks(self, needle: &str) -> Output {
+        if self.stderr_text().contains(needle) {
+            self.fail(&format!("expected stderr not to contain {needle:?}"));
+        }
+        self
+    }
+
+    pub fn stdout_empty(self) -> Output {
+        self.stdout("")
+    }
+
+    pub fn stderr_empty(self) -> Output {
+        self.stderr("")
+    }
+
+    /// Checks anything else, with the full report on failure.
+    pub fn check(self, what: &str, ok: impl FnOnce(&Output) -> bool) -> Output {
+        if !ok(&self) {
+            self.fail(what);
+        }
+        self
+    }
+
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    /// stdout as exactly one JSON record on one line.
+    pub fn json(&self) -> Value {
+        let text = self.stdout_text();
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.len() != 1 {
+            self.fail("expected exactly one JSON line on stdout");
+        }
+        serde_json::from_str(lines[0])
+            .unwrap_or_else(|e| self.fail(&format!("stdout is not JSON: {e}")))
+    }
+
+    /// stdout as JSON lines (one record per line).
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.stdout_text()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| self.fail(&format!("line {l:?} is not JSON: {e}")))
+            })
+            .collect()
+    }
+}
+
+fn show_bytes(bytes: &[u8]) -> String {
+    const MAX: usize = 4000;
+    let text = match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_string(),
+        Err(_) => format!("{:?}", String::from_utf8_lossy(bytes)),
+    };
+    if text.len() > MAX {
+        let mut cut = MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}… ({} bytes more)", &text[..cut], text.len() - cut)
+    } else {
+        text
+    }
+}
+
+/// Marks the running test as skipped: `SKIPPED: <test>: <reason>` on stderr and appended to
+/// `$CARGO_TARGET_TMPDIR/skipped.txt`, so a missing prerequisite never passes silently.
+pub fn skip(reason: &str) {
+    // libtest names each test's thread after the test.
+    let test = thread::current()
+        .name()
+        .unwrap_or("<unnamed test>")
+        .to_string();
+    let line = format!("SKIPPED: {test}: {reason}");
+    eprintln!("{line}");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped.txt");
+    let _ = std::fs::create_dir_all(env!("CARGO_TARGET_TMPDIR"));
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    writeln!(file, "{line}").expect("append to skipped.txt");
+}
+
+/// A token unlikely to appear anywhere else, to find a test's own processes in /proc.
+pub fn unique_token() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .subsec_nanos();
+    format!("{}{:09}", std::process::id(), nanos)
+}
+
+/// PIDs of host processes whose command line contains `needle` (sandboxed ones included:
+/// the host sees every PID namespace).
+pub fn processes_matching(needle: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// Polls `cond` every few milliseconds until it holds or `limit` passes; returns whether it held.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The host's statically linked busybox (Debian's busybox-static), if installed.
+pub fn static_busybox() -> Option<PathBuf> {
+    let path = PathBuf::from("/bin/busybox");
+    let bytes = std::fs::read(&path).ok()?;
+    if is_static_elf(&bytes) {
+        Some(path)
+    } else {
+        None
+    }
+}
+
+/// True for a 64-bit little-endian ELF without a PT_INTERP program header (no dynamic loader).
+fn is_static_elf(b: &[u8]) -> bool {
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 || b[5] != 1 {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[0x20..0x28].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    const PT_INTERP: u32 = 3;
+    (0..phnum).all(|i| {
+        let o = phoff + i * phentsize;
+        o + 4 <= b.len() && u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) != PT_INTERP
+    })
+}
+
+/// Builds a minimal root filesystem under `dir`: `/bin/busybox` plus one symlink per applet
+/// (`busybox --list`), the way a distro's busybox image is laid out.
+pub fn busybox_rootfs(busybox: &Path, dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).expect("create rootfs/bin");
+    std::fs::copy(busybox, bin.join("busybox")).expect("copy busybox");
+    let list = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    assert!(list.status.success(), "busybox --list failed");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet.is_empty() || applet == "busybox" {
+            continue;
+        }
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet symlink");
+    }
+    root
+}

@@ -1,0 +1,40 @@
+//! Integration tests that drive the real `contree` binary the way a user does, one module per
+//! behaviour. Every test owns a fresh data dir (see `harness`); none may touch the user's.
+//! The local engine needs root (namespaces + overlayfs).
+
+mod harness;
+
+mod attachments;
+mod host_image;
+mod images;
+mod interpreter;
+mod interrupt;
+mod long_sessions;
+mod operations;
+mod run_basics;
+mod sessions;
+mod snapshots;
+mod stdin;
+mod timeout_truncate;
+
+/// A test file that is not declared here would silently never run.
+#[test]
+fn every_test_file_is_declared_as_a_module() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli");
+    let main = std::fs::read_to_string(dir.join("main.rs")).expect("read main.rs");
+    let mut forgotten = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("list tests/cli") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("rs") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if name != "main" && !main.lines().any(|l| l.trim() == format!("mod {name};")) {
+            forgotten.push(name);
+        }
+    }
+    assert!(
+        forgotten.is_empty(),
+        "tests/cli/*.rs not declared in main.rs: {forgotten:?}"
+    );
+}
