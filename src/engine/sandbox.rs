@@ -103,6 +103,8 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
 enum Never {}
 
 fn init(spec: Spec) -> io::Result<Never> {
+    // If the supervisor dies (even by SIGKILL) the whole sandbox goes with it.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
     close_inherited_fds(&spec)?;
     let root = &spec.root;
     if !spec.network {
