@@ -64,3 +64,22 @@ macro_rules! info { ($($a:tt)*) => { $crate::log::emit($crate::log::Level::Info,
 macro_rules! warn { ($($a:tt)*) => { $crate::log::emit($crate::log::Level::Warning, &format!($($a)*)) } }
 #[macro_export]
 macro_rules! debug { ($($a:tt)*) => { $crate::log::emit($crate::log::Level::Debug, &format!($($a)*)) } }
+
+/// With `CONTREE_TRACE=1`, prints the time since the process started at named points of a
+/// run (to stderr; the supervisor's goes to its `supervisor.log`). For performance work.
+pub fn trace(label: &str) {
+    use std::sync::OnceLock;
+    use std::time::Instant;
+    static START: OnceLock<Option<Instant>> = OnceLock::new();
+    let start = START.get_or_init(|| std::env::var_os("CONTREE_TRACE").map(|_| Instant::now()));
+    if let Some(t) = start {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        eprintln!(
+            "[TRACE {:.3} +{:.3}ms] {label}",
+            wall.as_secs_f64() % 100.0,
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+}

@@ -16,6 +16,7 @@ use args::{Cli, Command};
 use clap::Parser;
 
 pub fn main() -> i32 {
+    crate::log::trace("start");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -83,6 +84,7 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         .hint("drop the profile flags (and unset CONTREE_PROFILE) to use the local engine"));
     }
     let ctx = context(format, cli.session.as_deref())?;
+    crate::log::trace("context ready");
     crate::interrupt::install();
     match command {
         Command::Run(flags) => crate::run::run(&ctx, run_args(flags)),
@@ -102,6 +104,7 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
 fn context(format: Format, session: Option<&str>) -> CommandResult<Context> {
     let paths = Paths::from_env();
     let engine = LocalEngine::open(&paths).map_err(backend_err)?;
+    crate::log::trace("engine open");
     let sessions = SessionStore::open(&paths.session_db("local")).map_err(session_err)?;
     let session_key = SessionStore::resolve_key(session, "local");
     Ok(Context {

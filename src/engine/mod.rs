@@ -59,6 +59,7 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
 impl LocalEngine {
     pub fn open(paths: &Paths) -> Result<LocalEngine, BackendError> {
         let store = Store::open(&paths.store())?;
+        crate::log::trace("store open");
         let engine = LocalEngine {
             store,
             data_dir: paths.data.clone(),
@@ -165,7 +166,16 @@ impl LocalEngine {
         }
     }
 
-    fn spawn_supervisor(&self, op: &str, stdin: StdinSource) -> Result<(), BackendError> {
+    fn spawn_supervisor(
+        &self,
+        job: &supervisor::Job,
+        stdin: StdinSource,
+    ) -> Result<(), BackendError> {
+        let op = job.op.as_str();
+        let job_file = supervisor::job_path(self.store.layout(), op);
+        let bytes = serde_json::to_vec(job).map_err(|e| BackendError::Store(e.to_string()))?;
+        std::fs::write(&job_file, bytes)
+            .map_err(|e| BackendError::Store(format!("{}: {e}", job_file.display())))?;
         let exe = std::env::current_exe().map_err(|e| {
             BackendError::Unavailable(format!("cannot find the contree binary: {e}"))
         })?;
@@ -224,13 +234,19 @@ impl LocalEngine {
         Ok(())
     }
 
-    fn validate(&self, req: &SpawnRequest) -> Result<(), BackendError> {
-        if self.store.image(&req.image)?.is_none() {
+    /// Checks the request and gathers what the supervisor needs: the image and the blobs.
+    #[allow(clippy::type_complexity)]
+    fn validate(
+        &self,
+        req: &SpawnRequest,
+    ) -> Result<(store::ImageRow, std::collections::BTreeMap<String, String>), BackendError> {
+        let Some(image) = self.store.image(&req.image)? else {
             return Err(BackendError::NotFound(format!(
                 "image {} not found",
                 req.image
             )));
-        }
+        };
+        let mut blobs = std::collections::BTreeMap::new();
         if let Some(cwd) = &req.cwd {
             if !cwd.is_empty() && !cwd.starts_with('/') {
                 return Err(BackendError::Invalid(format!(
@@ -253,11 +269,16 @@ impl LocalEngine {
                     "file path '{path}' must be absolute and must not contain '..'"
                 )));
             }
-            if self.store.blob_by_uuid(&file.uuid)?.is_none() {
-                return Err(BackendError::NotFound(format!(
-                    "file {} (for {path}) not found",
-                    file.uuid
-                )));
+            match self.store.blob_by_uuid(&file.uuid)? {
+                Some((sha, _)) => {
+                    blobs.insert(file.uuid.clone(), sha);
+                }
+                None => {
+                    return Err(BackendError::NotFound(format!(
+                        "file {} (for {path}) not found",
+                        file.uuid
+                    )))
+                }
             }
             if u32::from_str_radix(&file.mode, 8).is_err() {
                 return Err(BackendError::Invalid(format!(
@@ -271,7 +292,7 @@ impl LocalEngine {
                 .bytes()
                 .map_err(|e| BackendError::Invalid(format!("stdin is not valid base64: {e}")))?;
         }
-        Ok(())
+        Ok((image, blobs))
     }
 }
 
@@ -309,7 +330,7 @@ impl Backend for LocalEngine {
     }
 
     fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
-        self.validate(req)?;
+        let (image, blobs) = self.validate(req)?;
         let op = uuid::Uuid::new_v4().to_string();
         let dir = self.store.op_dir(&op);
         std::fs::create_dir_all(&dir)
@@ -318,7 +339,13 @@ impl Backend for LocalEngine {
             .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
         self.store
             .create_op(&op, "instance", Some(&req.image), Some(req))?;
-        if let Err(e) = self.spawn_supervisor(&op, stdin) {
+        let job = supervisor::Job {
+            op: op.clone(),
+            request: req.clone(),
+            image,
+            blobs,
+        };
+        if let Err(e) = self.spawn_supervisor(&job, stdin) {
             let _ = self.store.delete_op(&op);
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);

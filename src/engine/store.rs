@@ -43,7 +43,7 @@ pub const HOST_LAYER: &str = "@host";
 pub const HOST_TAG: &str = "host";
 
 /// An image row.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ImageRow {
     pub uuid: String,
     pub created_at: String,
@@ -115,8 +115,34 @@ impl OpRow {
     }
 }
 
+/// Where things live under the store root; pure path arithmetic, no database.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn layer_dir(&self, id: &str) -> PathBuf {
+        if id == HOST_LAYER {
+            self.root.join("base/host-mask")
+        } else {
+            self.root.join("layers").join(id)
+        }
+    }
+    pub fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(sha256)
+    }
+    pub fn op_dir(&self, op: &str) -> PathBuf {
+        self.root.join("ops").join(op)
+    }
+    pub fn scratch_dir(&self, op: &str) -> PathBuf {
+        self.root.join("tmp").join(op)
+    }
+}
+
 pub struct Store {
     pub root: PathBuf,
+    layout: Layout,
     conn: Connection,
 }
 
@@ -148,6 +174,9 @@ impl Store {
         let conn = crate::db::open(&db)?;
         let store = Store {
             root: root.to_path_buf(),
+            layout: Layout {
+                root: root.to_path_buf(),
+            },
             conn,
         };
         // One cheap read on the common path; the full set-up only for a new store.
@@ -193,21 +222,20 @@ impl Store {
         &self.conn
     }
 
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
     pub fn layer_dir(&self, id: &str) -> PathBuf {
-        if id == HOST_LAYER {
-            self.root.join("base/host-mask")
-        } else {
-            self.root.join("layers").join(id)
-        }
+        self.layout.layer_dir(id)
     }
     pub fn blob_path(&self, sha256: &str) -> PathBuf {
-        self.root.join("blobs/sha256").join(sha256)
+        self.layout.blob_path(sha256)
     }
     pub fn op_dir(&self, op: &str) -> PathBuf {
-        self.root.join("ops").join(op)
+        self.layout.op_dir(op)
     }
     pub fn scratch_dir(&self, op: &str) -> PathBuf {
-        self.root.join("tmp").join(op)
+        self.layout.scratch_dir(op)
     }
 
     // ---- images -------------------------------------------------------------------------

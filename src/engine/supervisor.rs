@@ -10,7 +10,7 @@ use super::eventlog::LogWriter;
 use super::layers;
 use super::overlay::Overlay;
 use super::sandbox::{self, FileToWrite, Spec};
-use super::store::{ImageRow, OpRow, Store, HOST_LAYER};
+use super::store::{ImageRow, Layout, Store, HOST_LAYER};
 use crate::wire::{self, SpawnRequest, Status};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
@@ -47,22 +47,44 @@ struct Outcome {
     timed_out: bool,
 }
 
-/// Entry point of `contree __supervise STORE OP`. Returns the process exit code.
+/// Everything a supervisor needs to start the sandbox without reading the database: the
+/// CLI already has it in hand, and the database is then opened while the command runs,
+/// off the path of a short run.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Job {
+    pub op: String,
+    pub request: SpawnRequest,
+    pub image: ImageRow,
+    /// File uuid → blob sha256, for the request's attachments.
+    pub blobs: BTreeMap<String, String>,
+}
+
+/// The job file the CLI writes next to the event log before starting the supervisor.
+pub fn job_path(layout: &Layout, op: &str) -> PathBuf {
+    layout.op_dir(op).join("job.json")
+}
+
+/// Entry point of `contree __supervise STORE DATA OP`. Returns the process exit code.
 pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
     let started = Instant::now();
+    crate::log::trace("supervisor start");
     let _ = cancel_signals().thread_block();
-    let store = match Store::open(store_root) {
-        Ok(s) => s,
+    let layout = Layout {
+        root: store_root.to_path_buf(),
+    };
+    let job_file = job_path(&layout, op);
+    let job: Job = match std::fs::read(&job_file)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(job) => job,
         Err(e) => {
-            eprintln!("supervisor: {e}");
+            eprintln!("supervisor: job {}: {e}", job_file.display());
             return 1;
         }
     };
-    let Ok(Some(row)) = store.op(op) else {
-        eprintln!("supervisor: operation {op} not found");
-        return 1;
-    };
-    let log_path = store.op_dir(op).join("events");
+    let _ = std::fs::remove_file(&job_file);
+    let log_path = layout.op_dir(op).join("events");
     let mut log = match LogWriter::open(&log_path) {
         Ok(l) => l,
         Err(e) => {
@@ -83,13 +105,12 @@ pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
         );
         log.notify_to(fd);
     }
-    let pid = std::process::id() as i32;
-    let _ = store.mark_executing(op, pid, super::process_start_time(pid).unwrap_or(0));
     let mut run = Run {
-        store: &store,
-        row: &row,
+        scratch: layout.scratch_dir(op),
+        layout,
+        store: None,
+        job,
         log: &mut log,
-        scratch: store.scratch_dir(op),
         data_dir: data_dir.to_path_buf(),
     };
     let outcome = run.execute();
@@ -107,8 +128,10 @@ pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
 }
 
 struct Run<'a> {
-    store: &'a Store,
-    row: &'a OpRow,
+    layout: Layout,
+    /// Opened once the sandbox is running (see `Job`).
+    store: Option<Store>,
+    job: Job,
     log: &'a mut LogWriter,
     scratch: PathBuf,
     data_dir: PathBuf,
@@ -136,24 +159,26 @@ impl Run<'_> {
         let _ = self.log.append(kind, spid, data);
     }
 
-    fn request(&self) -> Result<&SpawnRequest, String> {
-        self.row
-            .request
-            .as_ref()
-            .ok_or_else(|| "operation has no spawn request".to_string())
-    }
-
-    fn image(&self) -> Result<ImageRow, String> {
-        let uuid = self.request()?.image.clone();
+    /// The database, opened on first use and marking the operation EXECUTING.
+    fn db(&mut self) -> Result<&Store, String> {
+        if self.store.is_none() {
+            let store = Store::open(&self.layout.root).map_err(|e| e.to_string())?;
+            let pid = std::process::id() as i32;
+            let _ = store.mark_executing(
+                &self.job.op,
+                pid,
+                super::process_start_time(pid).unwrap_or(0),
+            );
+            self.store = Some(store);
+        }
         self.store
-            .image(&uuid)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("image {uuid} not found"))
+            .as_ref()
+            .ok_or_else(|| "store not open".to_string())
     }
 
     fn execute(&mut self) -> Result<Outcome, String> {
-        let req = self.request()?.clone();
-        let image = self.image()?;
+        let req = self.job.request.clone();
+        let image = self.job.image.clone();
         let uts = nix::sys::utsname::uname().ok();
         self.event(
             "init",
@@ -166,12 +191,14 @@ impl Run<'_> {
                 "hostname": req.hostname,
                 "kernel": uts.as_ref().map(|u| format!("{} {}", u.release().to_string_lossy(), u.version().to_string_lossy())),
                 "machine": uts.as_ref().map(|u| u.machine().to_string_lossy().into_owned()),
-                "boot_id": self.row.uuid,
+                "boot_id": self.job.op,
             }),
         );
         sandbox::private_mount_namespace()
             .map_err(|e| format!("cannot create a private mount namespace: {e} (contree needs root or CAP_SYS_ADMIN)"))?;
+        crate::log::trace("mounting");
         let mounted = self.mount_root(&image)?;
+        crate::log::trace("mounted");
         let outcome = self.run_command(&req, &image, &mounted)?;
         let root = mounted.root.clone();
         drop(mounted);
@@ -193,7 +220,7 @@ impl Run<'_> {
         let mut lowers = Vec::new();
         for layer in &image.layers {
             if layer == HOST_LAYER {
-                let mask = self.store.layer_dir(HOST_LAYER);
+                let mask = self.layout.layer_dir(HOST_LAYER);
                 if !mask.exists() {
                     layers::build_host_mask(&mask, &self.data_dir)
                         .map_err(|e| format!("cannot build the host image mask: {e}"))?;
@@ -219,7 +246,7 @@ impl Run<'_> {
                 lowers.push(mask);
                 lowers.push(host);
             } else {
-                lowers.push(self.store.layer_dir(layer));
+                lowers.push(self.layout.layer_dir(layer));
             }
         }
         Overlay {
@@ -267,12 +294,12 @@ impl Run<'_> {
 
         let mut files = Vec::new();
         for (path, file) in req.files.iter().flatten() {
-            let (sha, _) = self
-                .store
-                .blob_by_uuid(&file.uuid)
-                .map_err(|e| e.to_string())?
+            let sha = self
+                .job
+                .blobs
+                .get(&file.uuid)
                 .ok_or_else(|| format!("file {} for {path} not found", file.uuid))?;
-            let source = std::fs::File::open(self.store.blob_path(&sha))
+            let source = std::fs::File::open(self.layout.blob_path(sha))
                 .map_err(|e| format!("file {} for {path}: {e}", file.uuid))?;
             files.push(FileToWrite {
                 path: path.clone(),
@@ -326,6 +353,13 @@ impl Run<'_> {
             status: st_w,
         })
         .map_err(|e| format!("cannot create the sandbox namespaces: {e}"))?;
+        crate::log::trace("cloned");
+        // While the sandbox sets itself up, get the database ready for the commit.
+        if let Err(e) = self.db() {
+            let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
+            let _ = wait_init(init);
+            return Err(format!("cannot open the store: {e}"));
+        }
 
         let mut masked_env = Map::new();
         for (k, v) in req.env.iter().flatten() {
@@ -479,6 +513,7 @@ impl Run<'_> {
                 }
             }
         }
+        crate::log::trace("output done");
         let rusage = wait_init(init);
         if let Some(feed) = stdin_feed {
             // The feeder ends on EOF or on EPIPE once the sandbox is gone.
@@ -573,7 +608,7 @@ impl Run<'_> {
         let mut image_size = None;
         let mut error = outcome.error.clone();
         let mut status = outcome.status;
-        let disposable = self.row.request.as_ref().is_some_and(|r| r.disposable);
+        let disposable = self.job.request.disposable;
         if status == Status::Success && !disposable {
             match self.commit() {
                 Ok((image, size)) => {
@@ -586,20 +621,28 @@ impl Run<'_> {
                 }
             }
         }
+        crate::log::trace("committed");
         let duration = started.elapsed().as_secs_f64();
+        let op = self.job.op.clone();
         let finished = self
-            .store
-            .finish_op(
-                &self.row.uuid,
-                status,
-                error.as_deref(),
-                duration,
-                result_image.as_deref(),
-                outcome.exit_code,
-                outcome.timed_out,
-                image_size,
-            )
-            .unwrap_or(false);
+            .db()
+            .and_then(|db| {
+                db.finish_op(
+                    &op,
+                    status,
+                    error.as_deref(),
+                    duration,
+                    result_image.as_deref(),
+                    outcome.exit_code,
+                    outcome.timed_out,
+                    image_size,
+                )
+                .map_err(|e| e.to_string())
+            })
+            .unwrap_or_else(|e| {
+                eprintln!("supervisor: recording the result failed: {e}");
+                false
+            });
         if finished {
             self.event(
                 "completion",
@@ -613,6 +656,7 @@ impl Run<'_> {
                 }),
             );
         }
+        crate::log::trace("completion written");
         let _ = std::fs::remove_dir_all(&self.scratch);
         if let Some(image) = result_image {
             if let Err(e) = self.maybe_flatten(&image) {
@@ -623,8 +667,8 @@ impl Run<'_> {
 
     /// Turns the upper dir into the new image's top layer by a rename (never a copy).
     fn commit(&mut self) -> Result<(String, u64), String> {
-        let req = self.request()?.clone();
-        let image = self.image()?;
+        let req = self.job.request.clone();
+        let image = self.job.image.clone();
         let upper = self.scratch.join("upper");
         let mut env = image.env.clone();
         if req.preserve_env {
@@ -645,8 +689,8 @@ impl Run<'_> {
         let mut new_layer = None;
         let mut size = 0;
         if !unchanged {
-            let id = self.row.uuid.clone();
-            let dest = self.store.layer_dir(&id);
+            let id = self.job.op.clone();
+            let dest = self.layout.layer_dir(&id);
             size = layers::layer_size(&upper);
             std::fs::rename(&upper, &dest)
                 .map_err(|e| format!("moving the layer into place: {e}"))?;
@@ -657,13 +701,13 @@ impl Run<'_> {
             uuid: uuid::Uuid::new_v4().to_string(),
             created_at: wire::now_ts(),
             parent: Some(image.uuid.clone()),
-            operation: Some(self.row.uuid.clone()),
+            operation: Some(self.job.op.clone()),
             layers: new_layers,
             env,
             tags: Vec::new(),
         };
-        let layer_id = self.row.uuid.clone();
-        self.store
+        let layer_id = self.job.op.clone();
+        self.db()?
             .insert_image(&row, new_layer.map(|s| (layer_id.as_str(), s)))
             .map_err(|e| e.to_string())?;
         Ok((row.uuid, size))
@@ -671,23 +715,23 @@ impl Run<'_> {
 
     /// Merges all layers above the base into one when the chain grew long.
     fn maybe_flatten(&mut self, image: &str) -> Result<(), String> {
-        let Some(row) = self.store.image(image).map_err(|e| e.to_string())? else {
+        let Some(row) = self.db()?.image(image).map_err(|e| e.to_string())? else {
             return Ok(());
         };
         if row.layers.len() <= FLATTEN_AT + 1 {
             return Ok(());
         }
         let (top, base) = row.layers.split_at(row.layers.len() - 1);
-        let dirs: Vec<PathBuf> = top.iter().map(|l| self.store.layer_dir(l)).collect();
+        let dirs: Vec<PathBuf> = top.iter().map(|l| self.layout.layer_dir(l)).collect();
         let id = format!("flat-{}", uuid::Uuid::new_v4());
-        let staging = self.store.root.join("tmp").join(&id);
+        let staging = self.layout.root.join("tmp").join(&id);
         layers::flatten(&dirs, &staging).map_err(|e| e.to_string())?;
         let size = layers::layer_size(&staging);
-        let dest = self.store.layer_dir(&id);
+        let dest = self.layout.layer_dir(&id);
         std::fs::rename(&staging, &dest).map_err(|e| e.to_string())?;
         let mut chain = vec![id.clone()];
         chain.extend(base.iter().cloned());
-        self.store
+        self.db()?
             .replace_layers(image, &chain, (&id, size))
             .map_err(|e| e.to_string())
     }

@@ -154,7 +154,9 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
 
     // 9. Spawn.
     let title = args.words.join(" ");
+    crate::log::trace("request built");
     let op = ctx.backend.spawn(&req, stdin).map_err(backend_err)?;
+    crate::log::trace("spawned");
 
     if args.detach {
         return detach(ctx, &op, &req, &title, &image, args.disposable);
@@ -355,6 +357,7 @@ pub fn follow(ctx: &Context, op: &str, live: bool) -> CommandResult<Outcome> {
                     .push((stream, n("bytes_emitted"), n("bytes_dropped")));
             }
             "completion" => {
+                crate::log::trace("completion seen");
                 out.status = ev
                     .data
                     .get("status")
@@ -441,6 +444,7 @@ fn finish(
             }
         }
     }
+    crate::log::trace("session updated");
     if ctx.format != Format::Default {
         print_records(ctx.format, &[result_record(ctx, req, &out)])?;
     }
