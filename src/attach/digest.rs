@@ -241,7 +241,7 @@ fn hash_parallel(paths: &[&Path], todo: &[usize], threads: usize) -> Vec<io::Res
 mod tests {
     use super::*;
     use std::path::PathBuf;
-    use std::time::SystemTime;
+    use std::time::{Duration, SystemTime};
 
     const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
     const XYZ: &str = "3608bca1e44ea6c4d268eb6db02260269892c0b42b86bbf1e77a6fa16c3c9282";

@@ -84,8 +84,6 @@ const CHAIN: &str = "WITH RECURSIVE chain(id, depth) AS (
     WHERE h.parent_id IS NOT NULL AND h.parent_id < h.id
 )";
 
-/// Default for `$CONTREE_DB_TIMEOUT`, in seconds.
-
 /// The session database of one profile.
 pub struct SessionStore {
     conn: Connection,
