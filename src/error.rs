@@ -28,6 +28,8 @@ pub mod exit {
 pub enum Kind {
     /// Bad input: a flag value, a file spec, an unknown image or operation.
     User,
+    /// The command line itself is incomplete (like clap's own errors).
+    Usage,
     /// The environment cannot do what was asked (no overlayfs, not root, ...).
     Unavailable,
     /// Local I/O on the store or a user file failed.
@@ -69,6 +71,7 @@ impl CommandError {
     pub fn exit_code(&self) -> i32 {
         match self.kind {
             Kind::User => exit::USER,
+            Kind::Usage => exit::USAGE,
             Kind::Unavailable => exit::UNAVAILABLE,
             Kind::Io => exit::IO,
             Kind::Internal => exit::INTERNAL,

@@ -59,6 +59,12 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
             ctx.format.name()
         )));
     }
+    if args.words.is_empty() {
+        return Err(
+            CommandError::new(Kind::Usage, "nothing to run: no command was given")
+                .hint("contree run [OPTIONS] -- COMMAND [ARGS...]"),
+        );
+    }
     // 1. Every --file spec is checked before anything else happens.
     let mut warnings = Vec::new();
     let specs = args
