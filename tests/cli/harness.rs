@@ -72,10 +72,6 @@ impl Env {
         self.work.path()
     }
 
-    pub fn session(&self) -> &str {
-        &self.session
-    }
-
     /// Writes `content` to `rel` under the scratch dir (creating parents) and returns its path.
     pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) -> PathBuf {
         let path = self.work().join(rel);
@@ -197,11 +193,6 @@ impl Cmd {
         self
     }
 
-    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Cmd {
-        self.command.env_remove(key);
-        self
-    }
-
     pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Cmd {
         self.command.current_dir(dir);
         self
@@ -214,14 +205,25 @@ impl Cmd {
 
     /// Starts the process with piped stdout/stderr (stdin piped if bytes were given, else
     /// /dev/null) without waiting, for tests that signal it or read it while it runs.
-    pub fn spawn(mut self) -> Running {
+    pub fn spawn(self) -> Running {
+        let stdin = if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
+        self.start(stdin)
+    }
+
+    /// Like `spawn`, with stdin an open pipe left to the test (`running.child.stdin`).
+    pub fn spawn_with_stdin_pipe(mut self) -> Running {
+        self.stdin = None;
+        self.start(Stdio::piped())
+    }
+
+    fn start(mut self, stdin: Stdio) -> Running {
         let label = describe(&self.command);
         self.command
-            .stdin(if self.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = self
@@ -262,18 +264,11 @@ impl Running {
 
     /// Waits for the exit, with the hang limit, collecting both streams.
     pub fn wait(mut self) -> Output {
-        let mut out = self.child.stdout.take().expect("stdout pipe");
-        let mut err = self.child.stderr.take().expect("stderr pipe");
-        let out_reader = thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = out.read_to_end(&mut buf);
-            buf
-        });
-        let err_reader = thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = err.read_to_end(&mut buf);
-            buf
-        });
+        // A test may have taken a pipe to read it live; what is left is collected here.
+        let out = self.child.stdout.take();
+        let err = self.child.stderr.take();
+        let out_reader = thread::spawn(move || read_all(out));
+        let err_reader = thread::spawn(move || read_all(err));
         let status = wait_with_limit(&mut self.child, self.started, &self.label);
         Output {
             label: self.label,
@@ -283,6 +278,14 @@ impl Running {
             elapsed: self.started.elapsed(),
         }
     }
+}
+
+fn read_all(pipe: Option<impl Read>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(mut pipe) = pipe {
+        let _ = pipe.read_to_end(&mut buf);
+    }
+    buf
 }
 
 fn wait_with_limit(child: &mut Child, started: Instant, label: &str) -> ExitStatus {
@@ -325,6 +328,7 @@ pub struct Output {
 }
 
 impl Output {
+    #[track_caller]
     fn fail(&self, what: &str) -> ! {
         panic!(
             "\n$ {}\n{what}\n--- exit: {}\n--- stdout ({} bytes):\n{}\n--- stderr:\n{}\n---",
@@ -343,18 +347,12 @@ impl Output {
         }
     }
 
-    /// The exit code (panics if killed by a signal).
-    pub fn exit_code(&self) -> i32 {
-        match self.status.code() {
-            Some(code) => code,
-            None => self.fail("expected an exit code, the process was killed by a signal"),
-        }
-    }
-
+    #[track_caller]
     pub fn success(self) -> Output {
         self.code(0)
     }
 
+    #[track_caller]
     pub fn code(self, expected: i32) -> Output {
         if self.status.code() != Some(expected) {
             self.fail(&format!("expected exit code {expected}"));
@@ -363,10 +361,12 @@ impl Output {
     }
 
     /// stdout is exactly this text.
+    #[track_caller]
     pub fn stdout(self, expected: &str) -> Output {
         self.stdout_bytes(expected.as_bytes())
     }
 
+    #[track_caller]
     pub fn stdout_bytes(self, expected: &[u8]) -> Output {
         if self.stdout != expected {
             self.fail(&format!("expected stdout:\n{}", show_bytes(expected)));
@@ -374,6 +374,7 @@ impl Output {
         self
     }
 
+    #[track_caller]
     pub fn stdout_contains(self, needle: &str) -> Output {
         if !self.stdout_text().contains(needle) {
             self.fail(&format!("expected stdout to contain {needle:?}"));
@@ -381,6 +382,7 @@ impl Output {
         self
     }
 
+    #[track_caller]
     pub fn stdout_lacks(self, needle: &str) -> Output {
         if self.stdout_text().contains(needle) {
             self.fail(&format!("expected stdout not to contain {needle:?}"));
@@ -389,6 +391,7 @@ impl Output {
     }
 
     /// stderr is exactly this text.
+    #[track_caller]
     pub fn stderr(self, expected: &str) -> Output {
         if self.stderr != expected.as_bytes() {
             self.fail(&format!("expected stderr:\n{expected}"));
@@ -396,6 +399,7 @@ impl Output {
         self
     }
 
+    #[track_caller]
     pub fn stderr_contains(self, needle: &str) -> Output {
         if !self.stderr_text().contains(needle) {
             self.fail(&format!("expected stderr to contain {needle:?}"));
@@ -403,22 +407,18 @@ impl Output {
         self
     }
 
-    pub fn stderr_lacks(self, needle: &str) -> Output {
-        if self.stderr_text().contains(needle) {
-            self.fail(&format!("expected stderr not to contain {needle:?}"));
-        }
-        self
-    }
-
+    #[track_caller]
     pub fn stdout_empty(self) -> Output {
         self.stdout("")
     }
 
+    #[track_caller]
     pub fn stderr_empty(self) -> Output {
         self.stderr("")
     }
 
     /// Checks anything else, with the full report on failure.
+    #[track_caller]
     pub fn check(self, what: &str, ok: impl FnOnce(&Output) -> bool) -> Output {
         if !ok(&self) {
             self.fail(what);
@@ -426,15 +426,18 @@ impl Output {
         self
     }
 
+    #[track_caller]
     pub fn stdout_text(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
 
+    #[track_caller]
     pub fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr).into_owned()
     }
 
     /// stdout as exactly one JSON record on one line.
+    #[track_caller]
     pub fn json(&self) -> Value {
         let text = self.stdout_text();
         let lines: Vec<&str> = text.lines().collect();
@@ -446,6 +449,7 @@ impl Output {
     }
 
     /// stdout as JSON lines (one record per line).
+    #[track_caller]
     pub fn json_lines(&self) -> Vec<Value> {
         self.stdout_text()
             .lines()
@@ -503,9 +507,10 @@ pub fn unique_token() -> String {
     format!("{}{:09}", std::process::id(), nanos)
 }
 
-/// PIDs of host processes whose command line contains `needle` (sandboxed ones included:
-/// the host sees every PID namespace).
-pub fn processes_matching(needle: &str) -> Vec<i32> {
+/// PIDs of `sleep` processes whose argument contains `token` (sandboxed ones included: the
+/// host sees every PID namespace). Tests start sleepers like `sleep 30.<token>` to find
+/// exactly their own processes; the contree CLI's own command line is not a match.
+pub fn sleepers(token: &str) -> Vec<i32> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return found;
@@ -518,14 +523,18 @@ pub fn processes_matching(needle: &str) -> Vec<i32> {
         else {
             continue;
         };
-        if pid == std::process::id() as i32 {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
-        }
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(needle) {
-                found.push(pid);
-            }
+        };
+        let argv: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_sleep = argv
+            .first()
+            .is_some_and(|a| a == "sleep" || a.ends_with("/sleep"));
+        if is_sleep && argv[1..].iter().any(|a| a.contains(token)) {
+            found.push(pid);
         }
     }
     found

@@ -1,1 +1,142 @@
-//! placeholder
+//! Stopping a foreground run from the outside: Ctrl-C (SIGINT) cancels the operation and
+//! leaves nothing behind; a reader closing stdout (`| head`) ends the run too.
+
+use std::io::Read;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::harness::{eventually, sleepers, unique_token, Env};
+
+#[test]
+fn sigint_cancels_a_foreground_run_and_cleans_up() {
+    let env = Env::host();
+    let token = unique_token();
+    let sleeper = format!("sleep 30.{token}");
+    let mut running = env
+        .cmd([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo started; {sleeper} & {sleeper}; wait"),
+        ])
+        .spawn();
+    // Output is live: it arrives while the command is still running.
+    let mut stdout = running.child.stdout.take().expect("stdout");
+    let mut first = [0u8; 8];
+    stdout.read_exact(&mut first).expect("read live output");
+    assert_eq!(&first, b"started\n");
+    assert!(
+        eventually(Duration::from_secs(10), || sleepers(&token).len() == 2),
+        "the sandboxed command never started"
+    );
+    kill(Pid::from_raw(running.pid()), Signal::SIGINT).expect("send SIGINT");
+    let out = running.wait().code(1);
+    let op = env.last_op();
+    out.stderr(&format!(
+        "[INFO] Cancelled operation {op}\n[ERROR] User interrupted\n"
+    ));
+    assert!(
+        eventually(Duration::from_secs(2), || sleepers(&token).is_empty()),
+        "sandbox processes left behind: {:?}",
+        sleepers(&token)
+    );
+    assert_eq!(env.op_status(&op), "CANCELLED");
+    assert_eq!(
+        env.mounts_in_home(),
+        Vec::<String>::new(),
+        "mounts left behind"
+    );
+}
+
+#[test]
+fn an_interrupted_run_does_not_move_the_session() {
+    let env = Env::host();
+    let before = env.session_image();
+    let token = unique_token();
+    let running = env
+        .cmd([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            &format!("touch /half-done; sleep 30.{token}"),
+        ])
+        .spawn();
+    assert!(
+        eventually(Duration::from_secs(10), || !sleepers(&token).is_empty()),
+        "the sandboxed command never started"
+    );
+    kill(Pid::from_raw(running.pid()), Signal::SIGINT).expect("send SIGINT");
+    running.wait().code(1);
+    assert_eq!(env.session_image(), before);
+    env.run(["run", "--", "test", "-e", "/half-done"]).code(1);
+}
+
+#[test]
+fn closing_stdout_cancels_the_run_with_exit_141() {
+    let env = Env::host();
+    // `contree run -- … | head -n 1`: the next write after the reader is gone stops the run.
+    let mut running = env
+        .cmd([
+            "run",
+            "-t",
+            "20",
+            "--",
+            "sh",
+            "-c",
+            "echo first; sleep 0.3; yes",
+        ])
+        .spawn();
+    let mut stdout = running.child.stdout.take().expect("stdout");
+    let mut first = [0u8; 6];
+    stdout.read_exact(&mut first).expect("read the first line");
+    assert_eq!(&first, b"first\n");
+    drop(stdout);
+    let status = running.child.wait().expect("wait");
+    let op = env.last_op();
+    assert_eq!(
+        status.code(),
+        Some(141),
+        "exit status {status:?}; operation ended {}",
+        env.op_status(&op)
+    );
+    assert_eq!(env.op_status(&op), "CANCELLED");
+}
+
+#[test]
+fn closing_stdout_after_the_output_was_cut_still_ends_the_run() {
+    let env = Env::host();
+    // `contree run -- yes | head -c 3` hangs until the timeout when the 64 KiB cut fits in
+    // the pipe before `head` exits: contree has nothing left to write, so it never sees EPIPE.
+    // Here deterministically: the cut output is read, the reader goes, the command lives on.
+    let mut running = env
+        .cmd([
+            "run",
+            "-t",
+            "4",
+            "-T",
+            "10",
+            "--",
+            "sh",
+            "-c",
+            "echo 0123456789abcdef; sleep 30",
+        ])
+        .spawn();
+    let mut stdout = running.child.stdout.take().expect("stdout");
+    let mut first = [0u8; 10];
+    stdout.read_exact(&mut first).expect("read the first bytes");
+    assert_eq!(&first, b"0123456789");
+    drop(stdout);
+    let status = running.child.wait().expect("wait");
+    let op = env.last_op();
+    assert_eq!(
+        status.code(),
+        Some(141),
+        "exit status {status:?}; operation ended {}",
+        env.op_status(&op)
+    );
+    assert_eq!(env.op_status(&op), "CANCELLED");
+}

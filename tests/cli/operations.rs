@@ -1,1 +1,260 @@
-//! placeholder
+//! Operations: detached runs (`-d`) and the commands that follow them — `ps`, `wait`, `show`,
+//! `kill`, `op events` — plus references like `@`/`HEAD` to the session tip's operation.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{eventually, Env};
+
+/// Starts `run -d ARGS…` and returns the pending record.
+fn detach(env: &Env, args: &[&str]) -> Value {
+    let mut all = vec!["-o", "json", "run", "-d", "--"];
+    all.extend_from_slice(args);
+    env.run(all).success().stderr_empty().json()
+}
+
+fn uuid(record: &Value) -> String {
+    record["uuid"].as_str().expect("uuid").to_string()
+}
+
+#[test]
+fn detach_returns_at_once_with_a_pending_record() {
+    let env = Env::host();
+    let out = env
+        .run(["-o", "json", "run", "-d", "--", "sleep", "5"])
+        .success();
+    assert!(out.elapsed.as_secs_f64() < 3.0, "took {:?}", out.elapsed);
+    let record = out.json();
+    assert_eq!(record["status"], "PENDING");
+    assert_eq!(record["command"], "sleep");
+    let op = uuid(&record);
+    assert_eq!(env.all_ops(), vec![op.clone()]);
+    env.run(["kill", &op]).success();
+    env.run(["wait", &op]).code(1);
+}
+
+#[test]
+fn detach_default_format_is_a_table_row() {
+    let env = Env::host();
+    let out = env.run(["run", "--detach", "--", "true"]).success();
+    let text = out.stdout_text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("UUID  STATUS"), "{text}");
+    assert!(lines[1].contains("PENDING"), "{text}");
+    let op = env.last_op();
+    assert!(lines[1].starts_with(&op), "{text}");
+    env.run(["wait", &op]).success();
+}
+
+#[test]
+fn ps_lists_running_operations_and_wait_collects_them() {
+    let env = Env::host();
+    let op = uuid(&detach(&env, &["sh", "-c", "sleep 1; echo done"]));
+    // PENDING until its supervisor has started it; then it shows up as EXECUTING.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            env.run(["ps", "-q"]).success().stdout_text() == format!("{op}\n")
+        }),
+        "the running op never showed in `ps`"
+    );
+    let rows = env.run(["-o", "json", "ps"]).success().json_lines();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["uuid"], op.as_str());
+    assert_eq!(rows[0]["status"], "EXECUTING");
+    let records = env.run(["-o", "json", "wait", &op]).success().json_lines();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["status"], "SUCCESS");
+    assert_eq!(records[0]["exit_code"], 0);
+    assert_eq!(records[0]["timed_out"], false);
+    // Finished: gone from `ps`, still in `ps -a`, filterable by status.
+    env.run(["ps", "-q"]).success().stdout_empty();
+    env.run(["ps", "-a", "-q"])
+        .success()
+        .stdout(&format!("{op}\n"));
+    env.run(["ps", "--status", "SUCCESS", "-q"])
+        .success()
+        .stdout(&format!("{op}\n"));
+    env.run(["ps", "--status", "FAILED", "-q"])
+        .success()
+        .stdout_empty();
+    env.run(["show", &op]).success().stdout_contains("done\n");
+}
+
+#[test]
+fn a_detached_run_does_not_move_the_session() {
+    let env = Env::host();
+    let before = env.session_image();
+    let op = uuid(&detach(&env, &["touch", "/detached"]));
+    env.run(["wait", &op]).success();
+    assert_eq!(env.session_image(), before);
+    env.run(["run", "--", "test", "-e", "/detached"]).code(1);
+}
+
+#[test]
+fn wait_exits_with_the_highest_exit_code() {
+    let env = Env::host();
+    let ok = uuid(&detach(&env, &["true"]));
+    let three = uuid(&detach(&env, &["sh", "-c", "exit 3"]));
+    let records = env
+        .run(["-o", "json", "wait", &ok, &three])
+        .code(3)
+        .json_lines();
+    assert_eq!(records.len(), 2);
+    let codes: Vec<&Value> = records.iter().map(|r| &r["exit_code"]).collect();
+    assert!(codes.contains(&&Value::from(0)) && codes.contains(&&Value::from(3)));
+}
+
+#[test]
+fn wait_gives_up_after_its_timeout() {
+    let env = Env::host();
+    let op = uuid(&detach(&env, &["sleep", "10"]));
+    let out = env
+        .run(["-o", "json", "wait", "-t", "1", &op])
+        .code(1)
+        .stderr("[WARNING] Timeout: 1 operation(s) did not finish in 1s\n");
+    assert!(out.elapsed.as_secs_f64() < 3.0, "took {:?}", out.elapsed);
+    let record = out.json();
+    assert_eq!(record["uuid"], op.as_str());
+    assert_eq!(record["timed_out"], true);
+    env.run(["kill", &op]).success();
+    env.run(["wait", &op]).code(1);
+}
+
+#[test]
+fn kill_cancels_a_running_operation() {
+    let env = Env::host();
+    let op = uuid(&detach(&env, &["sleep", "30"]));
+    env.run(["kill", &op])
+        .success()
+        .stdout_empty()
+        .stderr(&format!("[INFO] Cancelled operation {op}\n"));
+    let record = env.run(["-o", "json", "wait", &op]).code(1).json();
+    assert_eq!(record["status"], "CANCELLED");
+    assert_eq!(env.op_status(&op), "CANCELLED");
+    env.run(["ps", "-q"]).success().stdout_empty();
+}
+
+#[test]
+fn kill_needs_an_operation() {
+    let env = Env::host();
+    env.run(["kill"])
+        .code(1)
+        .stderr("[ERROR] Provide at least one UUID, or use --all\n");
+    let missing = "00000000-0000-0000-0000-000000000000";
+    env.run(["kill", missing])
+        .code(1)
+        .stderr_contains(&format!("[ERROR] Failed to cancel {missing}"));
+}
+
+#[test]
+fn show_prints_a_row_then_the_output() {
+    let env = Env::host();
+    env.run(["run", "--", "sh", "-c", "echo out; echo err >&2"])
+        .success();
+    let op = env.last_op();
+    let out = env.run(["show", &op]).success().stderr("err\n");
+    let text = out.stdout_text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].starts_with("UUID  STATUS  EXIT_CODE"), "{text}");
+    assert!(lines[1].starts_with(&format!("{op}  SUCCESS  0")), "{text}");
+    assert_eq!(lines[2], "out");
+}
+
+#[test]
+fn show_adds_a_newline_to_output_without_one() {
+    let env = Env::host();
+    env.run(["run", "--", "printf", "partial"]).success();
+    let op = env.last_op();
+    env.run(["show", &op])
+        .success()
+        .check("ends with the output and a newline", |o| {
+            o.stdout_text().ends_with("\npartial\n")
+        });
+}
+
+#[test]
+fn show_json_has_the_decoded_result() {
+    let env = Env::host();
+    env.run(["run", "--", "sh", "-c", "echo out; echo err >&2; exit 5"])
+        .code(5);
+    let op = env.last_op();
+    let record = env.json(["show", &op]);
+    assert_eq!(record["uuid"], op.as_str());
+    assert_eq!(record["status"], "SUCCESS");
+    assert_eq!(record["exit_code"], 5);
+    assert_eq!(record["kind"], "instance");
+    assert_eq!(record["result"]["stdout"], "out\n");
+    assert_eq!(record["result"]["stderr"], "err\n");
+    let keys: Vec<&String> = record.as_object().unwrap().keys().collect();
+    assert_eq!(keys.last().map(|k| k.as_str()), Some("error"));
+}
+
+#[test]
+fn at_and_head_are_the_tips_operation() {
+    let env = Env::host();
+    env.run(["run", "--", "echo", "first"]).success();
+    env.run(["run", "--", "echo", "second"]).success();
+    let tip = env.last_op();
+    for reference in ["@", "HEAD"] {
+        let record = env.json(["show", reference]);
+        assert_eq!(record["uuid"], tip.as_str(), "{reference}");
+        assert_eq!(record["result"]["stdout"], "second\n");
+    }
+}
+
+#[test]
+fn show_rejects_a_malformed_reference() {
+    let env = Env::host();
+    env.run(["show", "not-a-uuid"])
+        .code(1)
+        .stderr("[ERROR] Invalid operation reference: not-a-uuid\n");
+}
+
+#[test]
+fn op_events_is_the_operations_log() {
+    let env = Env::host();
+    env.run(["run", "--", "sh", "-c", "echo out; echo err >&2; exit 4"])
+        .code(4);
+    let op = env.last_op();
+    let events = env
+        .run(["-o", "json", "op", "events", &op])
+        .success()
+        .json_lines();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types.first(), Some(&"init"), "{types:?}");
+    assert_eq!(types.last(), Some(&"completion"), "{types:?}");
+    for wanted in ["spawn", "stdout", "stderr", "exit"] {
+        assert!(types.contains(&wanted), "no {wanted} event: {types:?}");
+    }
+    let ids: Vec<i64> = events.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids not increasing: {ids:?}"
+    );
+    assert!(events.iter().all(|e| e["uuid"] == op.as_str()));
+    let stdout = events.iter().find(|e| e["type"] == "stdout").unwrap();
+    assert_eq!(stdout["spid"], 1);
+    assert_eq!(stdout["data"]["value"], "out\n");
+    let exit = events.iter().find(|e| e["type"] == "exit").unwrap();
+    assert_eq!(exit["data"]["code"], 4);
+    let completion = events.last().unwrap();
+    assert_eq!(completion["data"]["status"], "SUCCESS");
+}
+
+#[test]
+fn op_events_of_a_detached_run_follow_it_to_the_end() {
+    let env = Env::host();
+    let op = uuid(&detach(&env, &["echo", "bg"]));
+    env.run(["wait", &op]).success();
+    let events = env
+        .run(["-o", "json", "op", "events", &op])
+        .success()
+        .json_lines();
+    assert_eq!(events.last().unwrap()["type"], "completion");
+    assert!(events
+        .iter()
+        .any(|e| e["type"] == "stdout" && e["data"]["value"] == "bg\n"));
+}

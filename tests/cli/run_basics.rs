@@ -185,11 +185,16 @@ fn a_missing_command_exits_127_with_a_critical_line() {
 }
 
 #[test]
-fn run_with_no_command_still_attempts_the_spawn() {
+fn run_with_no_command_is_a_usage_error_that_spawns_nothing() {
+    // A deliberate divergence from the official client, which spawns an empty command.
     let env = Env::host();
     env.run(["run"])
-        .code(127)
-        .stderr_contains("ended with status FAILED: spawn failed");
+        .code(2)
+        .stdout_empty()
+        .stderr_contains("[ERROR] nothing to run: no command was given")
+        .stderr_contains("hint: ");
+    env.run(["run", "--"]).code(2);
+    assert_eq!(env.all_ops(), Vec::<String>::new());
 }
 
 #[test]
