@@ -5,7 +5,7 @@
 use std::os::unix::fs::{chown, symlink, PermissionsExt};
 use std::path::Path;
 
-use crate::harness::Env;
+use crate::harness::{sha256_hex, Env};
 
 const STAT: &str = "stat -c '%u %g %a' \"$0\"";
 
@@ -330,14 +330,6 @@ fn rerunning_with_unchanged_files_works_and_changes_are_picked_up() {
     ])
     .success()
     .stdout("v2v2");
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Runs with a bad spec: must print exactly `stderr`, exit 1 and spawn nothing.

@@ -478,6 +478,15 @@ fn show_bytes(bytes: &[u8]) -> String {
     }
 }
 
+/// Lower-case hex SHA-256, as `sha256sum` prints it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Marks the running test as skipped: `SKIPPED: <test>: <reason>` on stderr and appended to
 /// `$CARGO_TARGET_TMPDIR/skipped.txt`, so a missing prerequisite never passes silently.
 pub fn skip(reason: &str) {

@@ -76,6 +76,29 @@ fn an_interrupted_run_does_not_move_the_session() {
 }
 
 #[test]
+fn sigterm_cancels_like_sigint() {
+    let env = Env::host();
+    let token = unique_token();
+    let running = env
+        .cmd(["run", "--", "sleep", &format!("30.{token}")])
+        .spawn();
+    assert!(
+        eventually(Duration::from_secs(10), || !sleepers(&token).is_empty()),
+        "the sandboxed command never started"
+    );
+    kill(Pid::from_raw(running.pid()), Signal::SIGTERM).expect("send SIGTERM");
+    running
+        .wait()
+        .code(1)
+        .stderr_contains("[INFO] Cancelled operation");
+    assert!(
+        eventually(Duration::from_secs(2), || sleepers(&token).is_empty()),
+        "sandbox processes left behind"
+    );
+    assert_eq!(env.op_status(&env.last_op()), "CANCELLED");
+}
+
+#[test]
 fn closing_stdout_cancels_the_run_with_exit_141() {
     let env = Env::host();
     // `contree run -- … | head -n 1`: the next write after the reader is gone stops the run.

@@ -52,17 +52,15 @@ fn detach_default_format_is_a_table_row() {
 fn ps_lists_running_operations_and_wait_collects_them() {
     let env = Env::host();
     let op = uuid(&detach(&env, &["sh", "-c", "sleep 1; echo done"]));
-    // PENDING until its supervisor has started it; then it shows up as EXECUTING.
+    env.run(["ps", "-q"]).success().stdout(&format!("{op}\n"));
+    // PENDING until its supervisor has started it, then EXECUTING.
     assert!(
         eventually(Duration::from_secs(10), || {
-            env.run(["ps", "-q"]).success().stdout_text() == format!("{op}\n")
+            let rows = env.run(["-o", "json", "ps"]).success().json_lines();
+            rows.len() == 1 && rows[0]["uuid"] == op.as_str() && rows[0]["status"] == "EXECUTING"
         }),
-        "the running op never showed in `ps`"
+        "the op never showed as EXECUTING in `ps`"
     );
-    let rows = env.run(["-o", "json", "ps"]).success().json_lines();
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0]["uuid"], op.as_str());
-    assert_eq!(rows[0]["status"], "EXECUTING");
     let records = env.run(["-o", "json", "wait", &op]).success().json_lines();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["status"], "SUCCESS");
@@ -257,4 +255,65 @@ fn op_events_of_a_detached_run_follow_it_to_the_end() {
     assert!(events
         .iter()
         .any(|e| e["type"] == "stdout" && e["data"]["value"] == "bg\n"));
+}
+
+#[test]
+fn a_finished_operation_cannot_be_killed() {
+    let env = Env::host();
+    env.run(["run", "--", "true"]).success();
+    let op = env.last_op();
+    env.run(["kill", &op])
+        .code(1)
+        .stderr_contains(&format!("[ERROR] Failed to cancel {op}"))
+        .stderr_contains("already finished");
+    assert_eq!(env.op_status(&op), "SUCCESS");
+}
+
+#[test]
+fn unknown_operations_are_reported_by_every_command() {
+    let env = Env::host();
+    let missing = "00000000-0000-0000-0000-000000000000";
+    env.run(["show", missing])
+        .code(1)
+        .stdout_empty()
+        .stderr_contains(&format!("[ERROR] Failed to fetch {missing}"));
+    env.run(["wait", missing]).code(1).stderr_contains(missing);
+    env.run(["op", "events", missing])
+        .code(1)
+        .stderr_contains(missing);
+}
+
+#[test]
+fn ps_status_takes_names_or_letters() {
+    let env = Env::host();
+    env.run(["run", "--", "true"]).success();
+    env.run(["run", "--", "nosuchcmd"]).code(127);
+    let ops = env.all_ops();
+    let (failed, succeeded) = (&ops[0], &ops[1]);
+    env.run(["ps", "--status", "S", "-q"])
+        .success()
+        .stdout(&format!("{succeeded}\n"));
+    env.run(["ps", "--status", "F", "-q"])
+        .success()
+        .stdout(&format!("{failed}\n"));
+    env.run(["ps", "--status", "nonsense"])
+        .code(1)
+        .stderr_contains("unknown status 'nonsense'");
+}
+
+#[test]
+fn a_detached_run_still_gets_piped_stdin() {
+    let env = Env::host();
+    let record = env
+        .cmd(["-o", "json", "run", "-d", "--", "cat"])
+        .stdin("piped to the background\n")
+        .output()
+        .success()
+        .json();
+    let op = uuid(&record);
+    env.run(["wait", &op]).success();
+    assert_eq!(
+        env.json(["show", &op])["result"]["stdout"],
+        "piped to the background\n"
+    );
 }

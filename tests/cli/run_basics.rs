@@ -94,6 +94,16 @@ fn cwd_flag_is_created_when_missing() {
 }
 
 #[test]
+fn a_relative_cwd_is_refused_before_spawning() {
+    let env = Env::host();
+    env.run(["run", "-C", "rel", "--", "pwd"])
+        .code(1)
+        .stdout_empty()
+        .stderr("[ERROR] cwd 'rel' must be an absolute path\n");
+    assert_eq!(env.all_ops(), Vec::<String>::new());
+}
+
+#[test]
 fn env_flags_set_one_variable_each() {
     let env = Env::host();
     env.run([

@@ -168,3 +168,12 @@ fn sessions_in_one_data_dir_are_independent() {
         .output()
         .success();
 }
+
+#[test]
+fn a_bad_file_spec_stops_run_use_before_the_session_switches() {
+    let env = Env::new();
+    env.run(["run", "--use", "host", "-F", "/a:badfield", "--", "true"])
+        .code(1)
+        .stderr_contains("invalid file spec");
+    env.run(["use"]).code(1);
+}

@@ -4,15 +4,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use crate::harness::Env;
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+use crate::harness::{sha256_hex, Env};
 
 #[test]
 fn piped_text_reaches_the_command() {
