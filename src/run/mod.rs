@@ -297,12 +297,22 @@ pub fn follow(ctx: &Context, op: &str, live: bool) -> CommandResult<Outcome> {
         ..Default::default()
     };
     let mut stream = ctx.backend.events(op, true).map_err(backend_err)?;
+    if live {
+        stream.watch_reader(1);
+    }
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     loop {
         let item = match stream.next_event() {
             Ok(Some(item)) => item,
             Ok(None) => break,
+            Err(BackendError::OutputClosed) => {
+                if !out.broken_pipe {
+                    out.broken_pipe = true;
+                    let _ = ctx.backend.cancel(op);
+                }
+                continue;
+            }
             Err(BackendError::Interrupted) => {
                 if !out.interrupted {
                     out.interrupted = true;
@@ -422,10 +432,13 @@ fn finish(
     out: Outcome,
 ) -> CommandResult<i32> {
     let status = out.status.unwrap_or(Status::Failed);
-    for (stream, emitted, dropped) in &out.truncated {
+    // With the reader gone (`| head`) the run was cut short on purpose: stay quiet.
+    let quiet = out.broken_pipe;
+    for (stream, emitted, dropped) in out.truncated.iter().filter(|_| !quiet) {
         warn!("{stream} cut at {emitted} bytes ({dropped} more dropped); raise -T/--truncate to keep more");
     }
-    if out.timed_out {
+    if quiet {
+    } else if out.timed_out {
         warn!("Operation {} timed out after {}s", out.op, args.timeout);
     } else if status != Status::Success && !out.interrupted {
         let detail = out.error.as_deref().filter(|e| !e.is_empty());

@@ -7,7 +7,7 @@
 //! are never deleted except together with their whole session; rollback and checkout only
 //! move branch pointers, so history stays a tree.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, Transact
 use super::{HistoryEntry, PendingFile, PendingOp, SessionError, SessionInfo, Target};
 
 /// Bumped when the schema changes; `open` migrates older files.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS history (
@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS history (
     kind        TEXT    NOT NULL,
     title       TEXT    NOT NULL,
     operation   TEXT,
-    created_at  TEXT    NOT NULL
+    created_at  TEXT    NOT NULL,
+    cwd         TEXT
 );
 CREATE INDEX IF NOT EXISTS history_by_session ON history(session_key, id);
 CREATE INDEX IF NOT EXISTS history_by_parent ON history(parent_id, id);
@@ -113,9 +114,38 @@ impl SessionStore {
     }
 
     fn migrate(&self) -> Result<(), SessionError> {
+        // A plain read first: the write lock is only needed for a new or old database.
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version >= SCHEMA_VERSION {
+            return Ok(());
+        }
         let tx = self.write()?;
         let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version < SCHEMA_VERSION {
+            if version == 1 {
+                // Version 2 keeps each entry's working directory, so `cwd` is one lookup
+                // instead of a walk to the root of a long history.
+                tx.execute_batch("ALTER TABLE history ADD COLUMN cwd TEXT")?;
+                let rows: Vec<(i64, Option<i64>, String, String)> = tx
+                    .prepare("SELECT id, parent_id, kind, title FROM history ORDER BY id")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect::<Result<_, _>>()?;
+                let mut cwds: HashMap<i64, Option<String>> = HashMap::new();
+                for (id, parent, kind, title) in rows {
+                    let cwd = if kind == "cd" {
+                        Some(title)
+                    } else {
+                        parent.and_then(|p| cwds.get(&p).cloned().flatten())
+                    };
+                    tx.execute(
+                        "UPDATE history SET cwd = ?2 WHERE id = ?1",
+                        params![id, cwd],
+                    )?;
+                    cwds.insert(id, cwd);
+                }
+            }
             tx.execute_batch(SCHEMA)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
@@ -378,11 +408,12 @@ impl SessionStore {
         let Some(tip) = active(&tx, key)?.tip else {
             return Ok(None);
         };
-        let sql = format!(
-            "{CHAIN} SELECT h.title FROM chain c JOIN history h ON h.id = c.id
-             WHERE h.kind = 'cd' ORDER BY c.depth LIMIT 1"
-        );
-        Ok(tx.query_row(&sql, [tip.id], |r| r.get(0)).optional()?)
+        Ok(tx
+            .query_row("SELECT cwd FROM history WHERE id = ?1", [tip.id], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .flatten())
     }
 
     /// The session's environment (`contree env`), sorted by name.
@@ -466,10 +497,17 @@ impl SessionStore {
         )?;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for e in ancestry(&tx, tip.id)? {
+        // Walk up one entry at a time: the walk stops at the first `run`, which is
+        // usually the tip itself, however long the history is.
+        let mut next = Some(tip);
+        while let Some(e) = next {
             if e.kind == "run" {
                 break;
             }
+            next = match e.parent_id {
+                Some(p) => entry(&tx, p)?,
+                None => None,
+            };
             let rows = stmt.query_map([e.id], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -653,9 +691,11 @@ fn insert_entry(
     operation: Option<&str>,
 ) -> Result<HistoryEntry, SessionError> {
     let created_at = now();
+    // An entry's cwd: its own path for `cd`, else its parent's.
     conn.execute(
-        "INSERT INTO history (session_key, image, parent_id, kind, title, operation, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO history (session_key, image, parent_id, kind, title, operation, created_at, cwd)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,
+                 CASE WHEN ?4 = 'cd' THEN ?5 ELSE (SELECT cwd FROM history WHERE id = ?3) END)",
         params![key, image, parent, kind, title, operation, created_at],
     )?;
     Ok(HistoryEntry {
