@@ -1,47 +1,53 @@
-//! Long sessions: a session that has taken a thousand snapshots must still see every file
-//! and must not get slower (layer chains are flattened before they cost anything).
-
-use std::time::{Duration, Instant};
+//! Long sessions: a session that has taken a thousand snapshots still sees every file, and
+//! its layer chain stays short (flattened) instead of growing towards the kernel's limit.
+//! How fast the thousandth run is compared with the first is a benchmark
+//! (`benches/run.sh`), not an assertion here: timings on a shared machine are not a test.
 
 use crate::harness::Env;
 
 const RUNS: usize = 1000;
-const SAMPLE: usize = 20;
-
-fn mean(samples: &[Duration]) -> Duration {
-    samples.iter().sum::<Duration>() / samples.len() as u32
-}
 
 #[test]
-#[ignore = "takes minutes; run with cargo test --test cli -- --ignored thousand"]
+#[ignore = "takes about a minute; run with cargo test --test cli -- --ignored thousand"]
 fn thousand_runs_in_one_session() {
     let env = Env::host();
-    let mut times = Vec::with_capacity(RUNS);
     for i in 1..=RUNS {
-        let script = format!("mkdir -p /data && echo {i} > /data/f{i}");
-        let started = Instant::now();
+        let script = format!(
+            "mkdir -p /data && echo {i} > /data/f{i} && rm -f /data/gone && touch /data/gone"
+        );
         env.run(["run", "--", "sh", "-c", &script]).success();
-        times.push(started.elapsed());
     }
     env.run([
         "run", "--", "sh", "-c",
         "for i in $(seq 1 1000); do test -e /data/f$i || echo \"missing f$i\"; done; ls /data | wc -l",
     ])
     .success()
-    .stdout("1000\n");
+    .stdout("1001\n");
     env.run(["run", "--", "cat", "/data/f1", "/data/f500", "/data/f1000"])
         .success()
         .stdout("1\n500\n1000\n");
-
-    let early = mean(&times[..SAMPLE]);
-    let late = mean(&times[RUNS - SAMPLE..]);
-    eprintln!(
-        "runs 1-{SAMPLE}: {early:?} on average; runs {}-{RUNS}: {late:?}",
-        RUNS - SAMPLE + 1
-    );
-    let allowed = early.mul_f64(1.2) + Duration::from_millis(5);
+    // Every run wrote a layer; flattening must have kept the chain far below 1000.
+    let db = rusqlite_layers(&env);
     assert!(
-        late <= allowed,
-        "run {RUNS} is slower than run 1: late average {late:?} > 1.2 × {early:?} + 5 ms"
+        db <= 32,
+        "the session's image has {db} layers after {RUNS} runs"
     );
+}
+
+/// The number of layers of the session's current image, read from the store.
+fn rusqlite_layers(env: &Env) -> usize {
+    let image = env.json(["use"])["current_image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let db =
+        rusqlite::Connection::open(env.home().join("store/contree.db")).expect("store db opens");
+    let layers: String = db
+        .query_row("SELECT layers FROM images WHERE uuid = ?1", [&image], |r| {
+            r.get(0)
+        })
+        .expect("the session's image is in the store");
+    serde_json::from_str::<Vec<String>>(&layers)
+        .expect("layers are a JSON list")
+        .len()
 }
