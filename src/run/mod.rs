@@ -1,6 +1,7 @@
 //! The run pipeline: flags → spawn request → operation → live output → session update →
 //! exit code. One path for every backend, attached or detached (see ARCHITECTURE.md).
 
+pub mod formatter;
 pub mod request;
 
 use crate::attach::{self, AttachError, DigestCache, Excludes};
@@ -11,6 +12,7 @@ use crate::format::{self, Format, Record};
 use crate::session::PendingOp;
 use crate::wire::{FileRef, SpawnRequest, Status};
 use crate::{info, warn};
+use formatter::{Emit, Formatter, Stream};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -167,8 +169,29 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
     if args.detach {
         return detach(ctx, &op, &req, &title, &image, args.disposable);
     }
-    let outcome = follow(ctx, &op, ctx.format == Format::Default)?;
-    finish(ctx, &args, &req, &merged_env, &title, outcome)
+    let mut formatter = formatter::builtin(ctx.format.name()).ok_or_else(|| {
+        CommandError::user(format!(
+            "unknown run output format '{}' (available: {})",
+            ctx.format.name(),
+            formatter::BUILTIN_NAMES.join(", ")
+        ))
+    })?;
+    let info = formatter::RunInfo {
+        op: op.clone(),
+        request: serde_json::to_value(&req).unwrap_or_default(),
+        backend: ctx.backend.name().to_string(),
+    };
+    let _ = write_emit(&formatter.begin(&info));
+    let outcome = follow(ctx, &op, formatter.as_mut())?;
+    finish(
+        ctx,
+        &args,
+        &req,
+        &merged_env,
+        &title,
+        outcome,
+        formatter.as_mut(),
+    )
 }
 
 /// Hashes (with the local digest cache) and uploads the attachments; returns the `files`
@@ -281,27 +304,23 @@ pub struct Outcome {
     pub result_image: Option<String>,
     pub duration_ms: u64,
     pub image_size: u64,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
     pub truncated: Vec<(String, u64, u64)>,
     pub interrupted: bool,
     pub broken_pipe: bool,
 }
 
-/// Follows the operation's events to `completion`, writing output live when asked.
-/// Ctrl-C cancels the operation (its sandbox is killed) and keeps following until the
-/// log ends, so nothing is left running.
-pub fn follow(ctx: &Context, op: &str, live: bool) -> CommandResult<Outcome> {
+/// Follows the operation's events to `completion`, handing each output chunk to the
+/// formatter and writing what it returns. Ctrl-C cancels the operation (its sandbox is
+/// killed) and keeps following until the log ends, so nothing is left running.
+pub fn follow(ctx: &Context, op: &str, formatter: &mut dyn Formatter) -> CommandResult<Outcome> {
     let mut out = Outcome {
         op: op.to_string(),
         ..Default::default()
     };
     let mut stream = ctx.backend.events(op, true).map_err(backend_err)?;
-    if live {
+    if formatter.live() {
         stream.watch_reader(1);
     }
-    let stdout = std::io::stdout();
-    let stderr = std::io::stderr();
     loop {
         let item = match stream.next_event() {
             Ok(Some(item)) => item,
@@ -323,29 +342,20 @@ pub fn follow(ctx: &Context, op: &str, live: bool) -> CommandResult<Outcome> {
             Err(e) => return Err(backend_err(e)),
         };
         let ev = &item.event;
+        let num = |k: &str| ev.data.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        let text = |k: &str| ev.data.get(k).and_then(|v| v.as_str()).map(String::from);
         match ev.kind.as_str() {
             "stdout" | "stderr" => {
-                let is_out = ev.kind == "stdout";
-                if live && !out.broken_pipe {
-                    let res = if is_out {
-                        let mut lock = stdout.lock();
-                        lock.write_all(&item.bytes).and_then(|_| lock.flush())
-                    } else {
-                        let mut lock = stderr.lock();
-                        lock.write_all(&item.bytes).and_then(|_| lock.flush())
-                    };
-                    if let Err(e) = res {
-                        if e.kind() == std::io::ErrorKind::BrokenPipe && is_out {
-                            out.broken_pipe = true;
-                            let _ = ctx.backend.cancel(op);
-                        }
-                    }
-                }
-                if !live {
-                    if is_out {
-                        out.stdout.extend_from_slice(&item.bytes);
-                    } else {
-                        out.stderr.extend_from_slice(&item.bytes);
+                let stream = if ev.kind == "stdout" {
+                    Stream::Stdout
+                } else {
+                    Stream::Stderr
+                };
+                if !out.broken_pipe {
+                    let emit = formatter.chunk(stream, &item.bytes);
+                    if write_emit(&emit).is_err() {
+                        out.broken_pipe = true;
+                        let _ = ctx.backend.cancel(op);
                     }
                 }
             }
@@ -362,43 +372,19 @@ pub fn follow(ctx: &Context, op: &str, live: bool) -> CommandResult<Outcome> {
                     .unwrap_or(false);
             }
             "truncated" => {
-                let stream = ev
-                    .data
-                    .get("stream")
-                    .and_then(|s| s.as_str())
-                    .unwrap_or("")
-                    .to_string();
-                let n = |k: &str| ev.data.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-                out.truncated
-                    .push((stream, n("bytes_emitted"), n("bytes_dropped")));
+                out.truncated.push((
+                    text("stream").unwrap_or_default(),
+                    num("bytes_emitted"),
+                    num("bytes_dropped"),
+                ));
             }
             "completion" => {
                 crate::log::trace("completion seen");
-                out.status = ev
-                    .data
-                    .get("status")
-                    .and_then(|s| s.as_str())
-                    .and_then(Status::parse);
-                out.error = ev
-                    .data
-                    .get("error")
-                    .and_then(|s| s.as_str())
-                    .map(String::from);
-                out.result_image = ev
-                    .data
-                    .get("result_image_uuid")
-                    .and_then(|s| s.as_str())
-                    .map(String::from);
-                out.duration_ms = ev
-                    .data
-                    .get("duration_ms")
-                    .and_then(|v| v.as_u64())
-                    .unwrap_or(0);
-                out.image_size = ev
-                    .data
-                    .get("image_size_bytes")
-                    .and_then(|v| v.as_u64())
-                    .unwrap_or(0);
+                out.status = text("status").as_deref().and_then(Status::parse);
+                out.error = text("error");
+                out.result_image = text("result_image_uuid");
+                out.duration_ms = num("duration_ms");
+                out.image_size = num("image_size_bytes");
             }
             _ => {}
         }
@@ -410,6 +396,23 @@ pub fn follow(ctx: &Context, op: &str, live: bool) -> CommandResult<Outcome> {
         ));
     }
     Ok(out)
+}
+
+/// Writes a formatter's bytes; an error only when our stdout's reader is gone.
+fn write_emit(emit: &Emit<'_>) -> Result<(), ()> {
+    if !emit.stdout.is_empty() {
+        let mut lock = std::io::stdout().lock();
+        if let Err(e) = lock.write_all(&emit.stdout).and_then(|_| lock.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Err(());
+            }
+        }
+    }
+    if !emit.stderr.is_empty() {
+        let mut lock = std::io::stderr().lock();
+        let _ = lock.write_all(&emit.stderr).and_then(|_| lock.flush());
+    }
+    Ok(())
 }
 
 /// The exit code rule of `run` (§2.12): the process's own code when known (killed → 255),
@@ -430,6 +433,7 @@ fn finish(
     merged_env: &BTreeMap<String, String>,
     title: &str,
     out: Outcome,
+    formatter: &mut dyn Formatter,
 ) -> CommandResult<i32> {
     let status = out.status.unwrap_or(Status::Failed);
     // With the reader gone (`| head`) the run was cut short on purpose: stay quiet.
@@ -464,8 +468,11 @@ fn finish(
         }
     }
     crate::log::trace("session updated");
-    if ctx.format != Format::Default {
-        print_records(ctx.format, &[result_record(ctx, req, &out)])?;
+    if !out.broken_pipe {
+        let result = formatter::RunResult {
+            record: result_record(ctx, req, &out),
+        };
+        let _ = write_emit(&formatter.finish(&result));
     }
     if out.broken_pipe {
         return Ok(exit::BROKEN_PIPE);
@@ -477,20 +484,16 @@ fn finish(
     Ok(exit_code(&out))
 }
 
+/// The official run record (§2.11); `stdout`/`stderr` stay empty for the formatter.
 fn result_record(ctx: &Context, req: &SpawnRequest, out: &Outcome) -> Record {
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let enc = |b: &[u8]| {
-        let (value, encoding) = crate::wire::encode_bytes(b);
-        json!({"value": value, "encoding": encoding})
-    };
     let mut metadata = serde_json::to_value(req).unwrap_or_default();
     if let Some(m) = metadata.as_object_mut() {
         m.remove("stdin");
         m.insert(
             "result".into(),
             json!({
-                "stdout": enc(&out.stdout),
-                "stderr": enc(&out.stderr),
+                "stdout": {"value": "", "encoding": "ascii"},
+                "stderr": {"value": "", "encoding": "ascii"},
                 "state": {"exit_code": out.exit_code, "timed_out": out.timed_out},
             }),
         );
@@ -516,8 +519,8 @@ fn result_record(ctx: &Context, req: &SpawnRequest, out: &Outcome) -> Record {
         out.result_image.clone().unwrap_or_default().into(),
     );
     rec.insert("tag".into(), "".into());
-    rec.insert("stdout".into(), text(&out.stdout).into());
-    rec.insert("stderr".into(), text(&out.stderr).into());
+    rec.insert("stdout".into(), "".into());
+    rec.insert("stderr".into(), "".into());
     rec.insert("backend".into(), ctx.backend.name().into());
     rec.insert("error".into(), out.error.clone().unwrap_or_default().into());
     rec
