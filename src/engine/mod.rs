@@ -193,7 +193,7 @@ impl LocalEngine {
         let notify_fd = notify_w.as_raw_fd();
         let mut cmd = Command::new(exe);
         cmd.env(NOTIFY_FD_ENV, notify_fd.to_string());
-        cmd.arg("__supervise")
+        cmd.arg(supervisor::SUPERVISE)
             .arg(&self.store.root)
             .arg(&self.data_dir)
             .arg(op)

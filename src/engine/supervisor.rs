@@ -24,6 +24,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The hidden subcommand that runs an operation's supervisor.
+pub const SUPERVISE: &str = "__supervise";
+
 /// Layer chains longer than this (not counting the base) are merged into one layer after
 /// a commit. The kernel allows 500 lower layers; lookups and mounts slow down long before.
 pub const FLATTEN_AT: usize = 24;
