@@ -277,13 +277,7 @@ pub fn cancel(ctx: &Context, flags: KillFlags) -> CommandResult<i32> {
         if !ops.is_empty() {
             warn!("--all cancels every active operation; the UUIDs given are included");
         }
-        let active = ctx
-            .backend
-            .operations(&OpFilter {
-                statuses: vec![Status::Pending, Status::Assigned, Status::Executing],
-                ..Default::default()
-            })
-            .map_err(backend_err)?;
+        let active = active_ops(ctx)?;
         if active.is_empty() && ops.is_empty() {
             info!("No active operations to cancel");
             return Ok(0);
@@ -311,16 +305,20 @@ pub fn cancel(ctx: &Context, flags: KillFlags) -> CommandResult<i32> {
     Ok(code)
 }
 
+/// Every operation that has not finished yet.
+fn active_ops(ctx: &Context) -> CommandResult<Vec<Operation>> {
+    ctx.backend
+        .operations(&OpFilter {
+            statuses: vec![Status::Pending, Status::Assigned, Status::Executing],
+            ..Default::default()
+        })
+        .map_err(backend_err)
+}
+
 pub fn wait(ctx: &Context, flags: WaitFlags) -> CommandResult<i32> {
     let mut pending = resolve_refs(ctx, &flags.ops)?;
     if flags.all {
-        let active = ctx
-            .backend
-            .operations(&OpFilter {
-                statuses: vec![Status::Pending, Status::Assigned, Status::Executing],
-                ..Default::default()
-            })
-            .map_err(backend_err)?;
+        let active = active_ops(ctx)?;
         pending.extend(active.into_iter().map(|o| o.uuid));
     }
     if pending.is_empty() {
