@@ -2,7 +2,7 @@
 //! ConTree /v1 API. Everything is in /v1 terms (wire types), so the run pipeline, hooks and
 //! formatters never know which one they talk to.
 
-use crate::wire::{Event, Image, Operation, SpawnRequest, Status};
+use crate::wire::{DirectoryList, Event, Image, Operation, SpawnRequest, Status};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,14 @@ pub trait Backend {
     fn images(&self, filter: &ImageFilter) -> Result<Vec<Image>, BackendError>;
     fn tag(&self, image: &str, tag: &str) -> Result<(), BackendError>;
     fn untag(&self, image: &str, tag: &str) -> Result<(), BackendError>;
+    /// The entries of a directory of an image (symlinks resolved inside the image).
+    fn list_dir(&self, image: &str, path: &str) -> Result<DirectoryList, BackendError>;
+    /// A regular file of an image, for reading, with its mode when known.
+    fn read_file(
+        &self,
+        image: &str,
+        path: &str,
+    ) -> Result<(Box<dyn std::io::Read>, Option<u32>), BackendError>;
     /// Imports a root filesystem directory or tar archive from this machine.
     fn import_local(&self, path: &Path, tag: Option<&str>) -> Result<String, BackendError>;
 }

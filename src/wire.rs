@@ -225,6 +225,34 @@ pub struct Image {
     pub operation_uuid: Option<String>,
 }
 
+/// `FileItem`: one entry of a directory listing (`/inspect/{image}/list`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileItem {
+    pub size: u64,
+    pub path: String,
+    /// A name when one is known, else the numeric id.
+    pub owner: serde_json::Value,
+    pub group: serde_json::Value,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    pub mtime: i64,
+    pub nlink: u64,
+    pub is_dir: bool,
+    pub is_regular: bool,
+    pub is_symlink: bool,
+    pub is_socket: bool,
+    pub is_fifo: bool,
+    pub symlink_to: String,
+}
+
+/// `DirectoryList`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirectoryList {
+    pub path: String,
+    pub files: Vec<FileItem>,
+}
+
 /// `OperationEvent`. `data` stays a JSON object so unknown payloads pass through.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {

@@ -83,6 +83,24 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<SessionCommand>,
     },
+    /// List a directory of the session's image (no sandbox is started)
+    Ls {
+        /// Path inside the image (relative to the session's cd)
+        path: Option<String>,
+    },
+    /// Print a file of the session's image (no sandbox is started)
+    Cat { path: String },
+    /// Copy a file or directory of the session's image to this machine
+    Cp { path: String, dest: String },
+    /// Print or change the session's working directory
+    Cd { path: Option<String> },
+    /// Print, set (KEY=VALUE) or unset (-U KEY) the session's environment
+    Env {
+        items: Vec<String>,
+        /// Unset the given keys
+        #[arg(short = 'U', long = "delete", visible_alias = "rm")]
+        delete: bool,
+    },
     /// Internal: supervise one operation of the local engine
     #[command(name = "__supervise", hide = true)]
     Supervise {

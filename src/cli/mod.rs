@@ -3,6 +3,7 @@
 
 pub mod args;
 mod images;
+mod inspect;
 mod ops;
 mod session;
 
@@ -107,6 +108,11 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         Command::Wait(flags) => ops::wait(&ctx, flags),
         Command::Operation { command } => ops::dispatch(&ctx, command),
         Command::Session { command } => session::session(&ctx, command),
+        Command::Ls { path } => inspect::ls(&ctx, path.as_deref()),
+        Command::Cat { path } => inspect::cat(&ctx, &path),
+        Command::Cp { path, dest } => inspect::cp(&ctx, &path, &dest),
+        Command::Cd { path } => session::cd(&ctx, path.as_deref()),
+        Command::Env { items, delete } => session::env(&ctx, &items, delete),
         Command::Supervise { .. } => Ok(0),
     }
 }

@@ -89,3 +89,75 @@ pub fn session(ctx: &Context, command: Option<SessionCommand>) -> CommandResult<
     }
     Ok(0)
 }
+
+/// `env`: list, set (`KEY=VALUE`…) or unset (`-U KEY`…) the session's variables, which
+/// every `run` of the session gets.
+pub fn env(ctx: &Context, items: &[String], delete: bool) -> CommandResult<i32> {
+    let key = &ctx.session_key;
+    if delete {
+        if items.is_empty() {
+            return Err(CommandError::user("Specify keys to unset"));
+        }
+        for k in items {
+            ctx.sessions.unset_env(key, k).map_err(session_err)?;
+            crate::info!("Unset {k}");
+        }
+        return Ok(0);
+    }
+    if items.is_empty() {
+        let env = ctx.sessions.env(key).map_err(session_err)?;
+        if env.is_empty() {
+            println!("No session environment variables set.");
+            return Ok(0);
+        }
+        let records: Vec<Record> = env
+            .iter()
+            .map(|(k, v)| {
+                let mut rec = Record::new();
+                rec.insert("key".into(), k.clone().into());
+                rec.insert("value".into(), v.clone().into());
+                rec
+            })
+            .collect();
+        print_records(ctx.format, &records)?;
+        return Ok(0);
+    }
+    for item in items {
+        let Some((k, v)) = item.split_once('=') else {
+            return Err(CommandError::user(format!(
+                "Invalid format '{item}', expected KEY=VALUE"
+            )));
+        };
+        ctx.sessions.set_env(key, k, v).map_err(session_err)?;
+        crate::info!("Set {k}={v}");
+    }
+    Ok(0)
+}
+
+/// `cd`: print the session's working directory, or change it after checking that the
+/// directory exists in the session's image. The cwd is part of the history, so a rollback
+/// past a `cd` undoes it.
+pub fn cd(ctx: &Context, path: Option<&str>) -> CommandResult<i32> {
+    let key = &ctx.session_key;
+    let current = ctx.sessions.cwd(key).map_err(session_err)?;
+    let Some(path) = path else {
+        println!("{}", current.as_deref().unwrap_or("/"));
+        return Ok(0);
+    };
+    let target = super::inspect::resolve_path(current.as_deref(), path);
+    let Some(info) = ctx.session()? else {
+        // As the official client: without a session nothing is checked or stored.
+        return Ok(0);
+    };
+    match ctx.backend.list_dir(&info.current_image, &target) {
+        Ok(_) => {}
+        Err(crate::backend::BackendError::NotFound(_)) => {
+            return Err(CommandError::user(format!(
+                "cd: {target}: no such directory"
+            )));
+        }
+        Err(e) => return Err(backend_err(e)),
+    }
+    ctx.sessions.set_cwd(key, &target).map_err(session_err)?;
+    Ok(0)
+}

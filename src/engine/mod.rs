@@ -4,6 +4,7 @@
 
 pub mod eventlog;
 pub mod import;
+pub mod inspect;
 pub mod layers;
 pub mod overlay;
 pub mod sandbox;
@@ -15,7 +16,7 @@ use crate::backend::{
 };
 use crate::interrupt;
 use crate::paths::Paths;
-use crate::wire::{Image, Operation, SpawnRequest, Status};
+use crate::wire::{DirectoryList, Image, Operation, SpawnRequest, Status};
 use eventlog::{LogReader, LogWriter};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -72,6 +73,23 @@ impl LocalEngine {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The layered view of an image, for inspection without a sandbox.
+    pub fn view(&self, image: &str) -> Result<inspect::View, BackendError> {
+        let row = self
+            .store
+            .image(image)?
+            .ok_or_else(|| BackendError::NotFound(format!("image {image} not found")))?;
+        if row.layers.iter().any(|l| l == store::HOST_LAYER) {
+            let mask = self.store.layer_dir(store::HOST_LAYER);
+            if !mask.exists() {
+                layers::build_host_mask(&mask, &self.data_dir).map_err(|e| {
+                    BackendError::Unavailable(format!("cannot build the host image mask: {e}"))
+                })?;
+            }
+        }
+        Ok(inspect::View::new(self.store.layout(), &row.layers))
     }
 
     fn supervisor_alive(&self, row: &store::OpRow) -> bool {
@@ -296,6 +314,13 @@ impl LocalEngine {
     }
 }
 
+fn inspect_err(e: inspect::InspectError) -> BackendError {
+    match e {
+        inspect::InspectError::Io { .. } => BackendError::Store(e.to_string()),
+        other => BackendError::NotFound(other.to_string()),
+    }
+}
+
 fn wire_uuid(text: &str) -> bool {
     crate::backend::is_uuid(text)
 }
@@ -470,6 +495,31 @@ impl Backend for LocalEngine {
             return Err(BackendError::Invalid(format!("tag '{tag}' is not valid")));
         }
         Ok(self.store.set_tag(image, tag)?)
+    }
+
+    fn list_dir(&self, image: &str, path: &str) -> Result<DirectoryList, BackendError> {
+        let view = self.view(image)?;
+        let entries = view.list(path).map_err(inspect_err)?;
+        Ok(DirectoryList {
+            path: path.to_string(),
+            files: entries
+                .iter()
+                .map(|(n, f)| inspect::file_item(n, f))
+                .collect(),
+        })
+    }
+
+    fn read_file(
+        &self,
+        image: &str,
+        path: &str,
+    ) -> Result<(Box<dyn std::io::Read>, Option<u32>), BackendError> {
+        let view = self.view(image)?;
+        let (file, meta) = view.open(path).map_err(inspect_err)?;
+        Ok((
+            Box::new(file),
+            Some(std::os::unix::fs::MetadataExt::mode(&meta) & 0o7777),
+        ))
     }
 
     fn import_local(&self, path: &Path, tag: Option<&str>) -> Result<String, BackendError> {

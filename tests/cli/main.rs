@@ -7,6 +7,7 @@ mod harness;
 mod attachments;
 mod host_image;
 mod images;
+mod inspection;
 mod interpreter;
 mod interrupt;
 mod long_sessions;
