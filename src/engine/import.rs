@@ -56,7 +56,7 @@ pub fn import(store: &Store, source: &Path, tag: Option<&str>) -> Result<String,
         env: Default::default(),
         tags: tag.map(|t| vec![t.to_string()]).unwrap_or_default(),
     };
-    if let Err(e) = store.insert_image(&image, Some((&id, size))) {
+    if let Err(e) = store.insert_image(&image, &[(id.clone(), size)]) {
         let _ = fs::remove_dir_all(&dest);
         return Err(e.into());
     }

@@ -324,12 +324,12 @@ impl Store {
 
     /// Records a new layer directory (already renamed into place) and an image on top of it
     /// in one transaction.
-    pub fn insert_image(&self, image: &ImageRow, new_layer: Option<(&str, u64)>) -> Result<()> {
+    pub fn insert_image(&self, image: &ImageRow, new_layers: &[(String, u64)]) -> Result<()> {
         self.transaction(|tx| {
-        if let Some((id, size)) = new_layer {
+        for (id, size) in new_layers {
             tx.execute(
                 "INSERT INTO layers(id, created_at, size) VALUES (?1, ?2, ?3)",
-                params![id, wire::now_ts(), size as i64],
+                params![id, wire::now_ts(), *size as i64],
             )?;
         }
         tx.execute(
@@ -350,26 +350,6 @@ impl Store {
             )?;
         }
         Ok(())
-        })
-    }
-
-    /// Replaces an image's layer chain by an equivalent, shorter one (after flattening).
-    pub fn replace_layers(
-        &self,
-        image: &str,
-        layers: &[String],
-        new_layer: (&str, u64),
-    ) -> Result<()> {
-        self.transaction(|tx| {
-            tx.execute(
-                "INSERT INTO layers(id, created_at, size) VALUES (?1, ?2, ?3)",
-                params![new_layer.0, wire::now_ts(), new_layer.1 as i64],
-            )?;
-            tx.execute(
-                "UPDATE images SET layers = ?2 WHERE uuid = ?1",
-                params![image, serde_json::to_string(layers).unwrap_or_default()],
-            )?;
-            Ok(())
         })
     }
 

@@ -661,11 +661,6 @@ impl Run<'_> {
         }
         crate::log::trace("completion written");
         let _ = std::fs::remove_dir_all(&self.scratch);
-        if let Some(image) = result_image {
-            if let Err(e) = self.maybe_flatten(&image) {
-                eprintln!("supervisor: flattening {image} failed: {e}");
-            }
-        }
     }
 
     /// Turns the upper dir into the new image's top layer by a rename (never a copy).
@@ -688,8 +683,8 @@ impl Run<'_> {
         if unchanged && env == image.env {
             return Ok((image.uuid, 0));
         }
-        let mut new_layers = image.layers.clone();
-        let mut new_layer = None;
+        let mut chain = image.layers.clone();
+        let mut new_layers: Vec<(String, u64)> = Vec::new();
         let mut size = 0;
         if !unchanged {
             let id = self.job.op.clone();
@@ -697,46 +692,56 @@ impl Run<'_> {
             size = layers::layer_size(&upper);
             std::fs::rename(&upper, &dest)
                 .map_err(|e| format!("moving the layer into place: {e}"))?;
-            new_layers.insert(0, id);
-            new_layer = Some(size);
+            chain.insert(0, id.clone());
+            new_layers.push((id, size));
+        }
+        // Flattened before the image exists, so no run ever starts from a long chain.
+        if let Some(flat) = self.shorten(&mut chain)? {
+            new_layers.push(flat);
         }
         let row = ImageRow {
             uuid: uuid::Uuid::new_v4().to_string(),
             created_at: wire::now_ts(),
             parent: Some(image.uuid.clone()),
             operation: Some(self.job.op.clone()),
-            layers: new_layers,
+            layers: chain,
             env,
             tags: Vec::new(),
         };
-        let layer_id = self.job.op.clone();
         self.db()?
-            .insert_image(&row, new_layer.map(|s| (layer_id.as_str(), s)))
+            .insert_image(&row, &new_layers)
             .map_err(|e| e.to_string())?;
         Ok((row.uuid, size))
     }
 
-    /// Merges all layers above the base into one when the chain grew long.
-    fn maybe_flatten(&mut self, image: &str) -> Result<(), String> {
-        let Some(row) = self.db()?.image(image).map_err(|e| e.to_string())? else {
-            return Ok(());
-        };
-        if row.layers.len() <= FLATTEN_AT + 1 {
-            return Ok(());
+    /// Keeps a layer chain short, in two tiers so that the usual merge only touches the
+    /// few recent layers: past `FLATTEN_AT` layers above the base, the run layers on top
+    /// are merged into one `flat-` layer; once there are `FLATTEN_AT / 2` of those,
+    /// everything above the base is merged. Returns the new layer, if any.
+    fn shorten(&mut self, chain: &mut Vec<String>) -> Result<Option<(String, u64)>, String> {
+        if chain.len() <= FLATTEN_AT + 1 {
+            return Ok(None);
         }
-        let (top, base) = row.layers.split_at(row.layers.len() - 1);
-        let dirs: Vec<PathBuf> = top.iter().map(|l| self.layout.layer_dir(l)).collect();
+        let above_base = chain.len() - 1;
+        let recent = chain.iter().take_while(|l| !l.starts_with("flat-")).count();
+        let flats = above_base - recent;
+        let merge = if flats + 1 > FLATTEN_AT / 2 || recent < 2 {
+            above_base
+        } else {
+            recent
+        };
+        let dirs: Vec<PathBuf> = chain[..merge]
+            .iter()
+            .map(|l| self.layout.layer_dir(l))
+            .collect();
         let id = format!("flat-{}", uuid::Uuid::new_v4());
         let staging = self.layout.root.join("tmp").join(&id);
-        layers::flatten(&dirs, &staging).map_err(|e| e.to_string())?;
+        layers::flatten(&dirs, &staging).map_err(|e| format!("flattening layers: {e}"))?;
         let size = layers::layer_size(&staging);
         let dest = self.layout.layer_dir(&id);
-        std::fs::rename(&staging, &dest).map_err(|e| e.to_string())?;
-        let mut chain = vec![id.clone()];
-        chain.extend(base.iter().cloned());
-        self.db()?
-            .replace_layers(image, &chain, (&id, size))
-            .map_err(|e| e.to_string())
+        std::fs::rename(&staging, &dest).map_err(|e| format!("flattening layers: {e}"))?;
+        chain.splice(..merge, [id.clone()]);
+        Ok(Some((id, size)))
     }
 }
 
