@@ -723,7 +723,11 @@ impl Run<'_> {
             return Ok(None);
         }
         let above_base = chain.len() - 1;
-        let recent = chain.iter().take_while(|l| !l.starts_with("flat-")).count();
+        // Never the base: it may be the host view, which only exists at run time.
+        let recent = chain[..above_base]
+            .iter()
+            .take_while(|l| !l.starts_with("flat-"))
+            .count();
         let flats = above_base - recent;
         let merge = if flats + 1 > FLATTEN_AT / 2 || recent < 2 {
             above_base
