@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# contree benchmarks: every figure is printed next to a baseline measured in this same
+# invocation, so ratios stay meaningful on a busy or slow machine. See docs/benchmarks.md.
+#
+#   bash benches/run.sh
+#
+# Knobs (environment):
+#   BENCH_RUNS=50        timed runs for the sandbox start-up comparison (>= 30)
+#   VERSION_RUNS=100     timed runs for `contree --version` vs `true`
+#   ATTACH_RUNS=5        timed runs per case of the 10,000-file attachment benchmark
+#   CONTREE_BENCH_DIR    where the scratch directory goes (default /var/tmp; it must not be
+#                        tmpfs, the benchmarks are about the disk the store lives on)
+#   HASH_SIZE=1G         size of the file hashed (head -c syntax)
+#
+# Needs root (or whatever `contree run` needs on this machine), cargo, hyperfine, bwrap and
+# openssl; missing tools are installed with apt-get.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+BENCH_RUNS=${BENCH_RUNS:-50}
+VERSION_RUNS=${VERSION_RUNS:-100}
+ATTACH_RUNS=${ATTACH_RUNS:-5}
+HASH_SIZE=${HASH_SIZE:-1G}
+
+say() { printf '\n=== %s\n' "$*"; }
+
+# ---------------------------------------------------------------- tools
+need=()
+command -v hyperfine >/dev/null || need+=(hyperfine)
+command -v bwrap >/dev/null || need+=(bubblewrap)
+command -v openssl >/dev/null || need+=(openssl)
+if ((${#need[@]})); then
+    say "installing ${need[*]}"
+    SUDO=
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+HF=(hyperfine -N)
+[ -t 1 ] || HF+=(--style basic)
+
+# ---------------------------------------------------------------- scratch space
+base=${CONTREE_BENCH_DIR:-/var/tmp}
+case "$(stat -f -c %T "$base" 2>/dev/null || echo unknown)" in
+    tmpfs | ramfs) base=$ROOT/target ;;
+esac
+mkdir -p "$base"
+WORK=$(mktemp -d "$base/contree-bench.XXXXXX")
+cleanup() {
+    # Attachment runs leave ~10,000 blobs per home; deleting them takes a few seconds.
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------- machine
+load1() { cut -d' ' -f1 /proc/loadavg; }
+LOAD_BEFORE=$(load1)
+MACHINE="$(date -u '+%Y-%m-%d %H:%M UTC'); nproc $(nproc); kernel $(uname -r); CPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+say "machine: $MACHINE"
+echo "uptime before: $(uptime)"
+echo "scratch: $WORK ($(stat -f -c %T "$WORK"))"
+
+# ---------------------------------------------------------------- build
+say "cargo build --release"
+cargo build --release
+# Run a private copy: other work rebuilding target/release/contree mid-benchmark would
+# otherwise swap the binary under a running supervisor (it re-executes current_exe()).
+C=$WORK/contree
+cp target/release/contree "$C"
+"$C" --version
+
+export CONTREE_HOME=$WORK/home
+export CONTREE_SESSION=bench
+"$C" use host
+
+# ---------------------------------------------------------------- helpers
+# csv_get FILE ROW COLUMN: a cell of hyperfine's --export-csv (ROW counts from 1).
+csv_get() {
+    awk -F, -v row="$2" -v col="$3" '
+        NR == 1 { for (i = 1; i <= NF; i++) h[$i] = i; next }
+        NR == row + 1 { print $(h[col]) }' "$1"
+}
+ms() { awk -v s="$1" 'BEGIN { printf "%.2f", s * 1000 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+# verdict RATIO OP LIMIT: PASS when "RATIO OP LIMIT" holds (OP is <= or >=).
+verdict() {
+    awk -v r="$1" -v op="$2" -v t="$3" 'BEGIN {
+        if (r == "n/a" || r == "") { print "n/a"; exit }
+        ok = (op == "<=") ? (r + 0 <= t + 0) : (r + 0 >= t + 0)
+        print ok ? "PASS" : "MISS" }'
+}
+
+ROWS=()
+row() { ROWS+=("$(printf '%-36s|%16s|%24s|%8s|%8s|%6s' "$@")"); }
+
+# ---------------------------------------------------------------- 1. sandbox start-up
+say "1. sandbox start-up: contree run vs bwrap (median of $BENCH_RUNS runs)"
+BWRAP="bwrap --ro-bind / / --proc /proc --dev /dev --unshare-all true"
+if "${HF[@]}" --warmup 5 --runs "$BENCH_RUNS" --export-csv "$WORK/start.csv" \
+    -n "contree run -D -- true" "$C run -D -- true" \
+    -n "contree run -- true" "$C run -- true" \
+    -n "bwrap ... --unshare-all true" "$BWRAP"; then
+    d=$(csv_get "$WORK/start.csv" 1 median)
+    s=$(csv_get "$WORK/start.csv" 2 median)
+    b=$(csv_get "$WORK/start.csv" 3 median)
+    rd=$(ratio "$d" "$b")
+    rs=$(ratio "$s" "$b")
+    echo "disposable / bwrap = ${rd}x (target <= 1.5x): $(verdict "$rd" '<=' 1.5)"
+    echo "snapshot   / bwrap = ${rs}x (target <= 2x):   $(verdict "$rs" '<=' 2)"
+    row "run -D -- true (disposable)" "$(ms "$d") ms" "bwrap $(ms "$b") ms" "${rd}x" "<= 1.5x" "$(verdict "$rd" '<=' 1.5)"
+    row "run -- true (snapshot)" "$(ms "$s") ms" "bwrap $(ms "$b") ms" "${rs}x" "<= 2x" "$(verdict "$rs" '<=' 2)"
+else
+    echo "start-up benchmark FAILED"
+    row "run -D / run (vs bwrap)" "failed" "" "" "" "ERROR"
+fi
+
+# ---------------------------------------------------------------- 2. CLI start
+say "2. contree --version vs true (median of $VERSION_RUNS runs)"
+if "${HF[@]}" --warmup 10 --runs "$VERSION_RUNS" --export-csv "$WORK/version.csv" \
+    -n "contree --version" "$C --version" "true"; then
+    v=$(csv_get "$WORK/version.csv" 1 median)
+    t=$(csv_get "$WORK/version.csv" 2 median)
+    rv=$(ratio "$v" "$t")
+    echo "contree --version: $(ms "$v") ms, true: $(ms "$t") ms, ${rv}x"
+    row "contree --version" "$(ms "$v") ms" "true $(ms "$t") ms" "${rv}x" "-" "info"
+else
+    echo "version benchmark FAILED"
+    row "contree --version" "failed" "" "" "" "ERROR"
+fi
+
+# ---------------------------------------------------------------- 3. SHA-256
+say "3. SHA-256 of a $HASH_SIZE file: contree::attach::sha256_file vs openssl dgst -sha256"
+BIG=$WORK/big.bin
+head -c "$HASH_SIZE" /dev/urandom >"$BIG"
+SIZE=$(stat -c %s "$BIG")
+cargo bench --bench hash --no-run
+warm() { cat "$BIG" >/dev/null; cat "$BIG" >/dev/null; }
+warm
+hash_out=$(CONTREE_BENCH_FILE=$BIG cargo bench --bench hash 2>/dev/null) || hash_out=
+printf '%s\n' "$hash_out"
+cmbps=$(printf '%s\n' "$hash_out" | sed -n 's/^RESULT .* mbps=\([0-9.]*\) .*/\1/p')
+cdigest=$(printf '%s\n' "$hash_out" | sed -n 's/^RESULT .* digest=\([0-9a-f]*\).*/\1/p')
+warm
+if "${HF[@]}" --warmup 1 --runs 3 --export-csv "$WORK/openssl.csv" "openssl dgst -sha256 $BIG" \
+    && [ -n "$cmbps" ]; then
+    omin=$(csv_get "$WORK/openssl.csv" 1 min)
+    ombps=$(awk -v n="$SIZE" -v s="$omin" 'BEGIN { printf "%.1f", n / s / 1e6 }')
+    odigest=$(openssl dgst -sha256 -r "$BIG" | cut -d' ' -f1)
+    [ "$odigest" = "$cdigest" ] && same="digests agree" || same="DIGESTS DIFFER: $cdigest vs $odigest"
+    rh=$(ratio "$cmbps" "$ombps")
+    echo "contree: $cmbps MB/s, openssl: $ombps MB/s (best of 3), ${rh}x (target >= 0.9x): $(verdict "$rh" '>=' 0.9); $same"
+    row "sha256 $HASH_SIZE (best of 3)" "$cmbps MB/s" "openssl $ombps MB/s" "${rh}x" ">= 0.9x" "$(verdict "$rh" '>=' 0.9)"
+else
+    echo "hash benchmark FAILED"
+    row "sha256 $HASH_SIZE" "failed" "" "" "" "ERROR"
+fi
+rm -f "$BIG"
+
+# ---------------------------------------------------------------- 4. attachments
+say "4. attaching a 10,000-file tree: first run (empty CONTREE_HOME) vs unchanged re-run"
+TREE=$WORK/tree
+mkdir -p "$TREE" "$WORK/trash"
+# 100 directories x 100 files of 300 random bytes. Names avoid the default excludes
+# (dot-names, build, dist, ...).
+for d in $(seq -w 0 99); do
+    mkdir "$TREE/d$d"
+    head -c 30000 /dev/urandom | (cd "$TREE/d$d" && split -b 300 -d -a 2 - f)
+done
+echo "tree: $(find "$TREE" -type f | wc -l) files, $(du -sh "$TREE" | cut -f1)"
+
+FIRST=$WORK/first-home
+# Each timed "first" run gets an empty CONTREE_HOME: the previous one is moved aside
+# (deleting 10,000 blobs would take longer than the run), then `sync` so dirty pages
+# of the previous run are not flushed during this one.
+cat >"$WORK/fresh-home.sh" <<EOF
+#!/bin/sh
+set -e
+if [ -d "$FIRST" ]; then mv "$FIRST" "\$(mktemp -d "$WORK/trash/h.XXXXXX")/"; fi
+CONTREE_HOME="$FIRST" CONTREE_SESSION=bench "$C" use host >/dev/null
+sync
+EOF
+chmod +x "$WORK/fresh-home.sh"
+ATTACH="$C run -D -F $TREE:/t -- true"
+if CONTREE_HOME=$FIRST "${HF[@]}" --runs "$ATTACH_RUNS" --prepare "$WORK/fresh-home.sh" \
+    --export-csv "$WORK/attach-first.csv" --command-name "first: run -D -F TREE:/t -- true" "$ATTACH" \
+    && CONTREE_HOME=$FIRST "${HF[@]}" --warmup 1 --runs "$ATTACH_RUNS" --prepare sync \
+        --export-csv "$WORK/attach-rerun.csv" \
+        --command-name "re-run: run -D -F TREE:/t -- true" "$ATTACH" \
+        --command-name "floor: run -D -- true" "$C run -D -- true"; then
+    f=$(csv_get "$WORK/attach-first.csv" 1 median)
+    r=$(csv_get "$WORK/attach-rerun.csv" 1 median)
+    fl=$(csv_get "$WORK/attach-rerun.csv" 2 median)
+    ra=$(ratio "$r" "$f")
+    rf=$(ratio "$fl" "$f")
+    echo "first: $(ms "$f") ms, re-run: $(ms "$r") ms, ${ra}x (target <= 0.1x): $(verdict "$ra" '<=' 0.1); floor (no attachment): $(ms "$fl") ms"
+    row "attach 10k files: re-run" "$(ms "$r") ms" "first $(ms "$f") ms" "${ra}x" "<= 0.1x" "$(verdict "$ra" '<=' 0.1)"
+    row "  floor: run -D -- true (same home)" "$(ms "$fl") ms" "first $(ms "$f") ms" "${rf}x" "-" "info"
+else
+    echo "attachment benchmark FAILED"
+    row "attach 10k files" "failed" "" "" "" "ERROR"
+fi
+
+# ---------------------------------------------------------------- summary
+LOAD_AFTER=$(load1)
+say "summary"
+echo "machine: $MACHINE"
+echo "load average (1 min): before $LOAD_BEFORE, after $LOAD_AFTER"
+echo "times are hyperfine medians; MB = 10^6 bytes"
+echo
+printf '%-36s|%16s|%24s|%8s|%8s|%6s\n' "measure" "value" "baseline" "ratio" "target" "result"
+printf '%s\n' "------------------------------------+----------------+------------------------+--------+--------+------"
+printf '%s\n' "${ROWS[@]}"
+if awk -v a="$LOAD_BEFORE" -v b="$LOAD_AFTER" -v n="$(nproc)" 'BEGIN { exit !(a > 1 || b > 1) }'; then
+    echo
+    echo "note: load average above 1 around the run: the machine was busy, figures are noisy"
+fi
