@@ -11,7 +11,7 @@ RUNS=${RUNS:-1000}
 SAMPLE=${SAMPLE:-50}
 
 cargo build --release --quiet
-bin=$PWD/target/release/contree
+bin=${CARGO_TARGET_DIR:-$PWD/target}/release/contree
 home=$(mktemp -d)
 trap 'rm -rf "$home"' EXIT
 export CONTREE_HOME=$home CONTREE_SESSION=bench-long
