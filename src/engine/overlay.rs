@@ -177,6 +177,10 @@ impl Overlay<'_> {
             let _ = ctx.set("redirect_dir", Some(b"off"));
             let _ = ctx.set("metacopy", Some(b"off"));
             let _ = ctx.set("index", Some(b"off"));
+            // No sync of the whole upper filesystem at unmount, on the path of every run.
+            // The commit that follows is a rename plus a SQLite transaction, which is as
+            // durable as the store is; a crash mid-run leaves only a scratch dir.
+            let _ = ctx.set("volatile", None);
         }
         ctx.mount_at(target)
     }
