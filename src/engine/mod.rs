@@ -2,6 +2,7 @@
 //! namespaces and overlayfs, daemonless. Each operation is owned by its own supervisor
 //! process (`supervisor`), so the CLI can come and go.
 
+pub mod attachlayer;
 pub mod eventlog;
 pub mod import;
 pub mod inspect;

@@ -31,22 +31,11 @@ pub struct Spec {
     pub cwd: String,
     pub uid: u32,
     pub gid: u32,
-    /// Attachments to write after pivot_root, so paths resolve inside the sandbox and a
-    /// symlink in the image can never redirect a write onto the host.
-    pub files: Vec<FileToWrite>,
     /// The command's stdin; `None` keeps the supervisor's fd 0.
     pub stdin: Option<OwnedFd>,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
     pub status: OwnedFd,
-}
-
-pub struct FileToWrite {
-    pub path: String,
-    pub source: std::fs::File,
-    pub uid: u32,
-    pub gid: u32,
-    pub mode: u32,
 }
 
 static MAIN_PID: AtomicI32 = AtomicI32::new(0);
@@ -116,9 +105,6 @@ fn init(spec: Spec) -> io::Result<Never> {
     nix::unistd::pivot_root(".", ".")?;
     umount2(".", MntFlags::MNT_DETACH)?;
     unistd::chdir("/")?;
-    for file in &spec.files {
-        write_attachment(file)?;
-    }
     std::fs::create_dir_all(&spec.cwd)?;
     if spec.uid != 0 || spec.gid != 0 {
         let _ = std::os::unix::fs::chown(&spec.cwd, Some(spec.uid), Some(spec.gid));
@@ -184,7 +170,6 @@ fn close_inherited_fds(spec: &Spec) -> io::Result<()> {
         spec.status.as_raw_fd(),
     ];
     keep.extend(spec.stdin.as_ref().map(|f| f.as_raw_fd()));
-    keep.extend(spec.files.iter().map(|f| f.source.as_raw_fd()));
     keep.sort_unstable();
     keep.dedup();
     let mut next: RawFd = 0;
@@ -203,24 +188,6 @@ fn close_inherited_fds(spec: &Spec) -> io::Result<()> {
         }
         next = fd.saturating_add(1);
     }
-    Ok(())
-}
-
-fn write_attachment(file: &FileToWrite) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = Path::new(&file.path);
-    let ctx = |e: io::Error| io::Error::new(e.kind(), format!("attachment {}: {e}", file.path));
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(ctx)?;
-    }
-    let _ = std::fs::remove_file(path);
-    let mut out = std::fs::File::create(path).map_err(ctx)?;
-    let mut src = &file.source;
-    io::copy(&mut src, &mut out).map_err(ctx)?;
-    // chown first: it clears setuid/setgid bits that the mode may set.
-    std::os::unix::fs::fchown(&out, Some(file.uid), Some(file.gid)).map_err(ctx)?;
-    out.set_permissions(std::fs::Permissions::from_mode(file.mode))
-        .map_err(ctx)?;
     Ok(())
 }
 

@@ -328,7 +328,8 @@ impl Store {
         self.transaction(|tx| {
         for (id, size) in new_layers {
             tx.execute(
-                "INSERT INTO layers(id, created_at, size) VALUES (?1, ?2, ?3)",
+                // Attachment layers are shared by every run that attaches the same files.
+                "INSERT OR IGNORE INTO layers(id, created_at, size) VALUES (?1, ?2, ?3)",
                 params![id, wire::now_ts(), *size as i64],
             )?;
         }

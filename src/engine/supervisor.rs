@@ -9,7 +9,7 @@
 use super::eventlog::LogWriter;
 use super::layers;
 use super::overlay::Overlay;
-use super::sandbox::{self, FileToWrite, Spec};
+use super::sandbox::{self, Spec};
 use super::store::{ImageRow, Layout, Store, HOST_LAYER};
 use crate::wire::{self, SpawnRequest, Status};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -111,6 +111,7 @@ pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
     let mut run = Run {
         scratch: layout.scratch_dir(op),
         layout,
+        attach: None,
         store: None,
         job,
         log: &mut log,
@@ -132,6 +133,8 @@ pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
 
 struct Run<'a> {
     layout: Layout,
+    /// The attachment layer under this run's upper dir, if the request has files.
+    attach: Option<String>,
     /// Opened once the sandbox is running (see `Job`).
     store: Option<Store>,
     job: Job,
@@ -252,6 +255,12 @@ impl Run<'_> {
                 lowers.push(self.layout.layer_dir(layer));
             }
         }
+        if let Some(files) = self.job.request.files.as_ref().filter(|f| !f.is_empty()) {
+            let view = super::inspect::View::new(&self.layout, &image.layers);
+            let id = super::attachlayer::ensure(&self.layout, &view, files, &self.job.blobs)?;
+            lowers.insert(0, self.layout.layer_dir(&id));
+            self.attach = Some(id);
+        }
         Overlay {
             lowers: &lowers,
             upper: Some((&upper, &work)),
@@ -295,24 +304,6 @@ impl Run<'_> {
             .filter(|c| !c.is_empty())
             .unwrap_or_else(|| "/".into());
 
-        let mut files = Vec::new();
-        for (path, file) in req.files.iter().flatten() {
-            let sha = self
-                .job
-                .blobs
-                .get(&file.uuid)
-                .ok_or_else(|| format!("file {} for {path} not found", file.uuid))?;
-            let source = std::fs::File::open(self.layout.blob_path(sha))
-                .map_err(|e| format!("file {} for {path}: {e}", file.uuid))?;
-            files.push(FileToWrite {
-                path: path.clone(),
-                source,
-                uid: file.uid,
-                gid: file.gid,
-                mode: u32::from_str_radix(&file.mode, 8).unwrap_or(0o644) & 0o7777,
-            });
-        }
-
         let pipe =
             || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
         let (out_r, out_w) = pipe()?;
@@ -349,7 +340,6 @@ impl Run<'_> {
             cwd: cwd.clone(),
             uid: req.uid.unwrap_or(0),
             gid: req.gid.unwrap_or(0),
-            files,
             stdin,
             stdout: out_w,
             stderr: err_w,
@@ -680,11 +670,15 @@ impl Run<'_> {
         }
         let unchanged =
             layers::is_empty_dir(&upper).map_err(|e| format!("{}: {e}", upper.display()))?;
-        if unchanged && env == image.env {
+        if unchanged && env == image.env && self.attach.is_none() {
             return Ok((image.uuid, 0));
         }
         let mut chain = image.layers.clone();
         let mut new_layers: Vec<(String, u64)> = Vec::new();
+        if let Some(id) = &self.attach {
+            chain.insert(0, id.clone());
+            new_layers.push((id.clone(), layers::layer_size(&self.layout.layer_dir(id))));
+        }
         let mut size = 0;
         if !unchanged {
             let id = self.job.op.clone();

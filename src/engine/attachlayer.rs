@@ -1,0 +1,244 @@
+//! Attachments as a layer: the files of a run's `files` map are hard-linked from the blob
+//! store into a directory that joins the overlay as a lower layer, instead of being copied
+//! into every sandbox.
+//!
+//! A lower layer is never written (a change in the sandbox copies the file up), so sharing
+//! inodes with the store is safe. Because a hard link shares its inode's owner and mode,
+//! each (content, uid, gid, mode) gets its own read-only copy of the blob, made once
+//! ("variant"). The layer is named by a hash of everything it holds, so an unchanged
+//! re-run finds it already built and does no per-file work at all. A committed run keeps
+//! it in the new image's chain, so the files persist like anything the command wrote.
+//!
+//! Paths are placed through the image's own symlinks (`/bin/x` on a merged-/usr image
+//! lands in `usr/bin/x`), and directories the layer creates copy the metadata of the
+//! image's directory at that place, so attaching never changes what else is visible.
+
+use super::inspect::View;
+use super::store::Layout;
+use crate::wire::FileRef;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// One file to place, resolved.
+struct Placed {
+    /// Relative path inside the layer (after the image's symlinks).
+    rel: PathBuf,
+    sha: String,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+}
+
+/// Directory metadata (mode, uid, gid) for the layer's directories.
+type DirMeta = BTreeMap<PathBuf, (u32, u32, u32)>;
+
+/// Returns the id of a layer holding `files` (building it unless it exists).
+pub fn ensure(
+    layout: &Layout,
+    view: &View,
+    files: &BTreeMap<String, FileRef>,
+    blobs: &BTreeMap<String, String>,
+) -> Result<String, String> {
+    let mut placed = Vec::with_capacity(files.len());
+    let mut dirs: DirMeta = BTreeMap::new();
+    let mut parents: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    for (path, file) in files {
+        let sha = blobs
+            .get(&file.uuid)
+            .ok_or_else(|| format!("file {} for {path} not found", file.uuid))?;
+        let p = Path::new(path);
+        let name = p
+            .file_name()
+            .ok_or_else(|| format!("file path '{path}' has no name"))?;
+        let parent = p.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let real_parent = match parents.get(&parent) {
+            Some(r) => r.clone(),
+            None => {
+                let r = place_dir(view, &parent, &mut dirs);
+                parents.insert(parent.clone(), r.clone());
+                r
+            }
+        };
+        placed.push(Placed {
+            rel: real_parent.join(name),
+            sha: sha.clone(),
+            uid: file.uid,
+            gid: file.gid,
+            mode: u32::from_str_radix(&file.mode, 8).unwrap_or(0o644) & 0o7777,
+        });
+    }
+    let id = format!("attach-{}", key(&placed, &dirs));
+    let dest = layout.layer_dir(&id);
+    if dest.exists() {
+        return Ok(id);
+    }
+    let staging = layout
+        .root
+        .join("tmp")
+        .join(format!("{id}.{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    build(layout, &staging, &placed, &dirs).map_err(|e| {
+        let _ = fs::remove_dir_all(&staging);
+        format!("building the attachment layer: {e}")
+    })?;
+    if let Err(e) = fs::rename(&staging, &dest) {
+        let _ = fs::remove_dir_all(&staging);
+        // Someone else built the same layer meanwhile: theirs is as good as ours.
+        if !dest.exists() {
+            return Err(format!("building the attachment layer: {e}"));
+        }
+    }
+    Ok(id)
+}
+
+/// Resolves a directory path through the image's symlinks and records, for it and each
+/// ancestor, the metadata it has in the image (or root-owned 0755 where it does not exist
+/// yet, as `mkdir -p` would make it). Returns the relative path inside the layer.
+fn place_dir(view: &View, dir: &Path, dirs: &mut DirMeta) -> PathBuf {
+    // The deepest existing ancestor, resolved inside the image; the rest is created.
+    let mut existing = dir.to_path_buf();
+    let mut missing = Vec::new();
+    let resolved = loop {
+        match view.resolve(&existing.to_string_lossy(), true) {
+            Ok((rel, found)) if found.meta.is_dir() => break rel,
+            _ => {
+                let Some(name) = existing.file_name() else {
+                    break PathBuf::new();
+                };
+                missing.push(name.to_os_string());
+                existing.pop();
+            }
+        }
+    };
+    let mut cur = PathBuf::new();
+    for comp in resolved.components() {
+        cur.push(comp);
+        if let Ok((_, found)) = view.resolve(&format!("/{}", cur.display()), true) {
+            let m = &found.meta;
+            dirs.insert(cur.clone(), (m.mode() & 0o7777, m.uid(), m.gid()));
+        }
+    }
+    for name in missing.into_iter().rev() {
+        cur.push(name);
+        dirs.entry(cur.clone()).or_insert((0o755, 0, 0));
+    }
+    cur
+}
+
+fn key(placed: &[Placed], dirs: &DirMeta) -> String {
+    let mut h = Sha256::new();
+    for p in placed {
+        h.update(format!(
+            "f\0{}\0{}\0{}\0{}\0{:o}\n",
+            p.rel.display(),
+            p.sha,
+            p.uid,
+            p.gid,
+            p.mode
+        ));
+    }
+    for (d, (mode, uid, gid)) in dirs {
+        h.update(format!("d\0{}\0{uid}\0{gid}\0{mode:o}\n", d.display()));
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    hex[..32].to_string()
+}
+
+fn build(layout: &Layout, staging: &Path, placed: &[Placed], dirs: &DirMeta) -> io::Result<()> {
+    fs::create_dir_all(staging)?;
+    for d in dirs.keys() {
+        fs::create_dir_all(staging.join(d))?;
+    }
+    let mut made = BTreeSet::new();
+    for p in placed {
+        let variant = variant(layout, &p.sha, p.uid, p.gid, p.mode, &mut made)?;
+        let target = staging.join(&p.rel);
+        let _ = fs::remove_file(&target);
+        fs::hard_link(&variant, &target)?;
+    }
+    // Directory metadata last: a 0500 directory would refuse the links above.
+    for (d, (mode, uid, gid)) in dirs.iter().rev() {
+        let path = staging.join(d);
+        std::os::unix::fs::lchown(&path, Some(*uid), Some(*gid))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(*mode))?;
+    }
+    Ok(())
+}
+
+/// The read-only copy of a blob with the given owner and mode, made on first use.
+fn variant(
+    layout: &Layout,
+    sha: &str,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    made: &mut BTreeSet<PathBuf>,
+) -> io::Result<PathBuf> {
+    let dir = layout.root.join("blobs/variants");
+    let path = dir.join(format!("{sha}.{uid}.{gid}.{mode:o}"));
+    if made.contains(&path) || path.exists() {
+        return Ok(path);
+    }
+    fs::create_dir_all(&dir)?;
+    let tmp = dir.join(format!(".{sha}.{}.tmp", std::process::id()));
+    fs::copy(layout.blob_path(sha), &tmp)?;
+    // chown first: it clears setuid/setgid bits that the mode may set.
+    std::os::unix::fs::lchown(&tmp, Some(uid), Some(gid))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+    fs::rename(&tmp, &path)?;
+    made.insert(path.clone());
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_land_through_image_symlinks_and_the_layer_is_reused() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            root: t.path().to_path_buf(),
+        };
+        let base = layout.layer_dir("base");
+        fs::create_dir_all(base.join("usr/bin")).unwrap();
+        fs::create_dir_all(base.join("root")).unwrap();
+        fs::set_permissions(base.join("root"), fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink("usr/bin", base.join("bin")).unwrap();
+        fs::create_dir_all(t.path().join("blobs/sha256")).unwrap();
+        fs::create_dir_all(t.path().join("tmp")).unwrap();
+        fs::write(layout.blob_path("abc"), "content").unwrap();
+        let view = View::new(&layout, &["base".to_string()]);
+        let mut files = BTreeMap::new();
+        let file = |mode: &str| FileRef {
+            uuid: "u1".into(),
+            uid: 0,
+            gid: 0,
+            mode: mode.into(),
+        };
+        files.insert("/bin/tool".to_string(), file("0755"));
+        files.insert("/root/new/dir/x".to_string(), file("0600"));
+        let blobs = BTreeMap::from([("u1".to_string(), "abc".to_string())]);
+        let id = ensure(&layout, &view, &files, &blobs).unwrap();
+        let dir = layout.layer_dir(&id);
+        assert!(dir.join("usr/bin/tool").is_file());
+        assert!(
+            !dir.join("bin").exists(),
+            "the image's /bin symlink must not be shadowed"
+        );
+        let mode = |p: &str| fs::metadata(dir.join(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("usr/bin/tool"), 0o755);
+        assert_eq!(mode("root/new/dir/x"), 0o600);
+        assert_eq!(
+            mode("root"),
+            0o700,
+            "an existing directory keeps the image's mode"
+        );
+        assert_eq!(mode("root/new"), 0o755);
+        assert_eq!(ensure(&layout, &view, &files, &blobs).unwrap(), id);
+    }
+}
