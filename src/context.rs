@@ -1,5 +1,5 @@
 //! What every command works with: the backend, the session store and key, the output
-//! format. Built once from the global flags.
+//! format, the plugins. Built once from the global flags.
 
 use crate::backend::Backend;
 use crate::error::{CommandError, CommandResult, Kind};
@@ -11,7 +11,12 @@ pub struct Context {
     pub backend: Box<dyn Backend>,
     pub sessions: SessionStore,
     pub session_key: String,
+    /// The output format for listing commands (`run` with a plugin's format: `Default`).
     pub format: Format,
+    /// `-o` as typed: `run` picks its formatter by this name, built-in or a plugin's.
+    pub output: String,
+    /// The plugins of this invocation, loaded when a name asks for them.
+    pub plugins: crate::plugin::Plugins,
     pub paths: Paths,
 }
 

@@ -16,6 +16,7 @@ pub mod format;
 pub mod interrupt;
 pub mod log;
 pub mod paths;
+pub mod plugin;
 pub mod run;
 pub mod session;
 pub mod wire;

@@ -131,7 +131,7 @@ pub fn expand(specs: &[FileSpec], excludes: &Excludes) -> Result<Vec<Attachment>
     Ok(dedup_keep_last(all))
 }
 
-fn expand_one(
+pub(super) fn expand_one(
     spec: &FileSpec,
     excludes: &Excludes,
     out: &mut Vec<Attachment>,
@@ -256,7 +256,7 @@ fn relative_lossy(root: &Path, path: &Path) -> String {
     parts.join("/")
 }
 
-fn dedup_keep_last(all: Vec<Attachment>) -> Vec<Attachment> {
+pub(super) fn dedup_keep_last(all: Vec<Attachment>) -> Vec<Attachment> {
     let mut seen = HashSet::new();
     let mut kept: Vec<Attachment> = all
         .into_iter()

@@ -2,16 +2,20 @@
 //!
 //! `spec` parses the `HOST[:/inst][:uUID][:gGID][:mMODE]` grammar without touching the disk,
 //! `expand` stats hosts and walks directories into [`Attachment`]s, and `digest` computes
-//! content hashes with a local cache so unchanged files are never read twice.
+//! content hashes with a local cache so unchanged files are never read twice. `resolve`
+//! routes each spec to its resolver: the built-in local one, or a plugin's for
+//! `SCHEME:REST` specs.
 //! Nothing here talks to a backend; uploading is the caller's job.
 
 pub mod digest;
 pub mod expand;
+pub mod resolve;
 pub mod spec;
 
 pub use digest::{sha256_file, DigestCache};
 pub use expand::{expand, Attachment, Excludes, DEFAULT_EXCLUDES};
-pub use spec::{parse_spec, FileSpec};
+pub use resolve::{expand_with, NoSchemes, Resolver, Schemes};
+pub use spec::{parse_spec, parse_spec_with, FileSpec};
 
 use std::io;
 
@@ -52,6 +56,17 @@ pub enum AttachError {
 
     #[error("attachment cache error: {0}")]
     Cache(#[from] rusqlite::Error),
+
+    /// A `SCHEME:REST` spec with too few REST pieces for its resolver.
+    #[error("invalid file spec '{spec}': expected {usage}[:/inst][:uUID][:gGID][:mMODE]")]
+    SchemeUsage { spec: String, usage: String },
+
+    /// A plugin resolver failed or answered something unusable (the message names it).
+    #[error("cannot resolve file spec '{spec}': {message}")]
+    Resolve { spec: String, message: String },
+
+    #[error("attachment cache error: cannot write '{path}': {source}")]
+    CacheWrite { path: String, source: io::Error },
 }
 
 /// Renders permission bits as the wire wants them: octal, at least four digits (`0644`, `4755`).

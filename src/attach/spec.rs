@@ -1,10 +1,12 @@
 //! The `--file` spec grammar: `HOST[:/inst][:uUID][:gGID][:mMODE]`, fields in any order.
 //!
 //! Parsing never touches the disk: missing fields are filled in later from `stat(HOST)` by
-//! `expand`. The only outside lookup is the local passwd/group database for named owners.
+//! `expand`. The only outside lookups are the local passwd/group database for named owners
+//! and, for `SCHEME:REST` specs, the schemes plugins register (see `resolve`).
 
 use std::fmt;
 
+use super::resolve::{looks_like_scheme, NoSchemes, Schemes};
 use super::{mode_string, AttachError};
 
 /// One parsed `--file` spec: `HOST[:/inst][:uUID][:gGID][:mMODE]`.
@@ -26,16 +28,53 @@ pub struct FileSpec {
 /// id 0 and pushes `Unknown user 'x', using uid 0` / `Unknown group 'x', using gid 0` into
 /// `warnings`.
 pub fn parse_spec(spec: &str, warnings: &mut Vec<String>) -> Result<FileSpec, AttachError> {
+    parse_spec_with(spec, &NoSchemes, warnings)
+}
+
+/// Like [`parse_spec`], knowing the schemes plugins register: when the text before the
+/// first `:` is one (`git:REV:PATH:/app`), the host is `SCHEME:REST`, REST being as many
+/// `:`-separated pieces as the scheme takes. Anything else, a one-letter drive included,
+/// is a host path; `schemes` is only asked when the text could be a scheme.
+pub fn parse_spec_with(
+    spec: &str,
+    schemes: &dyn Schemes,
+    warnings: &mut Vec<String>,
+) -> Result<FileSpec, AttachError> {
     // Every `:` splits, so a host path containing `:` cannot be expressed (as upstream on POSIX).
     let mut pieces = spec.split(':');
-    let host = pieces.next().unwrap_or_default();
+    let first = pieces.next().unwrap_or_default();
+    let mut host = first.to_string();
+    if spec.len() > first.len() && looks_like_scheme(first) {
+        let scheme = schemes
+            .scheme(first)
+            .map_err(|message| AttachError::Resolve {
+                spec: spec.to_string(),
+                message,
+            })?;
+        if let Some(scheme) = scheme {
+            for _ in 0..scheme.parts {
+                match pieces.next() {
+                    Some(piece) if !piece.is_empty() => {
+                        host.push(':');
+                        host.push_str(piece);
+                    }
+                    _ => {
+                        return Err(AttachError::SchemeUsage {
+                            spec: spec.to_string(),
+                            usage: scheme.usage,
+                        })
+                    }
+                }
+            }
+        }
+    }
     if host.is_empty() {
         return Err(AttachError::MissingHost {
             spec: spec.to_string(),
         });
     }
     let mut parsed = FileSpec {
-        host: host.to_string(),
+        host,
         instance: None,
         uid: None,
         gid: None,

@@ -5,6 +5,7 @@ pub mod args;
 mod images;
 mod inspect;
 mod ops;
+mod plugins;
 mod session;
 
 use crate::context::{backend_err, session_err, Context};
@@ -83,10 +84,12 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
             std::path::Path::new(data),
         ));
     }
-    let format: Format = cli
-        .format
-        .parse()
-        .map_err(|e: crate::format::FormatError| CommandError::user(e.to_string()))?;
+    let format: Format = match cli.format.parse() {
+        Ok(format) => format,
+        // `run` also takes plugin formats; it checks the name itself (`ctx.output`).
+        Err(_) if matches!(command, Command::Run(_)) => Format::Default,
+        Err(e) => return Err(CommandError::user(e.to_string())),
+    };
     if cli.profile.is_some() || cli.url.is_some() || cli.token.is_some() || cli.project.is_some() {
         return Err(CommandError::new(
             crate::error::Kind::Unavailable,
@@ -94,7 +97,13 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         )
         .hint("drop the profile flags (and unset CONTREE_PROFILE) to use the local engine"));
     }
-    let ctx = context(format, cli.session.as_deref())?;
+    let explicit_plugins = cli.plugins.iter().map(std::path::PathBuf::from).collect();
+    let plugins = crate::plugin::Plugins::new(explicit_plugins, &Paths::from_env());
+    // Plugin commands never need the engine (or root).
+    if let Command::Plugins { command } = command {
+        return plugins::plugins(format, &plugins, command);
+    }
+    let ctx = context(format, &cli.format, plugins, cli.session.as_deref())?;
     crate::log::trace("context ready");
     crate::interrupt::install();
     match command {
@@ -113,11 +122,16 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         Command::Cp { path, dest } => inspect::cp(&ctx, &path, &dest),
         Command::Cd { path } => session::cd(&ctx, path.as_deref()),
         Command::Env { items, delete } => session::env(&ctx, &items, delete),
-        Command::Supervise { .. } => Ok(0),
+        Command::Supervise { .. } | Command::Plugins { .. } => Ok(0),
     }
 }
 
-fn context(format: Format, session: Option<&str>) -> CommandResult<Context> {
+fn context(
+    format: Format,
+    output: &str,
+    plugins: crate::plugin::Plugins,
+    session: Option<&str>,
+) -> CommandResult<Context> {
     let paths = Paths::from_env();
     // The two databases open in parallel: each costs a noticeable part of a short run.
     let (engine, sessions) = std::thread::scope(|s| {
@@ -137,6 +151,8 @@ fn context(format: Format, session: Option<&str>) -> CommandResult<Context> {
         sessions,
         session_key,
         format,
+        output: output.to_string(),
+        plugins,
         paths,
     })
 }

@@ -79,6 +79,11 @@ pub trait Formatter {
     }
     fn chunk<'a>(&mut self, stream: Stream, bytes: &'a [u8]) -> Emit<'a>;
     fn finish(&mut self, result: &RunResult) -> Emit<'static>;
+    /// Set once the formatter could not do its job (a plugin formatter's error or panic):
+    /// its output is incomplete, and `run` reports this instead of the command's exit code.
+    fn error(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The built-in formatters, by name.

@@ -12,6 +12,7 @@ mod interpreter;
 mod interrupt;
 mod long_sessions;
 mod operations;
+mod plugins;
 mod run_basics;
 mod sessions;
 mod snapshots;

@@ -1,0 +1,104 @@
+//! Plugin resolvers as the attach stage's [`Resolver`]: the spec's REST goes out as a JSON
+//! request, the answer comes back as JSON and is placed by [`place`], the same code that
+//! gives local directories their instance paths, owners, modes and excludes.
+
+use super::library::LoadedPlugin;
+use crate::attach::resolve::{place, split_scheme, Resolved, Source};
+use crate::attach::{AttachError, Attachment, Excludes, FileSpec, Resolver};
+use contree_plugin::msg;
+use std::path::{Path, PathBuf};
+
+pub struct PluginResolver {
+    plugin: &'static LoadedPlugin,
+    scheme: String,
+    content_dir: PathBuf,
+}
+
+impl std::fmt::Debug for PluginResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PluginResolver({}: from {})",
+            self.scheme,
+            self.plugin.path.display()
+        )
+    }
+}
+
+impl PluginResolver {
+    pub fn new(plugin: &'static LoadedPlugin, scheme: &str, content_dir: &Path) -> PluginResolver {
+        PluginResolver {
+            plugin,
+            scheme: scheme.to_string(),
+            content_dir: content_dir.to_path_buf(),
+        }
+    }
+
+    /// Asks the plugin; its failure, a panic or an unreadable answer names the plugin.
+    pub fn ask(&self, rest: &str) -> Result<msg::Resolved, String> {
+        let cwd = std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|_| "/".into());
+        let request = serde_json::to_vec(&msg::ResolveRequest {
+            scheme: self.scheme.clone(),
+            rest: rest.to_string(),
+            cwd,
+        })
+        .unwrap_or_default();
+        let resolve = self.plugin.descriptor().resolve.expect("checked at load");
+        // SAFETY: per the ABI; `request` outlives the call.
+        let answer = self
+            .plugin
+            .call("resolve", |reply| unsafe {
+                resolve(request.as_ptr(), request.len(), reply)
+            })
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&answer.out).map_err(|e| {
+            format!(
+                "plugin '{}' ({}) answered resolve with invalid JSON: {e}",
+                self.plugin.name,
+                self.plugin.path.display()
+            )
+        })
+    }
+}
+
+impl Resolver for PluginResolver {
+    fn resolve(
+        &self,
+        spec: &FileSpec,
+        excludes: &Excludes,
+        out: &mut Vec<Attachment>,
+    ) -> Result<(), AttachError> {
+        let rest = split_scheme(&spec.host).map(|(_, r)| r).unwrap_or_default();
+        let err = |message: String| AttachError::Resolve {
+            spec: spec.to_string(),
+            message,
+        };
+        let answer = self.ask(rest).map_err(err)?;
+        let mut files = Vec::with_capacity(answer.files.len());
+        for f in answer.files {
+            let source = match (f.host_path, f.content) {
+                (Some(path), None) => Source::Host(PathBuf::from(path)),
+                (None, Some(bytes)) => Source::Content(bytes),
+                _ => {
+                    return Err(err(format!(
+                        "plugin '{}' answered file '{}' with {} of host_path and content",
+                        self.plugin.name, f.path, "not exactly one"
+                    )))
+                }
+            };
+            files.push(Resolved {
+                rel: f.path,
+                source,
+                uid: f.uid,
+                gid: f.gid,
+                mode: f.mode,
+            });
+        }
+        if files.is_empty() {
+            return Err(err(format!("plugin '{}' found no files", self.plugin.name)));
+        }
+        place(spec, &answer.name, files, excludes, &self.content_dir, out)
+    }
+}
