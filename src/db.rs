@@ -24,7 +24,26 @@ pub fn busy_timeout() -> Duration {
         .unwrap_or(Duration::from_secs(30))
 }
 
+/// Opens (creating) a database. Setting up a brand-new file takes locks that the busy
+/// handler does not always wait for, so two processes creating it at once are retried.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let deadline = std::time::Instant::now() + busy_timeout();
+    loop {
+        match open_once(path) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_once(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     // Set before switching to WAL, which itself needs a lock another process may hold.
     conn.busy_timeout(busy_timeout())?;

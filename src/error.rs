@@ -18,6 +18,10 @@ pub mod exit {
     pub const INTERNAL: i32 = 70;
     /// Reading or writing the store or a local file failed.
     pub const IO: i32 = 74;
+    /// A hook stopped the run before anything was uploaded or spawned: `contree.abort`, or
+    /// a pre-attach / pre-spawn handler that failed (fail closed), or a hook file that did
+    /// not load. (`sysexits.h` EX_NOPERM: the run was not permitted.)
+    pub const HOOK_ABORT: i32 = 77;
     /// A `run` whose process was killed by a signal or the timeout.
     pub const KILLED: i32 = 255;
     /// stdout was closed by its reader (`| head`).
@@ -36,6 +40,8 @@ pub enum Kind {
     Io,
     /// Something that should not happen.
     Internal,
+    /// A hook stopped the run (see `exit::HOOK_ABORT`).
+    HookAbort,
 }
 
 #[derive(Debug)]
@@ -75,6 +81,7 @@ impl CommandError {
             Kind::Unavailable => exit::UNAVAILABLE,
             Kind::Io => exit::IO,
             Kind::Internal => exit::INTERNAL,
+            Kind::HookAbort => exit::HOOK_ABORT,
         }
     }
 }

@@ -33,8 +33,7 @@ pub struct Cli {
     /// debug, info, warning, error or critical
     #[arg(short = 'L', long = "log-level", default_value = "info")]
     pub log_level: String,
-    /// Output format: default, table, json, json-pretty, csv, tsv; `run` also takes a
-    /// plugin's format (`contree plugins list`)
+    /// Output format: default, table, json, json-pretty, csv, tsv
     #[arg(
         short = 'o',
         short_alias = 'f',
@@ -43,9 +42,6 @@ pub struct Cli {
         default_value = "default"
     )]
     pub format: String,
-    /// Load this plugin, or every *.so in this directory, besides the ones found (repeatable)
-    #[arg(long = "plugin", value_name = "PATH", global = true)]
-    pub plugins: Vec<String>,
     /// Session key (default: $CONTREE_SESSION, else derived from the terminal)
     #[arg(short = 'S', long = "session")]
     pub session: Option<String>,
@@ -87,6 +83,11 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<SessionCommand>,
     },
+    /// Lua hooks: list them, trust a project's (see docs/hooks.md)
+    Hooks {
+        #[command(subcommand)]
+        command: HooksCommand,
+    },
     /// List a directory of the session's image (no sandbox is started)
     Ls {
         /// Path inside the image (relative to the session's cd)
@@ -105,11 +106,6 @@ pub enum Command {
         #[arg(short = 'U', long = "delete", visible_alias = "rm")]
         delete: bool,
     },
-    /// Plugins: the ones found and what they provide (see docs/plugins.md)
-    Plugins {
-        #[command(subcommand)]
-        command: PluginsCommand,
-    },
     /// Internal: supervise one operation of the local engine
     #[command(name = "__supervise", hide = true)]
     Supervise {
@@ -121,9 +117,9 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunFlags {
-    /// Seconds before the command is killed
-    #[arg(short = 't', long, default_value_t = 120)]
-    pub timeout: u64,
+    /// Seconds before the command is killed [default: 120]
+    #[arg(short = 't', long, value_name = "TIMEOUT")]
+    pub timeout: Option<u64>,
     /// Working directory inside the instance (created if missing)
     #[arg(short = 'C', long, default_value = "")]
     pub cwd: String,
@@ -163,6 +159,12 @@ pub struct RunFlags {
     /// No network: the instance gets only a loopback interface
     #[arg(long = "no-network")]
     pub no_network: bool,
+    /// Also run this Lua hook file (repeatable; after the config's and the project's)
+    #[arg(long = "hook", value_name = "FILE")]
+    pub hooks: Vec<String>,
+    /// Run no hooks at all for this invocation
+    #[arg(long = "no-hooks")]
+    pub no_hooks: bool,
     /// The command and its arguments
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0.., value_name = "COMMAND")]
     pub words: Vec<String>,
@@ -300,8 +302,18 @@ pub enum SessionCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum PluginsCommand {
-    /// Every plugin file found: name, version, ABI, what it provides, or why it failed
+pub enum HooksCommand {
+    /// The hook files a run from here would consider: origin, trust, events
     #[command(visible_alias = "ls")]
-    List,
+    List {
+        /// Include this file as `run --hook FILE` would
+        #[arg(long = "hook", value_name = "FILE")]
+        hooks: Vec<String>,
+    },
+    /// Trust the project hooks (.contree/hooks/*.lua) of DIR or the nearest one above it,
+    /// as they are now; any later change makes them untrusted again
+    Trust {
+        /// A directory in the project (default: the current one)
+        dir: Option<String>,
+    },
 }

@@ -2,10 +2,10 @@
 //! result into an exit code. Commands stay thin; the work happens in `run`, `engine`, ...
 
 pub mod args;
+mod hooks;
 mod images;
 mod inspect;
 mod ops;
-mod plugins;
 mod session;
 
 use crate::context::{backend_err, session_err, Context};
@@ -84,12 +84,10 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
             std::path::Path::new(data),
         ));
     }
-    let format: Format = match cli.format.parse() {
-        Ok(format) => format,
-        // `run` also takes plugin formats; it checks the name itself (`ctx.output`).
-        Err(_) if matches!(command, Command::Run(_)) => Format::Default,
-        Err(e) => return Err(CommandError::user(e.to_string())),
-    };
+    let format: Format = cli
+        .format
+        .parse()
+        .map_err(|e: crate::format::FormatError| CommandError::user(e.to_string()))?;
     if cli.profile.is_some() || cli.url.is_some() || cli.token.is_some() || cli.project.is_some() {
         return Err(CommandError::new(
             crate::error::Kind::Unavailable,
@@ -97,13 +95,11 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         )
         .hint("drop the profile flags (and unset CONTREE_PROFILE) to use the local engine"));
     }
-    let explicit_plugins = cli.plugins.iter().map(std::path::PathBuf::from).collect();
-    let plugins = crate::plugin::Plugins::new(explicit_plugins, &Paths::from_env());
-    // Plugin commands never need the engine (or root).
-    if let Command::Plugins { command } = command {
-        return plugins::plugins(format, &plugins, command);
+    // Hook commands never need the engine (or root).
+    if let Command::Hooks { command } = command {
+        return hooks::hooks(format, command);
     }
-    let ctx = context(format, &cli.format, plugins, cli.session.as_deref())?;
+    let ctx = context(format, cli.session.as_deref())?;
     crate::log::trace("context ready");
     crate::interrupt::install();
     match command {
@@ -122,16 +118,11 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         Command::Cp { path, dest } => inspect::cp(&ctx, &path, &dest),
         Command::Cd { path } => session::cd(&ctx, path.as_deref()),
         Command::Env { items, delete } => session::env(&ctx, &items, delete),
-        Command::Supervise { .. } | Command::Plugins { .. } => Ok(0),
+        Command::Supervise { .. } | Command::Hooks { .. } => Ok(0),
     }
 }
 
-fn context(
-    format: Format,
-    output: &str,
-    plugins: crate::plugin::Plugins,
-    session: Option<&str>,
-) -> CommandResult<Context> {
+fn context(format: Format, session: Option<&str>) -> CommandResult<Context> {
     let paths = Paths::from_env();
     // The two databases open in parallel: each costs a noticeable part of a short run.
     let (engine, sessions) = std::thread::scope(|s| {
@@ -151,15 +142,14 @@ fn context(
         sessions,
         session_key,
         format,
-        output: output.to_string(),
-        plugins,
         paths,
     })
 }
 
 fn run_args(f: args::RunFlags) -> crate::run::RunArgs {
     crate::run::RunArgs {
-        timeout: f.timeout,
+        timeout: f.timeout.unwrap_or(crate::run::DEFAULT_TIMEOUT),
+        timeout_given: f.timeout.is_some(),
         cwd: f.cwd,
         env: f.env,
         hostname: f.hostname,
@@ -174,5 +164,7 @@ fn run_args(f: args::RunFlags) -> crate::run::RunArgs {
         use_image: f.use_image,
         no_network: f.no_network,
         words: f.words,
+        hooks: f.hooks,
+        no_hooks: f.no_hooks,
     }
 }

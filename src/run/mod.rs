@@ -9,6 +9,7 @@ use crate::backend::{BackendError, StdinSource};
 use crate::context::{backend_err, no_session, session_err, Context};
 use crate::error::{exit, CommandError, CommandResult, Kind};
 use crate::format::{self, Format, Record};
+use crate::hooks::{self, Hooks, Plan, PENDING_UPLOAD};
 use crate::session::PendingOp;
 use crate::wire::{FileRef, SpawnRequest, Status};
 use crate::{info, warn};
@@ -16,12 +17,17 @@ use formatter::{Emit, Formatter, Stream};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Seconds before the command is killed when no `-t` is given.
+pub const DEFAULT_TIMEOUT: u64 = 120;
 
 /// `run`'s flags, already parsed (the pipeline never sees clap types).
 #[derive(Debug, Clone, Default)]
 pub struct RunArgs {
     pub timeout: u64,
+    /// Whether `-t` was given (hooks see `timeout = nil` otherwise).
+    pub timeout_given: bool,
     pub cwd: String,
     pub env: Vec<String>,
     pub hostname: String,
@@ -36,6 +42,10 @@ pub struct RunArgs {
     pub use_image: Option<String>,
     pub no_network: bool,
     pub words: Vec<String>,
+    /// `--hook FILE`s, in order.
+    pub hooks: Vec<String>,
+    /// `--no-hooks`.
+    pub no_hooks: bool,
 }
 
 fn attach_err(e: AttachError) -> CommandError {
@@ -67,22 +77,32 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
                 .hint("contree run [OPTIONS] -- COMMAND [ARGS...]"),
         );
     }
-    // 0. The output formatter (built-in or a plugin's) is settled before anything runs.
-    let mut formatter =
-        crate::plugin::formatter(&ctx.output, &ctx.plugins).map_err(crate::plugin::plugin_err)?;
-    // 1. Every --file spec is checked before anything else happens (`SCHEME:` specs
-    //    against the schemes plugins provide).
+    // 1. Every --file spec is checked before anything else happens.
     let mut warnings = Vec::new();
     let specs = args
         .files
         .iter()
-        .map(|s| attach::parse_spec_with(s, &ctx.plugins, &mut warnings))
+        .map(|s| attach::parse_spec(s, &mut warnings))
         .collect::<Result<Vec<_>, _>>()
         .map_err(attach_err)?;
     for w in warnings {
         warn!("{w}");
     }
-    let excludes = Excludes::new(&args.file_excludes).map_err(attach_err)?;
+    // Hooks see the plan before anything is read; their edits come back as the same types.
+    let mut hooks = load_hooks(ctx, &args)?;
+    let mut plan = Plan {
+        files: specs,
+        excludes: args.file_excludes.clone(),
+    };
+    let parse = |s: &str, w: &mut Vec<String>| attach::parse_spec(s, w);
+    hooks
+        .pre_attach(&mut plan, &parse)
+        .map_err(hooks::command_error)?;
+    let Plan {
+        files: specs,
+        excludes,
+    } = plan;
+    let excludes = Excludes::new(&excludes).map_err(attach_err)?;
 
     // 2. The image: --use switches the session first (and that sticks even if we fail later).
     let key = &ctx.session_key;
@@ -98,7 +118,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
     };
 
     // 3-4. Expand and upload attachments.
-    let attachments = attach::expand_with(&specs, &excludes, &ctx.plugins).map_err(attach_err)?;
+    let attachments = attach::expand(&specs, &excludes).map_err(attach_err)?;
     let session_cwd = ctx.sessions.cwd(key).map_err(session_err)?;
     let run_cwd = if args.cwd.is_empty() {
         session_cwd.clone().unwrap_or_else(|| "/".into())
@@ -118,14 +138,16 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
             },
         );
     }
-    for (path, file) in upload(ctx, &attachments, &run_cwd)? {
+    // Hashed now, uploaded only after pre-spawn (a hook that aborts leaves nothing behind).
+    let (hashed, blobs) = hash_attachments(ctx, &attachments, &run_cwd)?;
+    for (path, file) in hashed {
         files.insert(path, file);
     }
 
     // 6. The spawn body.
     let session_env = ctx.sessions.env(key).map_err(session_err)?;
     let preserved = ctx.sessions.preserved_env(&image).map_err(session_err)?;
-    let (mut req, merged_env) = request::build(request::Inputs {
+    let (mut req, mut merged_env) = request::build(request::Inputs {
         image: image.clone(),
         words: &args.words,
         shell: args.shell,
@@ -164,23 +186,46 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
         stdin = StdinSource::Null;
     }
 
-    // 9. Spawn.
+    // 9. Hooks see the complete request; then what it still attaches is uploaded.
+    let sizes = blobs
+        .iter()
+        .map(|(sha, (_, size))| (sha.clone(), *size))
+        .collect();
+    hooks
+        .pre_spawn(
+            &mut req,
+            &mut merged_env,
+            &sizes,
+            args.timeout_given,
+            DEFAULT_TIMEOUT,
+        )
+        .map_err(hooks::command_error)?;
+    upload_pending(ctx, &mut req, &blobs)?;
+
+    // 10. Spawn.
     let title = args.words.join(" ");
     crate::log::trace("request built");
     let op = ctx.backend.spawn(&req, stdin).map_err(backend_err)?;
     crate::log::trace("spawned");
 
     if args.detach {
-        return detach(ctx, &op, &req, &title, &image, args.disposable);
+        return detach(ctx, &op, &req, &title, &image, req.disposable);
     }
+    let mut formatter = formatter::builtin(ctx.format.name()).ok_or_else(|| {
+        CommandError::user(format!(
+            "unknown run output format '{}' (available: {})",
+            ctx.format.name(),
+            formatter::BUILTIN_NAMES.join(", ")
+        ))
+    })?;
     let info = formatter::RunInfo {
         op: op.clone(),
         request: serde_json::to_value(&req).unwrap_or_default(),
         backend: ctx.backend.name().to_string(),
     };
     let _ = write_emit(&formatter.begin(&info));
-    let outcome = follow(ctx, &op, formatter.as_mut())?;
-    let code = finish(
+    let outcome = follow(ctx, &op, formatter.as_mut(), &mut hooks)?;
+    finish(
         ctx,
         &args,
         &req,
@@ -188,23 +233,35 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
         &title,
         outcome,
         formatter.as_mut(),
-    )?;
-    // A formatter that failed (a plugin's error or panic) left its output incomplete.
-    if let Some(e) = formatter.error() {
-        return Err(CommandError::user(e));
-    }
-    Ok(code)
+        &mut hooks,
+    )
 }
 
-/// Hashes (with the local digest cache) and uploads the attachments; returns the `files`
-/// map. Relative instance paths are taken relative to the run's working directory.
-fn upload(
+/// The hooks of this run (none with `--no-hooks`); see `docs/hooks.md`.
+fn load_hooks(ctx: &Context, args: &RunArgs) -> CommandResult<Hooks> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    Hooks::load(&hooks::Options {
+        config_dir: &ctx.paths.config,
+        data_dir: &ctx.paths.data,
+        cwd: &cwd,
+        flags: &args.hooks,
+        disabled: args.no_hooks,
+    })
+    .map_err(hooks::command_error)
+}
+
+/// Hashes the attachments (with the local digest cache) into `files` entries without
+/// uploading anything: each entry's uuid is `sha256:<hex>` until `upload_pending`. Also
+/// returns, per sha256, a host file with that content and its size. Relative instance paths
+/// are taken relative to the run's working directory.
+#[allow(clippy::type_complexity)]
+fn hash_attachments(
     ctx: &Context,
     attachments: &[attach::Attachment],
     cwd: &str,
-) -> CommandResult<Vec<(String, FileRef)>> {
+) -> CommandResult<(Vec<(String, FileRef)>, BTreeMap<String, (PathBuf, u64)>)> {
     if attachments.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Default::default());
     }
     let cache =
         DigestCache::open(&ctx.paths.data.join("cache").join("digests.db")).map_err(attach_err)?;
@@ -213,23 +270,9 @@ fn upload(
         .map(|n| n.get())
         .unwrap_or(2);
     let digests = cache.digest_all(&paths, threads).map_err(attach_err)?;
-    let mut uploaded: BTreeMap<&str, String> = BTreeMap::new();
+    let mut blobs = BTreeMap::new();
     let mut out = Vec::with_capacity(attachments.len());
-    for (a, sha) in attachments.iter().zip(&digests) {
-        let uuid = match uploaded.get(sha.as_str()) {
-            Some(u) => u.clone(),
-            None => {
-                let (uuid, reused) = ctx
-                    .backend
-                    .put_file(&a.host_path, sha)
-                    .map_err(backend_err)?;
-                if reused {
-                    crate::debug!("File reused: {} -> {uuid}", a.host_path.display());
-                }
-                uploaded.insert(sha, uuid.clone());
-                uuid
-            }
-        };
+    for (a, sha) in attachments.iter().zip(digests) {
         let path = if a.instance_path.starts_with('/') {
             a.instance_path.clone()
         } else {
@@ -242,14 +285,55 @@ fn upload(
         out.push((
             path,
             FileRef {
-                uuid,
+                uuid: format!("{PENDING_UPLOAD}{sha}"),
                 uid: a.uid,
                 gid: a.gid,
                 mode: attach::mode_string(a.mode),
             },
         ));
+        blobs
+            .entry(sha)
+            .or_insert_with(|| (a.host_path.clone(), a.size));
     }
-    Ok(out)
+    Ok((out, blobs))
+}
+
+/// Uploads the content of every `files` entry still pending (once per sha256) and puts the
+/// blob's uuid in its place.
+fn upload_pending(
+    ctx: &Context,
+    req: &mut SpawnRequest,
+    blobs: &BTreeMap<String, (PathBuf, u64)>,
+) -> CommandResult {
+    let Some(files) = req.files.as_mut() else {
+        return Ok(());
+    };
+    let mut uploaded: BTreeMap<String, String> = BTreeMap::new();
+    for (path, file) in files.iter_mut() {
+        let Some(sha) = file.uuid.strip_prefix(PENDING_UPLOAD) else {
+            continue;
+        };
+        let sha = sha.to_string();
+        let uuid = match uploaded.get(&sha) {
+            Some(u) => u.clone(),
+            None => {
+                let (host, _) = blobs.get(&sha).ok_or_else(|| {
+                    CommandError::new(
+                        Kind::Internal,
+                        format!("file '{path}': no attachment has sha256 {sha}"),
+                    )
+                })?;
+                let (uuid, reused) = ctx.backend.put_file(host, &sha).map_err(backend_err)?;
+                if reused {
+                    crate::debug!("File reused: {} -> {uuid}", host.display());
+                }
+                uploaded.insert(sha, uuid.clone());
+                uuid
+            }
+        };
+        file.uuid = uuid;
+    }
+    Ok(())
 }
 
 fn detach(
@@ -309,12 +393,20 @@ pub struct Outcome {
     pub truncated: Vec<(String, u64, u64)>,
     pub interrupted: bool,
     pub broken_pipe: bool,
+    /// Output bytes the command wrote, per stream (before any hook).
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
 }
 
 /// Follows the operation's events to `completion`, handing each output chunk to the
 /// formatter and writing what it returns. Ctrl-C cancels the operation (its sandbox is
 /// killed) and keeps following until the log ends, so nothing is left running.
-pub fn follow(ctx: &Context, op: &str, formatter: &mut dyn Formatter) -> CommandResult<Outcome> {
+pub fn follow(
+    ctx: &Context,
+    op: &str,
+    formatter: &mut dyn Formatter,
+    hooks: &mut Hooks,
+) -> CommandResult<Outcome> {
     let mut out = Outcome {
         op: op.to_string(),
         ..Default::default()
@@ -353,9 +445,20 @@ pub fn follow(ctx: &Context, op: &str, formatter: &mut dyn Formatter) -> Command
                 } else {
                     Stream::Stderr
                 };
+                match stream {
+                    Stream::Stdout => out.stdout_bytes += item.bytes.len() as u64,
+                    Stream::Stderr => out.stderr_bytes += item.bytes.len() as u64,
+                }
                 if !out.broken_pipe {
-                    let emit = formatter.chunk(stream, &item.bytes);
-                    if write_emit(&emit).is_err() {
+                    // Without an on-output handler the bytes go straight to the formatter.
+                    let filtered;
+                    let bytes: &[u8] = if hooks.has_output() {
+                        filtered = hooks.on_output(stream, &item.bytes);
+                        &filtered
+                    } else {
+                        &item.bytes
+                    };
+                    if !bytes.is_empty() && write_emit(&formatter.chunk(stream, bytes)).is_err() {
                         out.broken_pipe = true;
                         let _ = ctx.backend.cancel(op);
                     }
@@ -397,6 +500,12 @@ pub fn follow(ctx: &Context, op: &str, formatter: &mut dyn Formatter) -> Command
             format!("operation {op} event log ended without completion"),
         ));
     }
+    // What on-output handlers held back (a possible secret cut by the chunk's end).
+    if hooks.has_output() && !out.broken_pipe {
+        for (stream, bytes) in hooks.flush_output() {
+            let _ = write_emit(&formatter.chunk(stream, &bytes));
+        }
+    }
     Ok(out)
 }
 
@@ -428,6 +537,7 @@ pub fn exit_code(out: &Outcome) -> i32 {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn finish(
     ctx: &Context,
     args: &RunArgs,
@@ -436,6 +546,7 @@ fn finish(
     title: &str,
     out: Outcome,
     formatter: &mut dyn Formatter,
+    hooks: &mut Hooks,
 ) -> CommandResult<i32> {
     let status = out.status.unwrap_or(Status::Failed);
     // With the reader gone (`| head`) the run was cut short on purpose: stay quiet.
@@ -445,7 +556,8 @@ fn finish(
     }
     if quiet {
     } else if out.timed_out {
-        warn!("Operation {} timed out after {}s", out.op, args.timeout);
+        let secs = req.timeout.unwrap_or(args.timeout);
+        warn!("Operation {} timed out after {secs}s", out.op);
     } else if status != Status::Success && !out.interrupted {
         let detail = out.error.as_deref().filter(|e| !e.is_empty());
         crate::log::emit(
@@ -476,6 +588,7 @@ fn finish(
         };
         let _ = write_emit(&formatter.finish(&result));
     }
+    hooks.on_exit(&out, req);
     if out.broken_pipe {
         return Ok(exit::BROKEN_PIPE);
     }

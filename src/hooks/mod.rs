@@ -1,0 +1,565 @@
+//! The Lua hook layer: user scripts that see and may change a run at four points of the
+//! pipeline (see `docs/hooks.md` for the contract).
+//!
+//! - `pre-attach(plan)`: the `--file` specs and excludes, before anything is read;
+//! - `pre-spawn(req)`: the complete spawn request, before anything is uploaded or spawned;
+//! - `on-output(chunk)`: every output chunk, before the formatter;
+//! - `on-exit(result)`: the final result, after the formatter.
+//!
+//! Hooks run in the CLI, so they behave the same for every backend. A failing or aborting
+//! pre-* handler stops the run (fail closed); on-output and on-exit failures only warn.
+//! With no handler for on-output the chunk path never enters this module's Lua side: no
+//! call, no copy. Nothing here may write to stdout, which belongs to the command.
+
+pub mod discover;
+pub mod json;
+pub mod payload;
+pub mod redact;
+pub mod runtime;
+pub mod trust;
+
+pub use discover::{HookFile, Origin};
+pub use payload::{Plan, RequestView, SpecParser, PENDING_UPLOAD};
+pub use runtime::{Failure, Limits};
+
+use crate::error::{CommandError, Kind};
+use crate::run::formatter::Stream;
+use crate::run::Outcome;
+use crate::wire::SpawnRequest;
+use mlua::{Function, Value};
+use redact::Redactor;
+use runtime::{Handler, Runtime};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    PreAttach,
+    PreSpawn,
+    OnOutput,
+    OnExit,
+}
+
+impl Event {
+    pub const ALL: [Event; 4] = [
+        Event::PreAttach,
+        Event::PreSpawn,
+        Event::OnOutput,
+        Event::OnExit,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::PreAttach => "pre-attach",
+            Event::PreSpawn => "pre-spawn",
+            Event::OnOutput => "on-output",
+            Event::OnExit => "on-exit",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Event> {
+        Event::ALL.into_iter().find(|e| e.name() == name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// `contree.abort(reason)`, with file and line.
+    #[error("run stopped by hook {0}")]
+    Abort(String),
+    /// An error, budget overrun or bad return in a pre-attach / pre-spawn handler.
+    #[error("hook failed, so the run was stopped: {0}")]
+    Failed(String),
+    /// A hook file did not load (syntax error, error or overrun at its top level).
+    #[error("hook file failed to load, so the run was stopped: {0}")]
+    Load(String),
+    #[error("cannot read hook file '{path}': {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The CLI's view of a hook error: aborts and failing hooks exit with `exit::HOOK_ABORT`.
+pub fn command_error(e: HookError) -> CommandError {
+    let hint = "fix the hook, or skip every hook for one run with `contree run --no-hooks ...`";
+    match e {
+        HookError::Abort(_) => CommandError::new(Kind::HookAbort, e.to_string()),
+        HookError::Failed(_) | HookError::Load(_) => {
+            CommandError::new(Kind::HookAbort, e.to_string()).hint(hint)
+        }
+        HookError::Read { .. } | HookError::Config(_) => CommandError::user(e.to_string()),
+    }
+}
+
+/// Where to look for hooks, for one invocation.
+pub struct Options<'a> {
+    pub config_dir: &'a Path,
+    pub data_dir: &'a Path,
+    pub cwd: &'a Path,
+    /// `--hook FILE`s, in order.
+    pub flags: &'a [String],
+    /// `--no-hooks`.
+    pub disabled: bool,
+}
+
+struct LuaHandler {
+    func: Function,
+    location: String,
+}
+
+enum OutputKind {
+    Lua(Function),
+    Redact(Box<Redactor>),
+}
+
+struct OutputHandler {
+    kind: OutputKind,
+    location: String,
+    /// Bytes of each stream this handler was given so far.
+    offsets: [u64; 2],
+    /// Failed once: passes everything through from then on.
+    failed: bool,
+}
+
+/// What pre-spawn learned that on-exit needs to rebuild the request table.
+struct SpawnFacts {
+    env: BTreeMap<String, String>,
+    sizes: BTreeMap<String, u64>,
+    timeout_given: bool,
+    /// sha256 of each file that was uploaded after pre-spawn, by instance path.
+    hashes: BTreeMap<String, String>,
+}
+
+struct Active {
+    rt: Runtime,
+    pre_attach: Vec<LuaHandler>,
+    pre_spawn: Vec<LuaHandler>,
+    on_output: Vec<OutputHandler>,
+    on_exit: Vec<LuaHandler>,
+    facts: Option<SpawnFacts>,
+}
+
+/// The hooks of one run. `Hooks::none()` (no files, or `--no-hooks`) costs nothing.
+#[derive(Default)]
+pub struct Hooks {
+    active: Option<Box<Active>>,
+}
+
+fn stream_index(stream: Stream) -> usize {
+    match stream {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
+    }
+}
+
+impl Hooks {
+    pub fn none() -> Hooks {
+        Hooks::default()
+    }
+
+    /// Finds, reads and loads the hook files of a run. Untrusted project hooks are skipped
+    /// with a one-line warning; a file that fails to load stops the run.
+    pub fn load(opts: &Options<'_>) -> Result<Hooks, HookError> {
+        if opts.disabled {
+            return Ok(Hooks::none());
+        }
+        let found = discover::discover(opts.config_dir, opts.data_dir, opts.cwd, opts.flags)?;
+        if let Some(why) = &found.untrusted {
+            crate::warn!("{why}");
+        }
+        let files: Vec<&HookFile> = found.runnable().collect();
+        if files.is_empty() {
+            return Ok(Hooks::none());
+        }
+        let limits = Limits::from_env().map_err(HookError::Config)?;
+        let mut rt =
+            Runtime::new(limits, opts.config_dir, opts.data_dir).map_err(HookError::Config)?;
+        for (i, file) in files.iter().enumerate() {
+            rt.load_file(i, &file.path, &file.source)
+                .map_err(|f| HookError::Load(f.message().to_string()))?;
+        }
+        let mut active = Active {
+            pre_attach: Vec::new(),
+            pre_spawn: Vec::new(),
+            on_output: Vec::new(),
+            on_exit: Vec::new(),
+            facts: None,
+            rt,
+        };
+        for reg in active.rt.take_registrations() {
+            let location = active.rt.location(&reg.location);
+            match (reg.event, reg.handler) {
+                (Event::OnOutput, Handler::Redact(spec)) => active.on_output.push(OutputHandler {
+                    kind: OutputKind::Redact(Box::new(Redactor::new(spec))),
+                    location,
+                    offsets: [0; 2],
+                    failed: false,
+                }),
+                (Event::OnOutput, Handler::Lua(func)) => active.on_output.push(OutputHandler {
+                    kind: OutputKind::Lua(func),
+                    location,
+                    offsets: [0; 2],
+                    failed: false,
+                }),
+                (event, Handler::Lua(func)) => {
+                    let h = LuaHandler { func, location };
+                    match event {
+                        Event::PreAttach => active.pre_attach.push(h),
+                        Event::PreSpawn => active.pre_spawn.push(h),
+                        _ => active.on_exit.push(h),
+                    }
+                }
+                (_, Handler::Redact(_)) => {} // refused by contree.on
+            }
+        }
+        crate::log::trace("hooks loaded");
+        Ok(Hooks {
+            active: Some(Box::new(active)),
+        })
+    }
+
+    /// Runs the pre-attach handlers over the plan, in order; each sees the previous edits.
+    /// Specs a handler returns as text are parsed with `parse` (the pipeline's own spec
+    /// parser, so they mean what they would on the command line).
+    pub fn pre_attach(&mut self, plan: &mut Plan, parse: &SpecParser<'_>) -> Result<(), HookError> {
+        let Some(a) = self.active.as_deref_mut() else {
+            return Ok(());
+        };
+        for h in &a.pre_attach {
+            let table = plan
+                .to_lua(a.rt.lua())
+                .map_err(|e| HookError::Failed(format!("{}: {e}", h.location)))?;
+            match a.rt.call(&h.func, table) {
+                Err(f) => return Err(stop(f)),
+                Ok(Value::Nil) => {}
+                Ok(Value::Table(t)) => {
+                    let mut warnings = Vec::new();
+                    *plan = Plan::from_lua(&t, parse, &mut warnings).map_err(|e| {
+                        HookError::Failed(format!(
+                            "{}: the pre-attach handler returned {e}",
+                            h.location
+                        ))
+                    })?;
+                    for w in warnings {
+                        crate::warn!("{w}");
+                    }
+                }
+                Ok(other) => return Err(bad_return(&h.location, "pre-attach", &other)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the pre-spawn handlers over the request; edits are written back into `req`
+    /// (and `env`, the merged environment). `sizes` maps the sha256 of this run's
+    /// attachments to their size.
+    pub fn pre_spawn(
+        &mut self,
+        req: &mut SpawnRequest,
+        env: &mut BTreeMap<String, String>,
+        sizes: &BTreeMap<String, u64>,
+        timeout_given: bool,
+        default_timeout: u64,
+    ) -> Result<(), HookError> {
+        let Some(a) = self.active.as_deref_mut() else {
+            return Ok(());
+        };
+        let before = RequestView::new(req, env, sizes, timeout_given);
+        let mut view = before.clone();
+        for h in &a.pre_spawn {
+            let table = view
+                .to_lua(a.rt.lua())
+                .map_err(|e| HookError::Failed(format!("{}: {e}", h.location)))?;
+            match a.rt.call(&h.func, table) {
+                Err(f) => return Err(stop(f)),
+                Ok(Value::Nil) => {}
+                Ok(Value::Table(t)) => {
+                    view = RequestView::from_lua(&t, &view)
+                        .and_then(|v| {
+                            // Files can be moved or dropped here, but content is only added
+                            // in pre-attach: a pending upload must be one of this run's.
+                            let unknown = v.files.iter().find(|(_, f)| {
+                                f.uuid.is_none()
+                                    && f.sha256.as_ref().is_some_and(|s| !sizes.contains_key(s))
+                            });
+                            match unknown {
+                                Some((path, _)) => Err(format!(
+                                    "files['{path}'] with a sha256 that no attachment of this run has (add files in pre-attach)"
+                                )),
+                                None => Ok(v),
+                            }
+                        })
+                        .map_err(|e| {
+                            HookError::Failed(format!(
+                                "{}: the pre-spawn handler returned {e}",
+                                h.location
+                            ))
+                        })?;
+                }
+                Ok(other) => return Err(bad_return(&h.location, "pre-spawn", &other)),
+            }
+        }
+        if view != before {
+            view.apply(&before, req, env, default_timeout);
+        }
+        a.facts = Some(SpawnFacts {
+            env: env.clone(),
+            sizes: sizes.clone(),
+            timeout_given: timeout_given || view.timeout.is_some(),
+            hashes: view
+                .files
+                .iter()
+                .filter_map(|(path, f)| Some((path.clone(), f.sha256.clone()?)))
+                .collect(),
+        });
+        Ok(())
+    }
+
+    /// True when some on-output handler exists; only then may `on_output` be called.
+    #[inline]
+    pub fn has_output(&self) -> bool {
+        self.active
+            .as_ref()
+            .is_some_and(|a| !a.on_output.is_empty())
+    }
+
+    /// Passes one chunk through the on-output handlers in order. Returns what the formatter
+    /// gets (empty: dropped or held back). A failing handler warns once and is skipped.
+    pub fn on_output<'a>(&mut self, stream: Stream, bytes: &'a [u8]) -> Cow<'a, [u8]> {
+        match self.active.as_deref_mut() {
+            Some(a) => a.output_from(0, stream, Cow::Borrowed(bytes)),
+            None => Cow::Borrowed(bytes),
+        }
+    }
+
+    /// The bytes native handlers held back (an undecided tail), pushed through the handlers
+    /// after them, for each stream. Called once, when the output has ended.
+    pub fn flush_output(&mut self) -> Vec<(Stream, Vec<u8>)> {
+        let mut out = Vec::new();
+        let Some(a) = self.active.as_deref_mut() else {
+            return out;
+        };
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let mut bytes = Vec::new();
+            for i in 0..a.on_output.len() {
+                let tail = match &mut a.on_output[i].kind {
+                    OutputKind::Redact(r) => r.flush(stream_index(stream)),
+                    OutputKind::Lua(_) => continue,
+                };
+                if !tail.is_empty() {
+                    bytes.extend_from_slice(&a.output_from(i + 1, stream, Cow::Owned(tail)));
+                }
+            }
+            if !bytes.is_empty() {
+                out.push((stream, bytes));
+            }
+        }
+        out
+    }
+
+    /// Runs the on-exit handlers with the final result; failures only warn.
+    pub fn on_exit(&mut self, out: &Outcome, req: &SpawnRequest) {
+        let Some(a) = self.active.as_deref_mut() else {
+            return;
+        };
+        if a.on_exit.is_empty() {
+            return;
+        }
+        let facts = a.facts.take().unwrap_or(SpawnFacts {
+            env: req.env.clone().unwrap_or_default(),
+            sizes: BTreeMap::new(),
+            timeout_given: true,
+            hashes: BTreeMap::new(),
+        });
+        let mut view = RequestView::new(req, &facts.env, &facts.sizes, facts.timeout_given);
+        for (path, f) in view.files.iter_mut() {
+            if let Some(sha) = facts.hashes.get(path) {
+                f.size = facts.sizes.get(sha).copied();
+                f.sha256 = Some(sha.clone());
+            }
+        }
+        for h in &a.on_exit {
+            let table = match exit_table(a.rt.lua(), out, &view) {
+                Ok(t) => t,
+                Err(e) => {
+                    crate::warn!("hook {}: on-exit: {e}", h.location);
+                    continue;
+                }
+            };
+            if let Err(f) = a.rt.call(&h.func, table) {
+                crate::warn!(
+                    "hook on-exit handler failed (the exit code is unchanged): {}",
+                    f.message()
+                );
+            }
+        }
+    }
+}
+
+impl Active {
+    fn output_from<'a>(
+        &mut self,
+        first: usize,
+        stream: Stream,
+        mut data: Cow<'a, [u8]>,
+    ) -> Cow<'a, [u8]> {
+        let si = stream_index(stream);
+        for h in self.on_output.iter_mut().skip(first) {
+            if data.is_empty() {
+                break;
+            }
+            if h.failed {
+                continue;
+            }
+            let offset = h.offsets[si];
+            h.offsets[si] += data.len() as u64;
+            match &mut h.kind {
+                OutputKind::Redact(r) => {
+                    data = match data {
+                        Cow::Borrowed(b) => r.process(si, b),
+                        Cow::Owned(v) => Cow::Owned(r.process(si, &v).into_owned()),
+                    };
+                }
+                OutputKind::Lua(func) => {
+                    let result = chunk_table(self.rt.lua(), stream, &data, offset)
+                        .map_err(|e| Failure::Error(format!("{}: {e}", h.location)))
+                        .and_then(|t| self.rt.call(func, t));
+                    match result {
+                        Ok(Value::Nil) => {}
+                        Ok(Value::Boolean(false)) => return Cow::Owned(Vec::new()),
+                        Ok(Value::String(s)) => data = Cow::Owned(s.as_bytes().to_vec()),
+                        Ok(other) => {
+                            h.failed = true;
+                            crate::warn!(
+                                "hook {}: the on-output handler returned a {} (expected nil, a string or false); its output passes unchanged from now on",
+                                h.location,
+                                other.type_name()
+                            );
+                        }
+                        Err(f) => {
+                            h.failed = true;
+                            crate::warn!(
+                                "hook on-output handler failed; output passes it unchanged from now on: {}",
+                                f.message()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        data
+    }
+}
+
+fn stop(f: Failure) -> HookError {
+    match f {
+        Failure::Abort(m) => HookError::Abort(m),
+        Failure::Error(m) => HookError::Failed(m),
+    }
+}
+
+fn bad_return(location: &str, event: &str, v: &Value) -> HookError {
+    HookError::Failed(format!(
+        "{location}: the {event} handler returned a {} (expected nil for no change, or the edited table)",
+        v.type_name()
+    ))
+}
+
+fn chunk_table(
+    lua: &mlua::Lua,
+    stream: Stream,
+    data: &[u8],
+    offset: u64,
+) -> mlua::Result<mlua::Table> {
+    let t = lua.create_table_with_capacity(0, 3)?;
+    t.raw_set("stream", stream.name())?;
+    t.raw_set("data", lua.create_string(data)?)?;
+    t.raw_set("offset", offset)?;
+    Ok(t)
+}
+
+fn exit_table(lua: &mlua::Lua, out: &Outcome, req: &RequestView) -> mlua::Result<mlua::Table> {
+    let t = lua.create_table_with_capacity(0, 10)?;
+    t.raw_set("op", out.op.as_str())?;
+    t.raw_set("status", out.status.map(|s| s.as_str()).unwrap_or("FAILED"))?;
+    t.raw_set("exit_code", out.exit_code)?;
+    t.raw_set("timed_out", out.timed_out)?;
+    t.raw_set("interrupted", out.interrupted)?;
+    t.raw_set("duration", out.duration_ms as f64 / 1000.0)?;
+    t.raw_set("result_image", out.result_image.as_deref())?;
+    t.raw_set("stdout_bytes", out.stdout_bytes)?;
+    t.raw_set("stderr_bytes", out.stderr_bytes)?;
+    t.raw_set("request", req.to_lua(lua)?)?;
+    Ok(t)
+}
+
+/// One row of `contree hooks list`.
+pub struct Listed {
+    pub path: PathBuf,
+    pub origin: Origin,
+    pub trusted: bool,
+    /// The events it registers; Err when it was not run (untrusted) or failed to load.
+    pub events: Result<Vec<Event>, String>,
+}
+
+/// Every hook file a run from `cwd` would consider, with the events each registers (files
+/// that may run are loaded to learn that; untrusted ones are not run).
+pub fn list(opts: &Options<'_>) -> Result<(Vec<Listed>, Option<String>), HookError> {
+    let found = discover::discover(opts.config_dir, opts.data_dir, opts.cwd, opts.flags)?;
+    let limits = Limits::from_env().map_err(HookError::Config)?;
+    let mut rows = Vec::new();
+    for file in &found.files {
+        let events = if !file.trusted {
+            Err("not run: untrusted".to_string())
+        } else {
+            // A state per file, so one broken file does not hide the others' events.
+            let mut rt =
+                Runtime::new(limits, opts.config_dir, opts.data_dir).map_err(HookError::Config)?;
+            match rt.load_file(0, &file.path, &file.source) {
+                Ok(()) => {
+                    let mut events: Vec<Event> = Vec::new();
+                    for reg in rt.take_registrations() {
+                        if !events.contains(&reg.event) {
+                            events.push(reg.event);
+                        }
+                    }
+                    events.sort_by_key(|e| Event::ALL.iter().position(|x| x == e));
+                    Ok(events)
+                }
+                Err(f) => Err(format!("load error: {}", f.message())),
+            }
+        };
+        rows.push(Listed {
+            path: file.path.clone(),
+            origin: file.origin,
+            trusted: file.trusted,
+            events,
+        });
+    }
+    Ok((rows, found.untrusted))
+}
+
+/// `contree hooks trust [DIR]`: pins the current content of the project's hook files.
+/// Returns the hooks directory and the trusted file names.
+pub fn trust(start: &Path, data_dir: &Path) -> Result<(PathBuf, Vec<String>), HookError> {
+    let dir = discover::find_project(start).ok_or_else(|| {
+        HookError::Config(format!(
+            "no .contree/hooks directory in {} or above it",
+            start.display()
+        ))
+    })?;
+    let dir = dir.canonicalize().unwrap_or(dir);
+    let (_, hashes) = discover::project_files(&dir)?;
+    let mut store = trust::TrustStore::open(data_dir).map_err(HookError::Config)?;
+    let names = hashes.keys().cloned().collect();
+    store.trust(&dir, hashes);
+    store.save().map_err(|e| HookError::Read {
+        path: trust::TrustStore::file(data_dir).display().to_string(),
+        source: e,
+    })?;
+    Ok((dir, names))
+}

@@ -1,0 +1,117 @@
+//! Which project hook directories the user trusts, pinned to the files' content.
+//!
+//! `contree hooks trust` records the sha256 of every `.lua` file of a project's
+//! `.contree/hooks/` in `hooks-trust.json` in the data dir. A directory whose files differ
+//! in any way (changed, added, removed) is untrusted again, like direnv: a cloned repository
+//! must not run code on the first `contree run`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Entry {
+    /// File name → sha256 (lower-case hex).
+    files: BTreeMap<String, String>,
+    trusted_at: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Stored {
+    version: u32,
+    /// Canonical hooks directory → what was trusted.
+    dirs: BTreeMap<String, Entry>,
+}
+
+pub struct TrustStore {
+    path: PathBuf,
+    stored: Stored,
+}
+
+/// How a project's hook files compare with what was trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Trusted,
+    NeverTrusted,
+    /// What differs, e.g. `a.lua changed, b.lua added`.
+    Changed(String),
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl TrustStore {
+    pub fn file(data_dir: &Path) -> PathBuf {
+        data_dir.join("hooks-trust.json")
+    }
+
+    /// Reads the store; a missing file is an empty store. A damaged one is an error: it is
+    /// never silently replaced (the caller treats project hooks as untrusted).
+    pub fn open(data_dir: &Path) -> Result<TrustStore, String> {
+        let path = TrustStore::file(data_dir);
+        let stored = match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored::default(),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        Ok(TrustStore { path, stored })
+    }
+
+    pub fn verdict(&self, dir: &Path, files: &BTreeMap<String, String>) -> Verdict {
+        let Some(entry) = self.stored.dirs.get(&key(dir)) else {
+            return Verdict::NeverTrusted;
+        };
+        if &entry.files == files {
+            return Verdict::Trusted;
+        }
+        let mut diffs = Vec::new();
+        for (name, sha) in files {
+            match entry.files.get(name) {
+                None => diffs.push(format!("{name} added")),
+                Some(old) if old != sha => diffs.push(format!("{name} changed")),
+                _ => {}
+            }
+        }
+        for name in entry.files.keys().filter(|n| !files.contains_key(*n)) {
+            diffs.push(format!("{name} removed"));
+        }
+        Verdict::Changed(diffs.join(", "))
+    }
+
+    pub fn trust(&mut self, dir: &Path, files: BTreeMap<String, String>) {
+        self.stored.version = 1;
+        self.stored.dirs.insert(
+            key(dir),
+            Entry {
+                files,
+                trusted_at: crate::wire::now_ts(),
+            },
+        );
+    }
+
+    /// Writes the store atomically (temp file, fsync, rename).
+    pub fn save(&self) -> std::io::Result<()> {
+        if let Some(parent) = self.path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(&self.stored).map_err(std::io::Error::other)?;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+fn key(dir: &Path) -> String {
+    dir.to_string_lossy().into_owned()
+}
