@@ -17,6 +17,7 @@ pub mod hooks;
 pub mod interrupt;
 pub mod log;
 pub mod paths;
+pub mod plugin;
 pub mod run;
 pub mod session;
 pub mod wire;

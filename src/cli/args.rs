@@ -33,7 +33,8 @@ pub struct Cli {
     /// debug, info, warning, error or critical
     #[arg(short = 'L', long = "log-level", default_value = "info")]
     pub log_level: String,
-    /// Output format: default, table, json, json-pretty, csv, tsv
+    /// Output format: default, table, json, json-pretty, csv, tsv; `run` also takes a
+    /// plugin's format (`contree plugins list`)
     #[arg(
         short = 'o',
         short_alias = 'f',
@@ -42,6 +43,9 @@ pub struct Cli {
         default_value = "default"
     )]
     pub format: String,
+    /// Load this plugin, or every *.so in this directory, besides the ones found (repeatable)
+    #[arg(long = "plugin", value_name = "PATH", global = true)]
+    pub plugins: Vec<String>,
     /// Session key (default: $CONTREE_SESSION, else derived from the terminal)
     #[arg(short = 'S', long = "session")]
     pub session: Option<String>,
@@ -82,6 +86,11 @@ pub enum Command {
     Session {
         #[command(subcommand)]
         command: Option<SessionCommand>,
+    },
+    /// Plugins: the ones found and what they provide (see docs/plugins.md)
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
     },
     /// Lua hooks: list them, trust a project's (see docs/hooks.md)
     Hooks {
@@ -316,4 +325,11 @@ pub enum HooksCommand {
         /// A directory in the project (default: the current one)
         dir: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// Every plugin file found: name, version, ABI, what it provides, or why it failed
+    #[command(visible_alias = "ls")]
+    List,
 }

@@ -6,6 +6,7 @@ mod hooks;
 mod images;
 mod inspect;
 mod ops;
+mod plugins;
 mod session;
 
 use crate::context::{backend_err, session_err, Context};
@@ -84,10 +85,12 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
             std::path::Path::new(data),
         ));
     }
-    let format: Format = cli
-        .format
-        .parse()
-        .map_err(|e: crate::format::FormatError| CommandError::user(e.to_string()))?;
+    let format: Format = match cli.format.parse() {
+        Ok(format) => format,
+        // `run` also takes plugin formats; it checks the name itself (`ctx.output`).
+        Err(_) if matches!(command, Command::Run(_)) => Format::Default,
+        Err(e) => return Err(CommandError::user(e.to_string())),
+    };
     if cli.profile.is_some() || cli.url.is_some() || cli.token.is_some() || cli.project.is_some() {
         return Err(CommandError::new(
             crate::error::Kind::Unavailable,
@@ -99,7 +102,13 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
     if let Command::Hooks { command } = command {
         return hooks::hooks(format, command);
     }
-    let ctx = context(format, cli.session.as_deref())?;
+    let explicit_plugins = cli.plugins.iter().map(std::path::PathBuf::from).collect();
+    let plugins = crate::plugin::Plugins::new(explicit_plugins, &Paths::from_env());
+    // Neither do plugin commands.
+    if let Command::Plugins { command } = command {
+        return plugins::plugins(format, &plugins, command);
+    }
+    let ctx = context(format, &cli.format, plugins, cli.session.as_deref())?;
     crate::log::trace("context ready");
     crate::interrupt::install();
     match command {
@@ -118,11 +127,16 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         Command::Cp { path, dest } => inspect::cp(&ctx, &path, &dest),
         Command::Cd { path } => session::cd(&ctx, path.as_deref()),
         Command::Env { items, delete } => session::env(&ctx, &items, delete),
-        Command::Supervise { .. } | Command::Hooks { .. } => Ok(0),
+        Command::Supervise { .. } | Command::Hooks { .. } | Command::Plugins { .. } => Ok(0),
     }
 }
 
-fn context(format: Format, session: Option<&str>) -> CommandResult<Context> {
+fn context(
+    format: Format,
+    output: &str,
+    plugins: crate::plugin::Plugins,
+    session: Option<&str>,
+) -> CommandResult<Context> {
     let paths = Paths::from_env();
     // The two databases open in parallel: each costs a noticeable part of a short run.
     let (engine, sessions) = std::thread::scope(|s| {
@@ -142,6 +156,8 @@ fn context(format: Format, session: Option<&str>) -> CommandResult<Context> {
         sessions,
         session_key,
         format,
+        output: output.to_string(),
+        plugins,
         paths,
     })
 }

@@ -77,12 +77,16 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
                 .hint("contree run [OPTIONS] -- COMMAND [ARGS...]"),
         );
     }
-    // 1. Every --file spec is checked before anything else happens.
+    // 0. The output formatter (built-in or a plugin's) is settled before anything runs.
+    let mut formatter =
+        crate::plugin::formatter(&ctx.output, &ctx.plugins).map_err(crate::plugin::plugin_err)?;
+    // 1. Every --file spec is checked before anything else happens (`SCHEME:` specs
+    //    against the schemes plugins provide).
     let mut warnings = Vec::new();
     let specs = args
         .files
         .iter()
-        .map(|s| attach::parse_spec(s, &mut warnings))
+        .map(|s| attach::parse_spec_with(s, &ctx.plugins, &mut warnings))
         .collect::<Result<Vec<_>, _>>()
         .map_err(attach_err)?;
     for w in warnings {
@@ -94,7 +98,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
         files: specs,
         excludes: args.file_excludes.clone(),
     };
-    let parse = |s: &str, w: &mut Vec<String>| attach::parse_spec(s, w);
+    let parse = |s: &str, w: &mut Vec<String>| attach::parse_spec_with(s, &ctx.plugins, w);
     hooks
         .pre_attach(&mut plan, &parse)
         .map_err(hooks::command_error)?;
@@ -118,7 +122,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
     };
 
     // 3-4. Expand and upload attachments.
-    let attachments = attach::expand(&specs, &excludes).map_err(attach_err)?;
+    let attachments = attach::expand_with(&specs, &excludes, &ctx.plugins).map_err(attach_err)?;
     let session_cwd = ctx.sessions.cwd(key).map_err(session_err)?;
     let run_cwd = if args.cwd.is_empty() {
         session_cwd.clone().unwrap_or_else(|| "/".into())
@@ -211,13 +215,6 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
     if args.detach {
         return detach(ctx, &op, &req, &title, &image, req.disposable);
     }
-    let mut formatter = formatter::builtin(ctx.format.name()).ok_or_else(|| {
-        CommandError::user(format!(
-            "unknown run output format '{}' (available: {})",
-            ctx.format.name(),
-            formatter::BUILTIN_NAMES.join(", ")
-        ))
-    })?;
     let info = formatter::RunInfo {
         op: op.clone(),
         request: serde_json::to_value(&req).unwrap_or_default(),
@@ -225,7 +222,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
     };
     let _ = write_emit(&formatter.begin(&info));
     let outcome = follow(ctx, &op, formatter.as_mut(), &mut hooks)?;
-    finish(
+    let code = finish(
         ctx,
         &args,
         &req,
@@ -234,7 +231,12 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
         outcome,
         formatter.as_mut(),
         &mut hooks,
-    )
+    )?;
+    // A formatter that failed (a plugin's error or panic) left its output incomplete.
+    if let Some(e) = formatter.error() {
+        return Err(CommandError::user(e));
+    }
+    Ok(code)
 }
 
 /// The hooks of this run (none with `--no-hooks`); see `docs/hooks.md`.
