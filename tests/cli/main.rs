@@ -5,6 +5,7 @@
 mod harness;
 
 mod attachments;
+mod hooks;
 mod host_image;
 mod images;
 mod inspection;
