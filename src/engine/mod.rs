@@ -222,24 +222,17 @@ impl LocalEngine {
                 StdinSource::Inherit => Stdio::inherit(),
                 StdinSource::Null => Stdio::null(),
             });
-        // SAFETY: setsid and sigprocmask are async-signal-safe. A new session keeps the
-        // terminal's Ctrl-C away from the supervisor (the CLI decides what Ctrl-C means),
-        // and blocking the cancel signals before exec means none is lost during start-up.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::unistd::setsid().map_err(std::io::Error::from)?;
-                // Let the notify pipe survive exec.
-                nix::fcntl::fcntl(
-                    notify_fd,
-                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-                )
-                .map_err(std::io::Error::from)?;
-                supervisor::cancel_signals()
-                    .thread_block()
-                    .map_err(std::io::Error::from)?;
-                Ok(())
-            });
-        }
+        // A process group of its own keeps the terminal's Ctrl-C away from the supervisor
+        // (the CLI decides what Ctrl-C means). No `pre_exec` closure: without one the
+        // standard library can use posix_spawn instead of fork + exec, which is measurably
+        // cheaper on the path of every run. The supervisor blocks its signals first thing.
+        cmd.process_group(0);
+        // Let the notify pipe's write end survive exec (we close our copy right after).
+        nix::fcntl::fcntl(
+            notify_fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .map_err(|e| BackendError::Store(format!("notify pipe: {e}")))?;
         let child = cmd
             .spawn()
             .map_err(|e| BackendError::Unavailable(format!("cannot start the supervisor: {e}")))?;
