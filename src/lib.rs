@@ -19,5 +19,6 @@ pub mod log;
 pub mod paths;
 pub mod plugin;
 pub mod run;
+pub mod server;
 pub mod session;
 pub mod wire;

@@ -115,6 +115,8 @@ pub enum Command {
         #[arg(short = 'U', long = "delete", visible_alias = "rm")]
         delete: bool,
     },
+    /// Serve the local engine as a ConTree /v1 API (see docs/serve.md)
+    Serve(ServeFlags),
     /// Internal: supervise one operation of the local engine
     #[command(name = "__supervise", hide = true)]
     Supervise {
@@ -122,6 +124,22 @@ pub enum Command {
         data: String,
         op: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeFlags {
+    /// Address to listen on (port 0 picks a free port; the bound address is printed)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// File of `TOKEN NAMESPACE` lines [default: DATA/serve.tokens, created with one token]
+    #[arg(long, value_name = "FILE")]
+    pub tokens: Option<String>,
+    /// Largest accepted JSON request body, in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20)]
+    pub max_body: usize,
+    /// Largest accepted file upload, in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    pub max_upload: u64,
 }
 
 #[derive(Debug, Args)]

@@ -102,6 +102,10 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
     if let Command::Hooks { command } = command {
         return hooks::hooks(format, command);
     }
+    // `serve` runs the engine itself, without a session.
+    if let Command::Serve(flags) = command {
+        return serve(flags);
+    }
     let explicit_plugins = cli.plugins.iter().map(std::path::PathBuf::from).collect();
     let plugins = crate::plugin::Plugins::new(explicit_plugins, &Paths::from_env());
     // Neither do plugin commands.
@@ -127,8 +131,26 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         Command::Cp { path, dest } => inspect::cp(&ctx, &path, &dest),
         Command::Cd { path } => session::cd(&ctx, path.as_deref()),
         Command::Env { items, delete } => session::env(&ctx, &items, delete),
-        Command::Supervise { .. } | Command::Hooks { .. } | Command::Plugins { .. } => Ok(0),
+        Command::Supervise { .. }
+        | Command::Hooks { .. }
+        | Command::Plugins { .. }
+        | Command::Serve(_) => Ok(0),
     }
+}
+
+fn serve(flags: args::ServeFlags) -> CommandResult<i32> {
+    crate::server::serve(crate::server::ServeOptions {
+        listen: flags.listen,
+        tokens: flags.tokens.map(std::path::PathBuf::from),
+        paths: Paths::from_env(),
+        max_body: flags.max_body,
+        max_upload: flags.max_upload,
+    })
+    .map_err(|e| match e {
+        crate::server::ServeError::Config(_) => CommandError::user(e.to_string()),
+        other => CommandError::new(crate::error::Kind::Unavailable, other.to_string()),
+    })?;
+    Ok(0)
 }
 
 fn context(

@@ -105,7 +105,9 @@ impl LocalEngine {
         }
     }
 
-    fn reap(&self) {
+    /// Collects the exit status of supervisors that have finished (a long-lived process
+    /// such as `contree serve` calls this now and then so none stays a zombie).
+    pub fn reap(&self) {
         self.children
             .borrow_mut()
             .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
@@ -221,6 +223,11 @@ impl LocalEngine {
             .stdin(match stdin {
                 StdinSource::Inherit => Stdio::inherit(),
                 StdinSource::Null => Stdio::null(),
+                // SAFETY: the caller keeps the descriptor open until `spawn` returns.
+                StdinSource::Fd(fd) => unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+                    .try_clone_to_owned()
+                    .map(Stdio::from)
+                    .map_err(|e| BackendError::Store(format!("stdin pipe: {e}")))?,
             });
         // A process group of its own keeps the terminal's Ctrl-C away from the supervisor
         // (the CLI decides what Ctrl-C means). No `pre_exec` closure: without one the

@@ -1,0 +1,178 @@
+//! `contree serve`: the local engine exposed as the ConTree /v1 API (axum on tokio).
+//!
+//! Every request is authenticated by a bearer token that names a namespace; operations,
+//! uploaded files and tags of one namespace are invisible to another (404), public base
+//! images (those no operation made: `host`, imports) are shared. The engine does the work:
+//! handlers only translate between HTTP and the `Backend` calls, on blocking threads since
+//! the engine and its SQLite store are synchronous. This module must never log a token.
+
+mod auth;
+mod error;
+mod owners;
+mod routes;
+mod sse;
+
+use crate::engine::LocalEngine;
+use crate::paths::Paths;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use auth::{parse_tokens, Tokens};
+pub use error::ApiError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Engine(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What `contree serve` was asked to do.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: String,
+    /// `TOKEN NAMESPACE` per line; `None` means `<data>/serve.tokens`, created with one
+    /// random token for namespace `default` when missing.
+    pub tokens: Option<PathBuf>,
+    pub paths: Paths,
+    /// Largest accepted JSON request body.
+    pub max_body: usize,
+    /// Largest accepted file upload (`POST /files`).
+    pub max_upload: u64,
+}
+
+impl ServeOptions {
+    pub const DEFAULT_MAX_BODY: usize = 8 << 20;
+    pub const DEFAULT_MAX_UPLOAD: u64 = 1 << 30;
+}
+
+/// Shared by every handler.
+pub(crate) struct State {
+    pub paths: Paths,
+    /// One engine for the short calls. It is not `Sync` (it caches per-process state in
+    /// `RefCell`s), so a mutex serialises them; event streams open their own.
+    pub engine: Mutex<LocalEngine>,
+    pub owners: Mutex<owners::Owners>,
+    pub tokens: Tokens,
+    /// Write ends of the stdin pipes of operations spawned with `stdin.close = false`.
+    pub stdin: Mutex<HashMap<String, std::fs::File>>,
+    /// Serialises blob stores (the engine's temporary name is per process).
+    pub uploads: Mutex<()>,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub max_body: usize,
+    pub max_upload: u64,
+}
+
+pub(crate) type Shared = Arc<State>;
+
+/// Runs the server until SIGTERM or SIGINT. Operations are owned by their supervisors, not
+/// by the server: on shutdown new requests are refused, open event streams are closed
+/// (clients resume with `Last-Event-Id` after a restart), and running operations go on to
+/// completion, recorded in the store, so a restarted server sees every one of them.
+pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    let tokens_path = match &opts.tokens {
+        Some(p) => p.clone(),
+        None => auth::default_tokens_file(&opts.paths.data)?,
+    };
+    let text = std::fs::read_to_string(&tokens_path)
+        .map_err(|e| ServeError::Config(format!("{}: {e}", tokens_path.display())))?;
+    let tokens = parse_tokens(&text)
+        .map_err(|e| ServeError::Config(format!("{}: {e}", tokens_path.display())))?;
+    let engine = LocalEngine::open(&opts.paths).map_err(|e| ServeError::Engine(e.to_string()))?;
+    let owners = owners::Owners::open(&opts.paths.data.join("serve.db"))
+        .map_err(|e| ServeError::Engine(format!("serve.db: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&opts.listen)
+            .await
+            .map_err(|source| ServeError::Listen {
+                addr: opts.listen.clone(),
+                source,
+            })?;
+        let local: SocketAddr = listener.local_addr()?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let state: Shared = Arc::new(State {
+            paths: opts.paths.clone(),
+            engine: Mutex::new(engine),
+            owners: Mutex::new(owners),
+            tokens,
+            stdin: Mutex::new(HashMap::new()),
+            uploads: Mutex::new(()),
+            shutdown: stop_rx.clone(),
+            max_body: opts.max_body,
+            max_upload: opts.max_upload,
+        });
+        tokio::spawn(housekeeping(state.clone()));
+        let app = routes::router(state.clone());
+        // Tests and scripts read the bound address from this line (`--listen 127.0.0.1:0`).
+        eprintln!("contree serve: listening on http://{local}");
+        let mut stop_wait = stop_rx.clone();
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stop_wait.wait_for(|s| *s).await;
+        });
+        let signals = async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            eprintln!("contree serve: shutting down");
+            let _ = stop_tx.send(true);
+            Ok::<_, std::io::Error>(())
+        };
+        tokio::spawn(signals);
+        let mut stopped = stop_rx;
+        tokio::select! {
+            r = server => r?,
+            // In-flight requests get a few seconds after the signal, then we exit anyway.
+            _ = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            } => {}
+        }
+        Ok::<_, ServeError>(())
+    })?;
+    // Blocking event-stream threads may still be waiting on a long operation.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// Reaps finished supervisors and drops the stdin pipes of finished operations.
+async fn housekeeping(state: Shared) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let st = state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let Ok(engine) = st.engine.lock() else { return };
+            engine.reap();
+            let Ok(mut pipes) = st.stdin.lock() else {
+                return;
+            };
+            pipes.retain(|op, _| {
+                engine
+                    .store()
+                    .op(op)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|row| !row.status.is_terminal())
+            });
+        })
+        .await;
+    }
+}

@@ -1,0 +1,131 @@
+//! `GET /v1/operations/{op}/events`: the operation's event log as Server-Sent Events.
+//!
+//! Each frame is `id: N`, `event: TYPE`, `data: <OperationEvent JSON>`. Without `follow`
+//! the stream sends what the log holds and closes; with `follow=1` it stays open until the
+//! log's `completion`. `Last-Event-Id` (or `?since=N`) resumes after event N. The log is
+//! read by the engine's own follower on a blocking thread that feeds a bounded channel, so
+//! a slow client slows only its own reader. A failure after the 200 is reported as the
+//! spec says: a comment, then an `sse_error` frame.
+
+use super::auth::Namespace;
+use super::routes::{blocking, own_op, parse_uuid};
+use super::{ApiError, Shared};
+use crate::backend::Backend;
+use crate::engine::eventlog::LogEvent;
+use crate::engine::LocalEngine;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use std::time::Duration;
+
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+pub async fn events(
+    State(st): State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    Path(op): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let op = parse_uuid(&op, "operation")?;
+    let param = |name: &str| {
+        q.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let follow = param("follow").is_some_and(|v| matches!(v.as_str(), "" | "1" | "true" | "yes"));
+    let since_text = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| param("since"));
+    let since = match since_text.as_deref().map(str::trim) {
+        None | Some("") => 0,
+        Some(t) => t
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request(format!("event id '{t}' is not a number")))?,
+    };
+    let check = op.clone();
+    blocking(&st, move |st| {
+        own_op(st, &ns.name, &check)?;
+        Ok(())
+    })
+    .await?;
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+    let paths = st.paths.clone();
+    tokio::task::spawn_blocking(move || pump(&paths, &op, follow, since, &tx));
+    let stop = st.shutdown.clone();
+    let stream = futures_util::stream::unfold((rx, stop), |(mut rx, mut stop)| async move {
+        let next = tokio::select! {
+            frame = rx.recv() => frame,
+            _ = tokio::time::sleep(KEEPALIVE) => Some(": keepalive\n\n".to_string()),
+            // On shutdown the stream just ends; the client resumes with Last-Event-Id.
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        next.map(|f| (Ok::<_, std::convert::Infallible>(f), (rx, stop)))
+    });
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// Reads the log and sends frames until the end (or until the client is gone).
+fn pump(
+    paths: &crate::paths::Paths,
+    op: &str,
+    follow: bool,
+    since: u64,
+    tx: &tokio::sync::mpsc::Sender<String>,
+) {
+    let fail = |msg: String| {
+        let _ = tx.blocking_send(format!(
+            ": stream ended with error, retry since last event id\n\nevent: sse_error\ndata: {}\n\n",
+            msg.replace('\n', " ")
+        ));
+    };
+    let engine = match LocalEngine::open(paths) {
+        Ok(e) => e,
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut stream = match engine.events(op, follow) {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    loop {
+        match stream.next_event() {
+            Ok(Some(item)) => {
+                if item.event.id <= since {
+                    continue;
+                }
+                let event = LogEvent {
+                    header: item.event,
+                    payload: item.bytes,
+                }
+                .to_wire();
+                let data = match serde_json::to_string(&event) {
+                    Ok(d) => d,
+                    Err(e) => return fail(e.to_string()),
+                };
+                let frame = format!(
+                    "id: {}\nevent: {}\ndata: {}\n\n",
+                    event.id, event.kind, data
+                );
+                if tx.blocking_send(frame).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => return fail(e.to_string()),
+        }
+    }
+}
