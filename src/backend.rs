@@ -96,6 +96,46 @@ pub trait Backend {
     ) -> Result<(Box<dyn std::io::Read>, Option<u32>), BackendError>;
     /// Imports a root filesystem directory or tar archive from this machine.
     fn import_local(&self, path: &Path, tag: Option<&str>) -> Result<String, BackendError>;
+    /// Frees the images, layers and blobs that neither a tag, `refs` (what the sessions
+    /// use) nor a running operation references; with `dry_run` only says what it would free.
+    fn gc(&self, _refs: &References, _dry_run: bool) -> Result<GcReport, BackendError> {
+        Err(BackendError::Unavailable(
+            "garbage collection runs on the server for remote profiles".into(),
+        ))
+    }
+    /// Removes one image (and its tags) unless a session or a running operation uses it,
+    /// then the layers no other image needs.
+    fn remove_image(&self, _image: &str, _refs: &References) -> Result<GcReport, BackendError> {
+        Err(BackendError::Unavailable(
+            "images rm is not available for remote profiles".into(),
+        ))
+    }
+}
+
+/// What the sessions reference, as `SessionStore::references` reports it.
+pub use crate::session::References;
+
+/// One thing `gc` / `images rm` freed (or, in a dry run, would free).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Freed {
+    /// `image`, `layer`, `blob` or `variant`.
+    pub kind: &'static str,
+    pub id: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GcReport {
+    pub freed: Vec<Freed>,
+}
+
+impl GcReport {
+    pub fn count(&self, kind: &str) -> usize {
+        self.freed.iter().filter(|f| f.kind == kind).count()
+    }
+    pub fn bytes(&self) -> u64 {
+        self.freed.iter().map(|f| f.bytes).sum()
+    }
 }
 
 /// True when `text` is an 8-4-4-4-12 hex UUID (any case).

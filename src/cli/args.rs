@@ -115,6 +115,19 @@ pub enum Command {
         #[arg(short = 'U', long = "delete", visible_alias = "rm")]
         delete: bool,
     },
+    /// Free layers, blobs and images nothing references (tags, sessions, running operations)
+    Gc {
+        /// Only print what would be freed
+        #[arg(short = 'n', long = "dry-run")]
+        dry_run: bool,
+    },
+    /// Print a shell completion script: bash, zsh or fish
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) generated from these definitions
+    Man,
     /// Serve the local engine as a ConTree /v1 API (see docs/serve.md)
     Serve(ServeFlags),
     /// Internal: supervise one operation of the local engine
@@ -228,6 +241,12 @@ pub struct ImagesList {
     /// At most this many rows
     #[arg(long, default_value_t = 3000)]
     pub limit: usize,
+    /// Only images created since: 30m, 2h, 1d, HH:MM, a date or an ISO datetime
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only images created until (same forms as --since)
+    #[arg(long)]
+    pub until: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -235,7 +254,15 @@ pub enum ImagesCommand {
     /// List images
     #[command(visible_alias = "ls")]
     List(ImagesList),
-    /// Import a root filesystem directory or a tar / tar.gz archive
+    /// Remove images (their tags too); refused for an image a session or a running
+    /// operation uses. Layers no other image needs are freed.
+    #[command(visible_aliases = ["remove", "del"])]
+    Rm {
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<String>,
+    },
+    /// Import a root filesystem directory, a tar / tar.gz archive, an OCI image layout
+    /// (directory or tar) or a `docker save` archive
     Import {
         path: String,
         /// Tag for the new image
@@ -319,14 +346,7 @@ pub enum OpCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-pub enum SessionCommand {
-    /// The current session
-    Show,
-    /// All sessions
-    #[command(visible_alias = "ls")]
-    List,
-}
+pub use super::session_args::SessionCommand;
 
 #[derive(Debug, Subcommand)]
 pub enum HooksCommand {

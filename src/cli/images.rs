@@ -13,6 +13,7 @@ pub fn images(ctx: &Context, flags: ImagesFlags) -> CommandResult<i32> {
         None => list(ctx, flags.list),
         Some(ImagesCommand::List(list_flags)) => list(ctx, list_flags),
         Some(ImagesCommand::Import { path, tag }) => import(ctx, &path, tag.as_deref()),
+        Some(ImagesCommand::Rm { images }) => super::gc::images_rm(ctx, &images),
     }
 }
 
@@ -22,7 +23,15 @@ fn list(ctx: &Context, flags: ImagesList) -> CommandResult<i32> {
         prefix: flags.prefix,
         uuid: flags.uuid,
     };
+    let now = chrono::Utc::now();
+    let bound = |v: &Option<String>| {
+        v.as_deref()
+            .map(|t| super::when::parse(t, now).map_err(CommandError::user))
+            .transpose()
+    };
+    let (since, until) = (bound(&flags.since)?, bound(&flags.until)?);
     let mut images = ctx.backend.images(&filter).map_err(backend_err)?;
+    images.retain(|img| super::when::within(&img.created_at, since, until));
     if images.len() > flags.limit {
         images.truncate(flags.limit);
         crate::warn!(

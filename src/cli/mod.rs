@@ -2,12 +2,16 @@
 //! result into an exit code. Commands stay thin; the work happens in `run`, `engine`, ...
 
 pub mod args;
+mod gc;
+mod history;
 mod hooks;
 mod images;
 mod inspect;
 mod ops;
 mod plugins;
 mod session;
+mod session_args;
+mod when;
 
 use crate::context::{backend_err, session_err, Context};
 use crate::engine::LocalEngine;
@@ -98,6 +102,12 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         )
         .hint("drop the profile flags (and unset CONTREE_PROFILE) to use the local engine"));
     }
+    // Neither do completions and the man page: they come from the clap definitions.
+    match command {
+        Command::Completions { shell } => return gc::completions(shell),
+        Command::Man => return gc::man(),
+        _ => {}
+    }
     // Hook commands never need the engine (or root).
     if let Command::Hooks { command } = command {
         return hooks::hooks(format, command);
@@ -131,9 +141,12 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         Command::Cp { path, dest } => inspect::cp(&ctx, &path, &dest),
         Command::Cd { path } => session::cd(&ctx, path.as_deref()),
         Command::Env { items, delete } => session::env(&ctx, &items, delete),
+        Command::Gc { dry_run } => gc::gc(&ctx, dry_run),
         Command::Supervise { .. }
         | Command::Hooks { .. }
         | Command::Plugins { .. }
+        | Command::Completions { .. }
+        | Command::Man
         | Command::Serve(_) => Ok(0),
     }
 }

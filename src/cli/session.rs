@@ -58,13 +58,16 @@ pub fn use_image(ctx: &Context, flags: UseFlags) -> CommandResult<i32> {
 }
 
 pub fn session(ctx: &Context, command: Option<SessionCommand>) -> CommandResult<i32> {
-    match command.unwrap_or(SessionCommand::Show) {
-        SessionCommand::Show => {
+    match command {
+        None => {
             let info = ctx.session()?.ok_or_else(no_session)?;
             print_records(ctx.format, &[info_record(ctx, &info)])?;
         }
-        SessionCommand::List => {
-            let list = ctx.sessions.list().map_err(session_err)?;
+        Some(SessionCommand::List { filter }) => {
+            let mut list = ctx.sessions.list().map_err(session_err)?;
+            if let Some(f) = &filter {
+                list.retain(|s| s.session_key.contains(f.as_str()));
+            }
             if list.is_empty() {
                 eprintln!("No sessions found.");
                 return Ok(0);
@@ -86,6 +89,7 @@ pub fn session(ctx: &Context, command: Option<SessionCommand>) -> CommandResult<
                 .collect();
             print_records(ctx.format, &records)?;
         }
+        Some(other) => return super::history::dispatch(ctx, other),
     }
     Ok(0)
 }

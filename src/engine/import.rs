@@ -1,5 +1,6 @@
 //! Importing a base image into the local store: a root filesystem directory, or a tar /
 //! tar.gz archive of one. The result is a single layer and an image (optionally tagged).
+//! OCI image layouts and `docker save` archives are recognised here and handed to `oci`.
 
 use super::store::{ImageRow, Store};
 use crate::wire;
@@ -30,6 +31,20 @@ pub fn import(store: &Store, source: &Path, tag: Option<&str>) -> Result<String,
         source: e,
     };
     let meta = fs::metadata(source).map_err(io_err)?;
+    if meta.is_dir() && super::oci::is_image_dir(source) {
+        return super::oci::import_dir(store, source, tag);
+    }
+    if meta.is_file() && super::oci::is_image_archive(source) {
+        let unpacked = store
+            .root
+            .join("tmp")
+            .join(format!("import-archive-{}", uuid::Uuid::new_v4()));
+        let result = super::oci::unpack_archive(source, &unpacked)
+            .map_err(io_err)
+            .and_then(|_| super::oci::import_dir(store, &unpacked, tag));
+        let _ = fs::remove_dir_all(&unpacked);
+        return result;
+    }
     let id = format!("import-{}", uuid::Uuid::new_v4());
     let staging = store.root.join("tmp").join(&id);
     fs::create_dir_all(&staging).map_err(io_err)?;

@@ -4,7 +4,9 @@
 
 pub mod attachlayer;
 pub mod eventlog;
+pub mod gc;
 pub mod import;
+pub mod oci;
 pub mod inspect;
 pub mod layers;
 pub mod overlay;
@@ -528,6 +530,23 @@ impl Backend for LocalEngine {
             import::ImportError::Store(s) => BackendError::Store(s.to_string()),
             other => BackendError::Invalid(other.to_string()),
         })
+    }
+
+    fn gc(
+        &self,
+        refs: &crate::backend::References,
+        dry_run: bool,
+    ) -> Result<crate::backend::GcReport, BackendError> {
+        gc::collect(self, refs, gc::Mode::All { dry_run })
+    }
+
+    fn remove_image(
+        &self,
+        image: &str,
+        refs: &crate::backend::References,
+    ) -> Result<crate::backend::GcReport, BackendError> {
+        let uuid = self.resolve_image(image)?;
+        gc::collect(self, refs, gc::Mode::Image(&uuid))
     }
 
     fn untag(&self, image: &str, tag: &str) -> Result<(), BackendError> {

@@ -53,6 +53,17 @@ pub struct PendingOp {
     pub branch: String,
 }
 
+/// What sessions reference in the image store (see `SessionStore::references`).
+#[derive(Debug, Clone, Default)]
+pub struct References {
+    /// Image uuid → one session whose history holds it.
+    pub images: std::collections::HashMap<String, String>,
+    /// Uuids of files staged for a next run.
+    pub files: std::collections::HashSet<String>,
+    /// Detached operations not applied yet (their result image is not in any history).
+    pub ops: std::collections::HashSet<String>,
+}
+
 /// A file staged for the next run: `(instance_path, file_uuid, uid, gid, mode)`, mode as
 /// octal text (`"0644"`) the way the wire wants it.
 pub type PendingFile = (String, String, u32, u32, String);

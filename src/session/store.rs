@@ -570,6 +570,29 @@ impl SessionStore {
         Ok(())
     }
 
+    /// What the sessions of this database keep alive in the store, for `gc` and `images
+    /// rm`: every image in any history (entries are only deleted with their session, so
+    /// any of them can be checked out again), with one session using it; the files staged
+    /// for a next run; the detached runs not applied yet.
+    pub fn references(&self) -> Result<super::References, SessionError> {
+        let tx = self.read()?;
+        let mut refs = super::References::default();
+        let mut stmt = tx.prepare("SELECT image, MIN(session_key) FROM history GROUP BY image")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))? {
+            let (image, key) = row?;
+            refs.images.insert(image, key);
+        }
+        let mut stmt = tx.prepare("SELECT DISTINCT file_uuid FROM files")?;
+        for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            refs.files.insert(row?);
+        }
+        let mut stmt = tx.prepare("SELECT DISTINCT op FROM pending_ops")?;
+        for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            refs.ops.insert(row?);
+        }
+        Ok(refs)
+    }
+
     /// Removes every row of a session (`session delete`); `false` when there was nothing.
     pub fn delete_session(&self, key: &str) -> Result<bool, SessionError> {
         let tx = self.write()?;

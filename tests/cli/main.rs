@@ -5,9 +5,11 @@
 mod harness;
 
 mod attachments;
+mod gc;
 mod hooks;
 mod host_image;
 mod images;
+mod import_formats;
 mod inspection;
 mod interpreter;
 mod interrupt;
@@ -16,6 +18,7 @@ mod operations;
 mod plugins;
 mod run_basics;
 mod sessions;
+mod sessions_tree;
 mod snapshots;
 mod stdin;
 mod timeout_truncate;

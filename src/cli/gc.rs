@@ -1,0 +1,91 @@
+//! `gc` and `images rm` (what they free), `completions` and `man` (generated from the
+//! clap definitions, so they never drift from the real flags).
+
+use crate::backend::GcReport;
+use crate::context::{backend_err, session_err, Context};
+use crate::error::{CommandError, CommandResult, Kind};
+use crate::format::{Format, Record};
+use crate::run::print_records;
+use clap::CommandFactory;
+
+/// `1.5 MiB`-style sizes.
+pub fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
+/// One record per freed item in the structured formats; in the default format a line per
+/// item and a summary.
+fn report(ctx: &Context, report: &GcReport, verb: &str) -> CommandResult<()> {
+    if ctx.format != Format::Default {
+        let records: Vec<Record> = report
+            .freed
+            .iter()
+            .map(|f| {
+                let mut rec = Record::new();
+                rec.insert("kind".into(), f.kind.into());
+                rec.insert("id".into(), f.id.clone().into());
+                rec.insert("bytes".into(), f.bytes.into());
+                rec
+            })
+            .collect();
+        print_records(ctx.format, &records)?;
+    } else {
+        for f in &report.freed {
+            println!("{verb} {} {} ({})", f.kind, f.id, human(f.bytes));
+        }
+    }
+    crate::info!(
+        "{verb} {} images, {} layers, {} blobs, {} blob variants: {} ({} bytes)",
+        report.count("image"),
+        report.count("layer"),
+        report.count("blob"),
+        report.count("variant"),
+        human(report.bytes()),
+        report.bytes()
+    );
+    Ok(())
+}
+
+pub fn gc(ctx: &Context, dry_run: bool) -> CommandResult<i32> {
+    let refs = ctx.sessions.references().map_err(session_err)?;
+    let freed = ctx.backend.gc(&refs, dry_run).map_err(backend_err)?;
+    report(ctx, &freed, if dry_run { "Would free" } else { "Freed" })?;
+    Ok(0)
+}
+
+pub fn images_rm(ctx: &Context, images: &[String]) -> CommandResult<i32> {
+    let mut code = 0;
+    for image in images {
+        // References are read again for each image: the previous removal may matter.
+        let refs = ctx.sessions.references().map_err(session_err)?;
+        match ctx.backend.remove_image(image, &refs) {
+            Ok(freed) => report(ctx, &freed, "Freed")?,
+            Err(e) => {
+                crate::log::emit(crate::log::Level::Error, &backend_err(e).message);
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
+pub fn completions(shell: clap_complete::Shell) -> CommandResult<i32> {
+    let mut cmd = super::args::Cli::command();
+    clap_complete::generate(shell, &mut cmd, "contree", &mut std::io::stdout());
+    Ok(0)
+}
+
+pub fn man() -> CommandResult<i32> {
+    let cmd = super::args::Cli::command();
+    clap_mangen::Man::new(cmd)
+        .render(&mut std::io::stdout())
+        .map_err(|e| CommandError::new(Kind::Io, format!("writing the man page: {e}")))?;
+    Ok(0)
+}

@@ -1,0 +1,200 @@
+//! Garbage collection of the local store (`contree gc`, `contree images rm`).
+//!
+//! Live = tagged images, every image in any session's history, the image of a running
+//! operation and both images of a detached run not applied yet; their layers; blobs staged
+//! for a next run or attached by a running operation. Everything else goes. The decision
+//! and the row deletions happen in one write transaction, so no run can commit an image
+//! on a layer being removed; directories and files are removed after the commit (a crash
+//! in between leaves orphans that the next `gc` finds). It must never remove anything a
+//! session or a running operation uses.
+
+use super::store::{ImageRow, HOST_LAYER};
+use super::LocalEngine;
+use crate::backend::{BackendError, Freed, GcReport, References};
+use crate::wire::Status;
+use rusqlite::params;
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+pub enum Mode<'a> {
+    /// Everything unreferenced.
+    All { dry_run: bool },
+    /// This image (refused when referenced), then the layers no remaining image needs.
+    Image(&'a str),
+}
+
+pub fn collect(
+    engine: &LocalEngine,
+    refs: &References,
+    mode: Mode<'_>,
+) -> Result<GcReport, BackendError> {
+    let store = &engine.store;
+    let dry_run = matches!(mode, Mode::All { dry_run: true });
+    let mut doomed_paths: Vec<PathBuf> = Vec::new();
+    let report = store.transaction(|conn| {
+        let active = store.ops(
+            &[Status::Pending, Status::Assigned, Status::Executing],
+            None,
+        )?;
+        // Why each image must stay, for the `images rm` refusal.
+        let mut users: HashMap<String, String> = refs
+            .images
+            .iter()
+            .map(|(img, key)| (img.clone(), format!("session '{key}'")))
+            .collect();
+        let mut blobs_used: HashSet<String> = refs.files.clone();
+        for op in &active {
+            if let Some(img) = &op.image {
+                users.insert(img.clone(), format!("running operation {}", op.uuid));
+            }
+            for file in op.request.iter().flat_map(|r| r.files.iter().flatten()) {
+                blobs_used.insert(file.1.uuid.clone());
+            }
+        }
+        for uuid in &refs.ops {
+            if let Some(op) = store.op(uuid)? {
+                for img in [op.image, op.result_image].into_iter().flatten() {
+                    users.entry(img).or_insert_with(|| {
+                        format!("detached run {uuid} (see `contree session wait`)")
+                    });
+                }
+            }
+        }
+        let images = store.images()?;
+        let doomed_images: Vec<&ImageRow> = match mode {
+            Mode::All { .. } => images
+                .iter()
+                .filter(|i| i.tags.is_empty() && !users.contains_key(&i.uuid))
+                .collect(),
+            Mode::Image(target) => {
+                let Some(row) = images.iter().find(|i| i.uuid == target) else {
+                    return Ok(Err(BackendError::NotFound(format!(
+                        "image {target} not found"
+                    ))));
+                };
+                if let Some(user) = users.get(target) {
+                    return Ok(Err(BackendError::Invalid(format!(
+                        "image {target} is used by {user}; it stays"
+                    ))));
+                }
+                if row.tags.iter().any(|t| t == super::store::HOST_TAG) {
+                    return Ok(Err(BackendError::Invalid(
+                        "the built-in host image cannot be removed".into(),
+                    )));
+                }
+                vec![row]
+            }
+        };
+        let doomed_ids: HashSet<&str> = doomed_images.iter().map(|i| i.uuid.as_str()).collect();
+        let mut live_layers: HashSet<&str> = HashSet::from([HOST_LAYER]);
+        for img in images
+            .iter()
+            .filter(|i| !doomed_ids.contains(i.uuid.as_str()))
+        {
+            live_layers.extend(img.layers.iter().map(String::as_str));
+        }
+        let mut freed = Vec::new();
+        for img in &doomed_images {
+            freed.push(Freed {
+                kind: "image",
+                id: img.uuid.clone(),
+                bytes: 0,
+            });
+        }
+        let table_layers: Vec<(String, i64)> = conn
+            .prepare("SELECT id, size FROM layers ORDER BY id")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let known: HashSet<String> = table_layers.iter().map(|l| l.0.clone()).collect();
+        let mut doomed_layers = Vec::new();
+        for (id, size) in &table_layers {
+            if !live_layers.contains(id.as_str()) {
+                doomed_layers.push(id.clone());
+                freed.push(Freed {
+                    kind: "layer",
+                    id: id.clone(),
+                    bytes: (*size).max(0) as u64,
+                });
+            }
+        }
+        let quiet = active.is_empty();
+        if matches!(mode, Mode::All { .. }) && quiet {
+            // Directories that never made it into the table (a crash between rename and
+            // commit). Only with nothing running: a run builds its attachment layer
+            // before its image exists.
+            if let Ok(rd) = std::fs::read_dir(store.root.join("layers")) {
+                for entry in rd.flatten() {
+                    let id = entry.file_name().to_string_lossy().into_owned();
+                    if !known.contains(&id) && !live_layers.contains(id.as_str()) {
+                        freed.push(Freed {
+                            kind: "layer",
+                            id: id.clone(),
+                            bytes: super::layers::layer_size(&entry.path()),
+                        });
+                        doomed_paths.push(entry.path());
+                    }
+                }
+            }
+        }
+        let mut doomed_blobs = Vec::new();
+        if matches!(mode, Mode::All { .. }) {
+            let blobs: Vec<(String, String, i64)> = conn
+                .prepare("SELECT sha256, uuid, size FROM blobs ORDER BY sha256")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (sha, uuid, size) in blobs {
+                if !blobs_used.contains(&uuid) {
+                    freed.push(Freed {
+                        kind: "blob",
+                        id: sha.clone(),
+                        bytes: size.max(0) as u64,
+                    });
+                    doomed_paths.push(store.blob_path(&sha));
+                    doomed_blobs.push(sha);
+                }
+            }
+            // A variant is hard-linked into the attachment layers built from it; with a
+            // link count of 1 none is left. Not while a run may be linking one.
+            if quiet {
+                if let Ok(rd) = std::fs::read_dir(store.root.join("blobs/variants")) {
+                    for entry in rd.flatten() {
+                        let Ok(meta) = entry.path().symlink_metadata() else {
+                            continue;
+                        };
+                        if meta.is_file() && meta.nlink() == 1 {
+                            freed.push(Freed {
+                                kind: "variant",
+                                id: entry.file_name().to_string_lossy().into_owned(),
+                                bytes: meta.len(),
+                            });
+                            doomed_paths.push(entry.path());
+                        }
+                    }
+                }
+            }
+        }
+        for id in &doomed_layers {
+            doomed_paths.push(store.layer_dir(id));
+        }
+        if !dry_run {
+            for img in &doomed_images {
+                conn.execute("DELETE FROM tags WHERE image = ?1", [&img.uuid])?;
+                conn.execute("DELETE FROM images WHERE uuid = ?1", [&img.uuid])?;
+            }
+            for id in &doomed_layers {
+                conn.execute("DELETE FROM layers WHERE id = ?1", params![id])?;
+            }
+            for sha in &doomed_blobs {
+                conn.execute("DELETE FROM blobs WHERE sha256 = ?1", params![sha])?;
+            }
+        }
+        Ok(Ok(GcReport { freed }))
+    })??;
+    if !dry_run {
+        for path in doomed_paths {
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
+    Ok(report)
+}
