@@ -76,16 +76,30 @@ pub fn images_rm(ctx: &Context, images: &[String]) -> CommandResult<i32> {
     Ok(code)
 }
 
+/// Writes generated text to stdout; a reader that went away (`| head`) is not an error.
+fn emit(bytes: &[u8]) -> CommandResult<i32> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CommandError::new(Kind::Io, format!("writing output: {e}")))
+        }
+        _ => Ok(0),
+    }
+}
+
 pub fn completions(shell: clap_complete::Shell) -> CommandResult<i32> {
     let mut cmd = super::args::Cli::command();
-    clap_complete::generate(shell, &mut cmd, "contree", &mut std::io::stdout());
-    Ok(0)
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "contree", &mut buf);
+    emit(&buf)
 }
 
 pub fn man() -> CommandResult<i32> {
     let cmd = super::args::Cli::command();
+    let mut buf = Vec::new();
     clap_mangen::Man::new(cmd)
-        .render(&mut std::io::stdout())
-        .map_err(|e| CommandError::new(Kind::Io, format!("writing the man page: {e}")))?;
-    Ok(0)
+        .render(&mut buf)
+        .map_err(|e| CommandError::new(Kind::Internal, format!("rendering the man page: {e}")))?;
+    emit(&buf)
 }

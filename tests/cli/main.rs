@@ -5,6 +5,7 @@
 mod harness;
 
 mod attachments;
+mod completions;
 mod gc;
 mod hooks;
 mod host_image;
