@@ -257,9 +257,18 @@ impl Run<'_> {
         }
         if let Some(files) = self.job.request.files.as_ref().filter(|f| !f.is_empty()) {
             let view = super::inspect::View::new(&self.layout, &image.layers);
-            let id = super::attachlayer::ensure(&self.layout, &view, files, &self.job.blobs)?;
-            lowers.insert(0, self.layout.layer_dir(&id));
-            self.attach = Some(id);
+            let mut id = super::attachlayer::ensure(&self.layout, &view, files, &self.job.blobs)?;
+            if image.layers.first() == Some(&id) {
+                // Already the top layer (the same files attached again): nothing to add.
+            } else {
+                if image.layers.contains(&id) {
+                    // Deeper in the chain (something above may hide its files): overlayfs
+                    // takes a directory only once, so the top gets a hard-linked copy.
+                    id = copy_layer(&self.layout, &id)?;
+                }
+                lowers.insert(0, self.layout.layer_dir(&id));
+                self.attach = Some(id);
+            }
         }
         Overlay {
             lowers: &lowers,
@@ -741,6 +750,19 @@ impl Run<'_> {
         chain.splice(..merge, [id.clone()]);
         Ok(Some((id, size)))
     }
+}
+
+/// A hard-linked copy of layer `id` under a new id, for a layer needed twice in one chain.
+fn copy_layer(layout: &Layout, id: &str) -> Result<String, String> {
+    let copy = format!("{id}-{}", uuid::Uuid::new_v4().simple());
+    let staging = layout.root.join("tmp").join(&copy);
+    layers::flatten(&[layout.layer_dir(id)], &staging)
+        .and_then(|_| std::fs::rename(&staging, layout.layer_dir(&copy)))
+        .map_err(|e| {
+            let _ = std::fs::remove_dir_all(&staging);
+            format!("copying attachment layer {id}: {e}")
+        })?;
+    Ok(copy)
 }
 
 /// Per-stream bookkeeping: bytes recorded up to the cap, the rest counted and dropped.

@@ -181,11 +181,15 @@ fn gc_frees_attachment_blobs_nothing_stages_and_runs_still_attach() {
     env.run(["cat", "/tmp/data.txt"])
         .success()
         .stdout("payload\n");
-    // The blob is stored again when a run attaches the file anew (on a fresh session: the
-    // same attachment on top of an image that already holds its layer is a separate,
-    // known problem).
-    as_session(&env, "fresh", &["use", "host"]).success();
-    as_session(&env, "fresh", &["run", "-F", &spec, "--", "cat", "/tmp/data.txt"])
+    // The blob is stored again when a run attaches the file anew, on top of an image that
+    // already holds its attachment layer, also after a run changed the file.
+    env.run(["run", "-F", &spec, "--", "cat", "/tmp/data.txt"])
         .success()
         .stdout("payload\n");
+    env.run(["run", "--", "sh", "-c", "echo changed > /tmp/data.txt"])
+        .success();
+    env.run(["run", "-F", &spec, "--", "cat", "/tmp/data.txt"])
+        .success()
+        .stdout("payload\n");
+    env.run(["cat", "/tmp/data.txt"]).success().stdout("payload\n");
 }
