@@ -111,8 +111,8 @@ pub enum Command {
     /// Print, set (KEY=VALUE) or unset (-U KEY) the session's environment
     Env {
         items: Vec<String>,
-        /// Unset the given keys
-        #[arg(short = 'U', long = "delete", visible_alias = "rm")]
+        /// Unset the given keys (`-u` works too)
+        #[arg(short = 'U', short_alias = 'u', long = "delete", visible_alias = "rm")]
         delete: bool,
     },
     /// Free layers, blobs and images nothing references (tags, sessions, running operations)
