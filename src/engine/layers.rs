@@ -145,8 +145,15 @@ pub fn build_host_mask(dest: &Path, data_dir: &Path) -> io::Result<()> {
             empty_dir(&tmp, rel, true)?;
         }
     }
-    let _ = fs::remove_dir_all(dest);
-    fs::rename(&tmp, dest)
+    // Several first runs may build the mask at once: the first rename wins, and the others'
+    // identical masks are dropped (removing the winner's would pull it from under a mount).
+    match fs::rename(&tmp, dest) {
+        Err(_) if dest.is_dir() => {
+            let _ = fs::remove_dir_all(&tmp);
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Creates `rel` under `root` as an empty directory copying the host's metadata, opaque when
