@@ -167,6 +167,7 @@ impl Hooks {
         if opts.disabled {
             return Ok(Hooks::none());
         }
+        crate::log::trace("hooks: loading");
         let found = discover::discover(opts.config_dir, opts.data_dir, opts.cwd, opts.flags)?;
         if let Some(why) = &found.untrusted {
             crate::warn!("{why}");
