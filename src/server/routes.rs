@@ -10,7 +10,7 @@ use crate::engine::store::ImageRow;
 use crate::engine::LocalEngine;
 use crate::wire::{self, Image, SpawnRequest, Status, StdinRepr};
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query};
+use axum::extract::{Path, Query};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
@@ -39,7 +39,6 @@ pub fn router(state: Shared) -> Router {
         .route("/images", get(images))
         .route("/images/{image}/tag", patch(tag).delete(untag))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(state.max_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -121,6 +120,24 @@ fn image_path(q: &[(String, String)]) -> ApiResult<String> {
         )));
     }
     Ok(path.to_string())
+}
+
+/// The whole request body, at most `limit` bytes (413 beyond).
+async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
+    use axum::body::HttpBody;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request bodies are limited to {limit} bytes"),
+        )
+    };
+    // A declared Content-Length over the limit is refused before reading anything.
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
@@ -357,6 +374,12 @@ async fn upload(
     use futures_util::StreamExt;
     use sha2::Digest;
     use std::io::Write;
+    if axum::body::HttpBody::size_hint(&body).lower() > st.max_upload {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("uploads are limited to {} bytes", st.max_upload),
+        ));
+    }
     let tmp_dir = st.paths.store().join("tmp");
     let tmp = tmp_dir.join(format!(".upload-{}", uuid::Uuid::new_v4().simple()));
     // Removes the temporary file however the upload ends.
@@ -440,7 +463,7 @@ async fn file_info(
 async fn spawn(
     st: axum::extract::State<Shared>,
     Extension(ns): Extension<Namespace>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Response> {
     if *st.shutdown.borrow() {
         return Err(ApiError::new(
@@ -448,6 +471,7 @@ async fn spawn(
             "the server is shutting down",
         ));
     }
+    let body = read_body(body, st.max_body).await?;
     let mut req: SpawnRequest = json_body(&body)?;
     let (op, echo) = blocking(&st, move |st| {
         let engine = lock(&st.engine);
@@ -629,9 +653,10 @@ async fn stdin(
     st: axum::extract::State<Shared>,
     Extension(ns): Extension<Namespace>,
     Path((op, spid)): Path<(String, String)>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<StatusCode> {
     let op = parse_uuid(&op, "operation")?;
+    let body = read_body(body, st.max_body).await?;
     let repr: StdinRepr = json_body(&body)?;
     let bytes = repr
         .bytes()
@@ -717,9 +742,10 @@ async fn tag(
     st: axum::extract::State<Shared>,
     Extension(ns): Extension<Namespace>,
     Path(image): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Json<Image>> {
     let image = parse_uuid(&image, "image")?;
+    let body = read_body(body, st.max_body).await?;
     let TagBody { tag } = json_body(&body)?;
     if tag.is_empty()
         || tag.len() > 255

@@ -18,6 +18,7 @@ mod long_sessions;
 mod operations;
 mod plugins;
 mod run_basics;
+mod serve;
 mod sessions;
 mod sessions_tree;
 mod snapshots;

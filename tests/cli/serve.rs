@@ -1,0 +1,748 @@
+//! `contree serve` over real HTTP on loopback: the wire rules (auth, namespaces, errors,
+//! the event stream and its resume) with a tiny HTTP client, and the official Python
+//! client (`contree-cli==0.9.4`, installed into a venv by `.ci/run`) driving `run` and the
+//! inspection commands against it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Child;
+
+use serde_json::{json, Value};
+
+use crate::harness::{skip, Env, Output};
+
+const TOKEN_A: &str = "token-alice-0123456789";
+const TOKEN_B: &str = "token-bob-9876543210";
+
+/// A `contree serve` on 127.0.0.1 with its own data dir and two tokens (alice, bob).
+struct Server {
+    env: Env,
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start() -> Server {
+        let env = Env::new();
+        let tokens = env.write(
+            "tokens",
+            format!("# test tokens\n{TOKEN_A} alice\n{TOKEN_B} bob\n"),
+        );
+        let mut running = env
+            .cmd(["serve", "--listen", "127.0.0.1:0", "--max-body", "1048576"])
+            .arg("--tokens")
+            .arg(&tokens)
+            .spawn();
+        let stderr = running.child.stderr.take().expect("serve stderr");
+        let mut lines = BufReader::new(stderr);
+        let mut line = String::new();
+        let port = loop {
+            line.clear();
+            if lines.read_line(&mut line).expect("read serve stderr") == 0 {
+                panic!("contree serve exited before listening");
+            }
+            if let Some(addr) = line
+                .trim()
+                .strip_prefix("contree serve: listening on http://")
+            {
+                break addr
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .expect("port in the listening line");
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = lines.read_to_end(&mut sink);
+        });
+        Server {
+            env,
+            child: running.child,
+            port,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn request(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Reply {
+        self.request_with(method, path, token, &[], body)
+    }
+
+    /// One HTTP/1.1 request on a fresh connection (`Connection: close`).
+    fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(t) = token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).expect("send head");
+        stream.write_all(body).expect("send body");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).expect("read reply");
+        Reply::parse(&raw)
+    }
+
+    fn get(&self, path: &str, token: &str) -> Reply {
+        self.request("GET", path, Some(token), b"")
+    }
+
+    fn post_json(&self, path: &str, token: &str, body: &Value) -> Reply {
+        self.request("POST", path, Some(token), body.to_string().as_bytes())
+    }
+
+    fn host_image(&self, token: &str) -> String {
+        let reply = self.get("/v1/inspect/?tag=host", token);
+        assert_eq!(reply.status, 302, "{}", reply.text());
+        let location = reply.header("location").expect("Location");
+        location
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Spawns a shell command as `token` and returns the operation id.
+    fn spawn(&self, token: &str, command: &str) -> String {
+        let image = self.host_image(token);
+        let reply = self.post_json(
+            "/v1/instances",
+            token,
+            &json!({"image": image, "command": command, "shell": true}),
+        );
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        reply.json()["uuid"].as_str().unwrap().to_string()
+    }
+
+    /// The full event log of a finished operation (waits with `follow=1`).
+    fn events(&self, op: &str, token: &str, last_id: Option<u64>) -> Vec<Value> {
+        let id = last_id.map(|i| i.to_string());
+        let headers: Vec<(&str, &str)> = id
+            .as_deref()
+            .map(|i| vec![("Last-Event-Id", i)])
+            .unwrap_or_default();
+        let reply = self.request_with(
+            "GET",
+            &format!("/v1/operations/{op}/events?follow=1"),
+            Some(token),
+            &headers,
+            b"",
+        );
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        parse_sse(&reply.text())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM: the graceful path.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn parse(raw: &[u8]) -> Reply {
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("end of headers");
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let mut body = raw[split + 4..].to_vec();
+        if headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+        {
+            body = dechunk(&body);
+        }
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("reply is not JSON ({e}): {}", self.text()))
+    }
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = body.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&body[..eol]).trim(), 16)
+            .expect("chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&body[eol + 2..eol + 2 + size]);
+        body = &body[eol + 2 + size + 2..];
+    }
+}
+
+/// The `data:` JSON of each SSE frame, checking that `id:` and `event:` agree with it.
+fn parse_sse(text: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    for frame in text.split("\n\n").filter(|f| !f.trim().is_empty()) {
+        if frame.starts_with(':') {
+            continue;
+        }
+        let field = |name: &str| {
+            frame
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("frame without {name}: {frame}"))
+        };
+        let data: Value = serde_json::from_str(field("data:")).expect("frame data is JSON");
+        assert_eq!(field("id:"), data["id"].to_string(), "{frame}");
+        assert_eq!(field("event:"), data["type"].as_str().unwrap(), "{frame}");
+        assert!(
+            data["ts"].is_string() && data["data"].is_object(),
+            "{frame}"
+        );
+        events.push(data);
+    }
+    events
+}
+
+fn stdout_of(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter(|e| e["type"] == "stdout")
+        .map(|e| e["data"]["value"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_missing_or_wrong_token_gets_401_and_nothing_else() {
+    let server = Server::start();
+    for token in [None, Some("wrong"), Some("token-alice-012345678")] {
+        let reply = server.request("GET", "/v1/whoami", token, b"");
+        assert_eq!(reply.status, 401, "{token:?}: {}", reply.text());
+        assert!(!reply.text().contains(TOKEN_A));
+    }
+    let me = server.get("/v1/whoami", TOKEN_A).json();
+    assert!(me["token_uuid"].is_string() && me["permissions"].is_object());
+    assert!(me.get("operations_stat").is_some());
+    assert!(
+        !me.to_string().contains(TOKEN_A),
+        "whoami must not echo the token"
+    );
+}
+
+#[test]
+fn a_run_streams_its_events_and_ends_with_completion() {
+    let server = Server::start();
+    let op = server.spawn(TOKEN_A, "echo one; echo two >&2; echo three");
+    let events = server.events(&op, TOKEN_A, None);
+    assert_eq!(events.last().unwrap()["type"], "completion");
+    assert!(events.last().unwrap().get("spid").is_none());
+    assert_eq!(stdout_of(&events), "one\nthree\n");
+    let ids: Vec<u64> = events.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+
+    // Resuming after any event yields exactly the rest: nothing lost, nothing repeated.
+    let cut = ids[ids.len() / 2];
+    let rest = server.events(&op, TOKEN_A, Some(cut));
+    assert_eq!(rest, events[ids.len() / 2 + 1..].to_vec());
+    let since = server.get(&format!("/v1/operations/{op}/events?since={cut}"), TOKEN_A);
+    assert_eq!(parse_sse(&since.text()), rest);
+
+    let got = server.get(&format!("/v1/operations/{op}"), TOKEN_A).json();
+    assert_eq!(got["status"], "SUCCESS");
+    assert_eq!(
+        got["metadata"]["command"],
+        "echo one; echo two >&2; echo three"
+    );
+    assert!(got["metadata"]["image"].is_string());
+    assert_eq!(got["metadata"]["result"]["stdout"]["value"], "one\nthree\n");
+    assert_eq!(got["metadata"]["result"]["stderr"]["value"], "two\n");
+    assert_eq!(got["metadata"]["result"]["state"]["exit_code"], 0);
+}
+
+#[test]
+fn stdin_left_open_is_fed_through_the_stdin_endpoint() {
+    let server = Server::start();
+    let image = server.host_image(TOKEN_A);
+    let reply = server.post_json(
+        "/v1/instances",
+        TOKEN_A,
+        &json!({"image": image, "command": "cat", "stdin": {"value": "first\n", "encoding": "ascii", "close": false}}),
+    );
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let op = reply.json()["uuid"].as_str().unwrap().to_string();
+    let path = format!("/v1/operations/{op}/subprocesses/1/stdin");
+    let more = json!({"value": "AHNlY29uZAo=", "encoding": "base64", "close": false});
+    assert_eq!(server.post_json(&path, TOKEN_A, &more).status, 204);
+    let eof = json!({"value": "", "encoding": "ascii", "close": true});
+    assert_eq!(server.post_json(&path, TOKEN_A, &eof).status, 204);
+    // Closed now: a further chunk is a conflict.
+    assert_eq!(server.post_json(&path, TOKEN_A, &eof).status, 409);
+    let events = server.events(&op, TOKEN_A, None);
+    let out: Vec<u8> = events
+        .iter()
+        .filter(|e| e["type"] == "stdout")
+        .flat_map(|e| {
+            let d = &e["data"];
+            let v = d["value"].as_str().unwrap();
+            if d["encoding"] == "base64" {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.decode(v).unwrap()
+            } else {
+                v.as_bytes().to_vec()
+            }
+        })
+        .collect();
+    assert_eq!(out, b"first\n\0second\n");
+}
+
+#[test]
+fn namespaces_do_not_see_each_others_operations_files_and_tags() {
+    let server = Server::start();
+    let op = server.spawn(TOKEN_A, "echo secret > /alice.txt");
+    server.events(&op, TOKEN_A, None);
+    for path in [
+        format!("/v1/operations/{op}"),
+        format!("/v1/operations/{op}/events"),
+    ] {
+        assert_eq!(server.get(&path, TOKEN_B).status, 404, "{path}");
+    }
+    assert_eq!(
+        server
+            .request(
+                "DELETE",
+                &format!("/v1/operations/{op}"),
+                Some(TOKEN_B),
+                b""
+            )
+            .status,
+        404
+    );
+    let ops = server.get("/v1/operations", TOKEN_B).json();
+    assert_eq!(ops, json!([]));
+    assert_eq!(
+        server
+            .get("/v1/operations", TOKEN_A)
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Alice's result image, tagged: bob sees neither the image nor the tag.
+    let image = server.get(&format!("/v1/operations/{op}"), TOKEN_A).json()["result_image_uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tag = server.request(
+        "PATCH",
+        &format!("/v1/images/{image}/tag"),
+        Some(TOKEN_A),
+        br#"{"tag":"mine"}"#,
+    );
+    assert_eq!(tag.status, 200, "{}", tag.text());
+    assert_eq!(server.get("/v1/inspect/?tag=mine", TOKEN_A).status, 302);
+    assert_eq!(server.get("/v1/inspect/?tag=mine", TOKEN_B).status, 404);
+    let listing = format!("/v1/inspect/{image}/list?path=/");
+    assert_eq!(server.get(&listing, TOKEN_A).status, 200);
+    assert_eq!(server.get(&listing, TOKEN_B).status, 404);
+    let bob_images = server.get("/v1/images", TOKEN_B).json();
+    let tags: Vec<&Value> = bob_images["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["tag"])
+        .collect();
+    assert_eq!(
+        tags,
+        vec![&json!("host")],
+        "bob sees only the public base image"
+    );
+
+    // Files: the same content uploaded by alice is unknown to bob until he uploads it.
+    let content = b"shared bytes";
+    let sha = crate::harness::sha256_hex(content);
+    let up = server.request("POST", "/v1/files", Some(TOKEN_A), content);
+    assert_eq!(up.status, 201, "{}", up.text());
+    assert_eq!(up.json()["sha256"], sha);
+    assert_eq!(server.get(&format!("/v1/files/{sha}"), TOKEN_A).status, 200);
+    assert_eq!(
+        server
+            .request("HEAD", &format!("/v1/files/{sha}"), Some(TOKEN_A), b"")
+            .status,
+        200
+    );
+    assert_eq!(server.get(&format!("/v1/files/{sha}"), TOKEN_B).status, 404);
+    let host = server.host_image(TOKEN_B);
+    let uuid = up.json()["uuid"].as_str().unwrap().to_string();
+    let spawn = server.post_json(
+        "/v1/instances",
+        TOKEN_B,
+        &json!({"image": host, "command": "true", "files": {"/f": {"uuid": uuid}}}),
+    );
+    assert_eq!(spawn.status, 404, "{}", spawn.text());
+}
+
+#[test]
+fn malformed_requests_get_clear_4xx_errors() {
+    let server = Server::start();
+    let image = server.host_image(TOKEN_A);
+    let cases: Vec<(&str, String, Vec<u8>, u16)> = vec![
+        ("POST", "/v1/instances".into(), b"{not json".to_vec(), 400),
+        (
+            "POST",
+            "/v1/instances".into(),
+            json!({"image": image, "command": "true", "bogus": 1})
+                .to_string()
+                .into_bytes(),
+            400,
+        ),
+        ("GET", "/v1/operations/not-a-uuid".into(), vec![], 400),
+        (
+            "GET",
+            format!("/v1/inspect/{image}/list?path=relative"),
+            vec![],
+            400,
+        ),
+        (
+            "GET",
+            format!("/v1/inspect/{image}/list?path=/etc/../etc"),
+            vec![],
+            400,
+        ),
+        (
+            "GET",
+            format!("/v1/inspect/{image}/list?path=/no/such/dir"),
+            vec![],
+            404,
+        ),
+        (
+            "GET",
+            format!("/v1/inspect/{image}/download?path=/etc"),
+            vec![],
+            422,
+        ),
+        ("GET", "/v1/operations?limit=0".into(), vec![], 400),
+        ("GET", "/v1/nothing-here".into(), vec![], 404),
+        ("GET", "/v1/files/xyz".into(), vec![], 400),
+    ];
+    for (method, path, body, want) in cases {
+        let reply = server.request(method, &path, Some(TOKEN_A), &body);
+        assert_eq!(reply.status, want, "{method} {path}: {}", reply.text());
+        assert!(
+            reply.json()["error"].is_string(),
+            "{method} {path}: error body {}",
+            reply.text()
+        );
+    }
+}
+
+#[test]
+fn a_body_bigger_than_the_limit_gets_413() {
+    let server = Server::start();
+    // Only the head is sent: the declared length alone is over --max-body, so the server
+    // answers at once (no unread bytes left to reset the connection).
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    let head = format!(
+        "POST /v1/instances HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: Bearer {TOKEN_A}\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).expect("send head");
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let reply = Reply::parse(&raw);
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert!(reply.json()["error"].is_string());
+}
+
+#[test]
+fn a_restarted_server_sees_operations_that_finished_while_it_was_down() {
+    let mut server = Server::start();
+    let op = server.spawn(TOKEN_A, "sleep 1; echo done");
+    // SIGTERM the server mid-run; the operation's supervisor carries on.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    server.child.wait().expect("server exits on SIGTERM");
+    // A second server on the same data dir and tokens.
+    let tokens = server.env.work().join("tokens");
+    let mut running = server
+        .env
+        .cmd(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--tokens")
+        .arg(&tokens)
+        .spawn();
+    let stderr = running.child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr);
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        assert!(
+            lines.read_line(&mut line).unwrap() > 0,
+            "second server died"
+        );
+    }
+    std::thread::spawn(move || {
+        let _ = lines.read_to_end(&mut Vec::new());
+    });
+    server.port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    server.child = running.child;
+    let events = server.events(&op, TOKEN_A, None);
+    assert_eq!(stdout_of(&events), "done\n");
+    assert_eq!(events.last().unwrap()["data"]["status"], "SUCCESS");
+}
+
+// ---- the official client ----------------------------------------------------------------
+
+/// The venv `.ci/run` makes with `contree-cli==0.9.4` (`CONTREE_OFFICIAL_PYTHON` overrides).
+fn official_python() -> Option<PathBuf> {
+    let path = std::env::var_os("CONTREE_OFFICIAL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/official-cli/bin/python")
+        });
+    path.exists().then_some(path)
+}
+
+/// The official client with its own config dir, authenticated to `server` as alice.
+struct Official {
+    python: PathBuf,
+    env: Env,
+}
+
+impl Official {
+    fn new(server: &Server) -> Option<Official> {
+        let Some(python) = official_python() else {
+            skip(
+                "the official client's venv is missing (bash .ci/run creates target/official-cli)",
+            );
+            return None;
+        };
+        let official = Official {
+            python,
+            env: Env::new(),
+        };
+        official
+            .run([
+                "auth",
+                "--token",
+                TOKEN_A,
+                "--url",
+                &server.url(),
+                "--type",
+                "jwt",
+                "-f",
+            ])
+            .success();
+        official.run(["use", "host"]).success();
+        Some(official)
+    }
+
+    fn cmd<const N: usize>(&self, args: [&str; N]) -> crate::harness::Cmd {
+        let mut cmd = self
+            .env
+            .program(&self.python)
+            .env("CONTREE_NO_UPDATE_CHECK", "1")
+            .arg("-m")
+            .arg("contree_cli");
+        for a in args {
+            cmd = cmd.arg(a);
+        }
+        cmd
+    }
+
+    fn run<const N: usize>(&self, args: [&str; N]) -> Output {
+        self.cmd(args).output()
+    }
+
+    /// `-o json` records, one per line.
+    fn json_lines<const N: usize>(&self, args: [&str; N]) -> Vec<Value> {
+        let mut cmd = self
+            .env
+            .program(&self.python)
+            .env("CONTREE_NO_UPDATE_CHECK", "1")
+            .arg("-m")
+            .arg("contree_cli")
+            .arg("-o")
+            .arg("json");
+        for a in args {
+            cmd = cmd.arg(a);
+        }
+        cmd.output().success().json_lines()
+    }
+}
+
+#[test]
+fn official_client_runs_direct_shell_and_stdin() {
+    let server = Server::start();
+    let Some(cli) = Official::new(&server) else {
+        return;
+    };
+    cli.run(["run", "--", "echo", "hi"])
+        .success()
+        .stdout("hi\n");
+    cli.run(["run", "-s", "echo out; echo err >&2; exit 3"])
+        .code(3)
+        .stdout("out\n")
+        .stderr_contains("err\n");
+    cli.cmd(["run", "--", "wc", "-c"])
+        .stdin(vec![b'x'; 300_000])
+        .output()
+        .success()
+        .stdout_contains("300000");
+    cli.run([
+        "run",
+        "-e",
+        "FOO=bar",
+        "-C",
+        "/tmp",
+        "--",
+        "sh",
+        "-c",
+        "echo $FOO; pwd",
+    ])
+    .success()
+    .stdout("bar\n/tmp\n");
+}
+
+#[test]
+fn official_client_attaches_files_and_directories() {
+    let server = Server::start();
+    let Some(cli) = Official::new(&server) else {
+        return;
+    };
+    let file = cli.env.write("f1.txt", "F1\n");
+    cli.env.write("tree/sub/x.txt", "X\n");
+    let tree = cli.env.work().join("tree");
+    let f_spec = format!("{}:/w/f1.txt", file.display());
+    let d_spec = format!("{}:/w/tree", tree.display());
+    cli.cmd(["run"])
+        .arg("-F")
+        .arg(&f_spec)
+        .arg("-F")
+        .arg(&d_spec)
+        .arg("--")
+        .arg("cat")
+        .arg("/w/f1.txt")
+        .arg("/w/tree/sub/x.txt")
+        .output()
+        .success()
+        .stdout("F1\nX\n");
+}
+
+#[test]
+fn official_client_snapshots_tags_and_inspects() {
+    let server = Server::start();
+    let Some(cli) = Official::new(&server) else {
+        return;
+    };
+    cli.run(["run", "-D", "--", "sh", "-c", "echo gone > /disposable.txt"])
+        .success();
+    cli.run(["run", "--", "sh", "-c", "echo kept > /kept.txt"])
+        .success();
+    cli.run(["cat", "/kept.txt"]).success().stdout("kept\n");
+    cli.run(["cat", "/disposable.txt"])
+        .check("fails", |o| !o.status.success());
+    cli.run(["ls", "/"])
+        .success()
+        .stdout_contains("kept.txt")
+        .stdout_lacks("disposable.txt");
+    let dest = cli.env.work().join("copied.txt");
+    cli.cmd(["cp", "/kept.txt"]).arg(&dest).output().success();
+    assert_eq!(std::fs::read_to_string(&dest).unwrap(), "kept\n");
+    cli.run(["tag", "snap-1"]).success();
+    let images = cli.json_lines(["images"]);
+    assert!(
+        images.iter().any(|i| i["tag"] == "snap-1"),
+        "tag listed: {images:?}"
+    );
+    cli.run(["use", "snap-1"]).success();
+    cli.run(["run", "--", "cat", "/kept.txt"])
+        .success()
+        .stdout("kept\n");
+}
+
+#[test]
+fn official_client_detaches_waits_lists_shows_and_kills() {
+    let server = Server::start();
+    let Some(cli) = Official::new(&server) else {
+        return;
+    };
+    cli.run(["run", "-d", "--", "sh", "-c", "echo detached"])
+        .success();
+    cli.run(["session", "wait"]).success();
+    let ops = cli.json_lines(["ps", "-a"]);
+    assert!(
+        !ops.is_empty() && ops.iter().all(|o| o["status"] == "SUCCESS"),
+        "{ops:?}"
+    );
+    let op = ops[0]["uuid"].as_str().unwrap().to_string();
+    cli.cmd(["show"])
+        .arg(&op)
+        .output()
+        .success()
+        .stdout_contains("detached");
+
+    cli.run(["run", "-d", "--", "sleep", "60"]).success();
+    let running = cli.json_lines(["ps"]);
+    assert_eq!(running.len(), 1, "{running:?}");
+    let sleeper = running[0]["uuid"].as_str().unwrap().to_string();
+    cli.cmd(["kill"]).arg(&sleeper).output().success();
+    let shown = server.events(&sleeper, TOKEN_A, None);
+    assert_eq!(shown.last().unwrap()["data"]["status"], "CANCELLED");
+    // Bob's client sees none of it.
+    let reply = server.get("/v1/operations", TOKEN_B);
+    assert_eq!(reply.json(), json!([]));
+}
