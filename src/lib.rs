@@ -5,6 +5,7 @@
 //! (the embedded local engine), `session` (where the user is in the image tree), `format`
 //! (records), `wire` (the /v1 types).
 
+pub mod api;
 pub mod attach;
 pub mod backend;
 pub mod cli;

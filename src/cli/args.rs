@@ -130,6 +130,8 @@ pub enum Command {
     Man,
     /// Serve the local engine as a ConTree /v1 API (see docs/serve.md)
     Serve(ServeFlags),
+    /// Save a profile for a ConTree /v1 API (checked with /v1/whoami first)
+    Auth(AuthFlags),
     /// Internal: supervise one operation of the local engine
     #[command(name = "__supervise", hide = true)]
     Supervise {
@@ -137,6 +139,28 @@ pub enum Command {
         data: String,
         op: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct AuthFlags {
+    /// The API token [env: CONTREE_TOKEN]
+    #[arg(long = "token")]
+    pub token: Option<String>,
+    /// The API URL [env: CONTREE_URL]
+    #[arg(short = 'u', long = "url")]
+    pub url: Option<String>,
+    /// Token type
+    #[arg(long = "type", default_value = "iam", value_parser = ["iam", "jwt"])]
+    pub kind: String,
+    /// Project (IAM) [env: CONTREE_PROJECT]
+    #[arg(short = 'P', long = "project")]
+    pub project: Option<String>,
+    /// Profile name [default: default]
+    #[arg(short = 'p', long = "profile")]
+    pub profile: Option<String>,
+    /// Overwrite without asking
+    #[arg(short = 'f', short_alias = 'y', long = "force")]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

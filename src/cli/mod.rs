@@ -2,6 +2,7 @@
 //! result into an exit code. Commands stay thin; the work happens in `run`, `engine`, ...
 
 pub mod args;
+mod auth;
 mod gc;
 mod history;
 mod hooks;
@@ -95,12 +96,8 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         Err(_) if matches!(command, Command::Run(_)) => Format::Default,
         Err(e) => return Err(CommandError::user(e.to_string())),
     };
-    if cli.profile.is_some() || cli.url.is_some() || cli.token.is_some() || cli.project.is_some() {
-        return Err(CommandError::new(
-            crate::error::Kind::Unavailable,
-            "remote profiles (-p/--url/--token/--project) are not available in this build; commands run on the embedded local engine",
-        )
-        .hint("drop the profile flags (and unset CONTREE_PROFILE) to use the local engine"));
+    if let Command::Auth(flags) = command {
+        return auth::auth(flags, cli.config.as_deref());
     }
     // Neither do completions and the man page: they come from the clap definitions.
     match command {
@@ -122,7 +119,14 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
     if let Command::Plugins { command } = command {
         return plugins::plugins(format, &plugins, command);
     }
-    let ctx = context(format, &cli.format, plugins, cli.session.as_deref())?;
+    let remote = auth::selected_from(
+        &cli.profile,
+        &cli.url,
+        &cli.token,
+        &cli.project,
+        cli.config.as_deref(),
+    )?;
+    let ctx = context(format, &cli.format, plugins, cli.session.as_deref(), remote)?;
     crate::log::trace("context ready");
     crate::interrupt::install();
     match command {
@@ -147,7 +151,8 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         | Command::Plugins { .. }
         | Command::Completions { .. }
         | Command::Man
-        | Command::Serve(_) => Ok(0),
+        | Command::Serve(_)
+        | Command::Auth(_) => Ok(0),
     }
 }
 
@@ -171,8 +176,23 @@ fn context(
     output: &str,
     plugins: crate::plugin::Plugins,
     session: Option<&str>,
+    remote: Option<crate::api::Profile>,
 ) -> CommandResult<Context> {
     let paths = Paths::from_env();
+    if let Some(profile) = remote {
+        let backend = crate::api::RemoteBackend::new(&profile).map_err(backend_err)?;
+        let sessions =
+            SessionStore::open(&paths.session_db(&profile.name)).map_err(session_err)?;
+        return Ok(Context {
+            backend: Box::new(backend),
+            sessions,
+            session_key: SessionStore::resolve_key(session, &profile.name),
+            format,
+            output: output.to_string(),
+            plugins,
+            paths,
+        });
+    }
     // The two databases open in parallel: each costs a noticeable part of a short run.
     let (engine, sessions) = std::thread::scope(|s| {
         let sessions = s.spawn(|| SessionStore::open(&paths.session_db("local")));

@@ -746,3 +746,79 @@ fn official_client_detaches_waits_lists_shows_and_kills() {
     let reply = server.get("/v1/operations", TOKEN_B);
     assert_eq!(reply.json(), json!([]));
 }
+
+// ---- our own CLI in remote mode ---------------------------------------------------------
+
+/// Our CLI with its own home, authenticated to `server` as bob.
+fn our_client(server: &Server) -> Env {
+    let env = Env::new();
+    env.run([
+        "auth",
+        "--token",
+        TOKEN_B,
+        "--url",
+        &server.url(),
+        "--type",
+        "jwt",
+        "-f",
+    ])
+    .success()
+    .stderr_contains("auth accepted");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(env.home().join("auth.ini"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "auth.ini is private");
+    env
+}
+
+#[test]
+fn our_cli_runs_and_inspects_through_serve() {
+    let server = Server::start();
+    let env = our_client(&server);
+    env.use_host();
+    env.run(["run", "--", "echo", "hi"])
+        .success()
+        .stdout("hi\n");
+    let record = env.json(["run", "--", "true"]);
+    assert_eq!(record["backend"], "remote");
+    env.run(["run", "-s", "echo out; echo err >&2; exit 3"])
+        .code(3)
+        .stdout("out\n")
+        .stderr_contains("err\n");
+    let input: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    env.cmd(["run", "--", "sha256sum"])
+        .stdin(input.clone())
+        .output()
+        .success()
+        .stdout(&format!("{}  -\n", crate::harness::sha256_hex(&input)));
+    let file = env.write("in.txt", "attached\n");
+    env.cmd(["run", "-F"])
+        .arg(format!("{}:/in.txt", file.display()))
+        .arg("--")
+        .arg("sh")
+        .arg("-c")
+        .arg("cp /in.txt /kept.txt")
+        .output()
+        .success();
+    env.run(["cat", "/kept.txt"]).success().stdout("attached\n");
+    env.run(["ls", "/"]).success().stdout_contains("kept.txt");
+    env.run(["tag", "bobs"]).success();
+    env.run(["images"]).success().stdout_contains("bobs");
+    // The server keeps bob's tag away from alice.
+    assert_eq!(server.get("/v1/inspect/?tag=bobs", TOKEN_A).status, 404);
+    assert_eq!(server.get("/v1/inspect/?tag=bobs", TOKEN_B).status, 302);
+}
+
+#[test]
+fn a_profile_that_does_not_exist_is_an_error_and_no_profile_means_local() {
+    let server = Server::start();
+    let env = our_client(&server);
+    env.run(["-p", "nope", "images"])
+        .check("fails", |o| !o.status.success())
+        .stderr_contains("Profile 'nope' does not exist");
+    // A fresh home without auth.ini uses the embedded engine.
+    let local = Env::host();
+    assert_eq!(local.json(["run", "--", "true"])["backend"], "local");
+}

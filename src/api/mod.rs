@@ -1,0 +1,486 @@
+//! The remote backend: the same `Backend` calls against a ConTree /v1 API over HTTP (the
+//! hosted service or a `contree serve`), with reqwest's blocking client.
+//!
+//! Requests are retried (boundedly, with backoff, honouring `Retry-After`) on connection
+//! errors, 429 and 5xx; `POST /instances` is only replayed after 425/429, when the server
+//! cannot have acted. Live output comes from the SSE event stream (`events`).
+
+pub mod events;
+pub mod profile;
+
+use crate::backend::{Backend, BackendError, EventStream, ImageFilter, OpFilter, StdinSource};
+use crate::wire::{DirectoryList, Image, Operation, SpawnRequest, StdinRepr};
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::StatusCode;
+use std::path::Path;
+use std::time::Duration;
+
+pub use profile::Profile;
+
+/// Delays between attempts; the length bounds the retries.
+const BACKOFF: [f64; 5] = [0.1, 0.2, 0.5, 1.0, 2.0];
+
+#[derive(Clone)]
+pub struct Api {
+    client: Client,
+    /// `<url>/v1`
+    base: String,
+    token: String,
+    project: Option<String>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Api({})", self.base)
+    }
+}
+
+impl Api {
+    pub fn new(profile: &Profile) -> Result<Api, BackendError> {
+        let client = Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(None::<Duration>)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("contree/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| BackendError::Unavailable(format!("HTTP client: {e}")))?;
+        Ok(Api {
+            client,
+            base: format!("{}/v1", profile.url.trim_end_matches('/')),
+            token: profile.token.clone(),
+            project: profile.project.clone(),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> RequestBuilder {
+        let mut rb = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(&self.token);
+        if let Some(p) = &self.project {
+            rb = rb.header("Project", p);
+        }
+        rb
+    }
+
+    /// Sends with bounded retries. `replayable` is false for requests the server may have
+    /// acted on (spawn): those are only retried on 425/429.
+    fn send(
+        &self,
+        build: impl Fn() -> RequestBuilder,
+        replayable: bool,
+    ) -> Result<Response, BackendError> {
+        let mut attempt = 0;
+        loop {
+            let result = build().send();
+            let wait = match &result {
+                Ok(r) => {
+                    let s = r.status();
+                    let retry = s == StatusCode::TOO_MANY_REQUESTS
+                        || s.as_u16() == 425
+                        || (replayable && (s.is_server_error() || s.as_u16() == 410));
+                    if !retry {
+                        return result.map_err(|e| BackendError::Unavailable(e.to_string()));
+                    }
+                    r.headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<f64>().ok())
+                }
+                Err(e) if replayable || e.is_connect() => None,
+                Err(e) => return Err(BackendError::Unavailable(format!("{e}"))),
+            };
+            if attempt >= BACKOFF.len() {
+                return match result {
+                    Ok(r) => Err(status_error(r)),
+                    Err(e) => Err(BackendError::Unavailable(format!(
+                        "cannot reach {}: {e}",
+                        self.base
+                    ))),
+                };
+            }
+            let delay = wait.unwrap_or(BACKOFF[attempt]).min(30.0);
+            crate::log::emit(
+                crate::log::Level::Warning,
+                &match &result {
+                    Ok(r) => format!(
+                        "server answered {}, retrying in {delay}s...",
+                        r.status().as_u16()
+                    ),
+                    Err(_) => format!("network error, retrying in {delay}s..."),
+                },
+            );
+            std::thread::sleep(Duration::from_secs_f64(delay));
+            attempt += 1;
+        }
+    }
+
+    /// `send`, then a non-2xx status becomes an error.
+    fn call(
+        &self,
+        build: impl Fn() -> RequestBuilder,
+        replayable: bool,
+    ) -> Result<Response, BackendError> {
+        let r = self.send(build, replayable)?;
+        if r.status().is_success() || r.status().is_redirection() {
+            Ok(r)
+        } else {
+            Err(status_error(r))
+        }
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, BackendError> {
+        let r = self.call(|| self.request(reqwest::Method::GET, path), true)?;
+        r.json()
+            .map_err(|e| BackendError::Store(format!("GET {path}: bad response: {e}")))
+    }
+
+    /// `GET /whoami`: checks the token (used by `contree auth`).
+    pub fn whoami(&self) -> Result<serde_json::Value, BackendError> {
+        self.get_json("/whoami")
+    }
+
+    /// Posts one chunk of the main process's stdin (never retried).
+    pub fn send_stdin(&self, op: &str, repr: &StdinRepr) -> Result<(), BackendError> {
+        let r = self
+            .request(
+                reqwest::Method::POST,
+                &format!("/operations/{op}/subprocesses/1/stdin"),
+            )
+            .json(repr)
+            .send()
+            .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(status_error(r))
+        }
+    }
+}
+
+/// An error status and the server's `{"error": ...}` text.
+fn status_error(r: Response) -> BackendError {
+    let status = r.status();
+    let body = r.text().unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| match v.get("error") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(other) => Some(other.to_string()),
+            None => None,
+        })
+        .unwrap_or(body);
+    let message = format!("HTTP {}: {message}", status.as_u16());
+    match status.as_u16() {
+        404 => BackendError::NotFound(message),
+        400 | 409 | 413 | 422 => BackendError::Invalid(message),
+        401 | 403 => BackendError::Unavailable(format!(
+            "{message} (check the profile's token: `contree auth`)"
+        )),
+        _ => BackendError::Unavailable(message),
+    }
+}
+
+/// `contree run` and friends against a /v1 API.
+pub struct RemoteBackend {
+    pub api: Api,
+}
+
+impl RemoteBackend {
+    pub fn new(profile: &Profile) -> Result<RemoteBackend, BackendError> {
+        Ok(RemoteBackend {
+            api: Api::new(profile)?,
+        })
+    }
+
+    /// Reads our stdin on a thread: the first chunk (within 50 ms, as the official client
+    /// waits) goes into the spawn body, the rest through the stdin endpoint once the
+    /// operation exists (§2.9.3).
+    fn stdin_plan(
+        &self,
+    ) -> (
+        Option<StdinRepr>,
+        Option<std::sync::mpsc::Receiver<Vec<u8>>>,
+    ) {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut input = std::io::stdin().lock();
+            loop {
+                let mut buf = vec![0u8; 512 * 1024];
+                match input.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(Vec::new());
+                        return;
+                    }
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if tx.send(buf).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(first) if first.is_empty() => (None, None),
+            Ok(first) => (Some(StdinRepr::from_bytes(&first, Some(false))), Some(rx)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                (Some(StdinRepr::from_bytes(b"", Some(false))), Some(rx))
+            }
+            Err(_) => (None, None),
+        }
+    }
+}
+
+fn forward_stdin(api: Api, op: String, rx: std::sync::mpsc::Receiver<Vec<u8>>) {
+    std::thread::spawn(move || {
+        for chunk in rx {
+            let eof = chunk.is_empty();
+            let repr = StdinRepr::from_bytes(&chunk, Some(eof));
+            if let Err(e) = api.send_stdin(&op, &repr) {
+                crate::log::emit(
+                    crate::log::Level::Error,
+                    &format!("stdin forwarding failed, remaining input was not sent: {e}"),
+                );
+                return;
+            }
+            if eof {
+                return;
+            }
+        }
+    });
+}
+
+fn query(pairs: &[(&str, String)]) -> String {
+    let mut out = String::new();
+    for (k, v) in pairs {
+        out.push(if out.is_empty() { '?' } else { '&' });
+        out.push_str(k);
+        out.push('=');
+        for b in v.bytes() {
+            if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
+impl Backend for RemoteBackend {
+    fn name(&self) -> &'static str {
+        "remote"
+    }
+
+    fn resolve_image(&self, reference: &str) -> Result<String, BackendError> {
+        if crate::backend::is_uuid(reference) {
+            let img: serde_json::Value = self.api.get_json(&format!("/inspect/{reference}/"))?;
+            return Ok(img["uuid"]
+                .as_str()
+                .unwrap_or(reference)
+                .to_ascii_lowercase());
+        }
+        let name = reference.strip_prefix("tag:").unwrap_or(reference);
+        let path = format!("/inspect/{}", query(&[("tag", name.to_string())]));
+        let r = self
+            .api
+            .call(|| self.api.request(reqwest::Method::GET, &path), true)
+            .map_err(|e| match e {
+                BackendError::NotFound(_) => {
+                    BackendError::NotFound(format!("no image tagged '{name}'"))
+                }
+                other => other,
+            })?;
+        let location = r
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        location
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .filter(|u| crate::backend::is_uuid(u))
+            .map(str::to_ascii_lowercase)
+            .ok_or_else(|| {
+                BackendError::Store(format!("the server's answer for tag '{name}' has no image"))
+            })
+    }
+
+    fn put_file(&self, path: &Path, sha256: &str) -> Result<(String, bool), BackendError> {
+        match self
+            .api
+            .get_json::<serde_json::Value>(&format!("/files/{sha256}"))
+        {
+            Ok(f) => {
+                if let Some(uuid) = f["uuid"].as_str() {
+                    return Ok((uuid.to_string(), true));
+                }
+            }
+            Err(BackendError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let r = self.api.call(
+            || {
+                let file = std::fs::File::open(path);
+                let rb = self
+                    .api
+                    .request(reqwest::Method::POST, "/files")
+                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
+                match file {
+                    Ok(f) => rb.body(reqwest::blocking::Body::from(f)),
+                    Err(_) => rb,
+                }
+            },
+            true,
+        )?;
+        let f: serde_json::Value = r
+            .json()
+            .map_err(|e| BackendError::Store(format!("POST /files: bad response: {e}")))?;
+        f["uuid"]
+            .as_str()
+            .map(|u| (u.to_string(), false))
+            .ok_or_else(|| BackendError::Store("POST /files: no uuid in the answer".into()))
+    }
+
+    fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
+        let mut req = req.clone();
+        let mut rest = None;
+        if req.stdin.is_none() && stdin == StdinSource::Inherit {
+            let (first, rx) = self.stdin_plan();
+            req.stdin = first;
+            rest = rx;
+        }
+        let r = self.api.call(
+            || {
+                self.api
+                    .request(reqwest::Method::POST, "/instances")
+                    .json(&req)
+            },
+            false,
+        )?;
+        let body: serde_json::Value = r
+            .json()
+            .map_err(|e| BackendError::Store(format!("POST /instances: bad response: {e}")))?;
+        let op = body["uuid"]
+            .as_str()
+            .ok_or_else(|| BackendError::Store("POST /instances: no uuid in the answer".into()))?
+            .to_string();
+        if let Some(rx) = rest {
+            forward_stdin(self.api.clone(), op.clone(), rx);
+        }
+        Ok(op)
+    }
+
+    fn operation(&self, op: &str) -> Result<Operation, BackendError> {
+        self.api.get_json(&format!("/operations/{op}"))
+    }
+
+    fn operations(&self, filter: &OpFilter) -> Result<Vec<Operation>, BackendError> {
+        let mut pairs = Vec::new();
+        for s in &filter.statuses {
+            pairs.push(("status", s.as_str().to_string()));
+        }
+        if let Some(k) = &filter.kind {
+            pairs.push(("kind", k.clone()));
+        }
+        pairs.push((
+            "limit",
+            filter.limit.unwrap_or(1000).clamp(1, 1000).to_string(),
+        ));
+        self.api.get_json(&format!("/operations{}", query(&pairs)))
+    }
+
+    fn events(&self, op: &str, follow: bool) -> Result<Box<dyn EventStream + '_>, BackendError> {
+        Ok(Box::new(events::SseStream::open(
+            self.api.clone(),
+            op.to_string(),
+            follow,
+        )?))
+    }
+
+    fn cancel(&self, op: &str) -> Result<(), BackendError> {
+        self.api.call(
+            || {
+                self.api
+                    .request(reqwest::Method::DELETE, &format!("/operations/{op}"))
+            },
+            true,
+        )?;
+        Ok(())
+    }
+
+    fn images(&self, filter: &ImageFilter) -> Result<Vec<Image>, BackendError> {
+        let mut pairs = vec![("limit", "1000".to_string())];
+        if !filter.all {
+            pairs.push(("tagged", "1".into()));
+        }
+        if let Some(p) = &filter.prefix {
+            pairs.push(("tag", p.clone()));
+        }
+        if let Some(u) = &filter.uuid {
+            pairs.push(("uuid", u.clone()));
+        }
+        #[derive(serde::Deserialize)]
+        struct List {
+            images: Vec<Image>,
+        }
+        let list: List = self.api.get_json(&format!("/images{}", query(&pairs)))?;
+        Ok(list.images)
+    }
+
+    fn tag(&self, image: &str, tag: &str) -> Result<(), BackendError> {
+        let body = serde_json::json!({ "tag": tag });
+        self.api.call(
+            || {
+                self.api
+                    .request(reqwest::Method::PATCH, &format!("/images/{image}/tag"))
+                    .json(&body)
+            },
+            true,
+        )?;
+        Ok(())
+    }
+
+    fn untag(&self, image: &str, tag: &str) -> Result<(), BackendError> {
+        let path = format!("/images/{image}/tag{}", query(&[("tag", tag.to_string())]));
+        self.api
+            .call(|| self.api.request(reqwest::Method::DELETE, &path), true)?;
+        Ok(())
+    }
+
+    fn list_dir(&self, image: &str, path: &str) -> Result<DirectoryList, BackendError> {
+        self.api.get_json(&format!(
+            "/inspect/{image}/list{}",
+            query(&[("path", path.to_string())])
+        ))
+    }
+
+    fn read_file(
+        &self,
+        image: &str,
+        path: &str,
+    ) -> Result<(Box<dyn std::io::Read>, Option<u32>), BackendError> {
+        let url = format!(
+            "/inspect/{image}/download{}",
+            query(&[("path", path.to_string())])
+        );
+        let r = self
+            .api
+            .call(|| self.api.request(reqwest::Method::GET, &url), true)?;
+        Ok((Box::new(r), None))
+    }
+
+    fn import_local(&self, path: &Path, _tag: Option<&str>) -> Result<String, BackendError> {
+        Err(BackendError::Unavailable(format!(
+            "importing {} needs the local engine; the remote API imports from registries only",
+            path.display()
+        )))
+    }
+}

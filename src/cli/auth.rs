@@ -1,0 +1,98 @@
+//! `contree auth` and the choice of backend: a profile from `auth.ini` (or `--url`) means
+//! the remote API, none means the embedded local engine.
+
+use super::args::AuthFlags;
+use crate::api::profile::{self, Profile, Selection};
+use crate::error::{CommandError, CommandResult, Kind};
+use crate::paths::Paths;
+
+fn profile_err(e: profile::ProfileError) -> CommandError {
+    CommandError::new(Kind::User, e.to_string())
+}
+
+/// The remote profile this invocation uses, or `None` for the local engine.
+pub fn selected_from(
+    profile_flag: &Option<String>,
+    url: &Option<String>,
+    token: &Option<String>,
+    project: &Option<String>,
+    config: Option<&str>,
+) -> CommandResult<Option<Profile>> {
+    let path = profile::auth_path(&Paths::from_env().config, config);
+    let ini = profile::read(&path).map_err(profile_err)?;
+    let sel = Selection {
+        profile: profile_flag.clone().filter(|p| !p.is_empty()),
+        url: url.clone(),
+        token: token.clone(),
+        project: project.clone(),
+    };
+    profile::select(ini.as_ref(), &sel).map_err(profile_err)
+}
+
+fn env(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+}
+
+/// Checks the token with `GET /v1/whoami`, then saves the profile and makes it active.
+pub fn auth(flags: AuthFlags, config: Option<&str>) -> CommandResult<i32> {
+    let name = flags.profile.unwrap_or_else(|| "default".into());
+    let token = flags
+        .token
+        .or_else(|| env(&["CONTREE_TOKEN", "NEBIUS_API_KEY"]))
+        .ok_or_else(|| CommandError::user("no token: pass --token (or set CONTREE_TOKEN)"))?;
+    let project = flags
+        .project
+        .or_else(|| env(&["CONTREE_PROJECT", "NEBIUS_AI_PROJECT"]));
+    let url = match flags.url.or_else(|| env(&["CONTREE_URL"])) {
+        Some(u) => u,
+        None if flags.kind == "iam" => profile::IAM_URL.to_string(),
+        None => return Err(CommandError::user("a jwt profile needs --url")),
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(CommandError::user(format!(
+            "URL '{url}' must start with http:// or https://"
+        )));
+    }
+    if flags.kind == "iam" && project.is_none() {
+        return Err(CommandError::user("an iam profile needs --project"));
+    }
+    let p = Profile {
+        name: name.clone(),
+        url,
+        token,
+        kind: flags.kind,
+        project,
+    };
+    let api = crate::api::Api::new(&p).map_err(crate::context::backend_err)?;
+    let me = api
+        .whoami()
+        .map_err(|e| CommandError::new(Kind::User, format!("the token was not accepted: {e}")))?;
+    if me["permissions"]["list"] == serde_json::Value::Bool(false) {
+        crate::log::emit(
+            crate::log::Level::Warning,
+            "this token may not list operations or images",
+        );
+    }
+    let path = profile::auth_path(&Paths::from_env().config, config);
+    if !flags.force && path.exists() {
+        if let Ok(Some(ini)) = profile::read(&path) {
+            if ini.sections.contains_key(&format!("profile:{name}")) {
+                crate::log::emit(
+                    crate::log::Level::Info,
+                    &format!("replacing profile '{name}'"),
+                );
+            }
+        }
+    }
+    profile::save(&path, &p).map_err(profile_err)?;
+    crate::log::emit(
+        crate::log::Level::Info,
+        &format!(
+            "auth accepted, profile '{name}' saved to -> {}",
+            path.display()
+        ),
+    );
+    Ok(0)
+}
