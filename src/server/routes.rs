@@ -29,13 +29,17 @@ pub fn router(state: Shared) -> Router {
         .route("/inspect/{image}/", get(inspect_image))
         .route("/inspect/{image}/list", get(list))
         .route("/inspect/{image}/download", get(download))
-        .route("/files", post(upload))
+        .route("/files", post(upload).get(files))
         .route("/files/{sha256}", get(file_info))
         .route("/instances", post(spawn))
         .route("/operations", get(operations))
         .route("/operations/{op}", get(operation).delete(cancel))
         .route("/operations/{op}/events", get(super::sse::events))
         .route("/operations/{op}/subprocesses/{spid}/stdin", post(stdin))
+        .route(
+            "/operations/{op}/subprocesses/{spid}",
+            axum::routing::delete(signal),
+        )
         .route("/images", get(images))
         .route("/images/{image}/tag", patch(tag).delete(untag))
         .fallback(not_found)
@@ -645,6 +649,75 @@ async fn cancel(
         }
         let wire_op = engine.operation(&op)?;
         Ok((StatusCode::ACCEPTED, Json(wire_op)).into_response())
+    })
+    .await
+}
+
+/// `DELETE .../subprocesses/1?signal=NAME`. The engine cannot yet signal one process of a
+/// sandbox, so any terminating signal cancels the operation (the official client's first
+/// Ctrl-C then ends the run instead of interrupting the command).
+async fn signal(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    Path((op, spid)): Path<(String, String)>,
+    Query(q): Params,
+) -> ApiResult<Response> {
+    let op = parse_uuid(&op, "operation")?;
+    let sig = param(&q, "signal").unwrap_or("TERM").to_ascii_uppercase();
+    let sig = sig.strip_prefix("SIG").unwrap_or(&sig).to_string();
+    if !matches!(
+        sig.as_str(),
+        "INT" | "TERM" | "KILL" | "HUP" | "QUIT" | "2" | "15" | "9"
+    ) {
+        return Err(ApiError::bad_request(format!(
+            "signal '{sig}' is not supported (INT, TERM, KILL, HUP, QUIT)"
+        )));
+    }
+    blocking(&st, move |st| {
+        own_op(st, &ns.name, &op)?;
+        if spid != "1" {
+            return Err(ApiError::not_found(format!(
+                "operation {op} has no subprocess {spid}"
+            )));
+        }
+        match lock(&st.engine).cancel(&op) {
+            Ok(()) => Ok(StatusCode::ACCEPTED.into_response()),
+            Err(crate::backend::BackendError::Invalid(msg)) => {
+                Err(ApiError::new(StatusCode::CONFLICT, msg))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await
+}
+
+/// `GET /files`: the files this namespace uploaded, newest first.
+async fn files(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    Query(q): Params,
+) -> ApiResult<Json<Value>> {
+    let limit = number(&q, "limit", 1, 1000, 100)?;
+    let offset = number(&q, "offset", 0, usize::MAX, 0)?;
+    blocking(&st, move |st| {
+        let owned = lock(&st.owners).all(FILE, &ns.name)?;
+        let engine = lock(&st.engine);
+        let owners = lock(&st.owners);
+        let mut out = Vec::new();
+        for sha in owned {
+            let Some(uuid) = engine.store().blob_uuid(&sha)? else {
+                continue;
+            };
+            let Some((_, size)) = engine.store().blob_by_uuid(&uuid)? else {
+                continue;
+            };
+            if let Some((created, updated)) = owners.get(FILE, &sha, &ns.name)? {
+                out.push(file_json(&sha, &uuid, size, &created, &updated));
+            }
+        }
+        out.sort_by(|a, b| b["updated_at"].as_str().cmp(&a["updated_at"].as_str()));
+        let files: Vec<Value> = out.into_iter().skip(offset).take(limit).collect();
+        Ok(Json(json!({ "files": files })))
     })
     .await
 }

@@ -3,7 +3,7 @@
 //! Each frame is `id: N`, `event: TYPE`, `data: <OperationEvent JSON>`. Without `follow`
 //! the stream sends what the log holds and closes; with `follow=1` it stays open until the
 //! log's `completion`. `Last-Event-Id` (or `?since=N`) resumes after event N. The log is
-//! read by the engine's own follower on a blocking thread that feeds a bounded channel, so
+//! read on a blocking thread that feeds a bounded channel, so
 //! a slow client slows only its own reader. A failure after the 200 is reported as the
 //! spec says: a comment, then an `sse_error` frame.
 
@@ -11,8 +11,7 @@ use super::auth::Namespace;
 use super::routes::{blocking, own_op, parse_uuid};
 use super::{ApiError, Shared};
 use crate::backend::Backend;
-use crate::engine::eventlog::LogEvent;
-use crate::engine::LocalEngine;
+use crate::engine::eventlog::LogReader;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -56,8 +55,8 @@ pub async fn events(
     .await?;
 
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
-    let paths = st.paths.clone();
-    tokio::task::spawn_blocking(move || pump(&paths, &op, follow, since, &tx));
+    let pump_state = st.clone();
+    tokio::task::spawn_blocking(move || pump(&pump_state, &op, follow, since, &tx));
     let stop = st.shutdown.clone();
     let stream = futures_util::stream::unfold((rx, stop), |(mut rx, mut stop)| async move {
         let next = tokio::select! {
@@ -79,53 +78,68 @@ pub async fn events(
         .into_response())
 }
 
-/// Reads the log and sends frames until the end (or until the client is gone).
-fn pump(
-    paths: &crate::paths::Paths,
-    op: &str,
-    follow: bool,
-    since: u64,
-    tx: &tokio::sync::mpsc::Sender<String>,
-) {
+/// Reads the log and sends frames until `completion` (or until the client is gone).
+///
+/// The log is read directly rather than through a second `LocalEngine` per stream: opening
+/// an engine runs its crash recovery, which must not race with spawns in this process.
+/// While waiting, the operation is checked now and then through the shared engine, which
+/// appends the missing `completion` when a supervisor died.
+fn pump(st: &Shared, op: &str, follow: bool, since: u64, tx: &tokio::sync::mpsc::Sender<String>) {
     let fail = |msg: String| {
         let _ = tx.blocking_send(format!(
             ": stream ended with error, retry since last event id\n\nevent: sse_error\ndata: {}\n\n",
             msg.replace('\n', " ")
         ));
     };
-    let engine = match LocalEngine::open(paths) {
-        Ok(e) => e,
-        Err(e) => return fail(e.to_string()),
+    let path = lock(&st.engine).store().op_dir(op).join("events");
+    let mut reader = match LogReader::open(&path) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("event log of {op}: {e}")),
     };
-    let mut stream = match engine.events(op, follow) {
-        Ok(s) => s,
-        Err(e) => return fail(e.to_string()),
-    };
+    let mut idle = Duration::ZERO;
+    let mut since_check = Duration::ZERO;
     loop {
-        match stream.next_event() {
-            Ok(Some(item)) => {
-                if item.event.id <= since {
-                    continue;
+        match reader.next() {
+            Ok(Some(ev)) => {
+                idle = Duration::ZERO;
+                let done = ev.header.kind == "completion";
+                if ev.header.id > since {
+                    let event = ev.to_wire();
+                    let data = match serde_json::to_string(&event) {
+                        Ok(d) => d,
+                        Err(e) => return fail(e.to_string()),
+                    };
+                    let frame = format!(
+                        "id: {}\nevent: {}\ndata: {}\n\n",
+                        event.id, event.kind, data
+                    );
+                    if tx.blocking_send(frame).is_err() {
+                        return;
+                    }
                 }
-                let event = LogEvent {
-                    header: item.event,
-                    payload: item.bytes,
-                }
-                .to_wire();
-                let data = match serde_json::to_string(&event) {
-                    Ok(d) => d,
-                    Err(e) => return fail(e.to_string()),
-                };
-                let frame = format!(
-                    "id: {}\nevent: {}\ndata: {}\n\n",
-                    event.id, event.kind, data
-                );
-                if tx.blocking_send(frame).is_err() {
+                if done {
                     return;
                 }
             }
-            Ok(None) => return,
-            Err(e) => return fail(e.to_string()),
+            Ok(None) if !follow => return,
+            Ok(None) => {
+                if tx.is_closed() || *st.shutdown.borrow() {
+                    return;
+                }
+                idle = (idle * 2).clamp(Duration::from_millis(2), Duration::from_millis(100));
+                std::thread::sleep(idle);
+                since_check += idle;
+                if since_check >= Duration::from_secs(1) {
+                    since_check = Duration::ZERO;
+                    // Recovers (and completes the log of) an operation whose supervisor died.
+                    let _ = lock(&st.engine).operation(op);
+                }
+            }
+            Err(e) => return fail(format!("event log of {op}: {e}")),
         }
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -133,6 +133,23 @@ impl Server {
         reply.json()["uuid"].as_str().unwrap().to_string()
     }
 
+    /// Reads the live event stream until the command has printed `needle`.
+    fn wait_for_output(&self, op: &str, token: &str, needle: &str) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        write!(
+            stream,
+            "GET /v1/operations/{op}/events?follow=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .unwrap();
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        while !seen.contains(needle) {
+            let n = stream.read(&mut buf).expect("read live stream");
+            assert!(n > 0, "stream ended before {needle:?}: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+
     /// The full event log of a finished operation (waits with `follow=1`).
     fn events(&self, op: &str, token: &str, last_id: Option<u64>) -> Vec<Value> {
         let id = last_id.map(|i| i.to_string());
@@ -735,10 +752,12 @@ fn official_client_detaches_waits_lists_shows_and_kills() {
         .success()
         .stdout_contains("detached");
 
-    cli.run(["run", "-d", "--", "sleep", "60"]).success();
+    cli.run(["run", "-d", "--", "sh", "-c", "echo started; sleep 60"])
+        .success();
     let running = cli.json_lines(["ps"]);
     assert_eq!(running.len(), 1, "{running:?}");
     let sleeper = running[0]["uuid"].as_str().unwrap().to_string();
+    server.wait_for_output(&sleeper, TOKEN_A, "started");
     cli.cmd(["kill"]).arg(&sleeper).output().success();
     let shown = server.events(&sleeper, TOKEN_A, None);
     assert_eq!(shown.last().unwrap()["data"]["status"], "CANCELLED");
@@ -821,4 +840,126 @@ fn a_profile_that_does_not_exist_is_an_error_and_no_profile_means_local() {
     // A fresh home without auth.ini uses the embedded engine.
     let local = Env::host();
     assert_eq!(local.json(["run", "--", "true"])["backend"], "local");
+}
+
+#[test]
+fn an_event_stream_cut_mid_run_resumes_with_nothing_lost_or_repeated() {
+    let server = Server::start();
+    // The command waits for a line on stdin, so the test decides when it goes on.
+    let image = server.host_image(TOKEN_A);
+    let reply = server.post_json(
+        "/v1/instances",
+        TOKEN_A,
+        &json!({"image": image, "command": "echo before; read x; echo after $x", "shell": true,
+                "stdin": {"value": "", "encoding": "ascii", "close": false}}),
+    );
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let op = reply.json()["uuid"].as_str().unwrap().to_string();
+
+    // Read the live stream until `before` arrives, then drop the connection.
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    write!(
+        stream,
+        "GET /v1/operations/{op}/events?follow=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN_A}\r\n\r\n"
+    )
+    .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("before") {
+        let n = stream.read(&mut buf).expect("read live stream");
+        assert!(n > 0, "stream ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    drop(stream);
+    let first: Vec<u64> = seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .map(|i| i.trim().parse().unwrap())
+        .collect();
+    let last = *first.last().expect("some events before the cut");
+
+    let path = format!("/v1/operations/{op}/subprocesses/1/stdin");
+    let go = json!({"value": "go\n", "encoding": "ascii", "close": true});
+    assert_eq!(server.post_json(&path, TOKEN_A, &go).status, 204);
+    let rest = server.events(&op, TOKEN_A, Some(last));
+    let all = server.events(&op, TOKEN_A, None);
+    let mut ids = first.clone();
+    ids.extend(rest.iter().map(|e| e["id"].as_u64().unwrap()));
+    let all_ids: Vec<u64> = all.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, all_ids, "resumed stream = the whole log, once");
+    assert_eq!(stdout_of(&all), "before\nafter go\n");
+}
+
+#[test]
+fn fifty_concurrent_runs_all_complete() {
+    let server = std::sync::Arc::new(Server::start());
+    let handles: Vec<_> = (0..50)
+        .map(|i| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                let op = server.spawn(TOKEN_A, &format!("echo run-{i}"));
+                let events = server.events(&op, TOKEN_A, None);
+                (i, stdout_of(&events), events.clone())
+            })
+        })
+        .collect();
+    for h in handles {
+        let (i, out, events) = h.join().expect("client thread");
+        assert_eq!(out, format!("run-{i}\n"), "{events:#?}");
+        assert_eq!(events.last().unwrap()["data"]["status"], "SUCCESS");
+    }
+    let ops = server.get("/v1/operations?limit=1000", TOKEN_A).json();
+    assert_eq!(ops.as_array().unwrap().len(), 50);
+    let page = server
+        .get("/v1/operations?limit=20&offset=40", TOKEN_A)
+        .json();
+    assert_eq!(page.as_array().unwrap().len(), 10);
+}
+
+#[test]
+fn signalling_the_main_process_cancels_and_uploaded_files_are_listed() {
+    let server = Server::start();
+    let op = server.spawn(TOKEN_A, "echo started; sleep 60");
+    // Signal once the command runs (a supervisor signalled during its own start-up fails
+    // the operation instead: an engine matter, not the API's).
+    server.wait_for_output(&op, TOKEN_A, "started");
+    let reply = server.request(
+        "DELETE",
+        &format!("/v1/operations/{op}/subprocesses/1?signal=INT"),
+        Some(TOKEN_A),
+        b"",
+    );
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let events = server.events(&op, TOKEN_A, None);
+    assert_eq!(events.last().unwrap()["data"]["status"], "CANCELLED");
+    let again = server.request(
+        "DELETE",
+        &format!("/v1/operations/{op}"),
+        Some(TOKEN_A),
+        b"",
+    );
+    assert_eq!(again.status, 409, "{}", again.text());
+
+    let up = server.request("POST", "/v1/files", Some(TOKEN_A), b"listed");
+    assert_eq!(up.status, 201);
+    let files = server.get("/v1/files", TOKEN_A).json();
+    assert_eq!(files["files"][0]["sha256"], up.json()["sha256"]);
+    assert_eq!(server.get("/v1/files", TOKEN_B).json()["files"], json!([]));
+}
+
+#[test]
+fn official_client_runs_an_interpreter_script() {
+    let server = Server::start();
+    let Some(cli) = Official::new(&server) else {
+        return;
+    };
+    let script = cli
+        .env
+        .write("script.sh", "#!/bin/sh\necho from-script \"$1\"\n");
+    cli.cmd(["run", "-I"])
+        .arg(&script)
+        .arg("arg1")
+        .output()
+        .success()
+        .stdout("from-script arg1\n");
 }
