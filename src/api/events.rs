@@ -94,7 +94,7 @@ fn pump(
             std::thread::sleep(Duration::from_millis(500));
         }
         // Terminal already: one more read without follow drains what is retained.
-        if let Ok(o) = super::Backend::operation(&super::RemoteBackend { api: api.clone() }, &op) {
+        if let Ok(o) = api.get_json::<crate::wire::Operation>(&format!("/operations/{op}")) {
             follow_now = !o.status.is_terminal();
         }
     }

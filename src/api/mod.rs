@@ -133,7 +133,10 @@ impl Api {
         }
     }
 
-    fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, BackendError> {
+    pub(crate) fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T, BackendError> {
         let r = self.call(|| self.request(reqwest::Method::GET, path), true)?;
         r.json()
             .map_err(|e| BackendError::Store(format!("GET {path}: bad response: {e}")))
@@ -188,13 +191,104 @@ fn status_error(r: Response) -> BackendError {
 /// `contree run` and friends against a /v1 API.
 pub struct RemoteBackend {
     pub api: Api,
+    /// Uploads already made from this machine (§2.8's local cache).
+    cache: Option<std::sync::Mutex<UploadCache>>,
+}
+
+/// Which local files this machine already uploaded to which server: a hit (same path,
+/// inode, mtime and size, younger than 90 days) skips even the dedup request.
+struct UploadCache {
+    conn: rusqlite::Connection,
+    server: String,
+}
+
+const CACHE_TTL_SECS: i64 = 90 * 24 * 3600;
+
+impl UploadCache {
+    fn open(path: &Path, server: &str) -> rusqlite::Result<UploadCache> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = rusqlite::Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
+             CREATE TABLE IF NOT EXISTS uploads(
+                 server TEXT NOT NULL, key TEXT NOT NULL, uuid TEXT NOT NULL,
+                 uploaded_at INTEGER NOT NULL, PRIMARY KEY(server, key));",
+        )?;
+        Ok(UploadCache {
+            conn,
+            server: server.to_string(),
+        })
+    }
+
+    fn key(path: &Path) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let abs = std::path::absolute(path).ok()?;
+        let m = std::fs::metadata(&abs).ok()?;
+        let mtime_ns = m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128;
+        Some(format!(
+            "{}:{}:{}:{}",
+            abs.display(),
+            m.ino(),
+            mtime_ns,
+            m.size()
+        ))
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        use rusqlite::OptionalExtension;
+        let now = chrono::Utc::now().timestamp();
+        let hit: Option<(String, i64)> = self
+            .conn
+            .query_row(
+                "SELECT uuid, uploaded_at FROM uploads WHERE server = ?1 AND key = ?2",
+                rusqlite::params![self.server, key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .ok()
+            .flatten();
+        let (uuid, at) = hit?;
+        if now - at > CACHE_TTL_SECS {
+            return None;
+        }
+        // The TTL slides on use.
+        self.put(key, &uuid);
+        Some(uuid)
+    }
+
+    fn put(&self, key: &str, uuid: &str) {
+        let _ = self.conn.execute(
+            "INSERT INTO uploads(server, key, uuid, uploaded_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(server, key) DO UPDATE SET uuid = excluded.uuid, uploaded_at = excluded.uploaded_at",
+            rusqlite::params![self.server, key, uuid, chrono::Utc::now().timestamp()],
+        );
+    }
 }
 
 impl RemoteBackend {
     pub fn new(profile: &Profile) -> Result<RemoteBackend, BackendError> {
         Ok(RemoteBackend {
             api: Api::new(profile)?,
+            cache: None,
         })
+    }
+
+    /// Remembers uploads in the SQLite file `path` (per server URL and token).
+    pub fn with_upload_cache(mut self, path: &Path) -> RemoteBackend {
+        use sha2::Digest;
+        let who = sha2::Sha256::digest(format!("{}\n{}", self.api.base, self.api.token));
+        let server: String = who.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        self.cache = UploadCache::open(path, &server)
+            .ok()
+            .map(std::sync::Mutex::new);
+        self
+    }
+
+    fn cache(&self) -> Option<std::sync::MutexGuard<'_, UploadCache>> {
+        self.cache.as_ref().and_then(|c| c.lock().ok())
     }
 
     /// Reads our stdin on a thread: the first chunk (within 50 ms, as the official client
@@ -314,68 +408,21 @@ impl Backend for RemoteBackend {
     }
 
     fn put_file(&self, path: &Path, sha256: &str) -> Result<(String, bool), BackendError> {
-        match self
-            .api
-            .get_json::<serde_json::Value>(&format!("/files/{sha256}"))
-        {
-            Ok(f) => {
-                if let Some(uuid) = f["uuid"].as_str() {
-                    return Ok((uuid.to_string(), true));
-                }
+        let key = UploadCache::key(path);
+        if let (Some(cache), Some(key)) = (self.cache(), &key) {
+            if let Some(uuid) = cache.get(key) {
+                return Ok((uuid, true));
             }
-            Err(BackendError::NotFound(_)) => {}
-            Err(e) => return Err(e),
         }
-        let r = self.api.call(
-            || {
-                let file = std::fs::File::open(path);
-                let rb = self
-                    .api
-                    .request(reqwest::Method::POST, "/files")
-                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
-                match file {
-                    Ok(f) => rb.body(reqwest::blocking::Body::from(f)),
-                    Err(_) => rb,
-                }
-            },
-            true,
-        )?;
-        let f: serde_json::Value = r
-            .json()
-            .map_err(|e| BackendError::Store(format!("POST /files: bad response: {e}")))?;
-        f["uuid"]
-            .as_str()
-            .map(|u| (u.to_string(), false))
-            .ok_or_else(|| BackendError::Store("POST /files: no uuid in the answer".into()))
+        let (uuid, existed) = self.upload(path, sha256)?;
+        if let (Some(cache), Some(key)) = (self.cache(), &key) {
+            cache.put(key, &uuid);
+        }
+        Ok((uuid, existed))
     }
 
     fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
-        let mut req = req.clone();
-        let mut rest = None;
-        if req.stdin.is_none() && stdin == StdinSource::Inherit {
-            let (first, rx) = self.stdin_plan();
-            req.stdin = first;
-            rest = rx;
-        }
-        let r = self.api.call(
-            || {
-                self.api
-                    .request(reqwest::Method::POST, "/instances")
-                    .json(&req)
-            },
-            false,
-        )?;
-        let body: serde_json::Value = r
-            .json()
-            .map_err(|e| BackendError::Store(format!("POST /instances: bad response: {e}")))?;
-        let op = body["uuid"]
-            .as_str()
-            .ok_or_else(|| BackendError::Store("POST /instances: no uuid in the answer".into()))?
-            .to_string();
-        if let Some(rx) = rest {
-            forward_stdin(self.api.clone(), op.clone(), rx);
-        }
-        Ok(op)
+        self.spawn_remote(req, stdin)
     }
 
     fn operation(&self, op: &str) -> Result<Operation, BackendError> {
@@ -482,5 +529,73 @@ impl Backend for RemoteBackend {
             "importing {} needs the local engine; the remote API imports from registries only",
             path.display()
         )))
+    }
+}
+
+impl RemoteBackend {
+    /// Dedup by sha256 (`GET /files/{sha}`), else `POST /files`.
+    fn upload(&self, path: &Path, sha256: &str) -> Result<(String, bool), BackendError> {
+        match self
+            .api
+            .get_json::<serde_json::Value>(&format!("/files/{sha256}"))
+        {
+            Ok(f) => {
+                if let Some(uuid) = f["uuid"].as_str() {
+                    return Ok((uuid.to_string(), true));
+                }
+            }
+            Err(BackendError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let r = self.api.call(
+            || {
+                let file = std::fs::File::open(path);
+                let rb = self
+                    .api
+                    .request(reqwest::Method::POST, "/files")
+                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
+                match file {
+                    Ok(f) => rb.body(reqwest::blocking::Body::from(f)),
+                    Err(_) => rb,
+                }
+            },
+            true,
+        )?;
+        let f: serde_json::Value = r
+            .json()
+            .map_err(|e| BackendError::Store(format!("POST /files: bad response: {e}")))?;
+        f["uuid"]
+            .as_str()
+            .map(|u| (u.to_string(), false))
+            .ok_or_else(|| BackendError::Store("POST /files: no uuid in the answer".into()))
+    }
+
+    fn spawn_remote(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
+        let mut req = req.clone();
+        let mut rest = None;
+        if req.stdin.is_none() && stdin == StdinSource::Inherit {
+            let (first, rx) = self.stdin_plan();
+            req.stdin = first;
+            rest = rx;
+        }
+        let r = self.api.call(
+            || {
+                self.api
+                    .request(reqwest::Method::POST, "/instances")
+                    .json(&req)
+            },
+            false,
+        )?;
+        let body: serde_json::Value = r
+            .json()
+            .map_err(|e| BackendError::Store(format!("POST /instances: bad response: {e}")))?;
+        let op = body["uuid"]
+            .as_str()
+            .ok_or_else(|| BackendError::Store("POST /instances: no uuid in the answer".into()))?
+            .to_string();
+        if let Some(rx) = rest {
+            forward_stdin(self.api.clone(), op.clone(), rx);
+        }
+        Ok(op)
     }
 }

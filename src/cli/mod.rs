@@ -180,7 +180,9 @@ fn context(
 ) -> CommandResult<Context> {
     let paths = Paths::from_env();
     if let Some(profile) = remote {
-        let backend = crate::api::RemoteBackend::new(&profile).map_err(backend_err)?;
+        let backend = crate::api::RemoteBackend::new(&profile)
+            .map_err(backend_err)?
+            .with_upload_cache(&paths.data.join("uploads.db"));
         let sessions =
             SessionStore::open(&paths.session_db(&profile.name)).map_err(session_err)?;
         return Ok(Context {

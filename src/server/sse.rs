@@ -96,6 +96,8 @@ fn pump(st: &Shared, op: &str, follow: bool, since: u64, tx: &tokio::sync::mpsc:
         Ok(r) => r,
         Err(e) => return fail(format!("event log of {op}: {e}")),
     };
+    // Woken by the kernel when the supervisor appends; polling with a backoff otherwise.
+    let watch = follow.then(|| watch_file(&path)).flatten();
     let mut idle = Duration::ZERO;
     let mut since_check = Duration::ZERO;
     loop {
@@ -126,8 +128,15 @@ fn pump(st: &Shared, op: &str, follow: bool, since: u64, tx: &tokio::sync::mpsc:
                 if tx.is_closed() || *st.shutdown.borrow() {
                     return;
                 }
-                idle = (idle * 2).clamp(Duration::from_millis(2), Duration::from_millis(100));
-                std::thread::sleep(idle);
+                idle = match &watch {
+                    Some(w) => wait_change(w, Duration::from_millis(250)),
+                    None => {
+                        let d =
+                            (idle * 2).clamp(Duration::from_millis(2), Duration::from_millis(100));
+                        std::thread::sleep(d);
+                        d
+                    }
+                };
                 since_check += idle;
                 if since_check >= Duration::from_secs(1) {
                     since_check = Duration::ZERO;
@@ -138,6 +147,32 @@ fn pump(st: &Shared, op: &str, follow: bool, since: u64, tx: &tokio::sync::mpsc:
             Err(e) => return fail(format!("event log of {op}: {e}")),
         }
     }
+}
+
+fn watch_file(path: &std::path::Path) -> Option<nix::sys::inotify::Inotify> {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let ino = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok()?;
+    ino.add_watch(
+        path,
+        AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CLOSE_WRITE,
+    )
+    .ok()?;
+    Some(ino)
+}
+
+/// Waits until the watched file changes or `limit` passes; returns about how long it waited.
+fn wait_change(ino: &nix::sys::inotify::Inotify, limit: Duration) -> Duration {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let started = std::time::Instant::now();
+    let mut fds = [PollFd::new(ino.as_fd(), PollFlags::POLLIN)];
+    let ms = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
+    if let Ok(n) = nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
+        if n > 0 {
+            while matches!(ino.read_events(), Ok(ev) if !ev.is_empty()) {}
+        }
+    }
+    started.elapsed().max(Duration::from_millis(1))
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
