@@ -3,7 +3,7 @@
 //! formatters never know which one they talk to.
 
 use crate::wire::{DirectoryList, Event, Image, Operation, SpawnRequest, Status};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -76,6 +76,14 @@ pub trait Backend {
     /// Makes the file's content available as an attachment; returns the file uuid and
     /// whether it was already there.
     fn put_file(&self, path: &Path, sha256: &str) -> Result<(String, bool), BackendError>;
+    /// `put_file` for many files (path, sha256), answers in the same order; a remote
+    /// backend uploads them in parallel.
+    fn put_files(&self, files: &[(PathBuf, String)]) -> Result<Vec<(String, bool)>, BackendError> {
+        files
+            .iter()
+            .map(|(path, sha)| self.put_file(path, sha))
+            .collect()
+    }
     fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError>;
     fn operation(&self, op: &str) -> Result<Operation, BackendError>;
     fn operations(&self, filter: &OpFilter) -> Result<Vec<Operation>, BackendError>;

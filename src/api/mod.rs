@@ -421,6 +421,54 @@ impl Backend for RemoteBackend {
         Ok((uuid, existed))
     }
 
+    fn put_files(
+        &self,
+        files: &[(std::path::PathBuf, String)],
+    ) -> Result<Vec<(String, bool)>, BackendError> {
+        // `$CONTREE_CONCURRENCY` workers (8 by default), as the official client.
+        let workers = std::env::var("CONTREE_CONCURRENCY")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(8)
+            .clamp(1, 64)
+            .min(files.len().max(1));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        type Slot = std::sync::Mutex<Option<Result<(String, bool), BackendError>>>;
+        let results: Vec<Slot> = files.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((path, sha)) = files.get(i) else {
+                        return;
+                    };
+                    let r = self.put_file(path, sha);
+                    let failed = r.is_err();
+                    if let Ok(mut slot) = results[i].lock() {
+                        *slot = Some(r);
+                    }
+                    if failed {
+                        // Stop handing out work; the others finish what they hold.
+                        next.store(files.len(), std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let mut out = Vec::with_capacity(files.len());
+        for (slot, (path, _)) in results.into_iter().zip(files) {
+            match slot.into_inner().ok().flatten() {
+                Some(r) => out.push(r?),
+                None => {
+                    return Err(BackendError::Unavailable(format!(
+                        "{}: not uploaded (an earlier upload failed)",
+                        path.display()
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
         self.spawn_remote(req, stdin)
     }

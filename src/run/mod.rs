@@ -310,30 +310,38 @@ fn upload_pending(
     let Some(files) = req.files.as_mut() else {
         return Ok(());
     };
-    let mut uploaded: BTreeMap<String, String> = BTreeMap::new();
-    for (path, file) in files.iter_mut() {
+    // Each distinct content once, all in one call (a remote backend uploads in parallel).
+    let mut wanted: Vec<(PathBuf, String)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (path, file) in files.iter() {
         let Some(sha) = file.uuid.strip_prefix(PENDING_UPLOAD) else {
             continue;
         };
-        let sha = sha.to_string();
-        let uuid = match uploaded.get(&sha) {
-            Some(u) => u.clone(),
-            None => {
-                let (host, _) = blobs.get(&sha).ok_or_else(|| {
-                    CommandError::new(
-                        Kind::Internal,
-                        format!("file '{path}': no attachment has sha256 {sha}"),
-                    )
-                })?;
-                let (uuid, reused) = ctx.backend.put_file(host, &sha).map_err(backend_err)?;
-                if reused {
-                    crate::debug!("File reused: {} -> {uuid}", host.display());
-                }
-                uploaded.insert(sha, uuid.clone());
-                uuid
+        if !seen.insert(sha) {
+            continue;
+        }
+        let (host, _) = blobs.get(sha).ok_or_else(|| {
+            CommandError::new(
+                Kind::Internal,
+                format!("file '{path}': no attachment has sha256 {sha}"),
+            )
+        })?;
+        wanted.push((host.clone(), sha.to_string()));
+    }
+    let answers = ctx.backend.put_files(&wanted).map_err(backend_err)?;
+    let mut uploaded: BTreeMap<String, String> = BTreeMap::new();
+    for ((host, sha), (uuid, reused)) in wanted.into_iter().zip(answers) {
+        if reused {
+            crate::debug!("File reused: {} -> {uuid}", host.display());
+        }
+        uploaded.insert(sha, uuid);
+    }
+    for file in files.values_mut() {
+        if let Some(sha) = file.uuid.strip_prefix(PENDING_UPLOAD) {
+            if let Some(uuid) = uploaded.get(sha) {
+                file.uuid = uuid.clone();
             }
-        };
-        file.uuid = uuid;
+        }
     }
     Ok(())
 }
