@@ -11,7 +11,7 @@ use crate::wire::{self, Event};
 use serde_json::{Map, Value};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 /// One event as stored: the header and, for stream events, the raw bytes.
@@ -101,15 +101,24 @@ impl LogWriter {
             kind: kind.to_string(),
             data,
         };
-        let json = serde_json::to_vec(&header).map_err(io::Error::other)?;
         self.buf.clear();
-        self.buf
-            .extend_from_slice(&(json.len() as u32).to_le_bytes());
-        self.buf
-            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(&json);
-        self.buf.extend_from_slice(payload);
-        self.file.write_all(&self.buf)?;
+        self.buf.extend_from_slice(&[0; 8]);
+        serde_json::to_writer(&mut self.buf, &header).map_err(io::Error::other)?;
+        let hlen = (self.buf.len() - 8) as u32;
+        self.buf[0..4].copy_from_slice(&hlen.to_le_bytes());
+        self.buf[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        // One writev: the payload is not copied into our buffer, and a single write to an
+        // O_APPEND file keeps the frame whole for concurrent readers.
+        let total = self.buf.len() + payload.len();
+        let n = self
+            .file
+            .write_vectored(&[io::IoSlice::new(&self.buf), io::IoSlice::new(payload)])?;
+        if n < total {
+            // Only a full disk makes a regular file take less; finish the frame.
+            let mut rest = self.buf.clone();
+            rest.extend_from_slice(payload);
+            self.file.write_all(&rest[n..])?;
+        }
         self.next_id += 1;
         if let Some(fd) = &self.notify {
             // A full pipe already means "there is news": EAGAIN is fine.
@@ -178,21 +187,30 @@ impl LogReader {
             self.start = 0;
         }
         let have = self.pending.len();
-        self.pending.resize(have + READ_SIZE, 0);
+        self.pending.reserve(READ_SIZE);
+        let spare = self.pending.spare_capacity_mut();
         let n = loop {
-            match self
-                .file
-                .read_at(&mut self.pending[have..], self.offset + have as u64)
-            {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.pending.truncate(have);
-                    return Err(e);
-                }
+            // SAFETY: pread writes at most `spare.len()` bytes into the vector's spare
+            // capacity; only the `n` bytes it reports are then marked initialised. Reading
+            // into spare capacity saves zero-filling a megabyte per read.
+            let rc = unsafe {
+                libc::pread(
+                    self.file.as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
+                    spare.len(),
+                    (self.offset + have as u64) as libc::off_t,
+                )
+            };
+            if rc >= 0 {
+                break rc as usize;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
             }
         };
-        self.pending.truncate(have + n);
+        // SAFETY: the first `n` bytes of the spare capacity were just written by pread.
+        unsafe { self.pending.set_len(have + n) };
         Ok(n > 0)
     }
 }
