@@ -104,6 +104,18 @@ pub trait Backend {
     ) -> Result<(Box<dyn std::io::Read>, Option<u32>), BackendError>;
     /// Imports a root filesystem directory or tar archive from this machine.
     fn import_local(&self, path: &Path, tag: Option<&str>) -> Result<String, BackendError>;
+    /// Pulls an image from an OCI / Docker registry (`docker://reg/path:tag`, `user/img`…).
+    fn pull_image(
+        &self,
+        _reference: &str,
+        _username: Option<&str>,
+        _password: Option<&str>,
+        _tag: Option<&str>,
+    ) -> Result<String, BackendError> {
+        Err(BackendError::Unavailable(
+            "registry pulls are not available for this backend".into(),
+        ))
+    }
     /// Frees the images, layers and blobs that neither a tag, `refs` (what the sessions
     /// use) nor a running operation references; with `dry_run` only says what it would free.
     fn gc(&self, _refs: &References, _dry_run: bool) -> Result<GcReport, BackendError> {

@@ -286,12 +286,19 @@ pub enum ImagesCommand {
         images: Vec<String>,
     },
     /// Import a root filesystem directory, a tar / tar.gz archive, an OCI image layout
-    /// (directory or tar) or a `docker save` archive
+    /// (directory or tar), a `docker save` archive, or pull from a registry
     Import {
+        /// A local path, or a registry reference (`docker://reg/path:tag`, `user/img:tag`)
         path: String,
-        /// Tag for the new image
+        /// Tag for the new image (a pull defaults to the reference without its registry)
         #[arg(long, short = 't')]
         tag: Option<String>,
+        /// Registry user name (basic auth, or for the registry's token service)
+        #[arg(long)]
+        username: Option<String>,
+        /// Registry password
+        #[arg(long)]
+        password: Option<String>,
     },
 }
 

@@ -12,7 +12,15 @@ pub fn images(ctx: &Context, flags: ImagesFlags) -> CommandResult<i32> {
     match flags.command {
         None => list(ctx, flags.list),
         Some(ImagesCommand::List(list_flags)) => list(ctx, list_flags),
-        Some(ImagesCommand::Import { path, tag }) => import(ctx, &path, tag.as_deref()),
+        Some(ImagesCommand::Import {
+            path,
+            tag,
+            username,
+            password,
+        }) if !std::path::Path::new(&path).exists() && super::pull::is_reference(&path) => {
+            super::pull::pull(ctx, &path, tag, username, password)
+        }
+        Some(ImagesCommand::Import { path, tag, .. }) => import(ctx, &path, tag.as_deref()),
         Some(ImagesCommand::Rm { images }) => super::gc::images_rm(ctx, &images),
     }
 }

@@ -10,6 +10,7 @@ mod images;
 mod inspect;
 mod ops;
 mod plugins;
+mod pull;
 mod session;
 mod session_args;
 mod when;

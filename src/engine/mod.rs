@@ -10,6 +10,7 @@ pub mod oci;
 pub mod inspect;
 pub mod layers;
 pub mod overlay;
+pub mod registry;
 pub mod sandbox;
 pub mod store;
 pub mod supervisor;
@@ -527,6 +528,23 @@ impl Backend for LocalEngine {
 
     fn import_local(&self, path: &Path, tag: Option<&str>) -> Result<String, BackendError> {
         import::import(&self.store, path, tag).map_err(|e| match e {
+            import::ImportError::Store(s) => BackendError::Store(s.to_string()),
+            other => BackendError::Invalid(other.to_string()),
+        })
+    }
+
+    fn pull_image(
+        &self,
+        reference: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+        tag: Option<&str>,
+    ) -> Result<String, BackendError> {
+        let creds = registry::Credentials {
+            username: username.map(str::to_string),
+            password: password.map(str::to_string),
+        };
+        registry::pull(&self.store, reference, &creds, tag).map_err(|e| match e {
             import::ImportError::Store(s) => BackendError::Store(s.to_string()),
             other => BackendError::Invalid(other.to_string()),
         })

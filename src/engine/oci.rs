@@ -5,7 +5,7 @@
 //! engine's overlay mounts and the inspection code read the layers as they are
 //! (image-spec `layer.md`, "Whiteouts").
 //!
-//! Only local files are read; registry pulls are not done here.
+//! Only local files are read; `registry` downloads into a layout and then calls this.
 
 use super::import::ImportError;
 use super::layers;
@@ -209,6 +209,10 @@ fn digest_of(desc: &Value) -> io::Result<&str> {
 }
 
 /// The manifest of an index to use: the one for this machine's platform, else the first.
+pub fn pick_manifest(index: &Value) -> io::Result<Value> {
+    pick(index)
+}
+
 fn pick(index: &Value) -> io::Result<Value> {
     let manifests = index
         .get("manifests")

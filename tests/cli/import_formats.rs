@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::harness::{busybox_rootfs, sha256_hex, skip, static_busybox, Env};
 
 /// Tars `root` (symlinks kept), gzipped if asked, and returns the bytes.
-fn tar_of(root: &Path, gzip: bool) -> Vec<u8> {
+pub fn tar_of(root: &Path, gzip: bool) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
     builder.append_dir_all(".", root).expect("tar layer");
@@ -26,7 +26,7 @@ fn tar_of(root: &Path, gzip: bool) -> Vec<u8> {
 }
 
 /// The two layer directories: lower (busybox + files), upper (whiteouts + a new file).
-fn layer_dirs(env: &Env) -> Option<(PathBuf, PathBuf)> {
+pub fn layer_dirs(env: &Env) -> Option<(PathBuf, PathBuf)> {
     let Some(busybox) = static_busybox() else {
         skip("needs a static /bin/busybox (apt-get install busybox-static)");
         return None;
@@ -53,7 +53,7 @@ fn layer_dirs(env: &Env) -> Option<(PathBuf, PathBuf)> {
     Some((lower, upper))
 }
 
-fn config() -> Vec<u8> {
+pub fn config() -> Vec<u8> {
     serde_json::to_vec(&json!({
         "architecture": "amd64",
         "os": "linux",
@@ -108,6 +108,12 @@ fn docker_save(dir: &Path, lower: &[u8], upper: &[u8]) {
 fn check_import(env: &Env, path: &Path, tag: &str) {
     env.run(["images", "import", path.to_str().unwrap(), "--tag", tag])
         .success();
+    check_view(env, tag);
+}
+
+/// Starts a session on image `tag` (built from `layer_dirs`) and checks that runs and
+/// inspection see the upper layer's view and the config's environment.
+pub fn check_view(env: &Env, tag: &str) {
     env.run(["use", &format!("tag:{tag}")]).success();
     // Inspection reads the layers directly.
     let etc = env.run(["ls", "/etc"]).success().stdout_text();

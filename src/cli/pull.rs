@@ -1,0 +1,75 @@
+//! `images import REF` for a registry reference: pull, import, print the new image.
+
+use crate::context::{backend_err, Context};
+use crate::error::CommandResult;
+use crate::format::Record;
+use crate::run::print_records;
+
+/// True when `text` reads as a registry reference rather than a local path.
+pub fn is_reference(text: &str) -> bool {
+    text.starts_with("docker://")
+        || (!text.starts_with(['/', '.', '~'])
+            && crate::engine::registry::Reference::parse(text).is_some())
+}
+
+/// The default tag (run-behaviour.md §5): the reference minus `docker://`, minus a dotted
+/// (or ported) registry host, minus `library/`.
+pub fn default_tag(reference: &str) -> String {
+    let rest = reference.strip_prefix("docker://").unwrap_or(reference);
+    let rest = match rest.split_once('/') {
+        Some((first, tail)) if first.contains(['.', ':']) || first == "localhost" => tail,
+        _ => rest,
+    };
+    let rest = rest.strip_prefix("library/").unwrap_or(rest);
+    if rest.contains(':') || rest.contains('@') {
+        rest.to_string()
+    } else {
+        format!("{rest}:latest")
+    }
+}
+
+pub fn pull(
+    ctx: &Context,
+    reference: &str,
+    tag: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+) -> CommandResult<i32> {
+    let tag = tag.unwrap_or_else(|| default_tag(reference));
+    crate::info!("Pulling {reference}");
+    let uuid = ctx
+        .backend
+        .pull_image(
+            reference,
+            username.as_deref(),
+            password.as_deref(),
+            Some(&tag),
+        )
+        .map_err(backend_err)?;
+    let mut rec = Record::new();
+    rec.insert("uuid".into(), uuid.clone().into());
+    rec.insert("tag".into(), tag.clone().into());
+    rec.insert("source".into(), reference.into());
+    print_records(ctx.format, &[rec])?;
+    crate::info!("Imported {reference} as image {uuid} (tag {tag})");
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_tags_drop_the_registry_and_library() {
+        assert_eq!(default_tag("ubuntu"), "ubuntu:latest");
+        assert_eq!(
+            default_tag("docker://docker.io/library/ubuntu:22.04"),
+            "ubuntu:22.04"
+        );
+        assert_eq!(default_tag("127.0.0.1:5000/bb/x:v1"), "bb/x:v1");
+        assert_eq!(default_tag("user/img"), "user/img:latest");
+        assert!(is_reference("alpine:3"));
+        assert!(!is_reference("./rootfs.tar"));
+        assert!(!is_reference("/abs/dir"));
+    }
+}

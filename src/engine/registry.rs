@@ -1,0 +1,332 @@
+//! Pulling an image from an OCI / Docker registry (distribution-spec v2) into the local
+//! store: the manifest (through an index for this platform), the config and the layers are
+//! downloaded into a temporary OCI image layout, checked against their digests, and
+//! imported by `oci` like a layout on disk.
+//!
+//! Authentication follows the registry's `WWW-Authenticate` answer: `Basic` gets the
+//! credentials, `Bearer realm=…,service=…,scope=…` gets a token from the realm (anonymous, or
+//! with the credentials as basic auth), as Docker Hub and most registries do. Loopback
+//! registries are spoken to over plain HTTP (as Docker does), everything else over HTTPS.
+
+use super::import::ImportError;
+use super::store::Store;
+use base64::Engine as _;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+/// Where an image lives in a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    /// `host[:port]` as typed (`docker.io` for Docker Hub).
+    pub registry: String,
+    /// Repository path (`library/alpine`).
+    pub repository: String,
+    /// Tag or `sha256:…` digest.
+    pub reference: String,
+}
+
+impl Reference {
+    /// `docker://reg/path:tag`, `reg/path@sha256:…`, `user/img`, `img` (Docker Hub rules:
+    /// a first segment with `.` or `:` or `localhost` is a registry).
+    pub fn parse(text: &str) -> Option<Reference> {
+        let rest = text.strip_prefix("docker://").unwrap_or(text);
+        if rest.is_empty() || rest.contains(char::is_whitespace) {
+            return None;
+        }
+        let (first, tail) = match rest.split_once('/') {
+            Some((f, t)) if f.contains(['.', ':']) || f == "localhost" => (f.to_string(), t),
+            _ => ("docker.io".to_string(), rest),
+        };
+        let (path, reference) = if let Some((p, d)) = tail.split_once('@') {
+            (p.to_string(), d.to_string())
+        } else {
+            match tail.rsplit_once(':') {
+                Some((p, t)) if !t.contains('/') => (p.to_string(), t.to_string()),
+                _ => (tail.to_string(), "latest".to_string()),
+            }
+        };
+        if path.is_empty() || reference.is_empty() {
+            return None;
+        }
+        let repository = if first == "docker.io" && !path.contains('/') {
+            format!("library/{path}")
+        } else {
+            path
+        };
+        Some(Reference {
+            registry: first,
+            repository,
+            reference,
+        })
+    }
+
+    fn base(&self) -> String {
+        let host = if self.registry == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            &self.registry
+        };
+        let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+        let plain = matches!(name, "localhost" | "127.0.0.1" | "[::1]") || name.starts_with("127.");
+        format!(
+            "{}://{host}/v2/{}",
+            if plain { "http" } else { "https" },
+            self.repository
+        )
+    }
+}
+
+/// Registry credentials for basic auth or the token realm.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+struct Client {
+    agent: ureq::Agent,
+    creds: Credentials,
+    /// The `Authorization` header that worked last.
+    auth: Option<String>,
+}
+
+fn err(msg: impl Into<String>) -> io::Error {
+    io::Error::other(msg.into())
+}
+
+impl Client {
+    fn basic(&self) -> Option<String> {
+        let user = self.creds.username.as_deref()?;
+        let pass = self.creds.password.as_deref().unwrap_or("");
+        Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+        ))
+    }
+
+    /// GET with the registry's auth dance on a 401.
+    fn get(&mut self, url: &str, accept: Option<&str>) -> io::Result<ureq::Response> {
+        for attempt in 0..2 {
+            let mut req = self.agent.get(url);
+            if let Some(a) = accept {
+                req = req.set("Accept", a);
+            }
+            if let Some(auth) = &self.auth {
+                req = req.set("Authorization", auth);
+            }
+            match req.call() {
+                Ok(resp) => return Ok(resp),
+                Err(ureq::Error::Status(401, resp)) if attempt == 0 => {
+                    let challenge = resp.header("www-authenticate").unwrap_or("").to_string();
+                    self.auth = Some(self.authenticate(&challenge)?);
+                }
+                Err(ureq::Error::Status(code, resp)) => {
+                    let body = resp.into_string().unwrap_or_default();
+                    return Err(err(format!("{url}: HTTP {code}: {}", body.trim())));
+                }
+                Err(e) => return Err(err(format!("{url}: {e}"))),
+            }
+        }
+        Err(err(format!("{url}: HTTP 401: authentication failed")))
+    }
+
+    fn authenticate(&self, challenge: &str) -> io::Result<String> {
+        let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return self
+                .basic()
+                .ok_or_else(|| err("the registry wants a username and password (--username)"));
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(err(format!(
+                "unsupported registry authentication '{challenge}'"
+            )));
+        }
+        let field = |name: &str| -> Option<String> {
+            let at = params.find(&format!("{name}=\""))? + name.len() + 2;
+            let end = params[at..].find('"')? + at;
+            Some(params[at..end].to_string())
+        };
+        let realm = field("realm").ok_or_else(|| err("bearer challenge without a realm"))?;
+        let mut req = self.agent.get(&realm);
+        for key in ["service", "scope"] {
+            if let Some(v) = field(key) {
+                req = req.query(key, &v);
+            }
+        }
+        if let Some(b) = self.basic() {
+            req = req.set("Authorization", &b);
+        }
+        let text = req
+            .call()
+            .map_err(|e| err(format!("token from {realm}: {e}")))?
+            .into_string()?;
+        let body: Value = serde_json::from_str(&text)
+            .map_err(|e| err(format!("token from {realm}: {e}")))?;
+        let token = body
+            .get("token")
+            .or_else(|| body.get("access_token"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| err(format!("token from {realm}: no token in the answer")))?;
+        Ok(format!("Bearer {token}"))
+    }
+
+    /// Downloads a blob or manifest into `dest`, checking its sha256 digest.
+    fn fetch(
+        &mut self,
+        url: &str,
+        accept: Option<&str>,
+        digest: &str,
+        dest: &Path,
+    ) -> io::Result<()> {
+        let resp = self.get(url, accept)?;
+        let tmp = dest.with_extension("part");
+        let mut out = fs::File::create(&tmp)?;
+        let mut hasher = Sha256::new();
+        let mut reader = resp.into_reader();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+        }
+        let got = format!("sha256:{:x}", hasher.finalize());
+        if digest.starts_with("sha256:") && got != digest {
+            let _ = fs::remove_file(&tmp);
+            return Err(err(format!(
+                "{url}: digest mismatch (expected {digest}, got {got})"
+            )));
+        }
+        fs::rename(&tmp, dest)
+    }
+}
+
+fn digest_path(dir: &Path, digest: &str) -> io::Result<std::path::PathBuf> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| err(format!("unsupported digest '{digest}'")))?;
+    Ok(dir.join("blobs/sha256").join(hex))
+}
+
+/// Downloads `reference` into the OCI layout `dir`.
+fn download(r: &Reference, creds: &Credentials, dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir.join("blobs/sha256"))?;
+    let mut client = Client {
+        agent: ureq::AgentBuilder::new()
+            .timeout_connect(std::time::Duration::from_secs(30))
+            .build(),
+        creds: creds.clone(),
+        auth: None,
+    };
+    let base = r.base();
+    let mut want = r.reference.clone();
+    for _ in 0..4 {
+        let url = format!("{base}/manifests/{want}");
+        let resp = client.get(&url, Some(MANIFEST_TYPES))?;
+        let media = resp.content_type().to_string();
+        let mut bytes = Vec::new();
+        resp.into_reader().read_to_end(&mut bytes)?;
+        let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
+        if want.starts_with("sha256:") && want != digest {
+            return Err(err(format!("{url}: digest mismatch")));
+        }
+        let doc: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| err(format!("{url}: not a manifest: {e}")))?;
+        fs::write(digest_path(dir, &digest)?, &bytes)?;
+        if doc.get("manifests").is_some() {
+            // An index: `oci::pick` chooses the same way on import, so pick here too.
+            let index = doc.clone();
+            let chosen = super::oci::pick_manifest(&index)?;
+            want = chosen
+                .get("digest")
+                .and_then(Value::as_str)
+                .ok_or_else(|| err("index entry without a digest"))?
+                .to_string();
+            continue;
+        }
+        let mut blobs: Vec<String> = Vec::new();
+        if let Some(c) = doc.pointer("/config/digest").and_then(Value::as_str) {
+            blobs.push(c.to_string());
+        }
+        for layer in doc
+            .get("layers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(d) = layer.get("digest").and_then(Value::as_str) {
+                blobs.push(d.to_string());
+            }
+        }
+        for b in blobs {
+            let dest = digest_path(dir, &b)?;
+            if !dest.exists() {
+                client.fetch(&format!("{base}/blobs/{b}"), None, &b, &dest)?;
+            }
+        }
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": media, "digest": digest, "size": bytes.len()}]
+        });
+        fs::write(dir.join("index.json"), index.to_string())?;
+        fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        return Ok(());
+    }
+    Err(err("image indexes nest too deeply"))
+}
+
+/// Pulls `reference` and imports it; returns the new image's uuid.
+pub fn pull(
+    store: &Store,
+    reference: &str,
+    creds: &Credentials,
+    tag: Option<&str>,
+) -> Result<String, ImportError> {
+    let r = Reference::parse(reference)
+        .ok_or_else(|| ImportError::Unsupported(reference.to_string()))?;
+    let dir = store
+        .root
+        .join("tmp")
+        .join(format!("pull-{}", uuid::Uuid::new_v4()));
+    let result = download(&r, creds, &dir)
+        .map_err(|source| ImportError::Io {
+            path: reference.to_string(),
+            source,
+        })
+        .and_then(|_| super::oci::import_dir(store, &dir, tag));
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_follow_docker_hub_rules() {
+        let p = |s| Reference::parse(s).unwrap();
+        assert_eq!(p("ubuntu").repository, "library/ubuntu");
+        assert_eq!(p("ubuntu").reference, "latest");
+        assert_eq!(p("ubuntu").registry, "docker.io");
+        assert_eq!(p("user/img:1.2").repository, "user/img");
+        assert_eq!(p("user/img:1.2").reference, "1.2");
+        let local = p("127.0.0.1:5000/bb/x:v1");
+        assert_eq!(local.registry, "127.0.0.1:5000");
+        assert_eq!(local.repository, "bb/x");
+        assert_eq!(local.base(), "http://127.0.0.1:5000/v2/bb/x");
+        let hub = p("docker://docker.io/library/alpine@sha256:abc");
+        assert_eq!(hub.reference, "sha256:abc");
+        assert_eq!(hub.base(), "https://registry-1.docker.io/v2/library/alpine");
+        assert_eq!(p("ghcr.io/o/r").base(), "https://ghcr.io/v2/o/r");
+        assert!(Reference::parse("").is_none());
+    }
+}
