@@ -96,31 +96,10 @@ fn an_image_pushed_to_a_loopback_registry_pulls_with_whiteouts_applied() {
         return;
     };
     let env = Env::new();
-    let Some((lower, upper)) = layer_dirs(&env) else {
-        return;
-    };
     let registry = start(&binary, env.work());
-    let base = format!("http://{}/v2/bb/x", registry.addr);
-    let (l, u, c) = (tar_of(&lower, true), tar_of(&upper, true), config());
-    let layers: Vec<_> = [&l, &u]
-        .iter()
-        .map(|b| {
-            json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                   "digest": push_blob(&base, b), "size": b.len()})
-        })
-        .collect();
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": push_blob(&base, &c), "size": c.len()},
-        "layers": layers
-    });
-    ureq::put(&format!("{base}/manifests/v1"))
-        .set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-        .send_string(&manifest.to_string())
-        .expect("push manifest");
-
+    if !push_image(&env, &registry) {
+        return;
+    }
     let reference = format!("{}/bb/x:v1", registry.addr);
     env.run(["images", "import", &reference])
         .success()
@@ -141,4 +120,186 @@ fn an_image_pushed_to_a_loopback_registry_pulls_with_whiteouts_applied() {
         .read_to_string(&mut body)
         .unwrap();
     assert!(body.contains("bb/x"), "{body}");
+}
+
+/// How the fake front door in front of the registry wants clients to authenticate.
+#[derive(Clone, Copy)]
+enum Auth {
+    /// `WWW-Authenticate: Basic`: every request carries user:pass.
+    Basic,
+    /// `WWW-Authenticate: Bearer realm=…`: a token from `/token`, got with user:pass.
+    Token,
+}
+
+const BASIC: &str = "Basic dXNlcjpwYXNz"; // user:pass
+const TOKEN: &str = "tok-123";
+
+/// A one-request-per-connection HTTP front for `upstream` that demands `auth`; returns its
+/// address. Requests that pass are forwarded to the real registry.
+fn auth_front(upstream: String, auth: Auth) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let me = addr.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let mut authz = String::new();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    if k.eq_ignore_ascii_case("authorization") {
+                        authz = v.trim().to_string();
+                    }
+                }
+            }
+            let (status, headers, body): (u16, Vec<(String, String)>, Vec<u8>) = if path
+                .starts_with("/token")
+            {
+                if authz == BASIC && path.contains("scope=repository") {
+                    (
+                        200,
+                        vec![],
+                        format!("{{\"token\":\"{TOKEN}\"}}").into_bytes(),
+                    )
+                } else {
+                    (401, vec![], b"{\"errors\":[]}".to_vec())
+                }
+            } else {
+                let ok = match auth {
+                    Auth::Basic => authz == BASIC,
+                    Auth::Token => authz == format!("Bearer {TOKEN}"),
+                };
+                if !ok {
+                    let challenge = match auth {
+                            Auth::Basic => "Basic realm=\"fake\"".to_string(),
+                            Auth::Token => format!(
+                                "Bearer realm=\"http://{me}/token\",service=\"fake\",scope=\"repository:bb/x:pull\""
+                            ),
+                        };
+                    (
+                        401,
+                        vec![("WWW-Authenticate".into(), challenge)],
+                        b"{}".to_vec(),
+                    )
+                } else {
+                    let mut req = ureq::get(&format!("http://{upstream}{path}"));
+                    req = req.set(
+                            "Accept",
+                            "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json",
+                        );
+                    match req.call() {
+                        Ok(resp) | Err(ureq::Error::Status(_, resp)) => {
+                            let status = resp.status();
+                            let ct = resp.content_type().to_string();
+                            let mut body = Vec::new();
+                            resp.into_reader().read_to_end(&mut body).unwrap();
+                            (status, vec![("Content-Type".into(), ct)], body)
+                        }
+                        Err(_) => (502, vec![], Vec::new()),
+                    }
+                }
+            };
+            let mut out = stream;
+            let mut head = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len()
+            );
+            for (k, v) in headers {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            let _ = out.write_all(head.as_bytes());
+            let _ = out.write_all(&body);
+        }
+    });
+    addr
+}
+
+/// Pushes the two-layer test image to `registry` as `bb/x:v1`.
+fn push_image(env: &Env, registry: &Registry) -> bool {
+    let Some((lower, upper)) = layer_dirs(env) else {
+        return false;
+    };
+    let base = format!("http://{}/v2/bb/x", registry.addr);
+    let (l, u, c) = (tar_of(&lower, true), tar_of(&upper, false), config());
+    let layers: Vec<_> = [&l, &u]
+        .iter()
+        .map(|b| {
+            json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                   "digest": push_blob(&base, b), "size": b.len()})
+        })
+        .collect();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": push_blob(&base, &c), "size": c.len()},
+        "layers": layers
+    });
+    ureq::put(&format!("{base}/manifests/v1"))
+        .set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .send_string(&manifest.to_string())
+        .expect("push manifest");
+    true
+}
+
+#[test]
+fn pulls_authenticate_with_basic_auth_and_with_a_token_realm() {
+    let Some(binary) = registry_binary() else {
+        skip("needs Debian's docker-registry package (apt-get install docker-registry)");
+        return;
+    };
+    let env = Env::new();
+    let registry = start(&binary, env.work());
+    if !push_image(&env, &registry) {
+        return;
+    }
+    for (auth, tag) in [(Auth::Basic, "basic"), (Auth::Token, "token")] {
+        let front = auth_front(registry.addr.clone(), auth);
+        let reference = format!("{front}/bb/x:v1");
+        // Without credentials the registry says no, and nothing is imported.
+        let denied = env
+            .run(["images", "import", &reference, "--tag", tag])
+            .code(1);
+        assert!(
+            denied.stderr_text().contains("401") || denied.stderr_text().contains("username"),
+            "{}",
+            denied.stderr_text()
+        );
+        env.run([
+            "images",
+            "import",
+            &reference,
+            "--tag",
+            tag,
+            "--username",
+            "user",
+            "--password",
+            "wrong",
+        ])
+        .code(1);
+        env.run([
+            "images",
+            "import",
+            &reference,
+            "--tag",
+            tag,
+            "--username",
+            "user",
+            "--password",
+            "pass",
+        ])
+        .success();
+        check_view(&env, tag);
+    }
 }
