@@ -22,7 +22,7 @@ impl Owners {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
              CREATE TABLE IF NOT EXISTS owned(
                  kind TEXT NOT NULL, id TEXT NOT NULL, ns TEXT NOT NULL,
                  created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
