@@ -7,8 +7,13 @@ use crate::run::print_records;
 
 /// True when `text` reads as a registry reference rather than a local path.
 pub fn is_reference(text: &str) -> bool {
+    // A missing `rootfs.tar` is a typo'd path, not an image on Docker Hub.
+    let archive = [".tar", ".tar.gz", ".tgz", ".gz"]
+        .iter()
+        .any(|ext| text.ends_with(ext));
     text.starts_with("docker://")
-        || (!text.starts_with(['/', '.', '~'])
+        || (!archive
+            && !text.starts_with(['/', '.', '~'])
             && crate::engine::registry::Reference::parse(text).is_some())
 }
 
@@ -71,5 +76,6 @@ mod tests {
         assert!(is_reference("alpine:3"));
         assert!(!is_reference("./rootfs.tar"));
         assert!(!is_reference("/abs/dir"));
+        assert!(!is_reference("rootfs.tar.gz"));
     }
 }
