@@ -82,7 +82,7 @@ impl Server {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Reply {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        let mut stream = connect(self.port);
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
             body.len()
@@ -135,7 +135,7 @@ impl Server {
 
     /// Reads the live event stream until the command has printed `needle`.
     fn wait_for_output(&self, op: &str, token: &str, needle: &str) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        let mut stream = connect(self.port);
         write!(
             stream,
             "GET /v1/operations/{op}/events?follow=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
@@ -178,6 +178,15 @@ impl Drop for Server {
         );
         let _ = self.child.wait();
     }
+}
+
+/// A connection whose reads fail after two minutes instead of hanging the test run.
+fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .expect("read timeout");
+    stream
 }
 
 struct Reply {
@@ -511,7 +520,7 @@ fn a_body_bigger_than_the_limit_gets_413() {
     let server = Server::start();
     // Only the head is sent: the declared length alone is over --max-body, so the server
     // answers at once (no unread bytes left to reset the connection).
-    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    let mut stream = connect(server.port);
     let head = format!(
         "POST /v1/instances HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: Bearer {TOKEN_A}\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\r\n"
     );
@@ -857,7 +866,7 @@ fn an_event_stream_cut_mid_run_resumes_with_nothing_lost_or_repeated() {
     let op = reply.json()["uuid"].as_str().unwrap().to_string();
 
     // Read the live stream until `before` arrives, then drop the connection.
-    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    let mut stream = connect(server.port);
     write!(
         stream,
         "GET /v1/operations/{op}/events?follow=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN_A}\r\n\r\n"
