@@ -89,7 +89,7 @@ pub struct Credentials {
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
 struct Client {
-    agent: ureq::Agent,
+    http: reqwest::blocking::Client,
     creds: Credentials,
     /// The `Authorization` header that worked last.
     auth: Option<String>,
@@ -110,27 +110,32 @@ impl Client {
     }
 
     /// GET with the registry's auth dance on a 401.
-    fn get(&mut self, url: &str, accept: Option<&str>) -> io::Result<ureq::Response> {
+    fn get(&mut self, url: &str, accept: Option<&str>) -> io::Result<reqwest::blocking::Response> {
         for attempt in 0..2 {
-            let mut req = self.agent.get(url);
+            let mut req = self.http.get(url);
             if let Some(a) = accept {
-                req = req.set("Accept", a);
+                req = req.header("Accept", a);
             }
             if let Some(auth) = &self.auth {
-                req = req.set("Authorization", auth);
+                req = req.header("Authorization", auth);
             }
-            match req.call() {
-                Ok(resp) => return Ok(resp),
-                Err(ureq::Error::Status(401, resp)) if attempt == 0 => {
-                    let challenge = resp.header("www-authenticate").unwrap_or("").to_string();
-                    self.auth = Some(self.authenticate(&challenge)?);
-                }
-                Err(ureq::Error::Status(code, resp)) => {
-                    let body = resp.into_string().unwrap_or_default();
-                    return Err(err(format!("{url}: HTTP {code}: {}", body.trim())));
-                }
-                Err(e) => return Err(err(format!("{url}: {e}"))),
+            let resp = req.send().map_err(|e| err(format!("{url}: {e}")))?;
+            let code = resp.status().as_u16();
+            if code == 401 && attempt == 0 {
+                let challenge = resp
+                    .headers()
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                self.auth = Some(self.authenticate(&challenge)?);
+                continue;
             }
+            if code >= 400 {
+                let body = resp.text().unwrap_or_default();
+                return Err(err(format!("{url}: HTTP {code}: {}", body.trim())));
+            }
+            return Ok(resp);
         }
         Err(err(format!("{url}: HTTP 401: authentication failed")))
     }
@@ -153,21 +158,22 @@ impl Client {
             Some(params[at..end].to_string())
         };
         let realm = field("realm").ok_or_else(|| err("bearer challenge without a realm"))?;
-        let mut req = self.agent.get(&realm);
+        let mut req = self.http.get(&realm);
         for key in ["service", "scope"] {
             if let Some(v) = field(key) {
-                req = req.query(key, &v);
+                req = req.query(&[(key, v)]);
             }
         }
         if let Some(b) = self.basic() {
-            req = req.set("Authorization", &b);
+            req = req.header("Authorization", b);
         }
         let text = req
-            .call()
-            .map_err(|e| err(format!("token from {realm}: {e}")))?
-            .into_string()?;
-        let body: Value = serde_json::from_str(&text)
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.text())
             .map_err(|e| err(format!("token from {realm}: {e}")))?;
+        let body: Value =
+            serde_json::from_str(&text).map_err(|e| err(format!("token from {realm}: {e}")))?;
         let token = body
             .get("token")
             .or_else(|| body.get("access_token"))
@@ -188,7 +194,7 @@ impl Client {
         let tmp = dest.with_extension("part");
         let mut out = fs::File::create(&tmp)?;
         let mut hasher = Sha256::new();
-        let mut reader = resp.into_reader();
+        let mut reader = resp;
         let mut buf = vec![0u8; 1 << 16];
         loop {
             let n = reader.read(&mut buf)?;
@@ -221,9 +227,11 @@ fn digest_path(dir: &Path, digest: &str) -> io::Result<std::path::PathBuf> {
 fn download(r: &Reference, creds: &Credentials, dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir.join("blobs/sha256"))?;
     let mut client = Client {
-        agent: ureq::AgentBuilder::new()
-            .timeout_connect(std::time::Duration::from_secs(30))
-            .build(),
+        http: reqwest::blocking::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .timeout(None)
+            .build()
+            .map_err(|e| err(format!("HTTP client: {e}")))?,
         creds: creds.clone(),
         auth: None,
     };
@@ -232,9 +240,15 @@ fn download(r: &Reference, creds: &Credentials, dir: &Path) -> io::Result<()> {
     for _ in 0..4 {
         let url = format!("{base}/manifests/{want}");
         let resp = client.get(&url, Some(MANIFEST_TYPES))?;
-        let media = resp.content_type().to_string();
+        let media = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+            .to_string();
         let mut bytes = Vec::new();
-        resp.into_reader().read_to_end(&mut bytes)?;
+        let mut resp = resp;
+        resp.read_to_end(&mut bytes)?;
         let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
         if want.starts_with("sha256:") && want != digest {
             return Err(err(format!("{url}: digest mismatch")));

@@ -3,7 +3,6 @@
 //! pulled by contree with its whiteouts applied. Without the package the test is reported
 //! skipped.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -12,6 +11,10 @@ use serde_json::json;
 
 use crate::harness::{eventually, sha256_hex, skip, Env};
 use crate::import_formats::{check_view, config, layer_dirs, tar_of};
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::new()
+}
 
 fn registry_binary() -> Option<PathBuf> {
     ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
@@ -58,9 +61,10 @@ fn start(binary: &Path, dir: &Path) -> Registry {
         .expect("start docker-registry");
     let registry = Registry { child, addr };
     let up = eventually(Duration::from_secs(20), || {
-        ureq::get(&format!("http://{}/v2/", registry.addr))
-            .call()
-            .is_ok()
+        http()
+            .get(format!("http://{}/v2/", registry.addr))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
     });
     assert!(up, "docker-registry did not come up on {}", registry.addr);
     registry
@@ -69,11 +73,15 @@ fn start(binary: &Path, dir: &Path) -> Registry {
 /// Pushes one blob (monolithic upload) and returns its digest.
 fn push_blob(base: &str, bytes: &[u8]) -> String {
     let digest = format!("sha256:{}", sha256_hex(bytes));
-    let resp = ureq::post(&format!("{base}/blobs/uploads/"))
-        .call()
+    let resp = http()
+        .post(format!("{base}/blobs/uploads/"))
+        .send()
+        .and_then(|r| r.error_for_status())
         .expect("start upload");
     let location = resp
-        .header("location")
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
         .expect("upload location")
         .to_string();
     let url = if location.starts_with("http") {
@@ -82,9 +90,12 @@ fn push_blob(base: &str, bytes: &[u8]) -> String {
         format!("{}{location}", &base[..base.find("/v2/").unwrap()])
     };
     let sep = if url.contains('?') { '&' } else { '?' };
-    ureq::put(&format!("{url}{sep}digest={digest}"))
-        .set("Content-Type", "application/octet-stream")
-        .send_bytes(bytes)
+    http()
+        .put(format!("{url}{sep}digest={digest}"))
+        .header("Content-Type", "application/octet-stream")
+        .body(bytes.to_vec())
+        .send()
+        .and_then(|r| r.error_for_status())
         .expect("upload blob");
     digest
 }
@@ -112,12 +123,10 @@ fn an_image_pushed_to_a_loopback_registry_pulls_with_whiteouts_applied() {
         .run(["images", "import", &format!("{}/bb/x:nope", registry.addr)])
         .code(1);
     assert!(out.stderr_text().contains("404"), "{}", out.stderr_text());
-    let mut body = String::new();
-    ureq::get(&format!("http://{}/v2/_catalog", registry.addr))
-        .call()
-        .unwrap()
-        .into_reader()
-        .read_to_string(&mut body)
+    let body = http()
+        .get(format!("http://{}/v2/_catalog", registry.addr))
+        .send()
+        .and_then(|r| r.text())
         .unwrap();
     assert!(body.contains("bb/x"), "{body}");
 }
@@ -192,17 +201,20 @@ fn auth_front(upstream: String, auth: Auth) -> String {
                         b"{}".to_vec(),
                     )
                 } else {
-                    let mut req = ureq::get(&format!("http://{upstream}{path}"));
-                    req = req.set(
-                            "Accept",
-                            "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json",
-                        );
-                    match req.call() {
-                        Ok(resp) | Err(ureq::Error::Status(_, resp)) => {
-                            let status = resp.status();
-                            let ct = resp.content_type().to_string();
-                            let mut body = Vec::new();
-                            resp.into_reader().read_to_end(&mut body).unwrap();
+                    let req = http().get(format!("http://{upstream}{path}")).header(
+                        "Accept",
+                        "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json",
+                    );
+                    match req.send() {
+                        Ok(resp) => {
+                            let status = resp.status().as_u16();
+                            let ct = resp
+                                .headers()
+                                .get("content-type")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            let body = resp.bytes().map(|b| b.to_vec()).unwrap_or_default();
                             (status, vec![("Content-Type".into(), ct)], body)
                         }
                         Err(_) => (502, vec![], Vec::new()),
@@ -246,9 +258,12 @@ fn push_image(env: &Env, registry: &Registry) -> bool {
                    "digest": push_blob(&base, &c), "size": c.len()},
         "layers": layers
     });
-    ureq::put(&format!("{base}/manifests/v1"))
-        .set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-        .send_string(&manifest.to_string())
+    http()
+        .put(format!("{base}/manifests/v1"))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.to_string())
+        .send()
+        .and_then(|r| r.error_for_status())
         .expect("push manifest");
     true
 }
