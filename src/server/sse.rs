@@ -17,9 +17,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Event streams open at once; more get 503 with `Retry-After`.
+const MAX_STREAMS: usize = 1024;
+static OPEN_STREAMS: AtomicUsize = AtomicUsize::new(0);
 
 pub async fn events(
     State(st): State<Shared>,
@@ -56,7 +61,32 @@ pub async fn events(
 
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
     let pump_state = st.clone();
-    tokio::task::spawn_blocking(move || pump(&pump_state, &op, follow, since, &tx));
+    // A thread of its own, not one of tokio's blocking pool: long-lived followers must not
+    // starve the short requests that the pool serves. Their number is bounded.
+    let open = OPEN_STREAMS.fetch_add(1, Ordering::SeqCst);
+    if open >= MAX_STREAMS {
+        OPEN_STREAMS.fetch_sub(1, Ordering::SeqCst);
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("too many open event streams ({MAX_STREAMS}); retry later"),
+        )
+        .into_response();
+        e.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return Ok(e);
+    }
+    let spawned = std::thread::Builder::new()
+        .name("sse".into())
+        .spawn(move || {
+            pump(&pump_state, &op, follow, since, &tx);
+            OPEN_STREAMS.fetch_sub(1, Ordering::SeqCst);
+        });
+    if let Err(e) = spawned {
+        OPEN_STREAMS.fetch_sub(1, Ordering::SeqCst);
+        return Err(ApiError::internal(format!(
+            "cannot start a stream thread: {e}"
+        )));
+    }
     let stop = st.shutdown.clone();
     let stream = futures_util::stream::unfold((rx, stop), |(mut rx, mut stop)| async move {
         let next = tokio::select! {
