@@ -172,10 +172,6 @@ pub fn select(ini: Option<&Ini>, sel: &Selection) -> Result<Option<Profile>, Pro
 /// Saves `profile` into `auth.ini` (mode 0600, written to a temporary file and renamed),
 /// making it the active one.
 pub fn save(path: &Path, profile: &Profile) -> Result<(), ProfileError> {
-    let err = |e: std::io::Error| ProfileError::File {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
     let mut ini = read(path)?.unwrap_or_default();
     ini.sections
         .entry("DEFAULT".into())
@@ -191,6 +187,15 @@ pub fn save(path: &Path, profile: &Profile) -> Result<(), ProfileError> {
     match &profile.project {
         Some(p) => section.insert("project".into(), p.clone()),
         None => section.remove("project"),
+    };
+    write(path, &ini)
+}
+
+/// Writes `ini` to `path` (mode 0600, through a temporary file and a rename).
+pub fn write(path: &Path, ini: &Ini) -> Result<(), ProfileError> {
+    let err = |e: std::io::Error| ProfileError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;

@@ -161,6 +161,20 @@ pub struct AuthFlags {
     /// Overwrite without asking
     #[arg(short = 'f', short_alias = 'y', long = "force")]
     pub force: bool,
+    #[command(subcommand)]
+    pub action: Option<AuthAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthAction {
+    /// List the saved profiles (* marks the active one; tokens are not shown)
+    #[command(visible_aliases = ["ls", "profiles"])]
+    List,
+    /// Make NAME the active profile
+    Switch { name: String },
+    /// Remove the profile NAME
+    #[command(visible_aliases = ["rm", "del"])]
+    Remove { name: String },
 }
 
 #[derive(Debug, Args)]

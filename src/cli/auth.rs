@@ -1,7 +1,7 @@
 //! `contree auth` and the choice of backend: a profile from `auth.ini` (or `--url`) means
 //! the remote API, none means the embedded local engine.
 
-use super::args::AuthFlags;
+use super::args::{AuthAction, AuthFlags};
 use crate::api::profile::{self, Profile, Selection};
 use crate::error::{CommandError, CommandResult, Kind};
 use crate::paths::Paths;
@@ -35,8 +35,66 @@ fn env(names: &[&str]) -> Option<String> {
         .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
 }
 
+/// `auth ls|switch|remove`: profile bookkeeping, no network.
+fn manage(action: AuthAction, config: Option<&str>) -> CommandResult<i32> {
+    let path = profile::auth_path(&Paths::from_env().config, config);
+    let mut ini = profile::read(&path)
+        .map_err(profile_err)?
+        .unwrap_or_default();
+    let active = ini
+        .get("DEFAULT", "profile")
+        .unwrap_or("default")
+        .to_string();
+    let names: Vec<String> = ini
+        .sections
+        .keys()
+        .filter_map(|k| k.strip_prefix("profile:").map(str::to_string))
+        .collect();
+    match action {
+        AuthAction::List => {
+            for name in &names {
+                let section = &ini.sections[&format!("profile:{name}")];
+                let mark = if *name == active { "*" } else { " " };
+                println!(
+                    "{mark} {name}  {}  {}",
+                    section.get("url").map(String::as_str).unwrap_or(""),
+                    section.get("type").map(String::as_str).unwrap_or("jwt")
+                );
+            }
+            Ok(0)
+        }
+        AuthAction::Switch { name } | AuthAction::Remove { name } if !names.contains(&name) => {
+            Err(profile_err(profile::ProfileError::Missing(name)))
+        }
+        AuthAction::Switch { name } => {
+            ini.sections
+                .entry("DEFAULT".into())
+                .or_default()
+                .insert("profile".into(), name.clone());
+            profile::write(&path, &ini).map_err(profile_err)?;
+            crate::log::emit(
+                crate::log::Level::Info,
+                &format!("active profile: '{name}'"),
+            );
+            Ok(0)
+        }
+        AuthAction::Remove { name } => {
+            ini.sections.remove(&format!("profile:{name}"));
+            profile::write(&path, &ini).map_err(profile_err)?;
+            crate::log::emit(
+                crate::log::Level::Info,
+                &format!("removed profile '{name}'"),
+            );
+            Ok(0)
+        }
+    }
+}
+
 /// Checks the token with `GET /v1/whoami`, then saves the profile and makes it active.
 pub fn auth(flags: AuthFlags, config: Option<&str>) -> CommandResult<i32> {
+    if let Some(action) = flags.action {
+        return manage(action, config);
+    }
     let name = flags.profile.unwrap_or_else(|| "default".into());
     let token = flags
         .token

@@ -972,3 +972,48 @@ fn official_client_runs_an_interpreter_script() {
         .success()
         .stdout("from-script arg1\n");
 }
+
+#[test]
+fn auth_lists_switches_and_removes_profiles() {
+    let server = Server::start();
+    let env = our_client(&server);
+    env.run([
+        "auth",
+        "--token",
+        TOKEN_A,
+        "--url",
+        &server.url(),
+        "--type",
+        "jwt",
+        "-p",
+        "alice",
+        "-f",
+    ])
+    .success();
+    env.run(["auth", "ls"])
+        .success()
+        .stdout_contains("* alice")
+        .stdout_contains("  default")
+        .stdout_lacks(TOKEN_A);
+    env.run(["auth", "switch", "default"]).success();
+    env.run(["auth", "ls"])
+        .success()
+        .stdout_contains("* default");
+    env.run(["auth", "rm", "alice"]).success();
+    env.run(["auth", "ls"]).success().stdout_lacks("alice");
+    // A wrong token is refused before anything is saved.
+    env.run([
+        "auth",
+        "--token",
+        "wrong",
+        "--url",
+        &server.url(),
+        "--type",
+        "jwt",
+        "-p",
+        "bad",
+        "-f",
+    ])
+    .check("fails", |o| !o.status.success());
+    env.run(["auth", "ls"]).success().stdout_lacks("bad");
+}
