@@ -9,8 +9,19 @@ use std::io::BufRead;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::Duration;
 
-/// Reconnections without progress before the stream gives up.
+/// Failed probes in a row before the stream gives up.
 const MAX_RECONNECTS: u32 = 8;
+
+/// How long one event-stream connection is kept before it is resumed on a new one
+/// (`$CONTREE_STREAM_SPAN` seconds overrides the 60 s, for tests of the resume path).
+fn stream_span() -> Duration {
+    std::env::var("CONTREE_STREAM_SPAN")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(60))
+}
 
 pub struct SseStream {
     rx: Receiver<Result<EventItem, BackendError>>,
@@ -39,9 +50,12 @@ fn connect(
     );
     api.call(
         || {
+            // A connection is used for at most this long, then resumed by id: a silent
+            // dead connection (the server sends keepalives every 15 s) cannot hang a run.
             let mut rb = api
                 .request(reqwest::Method::GET, &path)
-                .header(reqwest::header::ACCEPT, "text/event-stream");
+                .header(reqwest::header::ACCEPT, "text/event-stream")
+                .timeout(stream_span());
             if last > 0 {
                 rb = rb.header("Last-Event-Id", last.to_string());
             }
@@ -51,7 +65,9 @@ fn connect(
     )
 }
 
-/// Reads frames until `completion`; reconnects after a break.
+/// Reads frames until `completion`; after a break, probes the operation: still running →
+/// reconnect with `Last-Event-Id`; finished → one drain without `follow`, which must end
+/// with `completion` (§2.9.1).
 fn pump(
     api: Api,
     op: String,
@@ -61,12 +77,12 @@ fn pump(
 ) {
     let mut last = 0u64;
     let mut response = Some(first);
-    let mut follow_now = follow;
-    let mut fruitless = 0;
+    let mut draining = !follow;
+    let mut failures = 0;
     loop {
         let r = match response.take() {
             Some(r) => r,
-            None => match connect(&api, &op, follow_now, last) {
+            None => match connect(&api, &op, !draining, last) {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = tx.send(Err(e));
@@ -80,22 +96,28 @@ fn pump(
             Frames::Ended => {}
         }
         if !follow {
-            // Without follow the log as it is was asked for: no completion yet is fine.
+            // The log as it is was asked for: no completion yet is fine.
             return;
         }
-        fruitless = if last > before { 0 } else { fruitless + 1 };
-        if fruitless > MAX_RECONNECTS {
+        if draining {
             let _ = tx.send(Err(BackendError::Unavailable(format!(
                 "operation {op} event log ended without completion"
             ))));
             return;
         }
-        if fruitless > 0 {
-            std::thread::sleep(Duration::from_millis(500));
+        match api.get_json::<crate::wire::Operation>(&format!("/operations/{op}")) {
+            Ok(o) if o.status.is_terminal() => draining = true,
+            Ok(_) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                if failures > MAX_RECONNECTS {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
         }
-        // Terminal already: one more read without follow drains what is retained.
-        if let Ok(o) = api.get_json::<crate::wire::Operation>(&format!("/operations/{op}")) {
-            follow_now = !o.status.is_terminal();
+        if last == before {
+            std::thread::sleep(Duration::from_millis(500));
         }
     }
 }

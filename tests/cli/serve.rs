@@ -1017,3 +1017,20 @@ fn auth_lists_switches_and_removes_profiles() {
     .check("fails", |o| !o.status.success());
     env.run(["auth", "ls"]).success().stdout_lacks("bad");
 }
+
+#[test]
+fn our_cli_resumes_the_event_stream_after_each_connection_ends() {
+    let server = Server::start();
+    let env = our_client(&server);
+    env.use_host();
+    // Every stream connection is cut after 0.3 s; the output still arrives once, in order.
+    env.cmd([
+        "run",
+        "-s",
+        "for i in 1 2 3 4 5 6; do echo line-$i; sleep 0.2; done",
+    ])
+    .env("CONTREE_STREAM_SPAN", "0.3")
+    .output()
+    .success()
+    .stdout("line-1\nline-2\nline-3\nline-4\nline-5\nline-6\n");
+}
