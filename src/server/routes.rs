@@ -29,6 +29,7 @@ pub fn router(state: Shared) -> Router {
         .route("/inspect/{image}/", get(inspect_image))
         .route("/inspect/{image}/list", get(list))
         .route("/inspect/{image}/download", get(download))
+        .route("/inspect/{image}/archive", get(archive))
         .route("/files", post(upload).get(files))
         .route("/files/{sha256}", get(file_info))
         .route("/instances", post(spawn))
@@ -362,6 +363,93 @@ async fn download(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+async fn archive(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    Path(image): Path<String>,
+    Query(q): Params,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    // Compressed on the wire when the client takes gzip (the official `export` keeps the
+    // gzip as its .tar.gz); plain tar otherwise.
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    use crate::engine::inspect::InspectError;
+    let image = parse_uuid(&image, "image")?;
+    let path = image_path(&q)?;
+    let name = format!("{}.tar", path.trim_matches('/').replace('/', "_"));
+    let view = blocking(&st, move |st| {
+        let engine = lock(&st.engine);
+        visible_image(st, &engine, &ns.name, &image)?;
+        let view = engine.view(&image)?;
+        match super::archive::check(&view, &path) {
+            Ok(_) => Ok((view, path)),
+            Err(e @ InspectError::NotAFile(_)) => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{e} nor a directory"),
+            )),
+            Err(e @ InspectError::Io { .. }) => Err(ApiError::internal(e.to_string())),
+            Err(e) => Err(ApiError::not_found(e.to_string())),
+        }
+    })
+    .await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    tokio::task::spawn_blocking(move || {
+        let (view, path) = view;
+        let writer =
+            std::io::BufWriter::with_capacity(256 * 1024, ChannelWriter { tx: tx.clone() });
+        let result = if gzip {
+            let mut gz = flate2::write::GzEncoder::new(writer, flate2::Compression::fast());
+            super::archive::write(&view, &path, &mut gz)
+                .and_then(|()| gz.finish())
+                .and_then(|mut w| std::io::Write::flush(&mut w))
+        } else {
+            super::archive::write(&view, &path, writer)
+        };
+        if let Err(e) = result {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut extra = Vec::new();
+    if gzip {
+        extra.push((header::CONTENT_ENCODING, "gzip".to_string()));
+    }
+    Ok((
+        axum::response::AppendHeaders(extra),
+        [
+            (header::CONTENT_TYPE, "application/x-tar".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// Hands written bytes to the response body; fails once the client is gone.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tx
+            .blocking_send(Ok(buf.to_vec()))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 // ---- files ------------------------------------------------------------------------------

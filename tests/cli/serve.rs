@@ -1034,3 +1034,79 @@ fn our_cli_resumes_the_event_stream_after_each_connection_ends() {
     .success()
     .stdout("line-1\nline-2\nline-3\nline-4\nline-5\nline-6\n");
 }
+
+#[test]
+fn a_directory_of_an_image_downloads_as_a_tar_archive() {
+    let server = Server::start();
+    let op = server.spawn(
+        TOKEN_A,
+        "mkdir -p /data/sub && echo A > /data/a.txt && echo B > /data/sub/b.txt && ln -s a.txt /data/link",
+    );
+    server.events(&op, TOKEN_A, None);
+    let image = server.get(&format!("/v1/operations/{op}"), TOKEN_A).json()["result_image_uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reply = server.get(&format!("/v1/inspect/{image}/archive?path=/data"), TOKEN_A);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("content-type"), Some("application/x-tar"));
+    let mut archive = tar::Archive::new(&reply.body[..]);
+    let mut got = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().display().to_string();
+        let mut text = String::new();
+        if entry.header().entry_type().is_file() {
+            entry.read_to_string(&mut text).unwrap();
+        }
+        if let Ok(Some(link)) = entry.link_name() {
+            text = format!("-> {}", link.display());
+        }
+        got.push(format!("{path} {text}").trim().to_string());
+    }
+    got.sort();
+    assert_eq!(got, vec!["a.txt A", "link -> a.txt", "sub", "sub/b.txt B"]);
+    assert_eq!(
+        server
+            .get(&format!("/v1/inspect/{image}/archive?path=/nope"), TOKEN_A)
+            .status,
+        404
+    );
+    assert_eq!(
+        server
+            .get(&format!("/v1/inspect/{image}/archive?path=/data"), TOKEN_B)
+            .status,
+        404
+    );
+}
+
+#[test]
+fn official_client_exports_a_subtree_as_tar_gz() {
+    let server = Server::start();
+    let Some(cli) = Official::new(&server) else {
+        return;
+    };
+    cli.run([
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /data/sub && echo A > /data/sub/a",
+    ])
+    .success();
+    let gz = cli.env.work().join("out.tar.gz");
+    cli.cmd(["export", "-F"])
+        .arg(&gz)
+        .arg("/data")
+        .output()
+        .success();
+    let file = std::fs::File::open(&gz).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut names: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["sub", "sub/a"]);
+}

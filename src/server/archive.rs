@@ -1,0 +1,88 @@
+//! `GET/HEAD /v1/inspect/{image}/archive?path=P`: a file or a directory of an image as a
+//! tar stream. A directory becomes the archive root (entries relative to it); a regular
+//! file becomes a one-entry archive. Symlinks are stored as links, never followed;
+//! devices, sockets and fifos are left out.
+
+use crate::engine::inspect::{Found, InspectError, View};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// What `path` is, checked before the 200 is sent: 404 missing, 422 neither file nor dir.
+pub fn check(view: &View, path: &str) -> Result<bool, InspectError> {
+    let (_, found) = view.resolve(path, true)?;
+    if found.meta.is_dir() {
+        Ok(true)
+    } else if found.meta.is_file() {
+        Ok(false)
+    } else {
+        Err(InspectError::NotAFile(path.to_string()))
+    }
+}
+
+/// Writes the archive of `path` to `out`.
+pub fn write(view: &View, path: &str, out: impl Write) -> std::io::Result<()> {
+    let mut tar = tar::Builder::new(out);
+    tar.follow_symlinks(false);
+    let (_, found) = view.resolve(path, true).map_err(std::io::Error::other)?;
+    if found.meta.is_dir() {
+        add_dir(view, &mut tar, path.trim_end_matches('/'), Path::new(""))?;
+    } else {
+        let name = Path::new(path)
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_else(|| "file".into());
+        add_entry(&mut tar, Path::new(&name), &found)?;
+    }
+    tar.into_inner()?.flush()
+}
+
+fn add_dir<W: Write>(
+    view: &View,
+    tar: &mut tar::Builder<W>,
+    image_dir: &str,
+    rel: &Path,
+) -> std::io::Result<()> {
+    let entries = view
+        .list(if image_dir.is_empty() { "/" } else { image_dir })
+        .map_err(std::io::Error::other)?;
+    for (name, found) in entries {
+        let child_rel = rel.join(&name);
+        add_entry(tar, &child_rel, &found)?;
+        if found.meta.is_dir() {
+            add_dir(view, tar, &format!("{image_dir}/{name}"), &child_rel)?;
+        }
+    }
+    Ok(())
+}
+
+fn add_entry<W: Write>(
+    tar: &mut tar::Builder<W>,
+    rel: &Path,
+    found: &Found,
+) -> std::io::Result<()> {
+    let m = &found.meta;
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(m.mode() & 0o7777);
+    header.set_uid(m.uid() as u64);
+    header.set_gid(m.gid() as u64);
+    header.set_mtime(m.mtime().max(0) as u64);
+    let ft = m.file_type();
+    if ft.is_dir() {
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_size(0);
+        tar.append_data(&mut header, rel, std::io::empty())
+    } else if ft.is_file() {
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(m.len());
+        let file = std::fs::File::open(&found.real)?;
+        tar.append_data(&mut header, rel, file)
+    } else if ft.is_symlink() {
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        let target = std::fs::read_link(&found.real)?;
+        tar.append_link(&mut header, rel, target)
+    } else {
+        Ok(())
+    }
+}
