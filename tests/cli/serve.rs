@@ -1110,3 +1110,87 @@ fn official_client_exports_a_subtree_as_tar_gz() {
     names.sort();
     assert_eq!(names, vec!["sub", "sub/a"]);
 }
+
+/// One step of a scenario: the arguments, stdin, and whether stdout is compared (output
+/// that names uuids or times is compared by exit code only).
+struct Step {
+    args: &'static [&'static str],
+    stdin: &'static str,
+    compare_stdout: bool,
+}
+
+const fn step(args: &'static [&'static str]) -> Step {
+    Step {
+        args,
+        stdin: "",
+        compare_stdout: true,
+    }
+}
+
+/// A session's worth of commands, run once on the local engine and once through `contree
+/// serve` with a profile: every step must end the same way (exit code, stdout, and the
+/// shape of stderr's first line).
+#[test]
+fn the_same_session_gives_the_same_results_locally_and_through_serve() {
+    let steps = [
+        step(&["run", "--", "echo", "hi"]),
+        step(&["run", "-s", "echo out; echo err >&2; exit 7"]),
+        Step {
+            args: &["run", "--", "wc", "-c"],
+            stdin: "twelve bytes",
+            compare_stdout: true,
+        },
+        step(&[
+            "run",
+            "-e",
+            "A=1",
+            "-e",
+            "B=two words",
+            "--",
+            "sh",
+            "-c",
+            "echo $A $B",
+        ]),
+        step(&["run", "-C", "/tmp", "--", "pwd"]),
+        step(&["run", "-H", "box", "--", "hostname"]),
+        step(&["run", "-T", "5", "--", "echo", "1234567890"]),
+        step(&["run", "-t", "1", "--", "sleep", "5"]),
+        step(&["run", "-D", "--", "sh", "-c", "echo gone > /disposable"]),
+        step(&["run", "--", "cat", "/disposable"]),
+        step(&["run", "--", "sh", "-c", "mkdir -p /w && echo kept > /w/f"]),
+        step(&["cat", "/w/f"]),
+        step(&["ls", "/w"]),
+        step(&["cd", "/w"]),
+        step(&["run", "--", "pwd"]),
+        step(&["env", "K=V"]),
+        step(&["run", "-s", "echo $K"]),
+        step(&["run", "-s", "exit 0"]),
+        step(&["tag", "parity"]),
+        step(&["run", "--use", "parity", "--", "cat", "/w/f"]),
+        Step {
+            args: &["run", "-d", "--", "sh", "-c", "echo detached"],
+            stdin: "",
+            compare_stdout: false,
+        },
+        step(&["wait"]),
+    ];
+    let server = Server::start();
+    let remote = our_client(&server);
+    remote.use_host();
+    let local = Env::host();
+    for s in &steps {
+        let run = |env: &Env| env.cmd(s.args.iter().copied()).stdin(s.stdin).output();
+        let (l, r) = (run(&local), run(&remote));
+        let what = s.args.join(" ");
+        assert_eq!(
+            l.status.code(),
+            r.status.code(),
+            "{what}: exit codes differ\nlocal stderr: {}\nremote stderr: {}",
+            l.stderr_text(),
+            r.stderr_text()
+        );
+        if s.compare_stdout && !what.starts_with("wait") {
+            assert_eq!(l.stdout_text(), r.stdout_text(), "{what}: stdout differs");
+        }
+    }
+}
