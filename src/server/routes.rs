@@ -42,6 +42,7 @@ pub fn router(state: Shared) -> Router {
             axum::routing::delete(signal),
         )
         .route("/images", get(images))
+        .route("/images/import", post(import))
         .route("/images/{image}/tag", patch(tag).delete(untag))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
@@ -891,6 +892,16 @@ async fn images(
         Ok(Json(json!({ "images": images })))
     })
     .await
+}
+
+/// `POST /images/import` pulls from a registry, which the engine cannot do: a clear 501
+/// instead of a 404, pointing at what works.
+async fn import() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "this server does not import from registries; import a root filesystem, tar or OCI \
+         archive on the server machine with `contree images import` (its images are public)",
+    )
 }
 
 #[derive(serde::Deserialize)]
