@@ -664,17 +664,23 @@ async fn operations(
     .await
 }
 
-/// Everything the process wrote to stdout and stderr, from the operation's event log.
+/// At most this much of each stream goes into `metadata.result` (the event stream has it all).
+const RESULT_CAP: usize = 16 << 20;
+
+/// What the process wrote to stdout and stderr (the first `RESULT_CAP` bytes of each),
+/// from the operation's event log.
 fn collect_output(engine: &LocalEngine, op: &str) -> (Vec<u8>, Vec<u8>) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let path = engine.store().op_dir(op).join("events");
     if let Ok(mut reader) = crate::engine::eventlog::LogReader::open(&path) {
         while let Ok(Some(ev)) = reader.next() {
-            match ev.header.kind.as_str() {
-                "stdout" => out.extend_from_slice(&ev.payload),
-                "stderr" => err.extend_from_slice(&ev.payload),
-                _ => {}
-            }
+            let buf = match ev.header.kind.as_str() {
+                "stdout" => &mut out,
+                "stderr" => &mut err,
+                _ => continue,
+            };
+            let room = RESULT_CAP.saturating_sub(buf.len());
+            buf.extend_from_slice(&ev.payload[..ev.payload.len().min(room)]);
         }
     }
     (out, err)
