@@ -75,6 +75,8 @@ impl Api {
         replayable: bool,
     ) -> Result<Response, BackendError> {
         let mut attempt = 0;
+        // A busy server (429) is waited for longer than a failing one: up to 10 minutes.
+        let mut busy_waits = 0;
         loop {
             let result = build().send();
             let wait = match &result {
@@ -94,6 +96,19 @@ impl Api {
                 Err(e) if replayable || e.is_connect() => None,
                 Err(e) => return Err(BackendError::Unavailable(format!("{e}"))),
             };
+            let busy = matches!(&result, Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS);
+            if busy && busy_waits < 600 {
+                busy_waits += 1;
+                let delay = wait.unwrap_or(1.0).clamp(0.1, 30.0);
+                if busy_waits == 1 {
+                    crate::log::emit(
+                        crate::log::Level::Info,
+                        "the server is busy (429); waiting for a free slot...",
+                    );
+                }
+                std::thread::sleep(Duration::from_secs_f64(delay));
+                continue;
+            }
             if attempt >= BACKOFF.len() {
                 return match result {
                     Ok(r) => Err(status_error(r)),

@@ -164,6 +164,7 @@ fn serve(flags: args::ServeFlags) -> CommandResult<i32> {
         paths: Paths::from_env(),
         max_body: flags.max_body,
         max_upload: flags.max_upload,
+        max_running: flags.max_running,
     })
     .map_err(|e| match e {
         crate::server::ServeError::Config(_) => CommandError::user(e.to_string()),

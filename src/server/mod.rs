@@ -52,6 +52,8 @@ pub struct ServeOptions {
     pub max_body: usize,
     /// Largest accepted file upload (`POST /files`).
     pub max_upload: u64,
+    /// Operations running at once; `POST /instances` beyond gets 429 with `Retry-After`.
+    pub max_running: usize,
 }
 
 impl ServeOptions {
@@ -74,6 +76,7 @@ pub(crate) struct State {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     pub max_body: usize,
     pub max_upload: u64,
+    pub max_running: usize,
 }
 
 pub(crate) type Shared = Arc<State>;
@@ -116,6 +119,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             shutdown: stop_rx.clone(),
             max_body: opts.max_body,
             max_upload: opts.max_upload,
+            max_running: opts.max_running.max(1),
         });
         tokio::spawn(housekeeping(state.clone()));
         let app = routes::router(state.clone());

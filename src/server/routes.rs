@@ -566,8 +566,31 @@ async fn spawn(
     }
     let body = read_body(body, st.max_body).await?;
     let mut req: SpawnRequest = json_body(&body)?;
-    let (op, echo) = blocking(&st, move |st| {
+    let spawned = blocking(&st, move |st| {
         let engine = lock(&st.engine);
+        // Admission: a bounded number of running operations. Rows whose supervisor died
+        // are recovered (made terminal) on the way, so they never hold a slot.
+        let active = engine.operations(&OpFilter {
+            statuses: vec![Status::Pending, Status::Assigned, Status::Executing],
+            ..OpFilter::default()
+        })?;
+        let running = active
+            .iter()
+            .filter(|o| {
+                engine
+                    .operation(&o.uuid)
+                    .is_ok_and(|o| !o.status.is_terminal())
+            })
+            .count();
+        if running >= st.max_running {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{running} operations are running (the limit is {}); retry later",
+                    st.max_running
+                ),
+            ));
+        }
         let image = if crate::backend::is_uuid(&req.image) {
             req.image.to_ascii_lowercase()
         } else {
@@ -614,7 +637,16 @@ async fn spawn(
         }
         Ok((op, echo))
     })
-    .await?;
+    .await;
+    let (op, echo) = match spawned {
+        Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
+            let mut resp = e.into_response();
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Ok(resp);
+        }
+        other => other?,
+    };
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, format!("/v1/operations/{op}"))],

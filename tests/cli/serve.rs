@@ -24,16 +24,24 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// `start` with extra `contree serve` flags.
+    fn start_with(extra: &[&str]) -> Server {
         let env = Env::new();
         let tokens = env.write(
             "tokens",
             format!("# test tokens\n{TOKEN_A} alice\n{TOKEN_B} bob\n"),
         );
-        let mut running = env
+        let mut cmd = env
             .cmd(["serve", "--listen", "127.0.0.1:0", "--max-body", "1048576"])
             .arg("--tokens")
-            .arg(&tokens)
-            .spawn();
+            .arg(&tokens);
+        for a in extra {
+            cmd = cmd.arg(a);
+        }
+        let mut running = cmd.spawn();
         let stderr = running.child.stderr.take().expect("serve stderr");
         let mut lines = BufReader::new(stderr);
         let mut line = String::new();
@@ -1193,4 +1201,26 @@ fn the_same_session_gives_the_same_results_locally_and_through_serve() {
             assert_eq!(l.stdout_text(), r.stdout_text(), "{what}: stdout differs");
         }
     }
+}
+
+#[test]
+fn spawns_beyond_the_running_limit_get_429_until_a_slot_frees() {
+    let server = Server::start_with(&["--max-running", "1"]);
+    let first = server.spawn(TOKEN_A, "echo started; sleep 60");
+    server.wait_for_output(&first, TOKEN_A, "started");
+    let image = server.host_image(TOKEN_B);
+    let body = json!({"image": image, "command": "true"});
+    let busy = server.post_json("/v1/instances", TOKEN_B, &body);
+    assert_eq!(busy.status, 429, "{}", busy.text());
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    let cancel = server.request(
+        "DELETE",
+        &format!("/v1/operations/{first}"),
+        Some(TOKEN_A),
+        b"",
+    );
+    assert_eq!(cancel.status, 202);
+    server.events(&first, TOKEN_A, None);
+    let ok = server.post_json("/v1/instances", TOKEN_B, &body);
+    assert_eq!(ok.status, 201, "{}", ok.text());
 }
