@@ -1,0 +1,131 @@
+//! `/files`: uploads (streamed to disk while hashed, bounded), lookups by sha256 and the
+//! namespace's list. Content is stored once; ownership is per namespace.
+
+use super::*;
+
+fn file_json(sha: &str, uuid: &str, size: u64, created: &str, updated: &str) -> Value {
+    json!({ "uuid": uuid, "sha256": sha, "size": size, "created_at": created, "updated_at": updated })
+}
+
+pub(super) async fn upload(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    body: Body,
+) -> ApiResult<Response> {
+    use futures_util::StreamExt;
+    use sha2::Digest;
+    use std::io::Write;
+    if axum::body::HttpBody::size_hint(&body).lower() > st.max_upload {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("uploads are limited to {} bytes", st.max_upload),
+        ));
+    }
+    let tmp_dir = st.paths.store().join("tmp");
+    let tmp = tmp_dir.join(format!(".upload-{}", uuid::Uuid::new_v4().simple()));
+    // Removes the temporary file however the upload ends.
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let cleanup = Cleanup(tmp.clone());
+    let mut file = std::fs::File::create(&tmp)
+        .map_err(|e| ApiError::internal(format!("{}: {e}", tmp.display())))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut size: u64 = 0;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
+        size += chunk.len() as u64;
+        if size > st.max_upload {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("uploads are limited to {} bytes", st.max_upload),
+            ));
+        }
+        hasher.update(&chunk);
+        tokio::task::block_in_place(|| file.write_all(&chunk))
+            .map_err(|e| ApiError::internal(format!("{}: {e}", tmp.display())))?;
+    }
+    drop(file);
+    let sha: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let body = blocking(&st, move |st| {
+        let _cleanup = cleanup;
+        let uuid = {
+            let _guard = lock(&st.uploads);
+            lock(&st.engine).put_file(&tmp, &sha)?.0
+        };
+        let owners = lock(&st.owners);
+        owners.add(FILE, &sha, &ns.name)?;
+        let (created, updated) = owners
+            .get(FILE, &sha, &ns.name)?
+            .unwrap_or_else(|| (wire::now_ts(), wire::now_ts()));
+        Ok(file_json(&sha, &uuid, size, &created, &updated))
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub(super) async fn file_info(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    Path(sha): Path<String>,
+) -> ApiResult<Json<Value>> {
+    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(format!(
+            "'{sha}' is not a SHA-256 hex digest"
+        )));
+    }
+    let sha = sha.to_ascii_lowercase();
+    blocking(&st, move |st| {
+        let not_found = || ApiError::not_found(format!("file {sha} not found"));
+        let (created, updated) = lock(&st.owners)
+            .get(FILE, &sha, &ns.name)?
+            .ok_or_else(not_found)?;
+        let engine = lock(&st.engine);
+        let uuid = engine.store().blob_uuid(&sha)?.ok_or_else(not_found)?;
+        let (_, size) = engine.store().blob_by_uuid(&uuid)?.ok_or_else(not_found)?;
+        if !engine.store().blob_path(&sha).exists() {
+            return Err(not_found());
+        }
+        Ok(Json(file_json(&sha, &uuid, size, &created, &updated)))
+    })
+    .await
+}
+
+/// `GET /files`: the files this namespace uploaded, newest first.
+pub(super) async fn files(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    Query(q): Params,
+) -> ApiResult<Json<Value>> {
+    let limit = number(&q, "limit", 1, 1000, 100)?;
+    let offset = number(&q, "offset", 0, usize::MAX, 0)?;
+    blocking(&st, move |st| {
+        let owned = lock(&st.owners).all(FILE, &ns.name)?;
+        let engine = lock(&st.engine);
+        let owners = lock(&st.owners);
+        let mut out = Vec::new();
+        for sha in owned {
+            let Some(uuid) = engine.store().blob_uuid(&sha)? else {
+                continue;
+            };
+            let Some((_, size)) = engine.store().blob_by_uuid(&uuid)? else {
+                continue;
+            };
+            if let Some((created, updated)) = owners.get(FILE, &sha, &ns.name)? {
+                out.push(file_json(&sha, &uuid, size, &created, &updated));
+            }
+        }
+        out.sort_by(|a, b| b["updated_at"].as_str().cmp(&a["updated_at"].as_str()));
+        let files: Vec<Value> = out.into_iter().skip(offset).take(limit).collect();
+        Ok(Json(json!({ "files": files })))
+    })
+    .await
+}

@@ -1,0 +1,216 @@
+//! `/inspect`: find an image by tag, its metadata, directory listings, file downloads and
+//! tar archives. Every call checks that the caller's namespace may see the image.
+
+use super::*;
+
+pub(super) async fn find_by_tag(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    Query(q): Params,
+) -> ApiResult<Response> {
+    let Some(tag) = param(&q, "tag").map(str::to_string) else {
+        return Err(ApiError::bad_request("the tag parameter is required"));
+    };
+    let found = blocking(&st, move |st| {
+        let engine = lock(&st.engine);
+        find_tag(st, &engine, &ns.name, &tag)?
+            .ok_or_else(|| ApiError::not_found(format!("no image tagged '{tag}'")))
+    })
+    .await?;
+    let location = format!("/v1/inspect/{found}/");
+    Ok((
+        StatusCode::FOUND,
+        [(header::LOCATION, location)],
+        Json(json!({ "uuid": found })),
+    )
+        .into_response())
+}
+
+pub(super) async fn inspect_image(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    Path(image): Path<String>,
+) -> ApiResult<Json<Image>> {
+    let image = parse_uuid(&image, "image")?;
+    blocking(&st, move |st| {
+        let engine = lock(&st.engine);
+        let row = visible_image(st, &engine, &ns.name, &image)?;
+        let tag = row.tags.iter().find_map(|t| visible_tag(&ns.name, t));
+        Ok(Json(image_json(&row, tag)))
+    })
+    .await
+}
+
+pub(super) async fn list(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    Path(image): Path<String>,
+    Query(q): Params,
+) -> ApiResult<Response> {
+    let image = parse_uuid(&image, "image")?;
+    let path = image_path(&q)?;
+    let text = flag(&q, "text");
+    blocking(&st, move |st| {
+        let engine = lock(&st.engine);
+        visible_image(st, &engine, &ns.name, &image)?;
+        let listing = engine.list_dir(&image, &path)?;
+        Ok(if text {
+            (
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                crate::engine::inspect::text_listing(&listing.files),
+            )
+                .into_response()
+        } else {
+            Json(listing).into_response()
+        })
+    })
+    .await
+}
+
+pub(super) async fn download(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    Path(image): Path<String>,
+    Query(q): Params,
+) -> ApiResult<Response> {
+    use crate::engine::inspect::InspectError;
+    let image = parse_uuid(&image, "image")?;
+    let path = image_path(&q)?;
+    let (file, size) = blocking(&st, move |st| {
+        let engine = lock(&st.engine);
+        visible_image(st, &engine, &ns.name, &image)?;
+        let view = engine.view(&image)?;
+        match view.open(&path) {
+            Ok((file, meta)) => Ok((file, meta.len())),
+            Err(e @ InspectError::NotAFile(_)) => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                e.to_string(),
+            )),
+            Err(e @ InspectError::Io { .. }) => Err(ApiError::internal(e.to_string())),
+            Err(e) => Err(ApiError::not_found(e.to_string())),
+        }
+    })
+    .await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut file = file;
+        loop {
+            let mut buf = vec![0u8; 256 * 1024];
+            match file.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(Ok(buf)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (header::CONTENT_LENGTH, HeaderValue::from(size)),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+pub(super) async fn archive(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    Path(image): Path<String>,
+    Query(q): Params,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    // Compressed on the wire when the client takes gzip (the official `export` keeps the
+    // gzip as its .tar.gz); plain tar otherwise.
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    use crate::engine::inspect::InspectError;
+    let image = parse_uuid(&image, "image")?;
+    let path = image_path(&q)?;
+    let name = format!("{}.tar", path.trim_matches('/').replace('/', "_"));
+    let view = blocking(&st, move |st| {
+        let engine = lock(&st.engine);
+        visible_image(st, &engine, &ns.name, &image)?;
+        let view = engine.view(&image)?;
+        match crate::server::archive::check(&view, &path) {
+            Ok(_) => Ok((view, path)),
+            Err(e @ InspectError::NotAFile(_)) => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{e} nor a directory"),
+            )),
+            Err(e @ InspectError::Io { .. }) => Err(ApiError::internal(e.to_string())),
+            Err(e) => Err(ApiError::not_found(e.to_string())),
+        }
+    })
+    .await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    tokio::task::spawn_blocking(move || {
+        let (view, path) = view;
+        let writer =
+            std::io::BufWriter::with_capacity(256 * 1024, ChannelWriter { tx: tx.clone() });
+        let result = if gzip {
+            let mut gz = flate2::write::GzEncoder::new(writer, flate2::Compression::fast());
+            crate::server::archive::write(&view, &path, &mut gz)
+                .and_then(|()| gz.finish())
+                .and_then(|mut w| std::io::Write::flush(&mut w))
+        } else {
+            crate::server::archive::write(&view, &path, writer)
+        };
+        if let Err(e) = result {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut extra = Vec::new();
+    if gzip {
+        extra.push((header::CONTENT_ENCODING, "gzip".to_string()));
+    }
+    Ok((
+        axum::response::AppendHeaders(extra),
+        [
+            (header::CONTENT_TYPE, "application/x-tar".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// Hands written bytes to the response body; fails once the client is gone.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tx
+            .blocking_send(Ok(buf.to_vec()))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

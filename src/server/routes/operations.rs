@@ -1,0 +1,337 @@
+//! `/instances` and `/operations`: spawning (with admission and the stdin pipe),
+//! listing, reading, cancelling, signalling and stdin forwarding; and `/whoami`.
+
+use super::*;
+
+pub(super) async fn whoami(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+) -> ApiResult<Json<Value>> {
+    let name = ns.name.clone();
+    let stat = blocking(&st, move |st| {
+        let owned = lock(&st.owners).all(OP, &name)?;
+        let ops = lock(&st.engine).operations(&OpFilter::default())?;
+        let mut stat = serde_json::Map::new();
+        for op in ops.iter().filter(|o| owned.contains(&o.uuid)) {
+            let key = op.status.as_str().to_ascii_lowercase();
+            let n = stat.get(&key).and_then(Value::as_u64).unwrap_or(0);
+            stat.insert(key, (n + 1).into());
+        }
+        Ok(stat)
+    })
+    .await?;
+    Ok(Json(json!({
+        "token_uuid": ns.token_id,
+        "token_expiration": null,
+        "namespace": ns.name,
+        "permissions": {
+            "import": false, "spawn": true, "spawn_disposable": true, "list": true,
+            "cancel": true, "set_image_tag": true,
+        },
+        "operations_stat": stat,
+        "limits": {},
+    })))
+}
+
+pub(super) async fn spawn(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    body: Body,
+) -> ApiResult<Response> {
+    if *st.shutdown.borrow() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        ));
+    }
+    let body = read_body(body, st.max_body).await?;
+    let mut req: SpawnRequest = json_body(&body)?;
+    let spawned = blocking(&st, move |st| {
+        let engine = lock(&st.engine);
+        // Admission: a bounded number of running operations. Rows whose supervisor died
+        // are recovered (made terminal) on the way, so they never hold a slot.
+        let active = engine.operations(&OpFilter {
+            statuses: vec![Status::Pending, Status::Assigned, Status::Executing],
+            ..OpFilter::default()
+        })?;
+        let running = active
+            .iter()
+            .filter(|o| {
+                engine
+                    .operation(&o.uuid)
+                    .is_ok_and(|o| !o.status.is_terminal())
+            })
+            .count();
+        if running >= st.max_running {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{running} operations are running (the limit is {}); retry later",
+                    st.max_running
+                ),
+            ));
+        }
+        let image = if crate::backend::is_uuid(&req.image) {
+            req.image.to_ascii_lowercase()
+        } else {
+            let tag = req.image.strip_prefix("tag:").unwrap_or(&req.image);
+            find_tag(st, &engine, &ns.name, tag)?
+                .ok_or_else(|| ApiError::not_found(format!("image {} not found", req.image)))?
+        };
+        visible_image(st, &engine, &ns.name, &image)?;
+        req.image = image;
+        for (path, file) in req.files.iter().flatten() {
+            let missing =
+                || ApiError::not_found(format!("file {} (for {path}) not found", file.uuid));
+            let (sha, _) = engine
+                .store()
+                .blob_by_uuid(&file.uuid)?
+                .ok_or_else(missing)?;
+            if !lock(&st.owners).owns(FILE, &sha, &ns.name)? {
+                return Err(missing());
+            }
+        }
+        // `close: false` means more stdin follows through the stdin endpoint: the
+        // supervisor reads it from a pipe whose write end we keep.
+        let keep_open = req.stdin.as_ref().is_some_and(|s| s.close == Some(false));
+        let pipe = if keep_open {
+            Some(
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| ApiError::internal(format!("pipe: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let source = match &pipe {
+            Some((r, _)) => StdinSource::Fd(r.as_raw_fd()),
+            None => StdinSource::Null,
+        };
+        let op = engine.spawn(&req, source)?;
+        lock(&st.owners).add(OP, &op, &ns.name)?;
+        if let Some((_, w)) = pipe {
+            lock(&st.stdin).insert(op.clone(), std::fs::File::from(w));
+        }
+        let mut echo = serde_json::to_value(&req).unwrap_or_else(|_| json!({}));
+        if let Some(obj) = echo.as_object_mut() {
+            obj.insert("uuid".into(), op.clone().into());
+        }
+        Ok((op, echo))
+    })
+    .await;
+    let (op, echo) = match spawned {
+        Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
+            let mut resp = e.into_response();
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Ok(resp);
+        }
+        other => other?,
+    };
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/v1/operations/{op}"))],
+        Json(echo),
+    )
+        .into_response())
+}
+
+pub(super) async fn operations(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    Query(q): Params,
+) -> ApiResult<Json<Vec<wire::Operation>>> {
+    let limit = number(&q, "limit", 1, 1000, 100)?;
+    let offset = number(&q, "offset", 0, usize::MAX, 0)?;
+    let mut statuses = Vec::new();
+    for (_, v) in q.iter().filter(|(k, _)| k == "status") {
+        for s in v.split(',').filter(|s| !s.is_empty()) {
+            statuses.push(
+                Status::parse(s)
+                    .ok_or_else(|| ApiError::bad_request(format!("unknown status '{s}'")))?,
+            );
+        }
+    }
+    let kind = param(&q, "kind").map(str::to_string);
+    if let Some(k) = &kind {
+        if k != "instance" && k != "image_import" {
+            return Err(ApiError::bad_request(format!("unknown kind '{k}'")));
+        }
+    }
+    blocking(&st, move |st| {
+        let owned = lock(&st.owners).all(OP, &ns.name)?;
+        let filter = OpFilter {
+            statuses,
+            kind,
+            limit: None,
+        };
+        let ops = lock(&st.engine).operations(&filter)?;
+        Ok(Json(
+            ops.into_iter()
+                .filter(|o| owned.contains(&o.uuid))
+                .skip(offset)
+                .take(limit)
+                .collect(),
+        ))
+    })
+    .await
+}
+
+/// At most this much of each stream goes into `metadata.result` (the event stream has it all).
+const RESULT_CAP: usize = 16 << 20;
+
+/// What the process wrote to stdout and stderr (the first `RESULT_CAP` bytes of each),
+/// from the operation's event log.
+fn collect_output(engine: &LocalEngine, op: &str) -> (Vec<u8>, Vec<u8>) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let path = engine.store().op_dir(op).join("events");
+    if let Ok(mut reader) = crate::engine::eventlog::LogReader::open(&path) {
+        while let Ok(Some(ev)) = reader.next() {
+            let buf = match ev.header.kind.as_str() {
+                "stdout" => &mut out,
+                "stderr" => &mut err,
+                _ => continue,
+            };
+            let room = RESULT_CAP.saturating_sub(buf.len());
+            buf.extend_from_slice(&ev.payload[..ev.payload.len().min(room)]);
+        }
+    }
+    (out, err)
+}
+
+fn stream_json(bytes: &[u8]) -> Value {
+    let (value, encoding) = wire::encode_bytes(bytes);
+    json!({ "value": value, "encoding": encoding })
+}
+
+pub(super) async fn operation(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    Path(op): Path<String>,
+) -> ApiResult<Json<wire::Operation>> {
+    let op = parse_uuid(&op, "operation")?;
+    blocking(&st, move |st| {
+        own_op(st, &ns.name, &op)?;
+        let engine = lock(&st.engine);
+        let mut wire_op = engine.operation(&op)?;
+        if let Some(meta) = wire_op.metadata.as_mut().and_then(Value::as_object_mut) {
+            let (out, err) = collect_output(&engine, &op);
+            let result = meta.entry("result").or_insert_with(|| json!({}));
+            if let Some(result) = result.as_object_mut() {
+                result.insert("stdout".into(), stream_json(&out));
+                result.insert("stderr".into(), stream_json(&err));
+                result.entry("state").or_insert(Value::Null);
+            }
+        }
+        if let Some(result) = wire_op.result.as_mut() {
+            if let Some(image) = &result.image {
+                if let Ok(Some(row)) = engine.store().image(image) {
+                    result.tag = row
+                        .tags
+                        .iter()
+                        .find_map(|t| visible_tag(&ns.name, t))
+                        .map(str::to_string);
+                }
+            }
+        }
+        Ok(Json(wire_op))
+    })
+    .await
+}
+
+pub(super) async fn cancel(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    Path(op): Path<String>,
+) -> ApiResult<Response> {
+    let op = parse_uuid(&op, "operation")?;
+    blocking(&st, move |st| {
+        own_op(st, &ns.name, &op)?;
+        let engine = lock(&st.engine);
+        match engine.cancel(&op) {
+            Ok(()) => {}
+            Err(crate::backend::BackendError::Invalid(msg)) => {
+                return Err(ApiError::new(StatusCode::CONFLICT, msg))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let wire_op = engine.operation(&op)?;
+        Ok((StatusCode::ACCEPTED, Json(wire_op)).into_response())
+    })
+    .await
+}
+
+/// `DELETE .../subprocesses/1?signal=NAME`. The engine cannot yet signal one process of a
+/// sandbox, so any terminating signal cancels the operation (the official client's first
+/// Ctrl-C then ends the run instead of interrupting the command).
+pub(super) async fn signal(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    Path((op, spid)): Path<(String, String)>,
+    Query(q): Params,
+) -> ApiResult<Response> {
+    let op = parse_uuid(&op, "operation")?;
+    let sig = param(&q, "signal").unwrap_or("TERM").to_ascii_uppercase();
+    let sig = sig.strip_prefix("SIG").unwrap_or(&sig).to_string();
+    if !matches!(
+        sig.as_str(),
+        "INT" | "TERM" | "KILL" | "HUP" | "QUIT" | "2" | "15" | "9"
+    ) {
+        return Err(ApiError::bad_request(format!(
+            "signal '{sig}' is not supported (INT, TERM, KILL, HUP, QUIT)"
+        )));
+    }
+    blocking(&st, move |st| {
+        own_op(st, &ns.name, &op)?;
+        if spid != "1" {
+            return Err(ApiError::not_found(format!(
+                "operation {op} has no subprocess {spid}"
+            )));
+        }
+        match lock(&st.engine).cancel(&op) {
+            Ok(()) => Ok(StatusCode::ACCEPTED.into_response()),
+            Err(crate::backend::BackendError::Invalid(msg)) => {
+                Err(ApiError::new(StatusCode::CONFLICT, msg))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await
+}
+
+pub(super) async fn stdin(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    Path((op, spid)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    let op = parse_uuid(&op, "operation")?;
+    let body = read_body(body, st.max_body).await?;
+    let repr: StdinRepr = json_body(&body)?;
+    let bytes = repr
+        .bytes()
+        .map_err(|e| ApiError::bad_request(format!("stdin is not valid base64: {e}")))?;
+    blocking(&st, move |st| {
+        own_op(st, &ns.name, &op)?;
+        if spid != "1" {
+            return Err(ApiError::not_found(format!(
+                "operation {op} has no subprocess {spid} with a stdin"
+            )));
+        }
+        // Taken out of the map while writing, so a full pipe never blocks other requests.
+        let Some(mut pipe) = lock(&st.stdin).remove(&op) else {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("the stdin of operation {op} is closed"),
+            ));
+        };
+        use std::io::Write;
+        // A process that has exited reads nothing more: its input is dropped, as a
+        // closed pipe would.
+        let alive = pipe.write_all(&bytes).is_ok();
+        if alive && repr.close != Some(true) {
+            lock(&st.stdin).insert(op, pipe);
+        }
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
