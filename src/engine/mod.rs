@@ -6,9 +6,9 @@ pub mod attachlayer;
 pub mod eventlog;
 pub mod gc;
 pub mod import;
-pub mod oci;
 pub mod inspect;
 pub mod layers;
+pub mod oci;
 pub mod overlay;
 pub mod registry;
 pub mod sandbox;
@@ -158,6 +158,12 @@ impl LocalEngine {
         for row in &active {
             self.recover_op(row);
         }
+        // List the scratch dirs before asking which operations are active: a run's row
+        // exists before its scratch dir does, so a dir seen here whose operation is not
+        // active afterwards is really stale (the other order loses a run spawned between).
+        let entries: Vec<std::fs::DirEntry> = std::fs::read_dir(self.store.root.join("tmp"))
+            .map(|rd| rd.flatten().collect())
+            .unwrap_or_default();
         let active: std::collections::HashSet<String> = self
             .store
             .ops(
@@ -174,18 +180,16 @@ impl LocalEngine {
                 .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(600))
                 .unwrap_or(false)
         };
-        if let Ok(rd) = std::fs::read_dir(self.store.root.join("tmp")) {
-            for entry in rd.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let path = entry.path();
-                let stale = if wire_uuid(&name) {
-                    !active.contains(&name)
-                } else {
-                    old(&path)
-                };
-                if stale {
-                    let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
-                }
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let stale = if wire_uuid(&name) {
+                !active.contains(&name)
+            } else {
+                old(&path)
+            };
+            if stale {
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
             }
         }
     }
@@ -233,10 +237,18 @@ impl LocalEngine {
                     .map_err(|e| BackendError::Store(format!("stdin pipe: {e}")))?,
             });
         // A process group of its own keeps the terminal's Ctrl-C away from the supervisor
-        // (the CLI decides what Ctrl-C means). No `pre_exec` closure: without one the
-        // standard library can use posix_spawn instead of fork + exec, which is measurably
-        // cheaper on the path of every run. The supervisor blocks its signals first thing.
+        // (the CLI decides what Ctrl-C means). The cancel signals are blocked before exec
+        // (posix_spawn would reset the mask), so a `kill` right after the spawn cancels
+        // the run instead of killing a supervisor that has not set up its signalfd yet.
         cmd.process_group(0);
+        // SAFETY: pthread_sigmask is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                supervisor::cancel_signals()
+                    .thread_block()
+                    .map_err(std::io::Error::from)
+            });
+        }
         // Let the notify pipe's write end survive exec (we close our copy right after).
         nix::fcntl::fcntl(
             notify_fd,

@@ -317,3 +317,19 @@ fn a_detached_run_still_gets_piped_stdin() {
         "piped to the background\n"
     );
 }
+
+#[test]
+fn kill_right_after_a_detached_spawn_cancels_it() {
+    // The supervisor may not have set up its signal handling yet: the cancel must still
+    // land as CANCELLED, not as a supervisor that died.
+    for _ in 0..5 {
+        let env = Env::host();
+        let op = env.json(["run", "-d", "--", "sleep", "30"])["uuid"]
+            .as_str()
+            .expect("uuid")
+            .to_string();
+        env.run(["kill", &op]).success();
+        env.run(["wait", "-t", "20", &op]).code(1);
+        assert_eq!(env.op_status(&op), "CANCELLED");
+    }
+}
