@@ -361,6 +361,24 @@ impl Backend for LocalEngine {
             .ok_or_else(|| BackendError::NotFound(format!("no image tagged '{name}'")))
     }
 
+    fn put_files(&self, files: &[(PathBuf, String)]) -> Result<Vec<(String, bool)>, BackendError> {
+        // Look everything up in one read transaction; store only what is missing.
+        let known = self.store.reading(|| {
+            files
+                .iter()
+                .map(|(_, sha)| self.store.blob_uuid(sha))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        files
+            .iter()
+            .zip(known)
+            .map(|((path, sha), uuid)| match uuid {
+                Some(uuid) if self.store.blob_path(sha).exists() => Ok((uuid, true)),
+                _ => Ok((self.store.put_blob(sha, path)?, false)),
+            })
+            .collect()
+    }
+
     fn put_file(&self, path: &Path, sha256: &str) -> Result<(String, bool), BackendError> {
         if let Some(uuid) = self.store.blob_uuid(sha256)? {
             if self.store.blob_path(sha256).exists() {
@@ -371,7 +389,7 @@ impl Backend for LocalEngine {
     }
 
     fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
-        let (image, blobs) = self.validate(req)?;
+        let (image, blobs) = self.store.reading(|| self.validate(req))?;
         let op = uuid::Uuid::new_v4().to_string();
         let dir = self.store.op_dir(&op);
         std::fs::create_dir_all(&dir)

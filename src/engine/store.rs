@@ -366,22 +366,32 @@ impl Store {
 
     /// The uuid of a stored blob with this digest.
     pub fn blob_uuid(&self, sha256: &str) -> Result<Option<String>> {
+        // Cached statements: a run attaching 10,000 files asks 10,000 times.
         Ok(self
             .conn
-            .query_row("SELECT uuid FROM blobs WHERE sha256 = ?1", [sha256], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT uuid FROM blobs WHERE sha256 = ?1")?
+            .query_row([sha256], |r| r.get(0))
             .optional()?)
+    }
+
+    /// Runs `f` inside one read transaction: many lookups then share one snapshot and one
+    /// round of WAL locking instead of one each.
+    pub fn reading<T>(&self, f: impl FnOnce() -> T) -> T {
+        let began = self.conn.execute_batch("BEGIN DEFERRED").is_ok();
+        let out = f();
+        if began {
+            let _ = self.conn.execute_batch("COMMIT");
+        }
+        out
     }
 
     pub fn blob_by_uuid(&self, uuid: &str) -> Result<Option<(String, u64)>> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT sha256, size FROM blobs WHERE uuid = ?1",
-                [uuid.to_ascii_lowercase()],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)),
-            )
+            .prepare_cached("SELECT sha256, size FROM blobs WHERE uuid = ?1")?
+            .query_row([uuid.to_ascii_lowercase()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
             .optional()?)
     }
 
