@@ -185,8 +185,7 @@ fn context(
         let backend = crate::api::RemoteBackend::new(&profile)
             .map_err(backend_err)?
             .with_upload_cache(&paths.data.join("uploads.db"));
-        let sessions =
-            SessionStore::open(&paths.session_db(&profile.name)).map_err(session_err)?;
+        let sessions = SessionStore::open(&paths.session_db(&profile.name)).map_err(session_err)?;
         return Ok(Context {
             backend: Box::new(backend),
             sessions,

@@ -191,5 +191,7 @@ fn gc_frees_attachment_blobs_nothing_stages_and_runs_still_attach() {
     env.run(["run", "-F", &spec, "--", "cat", "/tmp/data.txt"])
         .success()
         .stdout("payload\n");
-    env.run(["cat", "/tmp/data.txt"]).success().stdout("payload\n");
+    env.run(["cat", "/tmp/data.txt"])
+        .success()
+        .stdout("payload\n");
 }
