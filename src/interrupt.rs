@@ -31,8 +31,3 @@ pub fn take() -> bool {
     let seen = SEEN.swap(count, Ordering::SeqCst);
     count != seen
 }
-
-/// How many signals arrived in total.
-pub fn count() -> usize {
-    COUNT.load(Ordering::SeqCst)
-}

@@ -3,7 +3,7 @@
 
 use super::args::{KillFlags, OpCommand, PsFlags, ShowFlags, WaitFlags};
 use crate::backend::{is_uuid, OpFilter};
-use crate::context::{backend_err, session_err, Context};
+use crate::context::{backend_err, Context};
 use crate::error::{CommandError, CommandResult};
 use crate::format::{record_order, Format, Record};
 use crate::run::print_records;
@@ -403,6 +403,5 @@ pub fn events(ctx: &Context, words: &[String]) -> CommandResult<i32> {
         }
     }
     print_records(ctx.format, &records)?;
-    let _ = session_err;
     Ok(0)
 }

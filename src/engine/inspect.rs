@@ -203,8 +203,8 @@ impl View {
     /// The merged listing of a directory (a symlink to one is followed), sorted by name;
     /// for anything else, the entry itself, unfollowed (as `ls -l` does).
     pub fn list(&self, path: &str) -> Result<Vec<(String, Found)>, InspectError> {
-        let (rel, found) = match self.resolve(path, true) {
-            Ok((rel, found)) if found.meta.is_dir() => (rel, found),
+        let rel = match self.resolve(path, true) {
+            Ok((rel, found)) if found.meta.is_dir() => rel,
             _ => {
                 let (rel, found) = self.resolve(path, false)?;
                 let name = rel
@@ -214,7 +214,6 @@ impl View {
                 return Ok(vec![(name, found)]);
             }
         };
-        let _ = &found;
         let mut seen: BTreeMap<String, Option<Found>> = BTreeMap::new();
         for layer in &self.layers {
             let dir = layer.dir.join(&rel);

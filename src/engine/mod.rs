@@ -632,7 +632,7 @@ impl Tail<'_> {
         Ok(())
     }
 
-    /// Waits for the log to grow; false when interrupted.
+    /// Waits for the log to grow (or for a sign that its writer is gone).
     fn wait(&mut self) -> Result<(), BackendError> {
         use nix::poll::{PollFd, PollFlags, PollTimeout};
         // SAFETY: the watched fd is our stdout, open for the whole process.

@@ -218,10 +218,6 @@ impl Store {
         })
     }
 
-    pub fn conn(&self) -> &Connection {
-        &self.conn
-    }
-
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
@@ -352,14 +348,6 @@ impl Store {
         }
         Ok(())
         })
-    }
-
-    pub fn layer_known(&self, id: &str) -> Result<bool> {
-        Ok(self
-            .conn
-            .query_row("SELECT 1 FROM layers WHERE id = ?1", [id], |_| Ok(()))
-            .optional()?
-            .is_some())
     }
 
     // ---- blobs --------------------------------------------------------------------------

@@ -206,9 +206,8 @@ impl Run<'_> {
         let mounted = self.mount_root(&image)?;
         crate::log::trace("mounted");
         let outcome = self.run_command(&req, &image, &mounted)?;
-        let root = mounted.root.clone();
+        // Unmount before the commit renames the upper dir into place.
         drop(mounted);
-        let _ = root;
         Ok(outcome)
     }
 
@@ -567,7 +566,6 @@ impl Run<'_> {
             Some(0),
             json!({"stopped_at": wire::now_ts(), "reason": reason}),
         );
-        let _ = mounted;
         Ok(if cancelled {
             Outcome {
                 status: Status::Cancelled,

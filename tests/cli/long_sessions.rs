@@ -8,6 +8,8 @@ use crate::harness::Env;
 const RUNS: usize = 1000;
 
 #[test]
+// Ignored by default for its length; .ci/run runs it, and so does
+// `cargo test --test cli -- --ignored thousand`.
 #[ignore = "takes about a minute; run with cargo test --test cli -- --ignored thousand"]
 fn thousand_runs_in_one_session() {
     let env = Env::host();
