@@ -77,7 +77,7 @@ pub fn trace(label: &str) {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         eprintln!(
-            "[TRACE {:.3} +{:.3}ms] {label}",
+            "[TRACE {:.6} +{:.3}ms] {label}",
             wall.as_secs_f64() % 100.0,
             t.elapsed().as_secs_f64() * 1000.0
         );

@@ -14,6 +14,7 @@
 
 use crate::wire::{self, Operation, SpawnRequest, Status};
 use rusqlite::{params, Connection, OptionalExtension};
+use std::cell::{Ref, RefCell};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -143,7 +144,10 @@ impl Layout {
 pub struct Store {
     pub root: PathBuf,
     layout: Layout,
-    conn: Connection,
+    /// `None` after `close`; the next use opens it again. A connection must never be
+    /// carried across fork(): SQLite's per-process lock bookkeeping would then be wrong in
+    /// the child (see `LocalEngine::fork_supervisor`).
+    conn: RefCell<Option<Connection>>,
 }
 
 const SCHEMA_VERSION: i64 = 1;
@@ -172,26 +176,27 @@ impl Store {
         let db = root.join("contree.db");
         std::fs::create_dir_all(root).map_err(io_err(root))?;
         let conn = crate::db::open(&db)?;
+        crate::log::trace("db open");
         let store = Store {
             root: root.to_path_buf(),
             layout: Layout {
                 root: root.to_path_buf(),
             },
-            conn,
+            conn: RefCell::new(Some(conn)),
         };
         // One cheap read on the common path; the full set-up only for a new store.
         let version: i64 = store
-            .conn
+            .conn()?
             .query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version < SCHEMA_VERSION {
             for sub in ["layers", "blobs/sha256", "ops", "tmp", "base"] {
                 let dir = root.join(sub);
                 std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
             }
-            store.conn.execute_batch(SCHEMA)?;
+            store.conn()?.execute_batch(SCHEMA)?;
             store.ensure_host_image()?;
             store
-                .conn
+                .conn()?
                 .pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         Ok(store)
@@ -216,6 +221,34 @@ impl Store {
             }
             Ok(())
         })
+    }
+
+    /// The connection, opened again if `close` dropped it.
+    fn conn(&self) -> Result<Ref<'_, Connection>> {
+        if self.conn.borrow().is_none() {
+            let conn = crate::db::open(&self.root.join("contree.db"))?;
+            *self.conn.borrow_mut() = Some(conn);
+        }
+        Ok(Ref::map(self.conn.borrow(), |c| {
+            c.as_ref().expect("opened just above")
+        }))
+    }
+
+    /// Closes the connection without the checkpoint SQLite does when the last connection
+    /// closes: that costs two fsyncs, and whoever closes last later does it anyway.
+    pub fn close(&self) {
+        if let Some(conn) = self.conn.borrow_mut().take() {
+            // SAFETY: a plain db_config call on an open connection handle.
+            unsafe {
+                rusqlite::ffi::sqlite3_db_config(
+                    conn.handle(),
+                    rusqlite::ffi::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                    1 as std::ffi::c_int,
+                    std::ptr::null_mut::<std::ffi::c_int>(),
+                );
+            }
+            let _ = conn.close();
+        }
     }
 
     pub fn layout(&self) -> &Layout {
@@ -252,7 +285,7 @@ impl Store {
 
     pub fn image(&self, uuid: &str) -> Result<Option<ImageRow>> {
         let row = self
-            .conn
+            .conn()?
             .query_row(
                 "SELECT uuid, created_at, parent, operation, layers, env FROM images WHERE uuid = ?1",
                 [uuid.to_ascii_lowercase()],
@@ -269,9 +302,8 @@ impl Store {
     }
 
     fn tags_of(&self, uuid: &str) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT tag FROM tags WHERE image = ?1 ORDER BY tag")?;
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached("SELECT tag FROM tags WHERE image = ?1 ORDER BY tag")?;
         let tags = stmt
             .query_map([uuid], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
@@ -280,14 +312,15 @@ impl Store {
 
     pub fn find_tag(&self, tag: &str) -> Result<Option<String>> {
         Ok(self
-            .conn
+            .conn()?
             .query_row("SELECT image FROM tags WHERE tag = ?1", [tag], |r| r.get(0))
             .optional()?)
     }
 
     /// All images, newest first, with their tags.
     pub fn images(&self) -> Result<Vec<ImageRow>> {
-        let mut stmt = self.conn.prepare(
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
             "SELECT uuid, created_at, parent, operation, layers, env FROM images ORDER BY created_at DESC, rowid DESC",
         )?;
         let rows = stmt
@@ -304,7 +337,7 @@ impl Store {
 
     /// Points `tag` at `image` (moving it if another image had it).
     pub fn set_tag(&self, image: &str, tag: &str) -> Result<()> {
-        self.conn.execute(
+        self.conn()?.execute(
             "INSERT INTO tags(tag, image) VALUES (?1, ?2) ON CONFLICT(tag) DO UPDATE SET image = excluded.image",
             params![tag, image],
         )?;
@@ -312,7 +345,7 @@ impl Store {
     }
 
     pub fn remove_tag(&self, image: &str, tag: &str) -> Result<bool> {
-        Ok(self.conn.execute(
+        Ok(self.conn()?.execute(
             "DELETE FROM tags WHERE tag = ?1 AND image = ?2",
             params![tag, image],
         )? > 0)
@@ -356,7 +389,7 @@ impl Store {
     pub fn blob_uuid(&self, sha256: &str) -> Result<Option<String>> {
         // Cached statements: a run attaching 10,000 files asks 10,000 times.
         Ok(self
-            .conn
+            .conn()?
             .prepare_cached("SELECT uuid FROM blobs WHERE sha256 = ?1")?
             .query_row([sha256], |r| r.get(0))
             .optional()?)
@@ -365,17 +398,21 @@ impl Store {
     /// Runs `f` inside one read transaction: many lookups then share one snapshot and one
     /// round of WAL locking instead of one each.
     pub fn reading<T>(&self, f: impl FnOnce() -> T) -> T {
-        let began = self.conn.execute_batch("BEGIN DEFERRED").is_ok();
+        let began = self
+            .conn()
+            .is_ok_and(|c| c.execute_batch("BEGIN DEFERRED").is_ok());
         let out = f();
         if began {
-            let _ = self.conn.execute_batch("COMMIT");
+            if let Ok(c) = self.conn() {
+                let _ = c.execute_batch("COMMIT");
+            }
         }
         out
     }
 
     pub fn blob_by_uuid(&self, uuid: &str) -> Result<Option<(String, u64)>> {
         Ok(self
-            .conn
+            .conn()?
             .prepare_cached("SELECT sha256, size FROM blobs WHERE uuid = ?1")?
             .query_row([uuid.to_ascii_lowercase()], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
@@ -399,7 +436,7 @@ impl Store {
         let size = std::fs::copy(source, &tmp).map_err(io_err(source))?;
         std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
         let uuid = uuid::Uuid::new_v4().to_string();
-        self.conn.execute(
+        self.conn()?.execute(
             "INSERT INTO blobs(sha256, uuid, size, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(sha256) DO NOTHING",
             params![sha256, uuid, size as i64, wire::now_ts()],
         )?;
@@ -415,7 +452,7 @@ impl Store {
         image: Option<&str>,
         request: Option<&SpawnRequest>,
     ) -> Result<()> {
-        self.conn.execute(
+        self.conn()?.execute(
             "INSERT INTO operations(uuid, kind, status, created_at, image, request) VALUES (?1, ?2, 'PENDING', ?3, ?4, ?5)",
             params![
                 uuid,
@@ -428,8 +465,39 @@ impl Store {
         Ok(())
     }
 
+    /// Records an operation its supervisor already runs (see `Job::created_at`); a row
+    /// that exists (created by the spawner) is marked EXECUTING instead.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_executing_op(
+        &self,
+        uuid: &str,
+        kind: &str,
+        created_at: &str,
+        image: Option<&str>,
+        request: Option<&SpawnRequest>,
+        pid: i32,
+        start: u64,
+    ) -> Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO operations(uuid, kind, status, created_at, image, request, supervisor_pid, supervisor_start)
+             VALUES (?1, ?2, 'EXECUTING', ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(uuid) DO UPDATE SET status = 'EXECUTING', supervisor_pid = ?6, supervisor_start = ?7
+             WHERE status IN ('PENDING', 'ASSIGNED')",
+            params![
+                uuid,
+                kind,
+                created_at,
+                image,
+                request.map(|r| serde_json::to_string(r).unwrap_or_default()),
+                pid,
+                start as i64
+            ],
+        )?;
+        Ok(())
+    }
+
     pub fn delete_op(&self, uuid: &str) -> Result<()> {
-        self.conn
+        self.conn()?
             .execute("DELETE FROM operations WHERE uuid = ?1", [uuid])?;
         Ok(())
     }
@@ -463,7 +531,7 @@ impl Store {
             Self::OP_COLUMNS
         );
         Ok(self
-            .conn
+            .conn()?
             .query_row(&sql, [uuid.to_ascii_lowercase()], Self::op_from_row)
             .optional()?)
     }
@@ -484,7 +552,8 @@ impl Store {
             params.push(k.to_string());
         }
         sql.push_str(" ORDER BY created_at DESC, rowid DESC");
-        let mut stmt = self.conn.prepare(&sql)?;
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(&sql)?;
         let rows = stmt
             .query_map(rusqlite::params_from_iter(params.iter()), Self::op_from_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -493,14 +562,14 @@ impl Store {
 
     /// PENDING → EXECUTING, recording who supervises the operation.
     pub fn mark_executing(&self, uuid: &str, pid: i32, start: u64) -> Result<bool> {
-        Ok(self.conn.execute(
+        Ok(self.conn()?.execute(
             "UPDATE operations SET status = 'EXECUTING', supervisor_pid = ?2, supervisor_start = ?3 WHERE uuid = ?1 AND status IN ('PENDING', 'ASSIGNED')",
             params![uuid, pid, start as i64],
         )? > 0)
     }
 
     pub fn set_supervisor(&self, uuid: &str, pid: i32, start: u64) -> Result<()> {
-        self.conn.execute(
+        self.conn()?.execute(
             "UPDATE operations SET supervisor_pid = ?2, supervisor_start = ?3 WHERE uuid = ?1",
             params![uuid, pid, start as i64],
         )?;
@@ -521,7 +590,7 @@ impl Store {
         timed_out: bool,
         image_size: Option<u64>,
     ) -> Result<bool> {
-        Ok(self.conn.execute(
+        Ok(self.conn()?.execute(
             "UPDATE operations SET status = ?2, error = ?3, duration = ?4, result_image = ?5, exit_code = ?6, timed_out = ?7, image_size = ?8
              WHERE uuid = ?1 AND status IN ('PENDING', 'ASSIGNED', 'EXECUTING')",
             params![uuid, status.as_str(), error, duration, result_image, exit_code, timed_out as i64, image_size.map(|s| s as i64)],
@@ -530,14 +599,15 @@ impl Store {
 
     /// Runs `f` inside one IMMEDIATE transaction (for commits that touch several tables).
     pub fn transaction<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        match f(&self.conn) {
+        let conn = self.conn()?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(&conn) {
             Ok(v) => {
-                self.conn.execute_batch("COMMIT")?;
+                conn.execute_batch("COMMIT")?;
                 Ok(v)
             }
             Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
+                let _ = conn.execute_batch("ROLLBACK");
                 Err(e)
             }
         }
