@@ -85,6 +85,15 @@ pub trait Backend {
             .collect()
     }
     fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError>;
+    /// `spawn` for a caller that follows the operation's events to `completion` (a
+    /// foreground run): a backend may then defer bookkeeping nobody else needs yet.
+    fn spawn_followed(
+        &self,
+        req: &SpawnRequest,
+        stdin: StdinSource,
+    ) -> Result<String, BackendError> {
+        self.spawn(req, stdin)
+    }
     fn operation(&self, op: &str) -> Result<Operation, BackendError>;
     fn operations(&self, filter: &OpFilter) -> Result<Vec<Operation>, BackendError>;
     /// The operation's events from the start; with `follow` the stream waits for new ones

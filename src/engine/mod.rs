@@ -22,12 +22,13 @@ use crate::interrupt;
 use crate::paths::Paths;
 use crate::wire::{DirectoryList, Image, Operation, SpawnRequest, Status};
 use eventlog::{LogReader, LogWriter};
+use nix::unistd::Pid;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 use store::{Store, StoreError};
 
@@ -40,10 +41,57 @@ impl From<StoreError> for BackendError {
 pub struct LocalEngine {
     store: Store,
     data_dir: PathBuf,
-    /// Supervisors we started, so we can reap them instead of leaving zombies.
-    children: RefCell<Vec<Child>>,
+    /// Supervisors we started (operation → pid), so we can reap them instead of leaving
+    /// zombies, and signal them without asking the database.
+    children: RefCell<Vec<(String, Pid)>>,
+    /// Fork supervisors instead of executing `contree __supervise` (see `fork_supervisor`).
+    fork: bool,
+    /// `recover` was skipped at open; a forked supervisor runs it when its job is done.
+    recover_later: bool,
     /// Read ends of the pipes our supervisors poke after each event (see `Tail`).
     notify: RefCell<HashMap<String, OwnedFd>>,
+}
+
+/// Whether this process has one thread (a plugin or hook may have started others; a
+/// forked copy could then inherit a lock one of them held).
+fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let rest = &stat[stat.rfind(')')? + 2..];
+            rest.split_whitespace().nth(17)?.parse::<u32>().ok()
+        })
+        == Some(1)
+}
+
+/// In a freshly forked supervisor: the log as stdout and stderr, `stdin` (if any) as fd
+/// 0, the notify pipe as fd 3, a process group of its own, and nothing else open.
+fn supervisor_fds(
+    log: std::os::fd::RawFd,
+    stdin: Option<std::os::fd::RawFd>,
+    notify: std::os::fd::RawFd,
+) -> nix::Result<()> {
+    use nix::unistd::dup2;
+    nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
+    if let Some(fd) = stdin {
+        dup2(fd, 0)?;
+    }
+    dup2(log, 1)?;
+    dup2(log, 2)?;
+    if notify != 3 {
+        dup2(notify, 3)?;
+    }
+    nix::fcntl::fcntl(
+        3,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    // SAFETY: closes descriptors this copy inherited and never uses (none is owned by
+    // anything that will be dropped: the child leaves with _exit).
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) };
+    if rc != 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
 }
 
 /// The environment variable that hands a supervisor the write end of its notify pipe.
@@ -63,16 +111,40 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
 
 impl LocalEngine {
     pub fn open(paths: &Paths) -> Result<LocalEngine, BackendError> {
+        let engine = Self::open_unrecovered(paths)?;
+        engine.recover();
+        Ok(engine)
+    }
+
+    /// Opens the store for one `run` from the CLI: forking supervisors (see `forking`),
+    /// and with the clean-up after crashed runs left to the supervisor, which does it
+    /// once its own run has completed, off the run's path.
+    pub fn open_for_run(paths: &Paths) -> Result<LocalEngine, BackendError> {
+        let mut engine = Self::open_unrecovered(paths)?.forking();
+        engine.recover_later = true;
+        Ok(engine)
+    }
+
+    fn open_unrecovered(paths: &Paths) -> Result<LocalEngine, BackendError> {
         let store = Store::open(&paths.store())?;
         crate::log::trace("store open");
-        let engine = LocalEngine {
+        Ok(LocalEngine {
             store,
             data_dir: paths.data.clone(),
             children: RefCell::new(Vec::new()),
             notify: RefCell::new(HashMap::new()),
-        };
-        engine.recover();
-        Ok(engine)
+            fork: false,
+            recover_later: false,
+        })
+    }
+
+    /// Start supervisors by forking this process rather than executing a new one, which
+    /// takes the exec and the start-up of a fresh binary off every run's path. Only for a
+    /// single-threaded caller (the CLI): a forked copy of a multi-threaded process (the
+    /// server) could inherit a lock some other thread held.
+    pub fn forking(mut self) -> Self {
+        self.fork = true;
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -111,9 +183,13 @@ impl LocalEngine {
     /// Collects the exit status of supervisors that have finished (a long-lived process
     /// such as `contree serve` calls this now and then so none stays a zombie).
     pub fn reap(&self) {
-        self.children
-            .borrow_mut()
-            .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        self.children.borrow_mut().retain(|(_, pid)| {
+            matches!(
+                waitpid(*pid, Some(WaitPidFlag::WNOHANG)),
+                Ok(WaitStatus::StillAlive)
+            )
+        });
     }
 
     /// Fails an active operation whose supervisor is gone, appending the `completion` the
@@ -174,6 +250,12 @@ impl LocalEngine {
             .into_iter()
             .map(|r| r.uuid)
             .collect();
+        let young = |p: &Path| {
+            std::fs::symlink_metadata(p)
+                .and_then(|m| m.modified())
+                .ok()
+                .map(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(30))
+        };
         let old = |p: &Path| {
             std::fs::symlink_metadata(p)
                 .and_then(|m| m.modified())
@@ -183,8 +265,10 @@ impl LocalEngine {
         for entry in entries {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
+            // A foreground run's supervisor creates its scratch dir just before its row
+            // (see `Job::created_at`): young dirs are left alone.
             let stale = if wire_uuid(&name) {
-                !active.contains(&name)
+                !active.contains(&name) && young(&path).is_some_and(|y| !y)
             } else {
                 old(&path)
             };
@@ -263,9 +347,164 @@ impl LocalEngine {
             let _ = self.store.set_supervisor(op, pid, start);
         }
         drop(notify_w);
-        self.children.borrow_mut().push(child);
+        self.children
+            .borrow_mut()
+            .push((op.to_string(), Pid::from_raw(pid)));
         self.notify.borrow_mut().insert(op.to_string(), notify_r);
         Ok(())
+    }
+
+    /// Starts the supervisor as a forked copy of this process, with the job in memory.
+    ///
+    /// The child gets a process group of its own, the log as stdout and stderr, the run's
+    /// stdin as fd 0 and the notify pipe as fd 3; every other descriptor is closed. Our
+    /// store connection is closed first: SQLite keeps per-process lock state that a forked
+    /// copy would get wrong. The cancel signals stay blocked across the fork, as in the
+    /// exec'd supervisor. The child never returns: it leaves with `_exit`, so nothing it
+    /// inherited (buffers, connections, the CLI's state) is flushed or dropped twice.
+    fn fork_supervisor(
+        &self,
+        job: &supervisor::Job,
+        stdin: StdinSource,
+    ) -> Result<(), BackendError> {
+        let op = job.op.as_str();
+        let log_path = self.store.op_dir(op).join("supervisor.log");
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| BackendError::Store(format!("{}: {e}", log_path.display())))?;
+        let (notify_r, notify_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(|e| BackendError::Store(format!("pipe: {e}")))?;
+        let devnull = match stdin {
+            StdinSource::Null => Some(
+                std::fs::File::open("/dev/null")
+                    .map_err(|e| BackendError::Store(format!("/dev/null: {e}")))?,
+            ),
+            _ => None,
+        };
+        let stdin_fd = match (&stdin, &devnull) {
+            (_, Some(f)) => Some(f.as_raw_fd()),
+            (StdinSource::Fd(fd), None) => Some(*fd),
+            _ => None,
+        };
+        self.store.close();
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let mut old = nix::sys::signal::SigSet::empty();
+        nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_BLOCK,
+            Some(&supervisor::cancel_signals()),
+            Some(&mut old),
+        )
+        .map_err(|e| BackendError::Unavailable(format!("sigprocmask: {e}")))?;
+        let started = std::time::Instant::now();
+        // SAFETY: the CLI is single-threaded here (see `forking`); the child only runs the
+        // supervisor and leaves with _exit.
+        let forked = unsafe { nix::unistd::fork() };
+        match forked {
+            Ok(nix::unistd::ForkResult::Child) => {
+                let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if let Err(e) = supervisor_fds(log.as_raw_fd(), stdin_fd, notify_w.as_raw_fd())
+                    {
+                        eprintln!("supervisor: {e}");
+                        return 1;
+                    }
+                    // SAFETY: supervisor_fds put the notify pipe's write end at fd 3.
+                    let notify = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(3) };
+                    crate::log::trace("supervisor start");
+                    // Tells it apart from its CLI in `ps -o comm` and top.
+                    let _ = nix::sys::prctl::set_name(c"contree-super");
+                    let code = supervisor::supervise_job(
+                        self.store.layout().clone(),
+                        job.clone(),
+                        &self.data_dir,
+                        Some(notify),
+                        started,
+                    );
+                    if self.recover_later {
+                        self.recover();
+                    }
+                    code
+                }))
+                .unwrap_or(101);
+                // SAFETY: leaving the forked copy without running anything inherited.
+                unsafe { libc::_exit(code) }
+            }
+            Ok(nix::unistd::ForkResult::Parent { child }) => {
+                let _ = nix::sys::signal::pthread_sigmask(
+                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                    Some(&old),
+                    None,
+                );
+                crate::log::trace("child forked");
+                drop(notify_w);
+                self.children.borrow_mut().push((op.to_string(), child));
+                self.notify.borrow_mut().insert(op.to_string(), notify_r);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = nix::sys::signal::pthread_sigmask(
+                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                    Some(&old),
+                    None,
+                );
+                Err(BackendError::Unavailable(format!(
+                    "cannot start the supervisor: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Starts an operation. With `lazy_row` the supervisor records it (while its sandbox
+    /// starts) instead of us, before it: only for a caller that follows it to the end.
+    fn start(
+        &self,
+        req: &SpawnRequest,
+        stdin: StdinSource,
+        lazy_row: bool,
+    ) -> Result<String, BackendError> {
+        let (image, blobs) = self.store.reading(|| self.validate(req))?;
+        crate::log::trace("validated");
+        let op = uuid::Uuid::new_v4().to_string();
+        let dir = self.store.op_dir(&op);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
+        std::fs::File::create(dir.join("events"))
+            .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
+        if !lazy_row {
+            self.store
+                .create_op(&op, "instance", Some(&req.image), Some(req))?;
+        }
+        crate::log::trace("op created");
+        let job = supervisor::Job {
+            op: op.clone(),
+            request: req.clone(),
+            image,
+            blobs,
+            created_at: lazy_row.then(crate::wire::now_ts),
+        };
+        let started = if self.fork && single_threaded() {
+            self.fork_supervisor(&job, stdin)
+        } else {
+            self.spawn_supervisor(&job, stdin)
+        };
+        if let Err(e) = started {
+            if !lazy_row {
+                let _ = self.store.delete_op(&op);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        Ok(op)
+    }
+
+    /// Pid of a supervisor this engine started for `op`, if it is still ours to reap.
+    fn own_supervisor(&self, op: &str) -> Option<Pid> {
+        self.reap();
+        self.children
+            .borrow()
+            .iter()
+            .find(|(o, _)| o == op)
+            .map(|(_, pid)| *pid)
     }
 
     /// Checks the request and gathers what the supervisor needs: the image and the blobs.
@@ -389,27 +628,15 @@ impl Backend for LocalEngine {
     }
 
     fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
-        let (image, blobs) = self.store.reading(|| self.validate(req))?;
-        let op = uuid::Uuid::new_v4().to_string();
-        let dir = self.store.op_dir(&op);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
-        std::fs::File::create(dir.join("events"))
-            .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
-        self.store
-            .create_op(&op, "instance", Some(&req.image), Some(req))?;
-        let job = supervisor::Job {
-            op: op.clone(),
-            request: req.clone(),
-            image,
-            blobs,
-        };
-        if let Err(e) = self.spawn_supervisor(&job, stdin) {
-            let _ = self.store.delete_op(&op);
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
-        Ok(op)
+        self.start(req, stdin, false)
+    }
+
+    fn spawn_followed(
+        &self,
+        req: &SpawnRequest,
+        stdin: StdinSource,
+    ) -> Result<String, BackendError> {
+        self.start(req, stdin, self.fork)
     }
 
     fn operation(&self, op: &str) -> Result<Operation, BackendError> {
@@ -440,7 +667,9 @@ impl Backend for LocalEngine {
     }
 
     fn events(&self, op: &str, follow: bool) -> Result<Box<dyn EventStream + '_>, BackendError> {
-        if self.store.op(op)?.is_none() {
+        // An operation we just spawned exists; asking the database would reopen it (see
+        // `fork_supervisor`) on the run's path.
+        if self.own_supervisor(op).is_none() && self.store.op(op)?.is_none() {
             return Err(BackendError::NotFound(format!("operation {op} not found")));
         }
         let path = self.store.op_dir(op).join("events");
@@ -464,28 +693,43 @@ impl Backend for LocalEngine {
     }
 
     fn cancel(&self, op: &str) -> Result<(), BackendError> {
-        let row = self
-            .store
-            .op(op)?
-            .ok_or_else(|| BackendError::NotFound(format!("operation {op} not found")))?;
-        if row.status.is_terminal() {
-            return Err(BackendError::Invalid(format!(
-                "operation {op} has already finished ({})",
-                row.status
-            )));
-        }
-        if let (Some(pid), true) = (row.supervisor_pid, self.supervisor_alive(&row)) {
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            )
-            .map_err(|e| {
+        let signal = |pid: Pid| {
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).map_err(|e| {
                 BackendError::Store(format!("cannot signal the supervisor of {op}: {e}"))
-            })?;
+            })
+        };
+        // A `run` cancelling its own operation (Ctrl-C, a closed stdout): no need to ask
+        // the database (which would reopen it, see `fork_supervisor`), and nobody to tell
+        // if it has just finished.
+        if self.fork {
+            if let Some(pid) = self.own_supervisor(op) {
+                return signal(pid);
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let row = self
+                .store
+                .op(op)?
+                .ok_or_else(|| BackendError::NotFound(format!("operation {op} not found")))?;
+            if row.status.is_terminal() {
+                return Err(BackendError::Invalid(format!(
+                    "operation {op} has already finished ({})",
+                    row.status
+                )));
+            }
+            let alive = self.supervisor_alive(&row);
+            if let (Some(pid), true) = (row.supervisor_pid, alive) {
+                return signal(Pid::from_raw(pid));
+            }
+            // Just spawned: its supervisor records its pid within milliseconds.
+            if alive && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            self.recover_op(&row);
             return Ok(());
         }
-        self.recover_op(&row);
-        Ok(())
     }
 
     fn images(&self, filter: &ImageFilter) -> Result<Vec<Image>, BackendError> {

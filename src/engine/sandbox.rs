@@ -100,11 +100,13 @@ fn init(spec: Spec) -> io::Result<Never> {
         loopback_up()?;
     }
     setup_mounts(root)?;
+    crate::log::trace("init: mounts");
     unistd::sethostname(&spec.hostname)?;
     unistd::chdir(root)?;
     nix::unistd::pivot_root(".", ".")?;
     umount2(".", MntFlags::MNT_DETACH)?;
     unistd::chdir("/")?;
+    crate::log::trace("init: pivoted");
     std::fs::create_dir_all(&spec.cwd)?;
     if spec.uid != 0 || spec.gid != 0 {
         let _ = std::os::unix::fs::chown(&spec.cwd, Some(spec.uid), Some(spec.gid));
@@ -128,6 +130,7 @@ fn init(spec: Spec) -> io::Result<Never> {
         }
         ForkResult::Parent { child } => {
             drop(err_w);
+            crate::log::trace("init: forked");
             MAIN_PID.store(child.as_raw(), Ordering::Relaxed);
             for sig in FORWARDED {
                 // SAFETY: installing a handler that only calls kill.
@@ -145,11 +148,14 @@ fn init(spec: Spec) -> io::Result<Never> {
                 write_line(&status, &format!("execfail {}\n", i32::from_le_bytes(buf)));
             }
             drop(err_r);
+            crate::log::trace("init: exec ok");
             let (code, sig, core) = reap_until(child);
+            crate::log::trace("init: reaped");
             // Whatever the command left behind dies with it.
             // SAFETY: kill(-1) from PID 1 signals every other process of the namespace.
             unsafe { libc::kill(-1, libc::SIGKILL) };
             while waitpid(None, None).is_ok() {}
+            crate::log::trace("init: all gone");
             write_line(&status, &format!("exit {code} {sig} {}\n", core as u8));
             // SAFETY: leaving the namespace's init ends the sandbox.
             unsafe { libc::_exit(0) }

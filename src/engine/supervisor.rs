@@ -60,6 +60,10 @@ pub struct Job {
     pub image: ImageRow,
     /// File uuid → blob sha256, for the request's attachments.
     pub blobs: BTreeMap<String, String>,
+    /// Set when the spawner did not record the operation (a foreground run): the
+    /// supervisor then creates its row, while the sandbox starts, with this creation time.
+    #[serde(default)]
+    pub created_at: Option<String>,
 }
 
 /// The job file the CLI writes next to the event log before starting the supervisor.
@@ -87,7 +91,33 @@ pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
         }
     };
     let _ = std::fs::remove_file(&job_file);
-    let log_path = layout.op_dir(op).join("events");
+    let notify = std::env::var(super::NOTIFY_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(|fd| {
+            // SAFETY: the CLI handed us this fd (the write end of its notify pipe) and
+            // nobody else in this process uses it.
+            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let _ = nix::fcntl::fcntl(
+                fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+            fd
+        });
+    supervise_job(layout, job, data_dir, notify, started)
+}
+
+/// Runs one operation from start to `completion`: the body of both the exec'd
+/// `__supervise` process and the supervisor the CLI forks (which has the job in memory).
+pub fn supervise_job(
+    layout: Layout,
+    job: Job,
+    data_dir: &Path,
+    notify: Option<OwnedFd>,
+    started: Instant,
+) -> i32 {
+    let op = job.op.clone();
+    let log_path = layout.op_dir(&op).join("events");
     let mut log = match LogWriter::open(&log_path) {
         Ok(l) => l,
         Err(e) => {
@@ -95,23 +125,14 @@ pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
             return 1;
         }
     };
-    if let Some(fd) = std::env::var(super::NOTIFY_FD_ENV)
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-    {
-        // SAFETY: the CLI handed us this fd (the write end of its notify pipe) and nobody
-        // else in this process uses it.
-        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let _ = nix::fcntl::fcntl(
-            fd.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        );
+    if let Some(fd) = notify {
         log.notify_to(fd);
     }
     let mut run = Run {
-        scratch: layout.scratch_dir(op),
+        scratch: layout.scratch_dir(&op),
         layout,
         attach: None,
+        mounted: None,
         store: None,
         job,
         log: &mut log,
@@ -133,6 +154,8 @@ pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
 
 struct Run<'a> {
     layout: Layout,
+    /// The sandbox's mounts, held until nothing needs them (see `execute`).
+    mounted: Option<Mounted>,
     /// The attachment layer under this run's upper dir, if the request has files.
     attach: Option<String>,
     /// Opened once the sandbox is running (see `Job`).
@@ -170,11 +193,23 @@ impl Run<'_> {
         if self.store.is_none() {
             let store = Store::open(&self.layout.root).map_err(|e| e.to_string())?;
             let pid = std::process::id() as i32;
-            let _ = store.mark_executing(
-                &self.job.op,
-                pid,
-                super::process_start_time(pid).unwrap_or(0),
-            );
+            let start = super::process_start_time(pid).unwrap_or(0);
+            match &self.job.created_at {
+                Some(created) => store
+                    .create_executing_op(
+                        &self.job.op,
+                        "instance",
+                        created,
+                        Some(&self.job.request.image),
+                        Some(&self.job.request),
+                        pid,
+                        start,
+                    )
+                    .map_err(|e| e.to_string())?,
+                None => {
+                    let _ = store.mark_executing(&self.job.op, pid, start);
+                }
+            }
             self.store = Some(store);
         }
         self.store
@@ -205,10 +240,11 @@ impl Run<'_> {
         crate::log::trace("mounting");
         let mounted = self.mount_root(&image)?;
         crate::log::trace("mounted");
-        let outcome = self.run_command(&req, &image, &mounted)?;
-        // Unmount before the commit renames the upper dir into place.
-        drop(mounted);
-        Ok(outcome)
+        let outcome = self.run_command(&req, &image, &mounted);
+        // Kept until the commit needs the upper dir (or, for a run with nothing to commit,
+        // until after `completion`: unmounting waits for RCU grace periods).
+        self.mounted = Some(mounted);
+        outcome
     }
 
     /// Mounts the image's layers plus a fresh upper dir at `scratch/root`.
@@ -657,6 +693,7 @@ impl Run<'_> {
             );
         }
         crate::log::trace("completion written");
+        drop(self.mounted.take());
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
 
@@ -680,6 +717,8 @@ impl Run<'_> {
         if unchanged && env == image.env && self.attach.is_none() {
             return Ok((image.uuid, 0));
         }
+        // The overlay must be gone before its upper dir becomes a layer.
+        drop(self.mounted.take());
         let mut chain = image.layers.clone();
         let mut new_layers: Vec<(String, u64)> = Vec::new();
         if let Some(id) = &self.attach {

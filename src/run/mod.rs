@@ -209,7 +209,12 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
     // 10. Spawn.
     let title = args.words.join(" ");
     crate::log::trace("request built");
-    let op = ctx.backend.spawn(&req, stdin).map_err(backend_err)?;
+    let op = if args.detach {
+        ctx.backend.spawn(&req, stdin)
+    } else {
+        ctx.backend.spawn_followed(&req, stdin)
+    }
+    .map_err(backend_err)?;
     crate::log::trace("spawned");
 
     if args.detach {

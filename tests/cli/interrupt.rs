@@ -163,3 +163,80 @@ fn closing_stdout_after_the_output_was_cut_still_ends_the_run() {
     );
     assert_eq!(env.op_status(&op), "CANCELLED");
 }
+
+#[test]
+fn a_foreground_run_is_listed_and_can_be_killed_from_elsewhere() {
+    let env = Env::host();
+    let token = unique_token();
+    let mut running = env
+        .cmd([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo started; sleep 30.{token}"),
+        ])
+        .spawn();
+    let mut stdout = running.child.stdout.take().expect("stdout");
+    let mut first = [0u8; 8];
+    stdout.read_exact(&mut first).expect("read live output");
+    // The supervisor records the operation while the sandbox starts.
+    let mut listed = String::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            listed = env.run(["ps", "-q"]).success().stdout_text();
+            !listed.trim().is_empty()
+        }),
+        "the running operation is not listed"
+    );
+    let op = listed.trim().to_string();
+    assert_eq!(op.lines().count(), 1, "ps -q: {listed:?}");
+    assert_eq!(env.op_status(&op), "EXECUTING");
+    env.run(["kill", &op])
+        .success()
+        .stderr(&format!("[INFO] Cancelled operation {op}\n"));
+    // Killed, so the command's code is unknown: 255, and the run says why.
+    running.wait().code(255).stderr(&format!(
+        "[CRITICAL] Operation {op} ended with status CANCELLED: cancelled\n"
+    ));
+    assert_eq!(env.op_status(&op), "CANCELLED");
+    assert!(
+        eventually(Duration::from_secs(2), || sleepers(&token).is_empty()),
+        "sandbox processes left behind"
+    );
+}
+
+#[test]
+fn a_run_outlives_its_killed_cli() {
+    let env = Env::host();
+    let token = unique_token();
+    let mut running = env
+        .cmd([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo started; sleep 1.{token}; echo kept > /root/outlived"),
+        ])
+        .spawn();
+    let mut stdout = running.child.stdout.take().expect("stdout");
+    let mut first = [0u8; 8];
+    stdout.read_exact(&mut first).expect("read live output");
+    kill(Pid::from_raw(running.pid()), Signal::SIGKILL).expect("kill the CLI");
+    let _ = running.child.wait();
+    // The operation's supervisor is a process of its own: the run completes and is
+    // snapshotted; only the session, which the CLI would have moved, stays put.
+    let op = env.run(["ps", "-a", "-q"]).success().stdout_text();
+    let op = op.lines().next().expect("the operation").to_string();
+    let record = env.run(["-o", "json", "wait", &op]).success().json();
+    assert_eq!(record["status"], "SUCCESS");
+    let image = record["result_image_uuid"]
+        .as_str()
+        .expect("a result image")
+        .to_string();
+    assert_ne!(image, env.session_image());
+    env.run(["run", "--use", &image, "-D", "--", "cat", "/root/outlived"])
+        .success()
+        .stdout("kept\n");
+    assert!(sleepers(&token).is_empty());
+}
