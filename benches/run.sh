@@ -99,6 +99,8 @@ row() { ROWS+=("$(printf '%-36s|%16s|%24s|%8s|%8s|%6s' "$@")"); }
 
 # ---------------------------------------------------------------- 1. sandbox start-up
 say "1. sandbox start-up: contree run vs bwrap (median of $BENCH_RUNS runs)"
+# The build above leaves dirty pages; their writeback would land in the first runs.
+sync
 BWRAP="bwrap --ro-bind / / --proc /proc --dev /dev --unshare-all true"
 if "${HF[@]}" --warmup 5 --runs "$BENCH_RUNS" --export-csv "$WORK/start.csv" \
     -n "contree run -D -- true" "$C run -D -- true" \

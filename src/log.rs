@@ -65,14 +65,22 @@ macro_rules! warn { ($($a:tt)*) => { $crate::log::emit($crate::log::Level::Warni
 #[macro_export]
 macro_rules! debug { ($($a:tt)*) => { $crate::log::emit($crate::log::Level::Debug, &format!($($a)*)) } }
 
+static TRACE_START: std::sync::OnceLock<Option<std::time::Instant>> = std::sync::OnceLock::new();
+
+fn trace_start() -> Option<std::time::Instant> {
+    *TRACE_START
+        .get_or_init(|| std::env::var_os("CONTREE_TRACE").map(|_| std::time::Instant::now()))
+}
+
+/// Whether `CONTREE_TRACE` is set (see `trace`).
+pub fn tracing() -> bool {
+    trace_start().is_some()
+}
+
 /// With `CONTREE_TRACE=1`, prints the time since the process started at named points of a
 /// run (to stderr; the supervisor's goes to its `supervisor.log`). For performance work.
 pub fn trace(label: &str) {
-    use std::sync::OnceLock;
-    use std::time::Instant;
-    static START: OnceLock<Option<Instant>> = OnceLock::new();
-    let start = START.get_or_init(|| std::env::var_os("CONTREE_TRACE").map(|_| Instant::now()));
-    if let Some(t) = start {
+    if let Some(t) = trace_start() {
         let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();

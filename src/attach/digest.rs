@@ -105,10 +105,17 @@ impl FileKey {
 /// Remembers content hashes keyed by (absolute path, inode, mtime_ns, size).
 pub struct DigestCache {
     conn: Connection,
+    path: std::path::PathBuf,
+}
+
+impl Drop for DigestCache {
+    fn drop(&mut self) {
+        crate::db::checkpoint_if_large(&self.conn, &self.path);
+    }
 }
 
 impl DigestCache {
-    /// Opens (creating) the cache database at `path`: WAL, busy_timeout 30 s, table created if
+    /// Opens (creating) the cache database at `path` (see `db::open`), table created if
     /// missing. The parent directory is created too.
     pub fn open(path: &Path) -> Result<DigestCache, AttachError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -119,7 +126,10 @@ impl DigestCache {
         }
         let conn = crate::db::open(path)?;
         conn.execute_batch(SCHEMA)?;
-        Ok(DigestCache { conn })
+        Ok(DigestCache {
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Returns the sha256 of `path`: from the cache when path, inode, mtime_ns and size match,

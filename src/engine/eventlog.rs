@@ -42,7 +42,9 @@ impl LogEvent {
 }
 
 pub struct LogWriter {
-    file: File,
+    /// `None` until the first event of a `deferred` log.
+    file: Option<File>,
+    path: std::path::PathBuf,
     /// Poked (one byte, never blocking) after each frame so a follower wakes at once.
     notify: Option<std::os::fd::OwnedFd>,
     next_id: u64,
@@ -61,11 +63,38 @@ impl LogWriter {
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(LogWriter {
-            file,
+            file: Some(file),
+            path: path.to_path_buf(),
             notify: None,
             next_id,
             buf: Vec::with_capacity(64 * 1024),
         })
+    }
+
+    /// A new log whose file (and directory) are created with its first event, so a
+    /// supervisor can create them when it suits it (see `Job::created_at`).
+    pub fn deferred(path: &Path) -> LogWriter {
+        LogWriter {
+            file: None,
+            path: path.to_path_buf(),
+            notify: None,
+            next_id: 1,
+            buf: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    fn file(&mut self) -> io::Result<&mut File> {
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+            self.file = Some(file);
+        }
+        Ok(self.file.as_mut().expect("opened just above"))
     }
 
     /// Wakes whoever holds the other end of `fd` after every event.
@@ -110,14 +139,14 @@ impl LogWriter {
         // One writev: the payload is not copied into our buffer, and a single write to an
         // O_APPEND file keeps the frame whole for concurrent readers.
         let total = self.buf.len() + payload.len();
-        let n = self
-            .file
-            .write_vectored(&[io::IoSlice::new(&self.buf), io::IoSlice::new(payload)])?;
+        self.file()?;
+        let file = self.file.as_mut().expect("opened by file()");
+        let n = file.write_vectored(&[io::IoSlice::new(&self.buf), io::IoSlice::new(payload)])?;
         if n < total {
             // Only a full disk makes a regular file take less; finish the frame.
             let mut rest = self.buf.clone();
             rest.extend_from_slice(payload);
-            self.file.write_all(&rest[n..])?;
+            self.file()?.write_all(&rest[n..])?;
         }
         self.next_id += 1;
         if let Some(fd) = &self.notify {

@@ -368,9 +368,17 @@ impl LocalEngine {
         stdin: StdinSource,
     ) -> Result<(), BackendError> {
         let op = job.op.as_str();
+        // The supervisor's stdout and stderr: its log only when tracing (it writes its
+        // rare diagnostics with `supervisor::diag`, which creates the log on first use: one
+        // file fewer to create on every run's path).
         let log_path = self.store.op_dir(op).join("supervisor.log");
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| BackendError::Store(format!("{}: {e}", log_path.display())))?;
+        let log = if crate::log::tracing() {
+            std::fs::create_dir_all(self.store.op_dir(op))
+                .and_then(|_| std::fs::File::create(&log_path))
+        } else {
+            std::fs::OpenOptions::new().write(true).open("/dev/null")
+        }
+        .map_err(|e| BackendError::Store(format!("{}: {e}", log_path.display())))?;
         let (notify_r, notify_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
                 .map_err(|e| BackendError::Store(format!("pipe: {e}")))?;
@@ -405,9 +413,13 @@ impl LocalEngine {
                 let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     if let Err(e) = supervisor_fds(log.as_raw_fd(), stdin_fd, notify_w.as_raw_fd())
                     {
-                        eprintln!("supervisor: {e}");
+                        supervisor::diag(&log_path, &format!("file descriptors: {e}"));
                         return 1;
                     }
+                    let panic_log = log_path.clone();
+                    std::panic::set_hook(Box::new(move |info| {
+                        supervisor::diag(&panic_log, &info.to_string());
+                    }));
                     // SAFETY: supervisor_fds put the notify pipe's write end at fd 3.
                     let notify = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(3) };
                     crate::log::trace("supervisor start");
@@ -420,9 +432,10 @@ impl LocalEngine {
                         Some(notify),
                         started,
                     );
-                    if self.recover_later {
+                    if self.recover_later && self.scratch_in_use() {
                         self.recover();
                     }
+                    crate::log::trace("recovered");
                     code
                 }))
                 .unwrap_or(101);
@@ -466,10 +479,14 @@ impl LocalEngine {
         crate::log::trace("validated");
         let op = uuid::Uuid::new_v4().to_string();
         let dir = self.store.op_dir(&op);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
-        std::fs::File::create(dir.join("events"))
-            .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
+        // With a lazy row the supervisor also makes the operation's dir and event log,
+        // while its sandbox starts (`LogWriter::deferred`); `Tail` waits for them.
+        if !lazy_row {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
+            std::fs::File::create(dir.join("events"))
+                .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
+        }
         if !lazy_row {
             self.store
                 .create_op(&op, "instance", Some(&req.image), Some(req))?;
@@ -495,6 +512,15 @@ impl LocalEngine {
             return Err(e);
         }
         Ok(op)
+    }
+
+    /// Whether any run has a scratch dir: after its own run (whose scratch dir is gone by
+    /// then), a supervisor recovers only if so. An operation whose supervisor died without
+    /// one is recovered by the next command that looks at operations.
+    fn scratch_in_use(&self) -> bool {
+        std::fs::read_dir(self.store.root.join("tmp"))
+            .map(|mut entries| entries.next().is_some())
+            .unwrap_or(false)
     }
 
     /// Pid of a supervisor this engine started for `op`, if it is still ours to reap.
@@ -678,11 +704,16 @@ impl Backend for LocalEngine {
         } else {
             None
         };
-        let reader = LogReader::open(&path)
-            .map_err(|e| BackendError::Store(format!("{}: {e}", path.display())))?;
+        let reader = match LogReader::open(&path) {
+            Ok(reader) => Some(reader),
+            // Our own foreground run: its supervisor creates the log in a moment.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && notify.is_some() => None,
+            Err(e) => return Err(BackendError::Store(format!("{}: {e}", path.display()))),
+        };
         Ok(Box::new(Tail {
             engine: self,
             op: op.to_string(),
+            path,
             reader,
             follow,
             notify,
@@ -857,7 +888,9 @@ impl Backend for LocalEngine {
 struct Tail<'a> {
     engine: &'a LocalEngine,
     op: String,
-    reader: LogReader,
+    path: PathBuf,
+    /// `None` until the supervisor of a just-spawned run has created the log.
+    reader: Option<LogReader>,
     follow: bool,
     notify: Option<OwnedFd>,
     idle: Duration,
@@ -949,10 +982,29 @@ impl EventStream for Tail<'_> {
             if self.done {
                 return Ok(None);
             }
-            let next = self
-                .reader
-                .next()
-                .map_err(|e| BackendError::Store(format!("event log of {}: {e}", self.op)))?;
+            if self.reader.is_none() {
+                match LogReader::open(&self.path) {
+                    Ok(reader) => self.reader = Some(reader),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        if self.notify.is_none() {
+                            // Its supervisor is gone (the notify pipe hung up) without one.
+                            return Err(BackendError::Store(format!(
+                                "operation {} has no event log: its supervisor exited before starting it",
+                                self.op
+                            )));
+                        }
+                    }
+                    Err(e) => {
+                        return Err(BackendError::Store(format!("{}: {e}", self.path.display())))
+                    }
+                }
+            }
+            let next = match self.reader.as_mut() {
+                Some(reader) => reader
+                    .next()
+                    .map_err(|e| BackendError::Store(format!("event log of {}: {e}", self.op)))?,
+                None => None,
+            };
             if let Some(ev) = next {
                 self.idle = Duration::ZERO;
                 if ev.header.kind == "completion" {

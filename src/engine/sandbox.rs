@@ -405,14 +405,15 @@ pub fn private_mount_namespace() -> io::Result<()> {
     Ok(())
 }
 
-/// Mounts a tiny tmpfs (used as the empty second layer of the host view).
-pub fn mount_tiny_tmpfs(target: &Path) -> io::Result<()> {
+/// Mounts a small tmpfs for a supervisor's mount points (and the empty second layer of
+/// the host view).
+pub fn mount_points_tmpfs(target: &Path) -> io::Result<()> {
     mount(
         Some("tmpfs"),
         target,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_RDONLY,
-        Some("size=4k,mode=755"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("size=64k,mode=755"),
     )?;
     Ok(())
 }

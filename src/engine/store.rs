@@ -234,19 +234,17 @@ impl Store {
         }))
     }
 
-    /// Closes the connection without the checkpoint SQLite does when the last connection
-    /// closes: that costs two fsyncs, and whoever closes last later does it anyway.
+    /// Empties the WAL if it has grown large (`db::checkpoint_if_large`). The supervisor
+    /// calls this after `completion`, where nobody waits for it.
+    pub fn checkpoint(&self) {
+        if let Ok(conn) = self.conn() {
+            crate::db::checkpoint_if_large(&conn, &self.root.join("contree.db"));
+        }
+    }
+
+    /// Closes the connection (before a fork: see `conn`).
     pub fn close(&self) {
         if let Some(conn) = self.conn.borrow_mut().take() {
-            // SAFETY: a plain db_config call on an open connection handle.
-            unsafe {
-                rusqlite::ffi::sqlite3_db_config(
-                    conn.handle(),
-                    rusqlite::ffi::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-                    1 as std::ffi::c_int,
-                    std::ptr::null_mut::<std::ffi::c_int>(),
-                );
-            }
             let _ = conn.close();
         }
     }

@@ -31,6 +31,11 @@ pub const SUPERVISE: &str = "__supervise";
 /// a commit. The kernel allows 500 lower layers; lookups and mounts slow down long before.
 pub const FLATTEN_AT: usize = 24;
 
+/// Where spare scratch dirs (an empty `upper` and a `work`) wait for the next run, under
+/// the store root, and how many are kept.
+const SPARES: &str = "spare";
+const MAX_SPARES: usize = 4;
+
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Signals that cancel a run; the CLI blocks them before exec so none is lost at start-up.
@@ -64,6 +69,20 @@ pub struct Job {
     /// supervisor then creates its row, while the sandbox starts, with this creation time.
     #[serde(default)]
     pub created_at: Option<String>,
+}
+
+/// Appends a line to a supervisor's log (`supervisor.log` in the operation's dir), creating
+/// it: a supervisor forked by the CLI has no log file until it has something to say.
+pub fn diag(log: &Path, message: &str) {
+    let line = format!("supervisor: {message}\n");
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
 }
 
 /// The job file the CLI writes next to the event log before starting the supervisor.
@@ -118,10 +137,20 @@ pub fn supervise_job(
 ) -> i32 {
     let op = job.op.clone();
     let log_path = layout.op_dir(&op).join("events");
-    let mut log = match LogWriter::open(&log_path) {
+    // A foreground run's spawner made no operation dir: it comes with the first event,
+    // written once the sandbox is starting (see `Run::init`).
+    let log = if job.created_at.is_some() {
+        Ok(LogWriter::deferred(&log_path))
+    } else {
+        LogWriter::open(&log_path)
+    };
+    let mut log = match log {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("supervisor: event log {}: {e}", log_path.display());
+            diag(
+                &layout.op_dir(&op).join("supervisor.log"),
+                &format!("event log {}: {e}", log_path.display()),
+            );
             return 1;
         }
     };
@@ -132,6 +161,7 @@ pub fn supervise_job(
         scratch: layout.scratch_dir(&op),
         layout,
         attach: None,
+        init: None,
         mounted: None,
         store: None,
         job,
@@ -156,6 +186,10 @@ struct Run<'a> {
     layout: Layout,
     /// The sandbox's mounts, held until nothing needs them (see `execute`).
     mounted: Option<Mounted>,
+    /// The `init` event, written when the sandbox starts or before any other event:
+    /// creating a deferred log (a directory and a file on the store's disk) then overlaps
+    /// with the sandbox's own start-up.
+    init: Option<Value>,
     /// The attachment layer under this run's upper dir, if the request has files.
     attach: Option<String>,
     /// Opened once the sandbox is running (see `Job`).
@@ -181,6 +215,9 @@ impl Drop for Mounted {
 
 impl Run<'_> {
     fn event(&mut self, kind: &str, spid: Option<u32>, data: Value) {
+        if let Some(init) = self.init.take() {
+            self.event("init", Some(0), init);
+        }
         let data = match data {
             Value::Object(m) => m,
             _ => Map::new(),
@@ -221,10 +258,7 @@ impl Run<'_> {
         let req = self.job.request.clone();
         let image = self.job.image.clone();
         let uts = nix::sys::utsname::uname().ok();
-        self.event(
-            "init",
-            Some(0),
-            json!({
+        self.init = Some(json!({
                 "started_at": wire::now_ts(),
                 "runtime_path": self.scratch.display().to_string(),
                 "verbose": false,
@@ -233,8 +267,7 @@ impl Run<'_> {
                 "kernel": uts.as_ref().map(|u| format!("{} {}", u.release().to_string_lossy(), u.version().to_string_lossy())),
                 "machine": uts.as_ref().map(|u| u.machine().to_string_lossy().into_owned()),
                 "boot_id": self.job.op,
-            }),
-        );
+        }));
         sandbox::private_mount_namespace()
             .map_err(|e| format!("cannot create a private mount namespace: {e} (contree needs root or CAP_SYS_ADMIN)"))?;
         crate::log::trace("mounting");
@@ -247,17 +280,28 @@ impl Run<'_> {
         outcome
     }
 
-    /// Mounts the image's layers plus a fresh upper dir at `scratch/root`.
+    /// Mounts the image's layers plus a fresh upper dir at `<store>/mnt/root`.
+    ///
+    /// Every directory made on the store's disk is a journaled metadata operation, which
+    /// costs from tens of microseconds to a millisecond when the disk is busy. So the mount
+    /// points go on a tmpfs private to this supervisor's mount namespace, and the upper and
+    /// work dirs come from a spare pair (`claim_scratch`).
     fn mount_root(&mut self, image: &ImageRow) -> Result<Mounted, String> {
-        let s = &self.scratch;
-        let (root, upper, work) = (s.join("root"), s.join("upper"), s.join("work"));
-        for d in [&root, &upper, &work] {
-            std::fs::create_dir_all(d).map_err(|e| format!("scratch dir {}: {e}", d.display()))?;
+        let points = self.layout.root.join("mnt");
+        if !points.is_dir() {
+            std::fs::create_dir_all(&points)
+                .map_err(|e| format!("mount point dir {}: {e}", points.display()))?;
         }
+        sandbox::mount_points_tmpfs(&points)
+            .map_err(|e| format!("tmpfs for mount points at {}: {e}", points.display()))?;
         let mut mounted = Mounted {
-            root: root.clone(),
-            mounts: Vec::new(),
+            root: points.join("root"),
+            mounts: vec![points.clone()],
         };
+        let root = mounted.root.clone();
+        std::fs::create_dir(&root).map_err(|e| format!("mount point {}: {e}", root.display()))?;
+        self.claim_scratch()?;
+        let (upper, work) = (self.scratch.join("upper"), self.scratch.join("work"));
         let mut lowers = Vec::new();
         for layer in &image.layers {
             if layer == HOST_LAYER {
@@ -266,14 +310,12 @@ impl Run<'_> {
                     layers::build_host_mask(&mask, &self.data_dir)
                         .map_err(|e| format!("cannot build the host image mask: {e}"))?;
                 }
-                let (empty, host) = (s.join("empty"), s.join("host"));
+                // The empty dir is on the tmpfs: not under `/`'s filesystem.
+                let (empty, host) = (points.join("empty"), points.join("host"));
                 for d in [&empty, &host] {
-                    std::fs::create_dir_all(d)
-                        .map_err(|e| format!("scratch dir {}: {e}", d.display()))?;
+                    std::fs::create_dir(d)
+                        .map_err(|e| format!("mount point {}: {e}", d.display()))?;
                 }
-                sandbox::mount_tiny_tmpfs(&empty)
-                    .map_err(|e| format!("tmpfs for the host view: {e}"))?;
-                mounted.mounts.push(empty.clone());
                 // overlayfs refuses layers that overlap, and the store lies under `/`: a
                 // read-only overlay of `/` (over an empty tmpfs dir) is a separate
                 // filesystem that can then sit under store layers.
@@ -391,6 +433,10 @@ impl Run<'_> {
         })
         .map_err(|e| format!("cannot create the sandbox namespaces: {e}"))?;
         crate::log::trace("cloned");
+        // The event log, created (if deferred) while the sandbox sets itself up.
+        if let Some(init) = self.init.take() {
+            self.event("init", Some(0), init);
+        }
         // While the sandbox sets itself up, get the database ready for the commit.
         if let Err(e) = self.db() {
             let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
@@ -676,7 +722,10 @@ impl Run<'_> {
                 .map_err(|e| e.to_string())
             })
             .unwrap_or_else(|e| {
-                eprintln!("supervisor: recording the result failed: {e}");
+                diag(
+                    &self.layout.op_dir(&op).join("supervisor.log"),
+                    &format!("recording the result failed: {e}"),
+                );
                 false
             });
         if finished {
@@ -694,6 +743,57 @@ impl Run<'_> {
         }
         crate::log::trace("completion written");
         drop(self.mounted.take());
+        crate::log::trace("unmounted");
+        self.release_scratch();
+        crate::log::trace("released");
+        if let Some(store) = &self.store {
+            store.checkpoint();
+        }
+        crate::log::trace("checkpointed");
+    }
+
+    /// Makes `scratch` a directory with an empty `upper` and a `work`: a spare pair left
+    /// by an earlier run (one rename), else new ones.
+    fn claim_scratch(&self) -> Result<(), String> {
+        let spares = self.layout.root.join(SPARES);
+        if let Ok(entries) = std::fs::read_dir(&spares) {
+            for entry in entries.flatten() {
+                // Another supervisor may take the same one first: then try the next.
+                if std::fs::rename(entry.path(), &self.scratch).is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+        for d in [self.scratch.join("upper"), self.scratch.join("work")] {
+            std::fs::create_dir_all(&d).map_err(|e| format!("scratch dir {}: {e}", d.display()))?;
+        }
+        Ok(())
+    }
+
+    /// After `completion`: empties the scratch dir's upper (or makes a new one if the
+    /// commit took it) and keeps the pair as a spare, up to `MAX_SPARES`; else removes it.
+    fn release_scratch(&self) {
+        let upper = self.scratch.join("upper");
+        let work = self.scratch.join("work");
+        let reusable = match layers::is_empty_dir(&upper) {
+            Ok(true) => true,
+            Ok(false) => std::fs::remove_dir_all(&upper)
+                .and_then(|_| std::fs::create_dir(&upper))
+                .is_ok(),
+            Err(_) => std::fs::create_dir(&upper).is_ok(),
+        }
+        // A `volatile` mount leaves a marker in its work dir that makes overlayfs refuse
+        // the dir (it cannot know the upper dir is fine): the work dir starts afresh.
+        && std::fs::remove_dir_all(&work)
+            .and_then(|_| std::fs::create_dir(&work))
+            .is_ok();
+        let spares = self.layout.root.join(SPARES);
+        let room = std::fs::read_dir(&spares)
+            .map(|entries| entries.count() < MAX_SPARES)
+            .unwrap_or_else(|_| std::fs::create_dir_all(&spares).is_ok());
+        if reusable && room && std::fs::rename(&self.scratch, spares.join(&self.job.op)).is_ok() {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
 

@@ -88,6 +88,15 @@ const CHAIN: &str = "WITH RECURSIVE chain(id, depth) AS (
 /// The session database of one profile.
 pub struct SessionStore {
     conn: Connection,
+    path: std::path::PathBuf,
+}
+
+/// The CLI is the only process that writes sessions: it keeps their WAL short on its way
+/// out (rarely does any work: see `db::checkpoint_if_large`).
+impl Drop for SessionStore {
+    fn drop(&mut self) {
+        crate::db::checkpoint_if_large(&self.conn, &self.path);
+    }
 }
 
 /// The active branch of a session and, when the session exists, its tip.
@@ -108,7 +117,10 @@ impl SessionStore {
         }
         let conn = crate::db::open(path)?;
         conn.pragma_update(None, "foreign_keys", true)?;
-        let store = SessionStore { conn };
+        let store = SessionStore {
+            conn,
+            path: path.to_path_buf(),
+        };
         store.migrate()?;
         Ok(store)
     }

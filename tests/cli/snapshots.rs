@@ -190,3 +190,56 @@ fn env_without_preserve_is_not_kept() {
         .success()
         .stdout("FOO=unset\n");
 }
+
+#[test]
+fn a_reused_scratch_dir_starts_empty() {
+    let env = Env::host();
+    // Runs hand their scratch dir (upper and work dirs) on to the next run: what a
+    // disposable or failed run wrote must not show through.
+    env.run(["run", "-D", "--", "sh", "-c", "echo leak > /root/leak"])
+        .success();
+    let spares = env.home().join("store/spare");
+    assert_eq!(
+        std::fs::read_dir(&spares).map(|d| d.count()).unwrap_or(0),
+        1,
+        "no spare scratch dir kept"
+    );
+    env.run(["run", "--", "sh", "-c", "echo gone > /root/gone; exit 3"])
+        .code(3);
+    env.run([
+        "run",
+        "-t",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "touch /root/cut; sleep 10",
+    ])
+    .code(255);
+    env.run(["run", "--", "sh", "-c", "ls /root"])
+        .success()
+        .stdout("gone\n");
+}
+
+#[test]
+fn a_run_that_cannot_start_says_why_and_is_recorded() {
+    let env = Env::host();
+    env.run(["run", "--", "touch", "/root/layered"]).success();
+    let image = env.session_image();
+    let op = env.last_op();
+    // Break the image: its top layer is the first run's upper dir.
+    std::fs::remove_dir_all(env.home().join("store/layers").join(&op)).expect("remove layer");
+    let out = env.run(["run", "--", "true"]).code(1);
+    let failed = env.last_op();
+    out.stderr_contains(&format!(
+        "[CRITICAL] Operation {failed} ended with status FAILED: cannot mount the overlay root"
+    ));
+    assert_eq!(env.op_status(&failed), "FAILED");
+    assert_eq!(env.session_image(), image);
+    // Its event log was still written: `init` then `completion`.
+    let events = env.run(["op", "events", &failed]).success().stdout_text();
+    assert!(
+        events.contains("init") && events.contains("completion"),
+        "{events}"
+    );
+}
