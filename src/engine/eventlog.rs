@@ -10,7 +10,7 @@
 use crate::wire::{self, Event};
 use serde_json::{Map, Value};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -42,9 +42,12 @@ impl LogEvent {
 }
 
 pub struct LogWriter {
-    /// `None` until the first event of a `deferred` log.
+    /// `None` until the first event of a `deferred` log. Not opened for appending: frames
+    /// are written at `end` (splice refuses O_APPEND files), and this is the only writer.
     file: Option<File>,
     path: std::path::PathBuf,
+    /// Where the next frame goes: the end of the last complete frame.
+    end: u64,
     /// Poked (one byte, never blocking) after each frame so a follower wakes at once.
     notify: Option<std::os::fd::OwnedFd>,
     next_id: u64,
@@ -55,16 +58,26 @@ impl LogWriter {
     /// Opens a log for appending; ids continue after the last complete frame.
     pub fn open(path: &Path) -> io::Result<LogWriter> {
         let mut next_id = 1;
+        let mut end = 0;
         if path.exists() {
             let mut reader = LogReader::open(path)?;
             while let Some(ev) = reader.next()? {
                 next_id = ev.header.id + 1;
             }
+            // A torn last frame (a writer died mid-frame) is overwritten.
+            end = reader.consumed();
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        // Not truncated on open: the frames before `end` are kept, a torn tail is cut.
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(path)?;
+        file.set_len(end)?;
         Ok(LogWriter {
             file: Some(file),
             path: path.to_path_buf(),
+            end,
             notify: None,
             next_id,
             buf: Vec::with_capacity(64 * 1024),
@@ -77,24 +90,26 @@ impl LogWriter {
         LogWriter {
             file: None,
             path: path.to_path_buf(),
+            end: 0,
             notify: None,
             next_id: 1,
             buf: Vec::with_capacity(64 * 1024),
         }
     }
 
-    fn file(&mut self) -> io::Result<&mut File> {
+    fn file(&mut self) -> io::Result<&File> {
         if self.file.is_none() {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
             let file = OpenOptions::new()
                 .create(true)
-                .append(true)
+                .write(true)
+                .truncate(true)
                 .open(&self.path)?;
             self.file = Some(file);
         }
-        Ok(self.file.as_mut().expect("opened just above"))
+        Ok(self.file.as_ref().expect("opened just above"))
     }
 
     /// Wakes whoever holds the other end of `fd` after every event.
@@ -115,16 +130,16 @@ impl LogWriter {
         self.append_with_payload(kind, Some(spid), Map::new(), bytes)
     }
 
-    fn append_with_payload(
+    /// The frame's header (length fields and JSON) in `self.buf`.
+    fn header(
         &mut self,
         kind: &str,
         spid: Option<u32>,
         data: Map<String, Value>,
-        payload: &[u8],
-    ) -> io::Result<u64> {
-        let id = self.next_id;
+        payload_len: usize,
+    ) -> io::Result<()> {
         let header = Event {
-            id,
+            id: self.next_id,
             ts: wire::now_ts(),
             spid,
             kind: kind.to_string(),
@@ -135,25 +150,55 @@ impl LogWriter {
         serde_json::to_writer(&mut self.buf, &header).map_err(io::Error::other)?;
         let hlen = (self.buf.len() - 8) as u32;
         self.buf[0..4].copy_from_slice(&hlen.to_le_bytes());
-        self.buf[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        // One writev: the payload is not copied into our buffer, and a single write to an
-        // O_APPEND file keeps the frame whole for concurrent readers.
-        let total = self.buf.len() + payload.len();
-        self.file()?;
-        let file = self.file.as_mut().expect("opened by file()");
-        let n = file.write_vectored(&[io::IoSlice::new(&self.buf), io::IoSlice::new(payload)])?;
-        if n < total {
-            // Only a full disk makes a regular file take less; finish the frame.
-            let mut rest = self.buf.clone();
-            rest.extend_from_slice(payload);
-            self.file()?.write_all(&rest[n..])?;
-        }
+        self.buf[4..8].copy_from_slice(&(payload_len as u32).to_le_bytes());
+        Ok(())
+    }
+
+    /// A frame is complete: count it and wake the follower.
+    fn written(&mut self, len: u64) -> u64 {
+        let id = self.next_id;
+        self.end += len;
         self.next_id += 1;
         if let Some(fd) = &self.notify {
             // A full pipe already means "there is news": EAGAIN is fine.
             let _ = nix::unistd::write(fd, b"!");
         }
-        Ok(id)
+        id
+    }
+
+    fn append_with_payload(
+        &mut self,
+        kind: &str,
+        spid: Option<u32>,
+        data: Map<String, Value>,
+        payload: &[u8],
+    ) -> io::Result<u64> {
+        self.header(kind, spid, data, payload.len())?;
+        let end = self.end;
+        self.file()?;
+        let file = self.file.as_ref().expect("opened by file()");
+        // One pwritev: the payload is not copied into our buffer. Readers only take whole
+        // frames, so a frame written in parts is never seen half-done.
+        let mut at = 0usize;
+        let total = self.buf.len() + payload.len();
+        while at < total {
+            let (head, tail) = if at < self.buf.len() {
+                (&self.buf[at..], payload)
+            } else {
+                (&[][..], &payload[at - self.buf.len()..])
+            };
+            let n = nix::sys::uio::pwritev(
+                file,
+                &[io::IoSlice::new(head), io::IoSlice::new(tail)],
+                (end + at as u64) as libc::off_t,
+            )
+            .map_err(io::Error::from)?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "event log write"));
+            }
+            at += n;
+        }
+        Ok(self.written(total as u64))
     }
 }
 
@@ -178,6 +223,11 @@ impl LogReader {
         })
     }
 
+    /// The file offset just past the last frame returned.
+    pub fn consumed(&self) -> u64 {
+        self.offset + self.start as u64
+    }
+
     /// The next complete frame, or `None` when none is complete yet.
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> io::Result<Option<LogEvent>> {
@@ -199,12 +249,67 @@ impl LogReader {
         let hlen = u32::from_le_bytes(avail[0..4].try_into().unwrap_or_default()) as usize;
         let plen = u32::from_le_bytes(avail[4..8].try_into().unwrap_or_default()) as usize;
         if avail.len() < 8 + hlen + plen {
+            if avail.len() >= 8 + hlen && plen >= READ_SIZE / 4 {
+                return self.parse_large(hlen, plen);
+            }
             return Ok(None);
         }
         let header: Event = serde_json::from_slice(&avail[8..8 + hlen])
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let payload = avail[8 + hlen..8 + hlen + plen].to_vec();
         self.start += 8 + hlen + plen;
+        Ok(Some(LogEvent { header, payload }))
+    }
+
+    /// A frame with a large payload, not all read yet: the rest of the payload is read
+    /// straight into its own buffer (buffering it here first would copy it twice more).
+    fn parse_large(&mut self, hlen: usize, plen: usize) -> io::Result<Option<LogEvent>> {
+        let frame_at = self.consumed();
+        let have = self.pending.len() - self.start - 8 - hlen;
+        let file_len = self.file.metadata()?.len();
+        if file_len < frame_at + (8 + hlen + plen) as u64 {
+            return Ok(None);
+        }
+        let mut payload = Vec::with_capacity(plen);
+        payload.extend_from_slice(&self.pending[self.start + 8 + hlen..]);
+        let mut at = frame_at + (8 + hlen + have) as u64;
+        while payload.len() < plen {
+            let want = plen - payload.len();
+            let spare = &mut payload.spare_capacity_mut()[..want];
+            // SAFETY: pread writes at most `spare.len()` bytes into the spare capacity;
+            // only the bytes it reports are then marked initialised.
+            let rc = unsafe {
+                libc::pread(
+                    self.file.as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
+                    spare.len(),
+                    at as libc::off_t,
+                )
+            };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if rc == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "event log shrank",
+                ));
+            }
+            // SAFETY: pread just initialised `rc` more bytes.
+            unsafe { payload.set_len(payload.len() + rc as usize) };
+            at += rc as u64;
+        }
+        let header: Event =
+            serde_json::from_slice(&self.pending[self.start + 8..self.start + 8 + hlen])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        // Past this frame: the buffer starts afresh at the next one.
+        self.offset = frame_at + (8 + hlen + plen) as u64;
+        self.pending.clear();
+        self.start = 0;
         Ok(Some(LogEvent { header, payload }))
     }
 
@@ -247,6 +352,7 @@ impl LogReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn frames_round_trip_and_partial_frames_wait() {
@@ -287,5 +393,50 @@ mod tests {
             .append("completion", None, Map::new())
             .unwrap();
         assert_eq!(id, 2);
+    }
+
+    #[test]
+    fn large_payloads_are_read_whole_between_small_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events");
+        let mut w = LogWriter::open(&path).unwrap();
+        let big: Vec<u8> = (0..3 * READ_SIZE + 17).map(|i| (i % 251) as u8).collect();
+        w.append("init", Some(0), Map::new()).unwrap();
+        w.append_stream("stdout", 1, &big).unwrap();
+        w.append_stream("stderr", 1, b"tail").unwrap();
+        w.append_stream("stdout", 1, &big[..READ_SIZE]).unwrap();
+        let mut r = LogReader::open(&path).unwrap();
+        let kinds: Vec<(String, Vec<u8>)> = std::iter::from_fn(|| r.next().unwrap())
+            .map(|e| (e.header.kind, e.payload))
+            .collect();
+        assert_eq!(kinds.len(), 4);
+        assert_eq!(kinds[1], ("stdout".to_string(), big.clone()));
+        assert_eq!(kinds[2], ("stderr".to_string(), b"tail".to_vec()));
+        assert_eq!(kinds[3].1, big[..READ_SIZE].to_vec());
+    }
+
+    #[test]
+    fn a_torn_last_frame_is_replaced_by_the_next_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events");
+        LogWriter::open(&path)
+            .unwrap()
+            .append("init", Some(0), Map::new())
+            .unwrap();
+        // A writer that died mid-frame: a length prefix promising more than is there.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&[200, 0, 0, 0, 0, 0, 0, 0, b'{']).unwrap();
+        LogWriter::open(&path)
+            .unwrap()
+            .append("completion", None, Map::new())
+            .unwrap();
+        let mut r = LogReader::open(&path).unwrap();
+        let kinds: Vec<String> = std::iter::from_fn(|| r.next().unwrap())
+            .map(|e| e.header.kind)
+            .collect();
+        assert_eq!(kinds, ["init", "completion"]);
     }
 }

@@ -523,13 +523,7 @@ impl Run<'_> {
                 match w {
                     0 | 1 => {
                         let s = &mut streams[w];
-                        let fd = s.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
-                        match nix::unistd::read(fd, &mut buf) {
-                            Ok(0) => s.fd = None,
-                            Ok(n) => s.record(self.log, &buf[..n]),
-                            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
-                            Err(_) => s.fd = None,
-                        }
+                        s.pump(self.log, &mut buf);
                     }
                     2 => {
                         let fd = status_r.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
@@ -919,6 +913,21 @@ impl Stream {
             cap,
             emitted: 0,
             dropped: 0,
+        }
+    }
+
+    /// Moves what the pipe holds into the log (up to the cap; the rest is counted and
+    /// dropped). Clears `fd` at EOF. A plain read: splice(2) into the log holds the pipe's
+    /// lock while it writes the file, and the command then spins on it (measured slower).
+    fn pump(&mut self, log: &mut LogWriter, buf: &mut [u8]) {
+        let Some(fd) = self.fd.as_ref() else {
+            return;
+        };
+        match nix::unistd::read(fd.as_raw_fd(), buf) {
+            Ok(0) => self.fd = None,
+            Ok(n) => self.record(log, &buf[..n]),
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+            Err(_) => self.fd = None,
         }
     }
 
