@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod layers;
 pub mod oci;
 pub mod overlay;
+pub mod recorder;
 pub mod registry;
 pub mod sandbox;
 pub mod store;
@@ -50,6 +51,8 @@ pub struct LocalEngine {
     recover_later: bool,
     /// Read ends of the pipes our supervisors poke after each event (see `Tail`).
     notify: RefCell<HashMap<String, OwnedFd>>,
+    /// Read ends of the pipes that carry a followed run's stdout and stderr (see `Tail`).
+    live: RefCell<HashMap<String, [OwnedFd; 2]>>,
 }
 
 /// Whether this process has one thread (a plugin or hook may have started others; a
@@ -65,29 +68,40 @@ fn single_threaded() -> bool {
 }
 
 /// In a freshly forked supervisor: the log as stdout and stderr, `stdin` (if any) as fd
-/// 0, the notify pipe as fd 3, a process group of its own, and nothing else open.
+/// 0, then `extra` at fds 3, 4, ... (the notify pipe, the live pipes), a process group of
+/// its own, and nothing else open.
 fn supervisor_fds(
     log: std::os::fd::RawFd,
     stdin: Option<std::os::fd::RawFd>,
-    notify: std::os::fd::RawFd,
+    extra: &[std::os::fd::RawFd],
 ) -> nix::Result<()> {
-    use nix::unistd::dup2;
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
-    if let Some(fd) = stdin {
-        dup2(fd, 0)?;
+    // Out of the way first, so that no dup2 below overwrites a source still needed.
+    let mut moved = Vec::with_capacity(extra.len() + 2);
+    for fd in [Some(log), stdin]
+        .into_iter()
+        .flatten()
+        .chain(extra.iter().copied())
+    {
+        moved.push(fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(1000))?);
     }
-    dup2(log, 1)?;
-    dup2(log, 2)?;
-    if notify != 3 {
-        dup2(notify, 3)?;
+    let mut next = moved.iter().copied();
+    let log = next.next().unwrap_or(log);
+    if stdin.is_some() {
+        nix::unistd::dup2(next.next().unwrap_or(0), 0)?;
     }
-    nix::fcntl::fcntl(
-        3,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    )?;
+    nix::unistd::dup2(log, 1)?;
+    nix::unistd::dup2(log, 2)?;
+    for (i, fd) in next.enumerate() {
+        let target = 3 + i as i32;
+        nix::unistd::dup2(fd, target)?;
+        fcntl(target, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    }
+    let first_free = 3 + extra.len() as u32;
     // SAFETY: closes descriptors this copy inherited and never uses (none is owned by
     // anything that will be dropped: the child leaves with _exit).
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) };
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first_free, u32::MAX, 0u32) };
     if rc != 0 {
         return Err(nix::errno::Errno::last());
     }
@@ -133,6 +147,7 @@ impl LocalEngine {
             data_dir: paths.data.clone(),
             children: RefCell::new(Vec::new()),
             notify: RefCell::new(HashMap::new()),
+            live: RefCell::new(HashMap::new()),
             fork: false,
             recover_later: false,
         })
@@ -366,6 +381,7 @@ impl LocalEngine {
         &self,
         job: &supervisor::Job,
         stdin: StdinSource,
+        live: bool,
     ) -> Result<(), BackendError> {
         let op = job.op.as_str();
         // The supervisor's stdout and stderr: its log only when tracing (it writes its
@@ -382,6 +398,25 @@ impl LocalEngine {
         let (notify_r, notify_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
                 .map_err(|e| BackendError::Store(format!("pipe: {e}")))?;
+        // Pipes that carry the run's stdout and stderr to us as they are recorded (see
+        // `Tail`): big, so a chatty command rarely waits for us.
+        let live_pipes = if live {
+            let pipe = || -> Result<(OwnedFd, OwnedFd), BackendError> {
+                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| BackendError::Store(format!("pipe: {e}")))?;
+                let _ =
+                    nix::fcntl::fcntl(r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+                nix::fcntl::fcntl(
+                    r.as_raw_fd(),
+                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+                )
+                .map_err(|e| BackendError::Store(format!("pipe: {e}")))?;
+                Ok((r, w))
+            };
+            Some([pipe()?, pipe()?])
+        } else {
+            None
+        };
         let devnull = match stdin {
             StdinSource::Null => Some(
                 std::fs::File::open("/dev/null")
@@ -411,8 +446,11 @@ impl LocalEngine {
         match forked {
             Ok(nix::unistd::ForkResult::Child) => {
                 let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    if let Err(e) = supervisor_fds(log.as_raw_fd(), stdin_fd, notify_w.as_raw_fd())
-                    {
+                    let mut extra = vec![notify_w.as_raw_fd()];
+                    if let Some([(_, out), (_, err)]) = &live_pipes {
+                        extra.extend([out.as_raw_fd(), err.as_raw_fd()]);
+                    }
+                    if let Err(e) = supervisor_fds(log.as_raw_fd(), stdin_fd, &extra) {
                         supervisor::diag(&log_path, &format!("file descriptors: {e}"));
                         return 1;
                     }
@@ -420,8 +458,12 @@ impl LocalEngine {
                     std::panic::set_hook(Box::new(move |info| {
                         supervisor::diag(&panic_log, &info.to_string());
                     }));
-                    // SAFETY: supervisor_fds put the notify pipe's write end at fd 3.
-                    let notify = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(3) };
+                    // SAFETY: supervisor_fds put the notify pipe's write end at fd 3 and the
+                    // live pipes' write ends at 4 and 5.
+                    let owned =
+                        |fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                    let notify = owned(3);
+                    let live = live_pipes.as_ref().map(|_| [owned(4), owned(5)]);
                     crate::log::trace("supervisor start");
                     // Tells it apart from its CLI in `ps -o comm` and top.
                     let _ = nix::sys::prctl::set_name(c"contree-super");
@@ -430,6 +472,7 @@ impl LocalEngine {
                         job.clone(),
                         &self.data_dir,
                         Some(notify),
+                        live,
                         started,
                     );
                     if self.recover_later && self.scratch_in_use() {
@@ -450,6 +493,9 @@ impl LocalEngine {
                 );
                 crate::log::trace("child forked");
                 drop(notify_w);
+                if let Some([(out, _), (err, _)]) = live_pipes {
+                    self.live.borrow_mut().insert(op.to_string(), [out, err]);
+                }
                 self.children.borrow_mut().push((op.to_string(), child));
                 self.notify.borrow_mut().insert(op.to_string(), notify_r);
                 Ok(())
@@ -500,7 +546,7 @@ impl LocalEngine {
             created_at: lazy_row.then(crate::wire::now_ts),
         };
         let started = if self.fork && single_threaded() {
-            self.fork_supervisor(&job, stdin)
+            self.fork_supervisor(&job, stdin, lazy_row)
         } else {
             self.spawn_supervisor(&job, stdin)
         };
@@ -710,11 +756,22 @@ impl Backend for LocalEngine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && notify.is_some() => None,
             Err(e) => return Err(BackendError::Store(format!("{}: {e}", path.display()))),
         };
+        let live = if follow {
+            self.live.borrow_mut().remove(op)
+        } else {
+            None
+        };
         Ok(Box::new(Tail {
             engine: self,
             op: op.to_string(),
             path,
             reader,
+            live_used: live.is_some(),
+            live: live
+                .map(|[o, e]| [Some(o), Some(e)])
+                .unwrap_or([None, None]),
+            live_turn: 0,
+            held: None,
             follow,
             notify,
             idle: Duration::ZERO,
@@ -891,6 +948,15 @@ struct Tail<'a> {
     path: PathBuf,
     /// `None` until the supervisor of a just-spawned run has created the log.
     reader: Option<LogReader>,
+    /// Our own foreground run's stdout and stderr, straight from its supervisor (see
+    /// `Run::live`): the log's copies of them are then skipped. Each closes at its end.
+    live: [Option<OwnedFd>; 2],
+    live_used: bool,
+    /// Which live pipe to try first (they take turns).
+    live_turn: usize,
+    /// An `exit`, `truncated` or `completion` read from the log before the live pipes
+    /// ended: it waits for them, so no output comes after it.
+    held: Option<EventItem>,
     follow: bool,
     notify: Option<OwnedFd>,
     idle: Duration,
@@ -900,6 +966,53 @@ struct Tail<'a> {
 }
 
 impl Tail<'_> {
+    fn live_open(&self) -> bool {
+        self.live.iter().any(Option::is_some)
+    }
+
+    /// A chunk from a live pipe, if one has data; closes the pipes that have ended.
+    fn read_live(&mut self) -> Result<Option<EventItem>, BackendError> {
+        for k in 0..2 {
+            let i = (self.live_turn + k) % 2;
+            let Some(fd) = &self.live[i] else {
+                continue;
+            };
+            let mut bytes = Vec::with_capacity(1 << 20);
+            // SAFETY: read into the vector's spare capacity; only the bytes read are then
+            // marked initialised.
+            let n = unsafe {
+                libc::read(
+                    fd.as_raw_fd(),
+                    bytes.spare_capacity_mut().as_mut_ptr().cast(),
+                    bytes.capacity(),
+                )
+            };
+            if n > 0 {
+                // SAFETY: read just initialised `n` bytes.
+                unsafe { bytes.set_len(n as usize) };
+                self.live_turn = (i + 1) % 2;
+                self.idle = Duration::ZERO;
+                let kind = if i == 0 { "stdout" } else { "stderr" };
+                return Ok(Some(EventItem {
+                    event: crate::wire::Event {
+                        id: 0,
+                        ts: crate::wire::now_ts(),
+                        spid: Some(1),
+                        kind: kind.to_string(),
+                        data: serde_json::Map::new(),
+                    },
+                    bytes,
+                }));
+            }
+            match nix::errno::Errno::last() {
+                _ if n == 0 => self.live[i] = None,
+                nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR => {}
+                e => return Err(BackendError::Store(format!("live output: {e}"))),
+            }
+        }
+        Ok(None)
+    }
+
     fn check_supervisor(&self) -> Result<(), BackendError> {
         if let Some(row) = self.engine.store.op(&self.op)? {
             if !row.status.is_terminal() {
@@ -922,12 +1035,19 @@ impl Tail<'_> {
                     .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
             })
         };
+        let live: Vec<PollFd> = self
+            .live
+            .iter()
+            .flatten()
+            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+            .collect();
         let Some(fd) = &self.notify else {
             self.idle = (self.idle * 2).clamp(Duration::from_millis(2), Duration::from_millis(100));
             let mut fds: Vec<PollFd> = reader
                 .iter()
                 .map(|r| PollFd::new(*r, PollFlags::empty()))
                 .collect();
+            fds.extend(live);
             let ms = self.idle.as_millis() as u16;
             let _ = nix::poll::poll(&mut fds, PollTimeout::from(ms));
             if gone(&fds) {
@@ -941,10 +1061,12 @@ impl Tail<'_> {
         };
         let mut fds = vec![PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
         fds.extend(reader.iter().map(|r| PollFd::new(*r, PollFlags::empty())));
+        let watched = fds.len();
+        fds.extend(live);
         match nix::poll::poll(&mut fds, PollTimeout::from(1000u16)) {
             Ok(0) => self.check_supervisor(),
             Ok(_) => {
-                if gone(&fds[1..]) {
+                if gone(&fds[1..watched]) {
                     self.reader_fd = None;
                     return Err(BackendError::OutputClosed);
                 }
@@ -982,6 +1104,21 @@ impl EventStream for Tail<'_> {
             if self.done {
                 return Ok(None);
             }
+            if self.live_open() {
+                if let Some(item) = self.read_live()? {
+                    return Ok(Some(item));
+                }
+            } else if let Some(item) = self.held.take() {
+                if item.event.kind == "completion" {
+                    self.done = true;
+                }
+                return Ok(Some(item));
+            }
+            if self.held.is_some() {
+                // Waiting for the live pipes to end.
+                self.wait()?;
+                continue;
+            }
             if self.reader.is_none() {
                 match LogReader::open(&self.path) {
                     Ok(reader) => self.reader = Some(reader),
@@ -1007,13 +1144,23 @@ impl EventStream for Tail<'_> {
             };
             if let Some(ev) = next {
                 self.idle = Duration::ZERO;
-                if ev.header.kind == "completion" {
-                    self.done = true;
+                let kind = ev.header.kind.clone();
+                if self.live_used && (kind == "stdout" || kind == "stderr") {
+                    continue;
                 }
-                return Ok(Some(EventItem {
+                let item = EventItem {
                     event: ev.header,
                     bytes: ev.payload,
-                }));
+                };
+                if self.live_open() && matches!(kind.as_str(), "exit" | "truncated" | "completion")
+                {
+                    self.held = Some(item);
+                    continue;
+                }
+                if item.event.kind == "completion" {
+                    self.done = true;
+                }
+                return Ok(Some(item));
             }
             if !self.follow {
                 return Ok(None);

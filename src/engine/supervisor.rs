@@ -9,6 +9,7 @@
 use super::eventlog::LogWriter;
 use super::layers;
 use super::overlay::Overlay;
+use super::recorder::Recorder;
 use super::sandbox::{self, Spec};
 use super::store::{ImageRow, Layout, Store, HOST_LAYER};
 use crate::wire::{self, SpawnRequest, Status};
@@ -35,6 +36,9 @@ pub const FLATTEN_AT: usize = 24;
 /// the store root, and how many are kept.
 const SPARES: &str = "spare";
 const MAX_SPARES: usize = 4;
+
+/// The most output taken from the command in one go (its pipes hold as much).
+const CHUNK: usize = 1 << 20;
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -123,7 +127,7 @@ pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
             );
             fd
         });
-    supervise_job(layout, job, data_dir, notify, started)
+    supervise_job(layout, job, data_dir, notify, None, started)
 }
 
 /// Runs one operation from start to `completion`: the body of both the exec'd
@@ -133,6 +137,7 @@ pub fn supervise_job(
     job: Job,
     data_dir: &Path,
     notify: Option<OwnedFd>,
+    live: Option<[OwnedFd; 2]>,
     started: Instant,
 ) -> i32 {
     let op = job.op.clone();
@@ -161,11 +166,12 @@ pub fn supervise_job(
         scratch: layout.scratch_dir(&op),
         layout,
         attach: None,
+        live,
         init: None,
         mounted: None,
         store: None,
         job,
-        log: &mut log,
+        log: Recorder::new(log),
         data_dir: data_dir.to_path_buf(),
     };
     let outcome = run.execute();
@@ -182,10 +188,13 @@ pub fn supervise_job(
     0
 }
 
-struct Run<'a> {
+struct Run {
     layout: Layout,
     /// The sandbox's mounts, held until nothing needs them (see `execute`).
     mounted: Option<Mounted>,
+    /// Pipes to the CLI that follows this run, for its stdout and stderr: the command's
+    /// output is duplicated into them with tee(2) as it is recorded (see `Stream::pump`).
+    live: Option<[OwnedFd; 2]>,
     /// The `init` event, written when the sandbox starts or before any other event:
     /// creating a deferred log (a directory and a file on the store's disk) then overlaps
     /// with the sandbox's own start-up.
@@ -195,7 +204,7 @@ struct Run<'a> {
     /// Opened once the sandbox is running (see `Job`).
     store: Option<Store>,
     job: Job,
-    log: &'a mut LogWriter,
+    log: Recorder,
     scratch: PathBuf,
     data_dir: PathBuf,
 }
@@ -213,7 +222,7 @@ impl Drop for Mounted {
     }
 }
 
-impl Run<'_> {
+impl Run {
     fn event(&mut self, kind: &str, spid: Option<u32>, data: Value) {
         if let Some(init) = self.init.take() {
             self.event("init", Some(0), init);
@@ -222,7 +231,7 @@ impl Run<'_> {
             Value::Object(m) => m,
             _ => Map::new(),
         };
-        let _ = self.log.append(kind, spid, data);
+        self.log.event(kind, spid, data);
     }
 
     /// The database, opened on first use and marking the operation EXECUTING.
@@ -399,7 +408,10 @@ impl Run<'_> {
             // Bigger pipes mean fewer wake-ups for chatty commands.
             let _ = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
         }
+        // Fed by a thread started after the clone: no other thread may exist while the
+        // sandbox is cloned from this process (see `recorder`).
         let mut stdin_feed = None;
+        let mut stdin_source = None;
         let stdin = match &req.stdin {
             Some(repr) => {
                 let bytes = repr
@@ -407,7 +419,7 @@ impl Run<'_> {
                     .map_err(|e| format!("stdin is not valid base64: {e}"))?;
                 let keep_open = repr.close == Some(false);
                 let (r, w) = pipe()?;
-                stdin_feed = Some(std::thread::spawn(move || feed_stdin(w, bytes, keep_open)));
+                stdin_source = Some((w, bytes, keep_open));
                 Some(r)
             }
             None => None,
@@ -433,6 +445,10 @@ impl Run<'_> {
         })
         .map_err(|e| format!("cannot create the sandbox namespaces: {e}"))?;
         crate::log::trace("cloned");
+        if let Some((w, bytes, keep_open)) = stdin_source {
+            stdin_feed = Some(std::thread::spawn(move || feed_stdin(w, bytes, keep_open)));
+        }
+        self.log.start();
         // The event log, created (if deferred) while the sandbox sets itself up.
         if let Some(init) = self.init.take() {
             self.event("init", Some(0), init);
@@ -466,6 +482,10 @@ impl Run<'_> {
             Stream::new("stdout", out_r, cap),
             Stream::new("stderr", err_r, cap),
         ];
+        if let Some([out, err]) = self.live.take() {
+            streams[0].tee = Some(out);
+            streams[1].tee = Some(err);
+        }
         let mut status_r = Some(st_r);
         let mut status_buf = String::new();
         let sigfd = SignalFd::with_flags(
@@ -488,9 +508,17 @@ impl Run<'_> {
             let mut fds = Vec::with_capacity(4);
             let mut who = Vec::with_capacity(4);
             for (i, s) in streams.iter().enumerate() {
-                if let Some(fd) = &s.fd {
-                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                    who.push(i);
+                match (&s.fd, &s.tee) {
+                    // The follower's pipe is full: wait until it has room.
+                    (Some(_), Some(tee)) if s.tee_full => {
+                        fds.push(PollFd::new(tee.as_fd(), PollFlags::POLLOUT));
+                        who.push(i);
+                    }
+                    (Some(fd), _) => {
+                        fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                        who.push(i);
+                    }
+                    _ => {}
                 }
             }
             if let Some(fd) = &status_r {
@@ -523,7 +551,8 @@ impl Run<'_> {
                 match w {
                     0 | 1 => {
                         let s = &mut streams[w];
-                        s.pump(self.log, &mut buf);
+                        s.tee_full = false;
+                        s.pump(&mut self.log);
                     }
                     2 => {
                         let fd = status_r.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
@@ -591,6 +620,10 @@ impl Run<'_> {
             }
         }
         crate::log::trace("output done");
+        // The follower reads its pipes to the end before it takes `exit` and `completion`.
+        for s in &mut streams {
+            s.tee = None;
+        }
         let rusage = wait_init(init);
         if let Some(feed) = stdin_feed {
             // The feeder ends on EOF or on EPIPE once the sandbox is gone.
@@ -735,6 +768,7 @@ impl Run<'_> {
                 }),
             );
         }
+        self.log.flush();
         crate::log::trace("completion written");
         drop(self.mounted.take());
         crate::log::trace("unmounted");
@@ -900,6 +934,10 @@ fn copy_layer(layout: &Layout, id: &str) -> Result<String, String> {
 struct Stream {
     name: &'static str,
     fd: Option<OwnedFd>,
+    /// The follower's pipe for this stream (see `Run::live`).
+    tee: Option<OwnedFd>,
+    /// `tee` was full last time: wait for room before taking more from `fd`.
+    tee_full: bool,
     cap: u64,
     emitted: u64,
     dropped: u64,
@@ -910,6 +948,8 @@ impl Stream {
         Stream {
             name,
             fd: Some(fd),
+            tee: None,
+            tee_full: false,
             cap,
             emitted: 0,
             dropped: 0,
@@ -919,26 +959,94 @@ impl Stream {
     /// Moves what the pipe holds into the log (up to the cap; the rest is counted and
     /// dropped). Clears `fd` at EOF. A plain read: splice(2) into the log holds the pipe's
     /// lock while it writes the file, and the command then spins on it (measured slower).
-    fn pump(&mut self, log: &mut LogWriter, buf: &mut [u8]) {
+    ///
+    /// With a follower's pipe, the bytes are first duplicated into it with tee(2), which
+    /// copies no data: the follower gets the output at pipe speed instead of reading the log
+    /// back, and exactly the bytes that are recorded.
+    fn pump(&mut self, log: &mut Recorder) {
         let Some(fd) = self.fd.as_ref() else {
             return;
         };
-        match nix::unistd::read(fd.as_raw_fd(), buf) {
-            Ok(0) => self.fd = None,
-            Ok(n) => self.record(log, &buf[..n]),
-            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
-            Err(_) => self.fd = None,
+        let room = self.cap.saturating_sub(self.emitted) as usize;
+        let mut want = CHUNK;
+        if let (Some(tee), true) = (&self.tee, room > 0) {
+            // SAFETY: tee(2) between two pipes we hold; no pointers involved.
+            let rc = unsafe {
+                libc::tee(
+                    fd.as_raw_fd(),
+                    tee.as_raw_fd(),
+                    room.min(CHUNK),
+                    libc::SPLICE_F_NONBLOCK,
+                )
+            };
+            match rc {
+                0 => {
+                    self.fd = None;
+                    self.tee = None;
+                    return;
+                }
+                // Take exactly what was duplicated.
+                n if n > 0 => want = n as usize,
+                _ => {
+                    match nix::errno::Errno::last() {
+                        // Either nothing to take yet or no room in the follower's pipe.
+                        nix::errno::Errno::EAGAIN => {
+                            let mut ready: libc::c_int = 0;
+                            // SAFETY: FIONREAD stores the pipe's byte count in `ready`.
+                            let rc =
+                                unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut ready) };
+                            self.tee_full = rc == 0 && ready > 0;
+                        }
+                        nix::errno::Errno::EINTR => {}
+                        // The follower is gone (EPIPE): record on without it.
+                        _ => self.tee = None,
+                    }
+                    return;
+                }
+            }
         }
+        let mut buf = log.buffer(CHUNK);
+        let mut failed = false;
+        while buf.len() < want {
+            let missing = want - buf.len();
+            let spare = &mut buf.spare_capacity_mut()[..missing];
+            // SAFETY: read(2) into the vector's spare capacity; only the bytes it reports
+            // are then marked initialised.
+            let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+            if n > 0 {
+                // SAFETY: read just initialised `n` more bytes.
+                unsafe { buf.set_len(buf.len() + n as usize) };
+                if self.tee.is_none() {
+                    // Without a follower, take what there is.
+                    break;
+                }
+                continue;
+            }
+            match nix::errno::Errno::last() {
+                nix::errno::Errno::EINTR if n < 0 => continue,
+                nix::errno::Errno::EAGAIN if n < 0 => {}
+                _ => failed = true,
+            }
+            break;
+        }
+        if buf.is_empty() && failed {
+            // EOF (or a broken pipe): the stream is over.
+            self.fd = None;
+            self.tee = None;
+            return;
+        }
+        self.record(log, buf);
     }
 
-    fn record(&mut self, log: &mut LogWriter, bytes: &[u8]) {
+    fn record(&mut self, log: &mut Recorder, mut bytes: Vec<u8>) {
         let room = self.cap.saturating_sub(self.emitted) as usize;
         let keep = room.min(bytes.len());
-        if keep > 0 {
-            let _ = log.append_stream(self.name, 1, &bytes[..keep]);
-            self.emitted += keep as u64;
-        }
         self.dropped += (bytes.len() - keep) as u64;
+        if keep > 0 {
+            bytes.truncate(keep);
+            self.emitted += keep as u64;
+            log.stream(self.name, bytes);
+        }
     }
 }
 

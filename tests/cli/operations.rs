@@ -353,3 +353,25 @@ fn recovery_removes_stale_scratch_dirs_but_not_young_ones() {
     assert!(!stale.exists(), "a stale scratch dir survived recovery");
     assert!(young.exists(), "recovery removed a young scratch dir");
 }
+
+#[test]
+fn live_output_and_the_recorded_log_are_the_same_bytes() {
+    let env = Env::host();
+    // Several megabytes of binary output on both streams: the CLI gets it live through
+    // pipes from the supervisor, the log gets it recorded; `show` reads the log.
+    // (Each ends with a newline: `show` adds one to output without.)
+    let script =
+        "head -c 3000000 /dev/urandom > /tmp/r; echo >> /tmp/r; cat /tmp/r; cat /tmp/r >&2";
+    let live = env
+        .run(["run", "-T", "10000000", "--", "sh", "-c", script])
+        .success();
+    let op = env.last_op();
+    assert_eq!(live.stdout.len(), 3_000_001);
+    assert_eq!(live.stdout, live.stderr);
+    let shown = env.run(["show", &op]).success();
+    assert!(
+        shown.stdout.ends_with(&live.stdout),
+        "show's output differs from what was printed live"
+    );
+    assert_eq!(shown.stderr, live.stderr);
+}

@@ -198,10 +198,12 @@ fn a_reused_scratch_dir_starts_empty() {
     // disposable or failed run wrote must not show through.
     env.run(["run", "-D", "--", "sh", "-c", "echo leak > /root/leak"])
         .success();
+    // Handed on after `completion`, so a moment after the CLI returns.
     let spares = env.home().join("store/spare");
-    assert_eq!(
-        std::fs::read_dir(&spares).map(|d| d.count()).unwrap_or(0),
-        1,
+    assert!(
+        crate::harness::eventually(std::time::Duration::from_secs(5), || {
+            std::fs::read_dir(&spares).map(|d| d.count()).unwrap_or(0) == 1
+        }),
         "no spare scratch dir kept"
     );
     env.run(["run", "--", "sh", "-c", "echo gone > /root/gone; exit 3"])
