@@ -100,6 +100,14 @@ pub trait Backend {
     /// until `completion`.
     fn events(&self, op: &str, follow: bool) -> Result<Box<dyn EventStream + '_>, BackendError>;
     fn cancel(&self, op: &str) -> Result<(), BackendError>;
+    /// Sends signal number `signal` to the process group of subprocess `spid` (1 is the
+    /// main process) of a running operation.
+    fn signal(&self, op: &str, spid: u32, signal: i32) -> Result<(), BackendError>;
+    /// Whether Ctrl-C on a followed run first sends the command SIGINT, cancelling only on
+    /// a second Ctrl-C (the remote API's behaviour, §2.9.4), rather than cancelling at once.
+    fn interrupt_first(&self) -> bool {
+        false
+    }
     fn images(&self, filter: &ImageFilter) -> Result<Vec<Image>, BackendError>;
     fn tag(&self, image: &str, tag: &str) -> Result<(), BackendError>;
     fn untag(&self, image: &str, tag: &str) -> Result<(), BackendError>;

@@ -196,6 +196,10 @@ impl EventStream for SseStream {
             return Ok(None);
         }
         loop {
+            // Checked before each event too: a chatty command never lets the wait time out.
+            if crate::interrupt::take() {
+                return Err(BackendError::Interrupted);
+            }
             match self.rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(Ok(item)) => {
                     if item.event.kind == "completion" {
@@ -207,11 +211,7 @@ impl EventStream for SseStream {
                     self.done = true;
                     return Err(e);
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    if crate::interrupt::take() {
-                        return Err(BackendError::Interrupted);
-                    }
-                }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     self.done = true;
                     return Ok(None);

@@ -526,6 +526,23 @@ impl Backend for RemoteBackend {
         Ok(())
     }
 
+    fn signal(&self, op: &str, spid: u32, signal: i32) -> Result<(), BackendError> {
+        self.api.call(
+            || {
+                self.api.request(
+                    reqwest::Method::DELETE,
+                    &format!("/operations/{op}/subprocesses/{spid}?signal={signal}"),
+                )
+            },
+            true,
+        )?;
+        Ok(())
+    }
+
+    fn interrupt_first(&self) -> bool {
+        true
+    }
+
     fn images(&self, filter: &ImageFilter) -> Result<Vec<Image>, BackendError> {
         let mut pairs = vec![("limit", "1000".to_string())];
         if !filter.all {

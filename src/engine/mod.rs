@@ -820,6 +820,52 @@ impl Backend for LocalEngine {
         }
     }
 
+    fn signal(&self, op: &str, spid: u32, signal: i32) -> Result<(), BackendError> {
+        if spid != 1 {
+            return Err(BackendError::NotFound(format!(
+                "operation {op} has no subprocess {spid}"
+            )));
+        }
+        if !(1..=64).contains(&signal) {
+            return Err(BackendError::Invalid(format!("{signal} is not a signal")));
+        }
+        let pid = match self.own_supervisor(op) {
+            Some(pid) if self.fork => pid,
+            _ => {
+                let row = self
+                    .store
+                    .op(op)?
+                    .ok_or_else(|| BackendError::NotFound(format!("operation {op} not found")))?;
+                if row.status.is_terminal() {
+                    return Err(BackendError::Invalid(format!(
+                        "operation {op} has already finished ({})",
+                        row.status
+                    )));
+                }
+                match (row.supervisor_pid, self.supervisor_alive(&row)) {
+                    (Some(pid), true) => Pid::from_raw(pid),
+                    _ => {
+                        return Err(BackendError::Invalid(format!(
+                            "operation {op} has not started its command yet"
+                        )))
+                    }
+                }
+            }
+        };
+        let value = libc::sigval {
+            sival_ptr: signal as usize as *mut libc::c_void,
+        };
+        // SAFETY: sigqueue(3) to a supervisor of ours, with a plain integer as its value.
+        let rc = unsafe { libc::sigqueue(pid.as_raw(), supervisor::control_signal(), value) };
+        if rc != 0 {
+            return Err(BackendError::Store(format!(
+                "cannot signal the supervisor of {op}: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
+
     fn images(&self, filter: &ImageFilter) -> Result<Vec<Image>, BackendError> {
         let mut out = Vec::new();
         for img in self.store.images()? {

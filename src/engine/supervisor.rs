@@ -42,13 +42,45 @@ const CHUNK: usize = 1 << 20;
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Signals that cancel a run; the CLI blocks them before exec so none is lost at start-up.
+/// The signal that asks a supervisor to signal its command (see `signal_command`); the
+/// signal to send comes as the queued value (sigqueue(3)).
+pub fn control_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 1
+}
+
+/// Signals a supervisor handles: SIGTERM, SIGINT and SIGHUP cancel the run; the control
+/// signal forwards one to the command. Whoever starts a supervisor blocks them first, so
+/// none is lost (or kills it) before it reads them from its signalfd.
 pub fn cancel_signals() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
     set.add(Signal::SIGHUP);
+    // SAFETY: sigaddset on our own set; the control signal is a valid realtime signal.
+    unsafe {
+        libc::sigaddset(
+            &mut *(&mut set as *mut SigSet as *mut libc::sigset_t),
+            control_signal(),
+        )
+    };
     set
+}
+
+/// Sends `sig` to the process group of the sandbox's main process (it runs in a session of
+/// its own), found as the init's child; without /proc's `children` list, to the init, which
+/// forwards the common ones.
+fn signal_command(init: Pid, sig: libc::c_int) {
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"));
+    let main = children
+        .ok()
+        .and_then(|c| c.split_whitespace().next()?.parse::<i32>().ok());
+    // SAFETY: kill(2) with a pid (group) from our own sandbox.
+    unsafe {
+        match main {
+            Some(pid) => libc::kill(-pid, sig),
+            None => libc::kill(init.as_raw(), sig),
+        }
+    };
 }
 
 #[derive(Debug)]
@@ -603,8 +635,10 @@ impl Run {
                         }
                     }
                     _ => {
-                        while let Ok(Some(_)) = sigfd.read_signal() {
-                            if !cancelled {
+                        while let Ok(Some(info)) = sigfd.read_signal() {
+                            if info.ssi_signo as libc::c_int == control_signal() {
+                                signal_command(init, info.ssi_int);
+                            } else if !cancelled {
                                 cancelled = true;
                                 kill_init();
                             }

@@ -427,6 +427,7 @@ pub fn follow(
         ..Default::default()
     };
     let mut stream = ctx.backend.events(op, true).map_err(backend_err)?;
+    let mut sigint_sent = false;
     if formatter.live() {
         stream.watch_reader(1);
     }
@@ -442,6 +443,15 @@ pub fn follow(
                 continue;
             }
             Err(BackendError::Interrupted) => {
+                // §2.9.4: on a backend that asks first, the first Ctrl-C sends the command
+                // SIGINT and the run goes on; a second one (or a failed signal) cancels.
+                if ctx.backend.interrupt_first() && !sigint_sent && !out.interrupted {
+                    sigint_sent = true;
+                    if ctx.backend.signal(op, 1, libc::SIGINT).is_ok() {
+                        info!("Sent SIGINT to operation {op}; waiting for it to exit (Ctrl-C again to force-cancel)");
+                        continue;
+                    }
+                }
                 if !out.interrupted {
                     out.interrupted = true;
                     let _ = ctx.backend.cancel(op);

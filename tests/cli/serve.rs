@@ -934,21 +934,37 @@ fn fifty_concurrent_runs_all_complete() {
 }
 
 #[test]
-fn signalling_the_main_process_cancels_and_uploaded_files_are_listed() {
+fn signalling_the_main_process_ends_it_and_uploaded_files_are_listed() {
     let server = Server::start();
-    let op = server.spawn(TOKEN_A, "echo started; sleep 60");
-    // Signal once the command runs (a supervisor signalled during its own start-up fails
-    // the operation instead: an engine matter, not the API's).
-    server.wait_for_output(&op, TOKEN_A, "started");
-    let reply = server.request(
+    // The shell traps SIGINT and reports it: the signal reaches the command itself.
+    let op = server.spawn(
+        TOKEN_A,
+        "trap 'echo got INT; exit 7' INT; echo ready=$((40+2)); sleep 60 & wait",
+    );
+    // (The needle is not in the command's text, which the spawn event also carries.)
+    server.wait_for_output(&op, TOKEN_A, "ready=42");
+    let unknown = server.request(
         "DELETE",
-        &format!("/v1/operations/{op}/subprocesses/1?signal=INT"),
+        &format!("/v1/operations/{op}/subprocesses/1?signal=NOPE"),
         Some(TOKEN_A),
         b"",
     );
-    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_eq!(unknown.status, 400, "{}", unknown.text());
+    let reply = server.request(
+        "DELETE",
+        &format!("/v1/operations/{op}/subprocesses/1?signal=SIGINT"),
+        Some(TOKEN_A),
+        b"",
+    );
+    assert_eq!(reply.status, 204, "{}", reply.text());
     let events = server.events(&op, TOKEN_A, None);
-    assert_eq!(events.last().unwrap()["data"]["status"], "CANCELLED");
+    let exit = events
+        .iter()
+        .find(|e| e["type"] == "exit")
+        .expect("an exit event");
+    assert_eq!(exit["data"]["code"], 7, "{exit}");
+    // Ended by its command, not cancelled.
+    assert_eq!(events.last().unwrap()["data"]["status"], "SUCCESS");
     let again = server.request(
         "DELETE",
         &format!("/v1/operations/{op}"),
@@ -1223,4 +1239,61 @@ fn spawns_beyond_the_running_limit_get_429_until_a_slot_frees() {
     server.events(&first, TOKEN_A, None);
     let ok = server.post_json("/v1/instances", TOKEN_B, &body);
     assert_eq!(ok.status, 201, "{}", ok.text());
+}
+
+/// Reads the child's stdout until `needle` has been seen.
+fn read_until(stdout: &mut impl std::io::Read, needle: &str) {
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        match stdout.read(&mut byte) {
+            Ok(1) => seen.push(byte[0]),
+            _ => panic!(
+                "output ended before {needle:?}: {:?}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+}
+
+#[test]
+fn remote_ctrl_c_interrupts_the_command_first_then_cancels() {
+    use nix::sys::signal::{kill, Signal};
+    let server = Server::start();
+    let env = our_client(&server);
+    env.use_host();
+    // A command that stops on SIGINT: the first Ctrl-C reaches it and the run ends with its
+    // own exit code.
+    let mut running = env
+        .cmd([
+            "run",
+            "-s",
+            "trap 'echo got INT; exit 7' INT; echo started; sleep 60 & wait",
+        ])
+        .spawn();
+    let mut stdout = running.child.stdout.take().expect("stdout");
+    read_until(&mut stdout, "started");
+    let cli = nix::unistd::Pid::from_raw(running.pid());
+    kill(cli, Signal::SIGINT).expect("Ctrl-C");
+    read_until(&mut stdout, "got INT");
+    let out = running.wait().code(7);
+    out.stderr_contains("[INFO] Sent SIGINT to operation ")
+        .stderr_contains("; waiting for it to exit (Ctrl-C again to force-cancel)");
+
+    // A command that ignores it: the second Ctrl-C cancels the operation.
+    let mut running = env
+        .cmd(["run", "-s", "trap '' INT; echo started; sleep 60"])
+        .spawn();
+    let mut stdout = running.child.stdout.take().expect("stdout");
+    read_until(&mut stdout, "started");
+    let cli = nix::unistd::Pid::from_raw(running.pid());
+    kill(cli, Signal::SIGINT).expect("first Ctrl-C");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    kill(cli, Signal::SIGINT).expect("second Ctrl-C");
+    running
+        .wait()
+        .code(1)
+        .stderr_contains("[INFO] Sent SIGINT to operation ")
+        .stderr_contains("[INFO] Cancelled operation ")
+        .stderr_contains("[ERROR] User interrupted");
 }

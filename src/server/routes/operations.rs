@@ -260,9 +260,9 @@ pub(super) async fn cancel(
     .await
 }
 
-/// `DELETE .../subprocesses/1?signal=NAME`. The engine cannot yet signal one process of a
-/// sandbox, so any terminating signal cancels the operation (the official client's first
-/// Ctrl-C then ends the run instead of interrupting the command).
+/// `DELETE .../subprocesses/{spid}?signal=NAME`: the signal (SIGKILL without one) goes to
+/// the process group of the main process, the only subprocess the engine runs. The command's
+/// end shows in the event log as usual; the operation is not cancelled.
 pub(super) async fn signal(
     st: axum::extract::State<Shared>,
     Extension(ns): Extension<Namespace>,
@@ -270,25 +270,18 @@ pub(super) async fn signal(
     Query(q): Params,
 ) -> ApiResult<Response> {
     let op = parse_uuid(&op, "operation")?;
-    let sig = param(&q, "signal").unwrap_or("TERM").to_ascii_uppercase();
-    let sig = sig.strip_prefix("SIG").unwrap_or(&sig).to_string();
-    if !matches!(
-        sig.as_str(),
-        "INT" | "TERM" | "KILL" | "HUP" | "QUIT" | "2" | "15" | "9"
-    ) {
-        return Err(ApiError::bad_request(format!(
-            "signal '{sig}' is not supported (INT, TERM, KILL, HUP, QUIT)"
-        )));
-    }
+    let spid: u32 = spid
+        .parse()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid spid '{spid}'")))?;
+    let name = param(&q, "signal").unwrap_or("KILL");
+    let sig = parse_signal(name)
+        .ok_or_else(|| ApiError::bad_request(format!("unknown signal '{name}'")))?;
     blocking(&st, move |st| {
         own_op(st, &ns.name, &op)?;
-        if spid != "1" {
-            return Err(ApiError::not_found(format!(
-                "operation {op} has no subprocess {spid}"
-            )));
-        }
-        match lock(&st.engine).cancel(&op) {
-            Ok(()) => Ok(StatusCode::ACCEPTED.into_response()),
+        match lock(&st.engine).signal(&op, spid, sig) {
+            Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
             Err(crate::backend::BackendError::Invalid(msg)) => {
                 Err(ApiError::new(StatusCode::CONFLICT, msg))
             }
@@ -296,6 +289,22 @@ pub(super) async fn signal(
         }
     })
     .await
+}
+
+/// A signal given as a number (`15`) or a name with or without `SIG` (`TERM`, `SIGTERM`).
+fn parse_signal(text: &str) -> Option<i32> {
+    if let Ok(n) = text.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|s| s as i32)
 }
 
 pub(super) async fn stdin(
