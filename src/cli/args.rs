@@ -191,9 +191,12 @@ pub struct ServeFlags {
     /// Largest accepted file upload, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
     pub max_upload: u64,
-    /// Operations running at once; more spawn requests get 429 with Retry-After
+    /// Operations running at once; more spawns wait in PENDING for a slot
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_running: usize,
+    /// Spawns waiting for a slot; more get 429 with Retry-After
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_pending: usize,
 }
 
 #[derive(Debug, Args)]

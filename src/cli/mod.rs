@@ -176,6 +176,7 @@ fn serve(flags: args::ServeFlags) -> CommandResult<i32> {
         max_body: flags.max_body,
         max_upload: flags.max_upload,
         max_running: flags.max_running,
+        max_pending: flags.max_pending,
     })
     .map_err(|e| match e {
         crate::server::ServeError::Config(_) => CommandError::user(e.to_string()),

@@ -569,6 +569,71 @@ impl LocalEngine {
             .unwrap_or(false)
     }
 
+    /// Records an operation that waits for a free slot (PENDING) without starting it; the
+    /// caller starts it later with `start_queued` or ends it with `end_queued`. Its row names
+    /// this process as its supervisor: recovery leaves it alone while this process lives,
+    /// and fails it if this process dies with the operation still waiting.
+    pub fn enqueue(&self, req: &SpawnRequest) -> Result<String, BackendError> {
+        self.store.reading(|| self.validate(req))?;
+        let op = uuid::Uuid::new_v4().to_string();
+        let dir = self.store.op_dir(&op);
+        std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::File::create(dir.join("events")))
+            .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
+        self.store
+            .create_op(&op, "instance", Some(&req.image), Some(req))?;
+        let pid = std::process::id() as i32;
+        self.store
+            .set_supervisor(&op, pid, process_start_time(pid).unwrap_or(0))?;
+        Ok(op)
+    }
+
+    /// Starts an operation recorded by `enqueue`. If it cannot start (its image is gone,
+    /// say), the operation is failed with the reason, and that is returned too.
+    pub fn start_queued(
+        &self,
+        op: &str,
+        req: &SpawnRequest,
+        stdin: StdinSource,
+    ) -> Result<(), BackendError> {
+        let started = self
+            .store
+            .reading(|| self.validate(req))
+            .and_then(|(image, blobs)| {
+                let job = supervisor::Job {
+                    op: op.to_string(),
+                    request: req.clone(),
+                    image,
+                    blobs,
+                    created_at: None,
+                };
+                self.spawn_supervisor(&job, stdin)
+            });
+        if let Err(e) = &started {
+            self.end_queued(op, Status::Failed, &e.to_string());
+        }
+        started
+    }
+
+    /// Ends an operation recorded by `enqueue` that never started (cancelled, or the server
+    /// shutting down): its terminal state, then `completion`.
+    pub fn end_queued(&self, op: &str, status: Status, error: &str) {
+        if let Ok(true) =
+            self.store
+                .finish_op(op, status, Some(error), 0.0, None, None, false, None)
+        {
+            if let Ok(mut log) = LogWriter::open(&self.store.op_dir(op).join("events")) {
+                let mut data = serde_json::Map::new();
+                data.insert("status".into(), status.as_str().into());
+                data.insert("duration_ms".into(), 0.into());
+                data.insert("result_image_uuid".into(), serde_json::Value::Null);
+                data.insert("error".into(), error.into());
+                data.insert("image_size_bytes".into(), 0.into());
+                let _ = log.append("completion", None, data);
+            }
+        }
+    }
+
     /// Pid of a supervisor this engine started for `op`, if it is still ours to reap.
     fn own_supervisor(&self, op: &str) -> Option<Pid> {
         self.reap();
@@ -807,6 +872,11 @@ impl Backend for LocalEngine {
                 )));
             }
             let alive = self.supervisor_alive(&row);
+            if row.supervisor_pid == Some(std::process::id() as i32) {
+                // Waiting in our own queue (see `enqueue`): it just never starts.
+                self.end_queued(op, Status::Cancelled, "cancelled");
+                return Ok(());
+            }
             if let (Some(pid), true) = (row.supervisor_pid, alive) {
                 return signal(Pid::from_raw(pid));
             }
@@ -842,8 +912,9 @@ impl Backend for LocalEngine {
                         row.status
                     )));
                 }
+                let queued = row.supervisor_pid == Some(std::process::id() as i32);
                 match (row.supervisor_pid, self.supervisor_alive(&row)) {
-                    (Some(pid), true) => Pid::from_raw(pid),
+                    (Some(pid), true) if !queued => Pid::from_raw(pid),
                     _ => {
                         return Err(BackendError::Invalid(format!(
                             "operation {op} has not started its command yet"

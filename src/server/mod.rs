@@ -52,8 +52,10 @@ pub struct ServeOptions {
     pub max_body: usize,
     /// Largest accepted file upload (`POST /files`).
     pub max_upload: u64,
-    /// Operations running at once; `POST /instances` beyond gets 429 with `Retry-After`.
+    /// Operations running at once; spawns beyond wait in PENDING (see `max_pending`).
     pub max_running: usize,
+    /// Operations waiting for a slot; `POST /instances` beyond gets 429 with `Retry-After`.
+    pub max_pending: usize,
 }
 
 impl ServeOptions {
@@ -77,6 +79,17 @@ pub(crate) struct State {
     pub max_body: usize,
     pub max_upload: u64,
     pub max_running: usize,
+    pub max_pending: usize,
+    /// Spawns waiting for a slot, oldest first (see `dispatch`).
+    pub queue: Mutex<std::collections::VecDeque<Queued>>,
+}
+
+/// A spawn that waits in PENDING for a running operation to end.
+pub(crate) struct Queued {
+    pub op: String,
+    pub request: crate::wire::SpawnRequest,
+    /// The read end of its stdin pipe, when more stdin follows (`stdin.close = false`).
+    pub stdin: Option<std::os::fd::OwnedFd>,
 }
 
 pub(crate) type Shared = Arc<State>;
@@ -120,8 +133,11 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             max_body: opts.max_body,
             max_upload: opts.max_upload,
             max_running: opts.max_running.max(1),
+            max_pending: opts.max_pending,
+            queue: Mutex::new(std::collections::VecDeque::new()),
         });
         tokio::spawn(housekeeping(state.clone()));
+        tokio::spawn(dispatch(state.clone()));
         let app = routes::router(state.clone());
         // Tests and scripts read the bound address from this line (`--listen 127.0.0.1:0`).
         eprintln!("contree serve: listening on http://{local}");
@@ -156,6 +172,86 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     // Blocking event-stream threads may still be waiting on a long operation.
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Starts waiting spawns as running operations end. Polled: an operation's end is only
+/// visible in the store, and a slot is a few milliseconds of latency away at worst.
+async fn dispatch(state: Shared) {
+    let mut stop = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        let stopping = *state.shutdown.borrow();
+        let st = state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let Ok(engine) = st.engine.lock() else { return };
+            let Ok(mut queue) = st.queue.lock() else {
+                return;
+            };
+            if stopping {
+                // The documented rule: waiting operations are cancelled at shutdown.
+                for q in queue.drain(..) {
+                    engine.end_queued(
+                        &q.op,
+                        crate::wire::Status::Cancelled,
+                        "the server shut down",
+                    );
+                }
+                return;
+            }
+            while !queue.is_empty() && running(&engine, &queue) < st.max_running {
+                let Some(q) = queue.pop_front() else { break };
+                let pending = engine
+                    .store()
+                    .op(&q.op)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|row| row.status == crate::wire::Status::Pending);
+                if !pending {
+                    // Cancelled while it waited.
+                    continue;
+                }
+                let source = match &q.stdin {
+                    Some(fd) => {
+                        crate::backend::StdinSource::Fd(std::os::fd::AsRawFd::as_raw_fd(fd))
+                    }
+                    None => crate::backend::StdinSource::Null,
+                };
+                let _ = engine.start_queued(&q.op, &q.request, source);
+            }
+        })
+        .await;
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Operations running now: the active ones that are not waiting in `queue`.
+pub(crate) fn running(engine: &LocalEngine, queue: &std::collections::VecDeque<Queued>) -> usize {
+    use crate::backend::Backend;
+    let active = engine
+        .operations(&crate::backend::OpFilter {
+            statuses: vec![
+                crate::wire::Status::Pending,
+                crate::wire::Status::Assigned,
+                crate::wire::Status::Executing,
+            ],
+            ..crate::backend::OpFilter::default()
+        })
+        .unwrap_or_default();
+    active
+        .iter()
+        .filter(|o| !queue.iter().any(|q| q.op == o.uuid))
+        // Rows whose supervisor died are recovered (made terminal) on the way.
+        .filter(|o| {
+            engine
+                .operation(&o.uuid)
+                .is_ok_and(|o| !o.status.is_terminal())
+        })
+        .count()
 }
 
 /// Reaps finished supervisors and drops the stdin pipes of finished operations.

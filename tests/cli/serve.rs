@@ -1220,15 +1220,40 @@ fn the_same_session_gives_the_same_results_locally_and_through_serve() {
 }
 
 #[test]
-fn spawns_beyond_the_running_limit_get_429_until_a_slot_frees() {
-    let server = Server::start_with(&["--max-running", "1"]);
-    let first = server.spawn(TOKEN_A, "echo started; sleep 60");
-    server.wait_for_output(&first, TOKEN_A, "started");
+fn spawns_beyond_the_running_limit_wait_in_pending_for_a_slot() {
+    let server = Server::start_with(&["--max-running", "1", "--max-pending", "1"]);
+    let first = server.spawn(TOKEN_A, "echo ready=$((40+2)); sleep 60");
+    server.wait_for_output(&first, TOKEN_A, "ready=42");
     let image = server.host_image(TOKEN_B);
-    let body = json!({"image": image, "command": "true"});
-    let busy = server.post_json("/v1/instances", TOKEN_B, &body);
-    assert_eq!(busy.status, 429, "{}", busy.text());
-    assert_eq!(busy.header("retry-after"), Some("1"));
+    let body = json!({"image": image, "command": "echo second", "shell": true});
+    let waiting = server.post_json("/v1/instances", TOKEN_B, &body);
+    assert_eq!(waiting.status, 201, "{}", waiting.text());
+    let second = waiting.json()["uuid"].as_str().unwrap().to_string();
+    let status = |op: &str, token: &str| {
+        server.get(&format!("/v1/operations/{op}"), token).json()["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(status(&second, TOKEN_B), "PENDING");
+    // Signalling a command that has not started is refused.
+    let early = server.request(
+        "DELETE",
+        &format!("/v1/operations/{second}/subprocesses/1?signal=TERM"),
+        Some(TOKEN_B),
+        b"",
+    );
+    assert_eq!(early.status, 409, "{}", early.text());
+    // The queue is bounded too.
+    let refused = server.post_json("/v1/instances", TOKEN_B, &body);
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        status(&second, TOKEN_B),
+        "PENDING",
+        "started without a slot"
+    );
     let cancel = server.request(
         "DELETE",
         &format!("/v1/operations/{first}"),
@@ -1236,9 +1261,30 @@ fn spawns_beyond_the_running_limit_get_429_until_a_slot_frees() {
         b"",
     );
     assert_eq!(cancel.status, 202);
-    server.events(&first, TOKEN_A, None);
-    let ok = server.post_json("/v1/instances", TOKEN_B, &body);
-    assert_eq!(ok.status, 201, "{}", ok.text());
+    // The slot frees: the waiting operation runs to the end.
+    let events = server.events(&second, TOKEN_B, None);
+    assert_eq!(events.last().unwrap()["data"]["status"], "SUCCESS");
+    assert!(
+        events.iter().any(|e| e["type"] == "stdout"),
+        "no output: {events:?}"
+    );
+
+    // A waiting operation that is cancelled never starts.
+    let third = server.spawn(TOKEN_A, "echo ready=$((40+2)); sleep 60");
+    server.wait_for_output(&third, TOKEN_A, "ready=42");
+    let queued = server.post_json("/v1/instances", TOKEN_B, &body);
+    let fourth = queued.json()["uuid"].as_str().unwrap().to_string();
+    let gone = server.request(
+        "DELETE",
+        &format!("/v1/operations/{fourth}"),
+        Some(TOKEN_B),
+        b"",
+    );
+    assert_eq!(gone.status, 202, "{}", gone.text());
+    let events = server.events(&fourth, TOKEN_B, None);
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["completion"], "{events:?}");
+    assert_eq!(events[0]["data"]["status"], "CANCELLED");
 }
 
 /// Reads the child's stdout until `needle` has been seen.

@@ -48,26 +48,17 @@ pub(super) async fn spawn(
     let mut req: SpawnRequest = json_body(&body)?;
     let spawned = blocking(&st, move |st| {
         let engine = lock(&st.engine);
-        // Admission: a bounded number of running operations. Rows whose supervisor died
-        // are recovered (made terminal) on the way, so they never hold a slot.
-        let active = engine.operations(&OpFilter {
-            statuses: vec![Status::Pending, Status::Assigned, Status::Executing],
-            ..OpFilter::default()
-        })?;
-        let running = active
-            .iter()
-            .filter(|o| {
-                engine
-                    .operation(&o.uuid)
-                    .is_ok_and(|o| !o.status.is_terminal())
-            })
-            .count();
-        if running >= st.max_running {
+        // Admission: a bounded number of running operations; beyond it spawns wait in
+        // PENDING (see `dispatch`), and beyond a bounded queue they are refused.
+        let mut queue = lock(&st.queue);
+        let wait = !queue.is_empty() || super::super::running(&engine, &queue) >= st.max_running;
+        if wait && queue.len() >= st.max_pending {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
-                    "{running} operations are running (the limit is {}); retry later",
-                    st.max_running
+                    "{} operations are waiting for a slot (the limit is {}); retry later",
+                    queue.len(),
+                    st.max_pending
                 ),
             ));
         }
@@ -106,11 +97,30 @@ pub(super) async fn spawn(
             Some((r, _)) => StdinSource::Fd(r.as_raw_fd()),
             None => StdinSource::Null,
         };
-        let op = engine.spawn(&req, source)?;
+        let op = if wait {
+            let op = engine.enqueue(&req)?;
+            let (read, write) = match pipe {
+                Some((r, w)) => (Some(r), Some(w)),
+                None => (None, None),
+            };
+            queue.push_back(super::super::Queued {
+                op: op.clone(),
+                request: req.clone(),
+                stdin: read,
+            });
+            if let Some(w) = write {
+                lock(&st.stdin).insert(op.clone(), std::fs::File::from(w));
+            }
+            op
+        } else {
+            let op = engine.spawn(&req, source)?;
+            if let Some((_, w)) = pipe {
+                lock(&st.stdin).insert(op.clone(), std::fs::File::from(w));
+            }
+            op
+        };
+        drop(queue);
         lock(&st.owners).add(OP, &op, &ns.name)?;
-        if let Some((_, w)) = pipe {
-            lock(&st.stdin).insert(op.clone(), std::fs::File::from(w));
-        }
         let mut echo = serde_json::to_value(&req).unwrap_or_else(|_| json!({}));
         if let Some(obj) = echo.as_object_mut() {
             obj.insert("uuid".into(), op.clone().into());
@@ -247,6 +257,8 @@ pub(super) async fn cancel(
     blocking(&st, move |st| {
         own_op(st, &ns.name, &op)?;
         let engine = lock(&st.engine);
+        // Still waiting for a slot: it leaves the queue and never starts.
+        lock(&st.queue).retain(|q| q.op != op);
         match engine.cancel(&op) {
             Ok(()) => {}
             Err(crate::backend::BackendError::Invalid(msg)) => {
