@@ -99,14 +99,26 @@ pub(crate) type Shared = Arc<State>;
 /// (clients resume with `Last-Event-Id` after a restart), and running operations go on to
 /// completion, recorded in the store, so a restarted server sees every one of them.
 pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
-    let tokens_path = match &opts.tokens {
-        Some(p) => p.clone(),
-        None => auth::default_tokens_file(&opts.paths.data)?,
+    // `--tokens FILE`, else `[[serve.tokens]]` in config.toml, else the data dir's file.
+    let config = opts.paths.config.join("config.toml");
+    let from_config = match &opts.tokens {
+        Some(_) => None,
+        None => auth::config_tokens(&config)
+            .map_err(|e| ServeError::Config(format!("{}: {e}", config.display())))?,
     };
-    let text = std::fs::read_to_string(&tokens_path)
-        .map_err(|e| ServeError::Config(format!("{}: {e}", tokens_path.display())))?;
-    let tokens = parse_tokens(&text)
-        .map_err(|e| ServeError::Config(format!("{}: {e}", tokens_path.display())))?;
+    let tokens = match from_config {
+        Some(tokens) => tokens,
+        None => {
+            let tokens_path = match &opts.tokens {
+                Some(p) => p.clone(),
+                None => auth::default_tokens_file(&opts.paths.data)?,
+            };
+            let text = std::fs::read_to_string(&tokens_path)
+                .map_err(|e| ServeError::Config(format!("{}: {e}", tokens_path.display())))?;
+            parse_tokens(&text)
+                .map_err(|e| ServeError::Config(format!("{}: {e}", tokens_path.display())))?
+        }
+    };
     let engine = LocalEngine::open(&opts.paths).map_err(|e| ServeError::Engine(e.to_string()))?;
     let owners = owners::Owners::open(&opts.paths.data.join("serve.db"))
         .map_err(|e| ServeError::Engine(format!("serve.db: {e}")))?;

@@ -34,10 +34,15 @@ impl Server {
             "tokens",
             format!("# test tokens\n{TOKEN_A} alice\n{TOKEN_B} bob\n"),
         );
-        let mut cmd = env
-            .cmd(["serve", "--listen", "127.0.0.1:0", "--max-body", "1048576"])
-            .arg("--tokens")
-            .arg(&tokens);
+        let tokens = tokens.to_string_lossy().into_owned();
+        let mut args = vec!["--tokens", tokens.as_str()];
+        args.extend_from_slice(extra);
+        Server::start_in(env, &args)
+    }
+
+    /// `contree serve` in `env` with exactly these extra flags.
+    fn start_in(env: Env, extra: &[&str]) -> Server {
+        let mut cmd = env.cmd(["serve", "--listen", "127.0.0.1:0", "--max-body", "1048576"]);
         for a in extra {
             cmd = cmd.arg(a);
         }
@@ -1342,4 +1347,32 @@ fn remote_ctrl_c_interrupts_the_command_first_then_cancels() {
         .stderr_contains("[INFO] Sent SIGINT to operation ")
         .stderr_contains("[INFO] Cancelled operation ")
         .stderr_contains("[ERROR] User interrupted");
+}
+
+#[test]
+fn tokens_can_come_from_the_config_file_which_must_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let config = env.home().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins]\npath = []\n\n[[serve.tokens]]\ntoken = \"{TOKEN_A}\"\nnamespace = \"alice\"\n\n[[serve.tokens]]\ntoken = \"{TOKEN_B}\"\nnamespace = \"bob\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    env.run(["serve", "--listen", "127.0.0.1:0"])
+        .code(1)
+        .stderr_contains("holds serve tokens but others may read it (mode 644)");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let server = Server::start_in(env, &[]);
+    let who = server.get("/v1/whoami", TOKEN_B).json();
+    assert_eq!(who["namespace"], "bob");
+    assert_eq!(
+        server.get("/v1/whoami", TOKEN_A).json()["namespace"],
+        "alice"
+    );
+    let nobody = server.request("GET", "/v1/whoami", Some("not-a-token"), b"");
+    assert_eq!(nobody.status, 401);
 }
