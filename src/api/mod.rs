@@ -543,6 +543,63 @@ impl Backend for RemoteBackend {
         true
     }
 
+    /// `POST /images/import`, then the import operation followed to its end.
+    fn pull_image(
+        &self,
+        reference: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+        tag: Option<&str>,
+    ) -> Result<String, BackendError> {
+        let url = if reference.contains("://") {
+            reference.to_string()
+        } else {
+            format!("docker://{reference}")
+        };
+        let mut registry = serde_json::json!({ "url": url });
+        if username.is_some() || password.is_some() {
+            registry["credentials"] = serde_json::json!({
+                "username": username,
+                "password": password,
+            });
+        }
+        let body = serde_json::json!({ "registry": registry, "tag": tag });
+        // Never replayed once the server may have acted (it would import twice).
+        let r = self.api.call(
+            || {
+                self.api
+                    .request(reqwest::Method::POST, "/images/import")
+                    .json(&body)
+            },
+            false,
+        )?;
+        let answer: serde_json::Value = r
+            .json()
+            .map_err(|e| BackendError::Store(format!("POST /images/import: bad response: {e}")))?;
+        let op = answer["uuid"]
+            .as_str()
+            .ok_or_else(|| {
+                BackendError::Store("POST /images/import: no uuid in the answer".into())
+            })?
+            .to_string();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let state = self.operation(&op)?;
+            if state.status.is_terminal() {
+                if state.status != crate::wire::Status::Success {
+                    return Err(BackendError::Invalid(state.error.unwrap_or_else(|| {
+                        format!("import operation {op} ended with status {}", state.status)
+                    })));
+                }
+                return state.result_image_uuid.ok_or_else(|| {
+                    BackendError::Store(format!("import operation {op} names no image"))
+                });
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
     fn images(&self, filter: &ImageFilter) -> Result<Vec<Image>, BackendError> {
         let mut pairs = vec![("limit", "1000".to_string())];
         if !filter.all {

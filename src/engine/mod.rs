@@ -618,15 +618,42 @@ impl LocalEngine {
     /// Ends an operation recorded by `enqueue` that never started (cancelled, or the server
     /// shutting down): its terminal state, then `completion`.
     pub fn end_queued(&self, op: &str, status: Status, error: &str) {
+        self.finish_here(op, status, Some(error), None);
+    }
+
+    /// Records an operation this process runs itself (a server's registry import) rather
+    /// than a supervisor: PENDING, with this process as its owner (see `enqueue`).
+    pub fn begin_here(&self, kind: &str) -> Result<String, BackendError> {
+        let op = uuid::Uuid::new_v4().to_string();
+        let dir = self.store.op_dir(&op);
+        std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::File::create(dir.join("events")))
+            .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
+        self.store.create_op(&op, kind, None, None)?;
+        let pid = std::process::id() as i32;
+        let start = process_start_time(pid).unwrap_or(0);
+        self.store.set_supervisor(&op, pid, start)?;
+        self.store.mark_executing(&op, pid, start)?;
+        Ok(op)
+    }
+
+    /// Ends an operation this process ran or queued: its terminal state, then `completion`.
+    pub fn finish_here(
+        &self,
+        op: &str,
+        status: Status,
+        error: Option<&str>,
+        result_image: Option<&str>,
+    ) {
         if let Ok(true) =
             self.store
-                .finish_op(op, status, Some(error), 0.0, None, None, false, None)
+                .finish_op(op, status, error, 0.0, result_image, None, false, None)
         {
             if let Ok(mut log) = LogWriter::open(&self.store.op_dir(op).join("events")) {
                 let mut data = serde_json::Map::new();
                 data.insert("status".into(), status.as_str().into());
                 data.insert("duration_ms".into(), 0.into());
-                data.insert("result_image_uuid".into(), serde_json::Value::Null);
+                data.insert("result_image_uuid".into(), result_image.into());
                 data.insert("error".into(), error.into());
                 data.insert("image_size_bytes".into(), 0.into());
                 let _ = log.append("completion", None, data);

@@ -333,6 +333,15 @@ impl Store {
         Ok(out)
     }
 
+    /// Marks `image` as made by operation `op` (who may see it follows the operation).
+    pub fn set_image_operation(&self, image: &str, op: &str) -> Result<()> {
+        self.conn()?.execute(
+            "UPDATE images SET operation = ?2 WHERE uuid = ?1",
+            params![image, op],
+        )?;
+        Ok(())
+    }
+
     /// Points `tag` at `image` (moving it if another image had it).
     pub fn set_tag(&self, image: &str, tag: &str) -> Result<()> {
         self.conn()?.execute(

@@ -318,3 +318,60 @@ fn pulls_authenticate_with_basic_auth_and_with_a_token_realm() {
         check_view(&env, tag);
     }
 }
+
+#[test]
+fn serve_imports_from_a_registry_into_the_importing_namespace() {
+    use crate::serve::{our_client, Server, TOKEN_A, TOKEN_B};
+    let Some(binary) = registry_binary() else {
+        skip("needs Debian's docker-registry package (apt-get install docker-registry)");
+        return;
+    };
+    let env = Env::new();
+    let registry = start(&binary, env.work());
+    if !push_image(&env, &registry) {
+        return;
+    }
+    let server = Server::start();
+    // Our CLI in remote mode: `images import` becomes POST /images/import, then the import
+    // operation followed to its end.
+    let bob = our_client(&server);
+    let reference = format!("{}/bb/x:v1", registry.addr);
+    bob.run(["images", "import", &reference])
+        .success()
+        .stdout_contains("bb/x:v1")
+        .stderr_contains("[INFO] Imported");
+    bob.run(["images"]).success().stdout_contains("bb/x:v1");
+    bob.run([
+        "run",
+        "--use",
+        "tag:bb/x:v1",
+        "--",
+        "/bin/busybox",
+        "echo",
+        "ok",
+    ])
+    .success()
+    .stdout("ok\n");
+    // Another namespace sees neither the image nor its tag.
+    let theirs = server.get("/v1/images?tag=bb/", TOKEN_A).json();
+    assert_eq!(theirs["images"], json!([]), "{theirs}");
+
+    // A reference the registry does not have: the operation fails and says why.
+    let body = json!({"registry": {"url": format!("docker://{}/bb/x:nope", registry.addr)}});
+    let reply = server.post_json("/v1/images/import", TOKEN_B, &body);
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let op = reply.json()["uuid"].as_str().unwrap().to_string();
+    assert_eq!(
+        reply.header("location"),
+        Some(format!("/v1/operations/{op}").as_str())
+    );
+    let events = server.events(&op, TOKEN_B, None);
+    let last = events.last().expect("completion");
+    assert_eq!(last["data"]["status"], "FAILED", "{last}");
+    assert!(
+        last["data"]["error"].as_str().unwrap_or("").contains("404"),
+        "{last}"
+    );
+    let bad = server.post_json("/v1/images/import", TOKEN_B, &json!({"tag": "x"}));
+    assert_eq!(bad.status, 400, "{}", bad.text());
+}

@@ -12,18 +12,18 @@ use serde_json::{json, Value};
 
 use crate::harness::{skip, Env, Output};
 
-const TOKEN_A: &str = "token-alice-0123456789";
-const TOKEN_B: &str = "token-bob-9876543210";
+pub(crate) const TOKEN_A: &str = "token-alice-0123456789";
+pub(crate) const TOKEN_B: &str = "token-bob-9876543210";
 
 /// A `contree serve` on 127.0.0.1 with its own data dir and two tokens (alice, bob).
-struct Server {
+pub(crate) struct Server {
     env: Env,
     child: Child,
     port: u16,
 }
 
 impl Server {
-    fn start() -> Server {
+    pub(crate) fn start() -> Server {
         Server::start_with(&[])
     }
 
@@ -114,11 +114,11 @@ impl Server {
         Reply::parse(&raw)
     }
 
-    fn get(&self, path: &str, token: &str) -> Reply {
+    pub(crate) fn get(&self, path: &str, token: &str) -> Reply {
         self.request("GET", path, Some(token), b"")
     }
 
-    fn post_json(&self, path: &str, token: &str, body: &Value) -> Reply {
+    pub(crate) fn post_json(&self, path: &str, token: &str, body: &Value) -> Reply {
         self.request("POST", path, Some(token), body.to_string().as_bytes())
     }
 
@@ -164,7 +164,7 @@ impl Server {
     }
 
     /// The full event log of a finished operation (waits with `follow=1`).
-    fn events(&self, op: &str, token: &str, last_id: Option<u64>) -> Vec<Value> {
+    pub(crate) fn events(&self, op: &str, token: &str, last_id: Option<u64>) -> Vec<Value> {
         let id = last_id.map(|i| i.to_string());
         let headers: Vec<(&str, &str)> = id
             .as_deref()
@@ -202,8 +202,8 @@ fn connect(port: u16) -> TcpStream {
     stream
 }
 
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
@@ -238,16 +238,16 @@ impl Reply {
             body,
         }
     }
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("reply is not JSON ({e}): {}", self.text()))
     }
@@ -791,7 +791,7 @@ fn official_client_detaches_waits_lists_shows_and_kills() {
 // ---- our own CLI in remote mode ---------------------------------------------------------
 
 /// Our CLI with its own home, authenticated to `server` as bob.
-fn our_client(server: &Server) -> Env {
+pub(crate) fn our_client(server: &Server) -> Env {
     let env = Env::new();
     env.run([
         "auth",

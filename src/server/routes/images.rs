@@ -1,5 +1,5 @@
-//! `/images`: listing with filters, tagging and untagging (tags per namespace), and the
-//! registry import this server does not do.
+//! `/images`: listing with filters, tagging and untagging (tags per namespace), and
+//! imports from registries.
 
 use super::*;
 
@@ -46,14 +46,137 @@ pub(super) async fn images(
     .await
 }
 
-/// `POST /images/import` pulls from a registry, which the engine cannot do: a clear 501
-/// instead of a 404, pointing at what works.
-pub(super) async fn import() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "this server does not import from registries; import a root filesystem, tar or OCI \
-         archive on the server machine with `contree images import` (its images are public)",
-    )
+#[derive(serde::Deserialize)]
+struct ImportBody {
+    registry: RegistryBody,
+    #[serde(default)]
+    tag: Option<String>,
+    #[serde(default)]
+    timeout: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct RegistryBody {
+    url: String,
+    #[serde(default)]
+    credentials: Option<CredentialsBody>,
+}
+
+#[derive(serde::Deserialize)]
+struct CredentialsBody {
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// The longest `timeout` an import may ask for, in seconds.
+const MAX_IMPORT_TIMEOUT: u64 = 3600;
+
+/// `POST /images/import`: an `image_import` operation that pulls the image from a registry
+/// (`docker://HOST/REPO:TAG`, as `contree pull` does) on a thread of the server. The image
+/// belongs to the namespace that imported it, and so does its tag: one tenant's import never
+/// replaces what another sees. The operation fails if the pull takes longer than `timeout`.
+pub(super) async fn import(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    body: Body,
+) -> ApiResult<Response> {
+    if *st.shutdown.borrow() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        ));
+    }
+    let body = read_body(body, st.max_body).await?;
+    let req: ImportBody = json_body(&body)?;
+    if req.registry.url.trim().is_empty() {
+        return Err(ApiError::bad_request("registry.url is empty"));
+    }
+    if let Some(tag) = &req.tag {
+        valid_tag(tag)?;
+    }
+    let timeout = req.timeout.unwrap_or(300);
+    if !(1..=MAX_IMPORT_TIMEOUT).contains(&timeout) {
+        return Err(ApiError::bad_request(format!(
+            "timeout must be 1 to {MAX_IMPORT_TIMEOUT} seconds"
+        )));
+    }
+    let name = ns.name.clone();
+    let op = blocking(&st, move |st| {
+        let op = lock(&st.engine).begin_here("image_import")?;
+        lock(&st.owners).add(OP, &op, &name)?;
+        Ok(op)
+    })
+    .await?;
+    let shared = st.0.clone();
+    let job = op.clone();
+    tokio::task::spawn_blocking(move || run_import(&shared, &ns.name, &job, req, timeout));
+    let mut reply = (StatusCode::CREATED, Json(json!({ "uuid": op }))).into_response();
+    if let Ok(location) = format!("/v1/operations/{op}").parse() {
+        reply
+            .headers_mut()
+            .insert(axum::http::header::LOCATION, location);
+    }
+    Ok(reply)
+}
+
+/// Pulls on a thread of its own with a store connection of its own (the shared engine is
+/// not held for the download), then records the result under the shared engine.
+fn run_import(st: &State, ns: &str, op: &str, req: ImportBody, timeout: u64) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let store_root = st.paths.store();
+    let url = req.registry.url.clone();
+    let creds = req.registry.credentials.unwrap_or(CredentialsBody {
+        username: None,
+        password: None,
+    });
+    std::thread::spawn(move || {
+        let result = crate::engine::store::Store::open(&store_root)
+            .map_err(|e| e.to_string())
+            .and_then(|store| {
+                let creds = crate::engine::registry::Credentials {
+                    username: creds.username,
+                    password: creds.password,
+                };
+                crate::engine::registry::pull(&store, &url, &creds, None).map_err(|e| e.to_string())
+            });
+        let _ = tx.send(result);
+    });
+    let outcome = match rx.recv_timeout(std::time::Duration::from_secs(timeout)) {
+        Ok(Ok(image)) => Ok(image),
+        Ok(Err(e)) => Err(format!("import of {} failed: {e}", req.registry.url)),
+        Err(_) => Err(format!("import timed out after {timeout}s")),
+    };
+    let Ok(engine) = st.engine.lock() else { return };
+    let recorded = outcome.and_then(|image| {
+        engine
+            .store()
+            .set_image_operation(&image, op)
+            .and_then(|_| match &req.tag {
+                Some(tag) => engine.store().set_tag(&image, &ns_tag(ns, tag)),
+                None => Ok(()),
+            })
+            .map(|_| image)
+            .map_err(|e| e.to_string())
+    });
+    match recorded {
+        Ok(image) => engine.finish_here(op, Status::Success, None, Some(&image)),
+        Err(e) => engine.finish_here(op, Status::Failed, Some(&e), None),
+    }
+}
+
+/// A tag this API accepts: 1 to 255 characters, no whitespace or control characters, not
+/// starting with `~` (the namespace marker).
+fn valid_tag(tag: &str) -> ApiResult<()> {
+    if tag.is_empty()
+        || tag.len() > 255
+        || tag.starts_with('~')
+        || tag.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(ApiError::bad_request(format!("tag '{tag}' is not valid")));
+    }
+    Ok(())
 }
 
 #[derive(serde::Deserialize)]
@@ -71,13 +194,7 @@ pub(super) async fn tag(
     let image = parse_uuid(&image, "image")?;
     let body = read_body(body, st.max_body).await?;
     let TagBody { tag } = json_body(&body)?;
-    if tag.is_empty()
-        || tag.len() > 255
-        || tag.starts_with('~')
-        || tag.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(ApiError::bad_request(format!("tag '{tag}' is not valid")));
-    }
+    valid_tag(&tag)?;
     blocking(&st, move |st| {
         let engine = lock(&st.engine);
         let row = visible_image(st, &engine, &ns.name, &image)?;

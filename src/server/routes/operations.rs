@@ -25,7 +25,7 @@ pub(super) async fn whoami(
         "token_expiration": null,
         "namespace": ns.name,
         "permissions": {
-            "import": false, "spawn": true, "spawn_disposable": true, "list": true,
+            "import": true, "spawn": true, "spawn_disposable": true, "list": true,
             "cancel": true, "set_image_tag": true,
         },
         "operations_stat": stat,
