@@ -197,6 +197,13 @@ pub struct ServeFlags {
     /// Spawns waiting for a slot; more get 429 with Retry-After
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_pending: usize,
+    /// Finished operations' event logs older than this are cut to their completion
+    /// (a number of seconds, or with s, m, h or d)
+    #[arg(long, value_name = "AGE", default_value = "7d", value_parser = parse_age)]
+    pub events_max_age: std::time::Duration,
+    /// The most all finished operations' event logs may take; the oldest are cut first
+    #[arg(long, value_name = "BYTES", default_value_t = 10 << 30)]
+    pub events_max_bytes: u64,
 }
 
 #[derive(Debug, Args)]
@@ -421,4 +428,23 @@ pub enum PluginsCommand {
     /// Every plugin file found: name, version, ABI, what it provides, or why it failed
     #[command(visible_alias = "ls")]
     List,
+}
+
+/// `45`, `45s`, `30m`, `12h` or `7d`.
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&text[..i], &text[i..]),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not an age (like 45s, 30m, 12h or 7d)"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("'{text}' is not an age (like 45s, 30m, 12h or 7d)")),
+    };
+    Ok(std::time::Duration::from_secs(n.saturating_mul(unit)))
 }

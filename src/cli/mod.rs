@@ -177,6 +177,8 @@ fn serve(flags: args::ServeFlags) -> CommandResult<i32> {
         max_upload: flags.max_upload,
         max_running: flags.max_running,
         max_pending: flags.max_pending,
+        events_max_age: flags.events_max_age,
+        events_max_bytes: flags.events_max_bytes,
     })
     .map_err(|e| match e {
         crate::server::ServeError::Config(_) => CommandError::user(e.to_string()),

@@ -112,6 +112,11 @@ impl LogWriter {
         Ok(self.file.as_ref().expect("opened just above"))
     }
 
+    /// Numbers the next frame `id` (a log rewritten to keep its last frame keeps its id).
+    pub fn continue_from(&mut self, id: u64) {
+        self.next_id = id;
+    }
+
     /// Wakes whoever holds the other end of `fd` after every event.
     pub fn notify_to(&mut self, fd: std::os::fd::OwnedFd) {
         self.notify = Some(fd);

@@ -56,6 +56,10 @@ pub struct ServeOptions {
     pub max_running: usize,
     /// Operations waiting for a slot; `POST /instances` beyond gets 429 with `Retry-After`.
     pub max_pending: usize,
+    /// Event logs of finished operations are cut to their `completion` past this age...
+    pub events_max_age: Duration,
+    /// ...or, oldest first, while together they take more than this.
+    pub events_max_bytes: u64,
 }
 
 impl ServeOptions {
@@ -80,6 +84,8 @@ pub(crate) struct State {
     pub max_upload: u64,
     pub max_running: usize,
     pub max_pending: usize,
+    pub events_max_age: Duration,
+    pub events_max_bytes: u64,
     /// Spawns waiting for a slot, oldest first (see `dispatch`).
     pub queue: Mutex<std::collections::VecDeque<Queued>>,
 }
@@ -146,6 +152,8 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             max_upload: opts.max_upload,
             max_running: opts.max_running.max(1),
             max_pending: opts.max_pending,
+            events_max_age: opts.events_max_age,
+            events_max_bytes: opts.events_max_bytes,
             queue: Mutex::new(std::collections::VecDeque::new()),
         });
         tokio::spawn(housekeeping(state.clone()));
@@ -266,7 +274,8 @@ pub(crate) fn running(engine: &LocalEngine, queue: &std::collections::VecDeque<Q
         .count()
 }
 
-/// Reaps finished supervisors and drops the stdin pipes of finished operations.
+/// Reaps finished supervisors, bounds event logs (`prune_event_logs`) and drops the stdin
+/// pipes of finished operations.
 async fn housekeeping(state: Shared) {
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -274,6 +283,11 @@ async fn housekeeping(state: Shared) {
         let _ = tokio::task::spawn_blocking(move || {
             let Ok(engine) = st.engine.lock() else { return };
             engine.reap();
+            if let Ok((cut, freed)) = engine.prune_event_logs(st.events_max_age, st.events_max_bytes) {
+                if cut > 0 {
+                    eprintln!("contree serve: cut {cut} event log(s) to their completion, {freed} bytes freed");
+                }
+            }
             let Ok(mut pipes) = st.stdin.lock() else {
                 return;
             };

@@ -1376,3 +1376,45 @@ fn tokens_can_come_from_the_config_file_which_must_be_private() {
     let nobody = server.request("GET", "/v1/whoami", Some("not-a-token"), b"");
     assert_eq!(nobody.status, 401);
 }
+
+#[test]
+fn finished_event_logs_are_cut_to_their_completion_by_size_and_by_age() {
+    let server = Server::start_with(&["--events-max-bytes", "150000"]);
+    let types = |op: &str| -> Vec<String> {
+        server
+            .events(op, TOKEN_A, None)
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let older = server.spawn(TOKEN_A, "head -c 100000 /dev/zero | tr '\\0' x");
+    assert!(types(&older).contains(&"stdout".to_string()));
+    let newer = server.spawn(TOKEN_A, "head -c 100000 /dev/zero | tr '\\0' y");
+    assert!(types(&newer).contains(&"stdout".to_string()));
+    // Together over the bound: the older log goes down to its completion, the newer stays.
+    assert!(
+        crate::harness::eventually(std::time::Duration::from_secs(10), || types(&older)
+            == ["completion"]),
+        "the older log was not cut: {:?}",
+        types(&older)
+    );
+    assert!(types(&newer).contains(&"stdout".to_string()));
+    let row = server
+        .get(&format!("/v1/operations/{older}"), TOKEN_A)
+        .json();
+    assert_eq!(row["status"], "SUCCESS", "{row}");
+    let last = server.events(&older, TOKEN_A, None);
+    assert_eq!(last[0]["data"]["status"], "SUCCESS");
+
+    let server = Server::start_with(&["--events-max-age", "1s"]);
+    let op = server.spawn(TOKEN_A, "echo aged");
+    assert!(
+        crate::harness::eventually(std::time::Duration::from_secs(10), || {
+            server
+                .events(&op, TOKEN_A, None)
+                .iter()
+                .all(|e| e["type"] == "completion")
+        }),
+        "an old log was not cut"
+    );
+}
