@@ -423,17 +423,7 @@ impl Backend for RemoteBackend {
     }
 
     fn put_file(&self, path: &Path, sha256: &str) -> Result<(String, bool), BackendError> {
-        let key = UploadCache::key(path);
-        if let (Some(cache), Some(key)) = (self.cache(), &key) {
-            if let Some(uuid) = cache.get(key) {
-                return Ok((uuid, true));
-            }
-        }
-        let (uuid, existed) = self.upload(path, sha256)?;
-        if let (Some(cache), Some(key)) = (self.cache(), &key) {
-            cache.put(key, &uuid);
-        }
-        Ok((uuid, existed))
+        self.put_file_with(path, sha256, None)
     }
 
     fn put_files(
@@ -447,6 +437,7 @@ impl Backend for RemoteBackend {
             .unwrap_or(8)
             .clamp(1, 64)
             .min(files.len().max(1));
+        let bar = upload_bar(files);
         let next = std::sync::atomic::AtomicUsize::new(0);
         type Slot = std::sync::Mutex<Option<Result<(String, bool), BackendError>>>;
         let results: Vec<Slot> = files.iter().map(|_| std::sync::Mutex::new(None)).collect();
@@ -457,7 +448,7 @@ impl Backend for RemoteBackend {
                     let Some((path, sha)) = files.get(i) else {
                         return;
                     };
-                    let r = self.put_file(path, sha);
+                    let r = self.put_file_with(path, sha, bar.as_ref());
                     let failed = r.is_err();
                     if let Ok(mut slot) = results[i].lock() {
                         *slot = Some(r);
@@ -469,6 +460,9 @@ impl Backend for RemoteBackend {
                 });
             }
         });
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
         let mut out = Vec::with_capacity(files.len());
         for (slot, (path, _)) in results.into_iter().zip(files) {
             match slot.into_inner().ok().flatten() {
@@ -671,19 +665,52 @@ impl Backend for RemoteBackend {
 
 impl RemoteBackend {
     /// Dedup by sha256 (`GET /files/{sha}`), else `POST /files`.
-    fn upload(&self, path: &Path, sha256: &str) -> Result<(String, bool), BackendError> {
+    /// `put_file`, counting the bytes on `bar` (a file already there counts as sent).
+    fn put_file_with(
+        &self,
+        path: &Path,
+        sha256: &str,
+        bar: Option<&indicatif::ProgressBar>,
+    ) -> Result<(String, bool), BackendError> {
+        let key = UploadCache::key(path);
+        if let (Some(cache), Some(key)) = (self.cache(), &key) {
+            if let Some(uuid) = cache.get(key) {
+                if let Some(bar) = bar {
+                    bar.inc(file_len(path));
+                }
+                return Ok((uuid, true));
+            }
+        }
+        let (uuid, existed) = self.upload(path, sha256, bar)?;
+        if let (Some(cache), Some(key)) = (self.cache(), &key) {
+            cache.put(key, &uuid);
+        }
+        Ok((uuid, existed))
+    }
+
+    fn upload(
+        &self,
+        path: &Path,
+        sha256: &str,
+        bar: Option<&indicatif::ProgressBar>,
+    ) -> Result<(String, bool), BackendError> {
         match self
             .api
             .get_json::<serde_json::Value>(&format!("/files/{sha256}"))
         {
             Ok(f) => {
                 if let Some(uuid) = f["uuid"].as_str() {
+                    if let Some(bar) = bar {
+                        bar.inc(file_len(path));
+                    }
                     return Ok((uuid.to_string(), true));
                 }
             }
             Err(BackendError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
+        // Bytes of this file counted so far: a retried upload takes them back first.
+        let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let r = self.api.call(
             || {
                 let file = std::fs::File::open(path);
@@ -691,9 +718,20 @@ impl RemoteBackend {
                     .api
                     .request(reqwest::Method::POST, "/files")
                     .header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
-                match file {
-                    Ok(f) => rb.body(reqwest::blocking::Body::from(f)),
-                    Err(_) => rb,
+                match (file, bar) {
+                    (Ok(f), Some(bar)) => {
+                        let before = counted.swap(0, std::sync::atomic::Ordering::Relaxed);
+                        bar.set_position(bar.position().saturating_sub(before));
+                        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                        let reader = Counting {
+                            inner: f,
+                            bar: bar.clone(),
+                            counted: counted.clone(),
+                        };
+                        rb.body(reqwest::blocking::Body::sized(reader, len))
+                    }
+                    (Ok(f), None) => rb.body(reqwest::blocking::Body::from(f)),
+                    (Err(_), _) => rb,
                 }
             },
             true,
@@ -734,5 +772,54 @@ impl RemoteBackend {
             forward_stdin(self.api.clone(), op.clone(), rx);
         }
         Ok(op)
+    }
+}
+
+/// Files that together take at least this many bytes get a progress bar (on a terminal).
+const PROGRESS_MIN_BYTES: u64 = 16 << 20;
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// A progress bar on stderr for a large upload, when stderr is a terminal (and
+/// `CONTREE_PROGRESS` is not `never`). `None` for small uploads.
+fn upload_bar(files: &[(std::path::PathBuf, String)]) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    let never = std::env::var("CONTREE_PROGRESS").is_ok_and(|v| v == "never");
+    if never || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let total: u64 = files.iter().map(|(p, _)| file_len(p)).sum();
+    if total < PROGRESS_MIN_BYTES {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "uploading {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, {eta} left",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(format!("{} file(s)", files.len()));
+    Some(bar)
+}
+
+/// A file read for an upload, counting what has been read on the progress bar.
+struct Counting {
+    inner: std::fs::File,
+    bar: indicatif::ProgressBar,
+    counted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::io::Read for Counting {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.inc(n as u64);
+        self.counted
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
     }
 }

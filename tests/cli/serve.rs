@@ -1418,3 +1418,51 @@ fn finished_event_logs_are_cut_to_their_completion_by_size_and_by_age() {
         "an old log was not cut"
     );
 }
+
+#[test]
+fn a_large_upload_shows_a_progress_bar_on_a_terminal_only() {
+    let server = Server::start();
+    let bob = our_client(&server);
+    bob.use_host();
+    let big: Vec<u8> = (0..(20u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let path = bob.write("big.bin", &big);
+    let spec = format!("{}:/big", path.display());
+    let sum = crate::harness::sha256_hex(&big);
+    // Not a terminal: no bar, nothing but the output.
+    bob.run(["run", "-D", "-F", &spec, "--", "sha256sum", "/big"])
+        .success()
+        .stdout(&format!("{sum}  /big\n"))
+        .stderr_empty();
+    // A terminal (util-linux `script` gives the command a pty): the bar is drawn on stderr.
+    let Ok(script) = which("script") else {
+        crate::harness::skip("needs util-linux's `script` for a pseudo-terminal");
+        return;
+    };
+    bob.write("big.bin", [&big[..], b"changed"].concat());
+    let line = format!(
+        "{} run -D -F {spec} -- sha256sum /big",
+        crate::harness::CONTREE
+    );
+    let out = bob
+        .program(script)
+        .env("TERM", "xterm")
+        .arg("-qec")
+        .arg(&line)
+        .arg("/dev/null")
+        .output()
+        .success();
+    let text = out.stdout_text();
+    assert!(
+        text.contains("uploading 1 file(s)") && text.contains("MiB"),
+        "no progress bar: {text:?}"
+    );
+}
+
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
