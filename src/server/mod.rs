@@ -187,6 +187,9 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
                 tokio::time::sleep(Duration::from_secs(10)).await;
             } => {}
         }
+        // Whatever `dispatch` has not done yet: nothing may stay waiting in a dead queue.
+        let st = state.clone();
+        let _ = tokio::task::spawn_blocking(move || cancel_waiting(&st)).await;
         Ok::<_, ServeError>(())
     })?;
     // Blocking event-stream threads may still be waiting on a long operation.
@@ -211,14 +214,9 @@ async fn dispatch(state: Shared) {
                 return;
             };
             if stopping {
-                // The documented rule: waiting operations are cancelled at shutdown.
-                for q in queue.drain(..) {
-                    engine.end_queued(
-                        &q.op,
-                        crate::wire::Status::Cancelled,
-                        "the server shut down",
-                    );
-                }
+                drop(queue);
+                drop(engine);
+                cancel_waiting(&st);
                 return;
             }
             while !queue.is_empty() && running(&engine, &queue) < st.max_running {
@@ -246,6 +244,21 @@ async fn dispatch(state: Shared) {
         if stopping {
             return;
         }
+    }
+}
+
+/// The documented rule at shutdown: operations still waiting for a slot are cancelled.
+fn cancel_waiting(st: &State) {
+    let Ok(engine) = st.engine.lock() else { return };
+    let Ok(mut queue) = st.queue.lock() else {
+        return;
+    };
+    for q in queue.drain(..) {
+        engine.end_queued(
+            &q.op,
+            crate::wire::Status::Cancelled,
+            "the server shut down",
+        );
     }
 }
 

@@ -555,7 +555,14 @@ fn a_restarted_server_sees_operations_that_finished_while_it_was_down() {
         nix::sys::signal::Signal::SIGTERM,
     );
     server.child.wait().expect("server exits on SIGTERM");
-    // A second server on the same data dir and tokens.
+    restart(&mut server);
+    let events = server.events(&op, TOKEN_A, None);
+    assert_eq!(stdout_of(&events), "done\n");
+    assert_eq!(events.last().unwrap()["data"]["status"], "SUCCESS");
+}
+
+/// Starts a second server on the stopped `server`'s data dir and tokens.
+fn restart(server: &mut Server) {
     let tokens = server.env.work().join("tokens");
     let mut running = server
         .env
@@ -578,9 +585,33 @@ fn a_restarted_server_sees_operations_that_finished_while_it_was_down() {
     });
     server.port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
     server.child = running.child;
-    let events = server.events(&op, TOKEN_A, None);
-    assert_eq!(stdout_of(&events), "done\n");
+}
+
+#[test]
+fn waiting_operations_are_cancelled_at_shutdown_and_stay_so_after_a_restart() {
+    let mut server = Server::start_with(&["--max-running", "1"]);
+    let first = server.spawn(TOKEN_A, "echo ready=$((40+2)); sleep 1; echo done");
+    server.wait_for_output(&first, TOKEN_A, "ready=42");
+    let second = server.spawn(TOKEN_A, "echo never");
+    let row = server
+        .get(&format!("/v1/operations/{second}"), TOKEN_A)
+        .json();
+    assert_eq!(row["status"], "PENDING");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    server.child.wait().expect("server exits on SIGTERM");
+    restart(&mut server);
+    let events = server.events(&second, TOKEN_A, None);
+    assert_eq!(stdout_of(&events), "");
+    let last = &events.last().unwrap()["data"];
+    assert_eq!(last["status"], "CANCELLED", "{last}");
+    assert_eq!(last["error"], "the server shut down");
+    // The running one went on without the server.
+    let events = server.events(&first, TOKEN_A, None);
     assert_eq!(events.last().unwrap()["data"]["status"], "SUCCESS");
+    assert!(stdout_of(&events).ends_with("done\n"));
 }
 
 // ---- the official client ----------------------------------------------------------------
