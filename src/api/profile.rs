@@ -34,34 +34,48 @@ pub enum ProfileError {
     File { path: String, message: String },
 }
 
-/// An INI file as sections of key → value (no inline comments, `#`/`;` comment lines).
+/// An INI file as sections of key → value. Read with the `config` crate; written back by
+/// `render` (the crate does not write files).
 #[derive(Debug, Clone, Default)]
 pub struct Ini {
     pub sections: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Ini {
-    pub fn parse(text: &str) -> Ini {
+    /// Parses `text`. Keys are case-insensitive (as Python's configparser, which the
+    /// official client uses, lowercases them); values outside any section go to `DEFAULT`.
+    pub fn parse(text: &str) -> Result<Ini, String> {
+        let parsed = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Ini))
+            .build()
+            .and_then(|c| c.try_deserialize::<BTreeMap<String, config::Value>>())
+            .map_err(|e| e.to_string())?;
         let mut ini = Ini::default();
-        let mut current = "DEFAULT".to_string();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-                continue;
-            }
-            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                current = name.trim().to_string();
-                ini.sections.entry(current.clone()).or_default();
-                continue;
-            }
-            if let Some((k, v)) = line.split_once('=').or_else(|| line.split_once(':')) {
-                ini.sections
-                    .entry(current.clone())
-                    .or_default()
-                    .insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        for (name, value) in parsed {
+            match value.clone().into_table() {
+                Ok(table) => {
+                    let section = if name.eq_ignore_ascii_case("default") {
+                        "DEFAULT".to_string()
+                    } else {
+                        name
+                    };
+                    let keys = ini.sections.entry(section).or_default();
+                    for (k, v) in table {
+                        keys.insert(
+                            k.to_ascii_lowercase(),
+                            v.into_string().unwrap_or_default().trim().to_string(),
+                        );
+                    }
+                }
+                Err(_) => {
+                    ini.sections.entry("DEFAULT".into()).or_default().insert(
+                        name.to_ascii_lowercase(),
+                        value.into_string().unwrap_or_default().trim().to_string(),
+                    );
+                }
             }
         }
-        ini
+        Ok(ini)
     }
 
     pub fn render(&self) -> String {
@@ -99,7 +113,12 @@ pub fn auth_path(config_dir: &Path, explicit: Option<&str>) -> PathBuf {
 
 pub fn read(path: &Path) -> Result<Option<Ini>, ProfileError> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(Ini::parse(&text))),
+        Ok(text) => Ini::parse(&text)
+            .map(Some)
+            .map_err(|message| ProfileError::File {
+                path: path.display().to_string(),
+                message,
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(ProfileError::File {
             path: path.display().to_string(),
@@ -225,7 +244,7 @@ mod tests {
 
     #[test]
     fn the_profile_comes_from_flag_then_default_section() {
-        let ini = Ini::parse(INI);
+        let ini = Ini::parse(INI).unwrap();
         let p = select(Some(&ini), &Selection::default()).unwrap().unwrap();
         assert_eq!((p.name.as_str(), p.url.as_str()), ("work", "http://h:1"));
         let sel = Selection {
@@ -273,5 +292,19 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_official_clients_files_read_the_same() {
+        // configparser style: `:` separators, comments, any key case, a profile named in
+        // mixed case.
+        let text = "; written by hand\n[DEFAULT]\nProfile: Work-1\n\n[profile:Work-1]\n# the endpoint\nURL = http://h:1\nToken: T\ntype = jwt\n";
+        let ini = Ini::parse(text).unwrap();
+        let p = select(Some(&ini), &Selection::default()).unwrap().unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.url.as_str(), p.token.as_str()),
+            ("Work-1", "http://h:1", "T")
+        );
+        assert!(Ini::parse("[broken\nx = 1\n").is_err());
     }
 }
