@@ -13,6 +13,7 @@
 #
 # Knobs (environment):
 #   BIG_RUNS=5            timed rounds of the throughput cases (the median is used)
+#   KEEP_LOGS=1           keep the earlier runs' event logs between runs (see below)
 #   BIG_SIZE=1G           output size (head -c syntax)
 #   LOAD_RUNS=30          runs for the start-up figure (the median is used)
 #   CONTREE_BIN           benchmark this binary instead of building target/release/contree
@@ -114,12 +115,17 @@ CMDS=(
 TARGETS=("-" "0.5" "0.5" "0.25" "-")
 for i in "${!NAMES[@]}"; do printf '%d: %s\n   %s\n' "$i" "${NAMES[$i]}" "${CMDS[$i]}"; done
 # Rounds run every case once, in turn, so drift (other load, the disk) hits all cases alike.
-# `sync` before each run: every run writes its output to the on-disk event log, and the next
-# run must not pay for flushing the previous one's dirty pages. Each line of the results
+# Before each run, the earlier runs' event logs are deleted (as the server's retention or
+# `gc` would) and `sync` flushes what they left: every run records its gigabyte of output,
+# and the next must not pay for flushing the previous one's dirty pages, nor, on a VM whose
+# host takes back free memory, for fresh page-cache pages (a plain `dd` of 1 GiB into a new
+# file took 0.2 s or 2.6 s here depending on that alone). KEEP_LOGS=1 keeps them.
+# Each line of the results
 # files: wall seconds, then CLI CPU seconds (user + system; the supervisor runs in a session
 # of its own and is not counted).
 for round in $(seq 0 "$BIG_RUNS"); do
     for i in "${!CMDS[@]}"; do
+        [ -n "${KEEP_LOGS:-}" ] || rm -f "$CONTREE_HOME"/store/ops/*/events
         sync
         t0=$(date +%s%N)
         /usr/bin/time -f '%U %S' -o "$WORK/cpu" sh -c "${CMDS[$i]}"

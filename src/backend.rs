@@ -42,6 +42,9 @@ pub enum StdinSource {
 pub struct EventItem {
     pub event: Event,
     pub bytes: Vec<u8>,
+    /// Bytes of this stream event the stream already wrote to the output itself (see
+    /// `EventStream::pass_through`); they are not in `bytes`.
+    pub passed: u64,
 }
 
 pub trait EventStream {
@@ -52,6 +55,14 @@ pub trait EventStream {
     /// its reader goes away: after `-T` cut the output nothing is written any more, so a
     /// write would never notice `| head` closing.
     fn watch_reader(&mut self, _fd: std::os::fd::RawFd) {}
+
+    /// Asks the stream to write the run's output straight to `stdout` and `stderr` (when
+    /// nothing needs to see the bytes: the plain formatter, no on-output handler). A stream
+    /// that can moves it without copying it through memory, reports each chunk's length in
+    /// `EventItem::passed`, and returns true; `OutputClosed` when a reader is gone.
+    fn pass_through(&mut self, _stdout: std::os::fd::RawFd, _stderr: std::os::fd::RawFd) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, Default)]

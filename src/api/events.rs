@@ -156,7 +156,11 @@ fn read_frames(
                             event.data.remove("truncated");
                         }
                         let completed = event.kind == "completion";
-                        if tx.send(Ok(EventItem { event, bytes })).is_err() {
+                        if tx.send(Ok(EventItem {
+                            event,
+                            bytes,
+                            passed: 0,
+                        })).is_err() {
                             return Frames::ReceiverGone;
                         }
                         if completed {

@@ -207,9 +207,16 @@ impl LogWriter {
     }
 }
 
+fn is_stream(kind: &str) -> bool {
+    kind == "stdout" || kind == "stderr"
+}
+
 /// Reads frames from a log that may still be growing.
 pub struct LogReader {
     file: File,
+    /// Return stdout/stderr frames without their payload (a follower that gets the output
+    /// another way): big payloads are then never read.
+    skip_streams: bool,
     /// File offset of the first byte in `pending`.
     offset: u64,
     pending: Vec<u8>,
@@ -222,10 +229,16 @@ impl LogReader {
     pub fn open(path: &Path) -> io::Result<LogReader> {
         Ok(LogReader {
             file: File::open(path)?,
+            skip_streams: false,
             offset: 0,
             pending: Vec::new(),
             start: 0,
         })
+    }
+
+    /// Return stream frames without their payloads from now on (see `skip_streams`).
+    pub fn skip_stream_payloads(&mut self) {
+        self.skip_streams = true;
     }
 
     /// The file offset just past the last frame returned.
@@ -254,14 +267,18 @@ impl LogReader {
         let hlen = u32::from_le_bytes(avail[0..4].try_into().unwrap_or_default()) as usize;
         let plen = u32::from_le_bytes(avail[4..8].try_into().unwrap_or_default()) as usize;
         if avail.len() < 8 + hlen + plen {
-            if avail.len() >= 8 + hlen && plen >= READ_SIZE / 4 {
+            if avail.len() >= 8 + hlen && (plen >= READ_SIZE / 4 || self.skip_streams) {
                 return self.parse_large(hlen, plen);
             }
             return Ok(None);
         }
         let header: Event = serde_json::from_slice(&avail[8..8 + hlen])
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let payload = avail[8 + hlen..8 + hlen + plen].to_vec();
+        let payload = if self.skip_streams && is_stream(&header.kind) {
+            Vec::new()
+        } else {
+            avail[8 + hlen..8 + hlen + plen].to_vec()
+        };
         self.start += 8 + hlen + plen;
         Ok(Some(LogEvent { header, payload }))
     }
@@ -274,6 +291,20 @@ impl LogReader {
         let file_len = self.file.metadata()?.len();
         if file_len < frame_at + (8 + hlen + plen) as u64 {
             return Ok(None);
+        }
+        if self.skip_streams {
+            let header: Event =
+                serde_json::from_slice(&self.pending[self.start + 8..self.start + 8 + hlen])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if is_stream(&header.kind) {
+                self.offset = frame_at + (8 + hlen + plen) as u64;
+                self.pending.clear();
+                self.start = 0;
+                return Ok(Some(LogEvent {
+                    header,
+                    payload: Vec::new(),
+                }));
+            }
         }
         let mut payload = Vec::with_capacity(plen);
         payload.extend_from_slice(&self.pending[self.start + 8 + hlen..]);
@@ -326,8 +357,10 @@ impl LogReader {
             self.start = 0;
         }
         let have = self.pending.len();
-        self.pending.reserve(READ_SIZE);
-        let spare = self.pending.spare_capacity_mut();
+        // Skipping payloads, small reads find the next header without reading the payload.
+        let size = if self.skip_streams { 64 << 10 } else { READ_SIZE };
+        self.pending.reserve(size);
+        let spare = &mut self.pending.spare_capacity_mut()[..size];
         let n = loop {
             // SAFETY: pread writes at most `spare.len()` bytes into the vector's spare
             // capacity; only the `n` bytes it reports are then marked initialised. Reading

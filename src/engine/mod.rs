@@ -944,7 +944,13 @@ impl Backend for LocalEngine {
             None
         };
         let reader = match LogReader::open(&path) {
-            Ok(reader) => Some(reader),
+            Ok(mut reader) => {
+                // The output comes through the live pipes: the log's copy is not read.
+                if follow && self.live.borrow().contains_key(op) {
+                    reader.skip_stream_payloads();
+                }
+                Some(reader)
+            }
             // Our own foreground run: its supervisor creates the log in a moment.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && notify.is_some() => None,
             Err(e) => return Err(BackendError::Store(format!("{}: {e}", path.display()))),
@@ -964,6 +970,7 @@ impl Backend for LocalEngine {
                 .map(|[o, e]| [Some(o), Some(e)])
                 .unwrap_or([None, None]),
             live_turn: 0,
+            pass: None,
             held: None,
             follow,
             notify,
@@ -1199,6 +1206,9 @@ struct Tail<'a> {
     live_used: bool,
     /// Which live pipe to try first (they take turns).
     live_turn: usize,
+    /// Where live output goes by splice(2) instead of through `bytes` (see
+    /// `EventStream::pass_through`).
+    pass: Option<[std::os::fd::RawFd; 2]>,
     /// An `exit`, `truncated` or `completion` read from the log before the live pipes
     /// ended: it waits for them, so no output comes after it.
     held: Option<EventItem>,
@@ -1222,6 +1232,48 @@ impl Tail<'_> {
             let Some(fd) = &self.live[i] else {
                 continue;
             };
+            if let Some(out) = self.pass.map(|p| p[i]) {
+                // SAFETY: splice(2) from our live pipe to the output descriptor; no
+                // pointers but the null offsets.
+                let n = unsafe {
+                    libc::splice(
+                        fd.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        out,
+                        std::ptr::null_mut(),
+                        1 << 20,
+                        libc::SPLICE_F_MOVE,
+                    )
+                };
+                if n > 0 {
+                    self.live_turn = (i + 1) % 2;
+                    self.idle = Duration::ZERO;
+                    let kind = if i == 0 { "stdout" } else { "stderr" };
+                    return Ok(Some(EventItem {
+                        event: crate::wire::Event {
+                            id: 0,
+                            ts: crate::wire::now_ts(),
+                            spid: Some(1),
+                            kind: kind.to_string(),
+                            data: serde_json::Map::new(),
+                        },
+                        bytes: Vec::new(),
+                        passed: n as u64,
+                    }));
+                }
+                match nix::errno::Errno::last() {
+                    _ if n == 0 => self.live[i] = None,
+                    nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR => {}
+                    nix::errno::Errno::EPIPE => {
+                        // The reader is gone: from now on the output is only recorded.
+                        self.pass = None;
+                        return Err(BackendError::OutputClosed);
+                    }
+                    // The output cannot take a splice (a terminal): read and hand over.
+                    _ => self.pass = None,
+                }
+                continue;
+            }
             let mut bytes = Vec::with_capacity(1 << 20);
             // SAFETY: read into the vector's spare capacity; only the bytes read are then
             // marked initialised.
@@ -1247,6 +1299,7 @@ impl Tail<'_> {
                         data: serde_json::Map::new(),
                     },
                     bytes,
+                    passed: 0,
                 }));
             }
             match nix::errno::Errno::last() {
@@ -1334,6 +1387,14 @@ impl Tail<'_> {
 }
 
 impl EventStream for Tail<'_> {
+    fn pass_through(&mut self, stdout: std::os::fd::RawFd, stderr: std::os::fd::RawFd) -> bool {
+        if !self.live_used {
+            return false;
+        }
+        self.pass = Some([stdout, stderr]);
+        true
+    }
+
     fn watch_reader(&mut self, fd: std::os::fd::RawFd) {
         // Only a pipe or socket has a reader that can go away.
         if let Ok(st) = nix::sys::stat::fstat(fd) {
@@ -1366,7 +1427,12 @@ impl EventStream for Tail<'_> {
             }
             if self.reader.is_none() {
                 match LogReader::open(&self.path) {
-                    Ok(reader) => self.reader = Some(reader),
+                    Ok(mut reader) => {
+                        if self.live_used {
+                            reader.skip_stream_payloads();
+                        }
+                        self.reader = Some(reader)
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         if self.notify.is_none() {
                             // Its supervisor is gone (the notify pipe hung up) without one.
@@ -1396,6 +1462,7 @@ impl EventStream for Tail<'_> {
                 let item = EventItem {
                     event: ev.header,
                     bytes: ev.payload,
+                    passed: 0,
                 };
                 if self.live_open() && matches!(kind.as_str(), "exit" | "truncated" | "completion")
                 {

@@ -74,6 +74,11 @@ pub trait Formatter {
     fn live(&self) -> bool {
         false
     }
+    /// True when chunks go out unchanged, stdout to stdout and stderr to stderr: the run
+    /// may then let the output bypass the formatter (see `EventStream::pass_through`).
+    fn passes_through(&self) -> bool {
+        false
+    }
     fn begin(&mut self, _info: &RunInfo) -> Emit<'static> {
         Emit::none()
     }
@@ -107,6 +112,9 @@ impl Formatter for Default {
         "default"
     }
     fn live(&self) -> bool {
+        true
+    }
+    fn passes_through(&self) -> bool {
         true
     }
     fn chunk<'a>(&mut self, stream: Stream, bytes: &'a [u8]) -> Emit<'a> {

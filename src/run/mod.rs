@@ -431,6 +431,12 @@ pub fn follow(
     if formatter.live() {
         stream.watch_reader(1);
     }
+    if formatter.passes_through() && !hooks.has_output() {
+        // Whatever std buffered goes out first, so the order holds.
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        stream.pass_through(1, 2);
+    }
     loop {
         let item = match stream.next_event() {
             Ok(Some(item)) => item,
@@ -470,9 +476,10 @@ pub fn follow(
                 } else {
                     Stream::Stderr
                 };
+                let len = item.bytes.len() as u64 + item.passed;
                 match stream {
-                    Stream::Stdout => out.stdout_bytes += item.bytes.len() as u64,
-                    Stream::Stderr => out.stderr_bytes += item.bytes.len() as u64,
+                    Stream::Stdout => out.stdout_bytes += len,
+                    Stream::Stderr => out.stderr_bytes += len,
                 }
                 if !out.broken_pipe {
                     // Without an on-output handler the bytes go straight to the formatter.
