@@ -156,11 +156,14 @@ fn read_frames(
                             event.data.remove("truncated");
                         }
                         let completed = event.kind == "completion";
-                        if tx.send(Ok(EventItem {
-                            event,
-                            bytes,
-                            passed: 0,
-                        })).is_err() {
+                        if tx
+                            .send(Ok(EventItem {
+                                event,
+                                bytes,
+                                passed: 0,
+                            }))
+                            .is_err()
+                        {
                             return Frames::ReceiverGone;
                         }
                         if completed {

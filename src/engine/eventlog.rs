@@ -358,7 +358,11 @@ impl LogReader {
         }
         let have = self.pending.len();
         // Skipping payloads, small reads find the next header without reading the payload.
-        let size = if self.skip_streams { 64 << 10 } else { READ_SIZE };
+        let size = if self.skip_streams {
+            64 << 10
+        } else {
+            READ_SIZE
+        };
         self.pending.reserve(size);
         let spare = &mut self.pending.spare_capacity_mut()[..size];
         let n = loop {
