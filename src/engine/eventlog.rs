@@ -41,6 +41,23 @@ impl LogEvent {
     }
 }
 
+/// The data of a `completion` event.
+pub fn completion(
+    status: crate::wire::Status,
+    duration_ms: u64,
+    result_image: Option<&str>,
+    error: Option<&str>,
+    image_size: u64,
+) -> Map<String, Value> {
+    let mut data = Map::new();
+    data.insert("status".into(), status.as_str().into());
+    data.insert("duration_ms".into(), duration_ms.into());
+    data.insert("result_image_uuid".into(), result_image.into());
+    data.insert("error".into(), error.into());
+    data.insert("image_size_bytes".into(), image_size.into());
+    data
+}
+
 pub struct LogWriter {
     /// `None` until the first event of a `deferred` log. Not opened for appending: frames
     /// are written at `end` (splice refuses O_APPEND files), and this is the only writer.

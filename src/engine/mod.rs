@@ -58,13 +58,15 @@ pub struct LocalEngine {
 /// Whether this process has one thread (a plugin or hook may have started others; a
 /// forked copy could then inherit a lock one of them held).
 fn single_threaded() -> bool {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            let rest = &stat[stat.rfind(')')? + 2..];
-            rest.split_whitespace().nth(17)?.parse::<u32>().ok()
-        })
-        == Some(1)
+    let pid = std::process::id() as i32;
+    stat_fields(pid).and_then(|f| f.get(17)?.parse::<u32>().ok()) == Some(1)
+}
+
+/// The fields of /proc/PID/stat after the command name, from the state (field 3) on.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
 /// In a freshly forked supervisor: the log as stdout and stderr, `stdin` (if any) as fd
@@ -114,10 +116,8 @@ pub const NOTIFY_FD_ENV: &str = "CONTREE_NOTIFY_FD";
 /// The start time of a process (field 22 of /proc/PID/stat), to tell a live supervisor
 /// from a recycled pid; `None` if it is gone or a zombie.
 pub fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
+    let fields = stat_fields(pid)?;
+    if matches!(fields.first().map(String::as_str), Some("Z") | Some("X")) {
         return None;
     }
     fields.get(19)?.parse().ok()
@@ -213,27 +213,12 @@ impl LocalEngine {
         if row.status.is_terminal() || self.supervisor_alive(row) {
             return;
         }
-        let error = "the operation's supervisor exited unexpectedly";
-        if let Ok(true) = self.store.finish_op(
+        self.finish_here(
             &row.uuid,
             Status::Failed,
-            Some(error),
-            0.0,
+            Some("the operation's supervisor exited unexpectedly"),
             None,
-            None,
-            false,
-            None,
-        ) {
-            if let Ok(mut log) = LogWriter::open(&self.store.op_dir(&row.uuid).join("events")) {
-                let mut data = serde_json::Map::new();
-                data.insert("status".into(), "FAILED".into());
-                data.insert("duration_ms".into(), 0.into());
-                data.insert("result_image_uuid".into(), serde_json::Value::Null);
-                data.insert("error".into(), error.into());
-                data.insert("image_size_bytes".into(), 0.into());
-                let _ = log.append("completion", None, data);
-            }
-        }
+        );
         let _ = std::fs::remove_dir_all(self.store.scratch_dir(&row.uuid));
     }
 
@@ -575,17 +560,27 @@ impl LocalEngine {
     /// and fails it if this process dies with the operation still waiting.
     pub fn enqueue(&self, req: &SpawnRequest) -> Result<String, BackendError> {
         self.store.reading(|| self.validate(req))?;
+        self.record_here("instance", Some(req)).map(|(op, _, _)| op)
+    }
+
+    /// A new PENDING operation (dir, empty event log, row) whose owner is this process;
+    /// returns it with this process's pid and start time.
+    fn record_here(
+        &self,
+        kind: &str,
+        req: Option<&SpawnRequest>,
+    ) -> Result<(String, i32, u64), BackendError> {
         let op = uuid::Uuid::new_v4().to_string();
         let dir = self.store.op_dir(&op);
         std::fs::create_dir_all(&dir)
             .and_then(|_| std::fs::File::create(dir.join("events")))
             .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
         self.store
-            .create_op(&op, "instance", Some(&req.image), Some(req))?;
+            .create_op(&op, kind, req.map(|r| r.image.as_str()), req)?;
         let pid = std::process::id() as i32;
-        self.store
-            .set_supervisor(&op, pid, process_start_time(pid).unwrap_or(0))?;
-        Ok(op)
+        let start = process_start_time(pid).unwrap_or(0);
+        self.store.set_supervisor(&op, pid, start)?;
+        Ok((op, pid, start))
     }
 
     /// Starts an operation recorded by `enqueue`. If it cannot start (its image is gone,
@@ -624,15 +619,7 @@ impl LocalEngine {
     /// Records an operation this process runs itself (a server's registry import) rather
     /// than a supervisor: PENDING, with this process as its owner (see `enqueue`).
     pub fn begin_here(&self, kind: &str) -> Result<String, BackendError> {
-        let op = uuid::Uuid::new_v4().to_string();
-        let dir = self.store.op_dir(&op);
-        std::fs::create_dir_all(&dir)
-            .and_then(|_| std::fs::File::create(dir.join("events")))
-            .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
-        self.store.create_op(&op, kind, None, None)?;
-        let pid = std::process::id() as i32;
-        let start = process_start_time(pid).unwrap_or(0);
-        self.store.set_supervisor(&op, pid, start)?;
+        let (op, pid, start) = self.record_here(kind, None)?;
         self.store.mark_executing(&op, pid, start)?;
         Ok(op)
     }
@@ -650,12 +637,7 @@ impl LocalEngine {
                 .finish_op(op, status, error, 0.0, result_image, None, false, None)
         {
             if let Ok(mut log) = LogWriter::open(&self.store.op_dir(op).join("events")) {
-                let mut data = serde_json::Map::new();
-                data.insert("status".into(), status.as_str().into());
-                data.insert("duration_ms".into(), 0.into());
-                data.insert("result_image_uuid".into(), result_image.into());
-                data.insert("error".into(), error.into());
-                data.insert("image_size_bytes".into(), 0.into());
+                let data = eventlog::completion(status, 0, result_image, error, 0);
                 let _ = log.append("completion", None, data);
             }
         }
@@ -733,19 +715,13 @@ impl LocalEngine {
             return None;
         }
         let data = completion.unwrap_or_else(|| {
-            let mut data = serde_json::Map::new();
-            data.insert("status".into(), row.status.as_str().into());
-            data.insert(
-                "duration_ms".into(),
-                ((row.duration.unwrap_or(0.0) * 1000.0) as u64).into(),
-            );
-            data.insert("result_image_uuid".into(), row.result_image.clone().into());
-            data.insert("error".into(), row.error.clone().into());
-            data.insert(
-                "image_size_bytes".into(),
-                row.image_size.unwrap_or(0).into(),
-            );
-            data
+            eventlog::completion(
+                row.status,
+                (row.duration.unwrap_or(0.0) * 1000.0) as u64,
+                row.result_image.as_deref(),
+                row.error.as_deref(),
+                row.image_size.unwrap_or(0),
+            )
         });
         let tmp = dir.join("events.cut");
         let _ = std::fs::remove_file(&tmp);
@@ -1225,6 +1201,24 @@ impl Tail<'_> {
         self.live.iter().any(Option::is_some)
     }
 
+    /// A stream event for a chunk from live pipe `i` (0 stdout, 1 stderr); the other pipe
+    /// goes first next time.
+    fn live_item(&mut self, i: usize, bytes: Vec<u8>, passed: u64) -> EventItem {
+        self.live_turn = (i + 1) % 2;
+        self.idle = Duration::ZERO;
+        EventItem {
+            event: crate::wire::Event {
+                id: 0,
+                ts: crate::wire::now_ts(),
+                spid: Some(1),
+                kind: if i == 0 { "stdout" } else { "stderr" }.to_string(),
+                data: serde_json::Map::new(),
+            },
+            bytes,
+            passed,
+        }
+    }
+
     /// A chunk from a live pipe, if one has data; closes the pipes that have ended.
     fn read_live(&mut self) -> Result<Option<EventItem>, BackendError> {
         for k in 0..2 {
@@ -1246,20 +1240,7 @@ impl Tail<'_> {
                     )
                 };
                 if n > 0 {
-                    self.live_turn = (i + 1) % 2;
-                    self.idle = Duration::ZERO;
-                    let kind = if i == 0 { "stdout" } else { "stderr" };
-                    return Ok(Some(EventItem {
-                        event: crate::wire::Event {
-                            id: 0,
-                            ts: crate::wire::now_ts(),
-                            spid: Some(1),
-                            kind: kind.to_string(),
-                            data: serde_json::Map::new(),
-                        },
-                        bytes: Vec::new(),
-                        passed: n as u64,
-                    }));
+                    return Ok(Some(self.live_item(i, Vec::new(), n as u64)));
                 }
                 match nix::errno::Errno::last() {
                     _ if n == 0 => self.live[i] = None,
@@ -1287,20 +1268,7 @@ impl Tail<'_> {
             if n > 0 {
                 // SAFETY: read just initialised `n` bytes.
                 unsafe { bytes.set_len(n as usize) };
-                self.live_turn = (i + 1) % 2;
-                self.idle = Duration::ZERO;
-                let kind = if i == 0 { "stdout" } else { "stderr" };
-                return Ok(Some(EventItem {
-                    event: crate::wire::Event {
-                        id: 0,
-                        ts: crate::wire::now_ts(),
-                        spid: Some(1),
-                        kind: kind.to_string(),
-                        data: serde_json::Map::new(),
-                    },
-                    bytes,
-                    passed: 0,
-                }));
+                return Ok(Some(self.live_item(i, bytes, 0)));
             }
             match nix::errno::Errno::last() {
                 _ if n == 0 => self.live[i] = None,

@@ -790,17 +790,14 @@ impl Run {
                 false
             });
         if finished {
-            self.event(
-                "completion",
-                None,
-                json!({
-                    "status": status.as_str(),
-                    "duration_ms": (duration * 1000.0) as u64,
-                    "result_image_uuid": result_image,
-                    "error": error,
-                    "image_size_bytes": image_size.unwrap_or(0),
-                }),
+            let data = super::eventlog::completion(
+                status,
+                (duration * 1000.0) as u64,
+                result_image.as_deref(),
+                error.as_deref(),
+                image_size.unwrap_or(0),
             );
+            self.event("completion", None, Value::Object(data));
         }
         self.log.flush();
         crate::log::trace("completion written");
