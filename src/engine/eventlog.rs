@@ -67,9 +67,20 @@ pub struct LogWriter {
     end: u64,
     /// Poked (one byte, never blocking) after each frame so a follower wakes at once.
     notify: Option<std::os::fd::OwnedFd>,
+    /// Whether stdout and stderr frames poke `notify` too (see `live_follower`).
+    notify_streams: bool,
     next_id: u64,
     buf: Vec<u8>,
+    /// Blocks are allocated (fallocate, size kept) up to here; trimmed back to `end` on drop.
+    reserved: u64,
+    /// Cleared when the filesystem cannot preallocate.
+    preallocate: bool,
 }
+
+/// A log is preallocated once it holds this much; smaller logs never pay for it.
+const PREALLOC_FROM: u64 = 1 << 20;
+/// The most one preallocation reserves (it grows with the log up to this).
+const PREALLOC_MAX: u64 = 64 << 20;
 
 impl LogWriter {
     /// Opens a log for appending; ids continue after the last complete frame.
@@ -96,8 +107,11 @@ impl LogWriter {
             path: path.to_path_buf(),
             end,
             notify: None,
+            notify_streams: true,
             next_id,
             buf: Vec::with_capacity(64 * 1024),
+            reserved: 0,
+            preallocate: true,
         })
     }
 
@@ -109,8 +123,11 @@ impl LogWriter {
             path: path.to_path_buf(),
             end: 0,
             notify: None,
+            notify_streams: true,
             next_id: 1,
             buf: Vec::with_capacity(64 * 1024),
+            reserved: 0,
+            preallocate: true,
         }
     }
 
@@ -127,6 +144,12 @@ impl LogWriter {
             self.file = Some(file);
         }
         Ok(self.file.as_ref().expect("opened just above"))
+    }
+
+    /// The follower gets the output through pipes of its own and only reads the other events
+    /// here: waking it for every chunk of output would only make it preempt the writer.
+    pub fn live_follower(&mut self) {
+        self.notify_streams = false;
     }
 
     /// Numbers the next frame `id` (a log rewritten to keep its last frame keeps its id).
@@ -150,6 +173,64 @@ impl LogWriter {
 
     pub fn append_stream(&mut self, kind: &str, spid: u32, bytes: &[u8]) -> io::Result<u64> {
         self.append_with_payload(kind, Some(spid), Map::new(), bytes)
+    }
+
+    /// A stream frame whose `len` payload bytes wait in the pipe `from`: they are moved into
+    /// the log with splice(2), so they are copied once, into the page cache, and never pass
+    /// through our memory. Falls back to reading them when the file takes no splice.
+    pub fn append_stream_from_pipe(
+        &mut self,
+        kind: &str,
+        spid: u32,
+        from: std::os::fd::BorrowedFd<'_>,
+        len: usize,
+    ) -> io::Result<u64> {
+        self.header(kind, Some(spid), Map::new(), len)?;
+        let end = self.end;
+        self.file()?;
+        let total = self.buf.len() + len;
+        self.reserve(end + total as u64);
+        let file = self.file.as_ref().expect("opened by file()");
+        write_all_at(file, &self.buf, end)?;
+        let mut at = end + self.buf.len() as u64;
+        let mut left = len;
+        while left > 0 {
+            let mut off = at as libc::off_t;
+            // SAFETY: splice(2) between descriptors we hold; `off` outlives the call.
+            let n = unsafe {
+                libc::splice(
+                    from.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    file.as_raw_fd(),
+                    &mut off,
+                    left,
+                    libc::SPLICE_F_MOVE,
+                )
+            };
+            match n {
+                n if n > 0 => {
+                    at += n as u64;
+                    left -= n as usize;
+                }
+                0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "relay pipe")),
+                _ => {
+                    let e = io::Error::last_os_error();
+                    match e.raw_os_error() {
+                        Some(libc::EINTR) => continue,
+                        Some(libc::EINVAL) => {
+                            // This filesystem takes no splice: read the bytes and write them.
+                            let mut bytes = vec![0; left];
+                            let mut pipe = File::from(from.try_clone_to_owned()?);
+                            io::Read::read_exact(&mut pipe, &mut bytes)?;
+                            write_all_at(file, &bytes, at)?;
+                            left = 0;
+                        }
+                        _ => return Err(e),
+                    }
+                }
+            }
+        }
+        Ok(self.written(total as u64, true))
     }
 
     /// The frame's header (length fields and JSON) in `self.buf`.
@@ -177,11 +258,11 @@ impl LogWriter {
     }
 
     /// A frame is complete: count it and wake the follower.
-    fn written(&mut self, len: u64) -> u64 {
+    fn written(&mut self, len: u64, stream: bool) -> u64 {
         let id = self.next_id;
         self.end += len;
         self.next_id += 1;
-        if let Some(fd) = &self.notify {
+        if let (Some(fd), false) = (&self.notify, stream && !self.notify_streams) {
             // A full pipe already means "there is news": EAGAIN is fine.
             let _ = nix::unistd::write(fd, b"!");
         }
@@ -198,11 +279,12 @@ impl LogWriter {
         self.header(kind, spid, data, payload.len())?;
         let end = self.end;
         self.file()?;
+        let total = self.buf.len() + payload.len();
+        self.reserve(end + total as u64);
         let file = self.file.as_ref().expect("opened by file()");
         // One pwritev: the payload is not copied into our buffer. Readers only take whole
         // frames, so a frame written in parts is never seen half-done.
         let mut at = 0usize;
-        let total = self.buf.len() + payload.len();
         while at < total {
             let (head, tail) = if at < self.buf.len() {
                 (&self.buf[at..], payload)
@@ -220,8 +302,50 @@ impl LogWriter {
             }
             at += n;
         }
-        Ok(self.written(total as u64))
+        Ok(self.written(total as u64, is_stream(kind)))
     }
+}
+
+impl LogWriter {
+    /// Allocates the blocks up to past `upto` ahead of a big log's writes. A write into
+    /// allocated blocks skips ext4's delayed-allocation bookkeeping, which measured over a
+    /// third of the cost of recording output (see docs/benchmarks.md, "Hooks"). The file's
+    /// size is kept, so readers see only complete frames; the rest is trimmed on drop.
+    fn reserve(&mut self, upto: u64) {
+        if !self.preallocate || upto <= self.reserved || upto < PREALLOC_FROM {
+            return;
+        }
+        let Some(file) = &self.file else {
+            return;
+        };
+        let from = self.reserved.max(self.end);
+        let len = upto - from + upto.clamp(PREALLOC_FROM, PREALLOC_MAX);
+        match nix::fcntl::fallocate(
+            file.as_raw_fd(),
+            nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            from as libc::off_t,
+            len as libc::off_t,
+        ) {
+            Ok(()) => self.reserved = from + len,
+            // Unsupported, or no room: the writes allocate as they go (and report ENOSPC).
+            Err(_) => self.preallocate = false,
+        }
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        if self.reserved > self.end {
+            if let Some(file) = &self.file {
+                // Cutting to the size it has frees the blocks reserved past it.
+                let _ = file.set_len(self.end);
+            }
+        }
+    }
+}
+
+fn write_all_at(file: &File, bytes: &[u8], at: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, at)
 }
 
 fn is_stream(kind: &str) -> bool {
@@ -374,9 +498,9 @@ impl LogReader {
             self.start = 0;
         }
         let have = self.pending.len();
-        // Skipping payloads, small reads find the next header without reading the payload.
+        // Skipping payloads, a page finds the next header without reading the payload.
         let size = if self.skip_streams {
-            64 << 10
+            4 << 10
         } else {
             READ_SIZE
         };

@@ -193,6 +193,9 @@ pub fn supervise_job(
     };
     if let Some(fd) = notify {
         log.notify_to(fd);
+        if live.is_some() {
+            log.live_follower();
+        }
     }
     let mut run = Run {
         scratch: layout.scratch_dir(&op),
@@ -477,6 +480,7 @@ impl Run {
         })
         .map_err(|e| format!("cannot create the sandbox namespaces: {e}"))?;
         crate::log::trace("cloned");
+        batch_scheduling();
         if let Some((w, bytes, keep_open)) = stdin_source {
             stdin_feed = Some(std::thread::spawn(move || feed_stdin(w, bytes, keep_open)));
         }
@@ -988,8 +992,8 @@ impl Stream {
     }
 
     /// Moves what the pipe holds into the log (up to the cap; the rest is counted and
-    /// dropped). Clears `fd` at EOF. A plain read: splice(2) into the log holds the pipe's
-    /// lock while it writes the file, and the command then spins on it (measured slower).
+    /// dropped). Clears `fd` at EOF. Bytes within the cap go through a relay pipe (see
+    /// `super::recorder::Relay`) and are never read by us; near the cap they are read, so they can be cut.
     ///
     /// With a follower's pipe, the bytes are first duplicated into it with tee(2), which
     /// copies no data: the follower gets the output at pipe speed instead of reading the log
@@ -1036,6 +1040,16 @@ impl Stream {
                 }
             }
         }
+        if room >= want {
+            match self.relay(log, want) {
+                Some(0) => return,
+                Some(left) => want = left,
+                None => return,
+            }
+        }
+        let Some(fd) = self.fd.as_ref() else {
+            return;
+        };
         let mut buf = log.buffer(CHUNK);
         let mut failed = false;
         while buf.len() < want {
@@ -1069,6 +1083,56 @@ impl Stream {
         self.record(log, buf);
     }
 
+    /// Moves up to `want` bytes (exactly `want` when they were teed) into the log through
+    /// relay pipes (see `super::recorder::Relay`), without reading them. Returns how many bytes are still to
+    /// be taken another way (no relay could be had), or `None` when the stream ended or the
+    /// pipe is empty.
+    fn relay(&mut self, log: &mut Recorder, want: usize) -> Option<usize> {
+        let exact = self.tee.is_some();
+        let mut left = want;
+        while left > 0 {
+            let fd = self.fd.as_ref()?;
+            let Some(relay) = log.relay(CHUNK) else {
+                return Some(left);
+            };
+            // SAFETY: splice(2) between two pipes we hold; no pointers but the null offsets.
+            let n = unsafe {
+                libc::splice(
+                    fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    relay.input().as_raw_fd(),
+                    std::ptr::null_mut(),
+                    left.min(relay.capacity),
+                    libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+                )
+            };
+            if n > 0 {
+                let n = n as usize;
+                self.emitted += n as u64;
+                log.relayed(self.name, relay, n);
+                left -= n;
+                if !exact {
+                    // Without a follower, take what there is.
+                    return None;
+                }
+                continue;
+            }
+            let errno = nix::errno::Errno::last();
+            log.unused(relay);
+            match errno {
+                _ if n == 0 => {
+                    self.fd = None;
+                    self.tee = None;
+                    return None;
+                }
+                nix::errno::Errno::EINTR => continue,
+                nix::errno::Errno::EAGAIN if !exact => return None,
+                _ => return Some(left),
+            }
+        }
+        Some(0)
+    }
+
     fn record(&mut self, log: &mut Recorder, mut bytes: Vec<u8>) {
         let room = self.cap.saturating_sub(self.emitted) as usize;
         let keep = room.min(bytes.len());
@@ -1078,6 +1142,20 @@ impl Stream {
             self.emitted += keep as u64;
             log.stream(self.name, bytes);
         }
+    }
+}
+
+/// Puts this thread, and the threads it starts from now on, under SCHED_BATCH. The
+/// supervisor moves output in bulk: woken by every write of a chatty command, it would
+/// preempt the command (on a small machine, the CPU they share) to move a few kilobytes at
+/// a time. Under SCHED_BATCH a wake-up does not preempt, so the supervisor takes the pipe a
+/// megabyte at a time; on a CPU that is idle it still runs at once. Called after the sandbox
+/// is cloned: the command keeps the policy it had.
+fn batch_scheduling() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler(2) on the calling thread (pid 0) with a valid parameter.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        crate::log::trace("SCHED_BATCH refused; the supervisor keeps its policy");
     }
 }
 

@@ -375,3 +375,99 @@ fn live_output_and_the_recorded_log_are_the_same_bytes() {
     );
     assert_eq!(shown.stderr, live.stderr);
 }
+
+/// `seq 1 N` as the command prints it.
+fn seq_text(n: u32) -> String {
+    (1..=n).map(|i| format!("{i}\n")).collect()
+}
+
+#[test]
+fn big_output_cut_between_chunks_keeps_exactly_the_limit() {
+    let env = Env::host();
+    // 3.4 MB of output, cut at 2.5 MB: the first megabytes are recorded without being read
+    // (relay pipes), the last ones before the cap are read so they can be cut.
+    let full = seq_text(500_000);
+    let live = env
+        .run(["run", "-T", "2500000", "--", "seq", "1", "500000"])
+        .success()
+        .stderr(&format!(
+            "[WARNING] stdout cut at 2500000 bytes ({} more dropped); raise -T/--truncate to keep more\n",
+            full.len() - 2_500_000
+        ));
+    assert_eq!(live.stdout, full.as_bytes()[..2_500_000]);
+    let op = env.last_op();
+    let shown = env.run(["show", &op]).success();
+    assert!(
+        shown
+            .stdout
+            .ends_with(&live.stdout[live.stdout.len() - 1000..]),
+        "show's output differs from what was printed live"
+    );
+    let events = env
+        .run(["-o", "json", "op", "events", &op])
+        .success()
+        .json_lines();
+    let cut = events
+        .iter()
+        .find(|e| e["type"] == "truncated")
+        .expect("a truncated event");
+    assert_eq!(cut["data"]["bytes_emitted"], 2_500_000);
+}
+
+#[test]
+fn a_detached_runs_big_output_is_all_recorded() {
+    let env = Env::host();
+    let op = uuid(&detach(&env, &["seq", "1", "500000"]));
+    env.run(["wait", &op]).success();
+    // The cap is the run's -T (64 KiB by default).
+    let record = env.json(["show", &op]);
+    assert_eq!(
+        record["result"]["stdout"].as_str().map(str::len),
+        Some(65536)
+    );
+    let op = uuid(
+        &env.run([
+            "-o", "json", "run", "-d", "-T", "10000000", "--", "seq", "1", "500000",
+        ])
+        .success()
+        .json(),
+    );
+    env.run(["wait", &op]).success();
+    let shown = env.run(["show", &op]).success();
+    let full = seq_text(500_000);
+    assert!(
+        shown.stdout.ends_with(full.as_bytes()),
+        "the recorded output of a detached run differs from the command's"
+    );
+}
+
+#[test]
+fn a_big_event_log_takes_no_more_disk_than_its_size() {
+    let env = Env::host();
+    // Big logs are preallocated ahead of their writes; what was not used is given back.
+    env.run([
+        "run",
+        "-T",
+        "10000000",
+        "--",
+        "head",
+        "-c",
+        "7000000",
+        "/dev/zero",
+    ])
+    .success();
+    let log = env
+        .home()
+        .join("store/ops")
+        .join(env.last_op())
+        .join("events");
+    let meta = std::fs::metadata(&log).expect("event log");
+    let allocated = std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
+    assert!(meta.len() > 7_000_000, "log of {} bytes", meta.len());
+    assert!(
+        allocated < meta.len() + (256 << 10),
+        "{} bytes allocated for a log of {}",
+        allocated,
+        meta.len()
+    );
+}
