@@ -98,10 +98,14 @@ pub trait Backend {
     fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError>;
     /// `spawn` for a caller that follows the operation's events to `completion` (a
     /// foreground run): a backend may then defer bookkeeping nobody else needs yet.
+    /// `output`, the caller's stdout and stderr, is where it would write the output
+    /// unchanged: a backend may write it there itself. Such output does not come as bytes
+    /// in the events, only as `EventItem::passed`.
     fn spawn_followed(
         &self,
         req: &SpawnRequest,
         stdin: StdinSource,
+        _output: Option<[std::os::fd::RawFd; 2]>,
     ) -> Result<String, BackendError> {
         self.spawn(req, stdin)
     }

@@ -19,6 +19,8 @@ use std::path::Path;
 pub struct LogEvent {
     pub header: Event,
     pub payload: Vec<u8>,
+    /// The payload's length when it was skipped (see `LogReader::skip_stream_payloads`).
+    pub skipped: u64,
 }
 
 impl LogEvent {
@@ -415,13 +417,18 @@ impl LogReader {
         }
         let header: Event = serde_json::from_slice(&avail[8..8 + hlen])
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let payload = if self.skip_streams && is_stream(&header.kind) {
+        let skip = self.skip_streams && is_stream(&header.kind);
+        let payload = if skip {
             Vec::new()
         } else {
             avail[8 + hlen..8 + hlen + plen].to_vec()
         };
         self.start += 8 + hlen + plen;
-        Ok(Some(LogEvent { header, payload }))
+        Ok(Some(LogEvent {
+            header,
+            payload,
+            skipped: if skip { plen as u64 } else { 0 },
+        }))
     }
 
     /// A frame with a large payload, not all read yet: the rest of the payload is read
@@ -444,6 +451,7 @@ impl LogReader {
                 return Ok(Some(LogEvent {
                     header,
                     payload: Vec::new(),
+                    skipped: plen as u64,
                 }));
             }
         }
@@ -487,7 +495,11 @@ impl LogReader {
         self.offset = frame_at + (8 + hlen + plen) as u64;
         self.pending.clear();
         self.start = 0;
-        Ok(Some(LogEvent { header, payload }))
+        Ok(Some(LogEvent {
+            header,
+            payload,
+            skipped: 0,
+        }))
     }
 
     /// Reads more bytes; false when the file has nothing new.

@@ -52,7 +52,7 @@ pub struct LocalEngine {
     /// Read ends of the pipes our supervisors poke after each event (see `Tail`).
     notify: RefCell<HashMap<String, OwnedFd>>,
     /// Read ends of the pipes that carry a followed run's stdout and stderr (see `Tail`).
-    live: RefCell<HashMap<String, [OwnedFd; 2]>>,
+    live: RefCell<HashMap<String, Live>>,
 }
 
 /// Whether this process has one thread (a plugin or hook may have started others; a
@@ -112,6 +112,29 @@ fn supervisor_fds(
 
 /// The environment variable that hands a supervisor the write end of its notify pipe.
 pub const NOTIFY_FD_ENV: &str = "CONTREE_NOTIFY_FD";
+
+/// A followed run's pipes from its supervisor, and which of its streams the supervisor
+/// writes to our own stdout or stderr itself (those pipes then only end).
+struct Live {
+    pipes: [OwnedFd; 2],
+    direct: [bool; 2],
+}
+
+/// Whether the supervisor may write a stream to `fd`, the CLI's own stdout or stderr,
+/// itself: a pipe (it waits for room without blocking), a regular file or a character
+/// device that is not a terminal (/dev/null). Not a terminal: the CLI's own handling of it
+/// stays, and a terminal can stop taking output (flow control) for as long as its user
+/// likes. Not a socket: its writes can block.
+fn direct_output(fd: std::os::fd::RawFd) -> bool {
+    let Ok(st) = nix::sys::stat::fstat(fd) else {
+        return false;
+    };
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFIFO | libc::S_IFREG => true,
+        libc::S_IFCHR => !nix::unistd::isatty(fd).unwrap_or(true),
+        _ => false,
+    }
+}
 
 /// The start time of a process (field 22 of /proc/PID/stat), to tell a live supervisor
 /// from a recycled pid; `None` if it is gone or a zombie.
@@ -367,6 +390,7 @@ impl LocalEngine {
         job: &supervisor::Job,
         stdin: StdinSource,
         live: bool,
+        output: Option<[std::os::fd::RawFd; 2]>,
     ) -> Result<(), BackendError> {
         let op = job.op.as_str();
         // The supervisor's stdout and stderr: its log only when tracing (it writes its
@@ -383,6 +407,11 @@ impl LocalEngine {
         let (notify_r, notify_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
                 .map_err(|e| BackendError::Store(format!("pipe: {e}")))?;
+        // The streams the supervisor delivers itself (see `supervisor::Live`).
+        let direct = output
+            .filter(|_| live)
+            .map(|fds| fds.map(|fd| direct_output(fd).then_some(fd)))
+            .unwrap_or([None, None]);
         // Pipes that carry the run's stdout and stderr to us as they are recorded (see
         // `Tail`): big, so a chatty command rarely waits for us.
         let live_pipes = if live {
@@ -434,6 +463,7 @@ impl LocalEngine {
                     let mut extra = vec![notify_w.as_raw_fd()];
                     if let Some([(_, out), (_, err)]) = &live_pipes {
                         extra.extend([out.as_raw_fd(), err.as_raw_fd()]);
+                        extra.extend(direct.iter().flatten());
                     }
                     if let Err(e) = supervisor_fds(log.as_raw_fd(), stdin_fd, &extra) {
                         supervisor::diag(&log_path, &format!("file descriptors: {e}"));
@@ -443,12 +473,21 @@ impl LocalEngine {
                     std::panic::set_hook(Box::new(move |info| {
                         supervisor::diag(&panic_log, &info.to_string());
                     }));
-                    // SAFETY: supervisor_fds put the notify pipe's write end at fd 3 and the
-                    // live pipes' write ends at 4 and 5.
+                    // SAFETY: supervisor_fds put the notify pipe's write end at fd 3, the
+                    // live pipes' write ends at 4 and 5, and the direct outputs after them.
                     let owned =
                         |fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
                     let notify = owned(3);
-                    let live = live_pipes.as_ref().map(|_| [owned(4), owned(5)]);
+                    let mut next = 6;
+                    let live = live_pipes.as_ref().map(|_| supervisor::Live {
+                        pipes: [owned(4), owned(5)],
+                        direct: direct.map(|d| {
+                            d.map(|_| {
+                                next += 1;
+                                owned(next - 1)
+                            })
+                        }),
+                    });
                     crate::log::trace("supervisor start");
                     // Tells it apart from its CLI in `ps -o comm` and top.
                     let _ = nix::sys::prctl::set_name(c"contree-super");
@@ -479,7 +518,13 @@ impl LocalEngine {
                 crate::log::trace("child forked");
                 drop(notify_w);
                 if let Some([(out, _), (err, _)]) = live_pipes {
-                    self.live.borrow_mut().insert(op.to_string(), [out, err]);
+                    self.live.borrow_mut().insert(
+                        op.to_string(),
+                        Live {
+                            pipes: [out, err],
+                            direct: direct.map(|d| d.is_some()),
+                        },
+                    );
                 }
                 self.children.borrow_mut().push((op.to_string(), child));
                 self.notify.borrow_mut().insert(op.to_string(), notify_r);
@@ -505,6 +550,7 @@ impl LocalEngine {
         req: &SpawnRequest,
         stdin: StdinSource,
         lazy_row: bool,
+        output: Option<[std::os::fd::RawFd; 2]>,
     ) -> Result<String, BackendError> {
         let (image, blobs) = self.store.reading(|| self.validate(req))?;
         crate::log::trace("validated");
@@ -531,7 +577,7 @@ impl LocalEngine {
             created_at: lazy_row.then(crate::wire::now_ts),
         };
         let started = if self.fork && single_threaded() {
-            self.fork_supervisor(&job, stdin, lazy_row)
+            self.fork_supervisor(&job, stdin, lazy_row, output)
         } else {
             self.spawn_supervisor(&job, stdin)
         };
@@ -869,15 +915,16 @@ impl Backend for LocalEngine {
     }
 
     fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
-        self.start(req, stdin, false)
+        self.start(req, stdin, false, None)
     }
 
     fn spawn_followed(
         &self,
         req: &SpawnRequest,
         stdin: StdinSource,
+        output: Option<[std::os::fd::RawFd; 2]>,
     ) -> Result<String, BackendError> {
-        self.start(req, stdin, self.fork)
+        self.start(req, stdin, self.fork, output)
     }
 
     fn operation(&self, op: &str) -> Result<Operation, BackendError> {
@@ -936,15 +983,15 @@ impl Backend for LocalEngine {
         } else {
             None
         };
+        let direct = live.as_ref().map(|l| l.direct).unwrap_or_default();
         Ok(Box::new(Tail {
             engine: self,
             op: op.to_string(),
             path,
             reader,
             live_used: live.is_some(),
-            live: live
-                .map(|[o, e]| [Some(o), Some(e)])
-                .unwrap_or([None, None]),
+            live: live.map(|l| l.pipes.map(Some)).unwrap_or([None, None]),
+            direct,
             live_turn: 0,
             pass: None,
             held: None,
@@ -1180,6 +1227,9 @@ struct Tail<'a> {
     /// `Run::live`): the log's copies of them are then skipped. Each closes at its end.
     live: [Option<OwnedFd>; 2],
     live_used: bool,
+    /// The streams our supervisor writes to our stdout or stderr itself: their live pipes
+    /// carry nothing, and their log frames say how much went out.
+    direct: [bool; 2],
     /// Which live pipe to try first (they take turns).
     live_turn: usize,
     /// Where live output goes by splice(2) instead of through `bytes` (see
@@ -1425,6 +1475,11 @@ impl EventStream for Tail<'_> {
                 self.idle = Duration::ZERO;
                 let kind = ev.header.kind.clone();
                 if self.live_used && (kind == "stdout" || kind == "stderr") {
+                    let i = usize::from(kind == "stderr");
+                    if self.direct[i] {
+                        let passed = ev.skipped;
+                        return Ok(Some(self.live_item(i, Vec::new(), passed)));
+                    }
                     continue;
                 }
                 let item = EventItem {

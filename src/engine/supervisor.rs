@@ -169,7 +169,7 @@ pub fn supervise_job(
     job: Job,
     data_dir: &Path,
     notify: Option<OwnedFd>,
-    live: Option<[OwnedFd; 2]>,
+    live: Option<Live>,
     started: Instant,
 ) -> i32 {
     let op = job.op.clone();
@@ -227,9 +227,8 @@ struct Run {
     layout: Layout,
     /// The sandbox's mounts, held until nothing needs them (see `execute`).
     mounted: Option<Mounted>,
-    /// Pipes to the CLI that follows this run, for its stdout and stderr: the command's
-    /// output is duplicated into them with tee(2) as it is recorded (see `Stream::pump`).
-    live: Option<[OwnedFd; 2]>,
+    /// Where the output of the run the CLI follows goes (see `Live` and `Stream::pump`).
+    live: Option<Live>,
     /// The `init` event, written when the sandbox starts or before any other event:
     /// creating a deferred log (a directory and a file on the store's disk) then overlaps
     /// with the sandbox's own start-up.
@@ -518,9 +517,16 @@ impl Run {
             Stream::new("stdout", out_r, cap),
             Stream::new("stderr", err_r, cap),
         ];
-        if let Some([out, err]) = self.live.take() {
-            streams[0].tee = Some(out);
-            streams[1].tee = Some(err);
+        if let Some(live) = self.live.take() {
+            for ((s, pipe), direct) in streams.iter_mut().zip(live.pipes).zip(live.direct) {
+                match direct {
+                    Some(fd) => {
+                        s.out = Some(Out::direct(fd));
+                        s.marker = Some(pipe);
+                    }
+                    None => s.out = Some(Out::Pipe(pipe)),
+                }
+            }
         }
         let mut status_r = Some(st_r);
         let mut status_buf = String::new();
@@ -544,10 +550,10 @@ impl Run {
             let mut fds = Vec::with_capacity(4);
             let mut who = Vec::with_capacity(4);
             for (i, s) in streams.iter().enumerate() {
-                match (&s.fd, &s.tee) {
-                    // The follower's pipe is full: wait until it has room.
-                    (Some(_), Some(tee)) if s.tee_full => {
-                        fds.push(PollFd::new(tee.as_fd(), PollFlags::POLLOUT));
+                match (&s.fd, &s.out) {
+                    // The reader's pipe is full: wait until it has room.
+                    (Some(_), Some(Out::Pipe(out))) if s.out_full => {
+                        fds.push(PollFd::new(out.as_fd(), PollFlags::POLLOUT));
                         who.push(i);
                     }
                     (Some(fd), _) => {
@@ -555,6 +561,13 @@ impl Run {
                         who.push(i);
                     }
                     _ => {}
+                }
+            }
+            for (i, s) in streams.iter().enumerate() {
+                if let (Some(_), Some(marker)) = (&s.fd, &s.marker) {
+                    // Nothing is written there: POLLERR says its reader, the CLI, is gone.
+                    fds.push(PollFd::new(marker.as_fd(), PollFlags::empty()));
+                    who.push(10 + i);
                 }
             }
             if let Some(fd) = &status_r {
@@ -587,9 +600,10 @@ impl Run {
                 match w {
                     0 | 1 => {
                         let s = &mut streams[w];
-                        s.tee_full = false;
+                        s.out_full = false;
                         s.pump(&mut self.log);
                     }
+                    10 | 11 => streams[w - 10].cli_gone(),
                     2 => {
                         let fd = status_r.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
                         match nix::unistd::read(fd, &mut buf) {
@@ -660,7 +674,7 @@ impl Run {
         crate::log::trace("output done");
         // The follower reads its pipes to the end before it takes `exit` and `completion`.
         for s in &mut streams {
-            s.tee = None;
+            s.close_output();
         }
         let rusage = wait_init(init);
         if let Some(feed) = stdin_feed {
@@ -965,14 +979,47 @@ fn copy_layer(layout: &Layout, id: &str) -> Result<String, String> {
     Ok(copy)
 }
 
+/// Where a stream's output goes besides the log.
+enum Out {
+    /// A pipe: the CLI's live pipe, or the CLI's own stdout or stderr when that is a pipe.
+    /// It gets the bytes by tee(2) before they are recorded, which copies nothing.
+    Pipe(OwnedFd),
+    /// The CLI's own stdout or stderr when that is not a pipe (a file, /dev/null): it gets
+    /// the bytes by splice(2) once they are recorded.
+    File(OwnedFd),
+}
+
+impl Out {
+    /// The CLI's own descriptor, handed over to take this stream directly (see `Live`).
+    fn direct(fd: OwnedFd) -> Out {
+        match nix::sys::stat::fstat(fd.as_raw_fd()) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFIFO => Out::Pipe(fd),
+            _ => Out::File(fd),
+        }
+    }
+}
+
+/// A followed run's output: pipes to the CLI, and the CLI's own stdout and stderr where
+/// the supervisor may write that stream itself. A stream delivered directly goes from the
+/// command to its destination without passing through the CLI, which then only learns
+/// from its pipe's end that the stream is over (and, from the pipe's reader going away,
+/// that the CLI is gone and delivery must stop).
+pub struct Live {
+    pub pipes: [OwnedFd; 2],
+    pub direct: [Option<OwnedFd>; 2],
+}
+
 /// Per-stream bookkeeping: bytes recorded up to the cap, the rest counted and dropped.
 struct Stream {
     name: &'static str,
     fd: Option<OwnedFd>,
-    /// The follower's pipe for this stream (see `Run::live`).
-    tee: Option<OwnedFd>,
-    /// `tee` was full last time: wait for room before taking more from `fd`.
-    tee_full: bool,
+    /// Where the output goes besides the log (see `Run::live`).
+    out: Option<Out>,
+    /// `out` (a pipe) was full last time: wait for room before taking more from `fd`.
+    out_full: bool,
+    /// With direct delivery, the CLI's pipe for this stream: closed at the end, polled to
+    /// see the CLI go.
+    marker: Option<OwnedFd>,
     cap: u64,
     emitted: u64,
     dropped: u64,
@@ -983,33 +1030,52 @@ impl Stream {
         Stream {
             name,
             fd: Some(fd),
-            tee: None,
-            tee_full: false,
+            out: None,
+            out_full: false,
+            marker: None,
             cap,
             emitted: 0,
             dropped: 0,
         }
     }
 
+    /// The stream is over, or its reader is gone: no more output goes anywhere.
+    fn close_output(&mut self) {
+        self.out = None;
+        self.marker = None;
+    }
+
+    /// The CLI is gone: what it would have shown is only recorded from now on.
+    fn cli_gone(&mut self) {
+        if self.marker.is_some() {
+            self.close_output();
+        }
+    }
+
     /// Moves what the pipe holds into the log (up to the cap; the rest is counted and
     /// dropped). Clears `fd` at EOF. Bytes within the cap go through a relay pipe (see
-    /// `super::recorder::Relay`) and are never read by us; near the cap they are read, so they can be cut.
+    /// `super::recorder::Relay`) and are never read by us; near the cap they are read, so
+    /// they can be cut.
     ///
-    /// With a follower's pipe, the bytes are first duplicated into it with tee(2), which
-    /// copies no data: the follower gets the output at pipe speed instead of reading the log
-    /// back, and exactly the bytes that are recorded.
+    /// A pipe in `out` first gets the bytes by tee(2), which copies no data: the CLI (or
+    /// whatever reads its stdout) gets the output at pipe speed, exactly the bytes that are
+    /// recorded. A file in `out` gets them after they are recorded.
     fn pump(&mut self, log: &mut Recorder) {
+        let room = self.cap.saturating_sub(self.emitted) as usize;
+        if matches!(self.out, Some(Out::File(_))) && room >= CHUNK && self.record_then_deliver(log)
+        {
+            return;
+        }
         let Some(fd) = self.fd.as_ref() else {
             return;
         };
-        let room = self.cap.saturating_sub(self.emitted) as usize;
         let mut want = CHUNK;
-        if let (Some(tee), true) = (&self.tee, room > 0) {
+        if let (Some(Out::Pipe(out)), 1..) = (&self.out, room) {
             // SAFETY: tee(2) between two pipes we hold; no pointers involved.
             let rc = unsafe {
                 libc::tee(
                     fd.as_raw_fd(),
-                    tee.as_raw_fd(),
+                    out.as_raw_fd(),
                     room.min(CHUNK),
                     libc::SPLICE_F_NONBLOCK,
                 )
@@ -1017,24 +1083,24 @@ impl Stream {
             match rc {
                 0 => {
                     self.fd = None;
-                    self.tee = None;
+                    self.close_output();
                     return;
                 }
                 // Take exactly what was duplicated.
                 n if n > 0 => want = n as usize,
                 _ => {
                     match nix::errno::Errno::last() {
-                        // Either nothing to take yet or no room in the follower's pipe.
+                        // Either nothing to take yet or no room in the reader's pipe.
                         nix::errno::Errno::EAGAIN => {
                             let mut ready: libc::c_int = 0;
                             // SAFETY: FIONREAD stores the pipe's byte count in `ready`.
                             let rc =
                                 unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut ready) };
-                            self.tee_full = rc == 0 && ready > 0;
+                            self.out_full = rc == 0 && ready > 0;
                         }
                         nix::errno::Errno::EINTR => {}
-                        // The follower is gone (EPIPE): record on without it.
-                        _ => self.tee = None,
+                        // The reader is gone (EPIPE): record on without it.
+                        _ => self.close_output(),
                     }
                     return;
                 }
@@ -1050,6 +1116,7 @@ impl Stream {
         let Some(fd) = self.fd.as_ref() else {
             return;
         };
+        let exact = matches!(self.out, Some(Out::Pipe(_)));
         let mut buf = log.buffer(CHUNK);
         let mut failed = false;
         while buf.len() < want {
@@ -1061,8 +1128,8 @@ impl Stream {
             if n > 0 {
                 // SAFETY: read just initialised `n` more bytes.
                 unsafe { buf.set_len(buf.len() + n as usize) };
-                if self.tee.is_none() {
-                    // Without a follower, take what there is.
+                if !exact {
+                    // Nothing was duplicated ahead: take what there is.
                     break;
                 }
                 continue;
@@ -1077,18 +1144,118 @@ impl Stream {
         if buf.is_empty() && failed {
             // EOF (or a broken pipe): the stream is over.
             self.fd = None;
-            self.tee = None;
+            self.close_output();
             return;
+        }
+        let keep = room.min(buf.len());
+        if let Some(Out::File(out)) = &self.out {
+            if write_all_fd(out.as_fd(), &buf[..keep]).is_err() {
+                self.close_output();
+            }
         }
         self.record(log, buf);
     }
 
+    /// For a file in `out`: duplicates the next chunk into a relay (tee(2)), records it,
+    /// then moves it from the command's pipe into the file. False when this cannot be done
+    /// (no relay): the caller then reads the chunk.
+    fn record_then_deliver(&mut self, log: &mut Recorder) -> bool {
+        let Some(fd) = self.fd.as_ref() else {
+            return true;
+        };
+        let Some(relay) = log.relay(CHUNK) else {
+            return false;
+        };
+        // SAFETY: tee(2) between two pipes we hold; no pointers involved.
+        let n = unsafe {
+            libc::tee(
+                fd.as_raw_fd(),
+                relay.input().as_raw_fd(),
+                relay.capacity,
+                libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n > 0 {
+            let n = n as usize;
+            self.emitted += n as u64;
+            log.relayed(self.name, relay, n);
+            self.deliver(n);
+            return true;
+        }
+        let errno = nix::errno::Errno::last();
+        log.unused(relay);
+        match errno {
+            _ if n == 0 => {
+                self.fd = None;
+                self.close_output();
+                true
+            }
+            nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR => true,
+            _ => false,
+        }
+    }
+
+    /// Moves the next `n` bytes of the command's pipe, already recorded, into the file in
+    /// `out`; if it takes no more, they are discarded.
+    fn deliver(&mut self, n: usize) {
+        let Some(fd) = self.fd.as_ref().map(|f| f.as_raw_fd()) else {
+            return;
+        };
+        let mut left = n;
+        let mut scratch = Vec::new();
+        while left > 0 {
+            if let Some(Out::File(out)) = &self.out {
+                // SAFETY: splice(2) from the command's pipe (which holds these bytes) to a
+                // descriptor we hold; no pointers but the null offsets.
+                let rc = unsafe {
+                    libc::splice(
+                        fd,
+                        std::ptr::null_mut(),
+                        out.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        left,
+                        libc::SPLICE_F_MOVE,
+                    )
+                };
+                if rc > 0 {
+                    left -= rc as usize;
+                    continue;
+                }
+                match nix::errno::Errno::last() {
+                    nix::errno::Errno::EINTR => continue,
+                    // A file that takes no splice (opened for appending): read and write.
+                    nix::errno::Errno::EINVAL if rc < 0 => {
+                        scratch.resize(left, 0);
+                        let got = nix::unistd::read(fd, &mut scratch).unwrap_or(0);
+                        if got == 0 {
+                            return;
+                        }
+                        left -= got;
+                        if write_all_fd(out.as_fd(), &scratch[..got]).is_err() {
+                            self.close_output();
+                        }
+                        continue;
+                    }
+                    // It takes no more (full, gone): the rest is only recorded.
+                    _ => self.close_output(),
+                }
+            }
+            scratch.resize(left.min(CHUNK), 0);
+            match nix::unistd::read(fd, &mut scratch) {
+                Ok(0) => return,
+                Ok(got) => left -= got,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Moves up to `want` bytes (exactly `want` when they were teed) into the log through
-    /// relay pipes (see `super::recorder::Relay`), without reading them. Returns how many bytes are still to
-    /// be taken another way (no relay could be had), or `None` when the stream ended or the
-    /// pipe is empty.
+    /// relay pipes (see `super::recorder::Relay`), without reading them. Returns how many
+    /// bytes are still to be taken another way (no relay could be had), or `None` when the
+    /// stream ended or the pipe is empty.
     fn relay(&mut self, log: &mut Recorder, want: usize) -> Option<usize> {
-        let exact = self.tee.is_some();
+        let exact = matches!(self.out, Some(Out::Pipe(_)));
         let mut left = want;
         while left > 0 {
             let fd = self.fd.as_ref()?;
@@ -1112,7 +1279,7 @@ impl Stream {
                 log.relayed(self.name, relay, n);
                 left -= n;
                 if !exact {
-                    // Without a follower, take what there is.
+                    // Nothing was duplicated ahead: take what there is.
                     return None;
                 }
                 continue;
@@ -1122,7 +1289,7 @@ impl Stream {
             match errno {
                 _ if n == 0 => {
                     self.fd = None;
-                    self.tee = None;
+                    self.close_output();
                     return None;
                 }
                 nix::errno::Errno::EINTR => continue,
@@ -1143,6 +1310,19 @@ impl Stream {
             log.stream(self.name, bytes);
         }
     }
+}
+
+/// write(2) until all of `bytes` is written.
+fn write_all_fd(fd: std::os::fd::BorrowedFd<'_>, mut bytes: &[u8]) -> nix::Result<()> {
+    while !bytes.is_empty() {
+        match nix::unistd::write(fd, bytes) {
+            Ok(0) => return Err(nix::errno::Errno::EIO),
+            Ok(n) => bytes = &bytes[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Puts this thread, and the threads it starts from now on, under SCHED_BATCH. The

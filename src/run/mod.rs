@@ -212,7 +212,15 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
     let op = if args.detach {
         ctx.backend.spawn(&req, stdin)
     } else {
-        ctx.backend.spawn_followed(&req, stdin)
+        // Output nothing inspects may go from the command to our stdout and stderr without
+        // passing through us (see `Backend::spawn_followed`); what we wrote goes out first.
+        let direct = formatter.passes_through() && !hooks.has_output();
+        if direct {
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+        }
+        ctx.backend
+            .spawn_followed(&req, stdin, direct.then_some([1, 2]))
     }
     .map_err(backend_err)?;
     crate::log::trace("spawned");

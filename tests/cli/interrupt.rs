@@ -240,3 +240,43 @@ fn a_run_outlives_its_killed_cli() {
         .stdout("kept\n");
     assert!(sleepers(&token).is_empty());
 }
+
+#[test]
+fn the_output_stops_with_a_killed_cli() {
+    let env = Env::host();
+    // The CLI's stdout is a pipe, which its supervisor writes the output to itself: once the
+    // CLI is gone, the supervisor lets go of it too, though the command goes on.
+    let mut running = env
+        .cmd([
+            "run",
+            "-t",
+            "60",
+            "--",
+            "sh",
+            "-c",
+            "while :; do echo tick; sleep 0.05; done",
+        ])
+        .spawn();
+    let mut stdout = running.child.stdout.take().expect("stdout");
+    let mut first = [0u8; 5];
+    stdout.read_exact(&mut first).expect("read live output");
+    assert_eq!(&first, b"tick\n");
+    kill(Pid::from_raw(running.pid()), Signal::SIGKILL).expect("kill the CLI");
+    let _ = running.child.wait();
+    let (done, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = stdout.read_to_end(&mut rest);
+        let _ = done.send(rest);
+    });
+    let rest = ended.recv_timeout(Duration::from_secs(10));
+    let op = env.run(["ps", "-q"]).success().stdout_text();
+    let op = op.lines().next().expect("the run goes on").to_string();
+    env.run(["kill", &op]).success();
+    let rest = rest.expect("the output still flowed 10 s after its CLI was killed");
+    assert!(
+        rest.len() < 4096,
+        "{} bytes came after the CLI was killed",
+        rest.len()
+    );
+}

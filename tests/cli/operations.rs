@@ -442,6 +442,29 @@ fn a_detached_runs_big_output_is_all_recorded() {
 }
 
 #[test]
+fn output_redirected_to_a_file_or_appended_arrives_whole() {
+    let env = Env::host();
+    // Redirected, the output goes from the supervisor to the file without the CLI; a file
+    // opened for appending takes no splice(2) and is written plainly.
+    let out = env.work().join("out.txt");
+    let script = format!(
+        "{bin} run -T 10000000 -- seq 1 500000 > {o} 2> {o}.err && \
+         {bin} run -T 10000000 -- sh -c 'seq 1 3; echo err >&2' >> {o} 2>> {o}.err && \
+         {bin} run -- true > /dev/null",
+        bin = crate::harness::CONTREE,
+        o = out.display()
+    );
+    env.program("sh").arg("-c").arg(&script).output().success();
+    let mut expected = seq_text(500_000);
+    expected.push_str(&seq_text(3));
+    assert_eq!(std::fs::read_to_string(&out).expect("out"), expected);
+    assert_eq!(
+        std::fs::read_to_string(out.with_extension("txt.err")).expect("err"),
+        "err\n"
+    );
+}
+
+#[test]
 fn a_big_event_log_takes_no_more_disk_than_its_size() {
     let env = Env::host();
     // Big logs are preallocated ahead of their writes; what was not used is given back.
