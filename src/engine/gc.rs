@@ -181,6 +181,7 @@ pub fn collect(
             for img in &doomed_images {
                 conn.execute("DELETE FROM tags WHERE image = ?1", [&img.uuid])?;
                 conn.execute("DELETE FROM images WHERE uuid = ?1", [&img.uuid])?;
+                conn.execute("DELETE FROM image_sources WHERE image = ?1", [&img.uuid])?;
             }
             for id in &doomed_layers {
                 conn.execute("DELETE FROM layers WHERE id = ?1", params![id])?;

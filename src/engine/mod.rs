@@ -1181,10 +1181,17 @@ impl Backend for LocalEngine {
             username: username.map(str::to_string),
             password: password.map(str::to_string),
         };
-        registry::pull(&self.store, reference, &creds, tag).map_err(|e| match e {
-            import::ImportError::Store(s) => BackendError::Store(s.to_string()),
-            other => BackendError::Invalid(other.to_string()),
-        })
+        let opts = registry::PullOptions {
+            tag,
+            reuse: &|_| true,
+            deadline: None,
+        };
+        registry::pull(&self.store, reference, &creds, &opts)
+            .map(|pulled| pulled.image)
+            .map_err(|e| match e {
+                import::ImportError::Store(s) => BackendError::Store(s.to_string()),
+                other => BackendError::Invalid(other.to_string()),
+            })
     }
 
     fn gc(

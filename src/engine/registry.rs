@@ -93,10 +93,16 @@ struct Client {
     creds: Credentials,
     /// The `Authorization` header that worked last.
     auth: Option<String>,
+    /// When the whole pull must be over: every request gets what is left as its timeout.
+    deadline: Option<std::time::Instant>,
 }
 
 fn err(msg: impl Into<String>) -> io::Error {
     io::Error::other(msg.into())
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the pull ran out of time")
 }
 
 impl Client {
@@ -113,6 +119,14 @@ impl Client {
     fn get(&mut self, url: &str, accept: Option<&str>) -> io::Result<reqwest::blocking::Response> {
         for attempt in 0..2 {
             let mut req = self.http.get(url);
+            if let Some(deadline) = self.deadline {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(timed_out());
+                }
+                // From connecting until the body is read: a stalled download ends too.
+                req = req.timeout(left);
+            }
             if let Some(a) = accept {
                 req = req.header("Accept", a);
             }
@@ -223,8 +237,23 @@ fn digest_path(dir: &Path, digest: &str) -> io::Result<std::path::PathBuf> {
     Ok(dir.join("blobs/sha256").join(hex))
 }
 
-/// Downloads `reference` into the OCI layout `dir`.
-fn download(r: &Reference, creds: &Credentials, dir: &Path) -> io::Result<()> {
+/// What `download` got.
+enum Fetched {
+    /// The image, in the OCI layout, from the manifest with this digest.
+    Layout(String),
+    /// Nothing: `known` gave this image for the manifest.
+    Known(String),
+}
+
+/// Downloads `reference` into the OCI layout `dir`, unless `known` has an image for the
+/// digest of its manifest: then none of its blobs are fetched.
+fn download(
+    r: &Reference,
+    creds: &Credentials,
+    dir: &Path,
+    known: &dyn Fn(&str) -> Option<String>,
+    deadline: Option<std::time::Instant>,
+) -> io::Result<Fetched> {
     fs::create_dir_all(dir.join("blobs/sha256"))?;
     let mut client = Client {
         http: reqwest::blocking::Client::builder()
@@ -234,6 +263,7 @@ fn download(r: &Reference, creds: &Credentials, dir: &Path) -> io::Result<()> {
             .map_err(|e| err(format!("HTTP client: {e}")))?,
         creds: creds.clone(),
         auth: None,
+        deadline,
     };
     let base = r.base();
     let mut want = r.reference.clone();
@@ -267,6 +297,9 @@ fn download(r: &Reference, creds: &Credentials, dir: &Path) -> io::Result<()> {
                 .to_string();
             continue;
         }
+        if let Some(image) = known(&digest) {
+            return Ok(Fetched::Known(image));
+        }
         let mut blobs: Vec<String> = Vec::new();
         if let Some(c) = doc.pointer("/config/digest").and_then(Value::as_str) {
             blobs.push(c.to_string());
@@ -293,30 +326,80 @@ fn download(r: &Reference, creds: &Credentials, dir: &Path) -> io::Result<()> {
         });
         fs::write(dir.join("index.json"), index.to_string())?;
         fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        return Ok(());
+        return Ok(Fetched::Layout(digest));
     }
     Err(err("image indexes nest too deeply"))
 }
 
-/// Pulls `reference` and imports it; returns the new image's uuid.
+/// A pulled image.
+pub struct Pulled {
+    pub image: String,
+    /// An image pulled earlier from the same manifest, given back instead of a new one.
+    pub reused: bool,
+}
+
+/// How to pull.
+pub struct PullOptions<'a> {
+    /// Tags the image.
+    pub tag: Option<&'a str>,
+    /// Whether an image pulled earlier from the same manifest may be given back.
+    pub reuse: &'a dyn Fn(&str) -> bool,
+    /// When to give up, downloads in flight included.
+    pub deadline: Option<std::time::Instant>,
+}
+
+/// Pulls `reference` and imports it. If an image was pulled from the same manifest before
+/// (the same content, whatever its name) and `reuse` accepts it, that image is given back
+/// (and tagged) without downloading its layers. Past the deadline nothing is imported.
 pub fn pull(
     store: &Store,
     reference: &str,
     creds: &Credentials,
-    tag: Option<&str>,
-) -> Result<String, ImportError> {
+    opts: &PullOptions<'_>,
+) -> Result<Pulled, ImportError> {
+    let (tag, reuse, deadline) = (opts.tag, opts.reuse, opts.deadline);
     let r = Reference::parse(reference)
         .ok_or_else(|| ImportError::Unsupported(reference.to_string()))?;
     let dir = store
         .root
         .join("tmp")
         .join(format!("pull-{}", uuid::Uuid::new_v4()));
-    let result = download(&r, creds, &dir)
+    let known = |digest: &str| {
+        let images = store.images_from_manifest(digest).ok()?;
+        images.into_iter().find(|image| reuse(image))
+    };
+    let late = || deadline.is_some_and(|d| std::time::Instant::now() >= d);
+    let result = download(&r, creds, &dir, &known, deadline)
+        .and_then(|fetched| {
+            if late() {
+                Err(timed_out())
+            } else {
+                Ok(fetched)
+            }
+        })
         .map_err(|source| ImportError::Io {
             path: reference.to_string(),
             source,
         })
-        .and_then(|_| super::oci::import_dir(store, &dir, tag));
+        .and_then(|fetched| match fetched {
+            Fetched::Known(image) => {
+                if let Some(tag) = tag {
+                    store.set_tag(&image, tag)?;
+                }
+                Ok(Pulled {
+                    image,
+                    reused: true,
+                })
+            }
+            Fetched::Layout(digest) => {
+                let image = super::oci::import_dir(store, &dir, tag)?;
+                store.set_image_manifest(&image, &digest)?;
+                Ok(Pulled {
+                    image,
+                    reused: false,
+                })
+            }
+        });
     let _ = fs::remove_dir_all(&dir);
     result
 }

@@ -166,6 +166,10 @@ CREATE TABLE IF NOT EXISTS operations(
   duration REAL, image TEXT, result_image TEXT, error TEXT, request TEXT,
   supervisor_pid INTEGER, supervisor_start INTEGER, exit_code INTEGER,
   timed_out INTEGER NOT NULL DEFAULT 0, image_size INTEGER);
+-- The registry manifest each pulled image was made from: pulling an unchanged image
+-- again gives back the same image.
+CREATE TABLE IF NOT EXISTS image_sources(
+  digest TEXT NOT NULL, image TEXT NOT NULL, PRIMARY KEY(digest, image));
 CREATE INDEX IF NOT EXISTS operations_created ON operations(created_at);
 CREATE INDEX IF NOT EXISTS operations_status ON operations(status);
 ";
@@ -338,6 +342,26 @@ impl Store {
         self.conn()?.execute(
             "UPDATE images SET operation = ?2 WHERE uuid = ?1",
             params![image, op],
+        )?;
+        Ok(())
+    }
+
+    /// The images pulled from the manifest with this digest that still exist, oldest first.
+    pub fn images_from_manifest(&self, digest: &str) -> Result<Vec<String>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT i.uuid FROM image_sources s JOIN images i ON i.uuid = s.image
+             WHERE s.digest = ?1 ORDER BY i.created_at",
+        )?;
+        let rows = stmt.query_map([digest], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records that `image` was pulled from the manifest with this digest.
+    pub fn set_image_manifest(&self, image: &str, digest: &str) -> Result<()> {
+        self.conn()?.execute(
+            "INSERT OR IGNORE INTO image_sources(digest, image) VALUES (?1, ?2)",
+            params![digest, image],
         )?;
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::harness::{eventually, sha256_hex, skip, Env};
 use crate::import_formats::{check_view, config, layer_dirs, tar_of};
@@ -138,7 +138,11 @@ enum Auth {
     Basic,
     /// `WWW-Authenticate: Bearer realm=…`: a token from `/token`, got with user:pass.
     Token,
+    /// No authentication, but every blob stalls halfway for `STALL`.
+    Stalled,
 }
+
+const STALL: Duration = Duration::from_millis(1500);
 
 const BASIC: &str = "Basic dXNlcjpwYXNz"; // user:pass
 const TOKEN: &str = "tok-123";
@@ -187,6 +191,7 @@ fn auth_front(upstream: String, auth: Auth) -> String {
                 let ok = match auth {
                     Auth::Basic => authz == BASIC,
                     Auth::Token => authz == format!("Bearer {TOKEN}"),
+                    Auth::Stalled => true,
                 };
                 if !ok {
                     let challenge = match auth {
@@ -194,6 +199,7 @@ fn auth_front(upstream: String, auth: Auth) -> String {
                             Auth::Token => format!(
                                 "Bearer realm=\"http://{me}/token\",service=\"fake\",scope=\"repository:bb/x:pull\""
                             ),
+                            Auth::Stalled => String::new(),
                         };
                     (
                         401,
@@ -231,6 +237,14 @@ fn auth_front(upstream: String, auth: Auth) -> String {
             }
             head.push_str("\r\n");
             let _ = out.write_all(head.as_bytes());
+            if matches!(auth, Auth::Stalled) && path.contains("/blobs/") {
+                let half = body.len() / 2;
+                let _ = out.write_all(&body[..half]);
+                let _ = out.flush();
+                std::thread::sleep(STALL);
+                let _ = out.write_all(&body[half..]);
+                continue;
+            }
             let _ = out.write_all(&body);
         }
     });
@@ -266,6 +280,77 @@ fn push_image(env: &Env, registry: &Registry) -> bool {
         .and_then(|r| r.error_for_status())
         .expect("push manifest");
     true
+}
+
+/// Pushes `bb/x:v1` again with a different config, so the same name has new content;
+/// returns the new manifest's digest.
+fn change_image(registry: &Registry) -> String {
+    let base = format!("http://{}/v2/bb/x", registry.addr);
+    let manifest: Value = http()
+        .get(format!("{base}/manifests/v1"))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .and_then(|r| r.json())
+        .expect("get manifest");
+    let mut config = config();
+    config.extend_from_slice(b"\n");
+    let mut changed = manifest.clone();
+    changed["config"]["digest"] = json!(push_blob(&base, &config));
+    changed["config"]["size"] = json!(config.len());
+    let body = changed.to_string();
+    http()
+        .put(format!("{base}/manifests/v1"))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(body.clone())
+        .send()
+        .and_then(|r| r.error_for_status())
+        .expect("push changed manifest");
+    format!("sha256:{}", sha256_hex(body.as_bytes()))
+}
+
+fn imported(env: &Env, args: &[&str]) -> String {
+    let mut all = vec!["-o", "json", "images", "import"];
+    all.extend_from_slice(args);
+    env.run(all).success().json()["uuid"]
+        .as_str()
+        .expect("uuid")
+        .to_string()
+}
+
+#[test]
+fn importing_an_unchanged_image_again_gives_back_the_same_image() {
+    let Some(binary) = registry_binary() else {
+        skip("needs Debian's docker-registry package (apt-get install docker-registry)");
+        return;
+    };
+    let env = Env::new();
+    let registry = start(&binary, env.work());
+    if !push_image(&env, &registry) {
+        return;
+    }
+    let reference = format!("{}/bb/x:v1", registry.addr);
+    let first = imported(&env, &[&reference]);
+    // The same manifest, under another tag: the same image, now with both tags.
+    let again = imported(&env, &[&reference, "--tag", "again"]);
+    assert_eq!(again, first);
+    let listed = env.run(["images"]).success().stdout_text();
+    assert_eq!(listed.matches(&first).count(), 2, "{listed}");
+    assert!(
+        listed.contains("again") && listed.contains("bb/x:v1"),
+        "{listed}"
+    );
+    // New content under the same name is a new image, and the tag moves to it.
+    change_image(&registry);
+    let changed = imported(&env, &[&reference]);
+    assert_ne!(changed, first);
+    let listed = env.run(["images"]).success().stdout_text();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains(&changed) && l.contains("bb/x:v1")),
+        "{listed}"
+    );
+    check_view(&env, "bb/x:v1");
 }
 
 #[test]
@@ -356,6 +441,36 @@ fn serve_imports_from_a_registry_into_the_importing_namespace() {
     let theirs = server.get("/v1/images?tag=bb/", TOKEN_A).json();
     assert_eq!(theirs["images"], json!([]), "{theirs}");
 
+    // Imported again, unchanged: the same image. Another namespace importing it gets one of
+    // its own, which bob's namespace does not see.
+    let import = |token: &str| {
+        let body = json!({"registry": {"url": format!("docker://{reference}")}, "tag": "same"});
+        let reply = server.post_json("/v1/images/import", token, &body);
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        let op = reply.json()["uuid"].as_str().unwrap().to_string();
+        let events = server.events(&op, token, None);
+        let last = events.last().expect("completion").clone();
+        assert_eq!(last["data"]["status"], "SUCCESS", "{last}");
+        last["data"]["result_image_uuid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let bobs = bob.run(["-o", "json", "images"]).success().json_lines();
+    let first = bobs
+        .iter()
+        .find(|i| i["tag"] == "bb/x:v1")
+        .and_then(|i| i["uuid"].as_str())
+        .expect("bob's image")
+        .to_string();
+    assert_eq!(import(TOKEN_B), first);
+    let alices = import(TOKEN_A);
+    assert_ne!(alices, first);
+    let seen = server
+        .get(&format!("/v1/images?uuid={alices}"), TOKEN_B)
+        .json();
+    assert_eq!(seen["images"], json!([]), "{seen}");
+
     // A reference the registry does not have: the operation fails and says why.
     let body = json!({"registry": {"url": format!("docker://{}/bb/x:nope", registry.addr)}});
     let reply = server.post_json("/v1/images/import", TOKEN_B, &body);
@@ -374,4 +489,47 @@ fn serve_imports_from_a_registry_into_the_importing_namespace() {
     );
     let bad = server.post_json("/v1/images/import", TOKEN_B, &json!({"tag": "x"}));
     assert_eq!(bad.status, 400, "{}", bad.text());
+}
+
+#[test]
+fn serve_gives_up_a_stalled_import_at_its_timeout() {
+    use crate::serve::{Server, TOKEN_A, TOKEN_B};
+    let Some(binary) = registry_binary() else {
+        skip("needs Debian's docker-registry package (apt-get install docker-registry)");
+        return;
+    };
+    let env = Env::new();
+    let registry = start(&binary, env.work());
+    if !push_image(&env, &registry) {
+        return;
+    }
+    // Every blob stalls for 1.5 s: the download would take 4.5 s.
+    let front = auth_front(registry.addr.clone(), Auth::Stalled);
+    let server = Server::start();
+    let listed = |token: &str| server.get("/v1/images", token).json()["images"].clone();
+    let before = (listed(TOKEN_A), listed(TOKEN_B));
+    let body = json!({"registry": {"url": format!("docker://{front}/bb/x:v1")},
+                      "tag": "slow", "timeout": 1});
+    let started = std::time::Instant::now();
+    let reply = server.post_json("/v1/images/import", TOKEN_B, &body);
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let op = reply.json()["uuid"].as_str().unwrap().to_string();
+    let events = server.events(&op, TOKEN_B, None);
+    let last = events.last().expect("completion");
+    assert_eq!(last["data"]["status"], "FAILED", "{last}");
+    assert!(
+        last["data"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("time"),
+        "{last}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // The download was dropped with it: no image turns up later, for anyone.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!((listed(TOKEN_A), listed(TOKEN_B)), before);
 }

@@ -123,7 +123,10 @@ pub(super) async fn import(
 
 /// Pulls on a thread of its own with a store connection of its own (the shared engine is
 /// not held for the download), then records the result under the shared engine.
-fn run_import(st: &State, ns: &str, op: &str, req: ImportBody, timeout: u64) {
+///
+/// An image this namespace may already see, pulled from the same manifest, is given back
+/// instead of a new one (as the API has it: an unchanged image keeps its UUID).
+fn run_import(st: &super::super::Shared, ns: &str, op: &str, req: ImportBody, timeout: u64) {
     let (tx, rx) = std::sync::mpsc::channel();
     let store_root = st.paths.store();
     let url = req.registry.url.clone();
@@ -131,6 +134,10 @@ fn run_import(st: &State, ns: &str, op: &str, req: ImportBody, timeout: u64) {
         username: None,
         password: None,
     });
+    let shared = st.clone();
+    let name = ns.to_string();
+    let job = op.to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
     std::thread::spawn(move || {
         let result = crate::engine::store::Store::open(&store_root)
             .map_err(|e| e.to_string())
@@ -139,20 +146,44 @@ fn run_import(st: &State, ns: &str, op: &str, req: ImportBody, timeout: u64) {
                     username: creds.username,
                     password: creds.password,
                 };
-                crate::engine::registry::pull(&store, &url, &creds, None).map_err(|e| e.to_string())
+                let visible = |image: &str| match store.image(image) {
+                    Ok(Some(row)) => image_visible(&shared, &name, &row).unwrap_or(false),
+                    _ => false,
+                };
+                let opts = crate::engine::registry::PullOptions {
+                    tag: None,
+                    reuse: &visible,
+                    deadline: Some(deadline),
+                };
+                let pulled = crate::engine::registry::pull(&store, &url, &creds, &opts)
+                    .map_err(|e| e.to_string())?;
+                // Owned by the operation at once: an image that makes it in just past the
+                // deadline is never public, only untagged (and `gc` frees it).
+                if !pulled.reused {
+                    store
+                        .set_image_operation(&pulled.image, &job)
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(pulled)
             });
         let _ = tx.send(result);
     });
-    let outcome = match rx.recv_timeout(std::time::Duration::from_secs(timeout)) {
-        Ok(Ok(image)) => Ok(image),
-        Ok(Err(e)) => Err(format!("import of {} failed: {e}", req.registry.url)),
-        Err(_) => Err(format!("import timed out after {timeout}s")),
-    };
+    let outcome =
+        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(Ok(image)) => Ok(image),
+            Ok(Err(e)) => Err(format!("import of {} failed: {e}", req.registry.url)),
+            Err(_) => Err(format!("import timed out after {timeout}s")),
+        };
     let Ok(engine) = st.engine.lock() else { return };
-    let recorded = outcome.and_then(|image| {
-        engine
-            .store()
-            .set_image_operation(&image, op)
+    let recorded = outcome.and_then(|pulled| {
+        let image = pulled.image;
+        // A reused image keeps the operation that made it (and so who may see it).
+        let owned = if pulled.reused {
+            Ok(())
+        } else {
+            engine.store().set_image_operation(&image, op)
+        };
+        owned
             .and_then(|_| match &req.tag {
                 Some(tag) => engine.store().set_tag(&image, &ns_tag(ns, tag)),
                 None => Ok(()),
