@@ -102,15 +102,10 @@ fn push_blob(base: &str, bytes: &[u8]) -> String {
 
 #[test]
 fn an_image_pushed_to_a_loopback_registry_pulls_with_whiteouts_applied() {
-    let Some(binary) = registry_binary() else {
-        skip("needs Debian's docker-registry package (apt-get install docker-registry)");
+    let env = Env::new();
+    let Some(registry) = registry_with_image(&env) else {
         return;
     };
-    let env = Env::new();
-    let registry = start(&binary, env.work());
-    if !push_image(&env, &registry) {
-        return;
-    }
     let reference = format!("{}/bb/x:v1", registry.addr);
     env.run(["images", "import", &reference])
         .success()
@@ -251,6 +246,17 @@ fn auth_front(upstream: String, auth: Auth) -> String {
     addr
 }
 
+/// A docker-registry on loopback with the test image pushed, or `None` (the skip said) where
+/// this machine has none.
+fn registry_with_image(env: &Env) -> Option<Registry> {
+    let Some(binary) = registry_binary() else {
+        skip("needs Debian's docker-registry package (apt-get install docker-registry)");
+        return None;
+    };
+    let registry = start(&binary, env.work());
+    push_image(env, &registry).then_some(registry)
+}
+
 /// Pushes the two-layer test image to `registry` as `bb/x:v1`.
 fn push_image(env: &Env, registry: &Registry) -> bool {
     let Some((lower, upper)) = layer_dirs(env) else {
@@ -319,15 +325,10 @@ fn imported(env: &Env, args: &[&str]) -> String {
 
 #[test]
 fn importing_an_unchanged_image_again_gives_back_the_same_image() {
-    let Some(binary) = registry_binary() else {
-        skip("needs Debian's docker-registry package (apt-get install docker-registry)");
+    let env = Env::new();
+    let Some(registry) = registry_with_image(&env) else {
         return;
     };
-    let env = Env::new();
-    let registry = start(&binary, env.work());
-    if !push_image(&env, &registry) {
-        return;
-    }
     let reference = format!("{}/bb/x:v1", registry.addr);
     let first = imported(&env, &[&reference]);
     // The same manifest, under another tag: the same image, now with both tags.
@@ -355,15 +356,10 @@ fn importing_an_unchanged_image_again_gives_back_the_same_image() {
 
 #[test]
 fn pulls_authenticate_with_basic_auth_and_with_a_token_realm() {
-    let Some(binary) = registry_binary() else {
-        skip("needs Debian's docker-registry package (apt-get install docker-registry)");
+    let env = Env::new();
+    let Some(registry) = registry_with_image(&env) else {
         return;
     };
-    let env = Env::new();
-    let registry = start(&binary, env.work());
-    if !push_image(&env, &registry) {
-        return;
-    }
     for (auth, tag) in [(Auth::Basic, "basic"), (Auth::Token, "token")] {
         let front = auth_front(registry.addr.clone(), auth);
         let reference = format!("{front}/bb/x:v1");
@@ -407,15 +403,10 @@ fn pulls_authenticate_with_basic_auth_and_with_a_token_realm() {
 #[test]
 fn serve_imports_from_a_registry_into_the_importing_namespace() {
     use crate::serve::{our_client, Server, TOKEN_A, TOKEN_B};
-    let Some(binary) = registry_binary() else {
-        skip("needs Debian's docker-registry package (apt-get install docker-registry)");
+    let env = Env::new();
+    let Some(registry) = registry_with_image(&env) else {
         return;
     };
-    let env = Env::new();
-    let registry = start(&binary, env.work());
-    if !push_image(&env, &registry) {
-        return;
-    }
     let server = Server::start();
     // Our CLI in remote mode: `images import` becomes POST /images/import, then the import
     // operation followed to its end.
@@ -494,15 +485,10 @@ fn serve_imports_from_a_registry_into_the_importing_namespace() {
 #[test]
 fn serve_gives_up_a_stalled_import_at_its_timeout() {
     use crate::serve::{Server, TOKEN_A, TOKEN_B};
-    let Some(binary) = registry_binary() else {
-        skip("needs Debian's docker-registry package (apt-get install docker-registry)");
+    let env = Env::new();
+    let Some(registry) = registry_with_image(&env) else {
         return;
     };
-    let env = Env::new();
-    let registry = start(&binary, env.work());
-    if !push_image(&env, &registry) {
-        return;
-    }
     // Every blob stalls for 1.5 s: the download would take 4.5 s.
     let front = auth_front(registry.addr.clone(), Auth::Stalled);
     let server = Server::start();
