@@ -104,17 +104,11 @@ impl LogWriter {
             .truncate(false)
             .open(path)?;
         file.set_len(end)?;
-        Ok(LogWriter {
-            file: Some(file),
-            path: path.to_path_buf(),
-            end,
-            notify: None,
-            notify_streams: true,
-            next_id,
-            buf: Vec::with_capacity(64 * 1024),
-            reserved: 0,
-            preallocate: true,
-        })
+        let mut log = LogWriter::deferred(path);
+        log.file = Some(file);
+        log.end = end;
+        log.next_id = next_id;
+        Ok(log)
     }
 
     /// A new log whose file (and directory) are created with its first event, so a
@@ -187,12 +181,8 @@ impl LogWriter {
         from: std::os::fd::BorrowedFd<'_>,
         len: usize,
     ) -> io::Result<u64> {
-        self.header(kind, Some(spid), Map::new(), len)?;
-        let end = self.end;
-        self.file()?;
-        let total = self.buf.len() + len;
-        self.reserve(end + total as u64);
-        let file = self.file.as_ref().expect("opened by file()");
+        let (end, total) = self.begin_frame(kind, Some(spid), Map::new(), len)?;
+        let file = self.file.as_ref().expect("opened by begin_frame");
         write_all_at(file, &self.buf, end)?;
         let mut at = end + self.buf.len() as u64;
         let mut left = len;
@@ -233,6 +223,23 @@ impl LogWriter {
             }
         }
         Ok(self.written(total as u64, true))
+    }
+
+    /// Starts the next frame: its header in `self.buf`, the file open, room reserved.
+    /// Returns where the frame goes and its whole length.
+    fn begin_frame(
+        &mut self,
+        kind: &str,
+        spid: Option<u32>,
+        data: Map<String, Value>,
+        payload_len: usize,
+    ) -> io::Result<(u64, usize)> {
+        self.header(kind, spid, data, payload_len)?;
+        let end = self.end;
+        self.file()?;
+        let total = self.buf.len() + payload_len;
+        self.reserve(end + total as u64);
+        Ok((end, total))
     }
 
     /// The frame's header (length fields and JSON) in `self.buf`.
@@ -278,12 +285,8 @@ impl LogWriter {
         data: Map<String, Value>,
         payload: &[u8],
     ) -> io::Result<u64> {
-        self.header(kind, spid, data, payload.len())?;
-        let end = self.end;
-        self.file()?;
-        let total = self.buf.len() + payload.len();
-        self.reserve(end + total as u64);
-        let file = self.file.as_ref().expect("opened by file()");
+        let (end, total) = self.begin_frame(kind, spid, data, payload.len())?;
+        let file = self.file.as_ref().expect("opened by begin_frame");
         // One pwritev: the payload is not copied into our buffer. Readers only take whole
         // frames, so a frame written in parts is never seen half-done.
         let mut at = 0usize;
@@ -306,9 +309,7 @@ impl LogWriter {
         }
         Ok(self.written(total as u64, is_stream(kind)))
     }
-}
 
-impl LogWriter {
     /// Allocates the blocks up to past `upto` ahead of a big log's writes. A write into
     /// allocated blocks skips ext4's delayed-allocation bookkeeping, which measured over a
     /// third of the cost of recording output (see docs/benchmarks.md, "Hooks"). The file's

@@ -559,12 +559,7 @@ impl LocalEngine {
         // With a lazy row the supervisor also makes the operation's dir and event log,
         // while its sandbox starts (`LogWriter::deferred`); `Tail` waits for them.
         if !lazy_row {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
-            std::fs::File::create(dir.join("events"))
-                .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
-        }
-        if !lazy_row {
+            self.new_op_dir(&op)?;
             self.store
                 .create_op(&op, "instance", Some(&req.image), Some(req))?;
         }
@@ -589,6 +584,15 @@ impl LocalEngine {
             return Err(e);
         }
         Ok(op)
+    }
+
+    /// An operation's dir with an empty event log.
+    fn new_op_dir(&self, op: &str) -> Result<(), BackendError> {
+        let dir = self.store.op_dir(op);
+        std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::File::create(dir.join("events")))
+            .map(drop)
+            .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))
     }
 
     /// Whether any run has a scratch dir: after its own run (whose scratch dir is gone by
@@ -617,10 +621,7 @@ impl LocalEngine {
         req: Option<&SpawnRequest>,
     ) -> Result<(String, i32, u64), BackendError> {
         let op = uuid::Uuid::new_v4().to_string();
-        let dir = self.store.op_dir(&op);
-        std::fs::create_dir_all(&dir)
-            .and_then(|_| std::fs::File::create(dir.join("events")))
-            .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
+        self.new_op_dir(&op)?;
         self.store
             .create_op(&op, kind, req.map(|r| r.image.as_str()), req)?;
         let pid = std::process::id() as i32;
@@ -782,6 +783,21 @@ impl LocalEngine {
                 .map(|m| m.len())
                 .unwrap_or(size),
         )
+    }
+
+    /// The row of an operation that has not finished; an error saying why otherwise.
+    fn unfinished_op(&self, op: &str) -> Result<store::OpRow, BackendError> {
+        let row = self
+            .store
+            .op(op)?
+            .ok_or_else(|| BackendError::NotFound(format!("operation {op} not found")))?;
+        if row.status.is_terminal() {
+            return Err(BackendError::Invalid(format!(
+                "operation {op} has already finished ({})",
+                row.status
+            )));
+        }
+        Ok(row)
     }
 
     /// Pid of a supervisor this engine started for `op`, if it is still ours to reap.
@@ -966,10 +982,15 @@ impl Backend for LocalEngine {
         } else {
             None
         };
+        let live = if follow {
+            self.live.borrow_mut().remove(op)
+        } else {
+            None
+        };
         let reader = match LogReader::open(&path) {
             Ok(mut reader) => {
                 // The output comes through the live pipes: the log's copy is not read.
-                if follow && self.live.borrow().contains_key(op) {
+                if live.is_some() {
                     reader.skip_stream_payloads();
                 }
                 Some(reader)
@@ -977,11 +998,6 @@ impl Backend for LocalEngine {
             // Our own foreground run: its supervisor creates the log in a moment.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && notify.is_some() => None,
             Err(e) => return Err(BackendError::Store(format!("{}: {e}", path.display()))),
-        };
-        let live = if follow {
-            self.live.borrow_mut().remove(op)
-        } else {
-            None
         };
         let direct = live.as_ref().map(|l| l.direct).unwrap_or_default();
         Ok(Box::new(Tail {
@@ -1019,16 +1035,7 @@ impl Backend for LocalEngine {
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
-            let row = self
-                .store
-                .op(op)?
-                .ok_or_else(|| BackendError::NotFound(format!("operation {op} not found")))?;
-            if row.status.is_terminal() {
-                return Err(BackendError::Invalid(format!(
-                    "operation {op} has already finished ({})",
-                    row.status
-                )));
-            }
+            let row = self.unfinished_op(op)?;
             let alive = self.supervisor_alive(&row);
             if row.supervisor_pid == Some(std::process::id() as i32) {
                 // Waiting in our own queue (see `enqueue`): it just never starts.
@@ -1060,16 +1067,7 @@ impl Backend for LocalEngine {
         let pid = match self.own_supervisor(op) {
             Some(pid) if self.fork => pid,
             _ => {
-                let row = self
-                    .store
-                    .op(op)?
-                    .ok_or_else(|| BackendError::NotFound(format!("operation {op} not found")))?;
-                if row.status.is_terminal() {
-                    return Err(BackendError::Invalid(format!(
-                        "operation {op} has already finished ({})",
-                        row.status
-                    )));
-                }
+                let row = self.unfinished_op(op)?;
                 let queued = row.supervisor_pid == Some(std::process::id() as i32);
                 match (row.supervisor_pid, self.supervisor_alive(&row)) {
                     (Some(pid), true) if !queued => Pid::from_raw(pid),
@@ -1482,10 +1480,13 @@ impl EventStream for Tail<'_> {
                 self.idle = Duration::ZERO;
                 let kind = ev.header.kind.clone();
                 if self.live_used && (kind == "stdout" || kind == "stderr") {
-                    let i = usize::from(kind == "stderr");
-                    if self.direct[i] {
-                        let passed = ev.skipped;
-                        return Ok(Some(self.live_item(i, Vec::new(), passed)));
+                    if self.direct[usize::from(kind == "stderr")] {
+                        // Written to our output by the supervisor: only its length is news.
+                        return Ok(Some(EventItem {
+                            event: ev.header,
+                            bytes: Vec::new(),
+                            passed: ev.skipped,
+                        }));
                     }
                     continue;
                 }

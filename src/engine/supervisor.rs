@@ -9,7 +9,7 @@
 use super::eventlog::LogWriter;
 use super::layers;
 use super::overlay::Overlay;
-use super::recorder::Recorder;
+use super::recorder::{Recorder, Relay};
 use super::sandbox::{self, Spec};
 use super::store::{ImageRow, Layout, Store, HOST_LAYER};
 use crate::wire::{self, SpawnRequest, Status};
@@ -1182,17 +1182,28 @@ impl Stream {
             self.deliver(n);
             return true;
         }
+        match self.moved_nothing(log, relay, n) {
+            None | Some(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => true,
+            Some(_) => false,
+        }
+    }
+
+    /// After a tee or splice into `relay` that returned `n` < 1: the relay goes back unused,
+    /// and at EOF (`n == 0`) the stream ends. The error otherwise.
+    fn moved_nothing(
+        &mut self,
+        log: &mut Recorder,
+        relay: Relay,
+        n: isize,
+    ) -> Option<nix::errno::Errno> {
         let errno = nix::errno::Errno::last();
         log.unused(relay);
-        match errno {
-            _ if n == 0 => {
-                self.fd = None;
-                self.close_output();
-                true
-            }
-            nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR => true,
-            _ => false,
+        if n == 0 {
+            self.fd = None;
+            self.close_output();
+            return None;
         }
+        Some(errno)
     }
 
     /// Moves the next `n` bytes of the command's pipe, already recorded, into the file in
@@ -1284,17 +1295,11 @@ impl Stream {
                 }
                 continue;
             }
-            let errno = nix::errno::Errno::last();
-            log.unused(relay);
-            match errno {
-                _ if n == 0 => {
-                    self.fd = None;
-                    self.close_output();
-                    return None;
-                }
-                nix::errno::Errno::EINTR => continue,
-                nix::errno::Errno::EAGAIN if !exact => return None,
-                _ => return Some(left),
+            match self.moved_nothing(log, relay, n) {
+                None => return None,
+                Some(nix::errno::Errno::EINTR) => continue,
+                Some(nix::errno::Errno::EAGAIN) if !exact => return None,
+                Some(_) => return Some(left),
             }
         }
         Some(0)

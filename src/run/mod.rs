@@ -214,10 +214,9 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
     } else {
         // Output nothing inspects may go from the command to our stdout and stderr without
         // passing through us (see `Backend::spawn_followed`); what we wrote goes out first.
-        let direct = formatter.passes_through() && !hooks.has_output();
+        let direct = output_untouched(formatter.as_ref(), &hooks);
         if direct {
-            let _ = std::io::stdout().flush();
-            let _ = std::io::stderr().flush();
+            flush_std();
         }
         ctx.backend
             .spawn_followed(&req, stdin, direct.then_some([1, 2]))
@@ -421,6 +420,17 @@ pub struct Outcome {
     pub stderr_bytes: u64,
 }
 
+/// Whether the output goes out exactly as the command wrote it (a formatter that passes it
+/// through, no on-output hook): it may then bypass the formatter, and even this process.
+fn output_untouched(formatter: &dyn Formatter, hooks: &Hooks) -> bool {
+    formatter.passes_through() && !hooks.has_output()
+}
+
+fn flush_std() {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+}
+
 /// Follows the operation's events to `completion`, handing each output chunk to the
 /// formatter and writing what it returns. Ctrl-C cancels the operation (its sandbox is
 /// killed) and keeps following until the log ends, so nothing is left running.
@@ -439,10 +449,9 @@ pub fn follow(
     if formatter.live() {
         stream.watch_reader(1);
     }
-    if formatter.passes_through() && !hooks.has_output() {
+    if output_untouched(formatter, hooks) {
         // Whatever std buffered goes out first, so the order holds.
-        let _ = std::io::stdout().flush();
-        let _ = std::io::stderr().flush();
+        flush_std();
         stream.pass_through(1, 2);
     }
     loop {

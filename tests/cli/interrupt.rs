@@ -2,12 +2,13 @@
 //! leaves nothing behind; a reader closing stdout (`| head`) ends the run too.
 
 use std::io::Read;
+use std::process::ChildStdout;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::harness::{eventually, sleepers, unique_token, Env};
+use crate::harness::{eventually, sleepers, unique_token, Env, Running};
 
 #[test]
 fn sigint_cancels_a_foreground_run_and_cleans_up() {
@@ -24,9 +25,7 @@ fn sigint_cancels_a_foreground_run_and_cleans_up() {
         ])
         .spawn();
     // Output is live: it arrives while the command is still running.
-    let mut stdout = running.child.stdout.take().expect("stdout");
-    let mut first = [0u8; 8];
-    stdout.read_exact(&mut first).expect("read live output");
+    let (_stdout, first) = first_output(&mut running, 8);
     assert_eq!(&first, b"started\n");
     assert!(
         eventually(Duration::from_secs(10), || sleepers(&token).len() == 2),
@@ -113,9 +112,7 @@ fn closing_stdout_cancels_the_run_with_exit_141() {
             "echo first; sleep 0.3; yes",
         ])
         .spawn();
-    let mut stdout = running.child.stdout.take().expect("stdout");
-    let mut first = [0u8; 6];
-    stdout.read_exact(&mut first).expect("read the first line");
+    let (stdout, first) = first_output(&mut running, 6);
     assert_eq!(&first, b"first\n");
     drop(stdout);
     let status = running.child.wait().expect("wait");
@@ -148,9 +145,7 @@ fn closing_stdout_after_the_output_was_cut_still_ends_the_run() {
             "echo 0123456789abcdef; sleep 30",
         ])
         .spawn();
-    let mut stdout = running.child.stdout.take().expect("stdout");
-    let mut first = [0u8; 10];
-    stdout.read_exact(&mut first).expect("read the first bytes");
+    let (stdout, first) = first_output(&mut running, 10);
     assert_eq!(&first, b"0123456789");
     drop(stdout);
     let status = running.child.wait().expect("wait");
@@ -177,9 +172,7 @@ fn a_foreground_run_is_listed_and_can_be_killed_from_elsewhere() {
             &format!("echo started; sleep 30.{token}"),
         ])
         .spawn();
-    let mut stdout = running.child.stdout.take().expect("stdout");
-    let mut first = [0u8; 8];
-    stdout.read_exact(&mut first).expect("read live output");
+    let (_stdout, _) = first_output(&mut running, 8);
     // The supervisor records the operation while the sandbox starts.
     let mut listed = String::new();
     assert!(
@@ -219,9 +212,7 @@ fn a_run_outlives_its_killed_cli() {
             &format!("echo started; sleep 1.{token}; echo kept > /root/outlived"),
         ])
         .spawn();
-    let mut stdout = running.child.stdout.take().expect("stdout");
-    let mut first = [0u8; 8];
-    stdout.read_exact(&mut first).expect("read live output");
+    let (_stdout, _) = first_output(&mut running, 8);
     kill(Pid::from_raw(running.pid()), Signal::SIGKILL).expect("kill the CLI");
     let _ = running.child.wait();
     // The operation's supervisor is a process of its own: the run completes and is
@@ -257,9 +248,7 @@ fn the_output_stops_with_a_killed_cli() {
             "while :; do echo tick; sleep 0.05; done",
         ])
         .spawn();
-    let mut stdout = running.child.stdout.take().expect("stdout");
-    let mut first = [0u8; 5];
-    stdout.read_exact(&mut first).expect("read live output");
+    let (mut stdout, first) = first_output(&mut running, 5);
     assert_eq!(&first, b"tick\n");
     kill(Pid::from_raw(running.pid()), Signal::SIGKILL).expect("kill the CLI");
     let _ = running.child.wait();
@@ -279,4 +268,13 @@ fn the_output_stops_with_a_killed_cli() {
         "{} bytes came after the CLI was killed",
         rest.len()
     );
+}
+
+/// Reads the first `n` bytes of a started run's stdout (they arrive while it runs: the
+/// output is live); hands back the rest of the pipe with them.
+fn first_output(running: &mut Running, n: usize) -> (ChildStdout, Vec<u8>) {
+    let mut stdout = running.child.stdout.take().expect("stdout");
+    let mut first = vec![0u8; n];
+    stdout.read_exact(&mut first).expect("read live output");
+    (stdout, first)
 }

@@ -82,12 +82,7 @@ pub(super) async fn import(
     Extension(ns): Extension<Namespace>,
     body: Body,
 ) -> ApiResult<Response> {
-    if *st.shutdown.borrow() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down",
-        ));
-    }
+    accepting(&st)?;
     let body = read_body(body, st.max_body).await?;
     let req: ImportBody = json_body(&body)?;
     if req.registry.url.trim().is_empty() {
@@ -112,13 +107,12 @@ pub(super) async fn import(
     let shared = st.0.clone();
     let job = op.clone();
     tokio::task::spawn_blocking(move || run_import(&shared, &ns.name, &job, req, timeout));
-    let mut reply = (StatusCode::CREATED, Json(json!({ "uuid": op }))).into_response();
-    if let Ok(location) = format!("/v1/operations/{op}").parse() {
-        reply
-            .headers_mut()
-            .insert(axum::http::header::LOCATION, location);
-    }
-    Ok(reply)
+    Ok((
+        StatusCode::CREATED,
+        [(axum::http::header::LOCATION, format!("/v1/operations/{op}"))],
+        Json(json!({ "uuid": op })),
+    )
+        .into_response())
 }
 
 /// Pulls on a thread of its own with a store connection of its own (the shared engine is
@@ -158,13 +152,14 @@ fn run_import(st: &super::super::Shared, ns: &str, op: &str, req: ImportBody, ti
                 let pulled = crate::engine::registry::pull(&store, &url, &creds, &opts)
                     .map_err(|e| e.to_string())?;
                 // Owned by the operation at once: an image that makes it in just past the
-                // deadline is never public, only untagged (and `gc` frees it).
+                // deadline is never public, only untagged (and `gc` frees it). A reused
+                // image keeps the operation that made it (and so who may see it).
                 if !pulled.reused {
                     store
                         .set_image_operation(&pulled.image, &job)
                         .map_err(|e| e.to_string())?;
                 }
-                Ok(pulled)
+                Ok(pulled.image)
             });
         let _ = tx.send(result);
     });
@@ -175,21 +170,13 @@ fn run_import(st: &super::super::Shared, ns: &str, op: &str, req: ImportBody, ti
             Err(_) => Err(format!("import timed out after {timeout}s")),
         };
     let Ok(engine) = st.engine.lock() else { return };
-    let recorded = outcome.and_then(|pulled| {
-        let image = pulled.image;
-        // A reused image keeps the operation that made it (and so who may see it).
-        let owned = if pulled.reused {
-            Ok(())
-        } else {
-            engine.store().set_image_operation(&image, op)
-        };
-        owned
-            .and_then(|_| match &req.tag {
-                Some(tag) => engine.store().set_tag(&image, &ns_tag(ns, tag)),
-                None => Ok(()),
-            })
-            .map(|_| image)
-            .map_err(|e| e.to_string())
+    let recorded = outcome.and_then(|image| {
+        match &req.tag {
+            Some(tag) => engine.store().set_tag(&image, &ns_tag(ns, tag)),
+            None => Ok(()),
+        }
+        .map(|_| image)
+        .map_err(|e| e.to_string())
     });
     match recorded {
         Ok(image) => engine.finish_here(op, Status::Success, None, Some(&image)),

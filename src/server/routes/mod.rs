@@ -165,6 +165,17 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
+/// 503 once the server is shutting down: it starts no new work.
+fn accepting(st: &State) -> ApiResult<()> {
+    if *st.shutdown.borrow() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        ));
+    }
+    Ok(())
+}
+
 /// The image row when `ns` may see it (its own, or public); 404 otherwise.
 fn visible_image(st: &State, engine: &LocalEngine, ns: &str, uuid: &str) -> ApiResult<ImageRow> {
     let not_found = || ApiError::not_found(format!("image {uuid} not found"));

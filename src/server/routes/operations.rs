@@ -38,12 +38,7 @@ pub(super) async fn spawn(
     Extension(ns): Extension<Namespace>,
     body: Body,
 ) -> ApiResult<Response> {
-    if *st.shutdown.borrow() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down",
-        ));
-    }
+    accepting(&st)?;
     let body = read_body(body, st.max_body).await?;
     let mut req: SpawnRequest = json_body(&body)?;
     let spawned = blocking(&st, move |st| {
