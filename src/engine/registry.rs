@@ -369,6 +369,8 @@ pub fn pull(
         images.into_iter().find(|image| reuse(image))
     };
     let late = || deadline.is_some_and(|d| std::time::Instant::now() >= d);
+    // Past the deadline, whatever failed (a request cut off mid-body says only "body
+    // error") failed for want of time, and nothing more is imported.
     let result = download(&r, creds, &dir, &known, deadline)
         .and_then(|fetched| {
             if late() {
@@ -377,6 +379,7 @@ pub fn pull(
                 Ok(fetched)
             }
         })
+        .map_err(|e| if late() { timed_out() } else { e })
         .map_err(|source| ImportError::Io {
             path: reference.to_string(),
             source,
