@@ -76,20 +76,19 @@ pub fn ensure(
     if dest.exists() {
         return Ok(id);
     }
-    let staging = layout
-        .root
-        .join("tmp")
-        .join(format!("{id}.{}", std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
-    build(layout, &staging, &placed, &dirs).map_err(|e| {
-        let _ = fs::remove_dir_all(&staging);
-        format!("building the attachment layer: {e}")
-    })?;
-    if let Err(e) = fs::rename(&staging, &dest) {
-        let _ = fs::remove_dir_all(&staging);
+    let failed = |e: std::io::Error| format!("building the attachment layer: {e}");
+    let mut staging = layout
+        .staging_dir(&format!("{id}.{}", uuid::Uuid::new_v4().simple()))
+        .map_err(failed)?;
+    if let Err(e) = build(layout, staging.path(), &placed, &dirs) {
+        let _ = staging.remove();
+        return Err(failed(e));
+    }
+    if let Err(e) = staging.rename(&dest) {
+        let _ = staging.remove();
         // Someone else built the same layer meanwhile: theirs is as good as ours.
         if !dest.exists() {
-            return Err(format!("building the attachment layer: {e}"));
+            return Err(failed(e));
         }
     }
     Ok(id)
@@ -184,14 +183,24 @@ fn variant(
         return Ok(path);
     }
     fs::create_dir_all(&dir)?;
-    let tmp = dir.join(format!(".{sha}.{}.tmp", std::process::id()));
-    fs::copy(layout.blob_path(sha), &tmp)?;
-    // chown first: it clears setuid/setgid bits that the mode may set.
-    std::os::unix::fs::lchown(&tmp, Some(uid), Some(gid))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
-    fs::rename(&tmp, &path)?;
+    let mut tmp = layout.staging_file(&format!(".variant-{}", uuid::Uuid::new_v4().simple()))?;
+    let made_here = copy_into(&layout.blob_path(sha), tmp.file())
+        // chown first: it clears setuid/setgid bits that the mode may set.
+        .and_then(|_| std::os::unix::fs::lchown(tmp.path(), Some(uid), Some(gid)))
+        .and_then(|_| fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode)))
+        .and_then(|_| tmp.rename(&path));
+    if let Err(e) = made_here {
+        let _ = tmp.remove();
+        return Err(e);
+    }
     made.insert(path.clone());
     Ok(path)
+}
+
+/// Copies the file at `from` into `to` (in the kernel where it can: copy_file_range).
+pub fn copy_into(from: &Path, mut to: &fs::File) -> io::Result<u64> {
+    let mut source = fs::File::open(from)?;
+    std::io::copy(&mut source, &mut to)
 }
 
 #[cfg(test)]

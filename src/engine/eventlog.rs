@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// One event as stored: the header and, for stream events, the raw bytes.
@@ -77,6 +78,9 @@ pub struct LogWriter {
     reserved: u64,
     /// Cleared when the filesystem cannot preallocate.
     preallocate: bool,
+    /// The `completion` an adopted log already ends with, and its main process's exit.
+    ending: Option<Map<String, Value>>,
+    exit: Option<(i32, bool)>,
 }
 
 /// A log is preallocated once it holds this much; smaller logs never pay for it.
@@ -85,30 +89,97 @@ const PREALLOC_FROM: u64 = 1 << 20;
 const PREALLOC_MAX: u64 = 64 << 20;
 
 impl LogWriter {
-    /// Opens a log for appending; ids continue after the last complete frame.
+    /// Opens a log for appending; ids continue after the last complete frame. The writer
+    /// owns the operation (see `own`): an error if a live process does.
     pub fn open(path: &Path) -> io::Result<LogWriter> {
-        let mut next_id = 1;
-        let mut end = 0;
-        if path.exists() {
-            let mut reader = LogReader::open(path)?;
-            while let Some(ev) = reader.next()? {
-                next_id = ev.header.id + 1;
-            }
-            // A torn last frame (a writer died mid-frame) is overwritten.
-            end = reader.consumed();
+        match Self::take_over(path)? {
+            Some(log) => Ok(log),
+            None => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is being written by another process", path.display()),
+            )),
         }
-        // Not truncated on open: the frames before `end` are kept, a torn tail is cut.
+    }
+
+    /// Opens the log of an operation whose owner may be gone, creating it if need be:
+    /// `None` while a live process holds it (see `own`).
+    pub fn take_over(path: &Path) -> io::Result<Option<LogWriter>> {
         let file = OpenOptions::new()
             .create(true)
-            .write(true)
             .truncate(false)
+            .read(true)
+            .write(true)
             .open(path)?;
+        if !super::claim::lock_file(&file, false)? {
+            return Ok(None);
+        }
+        Self::adopt(file, path).map(Some)
+    }
+
+    /// Continues the log `file` (at `path`), whose lock this process holds: taken over
+    /// from the process that made it, or just taken. A torn last frame (its writer died
+    /// mid-frame) is cut.
+    pub fn adopt(file: File, path: &Path) -> io::Result<LogWriter> {
+        let mut next_id = 1;
+        let mut reader = LogReader::open(path)?;
+        reader.skip_stream_payloads();
+        let (mut ending, mut exit) = (None, None);
+        while let Some(ev) = reader.next()? {
+            next_id = ev.header.id + 1;
+            match ev.header.kind.as_str() {
+                "completion" => ending = Some(ev.header.data),
+                "exit" if ev.header.spid == Some(1) => {
+                    let code = ev.header.data.get("code").and_then(|c| c.as_i64());
+                    let timed_out = ev.header.data.get("timed_out") == Some(&Value::Bool(true));
+                    exit = code.map(|c| (c as i32, timed_out));
+                }
+                _ => {}
+            }
+        }
+        let end = reader.consumed();
         file.set_len(end)?;
         let mut log = LogWriter::deferred(path);
         log.file = Some(file);
         log.end = end;
         log.next_id = next_id;
+        log.ending = ending;
+        log.exit = exit;
         Ok(log)
+    }
+
+    /// The data of the log's `completion`, if it has one (as found when it was opened).
+    pub fn ending(&self) -> Option<&Map<String, Value>> {
+        self.ending.as_ref()
+    }
+
+    /// The main process's exit code and whether it timed out, from the log's `exit` event.
+    pub fn exit(&self) -> Option<(i32, bool)> {
+        self.exit
+    }
+
+    /// Creates the empty log of a new operation and locks it: the operation is owned by
+    /// whoever holds this lock (its creator, then the supervisor it hands the descriptor
+    /// to), and recovery fails an unfinished operation only once nobody does. The lock goes
+    /// with the last descriptor of the file, so a process that hands it over must close
+    /// its own copy, never unlock it.
+    pub fn own(path: &Path) -> io::Result<File> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)?;
+        super::claim::lock_file(&file, true)?;
+        Ok(file)
+    }
+
+    /// Whether a live process owns the operation whose log is at `path` (see `own`).
+    pub fn owned(path: &Path) -> bool {
+        match File::open(path) {
+            Ok(file) => matches!(super::claim::lock_file(&file, false), Ok(false)),
+            Err(_) => false,
+        }
     }
 
     /// A new log whose file (and directory) are created with its first event, so a
@@ -124,7 +195,14 @@ impl LogWriter {
             buf: Vec::with_capacity(64 * 1024),
             reserved: 0,
             preallocate: true,
+            ending: None,
+            exit: None,
         }
+    }
+
+    /// Creates a deferred log now (and so takes the operation's lock: see `own`).
+    pub fn ensure_open(&mut self) -> io::Result<()> {
+        self.file().map(drop)
     }
 
     fn file(&mut self) -> io::Result<&File> {
@@ -132,12 +210,7 @@ impl LogWriter {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let file = OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .open(&self.path)?;
-            self.file = Some(file);
+            self.file = Some(Self::own(&self.path)?);
         }
         Ok(self.file.as_ref().expect("opened just above"))
     }

@@ -126,7 +126,11 @@ pub fn collect(
             if let Ok(rd) = std::fs::read_dir(store.root.join("layers")) {
                 for entry in rd.flatten() {
                     let id = entry.file_name().to_string_lossy().into_owned();
-                    if !known.contains(&id) && !live_layers.contains(id.as_str()) {
+                    // Held: an import or commit that has not written its row yet.
+                    if !known.contains(&id)
+                        && !live_layers.contains(id.as_str())
+                        && !super::claim::held(&entry.path())
+                    {
                         freed.push(Freed {
                             kind: "layer",
                             id: id.clone(),

@@ -19,14 +19,39 @@ pub enum ImportError {
     },
     #[error("cannot import '{0}': not a directory, tar or tar.gz archive")]
     Unsupported(String),
+    /// Writing into the store failed: nothing of the import is kept.
+    #[error("cannot import '{path}': writing the store failed: {source}; nothing was imported")]
+    StoreWrite {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("{0}")]
     Store(#[from] super::store::StoreError),
+}
+
+impl ImportError {
+    /// An I/O error while importing `path`: a full disk is the store's, whatever the step.
+    pub fn io(path: &str, source: io::Error) -> ImportError {
+        if super::store::disk_full(&source) {
+            ImportError::StoreWrite {
+                path: path.to_string(),
+                source,
+            }
+        } else {
+            ImportError::Io {
+                path: path.to_string(),
+                source,
+            }
+        }
+    }
 }
 
 /// Imports `source` and returns the new image's uuid.
 pub fn import(store: &Store, source: &Path, tag: Option<&str>) -> Result<String, ImportError> {
     let shown = source.display().to_string();
-    let io_err = |e: io::Error| ImportError::Io {
+    let io_err = |e: io::Error| ImportError::io(&shown, e);
+    let store_io = |e: io::Error| ImportError::StoreWrite {
         path: shown.clone(),
         source: e,
     };
@@ -36,32 +61,36 @@ pub fn import(store: &Store, source: &Path, tag: Option<&str>) -> Result<String,
     }
     if meta.is_file() && super::oci::is_image_archive(source) {
         let unpacked = store
-            .root
-            .join("tmp")
-            .join(format!("import-archive-{}", uuid::Uuid::new_v4()));
-        let result = super::oci::unpack_archive(source, &unpacked)
+            .layout()
+            .staging_dir(&format!("import-archive-{}", uuid::Uuid::new_v4()))
+            .map_err(store_io)?;
+        let result = super::oci::unpack_archive(source, unpacked.path())
             .map_err(io_err)
-            .and_then(|_| super::oci::import_dir(store, &unpacked, tag));
-        let _ = fs::remove_dir_all(&unpacked);
+            .and_then(|_| super::oci::import_dir(store, unpacked.path(), tag));
+        let _ = unpacked.remove();
         return result;
     }
     let id = format!("import-{}", uuid::Uuid::new_v4());
-    let staging = store.root.join("tmp").join(&id);
-    fs::create_dir_all(&staging).map_err(io_err)?;
+    let mut staging = store.layout().staging_dir(&id).map_err(store_io)?;
     let result = if meta.is_dir() {
-        copy_tree(source, &staging).map_err(io_err)
+        copy_tree(source, staging.path()).map_err(io_err)
     } else if meta.is_file() {
-        unpack(source, &staging, &shown)
+        unpack(source, staging.path(), &shown)
     } else {
         Err(ImportError::Unsupported(shown.clone()))
     };
     if let Err(e) = result {
-        let _ = fs::remove_dir_all(&staging);
+        let _ = staging.remove();
         return Err(e);
     }
-    let size = super::layers::layer_size(&staging);
+    let size = super::layers::layer_size(staging.path());
     let dest = store.layer_dir(&id);
-    fs::rename(&staging, &dest).map_err(io_err)?;
+    // Still claimed once in `layers/`, until its row is committed: `gc` leaves alone a
+    // layer dir without a row that someone holds.
+    if let Err(e) = staging.rename(&dest) {
+        let _ = staging.remove();
+        return Err(store_io(e));
+    }
     let image = ImageRow {
         uuid: uuid::Uuid::new_v4().to_string(),
         created_at: wire::now_ts(),
@@ -72,17 +101,14 @@ pub fn import(store: &Store, source: &Path, tag: Option<&str>) -> Result<String,
         tags: tag.map(|t| vec![t.to_string()]).unwrap_or_default(),
     };
     if let Err(e) = store.insert_image(&image, &[(id.clone(), size)]) {
-        let _ = fs::remove_dir_all(&dest);
+        let _ = staging.remove();
         return Err(e.into());
     }
     Ok(image.uuid)
 }
 
 fn unpack(source: &Path, dest: &Path, shown: &str) -> Result<(), ImportError> {
-    let io_err = |e: io::Error| ImportError::Io {
-        path: shown.to_string(),
-        source: e,
-    };
+    let io_err = |e: io::Error| ImportError::io(shown, e);
     let mut magic = [0u8; 262];
     let n = fs::File::open(source)
         .and_then(|mut f| f.read(&mut magic))

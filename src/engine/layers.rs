@@ -211,12 +211,11 @@ pub fn layer_size(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Merges `layers` (top first) into the new directory `dest`, applying each layer's
+/// Merges `layers` (top first) into the empty directory `dest`, applying each layer's
 /// whiteouts and opaque dirs onto the ones below. Files are hard-linked, not copied, so the
 /// cost follows the number of entries, not their bytes. Whiteouts are kept in the result:
 /// they may still hide files of the layers below the merged range.
 pub fn flatten(layers: &[PathBuf], dest: &Path) -> io::Result<()> {
-    fs::create_dir(dest)?;
     for layer in layers.iter().rev() {
         apply_layer(layer, dest)?;
     }
@@ -307,6 +306,7 @@ mod tests {
         set_opaque(&l3.join("d")).unwrap();
         fs::write(l3.join("d/b"), "b").unwrap();
         let out = t.path().join("flat");
+        fs::create_dir(&out).unwrap();
         flatten(&[l3, l2, l1], &out).unwrap();
         assert_eq!(fs::read_to_string(out.join("keep")).unwrap(), "k");
         assert!(is_whiteout(

@@ -3,6 +3,7 @@
 //! process (`supervisor`), so the CLI can come and go.
 
 pub mod attachlayer;
+pub mod claim;
 pub mod eventlog;
 pub mod gc;
 pub mod import;
@@ -45,6 +46,8 @@ pub struct LocalEngine {
     /// Supervisors we started (operation → pid), so we can reap them instead of leaving
     /// zombies, and signal them without asking the database.
     children: RefCell<Vec<(String, Pid)>>,
+    /// How the supervisors we reaped ended, to say why an operation has no ending.
+    exited: RefCell<HashMap<String, nix::sys::wait::WaitStatus>>,
     /// Fork supervisors instead of executing `contree __supervise` (see `fork_supervisor`).
     fork: bool,
     /// `recover` was skipped at open; a forked supervisor runs it when its job is done.
@@ -53,6 +56,9 @@ pub struct LocalEngine {
     notify: RefCell<HashMap<String, OwnedFd>>,
     /// Read ends of the pipes that carry a followed run's stdout and stderr (see `Tail`).
     live: RefCell<HashMap<String, Live>>,
+    /// The locked event logs of operations this process owns and has not handed to a
+    /// supervisor (queued, or run here): see `LogWriter::own`.
+    owned: RefCell<HashMap<String, std::fs::File>>,
 }
 
 /// Whether this process has one thread (a plugin or hook may have started others; a
@@ -113,6 +119,12 @@ fn supervisor_fds(
 /// The environment variable that hands a supervisor the write end of its notify pipe.
 pub const NOTIFY_FD_ENV: &str = "CONTREE_NOTIFY_FD";
 
+/// The environment variable that hands an executed supervisor its operation's locked event
+/// log (see `LogWriter::own`), and the descriptor it is put at: high, clear of the few the
+/// supervisor inherits otherwise.
+pub const LOG_FD_ENV: &str = "CONTREE_LOG_FD";
+const LOG_FD: std::os::fd::RawFd = 900;
+
 /// A followed run's pipes from its supervisor, and which of its streams the supervisor
 /// writes to our own stdout or stderr itself (those pipes then only end).
 struct Live {
@@ -169,8 +181,10 @@ impl LocalEngine {
             store,
             data_dir: paths.data.clone(),
             children: RefCell::new(Vec::new()),
+            exited: RefCell::new(HashMap::new()),
             notify: RefCell::new(HashMap::new()),
             live: RefCell::new(HashMap::new()),
+            owned: RefCell::new(HashMap::new()),
             fork: false,
             recover_later: false,
         })
@@ -206,28 +220,51 @@ impl LocalEngine {
         Ok(inspect::View::new(self.store.layout(), &row.layers))
     }
 
+    /// Whether an unfinished operation still has an owner: the process that holds its event
+    /// log's lock (see `LogWriter::own`), or, for a row written before that lock existed,
+    /// the supervisor process it names (pid and start time, so a recycled pid is no match).
     fn supervisor_alive(&self, row: &store::OpRow) -> bool {
         self.reap();
-        match (row.supervisor_pid, row.supervisor_start) {
-            (Some(pid), Some(start)) => process_start_time(pid) == Some(start),
-            (Some(pid), None) => process_start_time(pid).is_some(),
-            // Just created by another CLI that has not recorded the pid yet.
-            (None, _) => chrono::DateTime::parse_from_rfc3339(&row.created_at)
-                .map(|t| chrono::Utc::now().signed_duration_since(t).num_seconds() < 30)
-                .unwrap_or(false),
+        if self.owned.borrow().contains_key(&row.uuid) {
+            return true;
         }
+        if let (Some(pid), Some(start)) = (row.supervisor_pid, row.supervisor_start) {
+            if process_start_time(pid) == Some(start) {
+                return true;
+            }
+        }
+        LogWriter::owned(&self.store.op_dir(&row.uuid).join("events"))
     }
 
     /// Collects the exit status of supervisors that have finished (a long-lived process
     /// such as `contree serve` calls this now and then so none stays a zombie).
     pub fn reap(&self) {
         use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-        self.children.borrow_mut().retain(|(_, pid)| {
-            matches!(
-                waitpid(*pid, Some(WaitPidFlag::WNOHANG)),
-                Ok(WaitStatus::StillAlive)
-            )
+        let mut exited = self.exited.borrow_mut();
+        self.children.borrow_mut().retain(|(op, pid)| {
+            match waitpid(*pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => true,
+                Ok(status) => {
+                    exited.insert(op.clone(), status);
+                    false
+                }
+                Err(_) => false,
+            }
         });
+    }
+
+    /// Why a supervisor we started is gone, in words, if we know.
+    fn exit_of(&self, op: &str) -> Option<String> {
+        use nix::sys::wait::WaitStatus;
+        self.reap();
+        match self.exited.borrow().get(op)? {
+            WaitStatus::Exited(_, code) if *code == crate::error::exit::IO => {
+                Some("it could not write to the store (is the store's disk full?)".to_string())
+            }
+            WaitStatus::Exited(_, code) => Some(format!("it exited with code {code}")),
+            WaitStatus::Signaled(_, signal, _) => Some(format!("it was killed by {signal}")),
+            _ => None,
+        }
     }
 
     /// Fails an active operation whose supervisor is gone, appending the `completion` the
@@ -242,72 +279,39 @@ impl LocalEngine {
             Some("the operation's supervisor exited unexpectedly"),
             None,
         );
-        let _ = std::fs::remove_dir_all(self.store.scratch_dir(&row.uuid));
+        claim::remove_if_abandoned(&self.store.scratch_dir(&row.uuid));
     }
 
-    /// Cleans up after crashed runs: operations whose supervisor died, scratch dirs of
-    /// finished operations, layer dirs renamed into place but never committed.
+    /// Cleans up after crashed runs: operations whose owner died, and whatever they left
+    /// in `tmp/` (scratch dirs, staged layers and blobs). Ownership is decided by locks
+    /// that only a live process can hold (see `claim`, `LogWriter::own`), never by ages.
     fn recover(&self) {
-        let Ok(active) = self.store.ops(
+        if let Ok(active) = self.store.ops(
             &[Status::Pending, Status::Assigned, Status::Executing],
             None,
-        ) else {
-            return;
-        };
-        for row in &active {
-            self.recover_op(row);
-        }
-        // List the scratch dirs before asking which operations are active: a run's row
-        // exists before its scratch dir does, so a dir seen here whose operation is not
-        // active afterwards is really stale (the other order loses a run spawned between).
-        let entries: Vec<std::fs::DirEntry> = std::fs::read_dir(self.store.root.join("tmp"))
-            .map(|rd| rd.flatten().collect())
-            .unwrap_or_default();
-        let active: std::collections::HashSet<String> = self
-            .store
-            .ops(
-                &[Status::Pending, Status::Assigned, Status::Executing],
-                None,
-            )
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| r.uuid)
-            .collect();
-        let young = |p: &Path| {
-            std::fs::symlink_metadata(p)
-                .and_then(|m| m.modified())
-                .ok()
-                .map(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(30))
-        };
-        let old = |p: &Path| {
-            std::fs::symlink_metadata(p)
-                .and_then(|m| m.modified())
-                .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(600))
-                .unwrap_or(false)
-        };
-        for entry in entries {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
-            // A foreground run's supervisor creates its scratch dir just before its row
-            // (see `Job::created_at`): young dirs are left alone.
-            let stale = if wire_uuid(&name) {
-                !active.contains(&name) && young(&path).is_some_and(|y| !y)
-            } else {
-                old(&path)
-            };
-            if stale {
-                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        ) {
+            for row in &active {
+                self.recover_op(row);
             }
         }
+        claim::reap(&self.store.root.join("tmp"));
     }
 
+    /// Starts the supervisor by executing `contree __supervise` (see `fork_supervisor` for
+    /// the other way). `log`, the operation's locked event log when we created it, is
+    /// handed over at `LOG_FD`.
     fn spawn_supervisor(
         &self,
         job: &supervisor::Job,
         stdin: StdinSource,
+        log_lock: Option<&std::fs::File>,
     ) -> Result<(), BackendError> {
         let op = job.op.as_str();
         let job_file = supervisor::job_path(self.store.layout(), op);
+        if let Some(dir) = job_file.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
+        }
         let bytes = serde_json::to_vec(job).map_err(|e| BackendError::Store(e.to_string()))?;
         std::fs::write(&job_file, bytes)
             .map_err(|e| BackendError::Store(format!("{}: {e}", job_file.display())))?;
@@ -348,9 +352,19 @@ impl LocalEngine {
         // (posix_spawn would reset the mask), so a `kill` right after the spawn cancels
         // the run instead of killing a supervisor that has not set up its signalfd yet.
         cmd.process_group(0);
-        // SAFETY: pthread_sigmask is async-signal-safe.
+        let log_fd = log_lock.map(|f| f.as_raw_fd());
+        if log_fd.is_some() {
+            cmd.env(LOG_FD_ENV, LOG_FD.to_string());
+        }
+        // SAFETY: pthread_sigmask and dup2 are async-signal-safe. The log's copy is made in
+        // the child only, so no other program this process starts meanwhile inherits it.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                if let Some(fd) = log_fd {
+                    if libc::dup2(fd, LOG_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 supervisor::cancel_signals()
                     .thread_block()
                     .map_err(std::io::Error::from)
@@ -391,6 +405,7 @@ impl LocalEngine {
         stdin: StdinSource,
         live: bool,
         output: Option<[std::os::fd::RawFd; 2]>,
+        log_lock: Option<&std::fs::File>,
     ) -> Result<(), BackendError> {
         let op = job.op.as_str();
         // The supervisor's stdout and stderr: its log only when tracing (it writes its
@@ -465,6 +480,11 @@ impl LocalEngine {
                         extra.extend([out.as_raw_fd(), err.as_raw_fd()]);
                         extra.extend(direct.iter().flatten());
                     }
+                    // The operation's lock comes along (see `LogWriter::own`), last.
+                    let log_at = log_lock.map(|f| {
+                        extra.push(f.as_raw_fd());
+                        2 + extra.len() as i32
+                    });
                     if let Err(e) = supervisor_fds(log.as_raw_fd(), stdin_fd, &extra) {
                         supervisor::diag(&log_path, &format!("file descriptors: {e}"));
                         return 1;
@@ -491,10 +511,15 @@ impl LocalEngine {
                     crate::log::trace("supervisor start");
                     // Tells it apart from its CLI in `ps -o comm` and top.
                     let _ = nix::sys::prctl::set_name(c"contree-super");
+                    // SAFETY: supervisor_fds put it there.
+                    let log_lock = log_at.map(|fd| unsafe {
+                        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
+                    });
                     let code = supervisor::supervise_job(
                         self.store.layout().clone(),
                         job.clone(),
                         &self.data_dir,
+                        log_lock,
                         Some(notify),
                         live,
                         started,
@@ -558,11 +583,14 @@ impl LocalEngine {
         let dir = self.store.op_dir(&op);
         // With a lazy row the supervisor also makes the operation's dir and event log,
         // while its sandbox starts (`LogWriter::deferred`); `Tail` waits for them.
-        if !lazy_row {
-            self.new_op_dir(&op)?;
+        let log_lock = if lazy_row {
+            None
+        } else {
+            let lock = self.new_op_dir(&op)?;
             self.store
                 .create_op(&op, "instance", Some(&req.image), Some(req))?;
-        }
+            Some(lock)
+        };
         crate::log::trace("op created");
         let job = supervisor::Job {
             op: op.clone(),
@@ -572,10 +600,12 @@ impl LocalEngine {
             created_at: lazy_row.then(crate::wire::now_ts),
         };
         let started = if self.fork && single_threaded() {
-            self.fork_supervisor(&job, stdin, lazy_row, output)
+            self.fork_supervisor(&job, stdin, lazy_row, output, log_lock.as_ref())
         } else {
-            self.spawn_supervisor(&job, stdin)
+            self.spawn_supervisor(&job, stdin, log_lock.as_ref())
         };
+        // The supervisor holds the operation now; our copy of the lock just closes.
+        drop(log_lock);
         if let Err(e) = started {
             if !lazy_row {
                 let _ = self.store.delete_op(&op);
@@ -586,12 +616,12 @@ impl LocalEngine {
         Ok(op)
     }
 
-    /// An operation's dir with an empty event log.
-    fn new_op_dir(&self, op: &str) -> Result<(), BackendError> {
+    /// An operation's dir with an empty event log, locked: the operation is ours until we
+    /// hand the lock to its supervisor or finish it (see `LogWriter::own`).
+    fn new_op_dir(&self, op: &str) -> Result<std::fs::File, BackendError> {
         let dir = self.store.op_dir(op);
         std::fs::create_dir_all(&dir)
-            .and_then(|_| std::fs::File::create(dir.join("events")))
-            .map(drop)
+            .and_then(|_| LogWriter::own(&dir.join("events")))
             .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))
     }
 
@@ -621,9 +651,10 @@ impl LocalEngine {
         req: Option<&SpawnRequest>,
     ) -> Result<(String, i32, u64), BackendError> {
         let op = uuid::Uuid::new_v4().to_string();
-        self.new_op_dir(&op)?;
+        let lock = self.new_op_dir(&op)?;
         self.store
             .create_op(&op, kind, req.map(|r| r.image.as_str()), req)?;
+        self.owned.borrow_mut().insert(op.clone(), lock);
         let pid = std::process::id() as i32;
         let start = process_start_time(pid).unwrap_or(0);
         self.store.set_supervisor(&op, pid, start)?;
@@ -649,7 +680,14 @@ impl LocalEngine {
                     blobs,
                     created_at: None,
                 };
-                self.spawn_supervisor(&job, stdin)
+                let lock = self.owned.borrow_mut().remove(op);
+                let started = self.spawn_supervisor(&job, stdin, lock.as_ref());
+                if started.is_err() {
+                    if let Some(lock) = lock {
+                        self.owned.borrow_mut().insert(op.to_string(), lock);
+                    }
+                }
+                started
             });
         if let Err(e) = &started {
             self.end_queued(op, Status::Failed, &e.to_string());
@@ -679,14 +717,45 @@ impl LocalEngine {
         error: Option<&str>,
         result_image: Option<&str>,
     ) {
+        let path = self.store.op_dir(op).join("events");
+        // Ours (queued, or run here), else only if its owner is gone: a live supervisor
+        // writes its own ending.
+        let log = match self.owned.borrow_mut().remove(op) {
+            Some(file) => LogWriter::adopt(file, &path).ok(),
+            None => std::fs::create_dir_all(self.store.op_dir(op))
+                .and_then(|_| LogWriter::take_over(&path))
+                .ok()
+                .flatten(),
+        };
+        let Some(mut log) = log else {
+            return;
+        };
+        // A supervisor that died between its `completion` and its row: the log says how
+        // the operation ended (see `supervisor::Run::finish`).
+        if let Some(done) = log.ending() {
+            let text = |k: &str| done.get(k).and_then(|v| v.as_str());
+            let ended = text("status").and_then(Status::parse).unwrap_or(status);
+            let _ = self.store.finish_op(
+                op,
+                ended,
+                text("error"),
+                done.get("duration_ms")
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(0.0)
+                    / 1000.0,
+                text("result_image_uuid"),
+                log.exit().map(|(code, _)| code),
+                log.exit().is_some_and(|(_, timed_out)| timed_out),
+                done.get("image_size_bytes").and_then(|v| v.as_u64()),
+            );
+            return;
+        }
         if let Ok(true) =
             self.store
                 .finish_op(op, status, error, 0.0, result_image, None, false, None)
         {
-            if let Ok(mut log) = LogWriter::open(&self.store.op_dir(op).join("events")) {
-                let data = eventlog::completion(status, 0, result_image, error, 0);
-                let _ = log.append("completion", None, data);
-            }
+            let data = eventlog::completion(status, 0, result_image, error, 0);
+            let _ = log.append("completion", None, data);
         }
     }
 
@@ -879,10 +948,6 @@ fn inspect_err(e: inspect::InspectError) -> BackendError {
     }
 }
 
-fn wire_uuid(text: &str) -> bool {
-    crate::backend::is_uuid(text)
-}
-
 impl Backend for LocalEngine {
     fn name(&self) -> &'static str {
         "local"
@@ -1016,6 +1081,7 @@ impl Backend for LocalEngine {
             idle: Duration::ZERO,
             done: false,
             reader_fd: None,
+            gone: false,
         }))
     }
 
@@ -1249,6 +1315,8 @@ struct Tail<'a> {
     done: bool,
     /// A pipe whose reader we watch (see `EventStream::watch_reader`).
     reader_fd: Option<std::os::fd::RawFd>,
+    /// Nobody owns the operation any more: what the log holds now is all it will hold.
+    gone: bool,
 }
 
 impl Tail<'_> {
@@ -1334,13 +1402,56 @@ impl Tail<'_> {
         Ok(None)
     }
 
-    fn check_supervisor(&self) -> Result<(), BackendError> {
+    /// Called when the log has had nothing new for a while, or its writer hung up: once
+    /// nobody owns the operation (see `LogWriter::own`), recovery gives it its ending, and
+    /// `gone` makes the next read past the log's end final (see `ending`).
+    fn check_supervisor(&mut self) -> Result<(), BackendError> {
+        if self.gone || LogWriter::owned(&self.path) {
+            return Ok(());
+        }
         if let Some(row) = self.engine.store.op(&self.op)? {
             if !row.status.is_terminal() {
                 self.engine.recover_op(&row);
             }
         }
+        self.gone = true;
         Ok(())
+    }
+
+    /// The log ended without `completion` and nobody will write one: the ending the row
+    /// has, else an error that says what became of the operation.
+    fn ending(&mut self) -> Result<EventItem, BackendError> {
+        if let Some(row) = self.engine.store.op(&self.op)? {
+            if row.status.is_terminal() {
+                let data = eventlog::completion(
+                    row.status,
+                    (row.duration.unwrap_or(0.0) * 1000.0) as u64,
+                    row.result_image.as_deref(),
+                    row.error.as_deref(),
+                    row.image_size.unwrap_or(0),
+                );
+                return Ok(EventItem {
+                    event: crate::wire::Event {
+                        id: 0,
+                        ts: crate::wire::now_ts(),
+                        spid: None,
+                        kind: "completion".into(),
+                        data,
+                    },
+                    bytes: Vec::new(),
+                    passed: 0,
+                });
+            }
+        }
+        let why = self
+            .engine
+            .exit_of(&self.op)
+            .unwrap_or_else(|| "its supervisor is gone".into());
+        Err(BackendError::Store(format!(
+            "operation {} ended without recording its result: {why}; nothing of the run was kept (see {})",
+            self.op,
+            self.engine.store.op_dir(&self.op).join("supervisor.log").display()
+        )))
     }
 
     /// Waits for the log to grow (or for a sign that its writer is gone).
@@ -1507,6 +1618,11 @@ impl EventStream for Tail<'_> {
             }
             if !self.follow {
                 return Ok(None);
+            }
+            if self.gone && !self.live_open() {
+                let item = self.ending()?;
+                self.done = true;
+                return Ok(Some(item));
             }
             if interrupt::take() {
                 return Err(BackendError::Interrupted);

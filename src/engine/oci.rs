@@ -57,33 +57,43 @@ pub fn import_dir(store: &Store, dir: &Path, tag: Option<&str>) -> Result<String
         source: e,
     })?;
     let mut new_layers: Vec<(String, u64)> = Vec::new();
-    let cleanup = |made: &[(String, u64)]| {
-        for (id, _) in made {
-            let _ = fs::remove_dir_all(store.layer_dir(id));
+    // Held until the image's row is committed: `gc` leaves a claimed layer dir alone.
+    let mut claims: Vec<super::claim::Claim> = Vec::new();
+    let cleanup = |made: Vec<super::claim::Claim>| {
+        for claim in made {
+            let _ = claim.remove();
         }
     };
     for layer in &found.layers {
         let id = format!("import-{}", uuid::Uuid::new_v4());
-        let staging = store.root.join("tmp").join(&id);
-        let applied = fs::create_dir_all(&staging).and_then(|_| apply_layer(layer, &staging));
-        if let Err(e) = applied {
-            let _ = fs::remove_dir_all(&staging);
-            cleanup(&new_layers);
-            return Err(ImportError::Io {
-                path: format!("{shown}: layer {}", layer.display()),
-                source: e,
-            });
+        let mut staging = match store.layout().staging_dir(&id) {
+            Ok(claim) => claim,
+            Err(e) => {
+                cleanup(claims);
+                return Err(ImportError::StoreWrite {
+                    path: shown,
+                    source: e,
+                });
+            }
+        };
+        if let Err(e) = apply_layer(layer, staging.path()) {
+            let _ = staging.remove();
+            cleanup(claims);
+            return Err(ImportError::io(
+                &format!("{shown}: layer {}", layer.display()),
+                e,
+            ));
         }
-        let size = layers::layer_size(&staging);
-        let dest = store.layer_dir(&id);
-        if let Err(e) = fs::rename(&staging, &dest) {
-            let _ = fs::remove_dir_all(&staging);
-            cleanup(&new_layers);
-            return Err(ImportError::Io {
+        let size = layers::layer_size(staging.path());
+        if let Err(e) = staging.rename(&store.layer_dir(&id)) {
+            let _ = staging.remove();
+            cleanup(claims);
+            return Err(ImportError::StoreWrite {
                 path: shown,
                 source: e,
             });
         }
+        claims.push(staging);
         new_layers.push((id, size));
     }
     if new_layers.is_empty() {
@@ -102,7 +112,7 @@ pub fn import_dir(store: &Store, dir: &Path, tag: Option<&str>) -> Result<String
         tags: tag.map(|t| vec![t.to_string()]).unwrap_or_default(),
     };
     if let Err(e) = store.insert_image(&image, &new_layers) {
-        cleanup(&new_layers);
+        cleanup(claims);
         return Err(e.into());
     }
     Ok(image.uuid)

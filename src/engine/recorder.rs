@@ -23,6 +23,8 @@ const QUEUE: usize = 8;
 const RELAYS: usize = 4;
 
 enum Frame {
+    /// Create the log if it is deferred, and say how that went.
+    Open(SyncSender<std::io::Result<()>>),
     Event(String, Option<u32>, Map<String, Value>),
     Stream(&'static str, Vec<u8>),
     Relayed(&'static str, Relay, usize),
@@ -117,6 +119,9 @@ impl Recorder {
         let thread = std::thread::spawn(move || {
             for frame in frames {
                 match frame {
+                    Frame::Open(done) => {
+                        let _ = done.send(log.ensure_open());
+                    }
                     Frame::Event(kind, spid, data) => {
                         let _ = log.append(&kind, spid, data);
                     }
@@ -148,6 +153,24 @@ impl Recorder {
                 let _ = queue.send(Frame::Event(kind.to_string(), spid, data));
             }
             State::Closed => {}
+        }
+    }
+
+    /// Makes sure the log exists (after the events handed over so far): the operation is
+    /// then this process's (see `LogWriter::own`).
+    pub fn ensure_open(&mut self) -> std::io::Result<()> {
+        match &mut self.state {
+            State::Direct(log) => log.ensure_open(),
+            State::Threaded { queue, .. } => {
+                let (done, answer) = sync_channel(1);
+                queue
+                    .send(Frame::Open(done))
+                    .map_err(|_| std::io::Error::other("the event log's writer is gone"))?;
+                answer
+                    .recv()
+                    .map_err(|_| std::io::Error::other("the event log's writer is gone"))?
+            }
+            State::Closed => Err(std::io::Error::other("the event log is closed")),
         }
     }
 
@@ -225,6 +248,21 @@ impl Recorder {
             }
         }
         relay
+    }
+
+    /// Writes an event at once, after everything handed over so far, and says whether it
+    /// made it into the log (the caller's `completion` must, or the follower is told).
+    pub fn append_now(
+        &mut self,
+        kind: &str,
+        spid: Option<u32>,
+        data: Map<String, Value>,
+    ) -> std::io::Result<()> {
+        self.flush();
+        match &mut self.state {
+            State::Direct(log) => log.append(kind, spid, data).map(drop),
+            _ => Err(std::io::Error::other("the event log is closed")),
+        }
     }
 
     /// Waits until everything handed over is written.

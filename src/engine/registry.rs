@@ -360,10 +360,14 @@ pub fn pull(
     let (tag, reuse, deadline) = (opts.tag, opts.reuse, opts.deadline);
     let r = Reference::parse(reference)
         .ok_or_else(|| ImportError::Unsupported(reference.to_string()))?;
-    let dir = store
-        .root
-        .join("tmp")
-        .join(format!("pull-{}", uuid::Uuid::new_v4()));
+    let staging = store
+        .layout()
+        .staging_dir(&format!("pull-{}", uuid::Uuid::new_v4()))
+        .map_err(|source| ImportError::StoreWrite {
+            path: reference.to_string(),
+            source,
+        })?;
+    let dir = staging.path().to_path_buf();
     let known = |digest: &str| {
         let images = store.images_from_manifest(digest).ok()?;
         images.into_iter().find(|image| reuse(image))
@@ -380,10 +384,7 @@ pub fn pull(
             }
         })
         .map_err(|e| if late() { timed_out() } else { e })
-        .map_err(|source| ImportError::Io {
-            path: reference.to_string(),
-            source,
-        })
+        .map_err(|source| ImportError::io(reference, source))
         .and_then(|fetched| match fetched {
             Fetched::Known(image) => {
                 if let Some(tag) = tag {
@@ -403,7 +404,7 @@ pub fn pull(
                 })
             }
         });
-    let _ = fs::remove_dir_all(&dir);
+    let _ = staging.remove();
     result
 }
 

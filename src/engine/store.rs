@@ -34,6 +34,11 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Whether an I/O error means the store's filesystem is out of space (or quota).
+pub fn disk_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
 pub fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.into();
     move |source| StoreError::Io { path, source }
@@ -138,6 +143,15 @@ impl Layout {
     }
     pub fn scratch_dir(&self, op: &str) -> PathBuf {
         self.root.join("tmp").join(op)
+    }
+    /// A new directory `tmp/NAME`, claimed by this process (see `claim`): where a layer is
+    /// staged before its rename into `layers/`.
+    pub fn staging_dir(&self, name: &str) -> std::io::Result<super::claim::Claim> {
+        super::claim::Claim::create_dir(&self.root.join("tmp").join(name))
+    }
+    /// A new empty file `tmp/NAME`, claimed by this process: where a blob is copied in.
+    pub fn staging_file(&self, name: &str) -> std::io::Result<super::claim::Claim> {
+        super::claim::Claim::create_file(&self.root.join("tmp").join(name))
     }
 }
 
@@ -460,12 +474,21 @@ impl Store {
             }
         }
         let target = self.blob_path(sha256);
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!(".blob-{}-{}", sha256, std::process::id()));
-        let size = std::fs::copy(source, &tmp).map_err(io_err(source))?;
-        std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
+        let mut tmp = self
+            .layout
+            .staging_file(&format!(".blob-{}", uuid::Uuid::new_v4().simple()))
+            .map_err(io_err(self.root.join("tmp")))?;
+        let copied = super::attachlayer::copy_into(source, tmp.file()).map_err(io_err(source));
+        let size = match copied.and_then(|size| {
+            tmp.rename(&target).map_err(io_err(&target))?;
+            Ok(size)
+        }) {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = tmp.remove();
+                return Err(e);
+            }
+        };
         let uuid = uuid::Uuid::new_v4().to_string();
         self.conn()?.execute(
             "INSERT INTO blobs(sha256, uuid, size, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(sha256) DO NOTHING",

@@ -6,6 +6,7 @@
 //! vanishes with it, so a crash leaves no mounts behind, only a scratch dir that `recover`
 //! removes. SIGTERM (sent by `kill` / Ctrl-C) cancels the run.
 
+use super::claim::Claim;
 use super::eventlog::LogWriter;
 use super::layers;
 use super::overlay::Overlay;
@@ -146,6 +147,18 @@ pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
         }
     };
     let _ = std::fs::remove_file(&job_file);
+    // SAFETY (both): the spawner handed us these descriptors and nobody else here uses them.
+    let log = std::env::var(super::LOG_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(|fd| {
+            // Never inherited by the sandbox: the command must not hold (or write) its log.
+            let _ = nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+            unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+        });
     let notify = std::env::var(super::NOTIFY_FD_ENV)
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
@@ -159,15 +172,19 @@ pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
             );
             fd
         });
-    supervise_job(layout, job, data_dir, notify, None, started)
+    supervise_job(layout, job, data_dir, log, notify, None, started)
 }
 
 /// Runs one operation from start to `completion`: the body of both the exec'd
 /// `__supervise` process and the supervisor the CLI forks (which has the job in memory).
+///
+/// `log` is the operation's event log, locked, when the spawner created the operation (the
+/// lock is what makes it ours: see `LogWriter::own`).
 pub fn supervise_job(
     layout: Layout,
     job: Job,
     data_dir: &Path,
+    log: Option<std::fs::File>,
     notify: Option<OwnedFd>,
     live: Option<Live>,
     started: Instant,
@@ -176,10 +193,10 @@ pub fn supervise_job(
     let log_path = layout.op_dir(&op).join("events");
     // A foreground run's spawner made no operation dir: it comes with the first event,
     // written once the sandbox is starting (see `Run::init`).
-    let log = if job.created_at.is_some() {
-        Ok(LogWriter::deferred(&log_path))
-    } else {
-        LogWriter::open(&log_path)
+    let log = match log {
+        Some(file) => LogWriter::adopt(file, &log_path),
+        None if job.created_at.is_some() => Ok(LogWriter::deferred(&log_path)),
+        None => LogWriter::open(&log_path),
     };
     let mut log = match log {
         Ok(l) => l,
@@ -199,6 +216,7 @@ pub fn supervise_job(
     }
     let mut run = Run {
         scratch: layout.scratch_dir(&op),
+        scratch_claim: None,
         layout,
         attach: None,
         live,
@@ -219,8 +237,7 @@ pub fn supervise_job(
             timed_out: false,
         },
     };
-    run.finish(outcome, started);
-    0
+    run.finish(outcome, started)
 }
 
 struct Run {
@@ -240,6 +257,8 @@ struct Run {
     job: Job,
     log: Recorder,
     scratch: PathBuf,
+    /// Held from `claim_scratch` until the scratch dir is back in the pool or gone.
+    scratch_claim: Option<Claim>,
     data_dir: PathBuf,
 }
 
@@ -272,6 +291,16 @@ impl Run {
     fn db(&mut self) -> Result<&Store, String> {
         if self.store.is_none() {
             let store = Store::open(&self.layout.root).map_err(|e| e.to_string())?;
+            if self.job.created_at.is_some() {
+                // The row of an operation nobody owns would be failed by the next recovery:
+                // the log, and with it the operation's lock, comes first.
+                if let Some(init) = self.init.take() {
+                    self.event("init", Some(0), init);
+                }
+                self.log
+                    .ensure_open()
+                    .map_err(|e| format!("cannot create the event log: {e}"))?;
+            }
             let pid = std::process::id() as i32;
             let start = super::process_start_time(pid).unwrap_or(0);
             match &self.job.created_at {
@@ -762,13 +791,20 @@ impl Run {
         })
     }
 
-    /// Commits the snapshot (for a successful, non-disposable run), records the terminal
-    /// state, appends `completion`, removes the scratch dir.
-    fn finish(&mut self, outcome: Outcome, started: Instant) {
+    /// Commits the snapshot (for a successful, non-disposable run), appends `completion`,
+    /// records the terminal state, gives the scratch dir back. Returns the supervisor's exit
+    /// code: 0, or `exit::IO` when the result could not be recorded (a follower that finds
+    /// no `completion` says so).
+    ///
+    /// The log comes before the row: a follower learns the result from `completion` at
+    /// once, and if this process dies in between, recovery finds the log complete and
+    /// copies its ending into the row (see `LocalEngine::finish_here`).
+    fn finish(&mut self, outcome: Outcome, started: Instant) -> i32 {
         let mut result_image = None;
         let mut image_size = None;
         let mut error = outcome.error.clone();
         let mut status = outcome.status;
+        let mut snapshot_failed = false;
         let disposable = self.job.request.disposable;
         if status == Status::Success && !disposable {
             match self.commit() {
@@ -779,16 +815,48 @@ impl Run {
                 Err(e) => {
                     status = Status::Failed;
                     error = Some(format!("snapshot failed: {e}"));
+                    snapshot_failed = true;
+                    // Nothing of the run is kept: its space goes back before anything else
+                    // is written (a full disk is the usual reason a snapshot fails).
+                    drop(self.mounted.take());
+                    let _ = std::fs::remove_dir_all(self.scratch.join("upper"));
                 }
             }
         }
         crate::log::trace("committed");
         let duration = started.elapsed().as_secs_f64();
         let op = self.job.op.clone();
-        let finished = self
-            .db()
-            .and_then(|db| {
-                db.finish_op(
+        let diag_log = self.layout.op_dir(&op).join("supervisor.log");
+        // The row must exist (a foreground run's is made here if the sandbox never started).
+        if let Err(e) = self.db() {
+            diag(&diag_log, &format!("opening the store failed: {e}"));
+            if error.is_none() || status == Status::Success {
+                status = Status::Failed;
+                error = Some(format!("recording the result failed: {e}"));
+            }
+        }
+        let mut data = super::eventlog::completion(
+            status,
+            (duration * 1000.0) as u64,
+            result_image.as_deref(),
+            error.as_deref(),
+            image_size.unwrap_or(0),
+        );
+        if snapshot_failed {
+            data.insert("snapshot_failed".into(), Value::Bool(true));
+        }
+        if let Some(init) = self.init.take() {
+            self.event("init", Some(0), init);
+        }
+        let mut code = 0;
+        if let Err(e) = self.log.append_now("completion", None, data) {
+            diag(&diag_log, &format!("writing completion failed: {e}"));
+            code = crate::error::exit::IO;
+        }
+        crate::log::trace("completion written");
+        let recorded = match &self.store {
+            Some(db) => db
+                .finish_op(
                     &op,
                     status,
                     error.as_deref(),
@@ -798,27 +866,13 @@ impl Run {
                     outcome.timed_out,
                     image_size,
                 )
-                .map_err(|e| e.to_string())
-            })
-            .unwrap_or_else(|e| {
-                diag(
-                    &self.layout.op_dir(&op).join("supervisor.log"),
-                    &format!("recording the result failed: {e}"),
-                );
-                false
-            });
-        if finished {
-            let data = super::eventlog::completion(
-                status,
-                (duration * 1000.0) as u64,
-                result_image.as_deref(),
-                error.as_deref(),
-                image_size.unwrap_or(0),
-            );
-            self.event("completion", None, Value::Object(data));
+                .map_err(|e| e.to_string()),
+            None => Err("the store is not open".to_string()),
+        };
+        if let Err(e) = recorded {
+            diag(&diag_log, &format!("recording the result failed: {e}"));
+            code = crate::error::exit::IO;
         }
-        self.log.flush();
-        crate::log::trace("completion written");
         drop(self.mounted.take());
         crate::log::trace("unmounted");
         self.release_scratch();
@@ -827,29 +881,48 @@ impl Run {
             store.checkpoint();
         }
         crate::log::trace("checkpointed");
+        code
     }
 
-    /// Makes `scratch` a directory with an empty `upper` and a `work`: a spare pair left
-    /// by an earlier run (one rename), else new ones.
-    fn claim_scratch(&self) -> Result<(), String> {
+    /// Makes `scratch` a directory with an empty `upper` and a `work`, claimed by this
+    /// supervisor for as long as it runs (see `claim`): a spare pair left by an earlier run
+    /// (one rename), else new ones.
+    fn claim_scratch(&mut self) -> Result<(), String> {
         let spares = self.layout.root.join(SPARES);
         if let Ok(entries) = std::fs::read_dir(&spares) {
             for entry in entries.flatten() {
                 // Another supervisor may take the same one first: then try the next.
-                if std::fs::rename(entry.path(), &self.scratch).is_ok() {
-                    return Ok(());
+                if let Ok(Some(claim)) = Claim::take(&entry.path(), &self.scratch) {
+                    let sound = ["upper", "work"].iter().all(|d| {
+                        self.scratch
+                            .join(d)
+                            .symlink_metadata()
+                            .is_ok_and(|m| m.is_dir())
+                    });
+                    if sound {
+                        self.scratch_claim = Some(claim);
+                        return Ok(());
+                    }
+                    // Not a pair of ours (something else was put in the pool): gone.
+                    let _ = claim.remove();
                 }
             }
         }
+        let claim = Claim::create_dir(&self.scratch)
+            .map_err(|e| format!("scratch dir {}: {e}", self.scratch.display()))?;
         for d in [self.scratch.join("upper"), self.scratch.join("work")] {
-            std::fs::create_dir_all(&d).map_err(|e| format!("scratch dir {}: {e}", d.display()))?;
+            std::fs::create_dir(&d).map_err(|e| format!("scratch dir {}: {e}", d.display()))?;
         }
+        self.scratch_claim = Some(claim);
         Ok(())
     }
 
     /// After `completion`: empties the scratch dir's upper (or makes a new one if the
     /// commit took it) and keeps the pair as a spare, up to `MAX_SPARES`; else removes it.
-    fn release_scratch(&self) {
+    fn release_scratch(&mut self) {
+        let Some(mut claim) = self.scratch_claim.take() else {
+            return;
+        };
         let upper = self.scratch.join("upper");
         let work = self.scratch.join("work");
         let reusable = match layers::is_empty_dir(&upper) {
@@ -868,10 +941,11 @@ impl Run {
         let room = std::fs::read_dir(&spares)
             .map(|entries| entries.count() < MAX_SPARES)
             .unwrap_or_else(|_| std::fs::create_dir_all(&spares).is_ok());
-        if reusable && room && std::fs::rename(&self.scratch, spares.join(&self.job.op)).is_ok() {
+        // Still claimed while it moves: recovery never sees it unowned in `tmp/`.
+        if reusable && room && claim.rename(&spares.join(&self.job.op)).is_ok() {
             return;
         }
-        let _ = std::fs::remove_dir_all(&self.scratch);
+        let _ = claim.remove();
     }
 
     /// Turns the upper dir into the new image's top layer by a rename (never a copy).
@@ -902,19 +976,39 @@ impl Run {
             chain.insert(0, id.clone());
             new_layers.push((id.clone(), layers::layer_size(&self.layout.layer_dir(id))));
         }
+        // The new layer dirs, claimed until their rows are committed (`gc` leaves them
+        // alone) and removed if that fails: a snapshot that is not kept leaves nothing.
+        let mut claims: Vec<Claim> = Vec::new();
         let mut size = 0;
         if !unchanged {
             let id = self.job.op.clone();
             let dest = self.layout.layer_dir(&id);
             size = layers::layer_size(&upper);
-            std::fs::rename(&upper, &dest)
-                .map_err(|e| format!("moving the layer into place: {e}"))?;
+            let claim = Claim::take(&upper, &dest)
+                .map_err(|e| format!("moving the layer into place: {e}"))?
+                .ok_or_else(|| {
+                    format!("moving the layer into place: {} is gone", upper.display())
+                })?;
+            claims.push(claim);
             chain.insert(0, id.clone());
             new_layers.push((id, size));
         }
+        let undo = |claims: Vec<Claim>| {
+            for claim in claims {
+                let _ = claim.remove();
+            }
+        };
         // Flattened before the image exists, so no run ever starts from a long chain.
-        if let Some(flat) = self.shorten(&mut chain)? {
-            new_layers.push(flat);
+        match self.shorten(&mut chain) {
+            Ok(Some((flat, claim))) => {
+                new_layers.push(flat);
+                claims.push(claim);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                undo(claims);
+                return Err(e);
+            }
         }
         let row = ImageRow {
             uuid: uuid::Uuid::new_v4().to_string(),
@@ -925,9 +1019,14 @@ impl Run {
             env,
             tags: Vec::new(),
         };
-        self.db()?
-            .insert_image(&row, &new_layers)
-            .map_err(|e| e.to_string())?;
+        let inserted = self.db().and_then(|db| {
+            db.insert_image(&row, &new_layers)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = inserted {
+            undo(claims);
+            return Err(e);
+        }
         Ok((row.uuid, size))
     }
 
@@ -935,7 +1034,11 @@ impl Run {
     /// few recent layers: past `FLATTEN_AT` layers above the base, the run layers on top
     /// are merged into one `flat-` layer; once there are `FLATTEN_AT / 2` of those,
     /// everything above the base is merged. Returns the new layer, if any.
-    fn shorten(&mut self, chain: &mut Vec<String>) -> Result<Option<(String, u64)>, String> {
+    #[allow(clippy::type_complexity)]
+    fn shorten(
+        &mut self,
+        chain: &mut Vec<String>,
+    ) -> Result<Option<((String, u64), Claim)>, String> {
         if chain.len() <= FLATTEN_AT + 1 {
             return Ok(None);
         }
@@ -956,26 +1059,33 @@ impl Run {
             .map(|l| self.layout.layer_dir(l))
             .collect();
         let id = format!("flat-{}", uuid::Uuid::new_v4());
-        let staging = self.layout.root.join("tmp").join(&id);
-        layers::flatten(&dirs, &staging).map_err(|e| format!("flattening layers: {e}"))?;
-        let size = layers::layer_size(&staging);
-        let dest = self.layout.layer_dir(&id);
-        std::fs::rename(&staging, &dest).map_err(|e| format!("flattening layers: {e}"))?;
+        let failed = |e: std::io::Error| format!("flattening layers: {e}");
+        let mut staging = self.layout.staging_dir(&id).map_err(failed)?;
+        if let Err(e) = layers::flatten(&dirs, staging.path()) {
+            let _ = staging.remove();
+            return Err(failed(e));
+        }
+        let size = layers::layer_size(staging.path());
+        if let Err(e) = staging.rename(&self.layout.layer_dir(&id)) {
+            let _ = staging.remove();
+            return Err(failed(e));
+        }
         chain.splice(..merge, [id.clone()]);
-        Ok(Some((id, size)))
+        Ok(Some(((id, size), staging)))
     }
 }
 
 /// A hard-linked copy of layer `id` under a new id, for a layer needed twice in one chain.
 fn copy_layer(layout: &Layout, id: &str) -> Result<String, String> {
     let copy = format!("{id}-{}", uuid::Uuid::new_v4().simple());
-    let staging = layout.root.join("tmp").join(&copy);
-    layers::flatten(&[layout.layer_dir(id)], &staging)
-        .and_then(|_| std::fs::rename(&staging, layout.layer_dir(&copy)))
-        .map_err(|e| {
-            let _ = std::fs::remove_dir_all(&staging);
-            format!("copying attachment layer {id}: {e}")
-        })?;
+    let failed = |e: std::io::Error| format!("copying attachment layer {id}: {e}");
+    let mut staging = layout.staging_dir(&copy).map_err(failed)?;
+    let copied = layers::flatten(&[layout.layer_dir(id)], staging.path())
+        .and_then(|_| staging.rename(&layout.layer_dir(&copy)));
+    if let Err(e) = copied {
+        let _ = staging.remove();
+        return Err(failed(e));
+    }
     Ok(copy)
 }
 

@@ -415,6 +415,9 @@ pub struct Outcome {
     pub truncated: Vec<(String, u64, u64)>,
     pub interrupted: bool,
     pub broken_pipe: bool,
+    /// The command ran to its end but its snapshot could not be kept (the engine's
+    /// `completion` says so).
+    pub snapshot_failed: bool,
     /// Output bytes the command wrote, per stream (before any hook).
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
@@ -539,6 +542,7 @@ pub fn follow(
                 out.result_image = text("result_image_uuid");
                 out.duration_ms = num("duration_ms");
                 out.image_size = num("image_size_bytes");
+                out.snapshot_failed = ev.data.get("snapshot_failed") == Some(&Value::Bool(true));
             }
             _ => {}
         }
@@ -621,6 +625,15 @@ fn finish(
     } else if out.timed_out {
         let secs = req.timeout.unwrap_or(args.timeout);
         warn!("Operation {} timed out after {secs}s", out.op);
+    } else if out.snapshot_failed {
+        let detail = out.error.as_deref().unwrap_or("snapshot failed");
+        crate::log::emit(
+            crate::log::Level::Error,
+            &format!(
+                "Operation {} ran, but its changes were not kept ({detail}); the session stays where it was",
+                out.op
+            ),
+        );
     } else if status != Status::Success && !out.interrupted {
         let detail = out.error.as_deref().filter(|e| !e.is_empty());
         crate::log::emit(
@@ -658,6 +671,10 @@ fn finish(
     if out.interrupted {
         info!("Cancelled operation {}", out.op);
         return Err(CommandError::user("User interrupted"));
+    }
+    // A run whose changes were lost never looks like a success.
+    if out.snapshot_failed && exit_code(&out) == 0 {
+        return Ok(exit::IO);
     }
     Ok(exit_code(&out))
 }

@@ -487,6 +487,22 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Waits until `done` holds, checking every few milliseconds; fails the test naming `what`
+/// once `limit` has passed.
+#[track_caller]
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(2);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
 /// Marks the running test as skipped: `SKIPPED: <test>: <reason>` on stderr and appended to
 /// `$CARGO_TARGET_TMPDIR/skipped.txt`, so a missing prerequisite never passes silently.
 pub fn skip(reason: &str) {

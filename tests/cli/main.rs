@@ -6,6 +6,7 @@ mod harness;
 
 mod attachments;
 mod completions;
+mod durability;
 mod gc;
 mod hooks;
 mod host_image;

@@ -335,26 +335,6 @@ fn kill_right_after_a_detached_spawn_cancels_it() {
 }
 
 #[test]
-fn recovery_removes_stale_scratch_dirs_but_not_young_ones() {
-    let env = Env::host();
-    let tmp = env.home().join("store/tmp");
-    let stale = tmp.join("0b0e0b0e-0000-4000-8000-000000000001");
-    let young = tmp.join("0b0e0b0e-0000-4000-8000-000000000002");
-    for dir in [&stale, &young] {
-        std::fs::create_dir_all(dir.join("upper")).expect("scratch dir");
-    }
-    // No operation owns either. The young one may belong to a run whose supervisor has
-    // not recorded it yet; the old one is what a crash leaves.
-    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-    std::fs::File::open(&stale)
-        .and_then(|f| f.set_modified(hour_ago))
-        .expect("age the stale dir");
-    env.run(["ps"]).success();
-    assert!(!stale.exists(), "a stale scratch dir survived recovery");
-    assert!(young.exists(), "recovery removed a young scratch dir");
-}
-
-#[test]
 fn live_output_and_the_recorded_log_are_the_same_bytes() {
     let env = Env::host();
     // Several megabytes of binary output on both streams: the CLI gets it live through

@@ -7,6 +7,18 @@ fn file_json(sha: &str, uuid: &str, size: u64, created: &str, updated: &str) -> 
     json!({ "uuid": uuid, "sha256": sha, "size": size, "created_at": created, "updated_at": updated })
 }
 
+/// A failed write of an upload: a full store is 507, with nothing kept.
+fn upload_write_err(tmp: &std::path::Path, e: std::io::Error) -> ApiError {
+    if crate::engine::store::disk_full(&e) {
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("the server's store is full ({e}): the upload was not kept"),
+        )
+    } else {
+        ApiError::internal(format!("{}: {e}", tmp.display()))
+    }
+}
+
 pub(super) async fn upload(
     st: axum::extract::State<Shared>,
     Extension(ns): Extension<Namespace>,
@@ -21,18 +33,24 @@ pub(super) async fn upload(
             format!("uploads are limited to {} bytes", st.max_upload),
         ));
     }
-    let tmp_dir = st.paths.store().join("tmp");
-    let tmp = tmp_dir.join(format!(".upload-{}", uuid::Uuid::new_v4().simple()));
-    // Removes the temporary file however the upload ends.
-    struct Cleanup(std::path::PathBuf);
+    let tmp = st
+        .paths
+        .store()
+        .join("tmp")
+        .join(format!(".upload-{}", uuid::Uuid::new_v4().simple()));
+    // Claimed while it fills (recovery leaves it alone) and removed however the upload ends.
+    struct Cleanup(Option<crate::engine::claim::Claim>);
     impl Drop for Cleanup {
         fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
+            if let Some(claim) = self.0.take() {
+                let _ = claim.remove();
+            }
         }
     }
-    let cleanup = Cleanup(tmp.clone());
-    let mut file = std::fs::File::create(&tmp)
-        .map_err(|e| ApiError::internal(format!("{}: {e}", tmp.display())))?;
+    let cleanup = Cleanup(Some(
+        crate::engine::claim::Claim::create_file(&tmp).map_err(|e| upload_write_err(&tmp, e))?,
+    ));
+    let mut file = cleanup.0.as_ref().map(|c| c.file()).expect("just made");
     let mut hasher = sha2::Sha256::new();
     let mut size: u64 = 0;
     let mut stream = body.into_data_stream();
@@ -47,9 +65,8 @@ pub(super) async fn upload(
         }
         hasher.update(&chunk);
         tokio::task::block_in_place(|| file.write_all(&chunk))
-            .map_err(|e| ApiError::internal(format!("{}: {e}", tmp.display())))?;
+            .map_err(|e| upload_write_err(&tmp, e))?;
     }
-    drop(file);
     let sha: String = hasher
         .finalize()
         .iter()

@@ -1,0 +1,204 @@
+//! Nothing is ever lost: a run reported done is in its session, whatever else runs, crashes
+//! or recovers meanwhile, and a run whose changes could not be kept says so.
+
+use crate::harness::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+/// Holds an flock(2) on `path` from another process (util-linux `flock`), as a live owner
+/// of a scratch entry does, until dropped.
+struct Holder(Child);
+
+impl Holder {
+    fn new(path: &Path) -> Holder {
+        // --no-fork: the holder is `sleep` itself, so killing it lets go.
+        let child = Command::new("flock")
+            .arg("--no-fork")
+            .arg(path)
+            .args(["sleep", "600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("run util-linux flock");
+        wait_until(Duration::from_secs(10), "the holder takes its lock", || {
+            // `flock -n` fails while someone else holds the lock.
+            !Command::new("flock")
+                .args(["-n"])
+                .arg(path)
+                .arg("true")
+                .status()
+                .expect("run flock -n")
+                .success()
+        });
+        Holder(child)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn age(path: &Path, by: Duration) {
+    std::fs::File::open(path)
+        .and_then(|f| f.set_modified(SystemTime::now() - by))
+        .expect("set the mtime");
+}
+
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn recovery_removes_abandoned_scratch_of_any_age_and_never_a_held_one() {
+    let env = Env::host();
+    let tmp = env.home().join("store/tmp");
+    let abandoned = tmp.join("0b0e0b0e-0000-4000-8000-000000000001");
+    let held = tmp.join("0b0e0b0e-0000-4000-8000-000000000002");
+    let old_held = tmp.join("import-0b0e0b0e-0000-4000-8000-000000000003");
+    for dir in [&abandoned, &held, &old_held] {
+        std::fs::create_dir_all(dir.join("upper")).expect("scratch dir");
+    }
+    // Ages decide nothing: a fresh abandoned dir goes, an hour-old held one stays.
+    age(&old_held, Duration::from_secs(3600));
+    let holders = [Holder::new(&held), Holder::new(&old_held)];
+    env.run(["ps"]).success();
+    assert!(
+        !abandoned.exists(),
+        "an abandoned scratch dir survived recovery"
+    );
+    assert!(
+        held.join("upper").is_dir(),
+        "recovery removed a held scratch dir"
+    );
+    assert!(
+        old_held.is_dir(),
+        "recovery removed an old but held staging dir"
+    );
+    drop(holders);
+    env.run(["ps"]).success();
+    assert!(
+        entries(&tmp).is_empty(),
+        "left in tmp/: {:?}",
+        entries(&tmp)
+    );
+}
+
+#[test]
+fn aged_spare_scratch_dirs_never_lose_a_run_while_other_commands_recover() {
+    let env = Env::host();
+    // Four runs at once leave four spare scratch dirs in the pool.
+    let parallel: Vec<Running> = (0..4)
+        .map(|_| env.cmd(["run", "-D", "--", "true"]).spawn())
+        .collect();
+    for run in parallel {
+        run.wait().success();
+    }
+    // Supervisors give their scratch back after `completion`, just after `run` returns.
+    let spare = env.home().join("store/spare");
+    wait_until(
+        Duration::from_secs(10),
+        "runs leave spare scratch dirs",
+        || !entries(&spare).is_empty(),
+    );
+    // Every other command recovers first; `ps` in a loop races each run for its scratch.
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let looping = scope.spawn(|| {
+            let mut rounds = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                env.run(["ps"]).success();
+                rounds += 1;
+            }
+            rounds
+        });
+        runs_keep_their_files(&env, &spare);
+        stop.store(true, Ordering::Relaxed);
+        assert!(
+            looping.join().expect("the ps loop") > 0,
+            "the ps loop never ran"
+        );
+    });
+    let all: String = (0..50).map(|i| format!("{i}\n")).collect();
+    env.run([
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "for i in $(seq 0 49); do cat /root/f$i; done",
+    ])
+    .success()
+    .stdout(&all);
+}
+
+/// 50 snapshotting runs, each on spare scratch dirs aged to look abandoned.
+fn runs_keep_their_files(env: &Env, spare: &Path) {
+    for i in 0..50 {
+        for dir in entries(spare) {
+            age(&dir, Duration::from_secs(600));
+        }
+        env.run(["run", "--", "sh", "-c", &format!("echo {i} > /root/f{i}")])
+            .success()
+            .stderr("");
+    }
+}
+
+/// A read-only bind mount of `dir` onto itself, undone on drop.
+struct ReadOnly(PathBuf);
+
+impl ReadOnly {
+    fn new(dir: &Path) -> ReadOnly {
+        for args in [
+            vec!["--bind".into(), dir.to_owned(), dir.to_owned()],
+            vec!["-o".into(), "remount,bind,ro".into(), dir.to_owned()],
+        ] {
+            let status = Command::new("mount")
+                .args(args.iter().map(|a: &PathBuf| a.as_os_str()))
+                .status()
+                .expect("run mount");
+            assert!(status.success(), "mount {args:?} failed");
+        }
+        ReadOnly(dir.to_owned())
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_snapshot_that_cannot_be_kept_never_exits_zero_and_says_so() {
+    let env = Env::host();
+    let before = env.session_image();
+    let layers = env.home().join("store/layers");
+    std::fs::create_dir_all(&layers).expect("layers dir");
+    let out = {
+        let _ro = ReadOnly::new(&layers);
+        env.run(["run", "--", "sh", "-c", "echo kept? > /root/note"])
+    };
+    out.code(74)
+        .stderr_contains("its changes were not kept (snapshot failed:")
+        .stderr_contains("the session stays where it was");
+    assert_eq!(env.session_image(), before, "the session moved");
+    // Nothing half-made is left, and the next run works and keeps its changes.
+    assert!(
+        entries(&layers).is_empty(),
+        "left in layers/: {:?}",
+        entries(&layers)
+    );
+    env.run(["run", "--", "sh", "-c", "echo kept > /root/note"])
+        .success();
+    env.run(["cat", "/root/note"]).success().stdout("kept\n");
+    // A command that failed keeps its own exit code, and still says what was lost.
+    let _ro = ReadOnly::new(&layers);
+    env.run(["run", "--", "sh", "-c", "echo x > /root/y; exit 3"])
+        .code(3)
+        .stderr_contains("its changes were not kept");
+}
