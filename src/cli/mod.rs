@@ -13,6 +13,7 @@ mod plugins;
 mod pull;
 mod session;
 mod session_args;
+mod usage;
 mod when;
 
 use crate::context::{backend_err, session_err, Context};
@@ -36,12 +37,21 @@ pub fn main() -> i32 {
             std::path::Path::new(&argv[3]),
         );
     }
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
-        Err(e) => {
+        // Help and version are clap's to print; so is the help shown for a bare `contree`.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
             let code = if e.use_stderr() { exit::USAGE } else { 0 };
             let _ = e.print();
             return code;
+        }
+        Err(e) => {
+            let e = usage::usage_error(&e, &argv);
+            report(&e);
+            return e.exit_code();
         }
     };
     crate::log::trace("parsed");

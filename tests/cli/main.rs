@@ -6,6 +6,7 @@ mod harness;
 
 mod attachments;
 mod completions;
+mod errors;
 mod gc;
 mod hooks;
 mod host_image;

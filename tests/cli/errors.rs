@@ -1,0 +1,93 @@
+//! Bad input gets a clear error naming the flag or value at fault, with a documented exit
+//! code (docs/exit-codes.md), and nothing is started: options `run` does not know, bad
+//! `--file` specs, bad `-e` pairs.
+
+use crate::harness::Env;
+
+#[test]
+fn an_unknown_option_before_the_command_is_a_usage_error_not_the_command() {
+    let env = Env::host();
+    // `-o` belongs to contree itself: given after `run` it used to become the command.
+    env.run(["run", "-D", "-o", "junit", "--", "true"])
+        .code(2)
+        .stdout_empty()
+        .stderr(
+            "[ERROR] unknown option '-o' for `contree run`\n\
+             hint: '-o' is an option of contree itself: give it before `run`, as in `contree -o FORMAT run ...`\n\
+             hint: `contree run --help` lists what it accepts\n",
+        );
+    env.run(["run", "--timeot", "5", "--", "echo", "hi"])
+        .code(2)
+        .stdout_empty()
+        .stderr(
+            "[ERROR] unknown option '--timeot' for `contree run`\n\
+             hint: did you mean '--timeout'?\n\
+             hint: `contree run --help` lists what it accepts\n",
+        );
+    env.run(["run", "-x", "echo", "hi"])
+        .code(2)
+        .stderr_contains("[ERROR] unknown option '-x' for `contree run`\n")
+        .stderr_contains("hint: a command whose name starts with '-' goes after `--`");
+    assert_eq!(
+        env.all_ops(),
+        Vec::<String>::new(),
+        "nothing may be spawned"
+    );
+}
+
+#[test]
+fn after_the_command_or_after_double_dash_every_word_is_the_commands() {
+    let env = Env::host();
+    env.run([
+        "run",
+        "-e",
+        "A=1",
+        "sh",
+        "-c",
+        "echo \"$A $0 $1\"",
+        "-o",
+        "--timeot",
+    ])
+    .success()
+    .stdout("1 -o --timeot\n");
+    env.run(["run", "--", "printf", "%s,", "-o", "-D", "--timeot"])
+        .success()
+        .stdout("-o,-D,--timeot,");
+}
+
+#[test]
+fn other_commands_name_the_option_and_where_it_belongs() {
+    let env = Env::new();
+    env.run(["images", "-o", "json"])
+        .code(2)
+        .stdout_empty()
+        .stderr(
+            "[ERROR] unknown option '-o' for `contree images`\n\
+             hint: '-o' is an option of contree itself: give it before `images`, as in `contree -o FORMAT images ...`\n\
+             hint: `contree images --help` lists what it accepts\n",
+        );
+    env.run(["session", "branch", "--nope"])
+        .code(2)
+        .stderr_contains("[ERROR] unknown option '--nope' for `contree session branch`\n");
+    env.run(["cat", "/a", "/b"])
+        .code(2)
+        .stderr_contains("[ERROR] unexpected argument '/b' for `contree cat`\n");
+    env.run(["imgs"]).code(2).stdout_empty().stderr(
+        "[ERROR] unknown command 'imgs' for `contree`\n\
+             hint: did you mean 'i', 'images' or 'img'?\n\
+             hint: `contree --help` lists what it accepts\n",
+    );
+}
+
+#[test]
+fn a_bad_option_value_names_the_option() {
+    let env = Env::new();
+    env.run(["run", "-t", "soon", "--", "true"])
+        .code(2)
+        .stdout_empty()
+        .stderr_contains("[ERROR] invalid value 'soon' for '--timeout <TIMEOUT>'")
+        .stderr_contains("hint: `contree run --help` lists what it accepts\n");
+    env.run(["run", "--hostname"])
+        .code(2)
+        .stderr_contains("[ERROR] a value is required for '--hostname <HOSTNAME>'");
+}
