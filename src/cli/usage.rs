@@ -14,7 +14,7 @@ use super::args::Cli;
 pub fn usage_error(e: &clap::Error, argv: &[OsString]) -> CommandError {
     let path = command_path(argv);
     let shown = path.join(" ");
-    let mut err = match e.kind() {
+    let err = match e.kind() {
         ErrorKind::UnknownArgument => unknown_argument(e, &path),
         ErrorKind::InvalidSubcommand => {
             let word = string(e, ContextKind::InvalidSubcommand).unwrap_or_default();
@@ -36,8 +36,7 @@ pub fn usage_error(e: &clap::Error, argv: &[OsString]) -> CommandError {
             err
         }
     };
-    err = err.hint(format!("`{shown} --help` lists what it accepts"));
-    err
+    err.hint(format!("`{shown} --help` lists what it accepts"))
 }
 
 /// `unexpected argument 'X' found`, said for what it is: an option this command does not
