@@ -214,7 +214,7 @@ pub struct RunFlags {
     /// Working directory inside the instance (created if missing)
     #[arg(short = 'C', long, default_value = "")]
     pub cwd: String,
-    /// KEY=VALUE for the environment (one pair per flag)
+    /// KEY=VALUE for the environment (one pair per flag; KEY= for an empty value)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
     /// Hostname inside the instance

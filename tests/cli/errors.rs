@@ -1,6 +1,6 @@
 //! Bad input gets a clear error naming the flag or value at fault, with a documented exit
 //! code (docs/exit-codes.md), and nothing is started: options `run` does not know, bad
-//! `--file` specs, bad `-e` pairs.
+//! `-e` pairs (bad `--file` specs are in `attachments`).
 
 use crate::harness::Env;
 
@@ -90,4 +90,43 @@ fn a_bad_option_value_names_the_option() {
     env.run(["run", "--hostname"])
         .code(2)
         .stderr_contains("[ERROR] a value is required for '--hostname <HOSTNAME>'");
+}
+
+#[test]
+fn an_env_flag_without_equals_or_without_a_name_is_refused() {
+    let env = Env::host();
+    env.run(["run", "-e", "NOEQ", "--", "touch", "/spawned"])
+        .code(1)
+        .stdout_empty()
+        .stderr("[ERROR] -e/--env: 'NOEQ' is not KEY=VALUE (write 'NOEQ=' for an empty value)\n");
+    env.run(["run", "-e", "A=1", "--env", "=x", "--", "touch", "/spawned"])
+        .code(1)
+        .stdout_empty()
+        .stderr("[ERROR] -e/--env: '=x' has an empty KEY (expected KEY=VALUE)\n");
+    assert_eq!(
+        env.all_ops(),
+        Vec::<String>::new(),
+        "nothing may be spawned"
+    );
+}
+
+#[test]
+fn the_session_environment_takes_the_same_pairs_and_sets_none_of_a_bad_list() {
+    let env = Env::host();
+    env.run(["env", "A=1", "NOEQ"])
+        .code(1)
+        .stdout_empty()
+        .stderr(
+            "[ERROR] 'NOEQ' is not KEY=VALUE (write 'NOEQ=' for an empty value)\n\
+             hint: `contree env` lists the variables; `contree env -U NOEQ` unsets one\n",
+        );
+    env.run(["env", "=x"])
+        .code(1)
+        .stderr("[ERROR] '=x' has an empty KEY (expected KEY=VALUE)\n");
+    env.run(["env", "-U", "A=1"])
+        .code(1)
+        .stderr("[ERROR] 'A=1' is not a variable name (expected KEY, without '=')\n");
+    env.run(["env"])
+        .success()
+        .stdout("No session environment variables set.\n");
 }
