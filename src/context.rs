@@ -52,8 +52,9 @@ pub fn session_err(e: SessionError) -> CommandError {
 pub fn backend_err(e: crate::backend::BackendError) -> CommandError {
     use crate::backend::BackendError as B;
     match e {
-        B::NotFound(m) | B::Invalid(m) => CommandError::user(m),
+        B::NotFound(m) | B::Invalid(m) | B::Denied(m) | B::Unsupported(m) => CommandError::user(m),
         B::Unavailable(m) => CommandError::new(Kind::Unavailable, m),
+        B::Unreachable(m) => CommandError::new(Kind::Unreachable, m),
         B::Store(m) => CommandError::new(Kind::Io, m),
         B::Interrupted => CommandError::user("User interrupted"),
         B::OutputClosed => CommandError::user("output closed"),

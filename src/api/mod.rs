@@ -6,6 +6,7 @@
 //! cannot have acted. Live output comes from the SSE event stream (`events`).
 
 pub mod events;
+pub mod network;
 pub mod profile;
 
 use crate::backend::{Backend, BackendError, EventStream, ImageFilter, OpFilter, StdinSource};
@@ -38,12 +39,14 @@ impl std::fmt::Debug for Api {
 impl Api {
     pub fn new(profile: &Profile) -> Result<Api, BackendError> {
         let client = Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(network::CONNECT_TIMEOUT_SECS))
             .timeout(None::<Duration>)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("contree/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| BackendError::Unavailable(format!("HTTP client: {e}")))?;
+            .map_err(|e| {
+                BackendError::Unreachable(format!("cannot set up the HTTP client: {e}"))
+            })?;
         Ok(Api {
             client,
             base: format!("{}/v1", profile.url.trim_end_matches('/')),
@@ -77,6 +80,7 @@ impl Api {
         let mut attempt = 0;
         // A busy server (429) is waited for longer than a failing one: up to 10 minutes.
         let mut busy_waits = 0;
+        let mut last_warned: Option<String> = None;
         loop {
             let result = build().send();
             let wait = match &result {
@@ -86,7 +90,8 @@ impl Api {
                         || s.as_u16() == 425
                         || (replayable && (s.is_server_error() || s.as_u16() == 410));
                     if !retry {
-                        return result.map_err(|e| BackendError::Unavailable(e.to_string()));
+                        return result
+                            .map_err(|e| BackendError::Unreachable(network::describe(&e)));
                     }
                     r.headers()
                         .get(reqwest::header::RETRY_AFTER)
@@ -94,7 +99,7 @@ impl Api {
                         .and_then(|v| v.parse::<f64>().ok())
                 }
                 Err(e) if replayable || e.is_connect() => None,
-                Err(e) => return Err(BackendError::Unavailable(format!("{e}"))),
+                Err(e) => return Err(BackendError::Unreachable(network::describe(e))),
             };
             let busy = matches!(&result, Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS);
             if busy && busy_waits < 600 {
@@ -112,23 +117,25 @@ impl Api {
             if attempt >= BACKOFF.len() {
                 return match result {
                     Ok(r) => Err(status_error(r)),
-                    Err(e) => Err(BackendError::Unavailable(format!(
-                        "cannot reach {}: {e}",
-                        self.base
-                    ))),
+                    Err(e) => Err(BackendError::Unreachable(network::describe(&e))),
                 };
             }
             let delay = wait.unwrap_or(BACKOFF[attempt]).min(30.0);
-            crate::log::emit(
-                crate::log::Level::Warning,
-                &match &result {
-                    Ok(r) => format!(
-                        "server answered {}, retrying in {delay}s...",
-                        r.status().as_u16()
+            let what = match &result {
+                Ok(r) => format!("server answered {}", r.status().as_u16()),
+                Err(e) => network::describe(e),
+            };
+            // Once per cause: the same line five times over says nothing new.
+            if last_warned.as_ref() != Some(&what) {
+                crate::log::emit(
+                    crate::log::Level::Warning,
+                    &format!(
+                        "{what}; retrying (at most {} more times)...",
+                        BACKOFF.len() - attempt
                     ),
-                    Err(_) => format!("network error, retrying in {delay}s..."),
-                },
-            );
+                );
+                last_warned = Some(what);
+            }
             std::thread::sleep(Duration::from_secs_f64(delay));
             attempt += 1;
         }
@@ -171,7 +178,7 @@ impl Api {
             )
             .json(repr)
             .send()
-            .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+            .map_err(|e| BackendError::Unreachable(network::describe(&e)))?;
         if r.status().is_success() {
             Ok(())
         } else {
@@ -195,11 +202,12 @@ fn status_error(r: Response) -> BackendError {
     let message = format!("HTTP {}: {message}", status.as_u16());
     match status.as_u16() {
         404 => BackendError::NotFound(message),
-        400 | 409 | 413 | 422 => BackendError::Invalid(message),
-        401 | 403 => BackendError::Unavailable(format!(
+        401 | 403 => BackendError::Denied(format!(
             "{message} (check the profile's token: `contree auth`)"
         )),
-        _ => BackendError::Unavailable(message),
+        // What the retries are for: the server failing or busy, which may pass.
+        425 | 429 | 410 | 500..=599 => BackendError::Unreachable(message),
+        _ => BackendError::Invalid(message),
     }
 }
 
@@ -468,7 +476,7 @@ impl Backend for RemoteBackend {
             match slot.into_inner().ok().flatten() {
                 Some(r) => out.push(r?),
                 None => {
-                    return Err(BackendError::Unavailable(format!(
+                    return Err(BackendError::Unreachable(format!(
                         "{}: not uploaded (an earlier upload failed)",
                         path.display()
                     )))
@@ -656,7 +664,7 @@ impl Backend for RemoteBackend {
     }
 
     fn import_local(&self, path: &Path, _tag: Option<&str>) -> Result<String, BackendError> {
-        Err(BackendError::Unavailable(format!(
+        Err(BackendError::Unsupported(format!(
             "importing {} needs the local engine; the remote API imports from registries only",
             path.display()
         )))

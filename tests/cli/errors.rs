@@ -1,6 +1,10 @@
 //! Bad input gets a clear error naming the flag or value at fault, with a documented exit
 //! code (docs/exit-codes.md), and nothing is started: options `run` does not know, bad
-//! `-e` pairs (bad `--file` specs are in `attachments`).
+//! `-e` pairs (bad `--file` specs are in `attachments`), an API that cannot be reached or
+//! refuses the token. Network tests talk to loopback or to `.invalid` names only.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 
 use crate::harness::Env;
 
@@ -129,4 +133,98 @@ fn the_session_environment_takes_the_same_pairs_and_sets_none_of_a_bad_list() {
     env.run(["env"])
         .success()
         .stdout("No session environment variables set.\n");
+}
+
+/// A loopback port nothing listens on: bound, then freed.
+fn dead_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A loopback HTTP server giving every request this reply (status line and JSON body).
+fn answering(status: &'static str, body: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let port = listener.local_addr().expect("local addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            // The request head first, so the client is not reset while still sending.
+            let mut reader = BufReader::new(conn.try_clone().expect("clone stream"));
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+/// `contree auth --url URL --token T --type jwt`.
+fn auth(env: &Env, url: &str) -> crate::harness::Output {
+    env.run(["auth", "--url", url, "--token", "t0ken", "--type", "jwt"])
+}
+
+#[test]
+fn auth_against_a_dead_server_says_it_cannot_be_reached_not_that_the_token_was_refused() {
+    let env = Env::new();
+    let url = format!("http://127.0.0.1:{}", dead_port());
+    auth(&env, &url)
+        .code(75)
+        .stdout_empty()
+        .stderr_contains(&format!(
+            "[ERROR] cannot reach {url}: connection refused (nothing listens on that port)\n\
+             hint: the profile was not saved; check --url, or whether the server is running\n"
+        ))
+        .check("no word of a refused token", |o| {
+            !o.stderr_text().contains("not accepted")
+        });
+    env.run(["auth", "list"]).success().stdout_empty();
+}
+
+#[test]
+fn a_host_name_that_does_not_resolve_is_named() {
+    let env = Env::new();
+    auth(&env, "http://contree-test.invalid/")
+        .code(75)
+        .stderr_contains(
+            "[ERROR] cannot reach http://contree-test.invalid:80: the host name 'contree-test.invalid' cannot be resolved (",
+        );
+}
+
+#[test]
+fn https_to_a_server_that_speaks_plain_http_is_a_tls_failure() {
+    let env = Env::new();
+    let url = answering("200 OK", "{}");
+    let https = url.replace("http://", "https://");
+    auth(&env, &https).code(75).stderr_contains(&format!(
+        "[ERROR] cannot reach {https}: the TLS handshake failed: "
+    ));
+}
+
+#[test]
+fn a_refused_token_is_a_user_error_that_says_so() {
+    let env = Env::new();
+    let url = answering("401 Unauthorized", r#"{"error": "invalid token"}"#);
+    auth(&env, &url)
+        .code(1)
+        .stderr(
+            "[ERROR] the token was not accepted: HTTP 401: invalid token (check the profile's token: `contree auth`)\n\
+             hint: the profile was not saved; check --token (and --type, --project)\n",
+        );
+    env.run(["auth", "list"]).success().stdout_empty();
+}
+
+#[test]
+fn a_server_that_is_not_a_contree_api_is_told_apart_from_a_bad_token() {
+    let env = Env::new();
+    let url = answering("404 Not Found", r#"{"error": "no such path"}"#);
+    auth(&env, &url).code(1).stderr(&format!(
+        "[ERROR] {url} does not answer /v1/whoami like a ConTree API: HTTP 404: no such path\n\
+         hint: the profile was not saved; check --url\n"
+    ));
 }
