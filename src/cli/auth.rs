@@ -7,7 +7,11 @@ use crate::error::{CommandError, CommandResult, Kind};
 use crate::paths::Paths;
 
 fn profile_err(e: profile::ProfileError) -> CommandError {
-    CommandError::new(Kind::User, e.to_string())
+    let kind = match e {
+        profile::ProfileError::Io { .. } => Kind::Io,
+        _ => Kind::User,
+    };
+    CommandError::new(kind, e.to_string())
 }
 
 /// The remote profile this invocation uses, or `None` for the local engine.

@@ -190,9 +190,15 @@ fn serve(flags: args::ServeFlags) -> CommandResult<i32> {
         events_max_age: flags.events_max_age,
         events_max_bytes: flags.events_max_bytes,
     })
-    .map_err(|e| match e {
-        crate::server::ServeError::Config(_) => CommandError::user(e.to_string()),
-        other => CommandError::new(crate::error::Kind::Unavailable, other.to_string()),
+    .map_err(|e| {
+        use crate::server::ServeError as S;
+        let kind = match e {
+            // A --listen address that is taken or not ours to bind: pick another.
+            S::Config(_) | S::Listen { .. } => crate::error::Kind::User,
+            S::Io(_) => crate::error::Kind::Io,
+            S::Engine(_) => crate::error::Kind::Unavailable,
+        };
+        CommandError::new(kind, e.to_string())
     })?;
     Ok(0)
 }
@@ -220,6 +226,13 @@ fn context(
             plugins,
             paths,
         });
+    }
+    // A run on this machine needs the privileges to build its sandbox: said up front.
+    if for_run {
+        if let Some(why) = crate::privileges::missing() {
+            return Err(CommandError::new(crate::error::Kind::Unavailable, why)
+                .hint("run contree as root, or use a ConTree API: `contree auth --url URL --token TOKEN --type jwt`"));
+        }
     }
     // One after the other, on this thread: opening them in parallel (or the store in the
     // background while clap parses) measured slower, 5.4 → 5.8 ms for `run -D -- true`;

@@ -7,6 +7,7 @@ mod harness;
 mod attachments;
 mod completions;
 mod errors;
+mod exit_codes;
 mod gc;
 mod hooks;
 mod host_image;
