@@ -28,6 +28,25 @@ pub struct Api {
     base: String,
     token: String,
     project: Option<String>,
+    /// How long a JSON read (`get_json`, a tag lookup) may wait for its whole answer.
+    answer_timeout: Duration,
+}
+
+/// Seconds a JSON read waits for its answer unless `$CONTREE_API_TIMEOUT` says otherwise:
+/// a URL that points at something that accepts connections but never answers (a wrong
+/// port) must end with an error, not hang. Streams, uploads and downloads are not bounded.
+const ANSWER_TIMEOUT_SECS: u64 = 30;
+
+fn answer_timeout() -> Result<Duration, BackendError> {
+    match std::env::var("CONTREE_API_TIMEOUT") {
+        Err(_) => Ok(Duration::from_secs(ANSWER_TIMEOUT_SECS)),
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+            _ => Err(BackendError::Invalid(format!(
+                "CONTREE_API_TIMEOUT='{text}' is not a whole number of seconds above 0"
+            ))),
+        },
+    }
 }
 
 impl std::fmt::Debug for Api {
@@ -52,6 +71,7 @@ impl Api {
             base: format!("{}/v1", profile.url.trim_end_matches('/')),
             token: profile.token.clone(),
             project: profile.project.clone(),
+            answer_timeout: answer_timeout()?,
         })
     }
 
@@ -68,6 +88,12 @@ impl Api {
             rb = rb.header("Project", p);
         }
         rb
+    }
+
+    /// A GET whose answer is small and must come within `answer_timeout`.
+    fn get_bounded(&self, path: &str) -> RequestBuilder {
+        self.request(reqwest::Method::GET, path)
+            .timeout(self.answer_timeout)
     }
 
     /// Sends with bounded retries. `replayable` is false for requests the server may have
@@ -97,6 +123,14 @@ impl Api {
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<f64>().ok())
+                }
+                // Waiting as long again would not help a server that never answers.
+                Err(e) if e.is_timeout() && !e.is_connect() => {
+                    return Err(BackendError::Unreachable(format!(
+                        "{} (waited {} s; $CONTREE_API_TIMEOUT sets how long)",
+                        network::describe(e),
+                        self.answer_timeout.as_secs()
+                    )))
                 }
                 Err(e) if replayable || e.is_connect() => None,
                 Err(e) => return Err(BackendError::Unreachable(network::describe(e))),
@@ -159,7 +193,7 @@ impl Api {
         &self,
         path: &str,
     ) -> Result<T, BackendError> {
-        let r = self.call(|| self.request(reqwest::Method::GET, path), true)?;
+        let r = self.call(|| self.get_bounded(path), true)?;
         r.json()
             .map_err(|e| BackendError::Store(format!("GET {path}: bad response: {e}")))
     }
@@ -407,7 +441,7 @@ impl Backend for RemoteBackend {
         let path = format!("/inspect/{}", query(&[("tag", name.to_string())]));
         let r = self
             .api
-            .call(|| self.api.request(reqwest::Method::GET, &path), true)
+            .call(|| self.api.get_bounded(&path), true)
             .map_err(|e| match e {
                 BackendError::NotFound(_) => {
                     BackendError::NotFound(format!("no image tagged '{name}'"))

@@ -39,7 +39,7 @@ fn cause(e: &reqwest::Error) -> String {
         return if e.is_connect() {
             format!("the connection timed out after {CONNECT_TIMEOUT_SECS} s")
         } else {
-            "timed out waiting for an answer".to_string()
+            "no answer in time".to_string()
         };
     }
     if e.is_connect() {

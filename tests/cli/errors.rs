@@ -228,3 +228,24 @@ fn a_server_that_is_not_a_contree_api_is_told_apart_from_a_bad_token() {
          hint: the profile was not saved; check --url\n"
     ));
 }
+
+#[test]
+fn a_server_that_never_answers_ends_in_an_error_not_a_hang() {
+    // Accepts connections and holds them, silent: a URL pointing at the wrong port.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let env = Env::new();
+    env.cmd(["auth", "--url", &url, "--token", "t0ken", "--type", "jwt"])
+        .env("CONTREE_API_TIMEOUT", "1")
+        .output()
+        .code(75)
+        .stderr_contains(&format!(
+            "[ERROR] cannot reach {url}: no answer in time (waited 1 s; $CONTREE_API_TIMEOUT sets how long)\n"
+        ));
+}
