@@ -100,6 +100,16 @@ pub enum AttachError {
     CacheWrite { path: String, source: io::Error },
 }
 
+impl AttachError {
+    /// Whether this is local I/O on the attachment cache (exit 74), not bad input.
+    pub fn is_cache_io(&self) -> bool {
+        matches!(
+            self,
+            AttachError::CacheDir { .. } | AttachError::Cache(_) | AttachError::CacheWrite { .. }
+        )
+    }
+}
+
 /// The largest uid/gid a spec may give: one less than `(uid_t)-1`.
 pub const MAX_ID: u32 = u32::MAX - 1;
 

@@ -50,7 +50,7 @@ pub struct RunArgs {
 
 fn attach_err(e: AttachError) -> CommandError {
     let text = e.to_string();
-    let kind = if text.starts_with("attachment cache error") {
+    let kind = if e.is_cache_io() {
         Kind::Io
     } else {
         Kind::User
