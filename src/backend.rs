@@ -16,6 +16,16 @@ pub enum BackendError {
     Unavailable(String),
     #[error("{0}")]
     Store(String),
+    /// The remote API could not be reached (the message says what failed, and where) or
+    /// kept failing after the retries (5xx, busy, a broken event stream).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The remote API refused the credentials (401/403).
+    #[error("{0}")]
+    Denied(String),
+    /// This backend does not do that (a remote profile cannot gc or import a local path).
+    #[error("{0}")]
+    Unsupported(String),
     /// Ctrl-C arrived while waiting; the caller decides what to cancel.
     #[error("interrupted")]
     Interrupted,
@@ -144,21 +154,21 @@ pub trait Backend {
         _password: Option<&str>,
         _tag: Option<&str>,
     ) -> Result<String, BackendError> {
-        Err(BackendError::Unavailable(
+        Err(BackendError::Unsupported(
             "registry pulls are not available for this backend".into(),
         ))
     }
     /// Frees the images, layers and blobs that neither a tag, `refs` (what the sessions
     /// use) nor a running operation references; with `dry_run` only says what it would free.
     fn gc(&self, _refs: &References, _dry_run: bool) -> Result<GcReport, BackendError> {
-        Err(BackendError::Unavailable(
+        Err(BackendError::Unsupported(
             "garbage collection runs on the server for remote profiles".into(),
         ))
     }
     /// Removes one image (and its tags) unless a session or a running operation uses it,
     /// then the layers no other image needs.
     fn remove_image(&self, _image: &str, _refs: &References) -> Result<GcReport, BackendError> {
-        Err(BackendError::Unavailable(
+        Err(BackendError::Unsupported(
             "images rm is not available for remote profiles".into(),
         ))
     }

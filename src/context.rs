@@ -20,10 +20,11 @@ pub struct Context {
     pub paths: Paths,
 }
 
-/// The two-line message the official client prints when no session exists.
+/// The two-line message the official client prints when no session exists. Its first line
+/// is kept as is; the second points at help that exists here (there is no `contree agent`).
 pub fn no_session() -> CommandError {
     CommandError::user(
-        "No active session. Run `contree use IMAGE` to start one.\nAgents: read `contree agent` for workflow and set a session first.",
+        "No active session. Run `contree use IMAGE` to start one.\nAgents: read `contree --help` and `contree use --help` for the workflow, and set a session first.",
     )
     .plain()
     .hint("`eval $(contree use host)` starts a session on the built-in host image")
@@ -51,8 +52,9 @@ pub fn session_err(e: SessionError) -> CommandError {
 pub fn backend_err(e: crate::backend::BackendError) -> CommandError {
     use crate::backend::BackendError as B;
     match e {
-        B::NotFound(m) | B::Invalid(m) => CommandError::user(m),
+        B::NotFound(m) | B::Invalid(m) | B::Denied(m) | B::Unsupported(m) => CommandError::user(m),
         B::Unavailable(m) => CommandError::new(Kind::Unavailable, m),
+        B::Unreachable(m) => CommandError::new(Kind::Unreachable, m),
         B::Store(m) => CommandError::new(Kind::Io, m),
         B::Interrupted => CommandError::user("User interrupted"),
         B::OutputClosed => CommandError::user("output closed"),

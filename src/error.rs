@@ -22,6 +22,11 @@ pub mod exit {
     /// a pre-attach / pre-spawn handler that failed (fail closed), or a hook file that did
     /// not load. (`sysexits.h` EX_NOPERM: the run was not permitted.)
     pub const HOOK_ABORT: i32 = 77;
+    /// The ConTree API could not be reached (connection refused, name not resolved, TLS,
+    /// timeout) or kept failing (5xx, busy) after the retries: trying again later may work.
+    /// (`sysexits.h` EX_TEMPFAIL. 69, EX_UNAVAILABLE, stays for a sandbox that cannot be
+    /// built here, which no retry fixes.)
+    pub const UNREACHABLE: i32 = 75;
     /// A `run` whose process was killed by a signal or the timeout.
     pub const KILLED: i32 = 255;
     /// stdout was closed by its reader (`| head`).
@@ -34,7 +39,7 @@ pub enum Kind {
     User,
     /// The command line itself is incomplete (like clap's own errors).
     Usage,
-    /// The environment cannot do what was asked (no overlayfs, not root, ...).
+    /// The sandbox cannot be built here (no overlayfs or namespaces, not root).
     Unavailable,
     /// Local I/O on the store or a user file failed.
     Io,
@@ -42,6 +47,8 @@ pub enum Kind {
     Internal,
     /// A hook stopped the run (see `exit::HOOK_ABORT`).
     HookAbort,
+    /// The remote API could not be reached or kept failing (see `exit::UNREACHABLE`).
+    Unreachable,
 }
 
 #[derive(Debug)]
@@ -82,6 +89,7 @@ impl CommandError {
             Kind::Io => exit::IO,
             Kind::Internal => exit::INTERNAL,
             Kind::HookAbort => exit::HOOK_ABORT,
+            Kind::Unreachable => exit::UNREACHABLE,
         }
     }
 }

@@ -100,7 +100,7 @@ fn pump(
             return;
         }
         if draining {
-            let _ = tx.send(Err(BackendError::Unavailable(format!(
+            let _ = tx.send(Err(BackendError::Unreachable(format!(
                 "operation {op} event log ended without completion"
             ))));
             return;

@@ -6,6 +6,7 @@
 //! cannot have acted. Live output comes from the SSE event stream (`events`).
 
 pub mod events;
+pub mod network;
 pub mod profile;
 
 use crate::backend::{Backend, BackendError, EventStream, ImageFilter, OpFilter, StdinSource};
@@ -27,6 +28,25 @@ pub struct Api {
     base: String,
     token: String,
     project: Option<String>,
+    /// How long a JSON read (`get_json`, a tag lookup) may wait for its whole answer.
+    answer_timeout: Duration,
+}
+
+/// Seconds a JSON read waits for its answer unless `$CONTREE_API_TIMEOUT` says otherwise:
+/// a URL that points at something that accepts connections but never answers (a wrong
+/// port) must end with an error, not hang. Streams, uploads and downloads are not bounded.
+const ANSWER_TIMEOUT_SECS: u64 = 30;
+
+fn answer_timeout() -> Result<Duration, BackendError> {
+    match std::env::var("CONTREE_API_TIMEOUT") {
+        Err(_) => Ok(Duration::from_secs(ANSWER_TIMEOUT_SECS)),
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+            _ => Err(BackendError::Invalid(format!(
+                "CONTREE_API_TIMEOUT='{text}' is not a whole number of seconds above 0"
+            ))),
+        },
+    }
 }
 
 impl std::fmt::Debug for Api {
@@ -38,17 +58,20 @@ impl std::fmt::Debug for Api {
 impl Api {
     pub fn new(profile: &Profile) -> Result<Api, BackendError> {
         let client = Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(network::CONNECT_TIMEOUT_SECS))
             .timeout(None::<Duration>)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("contree/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| BackendError::Unavailable(format!("HTTP client: {e}")))?;
+            .map_err(|e| {
+                BackendError::Unreachable(format!("cannot set up the HTTP client: {e}"))
+            })?;
         Ok(Api {
             client,
             base: format!("{}/v1", profile.url.trim_end_matches('/')),
             token: profile.token.clone(),
             project: profile.project.clone(),
+            answer_timeout: answer_timeout()?,
         })
     }
 
@@ -67,6 +90,12 @@ impl Api {
         rb
     }
 
+    /// A GET whose answer is small and must come within `answer_timeout`.
+    fn get_bounded(&self, path: &str) -> RequestBuilder {
+        self.request(reqwest::Method::GET, path)
+            .timeout(self.answer_timeout)
+    }
+
     /// Sends with bounded retries. `replayable` is false for requests the server may have
     /// acted on (spawn): those are only retried on 425/429.
     fn send(
@@ -77,6 +106,7 @@ impl Api {
         let mut attempt = 0;
         // A busy server (429) is waited for longer than a failing one: up to 10 minutes.
         let mut busy_waits = 0;
+        let mut last_warned: Option<String> = None;
         loop {
             let result = build().send();
             let wait = match &result {
@@ -86,15 +116,24 @@ impl Api {
                         || s.as_u16() == 425
                         || (replayable && (s.is_server_error() || s.as_u16() == 410));
                     if !retry {
-                        return result.map_err(|e| BackendError::Unavailable(e.to_string()));
+                        return result
+                            .map_err(|e| BackendError::Unreachable(network::describe(&e)));
                     }
                     r.headers()
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<f64>().ok())
                 }
+                // Waiting as long again would not help a server that never answers.
+                Err(e) if e.is_timeout() && !e.is_connect() => {
+                    return Err(BackendError::Unreachable(format!(
+                        "{} (waited {} s; $CONTREE_API_TIMEOUT sets how long)",
+                        network::describe(e),
+                        self.answer_timeout.as_secs()
+                    )))
+                }
                 Err(e) if replayable || e.is_connect() => None,
-                Err(e) => return Err(BackendError::Unavailable(format!("{e}"))),
+                Err(e) => return Err(BackendError::Unreachable(network::describe(e))),
             };
             let busy = matches!(&result, Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS);
             if busy && busy_waits < 600 {
@@ -112,23 +151,25 @@ impl Api {
             if attempt >= BACKOFF.len() {
                 return match result {
                     Ok(r) => Err(status_error(r)),
-                    Err(e) => Err(BackendError::Unavailable(format!(
-                        "cannot reach {}: {e}",
-                        self.base
-                    ))),
+                    Err(e) => Err(BackendError::Unreachable(network::describe(&e))),
                 };
             }
             let delay = wait.unwrap_or(BACKOFF[attempt]).min(30.0);
-            crate::log::emit(
-                crate::log::Level::Warning,
-                &match &result {
-                    Ok(r) => format!(
-                        "server answered {}, retrying in {delay}s...",
-                        r.status().as_u16()
+            let what = match &result {
+                Ok(r) => format!("server answered {}", r.status().as_u16()),
+                Err(e) => network::describe(e),
+            };
+            // Once per cause: the same line five times over says nothing new.
+            if last_warned.as_ref() != Some(&what) {
+                crate::log::emit(
+                    crate::log::Level::Warning,
+                    &format!(
+                        "{what}; retrying (at most {} more times)...",
+                        BACKOFF.len() - attempt
                     ),
-                    Err(_) => format!("network error, retrying in {delay}s..."),
-                },
-            );
+                );
+                last_warned = Some(what);
+            }
             std::thread::sleep(Duration::from_secs_f64(delay));
             attempt += 1;
         }
@@ -152,7 +193,7 @@ impl Api {
         &self,
         path: &str,
     ) -> Result<T, BackendError> {
-        let r = self.call(|| self.request(reqwest::Method::GET, path), true)?;
+        let r = self.call(|| self.get_bounded(path), true)?;
         r.json()
             .map_err(|e| BackendError::Store(format!("GET {path}: bad response: {e}")))
     }
@@ -171,7 +212,7 @@ impl Api {
             )
             .json(repr)
             .send()
-            .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+            .map_err(|e| BackendError::Unreachable(network::describe(&e)))?;
         if r.status().is_success() {
             Ok(())
         } else {
@@ -195,11 +236,12 @@ fn status_error(r: Response) -> BackendError {
     let message = format!("HTTP {}: {message}", status.as_u16());
     match status.as_u16() {
         404 => BackendError::NotFound(message),
-        400 | 409 | 413 | 422 => BackendError::Invalid(message),
-        401 | 403 => BackendError::Unavailable(format!(
+        401 | 403 => BackendError::Denied(format!(
             "{message} (check the profile's token: `contree auth`)"
         )),
-        _ => BackendError::Unavailable(message),
+        // What the retries are for: the server failing or busy, which may pass.
+        425 | 429 | 410 | 500..=599 => BackendError::Unreachable(message),
+        _ => BackendError::Invalid(message),
     }
 }
 
@@ -399,7 +441,7 @@ impl Backend for RemoteBackend {
         let path = format!("/inspect/{}", query(&[("tag", name.to_string())]));
         let r = self
             .api
-            .call(|| self.api.request(reqwest::Method::GET, &path), true)
+            .call(|| self.api.get_bounded(&path), true)
             .map_err(|e| match e {
                 BackendError::NotFound(_) => {
                     BackendError::NotFound(format!("no image tagged '{name}'"))
@@ -468,7 +510,7 @@ impl Backend for RemoteBackend {
             match slot.into_inner().ok().flatten() {
                 Some(r) => out.push(r?),
                 None => {
-                    return Err(BackendError::Unavailable(format!(
+                    return Err(BackendError::Unreachable(format!(
                         "{}: not uploaded (an earlier upload failed)",
                         path.display()
                     )))
@@ -656,7 +698,7 @@ impl Backend for RemoteBackend {
     }
 
     fn import_local(&self, path: &Path, _tag: Option<&str>) -> Result<String, BackendError> {
-        Err(BackendError::Unavailable(format!(
+        Err(BackendError::Unsupported(format!(
             "importing {} needs the local engine; the remote API imports from registries only",
             path.display()
         )))

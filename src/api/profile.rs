@@ -30,8 +30,15 @@ pub enum ProfileError {
     NoUrl(String),
     #[error("profile '{name}': URL '{url}' must start with http:// or https://")]
     BadUrl { name: String, url: String },
+    /// `auth.ini` is not valid INI.
     #[error("{path}: {message}")]
     File { path: String, message: String },
+    /// `auth.ini` cannot be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// An INI file as sections of key → value. Read with the `config` crate; written back by
@@ -120,9 +127,9 @@ pub fn read(path: &Path) -> Result<Option<Ini>, ProfileError> {
                 message,
             }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ProfileError::File {
+        Err(source) => Err(ProfileError::Io {
             path: path.display().to_string(),
-            message: e.to_string(),
+            source,
         }),
     }
 }
@@ -212,9 +219,9 @@ pub fn save(path: &Path, profile: &Profile) -> Result<(), ProfileError> {
 
 /// Writes `ini` to `path` (mode 0600, through a temporary file and a rename).
 pub fn write(path: &Path, ini: &Ini) -> Result<(), ProfileError> {
-    let err = |e: std::io::Error| ProfileError::File {
+    let err = |source: std::io::Error| ProfileError::Io {
         path: path.display().to_string(),
-        message: e.to_string(),
+        source,
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;

@@ -126,9 +126,40 @@ fn fnmatch_to_glob(pattern: &str) -> String {
 pub fn expand(specs: &[FileSpec], excludes: &Excludes) -> Result<Vec<Attachment>, AttachError> {
     let mut all = Vec::new();
     for spec in specs {
+        let before = all.len();
         expand_one(spec, excludes, &mut all)?;
+        check_destinations(spec, &all[before..])?;
     }
     Ok(dedup_keep_last(all))
+}
+
+/// Every file of `spec` must land on a path with a name: `f:/` (or `f:/x/..`) names the
+/// root directory, which no file can replace. Checked here, not by the parser, because
+/// `dir:/` is fine: a directory's files land under `/`.
+pub(super) fn check_destinations(spec: &FileSpec, added: &[Attachment]) -> Result<(), AttachError> {
+    let nameless = |p: &str| {
+        !matches!(
+            Path::new(p).components().next_back(),
+            Some(std::path::Component::Normal(_))
+        )
+    };
+    let Some(bad) = added.iter().find(|a| nameless(&a.instance_path)) else {
+        return Ok(());
+    };
+    let name = spec
+        .host
+        .rsplit(['/', ':'])
+        .find(|piece| !piece.is_empty() && *piece != "." && *piece != "..")
+        .unwrap_or("file");
+    let suggestion = FileSpec {
+        instance: Some(format!("/{name}")),
+        ..spec.clone()
+    };
+    Err(AttachError::NotAFilePath {
+        spec: spec.to_string(),
+        instance: bad.instance_path.clone(),
+        suggestion: suggestion.to_string(),
+    })
 }
 
 pub(super) fn expand_one(
@@ -434,6 +465,28 @@ mod tests {
             got.iter().map(|a| (a.uid, a.mode)).collect::<Vec<_>>(),
             [(5, 0o700), (5, 0o640)]
         );
+    }
+
+    #[test]
+    fn a_file_needs_a_name_where_it_lands_but_a_directory_may_land_on_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), "d/a", "1");
+        write(tmp.path(), "f.txt", "1");
+        let f = host(&tmp.path().join("f.txt"));
+        for instance in ["/", "//", "/x/..", "/."] {
+            let err = expand(&[spec(&format!("{f}:{instance}"))], &excludes(&[])).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("invalid file spec '{f}:{instance}': '{instance}' is not a file path; give the file a name, like '{f}:/f.txt'")
+            );
+        }
+        assert_eq!(
+            instances(&expand(&[spec(&format!("{f}:/x/."))], &excludes(&[])).unwrap()),
+            ["/x/."]
+        );
+        let d = host(&tmp.path().join("d"));
+        let got = expand(&[spec(&format!("{d}:/"))], &excludes(&[])).unwrap();
+        assert_eq!(instances(&got), ["/a"]);
     }
 
     #[test]

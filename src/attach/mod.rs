@@ -35,6 +35,37 @@ pub enum AttachError {
     )]
     UnknownField { spec: String, field: String },
 
+    /// `m` followed by something that is not octal digits.
+    #[error("invalid file spec '{spec}': mode '{mode}' is not octal (like m0644 or m4755)")]
+    ModeNotOctal { spec: String, mode: String },
+
+    /// More than the permission bits: file-type bits (`m100644`) or a typo.
+    #[error(
+        "invalid file spec '{spec}': mode '{mode}' is above 07777 (permission bits only, like m0644 or m4755)"
+    )]
+    ModeTooLarge { spec: String, mode: String },
+
+    /// A numeric uid/gid that no file can have: negative, or past `(uid_t)-1`, which
+    /// chown(2) reads as "leave unchanged".
+    #[error("invalid file spec '{spec}': {field} '{value}' is out of range (0 to {max})", max = MAX_ID)]
+    IdOutOfRange {
+        spec: String,
+        field: &'static str,
+        value: String,
+    },
+
+    /// `u`, `g` or `m` with nothing after it.
+    #[error("invalid file spec '{spec}': the {field} field is empty")]
+    EmptyField { spec: String, field: &'static str },
+
+    /// A file's destination with no name in it: `/`, `/x/..`.
+    #[error("invalid file spec '{spec}': '{instance}' is not a file path; give the file a name, like '{suggestion}'")]
+    NotAFilePath {
+        spec: String,
+        instance: String,
+        suggestion: String,
+    },
+
     #[error("cannot stat host file '{host}': {source}")]
     Stat { host: String, source: io::Error },
 
@@ -68,6 +99,19 @@ pub enum AttachError {
     #[error("attachment cache error: cannot write '{path}': {source}")]
     CacheWrite { path: String, source: io::Error },
 }
+
+impl AttachError {
+    /// Whether this is local I/O on the attachment cache (exit 74), not bad input.
+    pub fn is_cache_io(&self) -> bool {
+        matches!(
+            self,
+            AttachError::CacheDir { .. } | AttachError::Cache(_) | AttachError::CacheWrite { .. }
+        )
+    }
+}
+
+/// The largest uid/gid a spec may give: one less than `(uid_t)-1`.
+pub const MAX_ID: u32 = u32::MAX - 1;
 
 /// Renders permission bits as the wire wants them: octal, at least four digits (`0644`, `4755`).
 ///

@@ -94,6 +94,7 @@ pub fn expand_with(
 ) -> Result<Vec<Attachment>, AttachError> {
     let mut all = Vec::new();
     for spec in specs {
+        let before = all.len();
         match split_scheme(&spec.host) {
             None => Local.resolve(spec, excludes, &mut all)?,
             Some((scheme, _)) => {
@@ -108,6 +109,7 @@ pub fn expand_with(
                 resolver.resolve(spec, excludes, &mut all)?;
             }
         }
+        expand::check_destinations(spec, &all[before..])?;
     }
     Ok(expand::dedup_keep_last(all))
 }

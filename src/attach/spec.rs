@@ -7,7 +7,7 @@
 use std::fmt;
 
 use super::resolve::{looks_like_scheme, NoSchemes, Schemes};
-use super::{mode_string, AttachError};
+use super::{mode_string, AttachError, MAX_ID};
 
 /// One parsed `--file` spec: `HOST[:/inst][:uUID][:gGID][:mMODE]`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -90,11 +90,11 @@ pub fn parse_spec_with(
             }
             parsed.instance = Some(field.to_string());
         } else if let Some(user) = field.strip_prefix('u') {
-            parsed.uid = Some(parse_owner(user, Owner::User, warnings));
+            parsed.uid = Some(parse_owner(spec, user, Owner::User, warnings)?);
         } else if let Some(group) = field.strip_prefix('g') {
-            parsed.gid = Some(parse_owner(group, Owner::Group, warnings));
+            parsed.gid = Some(parse_owner(spec, group, Owner::Group, warnings)?);
         } else if let Some(mode) = field.strip_prefix('m') {
-            parsed.mode = Some(parse_mode(mode));
+            parsed.mode = Some(parse_mode(spec, mode)?);
         } else {
             return Err(AttachError::UnknownField {
                 spec: spec.to_string(),
@@ -131,10 +131,36 @@ enum Owner {
     Group,
 }
 
-/// A decimal id, else a local name; an unknown name becomes 0 with a warning (upstream does the same).
-fn parse_owner(text: &str, kind: Owner, warnings: &mut Vec<String>) -> u32 {
-    if let Ok(id) = text.parse::<u32>() {
-        return id;
+/// A decimal id, else a local name; an unknown name becomes 0 with a warning (upstream
+/// does the same). A number no file can be owned by (`-1`, `99999999999`) is an error: it
+/// is a typo, not a name.
+fn parse_owner(
+    spec: &str,
+    text: &str,
+    kind: Owner,
+    warnings: &mut Vec<String>,
+) -> Result<u32, AttachError> {
+    let field = match kind {
+        Owner::User => "uid",
+        Owner::Group => "gid",
+    };
+    if text.is_empty() {
+        return Err(AttachError::EmptyField {
+            spec: spec.to_string(),
+            field,
+        });
+    }
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return match text.parse::<u32>() {
+            Ok(id) if id <= MAX_ID => Ok(id),
+            _ if digits.bytes().all(|b| b == b'0') => Ok(0),
+            _ => Err(AttachError::IdOutOfRange {
+                spec: spec.to_string(),
+                field,
+                value: text.to_string(),
+            }),
+        };
     }
     // nix wraps getpwnam_r/getgrnam_r (thread-safe, grows its buffer on ERANGE). A lookup
     // error is treated like an unknown name: the spec is still usable, and the user is told.
@@ -148,23 +174,45 @@ fn parse_owner(text: &str, kind: Owner, warnings: &mut Vec<String>) -> u32 {
             .flatten()
             .map(|g| g.gid.as_raw()),
     };
-    found.unwrap_or_else(|| {
+    Ok(found.unwrap_or_else(|| {
         warnings.push(match kind {
             Owner::User => format!("Unknown user '{text}', using uid 0"),
             Owner::Group => format!("Unknown group '{text}', using gid 0"),
         });
         0
-    })
+    }))
 }
 
-/// Octal permission bits; anything unparsable is 0, silently, as upstream does.
-fn parse_mode(text: &str) -> u32 {
+/// Octal permission bits, at most 07777. Upstream turns anything unparsable into 0000
+/// silently, which attaches a file nobody can read: here it is an error.
+fn parse_mode(spec: &str, text: &str) -> Result<u32, AttachError> {
     // Python's int(x, 8) also accepts an `0o` prefix; keep that so copied specs still work.
     let digits = text
         .strip_prefix("0o")
         .or_else(|| text.strip_prefix("0O"))
         .unwrap_or(text);
-    u32::from_str_radix(digits, 8).map_or(0, |m| m & 0o7777)
+    if text.is_empty() {
+        return Err(AttachError::EmptyField {
+            spec: spec.to_string(),
+            field: "mode",
+        });
+    }
+    if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(AttachError::ModeNotOctal {
+            spec: spec.to_string(),
+            mode: text.to_string(),
+        });
+    }
+    // Leading zeros aside, more than four digits is always above 07777 (and may not fit).
+    let significant = digits.trim_start_matches('0');
+    match u32::from_str_radix(significant, 8) {
+        Ok(mode) if significant.len() <= 4 && mode <= 0o7777 => Ok(mode),
+        _ if significant.is_empty() => Ok(0),
+        _ => Err(AttachError::ModeTooLarge {
+            spec: spec.to_string(),
+            mode: text.to_string(),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -285,23 +333,70 @@ mod tests {
     }
 
     #[test]
-    fn unparsable_mode_is_silently_zero() {
-        let mut warnings = Vec::new();
-        for spec in ["/x:mxyz", "/x:m999", "/x:m"] {
+    fn a_mode_must_be_octal_permission_bits() {
+        assert_eq!(
+            err("/x:m99999"),
+            "invalid file spec '/x:m99999': mode '99999' is not octal (like m0644 or m4755)"
+        );
+        assert_eq!(
+            err("/x:mxyz"),
+            "invalid file spec '/x:mxyz': mode 'xyz' is not octal (like m0644 or m4755)"
+        );
+        assert_eq!(
+            err("/x:m0o"),
+            "invalid file spec '/x:m0o': mode '0o' is not octal (like m0644 or m4755)"
+        );
+        assert_eq!(
+            err("/x:m"),
+            "invalid file spec '/x:m': the mode field is empty"
+        );
+        for big in [
+            "7777777777777",
+            "10000",
+            "100644",
+            "77777777777777777777777",
+        ] {
             assert_eq!(
-                parse_spec(spec, &mut warnings).unwrap().mode,
-                Some(0),
-                "{spec}"
+                err(&format!("/x:m{big}")),
+                format!("invalid file spec '/x:m{big}': mode '{big}' is above 07777 (permission bits only, like m0644 or m4755)")
             );
         }
-        assert!(warnings.is_empty());
     }
 
     #[test]
-    fn mode_keeps_special_bits_and_masks_the_rest() {
+    fn mode_keeps_special_bits() {
         assert_eq!(parse("/x:m4755").unwrap().mode, Some(0o4755));
+        assert_eq!(parse("/x:m7777").unwrap().mode, Some(0o7777));
         assert_eq!(parse("/x:m0o644").unwrap().mode, Some(0o644));
-        assert_eq!(parse("/x:m100644").unwrap().mode, Some(0o644));
+        assert_eq!(parse("/x:m00000644").unwrap().mode, Some(0o644));
+        assert_eq!(parse("/x:m0").unwrap().mode, Some(0));
+        assert_eq!(parse("/x:m000").unwrap().mode, Some(0));
+    }
+
+    #[test]
+    fn numeric_ids_must_fit_a_uid() {
+        assert_eq!(
+            err("/x:u-1"),
+            "invalid file spec '/x:u-1': uid '-1' is out of range (0 to 4294967294)"
+        );
+        assert_eq!(
+            err("/x:g4294967295"),
+            "invalid file spec '/x:g4294967295': gid '4294967295' is out of range (0 to 4294967294)"
+        );
+        assert_eq!(
+            err("/x:u99999999999999999999"),
+            "invalid file spec '/x:u99999999999999999999': uid '99999999999999999999' is out of range (0 to 4294967294)"
+        );
+        assert_eq!(
+            err("/x:u"),
+            "invalid file spec '/x:u': the uid field is empty"
+        );
+        assert_eq!(
+            err("/x:g"),
+            "invalid file spec '/x:g': the gid field is empty"
+        );
+        let spec = parse("/x:u4294967294:g-0").unwrap();
+        assert_eq!((spec.uid, spec.gid), (Some(4294967294), Some(0)));
     }
 
     #[test]

@@ -214,7 +214,7 @@ pub struct RunFlags {
     /// Working directory inside the instance (created if missing)
     #[arg(short = 'C', long, default_value = "")]
     pub cwd: String,
-    /// KEY=VALUE for the environment (one pair per flag)
+    /// KEY=VALUE for the environment (one pair per flag; KEY= for an empty value)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
     /// Hostname inside the instance
@@ -256,8 +256,10 @@ pub struct RunFlags {
     /// Run no hooks at all for this invocation
     #[arg(long = "no-hooks")]
     pub no_hooks: bool,
-    /// The command and its arguments
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0.., value_name = "COMMAND")]
+    /// The command and its arguments: from the first word that is not an option of `run`
+    /// (or after `--`); later words are the command's own, even when they start with `-`.
+    /// An unknown option before the command is a usage error, not the command.
+    #[arg(trailing_var_arg = true, num_args = 0.., value_name = "COMMAND")]
     pub words: Vec<String>,
 }
 

@@ -7,7 +7,11 @@ use crate::error::{CommandError, CommandResult, Kind};
 use crate::paths::Paths;
 
 fn profile_err(e: profile::ProfileError) -> CommandError {
-    CommandError::new(Kind::User, e.to_string())
+    let kind = match e {
+        profile::ProfileError::Io { .. } => Kind::Io,
+        _ => Kind::User,
+    };
+    CommandError::new(kind, e.to_string())
 }
 
 /// The remote profile this invocation uses, or `None` for the local engine.
@@ -90,6 +94,26 @@ fn manage(action: AuthAction, config: Option<&str>) -> CommandResult<i32> {
     }
 }
 
+/// Why `GET /v1/whoami` did not confirm the token: only a 401/403 means the token was
+/// refused; a server that cannot be reached, or is not a ConTree API, says so.
+fn whoami_err(e: crate::backend::BackendError, url: &str) -> CommandError {
+    use crate::backend::BackendError as B;
+    let not_saved = "the profile was not saved";
+    match e {
+        B::Denied(m) => CommandError::user(format!("the token was not accepted: {m}")).hint(
+            format!("{not_saved}; check --token (and --type, --project)"),
+        ),
+        B::Unreachable(m) => CommandError::new(Kind::Unreachable, m).hint(format!(
+            "{not_saved}; check --url, or whether the server is running"
+        )),
+        B::NotFound(m) | B::Invalid(m) => CommandError::user(format!(
+            "{url} does not answer /v1/whoami like a ConTree API: {m}"
+        ))
+        .hint(format!("{not_saved}; check --url")),
+        other => crate::context::backend_err(other).hint(not_saved),
+    }
+}
+
 /// Checks the token with `GET /v1/whoami`, then saves the profile and makes it active.
 pub fn auth(flags: AuthFlags, config: Option<&str>) -> CommandResult<i32> {
     if let Some(action) = flags.action {
@@ -124,9 +148,7 @@ pub fn auth(flags: AuthFlags, config: Option<&str>) -> CommandResult<i32> {
         project,
     };
     let api = crate::api::Api::new(&p).map_err(crate::context::backend_err)?;
-    let me = api
-        .whoami()
-        .map_err(|e| CommandError::new(Kind::User, format!("the token was not accepted: {e}")))?;
+    let me = api.whoami().map_err(|e| whoami_err(e, &p.url))?;
     if me["permissions"]["list"] == serde_json::Value::Bool(false) {
         crate::log::emit(
             crate::log::Level::Warning,

@@ -4,7 +4,7 @@
 use super::args::HooksCommand;
 use crate::error::CommandResult;
 use crate::format::{Format, Record};
-use crate::hooks::{self, command_error, Options};
+use crate::hooks::{self, manage_error, Options};
 use crate::paths::Paths;
 use crate::run::print_records;
 use serde_json::json;
@@ -22,7 +22,7 @@ pub fn hooks(format: Format, command: HooksCommand) -> CommandResult<i32> {
                 flags: &flags,
                 disabled: false,
             };
-            let (rows, untrusted) = hooks::list(&opts).map_err(command_error)?;
+            let (rows, untrusted) = hooks::list(&opts).map_err(manage_error)?;
             if let Some(why) = untrusted {
                 crate::warn!("{why}");
             }
@@ -60,7 +60,7 @@ pub fn hooks(format: Format, command: HooksCommand) -> CommandResult<i32> {
                 Some(d) => cwd.join(d),
                 None => cwd,
             };
-            let (dir, names) = hooks::trust(&start, &paths.data).map_err(command_error)?;
+            let (dir, names) = hooks::trust(&start, &paths.data).map_err(manage_error)?;
             match format {
                 Format::Json | Format::JsonPretty => {
                     let mut rec = Record::new();

@@ -13,6 +13,7 @@ mod plugins;
 mod pull;
 mod session;
 mod session_args;
+mod usage;
 mod when;
 
 use crate::context::{backend_err, session_err, Context};
@@ -36,12 +37,21 @@ pub fn main() -> i32 {
             std::path::Path::new(&argv[3]),
         );
     }
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
-        Err(e) => {
+        // Help and version are clap's to print; so is the help shown for a bare `contree`.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
             let code = if e.use_stderr() { exit::USAGE } else { 0 };
             let _ = e.print();
             return code;
+        }
+        Err(e) => {
+            let e = usage::usage_error(&e, &argv);
+            report(&e);
+            return e.exit_code();
         }
     };
     crate::log::trace("parsed");
@@ -180,9 +190,15 @@ fn serve(flags: args::ServeFlags) -> CommandResult<i32> {
         events_max_age: flags.events_max_age,
         events_max_bytes: flags.events_max_bytes,
     })
-    .map_err(|e| match e {
-        crate::server::ServeError::Config(_) => CommandError::user(e.to_string()),
-        other => CommandError::new(crate::error::Kind::Unavailable, other.to_string()),
+    .map_err(|e| {
+        use crate::server::ServeError as S;
+        let kind = match e {
+            // A --listen address that is taken or not ours to bind: pick another.
+            S::Config(_) | S::Listen { .. } => crate::error::Kind::User,
+            S::Io(_) => crate::error::Kind::Io,
+            S::Engine(_) => crate::error::Kind::Unavailable,
+        };
+        CommandError::new(kind, e.to_string())
     })?;
     Ok(0)
 }
@@ -210,6 +226,13 @@ fn context(
             plugins,
             paths,
         });
+    }
+    // A run on this machine needs the privileges to build its sandbox: said up front.
+    if for_run {
+        if let Some(why) = crate::privileges::missing() {
+            return Err(CommandError::new(crate::error::Kind::Unavailable, why)
+                .hint("run contree as root, or use a ConTree API: `contree auth --url URL --token TOKEN --type jwt`"));
+        }
     }
     // One after the other, on this thread: opening them in parallel (or the store in the
     // background while clap parses) measured slower, 5.4 → 5.8 ms for `run -D -- true`;

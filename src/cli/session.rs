@@ -5,6 +5,7 @@ use crate::context::{backend_err, no_session, session_err, Context};
 use crate::error::{CommandError, CommandResult};
 use crate::format::Record;
 use crate::run::print_records;
+use crate::run::request::EnvItemError;
 use crate::session::SessionInfo;
 use std::io::IsTerminal;
 
@@ -102,6 +103,11 @@ pub fn env(ctx: &Context, items: &[String], delete: bool) -> CommandResult<i32> 
         if items.is_empty() {
             return Err(CommandError::user("Specify keys to unset"));
         }
+        if let Some(bad) = items.iter().find(|k| k.is_empty() || k.contains('=')) {
+            return Err(CommandError::user(format!(
+                "'{bad}' is not a variable name (expected KEY, without '=')"
+            )));
+        }
         for k in items {
             ctx.sessions.unset_env(key, k).map_err(session_err)?;
             crate::info!("Unset {k}");
@@ -126,12 +132,17 @@ pub fn env(ctx: &Context, items: &[String], delete: bool) -> CommandResult<i32> 
         print_records(ctx.format, &records)?;
         return Ok(0);
     }
-    for item in items {
-        let Some((k, v)) = item.split_once('=') else {
-            return Err(CommandError::user(format!(
-                "Invalid format '{item}', expected KEY=VALUE"
-            )));
-        };
+    // All checked before any is set, as `run -e` does.
+    let pairs = crate::run::request::parse_env_items(items).map_err(|e| {
+        let err = CommandError::user(e.to_string());
+        match e {
+            EnvItemError::NoEquals(key) => err.hint(format!(
+                "`contree env` lists the variables; `contree env -U {key}` unsets one"
+            )),
+            EnvItemError::EmptyKey(_) => err,
+        }
+    })?;
+    for (k, v) in &pairs {
         ctx.sessions.set_env(key, k, v).map_err(session_err)?;
         crate::info!("Set {k}={v}");
     }

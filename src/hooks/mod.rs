@@ -81,17 +81,35 @@ pub enum HookError {
     },
     #[error("{0}")]
     Config(String),
+    /// The trust store could not be written (`contree hooks trust`).
+    #[error("cannot write '{path}': {source}")]
+    Save {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
-/// The CLI's view of a hook error: aborts and failing hooks exit with `exit::HOOK_ABORT`.
+/// The CLI's view of a hook error: aborts and failing hooks exit with `exit::HOOK_ABORT`,
+/// and so does a hook file that cannot be read: a policy that cannot apply stops the run
+/// (fail closed), whether its file has a typo or is missing.
 pub fn command_error(e: HookError) -> CommandError {
     let hint = "fix the hook, or skip every hook for one run with `contree run --no-hooks ...`";
     match e {
         HookError::Abort(_) => CommandError::new(Kind::HookAbort, e.to_string()),
-        HookError::Failed(_) | HookError::Load(_) => {
+        HookError::Failed(_) | HookError::Load(_) | HookError::Read { .. } => {
             CommandError::new(Kind::HookAbort, e.to_string()).hint(hint)
         }
-        HookError::Read { .. } | HookError::Config(_) => CommandError::user(e.to_string()),
+        HookError::Config(_) => CommandError::user(e.to_string()),
+        HookError::Save { .. } => CommandError::new(Kind::Io, e.to_string()),
+    }
+}
+
+/// A hook error outside a run (`contree hooks list|trust`): nothing was stopped, so it is
+/// a user error, or an I/O one when the trust store cannot be written.
+pub fn manage_error(e: HookError) -> CommandError {
+    match e {
+        HookError::Save { .. } => CommandError::new(Kind::Io, e.to_string()),
+        _ => CommandError::user(e.to_string()),
     }
 }
 
@@ -558,7 +576,7 @@ pub fn trust(start: &Path, data_dir: &Path) -> Result<(PathBuf, Vec<String>), Ho
     let mut store = trust::TrustStore::open(data_dir).map_err(HookError::Config)?;
     let names = hashes.keys().cloned().collect();
     store.trust(&dir, hashes);
-    store.save().map_err(|e| HookError::Read {
+    store.save().map_err(|e| HookError::Save {
         path: trust::TrustStore::file(data_dir).display().to_string(),
         source: e,
     })?;

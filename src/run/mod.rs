@@ -50,7 +50,7 @@ pub struct RunArgs {
 
 fn attach_err(e: AttachError) -> CommandError {
     let text = e.to_string();
-    let kind = if text.starts_with("attachment cache error") {
+    let kind = if e.is_cache_io() {
         Kind::Io
     } else {
         Kind::User
@@ -77,6 +77,9 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
                 .hint("contree run [OPTIONS] -- COMMAND [ARGS...]"),
         );
     }
+    // -e pairs are checked before anything else can fail later for them.
+    let env_items = request::parse_env_items(&args.env)
+        .map_err(|e| CommandError::user(format!("-e/--env: {e}")))?;
     // 0. The output formatter (built-in or a plugin's) is settled before anything runs.
     let mut formatter =
         crate::plugin::formatter(&ctx.output, &ctx.plugins).map_err(crate::plugin::plugin_err)?;
@@ -156,7 +159,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
         words: &args.words,
         shell: args.shell,
         session_env,
-        env_items: &args.env,
+        env_items: &env_items,
         preserved_env: preserved,
         preserve_env: args.preserve_env,
         cwd_flag: &args.cwd,

@@ -73,15 +73,28 @@ fn replace_crlf(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `-e` items split at the first `=` (`KEY` alone gives an empty value).
-pub fn parse_env_items(items: &[String]) -> Vec<(String, String)> {
-    items
-        .iter()
-        .map(|item| match item.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (item.clone(), String::new()),
-        })
-        .collect()
+/// A `KEY=VALUE` item (`run -e`, `contree env`) that is not one. Upstream takes `KEY` as
+/// `KEY=` and `=v` as an empty name, silently; a typo should not reach the command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvItemError {
+    #[error("'{0}' is not KEY=VALUE (write '{0}=' for an empty value)")]
+    NoEquals(String),
+    #[error("'{0}' has an empty KEY (expected KEY=VALUE)")]
+    EmptyKey(String),
+}
+
+/// One item split at its first `=` (the value may hold more).
+pub fn parse_env_item(item: &str) -> Result<(String, String), EnvItemError> {
+    match item.split_once('=') {
+        None => Err(EnvItemError::NoEquals(item.to_string())),
+        Some(("", _)) => Err(EnvItemError::EmptyKey(item.to_string())),
+        Some((k, v)) => Ok((k.to_string(), v.to_string())),
+    }
+}
+
+/// Every item, or the first bad one.
+pub fn parse_env_items(items: &[String]) -> Result<Vec<(String, String)>, EnvItemError> {
+    items.iter().map(|item| parse_env_item(item)).collect()
 }
 
 /// Everything `build` needs, already resolved.
@@ -90,7 +103,8 @@ pub struct Inputs<'a> {
     pub words: &'a [String],
     pub shell: bool,
     pub session_env: BTreeMap<String, String>,
-    pub env_items: &'a [String],
+    /// `-e` pairs, already checked (`parse_env_items`), in order.
+    pub env_items: &'a [(String, String)],
     pub preserved_env: Option<BTreeMap<String, String>>,
     pub preserve_env: bool,
     pub cwd_flag: &'a str,
@@ -107,8 +121,8 @@ pub struct Inputs<'a> {
 pub fn build(inputs: Inputs<'_>) -> (SpawnRequest, BTreeMap<String, String>) {
     let (command, args) = command_and_args(inputs.words, inputs.shell);
     let mut env = inputs.session_env;
-    for (k, v) in parse_env_items(inputs.env_items) {
-        env.insert(k, v);
+    for (k, v) in inputs.env_items {
+        env.insert(k.clone(), v.clone());
     }
     let send_env = !env.is_empty() && inputs.preserved_env.as_ref() != Some(&env);
     let cwd = if !inputs.cwd_flag.is_empty() {
@@ -194,13 +208,24 @@ mod tests {
     #[test]
     fn env_items_split_at_the_first_equals() {
         assert_eq!(
-            parse_env_items(&words(&["A=1=2", "B", "C=", "=v"])),
-            vec![
-                ("A".into(), "1=2".into()),
-                ("B".into(), "".into()),
-                ("C".into(), "".into()),
-                ("".into(), "v".into())
-            ]
+            parse_env_items(&words(&["A=1=2", "C="])),
+            Ok(vec![("A".into(), "1=2".into()), ("C".into(), "".into())])
+        );
+    }
+
+    #[test]
+    fn env_items_need_an_equals_sign_and_a_name() {
+        assert_eq!(
+            parse_env_items(&words(&["A=1", "B"])),
+            Err(EnvItemError::NoEquals("B".into()))
+        );
+        assert_eq!(
+            parse_env_item("=v").unwrap_err().to_string(),
+            "'=v' has an empty KEY (expected KEY=VALUE)"
+        );
+        assert_eq!(
+            parse_env_item("NOEQ").unwrap_err().to_string(),
+            "'NOEQ' is not KEY=VALUE (write 'NOEQ=' for an empty value)"
         );
     }
 }

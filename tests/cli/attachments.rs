@@ -125,15 +125,63 @@ fn an_unknown_user_name_warns_and_uses_uid_0() {
 }
 
 #[test]
-fn an_unparsable_mode_means_0000() {
+fn a_mode_that_is_not_octal_permission_bits_is_refused() {
+    // Upstream attaches these as mode 0000, silently: a file nobody can read.
+    rejected(
+        "/etc/hostname:/x:m99999",
+        "[ERROR] invalid file spec '/etc/hostname:/x:m99999': mode '99999' is not octal (like m0644 or m4755)\n",
+    );
+    rejected(
+        "/etc/hostname:/x:m7777777777777",
+        "[ERROR] invalid file spec '/etc/hostname:/x:m7777777777777': mode '7777777777777' is above 07777 (permission bits only, like m0644 or m4755)\n",
+    );
+    rejected(
+        "/etc/hostname:/x:m",
+        "[ERROR] invalid file spec '/etc/hostname:/x:m': the mode field is empty\n",
+    );
+}
+
+#[test]
+fn the_largest_mode_keeps_every_special_bit() {
     let env = Env::host();
     let host = env.write("f", "f");
-    for mode in ["mxyz", "m999"] {
-        let spec = format!("{}:/f:{mode}", host.display());
-        env.run(["run", "-D", "-F", &spec, "--", "stat", "-c", "%a", "/f"])
-            .success()
-            .stdout("0\n");
-    }
+    let spec = format!("{}:/f:m7777", host.display());
+    env.run(["run", "-D", "-F", &spec, "--", "stat", "-c", "%a", "/f"])
+        .success()
+        .stdout("7777\n");
+}
+
+#[test]
+fn a_negative_or_out_of_range_id_is_refused_not_taken_for_a_name() {
+    rejected(
+        "/etc/hostname:/x:u-1",
+        "[ERROR] invalid file spec '/etc/hostname:/x:u-1': uid '-1' is out of range (0 to 4294967294)\n",
+    );
+    rejected(
+        "/etc/hostname:/x:g4294967296",
+        "[ERROR] invalid file spec '/etc/hostname:/x:g4294967296': gid '4294967296' is out of range (0 to 4294967294)\n",
+    );
+}
+
+#[test]
+fn a_file_cannot_land_on_the_root_directory() {
+    let env = Env::host();
+    let host = env.write("f", "f");
+    let spec = format!("{}:/", host.display());
+    env.run(["run", "-F", &spec, "--", "touch", "/spawned"])
+        .code(1)
+        .stdout_empty()
+        .stderr(&format!(
+            "[ERROR] invalid file spec '{0}:/': '/' is not a file path; give the file a name, like '{0}:/f'\n",
+            host.display()
+        ));
+    assert_eq!(env.all_ops(), Vec::<String>::new());
+    // A directory's files may land under `/`.
+    env.write("d/zz-attached", "under root\n");
+    let spec = format!("{}:/", env.work().join("d").display());
+    env.run(["run", "-D", "-F", &spec, "--", "cat", "/zz-attached"])
+        .success()
+        .stdout("under root\n");
 }
 
 /// A project as a developer has it, with everything the default excludes should drop.

@@ -419,8 +419,9 @@ fn a_hook_file_that_does_not_load_stops_the_run() {
         .code(77)
         .stderr_contains("event.lua:1: unknown event 'pre_spawn' (expected pre-attach, pre-spawn, on-output, on-exit)");
     run(&env, &["--hook", "missing.lua", "--", "true"])
-        .code(1)
-        .stderr_contains("cannot read hook file");
+        .code(77)
+        .stderr_contains("[ERROR] cannot read hook file '")
+        .stderr_contains("missing.lua': No such file or directory");
 }
 
 #[test]

@@ -107,7 +107,7 @@ fn env_sets_lists_and_unsets_session_variables() {
         .stdout("1 x=y\n");
     env.run(["env", "C"])
         .code(1)
-        .stderr_contains("Invalid format 'C', expected KEY=VALUE");
+        .stderr_contains("[ERROR] 'C' is not KEY=VALUE (write 'C=' for an empty value)");
     env.run(["env", "-U", "A"])
         .success()
         .stderr_contains("Unset A");

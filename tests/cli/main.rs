@@ -7,6 +7,8 @@ mod harness;
 mod attachments;
 mod completions;
 mod durability;
+mod errors;
+mod exit_codes;
 mod gc;
 mod hooks;
 mod host_image;

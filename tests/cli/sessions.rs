@@ -5,11 +5,15 @@ use crate::harness::Env;
 
 const NO_SESSION: &str = "No active session. Run `contree use IMAGE` to start one.";
 
+/// The second line, pointing at help that exists (the official client names `contree agent`).
+const AGENTS: &str = "Agents: read `contree --help` and `contree use --help` for the workflow, and set a session first.";
+
 /// The three-line explanation printed when there is no session.
 fn assert_no_session_message(stderr: &str) {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 3, "{stderr}");
     assert_eq!(lines[0], NO_SESSION);
+    assert_eq!(lines[1], AGENTS, "{stderr}");
     assert!(lines[2].starts_with("hint: "), "{stderr}");
     assert!(lines[2].contains("contree use host"), "{stderr}");
 }
@@ -176,4 +180,15 @@ fn a_bad_file_spec_stops_run_use_before_the_session_switches() {
         .code(1)
         .stderr_contains("invalid file spec");
     env.run(["use"]).code(1);
+}
+
+#[test]
+fn the_no_session_message_points_at_help_that_exists() {
+    let env = Env::new();
+    let out = env.run(["run", "--", "true"]).code(1);
+    assert_no_session_message(&out.stderr_text());
+    env.run(["--help"]).success().stdout_contains("use");
+    env.run(["use", "--help"])
+        .success()
+        .stdout_contains("Start or switch the session to IMAGE");
 }
