@@ -409,14 +409,24 @@ impl LogWriter {
     }
 }
 
-impl Drop for LogWriter {
-    fn drop(&mut self) {
+impl LogWriter {
+    /// Gives back the blocks reserved past the log's end (before its last frame, so a reader
+    /// that sees `completion` sees the log at its final size).
+    pub fn trim(&mut self) {
         if self.reserved > self.end {
             if let Some(file) = &self.file {
                 // Cutting to the size it has frees the blocks reserved past it.
                 let _ = file.set_len(self.end);
             }
+            self.reserved = 0;
+            self.preallocate = false;
         }
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        self.trim();
     }
 }
 

@@ -250,8 +250,9 @@ impl Recorder {
         relay
     }
 
-    /// Writes an event at once, after everything handed over so far, and says whether it
-    /// made it into the log (the caller's `completion` must, or the follower is told).
+    /// Writes the log's last event at once, after everything handed over so far, and says
+    /// whether it made it into the log (the caller's `completion` must, or the follower is
+    /// told). The log's preallocated blocks are given back first.
     pub fn append_now(
         &mut self,
         kind: &str,
@@ -260,7 +261,10 @@ impl Recorder {
     ) -> std::io::Result<()> {
         self.flush();
         match &mut self.state {
-            State::Direct(log) => log.append(kind, spid, data).map(drop),
+            State::Direct(log) => {
+                log.trim();
+                log.append(kind, spid, data).map(drop)
+            }
             _ => Err(std::io::Error::other("the event log is closed")),
         }
     }
