@@ -111,13 +111,24 @@ pub trait Backend {
     /// `output`, the caller's stdout and stderr, is where it would write the output
     /// unchanged: a backend may write it there itself. Such output does not come as bytes
     /// in the events, only as `EventItem::passed`.
+    ///
+    /// `registered` is told the operation's id before the operation can have a result:
+    /// before it starts, for a backend that names its operations itself, else as soon as
+    /// the spawn returns (an operation it refuses is cancelled). The caller records it
+    /// there so that the run reaches its session even if the caller dies.
     fn spawn_followed(
         &self,
         req: &SpawnRequest,
         stdin: StdinSource,
         _output: Option<[std::os::fd::RawFd; 2]>,
+        registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
     ) -> Result<String, BackendError> {
-        self.spawn(req, stdin)
+        let op = self.spawn(req, stdin)?;
+        if let Err(e) = registered(&op) {
+            let _ = self.cancel(&op);
+            return Err(e);
+        }
+        Ok(op)
     }
     fn operation(&self, op: &str) -> Result<Operation, BackendError>;
     fn operations(&self, filter: &OpFilter) -> Result<Vec<Operation>, BackendError>;

@@ -376,7 +376,9 @@ fn wait(ctx: &Context, words: &[String]) -> CommandResult<i32> {
             code = code.max(i32::try_from(c).unwrap_or(1));
         }
         let title = entry.as_ref().map(|p| p.title.clone()).unwrap_or_default();
-        if let Some(p) = &entry {
+        if let Some(p) = entry.as_ref().filter(|p| p.foreground) {
+            crate::run::settle::apply(ctx, p, &op)?;
+        } else if let Some(p) = &entry {
             let ok = op.status == Status::Success && exit.is_none_or(|c| c == 0);
             if ok && op.kind == "instance" {
                 if p.disposable {

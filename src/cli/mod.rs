@@ -150,6 +150,8 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         for_run,
     )?;
     crate::log::trace("context ready");
+    // Runs of this session that ended after their CLI died reach it before anything else.
+    crate::run::settle::settle(&ctx)?;
     crate::interrupt::install();
     match command {
         Command::Run(flags) => crate::run::run(&ctx, run_args(flags)),

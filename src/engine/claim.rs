@@ -113,6 +113,15 @@ impl Claim {
         Ok(lock_file(&file, wait)?.then_some(file))
     }
 
+    /// The claim on `path` whose locked descriptor `lock` this process was handed (by the
+    /// process that forked or executed it).
+    pub fn adopt(lock: File, path: &Path) -> Claim {
+        Claim {
+            lock,
+            path: path.to_path_buf(),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -124,6 +124,18 @@ pub const NOTIFY_FD_ENV: &str = "CONTREE_NOTIFY_FD";
 /// supervisor inherits otherwise.
 pub const LOG_FD_ENV: &str = "CONTREE_LOG_FD";
 const LOG_FD: std::os::fd::RawFd = 900;
+/// Likewise for the claimed scratch dir of a foreground run (see `start`).
+pub const SCRATCH_FD_ENV: &str = "CONTREE_SCRATCH_FD";
+const SCRATCH_FD: std::os::fd::RawFd = 901;
+
+/// What a new supervisor takes over from its spawner: the operation's locked event log
+/// (when the spawner recorded the operation) and its claimed scratch dir (a foreground
+/// run's, claimed before the spawn so the run is visibly in flight from its first moment).
+#[derive(Default)]
+struct Handover {
+    log: Option<std::fs::File>,
+    scratch: Option<claim::Claim>,
+}
 
 /// A followed run's pipes from its supervisor, and which of its streams the supervisor
 /// writes to our own stdout or stderr itself (those pipes then only end).
@@ -304,7 +316,7 @@ impl LocalEngine {
         &self,
         job: &supervisor::Job,
         stdin: StdinSource,
-        log_lock: Option<&std::fs::File>,
+        handover: &Handover,
     ) -> Result<(), BackendError> {
         let op = job.op.as_str();
         let job_file = supervisor::job_path(self.store.layout(), op);
@@ -352,17 +364,23 @@ impl LocalEngine {
         // (posix_spawn would reset the mask), so a `kill` right after the spawn cancels
         // the run instead of killing a supervisor that has not set up its signalfd yet.
         cmd.process_group(0);
-        let log_fd = log_lock.map(|f| f.as_raw_fd());
+        let log_fd = handover.log.as_ref().map(|f| f.as_raw_fd());
+        let scratch_fd = handover.scratch.as_ref().map(|c| c.file().as_raw_fd());
         if log_fd.is_some() {
             cmd.env(LOG_FD_ENV, LOG_FD.to_string());
         }
-        // SAFETY: pthread_sigmask and dup2 are async-signal-safe. The log's copy is made in
-        // the child only, so no other program this process starts meanwhile inherits it.
+        if scratch_fd.is_some() {
+            cmd.env(SCRATCH_FD_ENV, SCRATCH_FD.to_string());
+        }
+        // SAFETY: pthread_sigmask and dup2 are async-signal-safe. The copies are made in
+        // the child only, so no other program this process starts meanwhile inherits them.
         unsafe {
             cmd.pre_exec(move || {
-                if let Some(fd) = log_fd {
-                    if libc::dup2(fd, LOG_FD) < 0 {
-                        return Err(std::io::Error::last_os_error());
+                for (fd, at) in [(log_fd, LOG_FD), (scratch_fd, SCRATCH_FD)] {
+                    if let Some(fd) = fd {
+                        if libc::dup2(fd, at) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                 }
                 supervisor::cancel_signals()
@@ -405,7 +423,7 @@ impl LocalEngine {
         stdin: StdinSource,
         live: bool,
         output: Option<[std::os::fd::RawFd; 2]>,
-        log_lock: Option<&std::fs::File>,
+        handover: &Handover,
     ) -> Result<(), BackendError> {
         let op = job.op.as_str();
         // The supervisor's stdout and stderr: its log only when tracing (it writes its
@@ -480,11 +498,16 @@ impl LocalEngine {
                         extra.extend([out.as_raw_fd(), err.as_raw_fd()]);
                         extra.extend(direct.iter().flatten());
                     }
-                    // The operation's lock comes along (see `LogWriter::own`), last.
-                    let log_at = log_lock.map(|f| {
-                        extra.push(f.as_raw_fd());
+                    // What the supervisor takes over comes along, last.
+                    let mut pass = |fd: std::os::fd::RawFd| {
+                        extra.push(fd);
                         2 + extra.len() as i32
-                    });
+                    };
+                    let log_at = handover.log.as_ref().map(|f| pass(f.as_raw_fd()));
+                    let scratch_at = handover
+                        .scratch
+                        .as_ref()
+                        .map(|c| pass(c.file().as_raw_fd()));
                     if let Err(e) = supervisor_fds(log.as_raw_fd(), stdin_fd, &extra) {
                         supervisor::diag(&log_path, &format!("file descriptors: {e}"));
                         return 1;
@@ -511,15 +534,17 @@ impl LocalEngine {
                     crate::log::trace("supervisor start");
                     // Tells it apart from its CLI in `ps -o comm` and top.
                     let _ = nix::sys::prctl::set_name(c"contree-super");
-                    // SAFETY: supervisor_fds put it there.
-                    let log_lock = log_at.map(|fd| unsafe {
-                        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
-                    });
+                    // SAFETY: supervisor_fds put them there.
+                    let file =
+                        |fd| unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                    let scratch = scratch_at
+                        .map(|fd| claim::Claim::adopt(file(fd), &self.store.scratch_dir(&job.op)));
                     let code = supervisor::supervise_job(
                         self.store.layout().clone(),
                         job.clone(),
                         &self.data_dir,
-                        log_lock,
+                        log_at.map(file),
+                        scratch,
                         Some(notify),
                         live,
                         started,
@@ -576,20 +601,33 @@ impl LocalEngine {
         stdin: StdinSource,
         lazy_row: bool,
         output: Option<[std::os::fd::RawFd; 2]>,
+        registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
     ) -> Result<String, BackendError> {
         let (image, blobs) = self.store.reading(|| self.validate(req))?;
         crate::log::trace("validated");
         let op = uuid::Uuid::new_v4().to_string();
         let dir = self.store.op_dir(&op);
+        registered(&op)?;
         // With a lazy row the supervisor also makes the operation's dir and event log,
-        // while its sandbox starts (`LogWriter::deferred`); `Tail` waits for them.
-        let log_lock = if lazy_row {
-            None
+        // while its sandbox starts (`LogWriter::deferred`); `Tail` waits for them. Its
+        // scratch dir is claimed here, so that the run is in flight from the first moment
+        // (see `unrecorded`).
+        let handover = if lazy_row {
+            Handover {
+                log: None,
+                scratch: Some(
+                    supervisor::claim_scratch(self.store.layout(), &op)
+                        .map_err(BackendError::Store)?,
+                ),
+            }
         } else {
             let lock = self.new_op_dir(&op)?;
             self.store
                 .create_op(&op, "instance", Some(&req.image), Some(req))?;
-            Some(lock)
+            Handover {
+                log: Some(lock),
+                scratch: None,
+            }
         };
         crate::log::trace("op created");
         let job = supervisor::Job {
@@ -600,12 +638,12 @@ impl LocalEngine {
             created_at: lazy_row.then(crate::wire::now_ts),
         };
         let started = if self.fork && single_threaded() {
-            self.fork_supervisor(&job, stdin, lazy_row, output, log_lock.as_ref())
+            self.fork_supervisor(&job, stdin, lazy_row, output, &handover)
         } else {
-            self.spawn_supervisor(&job, stdin, log_lock.as_ref())
+            self.spawn_supervisor(&job, stdin, &handover)
         };
-        // The supervisor holds the operation now; our copy of the lock just closes.
-        drop(log_lock);
+        // The supervisor holds the operation now; our copies of its locks just close.
+        drop(handover);
         if let Err(e) = started {
             if !lazy_row {
                 let _ = self.store.delete_op(&op);
@@ -680,10 +718,13 @@ impl LocalEngine {
                     blobs,
                     created_at: None,
                 };
-                let lock = self.owned.borrow_mut().remove(op);
-                let started = self.spawn_supervisor(&job, stdin, lock.as_ref());
+                let handover = Handover {
+                    log: self.owned.borrow_mut().remove(op),
+                    scratch: None,
+                };
+                let started = self.spawn_supervisor(&job, stdin, &handover);
                 if started.is_err() {
-                    if let Some(lock) = lock {
+                    if let Some(lock) = handover.log {
                         self.owned.borrow_mut().insert(op.to_string(), lock);
                     }
                 }
@@ -869,6 +910,60 @@ impl LocalEngine {
         Ok(row)
     }
 
+    /// An operation without a row: a foreground run whose supervisor records it while its
+    /// sandbox starts, seen before that (it has claimed its scratch dir or holds its log:
+    /// EXECUTING), or one whose supervisor could write its log but not its row (the log's
+    /// ending). Anything else is no operation at all.
+    fn unrecorded(&self, op: &str) -> Result<Operation, BackendError> {
+        let log = self.store.op_dir(op).join("events");
+        let mut row = store::OpRow {
+            uuid: op.to_string(),
+            kind: "instance".into(),
+            status: Status::Executing,
+            created_at: crate::wire::now_ts(),
+            duration: None,
+            image: None,
+            result_image: None,
+            error: None,
+            request: None,
+            supervisor_pid: None,
+            supervisor_start: None,
+            exit_code: None,
+            timed_out: false,
+            image_size: None,
+        };
+        if crate::backend::is_uuid(op)
+            && (LogWriter::owned(&log) || claim::held(&self.store.scratch_dir(op)))
+        {
+            return Ok(row.to_wire());
+        }
+        let ending = LogReader::open(&log).ok().and_then(|mut reader| {
+            reader.skip_stream_payloads();
+            let mut ending = None;
+            while let Ok(Some(ev)) = reader.next() {
+                if ev.header.kind == "completion" {
+                    ending = Some(ev.header.data);
+                }
+            }
+            ending
+        });
+        let Some(done) = ending else {
+            return Err(BackendError::NotFound(format!("operation {op} not found")));
+        };
+        let text = |k: &str| done.get(k).and_then(|v| v.as_str()).map(String::from);
+        row.status = text("status")
+            .as_deref()
+            .and_then(Status::parse)
+            .unwrap_or(Status::Failed);
+        row.error = text("error");
+        row.result_image = text("result_image_uuid");
+        row.duration = done
+            .get("duration_ms")
+            .and_then(|v| v.as_f64())
+            .map(|ms| ms / 1000.0);
+        Ok(row.to_wire())
+    }
+
     /// Pid of a supervisor this engine started for `op`, if it is still ours to reap.
     fn own_supervisor(&self, op: &str) -> Option<Pid> {
         self.reap();
@@ -996,7 +1091,7 @@ impl Backend for LocalEngine {
     }
 
     fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
-        self.start(req, stdin, false, None)
+        self.start(req, stdin, false, None, &mut |_| Ok(()))
     }
 
     fn spawn_followed(
@@ -1004,15 +1099,15 @@ impl Backend for LocalEngine {
         req: &SpawnRequest,
         stdin: StdinSource,
         output: Option<[std::os::fd::RawFd; 2]>,
+        registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
     ) -> Result<String, BackendError> {
-        self.start(req, stdin, self.fork, output)
+        self.start(req, stdin, self.fork, output, registered)
     }
 
     fn operation(&self, op: &str) -> Result<Operation, BackendError> {
-        let row = self
-            .store
-            .op(op)?
-            .ok_or_else(|| BackendError::NotFound(format!("operation {op} not found")))?;
+        let Some(row) = self.store.op(op)? else {
+            return self.unrecorded(op);
+        };
         if !row.status.is_terminal() && !self.supervisor_alive(&row) {
             self.recover_op(&row);
             return self.operation(op);

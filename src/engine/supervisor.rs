@@ -147,18 +147,8 @@ pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
         }
     };
     let _ = std::fs::remove_file(&job_file);
-    // SAFETY (both): the spawner handed us these descriptors and nobody else here uses them.
-    let log = std::env::var(super::LOG_FD_ENV)
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-        .map(|fd| {
-            // Never inherited by the sandbox: the command must not hold (or write) its log.
-            let _ = nix::fcntl::fcntl(
-                fd,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            );
-            unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) }
-        });
+    // The command must never hold (or write) its log.
+    let log = inherited_fd(super::LOG_FD_ENV);
     let notify = std::env::var(super::NOTIFY_FD_ENV)
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
@@ -172,7 +162,21 @@ pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
             );
             fd
         });
-    supervise_job(layout, job, data_dir, log, notify, None, started)
+    let scratch =
+        inherited_fd(super::SCRATCH_FD_ENV).map(|file| Claim::adopt(file, &layout.scratch_dir(op)));
+    supervise_job(layout, job, data_dir, log, scratch, notify, None, started)
+}
+
+/// A descriptor our spawner handed us, named by the environment variable `var`; made
+/// close-on-exec, so the sandbox never inherits it.
+fn inherited_fd(var: &str) -> Option<std::fs::File> {
+    let fd = std::env::var(var).ok()?.parse::<i32>().ok()?;
+    let _ = nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    // SAFETY: the spawner handed us this descriptor and nobody else here uses it.
+    Some(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 /// Runs one operation from start to `completion`: the body of both the exec'd
@@ -180,11 +184,13 @@ pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
 ///
 /// `log` is the operation's event log, locked, when the spawner created the operation (the
 /// lock is what makes it ours: see `LogWriter::own`).
+#[allow(clippy::too_many_arguments)]
 pub fn supervise_job(
     layout: Layout,
     job: Job,
     data_dir: &Path,
     log: Option<std::fs::File>,
+    scratch: Option<Claim>,
     notify: Option<OwnedFd>,
     live: Option<Live>,
     started: Instant,
@@ -216,7 +222,7 @@ pub fn supervise_job(
     }
     let mut run = Run {
         scratch: layout.scratch_dir(&op),
-        scratch_claim: None,
+        scratch_claim: scratch,
         layout,
         attach: None,
         live,
@@ -884,36 +890,12 @@ impl Run {
         code
     }
 
-    /// Makes `scratch` a directory with an empty `upper` and a `work`, claimed by this
-    /// supervisor for as long as it runs (see `claim`): a spare pair left by an earlier run
-    /// (one rename), else new ones.
+    /// The scratch dir, claimed by this supervisor for as long as it runs (see `claim`):
+    /// the one its spawner claimed for it, else one claimed now.
     fn claim_scratch(&mut self) -> Result<(), String> {
-        let spares = self.layout.root.join(SPARES);
-        if let Ok(entries) = std::fs::read_dir(&spares) {
-            for entry in entries.flatten() {
-                // Another supervisor may take the same one first: then try the next.
-                if let Ok(Some(claim)) = Claim::take(&entry.path(), &self.scratch) {
-                    let sound = ["upper", "work"].iter().all(|d| {
-                        self.scratch
-                            .join(d)
-                            .symlink_metadata()
-                            .is_ok_and(|m| m.is_dir())
-                    });
-                    if sound {
-                        self.scratch_claim = Some(claim);
-                        return Ok(());
-                    }
-                    // Not a pair of ours (something else was put in the pool): gone.
-                    let _ = claim.remove();
-                }
-            }
+        if self.scratch_claim.is_none() {
+            self.scratch_claim = Some(claim_scratch(&self.layout, &self.job.op)?);
         }
-        let claim = Claim::create_dir(&self.scratch)
-            .map_err(|e| format!("scratch dir {}: {e}", self.scratch.display()))?;
-        for d in [self.scratch.join("upper"), self.scratch.join("work")] {
-            std::fs::create_dir(&d).map_err(|e| format!("scratch dir {}: {e}", d.display()))?;
-        }
-        self.scratch_claim = Some(claim);
         Ok(())
     }
 
@@ -1073,6 +1055,37 @@ impl Run {
         chain.splice(..merge, [id.clone()]);
         Ok(Some(((id, size), staging)))
     }
+}
+
+/// Makes `tmp/OP` a directory with an empty `upper` and a `work`, claimed by this process
+/// (see `claim`): a spare pair left by an earlier run (one rename), else new ones.
+pub fn claim_scratch(layout: &Layout, op: &str) -> Result<Claim, String> {
+    let scratch = layout.scratch_dir(op);
+    let spares = layout.root.join(SPARES);
+    if let Ok(entries) = std::fs::read_dir(&spares) {
+        for entry in entries.flatten() {
+            // Another supervisor may take the same one first: then try the next.
+            if let Ok(Some(claim)) = Claim::take(&entry.path(), &scratch) {
+                let sound = ["upper", "work"]
+                    .iter()
+                    .all(|d| scratch.join(d).symlink_metadata().is_ok_and(|m| m.is_dir()));
+                if sound {
+                    return Ok(claim);
+                }
+                // Not a pair of ours (something else was put in the pool): gone.
+                let _ = claim.remove();
+            }
+        }
+    }
+    let claim = Claim::create_dir(&scratch)
+        .map_err(|e| format!("scratch dir {}: {e}", scratch.display()))?;
+    for d in [scratch.join("upper"), scratch.join("work")] {
+        if let Err(e) = std::fs::create_dir(&d) {
+            let _ = claim.remove();
+            return Err(format!("scratch dir {}: {e}", d.display()));
+        }
+    }
+    Ok(claim)
 }
 
 /// A hard-linked copy of layer `id` under a new id, for a layer needed twice in one chain.

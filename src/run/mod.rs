@@ -3,6 +3,7 @@
 
 pub mod formatter;
 pub mod request;
+pub mod settle;
 
 use crate::attach::{self, AttachError, DigestCache, Excludes};
 use crate::backend::{BackendError, StdinSource};
@@ -213,7 +214,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
     let title = args.words.join(" ");
     crate::log::trace("request built");
     let op = if args.detach {
-        ctx.backend.spawn(&req, stdin)
+        ctx.backend.spawn(&req, stdin).map_err(backend_err)?
     } else {
         // Output nothing inspects may go from the command to our stdout and stderr without
         // passing through us (see `Backend::spawn_followed`); what we wrote goes out first.
@@ -221,10 +222,45 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
         if direct {
             flush_std();
         }
-        ctx.backend
-            .spawn_followed(&req, stdin, direct.then_some([1, 2]))
-    }
-    .map_err(backend_err)?;
+        // On the session's pending list before it can finish: if we die, the next command
+        // of the session applies it (see `settle`). A disposable run changes no session.
+        let me = std::process::id() as i32;
+        let pending = (!req.disposable).then(|| PendingOp {
+            title: title.clone(),
+            foreground: true,
+            preserved_env: args.preserve_env.then(|| merged_env.clone()),
+            cli: crate::engine::process_start_time(me).map(|start| (me, start)),
+            ..Default::default()
+        });
+        let mut registered_op = None;
+        let spawned =
+            ctx.backend
+                .spawn_followed(&req, stdin, direct.then_some([1, 2]), &mut |op: &str| {
+                    registered_op = Some(op.to_string());
+                    match &pending {
+                        Some(p) => ctx
+                            .sessions
+                            .add_pending_op(
+                                &ctx.session_key,
+                                &PendingOp {
+                                    op: op.to_string(),
+                                    ..p.clone()
+                                },
+                            )
+                            .map_err(|e| BackendError::Store(e.to_string())),
+                        None => Ok(()),
+                    }
+                });
+        match spawned {
+            Ok(op) => op,
+            Err(e) => {
+                if let (Some(op), Some(_)) = (registered_op, &pending) {
+                    let _ = ctx.sessions.remove_pending_op(&ctx.session_key, &op);
+                }
+                return Err(backend_err(e));
+            }
+        }
+    };
     crate::log::trace("spawned");
 
     if args.detach {
@@ -386,6 +422,7 @@ fn detach(
                 title: title.to_string(),
                 disposable,
                 branch,
+                ..Default::default()
             },
         )
         .map_err(session_err)?;
@@ -647,18 +684,24 @@ fn finish(
             },
         );
     }
-    // Session bookkeeping (§2.13): a successful snapshot moves the session.
-    if status == Status::Success && !req.disposable {
-        if let Some(image) = &out.result_image {
-            ctx.sessions
-                .set_image(&ctx.session_key, image, "run", title, Some(&out.op))
-                .map_err(session_err)?;
-            if args.preserve_env {
-                ctx.sessions
-                    .set_preserved_env(image, merged_env)
-                    .map_err(session_err)?;
-            }
-        }
+    // Session bookkeeping (§2.13): a successful snapshot moves the session, and the run
+    // leaves the pending list (a later command may have applied it already if we were
+    // stopped for long: then it is not applied twice).
+    if !req.disposable {
+        let result = out
+            .result_image
+            .as_deref()
+            .filter(|_| status == Status::Success)
+            .map(|image| (image, title));
+        ctx.sessions
+            .apply_pending(
+                &ctx.session_key,
+                &out.op,
+                result,
+                args.preserve_env.then_some(merged_env),
+                None,
+            )
+            .map_err(session_err)?;
     }
     crate::log::trace("session updated");
     if !out.broken_pipe {

@@ -16,6 +16,7 @@ pub use store::SessionStore;
 use target::Target;
 
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// One history entry. Ids are global to the database (shared by all sessions of a profile).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -44,13 +45,35 @@ pub struct SessionInfo {
     pub tip_id: i64,
 }
 
-/// A detached run still to be applied by `session wait` (run-behaviour.md §2.14).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A run still to be applied to its session: a detached run, applied by `session wait`
+/// (run-behaviour.md §2.14), or a foreground run from the moment it is spawned until its
+/// CLI applies it. A foreground run whose CLI died (killed, its terminal closed) is applied
+/// by the next command of the session (see `run::settle`), so a run that completed always
+/// reaches its session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct PendingOp {
     pub op: String,
     pub title: String,
     pub disposable: bool,
     pub branch: String,
+    /// A foreground run (applied like one: whatever the command's exit code).
+    pub foreground: bool,
+    /// With `--preserve-env`: the env merged for the run, remembered for its result image.
+    pub preserved_env: Option<BTreeMap<String, String>>,
+    /// The CLI that follows a foreground run (pid, process start time): while it lives,
+    /// the run is its to apply.
+    pub cli: Option<(i32, u64)>,
+}
+
+/// What `SessionStore::apply_pending` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The op was not on the list: someone applied it already.
+    NotPending,
+    /// Taken off the list; it had no result to record.
+    Taken,
+    /// Taken off the list, its result recorded as this entry.
+    Recorded(HistoryEntry),
 }
 
 /// What sessions reference in the image store (see `SessionStore::references`).

@@ -321,6 +321,7 @@ fn pending_ops_keep_insertion_order() {
         title: format!("t-{id}"),
         disposable: d,
         branch: format!("detached-{id}"),
+        ..Default::default()
     };
     s.add_pending_op("t", &op("b", false)).unwrap();
     s.add_pending_op("t", &op("a", true)).unwrap();
@@ -332,6 +333,42 @@ fn pending_ops_keep_insertion_order() {
     s.remove_pending_op("t", "b").unwrap();
     s.remove_pending_op("t", "missing").unwrap();
     assert_eq!(s.pending_ops("t").unwrap(), vec![op("a", true)]);
+}
+
+#[test]
+fn a_pending_run_is_applied_once_whoever_applies_it() {
+    let (_d, s) = store();
+    s.set_image("t", "BASE", "use", "base", None).unwrap();
+    let env: BTreeMap<String, String> = [("K".to_string(), "v".to_string())].into();
+    let run = PendingOp {
+        op: "op1".into(),
+        title: "echo hi".into(),
+        foreground: true,
+        preserved_env: Some(env.clone()),
+        ..Default::default()
+    };
+    s.add_pending_op("t", &run).unwrap();
+    assert_eq!(s.pending_foreground("t").unwrap(), vec![run]);
+    let Applied::Recorded(entry) = s
+        .apply_pending("t", "op1", Some(("IMG", "echo hi")), Some(&env), None)
+        .unwrap()
+    else {
+        panic!("not applied");
+    };
+    assert_eq!(
+        (entry.kind.as_str(), entry.operation.as_deref()),
+        ("run", Some("op1"))
+    );
+    assert_eq!(s.info("t").unwrap().unwrap().current_image, "IMG");
+    assert_eq!(s.preserved_env("IMG").unwrap(), Some(env));
+    // A second applier (the run's CLI after a later command applied it) changes nothing.
+    assert_eq!(
+        s.apply_pending("t", "op1", Some(("IMG", "echo hi")), None, None)
+            .unwrap(),
+        Applied::NotPending
+    );
+    assert_eq!(s.history("t").unwrap().len(), 2);
+    assert!(s.pending_ops("t").unwrap().is_empty());
 }
 
 #[test]

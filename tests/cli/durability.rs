@@ -202,3 +202,88 @@ fn a_snapshot_that_cannot_be_kept_never_exits_zero_and_says_so() {
         .code(3)
         .stderr_contains("its changes were not kept");
 }
+
+/// Starts `contree run -- sh -c SCRIPT` and SIGKILLs the CLI once the run is executing;
+/// returns the operation's uuid.
+fn run_and_kill_the_cli(env: &Env, script: &str) -> String {
+    let mut cli = env.cmd(["run", "--", "sh", "-c", script]).spawn();
+    let mut op = String::new();
+    wait_until(Duration::from_secs(20), "the run is executing", || {
+        op = env
+            .run(["ps", "-q"])
+            .success()
+            .stdout_text()
+            .trim()
+            .to_string();
+        !op.is_empty()
+    });
+    cli.child.kill().expect("SIGKILL the CLI");
+    let _ = cli.child.wait();
+    op
+}
+
+#[test]
+fn a_run_whose_cli_is_killed_still_reaches_its_session_and_gc_keeps_it() {
+    let env = Env::host();
+    let op = run_and_kill_the_cli(&env, "sleep 2; echo done > /root/late");
+    // Another session's gc, while the run is unapplied: its images stay.
+    env.run(["-S", "other", "wait", &op]).success();
+    let result = env.json(["-S", "other", "show", &op])["result_image_uuid"]
+        .as_str()
+        .expect("a result image")
+        .to_string();
+    let gc = env.run(["-S", "other", "-o", "json", "gc", "-n"]).success();
+    assert!(
+        !gc.stdout_text().contains(&result),
+        "gc offers to free the run's result: {}",
+        gc.stdout_text()
+    );
+    // The next command of the session applies it, once, as its CLI would have.
+    env.run(["cat", "/root/late"])
+        .success()
+        .stdout("done\n")
+        .stderr_contains(&format!("Applied run {op}"));
+    assert_eq!(env.session_image(), result);
+    env.run(["ls", "/root"]).success().stderr("");
+    let history = env.run(["session", "show"]).success().stdout_text();
+    assert_eq!(history.matches("/root/late").count(), 1, "{history}");
+}
+
+#[test]
+fn a_run_that_ends_after_the_session_moved_on_gets_a_branch_of_its_own() {
+    let env = Env::host();
+    let op = run_and_kill_the_cli(&env, "sleep 2; echo first > /root/first");
+    // A newer run on the same image, done before the first one.
+    env.run(["run", "--", "sh", "-c", "echo second > /root/second"])
+        .success();
+    let newer = env.session_image();
+    env.run(["wait", &op]).success();
+    env.run(["ls", "/root"])
+        .success()
+        .stdout_contains("second")
+        .stdout_lacks("first")
+        .stderr_contains(&format!("is on branch 'detached-{op}'"));
+    assert_eq!(
+        env.session_image(),
+        newer,
+        "the newer run's work moved away"
+    );
+    env.run(["session", "checkout", &format!("detached-{op}")])
+        .success();
+    env.run(["cat", "/root/first"]).success().stdout("first\n");
+}
+
+#[test]
+fn a_failed_run_whose_cli_died_is_reported_by_the_next_command() {
+    let env = Env::host();
+    let before = env.session_image();
+    let op = run_and_kill_the_cli(&env, "sleep 2; echo x > /root/x; exit 3");
+    env.run(["-S", "other", "kill", &op]).success();
+    env.run(["-S", "other", "wait", &op]).code(1);
+    env.run(["ls", "/"]).success().stderr_contains(&format!(
+        "Run {op} (sh -c sleep 2; echo x > /root/x; exit 3) ended CANCELLED"
+    ));
+    assert_eq!(env.session_image(), before);
+    // Said once: the run is off the pending list.
+    env.run(["ls", "/"]).success().stderr("");
+}

@@ -216,7 +216,8 @@ fn a_run_outlives_its_killed_cli() {
     kill(Pid::from_raw(running.pid()), Signal::SIGKILL).expect("kill the CLI");
     let _ = running.child.wait();
     // The operation's supervisor is a process of its own: the run completes and is
-    // snapshotted; only the session, which the CLI would have moved, stays put.
+    // snapshotted, and the next command of the session moves it there, as the CLI would
+    // have.
     let op = env.run(["ps", "-a", "-q"]).success().stdout_text();
     let op = op.lines().next().expect("the operation").to_string();
     let record = env.run(["-o", "json", "wait", &op]).success().json();
@@ -225,8 +226,8 @@ fn a_run_outlives_its_killed_cli() {
         .as_str()
         .expect("a result image")
         .to_string();
-    assert_ne!(image, env.session_image());
-    env.run(["run", "--use", &image, "-D", "--", "cat", "/root/outlived"])
+    assert_eq!(image, env.session_image());
+    env.run(["run", "-D", "--", "cat", "/root/outlived"])
         .success()
         .stdout("kept\n");
     assert!(sleepers(&token).is_empty());
