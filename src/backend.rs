@@ -106,6 +106,21 @@ pub trait Backend {
             .collect()
     }
     fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError>;
+    /// `spawn`, telling `registered` the operation's id before it can have a result (see
+    /// `spawn_followed`).
+    fn spawn_registered(
+        &self,
+        req: &SpawnRequest,
+        stdin: StdinSource,
+        registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
+    ) -> Result<String, BackendError> {
+        let op = self.spawn(req, stdin)?;
+        if let Err(e) = registered(&op) {
+            let _ = self.cancel(&op);
+            return Err(e);
+        }
+        Ok(op)
+    }
     /// `spawn` for a caller that follows the operation's events to `completion` (a
     /// foreground run): a backend may then defer bookkeeping nobody else needs yet.
     /// `output`, the caller's stdout and stderr, is where it would write the output
@@ -176,6 +191,12 @@ pub trait Backend {
             "garbage collection runs on the server for remote profiles".into(),
         ))
     }
+    /// Checks the store (`contree doctor`), repairing what can be repaired safely.
+    fn doctor(&self, _repair: bool) -> Result<Vec<Finding>, BackendError> {
+        Err(BackendError::Unavailable(
+            "doctor checks the local store; a remote profile's store is the server's".into(),
+        ))
+    }
     /// Removes one image (and its tags) unless a session or a running operation uses it,
     /// then the layers no other image needs.
     fn remove_image(&self, _image: &str, _refs: &References) -> Result<GcReport, BackendError> {
@@ -183,6 +204,21 @@ pub trait Backend {
             "images rm is not available for remote profiles".into(),
         ))
     }
+}
+
+/// One check of `contree doctor`: fine, or the problems it found and what became of them.
+#[derive(Debug, Clone, Default)]
+pub struct Finding {
+    /// What was checked (`database`, `scratch`, ...).
+    pub check: &'static str,
+    /// A line about the check: what holds, or what to do about the problems.
+    pub detail: String,
+    /// One line per problem found; none when the check passed.
+    pub problems: Vec<String>,
+    /// `doctor --repair` can fix the problems without losing anything.
+    pub repairable: bool,
+    /// They were fixed (with `--repair`).
+    pub repaired: bool,
 }
 
 /// What the sessions reference, as `SessionStore::references` reports it.

@@ -13,6 +13,7 @@ pub mod context;
 pub mod db;
 pub mod engine;
 pub mod error;
+pub mod failpoint;
 pub mod format;
 pub mod hooks;
 pub mod interrupt;

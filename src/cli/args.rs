@@ -121,6 +121,14 @@ pub enum Command {
         #[arg(short = 'n', long = "dry-run")]
         dry_run: bool,
     },
+    /// Check the local store (database, images, layers, blobs, scratch, event logs) and
+    /// the sessions' references into it
+    Doctor {
+        /// Repair what can be repaired without losing anything (abandoned scratch, orphan
+        /// files, operations whose supervisor died, event logs without completion)
+        #[arg(long)]
+        repair: bool,
+    },
     /// Print a shell completion script: bash, zsh or fish
     Completions {
         #[arg(value_enum)]

@@ -3,6 +3,7 @@
 
 pub mod args;
 mod auth;
+mod doctor;
 mod gc;
 mod history;
 mod hooks;
@@ -140,14 +141,18 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         &cli.project,
         cli.config.as_deref(),
     )?;
-    let for_run = matches!(command, Command::Run(_));
+    let open = match command {
+        Command::Run(_) => Open::ForRun,
+        Command::Doctor { .. } => Open::AsIs,
+        _ => Open::Recovered,
+    };
     let ctx = context(
         format,
         &cli.format,
         plugins,
         cli.session.as_deref(),
         remote,
-        for_run,
+        open,
     )?;
     crate::log::trace("context ready");
     // Runs of this session that ended after their CLI died reach it before anything else.
@@ -170,6 +175,7 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         Command::Cd { path } => session::cd(&ctx, path.as_deref()),
         Command::Env { items, delete } => session::env(&ctx, &items, delete),
         Command::Gc { dry_run } => gc::gc(&ctx, dry_run),
+        Command::Doctor { repair } => doctor::doctor(&ctx, repair),
         Command::Supervise { .. }
         | Command::Hooks { .. }
         | Command::Plugins { .. }
@@ -205,13 +211,23 @@ fn serve(flags: args::ServeFlags) -> CommandResult<i32> {
     Ok(0)
 }
 
+/// How a command opens the local store.
+enum Open {
+    /// After recovering from crashed runs (most commands).
+    Recovered,
+    /// For `run`: recovery is left to the supervisor (see `LocalEngine::open_for_run`).
+    ForRun,
+    /// As it is: `doctor` reports what recovery would repair.
+    AsIs,
+}
+
 fn context(
     format: Format,
     output: &str,
     plugins: crate::plugin::Plugins,
     session: Option<&str>,
     remote: Option<crate::api::Profile>,
-    for_run: bool,
+    open: Open,
 ) -> CommandResult<Context> {
     let paths = Paths::from_env();
     if let Some(profile) = remote {
@@ -230,7 +246,7 @@ fn context(
         });
     }
     // A run on this machine needs the privileges to build its sandbox: said up front.
-    if for_run {
+    if matches!(open, Open::ForRun) {
         if let Some(why) = crate::privileges::missing() {
             return Err(CommandError::new(crate::error::Kind::Unavailable, why)
                 .hint("run contree as root, or use a ConTree API: `contree auth --url URL --token TOKEN --type jwt`"));
@@ -240,10 +256,10 @@ fn context(
     // background while clap parses) measured slower, 5.4 → 5.8 ms for `run -D -- true`;
     // the CLI also forks its supervisor, which wants a process that never had threads.
     let sessions = SessionStore::open(&paths.session_db("local"));
-    let engine = if for_run {
-        LocalEngine::open_for_run(&paths)
-    } else {
-        LocalEngine::open(&paths)
+    let engine = match open {
+        Open::ForRun => LocalEngine::open_for_run(&paths),
+        Open::AsIs => LocalEngine::open_as_is(&paths),
+        Open::Recovered => LocalEngine::open(&paths),
     };
     let engine = engine.map_err(backend_err)?;
     crate::log::trace("engine open");

@@ -24,6 +24,25 @@ pub enum Mode<'a> {
     Image(&'a str),
 }
 
+/// Whether a run is in flight without a row yet: its scratch dir (`tmp/<uuid>`) is claimed
+/// and its operation not recorded. (A supervisor that has recorded its ending and is only
+/// giving its scratch dir back does not count.)
+fn starting(engine: &LocalEngine) -> Result<bool, super::store::StoreError> {
+    let Ok(entries) = std::fs::read_dir(engine.store.root.join("tmp")) else {
+        return Ok(false);
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if crate::backend::is_uuid(&name) && super::claim::held(&entry.path()) {
+            match engine.store.op(&name)? {
+                Some(row) if row.status.is_terminal() => {}
+                _ => return Ok(true),
+            }
+        }
+    }
+    Ok(false)
+}
+
 pub fn collect(
     engine: &LocalEngine,
     refs: &References,
@@ -31,6 +50,9 @@ pub fn collect(
 ) -> Result<GcReport, BackendError> {
     let store = &engine.store;
     let dry_run = matches!(mode, Mode::All { dry_run: true });
+    // Runs between their upload and their scratch claim wait, and we wait for them, until
+    // what we decided to remove is gone (see `LocalEngine::hold_gc_off`).
+    let _exclusive = engine.gc_lock(true)?;
     let mut doomed_paths: Vec<PathBuf> = Vec::new();
     let report = store.transaction(|conn| {
         let active = store.ops(
@@ -44,6 +66,7 @@ pub fn collect(
             .map(|(img, key)| (img.clone(), format!("session '{key}'")))
             .collect();
         let mut blobs_used: HashSet<String> = refs.files.clone();
+        let active_ids: HashSet<&str> = active.iter().map(|op| op.uuid.as_str()).collect();
         for op in &active {
             if let Some(img) = &op.image {
                 users.insert(img.clone(), format!("running operation {}", op.uuid));
@@ -62,6 +85,17 @@ pub fn collect(
             }
         }
         let images = store.images()?;
+        // The snapshot of a run that is still ending (committed, its row not finished yet)
+        // or not applied to its session yet: its image names the operation.
+        for img in &images {
+            if let Some(op) = img.operation.as_deref() {
+                if active_ids.contains(op) || refs.ops.contains(op) {
+                    users
+                        .entry(img.uuid.clone())
+                        .or_insert_with(|| format!("operation {op}, not applied yet"));
+                }
+            }
+        }
         let doomed_images: Vec<&ImageRow> = match mode {
             Mode::All { .. } => images
                 .iter()
@@ -118,7 +152,9 @@ pub fn collect(
                 });
             }
         }
-        let quiet = active.is_empty();
+        // Nothing running, recorded or not yet (a foreground run's supervisor records its
+        // row while its sandbox starts, and has claimed its scratch dir before that).
+        let quiet = active.is_empty() && !starting(engine)?;
         if matches!(mode, Mode::All { .. }) && quiet {
             // Directories that never made it into the table (a crash between rename and
             // commit). Only with nothing running: a run builds its attachment layer
@@ -147,7 +183,9 @@ pub fn collect(
                 .prepare("SELECT sha256, uuid, size FROM blobs ORDER BY sha256")?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<rusqlite::Result<_>>()?;
-            for (sha, uuid, size) in blobs {
+            // A run not recorded yet may attach any blob: none goes while one is in flight
+            // (a run about to start holds `gc` off, see `LocalEngine::hold_gc_off`).
+            for (sha, uuid, size) in blobs.into_iter().filter(|_| quiet) {
                 if !blobs_used.contains(&uuid) {
                     freed.push(Freed {
                         kind: "blob",
@@ -156,6 +194,27 @@ pub fn collect(
                     });
                     doomed_paths.push(store.blob_path(&sha));
                     doomed_blobs.push(sha);
+                }
+            }
+            // Content whose row a crash removed (a `gc` that died between its commit and
+            // its deletions) or never wrote (an upload that died before its row).
+            if quiet {
+                let known: HashSet<String> = conn
+                    .prepare("SELECT sha256 FROM blobs")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                if let Ok(rd) = std::fs::read_dir(store.root.join("blobs/sha256")) {
+                    for entry in rd.flatten() {
+                        let sha = entry.file_name().to_string_lossy().into_owned();
+                        if !known.contains(&sha) {
+                            freed.push(Freed {
+                                kind: "blob",
+                                id: sha,
+                                bytes: entry.metadata().map(|m| m.len()).unwrap_or(0),
+                            });
+                            doomed_paths.push(entry.path());
+                        }
+                    }
                 }
             }
             // A variant is hard-linked into the attachment layers built from it; with a
@@ -197,6 +256,7 @@ pub fn collect(
         Ok(Ok(GcReport { freed }))
     })??;
     if !dry_run {
+        crate::failpoint::hit("gc:committed");
         for path in doomed_paths {
             let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
         }

@@ -91,6 +91,7 @@ pub fn import(store: &Store, source: &Path, tag: Option<&str>) -> Result<String,
         let _ = staging.remove();
         return Err(store_io(e));
     }
+    crate::failpoint::hit("import:layer-moved");
     let image = ImageRow {
         uuid: uuid::Uuid::new_v4().to_string(),
         created_at: wire::now_ts(),

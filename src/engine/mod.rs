@@ -4,6 +4,7 @@
 
 pub mod attachlayer;
 pub mod claim;
+pub mod doctor;
 pub mod eventlog;
 pub mod gc;
 pub mod import;
@@ -59,6 +60,9 @@ pub struct LocalEngine {
     /// The locked event logs of operations this process owns and has not handed to a
     /// supervisor (queued, or run here): see `LogWriter::own`.
     owned: RefCell<HashMap<String, std::fs::File>>,
+    /// A shared lock on `store/gc.lock` while a run of ours is between its upload and its
+    /// start (see `hold_gc_off`).
+    starting: RefCell<Option<std::fs::File>>,
 }
 
 /// Whether this process has one thread (a plugin or hook may have started others; a
@@ -177,6 +181,12 @@ impl LocalEngine {
         Ok(engine)
     }
 
+    /// Opens the store without recovering anything first: `doctor` reports what recovery
+    /// would have repaired silently.
+    pub fn open_as_is(paths: &Paths) -> Result<LocalEngine, BackendError> {
+        Self::open_unrecovered(paths)
+    }
+
     /// Opens the store for one `run` from the CLI: forking supervisors (see `forking`),
     /// and with the clean-up after crashed runs left to the supervisor, which does it
     /// once its own run has completed, off the run's path.
@@ -197,6 +207,7 @@ impl LocalEngine {
             notify: RefCell::new(HashMap::new()),
             live: RefCell::new(HashMap::new()),
             owned: RefCell::new(HashMap::new()),
+            starting: RefCell::new(None),
             fork: false,
             recover_later: false,
         })
@@ -213,6 +224,43 @@ impl LocalEngine {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// `store/gc.lock`, locked shared (a run starting) or exclusive (`gc`). A run's blobs
+    /// are in no row until its operation has one, and its layers in no image until it
+    /// commits; from its upload until it is in flight (its scratch dir claimed, or its row
+    /// written: see `start`) it holds `gc` off, so nothing it is about to use is freed.
+    pub fn gc_lock(&self, exclusive: bool) -> Result<std::fs::File, BackendError> {
+        let path = self.store.root.join("gc.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| BackendError::Store(format!("{}: {e}", path.display())))?;
+        let how = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        loop {
+            // SAFETY: flock(2) on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
+                return Ok(file);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(BackendError::Store(format!("{}: {e}", path.display())));
+            }
+        }
+    }
+
+    /// Holds `gc` off until this run is in flight (see `gc_lock`).
+    fn hold_gc_off(&self) -> Result<(), BackendError> {
+        if self.starting.borrow().is_none() {
+            *self.starting.borrow_mut() = Some(self.gc_lock(false)?);
+        }
+        Ok(())
     }
 
     /// The layered view of an image, for inspection without a sandbox.
@@ -603,6 +651,9 @@ impl LocalEngine {
         output: Option<[std::os::fd::RawFd; 2]>,
         registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
     ) -> Result<String, BackendError> {
+        self.hold_gc_off()?;
+        // However this ends, the run is in flight or gone by then.
+        let _in_flight = scopeguard(|| drop(self.starting.borrow_mut().take()));
         let (image, blobs) = self.store.reading(|| self.validate(req))?;
         crate::log::trace("validated");
         let op = uuid::Uuid::new_v4().to_string();
@@ -1036,6 +1087,19 @@ impl LocalEngine {
     }
 }
 
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
 fn inspect_err(e: inspect::InspectError) -> BackendError {
     match e {
         inspect::InspectError::Io { .. } => BackendError::Store(e.to_string()),
@@ -1064,6 +1128,10 @@ impl Backend for LocalEngine {
     }
 
     fn put_files(&self, files: &[(PathBuf, String)]) -> Result<Vec<(String, bool)>, BackendError> {
+        // A content file comes before its row: `gc` waits. A CLI's upload is for the run it
+        // starts next, so it holds `gc` off until then; a server's only for the upload.
+        self.hold_gc_off()?;
+        let _upload = (!self.fork).then(|| scopeguard(|| drop(self.starting.borrow_mut().take())));
         // Look everything up in one read transaction; store only what is missing.
         let known = self.store.reading(|| {
             files
@@ -1082,6 +1150,8 @@ impl Backend for LocalEngine {
     }
 
     fn put_file(&self, path: &Path, sha256: &str) -> Result<(String, bool), BackendError> {
+        self.hold_gc_off()?;
+        let _upload = (!self.fork).then(|| scopeguard(|| drop(self.starting.borrow_mut().take())));
         if let Some(uuid) = self.store.blob_uuid(sha256)? {
             if self.store.blob_path(sha256).exists() {
                 return Ok((uuid, true));
@@ -1092,6 +1162,15 @@ impl Backend for LocalEngine {
 
     fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
         self.start(req, stdin, false, None, &mut |_| Ok(()))
+    }
+
+    fn spawn_registered(
+        &self,
+        req: &SpawnRequest,
+        stdin: StdinSource,
+        registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
+    ) -> Result<String, BackendError> {
+        self.start(req, stdin, false, None, registered)
     }
 
     fn spawn_followed(
@@ -1359,6 +1438,10 @@ impl Backend for LocalEngine {
         dry_run: bool,
     ) -> Result<crate::backend::GcReport, BackendError> {
         gc::collect(self, refs, gc::Mode::All { dry_run })
+    }
+
+    fn doctor(&self, repair: bool) -> Result<Vec<crate::backend::Finding>, BackendError> {
+        doctor::check(self, repair)
     }
 
     fn remove_image(

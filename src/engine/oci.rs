@@ -95,6 +95,7 @@ pub fn import_dir(store: &Store, dir: &Path, tag: Option<&str>) -> Result<String
         }
         claims.push(staging);
         new_layers.push((id, size));
+        crate::failpoint::hit("import:layer-moved");
     }
     if new_layers.is_empty() {
         return Err(ImportError::Unsupported(format!(

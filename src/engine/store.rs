@@ -428,6 +428,46 @@ impl Store {
         })
     }
 
+    /// What SQLite's `integrity_check` finds wrong (nothing: empty).
+    pub fn integrity_check(&self) -> Result<Vec<String>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows.into_iter().filter(|r| r != "ok").collect())
+    }
+
+    pub fn layer_ids(&self) -> Result<Vec<String>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare("SELECT id FROM layers ORDER BY id")?;
+        let ids = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(ids)
+    }
+
+    pub fn delete_layer_row(&self, id: &str) -> Result<()> {
+        self.conn()?
+            .execute("DELETE FROM layers WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    pub fn blob_shas(&self) -> Result<Vec<String>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare("SELECT sha256 FROM blobs ORDER BY sha256")?;
+        let shas = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(shas)
+    }
+
+    pub fn delete_blob_row(&self, sha256: &str) -> Result<()> {
+        self.conn()?
+            .execute("DELETE FROM blobs WHERE sha256 = ?1", [sha256])?;
+        Ok(())
+    }
+
     // ---- blobs --------------------------------------------------------------------------
 
     /// The uuid of a stored blob with this digest.

@@ -514,6 +514,7 @@ impl Run {
         })
         .map_err(|e| format!("cannot create the sandbox namespaces: {e}"))?;
         crate::log::trace("cloned");
+        crate::failpoint::hit("supervisor:running");
         batch_scheduling();
         if let Some((w, bytes, keep_open)) = stdin_source {
             stdin_feed = Some(std::thread::spawn(move || feed_stdin(w, bytes, keep_open)));
@@ -860,6 +861,7 @@ impl Run {
             code = crate::error::exit::IO;
         }
         crate::log::trace("completion written");
+        crate::failpoint::hit("supervisor:completion-written");
         let recorded = match &self.store {
             Some(db) => db
                 .finish_op(
@@ -974,6 +976,7 @@ impl Run {
             claims.push(claim);
             chain.insert(0, id.clone());
             new_layers.push((id, size));
+            crate::failpoint::hit("commit:layer-moved");
         }
         let undo = |claims: Vec<Claim>| {
             for claim in claims {
@@ -1009,6 +1012,7 @@ impl Run {
             undo(claims);
             return Err(e);
         }
+        crate::failpoint::hit("commit:image-inserted");
         Ok((row.uuid, size))
     }
 

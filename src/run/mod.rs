@@ -214,7 +214,35 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
     let title = args.words.join(" ");
     crate::log::trace("request built");
     let op = if args.detach {
-        ctx.backend.spawn(&req, stdin).map_err(backend_err)?
+        // Remembered before it can end, so that `session wait` finds it even if we die.
+        let pending = PendingOp {
+            title: title.clone(),
+            disposable: req.disposable,
+            ..Default::default()
+        };
+        let mut registered_op = None;
+        let spawned = ctx.backend.spawn_registered(&req, stdin, &mut |op: &str| {
+            registered_op = Some(op.to_string());
+            ctx.sessions
+                .add_pending_op(
+                    &ctx.session_key,
+                    &PendingOp {
+                        op: op.to_string(),
+                        branch: detached_branch(op, req.disposable).0,
+                        ..pending.clone()
+                    },
+                )
+                .map_err(|e| BackendError::Store(e.to_string()))
+        });
+        match spawned {
+            Ok(op) => op,
+            Err(e) => {
+                if let Some(op) = registered_op {
+                    let _ = ctx.sessions.remove_pending_op(&ctx.session_key, &op);
+                }
+                return Err(backend_err(e));
+            }
+        }
     } else {
         // Output nothing inspects may go from the command to our stdout and stderr without
         // passing through us (see `Backend::spawn_followed`); what we wrote goes out first.
@@ -262,6 +290,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
         }
     };
     crate::log::trace("spawned");
+    crate::failpoint::hit("run:spawned");
 
     if args.detach {
         return detach(ctx, &op, &req, &title, &image, req.disposable);
@@ -405,26 +434,10 @@ fn detach(
     image: &str,
     disposable: bool,
 ) -> CommandResult<i32> {
-    let (branch, kind) = if disposable {
-        (format!("disposable-{op}"), "run-disposable")
-    } else {
-        (format!("detached-{op}"), "run-detached")
-    };
-    let key = &ctx.session_key;
+    let (branch, kind) = detached_branch(op, disposable);
+    crate::failpoint::hit("run:detached");
     ctx.sessions
-        .add_side_branch(key, &branch, image, kind, title, Some(op))
-        .map_err(session_err)?;
-    ctx.sessions
-        .add_pending_op(
-            key,
-            &PendingOp {
-                op: op.to_string(),
-                title: title.to_string(),
-                disposable,
-                branch,
-                ..Default::default()
-            },
-        )
+        .add_side_branch(&ctx.session_key, &branch, image, kind, title, Some(op))
         .map_err(session_err)?;
     let mut rec = Record::new();
     rec.insert("uuid".into(), op.into());
@@ -439,6 +452,15 @@ fn detach(
     rec.insert("backend".into(), ctx.backend.name().into());
     print_records(ctx.format, &[rec])?;
     Ok(0)
+}
+
+/// The branch a detached run gets at spawn time, and its entry's kind (§2.14).
+fn detached_branch(op: &str, disposable: bool) -> (String, &'static str) {
+    if disposable {
+        (format!("disposable-{op}"), "run-disposable")
+    } else {
+        (format!("detached-{op}"), "run-detached")
+    }
 }
 
 /// What the event stream told us about a finished operation.
@@ -684,6 +706,7 @@ fn finish(
             },
         );
     }
+    crate::failpoint::hit("run:completed");
     // Session bookkeeping (§2.13): a successful snapshot moves the session, and the run
     // leaves the pending list (a later command may have applied it already if we were
     // stopped for long: then it is not applied twice).

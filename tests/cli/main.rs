@@ -6,9 +6,11 @@ mod harness;
 
 mod attachments;
 mod completions;
+mod doctor;
 mod durability;
 mod errors;
 mod exit_codes;
+mod faults;
 mod gc;
 mod hooks;
 mod host_image;

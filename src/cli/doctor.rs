@@ -1,0 +1,105 @@
+//! `contree doctor [--repair]`: is the store whole, and do the sessions point into it?
+
+use crate::backend::{Finding, ImageFilter};
+use crate::context::{backend_err, session_err, Context};
+use crate::error::{CommandError, CommandResult, Kind};
+use crate::format::{Format, Record};
+use crate::run::print_records;
+use std::collections::HashSet;
+
+pub fn doctor(ctx: &Context, repair: bool) -> CommandResult<i32> {
+    let mut findings = ctx.backend.doctor(repair).map_err(|e| match e {
+        crate::backend::BackendError::Unavailable(m) => CommandError::user(m),
+        other => backend_err(other),
+    })?;
+    findings.push(sessions(ctx)?);
+    let left: usize = findings
+        .iter()
+        .filter(|f| !f.repaired)
+        .map(|f| f.problems.len())
+        .sum();
+    let repairable = findings.iter().any(|f| f.repairable && !f.repaired);
+    if ctx.format == Format::Default {
+        for f in &findings {
+            let state = match (f.problems.is_empty(), f.repaired) {
+                (true, _) => "ok",
+                (false, true) => "repaired",
+                (false, false) => "problem",
+            };
+            println!("{state:<9} {:<12} {}", f.check, f.detail);
+            for p in &f.problems {
+                println!("{:<22} {p}", "");
+            }
+        }
+    } else {
+        let records: Vec<Record> = findings.iter().map(record).collect();
+        print_records(ctx.format, &records)?;
+    }
+    if left == 0 {
+        crate::info!("The store is whole");
+        return Ok(0);
+    }
+    let err = CommandError::new(Kind::User, format!("{left} problem(s) found in the store"));
+    Err(if repairable {
+        err.hint("`contree doctor --repair` repairs what can be repaired without losing anything")
+    } else {
+        err
+    })
+}
+
+fn record(f: &Finding) -> Record {
+    let mut rec = Record::new();
+    rec.insert("check".into(), f.check.into());
+    let status = match (f.problems.is_empty(), f.repaired) {
+        (true, _) => "ok",
+        (false, true) => "repaired",
+        (false, false) => "problem",
+    };
+    rec.insert("status".into(), status.into());
+    rec.insert("detail".into(), f.detail.clone().into());
+    rec.insert("repairable".into(), f.repairable.into());
+    rec.insert(
+        "problems".into(),
+        serde_json::Value::Array(f.problems.iter().map(|p| p.clone().into()).collect()),
+    );
+    rec
+}
+
+/// Every image a session's history names exists (`gc` never frees one; a store restored from
+/// an older copy, or edited by hand, might lack it).
+fn sessions(ctx: &Context) -> CommandResult<Finding> {
+    let refs = ctx.sessions.references().map_err(session_err)?;
+    let images: HashSet<String> = ctx
+        .backend
+        .images(&ImageFilter {
+            all: true,
+            ..Default::default()
+        })
+        .map_err(backend_err)?
+        .into_iter()
+        .map(|i| i.uuid)
+        .collect();
+    let mut f = Finding {
+        check: "sessions",
+        detail: format!(
+            "every image of the sessions' histories exists ({} images)",
+            refs.images.len()
+        ),
+        ..Default::default()
+    };
+    let mut missing: Vec<(&String, &String)> = refs
+        .images
+        .iter()
+        .filter(|(image, _)| !images.contains(*image))
+        .collect();
+    missing.sort();
+    for (image, key) in missing {
+        f.problems.push(format!(
+            "session '{key}': image {image} is not in the store"
+        ));
+    }
+    if !f.problems.is_empty() {
+        f.detail = "`contree session checkout` or `rollback` moves a session off them".into();
+    }
+    Ok(f)
+}

@@ -1,0 +1,96 @@
+//! `contree doctor`: a whole store passes; damage a crash or a hand can do is found, and
+//! `--repair` fixes what it can without losing anything.
+
+use crate::harness::*;
+use std::time::Duration;
+
+#[test]
+fn a_fresh_store_is_whole() {
+    let env = Env::host();
+    env.run(["run", "--", "sh", "-c", "echo a > /root/a"])
+        .success();
+    env.run(["doctor"])
+        .success()
+        .stdout_contains("ok        database")
+        .stdout_contains("ok        sessions")
+        .stdout_lacks("problem")
+        .stderr_contains("[INFO] The store is whole");
+}
+
+#[test]
+fn doctor_finds_dead_operations_incomplete_logs_and_abandoned_scratch_and_repairs_them() {
+    let env = Env::host();
+    // A finished run whose log lost its ending.
+    env.run(["run", "--", "true"]).success();
+    let done = env.last_op();
+    let log = env.home().join("store/ops").join(&done).join("events");
+    std::fs::write(&log, b"").expect("truncate the log");
+    // A detached run whose supervisor is killed: doctor opens the store as it is, without
+    // the recovery every other command does first.
+    let token = unique_token();
+    let running = env.json(["run", "-d", "--", "sleep", &format!("30.{token}")])["uuid"]
+        .as_str()
+        .expect("uuid")
+        .to_string();
+    wait_until(Duration::from_secs(20), "the sandbox runs", || {
+        !sleepers(&token).is_empty()
+    });
+    let supervisor = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "contree-super")
+                && std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|e| {
+                    e.split(|&b| b == 0)
+                        .any(|v| v == format!("CONTREE_HOME={}", env.home().display()).as_bytes())
+                })
+        })
+        .expect("the detached run's supervisor");
+    std::process::Command::new("kill")
+        .args(["-KILL", &supervisor.to_string()])
+        .status()
+        .expect("kill");
+    wait_until(Duration::from_secs(10), "the sandbox is gone", || {
+        sleepers(&token).is_empty()
+    });
+    std::fs::create_dir_all(env.home().join("store/tmp/abandoned/upper")).expect("scratch");
+
+    env.run(["doctor"])
+        .code(1)
+        .stdout_contains(&format!(
+            "operation {running} is EXECUTING but its supervisor is gone"
+        ))
+        .stdout_contains(&format!(
+            "operation {done} (SUCCESS): its log has no completion"
+        ))
+        .stdout_contains("tmp/abandoned: nobody holds it")
+        .stdout_contains(&format!("tmp/{running}: nobody holds it"))
+        .stderr_contains("4 problem(s) found in the store")
+        .stderr_contains("hint: `contree doctor --repair`");
+    env.run(["doctor", "--repair"])
+        .success()
+        .stdout_contains("repaired  operations")
+        .stdout_contains("repaired  event logs")
+        .stdout_contains("repaired  scratch");
+    env.run(["doctor"]).success().stdout_lacks("problem");
+    assert_eq!(env.op_status(&running), "FAILED");
+    env.run(["show", &done]).success();
+}
+
+#[test]
+fn a_layer_lost_from_disk_is_reported_and_never_repaired_away() {
+    let env = Env::host();
+    env.run(["run", "--", "sh", "-c", "echo a > /root/a"])
+        .success();
+    let image = env.session_image();
+    let op = env.last_op();
+    std::fs::remove_dir_all(env.home().join("store/layers").join(&op)).expect("remove the layer");
+    env.run(["doctor", "--repair"])
+        .code(1)
+        .stdout_contains(&format!("image {image}: layer {op} is missing on disk"))
+        .stderr_contains("1 problem(s) found in the store");
+    // The image and the session are left as they are: nothing is deleted to look clean.
+    assert_eq!(env.session_image(), image);
+}
