@@ -1087,6 +1087,16 @@ impl LocalEngine {
     }
 }
 
+/// A failed import: the store's fault (it could not be written) or the source's.
+fn import_err(e: import::ImportError) -> BackendError {
+    match e {
+        import::ImportError::Store(_) | import::ImportError::StoreWrite { .. } => {
+            BackendError::Store(e.to_string())
+        }
+        other => BackendError::Invalid(other.to_string()),
+    }
+}
+
 /// Runs `f` when dropped.
 fn scopeguard(f: impl FnOnce()) -> impl Drop {
     struct Guard<F: FnOnce()>(Option<F>);
@@ -1402,10 +1412,7 @@ impl Backend for LocalEngine {
     }
 
     fn import_local(&self, path: &Path, tag: Option<&str>) -> Result<String, BackendError> {
-        import::import(&self.store, path, tag).map_err(|e| match e {
-            import::ImportError::Store(s) => BackendError::Store(s.to_string()),
-            other => BackendError::Invalid(other.to_string()),
-        })
+        import::import(&self.store, path, tag).map_err(import_err)
     }
 
     fn pull_image(
@@ -1426,10 +1433,7 @@ impl Backend for LocalEngine {
         };
         registry::pull(&self.store, reference, &creds, &opts)
             .map(|pulled| pulled.image)
-            .map_err(|e| match e {
-                import::ImportError::Store(s) => BackendError::Store(s.to_string()),
-                other => BackendError::Invalid(other.to_string()),
-            })
+            .map_err(import_err)
     }
 
     fn gc(

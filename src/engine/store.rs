@@ -30,6 +30,13 @@ pub enum StoreError {
     },
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
+    /// The store's filesystem is out of space: `what` was not kept.
+    #[error("the store's disk is full ({source}): {what} was not kept; free space under the store and try again")]
+    Full {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -518,7 +525,19 @@ impl Store {
             .layout
             .staging_file(&format!(".blob-{}", uuid::Uuid::new_v4().simple()))
             .map_err(io_err(self.root.join("tmp")))?;
-        let copied = super::attachlayer::copy_into(source, tmp.file()).map_err(io_err(source));
+        let copied = super::attachlayer::copy_into(source, tmp.file()).map_err(|e| {
+            if disk_full(&e) {
+                StoreError::Full {
+                    what: format!("the content of {}", source.display()),
+                    source: e,
+                }
+            } else {
+                StoreError::Io {
+                    path: source.to_path_buf(),
+                    source: e,
+                }
+            }
+        });
         let size = match copied.and_then(|size| {
             tmp.rename(&target).map_err(io_err(&target))?;
             Ok(size)

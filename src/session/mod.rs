@@ -115,7 +115,7 @@ pub enum SessionError {
     InvalidTarget(String),
     #[error("No active session. Run `contree use IMAGE` to start one.")]
     NoSession,
-    #[error("session store error: {0}")]
+    #[error("{}", sqlite_message(.0))]
     Sqlite(#[from] rusqlite::Error),
     #[error("session store error: cannot create {path}: {source}")]
     CreateDir {
@@ -127,4 +127,13 @@ pub enum SessionError {
         what: String,
         source: serde_json::Error,
     },
+}
+
+/// A session database error in words; a full disk says what was not kept.
+fn sqlite_message(e: &rusqlite::Error) -> String {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        format!("session store error: {e}: the session was not changed; free space on the disk of the data directory and try again")
+    } else {
+        format!("session store error: {e}")
+    }
 }

@@ -287,3 +287,110 @@ fn a_failed_run_whose_cli_died_is_reported_by_the_next_command() {
     // Said once: the run is off the pending list.
     env.run(["ls", "/"]).success().stderr("");
 }
+
+/// A tmpfs of `size` mounted on a fresh dir of the system temp dir, unmounted on drop.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn new(size: &str) -> SmallDisk {
+        let dir = tempfile::Builder::new()
+            .prefix("contree-small-disk-")
+            .tempdir()
+            .expect("mount point");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs failed");
+        SmallDisk(dir)
+    }
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_keeps_nothing_half_written_never_hangs_and_recovers_once_space_is_freed() {
+    let disk = SmallDisk::new("40m");
+    let env = Env::with_home_in(disk.path());
+    env.use_host();
+    env.run(["run", "--", "sh", "-c", "echo before > /root/before"])
+        .success();
+    let before = env.session_image();
+
+    // A run that fills the disk: the command sees ENOSPC, its changes are not kept, and the
+    // space comes back.
+    env.run([
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "head -c 60000000 /dev/zero > /root/big",
+    ])
+    .code(1)
+    .stderr_contains("its changes were not kept (snapshot failed:")
+    .stderr_contains("the session stays where it was");
+    assert_eq!(env.session_image(), before);
+    env.run(["run", "--", "sh", "-c", "echo after > /root/after"])
+        .success();
+
+    // An attachment and an import that do not fit: nothing of them is kept.
+    let big = env.write("big", vec![0u8; 60_000_000]);
+    env.run([
+        "run",
+        "-F",
+        &format!("{}:/big", big.display()),
+        "--",
+        "true",
+    ])
+    .code(74)
+    .stderr_contains("the store's disk is full")
+    .stderr_contains(&format!("the content of {} was not kept", big.display()));
+    let rootfs = env.work().join("rootfs");
+    std::fs::create_dir_all(&rootfs).expect("rootfs");
+    std::fs::rename(&big, rootfs.join("big")).expect("move into the rootfs");
+    env.run([
+        "images",
+        "import",
+        &rootfs.display().to_string(),
+        "--tag",
+        "big",
+    ])
+    .code(74)
+    .stderr_contains("writing the store failed")
+    .stderr_contains("nothing was imported");
+    env.run(["images"]).success().stdout_lacks("big");
+
+    // Filled from outside: reads work at once, runs fail clearly and change nothing.
+    let filler = disk.path().join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 60_000_000]);
+    env.run(["cat", "/root/after"]).success().stdout("after\n");
+    env.run(["images"]).success();
+    env.run(["session", "show"]).success();
+    env.run(["run", "-D", "--", "echo", "hi"])
+        .code(74)
+        .stderr_contains("full");
+    env.run(["run", "--", "sh", "-c", "echo lost > /root/lost"])
+        .code(74)
+        .stderr_contains("full");
+    std::fs::remove_file(&filler).expect("free the space");
+
+    // Space freed: runs work again, and the store is whole.
+    env.run(["run", "--", "sh", "-c", "echo again > /root/again"])
+        .success();
+    env.run(["ls", "/root"])
+        .success()
+        .stdout_contains("before")
+        .stdout_contains("after")
+        .stdout_contains("again")
+        .stdout_lacks("big")
+        .stdout_lacks("lost");
+    env.run(["doctor"]).success().stdout_lacks("problem");
+}
