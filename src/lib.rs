@@ -19,6 +19,7 @@ pub mod interrupt;
 pub mod log;
 pub mod paths;
 pub mod plugin;
+pub mod progress;
 pub mod run;
 pub mod server;
 pub mod session;
