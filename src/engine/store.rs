@@ -454,6 +454,16 @@ impl Store {
     /// Stores `source`'s content as the blob `sha256` unless it is already there; returns
     /// the blob's uuid. The copy lands under a temporary name and is renamed into place.
     pub fn put_blob(&self, sha256: &str, source: &Path) -> Result<String> {
+        self.put_blob_counted(sha256, source, None)
+    }
+
+    /// `put_blob`, counting the bytes copied on `bar`.
+    pub fn put_blob_counted(
+        &self,
+        sha256: &str,
+        source: &Path,
+        bar: Option<&indicatif::ProgressBar>,
+    ) -> Result<String> {
         if let Some(uuid) = self.blob_uuid(sha256)? {
             if self.blob_path(sha256).exists() {
                 return Ok(uuid);
@@ -464,7 +474,7 @@ impl Store {
             .root
             .join("tmp")
             .join(format!(".blob-{}-{}", sha256, std::process::id()));
-        let size = std::fs::copy(source, &tmp).map_err(io_err(source))?;
+        let size = crate::progress::copy(source, &tmp, bar).map_err(io_err(source))?;
         std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
         let uuid = uuid::Uuid::new_v4().to_string();
         self.conn()?.execute(

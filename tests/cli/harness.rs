@@ -102,6 +102,33 @@ impl Env {
         cmd
     }
 
+    /// `contree ARGS…` with a pseudo-terminal as stdin, stdout and stderr (util-linux
+    /// `script`); its stdout has everything the terminal showed. `None` (the test reported
+    /// skipped) where `script` is missing.
+    pub fn run_on_terminal<I, S>(&self, args: I) -> Option<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let Some(script) = find_program("script") else {
+            skip("needs util-linux's `script` for a pseudo-terminal (apt-get install bsdutils)");
+            return None;
+        };
+        let mut line = shell_quote(OsStr::new(CONTREE));
+        for arg in args {
+            line.push(' ');
+            line.push_str(&shell_quote(arg.as_ref()));
+        }
+        Some(
+            self.program(script)
+                .env("TERM", "xterm")
+                .arg("-qec")
+                .arg(line)
+                .arg("/dev/null")
+                .output(),
+        )
+    }
+
     /// Any program, run with this env's environment (data dir, session, PATH).
     pub fn program(&self, program: impl AsRef<OsStr>) -> Cmd {
         let mut command = Command::new(program);
@@ -300,6 +327,20 @@ fn wait_with_limit(child: &mut Child, started: Instant, label: &str) -> ExitStat
         }
         thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// `program` found on PATH.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// `arg` in single quotes for `sh -c`.
+fn shell_quote(arg: &OsStr) -> String {
+    format!("'{}'", arg.to_string_lossy().replace('\'', r"'\''"))
 }
 
 fn describe(command: &Command) -> String {

@@ -17,6 +17,7 @@ mod interrupt;
 mod long_sessions;
 mod operations;
 mod plugins;
+mod progress;
 mod registry;
 mod run_basics;
 mod serve;
