@@ -1199,7 +1199,7 @@ impl Backend for LocalEngine {
     }
 
     fn import_local(&self, path: &Path, tag: Option<&str>) -> Result<String, BackendError> {
-        import::import(&self.store, path, tag).map_err(|e| match e {
+        import::import(&self.store, path, tag, Show::OnTerminal).map_err(|e| match e {
             import::ImportError::Store(s) => BackendError::Store(s.to_string()),
             other => BackendError::Invalid(other.to_string()),
         })
@@ -1220,6 +1220,7 @@ impl Backend for LocalEngine {
             tag,
             reuse: &|_| true,
             deadline: None,
+            show: Show::OnTerminal,
         };
         registry::pull(&self.store, reference, &creds, &opts)
             .map(|pulled| pulled.image)

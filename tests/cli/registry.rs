@@ -249,12 +249,18 @@ fn auth_front(upstream: String, auth: Auth) -> String {
 /// A docker-registry on loopback with the test image pushed, or `None` (the skip said) where
 /// this machine has none.
 fn registry_with_image(env: &Env) -> Option<Registry> {
+    let registry = loopback_registry(env)?;
+    push_image(env, &registry).then_some(registry)
+}
+
+/// An empty docker-registry on loopback, or `None` (the skip said) where this machine has
+/// none.
+fn loopback_registry(env: &Env) -> Option<Registry> {
     let Some(binary) = registry_binary() else {
         skip("needs Debian's docker-registry package (apt-get install docker-registry)");
         return None;
     };
-    let registry = start(&binary, env.work());
-    push_image(env, &registry).then_some(registry)
+    Some(start(&binary, env.work()))
 }
 
 /// Pushes the two-layer test image to `registry` as `bb/x:v1`.
@@ -518,4 +524,62 @@ fn serve_gives_up_a_stalled_import_at_its_timeout() {
     // The download was dropped with it: no image turns up later, for anyone.
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!((listed(TOKEN_A), listed(TOKEN_B)), before);
+}
+
+#[test]
+fn a_big_pull_shows_download_and_import_progress_on_a_terminal_only() {
+    let env = Env::new();
+    let Some(registry) = loopback_registry(&env) else {
+        return;
+    };
+    // One uncompressed layer holding a 20 MiB file.
+    let big = crate::progress::big_content(4);
+    env.write("big-root/data/big.bin", &big);
+    let layer = tar_of(&env.work().join("big-root"), false);
+    let base = format!("http://{}/v2/big/x", registry.addr);
+    let c = config();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": push_blob(&base, &c), "size": c.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": push_blob(&base, &layer), "size": layer.len()}]
+    });
+    http()
+        .put(format!("{base}/manifests/v1"))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.to_string())
+        .send()
+        .and_then(|r| r.error_for_status())
+        .expect("push manifest");
+    let reference = format!("{}/big/x:v1", registry.addr);
+    let Some(out) = env.run_on_terminal(["images", "import", &reference, "--tag", "big"]) else {
+        return;
+    };
+    let text = out.success().stdout_text();
+    for bar in [
+        format!("downloading {reference} ["),
+        "importing 1 layer(s) [".to_string(),
+    ] {
+        assert!(text.contains(&bar), "no {bar:?} bar: {text:?}");
+    }
+    // Another data dir pulls it again (this one would reuse its image) with no terminal.
+    let quiet = Env::new();
+    let out = quiet
+        .run(["images", "import", &reference, "--tag", "big"])
+        .success();
+    let stderr = out.stderr_text();
+    assert!(
+        !stderr.contains("downloading")
+            && !stderr.contains("importing")
+            && !stderr.contains('\x1b'),
+        "a bar without a terminal: {stderr:?}"
+    );
+    for env in [&env, &quiet] {
+        env.run(["use", "tag:big"]).success();
+        env.run(["cat", "/data/big.bin"])
+            .success()
+            .check("the big file came through", |o| o.stdout == big);
+    }
 }
