@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub use crate::skip::skip;
+
 /// The binary under test, built by cargo for this integration test target.
 pub const CONTREE: &str = env!("CARGO_BIN_EXE_contree");
 
@@ -526,26 +528,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// Marks the running test as skipped: `SKIPPED: <test>: <reason>` on stderr and appended to
-/// `$CARGO_TARGET_TMPDIR/skipped.txt`, so a missing prerequisite never passes silently.
-pub fn skip(reason: &str) {
-    // libtest names each test's thread after the test.
-    let test = thread::current()
-        .name()
-        .unwrap_or("<unnamed test>")
-        .to_string();
-    let line = format!("SKIPPED: {test}: {reason}");
-    eprintln!("{line}");
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped.txt");
-    let _ = std::fs::create_dir_all(env!("CARGO_TARGET_TMPDIR"));
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-    writeln!(file, "{line}").expect("append to skipped.txt");
 }
 
 /// A token unlikely to appear anywhere else, to find a test's own processes in /proc.

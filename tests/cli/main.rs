@@ -3,6 +3,7 @@
 //! The local engine needs root (namespaces + overlayfs).
 
 mod harness;
+mod skip;
 
 mod attachments;
 mod completions;
