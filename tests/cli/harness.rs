@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -270,6 +271,7 @@ impl Cmd {
             child,
             label,
             started: Instant::now(),
+            live: [None, None],
         }
     }
 
@@ -284,6 +286,14 @@ pub struct Running {
     pub child: Child,
     label: String,
     started: Instant,
+    /// stdout and stderr once read by a thread (see `reader`): what they gave so far.
+    live: [Option<Reader>; 2],
+}
+
+/// A thread that reads one of the child's pipes to its end into `seen`.
+struct Reader {
+    seen: Arc<Mutex<Vec<u8>>>,
+    thread: thread::JoinHandle<()>,
 }
 
 impl Running {
@@ -291,30 +301,74 @@ impl Running {
         self.child.id() as i32
     }
 
+    /// Waits until the command has written `needle` to its stdout, failing the test once
+    /// `limit` has passed. What was read stays part of `wait`'s output.
+    #[track_caller]
+    pub fn wait_for_stdout(&mut self, needle: &str, limit: Duration) {
+        self.wait_for(0, needle, limit)
+    }
+
+    /// `wait_for_stdout` for stderr.
+    #[track_caller]
+    pub fn wait_for_stderr(&mut self, needle: &str, limit: Duration) {
+        self.wait_for(1, needle, limit)
+    }
+
+    #[track_caller]
+    fn wait_for(&mut self, stream: usize, needle: &str, limit: Duration) {
+        let seen = self.reader(stream).seen.clone();
+        let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+        if !eventually(limit, || text().contains(needle)) {
+            let name = ["stdout", "stderr"][stream];
+            panic!(
+                "{}: no {needle:?} on {name} after {limit:?}; it wrote:\n{}",
+                self.label,
+                text()
+            );
+        }
+    }
+
+    /// The thread reading stdout (0) or stderr (1), started on first use.
+    fn reader(&mut self, stream: usize) -> &Reader {
+        let child = &mut self.child;
+        self.live[stream].get_or_insert_with(|| {
+            let pipe: Option<Box<dyn Read + Send>> = match stream {
+                0 => child.stdout.take().map(|p| Box::new(p) as _),
+                _ => child.stderr.take().map(|p| Box::new(p) as _),
+            };
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let into = seen.clone();
+            let thread = thread::spawn(move || {
+                // A test may have taken the pipe to read it itself: then nothing is left.
+                let Some(mut pipe) = pipe else { return };
+                let mut buf = [0u8; 8192];
+                while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                    into.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+            Reader { seen, thread }
+        })
+    }
+
     /// Waits for the exit, with the hang limit, collecting both streams.
     pub fn wait(mut self) -> Output {
-        // A test may have taken a pipe to read it live; what is left is collected here.
-        let out = self.child.stdout.take();
-        let err = self.child.stderr.take();
-        let out_reader = thread::spawn(move || read_all(out));
-        let err_reader = thread::spawn(move || read_all(err));
+        self.reader(0);
+        self.reader(1);
         let status = wait_with_limit(&mut self.child, self.started, &self.label);
+        let [out, err] = self.live.map(|r| {
+            let r = r.expect("reader started above");
+            r.thread.join().expect("pipe reader");
+            let bytes = std::mem::take(&mut *r.seen.lock().unwrap());
+            bytes
+        });
         Output {
             label: self.label,
             status,
-            stdout: out_reader.join().expect("stdout reader"),
-            stderr: err_reader.join().expect("stderr reader"),
+            stdout: out,
+            stderr: err,
             elapsed: self.started.elapsed(),
         }
     }
-}
-
-fn read_all(pipe: Option<impl Read>) -> Vec<u8> {
-    let mut buf = Vec::new();
-    if let Some(mut pipe) = pipe {
-        let _ = pipe.read_to_end(&mut buf);
-    }
-    buf
 }
 
 fn wait_with_limit(child: &mut Child, started: Instant, label: &str) -> ExitStatus {
@@ -570,6 +624,14 @@ pub fn sleepers(token: &str) -> Vec<i32> {
         }
     }
     found
+}
+
+/// Polls `cond` until it holds, failing the test with `what` once `limit` has passed.
+#[track_caller]
+pub fn wait_until(limit: Duration, what: &str, cond: impl FnMut() -> bool) {
+    if !eventually(limit, cond) {
+        panic!("timed out after {limit:?} waiting for {what}");
+    }
 }
 
 /// Polls `cond` every few milliseconds until it holds or `limit` passes; returns whether it held.
