@@ -21,6 +21,7 @@ pub mod log;
 pub mod paths;
 pub mod plugin;
 pub mod privileges;
+pub mod progress;
 pub mod run;
 pub mod server;
 pub mod session;

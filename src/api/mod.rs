@@ -817,36 +817,16 @@ impl RemoteBackend {
     }
 }
 
-/// Files that together take at least this many bytes get a progress bar (on a terminal).
-const PROGRESS_MIN_BYTES: u64 = 16 << 20;
-
 fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-/// A progress bar on stderr for a large upload, when stderr is a terminal (and
-/// `CONTREE_PROGRESS` is not `never`). `None` for small uploads.
+/// A progress bar for a large upload (see `progress`); `None` for small uploads.
 fn upload_bar(files: &[(std::path::PathBuf, String)]) -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    let never = std::env::var("CONTREE_PROGRESS").is_ok_and(|v| v == "never");
-    if never || !std::io::stderr().is_terminal() {
-        return None;
-    }
     let total: u64 = files.iter().map(|(p, _)| file_len(p)).sum();
-    if total < PROGRESS_MIN_BYTES {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(total),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "uploading {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, {eta} left",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(format!("{} file(s)", files.len()));
-    Some(bar)
+    crate::progress::bar(crate::progress::Show::OnTerminal, total, || {
+        format!("uploading {} file(s)", files.len())
+    })
 }
 
 /// A file read for an upload, counting what has been read on the progress bar.

@@ -11,10 +11,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use indicatif::ProgressBar;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use super::AttachError;
+use crate::progress::{self, Show};
 
 /// Large reads keep syscall overhead negligible next to hashing.
 const READ_BUF: usize = 1 << 20;
@@ -39,11 +41,16 @@ const RECORD: &str = "INSERT OR REPLACE INTO attach_digest (path, inode, mtime_n
 /// SHA-256 of a file's content, streamed in 1 MiB reads; lowercase hex.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
     let mut buf = Vec::new();
-    sha256_file_with(path, &mut buf)
+    sha256_file_with(path, &mut buf, None)
 }
 
-/// Like [`sha256_file`] but reuses `buf`, so hashing many small files allocates once.
-fn sha256_file_with(path: &Path, buf: &mut Vec<u8>) -> io::Result<String> {
+/// Like [`sha256_file`] but reuses `buf`, so hashing many small files allocates once, and
+/// counts the bytes read on `bar`.
+fn sha256_file_with(
+    path: &Path,
+    buf: &mut Vec<u8>,
+    bar: Option<&ProgressBar>,
+) -> io::Result<String> {
     if buf.len() < READ_BUF {
         buf.resize(READ_BUF, 0);
     }
@@ -53,7 +60,12 @@ fn sha256_file_with(path: &Path, buf: &mut Vec<u8>) -> io::Result<String> {
     loop {
         match file.read(buf) {
             Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                if let Some(bar) = bar {
+                    bar.inc(n as u64);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
@@ -135,17 +147,23 @@ impl DigestCache {
     /// Returns the sha256 of `path`: from the cache when path, inode, mtime_ns and size match,
     /// else by hashing and recording it.
     pub fn digest(&self, path: &Path) -> Result<String, AttachError> {
-        let mut all = self.digest_all(&[path], 1)?;
+        let mut all = self.digest_all(&[path], 1, Show::Never)?;
         // digest_all returns exactly one result per input.
         Ok(all.pop().unwrap_or_default())
     }
 
     /// Hashes many files, using up to `threads` worker threads for the misses, and returns the
-    /// hashes in input order. Lookups and inserts each happen in one transaction.
+    /// hashes in input order. Lookups and inserts each happen in one transaction. Misses that
+    /// add up to much get a progress bar (see `progress`).
     ///
     /// On failure the first error in input order is returned; hashes that did succeed are
     /// still recorded.
-    pub fn digest_all(&self, paths: &[&Path], threads: usize) -> Result<Vec<String>, AttachError> {
+    pub fn digest_all(
+        &self,
+        paths: &[&Path],
+        threads: usize,
+        show: Show,
+    ) -> Result<Vec<String>, AttachError> {
         let keys = paths
             .iter()
             .map(|p| FileKey::of(p))
@@ -156,7 +174,10 @@ impl DigestCache {
             return Ok(found.into_iter().flatten().collect());
         }
 
-        let hashed = hash_parallel(paths, &misses, threads);
+        let bytes: u64 = misses.iter().map(|&i| keys[i].size as u64).sum();
+        let bar = progress::bar(show, bytes, || format!("hashing {} file(s)", misses.len()));
+        let hashed = hash_parallel(paths, &misses, threads, bar.as_ref());
+        drop(bar);
         let mut first_err = None;
         let tx = self.conn.unchecked_transaction()?;
         {
@@ -205,13 +226,18 @@ impl DigestCache {
 }
 
 /// Hashes `paths[i]` for each `i` in `todo`, results aligned with `todo`.
-fn hash_parallel(paths: &[&Path], todo: &[usize], threads: usize) -> Vec<io::Result<String>> {
+fn hash_parallel(
+    paths: &[&Path],
+    todo: &[usize],
+    threads: usize,
+    bar: Option<&ProgressBar>,
+) -> Vec<io::Result<String>> {
     let workers = threads.clamp(1, todo.len().max(1));
     if workers == 1 {
         let mut buf = Vec::new();
         return todo
             .iter()
-            .map(|&i| sha256_file_with(paths[i], &mut buf))
+            .map(|&i| sha256_file_with(paths[i], &mut buf, bar))
             .collect();
     }
     // Workers pull the next index, so one huge file does not hold up a fixed share of the rest.
@@ -226,7 +252,7 @@ fn hash_parallel(paths: &[&Path], todo: &[usize], threads: usize) -> Vec<io::Res
                     loop {
                         let k = next.fetch_add(1, Ordering::Relaxed);
                         let Some(&i) = todo.get(k) else { break };
-                        done.push((k, sha256_file_with(paths[i], &mut buf)));
+                        done.push((k, sha256_file_with(paths[i], &mut buf, bar)));
                     }
                     done
                 })
@@ -358,12 +384,12 @@ mod tests {
         }
         let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
         // Warm half the cache so the batch mixes hits and misses.
-        cache.digest_all(&paths[..25], 3).unwrap();
-        let got = cache.digest_all(&paths, 4).unwrap();
+        cache.digest_all(&paths[..25], 3, Show::Never).unwrap();
+        let got = cache.digest_all(&paths, 4, Show::Never).unwrap();
         let expected: Vec<String> = paths.iter().map(|p| sha256_file(p).unwrap()).collect();
         assert_eq!(got, expected);
-        assert_eq!(cache.digest_all(&paths, 1).unwrap(), expected);
-        assert!(cache.digest_all(&[], 4).unwrap().is_empty());
+        assert_eq!(cache.digest_all(&paths, 1, Show::Never).unwrap(), expected);
+        assert!(cache.digest_all(&[], 4, Show::Never).unwrap().is_empty());
     }
 
     #[test]
@@ -397,7 +423,7 @@ mod tests {
         let f = tmp.path().join("f");
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
         rewrite(&f, "abc", t0);
-        assert!(cache.digest_all(&[&f, tmp.path()], 2).is_err());
+        assert!(cache.digest_all(&[&f, tmp.path()], 2, Show::Never).is_err());
         rewrite(&f, "xyz", t0);
         assert_eq!(cache.digest(&f).unwrap(), ABC);
     }

@@ -15,7 +15,9 @@
 
 use super::inspect::View;
 use super::store::Layout;
+use crate::progress::{self, Show};
 use crate::wire::FileRef;
+use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -42,6 +44,17 @@ pub fn ensure(
     view: &View,
     files: &BTreeMap<String, FileRef>,
     blobs: &BTreeMap<String, String>,
+) -> Result<String, String> {
+    ensure_with(layout, view, files, blobs, Show::Never)
+}
+
+/// `ensure`, with a progress bar while a big layer is built (see `progress`).
+pub fn ensure_with(
+    layout: &Layout,
+    view: &View,
+    files: &BTreeMap<String, FileRef>,
+    blobs: &BTreeMap<String, String>,
+    show: Show,
 ) -> Result<String, String> {
     let mut placed = Vec::with_capacity(files.len());
     let mut dirs: DirMeta = BTreeMap::new();
@@ -80,7 +93,17 @@ pub fn ensure(
     let mut staging = layout
         .staging_dir(&format!("{id}.{}", uuid::Uuid::new_v4().simple()))
         .map_err(failed)?;
-    if let Err(e) = build(layout, staging.path(), &placed, &dirs) {
+    let bar = match show {
+        Show::Never => None,
+        Show::OnTerminal => {
+            let bytes = placed
+                .iter()
+                .map(|p| fs::metadata(layout.blob_path(&p.sha)).map_or(0, |m| m.len()))
+                .sum();
+            progress::bar(show, bytes, || format!("staging {} file(s)", placed.len()))
+        }
+    };
+    if let Err(e) = build(layout, staging.path(), &placed, &dirs, bar.as_ref()) {
         let _ = staging.remove();
         return Err(failed(e));
     }
@@ -147,14 +170,21 @@ fn key(placed: &[Placed], dirs: &DirMeta) -> String {
     hex[..32].to_string()
 }
 
-fn build(layout: &Layout, staging: &Path, placed: &[Placed], dirs: &DirMeta) -> io::Result<()> {
+/// Lays the files out under `staging`, counting each file's bytes on `bar` once placed.
+fn build(
+    layout: &Layout,
+    staging: &Path,
+    placed: &[Placed],
+    dirs: &DirMeta,
+    bar: Option<&ProgressBar>,
+) -> io::Result<()> {
     fs::create_dir_all(staging)?;
     for d in dirs.keys() {
         fs::create_dir_all(staging.join(d))?;
     }
     let mut made = BTreeSet::new();
     for p in placed {
-        let variant = variant(layout, &p.sha, p.uid, p.gid, p.mode, &mut made)?;
+        let variant = variant(layout, p, &mut made, bar)?;
         let target = staging.join(&p.rel);
         let _ = fs::remove_file(&target);
         fs::hard_link(&variant, &target)?;
@@ -168,26 +198,34 @@ fn build(layout: &Layout, staging: &Path, placed: &[Placed], dirs: &DirMeta) -> 
     Ok(())
 }
 
-/// The read-only copy of a blob with the given owner and mode, made on first use.
+/// The read-only copy of a blob with the file's owner and mode, made on first use.
 fn variant(
     layout: &Layout,
-    sha: &str,
-    uid: u32,
-    gid: u32,
-    mode: u32,
+    file: &Placed,
     made: &mut BTreeSet<PathBuf>,
+    bar: Option<&ProgressBar>,
 ) -> io::Result<PathBuf> {
+    let Placed {
+        sha,
+        uid,
+        gid,
+        mode,
+        ..
+    } = file;
     let dir = layout.root.join("blobs/variants");
     let path = dir.join(format!("{sha}.{uid}.{gid}.{mode:o}"));
     if made.contains(&path) || path.exists() {
+        if let Some(bar) = bar {
+            bar.inc(fs::metadata(&path).map_or(0, |m| m.len()));
+        }
         return Ok(path);
     }
     fs::create_dir_all(&dir)?;
     let mut tmp = layout.staging_file(&format!(".variant-{}", uuid::Uuid::new_v4().simple()))?;
-    let made_here = copy_into(&layout.blob_path(sha), tmp.file())
+    let made_here = progress::copy(&layout.blob_path(sha), tmp.path(), bar)
         // chown first: it clears setuid/setgid bits that the mode may set.
-        .and_then(|_| std::os::unix::fs::lchown(tmp.path(), Some(uid), Some(gid)))
-        .and_then(|_| fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode)))
+        .and_then(|_| std::os::unix::fs::lchown(tmp.path(), Some(*uid), Some(*gid)))
+        .and_then(|_| fs::set_permissions(tmp.path(), fs::Permissions::from_mode(*mode)))
         .and_then(|_| tmp.rename(&path));
     if let Err(e) = made_here {
         let _ = tmp.remove();
@@ -195,12 +233,6 @@ fn variant(
     }
     made.insert(path.clone());
     Ok(path)
-}
-
-/// Copies the file at `from` into `to` (in the kernel where it can: copy_file_range).
-pub fn copy_into(from: &Path, mut to: &fs::File) -> io::Result<u64> {
-    let mut source = fs::File::open(from)?;
-    std::io::copy(&mut source, &mut to)
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! OCI image layouts and `docker save` archives are recognised here and handed to `oci`.
 
 use super::store::{ImageRow, Store};
+use crate::progress::{self, Counted, Meter, Show};
 use crate::wire;
+use indicatif::ProgressBar;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -47,8 +49,14 @@ impl ImportError {
     }
 }
 
-/// Imports `source` and returns the new image's uuid.
-pub fn import(store: &Store, source: &Path, tag: Option<&str>) -> Result<String, ImportError> {
+/// Imports `source` and returns the new image's uuid. Big imports show progress (see
+/// `progress`).
+pub fn import(
+    store: &Store,
+    source: &Path,
+    tag: Option<&str>,
+    show: Show,
+) -> Result<String, ImportError> {
     let shown = source.display().to_string();
     let io_err = |e: io::Error| ImportError::io(&shown, e);
     let store_io = |e: io::Error| ImportError::StoreWrite {
@@ -57,25 +65,27 @@ pub fn import(store: &Store, source: &Path, tag: Option<&str>) -> Result<String,
     };
     let meta = fs::metadata(source).map_err(io_err)?;
     if meta.is_dir() && super::oci::is_image_dir(source) {
-        return super::oci::import_dir(store, source, tag);
+        return super::oci::import_dir(store, source, tag, show);
     }
     if meta.is_file() && super::oci::is_image_archive(source) {
         let unpacked = store
             .layout()
             .staging_dir(&format!("import-archive-{}", uuid::Uuid::new_v4()))
             .map_err(store_io)?;
-        let result = super::oci::unpack_archive(source, unpacked.path())
+        let result = super::oci::unpack_archive(source, unpacked.path(), show)
             .map_err(io_err)
-            .and_then(|_| super::oci::import_dir(store, unpacked.path(), tag));
+            .and_then(|_| super::oci::import_dir(store, unpacked.path(), tag, show));
         let _ = unpacked.remove();
         return result;
     }
     let id = format!("import-{}", uuid::Uuid::new_v4());
     let mut staging = store.layout().staging_dir(&id).map_err(store_io)?;
     let result = if meta.is_dir() {
-        copy_tree(source, staging.path()).map_err(io_err)
+        let mut meter = Meter::new(show, format!("importing {shown}"));
+        copy_tree(source, staging.path(), &mut meter).map_err(io_err)
     } else if meta.is_file() {
-        unpack(source, staging.path(), &shown)
+        let bar = progress::bar(show, meta.len(), || format!("importing {shown}"));
+        unpack(source, staging.path(), &shown, bar)
     } else {
         Err(ImportError::Unsupported(shown.clone()))
     };
@@ -108,13 +118,19 @@ pub fn import(store: &Store, source: &Path, tag: Option<&str>) -> Result<String,
     Ok(image.uuid)
 }
 
-fn unpack(source: &Path, dest: &Path, shown: &str) -> Result<(), ImportError> {
+/// Unpacks the tar or tar.gz `source` into `dest`, counting the bytes read on `bar`.
+fn unpack(
+    source: &Path,
+    dest: &Path,
+    shown: &str,
+    bar: Option<ProgressBar>,
+) -> Result<(), ImportError> {
     let io_err = |e: io::Error| ImportError::io(shown, e);
     let mut magic = [0u8; 262];
     let n = fs::File::open(source)
         .and_then(|mut f| f.read(&mut magic))
         .map_err(io_err)?;
-    let file = fs::File::open(source).map_err(io_err)?;
+    let file = Counted::new(fs::File::open(source).map_err(io_err)?, bar);
     let reader: Box<dyn Read> = if n >= 2 && magic[0] == 0x1f && magic[1] == 0x8b {
         Box::new(flate2::read::GzDecoder::new(io::BufReader::new(file)))
     } else if n >= 262 && &magic[257..262] == b"ustar" {
@@ -129,8 +145,9 @@ fn unpack(source: &Path, dest: &Path, shown: &str) -> Result<(), ImportError> {
     archive.unpack(dest).map_err(io_err)
 }
 
-/// Copies a directory tree keeping modes, owners and symlinks (not following them).
-pub fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
+/// Copies a directory tree keeping modes, owners and symlinks (not following them),
+/// counting the bytes of the files copied on `meter`.
+pub fn copy_tree(src: &Path, dst: &Path, meter: &mut Meter) -> io::Result<()> {
     for entry in walkdir::WalkDir::new(src).min_depth(1) {
         let entry = entry.map_err(io::Error::other)?;
         let rel = entry.path().strip_prefix(src).map_err(io::Error::other)?;
@@ -142,7 +159,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
         } else if ft.is_symlink() {
             std::os::unix::fs::symlink(fs::read_link(entry.path())?, &target)?;
         } else if ft.is_file() {
-            fs::copy(entry.path(), &target)?;
+            progress::copy(entry.path(), &target, meter.next(meta.len()))?;
         } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
             let c = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
                 .map_err(io::Error::other)?;

@@ -23,6 +23,7 @@ use crate::backend::{
 };
 use crate::interrupt;
 use crate::paths::Paths;
+use crate::progress::Show;
 use crate::wire::{DirectoryList, Image, Operation, SpawnRequest, Status};
 use eventlog::{LogReader, LogWriter};
 use nix::unistd::Pid;
@@ -654,8 +655,24 @@ impl LocalEngine {
         self.hold_gc_off()?;
         // However this ends, the run is in flight or gone by then.
         let _in_flight = scopeguard(|| drop(self.starting.borrow_mut().take()));
-        let (image, blobs) = self.store.reading(|| self.validate(req))?;
+        let (image, blobs, attached) = self.store.reading(|| self.validate(req))?;
         crate::log::trace("validated");
+        // A caller that follows the run waits for its sandbox anyway: a big attachment layer
+        // is built here, where a progress bar reaches the user's terminal, and the
+        // supervisor finds it built.
+        if lazy_row && crate::progress::shows(Show::OnTerminal, attached) {
+            if let Some(files) = req.files.as_ref() {
+                let view = inspect::View::new(self.store.layout(), &image.layers);
+                attachlayer::ensure_with(
+                    self.store.layout(),
+                    &view,
+                    files,
+                    &blobs,
+                    Show::OnTerminal,
+                )
+                .map_err(BackendError::Store)?;
+            }
+        }
         let op = uuid::Uuid::new_v4().to_string();
         let dir = self.store.op_dir(&op);
         registered(&op)?;
@@ -761,7 +778,7 @@ impl LocalEngine {
         let started = self
             .store
             .reading(|| self.validate(req))
-            .and_then(|(image, blobs)| {
+            .and_then(|(image, blobs, _)| {
                 let job = supervisor::Job {
                     op: op.to_string(),
                     request: req.clone(),
@@ -1025,12 +1042,9 @@ impl LocalEngine {
             .map(|(_, pid)| *pid)
     }
 
-    /// Checks the request and gathers what the supervisor needs: the image and the blobs.
-    #[allow(clippy::type_complexity)]
-    fn validate(
-        &self,
-        req: &SpawnRequest,
-    ) -> Result<(store::ImageRow, std::collections::BTreeMap<String, String>), BackendError> {
+    /// Checks the request and gathers what the supervisor needs: the image and the blobs;
+    /// also how many bytes the attachments take.
+    fn validate(&self, req: &SpawnRequest) -> Result<Validated, BackendError> {
         let Some(image) = self.store.image(&req.image)? else {
             return Err(BackendError::NotFound(format!(
                 "image {} not found",
@@ -1038,6 +1052,7 @@ impl LocalEngine {
             )));
         };
         let mut blobs = std::collections::BTreeMap::new();
+        let mut attached = 0;
         if let Some(cwd) = &req.cwd {
             if !cwd.is_empty() && !cwd.starts_with('/') {
                 return Err(BackendError::Invalid(format!(
@@ -1061,8 +1076,9 @@ impl LocalEngine {
                 )));
             }
             match self.store.blob_by_uuid(&file.uuid)? {
-                Some((sha, _)) => {
+                Some((sha, size)) => {
                     blobs.insert(file.uuid.clone(), sha);
+                    attached += size;
                 }
                 None => {
                     return Err(BackendError::NotFound(format!(
@@ -1083,7 +1099,7 @@ impl LocalEngine {
                 .bytes()
                 .map_err(|e| BackendError::Invalid(format!("stdin is not valid base64: {e}")))?;
         }
-        Ok((image, blobs))
+        Ok((image, blobs, attached))
     }
 }
 
@@ -1109,6 +1125,13 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
     }
     Guard(Some(f))
 }
+/// What `LocalEngine::validate` gathers: the image, the blobs (file uuid → sha256) and how
+/// many bytes the attachments take.
+type Validated = (
+    store::ImageRow,
+    std::collections::BTreeMap<String, String>,
+    u64,
+);
 
 fn inspect_err(e: inspect::InspectError) -> BackendError {
     match e {
@@ -1149,12 +1172,25 @@ impl Backend for LocalEngine {
                 .map(|(_, sha)| self.store.blob_uuid(sha))
                 .collect::<Result<Vec<_>, _>>()
         })?;
-        files
+        let stored: Vec<Option<String>> = files
             .iter()
             .zip(known)
+            .map(|((_, sha), uuid)| uuid.filter(|_| self.store.blob_path(sha).exists()))
+            .collect();
+        // Only what is copied counts towards a progress bar (and only it is measured).
+        let copied = || files.iter().zip(&stored).filter(|(_, s)| s.is_none());
+        let bytes: u64 = copied()
+            .map(|((path, _), _)| std::fs::metadata(path).map_or(0, |m| m.len()))
+            .sum();
+        let bar = crate::progress::bar(Show::OnTerminal, bytes, || {
+            format!("storing {} file(s)", copied().count())
+        });
+        files
+            .iter()
+            .zip(stored)
             .map(|((path, sha), uuid)| match uuid {
-                Some(uuid) if self.store.blob_path(sha).exists() => Ok((uuid, true)),
-                _ => Ok((self.store.put_blob(sha, path)?, false)),
+                Some(uuid) => Ok((uuid, true)),
+                None => Ok((self.store.put_blob_counted(sha, path, bar.as_ref())?, false)),
             })
             .collect()
     }
@@ -1412,7 +1448,7 @@ impl Backend for LocalEngine {
     }
 
     fn import_local(&self, path: &Path, tag: Option<&str>) -> Result<String, BackendError> {
-        import::import(&self.store, path, tag).map_err(import_err)
+        import::import(&self.store, path, tag, Show::OnTerminal).map_err(import_err)
     }
 
     fn pull_image(
@@ -1430,6 +1466,7 @@ impl Backend for LocalEngine {
             tag,
             reuse: &|_| true,
             deadline: None,
+            show: Show::OnTerminal,
         };
         registry::pull(&self.store, reference, &creds, &opts)
             .map(|pulled| pulled.image)

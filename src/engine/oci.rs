@@ -10,7 +10,9 @@
 use super::import::ImportError;
 use super::layers;
 use super::store::{ImageRow, Store};
+use crate::progress::{self, Counted, Show};
 use crate::wire;
+use indicatif::ProgressBar;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
@@ -32,7 +34,7 @@ pub fn is_image_dir(dir: &Path) -> bool {
 /// True when the tar at `source` holds an OCI layout or a `docker save` archive (judged by
 /// its top-level `oci-layout` / `manifest.json` entries).
 pub fn is_image_archive(source: &Path) -> bool {
-    let Ok(reader) = open_maybe_gzip(source) else {
+    let Ok(reader) = open_maybe_gzip(source, None) else {
         return false;
     };
     let mut archive = tar::Archive::new(reader);
@@ -49,13 +51,30 @@ pub fn is_image_archive(source: &Path) -> bool {
     false
 }
 
-/// Imports the image in the OCI layout / `docker save` directory `dir`.
-pub fn import_dir(store: &Store, dir: &Path, tag: Option<&str>) -> Result<String, ImportError> {
+/// Imports the image in the OCI layout / `docker save` directory `dir`, with a progress bar
+/// over the layers' bytes when they are big (see `progress`).
+pub fn import_dir(
+    store: &Store,
+    dir: &Path,
+    tag: Option<&str>,
+    show: Show,
+) -> Result<String, ImportError> {
     let shown = dir.display().to_string();
     let found = find(dir).map_err(|e| ImportError::Io {
         path: shown.clone(),
         source: e,
     })?;
+    let bytes = match show {
+        Show::Never => 0,
+        Show::OnTerminal => found
+            .layers
+            .iter()
+            .map(|l| fs::metadata(l).map_or(0, |m| m.len()))
+            .sum(),
+    };
+    let bar = progress::bar(show, bytes, || {
+        format!("importing {} layer(s)", found.layers.len())
+    });
     let mut new_layers: Vec<(String, u64)> = Vec::new();
     // Held until the image's row is committed: `gc` leaves a claimed layer dir alone.
     let mut claims: Vec<super::claim::Claim> = Vec::new();
@@ -76,7 +95,7 @@ pub fn import_dir(store: &Store, dir: &Path, tag: Option<&str>) -> Result<String
                 });
             }
         };
-        if let Err(e) = apply_layer(layer, staging.path()) {
+        if let Err(e) = apply_layer_counted(layer, staging.path(), bar.clone()) {
             let _ = staging.remove();
             cleanup(claims);
             return Err(ImportError::io(
@@ -242,10 +261,11 @@ fn pick(index: &Value) -> io::Result<Value> {
     Ok(ours.unwrap_or(&manifests[0]).clone())
 }
 
-fn open_maybe_gzip(path: &Path) -> io::Result<Box<dyn Read>> {
+/// `path`'s content, gunzipped if it is gzip; the bytes read from the file count on `bar`.
+fn open_maybe_gzip(path: &Path, bar: Option<ProgressBar>) -> io::Result<Box<dyn Read>> {
     let mut magic = [0u8; 2];
     let n = fs::File::open(path)?.read(&mut magic)?;
-    let file = io::BufReader::new(fs::File::open(path)?);
+    let file = io::BufReader::new(Counted::new(fs::File::open(path)?, bar));
     Ok(if n == 2 && magic == [0x1f, 0x8b] {
         Box::new(flate2::read::GzDecoder::new(file))
     } else {
@@ -262,7 +282,12 @@ fn normal(path: &Path) -> PathBuf {
 
 /// Unpacks one layer tar into `dest` as an overlay layer.
 pub fn apply_layer(layer: &Path, dest: &Path) -> io::Result<()> {
-    let mut archive = tar::Archive::new(open_maybe_gzip(layer)?);
+    apply_layer_counted(layer, dest, None)
+}
+
+/// `apply_layer`, counting the bytes read from the layer file on `bar`.
+fn apply_layer_counted(layer: &Path, dest: &Path, bar: Option<ProgressBar>) -> io::Result<()> {
+    let mut archive = tar::Archive::new(open_maybe_gzip(layer, bar)?);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_overwrite(true);
@@ -315,8 +340,14 @@ pub fn apply_layer(layer: &Path, dest: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Unpacks an image archive (a tar of an OCI layout or a `docker save` output) into `dir`.
-pub fn unpack_archive(source: &Path, dir: &Path) -> io::Result<()> {
-    let mut archive = tar::Archive::new(open_maybe_gzip(source)?);
+/// Unpacks an image archive (a tar of an OCI layout or a `docker save` output) into `dir`,
+/// with a progress bar when it is big.
+pub fn unpack_archive(source: &Path, dir: &Path, show: Show) -> io::Result<()> {
+    let bytes = match show {
+        Show::Never => 0,
+        Show::OnTerminal => fs::metadata(source)?.len(),
+    };
+    let bar = progress::bar(show, bytes, || format!("unpacking {}", source.display()));
+    let mut archive = tar::Archive::new(open_maybe_gzip(source, bar)?);
     archive.unpack(dir)
 }

@@ -10,7 +10,9 @@
 
 use super::import::ImportError;
 use super::store::Store;
+use crate::progress::{self, Show};
 use base64::Engine as _;
+use indicatif::ProgressBar;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -203,6 +205,7 @@ impl Client {
         accept: Option<&str>,
         digest: &str,
         dest: &Path,
+        bar: Option<&ProgressBar>,
     ) -> io::Result<()> {
         let resp = self.get(url, accept)?;
         let tmp = dest.with_extension("part");
@@ -217,6 +220,9 @@ impl Client {
             }
             hasher.update(&buf[..n]);
             out.write_all(&buf[..n])?;
+            if let Some(bar) = bar {
+                bar.inc(n as u64);
+            }
         }
         let got = format!("sha256:{:x}", hasher.finalize());
         if digest.starts_with("sha256:") && got != digest {
@@ -253,6 +259,7 @@ fn download(
     dir: &Path,
     known: &dyn Fn(&str) -> Option<String>,
     deadline: Option<std::time::Instant>,
+    show: Show,
 ) -> io::Result<Fetched> {
     fs::create_dir_all(dir.join("blobs/sha256"))?;
     let mut client = Client {
@@ -300,24 +307,37 @@ fn download(
         if let Some(image) = known(&digest) {
             return Ok(Fetched::Known(image));
         }
-        let mut blobs: Vec<String> = Vec::new();
-        if let Some(c) = doc.pointer("/config/digest").and_then(Value::as_str) {
-            blobs.push(c.to_string());
-        }
-        for layer in doc
-            .get("layers")
-            .and_then(Value::as_array)
+        // The config and the layers, with the sizes their descriptors give.
+        let mut blobs: Vec<(String, u64)> = Vec::new();
+        let layers = doc.get("layers").and_then(Value::as_array);
+        for desc in doc
+            .get("config")
             .into_iter()
-            .flatten()
+            .chain(layers.into_iter().flatten())
         {
-            if let Some(d) = layer.get("digest").and_then(Value::as_str) {
-                blobs.push(d.to_string());
+            if let Some(d) = desc.get("digest").and_then(Value::as_str) {
+                let size = desc.get("size").and_then(Value::as_u64).unwrap_or(0);
+                blobs.push((d.to_string(), size));
             }
         }
-        for b in blobs {
+        let total = blobs.iter().map(|(_, size)| size).sum();
+        let bar = progress::bar(show, total, || {
+            let at = if r.reference.starts_with("sha256:") {
+                '@'
+            } else {
+                ':'
+            };
+            format!(
+                "downloading {}/{}{at}{}",
+                r.registry, r.repository, r.reference
+            )
+        });
+        for (b, size) in blobs {
             let dest = digest_path(dir, &b)?;
             if !dest.exists() {
-                client.fetch(&format!("{base}/blobs/{b}"), None, &b, &dest)?;
+                client.fetch(&format!("{base}/blobs/{b}"), None, &b, &dest, bar.as_ref())?;
+            } else if let Some(bar) = &bar {
+                bar.inc(size);
             }
         }
         let index = serde_json::json!({
@@ -346,6 +366,8 @@ pub struct PullOptions<'a> {
     pub reuse: &'a dyn Fn(&str) -> bool,
     /// When to give up, downloads in flight included.
     pub deadline: Option<std::time::Instant>,
+    /// Whether the download and the import may show progress bars.
+    pub show: Show,
 }
 
 /// Pulls `reference` and imports it. If an image was pulled from the same manifest before
@@ -357,7 +379,7 @@ pub fn pull(
     creds: &Credentials,
     opts: &PullOptions<'_>,
 ) -> Result<Pulled, ImportError> {
-    let (tag, reuse, deadline) = (opts.tag, opts.reuse, opts.deadline);
+    let (tag, reuse, deadline, show) = (opts.tag, opts.reuse, opts.deadline, opts.show);
     let r = Reference::parse(reference)
         .ok_or_else(|| ImportError::Unsupported(reference.to_string()))?;
     let staging = store
@@ -375,7 +397,7 @@ pub fn pull(
     let late = || deadline.is_some_and(|d| std::time::Instant::now() >= d);
     // Past the deadline, whatever failed (a request cut off mid-body says only "body
     // error") failed for want of time, and nothing more is imported.
-    let result = download(&r, creds, &dir, &known, deadline)
+    let result = download(&r, creds, &dir, &known, deadline, show)
         .and_then(|fetched| {
             if late() {
                 Err(timed_out())
@@ -396,7 +418,7 @@ pub fn pull(
                 })
             }
             Fetched::Layout(digest) => {
-                let image = super::oci::import_dir(store, &dir, tag)?;
+                let image = super::oci::import_dir(store, &dir, tag, show)?;
                 store.set_image_manifest(&image, &digest)?;
                 Ok(Pulled {
                     image,

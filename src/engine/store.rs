@@ -515,6 +515,16 @@ impl Store {
     /// Stores `source`'s content as the blob `sha256` unless it is already there; returns
     /// the blob's uuid. The copy lands under a temporary name and is renamed into place.
     pub fn put_blob(&self, sha256: &str, source: &Path) -> Result<String> {
+        self.put_blob_counted(sha256, source, None)
+    }
+
+    /// `put_blob`, counting the bytes copied on `bar`.
+    pub fn put_blob_counted(
+        &self,
+        sha256: &str,
+        source: &Path,
+        bar: Option<&indicatif::ProgressBar>,
+    ) -> Result<String> {
         if let Some(uuid) = self.blob_uuid(sha256)? {
             if self.blob_path(sha256).exists() {
                 return Ok(uuid);
@@ -525,7 +535,7 @@ impl Store {
             .layout
             .staging_file(&format!(".blob-{}", uuid::Uuid::new_v4().simple()))
             .map_err(io_err(self.root.join("tmp")))?;
-        let copied = super::attachlayer::copy_into(source, tmp.file()).map_err(|e| {
+        let copied = crate::progress::copy(source, tmp.path(), bar).map_err(|e| {
             if disk_full(&e) {
                 StoreError::Full {
                     what: format!("the content of {}", source.display()),

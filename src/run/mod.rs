@@ -351,7 +351,9 @@ fn hash_attachments(
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let digests = cache.digest_all(&paths, threads).map_err(attach_err)?;
+    let digests = cache
+        .digest_all(&paths, threads, crate::progress::Show::OnTerminal)
+        .map_err(attach_err)?;
     let mut blobs = BTreeMap::new();
     let mut out = Vec::with_capacity(attachments.len());
     for (a, sha) in attachments.iter().zip(digests) {

@@ -48,10 +48,11 @@ fn doctor_finds_dead_operations_incomplete_logs_and_abandoned_scratch_and_repair
                 })
         })
         .expect("the detached run's supervisor");
-    std::process::Command::new("kill")
-        .args(["-KILL", &supervisor.to_string()])
-        .status()
-        .expect("kill");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(supervisor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the supervisor");
     wait_until(Duration::from_secs(10), "the sandbox is gone", || {
         sleepers(&token).is_empty()
     });

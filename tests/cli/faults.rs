@@ -99,9 +99,10 @@ fn env_processes(home: &Path) -> Vec<(i32, i32, String)> {
 }
 
 fn sigkill(pid: i32) {
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 /// Waits for a CLI, killing it after the hang limit.

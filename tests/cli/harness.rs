@@ -7,11 +7,14 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
+
+pub use crate::skip::skip;
 
 /// The binary under test, built by cargo for this integration test target.
 pub const CONTREE: &str = env!("CARGO_BIN_EXE_contree");
@@ -100,6 +103,33 @@ impl Env {
         let mut cmd = self.program(CONTREE);
         cmd.command.args(args);
         cmd
+    }
+
+    /// `contree ARGS…` with a pseudo-terminal as stdin, stdout and stderr (util-linux
+    /// `script`); its stdout has everything the terminal showed. `None` (the test reported
+    /// skipped) where `script` is missing.
+    pub fn run_on_terminal<I, S>(&self, args: I) -> Option<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let Some(script) = find_program("script") else {
+            skip("needs util-linux's `script` for a pseudo-terminal (apt-get install bsdutils)");
+            return None;
+        };
+        let mut line = shell_quote(OsStr::new(CONTREE));
+        for arg in args {
+            line.push(' ');
+            line.push_str(&shell_quote(arg.as_ref()));
+        }
+        Some(
+            self.program(script)
+                .env("TERM", "xterm")
+                .arg("-qec")
+                .arg(line)
+                .arg("/dev/null")
+                .output(),
+        )
     }
 
     /// Any program, run with this env's environment (data dir, session, PATH).
@@ -241,6 +271,7 @@ impl Cmd {
             child,
             label,
             started: Instant::now(),
+            live: [None, None],
         }
     }
 
@@ -255,6 +286,14 @@ pub struct Running {
     pub child: Child,
     label: String,
     started: Instant,
+    /// stdout and stderr once read by a thread (see `reader`): what they gave so far.
+    live: [Option<Reader>; 2],
+}
+
+/// A thread that reads one of the child's pipes to its end into `seen`.
+struct Reader {
+    seen: Arc<Mutex<Vec<u8>>>,
+    thread: thread::JoinHandle<()>,
 }
 
 impl Running {
@@ -262,30 +301,74 @@ impl Running {
         self.child.id() as i32
     }
 
+    /// Waits until the command has written `needle` to its stdout, failing the test once
+    /// `limit` has passed. What was read stays part of `wait`'s output.
+    #[track_caller]
+    pub fn wait_for_stdout(&mut self, needle: &str, limit: Duration) {
+        self.wait_for(0, needle, limit)
+    }
+
+    /// `wait_for_stdout` for stderr.
+    #[track_caller]
+    pub fn wait_for_stderr(&mut self, needle: &str, limit: Duration) {
+        self.wait_for(1, needle, limit)
+    }
+
+    #[track_caller]
+    fn wait_for(&mut self, stream: usize, needle: &str, limit: Duration) {
+        let seen = self.reader(stream).seen.clone();
+        let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+        if !eventually(limit, || text().contains(needle)) {
+            let name = ["stdout", "stderr"][stream];
+            panic!(
+                "{}: no {needle:?} on {name} after {limit:?}; it wrote:\n{}",
+                self.label,
+                text()
+            );
+        }
+    }
+
+    /// The thread reading stdout (0) or stderr (1), started on first use.
+    fn reader(&mut self, stream: usize) -> &Reader {
+        let child = &mut self.child;
+        self.live[stream].get_or_insert_with(|| {
+            let pipe: Option<Box<dyn Read + Send>> = match stream {
+                0 => child.stdout.take().map(|p| Box::new(p) as _),
+                _ => child.stderr.take().map(|p| Box::new(p) as _),
+            };
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let into = seen.clone();
+            let thread = thread::spawn(move || {
+                // A test may have taken the pipe to read it itself: then nothing is left.
+                let Some(mut pipe) = pipe else { return };
+                let mut buf = [0u8; 8192];
+                while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                    into.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+            Reader { seen, thread }
+        })
+    }
+
     /// Waits for the exit, with the hang limit, collecting both streams.
     pub fn wait(mut self) -> Output {
-        // A test may have taken a pipe to read it live; what is left is collected here.
-        let out = self.child.stdout.take();
-        let err = self.child.stderr.take();
-        let out_reader = thread::spawn(move || read_all(out));
-        let err_reader = thread::spawn(move || read_all(err));
+        self.reader(0);
+        self.reader(1);
         let status = wait_with_limit(&mut self.child, self.started, &self.label);
+        let [out, err] = self.live.map(|r| {
+            let r = r.expect("reader started above");
+            r.thread.join().expect("pipe reader");
+            let bytes = std::mem::take(&mut *r.seen.lock().unwrap());
+            bytes
+        });
         Output {
             label: self.label,
             status,
-            stdout: out_reader.join().expect("stdout reader"),
-            stderr: err_reader.join().expect("stderr reader"),
+            stdout: out,
+            stderr: err,
             elapsed: self.started.elapsed(),
         }
     }
-}
-
-fn read_all(pipe: Option<impl Read>) -> Vec<u8> {
-    let mut buf = Vec::new();
-    if let Some(mut pipe) = pipe {
-        let _ = pipe.read_to_end(&mut buf);
-    }
-    buf
 }
 
 fn wait_with_limit(child: &mut Child, started: Instant, label: &str) -> ExitStatus {
@@ -300,6 +383,20 @@ fn wait_with_limit(child: &mut Child, started: Instant, label: &str) -> ExitStat
         }
         thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// `program` found on PATH.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// `arg` in single quotes for `sh -c`.
+fn shell_quote(arg: &OsStr) -> String {
+    format!("'{}'", arg.to_string_lossy().replace('\'', r"'\''"))
 }
 
 fn describe(command: &Command) -> String {
@@ -487,42 +584,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Waits until `done` holds, checking every few milliseconds; fails the test naming `what`
-/// once `limit` has passed.
-#[track_caller]
-pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    let mut pause = Duration::from_millis(2);
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting until {what}"
-        );
-        thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
-}
-
-/// Marks the running test as skipped: `SKIPPED: <test>: <reason>` on stderr and appended to
-/// `$CARGO_TARGET_TMPDIR/skipped.txt`, so a missing prerequisite never passes silently.
-pub fn skip(reason: &str) {
-    // libtest names each test's thread after the test.
-    let test = thread::current()
-        .name()
-        .unwrap_or("<unnamed test>")
-        .to_string();
-    let line = format!("SKIPPED: {test}: {reason}");
-    eprintln!("{line}");
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped.txt");
-    let _ = std::fs::create_dir_all(env!("CARGO_TARGET_TMPDIR"));
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-    writeln!(file, "{line}").expect("append to skipped.txt");
-}
-
 /// A token unlikely to appear anywhere else, to find a test's own processes in /proc.
 pub fn unique_token() -> String {
     let nanos = std::time::SystemTime::now()
@@ -563,6 +624,14 @@ pub fn sleepers(token: &str) -> Vec<i32> {
         }
     }
     found
+}
+
+/// Polls `cond` until it holds, failing the test with `what` once `limit` has passed.
+#[track_caller]
+pub fn wait_until(limit: Duration, what: &str, cond: impl FnMut() -> bool) {
+    if !eventually(limit, cond) {
+        panic!("timed out after {limit:?} waiting for {what}");
+    }
 }
 
 /// Polls `cond` every few milliseconds until it holds or `limit` passes; returns whether it held.

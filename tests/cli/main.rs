@@ -3,6 +3,7 @@
 //! The local engine needs root (namespaces + overlayfs).
 
 mod harness;
+mod skip;
 
 mod attachments;
 mod completions;
@@ -22,6 +23,7 @@ mod interrupt;
 mod long_sessions;
 mod operations;
 mod plugins;
+mod progress;
 mod registry;
 mod run_basics;
 mod serve;

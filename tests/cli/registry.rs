@@ -3,13 +3,16 @@
 //! pulled by contree with its whiteouts applied. Without the package the test is reported
 //! skipped.
 
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{eventually, sha256_hex, skip, Env};
+use crate::harness::{eventually, sha256_hex, skip, wait_until, Env};
 use crate::import_formats::{check_view, config, layer_dirs, tar_of};
 
 fn http() -> reqwest::blocking::Client {
@@ -143,12 +146,15 @@ const BASIC: &str = "Basic dXNlcjpwYXNz"; // user:pass
 const TOKEN: &str = "tok-123";
 
 /// A one-request-per-connection HTTP front for `upstream` that demands `auth`; returns its
-/// address. Requests that pass are forwarded to the real registry.
-fn auth_front(upstream: String, auth: Auth) -> String {
+/// address and how many clients hung up on a stalled blob. Requests that pass are forwarded
+/// to the real registry.
+fn auth_front(upstream: String, auth: Auth) -> (String, Arc<AtomicUsize>) {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let me = addr.clone();
+    let hang_ups = Arc::new(AtomicUsize::new(0));
+    let counted = hang_ups.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
@@ -236,25 +242,50 @@ fn auth_front(upstream: String, auth: Auth) -> String {
                 let half = body.len() / 2;
                 let _ = out.write_all(&body[..half]);
                 let _ = out.flush();
-                std::thread::sleep(STALL);
+                if hangs_up_within(&out, STALL) {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                }
                 let _ = out.write_all(&body[half..]);
                 continue;
             }
             let _ = out.write_all(&body);
         }
     });
-    addr
+    (addr, hang_ups)
+}
+
+/// Whether the client closes `stream` within `limit` (having sent all it will send).
+fn hangs_up_within(stream: &std::net::TcpStream, limit: Duration) -> bool {
+    let end = std::time::Instant::now() + limit;
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(10)));
+    let mut byte = [0u8; 1];
+    while std::time::Instant::now() < end {
+        match stream.peek(&mut byte) {
+            Ok(0) => return true,
+            Ok(_) => return false,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
 }
 
 /// A docker-registry on loopback with the test image pushed, or `None` (the skip said) where
 /// this machine has none.
 fn registry_with_image(env: &Env) -> Option<Registry> {
+    let registry = loopback_registry(env)?;
+    push_image(env, &registry).then_some(registry)
+}
+
+/// An empty docker-registry on loopback, or `None` (the skip said) where this machine has
+/// none.
+fn loopback_registry(env: &Env) -> Option<Registry> {
     let Some(binary) = registry_binary() else {
         skip("needs Debian's docker-registry package (apt-get install docker-registry)");
         return None;
     };
-    let registry = start(&binary, env.work());
-    push_image(env, &registry).then_some(registry)
+    Some(start(&binary, env.work()))
 }
 
 /// Pushes the two-layer test image to `registry` as `bb/x:v1`.
@@ -361,7 +392,7 @@ fn pulls_authenticate_with_basic_auth_and_with_a_token_realm() {
         return;
     };
     for (auth, tag) in [(Auth::Basic, "basic"), (Auth::Token, "token")] {
-        let front = auth_front(registry.addr.clone(), auth);
+        let (front, _) = auth_front(registry.addr.clone(), auth);
         let reference = format!("{front}/bb/x:v1");
         // Without credentials the registry says no, and nothing is imported.
         let denied = env
@@ -490,7 +521,7 @@ fn serve_gives_up_a_stalled_import_at_its_timeout() {
         return;
     };
     // Every blob stalls for 1.5 s: the download would take 4.5 s.
-    let front = auth_front(registry.addr.clone(), Auth::Stalled);
+    let (front, hang_ups) = auth_front(registry.addr.clone(), Auth::Stalled);
     let server = Server::start();
     let listed = |token: &str| server.get("/v1/images", token).json()["images"].clone();
     let before = (listed(TOKEN_A), listed(TOKEN_B));
@@ -515,7 +546,70 @@ fn serve_gives_up_a_stalled_import_at_its_timeout() {
         "{:?}",
         started.elapsed()
     );
-    // The download was dropped with it: no image turns up later, for anyone.
-    std::thread::sleep(Duration::from_secs(6));
+    // The download was dropped with it (the front door saw the server hang up mid-blob), so
+    // no image can turn up later, for anyone.
+    wait_until(
+        Duration::from_secs(10),
+        "the server to drop the stalled download",
+        || hang_ups.load(Ordering::SeqCst) > 0,
+    );
     assert_eq!((listed(TOKEN_A), listed(TOKEN_B)), before);
+}
+
+#[test]
+fn a_big_pull_shows_download_and_import_progress_on_a_terminal_only() {
+    let env = Env::new();
+    let Some(registry) = loopback_registry(&env) else {
+        return;
+    };
+    // One uncompressed layer holding a 20 MiB file.
+    let big = crate::progress::big_content(4);
+    env.write("big-root/data/big.bin", &big);
+    let layer = tar_of(&env.work().join("big-root"), false);
+    let base = format!("http://{}/v2/big/x", registry.addr);
+    let c = config();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": push_blob(&base, &c), "size": c.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": push_blob(&base, &layer), "size": layer.len()}]
+    });
+    http()
+        .put(format!("{base}/manifests/v1"))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.to_string())
+        .send()
+        .and_then(|r| r.error_for_status())
+        .expect("push manifest");
+    let reference = format!("{}/big/x:v1", registry.addr);
+    let Some(out) = env.run_on_terminal(["images", "import", &reference, "--tag", "big"]) else {
+        return;
+    };
+    let text = out.success().stdout_text();
+    for bar in [
+        format!("downloading {reference} ["),
+        "importing 1 layer(s) [".to_string(),
+    ] {
+        assert!(text.contains(&bar), "no {bar:?} bar: {text:?}");
+    }
+    // Another data dir pulls it again (this one would reuse its image) with no terminal.
+    let quiet = Env::new();
+    let out = quiet
+        .run(["images", "import", &reference, "--tag", "big"])
+        .success();
+    let stderr = out.stderr_text();
+    assert!(
+        !stderr.contains("downloading")
+            && !stderr.contains("importing")
+            && !stderr.contains('\x1b'),
+        "a bar without a terminal: {stderr:?}"
+    );
+    for env in [&env, &quiet] {
+        env.run(["use", "tag:big"]).success();
+        env.run(["cat", "/data/big.bin"])
+            .success()
+            .check("the big file came through", |o| o.stdout == big);
+    }
 }

@@ -1284,6 +1284,9 @@ fn spawns_beyond_the_running_limit_wait_in_pending_for_a_slot() {
     let refused = server.post_json("/v1/instances", TOKEN_B, &body);
     assert_eq!(refused.status, 429, "{}", refused.text());
     assert_eq!(refused.header("retry-after"), Some("1"));
+    // What is checked is that nothing happens: the dispatcher looks at the queue every 50 ms,
+    // so a wrong one would have started the operation within these six rounds. No event
+    // marks "looked and left it waiting", hence a fixed wait here.
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(
         status(&second, TOKEN_B),
@@ -1323,21 +1326,6 @@ fn spawns_beyond_the_running_limit_wait_in_pending_for_a_slot() {
     assert_eq!(events[0]["data"]["status"], "CANCELLED");
 }
 
-/// Reads the child's stdout until `needle` has been seen.
-fn read_until(stdout: &mut impl std::io::Read, needle: &str) {
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&seen).contains(needle) {
-        match stdout.read(&mut byte) {
-            Ok(1) => seen.push(byte[0]),
-            _ => panic!(
-                "output ended before {needle:?}: {:?}",
-                String::from_utf8_lossy(&seen)
-            ),
-        }
-    }
-}
-
 #[test]
 fn remote_ctrl_c_interrupts_the_command_first_then_cancels() {
     use nix::sys::signal::{kill, Signal};
@@ -1353,11 +1341,11 @@ fn remote_ctrl_c_interrupts_the_command_first_then_cancels() {
             "trap 'echo got INT; exit 7' INT; echo started; sleep 60 & wait",
         ])
         .spawn();
-    let mut stdout = running.child.stdout.take().expect("stdout");
-    read_until(&mut stdout, "started");
+    let limit = std::time::Duration::from_secs(20);
+    running.wait_for_stdout("started", limit);
     let cli = nix::unistd::Pid::from_raw(running.pid());
     kill(cli, Signal::SIGINT).expect("Ctrl-C");
-    read_until(&mut stdout, "got INT");
+    running.wait_for_stdout("got INT", limit);
     let out = running.wait().code(7);
     out.stderr_contains("[INFO] Sent SIGINT to operation ")
         .stderr_contains("; waiting for it to exit (Ctrl-C again to force-cancel)");
@@ -1366,11 +1354,12 @@ fn remote_ctrl_c_interrupts_the_command_first_then_cancels() {
     let mut running = env
         .cmd(["run", "-s", "trap '' INT; echo started; sleep 60"])
         .spawn();
-    let mut stdout = running.child.stdout.take().expect("stdout");
-    read_until(&mut stdout, "started");
+    running.wait_for_stdout("started", limit);
     let cli = nix::unistd::Pid::from_raw(running.pid());
     kill(cli, Signal::SIGINT).expect("first Ctrl-C");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The second Ctrl-C must reach a CLI that has acted on the first one (two signals sent
+    // back to back may arrive as one).
+    running.wait_for_stderr("[INFO] Sent SIGINT to operation ", limit);
     kill(cli, Signal::SIGINT).expect("second Ctrl-C");
     running
         .wait()
@@ -1465,34 +1454,17 @@ fn a_large_upload_shows_a_progress_bar_on_a_terminal_only() {
         .stdout(&format!("{sum}  /big\n"))
         .stderr_empty();
     // A terminal (util-linux `script` gives the command a pty): the bar is drawn on stderr.
-    let Some(script) = which("script") else {
-        crate::harness::skip("needs util-linux's `script` for a pseudo-terminal");
+    let changed = [&big[..], b"changed"].concat();
+    bob.write("big.bin", &changed);
+    let Some(out) = bob.run_on_terminal(["run", "-D", "-F", &spec, "--", "sha256sum", "/big"])
+    else {
         return;
     };
-    bob.write("big.bin", [&big[..], b"changed"].concat());
-    let line = format!(
-        "{} run -D -F {spec} -- sha256sum /big",
-        crate::harness::CONTREE
-    );
-    let out = bob
-        .program(script)
-        .env("TERM", "xterm")
-        .arg("-qec")
-        .arg(&line)
-        .arg("/dev/null")
-        .output()
-        .success();
-    let text = out.stdout_text();
+    let text = out.success().stdout_text();
     assert!(
-        text.contains("uploading 1 file(s)") && text.contains("MiB"),
+        text.contains("uploading 1 file(s) [") && text.contains("MiB"),
         "no progress bar: {text:?}"
     );
-}
-
-fn which(program: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
+    let sum = crate::harness::sha256_hex(&changed);
+    assert!(text.contains(&format!("{sum}  /big")), "{text:?}");
 }

@@ -88,8 +88,9 @@ fn stdin_written_after_the_command_started_still_arrives() {
     let mut pipe = running.child.stdin.take().expect("stdin pipe");
     pipe.write_all(b"first\n").unwrap();
     pipe.flush().unwrap();
-    // A slow producer: the second line comes well after the run has started.
-    std::thread::sleep(Duration::from_millis(150));
+    // A slow producer: the second line is written only once the command has answered the
+    // first, so the run was under way long before.
+    running.wait_for_stdout("got first\n", Duration::from_secs(20));
     pipe.write_all(b"second\n").unwrap();
     drop(pipe);
     running.wait().success().stdout("got first\ngot second\n");

@@ -148,6 +148,7 @@ fn run_import(st: &super::super::Shared, ns: &str, op: &str, req: ImportBody, ti
                     tag: None,
                     reuse: &visible,
                     deadline: Some(deadline),
+                    show: crate::progress::Show::Never,
                 };
                 let pulled = crate::engine::registry::pull(&store, &url, &creds, &opts)
                     .map_err(|e| e.to_string())?;
