@@ -138,12 +138,7 @@ pub trait Backend {
         _output: Option<[std::os::fd::RawFd; 2]>,
         registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
     ) -> Result<String, BackendError> {
-        let op = self.spawn(req, stdin)?;
-        if let Err(e) = registered(&op) {
-            let _ = self.cancel(&op);
-            return Err(e);
-        }
-        Ok(op)
+        self.spawn_registered(req, stdin, registered)
     }
     fn operation(&self, op: &str) -> Result<Operation, BackendError>;
     fn operations(&self, filter: &OpFilter) -> Result<Vec<Operation>, BackendError>;

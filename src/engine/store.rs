@@ -437,21 +437,22 @@ impl Store {
 
     /// What SQLite's `integrity_check` finds wrong (nothing: empty).
     pub fn integrity_check(&self) -> Result<Vec<String>> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare("PRAGMA integrity_check")?;
-        let rows: Vec<String> = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        let rows = self.strings("PRAGMA integrity_check")?;
         Ok(rows.into_iter().filter(|r| r != "ok").collect())
     }
 
-    pub fn layer_ids(&self) -> Result<Vec<String>> {
+    /// The first column of every row `sql` selects.
+    fn strings(&self, sql: &str) -> Result<Vec<String>> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare("SELECT id FROM layers ORDER BY id")?;
-        let ids = stmt
+        let mut stmt = conn.prepare(sql)?;
+        let rows = stmt
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        Ok(ids)
+        Ok(rows)
+    }
+
+    pub fn layer_ids(&self) -> Result<Vec<String>> {
+        self.strings("SELECT id FROM layers ORDER BY id")
     }
 
     pub fn delete_layer_row(&self, id: &str) -> Result<()> {
@@ -461,12 +462,7 @@ impl Store {
     }
 
     pub fn blob_shas(&self) -> Result<Vec<String>> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare("SELECT sha256 FROM blobs ORDER BY sha256")?;
-        let shas = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(shas)
+        self.strings("SELECT sha256 FROM blobs ORDER BY sha256")
     }
 
     pub fn delete_blob_row(&self, sha256: &str) -> Result<()> {

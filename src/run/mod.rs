@@ -220,29 +220,9 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
             disposable: req.disposable,
             ..Default::default()
         };
-        let mut registered_op = None;
-        let spawned = ctx.backend.spawn_registered(&req, stdin, &mut |op: &str| {
-            registered_op = Some(op.to_string());
-            ctx.sessions
-                .add_pending_op(
-                    &ctx.session_key,
-                    &PendingOp {
-                        op: op.to_string(),
-                        branch: detached_branch(op, req.disposable).0,
-                        ..pending.clone()
-                    },
-                )
-                .map_err(|e| BackendError::Store(e.to_string()))
-        });
-        match spawned {
-            Ok(op) => op,
-            Err(e) => {
-                if let Some(op) = registered_op {
-                    let _ = ctx.sessions.remove_pending_op(&ctx.session_key, &op);
-                }
-                return Err(backend_err(e));
-            }
-        }
+        spawn_pending(ctx, Some(pending), |registered| {
+            ctx.backend.spawn_registered(&req, stdin, registered)
+        })?
     } else {
         // Output nothing inspects may go from the command to our stdout and stderr without
         // passing through us (see `Backend::spawn_followed`); what we wrote goes out first.
@@ -260,34 +240,10 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
             cli: crate::engine::process_start_time(me).map(|start| (me, start)),
             ..Default::default()
         });
-        let mut registered_op = None;
-        let spawned =
+        spawn_pending(ctx, pending, |registered| {
             ctx.backend
-                .spawn_followed(&req, stdin, direct.then_some([1, 2]), &mut |op: &str| {
-                    registered_op = Some(op.to_string());
-                    match &pending {
-                        Some(p) => ctx
-                            .sessions
-                            .add_pending_op(
-                                &ctx.session_key,
-                                &PendingOp {
-                                    op: op.to_string(),
-                                    ..p.clone()
-                                },
-                            )
-                            .map_err(|e| BackendError::Store(e.to_string())),
-                        None => Ok(()),
-                    }
-                });
-        match spawned {
-            Ok(op) => op,
-            Err(e) => {
-                if let (Some(op), Some(_)) = (registered_op, &pending) {
-                    let _ = ctx.sessions.remove_pending_op(&ctx.session_key, &op);
-                }
-                return Err(backend_err(e));
-            }
-        }
+                .spawn_followed(&req, stdin, direct.then_some([1, 2]), registered)
+        })?
     };
     crate::log::trace("spawned");
     crate::failpoint::hit("run:spawned");
@@ -454,6 +410,44 @@ fn detach(
     rec.insert("backend".into(), ctx.backend.name().into());
     print_records(ctx.format, &[rec])?;
     Ok(0)
+}
+
+/// Spawns with `spawn`, which tells its callback the operation's id before the operation
+/// can end: `pending` (if any) goes on the session's pending list under that id then, and
+/// comes off again if the spawn fails after all.
+fn spawn_pending(
+    ctx: &Context,
+    pending: Option<PendingOp>,
+    spawn: impl FnOnce(&mut dyn FnMut(&str) -> Result<(), BackendError>) -> Result<String, BackendError>,
+) -> CommandResult<String> {
+    let mut registered = None;
+    let spawned = spawn(&mut |op: &str| {
+        let Some(p) = &pending else {
+            return Ok(());
+        };
+        registered = Some(op.to_string());
+        let branch = if p.foreground {
+            String::new()
+        } else {
+            detached_branch(op, p.disposable).0
+        };
+        ctx.sessions
+            .add_pending_op(
+                &ctx.session_key,
+                &PendingOp {
+                    op: op.to_string(),
+                    branch,
+                    ..p.clone()
+                },
+            )
+            .map_err(|e| BackendError::Store(e.to_string()))
+    });
+    spawned.map_err(|e| {
+        if let Some(op) = registered {
+            let _ = ctx.sessions.remove_pending_op(&ctx.session_key, &op);
+        }
+        backend_err(e)
+    })
 }
 
 /// The branch a detached run gets at spawn time, and its entry's kind (§2.14).

@@ -61,18 +61,11 @@ impl Tally {
 
 /// Processes of this env: (pid, parent pid, comm) of those whose environment names its
 /// data dir.
-fn env_processes(home: &Path) -> Vec<(i32, i32, String)> {
+pub fn env_processes(home: &Path) -> Vec<(i32, i32, String)> {
     let needle = format!("CONTREE_HOME={}", home.display());
     let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+    for (pid, dir) in processes() {
+        let Ok(environ) = std::fs::read(dir.join("environ")) else {
             continue;
         };
         if !environ
@@ -81,7 +74,7 @@ fn env_processes(home: &Path) -> Vec<(i32, i32, String)> {
         {
             continue;
         }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
             continue;
         };
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {

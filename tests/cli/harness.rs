@@ -593,23 +593,23 @@ pub fn unique_token() -> String {
     format!("{}{:09}", std::process::id(), nanos)
 }
 
+/// Every process of the host (all PID namespaces): its pid and its /proc dir.
+pub fn processes() -> Vec<(i32, PathBuf)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse::<i32>().ok()?, e.path())))
+        .collect()
+}
+
 /// PIDs of `sleep` processes whose argument contains `token` (sandboxed ones included: the
 /// host sees every PID namespace). Tests start sleepers like `sleep 30.<token>` to find
 /// exactly their own processes; the contree CLI's own command line is not a match.
 pub fn sleepers(token: &str) -> Vec<i32> {
     let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+    for (pid, dir) in processes() {
+        let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
             continue;
         };
         let argv: Vec<String> = cmdline

@@ -294,19 +294,27 @@ fn push_image(env: &Env, registry: &Registry) -> bool {
         return false;
     };
     let base = format!("http://{}/v2/bb/x", registry.addr);
-    let (l, u, c) = (tar_of(&lower, true), tar_of(&upper, false), config());
-    let layers: Vec<_> = [&l, &u]
+    let (l, u) = (tar_of(&lower, true), tar_of(&upper, false));
+    push_manifest(&base, &[(&l, "tar+gzip"), (&u, "tar+gzip")]);
+    true
+}
+
+/// Pushes the layers (bytes, media type suffix), the test config and a manifest naming them
+/// as `v1` of the repository at `base`.
+fn push_manifest(base: &str, layers: &[(&[u8], &str)]) {
+    let c = config();
+    let layers: Vec<_> = layers
         .iter()
-        .map(|b| {
-            json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                   "digest": push_blob(&base, b), "size": b.len()})
+        .map(|(b, kind)| {
+            json!({"mediaType": format!("application/vnd.oci.image.layer.v1.{kind}"),
+                   "digest": push_blob(base, b), "size": b.len()})
         })
         .collect();
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": push_blob(&base, &c), "size": c.len()},
+                   "digest": push_blob(base, &c), "size": c.len()},
         "layers": layers
     });
     http()
@@ -316,7 +324,6 @@ fn push_image(env: &Env, registry: &Registry) -> bool {
         .send()
         .and_then(|r| r.error_for_status())
         .expect("push manifest");
-    true
 }
 
 /// Pushes `bb/x:v1` again with a different config, so the same name has new content;
@@ -567,22 +574,7 @@ fn a_big_pull_shows_download_and_import_progress_on_a_terminal_only() {
     env.write("big-root/data/big.bin", &big);
     let layer = tar_of(&env.work().join("big-root"), false);
     let base = format!("http://{}/v2/big/x", registry.addr);
-    let c = config();
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": push_blob(&base, &c), "size": c.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": push_blob(&base, &layer), "size": layer.len()}]
-    });
-    http()
-        .put(format!("{base}/manifests/v1"))
-        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-        .body(manifest.to_string())
-        .send()
-        .and_then(|r| r.error_for_status())
-        .expect("push manifest");
+    push_manifest(&base, &[(&layer, "tar")]);
     let reference = format!("{}/big/x:v1", registry.addr);
     let Some(out) = env.run_on_terminal(["images", "import", &reference, "--tag", "big"]) else {
         return;
