@@ -20,17 +20,21 @@ pub fn doctor(ctx: &Context, repair: bool) -> CommandResult<i32> {
         .sum();
     let repairable = findings.iter().any(|f| f.repairable && !f.repaired);
     if ctx.format == Format::Default {
+        use std::io::Write;
+        let mut text = String::new();
         for f in &findings {
             let state = match (f.problems.is_empty(), f.repaired) {
                 (true, _) => "ok",
                 (false, true) => "repaired",
                 (false, false) => "problem",
             };
-            println!("{state:<9} {:<12} {}", f.check, f.detail);
+            text.push_str(&format!("{state:<9} {:<12} {}\n", f.check, f.detail));
             for p in &f.problems {
-                println!("{:<22} {p}", "");
+                text.push_str(&format!("{:<22} {p}\n", ""));
             }
         }
+        // A reader that stops early (`| head`) is no error.
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
     } else {
         let records: Vec<Record> = findings.iter().map(record).collect();
         print_records(ctx.format, &records)?;

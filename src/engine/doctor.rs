@@ -22,7 +22,7 @@ pub fn check(engine: &LocalEngine, repair: bool) -> Result<Vec<Finding>, Backend
     } else {
         None
     };
-    let mut out = vec![database(engine)];
+    let mut out = vec![isolation(engine), database(engine)];
     out.push(operations(engine, repair)?);
     out.push(event_logs(engine, repair)?);
     out.push(images(engine)?);
@@ -39,6 +39,30 @@ fn finding(check: &'static str, ok_detail: &str) -> Finding {
         detail: ok_detail.to_string(),
         ..Default::default()
     }
+}
+
+/// Which isolation sandboxes get here (see `idmap`): a level, not a problem.
+fn isolation(engine: &LocalEngine) -> Finding {
+    let range = super::idmap::Range::for_contree();
+    let detail = if std::env::var_os("CONTREE_USERNS").is_some_and(|v| v == "0") {
+        "no user namespace: turned off by CONTREE_USERNS=0 (root inside is root outside)"
+            .to_string()
+    } else {
+        match engine.isolation(range) {
+            Ok(()) => format!(
+                "user namespace with idmapped mounts: ids 0-{} inside are host ids {}-{} (uids) and {}-{} (gids)",
+                range.count - 1,
+                range.uid,
+                range.uid as u64 + range.count as u64 - 1,
+                range.gid,
+                range.gid as u64 + range.count as u64 - 1,
+            ),
+            Err(why) => format!(
+                "no user namespace: this machine cannot give one ({why}); root inside is root outside"
+            ),
+        }
+    };
+    finding("isolation", &detail)
 }
 
 fn database(engine: &LocalEngine) -> Finding {

@@ -3,7 +3,9 @@
 //!
 //! Layers use overlayfs's own on-disk format (whiteouts are 0/0 character devices, opaque
 //! directories carry `trusted.overlay.opaque=y`), so a run's upper dir becomes a layer by a
-//! rename, with no conversion.
+//! rename, with no conversion. An overlay mounted inside a sandbox's user namespace reads and
+//! writes the `user.overlay.*` form instead (the `userxattr` option): every layer carries
+//! both markers on its opaque directories, so any chain works in either kind of mount.
 
 use std::ffi::CString;
 use std::fs;
@@ -12,7 +14,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// The opaque marker as an overlay mounted by host root reads it, and as one mounted inside
+/// a user namespace (`userxattr`) does.
 const OPAQUE: &str = "trusted.overlay.opaque";
+const OPAQUE_USER: &str = "user.overlay.opaque";
 
 fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
@@ -28,19 +33,21 @@ pub fn make_whiteout(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Marks `dir` opaque, in both forms (see the module's doc).
 pub fn set_opaque(dir: &Path) -> io::Result<()> {
     let p = c_path(dir)?;
-    let name = CString::new(OPAQUE).map_err(io::Error::other)?;
-    // SAFETY: valid C strings and a 1-byte value.
-    if unsafe { libc::lsetxattr(p.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) } != 0 {
-        return Err(io::Error::last_os_error());
+    for marker in [OPAQUE, OPAQUE_USER] {
+        let name = CString::new(marker).map_err(io::Error::other)?;
+        // SAFETY: valid C strings and a 1-byte value.
+        if unsafe { libc::lsetxattr(p.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
     Ok(())
 }
 
-pub fn is_opaque(dir: &Path) -> bool {
-    let Ok(p) = c_path(dir) else { return false };
-    let Ok(name) = CString::new(OPAQUE) else {
+fn has_marker(p: &CString, marker: &str) -> bool {
+    let Ok(name) = CString::new(marker) else {
         return false;
     };
     let mut buf = [0u8; 4];
@@ -54,6 +61,36 @@ pub fn is_opaque(dir: &Path) -> bool {
         )
     };
     n == 1 && buf[0] == b'y'
+}
+
+/// Whether `dir` is opaque, in either form.
+pub fn is_opaque(dir: &Path) -> bool {
+    let Ok(p) = c_path(dir) else { return false };
+    has_marker(&p, OPAQUE) || has_marker(&p, OPAQUE_USER)
+}
+
+/// Gives every opaque directory of the layer at `dir` both markers (a run's upper dir has
+/// the one its overlay wrote); returns the layer's size in bytes, which the same walk counts.
+pub fn seal(dir: &Path) -> u64 {
+    let mut size = 0;
+    for entry in walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+    {
+        let kind = entry.file_type();
+        if kind.is_dir() {
+            let Ok(p) = c_path(entry.path()) else {
+                continue;
+            };
+            let (trusted, user) = (has_marker(&p, OPAQUE), has_marker(&p, OPAQUE_USER));
+            if trusted != user {
+                let _ = set_opaque(entry.path());
+            }
+        } else if kind.is_file() {
+            size += entry.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    size
 }
 
 pub fn is_whiteout(meta: &fs::Metadata) -> bool {

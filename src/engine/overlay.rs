@@ -129,6 +129,9 @@ pub struct Overlay<'a> {
     pub lowers: &'a [PathBuf],
     /// `(upperdir, workdir)`; without it the mount is read-only.
     pub upper: Option<(&'a Path, &'a Path)>,
+    /// Mounted inside a user namespace: overlayfs then keeps its markers in `user.overlay.*`
+    /// xattrs (see `layers`).
+    pub userxattr: bool,
 }
 
 impl Overlay<'_> {
@@ -169,12 +172,17 @@ impl Overlay<'_> {
             }
             ctx.set("lowerdir", Some(&joined))?;
         }
+        if self.userxattr {
+            ctx.set("userxattr", None)?;
+        }
         if let Some((upper, work)) = self.upper {
             ctx.set("upperdir", Some(upper.as_os_str().as_bytes()))?;
             ctx.set("workdir", Some(work.as_os_str().as_bytes()))?;
             // Layers must stay plain directories that a later flatten can read: no
             // redirect or metacopy xattrs, no index.
-            let _ = ctx.set("redirect_dir", Some(b"off"));
+            // (`userxattr` allows only `nofollow`, which creates none either.)
+            let redirect: &[u8] = if self.userxattr { b"nofollow" } else { b"off" };
+            let _ = ctx.set("redirect_dir", Some(redirect));
             let _ = ctx.set("metacopy", Some(b"off"));
             let _ = ctx.set("index", Some(b"off"));
             // No sync of the whole upper filesystem at unmount, on the path of every run.

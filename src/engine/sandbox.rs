@@ -36,6 +36,28 @@ pub struct Spec {
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
     pub status: OwnedFd,
+    /// A user namespace for the sandbox (see `idmap`); `None` runs it in the host's.
+    pub userns: Option<Userns>,
+}
+
+/// A sandbox in a user namespace of its own: the init mounts its root itself, from
+/// idmapped mounts the supervisor hands it, by paths relative to `points` (its working
+/// directory while it mounts: the store's own directories may be closed to its uid).
+#[derive(Debug, Clone)]
+pub struct Userns {
+    pub range: super::idmap::Range,
+    /// The mount points dir (absolute): `store`, `root` and, for the host image, `hostfs`,
+    /// `empty` and `host` in it.
+    pub points: PathBuf,
+    /// The store root, attached idmapped at `points/store`.
+    pub store: PathBuf,
+    /// The `host` image: `/` attached idmapped at `points/hostfs` and the host view, a
+    /// read-only overlay of it over `points/empty`, mounted at `points/host`.
+    pub host: bool,
+    /// The root overlay's lower dirs (top first), upper and work dir, relative to `points`.
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
 }
 
 static MAIN_PID: AtomicI32 = AtomicI32::new(0);
@@ -67,12 +89,21 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
     if !spec.network {
         flags |= CloneFlags::CLONE_NEWNET;
     }
+    // The supervisor's end of the socket the idmapped mounts go through, and what to map.
+    let mut handover = None;
+    let mut init_sock = None;
+    if let Some(u) = &spec.userns {
+        flags |= CloneFlags::CLONE_NEWUSER;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        handover = Some((OwnedFd::from(ours), u.range, u.store.clone(), u.host));
+        init_sock = Some(OwnedFd::from(theirs));
+    }
     let mut stack = vec![0u8; 1 << 20];
     let mut spec = Some(spec);
     let child = Box::new(|| -> isize {
         let spec = spec.take().expect("clone callback runs once");
         let status = spec.status.as_raw_fd();
-        match init(spec) {
+        match init(spec, init_sock.as_ref()) {
             Ok(never) => match never {},
             Err(e) => {
                 let msg = format!("setupfail {e}\n");
@@ -86,30 +117,58 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
     // SAFETY: the child gets a copy of our address space (no CLONE_VM) and runs `init`,
     // which only forks, mounts and execs; the supervisor is single-threaded here.
     let pid = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }?;
+    drop(init_sock);
+    if let Some((sock, range, store, host)) = handover {
+        if let Err(e) = hand_over_mounts(pid, &sock, range, &store, host) {
+            let _ = signal::kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot set up the sandbox's user namespace: {e}"),
+            ));
+        }
+    }
     Ok(pid)
+}
+
+/// Maps the ids of the init's user namespace and sends it idmapped copies of the store (and
+/// of `/` for the host image); the init waits for them before it does anything else.
+fn hand_over_mounts(
+    pid: Pid,
+    sock: &OwnedFd,
+    range: super::idmap::Range,
+    store: &Path,
+    host: bool,
+) -> io::Result<()> {
+    use super::idmap;
+    idmap::write_maps(pid.as_raw(), range)?;
+    let userns = idmap::userns_of(pid.as_raw())?;
+    let mut mounts = vec![idmap::idmapped(store, &userns).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("idmapped mount of {}: {e}", store.display()),
+        )
+    })?];
+    if host {
+        mounts.push(
+            idmap::idmapped(Path::new("/"), &userns)
+                .map_err(|e| io::Error::new(e.kind(), format!("idmapped mount of /: {e}")))?,
+        );
+    }
+    let raw: Vec<RawFd> = mounts.iter().map(|m| m.as_raw_fd()).collect();
+    idmap::send_fds(sock, &raw)
 }
 
 enum Never {}
 
-fn init(spec: Spec) -> io::Result<Never> {
-    // If the supervisor dies (even by SIGKILL) the whole sandbox goes with it.
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-    close_inherited_fds(&spec)?;
-    let root = &spec.root;
-    if !spec.network {
-        loopback_up()?;
-    }
-    setup_mounts(root)?;
-    crate::log::trace("init: mounts");
-    unistd::sethostname(&spec.hostname)?;
-    unistd::chdir(root)?;
-    nix::unistd::pivot_root(".", ".")?;
-    umount2(".", MntFlags::MNT_DETACH)?;
-    unistd::chdir("/")?;
-    crate::log::trace("init: pivoted");
-    std::fs::create_dir_all(&spec.cwd)?;
-    if spec.uid != 0 || spec.gid != 0 {
-        let _ = std::os::unix::fs::chown(&spec.cwd, Some(spec.uid), Some(spec.gid));
+fn init(spec: Spec, sock: Option<&OwnedFd>) -> io::Result<Never> {
+    // Said here, while `spec` (and so the status pipe) is still open: an error returned
+    // from here on would close the pipe before the caller could say it.
+    if let Err(e) = prepare(&spec, sock) {
+        let msg = format!("setupfail {e}\n");
+        write_line(&spec.status, &msg);
+        // SAFETY: leave without running destructors of the supervisor's state.
+        unsafe { libc::_exit(120) }
     }
 
     // Find the program now, inside the new root, with the sandbox's PATH.
@@ -163,10 +222,94 @@ fn init(spec: Spec) -> io::Result<Never> {
     }
 }
 
+/// Everything before the command is started: namespaces' contents, the root, the cwd.
+fn prepare(spec: &Spec, sock: Option<&OwnedFd>) -> io::Result<()> {
+    // If the supervisor dies (even by SIGKILL) the whole sandbox goes with it.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    close_inherited_fds(spec, sock.map(|s| s.as_raw_fd()))?;
+    if let (Some(u), Some(sock)) = (&spec.userns, sock) {
+        mount_root_in_userns(u, sock)?;
+    }
+    let root = &spec.root;
+    if !spec.network {
+        loopback_up()?;
+    }
+    setup_mounts(root, spec.userns.is_some())?;
+    crate::log::trace("init: mounts");
+    unistd::sethostname(&spec.hostname)?;
+    unistd::chdir(root)?;
+    nix::unistd::pivot_root(".", ".")?;
+    umount2(".", MntFlags::MNT_DETACH)?;
+    unistd::chdir("/")?;
+    crate::log::trace("init: pivoted");
+    std::fs::create_dir_all(&spec.cwd)?;
+    if spec.uid != 0 || spec.gid != 0 {
+        let _ = std::os::unix::fs::chown(&spec.cwd, Some(spec.uid), Some(spec.gid));
+    }
+    Ok(())
+}
+
+/// In the init, in its new user namespace: waits for the idmapped mounts, becomes root of
+/// the namespace, and mounts the sandbox's root from them (see `Userns`).
+fn mount_root_in_userns(u: &Userns, sock: &OwnedFd) -> io::Result<()> {
+    use super::idmap;
+    use super::overlay::Overlay;
+    // Still host uid 0 here, the owner of the store's directories: the way in is open.
+    unistd::chdir(&u.points)?;
+    let mounts = idmap::recv_fds(sock.as_raw_fd(), 2)?;
+    if mounts.len() != 1 + usize::from(u.host) {
+        return Err(io::Error::other("the supervisor sent no mounts"));
+    }
+    // Root of the namespace from now on: what it creates through the idmapped mounts lands
+    // on disk owned by 0 (host uid 0 is not mapped there, and could create nothing).
+    let supervisor = unistd::getppid();
+    // The raw calls: libc's wrappers synchronise with threads, which an init never has.
+    // SAFETY: plain system calls with integer arguments.
+    unsafe {
+        if libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
+            || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // Changing credentials clears the parent-death signal: set again, and if the supervisor
+    // died in between, go now.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    if unistd::getppid() != supervisor {
+        return Err(io::Error::other("the supervisor is gone"));
+    }
+    idmap::attach(&mounts[0], Path::new("store"))?;
+    if u.host {
+        idmap::attach(&mounts[1], Path::new("hostfs"))?;
+        Overlay {
+            lowers: &[PathBuf::from("hostfs"), PathBuf::from("empty")],
+            upper: None,
+            userxattr: true,
+        }
+        .mount(Path::new("host"))
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot mount the host view: {e}")))?;
+    }
+    Overlay {
+        lowers: &u.lowers,
+        upper: Some((&u.upper, &u.work)),
+        userxattr: true,
+    }
+    .mount(Path::new("root"))
+    .map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot mount the overlay root ({} layers): {e}",
+                u.lowers.len()
+            ),
+        )
+    })
+}
+
 /// The init is a copy of the supervisor and so holds every fd it had: the database, the
 /// event log, the other ends of the pipes. Any of those kept open would, for one, stop the
 /// command from ever seeing EOF on its stdin. Keep only what the sandbox uses.
-fn close_inherited_fds(spec: &Spec) -> io::Result<()> {
+fn close_inherited_fds(spec: &Spec, sock: Option<RawFd>) -> io::Result<()> {
     let mut keep: Vec<RawFd> = vec![
         0,
         1,
@@ -176,6 +319,7 @@ fn close_inherited_fds(spec: &Spec) -> io::Result<()> {
         spec.status.as_raw_fd(),
     ];
     keep.extend(spec.stdin.as_ref().map(|f| f.as_raw_fd()));
+    keep.extend(sock);
     keep.sort_unstable();
     keep.dedup();
     let mut next: RawFd = 0;
@@ -297,7 +441,7 @@ fn exec_command(spec: &Spec, program: &CString) -> nix::errno::Errno {
 }
 
 /// /proc, a minimal /dev and /dev/pts, /dev/shm inside the new root.
-fn setup_mounts(root: &Path) -> io::Result<()> {
+fn setup_mounts(root: &Path, userns: bool) -> io::Result<()> {
     let proc_dir = root.join("proc");
     std::fs::create_dir_all(&proc_dir)?;
     mount(
@@ -325,6 +469,18 @@ fn setup_mounts(root: &Path) -> io::Result<()> {
         ("tty", 5, 0),
     ] {
         let path = dev.join(name);
+        if userns {
+            // No mknod of devices inside a user namespace: the host's own nodes, bound.
+            std::fs::File::create(&path)?;
+            mount(
+                Some(Path::new("/dev").join(name).as_path()),
+                &path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+            continue;
+        }
         mknod(
             &path,
             SFlag::S_IFCHR,

@@ -171,7 +171,8 @@ pub struct Store {
     conn: RefCell<Option<Connection>>,
 }
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2: every opaque directory of every layer carries both overlay markers (see `layers`).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS images(
@@ -220,6 +221,19 @@ impl Store {
             }
             store.conn()?.execute_batch(SCHEMA)?;
             store.ensure_host_image()?;
+            if version == 1 {
+                // Layers written before sandboxes had user namespaces carry only the
+                // `trusted.` opaque marker, which an overlay inside one would not see.
+                for dir in ["layers", "base"] {
+                    for entry in std::fs::read_dir(root.join(dir))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                    {
+                        super::layers::seal(&entry.path());
+                    }
+                }
+            }
             store
                 .conn()?
                 .pragma_update(None, "user_version", SCHEMA_VERSION)?;

@@ -106,6 +106,10 @@ pub struct Job {
     /// supervisor then creates its row, while the sandbox starts, with this creation time.
     #[serde(default)]
     pub created_at: Option<String>,
+    /// The host ids the sandbox's user namespace maps to; `None` runs the sandbox without
+    /// one (where this machine cannot: see `idmap`).
+    #[serde(default)]
+    pub userns: Option<super::idmap::Range>,
 }
 
 /// Appends a line to a supervisor's log (`supervisor.log` in the operation's dir), creating
@@ -269,8 +273,12 @@ struct Run {
 }
 
 struct Mounted {
+    /// The sandbox's root: mounted here, or (with a user namespace) where the init mounts
+    /// it, relative to the mount points.
     root: PathBuf,
     mounts: Vec<PathBuf>,
+    /// What the init mounts itself inside its user namespace.
+    userns: Option<sandbox::Userns>,
 }
 
 impl Drop for Mounted {
@@ -372,15 +380,20 @@ impl Run {
         }
         sandbox::mount_points_tmpfs(&points)
             .map_err(|e| format!("tmpfs for mount points at {}: {e}", points.display()))?;
+        let userns = self.job.userns;
         let mut mounted = Mounted {
             root: points.join("root"),
             mounts: vec![points.clone()],
+            userns: None,
         };
-        let root = mounted.root.clone();
-        std::fs::create_dir(&root).map_err(|e| format!("mount point {}: {e}", root.display()))?;
+        let mut dirs = vec![mounted.root.clone()];
+        if userns.is_some() {
+            dirs.push(points.join("store"));
+        }
         self.claim_scratch()?;
         let (upper, work) = (self.scratch.join("upper"), self.scratch.join("work"));
         let mut lowers = Vec::new();
+        let mut host = false;
         for layer in &image.layers {
             if layer == HOST_LAYER {
                 let mask = self.layout.layer_dir(HOST_LAYER);
@@ -389,26 +402,19 @@ impl Run {
                         .map_err(|e| format!("cannot build the host image mask: {e}"))?;
                 }
                 // The empty dir is on the tmpfs: not under `/`'s filesystem.
-                let (empty, host) = (points.join("empty"), points.join("host"));
-                for d in [&empty, &host] {
-                    std::fs::create_dir(d)
-                        .map_err(|e| format!("mount point {}: {e}", d.display()))?;
+                dirs.extend([points.join("empty"), points.join("host")]);
+                if userns.is_some() {
+                    dirs.push(points.join("hostfs"));
                 }
-                // overlayfs refuses layers that overlap, and the store lies under `/`: a
-                // read-only overlay of `/` (over an empty tmpfs dir) is a separate
-                // filesystem that can then sit under store layers.
-                Overlay {
-                    lowers: &[PathBuf::from("/"), empty],
-                    upper: None,
-                }
-                .mount(&host)
-                .map_err(|e| format!("cannot mount the host view: {e}"))?;
-                mounted.mounts.push(host.clone());
+                host = true;
                 lowers.push(mask);
-                lowers.push(host);
+                lowers.push(points.join("host"));
             } else {
                 lowers.push(self.layout.layer_dir(layer));
             }
+        }
+        for d in &dirs {
+            std::fs::create_dir(d).map_err(|e| format!("mount point {}: {e}", d.display()))?;
         }
         if let Some(files) = self.job.request.files.as_ref().filter(|f| !f.is_empty()) {
             let view = super::inspect::View::new(&self.layout, &image.layers);
@@ -425,9 +431,48 @@ impl Run {
                 self.attach = Some(id);
             }
         }
+        if let Some(range) = userns {
+            // The init mounts all of it inside its user namespace (see `sandbox::Userns`),
+            // by paths relative to the mount points: the store's own, seen through the
+            // idmapped copy at `store`, and the host view.
+            let rel = |p: &Path| -> PathBuf {
+                match (p.strip_prefix(&points), p.strip_prefix(&self.layout.root)) {
+                    (Ok(point), _) => point.to_path_buf(),
+                    (_, Ok(inside)) => Path::new("store").join(inside),
+                    _ => p.to_path_buf(),
+                }
+            };
+            mounted.userns = Some(sandbox::Userns {
+                range,
+                points: points.clone(),
+                store: self.layout.root.clone(),
+                host,
+                lowers: lowers.iter().map(|l| rel(l)).collect(),
+                upper: rel(&upper),
+                work: rel(&work),
+            });
+            mounted.root = PathBuf::from("root");
+            return Ok(mounted);
+        }
+        if host {
+            // overlayfs refuses layers that overlap, and the store lies under `/`: a
+            // read-only overlay of `/` (over an empty tmpfs dir) is a separate filesystem
+            // that can then sit under store layers.
+            let view = points.join("host");
+            Overlay {
+                lowers: &[PathBuf::from("/"), points.join("empty")],
+                upper: None,
+                userxattr: false,
+            }
+            .mount(&view)
+            .map_err(|e| format!("cannot mount the host view: {e}"))?;
+            mounted.mounts.push(view);
+        }
+        let root = mounted.root.clone();
         Overlay {
             lowers: &lowers,
             upper: Some((&upper, &work)),
+            userxattr: false,
         }
         .mount(&root)
         .map_err(|e| {
@@ -511,6 +556,7 @@ impl Run {
             stdout: out_w,
             stderr: err_w,
             status: st_w,
+            userns: mounted.userns.clone(),
         })
         .map_err(|e| format!("cannot create the sandbox namespaces: {e}"))?;
         crate::log::trace("cloned");
@@ -967,7 +1013,7 @@ impl Run {
         if !unchanged {
             let id = self.job.op.clone();
             let dest = self.layout.layer_dir(&id);
-            size = layers::layer_size(&upper);
+            size = layers::seal(&upper);
             let claim = Claim::take(&upper, &dest)
                 .map_err(|e| format!("moving the layer into place: {e}"))?
                 .ok_or_else(|| {
