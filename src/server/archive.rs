@@ -1,7 +1,8 @@
 //! `GET/HEAD /v1/inspect/{image}/archive?path=P`: a file or a directory of an image as a
 //! tar stream. A directory becomes the archive root (entries relative to it); a regular
 //! file becomes a one-entry archive. Symlinks are stored as links, never followed;
-//! devices, sockets and fifos are left out.
+//! devices, sockets and fifos are left out. A mount point of another filesystem is stored
+//! as the empty directory it is in the image, never entered (see `engine::inspect`).
 
 use crate::engine::inspect::{Found, InspectError, View};
 use std::io::Write;
@@ -49,7 +50,7 @@ fn add_dir<W: Write>(
     for (name, found) in entries {
         let child_rel = rel.join(&name);
         add_entry(tar, &child_rel, &found)?;
-        if found.meta.is_dir() {
+        if found.meta.is_dir() && !found.mount_point {
             add_dir(view, tar, &format!("{image_dir}/{name}"), &child_rel)?;
         }
     }
@@ -75,12 +76,12 @@ fn add_entry<W: Write>(
     } else if ft.is_file() {
         header.set_entry_type(tar::EntryType::Regular);
         header.set_size(m.len());
-        let file = std::fs::File::open(&found.real)?;
+        let file = found.open().map_err(std::io::Error::other)?;
         tar.append_data(&mut header, rel, file)
     } else if ft.is_symlink() {
         header.set_entry_type(tar::EntryType::Symlink);
         header.set_size(0);
-        let target = std::fs::read_link(&found.real)?;
+        let target = found.link_target().map_err(std::io::Error::other)?;
         tar.append_link(&mut header, rel, target)
     } else {
         Ok(())

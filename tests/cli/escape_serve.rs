@@ -1,0 +1,471 @@
+//! Escape probes for `contree serve` and the inspection commands: a tenant reading the
+//! server's own process, files or other mounted filesystems through `/v1/inspect` (and the
+//! CLI doing the same through `cat`/`cp`), one tenant reaching another's ids, and another
+//! local user reaching a setuid file that a run left in a layer. Each probe passes only if
+//! the defence held: they were each seen to fail before it existed (issue 12).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::harness::{sleepers, unique_token, wait_until, Env};
+use crate::serve::{Official, Server, TOKEN_A, TOKEN_B};
+
+// ---- helpers ----------------------------------------------------------------------------
+
+/// A scratch dir in a part of the host that the `host` image shows (`/var/lib`), removed at
+/// the end with anything the test mounted in it. Tests never write elsewhere on the host.
+struct HostScratch {
+    dir: PathBuf,
+    mounts: Vec<PathBuf>,
+}
+
+impl HostScratch {
+    fn new() -> HostScratch {
+        let dir = Path::new("/var/lib").join(format!("contree-escape-{}", unique_token()));
+        std::fs::create_dir_all(&dir).expect("create host scratch dir");
+        HostScratch {
+            dir,
+            mounts: Vec::new(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `content` at `rel` (parents created) and returns the path.
+    fn write(&self, rel: &str, content: &str) -> PathBuf {
+        let path = self.dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).expect("create parents");
+        std::fs::write(&path, content).expect("write scratch file");
+        path
+    }
+
+    /// Mounts a small tmpfs on the directory `rel` (created): another filesystem.
+    fn mount_tmpfs(&mut self, rel: &str) -> PathBuf {
+        let path = self.dir.join(rel);
+        std::fs::create_dir_all(&path).expect("create mount point");
+        nix::mount::mount(
+            Some("tmpfs"),
+            &path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .expect("mount a tmpfs in the scratch dir");
+        self.mounts.push(path.clone());
+        path
+    }
+}
+
+impl Drop for HostScratch {
+    fn drop(&mut self) {
+        for m in self.mounts.iter().rev() {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A file only this test creates, in `/dev/shm` (a tmpfs under `/dev`), removed at the end.
+struct ShmCanary(PathBuf);
+
+impl Drop for ShmCanary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len().max(1))
+        .any(|w| w == needle.as_bytes())
+}
+
+fn inspect(image: &str, what: &str, path: &str) -> String {
+    format!("/v1/inspect/{image}/{what}?path={path}")
+}
+
+/// `GET url` as `token` is refused with 404 and an error body, and holds none of `secrets`.
+#[track_caller]
+fn refused(server: &Server, url: &str, token: &str, secrets: &[&str]) {
+    let reply = server.get(url, token);
+    assert_eq!(reply.status, 404, "{url} was served: {}", reply.text());
+    assert!(
+        reply.json()["error"].is_string(),
+        "{url}: no error body: {}",
+        reply.text()
+    );
+    for s in secrets {
+        assert!(!contains(&reply.body, s), "{url} answered with {s:?}");
+    }
+}
+
+/// Entry names of a tar archive, with `/` after directories.
+fn tar_names(body: &[u8]) -> Vec<String> {
+    let mut names = Vec::new();
+    for entry in tar::Archive::new(body).entries().expect("a tar archive") {
+        let entry = entry.expect("a tar entry");
+        let mut name = entry.path().unwrap().display().to_string();
+        if entry.header().entry_type().is_dir() {
+            name.push('/');
+        }
+        names.push(name);
+    }
+    names.sort();
+    names
+}
+
+/// The result image of a finished operation of `token`.
+fn result_image(server: &Server, op: &str, token: &str) -> String {
+    server.events(op, token, None);
+    server.get(&format!("/v1/operations/{op}"), token).json()["result_image_uuid"]
+        .as_str()
+        .expect("a result image")
+        .to_string()
+}
+
+/// Spawns `command` (a shell line) on the host image as `token`, with `env`.
+fn spawn_with_env(server: &Server, token: &str, command: &str, env: Value) -> String {
+    let image = server.host_image(token);
+    let reply = server.post_json(
+        "/v1/instances",
+        token,
+        &json!({"image": image, "command": command, "shell": true, "env": env}),
+    );
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    reply.json()["uuid"].as_str().unwrap().to_string()
+}
+
+// ---- the server's own process, /proc, /sys, /dev ----------------------------------------
+
+#[test]
+fn the_servers_own_process_is_not_readable_through_the_host_image() {
+    let server = Server::start();
+    let host = server.host_image(TOKEN_A);
+    let pid = server.pid();
+    // What the server's environment and command line hold: its data dir and tokens path.
+    let secrets = ["CONTREE_HOME", "--tokens", TOKEN_A, TOKEN_B];
+    for path in [
+        "/proc/self/environ".to_string(),
+        "/proc/self/cmdline".to_string(),
+        "/proc/thread-self/environ".to_string(),
+        format!("/proc/{pid}/environ"),
+        format!("/proc/{pid}/cmdline"),
+        "/proc/1/environ".to_string(),
+        "/proc/self/root/etc/hostname".to_string(),
+    ] {
+        for what in ["download", "archive", "list"] {
+            refused(&server, &inspect(&host, what, &path), TOKEN_A, &secrets);
+        }
+    }
+    // HEAD (the official client's existence check) is refused as well.
+    let head = server.request(
+        "HEAD",
+        &inspect(&host, "archive", "/proc/self/environ"),
+        Some(TOKEN_A),
+        b"",
+    );
+    assert_eq!(head.status, 404);
+    // /proc itself is what the image holds there: an empty directory (a sandbox mounts its
+    // own); none of the host's processes show in it.
+    let listing = server.get(&inspect(&host, "list", "/proc"), TOKEN_A);
+    assert_eq!(listing.status, 200, "{}", listing.text());
+    assert_eq!(listing.json()["files"], json!([]), "{}", listing.text());
+    let archive = server.get(&inspect(&host, "archive", "/proc"), TOKEN_A);
+    assert_eq!(archive.status, 200, "{}", archive.text());
+    assert_eq!(tar_names(&archive.body), Vec::<String>::new());
+}
+
+#[test]
+fn sys_and_dev_are_not_readable_through_the_host_image() {
+    let server = Server::start();
+    let host = server.host_image(TOKEN_A);
+    let sys = [
+        "/sys/kernel/mm/transparent_hugepage/enabled",
+        "/sys/kernel/uevent_seqnum",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("a readable sysfs file");
+    let secret = format!("shm-canary-{}", unique_token());
+    let shm = ShmCanary(PathBuf::from(format!(
+        "/dev/shm/contree-escape-{}",
+        unique_token()
+    )));
+    std::fs::write(&shm.0, &secret).expect("write the /dev/shm canary");
+    let shm_path = shm.0.display().to_string();
+    for path in [
+        sys,
+        "/sys/kernel",
+        "/dev/shm",
+        &shm_path,
+        "/dev/stdin",
+        "/dev/fd/0",
+    ] {
+        for what in ["download", "archive", "list"] {
+            refused(&server, &inspect(&host, what, path), TOKEN_A, &[&secret]);
+        }
+    }
+    for dir in ["/sys", "/dev"] {
+        let archive = server.get(&inspect(&host, "archive", dir), TOKEN_A);
+        assert_eq!(archive.status, 200, "{}", archive.text());
+        assert_eq!(tar_names(&archive.body), Vec::<String>::new(), "{dir}");
+    }
+}
+
+#[test]
+fn another_tenants_process_environment_is_not_readable() {
+    let server = Server::start();
+    let token = unique_token();
+    let secret = format!("bob-secret-{token}");
+    let op = spawn_with_env(
+        &server,
+        TOKEN_B,
+        &format!("sleep 60.{token}"),
+        json!({ "BOB_SECRET": secret }),
+    );
+    wait_until(Duration::from_secs(30), "bob's sleeper", || {
+        !sleepers(&token).is_empty()
+    });
+    let host = server.host_image(TOKEN_A);
+    for pid in sleepers(&token) {
+        for file in ["environ", "cmdline"] {
+            for what in ["download", "archive"] {
+                let path = format!("/proc/{pid}/{file}");
+                refused(&server, &inspect(&host, what, &path), TOKEN_A, &[&secret]);
+            }
+        }
+    }
+    let cancel = server.request(
+        "DELETE",
+        &format!("/v1/operations/{op}"),
+        Some(TOKEN_B),
+        b"",
+    );
+    assert_eq!(cancel.status, 202, "{}", cancel.text());
+}
+
+#[test]
+fn symlinks_to_proc_inside_an_image_do_not_leak() {
+    let server = Server::start();
+    let host = server.host_image(TOKEN_A);
+    let secrets = ["CONTREE_HOME", "--tokens", " proc "];
+    // The host's own links into /proc (Debian: /etc/mtab -> ../proc/self/mounts).
+    for path in ["/etc/mtab", "/dev/stdin"] {
+        refused(
+            &server,
+            &inspect(&host, "download", path),
+            TOKEN_A,
+            &secrets,
+        );
+    }
+    // Links a run planted in its image.
+    let op = server.spawn(
+        TOKEN_A,
+        "ln -s /proc/self/environ /leak && ln -s ../proc /up && mkdir /d && ln -s /proc/1 /d/init",
+    );
+    let image = result_image(&server, &op, TOKEN_A);
+    for path in [
+        "/leak",
+        "/up/self/environ",
+        "/up/self/cmdline",
+        "/d/init/environ",
+    ] {
+        for what in ["download", "archive"] {
+            refused(&server, &inspect(&image, what, path), TOKEN_A, &secrets);
+        }
+    }
+    // A directory holding such a link archives the link itself, never what it points to.
+    let archive = server.get(&inspect(&image, "archive", "/d"), TOKEN_A);
+    assert_eq!(archive.status, 200, "{}", archive.text());
+    assert_eq!(tar_names(&archive.body), vec!["init".to_string()]);
+    for s in secrets {
+        assert!(!contains(&archive.body, s), "the archive holds {s:?}");
+    }
+}
+
+#[test]
+fn a_mount_point_inside_a_directory_is_skipped_not_followed() {
+    let mut scratch = HostScratch::new();
+    scratch.write("tree/a", "plain file\n");
+    let secret = format!("mounted-canary-{}", unique_token());
+    let mounted = scratch.mount_tmpfs("tree/m");
+    std::fs::write(mounted.join("canary"), &secret).expect("write the canary");
+    let server = Server::start();
+    let host = server.host_image(TOKEN_A);
+    let tree = scratch.path().join("tree").display().to_string();
+    let archive = server.get(&inspect(&host, "archive", &tree), TOKEN_A);
+    assert_eq!(archive.status, 200, "{}", archive.text());
+    assert_eq!(tar_names(&archive.body), vec!["a", "m/"]);
+    assert!(!contains(&archive.body, &secret));
+    let canary = format!("{tree}/m/canary");
+    for what in ["download", "archive", "list"] {
+        refused(&server, &inspect(&host, what, &canary), TOKEN_A, &[&secret]);
+    }
+    let listing = server.get(&inspect(&host, "list", &format!("{tree}/m")), TOKEN_A);
+    assert_eq!(listing.status, 200, "{}", listing.text());
+    assert_eq!(listing.json()["files"], json!([]));
+
+    // The CLI reads through the same view: `cp` of the tree skips the mount's content.
+    let env = Env::host();
+    let dest = env.work().join("copy");
+    env.cmd(["cp", &tree]).arg(&dest).output().success();
+    assert_eq!(
+        std::fs::read_to_string(dest.join("a")).unwrap(),
+        "plain file\n"
+    );
+    assert!(dest.join("m").is_dir());
+    assert_eq!(std::fs::read_dir(dest.join("m")).unwrap().count(), 0);
+    env.run(["cat", &canary])
+        .code(1)
+        .stdout_empty()
+        .stderr_contains("[ERROR]")
+        .stderr_contains("another filesystem");
+}
+
+#[test]
+fn the_official_client_cannot_cat_the_servers_environment() {
+    let server = Server::start();
+    let Some(cli) = Official::new(&server) else {
+        return;
+    };
+    let out = cli.run(["cat", "/proc/self/environ"]);
+    assert!(!out.status.success(), "the official client read /proc");
+    assert!(!out.stdout_text().contains("CONTREE_HOME"));
+    let out = cli.run(["cat", "/etc/mtab"]);
+    assert!(!out.status.success(), "the official client read /etc/mtab");
+}
+
+// ---- one tenant, another's ids -----------------------------------------------------------
+
+#[test]
+fn a_second_tenant_cannot_reach_the_first_tenants_ids() {
+    let server = Server::start();
+    let op = server.spawn(TOKEN_A, "echo secret > /alice.txt");
+    let image = result_image(&server, &op, TOKEN_A);
+    let tag = server.request(
+        "PATCH",
+        &format!("/v1/images/{image}/tag"),
+        Some(TOKEN_A),
+        br#"{"tag":"mine"}"#,
+    );
+    assert_eq!(tag.status, 200, "{}", tag.text());
+    let up = server.request("POST", "/v1/files", Some(TOKEN_A), b"alice's bytes");
+    assert_eq!(up.status, 201, "{}", up.text());
+    let file = up.json()["uuid"].as_str().unwrap().to_string();
+
+    // Alice's image: not inspectable, not a base for bob's runs, not taggable.
+    for url in [
+        format!("/v1/inspect/{image}/"),
+        inspect(&image, "list", "/"),
+        inspect(&image, "download", "/alice.txt"),
+        inspect(&image, "archive", "/alice.txt"),
+    ] {
+        refused(&server, &url, TOKEN_B, &["secret"]);
+    }
+    for base in [image.clone(), "tag:mine".into(), "mine".into()] {
+        let reply = server.post_json(
+            "/v1/instances",
+            TOKEN_B,
+            &json!({"image": base, "command": "cat /alice.txt", "shell": true}),
+        );
+        assert_eq!(reply.status, 404, "bob ran on {base}: {}", reply.text());
+    }
+    let retag = server.request(
+        "PATCH",
+        &format!("/v1/images/{image}/tag"),
+        Some(TOKEN_B),
+        br#"{"tag":"stolen"}"#,
+    );
+    assert_eq!(retag.status, 404, "{}", retag.text());
+    let untag = server.request(
+        "DELETE",
+        &format!("/v1/images/{image}/tag?tag=mine"),
+        Some(TOKEN_B),
+        b"",
+    );
+    assert_eq!(untag.status, 404, "{}", untag.text());
+    assert_eq!(server.get("/v1/inspect/?tag=mine", TOKEN_A).status, 302);
+    let listed = server
+        .get(&format!("/v1/images?uuid={image}"), TOKEN_B)
+        .json();
+    assert_eq!(listed["images"], json!([]));
+
+    // Alice's file uuid cannot be attached by bob.
+    let host = server.host_image(TOKEN_B);
+    let attach = server.post_json(
+        "/v1/instances",
+        TOKEN_B,
+        &json!({"image": host, "command": "true", "files": {"/f": {"uuid": file}}}),
+    );
+    assert_eq!(attach.status, 404, "{}", attach.text());
+
+    // A running operation of alice: bob can neither signal it, feed it, read it nor cancel it.
+    let token = unique_token();
+    let running = server.spawn(TOKEN_A, &format!("sleep 60.{token}"));
+    wait_until(Duration::from_secs(30), "alice's sleeper", || {
+        !sleepers(&token).is_empty()
+    });
+    let b = Some(TOKEN_B);
+    let attempts = [
+        (
+            "DELETE",
+            format!("/v1/operations/{running}/subprocesses/1?signal=KILL"),
+        ),
+        (
+            "POST",
+            format!("/v1/operations/{running}/subprocesses/1/stdin"),
+        ),
+        ("GET", format!("/v1/operations/{running}/events")),
+        ("GET", format!("/v1/operations/{running}")),
+        ("DELETE", format!("/v1/operations/{running}")),
+    ];
+    for (method, url) in &attempts {
+        let reply = server.request(method, url, b, br#"{"value":"eA==","encoding":"base64"}"#);
+        assert_eq!(reply.status, 404, "{method} {url}: {}", reply.text());
+    }
+    assert!(!sleepers(&token).is_empty(), "bob ended alice's command");
+    let cancel = server.request(
+        "DELETE",
+        &format!("/v1/operations/{running}"),
+        Some(TOKEN_A),
+        b"",
+    );
+    assert_eq!(cancel.status, 202, "{}", cancel.text());
+}
+
+// ---- the CLI on the host image -----------------------------------------------------------
+
+#[test]
+fn cat_cp_and_ls_refuse_proc_sys_and_dev_on_the_host_image() {
+    let env = Env::host();
+    for path in [
+        "/proc/self/environ",
+        "/proc/1/environ",
+        "/etc/mtab",
+        "/dev/stdin",
+    ] {
+        env.run(["cat", path])
+            .code(1)
+            .stdout_empty()
+            .stderr_contains("[ERROR]")
+            .stderr_contains("another filesystem");
+    }
+    let sys = "/sys/kernel/mm/transparent_hugepage/enabled";
+    if Path::new(sys).exists() {
+        let dest = env.work().join("thp");
+        env.cmd(["cp", sys])
+            .arg(&dest)
+            .output()
+            .code(1)
+            .stderr_contains("another filesystem");
+        assert!(!dest.exists(), "cp wrote {}", dest.display());
+    }
+    env.run(["ls", "/proc/self"])
+        .code(1)
+        .stderr_contains("another filesystem");
+    env.run(["ls", "/proc"]).success().stdout_empty();
+}
