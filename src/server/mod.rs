@@ -112,6 +112,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         None => auth::config_tokens(&config)
             .map_err(|e| ServeError::Config(format!("{}: {e}", config.display())))?,
     };
+    let mut secrets = Vec::new();
     let tokens = match from_config {
         Some(tokens) => tokens,
         None => {
@@ -121,11 +122,18 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             };
             let text = std::fs::read_to_string(&tokens_path)
                 .map_err(|e| ServeError::Config(format!("{}: {e}", tokens_path.display())))?;
+            secrets.push(std::path::absolute(&tokens_path).unwrap_or(tokens_path.clone()));
             parse_tokens(&text)
                 .map_err(|e| ServeError::Config(format!("{}: {e}", tokens_path.display())))?
         }
     };
-    let engine = LocalEngine::open(&opts.paths).map_err(|e| ServeError::Engine(e.to_string()))?;
+    let mut engine =
+        LocalEngine::open(&opts.paths).map_err(|e| ServeError::Engine(e.to_string()))?;
+    // Tenants run on the `host` image and read it through `/inspect`: the tokens file (and
+    // the config and data dirs, which the engine hides anyway) must not be in it.
+    engine
+        .hide_from_host(secrets)
+        .map_err(|e| ServeError::Engine(e.to_string()))?;
     let owners = owners::Owners::open(&opts.paths.data.join("serve.db"))
         .map_err(|e| ServeError::Engine(format!("serve.db: {e}")))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

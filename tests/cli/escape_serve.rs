@@ -4,13 +4,14 @@
 //! local user reaching a setuid file that a run left in a layer. Each probe passes only if
 //! the defence held: they were each seen to fail before it existed (issue 12).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::harness::{sleepers, unique_token, wait_until, Env};
-use crate::serve::{Official, Server, TOKEN_A, TOKEN_B};
+use crate::serve::{stdout_of, Official, Server, TOKEN_A, TOKEN_B};
 
 // ---- helpers ----------------------------------------------------------------------------
 
@@ -337,6 +338,99 @@ fn the_official_client_cannot_cat_the_servers_environment() {
     assert!(!out.stdout_text().contains("CONTREE_HOME"));
     let out = cli.run(["cat", "/etc/mtab"]);
     assert!(!out.status.success(), "the official client read /etc/mtab");
+}
+
+// ---- the server's secrets in the host image -----------------------------------------------
+
+#[test]
+fn the_servers_tokens_file_and_config_dir_are_hidden_from_tenants() {
+    let scratch = HostScratch::new();
+    let tokens = scratch.write(
+        "tokens",
+        &format!("# test tokens\n{TOKEN_A} alice\n{TOKEN_B} bob\n"),
+    );
+    let canary = format!("config-canary-{}", unique_token());
+    let config = scratch.write("config/contree/config.toml", &format!("# {canary}\n"));
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let env = Env::new();
+    let data = env.home().display().to_string();
+    let config_home = scratch.path().join("config").display().to_string();
+    let server = Server::start_in_with(
+        env,
+        &["--tokens", tokens.to_str().unwrap()],
+        &[
+            ("CONTREE_HOME", ""),
+            ("XDG_DATA_HOME", &data),
+            ("XDG_CONFIG_HOME", &config_home),
+        ],
+    );
+    let host = server.host_image(TOKEN_A);
+    let secrets = [TOKEN_A, TOKEN_B, canary.as_str()];
+    let tokens_path = tokens.display().to_string();
+    let config_path = config.display().to_string();
+    for path in [&tokens_path, &config_path] {
+        for what in ["download", "archive", "list"] {
+            refused(&server, &inspect(&host, what, path), TOKEN_B, &secrets);
+        }
+    }
+    // The directory holding them: the tokens file is gone, the config dir is empty.
+    let dir = scratch.path().display().to_string();
+    let archive = server.get(&inspect(&host, "archive", &dir), TOKEN_B);
+    assert_eq!(archive.status, 200, "{}", archive.text());
+    assert_eq!(tar_names(&archive.body), vec!["config/", "config/contree/"]);
+    for s in secrets {
+        assert!(!contains(&archive.body, s), "the archive holds {s:?}");
+    }
+    // Nor can a tenant's command read them in a sandbox on the host image.
+    let op = server.spawn(
+        TOKEN_B,
+        &format!("cat {tokens_path} {config_path}; ls -A {config_home}/contree; ls -A {dir}; true"),
+    );
+    let out = stdout_of(&server.events(&op, TOKEN_B, None));
+    for s in secrets {
+        assert!(!out.contains(s), "a sandbox read {s:?}: {out}");
+    }
+    assert!(
+        !out.contains("tokens"),
+        "a sandbox lists the tokens file: {out}"
+    );
+    // Home directories and the server's data dir stay empty or hidden.
+    for path in ["/root", "/home"] {
+        let listing = server.get(&inspect(&host, "list", path), TOKEN_B);
+        assert_eq!(listing.json()["files"], json!([]), "{path}");
+    }
+}
+
+#[test]
+fn the_cli_config_dir_is_hidden_from_runs_and_inspection() {
+    let scratch = HostScratch::new();
+    let canary = format!("config-canary-{}", unique_token());
+    let secret = scratch.write("config/contree/secret.txt", &format!("{canary}\n"));
+    let secret = secret.display().to_string();
+    let env = Env::new();
+    let data = env.home().display().to_string();
+    let config_home = scratch.path().join("config").display().to_string();
+    let contree = |args: &[&str]| {
+        env.cmd(args)
+            .env("CONTREE_HOME", "")
+            .env("XDG_DATA_HOME", &data)
+            .env("XDG_CONFIG_HOME", &config_home)
+            .output()
+    };
+    contree(&["use", "host"]).success();
+    contree(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        &format!("cat {secret}; ls -A {config_home}/contree; true"),
+    ])
+    .success()
+    .stdout_empty();
+    contree(&["cat", &secret]).code(1).stdout_lacks(&canary);
+    contree(&["ls", &format!("{config_home}/contree")])
+        .success()
+        .stdout_empty();
 }
 
 // ---- one tenant, another's ids -----------------------------------------------------------
