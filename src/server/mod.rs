@@ -105,6 +105,12 @@ pub(crate) type Shared = Arc<State>;
 /// (clients resume with `Last-Event-Id` after a restart), and running operations go on to
 /// completion, recorded in the store, so a restarted server sees every one of them.
 pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    opts.paths.make_private().map_err(|e| {
+        ServeError::Config(format!(
+            "cannot make the data dir {} private: {e}",
+            opts.paths.data.display()
+        ))
+    })?;
     // `--tokens FILE`, else `[[serve.tokens]]` in config.toml, else the data dir's file.
     let config = opts.paths.config.join("config.toml");
     let from_config = match &opts.tokens {

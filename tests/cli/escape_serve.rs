@@ -4,13 +4,14 @@
 //! local user reaching a setuid file that a run left in a layer. Each probe passes only if
 //! the defence held: they were each seen to fail before it existed (issue 12).
 
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{sleepers, unique_token, wait_until, Env};
+use crate::harness::{find_program, skip, sleepers, unique_token, wait_until, Env};
 use crate::serve::{stdout_of, Official, Server, TOKEN_A, TOKEN_B};
 
 // ---- helpers ----------------------------------------------------------------------------
@@ -562,4 +563,243 @@ fn cat_cp_and_ls_refuse_proc_sys_and_dev_on_the_host_image() {
         .code(1)
         .stderr_contains("another filesystem");
     env.run(["ls", "/proc"]).success().stdout_empty();
+}
+
+// ---- the store: private to its user --------------------------------------------------------
+
+/// Whether uid/gid 65534 (`nobody`) can see `path` at all (`test -e` under `setpriv`, which
+/// drops root's capabilities with the uid). `None` (reported skipped) without `setpriv`.
+fn nobody_reaches(path: &Path) -> Option<bool> {
+    let Some(setpriv) = find_program("setpriv") else {
+        skip("needs util-linux's `setpriv` to act as another user");
+        return None;
+    };
+    let status = std::process::Command::new(setpriv)
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "test",
+            "-e",
+        ])
+        .arg(path)
+        .status()
+        .expect("run setpriv");
+    Some(status.success())
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// A scratch dir that other users may traverse (0755), as a home directory often is: the
+/// data dirs of the store tests live in it, so only contree's own modes protect them.
+fn open_parent() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("contree-escape-")
+        .tempdir()
+        .expect("create scratch dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod scratch dir");
+    dir
+}
+
+/// The file `name` at the top of some layer of the store under `home`.
+fn layer_file(home: &Path, name: &str) -> PathBuf {
+    std::fs::read_dir(home.join("store/layers"))
+        .expect("list layers")
+        .flatten()
+        .map(|e| e.path().join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no layer holds {name}"))
+}
+
+#[test]
+fn a_fresh_data_dir_and_store_are_private() {
+    let parent = open_parent();
+    // $CONTREE_HOME that contree creates.
+    let home = parent.path().join("home");
+    let env = Env::new();
+    let home_s = home.display().to_string();
+    env.cmd(["use", "host"])
+        .env("CONTREE_HOME", &home_s)
+        .output()
+        .success();
+    for dir in [
+        "",
+        "store",
+        "sessions",
+        "cache",
+        "store/layers",
+        "store/blobs",
+        "store/ops",
+    ] {
+        assert_eq!(mode(&home.join(dir)), 0o700, "{}/{dir}", home.display());
+    }
+    // The XDG data dir: `contree` in it is contree's own, made private even when it exists.
+    let xdg = parent.path().join("xdg");
+    let xdg_s = xdg.display().to_string();
+    let use_host = || {
+        env.cmd(["use", "host"])
+            .env("CONTREE_HOME", "")
+            .env("XDG_DATA_HOME", &xdg_s)
+            .output()
+            .success();
+    };
+    use_host();
+    for dir in [xdg.clone(), xdg.join("contree"), xdg.join("contree/store")] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    std::fs::set_permissions(xdg.join("contree"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    use_host();
+    assert_eq!(mode(&xdg.join("contree")), 0o700);
+}
+
+/// A store under `home` (made by contree, in a parent others may traverse) holding what a
+/// run leaves: a setuid file in a layer, an attached file's blob, the operation's event log,
+/// the session database and the digest cache. Returns those paths.
+fn store_with_a_setuid_file(env: &Env, home: &Path) -> Vec<PathBuf> {
+    let home_s = home.display().to_string();
+    let contree = |args: &[&str]| env.cmd(args).env("CONTREE_HOME", &home_s).output();
+    contree(&["use", "host"]).success();
+    let attached = env.write("attached.txt", "attached content\n");
+    let spec = format!("{}:/attached.txt", attached.display());
+    contree(&[
+        "run",
+        "-F",
+        &spec,
+        "--",
+        "sh",
+        "-c",
+        "cp /bin/true /suid && chmod 4755 /suid",
+    ])
+    .success();
+    let suid = layer_file(home, "suid");
+    assert_eq!(mode(&suid) & 0o4000, 0o4000, "the run left a setuid file");
+    let sha = crate::harness::sha256_hex(b"attached content\n");
+    let op = env
+        .cmd(["ps", "-a", "-q"])
+        .env("CONTREE_HOME", &home_s)
+        .output()
+        .success()
+        .stdout_text()
+        .lines()
+        .next()
+        .expect("an operation")
+        .to_string();
+    let paths = vec![
+        suid,
+        home.join("store/blobs/sha256").join(sha),
+        home.join("store/ops").join(op).join("events"),
+        home.join("sessions/local.db"),
+        home.join("cache/digests.db"),
+    ];
+    for p in &paths {
+        assert!(p.exists(), "{} missing", p.display());
+    }
+    paths
+}
+
+#[test]
+fn a_setuid_file_a_run_wrote_is_out_of_other_users_reach() {
+    let parent = open_parent();
+    let home = parent.path().join("home");
+    let env = Env::new();
+    for path in store_with_a_setuid_file(&env, &home) {
+        let Some(reached) = nobody_reaches(&path) else {
+            return;
+        };
+        assert!(!reached, "another user reaches {}", path.display());
+    }
+}
+
+#[test]
+fn an_old_loose_store_is_tightened_on_open_without_a_recursive_chmod() {
+    let parent = open_parent();
+    let home = parent.path().join("home");
+    let env = Env::new();
+    let private = store_with_a_setuid_file(&env, &home);
+    let layer = private[0].parent().unwrap().to_path_buf();
+    // What an older contree left: every directory 0755.
+    let loose = std::fs::Permissions::from_mode(0o755);
+    for entry in walkdir(&home) {
+        if entry.is_dir() {
+            std::fs::set_permissions(&entry, loose.clone()).unwrap();
+        }
+    }
+    for path in &private {
+        let Some(reached) = nobody_reaches(path) else {
+            return;
+        };
+        assert!(
+            reached,
+            "the probe cannot see {} even in a loose store",
+            path.display()
+        );
+    }
+    env.cmd(["images"])
+        .env("CONTREE_HOME", home.display().to_string())
+        .output()
+        .success();
+    for path in &private {
+        assert_eq!(
+            nobody_reaches(path),
+            Some(false),
+            "{} still reachable after a command",
+            path.display()
+        );
+    }
+    for dir in [
+        "store",
+        "store/layers",
+        "store/blobs",
+        "store/ops",
+        "sessions",
+        "cache",
+    ] {
+        assert_eq!(mode(&home.join(dir)), 0o700, "{dir}");
+    }
+    // $CONTREE_HOME is the user's own directory once it exists: left as it is. A layer's
+    // root is the image's `/` (its mode shows in runs), and nothing deeper is visited.
+    assert_eq!(mode(&home), 0o755);
+    assert_eq!(mode(&layer), 0o755);
+    assert_eq!(mode(private[2].parent().unwrap()), 0o755, "ops/<uuid>");
+    // `doctor` says so, and reports a store another user owns (who could loosen it again).
+    let doctor = || {
+        env.cmd(["doctor"])
+            .env("CONTREE_HOME", home.display().to_string())
+            .output()
+    };
+    doctor().success().stdout_contains("ok        permissions");
+    std::os::unix::fs::chown(home.join("store"), Some(65534), None).unwrap();
+    doctor()
+        .code(1)
+        .stdout_contains("belongs to uid 65534, not to you");
+    std::os::unix::fs::chown(home.join("store"), Some(0), None).unwrap();
+    // The owner still reads what the run wrote.
+    let mut first = [0u8; 4];
+    std::fs::File::open(&private[0])
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    assert_eq!(&first, b"\x7fELF");
+}
+
+/// Every path under `dir`, `dir` included.
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if out[i].is_dir() && !out[i].is_symlink() {
+            if let Ok(rd) = std::fs::read_dir(&out[i]) {
+                out.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+        i += 1;
+    }
+    out
 }
