@@ -8,13 +8,14 @@
 //! Containment: every reader (`list`, `open`, the server's `download`/`archive`, and `grep`
 //! when it comes) goes through `View::resolve` or `View::list`, and reads content only with
 //! `Found::open`/`Found::link_target`. The one rule is `Layer::holds`: an entry is part of
-//! the image only if it lives on the filesystem of the layer it was found in. The host's
-//! other mounts (`/proc`, `/sys`, `/dev`, a tmpfs, a bind mount) are not: a mount point shows
-//! as the empty directory the image holds there (what a sandbox sees before it mounts its
-//! own `/proc`), and nothing below it is ever looked up or read (`OtherFilesystem`). The
-//! kernel enforces the same at open (`openat2` with `RESOLVE_NO_XDEV`), so a host directory
-//! swapped for a link or a mount after the lookup leads nowhere. This module must never read
-//! a path of the host in any other way.
+//! the image only if it is on the mount of the layer it was found in. The host's other
+//! mounts (`/proc`, `/sys`, `/dev`, a tmpfs, a bind mount) are not, as the sandbox's overlay
+//! of `/` does not show them either: a mount point shows as the empty directory the image
+//! holds there (what a sandbox sees before it mounts its own `/proc`), and nothing below it
+//! is ever looked up or read (`OtherFilesystem`). The kernel enforces the same at open
+//! (`openat2` with `RESOLVE_NO_XDEV`), so a host directory swapped for a link or a mount
+//! after the lookup leads nowhere. This module must never read a path of the host in any
+//! other way.
 
 use super::layers::{is_opaque, is_whiteout};
 use super::store::{Layout, HOST_LAYER};
@@ -38,7 +39,7 @@ pub enum InspectError {
     Loop(String),
     /// The path leads below a mount point of the host (or onto a pseudo filesystem): not
     /// part of the image, never read.
-    #[error("{path}: not in the image: {mount} is another filesystem mounted on the host (/proc, /sys, /dev and other mounts are never read through an image)")]
+    #[error("{path}: not in the image: {mount} is where another filesystem is mounted on the host (/proc, /sys, /dev, a tmpfs, a bind mount: never read through an image)")]
     OtherFilesystem { path: String, mount: String },
     #[error("reading {path}: {source}")]
     Io {
@@ -48,35 +49,59 @@ pub enum InspectError {
     },
 }
 
-/// One directory of the chain: where it is on disk and the filesystem it is on.
+/// One directory of the chain: where it is on disk and the mount it is on.
 #[derive(Debug, Clone)]
 struct Layer {
     dir: PathBuf,
     /// `st_dev` of `dir`; `None` when it cannot be read (then nothing in it is).
     dev: Option<u64>,
+    /// The id of the mount `dir` is on (see `mount_id`).
+    mount: Option<u64>,
 }
 
 impl Layer {
     fn at(dir: PathBuf) -> Layer {
         let dev = fs::metadata(&dir).ok().map(|m| m.dev());
-        Layer { dir, dev }
+        let mount = mount_id(&dir);
+        Layer { dir, dev, mount }
     }
 
-    /// The containment rule (see the module doc): whether an entry found in this layer lives
-    /// on the layer's own filesystem, and so is part of the image.
-    fn holds(&self, meta: &fs::Metadata) -> bool {
-        self.dev == Some(meta.dev())
+    /// The containment rule (see the module doc): whether the entry at `path` found in this
+    /// layer is on the layer's own mount, and so part of the image. Mount ids decide: the
+    /// device number says too much (btrfs gives each subvolume one, overlayfs reports a
+    /// file's lower filesystem) and too little (a bind mount keeps its filesystem's); it is
+    /// the rule only where the kernel has no mount ids (before 5.8).
+    fn holds(&self, meta: &fs::Metadata, path: &Path) -> bool {
+        match (self.mount, self.mount.and_then(|_| mount_id(path))) {
+            (Some(layer), Some(entry)) => layer == entry,
+            _ => self.dev == Some(meta.dev()),
+        }
     }
 
     fn found(&self, meta: fs::Metadata, real: PathBuf) -> Found {
         Found {
-            mount_point: !self.holds(&meta),
+            mount_point: !self.holds(&meta, &real),
             meta,
             real,
-            root: self.dir.clone(),
-            root_dev: self.dev,
+            layer: self.clone(),
         }
     }
+}
+
+/// The id of the mount `path` is on, not following a last symlink: statx(2) with
+/// `STATX_MNT_ID` (Linux 5.8); `None` before, or when `path` cannot be read.
+fn mount_id(path: &Path) -> Option<u64> {
+    let c =
+        std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())).ok()?;
+    statx_mount_id(libc::AT_FDCWD, &c, libc::AT_SYMLINK_NOFOLLOW)
+}
+
+fn statx_mount_id(dirfd: libc::c_int, path: &std::ffi::CStr, flags: libc::c_int) -> Option<u64> {
+    // SAFETY: a zeroed `statx` is a valid value to be filled in.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `stx` a writable `statx`.
+    let r = unsafe { libc::statx(dirfd, path.as_ptr(), flags, libc::STATX_MNT_ID, &mut stx) };
+    (r == 0 && stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
 }
 
 /// An image's layers, ready for lookups.
@@ -92,9 +117,8 @@ pub struct Found {
     /// image holds there; `meta` is the mounted root's, and nothing in it is read.
     pub mount_point: bool,
     real: PathBuf,
-    /// The layer directory it was found in, and that directory's `st_dev`.
-    root: PathBuf,
-    root_dev: Option<u64>,
+    /// The layer it was found in.
+    layer: Layer,
 }
 
 const MAX_LINKS: usize = 40;
@@ -260,7 +284,7 @@ impl View {
             if is_whiteout(&meta) || !meta.is_dir() {
                 break;
             }
-            if !layer.holds(&meta) {
+            if !layer.holds(&meta, &dir) {
                 // A mount point: the image's directory there is empty.
                 continue;
             }
@@ -276,11 +300,12 @@ impl View {
                 let Ok(m) = fs::symlink_metadata(entry.path()) else {
                     continue;
                 };
-                if is_whiteout(&m) || (!layer.holds(&m) && !m.is_dir()) {
+                let found = layer.found(m, entry.path());
+                if is_whiteout(&found.meta) || (found.mount_point && !found.meta.is_dir()) {
                     // A file mounted over another shows neither: the image's own is unknown.
                     seen.insert(name, None);
                 } else {
-                    seen.insert(name, Some(layer.found(m, entry.path())));
+                    seen.insert(name, Some(found));
                 }
             }
             if is_opaque(&dir) || self.hidden_below(layer, &rel) {
@@ -348,12 +373,13 @@ impl Found {
                 mount: self.real.display().to_string(),
             });
         }
+        let root = &self.layer.dir;
         let rel = self
             .real
-            .strip_prefix(&self.root)
+            .strip_prefix(root)
             .map_err(|_| self.io(io::Error::other("outside its layer")))?;
         let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd = open_beneath(&self.root, rel, flags).map_err(|e| {
+        let fd = open_beneath(root, rel, flags).map_err(|e| {
             if e.raw_os_error() == Some(libc::EXDEV) {
                 // A mount appeared on the way since the lookup.
                 InspectError::OtherFilesystem {
@@ -364,10 +390,16 @@ impl Found {
                 self.io(e)
             }
         })?;
-        // The very entry the lookup found, on the layer's filesystem: a host path changed in
+        // The very entry the lookup found, on the layer's mount: a host path changed in
         // between is not read.
         let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| self.io(e.into()))?;
-        if Some(st.st_dev as u64) != self.root_dev || st.st_ino as u64 != self.meta.ino() {
+        let mount = statx_mount_id(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH);
+        let same_mount = match (self.layer.mount, mount) {
+            (Some(layer), Some(file)) => layer == file,
+            _ => self.layer.dev == Some(st.st_dev as u64),
+        };
+        if !same_mount || (st.st_dev as u64, st.st_ino as u64) != (self.meta.dev(), self.meta.ino())
+        {
             return Err(self.io(io::Error::other("it changed while being read")));
         }
         let fs_type = nix::sys::statfs::fstatfs(fd.as_fd())
@@ -377,7 +409,7 @@ impl Found {
         if PSEUDO_FILESYSTEMS.contains(&fs_type) {
             return Err(InspectError::OtherFilesystem {
                 path: self.real.display().to_string(),
-                mount: self.root.display().to_string(),
+                mount: self.layer.dir.display().to_string(),
             });
         }
         Ok(fd)
@@ -413,7 +445,7 @@ const PSEUDO_FILESYSTEMS: &[u32] = &[
 /// `RESOLVE_NO_SYMLINKS` and `RESOLVE_NO_XDEV` make the kernel refuse any symlink, `..`
 /// escape or mount point on the way, whatever changed since the lookup. Kernels before 5.6
 /// (ENOSYS), or a seccomp policy that hides the call (EPERM), get a plain `O_NOFOLLOW`
-/// open; the caller's check of device and inode then still holds.
+/// open; the caller's check of mount, device and inode then still holds.
 fn open_beneath(root: &Path, rel: &Path, flags: nix::fcntl::OFlag) -> io::Result<OwnedFd> {
     use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
     use nix::sys::stat::Mode;

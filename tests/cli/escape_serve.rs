@@ -47,16 +47,31 @@ impl HostScratch {
 
     /// Mounts a small tmpfs on the directory `rel` (created): another filesystem.
     fn mount_tmpfs(&mut self, rel: &str) -> PathBuf {
-        let path = self.dir.join(rel);
-        std::fs::create_dir_all(&path).expect("create mount point");
-        nix::mount::mount(
-            Some("tmpfs"),
-            &path,
+        self.mount(
+            rel,
+            Some(Path::new("tmpfs")),
             Some("tmpfs"),
             nix::mount::MsFlags::empty(),
-            Some("size=1m"),
         )
-        .expect("mount a tmpfs in the scratch dir");
+    }
+
+    /// Bind-mounts `source` on the directory `rel` (created): the same filesystem, seen
+    /// where the image's overlay of `/` does not show it.
+    fn bind(&mut self, source: &Path, rel: &str) -> PathBuf {
+        self.mount(rel, Some(source), None, nix::mount::MsFlags::MS_BIND)
+    }
+
+    fn mount(
+        &mut self,
+        rel: &str,
+        source: Option<&Path>,
+        fstype: Option<&str>,
+        flags: nix::mount::MsFlags,
+    ) -> PathBuf {
+        let path = self.dir.join(rel);
+        std::fs::create_dir_all(&path).expect("create mount point");
+        nix::mount::mount(source, &path, fstype, flags, Some("size=1m"))
+            .expect("mount in the scratch dir");
         self.mounts.push(path.clone());
         path
     }
@@ -296,20 +311,27 @@ fn a_mount_point_inside_a_directory_is_skipped_not_followed() {
     let secret = format!("mounted-canary-{}", unique_token());
     let mounted = scratch.mount_tmpfs("tree/m");
     std::fs::write(mounted.join("canary"), &secret).expect("write the canary");
+    // A bind mount of a directory the image hides (under /tmp), on the same filesystem.
+    let hidden = tempfile::tempdir().expect("a dir under /tmp");
+    std::fs::write(hidden.path().join("canary"), &secret).expect("write the canary");
+    scratch.bind(hidden.path(), "tree/b");
     let server = Server::start();
     let host = server.host_image(TOKEN_A);
     let tree = scratch.path().join("tree").display().to_string();
     let archive = server.get(&inspect(&host, "archive", &tree), TOKEN_A);
     assert_eq!(archive.status, 200, "{}", archive.text());
-    assert_eq!(tar_names(&archive.body), vec!["a", "m/"]);
+    assert_eq!(tar_names(&archive.body), vec!["a", "b/", "m/"]);
     assert!(!contains(&archive.body, &secret));
-    let canary = format!("{tree}/m/canary");
-    for what in ["download", "archive", "list"] {
-        refused(&server, &inspect(&host, what, &canary), TOKEN_A, &[&secret]);
+    for mount in ["m", "b"] {
+        let canary = format!("{tree}/{mount}/canary");
+        for what in ["download", "archive", "list"] {
+            refused(&server, &inspect(&host, what, &canary), TOKEN_A, &[&secret]);
+        }
+        let listing = server.get(&inspect(&host, "list", &format!("{tree}/{mount}")), TOKEN_A);
+        assert_eq!(listing.status, 200, "{}", listing.text());
+        assert_eq!(listing.json()["files"], json!([]), "{mount}");
     }
-    let listing = server.get(&inspect(&host, "list", &format!("{tree}/m")), TOKEN_A);
-    assert_eq!(listing.status, 200, "{}", listing.text());
-    assert_eq!(listing.json()["files"], json!([]));
+    let canary = format!("{tree}/m/canary");
 
     // The CLI reads through the same view: `cp` of the tree skips the mount's content.
     let env = Env::host();
@@ -319,8 +341,10 @@ fn a_mount_point_inside_a_directory_is_skipped_not_followed() {
         std::fs::read_to_string(dest.join("a")).unwrap(),
         "plain file\n"
     );
-    assert!(dest.join("m").is_dir());
-    assert_eq!(std::fs::read_dir(dest.join("m")).unwrap().count(), 0);
+    for mount in ["m", "b"] {
+        assert!(dest.join(mount).is_dir());
+        assert_eq!(std::fs::read_dir(dest.join(mount)).unwrap().count(), 0);
+    }
     env.run(["cat", &canary])
         .code(1)
         .stdout_empty()
