@@ -6,8 +6,8 @@
 //! resolved inside the image, never on the host.
 //!
 //! Containment: every reader (`list`, `open`, the server's `download`/`archive`, and `grep`
-//! when it comes) goes through `View::resolve` or `View::list`, and reads content only with
-//! `Found::open`/`Found::link_target`. The one rule is `Layer::holds`: an entry is part of
+//! when it comes) goes through `View::resolve`, `View::list` or `View::walk`, and reads
+//! content only with `Found::open`/`Found::link_target`. The one rule is `Layer::holds`: an entry is part of
 //! the image only if it is on the mount of the layer it was found in. The host's other
 //! mounts (`/proc`, `/sys`, `/dev`, a tmpfs, a bind mount) are not, as the sandbox's overlay
 //! of `/` does not show them either: a mount point shows as the empty directory the image
@@ -316,6 +316,35 @@ impl View {
             .into_iter()
             .filter_map(|(n, f)| Some((n, f?)))
             .collect())
+    }
+
+    /// Visits everything below the directory `path`, each entry before what it holds, with
+    /// its path relative to `path`: the one tree walk readers share (`archive`, and `grep`
+    /// when it comes). Symlinks are visited, never followed; a mount point is visited as the
+    /// empty directory it is in the image, never entered.
+    pub fn walk(
+        &self,
+        path: &str,
+        visit: &mut dyn FnMut(&Path, &Found) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.walk_in(path.trim_end_matches('/'), Path::new(""), visit)
+    }
+
+    fn walk_in(
+        &self,
+        image_dir: &str,
+        rel: &Path,
+        visit: &mut dyn FnMut(&Path, &Found) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let dir = if image_dir.is_empty() { "/" } else { image_dir };
+        for (name, found) in self.list(dir).map_err(io::Error::other)? {
+            let child = rel.join(&name);
+            visit(&child, &found)?;
+            if found.meta.is_dir() && !found.mount_point {
+                self.walk_in(&format!("{image_dir}/{name}"), &child, visit)?;
+            }
+        }
+        Ok(())
     }
 
     /// Opens a regular file of the image for reading.

@@ -27,7 +27,7 @@ pub fn write(view: &View, path: &str, out: impl Write) -> std::io::Result<()> {
     tar.follow_symlinks(false);
     let (_, found) = view.resolve(path, true).map_err(std::io::Error::other)?;
     if found.meta.is_dir() {
-        add_dir(view, &mut tar, path.trim_end_matches('/'), Path::new(""))?;
+        view.walk(path, &mut |rel, found| add_entry(&mut tar, rel, found))?;
     } else {
         let name = Path::new(path)
             .file_name()
@@ -36,25 +36,6 @@ pub fn write(view: &View, path: &str, out: impl Write) -> std::io::Result<()> {
         add_entry(&mut tar, Path::new(&name), &found)?;
     }
     tar.into_inner()?.flush()
-}
-
-fn add_dir<W: Write>(
-    view: &View,
-    tar: &mut tar::Builder<W>,
-    image_dir: &str,
-    rel: &Path,
-) -> std::io::Result<()> {
-    let entries = view
-        .list(if image_dir.is_empty() { "/" } else { image_dir })
-        .map_err(std::io::Error::other)?;
-    for (name, found) in entries {
-        let child_rel = rel.join(&name);
-        add_entry(tar, &child_rel, &found)?;
-        if found.meta.is_dir() && !found.mount_point {
-            add_dir(view, tar, &format!("{image_dir}/{name}"), &child_rel)?;
-        }
-    }
-    Ok(())
 }
 
 fn add_entry<W: Write>(
