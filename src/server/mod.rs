@@ -135,8 +135,14 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     };
     let mut engine =
         LocalEngine::open(&opts.paths).map_err(|e| ServeError::Engine(e.to_string()))?;
-    // Tenants run on the `host` image and read it through `/inspect`: the tokens file (and
-    // the config and data dirs, which the engine hides anyway) must not be in it.
+    // Tenants run on the `host` image and read it through `/inspect`: the tokens file and
+    // the server's home (with the config and data dirs, which the engine hides anyway) must
+    // not be in it. A service account's home is often outside /home (/var/lib/NAME).
+    if let Some(home) = std::env::var_os("HOME").map(PathBuf::from) {
+        if home.is_absolute() && home.parent().is_some() {
+            secrets.push(home);
+        }
+    }
     engine
         .hide_from_host(secrets)
         .map_err(|e| ServeError::Engine(e.to_string()))?;

@@ -368,7 +368,7 @@ fn the_official_client_cannot_cat_the_servers_environment() {
 // ---- the server's secrets in the host image -----------------------------------------------
 
 #[test]
-fn the_servers_tokens_file_and_config_dir_are_hidden_from_tenants() {
+fn the_servers_tokens_file_config_dir_and_home_are_hidden_from_tenants() {
     let scratch = HostScratch::new();
     let tokens = scratch.write(
         "tokens",
@@ -377,9 +377,12 @@ fn the_servers_tokens_file_and_config_dir_are_hidden_from_tenants() {
     let canary = format!("config-canary-{}", unique_token());
     let config = scratch.write("config/contree/config.toml", &format!("# {canary}\n"));
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A service account's home outside /home, with a key in it.
+    let key = scratch.write("svc/.ssh/id_ed25519", &format!("{canary}-key\n"));
     let env = Env::new();
     let data = env.home().display().to_string();
     let config_home = scratch.path().join("config").display().to_string();
+    let svc_home = scratch.path().join("svc").display().to_string();
     let server = Server::start_in_with(
         env,
         &["--tokens", tokens.to_str().unwrap()],
@@ -387,29 +390,36 @@ fn the_servers_tokens_file_and_config_dir_are_hidden_from_tenants() {
             ("CONTREE_HOME", ""),
             ("XDG_DATA_HOME", &data),
             ("XDG_CONFIG_HOME", &config_home),
+            ("HOME", &svc_home),
         ],
     );
     let host = server.host_image(TOKEN_A);
     let secrets = [TOKEN_A, TOKEN_B, canary.as_str()];
     let tokens_path = tokens.display().to_string();
     let config_path = config.display().to_string();
-    for path in [&tokens_path, &config_path] {
+    let key_path = key.display().to_string();
+    for path in [&tokens_path, &config_path, &key_path] {
         for what in ["download", "archive", "list"] {
             refused(&server, &inspect(&host, what, path), TOKEN_B, &secrets);
         }
     }
-    // The directory holding them: the tokens file is gone, the config dir is empty.
+    // The directory holding them: the tokens file is gone, the config dir and home empty.
     let dir = scratch.path().display().to_string();
     let archive = server.get(&inspect(&host, "archive", &dir), TOKEN_B);
     assert_eq!(archive.status, 200, "{}", archive.text());
-    assert_eq!(tar_names(&archive.body), vec!["config/", "config/contree/"]);
+    assert_eq!(
+        tar_names(&archive.body),
+        vec!["config/", "config/contree/", "svc/"]
+    );
     for s in secrets {
         assert!(!contains(&archive.body, s), "the archive holds {s:?}");
     }
     // Nor can a tenant's command read them in a sandbox on the host image.
     let op = server.spawn(
         TOKEN_B,
-        &format!("cat {tokens_path} {config_path}; ls -A {config_home}/contree; ls -A {dir}; true"),
+        &format!(
+            "cat {tokens_path} {config_path} {key_path}; ls -A {config_home}/contree {svc_home}; ls -A {dir}; true"
+        ),
     );
     let out = stdout_of(&server.events(&op, TOKEN_B, None));
     for s in secrets {
