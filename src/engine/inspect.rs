@@ -90,7 +90,7 @@ impl Layer {
 
 /// The id of the mount `path` is on, not following a last symlink: statx(2) with
 /// `STATX_MNT_ID` (Linux 5.8); `None` before, or when `path` cannot be read.
-fn mount_id(path: &Path) -> Option<u64> {
+pub(crate) fn mount_id(path: &Path) -> Option<u64> {
     let c =
         std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())).ok()?;
     statx_mount_id(libc::AT_FDCWD, &c, libc::AT_SYMLINK_NOFOLLOW)

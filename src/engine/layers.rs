@@ -183,7 +183,7 @@ fn build_mask(dest: &Path, private: &[PathBuf]) -> io::Result<()> {
 /// Hides the host's `path` in the mask `mask`: an empty opaque directory in place of a
 /// directory, a whiteout for anything else. Nothing is added when something above it is
 /// hidden already (then it must not appear at all, or an "empty" /var/tmp would show it),
-/// when it does not exist, when it is on another filesystem than `/` (the image never shows
+/// when it does not exist, when it is on another mount than `/` (the image never shows
 /// those), or when a symlink on its way leads elsewhere in the image (the caller hides the
 /// real path too). Safe to run concurrently: what exists is kept.
 fn hide(mask: &Path, path: &Path) -> io::Result<()> {
@@ -208,7 +208,16 @@ fn hide(mask: &Path, path: &Path) -> io::Result<()> {
     let Ok(meta) = fs::symlink_metadata(&host) else {
         return Ok(());
     };
-    if fs::metadata("/").is_ok_and(|root| root.dev() != meta.dev()) {
+    // On the root filesystem's mount, as `inspect` decides (the device where the kernel has
+    // no mount ids).
+    let on_root = match (
+        super::inspect::mount_id(Path::new("/")),
+        super::inspect::mount_id(&host),
+    ) {
+        (Some(root), Some(here)) => root == here,
+        _ => fs::metadata("/").is_ok_and(|root| root.dev() == meta.dev()),
+    };
+    if !on_root {
         return Ok(());
     }
     let through_links = rel.ancestors().skip(1).any(|a| {
