@@ -86,7 +86,9 @@ pub fn create_private(dir: &Path) -> io::Result<()> {
 }
 
 /// Creates `dir` (see `create_private`), or takes group and other access away from it when
-/// it has any. Returns whether it was looser. One `stat` when all is well.
+/// it has any. Returns whether it was looser. One `stat` when all is well. A directory this
+/// user may not even look at is not theirs to fix: left to whatever opens it next, which
+/// says why it cannot.
 pub fn private_dir(dir: &Path) -> io::Result<bool> {
     match std::fs::metadata(dir) {
         Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
@@ -94,7 +96,11 @@ pub fn private_dir(dir: &Path) -> io::Result<bool> {
             Ok(true)
         }
         Ok(_) => Ok(false),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => create_private(dir).map(|()| false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match create_private(dir) {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(false),
+            other => other.map(|()| false),
+        },
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(false),
         Err(e) => Err(e),
     }
 }
