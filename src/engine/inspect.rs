@@ -7,9 +7,9 @@
 //!
 //! Containment: every reader (`list`, `open`, the server's `download`/`archive`, and `grep`
 //! when it comes) goes through `View::resolve`, `View::list` or `View::walk`, and reads
-//! content only with `Found::open`/`Found::link_target`. The one rule is `Layer::holds`: an entry is part of
-//! the image only if it is on the mount of the layer it was found in. The host's other
-//! mounts (`/proc`, `/sys`, `/dev`, a tmpfs, a bind mount) are not, as the sandbox's overlay
+//! content only with `Found::open`/`Found::link_target`. The one rule is `Layer::holds`: an
+//! entry is part of the image only if it is on the mount of the layer it was found in. The
+//! host's other mounts (`/proc`, `/sys`, `/dev`, a tmpfs, a bind mount) are not, as the sandbox's overlay
 //! of `/` does not show them either: a mount point shows as the empty directory the image
 //! holds there (what a sandbox sees before it mounts its own `/proc`), and nothing below it
 //! is ever looked up or read (`OtherFilesystem`). The kernel enforces the same at open
@@ -387,20 +387,34 @@ impl Found {
             .map_err(|e| self.io(io::Error::from(e)))
     }
 
+    /// The entry's path in the image (a layer mirrors the image's root), for messages: the
+    /// store's own location is never shown to a client.
+    fn image_path(&self) -> String {
+        display(
+            self.real
+                .strip_prefix(&self.layer.dir)
+                .unwrap_or(&self.real),
+        )
+    }
+
     fn io(&self, source: io::Error) -> InspectError {
         InspectError::Io {
-            path: self.real.display().to_string(),
+            path: self.image_path(),
             source,
+        }
+    }
+
+    fn other_filesystem(&self) -> InspectError {
+        InspectError::OtherFilesystem {
+            path: self.image_path(),
+            mount: self.image_path(),
         }
     }
 
     fn open_beneath(&self, flags: nix::fcntl::OFlag) -> Result<OwnedFd, InspectError> {
         use nix::fcntl::OFlag;
         if self.mount_point {
-            return Err(InspectError::OtherFilesystem {
-                path: self.real.display().to_string(),
-                mount: self.real.display().to_string(),
-            });
+            return Err(self.other_filesystem());
         }
         let root = &self.layer.dir;
         let rel = self
@@ -411,10 +425,7 @@ impl Found {
         let fd = open_beneath(root, rel, flags).map_err(|e| {
             if e.raw_os_error() == Some(libc::EXDEV) {
                 // A mount appeared on the way since the lookup.
-                InspectError::OtherFilesystem {
-                    path: self.real.display().to_string(),
-                    mount: self.real.display().to_string(),
-                }
+                self.other_filesystem()
             } else {
                 self.io(e)
             }
@@ -436,10 +447,7 @@ impl Found {
             .filesystem_type()
             .0 as u32;
         if PSEUDO_FILESYSTEMS.contains(&fs_type) {
-            return Err(InspectError::OtherFilesystem {
-                path: self.real.display().to_string(),
-                mount: self.layer.dir.display().to_string(),
-            });
+            return Err(self.other_filesystem());
         }
         Ok(fd)
     }

@@ -98,8 +98,16 @@ pub fn build_host_mask(dest: &Path, data_dir: &Path) -> io::Result<()> {
 /// them is a change to a lower layer as the host root's own changes are (the `host` image
 /// reads `/` live); sandboxes started afterwards see it for sure.
 pub fn ensure_host_mask(dest: &Path, private: &[PathBuf]) -> io::Result<()> {
-    if !dest.is_dir() {
-        build_mask(dest, private)?;
+    match fs::metadata(dest) {
+        Ok(mask) => {
+            // A top-level directory made since the mask was (`/`'s mtime is newer) is masked
+            // as the build would have: it is not a system one.
+            if fs::metadata("/").is_ok_and(|root| root.mtime() >= mask.mtime()) {
+                mask_top_level(dest)?;
+                touch(dest)?;
+            }
+        }
+        Err(_) => build_mask(dest, private)?,
     }
     for path in private {
         for p in with_real_path(path) {
@@ -107,6 +115,45 @@ pub fn ensure_host_mask(dest: &Path, private: &[PathBuf]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Masks every top-level entry of the host that is not a system directory (`HOST_VISIBLE`)
+/// and not masked yet: an empty opaque directory, or a whiteout for anything else.
+fn mask_top_level(mask: &Path) -> io::Result<()> {
+    for entry in fs::read_dir("/")? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name_s = name.to_string_lossy();
+        if HOST_VISIBLE.contains(&name_s.as_ref())
+            || HOST_EMPTY.contains(&name_s.as_ref())
+            || fs::symlink_metadata(mask.join(&name)).is_ok()
+        {
+            continue;
+        }
+        let made = if fs::symlink_metadata(entry.path())?.is_dir() {
+            empty_dir(mask, Path::new(&name), true)
+        } else {
+            make_whiteout(&mask.join(&name))
+        };
+        match made {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// Sets `path`'s mtime to now.
+fn touch(path: &Path) -> io::Result<()> {
+    let now = nix::sys::time::TimeSpec::UTIME_NOW;
+    nix::sys::stat::utimensat(
+        None,
+        path,
+        &now,
+        &now,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(io::Error::from)
 }
 
 /// `path`, and the path it really is when a symlink leads there (that one shows in the
@@ -125,20 +172,7 @@ fn build_mask(dest: &Path, private: &[PathBuf]) -> io::Result<()> {
     let tmp = dest.with_extension(format!("tmp-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
-    for entry in fs::read_dir("/")? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name_s = name.to_string_lossy();
-        if HOST_VISIBLE.contains(&name_s.as_ref()) || HOST_EMPTY.contains(&name_s.as_ref()) {
-            continue;
-        }
-        let meta = fs::symlink_metadata(entry.path())?;
-        if meta.is_dir() {
-            empty_dir(&tmp, Path::new(&name), true)?;
-        } else {
-            make_whiteout(&tmp.join(&name))?;
-        }
-    }
+    mask_top_level(&tmp)?;
     for name in HOST_EMPTY {
         empty_dir(&tmp, Path::new(name), true)?;
     }
@@ -406,6 +440,44 @@ mod tests {
         let made = fs::metadata(mask.join("usr")).unwrap();
         assert_eq!((made.mode(), made.uid()), (usr.mode(), usr.uid()));
         assert!(!is_opaque(&mask.join("usr")));
+    }
+
+    #[test]
+    fn a_top_level_entry_unknown_to_the_mask_is_masked_when_the_root_changed() {
+        let t = tempfile::tempdir().unwrap();
+        let mask = t.path().join("host-mask");
+        build_host_mask(&mask, t.path()).unwrap();
+        // As if the mask predated every non-system top-level directory, and `/` changed.
+        let extra: Vec<PathBuf> = fs::read_dir(&mask)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                !HOST_EMPTY.contains(&name.as_str()) && !HOST_VISIBLE.contains(&name.as_str())
+            })
+            .collect();
+        for p in &extra {
+            remove_any(p).unwrap();
+        }
+        let old = nix::sys::time::TimeSpec::new(0, 0);
+        nix::sys::stat::utimensat(
+            None,
+            &mask,
+            &old,
+            &old,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+        ensure_host_mask(&mask, &[]).unwrap();
+        for p in &extra {
+            assert!(
+                fs::symlink_metadata(p).is_ok(),
+                "{} masked again",
+                p.display()
+            );
+        }
+        assert!(fs::metadata(&mask).unwrap().mtime() > 0);
     }
 
     #[test]

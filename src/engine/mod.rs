@@ -46,7 +46,7 @@ pub struct LocalEngine {
     store: Store,
     data_dir: PathBuf,
     /// Host paths the `host` image must never show: the data and config dirs, and what
-    /// `hide_from_host` adds (`serve`'s tokens file).
+    /// `hide_from_host` adds (`serve`'s tokens file and home).
     private: Vec<PathBuf>,
     /// Supervisors we started (operation → pid), so we can reap them instead of leaving
     /// zombies, and signal them without asking the database.
