@@ -2,8 +2,15 @@
 //!
 //! `$CONTREE_HOME` holds everything when set (as the official client does for its config);
 //! otherwise data goes to the XDG data dir and configuration to the XDG config dir.
+//!
+//! What contree keeps is private to its user: a run may leave a setuid-root file in a layer,
+//! which no other local user may reach. Every directory contree creates is 0700 (as the XDG
+//! base directory spec asks), and `Paths::make_private` tightens the ones it owns when they
+//! are looser (a store an older version made): never recursively, a `stat` each otherwise.
 
-use std::path::PathBuf;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -11,6 +18,10 @@ pub struct Paths {
     pub data: PathBuf,
     /// `auth.ini`, hook files, the config file.
     pub config: PathBuf,
+    /// `data` is contree's own directory (the XDG default `…/contree`), not one the user
+    /// named with `$CONTREE_HOME`, which may hold other things and keeps its mode once it
+    /// exists.
+    pub owns_data: bool,
 }
 
 impl Paths {
@@ -20,6 +31,7 @@ impl Paths {
             return Paths {
                 data: home.clone(),
                 config: home,
+                owns_data: false,
             };
         }
         let user_home = non_empty("HOME")
@@ -36,7 +48,21 @@ impl Paths {
         Paths {
             data: absolute(data),
             config: absolute(config),
+            owns_data: true,
         }
+    }
+
+    /// Makes contree's part of the data dir private to its user: the data dir itself when
+    /// contree owns it or creates it now, and `sessions/` and `cache/` in it, created 0700
+    /// or tightened to it. (`Store::open` does the same for `store/` and its directories.)
+    pub fn make_private(&self) -> io::Result<()> {
+        if self.owns_data || !self.data.exists() {
+            private_dir(&self.data)?;
+        }
+        for sub in ["sessions", "cache"] {
+            private_dir(&self.data.join(sub))?;
+        }
+        Ok(())
     }
 
     pub fn store(&self) -> PathBuf {
@@ -48,6 +74,34 @@ impl Paths {
             return PathBuf::from(path);
         }
         self.data.join("sessions").join(format!("{profile}.db"))
+    }
+}
+
+/// Creates `dir` and its missing parents 0700.
+pub fn create_private(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates `dir` (see `create_private`), or takes group and other access away from it when
+/// it has any. Returns whether it was looser. One `stat` when all is well. A directory this
+/// user may not even look at is not theirs to fix: left to whatever opens it next, which
+/// says why it cannot.
+pub fn private_dir(dir: &Path) -> io::Result<bool> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            Ok(true)
+        }
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match create_private(dir) {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(false),
+            other => other.map(|()| false),
+        },
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

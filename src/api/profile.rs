@@ -224,7 +224,7 @@ pub fn write(path: &Path, ini: &Ini) -> Result<(), ProfileError> {
         source,
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
+        crate::paths::create_private(dir).map_err(err)?;
     }
     let tmp = path.with_extension("ini.tmp");
     {

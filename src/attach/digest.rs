@@ -131,7 +131,7 @@ impl DigestCache {
     /// missing. The parent directory is created too.
     pub fn open(path: &Path) -> Result<DigestCache, AttachError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(|source| AttachError::CacheDir {
+            crate::paths::create_private(dir).map_err(|source| AttachError::CacheDir {
                 dir: dir.display().to_string(),
                 source,
             })?;

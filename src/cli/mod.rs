@@ -230,6 +230,12 @@ fn context(
     open: Open,
 ) -> CommandResult<Context> {
     let paths = Paths::from_env();
+    if let Err(e) = paths.make_private() {
+        crate::warn!(
+            "cannot make the data dir {} private to you: {e}",
+            paths.data.display()
+        );
+    }
     if let Some(profile) = remote {
         let backend = crate::api::RemoteBackend::new(&profile)
             .map_err(backend_err)?

@@ -30,6 +30,7 @@ pub fn check(engine: &LocalEngine, repair: bool) -> Result<Vec<Finding>, Backend
     out.push(blobs(engine, repair)?);
     out.push(scratch(engine, repair));
     out.push(mounts(engine));
+    out.push(permissions(engine));
     Ok(out)
 }
 
@@ -341,6 +342,50 @@ fn mounts(engine: &LocalEngine) -> Finding {
     }
     if !f.problems.is_empty() {
         f.detail = "unmount them (`umount`); contree never leaves mounts here".into();
+    }
+    f
+}
+
+/// The store, the sessions and the cache are private to their user (0700, theirs), so no
+/// one else reaches a setuid file a run left in a layer. Every command tightens a looser
+/// mode as it opens them; what remains is a directory it could not change, or one another
+/// user owns (and so could change back), which is only reported.
+fn permissions(engine: &LocalEngine) -> Finding {
+    use std::os::unix::fs::MetadataExt;
+    let mut f = finding(
+        "permissions",
+        "the store, sessions and cache are 0700 and yours: no other user reaches a layer",
+    );
+    let me = nix::unistd::geteuid().as_raw();
+    let dirs = [
+        engine.store.root.clone(),
+        engine.data_dir.join("sessions"),
+        engine.data_dir.join("cache"),
+    ];
+    for dir in dirs {
+        match std::fs::metadata(&dir) {
+            Ok(m) => {
+                if m.mode() & 0o077 != 0 {
+                    f.problems.push(format!(
+                        "{} is mode {:o}: other users may enter it",
+                        dir.display(),
+                        m.mode() & 0o7777
+                    ));
+                }
+                if m.uid() != me {
+                    f.problems.push(format!(
+                        "{} belongs to uid {}, not to you (uid {me})",
+                        dir.display(),
+                        m.uid()
+                    ));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => f.problems.push(format!("{}: {e}", dir.display())),
+        }
+    }
+    if !f.problems.is_empty() {
+        f.detail = "make them yours and 0700 (`chown`, `chmod 700`)".into();
     }
     f
 }

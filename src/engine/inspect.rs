@@ -2,9 +2,20 @@
 //! layer chain the way overlayfs would (top layer first, whiteouts hide, opaque
 //! directories stop the merge) and read directories and files from wherever they live.
 //!
-//! The `host` base is read straight from `/` through its mask, without crossing into other
-//! mounted filesystems (the host view overlay never shows them either). Symlinks met on
-//! the way are resolved inside the image, never on the host.
+//! The `host` base is read straight from `/` through its mask. Symlinks met on the way are
+//! resolved inside the image, never on the host.
+//!
+//! Containment: every reader (`list`, `open`, the server's `download`/`archive`, and `grep`
+//! when it comes) goes through `View::resolve`, `View::list` or `View::walk`, and reads
+//! content only with `Found::open`/`Found::link_target`. The one rule is `Layer::holds`: an
+//! entry is part of the image only if it is on the mount of the layer it was found in. The
+//! host's other mounts (`/proc`, `/sys`, `/dev`, a tmpfs, a bind mount) are not, as the sandbox's overlay
+//! of `/` does not show them either: a mount point shows as the empty directory the image
+//! holds there (what a sandbox sees before it mounts its own `/proc`), and nothing below it
+//! is ever looked up or read (`OtherFilesystem`). The kernel enforces the same at open
+//! (`openat2` with `RESOLVE_NO_XDEV`), so a host directory swapped for a link or a mount
+//! after the lookup leads nowhere. This module must never read a path of the host in any
+//! other way.
 
 use super::layers::{is_opaque, is_whiteout};
 use super::store::{Layout, HOST_LAYER};
@@ -12,6 +23,7 @@ use crate::wire::FileItem;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -25,6 +37,10 @@ pub enum InspectError {
     NotAFile(String),
     #[error("{0}: too many levels of symbolic links")]
     Loop(String),
+    /// The path leads below a mount point of the host (or onto a pseudo filesystem): not
+    /// part of the image, never read.
+    #[error("{path}: not in the image: {mount} is where another filesystem is mounted on the host (/proc, /sys, /dev, a tmpfs, a bind mount: never read through an image)")]
+    OtherFilesystem { path: String, mount: String },
     #[error("reading {path}: {source}")]
     Io {
         path: String,
@@ -33,25 +49,76 @@ pub enum InspectError {
     },
 }
 
-/// One directory of the chain: where it is on disk, and whether it is the host root
-/// (whose other mounted filesystems must not show).
+/// One directory of the chain: where it is on disk and the mount it is on.
 #[derive(Debug, Clone)]
 struct Layer {
     dir: PathBuf,
-    host: bool,
+    /// `st_dev` of `dir`; `None` when it cannot be read (then nothing in it is).
+    dev: Option<u64>,
+    /// The id of the mount `dir` is on (see `mount_id`).
+    mount: Option<u64>,
+}
+
+impl Layer {
+    fn at(dir: PathBuf) -> Layer {
+        let dev = fs::metadata(&dir).ok().map(|m| m.dev());
+        let mount = mount_id(&dir);
+        Layer { dir, dev, mount }
+    }
+
+    /// The containment rule (see the module doc): whether the entry at `path` found in this
+    /// layer is on the layer's own mount, and so part of the image. Mount ids decide: the
+    /// device number says too much (btrfs gives each subvolume one, overlayfs reports a
+    /// file's lower filesystem) and too little (a bind mount keeps its filesystem's); it is
+    /// the rule only where the kernel has no mount ids (before 5.8).
+    fn holds(&self, meta: &fs::Metadata, path: &Path) -> bool {
+        match (self.mount, self.mount.and_then(|_| mount_id(path))) {
+            (Some(layer), Some(entry)) => layer == entry,
+            _ => self.dev == Some(meta.dev()),
+        }
+    }
+
+    fn found(&self, meta: fs::Metadata, real: PathBuf) -> Found {
+        Found {
+            mount_point: !self.holds(&meta, &real),
+            meta,
+            real,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The id of the mount `path` is on, not following a last symlink: statx(2) with
+/// `STATX_MNT_ID` (Linux 5.8); `None` before, or when `path` cannot be read.
+pub(crate) fn mount_id(path: &Path) -> Option<u64> {
+    let c =
+        std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())).ok()?;
+    statx_mount_id(libc::AT_FDCWD, &c, libc::AT_SYMLINK_NOFOLLOW)
+}
+
+fn statx_mount_id(dirfd: libc::c_int, path: &std::ffi::CStr, flags: libc::c_int) -> Option<u64> {
+    // SAFETY: a zeroed `statx` is a valid value to be filled in.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `stx` a writable `statx`.
+    let r = unsafe { libc::statx(dirfd, path.as_ptr(), flags, libc::STATX_MNT_ID, &mut stx) };
+    (r == 0 && stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
 }
 
 /// An image's layers, ready for lookups.
 pub struct View {
     layers: Vec<Layer>,
-    host_dev: Option<u64>,
 }
 
 /// What a path resolves to: the entry's metadata and the file that holds it.
 #[derive(Debug, Clone)]
 pub struct Found {
     pub meta: fs::Metadata,
-    pub real: PathBuf,
+    /// The root of another filesystem mounted on the host: shown as the empty directory the
+    /// image holds there; `meta` is the mounted root's, and nothing in it is read.
+    pub mount_point: bool,
+    real: PathBuf,
+    /// The layer it was found in.
+    layer: Layer,
 }
 
 const MAX_LINKS: usize = 40;
@@ -59,26 +126,13 @@ const MAX_LINKS: usize = 40;
 impl View {
     pub fn new(layout: &Layout, layer_ids: &[String]) -> View {
         let mut layers = Vec::new();
-        let mut host_dev = None;
         for id in layer_ids {
+            layers.push(Layer::at(layout.layer_dir(id)));
             if id == HOST_LAYER {
-                layers.push(Layer {
-                    dir: layout.layer_dir(HOST_LAYER),
-                    host: false,
-                });
-                layers.push(Layer {
-                    dir: PathBuf::from("/"),
-                    host: true,
-                });
-                host_dev = fs::metadata("/").ok().map(|m| m.dev());
-            } else {
-                layers.push(Layer {
-                    dir: layout.layer_dir(id),
-                    host: false,
-                });
+                layers.push(Layer::at(PathBuf::from("/")));
             }
         }
-        View { layers, host_dev }
+        View { layers }
     }
 
     /// The topmost entry for an already-resolved path (no symlink handling), honouring
@@ -108,12 +162,10 @@ impl View {
                 }
                 continue;
             };
-            // Another filesystem mounted on the host (/dev, /proc, ...) shows as the empty
-            // mount point it is on the root filesystem: `list` reads nothing from it.
             if is_whiteout(&meta) {
                 return None;
             }
-            return Some(Found { meta, real: full });
+            return Some(layer.found(meta, full));
         }
         None
     }
@@ -150,12 +202,10 @@ impl View {
         let root_meta = self
             .lookup_exact(Path::new(""))
             .or_else(|| {
-                fs::symlink_metadata(&self.layers.first()?.dir)
+                let first = self.layers.first()?;
+                fs::symlink_metadata(&first.dir)
                     .ok()
-                    .map(|meta| Found {
-                        meta,
-                        real: self.layers[0].dir.clone(),
-                    })
+                    .map(|meta| first.found(meta, first.dir.clone()))
             })
             .ok_or_else(|| InspectError::NotFound("/".into()))?;
         let mut found = root_meta;
@@ -170,6 +220,14 @@ impl View {
                 .lookup_exact(&next)
                 .ok_or_else(|| InspectError::NotFound(display(&next)))?;
             let last = pending.is_empty();
+            // A mount point is the end of the image: as the last component it is an empty
+            // directory, and nothing is ever looked up below it.
+            if f.mount_point && (!last || !f.meta.is_dir()) {
+                return Err(InspectError::OtherFilesystem {
+                    path: path.to_string(),
+                    mount: display(&next),
+                });
+            }
             if f.meta.file_type().is_symlink() && (!last || follow_last) {
                 links += 1;
                 if links > MAX_LINKS {
@@ -226,7 +284,8 @@ impl View {
             if is_whiteout(&meta) || !meta.is_dir() {
                 break;
             }
-            if layer.host && self.host_dev.is_some_and(|d| meta.dev() != d) {
+            if !layer.holds(&meta, &dir) {
+                // A mount point: the image's directory there is empty.
                 continue;
             }
             let rd = fs::read_dir(&dir).map_err(|e| InspectError::Io {
@@ -241,16 +300,12 @@ impl View {
                 let Ok(m) = fs::symlink_metadata(entry.path()) else {
                     continue;
                 };
-                if is_whiteout(&m) {
+                let found = layer.found(m, entry.path());
+                if is_whiteout(&found.meta) || (found.mount_point && !found.meta.is_dir()) {
+                    // A file mounted over another shows neither: the image's own is unknown.
                     seen.insert(name, None);
                 } else {
-                    seen.insert(
-                        name,
-                        Some(Found {
-                            meta: m,
-                            real: entry.path(),
-                        }),
-                    );
+                    seen.insert(name, Some(found));
                 }
             }
             if is_opaque(&dir) || self.hidden_below(layer, &rel) {
@@ -263,18 +318,200 @@ impl View {
             .collect())
     }
 
+    /// Visits everything below the directory `path`, each entry before what it holds, with
+    /// its path relative to `path`: the one tree walk readers share (`archive`, and `grep`
+    /// when it comes). Symlinks are visited, never followed; a mount point is visited as the
+    /// empty directory it is in the image, never entered.
+    pub fn walk(
+        &self,
+        path: &str,
+        visit: &mut dyn FnMut(&Path, &Found) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.walk_in(path.trim_end_matches('/'), Path::new(""), visit)
+    }
+
+    fn walk_in(
+        &self,
+        image_dir: &str,
+        rel: &Path,
+        visit: &mut dyn FnMut(&Path, &Found) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let dir = if image_dir.is_empty() { "/" } else { image_dir };
+        for (name, found) in self.list(dir).map_err(io::Error::other)? {
+            let child = rel.join(&name);
+            visit(&child, &found)?;
+            if found.meta.is_dir() && !found.mount_point {
+                self.walk_in(&format!("{image_dir}/{name}"), &child, visit)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Opens a regular file of the image for reading.
     pub fn open(&self, path: &str) -> Result<(fs::File, fs::Metadata), InspectError> {
         let (rel, found) = self.resolve(path, true)?;
         if !found.meta.is_file() {
             return Err(InspectError::NotAFile(display(&rel)));
         }
-        let file = fs::File::open(&found.real).map_err(|e| InspectError::Io {
-            path: display(&rel),
-            source: e,
+        let file = found.open().map_err(|e| match e {
+            InspectError::OtherFilesystem { mount, .. } => InspectError::OtherFilesystem {
+                path: display(&rel),
+                mount,
+            },
+            InspectError::Io { source, .. } => InspectError::Io {
+                path: display(&rel),
+                source,
+            },
+            other => other,
         })?;
         Ok((file, found.meta))
     }
+}
+
+impl Found {
+    /// Opens the regular file for reading, the only way file content is read: beneath its
+    /// layer's directory, through no symlink and no mount point, then checked to be the file
+    /// the lookup found, on the layer's filesystem, which is no pseudo filesystem.
+    pub fn open(&self) -> Result<fs::File, InspectError> {
+        use nix::fcntl::OFlag;
+        let fd = self.open_beneath(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)?;
+        Ok(fs::File::from(fd))
+    }
+
+    /// The target of a symlink, read from the link itself (opened as `open` does; openat2
+    /// refuses any flag but these with `O_PATH`).
+    pub fn link_target(&self) -> Result<PathBuf, InspectError> {
+        let fd = self.open_beneath(nix::fcntl::OFlag::O_PATH)?;
+        nix::fcntl::readlinkat(Some(fd.as_raw_fd()), "")
+            .map(PathBuf::from)
+            .map_err(|e| self.io(io::Error::from(e)))
+    }
+
+    /// The entry's path in the image (a layer mirrors the image's root), for messages: the
+    /// store's own location is never shown to a client.
+    fn image_path(&self) -> String {
+        display(
+            self.real
+                .strip_prefix(&self.layer.dir)
+                .unwrap_or(&self.real),
+        )
+    }
+
+    fn io(&self, source: io::Error) -> InspectError {
+        InspectError::Io {
+            path: self.image_path(),
+            source,
+        }
+    }
+
+    fn other_filesystem(&self) -> InspectError {
+        InspectError::OtherFilesystem {
+            path: self.image_path(),
+            mount: self.image_path(),
+        }
+    }
+
+    fn open_beneath(&self, flags: nix::fcntl::OFlag) -> Result<OwnedFd, InspectError> {
+        use nix::fcntl::OFlag;
+        if self.mount_point {
+            return Err(self.other_filesystem());
+        }
+        let root = &self.layer.dir;
+        let rel = self
+            .real
+            .strip_prefix(root)
+            .map_err(|_| self.io(io::Error::other("outside its layer")))?;
+        let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = open_beneath(root, rel, flags).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EXDEV) {
+                // A mount appeared on the way since the lookup.
+                self.other_filesystem()
+            } else {
+                self.io(e)
+            }
+        })?;
+        // The very entry the lookup found, on the layer's mount: a host path changed in
+        // between is not read.
+        let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| self.io(e.into()))?;
+        let mount = statx_mount_id(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH);
+        let same_mount = match (self.layer.mount, mount) {
+            (Some(layer), Some(file)) => layer == file,
+            _ => self.layer.dev == Some(st.st_dev as u64),
+        };
+        if !same_mount || (st.st_dev as u64, st.st_ino as u64) != (self.meta.dev(), self.meta.ino())
+        {
+            return Err(self.io(io::Error::other("it changed while being read")));
+        }
+        let fs_type = nix::sys::statfs::fstatfs(fd.as_fd())
+            .map_err(|e| self.io(e.into()))?
+            .filesystem_type()
+            .0 as u32;
+        if PSEUDO_FILESYSTEMS.contains(&fs_type) {
+            return Err(self.other_filesystem());
+        }
+        Ok(fd)
+    }
+}
+
+/// Kernel filesystems that hold no image content (statfs(2) magic numbers, linux/magic.h):
+/// never read, even if a layer directory were on one. (`/dev`'s devtmpfs reports tmpfs's
+/// magic: the mount point rule keeps it out.)
+const PSEUDO_FILESYSTEMS: &[u32] = &[
+    libc::PROC_SUPER_MAGIC as u32,
+    libc::SYSFS_MAGIC as u32,
+    libc::DEVPTS_SUPER_MAGIC as u32,
+    libc::DEBUGFS_MAGIC as u32,
+    libc::TRACEFS_MAGIC as u32,
+    libc::SECURITYFS_MAGIC as u32,
+    libc::CGROUP_SUPER_MAGIC as u32,
+    libc::CGROUP2_SUPER_MAGIC as u32,
+    libc::BPF_FS_MAGIC as u32,
+    libc::NSFS_MAGIC as u32,
+    libc::SELINUX_MAGIC as u32,
+    libc::SMACK_MAGIC as u32,
+    libc::HUGETLBFS_MAGIC as u32,
+    0x6265_6570, // configfs
+    0xde5e_81e4, // efivarfs
+    0x6165_676c, // pstore
+    0x4249_4e4d, // binfmt_misc
+    0x1980_0202, // mqueue
+    0x6573_5543, // fusectl
+];
+
+/// Opens `rel` beneath the directory `root` with `openat2(2)`: `RESOLVE_BENEATH`,
+/// `RESOLVE_NO_SYMLINKS` and `RESOLVE_NO_XDEV` make the kernel refuse any symlink, `..`
+/// escape or mount point on the way, whatever changed since the lookup. Kernels before 5.6
+/// (ENOSYS), or a seccomp policy that hides the call (EPERM), get a plain `O_NOFOLLOW`
+/// open; the caller's check of mount, device and inode then still holds.
+fn open_beneath(root: &Path, rel: &Path, flags: nix::fcntl::OFlag) -> io::Result<OwnedFd> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    use nix::sys::stat::Mode;
+    let dir = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    // SAFETY: `open` just returned this descriptor, owned by nothing else.
+    let dir = unsafe { OwnedFd::from_raw_fd(dir) };
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let how = OpenHow::new().flags(flags).resolve(
+        ResolveFlag::RESOLVE_BENEATH
+            | ResolveFlag::RESOLVE_NO_SYMLINKS
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS
+            | ResolveFlag::RESOLVE_NO_XDEV,
+    );
+    let fd = match nix::fcntl::openat2(dir.as_raw_fd(), rel, how) {
+        Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::EPERM) => {
+            nix::fcntl::openat(Some(dir.as_raw_fd()), rel, flags, Mode::empty())?
+        }
+        other => other?,
+    };
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn display(rel: &Path) -> String {
@@ -286,15 +523,23 @@ pub fn file_item(name: &str, found: &Found) -> FileItem {
     let m = &found.meta;
     let ft = m.file_type();
     let symlink_to = if ft.is_symlink() {
-        fs::read_link(&found.real)
+        found
+            .link_target()
             .ok()
             .map(|t| t.display().to_string())
             .unwrap_or_default()
     } else {
         String::new()
     };
+    // A mount point is the empty directory the image holds there: the size and link count
+    // of what is mounted (procfs counts the host's processes) are not the image's.
+    let (size, nlink) = if found.mount_point {
+        (0, 2)
+    } else {
+        (m.size(), m.nlink())
+    };
     FileItem {
-        size: m.size(),
+        size,
         path: name.to_string(),
         owner: user_name(m.uid())
             .map(serde_json::Value::from)
@@ -306,7 +551,7 @@ pub fn file_item(name: &str, found: &Found) -> FileItem {
         gid: m.gid(),
         mode: m.mode(),
         mtime: m.mtime(),
-        nlink: m.nlink(),
+        nlink,
         is_dir: ft.is_dir(),
         is_regular: ft.is_file(),
         is_symlink: ft.is_symlink(),
@@ -444,5 +689,33 @@ mod tests {
             .map(|(n, _)| n)
             .collect();
         assert_eq!(root, ["bin", "etc", "usr", "usr-note"]);
+    }
+
+    #[test]
+    fn content_is_read_only_from_the_entry_the_lookup_found() {
+        let t = tempfile::tempdir().unwrap();
+        let l = layout(t.path());
+        let top = l.layer_dir("top");
+        fs::create_dir_all(top.join("d")).unwrap();
+        fs::write(top.join("d/f"), "first").unwrap();
+        std::os::unix::fs::symlink("/proc/1", top.join("d/init")).unwrap();
+        let view = View::new(&l, &["top".into()]);
+        let listed = view.list("/d").unwrap();
+        let link = &listed.iter().find(|(n, _)| n == "init").unwrap().1;
+        assert_eq!(link.link_target().unwrap(), Path::new("/proc/1"));
+        assert_eq!(file_item("init", link).symlink_to, "/proc/1");
+        assert!(!link.mount_point);
+        // The link leads out of the image's layers: nothing there is in this image.
+        assert!(matches!(
+            view.open("/d/init/environ"),
+            Err(InspectError::NotFound(_))
+        ));
+        let (_, found) = view.resolve("/d/f", true).unwrap();
+        // Swapped for another file after the lookup: not read.
+        fs::write(top.join("d/g"), "second").unwrap();
+        fs::rename(top.join("d/g"), top.join("d/f")).unwrap();
+        assert!(matches!(found.open(), Err(InspectError::Io { .. })));
+        let (file, _) = view.open("/d/f").unwrap();
+        assert_eq!(std::io::read_to_string(file).unwrap(), "second");
     }
 }

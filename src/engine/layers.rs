@@ -123,23 +123,93 @@ const HOST_HIDDEN_FILES: &[&str] = &[
 /// Builds the mask layer that turns the host root into the `host` image: secrets are
 /// whited out, private trees (home dirs, /tmp, the contree store) are opaque and empty.
 pub fn build_host_mask(dest: &Path, data_dir: &Path) -> io::Result<()> {
-    let tmp = dest.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp)?;
+    build_mask(dest, &[data_dir.to_path_buf()])
+}
+
+/// Makes sure the mask at `dest` exists and hides every path of `private` (contree's data
+/// and config dirs, the tokens file of `serve`): built when missing, else extended in place
+/// with what it does not hide yet (a mask an older version built, a path named since).
+/// When nothing is missing this costs a `realpath` and a `stat` or two per path.
+///
+/// An existing mask may be a lower layer of running sandboxes: adding a whiteout under
+/// them is a change to a lower layer as the host root's own changes are (the `host` image
+/// reads `/` live); sandboxes started afterwards see it for sure.
+pub fn ensure_host_mask(dest: &Path, private: &[PathBuf]) -> io::Result<()> {
+    match fs::metadata(dest) {
+        Ok(mask) => {
+            // A top-level directory made since the mask was (`/`'s mtime is newer) is masked
+            // as the build would have: it is not a system one.
+            if fs::metadata("/").is_ok_and(|root| root.mtime() >= mask.mtime()) {
+                mask_top_level(dest)?;
+                touch(dest)?;
+            }
+        }
+        Err(_) => build_mask(dest, private)?,
+    }
+    for path in private {
+        for p in with_real_path(path) {
+            hide(dest, &p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Masks every top-level entry of the host that is not a system directory (`HOST_VISIBLE`)
+/// and not masked yet: an empty opaque directory, or a whiteout for anything else.
+fn mask_top_level(mask: &Path) -> io::Result<()> {
     for entry in fs::read_dir("/")? {
         let entry = entry?;
         let name = entry.file_name();
         let name_s = name.to_string_lossy();
-        if HOST_VISIBLE.contains(&name_s.as_ref()) || HOST_EMPTY.contains(&name_s.as_ref()) {
+        if HOST_VISIBLE.contains(&name_s.as_ref())
+            || HOST_EMPTY.contains(&name_s.as_ref())
+            || fs::symlink_metadata(mask.join(&name)).is_ok()
+        {
             continue;
         }
-        let meta = fs::symlink_metadata(entry.path())?;
-        if meta.is_dir() {
-            empty_dir(&tmp, Path::new(&name), true)?;
+        let made = if fs::symlink_metadata(entry.path())?.is_dir() {
+            empty_dir(mask, Path::new(&name), true)
         } else {
-            make_whiteout(&tmp.join(&name))?;
+            make_whiteout(&mask.join(&name))
+        };
+        match made {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            other => other?,
         }
     }
+    Ok(())
+}
+
+/// Sets `path`'s mtime to now.
+fn touch(path: &Path) -> io::Result<()> {
+    let now = nix::sys::time::TimeSpec::UTIME_NOW;
+    nix::sys::stat::utimensat(
+        None,
+        path,
+        &now,
+        &now,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(io::Error::from)
+}
+
+/// `path`, and the path it really is when a symlink leads there (that one shows in the
+/// image too).
+fn with_real_path(path: &Path) -> Vec<PathBuf> {
+    let mut out = vec![path.to_path_buf()];
+    if let Ok(real) = fs::canonicalize(path) {
+        if real != path {
+            out.push(real);
+        }
+    }
+    out
+}
+
+fn build_mask(dest: &Path, private: &[PathBuf]) -> io::Result<()> {
+    let tmp = dest.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    mask_top_level(&tmp)?;
     for name in HOST_EMPTY {
         empty_dir(&tmp, Path::new(name), true)?;
     }
@@ -163,23 +233,11 @@ pub fn build_host_mask(dest: &Path, data_dir: &Path) -> io::Result<()> {
             make_whiteout(&tmp.join(&rel))?;
         }
     }
-    // The store itself must never show, wherever the data dir lives: an empty directory
-    // in its place, unless something above it is already masked (then it must not
-    // appear at all, or an "empty" /var/tmp would show it).
-    if let Ok(rel) = data_dir.strip_prefix("/") {
-        let masked_above = rel.ancestors().skip(1).any(|a| {
-            !a.as_os_str().is_empty()
-                && fs::symlink_metadata(tmp.join(a))
-                    .map(|m| is_whiteout(&m) || (m.is_dir() && is_opaque(&tmp.join(a))))
-                    .unwrap_or(false)
-        });
-        let top = rel
-            .components()
-            .next()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned());
-        let visible_top = top.is_some_and(|t| HOST_VISIBLE.contains(&t.as_str()));
-        if !rel.as_os_str().is_empty() && !masked_above && visible_top && !tmp.join(rel).exists() {
-            empty_dir(&tmp, rel, true)?;
+    // The store itself must never show, wherever the data dir lives, nor anything else
+    // contree keeps private.
+    for path in private {
+        for p in with_real_path(path) {
+            hide(&tmp, &p)?;
         }
     }
     // Several first runs may build the mask at once: the first rename wins, and the others'
@@ -189,6 +247,65 @@ pub fn build_host_mask(dest: &Path, data_dir: &Path) -> io::Result<()> {
             let _ = fs::remove_dir_all(&tmp);
             Ok(())
         }
+        other => other,
+    }
+}
+
+/// Hides the host's `path` in the mask `mask`: an empty opaque directory in place of a
+/// directory, a whiteout for anything else. Nothing is added when something above it is
+/// hidden already (then it must not appear at all, or an "empty" /var/tmp would show it),
+/// when it does not exist, when it is on another mount than `/` (the image never shows
+/// those), or when a symlink on its way leads elsewhere in the image (the caller hides the
+/// real path too). Safe to run concurrently: what exists is kept.
+fn hide(mask: &Path, path: &Path) -> io::Result<()> {
+    let Ok(rel) = path.strip_prefix("/") else {
+        return Ok(());
+    };
+    if rel.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let mut prefix = PathBuf::new();
+    for comp in rel.components() {
+        prefix.push(comp);
+        let at = mask.join(&prefix);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() && !is_opaque(&at) => continue,
+            // A whiteout, an opaque dir or a file above it (or in its place): hidden.
+            Ok(_) => return Ok(()),
+            Err(_) => break,
+        }
+    }
+    let host = Path::new("/").join(rel);
+    let Ok(meta) = fs::symlink_metadata(&host) else {
+        return Ok(());
+    };
+    // On the root filesystem's mount, as `inspect` decides (the device where the kernel has
+    // no mount ids).
+    let on_root = match (
+        super::inspect::mount_id(Path::new("/")),
+        super::inspect::mount_id(&host),
+    ) {
+        (Some(root), Some(here)) => root == here,
+        _ => fs::metadata("/").is_ok_and(|root| root.dev() == meta.dev()),
+    };
+    if !on_root {
+        return Ok(());
+    }
+    let through_links = rel.ancestors().skip(1).any(|a| {
+        !a.as_os_str().is_empty()
+            && !fs::symlink_metadata(Path::new("/").join(a)).is_ok_and(|m| m.is_dir())
+    });
+    if through_links {
+        return Ok(());
+    }
+    ensure_parents(mask, rel)?;
+    let made = if meta.is_dir() {
+        empty_dir(mask, rel, true)
+    } else {
+        make_whiteout(&mask.join(rel))
+    };
+    match made {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         other => other,
     }
 }
@@ -215,7 +332,11 @@ fn ensure_parents(root: &Path, rel: &Path) -> io::Result<()> {
         cur.push(comp);
         let path = root.join(&cur);
         if !path.exists() {
-            fs::create_dir(&path)?;
+            match fs::create_dir(&path) {
+                // Another process made it a moment ago (see `ensure_host_mask`).
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                other => other?,
+            }
             copy_dir_meta(&Path::new("/").join(&cur), &path, 0o755)?;
         }
     }
@@ -324,6 +445,77 @@ fn copy_entry(src: &Path, dst: &Path, meta: &fs::Metadata) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_mask_hides_private_paths_once_even_when_built_earlier() {
+        let t = tempfile::tempdir().unwrap();
+        let mask = t.path().join("host-mask");
+        // Built by an older version, which knew only the data dir (here under /tmp).
+        build_host_mask(&mask, t.path()).unwrap();
+        assert!(is_opaque(&mask.join("tmp")) && is_opaque(&mask.join("root")));
+        assert!(!mask.join("etc/hostname").exists());
+        let private = [
+            PathBuf::from("/etc/hostname"),
+            PathBuf::from("/usr/share"),
+            PathBuf::from("/tmp/anything"),
+            PathBuf::from("/proc/self/environ"),
+            PathBuf::from("/etc/no-such-file"),
+        ];
+        ensure_host_mask(&mask, &private).unwrap();
+        ensure_host_mask(&mask, &private).unwrap();
+        assert!(is_whiteout(
+            &fs::symlink_metadata(mask.join("etc/hostname")).unwrap()
+        ));
+        assert!(is_opaque(&mask.join("usr/share")));
+        assert_eq!(fs::read_dir(mask.join("usr/share")).unwrap().count(), 0);
+        // Hidden already, on another filesystem, or missing: nothing added.
+        assert_eq!(fs::read_dir(mask.join("tmp")).unwrap().count(), 0);
+        assert!(!mask.join("proc").exists());
+        assert!(!mask.join("etc/no-such-file").exists());
+        // A parent made for a hidden path keeps the host's metadata.
+        let usr = fs::metadata("/usr").unwrap();
+        let made = fs::metadata(mask.join("usr")).unwrap();
+        assert_eq!((made.mode(), made.uid()), (usr.mode(), usr.uid()));
+        assert!(!is_opaque(&mask.join("usr")));
+    }
+
+    #[test]
+    fn a_top_level_entry_unknown_to_the_mask_is_masked_when_the_root_changed() {
+        let t = tempfile::tempdir().unwrap();
+        let mask = t.path().join("host-mask");
+        build_host_mask(&mask, t.path()).unwrap();
+        // As if the mask predated every non-system top-level directory, and `/` changed.
+        let extra: Vec<PathBuf> = fs::read_dir(&mask)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                !HOST_EMPTY.contains(&name.as_str()) && !HOST_VISIBLE.contains(&name.as_str())
+            })
+            .collect();
+        for p in &extra {
+            remove_any(p).unwrap();
+        }
+        let old = nix::sys::time::TimeSpec::new(0, 0);
+        nix::sys::stat::utimensat(
+            None,
+            &mask,
+            &old,
+            &old,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+        ensure_host_mask(&mask, &[]).unwrap();
+        for p in &extra {
+            assert!(
+                fs::symlink_metadata(p).is_ok(),
+                "{} masked again",
+                p.display()
+            );
+        }
+        assert!(fs::metadata(&mask).unwrap().mtime() > 0);
+    }
 
     #[test]
     fn flatten_applies_whiteouts_and_opaque_dirs_in_order() {

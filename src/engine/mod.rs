@@ -46,6 +46,9 @@ impl From<StoreError> for BackendError {
 pub struct LocalEngine {
     store: Store,
     data_dir: PathBuf,
+    /// Host paths the `host` image must never show: the data and config dirs, and what
+    /// `hide_from_host` adds (`serve`'s tokens file and home).
+    private: Vec<PathBuf>,
     /// Supervisors we started (operation → pid), so we can reap them instead of leaving
     /// zombies, and signal them without asking the database.
     children: RefCell<Vec<(String, Pid)>>,
@@ -204,6 +207,7 @@ impl LocalEngine {
         Ok(LocalEngine {
             store,
             data_dir: paths.data.clone(),
+            private: vec![paths.data.clone(), paths.config.clone()],
             children: RefCell::new(Vec::new()),
             exited: RefCell::new(HashMap::new()),
             notify: RefCell::new(HashMap::new()),
@@ -327,15 +331,28 @@ impl LocalEngine {
             .store
             .image(image)?
             .ok_or_else(|| BackendError::NotFound(format!("image {image} not found")))?;
-        if row.layers.iter().any(|l| l == store::HOST_LAYER) {
-            let mask = self.store.layer_dir(store::HOST_LAYER);
-            if !mask.exists() {
-                layers::build_host_mask(&mask, &self.data_dir).map_err(|e| {
-                    BackendError::Unavailable(format!("cannot build the host image mask: {e}"))
-                })?;
-            }
-        }
+        self.ensure_host_mask(&row)?;
         Ok(inspect::View::new(self.store.layout(), &row.layers))
+    }
+
+    /// Adds host paths that the `host` image must never show (in runs and inspection), and
+    /// hides them in its mask now.
+    pub fn hide_from_host(
+        &mut self,
+        paths: impl IntoIterator<Item = PathBuf>,
+    ) -> Result<(), BackendError> {
+        self.private.extend(paths);
+        layers::ensure_host_mask(&self.store.layer_dir(store::HOST_LAYER), &self.private)
+            .map_err(mask_err)
+    }
+
+    /// For an image on the `host` base: its mask exists and hides `private`.
+    fn ensure_host_mask(&self, image: &store::ImageRow) -> Result<(), BackendError> {
+        if !image.layers.iter().any(|l| l == store::HOST_LAYER) {
+            return Ok(());
+        }
+        layers::ensure_host_mask(&self.store.layer_dir(store::HOST_LAYER), &self.private)
+            .map_err(mask_err)
     }
 
     /// Whether an unfinished operation still has an owner: the process that holds its event
@@ -713,6 +730,9 @@ impl LocalEngine {
         // However this ends, the run is in flight or gone by then.
         let _in_flight = scopeguard(|| drop(self.starting.borrow_mut().take()));
         let (image, blobs, attached) = self.store.reading(|| self.validate(req))?;
+        // Before the supervisor mounts it: it builds a missing mask, but knows only the
+        // data dir.
+        self.ensure_host_mask(&image)?;
         crate::log::trace("validated");
         // A caller that follows the run waits for its sandbox anyway: a big attachment layer
         // is built here, where a progress bar reaches the user's terminal, and the
@@ -1191,6 +1211,10 @@ type Validated = (
     std::collections::BTreeMap<String, String>,
     u64,
 );
+
+fn mask_err(e: std::io::Error) -> BackendError {
+    BackendError::Unavailable(format!("cannot build the host image mask: {e}"))
+}
 
 fn inspect_err(e: inspect::InspectError) -> BackendError {
     match e {

@@ -41,6 +41,33 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// The store's own directories, 0700 like the store (see `docs/store.md`).
+const DIRS: &[&str] = &[
+    "layers",
+    "blobs",
+    "blobs/sha256",
+    "blobs/variants",
+    "ops",
+    "tmp",
+    "spare",
+    "mnt",
+    "base",
+];
+
+/// A store found looser than 0700 (an older version made it): its own directories are
+/// tightened too, once; layer directories never are, as a layer's root is the image's `/`.
+fn tighten(root: &Path) -> Result<()> {
+    for sub in DIRS {
+        let dir = root.join(sub);
+        match crate::paths::private_dir(&dir) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+    }
+    Ok(())
+}
+
 /// Whether an I/O error means the store's filesystem is out of space (or quota).
 pub fn disk_full(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
@@ -200,7 +227,10 @@ impl Store {
     /// Opens the store at `root`, creating its directories, schema and the `host` image.
     pub fn open(root: &Path) -> Result<Store> {
         let db = root.join("contree.db");
-        std::fs::create_dir_all(root).map_err(io_err(root))?;
+        // Private to its user, so no one else reaches a setuid file a run left in a layer.
+        if crate::paths::private_dir(root).map_err(io_err(root))? {
+            tighten(root)?;
+        }
         let conn = crate::db::open(&db)?;
         crate::log::trace("db open");
         let store = Store {
@@ -217,7 +247,7 @@ impl Store {
         if version < SCHEMA_VERSION {
             for sub in ["layers", "blobs/sha256", "ops", "tmp", "base"] {
                 let dir = root.join(sub);
-                std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+                crate::paths::create_private(&dir).map_err(io_err(&dir))?;
             }
             store.conn()?.execute_batch(SCHEMA)?;
             store.ensure_host_image()?;

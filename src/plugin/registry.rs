@@ -394,6 +394,7 @@ mod tests {
         Paths {
             data: root.join("data"),
             config: root.join("config"),
+            owns_data: true,
         }
     }
 

@@ -1,7 +1,8 @@
 //! `GET/HEAD /v1/inspect/{image}/archive?path=P`: a file or a directory of an image as a
 //! tar stream. A directory becomes the archive root (entries relative to it); a regular
 //! file becomes a one-entry archive. Symlinks are stored as links, never followed;
-//! devices, sockets and fifos are left out.
+//! devices, sockets and fifos are left out. A mount point of another filesystem is stored
+//! as the empty directory it is in the image, never entered (see `engine::inspect`).
 
 use crate::engine::inspect::{Found, InspectError, View};
 use std::io::Write;
@@ -26,7 +27,7 @@ pub fn write(view: &View, path: &str, out: impl Write) -> std::io::Result<()> {
     tar.follow_symlinks(false);
     let (_, found) = view.resolve(path, true).map_err(std::io::Error::other)?;
     if found.meta.is_dir() {
-        add_dir(view, &mut tar, path.trim_end_matches('/'), Path::new(""))?;
+        view.walk(path, &mut |rel, found| add_entry(&mut tar, rel, found))?;
     } else {
         let name = Path::new(path)
             .file_name()
@@ -35,25 +36,6 @@ pub fn write(view: &View, path: &str, out: impl Write) -> std::io::Result<()> {
         add_entry(&mut tar, Path::new(&name), &found)?;
     }
     tar.into_inner()?.flush()
-}
-
-fn add_dir<W: Write>(
-    view: &View,
-    tar: &mut tar::Builder<W>,
-    image_dir: &str,
-    rel: &Path,
-) -> std::io::Result<()> {
-    let entries = view
-        .list(if image_dir.is_empty() { "/" } else { image_dir })
-        .map_err(std::io::Error::other)?;
-    for (name, found) in entries {
-        let child_rel = rel.join(&name);
-        add_entry(tar, &child_rel, &found)?;
-        if found.meta.is_dir() {
-            add_dir(view, tar, &format!("{image_dir}/{name}"), &child_rel)?;
-        }
-    }
-    Ok(())
 }
 
 fn add_entry<W: Write>(
@@ -75,12 +57,12 @@ fn add_entry<W: Write>(
     } else if ft.is_file() {
         header.set_entry_type(tar::EntryType::Regular);
         header.set_size(m.len());
-        let file = std::fs::File::open(&found.real)?;
+        let file = found.open().map_err(std::io::Error::other)?;
         tar.append_data(&mut header, rel, file)
     } else if ft.is_symlink() {
         header.set_entry_type(tar::EntryType::Symlink);
         header.set_size(0);
-        let target = std::fs::read_link(&found.real)?;
+        let target = found.link_target().map_err(std::io::Error::other)?;
         tar.append_link(&mut header, rel, target)
     } else {
         Ok(())

@@ -144,7 +144,7 @@ pub fn default_tokens_file(data: &Path) -> Result<PathBuf, ServeError> {
     if path.exists() {
         return Ok(path);
     }
-    std::fs::create_dir_all(data)?;
+    crate::paths::create_private(data)?;
     let token = format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),

@@ -105,6 +105,12 @@ pub(crate) type Shared = Arc<State>;
 /// (clients resume with `Last-Event-Id` after a restart), and running operations go on to
 /// completion, recorded in the store, so a restarted server sees every one of them.
 pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    opts.paths.make_private().map_err(|e| {
+        ServeError::Config(format!(
+            "cannot make the data dir {} private: {e}",
+            opts.paths.data.display()
+        ))
+    })?;
     // `--tokens FILE`, else `[[serve.tokens]]` in config.toml, else the data dir's file.
     let config = opts.paths.config.join("config.toml");
     let from_config = match &opts.tokens {
@@ -112,6 +118,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         None => auth::config_tokens(&config)
             .map_err(|e| ServeError::Config(format!("{}: {e}", config.display())))?,
     };
+    let mut secrets = Vec::new();
     let tokens = match from_config {
         Some(tokens) => tokens,
         None => {
@@ -121,11 +128,24 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             };
             let text = std::fs::read_to_string(&tokens_path)
                 .map_err(|e| ServeError::Config(format!("{}: {e}", tokens_path.display())))?;
+            secrets.push(std::path::absolute(&tokens_path).unwrap_or(tokens_path.clone()));
             parse_tokens(&text)
                 .map_err(|e| ServeError::Config(format!("{}: {e}", tokens_path.display())))?
         }
     };
-    let engine = LocalEngine::open(&opts.paths).map_err(|e| ServeError::Engine(e.to_string()))?;
+    let mut engine =
+        LocalEngine::open(&opts.paths).map_err(|e| ServeError::Engine(e.to_string()))?;
+    // Tenants run on the `host` image and read it through `/inspect`: the tokens file and
+    // the server's home (with the config and data dirs, which the engine hides anyway) must
+    // not be in it. A service account's home is often outside /home (/var/lib/NAME).
+    if let Some(home) = std::env::var_os("HOME").map(PathBuf::from) {
+        if home.is_absolute() && home.parent().is_some() {
+            secrets.push(home);
+        }
+    }
+    engine
+        .hide_from_host(secrets)
+        .map_err(|e| ServeError::Engine(e.to_string()))?;
     let owners = owners::Owners::open(&opts.paths.data.join("serve.db"))
         .map_err(|e| ServeError::Engine(format!("serve.db: {e}")))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

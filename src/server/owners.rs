@@ -20,6 +20,16 @@ pub const FILE: &str = "file";
 impl Owners {
     pub fn open(path: &Path) -> rusqlite::Result<Owners> {
         let conn = Connection::open(path)?;
+        // Private like the store (an existing data dir keeps its mode): SQLite gives the WAL
+        // and shared-memory files the database file's mode when it makes them.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            let _ = std::fs::set_permissions(
+                &file,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            );
+        }
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;

@@ -114,7 +114,7 @@ impl SessionStore {
     /// brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, SessionError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| SessionError::CreateDir {
+            crate::paths::create_private(dir).map_err(|source| SessionError::CreateDir {
                 path: dir.to_path_buf(),
                 source,
             })?;

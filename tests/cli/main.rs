@@ -11,6 +11,7 @@ mod doctor;
 mod durability;
 mod errors;
 mod escape_userns;
+mod escape_serve;
 mod exit_codes;
 mod faults;
 mod gc;

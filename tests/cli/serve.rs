@@ -17,7 +17,7 @@ pub(crate) const TOKEN_B: &str = "token-bob-9876543210";
 
 /// A `contree serve` on 127.0.0.1 with its own data dir and two tokens (alice, bob).
 pub(crate) struct Server {
-    env: Env,
+    pub(crate) env: Env,
     child: Child,
     port: u16,
 }
@@ -28,7 +28,7 @@ impl Server {
     }
 
     /// `start` with extra `contree serve` flags.
-    fn start_with(extra: &[&str]) -> Server {
+    pub(crate) fn start_with(extra: &[&str]) -> Server {
         let env = Env::new();
         let tokens = env.write(
             "tokens",
@@ -41,10 +41,18 @@ impl Server {
     }
 
     /// `contree serve` in `env` with exactly these extra flags.
-    fn start_in(env: Env, extra: &[&str]) -> Server {
+    pub(crate) fn start_in(env: Env, extra: &[&str]) -> Server {
+        Server::start_in_with(env, extra, &[])
+    }
+
+    /// `start_in`, with these variables added to the server's environment.
+    pub(crate) fn start_in_with(env: Env, extra: &[&str], vars: &[(&str, &str)]) -> Server {
         let mut cmd = env.cmd(["serve", "--listen", "127.0.0.1:0", "--max-body", "1048576"]);
         for a in extra {
             cmd = cmd.arg(a);
+        }
+        for (k, v) in vars {
+            cmd = cmd.env(k, v);
         }
         let mut running = cmd.spawn();
         let stderr = running.child.stderr.take().expect("serve stderr");
@@ -78,11 +86,22 @@ impl Server {
         }
     }
 
-    fn url(&self) -> String {
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn request(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Reply {
+    pub(crate) fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> Reply {
         self.request_with(method, path, token, &[], body)
     }
 
@@ -122,7 +141,7 @@ impl Server {
         self.request("POST", path, Some(token), body.to_string().as_bytes())
     }
 
-    fn host_image(&self, token: &str) -> String {
+    pub(crate) fn host_image(&self, token: &str) -> String {
         let reply = self.get("/v1/inspect/?tag=host", token);
         assert_eq!(reply.status, 302, "{}", reply.text());
         let location = reply.header("location").expect("Location");
@@ -135,7 +154,7 @@ impl Server {
     }
 
     /// Spawns a shell command as `token` and returns the operation id.
-    fn spawn(&self, token: &str, command: &str) -> String {
+    pub(crate) fn spawn(&self, token: &str, command: &str) -> String {
         let image = self.host_image(token);
         let reply = self.post_json(
             "/v1/instances",
@@ -205,7 +224,7 @@ fn connect(port: u16) -> TcpStream {
 pub(crate) struct Reply {
     pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Reply {
@@ -295,7 +314,7 @@ fn parse_sse(text: &str) -> Vec<Value> {
     events
 }
 
-fn stdout_of(events: &[Value]) -> String {
+pub(crate) fn stdout_of(events: &[Value]) -> String {
     events
         .iter()
         .filter(|e| e["type"] == "stdout")
@@ -627,13 +646,13 @@ fn official_python() -> Option<PathBuf> {
 }
 
 /// The official client with its own config dir, authenticated to `server` as alice.
-struct Official {
+pub(crate) struct Official {
     python: PathBuf,
     env: Env,
 }
 
 impl Official {
-    fn new(server: &Server) -> Option<Official> {
+    pub(crate) fn new(server: &Server) -> Option<Official> {
         let Some(python) = official_python() else {
             skip(
                 "the official client's venv is missing (bash .ci/run creates target/official-cli)",
@@ -673,7 +692,7 @@ impl Official {
         cmd
     }
 
-    fn run<const N: usize>(&self, args: [&str; N]) -> Output {
+    pub(crate) fn run<const N: usize>(&self, args: [&str; N]) -> Output {
         self.cmd(args).output()
     }
 
