@@ -10,6 +10,7 @@ pub mod gc;
 pub mod import;
 pub mod inspect;
 pub mod layers;
+pub mod network;
 pub mod oci;
 pub mod overlay;
 pub mod recorder;
@@ -1068,6 +1069,10 @@ impl LocalEngine {
         }
         if req.shell && req.command.is_empty() {
             return Err(BackendError::Invalid("shell command is empty".into()));
+        }
+        // Never a silent fallback to the host's network: no stack, no networked run.
+        if req.network_enabled() {
+            network::find().map_err(|e| BackendError::Unavailable(e.to_string()))?;
         }
         for (path, file) in req.files.iter().flatten() {
             if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
