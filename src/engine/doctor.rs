@@ -30,6 +30,7 @@ pub fn check(engine: &LocalEngine, repair: bool) -> Result<Vec<Finding>, Backend
     out.push(blobs(engine, repair)?);
     out.push(scratch(engine, repair));
     out.push(mounts(engine));
+    out.push(super::network::doctor());
     Ok(out)
 }
 
