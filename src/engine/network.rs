@@ -101,12 +101,27 @@ pub fn find() -> Result<Helper, NetworkError> {
             if is_executable(&candidate) {
                 return Ok(Helper {
                     stack,
-                    path: candidate,
+                    path: avx2_build(&candidate).unwrap_or(candidate),
                 });
             }
         }
     }
     Err(NetworkError::NoHelper)
+}
+
+/// passt's packages ship an AVX2 build next to each binary (`pasta.avx2`), which the plain
+/// one executes first thing on a CPU that has AVX2: starting it directly saves an exec
+/// (about a millisecond) on every run.
+fn avx2_build(pasta: &Path) -> Option<PathBuf> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        let mut name = pasta.as_os_str().to_os_string();
+        name.push(".avx2");
+        let avx2 = PathBuf::from(name);
+        return is_executable(&avx2).then_some(avx2);
+    }
+    let _ = pasta;
+    None
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -320,12 +335,41 @@ fn resolv_conf(host: &str, nameserver: &str) -> String {
 pub struct Network {
     helper: Helper,
     keeper: Option<Pid>,
-    /// The keeper's one-line report: `ok`, or how the helper failed.
-    report: OwnedFd,
+    /// The keeper's one-line report: `ok`, or how the helper failed. Taken by `watcher`
+    /// when the command starts before it comes.
+    report: Option<OwnedFd>,
     /// The helper's stderr, read when it fails.
     errors: OwnedFd,
     /// Written to once the interface is configured: the init then starts the command.
     go: Option<OwnedFd>,
+    /// The default routes pasta will add (it adds them last): once they are there, the
+    /// namespace is configured, while pasta may still be preparing its buffers.
+    expect: Routes,
+    /// Waits for a report that comes after the command started; kills the sandbox if the
+    /// helper failed after all, and returns how.
+    watcher: Option<std::thread::JoinHandle<Option<String>>>,
+}
+
+/// Default routes, by family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Routes {
+    v4: bool,
+    v6: bool,
+}
+
+impl Routes {
+    fn covers(self, want: Routes) -> bool {
+        (self.v4 || !want.v4) && (self.v6 || !want.v6)
+    }
+}
+
+/// Which default routes pasta copies into the sandbox: those of the host (ours), by family.
+fn host_default_routes() -> Routes {
+    let v4 =
+        std::fs::read_to_string("/proc/self/net/route").is_ok_and(|t| ipv4_gateway(&t).is_some());
+    let v6 = std::fs::read_to_string("/proc/self/net/ipv6_route")
+        .is_ok_and(|t| ipv6_gateway(&t).is_some());
+    Routes { v4, v6 }
 }
 
 impl Plan {
@@ -386,14 +430,118 @@ impl Plan {
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         )
         .map_err(|e| failed(io::Error::from(e)))?;
+        let expect = match helper.stack {
+            Stack::Pasta => host_default_routes(),
+            // slirp4netns says when it is ready (`--ready-fd`).
+            Stack::Slirp4netns => Routes::default(),
+        };
         Ok(Network {
             helper,
             keeper: Some(pid),
-            report: report_r,
+            report: Some(report_r),
             errors: errors_r,
             go: Some(self.go),
+            expect,
+            watcher: None,
         })
     }
+}
+
+/// A netlink socket in the sandbox's network namespace, subscribed to route changes
+/// (made on a thread that joins the namespace: a socket stays in the one it was made in).
+fn route_socket(init: Pid) -> io::Result<OwnedFd> {
+    let ns = std::fs::File::open(format!("/proc/{init}/ns/net"))?;
+    std::thread::spawn(move || -> io::Result<OwnedFd> {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        // SAFETY: socket(2) with constant arguments; the fd is owned right below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd, owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_nl is plain data; zeroed is valid.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        addr.nl_groups = (libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_IPV6_ROUTE) as u32;
+        // SAFETY: bind(2) with a valid sockaddr_nl and its size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(fd)
+    })
+    .join()
+    .unwrap_or_else(|_| Err(io::Error::other("route watch thread panicked")))
+}
+
+/// Asks for every route (RTM_GETROUTE dump): routes added before the subscription come
+/// in the dump, later ones as notifications.
+fn request_routes(sock: &OwnedFd) -> io::Result<()> {
+    // struct nlmsghdr (16 bytes) + struct rtmsg (12 bytes, all zero: any family).
+    let mut req = [0u8; 28];
+    req[0..4].copy_from_slice(&28u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&libc::RTM_GETROUTE.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    req[6..8].copy_from_slice(&flags.to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    // SAFETY: send(2) of a buffer we own to the kernel (the socket's default peer).
+    let n = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    if n != req.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads what the route socket has and adds the default routes it names to `seen`.
+fn read_routes(sock: &OwnedFd, mut seen: Routes) -> Routes {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        // SAFETY: recv(2) into a buffer we own, of its size.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n <= 0 {
+            return seen;
+        }
+        seen = default_routes(&buf[..n as usize], seen);
+    }
+}
+
+/// Adds the default unicast routes among the netlink messages in `msgs` to `seen`.
+fn default_routes(msgs: &[u8], mut seen: Routes) -> Routes {
+    let mut at = 0;
+    while at + 16 <= msgs.len() {
+        let len = u32::from_ne_bytes(msgs[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let kind = u16::from_ne_bytes(msgs[at + 4..at + 6].try_into().expect("2 bytes"));
+        if len < 16 || at + len > msgs.len() {
+            break;
+        }
+        // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type.
+        if kind == libc::RTM_NEWROUTE && len >= 28 {
+            let rtm = &msgs[at + 16..at + 28];
+            if rtm[1] == 0 && rtm[7] == libc::RTN_UNICAST {
+                match rtm[0] as i32 {
+                    libc::AF_INET => seen.v4 = true,
+                    libc::AF_INET6 => seen.v6 = true,
+                    _ => {}
+                }
+            }
+        }
+        // Messages are aligned to 4 bytes (NLMSG_ALIGN).
+        at += (len + 3) & !3;
+    }
+    seen
 }
 
 /// Whether process `pid` is in the same `kind` namespace (`user`, `net`) as we are.
@@ -468,12 +616,25 @@ fn helper_argv(stack: Stack, userns: bool) -> Vec<CString> {
 }
 
 impl Network {
-    /// Waits until the helper has configured the sandbox's interface, lets the init start
-    /// the command, and returns the `network` event's data (the API's EventDataNetwork).
+    /// Waits until the helper has configured the sandbox's interface (its addresses and
+    /// routes are in place), lets the init start the command, and returns the `network`
+    /// event's data (the API's EventDataNetwork).
+    ///
+    /// pasta configures the namespace first and then spends most of its start-up (tens of
+    /// milliseconds) preparing its buffers: the command starts once pasta's routes are
+    /// there, and what it sends meanwhile waits in the tap device's queue until pasta
+    /// reads it. If pasta fails after all, the sandbox is killed (see `late_failure`).
     pub fn ready(&mut self, init: Pid) -> Result<Value, NetworkError> {
-        let report = self.read_report()?;
-        if report != "ok" {
-            return Err(self.failure(&report));
+        let routes = if self.expect == Routes::default() {
+            None
+        } else {
+            // Without the watch, the keeper's report alone says when.
+            route_socket(init).ok()
+        };
+        match self.wait(routes.as_ref())? {
+            Some(report) if report != "ok" => return Err(self.failure(&report)),
+            Some(_) => {}
+            None => self.watch_report(init),
         }
         if let Some(go) = self.go.take() {
             // SAFETY: writing one byte to a pipe we own; the init reads it.
@@ -482,39 +643,111 @@ impl Network {
         Ok(event(init, self.helper.stack))
     }
 
-    /// The keeper's report, waiting up to `READY_LIMIT`.
-    fn read_report(&self) -> Result<String, NetworkError> {
+    /// Waits up to `READY_LIMIT` for the keeper's report (returned) or, with `routes`, for
+    /// the expected default routes to appear in the sandbox (`None`).
+    fn wait(&self, routes: Option<&OwnedFd>) -> Result<Option<String>, NetworkError> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
+        let report = self.report.as_ref().expect("the report is read once");
         let deadline = Instant::now() + READY_LIMIT;
         let mut line = Vec::new();
+        let mut seen = Routes::default();
+        if let Some(sock) = routes {
+            if request_routes(sock).is_err() {
+                return self.wait(None);
+            }
+        }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Ok(format!("was not ready after {}s", READY_LIMIT.as_secs()));
+                return Ok(Some(format!(
+                    "was not ready after {}s",
+                    READY_LIMIT.as_secs()
+                )));
             }
-            let mut fds = [PollFd::new(self.report.as_fd(), PollFlags::POLLIN)];
+            let mut fds = vec![PollFd::new(report.as_fd(), PollFlags::POLLIN)];
+            if let Some(sock) = routes {
+                fds.push(PollFd::new(sock.as_fd(), PollFlags::POLLIN));
+            }
             let wait = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
                 .unwrap_or(PollTimeout::MAX);
             match poll(&mut fds, wait) {
-                Ok(0) => continue,
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
                 Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Ok(format!("could not be watched: {e}")),
+                Err(e) => return Ok(Some(format!("could not be watched: {e}"))),
             }
-            let mut buf = [0u8; 64];
-            match nix::unistd::read(self.report.as_raw_fd(), &mut buf) {
-                Ok(0) => return Ok("ended before it was ready".into()),
-                Ok(n) => {
-                    line.extend_from_slice(&buf[..n]);
-                    if let Some(end) = line.iter().position(|&b| b == b'\n') {
-                        return Ok(String::from_utf8_lossy(&line[..end]).into_owned());
+            let routes_ready = fds
+                .get(1)
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty());
+            let report_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+            drop(fds);
+            if report_ready {
+                let mut buf = [0u8; 64];
+                match nix::unistd::read(report.as_raw_fd(), &mut buf) {
+                    Ok(0) => return Ok(Some("ended before it was ready".into())),
+                    Ok(n) => {
+                        line.extend_from_slice(&buf[..n]);
+                        if let Some(end) = line.iter().position(|&b| b == b'\n') {
+                            return Ok(Some(String::from_utf8_lossy(&line[..end]).into_owned()));
+                        }
                     }
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Ok(Some(format!("could not be watched: {e}"))),
                 }
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Ok(format!("could not be watched: {e}")),
+            }
+            if let (true, Some(sock)) = (routes_ready, routes) {
+                seen = read_routes(sock, seen);
+                if seen.covers(self.expect) {
+                    return Ok(None);
+                }
             }
         }
+    }
+
+    /// The keeper's report is still to come and the command starts now: a thread waits
+    /// for it, and kills the sandbox if the helper failed after all.
+    fn watch_report(&mut self, init: Pid) {
+        let Some(report) = self.report.take() else {
+            return;
+        };
+        // A pidfd, so a sandbox already reaped (and its pid reused) is never signalled.
+        // SAFETY: pidfd_open(2) on our own child; returns a new fd or -1.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, init.as_raw(), 0) };
+        // SAFETY: a fresh fd from the kernel, owned by nobody else.
+        let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) });
+        self.watcher = Some(std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = nix::unistd::read(report.as_raw_fd(), &mut buf) {
+                text.extend_from_slice(&buf[..n]);
+            }
+            let line = String::from_utf8_lossy(&text).lines().next()?.to_string();
+            if line == "ok" {
+                return None;
+            }
+            if let Some(pidfd) = &pidfd {
+                // SAFETY: pidfd_send_signal(2) with a pidfd we own and no siginfo.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        pidfd.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+            }
+            Some(line)
+        }));
+    }
+
+    /// After the sandbox ended: ends the helper, and says whether it had failed after the
+    /// command started (the sandbox was then killed).
+    pub fn late_failure(&mut self) -> Option<NetworkError> {
+        self.stop();
+        let how = self.watcher.take()?.join().ok()??;
+        Some(self.failure(&how))
     }
 
     /// The error for a helper that failed (`how`, from the keeper's report), with the last
@@ -984,6 +1217,34 @@ eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
         assert_eq!(ipv4_gateway(route).as_deref(), Some("192.0.2.1"));
         let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000001 00000000 00000003 eth0\n";
         assert_eq!(ipv6_gateway(v6).as_deref(), Some("fd00::1"));
+    }
+
+    #[test]
+    fn default_routes_are_found_in_netlink_messages() {
+        let msg = |family: u8, dst_len: u8| {
+            let mut m = vec![0u8; 28];
+            m[0..4].copy_from_slice(&28u32.to_ne_bytes());
+            m[4..6].copy_from_slice(&libc::RTM_NEWROUTE.to_ne_bytes());
+            m[16] = family;
+            m[17] = dst_len;
+            m[20] = libc::RT_TABLE_MAIN;
+            m[23] = libc::RTN_UNICAST;
+            m
+        };
+        let subnet = msg(libc::AF_INET as u8, 24);
+        assert_eq!(
+            default_routes(&subnet, Routes::default()),
+            Routes::default()
+        );
+        let mut both = msg(libc::AF_INET as u8, 0);
+        both.extend(msg(libc::AF_INET6 as u8, 0));
+        let seen = default_routes(&both, Routes::default());
+        assert!(seen.covers(Routes { v4: true, v6: true }));
+        assert!(!Routes {
+            v4: true,
+            v6: false
+        }
+        .covers(Routes { v4: true, v6: true }));
     }
 
     #[test]

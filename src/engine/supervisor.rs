@@ -742,10 +742,9 @@ impl Run {
         }
         let rusage = wait_init(init);
         // The helper goes with the sandbox; its keeper is reaped after `completion` (its
-        // death waits for the helper's, which takes pasta milliseconds).
-        if let Some(net) = net.as_mut() {
-            net.stop();
-        }
+        // death waits for the helper's, which takes pasta milliseconds). One that failed
+        // after the command started had the sandbox killed.
+        let net_failed = net.as_mut().and_then(|n| n.late_failure());
         self.network = net;
         if let Some(feed) = stdin_feed {
             // The feeder ends on EOF or on EPIPE once the sandbox is gone.
@@ -760,6 +759,9 @@ impl Run {
                     json!({"stream": s.name, "bytes_emitted": s.emitted, "bytes_dropped": s.dropped}),
                 );
             }
+        }
+        if let Some(e) = net_failed {
+            return Err(e.to_string());
         }
         if let Some(err) = setup_error {
             return Err(format!("sandbox setup failed: {err}"));
