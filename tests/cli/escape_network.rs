@@ -849,43 +849,29 @@ fn doctor_reports_the_network_mode() {
         .stdout_contains("networking needs pasta");
 }
 
-/// (pid, parent pid, comm) of every process.
-fn process_table() -> Vec<(i32, i32, String)> {
-    processes()
-        .into_iter()
-        .filter_map(|(pid, dir)| {
-            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-            let (open, close) = (stat.find('(')?, stat.rfind(')')?);
-            let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-            if fields.first() == Some(&"Z") {
-                return None;
-            }
-            Some((
-                pid,
-                fields.get(1)?.parse().ok()?,
-                stat[open + 1..close].to_string(),
-            ))
-        })
-        .collect()
-}
-
-/// This env's network keeper (pid, its supervisor) and the helper processes under it.
-fn network_processes(home: &Path) -> Option<(i32, i32, Vec<i32>)> {
-    let (keeper, supervisor, _) = crate::faults::env_processes(home)
-        .into_iter()
-        .find(|(_, _, comm)| comm == "contree-net")?;
-    let table = process_table();
-    let mut helpers = Vec::new();
-    let mut parents = vec![keeper];
-    while let Some(parent) = parents.pop() {
-        for (pid, ppid, _) in &table {
-            if *ppid == parent {
-                helpers.push(*pid);
-                parents.push(*pid);
-            }
+/// The network helpers (pasta, slirp4netns) that hold network namespace `netns` (as
+/// `/proc/PID/ns/net` names it) open: found by what they hold, not by who started them, so
+/// a helper that slipped away from its keeper is found too. (pid, start time) each.
+fn helpers_holding(netns: &str) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for (pid, dir) in processes() {
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !["pasta", "passt", "slirp4netns"]
+            .iter()
+            .any(|h| comm.trim().starts_with(h))
+        {
+            continue;
+        }
+        let holds = std::fs::read_dir(dir.join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == netns));
+        if holds {
+            found.push((pid, start_time(pid)));
         }
     }
-    Some((keeper, supervisor, helpers))
+    found
 }
 
 /// Whether process `pid` (as found at `start`, its start time) still exists.
@@ -907,22 +893,34 @@ fn start_time(pid: i32) -> String {
         .to_string()
 }
 
-/// Starts `run -D -- sleep SECONDS.<token>` in the background, waits for the sandbox and
-/// returns it with its keeper, supervisor and helpers (pid, start time).
+/// Starts `run -D -- sleep SECONDS.<token>` in the background and waits for the sandbox
+/// and its network helper; returns the run, its supervisor (the keeper's parent) and the
+/// helper processes (pid, start time).
 fn running_with_helper(env: &Env, seconds: u32) -> (Running, i32, Vec<(i32, String)>) {
     let token = unique_token();
     let running = env
         .cmd(["run", "-D", "--", "sleep", &format!("{seconds}.{token}")])
         .spawn();
+    let mut netns = String::new();
     wait_until(Duration::from_secs(30), "the sandbox runs", || {
-        !sleepers(&token).is_empty()
+        let sleeper = sleepers(&token).into_iter().next();
+        netns = sleeper
+            .and_then(|p| std::fs::read_link(format!("/proc/{p}/ns/net")).ok())
+            .map(|l| l.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        !netns.is_empty()
     });
-    let (keeper, supervisor, helpers) =
-        network_processes(env.home()).expect("the run's network keeper");
-    assert!(!helpers.is_empty(), "no helper under the keeper {keeper}");
-    let mut all: Vec<(i32, String)> = helpers.iter().map(|&p| (p, start_time(p))).collect();
-    all.push((keeper, start_time(keeper)));
-    (running, supervisor, all)
+    let mut helpers = Vec::new();
+    wait_until(Duration::from_secs(30), "the network helper runs", || {
+        helpers = helpers_holding(&netns);
+        !helpers.is_empty()
+    });
+    let supervisor = crate::faults::env_processes(env.home())
+        .into_iter()
+        .find(|(_, _, comm)| comm == "contree-net")
+        .map(|(_, ppid, _)| ppid)
+        .expect("the run's network keeper");
+    (running, supervisor, helpers)
 }
 
 #[test]
