@@ -555,14 +555,9 @@ fn a_server_in_the_sandbox_is_not_reachable_from_the_host() {
         return;
     }
     let env = Env::host();
-    // A port free on the host side, for the sandbox to listen on.
-    let port = net.enter(|| {
-        TcpListener::bind("127.0.0.1:0")
-            .expect("probe port")
-            .local_addr()
-            .expect("addr")
-            .port()
-    });
+    // Below the ephemeral range (pasta's automatic forwarding leaves ephemeral ports
+    // alone); free on both sides, whose namespaces are new.
+    let port = 8080;
     let server = format!(
         "import socket, sys\n\
          s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n\
@@ -867,8 +862,9 @@ fn helpers_holding(netns: &str) -> Vec<(i32, String)> {
             .flatten()
             .flatten()
             .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == netns));
-        if holds {
-            found.push((pid, start_time(pid)));
+        let start = start_time(pid);
+        if holds && alive(pid, &start) {
+            found.push((pid, start));
         }
     }
     found
@@ -893,13 +889,22 @@ fn start_time(pid: i32) -> String {
         .to_string()
 }
 
-/// Starts `run -D -- sleep SECONDS.<token>` in the background and waits for the sandbox
-/// and its network helper; returns the run, its supervisor (the keeper's parent) and the
-/// helper processes (pid, start time).
-fn running_with_helper(env: &Env, seconds: u32) -> (Running, i32, Vec<(i32, String)>) {
+/// Starts a run in the test network whose command first talks to a server on the host's
+/// loopback through the stack (so pasta's long-lived process is up and relaying, not only
+/// the one that configured the namespace), then sleeps SECONDS.<token>. Returns it with its
+/// supervisor (the network keeper's parent, while there is one) and the helper processes
+/// (pid, start time).
+fn running_with_helper(
+    net: &TestNet,
+    env: &Env,
+    seconds: u32,
+) -> (Running, Option<i32>, Vec<(i32, String)>) {
     let token = unique_token();
-    let running = env
-        .cmd(["run", "-D", "--", "sleep", &format!("{seconds}.{token}")])
+    let port = net.tcp_server("127.0.0.1", "up\n");
+    let script =
+        format!("exec 3<>/dev/tcp/{GATEWAY}/{port} && cat <&3 && exec sleep {seconds}.{token}");
+    let running = net
+        .contree(env, None, &["run", "-D", "--", "bash", "-c", &script])
         .spawn();
     let mut netns = String::new();
     wait_until(Duration::from_secs(30), "the sandbox runs", || {
@@ -910,16 +915,12 @@ fn running_with_helper(env: &Env, seconds: u32) -> (Running, i32, Vec<(i32, Stri
             .unwrap_or_default();
         !netns.is_empty()
     });
-    let mut helpers = Vec::new();
-    wait_until(Duration::from_secs(30), "the network helper runs", || {
-        helpers = helpers_holding(&netns);
-        !helpers.is_empty()
-    });
+    let helpers = helpers_holding(&netns);
+    assert!(!helpers.is_empty(), "no helper holds the sandbox's network");
     let supervisor = crate::faults::env_processes(env.home())
         .into_iter()
         .find(|(_, _, comm)| comm == "contree-net")
-        .map(|(_, ppid, _)| ppid)
-        .expect("the run's network keeper");
+        .map(|(_, ppid, _)| ppid);
     (running, supervisor, helpers)
 }
 
@@ -928,9 +929,10 @@ fn the_helper_ends_with_the_run() {
     if !have_pasta() {
         return;
     }
+    let Some(net) = TestNet::new() else { return };
     let env = Env::host();
-    let (running, _, processes) = running_with_helper(&env, 1);
-    running.wait().success();
+    let (running, _, processes) = running_with_helper(&net, &env, 1);
+    running.wait().success().stdout("up\n");
     wait_until(
         Duration::from_secs(10),
         "the network helper is gone",
@@ -943,8 +945,10 @@ fn the_helper_dies_with_a_killed_supervisor() {
     if !have_pasta() {
         return;
     }
+    let Some(net) = TestNet::new() else { return };
     let env = Env::host();
-    let (running, supervisor, processes) = running_with_helper(&env, 30);
+    let (running, supervisor, processes) = running_with_helper(&net, &env, 30);
+    let supervisor = supervisor.expect("the run's network keeper and its supervisor");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(supervisor),
         nix::sys::signal::Signal::SIGKILL,
