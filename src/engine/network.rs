@@ -640,6 +640,7 @@ impl Network {
             // SAFETY: writing one byte to a pipe we own; the init reads it.
             unsafe { libc::write(go.as_raw_fd(), b"1".as_ptr().cast(), 1) };
         }
+        crate::log::trace("network configured, command released");
         Ok(event(init, self.helper.stack))
     }
 
