@@ -11,7 +11,7 @@
 //! which dies with the supervisor (parent-death signal): when a PID namespace's first
 //! process dies the kernel kills everything in it, so no helper outlives its run, not even
 //! after a crash. (pasta of 2023 never quits on its own when its namespace is given by
-//! path, and its daemon drops the parent-death signal when it changes credentials.)
+//! descriptor, and the process that stays is a fork, without a parent-death signal.)
 //!
 //! The sandbox's init waits on a pipe (`Inside::wait`) until the helper has configured the
 //! namespace's interface, so the command never starts before the network is up. The helper
