@@ -43,6 +43,7 @@ run_case() {
         -n "B: $name" "env CONTREE_HOME=$WORK/b CONTREE_SESSION=bench $B $*"
 }
 run_case "run -D -- true" run -D -- true
+run_case "run -D --no-network -- true" run -D --no-network -- true
 run_case "run -- true (snapshotting, no change)" run -- true
 run_case "run -- sh -c 'echo x > /root/x' (a new layer each time)" run -- sh -c "'echo x > /root/x'"
 run_case "ls /" ls /

@@ -11,9 +11,11 @@
 #   CONTREE_BENCH_DIR    where the scratch directory goes (default /var/tmp; it must not be
 #                        tmpfs, the benchmarks are about the disk the store lives on)
 #   HASH_SIZE=1G         size of the file hashed (head -c syntax)
+#   BENCH_ONLY=startup   run only benchmark 1 (sandbox start-up)
 #
-# Needs root (or whatever `contree run` needs on this machine), cargo, hyperfine, bwrap and
-# openssl; missing tools are installed with apt-get.
+# Needs root (or whatever `contree run` needs on this machine), cargo, hyperfine, bwrap,
+# pasta and openssl (slirp4netns for an extra row); missing tools are installed with
+# apt-get.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,6 +32,7 @@ say() { printf '\n=== %s\n' "$*"; }
 need=()
 command -v hyperfine >/dev/null || need+=(hyperfine)
 command -v bwrap >/dev/null || need+=(bubblewrap)
+command -v pasta >/dev/null || need+=(passt)
 command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
     say "installing ${need[*]}"
@@ -102,24 +105,43 @@ say "1. sandbox start-up: contree run vs bwrap (median of $BENCH_RUNS runs)"
 # The build above leaves dirty pages; their writeback would land in the first runs.
 sync
 BWRAP="bwrap --ro-bind / / --proc /proc --dev /dev --unshare-all true"
-if "${HF[@]}" --warmup 5 --runs "$BENCH_RUNS" --export-csv "$WORK/start.csv" \
-    -n "contree run -D -- true" "$C run -D -- true" \
-    -n "contree run -- true" "$C run -- true" \
-    -n "bwrap ... --unshare-all true" "$BWRAP"; then
-    d=$(csv_get "$WORK/start.csv" 1 median)
-    s=$(csv_get "$WORK/start.csv" 2 median)
-    b=$(csv_get "$WORK/start.csv" 3 median)
+START=(
+    -n "contree run -D --no-network -- true" "$C run -D --no-network -- true"
+    -n "contree run -D -- true" "$C run -D -- true"
+    -n "contree run --no-network -- true" "$C run --no-network -- true"
+    -n "bwrap ... --unshare-all true" "$BWRAP"
+)
+# The fallback stack, for information: a PATH where slirp4netns is the only stack.
+if SLIRP=$(command -v slirp4netns); then
+    mkdir -p "$WORK/slirp-only"
+    ln -s "$SLIRP" "$WORK/slirp-only/slirp4netns"
+    START+=(-n "contree run -D -- true (slirp4netns)" "env PATH=$WORK/slirp-only $C run -D -- true")
+fi
+if "${HF[@]}" --warmup 5 --runs "$BENCH_RUNS" --export-csv "$WORK/start.csv" "${START[@]}"; then
+    o=$(csv_get "$WORK/start.csv" 1 median)
+    d=$(csv_get "$WORK/start.csv" 2 median)
+    s=$(csv_get "$WORK/start.csv" 3 median)
+    b=$(csv_get "$WORK/start.csv" 4 median)
+    ro=$(ratio "$o" "$b")
     rd=$(ratio "$d" "$b")
     rs=$(ratio "$s" "$b")
-    echo "disposable / bwrap = ${rd}x (target <= 1.5x): $(verdict "$rd" '<=' 1.5)"
+    echo "no network / bwrap = ${ro}x (target <= 1.5x): $(verdict "$ro" '<=' 1.5)"
+    echo "network    / bwrap = ${rd}x (target <= 2x):   $(verdict "$rd" '<=' 2)"
     echo "snapshot   / bwrap = ${rs}x (target <= 2x):   $(verdict "$rs" '<=' 2)"
-    row "run -D -- true (disposable)" "$(ms "$d") ms" "bwrap $(ms "$b") ms" "${rd}x" "<= 1.5x" "$(verdict "$rd" '<=' 1.5)"
-    row "run -- true (snapshot)" "$(ms "$s") ms" "bwrap $(ms "$b") ms" "${rs}x" "<= 2x" "$(verdict "$rs" '<=' 2)"
+    row "run -D --no-network -- true" "$(ms "$o") ms" "bwrap $(ms "$b") ms" "${ro}x" "<= 1.5x" "$(verdict "$ro" '<=' 1.5)"
+    row "run -D -- true (network, pasta)" "$(ms "$d") ms" "bwrap $(ms "$b") ms" "${rd}x" "<= 2x" "$(verdict "$rd" '<=' 2)"
+    row "run --no-network -- true (snapshot)" "$(ms "$s") ms" "bwrap $(ms "$b") ms" "${rs}x" "<= 2x" "$(verdict "$rs" '<=' 2)"
+    if [ -n "$SLIRP" ]; then
+        l=$(csv_get "$WORK/start.csv" 5 median)
+        rl=$(ratio "$l" "$b")
+        row "run -D -- true (slirp4netns)" "$(ms "$l") ms" "bwrap $(ms "$b") ms" "${rl}x" "-" "info"
+    fi
 else
     echo "start-up benchmark FAILED"
     row "run -D / run (vs bwrap)" "failed" "" "" "" "ERROR"
 fi
 
+if [ "${BENCH_ONLY:-}" != startup ]; then
 # ---------------------------------------------------------------- 2. CLI start
 say "2. contree --version vs true (median of $VERSION_RUNS runs)"
 if "${HF[@]}" --warmup 10 --runs "$VERSION_RUNS" --export-csv "$WORK/version.csv" \
@@ -186,13 +208,14 @@ CONTREE_HOME="$FIRST" CONTREE_SESSION=bench "$C" use host >/dev/null
 sync
 EOF
 chmod +x "$WORK/fresh-home.sh"
-ATTACH="$C run -D -F $TREE:/t -- true"
+# --no-network: the figure is about attachments, not the network stack's start-up.
+ATTACH="$C run -D --no-network -F $TREE:/t -- true"
 if CONTREE_HOME=$FIRST "${HF[@]}" --runs "$ATTACH_RUNS" --prepare "$WORK/fresh-home.sh" \
     --export-csv "$WORK/attach-first.csv" --command-name "first: run -D -F TREE:/t -- true" "$ATTACH" \
     && CONTREE_HOME=$FIRST "${HF[@]}" --warmup 1 --runs "$ATTACH_RUNS" --prepare sync \
         --export-csv "$WORK/attach-rerun.csv" \
         --command-name "re-run: run -D -F TREE:/t -- true" "$ATTACH" \
-        --command-name "floor: run -D -- true" "$C run -D -- true"; then
+        --command-name "floor: run -D --no-network -- true" "$C run -D --no-network -- true"; then
     f=$(csv_get "$WORK/attach-first.csv" 1 median)
     r=$(csv_get "$WORK/attach-rerun.csv" 1 median)
     fl=$(csv_get "$WORK/attach-rerun.csv" 2 median)
@@ -200,11 +223,13 @@ if CONTREE_HOME=$FIRST "${HF[@]}" --runs "$ATTACH_RUNS" --prepare "$WORK/fresh-h
     rf=$(ratio "$fl" "$f")
     echo "first: $(ms "$f") ms, re-run: $(ms "$r") ms, ${ra}x (target <= 0.1x): $(verdict "$ra" '<=' 0.1); floor (no attachment): $(ms "$fl") ms"
     row "attach 10k files: re-run" "$(ms "$r") ms" "first $(ms "$f") ms" "${ra}x" "<= 0.1x" "$(verdict "$ra" '<=' 0.1)"
-    row "  floor: run -D -- true (same home)" "$(ms "$fl") ms" "first $(ms "$f") ms" "${rf}x" "-" "info"
+    row "  floor: run -D --no-network" "$(ms "$fl") ms" "first $(ms "$f") ms" "${rf}x" "-" "info"
 else
     echo "attachment benchmark FAILED"
     row "attach 10k files" "failed" "" "" "" "ERROR"
 fi
+
+fi # BENCH_ONLY
 
 # ---------------------------------------------------------------- summary
 LOAD_AFTER=$(load1)

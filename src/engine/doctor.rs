@@ -31,6 +31,7 @@ pub fn check(engine: &LocalEngine, repair: bool) -> Result<Vec<Finding>, Backend
     out.push(scratch(engine, repair));
     out.push(mounts(engine));
     out.push(permissions(engine));
+    out.push(super::network::doctor());
     Ok(out)
 }
 

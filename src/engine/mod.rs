@@ -11,6 +11,7 @@ pub mod idmap;
 pub mod import;
 pub mod inspect;
 pub mod layers;
+pub mod network;
 pub mod oci;
 pub mod overlay;
 pub mod recorder;
@@ -1147,6 +1148,10 @@ impl LocalEngine {
         }
         if req.shell && req.command.is_empty() {
             return Err(BackendError::Invalid("shell command is empty".into()));
+        }
+        // Never a silent fallback to the host's network: no stack, no networked run.
+        if req.network_enabled() {
+            network::find().map_err(|e| BackendError::Unavailable(e.to_string()))?;
         }
         for (path, file) in req.files.iter().flatten() {
             if !path.starts_with('/') || path.split('/').any(|c| c == "..") {

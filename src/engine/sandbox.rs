@@ -1,11 +1,12 @@
-//! The sandbox: new PID, mount, UTS, IPC and cgroup namespaces (and a network namespace
-//! with only loopback when networking is off) around an already mounted root, with a small
-//! init as PID 1 that starts the command, forwards signals and reaps.
+//! The sandbox: new PID, mount, UTS, IPC, cgroup and network namespaces around an already
+//! mounted root, with a small init as PID 1 that starts the command, forwards signals and
+//! reaps. The network namespace is never the host's (see `network`).
 //!
 //! The supervisor calls `start` with everything prepared; this module never touches the
 //! store. The init speaks to the supervisor over a status pipe with one line per fact:
 //! `pid N`, `execfail ERRNO`, `exit CODE SIGNAL CORE`.
 
+use super::network::{self, Inside};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
@@ -22,7 +23,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 pub struct Spec {
     pub root: PathBuf,
     pub hostname: String,
-    pub network: bool,
+    /// Loopback only, or wait for the network helper (see `network::Inside`).
+    pub network: Inside,
     pub command: CString,
     pub argv: Vec<CString>,
     pub env: Vec<CString>,
@@ -85,10 +87,8 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWCGROUP;
-    if !spec.network {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
+        | CloneFlags::CLONE_NEWCGROUP
+        | CloneFlags::CLONE_NEWNET;
     // The supervisor's end of the socket the idmapped mounts go through, and what to map.
     let mut handover = None;
     let mut init_sock = None;
@@ -231,9 +231,7 @@ fn prepare(spec: &Spec, sock: Option<&OwnedFd>) -> io::Result<()> {
         mount_root_in_userns(u, sock)?;
     }
     let root = &spec.root;
-    if !spec.network {
-        loopback_up()?;
-    }
+    let resolv = spec.network.before_pivot()?;
     setup_mounts(root, spec.userns.is_some())?;
     crate::log::trace("init: mounts");
     unistd::sethostname(&spec.hostname)?;
@@ -241,12 +239,14 @@ fn prepare(spec: &Spec, sock: Option<&OwnedFd>) -> io::Result<()> {
     nix::unistd::pivot_root(".", ".")?;
     umount2(".", MntFlags::MNT_DETACH)?;
     unistd::chdir("/")?;
+    network::bind_resolv_conf(resolv)?;
     crate::log::trace("init: pivoted");
     std::fs::create_dir_all(&spec.cwd)?;
     if spec.uid != 0 || spec.gid != 0 {
         let _ = std::os::unix::fs::chown(&spec.cwd, Some(spec.uid), Some(spec.gid));
     }
-    Ok(())
+    // The command never starts before its network is up.
+    spec.network.wait()
 }
 
 /// In the init, in its new user namespace: waits for the idmapped mounts, becomes root of
@@ -320,6 +320,7 @@ fn close_inherited_fds(spec: &Spec, sock: Option<RawFd>) -> io::Result<()> {
     ];
     keep.extend(spec.stdin.as_ref().map(|f| f.as_raw_fd()));
     keep.extend(sock);
+    keep.extend(spec.network.fds());
     keep.sort_unstable();
     keep.dedup();
     let mut next: RawFd = 0;
@@ -517,33 +518,6 @@ fn setup_mounts(root: &Path, userns: bool) -> io::Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=1777"),
     )?;
-    Ok(())
-}
-
-/// Brings `lo` up in a fresh network namespace (it starts down).
-fn loopback_up() -> io::Result<()> {
-    // SAFETY: an ordinary socket used only for interface ioctls, closed by OwnedFd.
-    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if sock < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: sock is a fresh fd we own.
-    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(sock) };
-    // SAFETY: ifreq is plain old data; zeroed is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (i, b) in b"lo".iter().enumerate() {
-        req.ifr_name[i] = *b as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the flags member of ifreq.
-    unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
     Ok(())
 }
 

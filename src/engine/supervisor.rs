@@ -9,6 +9,7 @@
 use super::claim::Claim;
 use super::eventlog::LogWriter;
 use super::layers;
+use super::network;
 use super::overlay::Overlay;
 use super::recorder::{Recorder, Relay};
 use super::sandbox::{self, Spec};
@@ -232,6 +233,7 @@ pub fn supervise_job(
         live,
         init: None,
         mounted: None,
+        network: None,
         store: None,
         job,
         log: Recorder::new(log),
@@ -254,6 +256,8 @@ struct Run {
     layout: Layout,
     /// The sandbox's mounts, held until nothing needs them (see `execute`).
     mounted: Option<Mounted>,
+    /// The network helper of a run that had one, stopped, reaped after `completion`.
+    network: Option<network::Network>,
     /// Where the output of the run the CLI follows goes (see `Live` and `Stream::pump`).
     live: Option<Live>,
     /// The `init` event, written when the sandbox starts or before any other event:
@@ -539,12 +543,27 @@ impl Run {
             None => None,
         };
 
+        // The sandbox's resolv.conf goes on the mount points' tmpfs, next to its root. An
+        // init in a user namespace finds it from there, its working directory (the store's
+        // own directories are closed to it).
+        let points = self.layout.root.join("mnt");
+        let (mut inside, net) =
+            network::prepare(req.network_enabled(), &points).map_err(|e| e.to_string())?;
+        if let (Some(u), network::Inside::Stack { resolv, .. }) = (&mounted.userns, &mut inside) {
+            // Root's inside, like the rest of the image's /etc (it is bound, not idmapped).
+            let _ = std::os::unix::fs::chown(
+                points.join("resolv.conf"),
+                Some(u.range.uid),
+                Some(u.range.gid),
+            );
+            *resolv = PathBuf::from("resolv.conf");
+        }
         let timeout = req.timeout.filter(|t| *t > 0).map(Duration::from_secs);
         let spawned_at = Instant::now();
         let init = sandbox::start(Spec {
             root: mounted.root.clone(),
             hostname: req.hostname.clone(),
-            network: req.network_enabled(),
+            network: inside,
             command: cstr(&command)?,
             argv: argv_c,
             env: env_c,
@@ -560,6 +579,15 @@ impl Run {
         })
         .map_err(|e| format!("cannot create the sandbox namespaces: {e}"))?;
         crate::log::trace("cloned");
+        // Started now, the helper configures the network while the init sets up its mounts.
+        let mut net = match net.map(|plan| plan.start(init)).transpose() {
+            Ok(net) => net,
+            Err(e) => {
+                let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
+                let _ = wait_init(init);
+                return Err(e.to_string());
+            }
+        };
         crate::failpoint::hit("supervisor:running");
         batch_scheduling();
         if let Some((w, bytes, keep_open)) = stdin_source {
@@ -575,6 +603,17 @@ impl Run {
             let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
             let _ = wait_init(init);
             return Err(format!("cannot open the store: {e}"));
+        }
+        if let Some(net) = net.as_mut() {
+            match net.ready(init) {
+                Ok(data) => self.event("network", Some(0), data),
+                Err(e) => {
+                    let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
+                    let _ = wait_init(init);
+                    return Err(e.to_string());
+                }
+            }
+            crate::log::trace("network up");
         }
 
         let mut masked_env = Map::new();
@@ -759,6 +798,11 @@ impl Run {
             s.close_output();
         }
         let rusage = wait_init(init);
+        // The helper goes with the sandbox; its keeper is reaped after `completion` (its
+        // death waits for the helper's, which takes pasta milliseconds). One that failed
+        // after the command started had the sandbox killed.
+        let net_failed = net.as_mut().and_then(|n| n.late_failure());
+        self.network = net;
         if let Some(feed) = stdin_feed {
             // The feeder ends on EOF or on EPIPE once the sandbox is gone.
             let _ = feed.join();
@@ -772,6 +816,9 @@ impl Run {
                     json!({"stream": s.name, "bytes_emitted": s.emitted, "bytes_dropped": s.dropped}),
                 );
             }
+        }
+        if let Some(e) = net_failed {
+            return Err(e.to_string());
         }
         if let Some(err) = setup_error {
             return Err(format!("sandbox setup failed: {err}"));
@@ -927,6 +974,7 @@ impl Run {
             diag(&diag_log, &format!("recording the result failed: {e}"));
             code = crate::error::exit::IO;
         }
+        drop(self.network.take());
         drop(self.mounted.take());
         crate::log::trace("unmounted");
         self.release_scratch();

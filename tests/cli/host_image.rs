@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::harness::{unique_token, Env};
+use crate::harness::{find_program, skip, unique_token, Env};
 
 #[test]
 fn system_directories_are_the_hosts() {
@@ -163,13 +163,15 @@ fn no_network_leaves_only_loopback() {
 }
 
 #[test]
-fn the_network_is_shared_by_default() {
+fn a_networked_run_sees_its_own_interfaces_not_the_hosts() {
+    if find_program("pasta").is_none() && find_program("slirp4netns").is_none() {
+        skip("needs pasta (apt-get install passt) or slirp4netns");
+        return;
+    }
     let env = Env::host();
-    let host = std::fs::read_to_string("/proc/net/dev").expect("host /proc/net/dev");
-    let mut expected = interfaces(&host);
-    expected.sort();
     let out = env.run(["run", "--", "cat", "/proc/net/dev"]).success();
-    let mut seen = interfaces(&out.stdout_text());
-    seen.sort();
-    assert_eq!(seen, expected);
+    // Loopback and the network stack's one interface (more in escape_network.rs).
+    let seen = interfaces(&out.stdout_text());
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.contains(&"lo".to_string()), "{seen:?}");
 }
