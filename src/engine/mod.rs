@@ -3,13 +3,16 @@
 //! process (`supervisor`), so the CLI can come and go.
 
 pub mod attachlayer;
+pub mod cgroup;
 pub mod claim;
 pub mod doctor;
 pub mod eventlog;
 pub mod gc;
 pub mod import;
 pub mod inspect;
+pub mod layerlimit;
 pub mod layers;
+pub mod limits;
 pub mod oci;
 pub mod overlay;
 pub mod recorder;
@@ -45,6 +48,10 @@ impl From<StoreError> for BackendError {
 pub struct LocalEngine {
     store: Store,
     data_dir: PathBuf,
+    /// Where config.toml is, for the runs' default limits (see `limits`).
+    config_dir: PathBuf,
+    /// Read on the first run that needs it.
+    limits: RefCell<Option<limits::Config>>,
     /// Supervisors we started (operation → pid), so we can reap them instead of leaving
     /// zombies, and signal them without asking the database.
     children: RefCell<Vec<(String, Pid)>>,
@@ -203,6 +210,8 @@ impl LocalEngine {
         Ok(LocalEngine {
             store,
             data_dir: paths.data.clone(),
+            config_dir: paths.config.clone(),
+            limits: RefCell::new(None),
             children: RefCell::new(Vec::new()),
             exited: RefCell::new(HashMap::new()),
             notify: RefCell::new(HashMap::new()),
@@ -356,6 +365,27 @@ impl LocalEngine {
             }
         }
         claim::reap(&self.store.root.join("tmp"));
+        cgroup::Host::detect().reap(true);
+    }
+
+    /// config.toml's `[limits]` and `[serve.limits]`, read once.
+    pub fn limits_config(&self) -> Result<limits::Config, BackendError> {
+        if let Some(config) = self.limits.borrow().as_ref() {
+            return Ok(config.clone());
+        }
+        let config = limits::Config::load(&self.config_dir)
+            .map_err(|e| BackendError::Invalid(e.to_string()))?;
+        *self.limits.borrow_mut() = Some(config.clone());
+        Ok(config)
+    }
+
+    /// The limits a run of `req` gets.
+    fn run_limits(&self, req: &SpawnRequest) -> Result<limits::Limits, BackendError> {
+        let config = self.limits_config()?;
+        Ok(limits::Limits::resolve(
+            req.resources_limits.as_ref(),
+            &config.defaults,
+        ))
     }
 
     /// Starts the supervisor by executing `contree __supervise` (see `fork_supervisor` for
@@ -656,6 +686,7 @@ impl LocalEngine {
         // However this ends, the run is in flight or gone by then.
         let _in_flight = scopeguard(|| drop(self.starting.borrow_mut().take()));
         let (image, blobs, attached) = self.store.reading(|| self.validate(req))?;
+        let limits = self.run_limits(req)?;
         crate::log::trace("validated");
         // A caller that follows the run waits for its sandbox anyway: a big attachment layer
         // is built here, where a progress bar reaches the user's terminal, and the
@@ -704,6 +735,7 @@ impl LocalEngine {
             image,
             blobs,
             created_at: lazy_row.then(crate::wire::now_ts),
+            limits,
         };
         let started = if self.fork && single_threaded() {
             self.fork_supervisor(&job, stdin, lazy_row, output, &handover)
@@ -785,6 +817,7 @@ impl LocalEngine {
                     image,
                     blobs,
                     created_at: None,
+                    limits: self.run_limits(req)?,
                 };
                 let handover = Handover {
                     log: self.owned.borrow_mut().remove(op),
@@ -999,6 +1032,9 @@ impl LocalEngine {
             exit_code: None,
             timed_out: false,
             image_size: None,
+            consumed_cpu: None,
+            consumed_memory: None,
+            resources: None,
         };
         if crate::backend::is_uuid(op)
             && (LogWriter::owned(&log) || claim::held(&self.store.scratch_dir(op)))
@@ -1098,6 +1134,10 @@ impl LocalEngine {
             stdin
                 .bytes()
                 .map_err(|e| BackendError::Invalid(format!("stdin is not valid base64: {e}")))?;
+        }
+        if let Some(asked) = &req.resources_limits {
+            limits::validate(asked)
+                .map_err(|e| BackendError::Invalid(format!("resources_limits: {e}")))?;
         }
         Ok((image, blobs, attached))
     }

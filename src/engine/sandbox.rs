@@ -36,6 +36,8 @@ pub struct Spec {
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
     pub status: OwnedFd,
+    /// The sandbox's cgroup: the init is born in it or joins it first thing (see `cgroup`).
+    pub cgroup: Option<super::cgroup::Placement>,
 }
 
 static MAIN_PID: AtomicI32 = AtomicI32::new(0);
@@ -68,8 +70,13 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     let mut stack = vec![0u8; 1 << 20];
+    let into = spec
+        .cgroup
+        .as_ref()
+        .and_then(|c| c.into.as_ref())
+        .map(|fd| fd.as_raw_fd());
     let mut spec = Some(spec);
-    let child = Box::new(|| -> isize {
+    let mut child = Box::new(|| -> isize {
         let spec = spec.take().expect("clone callback runs once");
         let status = spec.status.as_raw_fd();
         match init(spec) {
@@ -83,6 +90,12 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
             }
         }
     });
+    if let Some(dir) = into {
+        match super::cgroup::clone_into(flags.bits(), dir, &mut *child) {
+            Err(e) if super::cgroup::unsupported(&e) => {}
+            born => return born,
+        }
+    }
     // SAFETY: the child gets a copy of our address space (no CLONE_VM) and runs `init`,
     // which only forks, mounts and execs; the supervisor is single-threaded here.
     let pid = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }?;
@@ -91,9 +104,12 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
 
 enum Never {}
 
-fn init(spec: Spec) -> io::Result<Never> {
+fn init(mut spec: Spec) -> io::Result<Never> {
     // If the supervisor dies (even by SIGKILL) the whole sandbox goes with it.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    if let Some(cgroup) = spec.cgroup.take() {
+        cgroup.join()?;
+    }
     close_inherited_fds(&spec)?;
     let root = &spec.root;
     if !spec.network {

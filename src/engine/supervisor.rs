@@ -26,6 +26,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod resources;
+
 /// The hidden subcommand that runs an operation's supervisor.
 pub const SUPERVISE: &str = "__supervise";
 
@@ -106,6 +108,9 @@ pub struct Job {
     /// supervisor then creates its row, while the sandbox starts, with this creation time.
     #[serde(default)]
     pub created_at: Option<String>,
+    /// Memory, processes, CPU and the writable layer's size (see `limits`).
+    #[serde(default)]
+    pub limits: super::limits::Limits,
 }
 
 /// Appends a line to a supervisor's log (`supervisor.log` in the operation's dir), creating
@@ -232,6 +237,7 @@ pub fn supervise_job(
         job,
         log: Recorder::new(log),
         data_dir: data_dir.to_path_buf(),
+        res: resources::State::default(),
     };
     let outcome = run.execute();
     let outcome = match outcome {
@@ -266,6 +272,8 @@ struct Run {
     /// Held from `claim_scratch` until the scratch dir is back in the pool or gone.
     scratch_claim: Option<Claim>,
     data_dir: PathBuf,
+    /// The run's cgroup, layer filesystem or guard, and what it consumed (see `resources`).
+    res: resources::State,
 }
 
 struct Mounted {
@@ -379,7 +387,7 @@ impl Run {
         let root = mounted.root.clone();
         std::fs::create_dir(&root).map_err(|e| format!("mount point {}: {e}", root.display()))?;
         self.claim_scratch()?;
-        let (upper, work) = (self.scratch.join("upper"), self.scratch.join("work"));
+        let (upper, work) = self.layer_dirs(&points, &mut mounted)?;
         let mut lowers = Vec::new();
         for layer in &image.layers {
             if layer == HOST_LAYER {
@@ -495,6 +503,7 @@ impl Run {
         };
 
         let timeout = req.timeout.filter(|t| *t > 0).map(Duration::from_secs);
+        let cgroup = self.enter_cgroup();
         let spawned_at = Instant::now();
         let init = sandbox::start(Spec {
             root: mounted.root.clone(),
@@ -511,6 +520,7 @@ impl Run {
             stdout: out_w,
             stderr: err_w,
             status: st_w,
+            cgroup,
         })
         .map_err(|e| format!("cannot create the sandbox namespaces: {e}"))?;
         crate::log::trace("cloned");
@@ -620,6 +630,7 @@ impl Run {
                 }
                 _ => PollTimeout::NONE,
             };
+            let wait = self.guard_wait(wait);
             match poll(&mut fds, wait) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -706,13 +717,17 @@ impl Run {
                     kill_init();
                 }
             }
+            if !timed_out && !cancelled && self.guard_tripped() {
+                kill_init();
+            }
         }
         crate::log::trace("output done");
         // The follower reads its pipes to the end before it takes `exit` and `completion`.
         for s in &mut streams {
             s.close_output();
         }
-        let rusage = wait_init(init);
+        let mut rusage = wait_init(init);
+        self.read_usage(&mut rusage);
         if let Some(feed) = stdin_feed {
             // The feeder ends on EOF or on EPIPE once the sandbox is gone.
             let _ = feed.join();
@@ -747,6 +762,9 @@ impl Run {
                 "timed_out": timed_out,
                 "duration_ms": duration_ms,
                 "resources": rusage,
+                "oom": self.res.oom,
+                "layer_limit_hit": self.res.layer_hit,
+                "limits": self.limits_report(),
             }),
         );
         let reason = if timed_out {
@@ -788,6 +806,8 @@ impl Run {
                 exit_code: Some(-1),
                 timed_out: true,
             }
+        } else if let Some(ended) = self.limit_outcome(code, signal) {
+            ended
         } else {
             Outcome {
                 status: Status::Success,
@@ -862,6 +882,7 @@ impl Run {
         }
         crate::log::trace("completion written");
         crate::failpoint::hit("supervisor:completion-written");
+        self.record_usage();
         let recorded = match &self.store {
             Some(db) => db
                 .finish_op(
@@ -885,6 +906,7 @@ impl Run {
         crate::log::trace("unmounted");
         self.release_scratch();
         crate::log::trace("released");
+        self.leave_cgroup();
         if let Some(store) = &self.store {
             store.checkpoint();
         }
@@ -937,6 +959,7 @@ impl Run {
         let req = self.job.request.clone();
         let image = self.job.image.clone();
         let upper = self.scratch.join("upper");
+        self.layer_into_store(&upper)?;
         let mut env = image.env.clone();
         if req.preserve_env {
             for (k, v) in req.env.iter().flatten() {
@@ -968,6 +991,7 @@ impl Run {
             let id = self.job.op.clone();
             let dest = self.layout.layer_dir(&id);
             size = layers::layer_size(&upper);
+            self.check_layer_size(size)?;
             let claim = Claim::take(&upper, &dest)
                 .map_err(|e| format!("moving the layer into place: {e}"))?
                 .ok_or_else(|| {
