@@ -41,7 +41,7 @@ impl Server {
     }
 
     /// `contree serve` in `env` with exactly these extra flags.
-    fn start_in(env: Env, extra: &[&str]) -> Server {
+    pub(crate) fn start_in(env: Env, extra: &[&str]) -> Server {
         let mut cmd = env.cmd(["serve", "--listen", "127.0.0.1:0", "--max-body", "1048576"]);
         for a in extra {
             cmd = cmd.arg(a);
@@ -122,7 +122,7 @@ impl Server {
         self.request("POST", path, Some(token), body.to_string().as_bytes())
     }
 
-    fn host_image(&self, token: &str) -> String {
+    pub(crate) fn host_image(&self, token: &str) -> String {
         let reply = self.get("/v1/inspect/?tag=host", token);
         assert_eq!(reply.status, 302, "{}", reply.text());
         let location = reply.header("location").expect("Location");
