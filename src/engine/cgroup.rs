@@ -43,10 +43,76 @@ pub struct Host {
 }
 
 impl Host {
-    /// Reads `/proc/self/mounts` and the v2 root's controllers.
+    /// The hierarchies where systemd and most distributions put them (`/sys/fs/cgroup`),
+    /// else as `/proc/self/mounts` shows them (which the kernel writes out for every mount:
+    /// a tenth of a millisecond on every run's path).
     pub fn detect() -> Host {
-        let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        Host::from_mounts(&mounts, |path| fs::read_to_string(path).ok())
+        Host::standard().unwrap_or_else(|| {
+            let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+            Host::from_mounts(&mounts, |path| fs::read_to_string(path).ok())
+        })
+    }
+
+    /// `/sys/fs/cgroup` as cgroup2 itself, or a tmpfs of v1 hierarchies (named for their
+    /// controllers, `cpu,cpuacct` with `cpu` and `cpuacct` links to it) and maybe a v2 tree
+    /// at `unified`. `None` for anything else.
+    fn standard() -> Option<Host> {
+        use nix::sys::statfs::{
+            statfs, FsType, CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC, TMPFS_MAGIC,
+        };
+        const ROOT: &str = "/sys/fs/cgroup";
+        let magic = |p: &Path| -> Option<FsType> { statfs(p).ok().map(|s| s.filesystem_type()) };
+        let v2 = |mount: PathBuf| {
+            let offered = fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
+            let controllers = WANTED
+                .iter()
+                .copied()
+                .filter(|c| offered.split_whitespace().any(|o| o == *c))
+                .collect();
+            Hierarchy {
+                mount,
+                v2: true,
+                controllers,
+            }
+        };
+        let root = magic(Path::new(ROOT))?;
+        if root == CGROUP2_SUPER_MAGIC {
+            return Some(Host {
+                hierarchies: vec![v2(ROOT.into())],
+            });
+        }
+        if root != TMPFS_MAGIC {
+            return None;
+        }
+        let mut hierarchies = Vec::new();
+        for entry in fs::read_dir(ROOT).ok()?.flatten() {
+            let path = entry.path();
+            // Links (`cpu` → `cpu,cpuacct`) are the same hierarchy: only real dirs count.
+            if !entry.file_type().ok()?.is_dir() {
+                continue;
+            }
+            match magic(&path) {
+                Some(m) if m == CGROUP2_SUPER_MAGIC => hierarchies.push(v2(path)),
+                Some(m) if m == CGROUP_SUPER_MAGIC => {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let controllers: Vec<&'static str> = WANTED
+                        .iter()
+                        .copied()
+                        .filter(|c| name.split(',').any(|n| n == *c))
+                        .collect();
+                    if !controllers.is_empty() {
+                        hierarchies.push(Hierarchy {
+                            mount: path,
+                            v2: false,
+                            controllers,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        hierarchies.sort_by_key(|h| !h.v2);
+        Some(Host { hierarchies })
     }
 
     fn from_mounts(mounts: &str, read: impl Fn(&Path) -> Option<String>) -> Host {
@@ -713,6 +779,26 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
             host.carrier("cpu").unwrap().mount,
             host.carrier("cpuacct").unwrap().mount
         );
+    }
+
+    #[test]
+    fn the_quick_look_at_sys_fs_cgroup_agrees_with_the_mount_table() {
+        let Some(quick) = Host::standard() else {
+            return; // not the usual layout here: the mount table is all there is
+        };
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+        let full = Host::from_mounts(&mounts, |p| fs::read_to_string(p).ok());
+        let key = |h: &Host| {
+            let mut v: Vec<_> = h
+                .hierarchies
+                .iter()
+                .filter(|h| h.mount.starts_with("/sys/fs/cgroup"))
+                .map(|h| (h.mount.clone(), h.v2, h.controllers.clone()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(key(&quick), key(&full));
     }
 
     #[test]

@@ -67,7 +67,9 @@ impl Run {
     /// Creates the run's cgroup; returns how the init gets into it. A host without the
     /// controllers runs the sandbox without those limits, and the exit event says so.
     pub(super) fn enter_cgroup(&mut self) -> Option<Placement> {
-        match Host::detect().create(&self.job.op, &self.job.limits) {
+        let made = Host::detect().create(&self.job.op, &self.job.limits);
+        crate::log::trace("cgroup made");
+        match made {
             Ok(mut cg) => {
                 self.res
                     .unenforced
