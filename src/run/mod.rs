@@ -716,6 +716,12 @@ fn finish(
             crate::log::Level::Error,
             &format!("Operation {} {detail}", out.op),
         );
+        let flag = if out.oom {
+            "--memory SIZE (config.toml: [limits] memory)"
+        } else {
+            "--max-layer-bytes SIZE (config.toml: [limits] max_layer_bytes)"
+        };
+        eprintln!("hint: {flag} sets the limit; see docs/sandbox.md, Limits");
     } else if status != Status::Success && !out.interrupted {
         let detail = out.error.as_deref().filter(|e| !e.is_empty());
         crate::log::emit(
