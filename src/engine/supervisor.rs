@@ -827,6 +827,9 @@ impl Run {
     /// once, and if this process dies in between, recovery finds the log complete and
     /// copies its ending into the row (see `LocalEngine::finish_here`).
     fn finish(&mut self, outcome: Outcome, started: Instant) -> i32 {
+        // Before the commit: nothing may widen the window between a new image and the row
+        // that names it (a `gc` in between sees an image nothing references yet).
+        self.record_usage();
         let mut result_image = None;
         let mut image_size = None;
         let mut error = outcome.error.clone();
@@ -882,7 +885,6 @@ impl Run {
         }
         crate::log::trace("completion written");
         crate::failpoint::hit("supervisor:completion-written");
-        self.record_usage();
         let recorded = match &self.store {
             Some(db) => db
                 .finish_op(

@@ -195,7 +195,8 @@ impl Run {
         None
     }
 
-    /// Records what the run consumed and its limits with the operation, before its ending.
+    /// Records what the run consumed and its limits with the operation, before its commit
+    /// and ending. (The guard's verdict on a layer the commit refuses is in the error.)
     pub(super) fn record_usage(&mut self) {
         let Some(resources) = self.res.resources.clone() else {
             return;
