@@ -411,7 +411,11 @@ pub fn doctor(engine: &super::LocalEngine, repair: bool) -> Vec<crate::backend::
             None => missing.push(*controller),
         }
     }
-    let mut detail = format!("{}; limits through {}", host.version(), at.join(", "));
+    let mut detail = if at.is_empty() {
+        format!("{}; no controller for limits", host.version())
+    } else {
+        format!("{}; limits through {}", host.version(), at.join(", "))
+    };
     if let (Some(v2), "hybrid") = (host.v2_mount(), host.version()) {
         detail.push_str(&format!(
             "; the v2 tree {} places each sandbox and counts its CPU time",
