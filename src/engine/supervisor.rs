@@ -827,8 +827,8 @@ impl Run {
     /// once, and if this process dies in between, recovery finds the log complete and
     /// copies its ending into the row (see `LocalEngine::finish_here`).
     fn finish(&mut self, outcome: Outcome, started: Instant) -> i32 {
-        // Before the commit: nothing may widen the window between a new image and the row
-        // that names it (a `gc` in between sees an image nothing references yet).
+        // Before the commit, so that the new image and the row that names it stay as close
+        // together as they were (a window that `gc` and crashes must already allow for).
         self.record_usage();
         let mut result_image = None;
         let mut image_size = None;
