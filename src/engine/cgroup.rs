@@ -228,6 +228,17 @@ impl Host {
             pids: None,
             unenforced: Vec::new(),
         };
+        match self.build(&mut cg, &name, limits) {
+            Ok(()) => Ok(cg),
+            Err(e) => {
+                // Nothing half-made stays behind.
+                cg.remove();
+                Err(e)
+            }
+        }
+    }
+
+    fn build(&self, cg: &mut Cgroup, name: &str, limits: &Limits) -> Result<(), CgroupError> {
         // The v2 tree places the init at birth and counts its CPU time even without the
         // cpu controller; v1 hierarchies only where they carry a controller v2 lacks.
         let v2 = self.v2();
@@ -246,7 +257,7 @@ impl Host {
             }
         }
         for h in needed {
-            let dir = h.mount.join(PARENT).join(&name);
+            let dir = h.mount.join(PARENT).join(name);
             if h.v2 {
                 ensure_v2_parent(&h.mount, &h.controllers)?;
             }
@@ -282,8 +293,7 @@ impl Host {
                 cg.cpu = Some((dir.clone(), h.v2));
             }
         }
-        cg.apply(self, limits)?;
-        Ok(cg)
+        cg.apply(self, limits)
     }
 
     /// Removes the cgroups of supervisors that are gone (a crash, a killed supervisor):
@@ -521,19 +531,28 @@ impl Cgroup {
     }
 
     fn apply(&mut self, host: &Host, limits: &Limits) -> Result<(), CgroupError> {
-        let put = |dir: &Path, file: &str, value: &str| {
+        let mut missing = Vec::new();
+        // A file that is not there is a controller the tree would not give this cgroup (a
+        // delegated v2 subtree whose root has processes): that limit goes unenforced.
+        let mut put = |dir: &Path, file: &str, value: &str, limit: &'static str| {
             let path = dir.join(file);
-            write(&path, value).map_err(|e| CgroupError::io(&path, e))
+            match write(&path, value) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    missing.push(limit);
+                    Ok(())
+                }
+                other => other.map_err(|e| CgroupError::io(&path, e)),
+            }
         };
         if let Some(bytes) = limits.memory {
             match &self.memory {
                 Some((dir, true)) => {
-                    put(dir, "memory.max", &bytes.to_string())?;
+                    put(dir, "memory.max", &bytes.to_string(), "memory")?;
                     // RAM and swap together stay within the limit: no swap beyond it.
                     let _ = write(&dir.join("memory.swap.max"), "0");
                 }
                 Some((dir, false)) => {
-                    put(dir, "memory.limit_in_bytes", &bytes.to_string())?;
+                    put(dir, "memory.limit_in_bytes", &bytes.to_string(), "memory")?;
                     let _ = write(&dir.join("memory.memsw.limit_in_bytes"), &bytes.to_string());
                 }
                 None => self.unenforced.push("memory"),
@@ -543,7 +562,7 @@ impl Cgroup {
             // The init is one of the sandbox's processes too.
             let max = (n + 1).to_string();
             match &self.pids {
-                Some((dir, _)) => put(dir, "pids.max", &max)?,
+                Some((dir, _)) => put(dir, "pids.max", &max, "pids")?,
                 None => self.unenforced.push("pids"),
             }
         }
@@ -558,10 +577,12 @@ impl Cgroup {
                         .find(|(d, _)| d.starts_with(&h.mount))
                         .map(|(d, _)| d.clone());
                     match (dir, h.v2) {
-                        (Some(dir), true) => put(&dir, "cpu.max", &format!("{quota} {PERIOD}"))?,
+                        (Some(dir), true) => {
+                            put(&dir, "cpu.max", &format!("{quota} {PERIOD}"), "cpus")?
+                        }
                         (Some(dir), false) => {
-                            put(&dir, "cpu.cfs_period_us", &PERIOD.to_string())?;
-                            put(&dir, "cpu.cfs_quota_us", &quota.to_string())?;
+                            put(&dir, "cpu.cfs_period_us", &PERIOD.to_string(), "cpus")?;
+                            put(&dir, "cpu.cfs_quota_us", &quota.to_string(), "cpus")?;
                         }
                         (None, _) => self.unenforced.push("cpus"),
                     }
@@ -569,6 +590,8 @@ impl Cgroup {
                 None => self.unenforced.push("cpus"),
             }
         }
+        missing.dedup();
+        self.unenforced.extend(missing);
         Ok(())
     }
 
