@@ -29,6 +29,9 @@ pub mod exit {
     pub const UNREACHABLE: i32 = 75;
     /// A `run` whose process was killed by a signal or the timeout.
     pub const KILLED: i32 = 255;
+    /// A `run` whose process the kernel's OOM killer ended at the memory limit: 128 +
+    /// SIGKILL, as shells and container engines report it.
+    pub const OOM_KILLED: i32 = 137;
     /// stdout was closed by its reader (`| head`).
     pub const BROKEN_PIPE: i32 = 141;
 }

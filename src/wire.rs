@@ -44,7 +44,32 @@ pub struct SpawnRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub networking: Option<Networking>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources_limits: Option<serde_json::Value>,
+    pub resources_limits: Option<ResourcesLimits>,
+}
+
+/// `InstanceResourcesLimits`. The API defines `max_layer_bytes`; the other fields are
+/// contree's own (`run --memory/--pids/--cpus`), honoured by the local engine and `contree
+/// serve` and ignored by servers that do not know them. For those three, 0 means "no limit".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResourcesLimits {
+    /// Size of the writable layer, in bytes (API default: 12 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_layer_bytes: Option<u64>,
+    /// Memory (RAM and swap together) of everything in the sandbox, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_bytes: Option<u64>,
+    /// Processes and threads in the sandbox, its init not counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pids: Option<u64>,
+    /// CPU time per wall-clock second (1.5 = one and a half CPUs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpus: Option<f64>,
+}
+
+impl ResourcesLimits {
+    pub fn is_empty(&self) -> bool {
+        self == &ResourcesLimits::default()
+    }
 }
 
 pub fn default_hostname() -> String {
@@ -204,6 +229,13 @@ pub struct Operation {
     pub image_uuid: Option<String>,
     #[serde(default)]
     pub result_image_uuid: Option<String>,
+    /// CPU seconds (user + system) of everything in the sandbox; `null` when not measured.
+    #[serde(default)]
+    pub consumed_cpu: Option<f64>,
+    /// Peak memory of the sandbox in KiB (the unit of getrusage's `max_rss`, which the API
+    /// names); `null` when not measured.
+    #[serde(default)]
+    pub consumed_memory: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -264,6 +264,23 @@ pub struct RunFlags {
     /// Run no hooks at all for this invocation
     #[arg(long = "no-hooks")]
     pub no_hooks: bool,
+    /// Memory for everything in the sandbox (RAM and swap): bytes, or a number with K, M,
+    /// G or T (KiB … TiB), like 512M or 1.5G; `none` for no limit [default: config.toml's
+    /// [limits] memory, else half the host's RAM]. Past it the kernel kills (exit 137).
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// Processes and threads the command may have at once (forks past it fail); `none` for
+    /// no limit [default: config.toml's [limits] pids, else 4096]
+    #[arg(long, value_name = "N", value_parser = parse_pids)]
+    pub pids: Option<u64>,
+    /// CPU time per second, in CPUs (0.5 = half of one, 2 = two); `none` for no limit
+    /// [default: config.toml's [limits] cpus, else none]
+    #[arg(long, value_name = "CPUS", value_parser = parse_cpus)]
+    pub cpus: Option<f64>,
+    /// Size of the writable layer (same units as --memory): writes past it fail with
+    /// ENOSPC inside [default: config.toml's [limits] max_layer_bytes, else 12G]
+    #[arg(long = "max-layer-bytes", value_name = "SIZE", value_parser = parse_layer)]
+    pub max_layer_bytes: Option<u64>,
     /// The command and its arguments: from the first word that is not an option of `run`
     /// (or after `--`); later words are the command's own, even when they start with `-`.
     /// An unknown option before the command is a usage error, not the command.
@@ -438,6 +455,49 @@ pub enum PluginsCommand {
     /// Every plugin file found: name, version, ABI, what it provides, or why it failed
     #[command(visible_alias = "ls")]
     List,
+}
+
+/// `--memory`: a size of at least `limits::MIN_MEMORY`, or `none` (sent as 0).
+fn parse_memory(text: &str) -> Result<u64, String> {
+    use crate::engine::limits;
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(0);
+    }
+    let size = limits::parse_size(text).map_err(|e| e.to_string())?;
+    limits::validate(&crate::wire::ResourcesLimits {
+        max_memory_bytes: Some(size),
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(size)
+}
+
+/// `--pids`: a whole number of at least 1, or `none` (sent as 0).
+fn parse_pids(text: &str) -> Result<u64, String> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(0);
+    }
+    crate::engine::limits::parse_pids(text).map_err(|e| e.to_string())
+}
+
+/// `--cpus`: at least 0.01, or `none` (sent as 0).
+fn parse_cpus(text: &str) -> Result<f64, String> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(0.0);
+    }
+    crate::engine::limits::parse_cpus(text).map_err(|e| e.to_string())
+}
+
+/// `--max-layer-bytes`: a size of at least `limits::MIN_LAYER`.
+fn parse_layer(text: &str) -> Result<u64, String> {
+    use crate::engine::limits;
+    let size = limits::parse_size(text).map_err(|e| e.to_string())?;
+    limits::validate(&crate::wire::ResourcesLimits {
+        max_layer_bytes: Some(size),
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(size)
 }
 
 /// `45`, `45s`, `30m`, `12h` or `7d`.

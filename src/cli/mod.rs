@@ -302,5 +302,11 @@ fn run_args(f: args::RunFlags) -> crate::run::RunArgs {
         words: f.words,
         hooks: f.hooks,
         no_hooks: f.no_hooks,
+        limits: crate::wire::ResourcesLimits {
+            max_layer_bytes: f.max_layer_bytes,
+            max_memory_bytes: f.memory,
+            max_pids: f.pids,
+            max_cpus: f.cpus,
+        },
     }
 }

@@ -226,6 +226,8 @@ pub fn show(ctx: &Context, flags: ShowFlags) -> CommandResult<i32> {
         rec.insert("kind".into(), op.kind.clone().into());
         rec.insert("created_at".into(), json!(op.created_at));
         rec.insert("image_size".into(), json!(op.image_size));
+        rec.insert("consumed_cpu".into(), json!(op.consumed_cpu));
+        rec.insert("consumed_memory".into(), json!(op.consumed_memory));
         rec.insert("image_uuid".into(), json!(op.image_uuid));
         rec.insert(
             "image".into(),

@@ -32,6 +32,7 @@ pub fn check(engine: &LocalEngine, repair: bool) -> Result<Vec<Finding>, Backend
     out.push(mounts(engine));
     out.push(permissions(engine));
     out.push(super::network::doctor());
+    out.extend(super::limits::doctor(engine, repair));
     Ok(out)
 }
 

@@ -3,6 +3,7 @@
 //! process (`supervisor`), so the CLI can come and go.
 
 pub mod attachlayer;
+pub mod cgroup;
 pub mod claim;
 pub mod doctor;
 pub mod eventlog;
@@ -10,7 +11,9 @@ pub mod gc;
 pub mod idmap;
 pub mod import;
 pub mod inspect;
+pub mod layerlimit;
 pub mod layers;
+pub mod limits;
 pub mod network;
 pub mod oci;
 pub mod overlay;
@@ -50,6 +53,10 @@ pub struct LocalEngine {
     /// Host paths the `host` image must never show: the data and config dirs, and what
     /// `hide_from_host` adds (`serve`'s tokens file and home).
     private: Vec<PathBuf>,
+    /// Where config.toml is, for the runs' default limits (see `limits`).
+    config_dir: PathBuf,
+    /// Read on the first run that needs it.
+    limits: RefCell<Option<limits::Config>>,
     /// Supervisors we started (operation → pid), so we can reap them instead of leaving
     /// zombies, and signal them without asking the database.
     children: RefCell<Vec<(String, Pid)>>,
@@ -209,6 +216,8 @@ impl LocalEngine {
             store,
             data_dir: paths.data.clone(),
             private: vec![paths.data.clone(), paths.config.clone()],
+            config_dir: paths.config.clone(),
+            limits: RefCell::new(None),
             children: RefCell::new(Vec::new()),
             exited: RefCell::new(HashMap::new()),
             notify: RefCell::new(HashMap::new()),
@@ -431,6 +440,27 @@ impl LocalEngine {
             }
         }
         claim::reap(&self.store.root.join("tmp"));
+        cgroup::Host::detect().reap(true);
+    }
+
+    /// config.toml's `[limits]` and `[serve.limits]`, read once.
+    pub fn limits_config(&self) -> Result<limits::Config, BackendError> {
+        if let Some(config) = self.limits.borrow().as_ref() {
+            return Ok(config.clone());
+        }
+        let config = limits::Config::load(&self.config_dir)
+            .map_err(|e| BackendError::Invalid(e.to_string()))?;
+        *self.limits.borrow_mut() = Some(config.clone());
+        Ok(config)
+    }
+
+    /// The limits a run of `req` gets.
+    fn run_limits(&self, req: &SpawnRequest) -> Result<limits::Limits, BackendError> {
+        let config = self.limits_config()?;
+        Ok(limits::Limits::resolve(
+            req.resources_limits.as_ref(),
+            &config.defaults,
+        ))
     }
 
     /// Starts the supervisor by executing `contree __supervise` (see `fork_supervisor` for
@@ -734,6 +764,7 @@ impl LocalEngine {
         // Before the supervisor mounts it: it builds a missing mask, but knows only the
         // data dir.
         self.ensure_host_mask(&image)?;
+        let limits = self.run_limits(req)?;
         crate::log::trace("validated");
         // A caller that follows the run waits for its sandbox anyway: a big attachment layer
         // is built here, where a progress bar reaches the user's terminal, and the
@@ -783,6 +814,7 @@ impl LocalEngine {
             blobs,
             created_at: lazy_row.then(crate::wire::now_ts),
             userns: self.userns(),
+            limits,
         };
         let started = if self.fork && single_threaded() {
             self.fork_supervisor(&job, stdin, lazy_row, output, &handover)
@@ -865,6 +897,7 @@ impl LocalEngine {
                     blobs,
                     created_at: None,
                     userns: self.userns(),
+                    limits: self.run_limits(req)?,
                 };
                 let handover = Handover {
                     log: self.owned.borrow_mut().remove(op),
@@ -1079,6 +1112,9 @@ impl LocalEngine {
             exit_code: None,
             timed_out: false,
             image_size: None,
+            consumed_cpu: None,
+            consumed_memory: None,
+            resources: None,
         };
         if crate::backend::is_uuid(op)
             && (LogWriter::owned(&log) || claim::held(&self.store.scratch_dir(op)))
@@ -1182,6 +1218,10 @@ impl LocalEngine {
             stdin
                 .bytes()
                 .map_err(|e| BackendError::Invalid(format!("stdin is not valid base64: {e}")))?;
+        }
+        if let Some(asked) = &req.resources_limits {
+            limits::validate(asked)
+                .map_err(|e| BackendError::Invalid(format!("resources_limits: {e}")))?;
         }
         Ok((image, blobs, attached))
     }

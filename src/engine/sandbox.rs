@@ -40,6 +40,8 @@ pub struct Spec {
     pub status: OwnedFd,
     /// A user namespace for the sandbox (see `idmap`); `None` runs it in the host's.
     pub userns: Option<Userns>,
+    /// The sandbox's cgroup: the init is born in it or joins it first thing (see `cgroup`).
+    pub cgroup: Option<super::cgroup::Placement>,
 }
 
 /// A sandbox in a user namespace of its own: the init mounts its root itself, from
@@ -51,10 +53,13 @@ pub struct Userns {
     /// The mount points dir (absolute): `store`, `root` and, for the host image, `hostfs`,
     /// `empty` and `host` in it.
     pub points: PathBuf,
-    /// The store root, attached idmapped at `points/store`.
-    pub store: PathBuf,
-    /// The `host` image: `/` attached idmapped at `points/hostfs` and the host view, a
-    /// read-only overlay of it over `points/empty`, mounted at `points/host`.
+    /// What the supervisor idmaps and the init attaches, in this order: a mount (absolute,
+    /// as the supervisor sees it) and where it goes (relative to `points`): the store at
+    /// `store`, `/` at `hostfs` for the host image, a size-limited layer filesystem at
+    /// `layer` (over the supervisor's own mount there).
+    pub idmapped: Vec<(PathBuf, PathBuf)>,
+    /// The `host` image: the host view, a read-only overlay of `points/hostfs` over
+    /// `points/empty`, mounted at `points/host`.
     pub host: bool,
     /// The root overlay's lower dirs (top first), upper and work dir, relative to `points`.
     pub lowers: Vec<PathBuf>,
@@ -95,12 +100,18 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
     if let Some(u) = &spec.userns {
         flags |= CloneFlags::CLONE_NEWUSER;
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        handover = Some((OwnedFd::from(ours), u.range, u.store.clone(), u.host));
+        let sources: Vec<PathBuf> = u.idmapped.iter().map(|(from, _)| from.clone()).collect();
+        handover = Some((OwnedFd::from(ours), u.range, sources));
         init_sock = Some(OwnedFd::from(theirs));
     }
     let mut stack = vec![0u8; 1 << 20];
+    let into = spec
+        .cgroup
+        .as_ref()
+        .and_then(|c| c.into.as_ref())
+        .map(|fd| fd.as_raw_fd());
     let mut spec = Some(spec);
-    let child = Box::new(|| -> isize {
+    let mut child = Box::new(|| -> isize {
         let spec = spec.take().expect("clone callback runs once");
         let status = spec.status.as_raw_fd();
         match init(spec, init_sock.as_ref()) {
@@ -114,12 +125,25 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
             }
         }
     });
-    // SAFETY: the child gets a copy of our address space (no CLONE_VM) and runs `init`,
-    // which only forks, mounts and execs; the supervisor is single-threaded here.
-    let pid = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }?;
+    let mut born = None;
+    if let Some(dir) = into {
+        match super::cgroup::clone_into(flags.bits(), dir, &mut *child) {
+            Err(e) if super::cgroup::unsupported(&e) => {}
+            cloned => born = Some(cloned),
+        }
+    }
+    let pid = match born {
+        Some(cloned) => {
+            drop(child);
+            cloned?
+        }
+        // SAFETY: the child gets a copy of our address space (no CLONE_VM) and runs `init`,
+        // which only forks, mounts and execs; the supervisor is single-threaded here.
+        None => unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }?,
+    };
     drop(init_sock);
-    if let Some((sock, range, store, host)) = handover {
-        if let Err(e) = hand_over_mounts(pid, &sock, range, &store, host) {
+    if let Some((sock, range, sources)) = handover {
+        if let Err(e) = hand_over_mounts(pid, &sock, range, &sources) {
             let _ = signal::kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
             return Err(io::Error::new(
@@ -131,40 +155,42 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
     Ok(pid)
 }
 
-/// Maps the ids of the init's user namespace and sends it idmapped copies of the store (and
-/// of `/` for the host image); the init waits for them before it does anything else.
+/// Maps the ids of the init's user namespace and sends it idmapped copies of `sources` (the
+/// store, `/` for the host image...); the init waits for them before it does anything else.
 fn hand_over_mounts(
     pid: Pid,
     sock: &OwnedFd,
     range: super::idmap::Range,
-    store: &Path,
-    host: bool,
+    sources: &[PathBuf],
 ) -> io::Result<()> {
     use super::idmap;
     idmap::write_maps(pid.as_raw(), range)?;
     let userns = idmap::userns_of(pid.as_raw())?;
-    let mut mounts = vec![idmap::idmapped(store, &userns).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("idmapped mount of {}: {e}", store.display()),
-        )
-    })?];
-    if host {
-        mounts.push(
-            idmap::idmapped(Path::new("/"), &userns)
-                .map_err(|e| io::Error::new(e.kind(), format!("idmapped mount of /: {e}")))?,
-        );
-    }
+    let mounts = sources
+        .iter()
+        .map(|source| {
+            idmap::idmapped(source, &userns).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("idmapped mount of {}: {e}", source.display()),
+                )
+            })
+        })
+        .collect::<io::Result<Vec<_>>>()?;
     let raw: Vec<RawFd> = mounts.iter().map(|m| m.as_raw_fd()).collect();
     idmap::send_fds(sock, &raw)
 }
 
 enum Never {}
 
-fn init(spec: Spec, sock: Option<&OwnedFd>) -> io::Result<Never> {
+fn init(mut spec: Spec, sock: Option<&OwnedFd>) -> io::Result<Never> {
     // Said here, while `spec` (and so the status pipe) is still open: an error returned
     // from here on would close the pipe before the caller could say it.
-    if let Err(e) = prepare(&spec, sock) {
+    let joined = match spec.cgroup.take() {
+        Some(cgroup) => cgroup.join(),
+        None => Ok(()),
+    };
+    if let Err(e) = joined.and_then(|_| prepare(&spec, sock)) {
         let msg = format!("setupfail {e}\n");
         write_line(&spec.status, &msg);
         // SAFETY: leave without running destructors of the supervisor's state.
@@ -256,8 +282,8 @@ fn mount_root_in_userns(u: &Userns, sock: &OwnedFd) -> io::Result<()> {
     use super::overlay::Overlay;
     // Still host uid 0 here, the owner of the store's directories: the way in is open.
     unistd::chdir(&u.points)?;
-    let mounts = idmap::recv_fds(sock.as_raw_fd(), 2)?;
-    if mounts.len() != 1 + usize::from(u.host) {
+    let mounts = idmap::recv_fds(sock.as_raw_fd(), u.idmapped.len())?;
+    if mounts.len() != u.idmapped.len() {
         return Err(io::Error::other("the supervisor sent no mounts"));
     }
     // Root of the namespace from now on: what it creates through the idmapped mounts lands
@@ -278,9 +304,10 @@ fn mount_root_in_userns(u: &Userns, sock: &OwnedFd) -> io::Result<()> {
     if unistd::getppid() != supervisor {
         return Err(io::Error::other("the supervisor is gone"));
     }
-    idmap::attach(&mounts[0], Path::new("store"))?;
+    for (mount, (_, target)) in mounts.iter().zip(&u.idmapped) {
+        idmap::attach(mount, target)?;
+    }
     if u.host {
-        idmap::attach(&mounts[1], Path::new("hostfs"))?;
         Overlay {
             lowers: &[PathBuf::from("hostfs"), PathBuf::from("empty")],
             upper: None,

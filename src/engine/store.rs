@@ -112,6 +112,11 @@ pub struct OpRow {
     pub exit_code: Option<i32>,
     pub timed_out: bool,
     pub image_size: Option<u64>,
+    /// CPU seconds and peak memory (KiB) of the sandbox (see `cgroup`).
+    pub consumed_cpu: Option<f64>,
+    pub consumed_memory: Option<u64>,
+    /// The limits the run had and which of them it hit (see `set_op_resources`).
+    pub resources: Option<serde_json::Value>,
 }
 
 impl OpRow {
@@ -128,10 +133,19 @@ impl OpRow {
                         state.insert("exit_code".into(), code.into());
                         state.insert("timed_out".into(), self.timed_out.into());
                     }
-                    obj.insert(
-                        "result".into(),
-                        serde_json::json!({ "state": serde_json::Value::Object(state) }),
-                    );
+                    let mut result = serde_json::Map::new();
+                    if let Some(res) = self.resources.as_ref().and_then(|r| r.as_object()) {
+                        for key in ["oom", "layer_limit_hit"] {
+                            if let Some(v) = res.get(key) {
+                                state.insert(key.into(), v.clone());
+                            }
+                        }
+                        if let Some(limits) = res.get("limits") {
+                            result.insert("limits".into(), limits.clone());
+                        }
+                    }
+                    result.insert("state".into(), serde_json::Value::Object(state));
+                    obj.insert("result".into(), serde_json::Value::Object(result));
                 }
             }
             metadata = Some(meta);
@@ -146,6 +160,8 @@ impl OpRow {
             image_size: self.image_size,
             image_uuid: self.image.clone(),
             result_image_uuid: self.result_image.clone(),
+            consumed_cpu: self.consumed_cpu,
+            consumed_memory: self.consumed_memory,
             metadata,
             result: Some(wire::OperationResult {
                 image: self.result_image.clone(),
@@ -198,7 +214,8 @@ pub struct Store {
     conn: RefCell<Option<Connection>>,
 }
 
-/// 2: every opaque directory of every layer carries both overlay markers (see `layers`).
+/// 2: what a run consumed (`consumed_cpu`, `consumed_memory`) and its limits; every opaque
+/// directory of every layer carries both overlay markers (see `layers`).
 const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
@@ -214,7 +231,8 @@ CREATE TABLE IF NOT EXISTS operations(
   uuid TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, created_at TEXT NOT NULL,
   duration REAL, image TEXT, result_image TEXT, error TEXT, request TEXT,
   supervisor_pid INTEGER, supervisor_start INTEGER, exit_code INTEGER,
-  timed_out INTEGER NOT NULL DEFAULT 0, image_size INTEGER);
+  timed_out INTEGER NOT NULL DEFAULT 0, image_size INTEGER,
+  consumed_cpu REAL, consumed_memory INTEGER, resources TEXT);
 -- The registry manifest each pulled image was made from: pulling an unchanged image
 -- again gives back the same image.
 CREATE TABLE IF NOT EXISTS image_sources(
@@ -250,6 +268,9 @@ impl Store {
                 crate::paths::create_private(&dir).map_err(io_err(&dir))?;
             }
             store.conn()?.execute_batch(SCHEMA)?;
+            if version >= 1 {
+                store.add_resource_columns()?;
+            }
             store.ensure_host_image()?;
             if version == 1 {
                 // Layers written before sandboxes had user namespaces carry only the
@@ -269,6 +290,23 @@ impl Store {
                 .pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         Ok(store)
+    }
+
+    /// Version 1 → 2. Two commands may upgrade at once: a column the other one added first
+    /// is no error.
+    fn add_resource_columns(&self) -> Result<()> {
+        for column in [
+            "consumed_cpu REAL",
+            "consumed_memory INTEGER",
+            "resources TEXT",
+        ] {
+            let sql = format!("ALTER TABLE operations ADD COLUMN {column}");
+            match self.conn()?.execute_batch(&sql) {
+                Err(e) if e.to_string().contains("duplicate column") => {}
+                other => other?,
+            }
+        }
+        Ok(())
     }
 
     fn ensure_host_image(&self) -> Result<()> {
@@ -683,10 +721,30 @@ impl Store {
             exit_code: r.get(11)?,
             timed_out: r.get::<_, i64>(12)? != 0,
             image_size: r.get::<_, Option<i64>>(13)?.map(|v| v as u64),
+            consumed_cpu: r.get(14)?,
+            consumed_memory: r.get::<_, Option<i64>>(15)?.map(|v| v as u64),
+            resources: r
+                .get::<_, Option<String>>(16)?
+                .and_then(|t| serde_json::from_str(&t).ok()),
         })
     }
 
-    const OP_COLUMNS: &'static str = "uuid, kind, status, created_at, duration, image, result_image, error, request, supervisor_pid, supervisor_start, exit_code, timed_out, image_size";
+    const OP_COLUMNS: &'static str = "uuid, kind, status, created_at, duration, image, result_image, error, request, supervisor_pid, supervisor_start, exit_code, timed_out, image_size, consumed_cpu, consumed_memory, resources";
+
+    /// What a run consumed and the limits it had (see `cgroup::Usage`), before its ending.
+    pub fn set_op_resources(
+        &self,
+        uuid: &str,
+        consumed_cpu: Option<f64>,
+        consumed_memory: Option<u64>,
+        resources: &serde_json::Value,
+    ) -> Result<()> {
+        self.conn()?.execute(
+            "UPDATE operations SET consumed_cpu = ?2, consumed_memory = ?3, resources = ?4 WHERE uuid = ?1",
+            params![uuid, consumed_cpu, consumed_memory.map(|m| m as i64), resources.to_string()],
+        )?;
+        Ok(())
+    }
 
     pub fn op(&self, uuid: &str) -> Result<Option<OpRow>> {
         let sql = format!(

@@ -27,6 +27,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod resources;
+
 /// The hidden subcommand that runs an operation's supervisor.
 pub const SUPERVISE: &str = "__supervise";
 
@@ -111,6 +113,9 @@ pub struct Job {
     /// one (where this machine cannot: see `idmap`).
     #[serde(default)]
     pub userns: Option<super::idmap::Range>,
+    /// Memory, processes, CPU and the writable layer's size (see `limits`).
+    #[serde(default)]
+    pub limits: super::limits::Limits,
 }
 
 /// Appends a line to a supervisor's log (`supervisor.log` in the operation's dir), creating
@@ -238,6 +243,7 @@ pub fn supervise_job(
         job,
         log: Recorder::new(log),
         data_dir: data_dir.to_path_buf(),
+        res: resources::State::default(),
     };
     let outcome = run.execute();
     let outcome = match outcome {
@@ -274,6 +280,8 @@ struct Run {
     /// Held from `claim_scratch` until the scratch dir is back in the pool or gone.
     scratch_claim: Option<Claim>,
     data_dir: PathBuf,
+    /// The run's cgroup, layer filesystem or guard, and what it consumed (see `resources`).
+    res: resources::State,
 }
 
 struct Mounted {
@@ -395,7 +403,7 @@ impl Run {
             dirs.push(points.join("store"));
         }
         self.claim_scratch()?;
-        let (upper, work) = (self.scratch.join("upper"), self.scratch.join("work"));
+        let (upper, work) = self.layer_dirs(&points, &mut mounted)?;
         let mut lowers = Vec::new();
         let mut host = false;
         for layer in &image.layers {
@@ -446,10 +454,17 @@ impl Run {
                     _ => p.to_path_buf(),
                 }
             };
+            let mut idmapped = vec![(self.layout.root.clone(), PathBuf::from("store"))];
+            if host {
+                idmapped.push((PathBuf::from("/"), PathBuf::from("hostfs")));
+            }
+            if let Some(fs) = &self.res.layer {
+                idmapped.push((fs.mount.clone(), PathBuf::from("layer")));
+            }
             mounted.userns = Some(sandbox::Userns {
                 range,
                 points: points.clone(),
-                store: self.layout.root.clone(),
+                idmapped,
                 host,
                 lowers: lowers.iter().map(|l| rel(l)).collect(),
                 upper: rel(&upper),
@@ -559,6 +574,7 @@ impl Run {
             *resolv = PathBuf::from("resolv.conf");
         }
         let timeout = req.timeout.filter(|t| *t > 0).map(Duration::from_secs);
+        let cgroup = self.enter_cgroup();
         let spawned_at = Instant::now();
         let init = sandbox::start(Spec {
             root: mounted.root.clone(),
@@ -576,6 +592,7 @@ impl Run {
             stderr: err_w,
             status: st_w,
             userns: mounted.userns.clone(),
+            cgroup,
         })
         .map_err(|e| format!("cannot create the sandbox namespaces: {e}"))?;
         crate::log::trace("cloned");
@@ -705,6 +722,7 @@ impl Run {
                 }
                 _ => PollTimeout::NONE,
             };
+            let wait = self.guard_wait(wait);
             match poll(&mut fds, wait) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -791,13 +809,17 @@ impl Run {
                     kill_init();
                 }
             }
+            if !timed_out && !cancelled && self.guard_tripped() {
+                kill_init();
+            }
         }
         crate::log::trace("output done");
         // The follower reads its pipes to the end before it takes `exit` and `completion`.
         for s in &mut streams {
             s.close_output();
         }
-        let rusage = wait_init(init);
+        let mut rusage = wait_init(init);
+        self.read_usage(&mut rusage);
         // The helper goes with the sandbox; its keeper is reaped after `completion` (its
         // death waits for the helper's, which takes pasta milliseconds). One that failed
         // after the command started had the sandbox killed.
@@ -840,6 +862,9 @@ impl Run {
                 "timed_out": timed_out,
                 "duration_ms": duration_ms,
                 "resources": rusage,
+                "oom": self.res.oom,
+                "layer_limit_hit": self.res.layer_hit,
+                "limits": self.limits_report(),
             }),
         );
         let reason = if timed_out {
@@ -881,6 +906,8 @@ impl Run {
                 exit_code: Some(-1),
                 timed_out: true,
             }
+        } else if let Some(ended) = self.limit_outcome(code, signal) {
+            ended
         } else {
             Outcome {
                 status: Status::Success,
@@ -900,6 +927,9 @@ impl Run {
     /// once, and if this process dies in between, recovery finds the log complete and
     /// copies its ending into the row (see `LocalEngine::finish_here`).
     fn finish(&mut self, outcome: Outcome, started: Instant) -> i32 {
+        // Before the commit, so that the new image and the row that names it stay as close
+        // together as they were (a window that `gc` and crashes must already allow for).
+        self.record_usage();
         let mut result_image = None;
         let mut image_size = None;
         let mut error = outcome.error.clone();
@@ -979,6 +1009,7 @@ impl Run {
         crate::log::trace("unmounted");
         self.release_scratch();
         crate::log::trace("released");
+        self.leave_cgroup();
         if let Some(store) = &self.store {
             store.checkpoint();
         }
@@ -1031,6 +1062,7 @@ impl Run {
         let req = self.job.request.clone();
         let image = self.job.image.clone();
         let upper = self.scratch.join("upper");
+        self.layer_into_store(&upper)?;
         let mut env = image.env.clone();
         if req.preserve_env {
             for (k, v) in req.env.iter().flatten() {
@@ -1062,6 +1094,7 @@ impl Run {
             let id = self.job.op.clone();
             let dest = self.layout.layer_dir(&id);
             size = layers::seal(&upper);
+            self.check_layer_size(size)?;
             let claim = Claim::take(&upper, &dest)
                 .map_err(|e| format!("moving the layer into place: {e}"))?
                 .ok_or_else(|| {

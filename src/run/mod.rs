@@ -47,6 +47,8 @@ pub struct RunArgs {
     pub hooks: Vec<String>,
     /// `--no-hooks`.
     pub no_hooks: bool,
+    /// `--memory`, `--pids`, `--cpus`, `--max-layer-bytes` (see `engine::limits`).
+    pub limits: crate::wire::ResourcesLimits,
 }
 
 fn attach_err(e: AttachError) -> CommandError {
@@ -171,6 +173,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
         disposable: args.disposable,
         network: !args.no_network,
         files,
+        limits: args.limits.clone(),
     });
 
     // 7. Interpreter mode: the script's body becomes stdin of `/bin/sh -s`.
@@ -479,6 +482,12 @@ pub struct Outcome {
     /// Output bytes the command wrote, per stream (before any hook).
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
+    /// The kernel's OOM killer ended a process of the sandbox (the exit event says).
+    pub oom: bool,
+    /// The writable layer reached its size limit.
+    pub layer_limit_hit: bool,
+    /// The limits the run had, as the exit event gives them.
+    pub limits: Option<Value>,
 }
 
 /// Whether the output goes out exactly as the command wrote it (a formatter that passes it
@@ -585,6 +594,10 @@ pub fn follow(
                     .get("timed_out")
                     .and_then(|t| t.as_bool())
                     .unwrap_or(false);
+                let flag = |k: &str| ev.data.get(k).and_then(|v| v.as_bool()) == Some(true);
+                out.oom = flag("oom");
+                out.layer_limit_hit = flag("layer_limit_hit");
+                out.limits = ev.data.get("limits").cloned();
             }
             "truncated" => {
                 out.truncated.push((
@@ -655,6 +668,7 @@ fn write_emit(emit: &Emit<'_>) -> Result<(), ()> {
 /// else 1 for a failed or cancelled operation, else 0.
 pub fn exit_code(out: &Outcome) -> i32 {
     match out.exit_code {
+        Some(code) if code < 0 && out.oom => exit::OOM_KILLED,
         Some(code) if code < 0 => exit::KILLED,
         Some(code) => code & 0xff,
         None if out.status != Some(Status::Success) => 1,
@@ -679,6 +693,9 @@ fn finish(
     for (stream, emitted, dropped) in out.truncated.iter().filter(|_| !quiet) {
         warn!("{stream} cut at {emitted} bytes ({dropped} more dropped); raise -T/--truncate to keep more");
     }
+    if !quiet {
+        limit_warnings(&out);
+    }
     if quiet {
     } else if out.timed_out {
         let secs = req.timeout.unwrap_or(args.timeout);
@@ -692,6 +709,19 @@ fn finish(
                 out.op
             ),
         );
+    } else if status != Status::Success && (out.oom || out.layer_limit_hit) {
+        // "killed: out of memory (limit 256 MiB)", "stopped: the writable layer grew…"
+        let detail = out.error.as_deref().unwrap_or("hit a limit");
+        crate::log::emit(
+            crate::log::Level::Error,
+            &format!("Operation {} {detail}", out.op),
+        );
+        let flag = if out.oom {
+            "--memory SIZE (config.toml: [limits] memory)"
+        } else {
+            "--max-layer-bytes SIZE (config.toml: [limits] max_layer_bytes)"
+        };
+        eprintln!("hint: {flag} sets the limit; see docs/sandbox.md, Limits");
     } else if status != Status::Success && !out.interrupted {
         let detail = out.error.as_deref().filter(|e| !e.is_empty());
         crate::log::emit(
@@ -744,6 +774,46 @@ fn finish(
     Ok(exit_code(&out))
 }
 
+/// What a run that went on after a limit should know: a process the OOM killer ended, a
+/// full writable layer, limits this host could not enforce.
+fn limit_warnings(out: &Outcome) {
+    let limits = out.limits.as_ref();
+    if out.oom && out.status == Some(Status::Success) {
+        let limit = limits
+            .and_then(|l| l.get("max_memory_bytes"))
+            .and_then(|m| m.as_u64())
+            .map(|m| format!(" (limit {})", crate::engine::limits::human(m)))
+            .unwrap_or_default();
+        warn!(
+            "Operation {}: a process was killed: out of memory{limit}",
+            out.op
+        );
+    }
+    if out.layer_limit_hit && out.status == Some(Status::Success) {
+        let limit = limits
+            .and_then(|l| l.get("max_layer_bytes"))
+            .and_then(|m| m.as_u64())
+            .map(crate::engine::limits::human)
+            .unwrap_or_else(|| "its size".into());
+        warn!(
+            "Operation {}: the writable layer reached its limit of {limit} (max_layer_bytes): writes past it failed with \"No space left on device\"",
+            out.op
+        );
+    }
+    let unenforced: Vec<&str> = limits
+        .and_then(|l| l.get("unenforced"))
+        .and_then(|u| u.as_array())
+        .map(|u| u.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    if !unenforced.is_empty() {
+        warn!(
+            "Operation {}: not enforced on this host: {} (see `contree doctor`)",
+            out.op,
+            unenforced.join("; ")
+        );
+    }
+}
+
 /// The official run record (§2.11); `stdout`/`stderr` stay empty for the formatter.
 fn result_record(ctx: &Context, req: &SpawnRequest, out: &Outcome) -> Record {
     let mut metadata = serde_json::to_value(req).unwrap_or_default();
@@ -754,7 +824,13 @@ fn result_record(ctx: &Context, req: &SpawnRequest, out: &Outcome) -> Record {
             json!({
                 "stdout": {"value": "", "encoding": "ascii"},
                 "stderr": {"value": "", "encoding": "ascii"},
-                "state": {"exit_code": out.exit_code, "timed_out": out.timed_out},
+                "state": {
+                    "exit_code": out.exit_code,
+                    "timed_out": out.timed_out,
+                    "oom": out.oom,
+                    "layer_limit_hit": out.layer_limit_hit,
+                },
+                "limits": out.limits,
             }),
         );
     }

@@ -115,6 +115,8 @@ pub struct Inputs<'a> {
     pub disposable: bool,
     pub network: bool,
     pub files: BTreeMap<String, FileRef>,
+    /// Sent only when a flag set one (the official client never sends the field).
+    pub limits: crate::wire::ResourcesLimits,
 }
 
 /// The spawn body per §2.5; `env` is the merged map (returned too, for `--preserve-env`).
@@ -144,6 +146,7 @@ pub fn build(inputs: Inputs<'_>) -> (SpawnRequest, BTreeMap<String, String>) {
         truncate_output_at: Some(inputs.truncate),
         files: (!inputs.files.is_empty()).then_some(inputs.files),
         networking: (!inputs.network).then_some(crate::wire::Networking { enabled: false }),
+        resources_limits: (!inputs.limits.is_empty()).then_some(inputs.limits),
         ..Default::default()
     };
     (req, env)

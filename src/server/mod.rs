@@ -86,6 +86,9 @@ pub(crate) struct State {
     pub max_pending: usize,
     pub events_max_age: Duration,
     pub events_max_bytes: u64,
+    /// What a client's `resources_limits` may ask for, at most (config.toml's
+    /// `[serve.limits]`; see `engine::limits::clamp`).
+    pub limits: crate::engine::limits::Config,
     /// Spawns waiting for a slot, oldest first (see `dispatch`).
     pub queue: Mutex<std::collections::VecDeque<Queued>>,
 }
@@ -146,6 +149,9 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     engine
         .hide_from_host(secrets)
         .map_err(|e| ServeError::Engine(e.to_string()))?;
+    let limits = engine
+        .limits_config()
+        .map_err(|e| ServeError::Config(e.to_string()))?;
     let owners = owners::Owners::open(&opts.paths.data.join("serve.db"))
         .map_err(|e| ServeError::Engine(format!("serve.db: {e}")))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -174,6 +180,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             max_pending: opts.max_pending,
             events_max_age: opts.events_max_age,
             events_max_bytes: opts.events_max_bytes,
+            limits,
             queue: Mutex::new(std::collections::VecDeque::new()),
         });
         tokio::spawn(housekeeping(state.clone()));

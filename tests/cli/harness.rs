@@ -593,6 +593,24 @@ pub fn unique_token() -> String {
     format!("{}{:09}", std::process::id(), nanos)
 }
 
+/// The parent of process `pid`, from /proc.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The supervisor of the sandbox that runs sleeper `pid`: the parent of the sandbox's init,
+/// whose child the sleeper is.
+pub fn supervisor_of(sleeper: i32) -> i32 {
+    parent_of(sleeper)
+        .and_then(parent_of)
+        .expect("the sleeper's init and supervisor")
+}
+
 /// Every process of the host (all PID namespaces): its pid and its /proc dir.
 pub fn processes() -> Vec<(i32, PathBuf)> {
     std::fs::read_dir("/proc")

@@ -41,6 +41,7 @@ pub(super) async fn spawn(
     accepting(&st)?;
     let body = read_body(body, st.max_body).await?;
     let mut req: SpawnRequest = json_body(&body)?;
+    crate::engine::limits::clamp(&mut req, &st.limits);
     let spawned = blocking(&st, move |st| {
         let engine = lock(&st.engine);
         // Admission: a bounded number of running operations; beyond it spawns wait in

@@ -1,0 +1,636 @@
+//! Resource limits of a run: what a request asks (`resources_limits`), the defaults of
+//! config.toml's `[limits]` and the ceilings of `[serve.limits]`, and the effective values a
+//! supervisor applies: memory, processes and CPU through cgroups (`cgroup`), the writable
+//! layer's size through a filesystem of its own or a guard (`layerlimit`).
+//!
+//! Sizes, process counts and CPU shares are parsed here, for `run`'s flags and the config
+//! alike, so both accept and refuse the same words.
+
+use crate::wire::{ResourcesLimits, SpawnRequest};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// The API's default for `max_layer_bytes`.
+pub const DEFAULT_LAYER_BYTES: u64 = 12 * GIB;
+/// Processes and threads a run may have when nothing else is said: enough for parallel
+/// builds, far below the host's pid space (often 32768), so a fork bomb stops there.
+pub const DEFAULT_PIDS: u64 = 4096;
+/// The memory a run may take when nothing else is said, in percent of the host's RAM.
+pub const DEFAULT_MEMORY_PERCENT: u64 = 50;
+/// Below this a sandbox cannot even start its shell.
+pub const MIN_MEMORY: u64 = 4 * MIB;
+/// The smallest writable layer: the filesystem that holds it needs room for its own
+/// metadata (see `layerlimit`).
+pub const MIN_LAYER: u64 = MIB;
+pub const MIN_CPUS: f64 = 0.01;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LimitError {
+    #[error("'{0}' is not a size: write bytes, or a number with K, M, G or T (KiB, MiB, GiB, TiB), like 512M or 1.5G")]
+    Size(String),
+    #[error("'{0}' is not a process count: write a whole number of at least 1")]
+    Pids(String),
+    #[error("'{0}' is not a number of CPUs: write a number of at least 0.01, like 0.5 or 2")]
+    Cpus(String),
+    #[error("{what} {value} is below the smallest allowed, {min}")]
+    TooSmall {
+        what: &'static str,
+        value: String,
+        min: String,
+    },
+    #[error("{path}: [{table}] {key}: {reason}")]
+    Config {
+        path: PathBuf,
+        table: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("{path}: {reason}")]
+    ConfigFile { path: PathBuf, reason: String },
+}
+
+/// `512`, `64K`, `512M`, `1.5G`, `2T` (binary units; `KiB`… and lower case accepted).
+/// Decimal units (`MB`) are refused rather than guessed at.
+pub fn parse_size(text: &str) -> Result<u64, LimitError> {
+    let bad = || LimitError::Size(text.to_string());
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let unit = match unit.trim() {
+        "" | "b" | "B" => 1,
+        "k" | "K" | "KiB" | "kiB" => KIB,
+        "m" | "M" | "MiB" => MIB,
+        "g" | "G" | "GiB" => GIB,
+        "t" | "T" | "TiB" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+        return Err(bad());
+    }
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let bytes = value * unit as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 / 2.0 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+/// A whole number of processes, at least 1.
+pub fn parse_pids(text: &str) -> Result<u64, LimitError> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(LimitError::Pids(text.to_string())),
+    }
+}
+
+/// CPUs as a decimal number, at least `MIN_CPUS`.
+pub fn parse_cpus(text: &str) -> Result<f64, LimitError> {
+    match text.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= MIN_CPUS => Ok(n),
+        _ => Err(LimitError::Cpus(text.to_string())),
+    }
+}
+
+/// `1.5 GiB`, `256 MiB`, `12 KiB`: for messages.
+pub fn human(bytes: u64) -> String {
+    let units = [
+        (1u64 << 40, "TiB"),
+        (GIB, "GiB"),
+        (MIB, "MiB"),
+        (KIB, "KiB"),
+    ];
+    for (size, name) in units {
+        if bytes >= size {
+            let v = bytes as f64 / size as f64;
+            return if (v - v.round()).abs() < 0.005 {
+                format!("{} {name}", v.round() as u64)
+            } else {
+                format!("{v:.1} {name}")
+            };
+        }
+    }
+    format!("{bytes} B")
+}
+
+/// One set of limits; `None` means no limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub memory: Option<u64>,
+    pub pids: Option<u64>,
+    pub cpus: Option<f64>,
+    pub layer: Option<u64>,
+}
+
+impl Settings {
+    /// The built-in defaults: they protect the host without getting in a build's way.
+    pub fn builtin() -> Settings {
+        Settings {
+            memory: host_ram().map(|ram| ram / 100 * DEFAULT_MEMORY_PERCENT),
+            pids: Some(DEFAULT_PIDS),
+            cpus: None,
+            layer: Some(DEFAULT_LAYER_BYTES),
+        }
+    }
+}
+
+/// The host's RAM in bytes (sysinfo(2)).
+pub fn host_ram() -> Option<u64> {
+    // SAFETY: sysinfo fills the plain struct we hand it.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to that struct.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return None;
+    }
+    Some(info.totalram as u64 * info.mem_unit.max(1) as u64)
+}
+
+/// config.toml's `[limits]` (the defaults of every run) and `[serve.limits]` (what `serve`
+/// lets a client ask for, at most).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub defaults: Settings,
+    pub ceilings: Settings,
+}
+
+impl Config {
+    /// Reads `config.toml` in `config_dir`; no file or no table means the built-in values.
+    /// Ceilings not given are the defaults: a client can ask for less, not for more.
+    pub fn load(config_dir: &Path) -> Result<Config, LimitError> {
+        let path = config_dir.join("config.toml");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                return Err(LimitError::ConfigFile {
+                    path,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        Self::parse(&text, &path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, LimitError> {
+        let builtin = Settings::builtin();
+        if !text.contains("limits") {
+            return Ok(Config {
+                defaults: builtin.clone(),
+                ceilings: builtin,
+            });
+        }
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| LimitError::ConfigFile {
+                    path: path.to_path_buf(),
+                    reason: e.message().to_string(),
+                })?;
+        let limits = table.get("limits");
+        let serve = table
+            .get("serve")
+            .and_then(|s| s.as_table())
+            .and_then(|s| s.get("limits"));
+        let defaults = settings(limits, "limits", path, &builtin)?;
+        let ceilings = settings(serve, "serve.limits", path, &defaults)?;
+        Ok(Config { defaults, ceilings })
+    }
+}
+
+/// One table's settings over `base`: `memory` (a size or `N%` of RAM), `pids`, `cpus`,
+/// `max_layer_bytes`; each may be `"none"`.
+fn settings(
+    value: Option<&toml::Value>,
+    table: &'static str,
+    path: &Path,
+    base: &Settings,
+) -> Result<Settings, LimitError> {
+    let mut out = base.clone();
+    let Some(value) = value else {
+        return Ok(out);
+    };
+    let bad = |key: &str, reason: String| LimitError::Config {
+        path: path.to_path_buf(),
+        table,
+        key: key.to_string(),
+        reason,
+    };
+    let t = value
+        .as_table()
+        .ok_or_else(|| bad("", "must be a table".into()))?;
+    for (key, v) in t {
+        let text = match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            _ => return Err(bad(key, "must be a string or a number".into())),
+        };
+        let none = text.trim().eq_ignore_ascii_case("none");
+        match key.as_str() {
+            "memory" if none => out.memory = None,
+            "memory" => {
+                out.memory = Some(match text.trim().strip_suffix('%') {
+                    Some(p) => {
+                        let p: u64 = p
+                            .trim()
+                            .parse()
+                            .ok()
+                            .filter(|p| (1..=100).contains(p))
+                            .ok_or_else(|| {
+                                bad(key, format!("'{text}' is not a percentage from 1% to 100%"))
+                            })?;
+                        host_ram().ok_or_else(|| bad(key, "the host's RAM is unknown".into()))?
+                            / 100
+                            * p
+                    }
+                    None => parse_size(&text).map_err(|e| bad(key, e.to_string()))?,
+                });
+                check_memory(out.memory).map_err(|e| bad(key, e.to_string()))?;
+            }
+            "pids" if none => out.pids = None,
+            "pids" => out.pids = Some(parse_pids(&text).map_err(|e| bad(key, e.to_string()))?),
+            "cpus" if none => out.cpus = None,
+            "cpus" => out.cpus = Some(parse_cpus(&text).map_err(|e| bad(key, e.to_string()))?),
+            "max_layer_bytes" if none => out.layer = None,
+            "max_layer_bytes" => {
+                let size = parse_size(&text).map_err(|e| bad(key, e.to_string()))?;
+                check_layer(size).map_err(|e| bad(key, e.to_string()))?;
+                out.layer = Some(size);
+            }
+            _ => {
+                return Err(bad(
+                    key,
+                    "unknown key (expected memory, pids, cpus or max_layer_bytes)".into(),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn check_memory(memory: Option<u64>) -> Result<(), LimitError> {
+    match memory {
+        Some(m) if m < MIN_MEMORY => Err(LimitError::TooSmall {
+            what: "a memory limit of",
+            value: human(m),
+            min: human(MIN_MEMORY),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn check_layer(size: u64) -> Result<(), LimitError> {
+    if size < MIN_LAYER {
+        return Err(LimitError::TooSmall {
+            what: "a writable layer limit of",
+            value: human(size),
+            min: human(MIN_LAYER),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a request's `resources_limits` (the engine refuses what it cannot apply).
+pub fn validate(req: &ResourcesLimits) -> Result<(), LimitError> {
+    if let Some(size) = req.max_layer_bytes {
+        check_layer(size)?;
+    }
+    if let Some(m) = req.max_memory_bytes.filter(|m| *m > 0) {
+        check_memory(Some(m))?;
+    }
+    if let Some(c) = req.max_cpus.filter(|c| *c != 0.0) {
+        if !c.is_finite() || c < MIN_CPUS {
+            return Err(LimitError::Cpus(c.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// The limits a run gets: the request's where it says, else the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Bytes of memory (RAM and swap together).
+    pub memory: Option<u64>,
+    /// Processes and threads of the command (the sandbox's init comes on top).
+    pub pids: Option<u64>,
+    pub cpus: Option<f64>,
+    /// Bytes of the writable layer.
+    pub layer: Option<u64>,
+    /// The request named the layer's size: it gets a filesystem of that size, so writes
+    /// past it fail with ENOSPC (see `layerlimit`).
+    pub layer_exact: bool,
+}
+
+impl Limits {
+    pub fn resolve(req: Option<&ResourcesLimits>, defaults: &Settings) -> Limits {
+        let req = req.cloned().unwrap_or_default();
+        // 0 asks for no limit.
+        let pick = |asked: Option<u64>, default: Option<u64>| match asked {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => default,
+        };
+        Limits {
+            memory: pick(req.max_memory_bytes, defaults.memory),
+            pids: pick(req.max_pids, defaults.pids),
+            cpus: match req.max_cpus {
+                Some(0.0) => None,
+                Some(c) => Some(c),
+                None => defaults.cpus,
+            },
+            layer: req.max_layer_bytes.or(defaults.layer),
+            layer_exact: req.max_layer_bytes.is_some(),
+        }
+    }
+
+    /// The limits as the exit event and the result show them.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "max_memory_bytes": self.memory,
+            "max_pids": self.pids,
+            "max_cpus": self.cpus,
+            "max_layer_bytes": self.layer,
+        })
+    }
+}
+
+/// `serve`: keeps what a client asks within the server's ceilings. A field the client left
+/// out gets the server's default, which is within them unless the config says otherwise.
+pub fn clamp(req: &mut SpawnRequest, config: &Config) {
+    let mut asked = req.resources_limits.clone().unwrap_or_default();
+    let ceil = &config.ceilings;
+    let clamp_u64 = |asked: &mut Option<u64>, default: Option<u64>, ceiling: Option<u64>| {
+        let Some(c) = ceiling else { return };
+        match *asked {
+            // 0 (no limit) and anything above the ceiling get the ceiling.
+            Some(n) if n == 0 || n > c => *asked = Some(c),
+            Some(_) => {}
+            None if default.is_none_or(|d| d > c) => *asked = Some(c),
+            None => {}
+        }
+    };
+    clamp_u64(
+        &mut asked.max_memory_bytes,
+        config.defaults.memory,
+        ceil.memory,
+    );
+    clamp_u64(&mut asked.max_pids, config.defaults.pids, ceil.pids);
+    clamp_u64(
+        &mut asked.max_layer_bytes,
+        config.defaults.layer,
+        ceil.layer,
+    );
+    if let Some(c) = ceil.cpus {
+        match asked.max_cpus {
+            Some(n) if n == 0.0 || n > c => asked.max_cpus = Some(c),
+            Some(_) => {}
+            None if config.defaults.cpus.is_none_or(|d| d > c) => asked.max_cpus = Some(c),
+            None => {}
+        }
+    }
+    req.resources_limits = (!asked.is_empty()).then_some(asked);
+}
+
+/// `contree doctor`'s lines about limits: the cgroup version and where each controller is,
+/// the defaults in effect, how the writable layer's size is held, and cgroups that crashed
+/// runs left behind (removed with `--repair`).
+pub fn doctor(engine: &super::LocalEngine, repair: bool) -> Vec<crate::backend::Finding> {
+    use crate::backend::Finding;
+    let host = super::cgroup::Host::detect();
+    let mut out = Vec::new();
+    let places = host.summary();
+    let mut at = Vec::new();
+    let mut missing = Vec::new();
+    for (controller, place) in &places {
+        match place {
+            Some(place) => at.push(format!("{controller} {place}")),
+            None => missing.push(*controller),
+        }
+    }
+    let mut detail = if at.is_empty() {
+        format!("{}; no controller for limits", host.version())
+    } else {
+        format!("{}; limits through {}", host.version(), at.join(", "))
+    };
+    if let (Some(v2), "hybrid") = (host.v2_mount(), host.version()) {
+        detail.push_str(&format!(
+            "; the v2 tree {} places each sandbox and counts its CPU time",
+            v2.display()
+        ));
+    }
+    if !missing.is_empty() {
+        detail.push_str(&format!(
+            "; no {} controller: that limit is not enforced here",
+            missing.join(", ")
+        ));
+    }
+    out.push(Finding {
+        check: "cgroups",
+        detail,
+        ..Default::default()
+    });
+    let mut f = Finding {
+        check: "limits",
+        ..Default::default()
+    };
+    match engine.limits_config() {
+        Ok(c) => {
+            let d = &c.defaults;
+            let or_none = |v: Option<String>| v.unwrap_or_else(|| "no limit".into());
+            f.detail = format!(
+                "each run: memory {}, processes {}, CPUs {}, writable layer {} (config.toml [limits])",
+                or_none(d.memory.map(human)),
+                or_none(d.pids.map(|p| p.to_string())),
+                or_none(d.cpus.map(|c| c.to_string())),
+                or_none(d.layer.map(human)),
+            );
+        }
+        Err(e) => {
+            f.detail = "config.toml's limits cannot be read".into();
+            f.problems.push(e.to_string());
+        }
+    }
+    out.push(f);
+    let exact = match super::layerlimit::exact_available() {
+        Ok(()) => "a limit a run names (--max-layer-bytes, the API's max_layer_bytes) gets a loop-mounted ext4 of that size: writes past it fail with ENOSPC".to_string(),
+        Err(e) => format!("a limit a run names cannot get a filesystem of its own here ({e})"),
+    };
+    out.push(Finding {
+        check: "layer limit",
+        detail: format!(
+            "{exact}; otherwise a guard stops the run once its layer is past the limit"
+        ),
+        ..Default::default()
+    });
+    // Only this store's: another store's runs are its own doctor's business. A dead run's
+    // cgroups go when its operation is recovered (the "operations" line above).
+    let stale: Vec<(PathBuf, bool)> = host
+        .reap(false)
+        .into_iter()
+        .filter_map(|dir| {
+            let name = dir.file_name()?.to_string_lossy().into_owned();
+            let op = name.split('.').next()?.to_string();
+            let row = engine.store().op(&op).ok()??;
+            Some((dir, row.status.is_terminal()))
+        })
+        .collect();
+    let mut f = Finding {
+        check: "cgroups left",
+        detail: "no cgroup of a dead run is left".into(),
+        problems: stale
+            .iter()
+            .filter(|(_, ended)| *ended)
+            .map(|(d, _)| format!("{} belongs to a run that is over", d.display()))
+            .collect(),
+        ..Default::default()
+    };
+    if stale.iter().any(|(_, ended)| !ended) {
+        f.detail = format!(
+            "{} cgroup(s) of dead runs, removed when their operations are recovered",
+            stale.len()
+        );
+    }
+    if repair {
+        super::cgroup::remove_stale(stale.iter().map(|(d, _)| d.as_path()));
+    }
+    if !f.problems.is_empty() {
+        f.repairable = true;
+        f.repaired = repair;
+        f.detail = if repair {
+            "removed (as recovery does)".into()
+        } else {
+            "--repair removes them, as recovery does".into()
+        };
+    }
+    out.push(f);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_units_and_refuse_the_rest() {
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("64K").unwrap(), 64 << 10);
+        assert_eq!(parse_size("256m").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        for bad in ["", "G", "12MB", "-1M", "1..5G", "0", "1e3", "x"] {
+            assert!(parse_size(bad).is_err(), "{bad} was taken");
+        }
+        assert!(parse_size("12MB")
+            .unwrap_err()
+            .to_string()
+            .contains("like 512M"));
+    }
+
+    #[test]
+    fn pids_and_cpus_refuse_nonsense() {
+        assert_eq!(parse_pids("64").unwrap(), 64);
+        assert!(parse_pids("0").is_err());
+        assert!(parse_pids("1.5").is_err());
+        assert_eq!(parse_cpus("0.5").unwrap(), 0.5);
+        assert!(parse_cpus("0").is_err());
+        assert!(parse_cpus("nan").is_err());
+        assert!(parse_cpus("-1").is_err());
+    }
+
+    #[test]
+    fn config_sets_defaults_and_serve_ceilings() {
+        let text = "[limits]\nmemory = \"1G\"\npids = 100\ncpus = 1.5\nmax_layer_bytes = \"2G\"\n\
+                    [serve.limits]\npids = 50\nmemory = \"none\"\n";
+        let c = Config::parse(text, Path::new("c.toml")).unwrap();
+        assert_eq!(c.defaults.memory, Some(1 << 30));
+        assert_eq!(c.defaults.pids, Some(100));
+        assert_eq!(c.defaults.cpus, Some(1.5));
+        assert_eq!(c.defaults.layer, Some(2 << 30));
+        assert_eq!(c.ceilings.pids, Some(50));
+        assert_eq!(c.ceilings.memory, None);
+        assert_eq!(c.ceilings.layer, Some(2 << 30));
+    }
+
+    #[test]
+    fn config_errors_name_the_file_table_and_key() {
+        let err = Config::parse("[limits]\nmemory = \"lots\"\n", Path::new("/x/config.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/x/config.toml: [limits] memory: 'lots' is not a size"),
+            "{err}"
+        );
+        let err = Config::parse("[limits]\nmemroy = 1\n", Path::new("c")).unwrap_err();
+        assert!(err.to_string().contains("unknown key"));
+    }
+
+    #[test]
+    fn the_request_wins_over_defaults_and_zero_lifts_a_limit() {
+        let defaults = Settings {
+            memory: Some(1 << 30),
+            pids: Some(100),
+            cpus: None,
+            layer: Some(DEFAULT_LAYER_BYTES),
+        };
+        let l = Limits::resolve(None, &defaults);
+        assert_eq!(
+            (l.memory, l.pids, l.layer_exact),
+            (Some(1 << 30), Some(100), false)
+        );
+        let req = ResourcesLimits {
+            max_memory_bytes: Some(0),
+            max_pids: Some(10),
+            max_layer_bytes: Some(1 << 20),
+            max_cpus: Some(0.5),
+        };
+        let l = Limits::resolve(Some(&req), &defaults);
+        assert_eq!(l.memory, None);
+        assert_eq!(l.pids, Some(10));
+        assert_eq!(l.cpus, Some(0.5));
+        assert_eq!((l.layer, l.layer_exact), (Some(1 << 20), true));
+    }
+
+    #[test]
+    fn serve_keeps_requests_within_its_ceilings() {
+        let base = Settings {
+            memory: Some(1 << 30),
+            pids: Some(100),
+            cpus: None,
+            layer: Some(DEFAULT_LAYER_BYTES),
+        };
+        let config = Config {
+            defaults: base.clone(),
+            ceilings: Settings {
+                cpus: Some(2.0),
+                ..base
+            },
+        };
+        let mut req = SpawnRequest {
+            resources_limits: Some(ResourcesLimits {
+                max_memory_bytes: Some(0),
+                max_pids: Some(50),
+                max_cpus: Some(8.0),
+                max_layer_bytes: None,
+            }),
+            ..Default::default()
+        };
+        clamp(&mut req, &config);
+        let got = req.resources_limits.unwrap();
+        assert_eq!(got.max_memory_bytes, Some(1 << 30));
+        assert_eq!(got.max_pids, Some(50));
+        assert_eq!(got.max_cpus, Some(2.0));
+        // Left to the default, which is within the ceiling: still not named.
+        assert_eq!(got.max_layer_bytes, None);
+    }
+
+    #[test]
+    fn human_sizes_read_well() {
+        assert_eq!(human(256 << 20), "256 MiB");
+        assert_eq!(human(3 << 29), "1.5 GiB");
+        assert_eq!(human(12), "12 B");
+    }
+}
