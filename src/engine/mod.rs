@@ -7,6 +7,7 @@ pub mod claim;
 pub mod doctor;
 pub mod eventlog;
 pub mod gc;
+pub mod harden;
 pub mod import;
 pub mod inspect;
 pub mod layers;

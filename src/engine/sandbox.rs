@@ -1,11 +1,13 @@
 //! The sandbox: new PID, mount, UTS, IPC and cgroup namespaces (and a network namespace
 //! with only loopback when networking is off) around an already mounted root, with a small
-//! init as PID 1 that starts the command, forwards signals and reaps.
+//! init as PID 1 that starts the command, forwards signals and reaps. `harden` cuts what
+//! the command may do inside (capabilities, seccomp, /proc, /sys and /dev).
 //!
 //! The supervisor calls `start` with everything prepared; this module never touches the
 //! store. The init speaks to the supervisor over a status pipe with one line per fact:
-//! `pid N`, `execfail ERRNO`, `exit CODE SIGNAL CORE`.
+//! `pid N`, `execfail ERRNO`, `setupfail REASON`, `exit CODE SIGNAL CORE`.
 
+use super::harden;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
@@ -67,12 +69,14 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
     if !spec.network {
         flags |= CloneFlags::CLONE_NEWNET;
     }
+    let plan =
+        harden::Plan::new(!flags.contains(CloneFlags::CLONE_NEWNET)).map_err(io::Error::other)?;
     let mut stack = vec![0u8; 1 << 20];
     let mut spec = Some(spec);
     let child = Box::new(|| -> isize {
         let spec = spec.take().expect("clone callback runs once");
         let status = spec.status.as_raw_fd();
-        match init(spec) {
+        match init(spec, &plan) {
             Ok(never) => match never {},
             Err(e) => {
                 let msg = format!("setupfail {e}\n");
@@ -91,7 +95,7 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
 
 enum Never {}
 
-fn init(spec: Spec) -> io::Result<Never> {
+fn init(spec: Spec, plan: &harden::Plan) -> io::Result<Never> {
     // If the supervisor dies (even by SIGKILL) the whole sandbox goes with it.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
     close_inherited_fds(&spec)?;
@@ -100,6 +104,7 @@ fn init(spec: Spec) -> io::Result<Never> {
         loopback_up()?;
     }
     setup_mounts(root)?;
+    harden::mounts::apply(root)?;
     crate::log::trace("init: mounts");
     unistd::sethostname(&spec.hostname)?;
     unistd::chdir(root)?;
@@ -115,12 +120,13 @@ fn init(spec: Spec) -> io::Result<Never> {
     // Find the program now, inside the new root, with the sandbox's PATH.
     let program = resolve_program(&spec.command, &spec.search_path);
 
+    harden::init_process()?;
     let (err_r, err_w) = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     // SAFETY: init is single-threaded; the child only calls exec-related functions.
     match unsafe { unistd::fork() }? {
         ForkResult::Child => {
             drop(err_r);
-            let errno = exec_command(&spec, &program);
+            let errno = exec_command(&spec, &program, plan);
             let bytes = (errno as i32).to_le_bytes();
             // SAFETY: reporting errno through the CLOEXEC pipe, then leaving.
             unsafe {
@@ -253,9 +259,10 @@ fn resolve_program(command: &CString, search_path: &str) -> CString {
     command.clone()
 }
 
-/// In the command's process: stdio, credentials, cwd, a clean signal state, exec.
-/// Returns only on failure, with the errno.
-fn exec_command(spec: &Spec, program: &CString) -> nix::errno::Errno {
+/// In the command's process: stdio, credentials, cwd, a clean signal state, the hardening
+/// `plan`, exec. Returns only on failure, with the errno (a hardening step that fails ends
+/// the process with a `setupfail` line instead).
+fn exec_command(spec: &Spec, program: &CString, plan: &harden::Plan) -> nix::errno::Errno {
     let fail = |e: nix::errno::Errno| e;
     let _ = unistd::setsid();
     if let Some(stdin) = &spec.stdin {
@@ -276,6 +283,9 @@ fn exec_command(spec: &Spec, program: &CString) -> nix::errno::Errno {
         }
     }
     let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    if let Err(e) = plan.before_credentials() {
+        setup_failed(spec, e);
+    }
     if let Err(e) = unistd::setgroups(&[]) {
         return fail(e);
     }
@@ -290,10 +300,20 @@ fn exec_command(spec: &Spec, program: &CString) -> nix::errno::Errno {
     if let Err(e) = unistd::chdir(spec.cwd.as_str()) {
         return fail(e);
     }
+    if let Err(e) = plan.before_exec() {
+        setup_failed(spec, e);
+    }
     match unistd::execve(program, &spec.argv, &spec.env) {
         Ok(never) => match never {},
         Err(e) => e,
     }
+}
+
+/// Reports a failed hardening step to the supervisor and ends the command's process.
+fn setup_failed(spec: &Spec, e: harden::StepError) -> ! {
+    write_line(&spec.status, &format!("setupfail {e}\n"));
+    // SAFETY: leaving the forked process without running the init's destructors.
+    unsafe { libc::_exit(120) }
 }
 
 /// /proc, a minimal /dev and /dev/pts, /dev/shm inside the new root.
