@@ -30,6 +30,9 @@ pub fn check(engine: &LocalEngine, repair: bool) -> Result<Vec<Finding>, Backend
     out.push(blobs(engine, repair)?);
     out.push(scratch(engine, repair));
     out.push(mounts(engine));
+    out.extend(super::harden::doctor::findings(
+        &engine.store.root.join("mnt"),
+    ));
     Ok(out)
 }
 

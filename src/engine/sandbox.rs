@@ -317,7 +317,7 @@ fn setup_failed(spec: &Spec, e: harden::StepError) -> ! {
 }
 
 /// /proc, a minimal /dev and /dev/pts, /dev/shm inside the new root.
-fn setup_mounts(root: &Path) -> io::Result<()> {
+pub(crate) fn setup_mounts(root: &Path) -> io::Result<()> {
     let proc_dir = root.join("proc");
     std::fs::create_dir_all(&proc_dir)?;
     mount(

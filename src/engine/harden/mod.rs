@@ -14,6 +14,7 @@
 //! Works with or without a user namespace: every step acts on the caller's own namespaces.
 
 pub mod caps;
+pub mod doctor;
 pub mod mounts;
 pub mod seccomp;
 
