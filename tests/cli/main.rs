@@ -10,6 +10,7 @@ mod completions;
 mod doctor;
 mod durability;
 mod errors;
+mod escape_hardening;
 mod exit_codes;
 mod faults;
 mod gc;
