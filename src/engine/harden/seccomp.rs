@@ -98,6 +98,7 @@ const ALWAYS: &[i64] = &[
     libc::SYS_get_mempolicy,
     libc::SYS_move_pages,
     libc::SYS_migrate_pages,
+    libc::SYS_set_mempolicy_home_node,
     // Mounts: the sandbox's mounts (the /proc and /sys masks among them) stay as set up.
     libc::SYS_mount,
     libc::SYS_umount2,
