@@ -229,10 +229,16 @@ fn arch() -> Result<TargetArch, seccompiler::BackendError> {
     TargetArch::try_from(std::env::consts::ARCH)
 }
 
-/// True when this kernel runs x32 system calls (`getpid` through the x32 ABI answers).
+/// True when this kernel may run x32 system calls: `getpid` through the x32 ABI answers.
+/// Under a seccomp filter already (a hardened service unit) the probe itself could be
+/// killed (libseccomp's filters kill other ABIs), so there the answer is yes, unasked.
 fn x32_enabled() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
+        // SAFETY: prctl with integer arguments; 0 means no seccomp mode.
+        if unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) } != 0 {
+            return true;
+        }
         // SAFETY: getpid has no arguments and no effects; an x32-less kernel says ENOSYS.
         unsafe { libc::syscall(libc::SYS_getpid | X32_SYSCALL_BIT) > 0 }
     }
