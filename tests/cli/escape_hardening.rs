@@ -556,9 +556,7 @@ fn kernel_memory_keys_timers_and_symbols_in_proc_are_masked() {
     let entries = [
         "kcore",
         "keys",
-        "key-users",
         "kallsyms",
-        "kmsg",
         "timer_list",
         "sched_debug",
         "kpageflags",
@@ -570,10 +568,11 @@ fn kernel_memory_keys_timers_and_symbols_in_proc_are_masked() {
         .filter(|e| std::path::Path::new("/proc").join(e).exists())
         .collect();
     assert!(present.contains(&"kallsyms") && present.contains(&"timer_list"));
-    // stat only (reading /proc/kmsg would take the host's kernel log from its reader):
-    // a masked file is /dev/null, a character device 1:3.
+    // A masked file is /dev/null, a character device 1:3. The kernel log is only opened
+    // (reading /proc/kmsg would take messages from the host's reader).
     let script = format!(
         "cd /proc && stat -c '%n %F %t:%T' {}; \
+         ( : < kmsg ) 2>/dev/null && echo kmsg opened || echo kmsg refused; \
          echo kallsyms addresses $(head -c 4096 kallsyms | grep -cv '^0* '); \
          echo timer_list bytes $(head -c 4096 timer_list | wc -c)",
         present.join(" ")
@@ -584,6 +583,7 @@ fn kernel_memory_keys_timers_and_symbols_in_proc_are_masked() {
         let line = format!("{entry} character special file 1:3\n");
         assert!(text.contains(&line), "/proc/{entry} is not masked:\n{text}");
     }
+    assert!(text.contains("kmsg refused\n"), "{text}");
     // No symbol with a real address, and no timer list.
     assert!(text.contains("kallsyms addresses 0\n"), "{text}");
     assert!(text.contains("timer_list bytes 0\n"), "{text}");
