@@ -33,6 +33,9 @@ pub fn check(engine: &LocalEngine, repair: bool) -> Result<Vec<Finding>, Backend
     out.push(permissions(engine));
     out.push(super::network::doctor());
     out.extend(super::limits::doctor(engine, repair));
+    out.extend(super::harden::doctor::findings(
+        &engine.store.root.join("mnt"),
+    ));
     Ok(out)
 }
 

@@ -8,6 +8,7 @@ pub mod claim;
 pub mod doctor;
 pub mod eventlog;
 pub mod gc;
+pub mod harden;
 pub mod idmap;
 pub mod import;
 pub mod inspect;

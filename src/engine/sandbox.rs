@@ -1,11 +1,14 @@
-//! The sandbox: new PID, mount, UTS, IPC, cgroup and network namespaces around an already
-//! mounted root, with a small init as PID 1 that starts the command, forwards signals and
-//! reaps. The network namespace is never the host's (see `network`).
+//! The sandbox: new user, PID, mount, UTS, IPC, cgroup and network namespaces around an
+//! already mounted root (or one its init mounts itself, in its user namespace), with a
+//! small init as PID 1 that starts the command, forwards signals and reaps. The network
+//! namespace is never the host's (see `network`). `harden` cuts what the command may do
+//! inside (capabilities, seccomp, /proc, /sys and /dev).
 //!
 //! The supervisor calls `start` with everything prepared; this module never touches the
 //! store. The init speaks to the supervisor over a status pipe with one line per fact:
-//! `pid N`, `execfail ERRNO`, `exit CODE SIGNAL CORE`.
+//! `pid N`, `execfail ERRNO`, `setupfail REASON`, `exit CODE SIGNAL CORE`.
 
+use super::harden;
 use super::network::{self, Inside};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::CloneFlags;
@@ -104,6 +107,8 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
         handover = Some((OwnedFd::from(ours), u.range, sources));
         init_sock = Some(OwnedFd::from(theirs));
     }
+    let plan =
+        harden::Plan::new(!flags.contains(CloneFlags::CLONE_NEWNET)).map_err(io::Error::other)?;
     let mut stack = vec![0u8; 1 << 20];
     let into = spec
         .cgroup
@@ -114,7 +119,7 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
     let mut child = Box::new(|| -> isize {
         let spec = spec.take().expect("clone callback runs once");
         let status = spec.status.as_raw_fd();
-        match init(spec, init_sock.as_ref()) {
+        match init(spec, init_sock.as_ref(), &plan) {
             Ok(never) => match never {},
             Err(e) => {
                 let msg = format!("setupfail {e}\n");
@@ -183,7 +188,7 @@ fn hand_over_mounts(
 
 enum Never {}
 
-fn init(mut spec: Spec, sock: Option<&OwnedFd>) -> io::Result<Never> {
+fn init(mut spec: Spec, sock: Option<&OwnedFd>, plan: &harden::Plan) -> io::Result<Never> {
     // Said here, while `spec` (and so the status pipe) is still open: an error returned
     // from here on would close the pipe before the caller could say it.
     let joined = match spec.cgroup.take() {
@@ -200,12 +205,13 @@ fn init(mut spec: Spec, sock: Option<&OwnedFd>) -> io::Result<Never> {
     // Find the program now, inside the new root, with the sandbox's PATH.
     let program = resolve_program(&spec.command, &spec.search_path);
 
+    harden::init_process()?;
     let (err_r, err_w) = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     // SAFETY: init is single-threaded; the child only calls exec-related functions.
     match unsafe { unistd::fork() }? {
         ForkResult::Child => {
             drop(err_r);
-            let errno = exec_command(&spec, &program);
+            let errno = exec_command(&spec, &program, plan);
             let bytes = (errno as i32).to_le_bytes();
             // SAFETY: reporting errno through the CLOEXEC pipe, then leaving.
             unsafe {
@@ -259,6 +265,7 @@ fn prepare(spec: &Spec, sock: Option<&OwnedFd>) -> io::Result<()> {
     let root = &spec.root;
     let resolv = spec.network.before_pivot()?;
     setup_mounts(root, spec.userns.is_some())?;
+    harden::mounts::apply(root)?;
     crate::log::trace("init: mounts");
     unistd::sethostname(&spec.hostname)?;
     unistd::chdir(root)?;
@@ -425,9 +432,10 @@ fn resolve_program(command: &CString, search_path: &str) -> CString {
     command.clone()
 }
 
-/// In the command's process: stdio, credentials, cwd, a clean signal state, exec.
-/// Returns only on failure, with the errno.
-fn exec_command(spec: &Spec, program: &CString) -> nix::errno::Errno {
+/// In the command's process: stdio, credentials, cwd, a clean signal state, the hardening
+/// `plan`, exec. Returns only on failure, with the errno (a hardening step that fails ends
+/// the process with a `setupfail` line instead).
+fn exec_command(spec: &Spec, program: &CString, plan: &harden::Plan) -> nix::errno::Errno {
     let fail = |e: nix::errno::Errno| e;
     let _ = unistd::setsid();
     if let Some(stdin) = &spec.stdin {
@@ -448,6 +456,9 @@ fn exec_command(spec: &Spec, program: &CString) -> nix::errno::Errno {
         }
     }
     let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    if let Err(e) = plan.before_credentials() {
+        setup_failed(spec, e);
+    }
     if let Err(e) = unistd::setgroups(&[]) {
         return fail(e);
     }
@@ -462,14 +473,24 @@ fn exec_command(spec: &Spec, program: &CString) -> nix::errno::Errno {
     if let Err(e) = unistd::chdir(spec.cwd.as_str()) {
         return fail(e);
     }
+    if let Err(e) = plan.before_exec() {
+        setup_failed(spec, e);
+    }
     match unistd::execve(program, &spec.argv, &spec.env) {
         Ok(never) => match never {},
         Err(e) => e,
     }
 }
 
+/// Reports a failed hardening step to the supervisor and ends the command's process.
+fn setup_failed(spec: &Spec, e: harden::StepError) -> ! {
+    write_line(&spec.status, &format!("setupfail {e}\n"));
+    // SAFETY: leaving the forked process without running the init's destructors.
+    unsafe { libc::_exit(120) }
+}
+
 /// /proc, a minimal /dev and /dev/pts, /dev/shm inside the new root.
-fn setup_mounts(root: &Path, userns: bool) -> io::Result<()> {
+pub(crate) fn setup_mounts(root: &Path, userns: bool) -> io::Result<()> {
     let proc_dir = root.join("proc");
     std::fs::create_dir_all(&proc_dir)?;
     mount(

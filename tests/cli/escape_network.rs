@@ -482,14 +482,10 @@ fn what_a_sandbox_does_to_its_network_never_reaches_the_hosts() {
         ip route add 203.0.113.0/24 dev lo; ip route add 192.0.2.128/25 dev lo; \
         ip link set \"$dev\" mtu 1280; ip route del default; ip link set \"$dev\" down; \
         ip -o addr show; true";
-    let out = net
-        .run(&env, &["run", "-D", "--", "sh", "-c", script])
+    // (Without CAP_NET_ADMIN, which the hardening keeps out of a run's set, most of these
+    // are refused even inside: whatever was not, must not show outside either.)
+    net.run(&env, &["run", "-D", "--", "sh", "-c", script])
         .success();
-    assert!(
-        out.stdout_text().contains("203.0.113.9"),
-        "the sandbox could not even change its own namespace: {}",
-        out.stdout_text()
-    );
     assert_eq!(
         test_net_picture(&net),
         before,

@@ -10,6 +10,7 @@ mod completions;
 mod doctor;
 mod durability;
 mod errors;
+mod escape_hardening;
 mod escape_limits;
 mod escape_network;
 mod escape_serve;
