@@ -179,9 +179,10 @@ pub trait Backend {
             "registry pulls are not available for this backend".into(),
         ))
     }
-    /// Frees the images, layers and blobs that neither a tag, `refs` (what the sessions
-    /// use) nor a running operation references; with `dry_run` only says what it would free.
-    fn gc(&self, _refs: &References, _dry_run: bool) -> Result<GcReport, BackendError> {
+    /// Frees the images, layers and blobs that neither a tag, what the sessions use (`refs`)
+    /// nor a running operation references; with `dry_run` only says what it would free.
+    /// `refs` is asked once the operations are settled for the decision (see `Refs`).
+    fn gc(&self, _refs: Refs<'_>, _dry_run: bool) -> Result<GcReport, BackendError> {
         Err(BackendError::Unsupported(
             "garbage collection runs on the server for remote profiles".into(),
         ))
@@ -194,7 +195,7 @@ pub trait Backend {
     }
     /// Removes one image (and its tags) unless a session or a running operation uses it,
     /// then the layers no other image needs.
-    fn remove_image(&self, _image: &str, _refs: &References) -> Result<GcReport, BackendError> {
+    fn remove_image(&self, _image: &str, _refs: Refs<'_>) -> Result<GcReport, BackendError> {
         Err(BackendError::Unsupported(
             "images rm is not available for remote profiles".into(),
         ))
@@ -215,6 +216,11 @@ pub struct Finding {
     /// They were fixed (with `--repair`).
     pub repaired: bool,
 }
+
+/// Reads what the sessions reference, when a `gc` asks: after it has seen which operations
+/// are running. Read before, a run that ends and reaches its session in between would be
+/// in neither picture, and its snapshot would go.
+pub type Refs<'a> = &'a dyn Fn() -> Result<References, BackendError>;
 
 /// What the sessions reference, as `SessionStore::references` reports it.
 pub use crate::session::References;

@@ -2,7 +2,7 @@
 //! clap definitions, so they never drift from the real flags).
 
 use crate::backend::GcReport;
-use crate::context::{backend_err, session_err, Context};
+use crate::context::{backend_err, Context};
 use crate::error::{CommandError, CommandResult, Kind};
 use crate::format::{Format, Record};
 use crate::run::print_records;
@@ -53,9 +53,18 @@ fn report(ctx: &Context, report: &GcReport, verb: &str) -> CommandResult<()> {
     Ok(())
 }
 
+/// What this machine's sessions keep alive, read when the engine asks (see `backend::Refs`).
+fn references(ctx: &Context) -> Result<crate::backend::References, crate::backend::BackendError> {
+    ctx.sessions
+        .references()
+        .map_err(|e| crate::backend::BackendError::Store(e.to_string()))
+}
+
 pub fn gc(ctx: &Context, dry_run: bool) -> CommandResult<i32> {
-    let refs = ctx.sessions.references().map_err(session_err)?;
-    let freed = ctx.backend.gc(&refs, dry_run).map_err(backend_err)?;
+    let freed = ctx
+        .backend
+        .gc(&|| references(ctx), dry_run)
+        .map_err(backend_err)?;
     report(ctx, &freed, if dry_run { "Would free" } else { "Freed" })?;
     Ok(0)
 }
@@ -63,9 +72,7 @@ pub fn gc(ctx: &Context, dry_run: bool) -> CommandResult<i32> {
 pub fn images_rm(ctx: &Context, images: &[String]) -> CommandResult<i32> {
     let mut code = 0;
     for image in images {
-        // References are read again for each image: the previous removal may matter.
-        let refs = ctx.sessions.references().map_err(session_err)?;
-        match ctx.backend.remove_image(image, &refs) {
+        match ctx.backend.remove_image(image, &|| references(ctx)) {
             Ok(freed) => report(ctx, &freed, "Freed")?,
             Err(e) => {
                 crate::log::emit(crate::log::Level::Error, &backend_err(e).message);

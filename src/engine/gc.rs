@@ -10,7 +10,7 @@
 
 use super::store::{ImageRow, HOST_LAYER};
 use super::LocalEngine;
-use crate::backend::{BackendError, Freed, GcReport, References};
+use crate::backend::{BackendError, Freed, GcReport};
 use crate::wire::Status;
 use rusqlite::params;
 use std::collections::{HashMap, HashSet};
@@ -45,7 +45,7 @@ fn starting(engine: &LocalEngine) -> Result<bool, super::store::StoreError> {
 
 pub fn collect(
     engine: &LocalEngine,
-    refs: &References,
+    refs: crate::backend::Refs<'_>,
     mode: Mode<'_>,
 ) -> Result<GcReport, BackendError> {
     let store = &engine.store;
@@ -59,6 +59,14 @@ pub fn collect(
             &[Status::Pending, Status::Assigned, Status::Executing],
             None,
         )?;
+        // Only now: no run can end while this transaction holds the store (its ending is a
+        // write), so one that is not in `active` had ended, and is on its session's pending
+        // list or in its history, in one picture, as the sessions apply runs atomically.
+        let refs = match refs() {
+            Ok(refs) => refs,
+            Err(e) => return Ok(Err(e)),
+        };
+        let refs = &refs;
         // Why each image must stay, for the `images rm` refusal.
         let mut users: HashMap<String, String> = refs
             .images

@@ -1604,7 +1604,7 @@ impl Backend for LocalEngine {
 
     fn gc(
         &self,
-        refs: &crate::backend::References,
+        refs: crate::backend::Refs<'_>,
         dry_run: bool,
     ) -> Result<crate::backend::GcReport, BackendError> {
         gc::collect(self, refs, gc::Mode::All { dry_run })
@@ -1617,7 +1617,7 @@ impl Backend for LocalEngine {
     fn remove_image(
         &self,
         image: &str,
-        refs: &crate::backend::References,
+        refs: crate::backend::Refs<'_>,
     ) -> Result<crate::backend::GcReport, BackendError> {
         let uuid = self.resolve_image(image)?;
         gc::collect(self, refs, gc::Mode::Image(&uuid))
