@@ -927,9 +927,6 @@ impl Run {
     /// once, and if this process dies in between, recovery finds the log complete and
     /// copies its ending into the row (see `LocalEngine::finish_here`).
     fn finish(&mut self, outcome: Outcome, started: Instant) -> i32 {
-        // Before the commit, so that the new image and the row that names it stay as close
-        // together as they were (a window that `gc` and crashes must already allow for).
-        self.record_usage();
         let mut result_image = None;
         let mut image_size = None;
         let mut error = outcome.error.clone();
@@ -985,6 +982,9 @@ impl Run {
         }
         crate::log::trace("completion written");
         crate::failpoint::hit("supervisor:completion-written");
+        // After `completion`: the follower need not wait for this write. (The run is still
+        // unfinished in its row, so `gc` keeps its new image: see `gc::collect`.)
+        self.record_usage();
         let recorded = match &self.store {
             Some(db) => db
                 .finish_op(
