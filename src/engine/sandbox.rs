@@ -259,12 +259,15 @@ fn prepare(spec: &Spec, sock: Option<&OwnedFd>) -> io::Result<()> {
     // If the supervisor dies (even by SIGKILL) the whole sandbox goes with it.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
     close_inherited_fds(spec, sock.map(|s| s.as_raw_fd()))?;
+    crate::log::trace("init: start");
     if let (Some(u), Some(sock)) = (&spec.userns, sock) {
         mount_root_in_userns(u, sock)?;
     }
+    crate::log::trace("init: root mounted");
     let root = &spec.root;
     let resolv = spec.network.before_pivot()?;
     setup_mounts(root, spec.userns.is_some())?;
+    crate::log::trace("init: proc and dev");
     harden::mounts::apply(root)?;
     crate::log::trace("init: mounts");
     unistd::sethostname(&spec.hostname)?;
@@ -290,6 +293,7 @@ fn mount_root_in_userns(u: &Userns, sock: &OwnedFd) -> io::Result<()> {
     // Still host uid 0 here, the owner of the store's directories: the way in is open.
     unistd::chdir(&u.points)?;
     let mounts = idmap::recv_fds(sock.as_raw_fd(), u.idmapped.len())?;
+    crate::log::trace("init: handed over");
     if mounts.len() != u.idmapped.len() {
         return Err(io::Error::other("the supervisor sent no mounts"));
     }
