@@ -25,4 +25,5 @@ pub mod progress;
 pub mod run;
 pub mod server;
 pub mod session;
+pub mod sha256;
 pub mod wire;

@@ -337,7 +337,7 @@ impl RemoteBackend {
     pub fn with_upload_cache(mut self, path: &Path) -> RemoteBackend {
         use sha2::Digest;
         let who = sha2::Sha256::digest(format!("{}\n{}", self.api.base, self.api.token));
-        let server: String = who.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        let server = crate::sha256::hex(&who[..16]);
         self.cache = UploadCache::open(path, &server)
             .ok()
             .map(std::sync::Mutex::new);

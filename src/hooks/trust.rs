@@ -38,14 +38,6 @@ pub enum Verdict {
     Changed(String),
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 impl TrustStore {
     pub fn file(data_dir: &Path) -> PathBuf {
         data_dir.join("hooks-trust.json")

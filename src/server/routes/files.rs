@@ -67,11 +67,7 @@ pub(super) async fn upload(
         tokio::task::block_in_place(|| file.write_all(&chunk))
             .map_err(|e| upload_write_err(&tmp, e))?;
     }
-    let sha: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha = crate::sha256::hex(&hasher.finalize());
     let body = blocking(&st, move |st| {
         let _cleanup = cleanup;
         let uuid = {
