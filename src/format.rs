@@ -308,6 +308,18 @@ pub fn format_interval(secs: f64) -> String {
     out
 }
 
+/// `1.5 MiB`-style sizes (and rates), binary units with one decimal.
+pub fn human(bytes: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,5 +489,14 @@ mod tests {
         ] {
             assert_eq!(render(f, &[], true), "", "{f}");
         }
+    }
+
+    #[test]
+    fn sizes_read_in_binary_units_with_one_decimal() {
+        assert_eq!(human(0.0), "0.0 B");
+        assert_eq!(human(1023.0), "1023.0 B");
+        assert_eq!(human(1536.0), "1.5 KiB");
+        assert_eq!(human(3.0 * 1024.0 * 1024.0 * 1024.0), "3.0 GiB");
+        assert_eq!(human(2048.0 * 1024f64.powi(4)), "2048.0 TiB");
     }
 }

@@ -4,21 +4,9 @@
 use crate::backend::GcReport;
 use crate::context::{backend_err, Context};
 use crate::error::{CommandError, CommandResult, Kind};
-use crate::format::{Format, Record};
+use crate::format::{human, Format, Record};
 use crate::run::print_records;
 use clap::CommandFactory;
-
-/// `1.5 MiB`-style sizes.
-pub fn human(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < units.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", units[unit])
-}
 
 /// One record per freed item in the structured formats; in the default format a line per
 /// item and a summary.
@@ -38,7 +26,7 @@ fn report(ctx: &Context, report: &GcReport, verb: &str) -> CommandResult<()> {
         print_records(ctx.format, &records)?;
     } else {
         for f in &report.freed {
-            println!("{verb} {} {} ({})", f.kind, f.id, human(f.bytes));
+            println!("{verb} {} {} ({})", f.kind, f.id, human(f.bytes as f64));
         }
     }
     crate::info!(
@@ -47,7 +35,7 @@ fn report(ctx: &Context, report: &GcReport, verb: &str) -> CommandResult<()> {
         report.count("layer"),
         report.count("blob"),
         report.count("variant"),
-        human(report.bytes()),
+        human(report.bytes() as f64),
         report.bytes()
     );
     Ok(())
