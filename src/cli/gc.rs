@@ -4,8 +4,7 @@
 use crate::backend::GcReport;
 use crate::context::{backend_err, Context};
 use crate::error::{CommandError, CommandResult, Kind};
-use crate::format::{human, Format, Record};
-use crate::run::print_records;
+use crate::format::{human, print_records, Format, Record};
 use clap::CommandFactory;
 
 /// One record per freed item in the structured formats; in the default format a line per

@@ -5,8 +5,7 @@
 use super::session_args::{BranchFlags, HistoryFlags, SessionCommand};
 use crate::context::{backend_err, no_session, session_err, Context};
 use crate::error::{CommandError, CommandResult};
-use crate::format::{record_order, Format, Record};
-use crate::run::print_records;
+use crate::format::{print_records, record_order, Format, Record};
 use crate::session::{HistoryEntry, SessionError};
 use crate::wire::{Operation, Status};
 use serde_json::json;

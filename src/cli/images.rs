@@ -4,9 +4,8 @@ use super::args::{ImagesCommand, ImagesFlags, ImagesList, TagFlags};
 use crate::backend::ImageFilter;
 use crate::context::{backend_err, Context};
 use crate::error::{CommandError, CommandResult};
-use crate::format::Record;
+use crate::format::{print_records, Record};
 use crate::info;
-use crate::run::print_records;
 
 pub fn images(ctx: &Context, flags: ImagesFlags) -> CommandResult<i32> {
     match flags.command {

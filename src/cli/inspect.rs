@@ -2,8 +2,7 @@
 
 use crate::context::{backend_err, Context};
 use crate::error::{CommandError, CommandResult, Kind};
-use crate::format::{human, Format, Record};
-use crate::run::print_records;
+use crate::format::{human, print_records, Format, Record};
 use crate::wire::FileItem;
 use serde_json::json;
 use std::io::{IsTerminal, Read, Write};

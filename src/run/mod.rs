@@ -9,7 +9,7 @@ use crate::attach::{self, AttachError, DigestCache, Excludes};
 use crate::backend::{BackendError, StdinSource};
 use crate::context::{backend_err, no_session, session_err, Context};
 use crate::error::{exit, CommandError, CommandResult, Kind};
-use crate::format::{self, Format, Record};
+use crate::format::{print_records, Format, Record};
 use crate::hooks::{self, Hooks, Plan, PENDING_UPLOAD};
 use crate::session::PendingOp;
 use crate::wire::{FileRef, SpawnRequest, Status};
@@ -860,15 +860,4 @@ fn result_record(ctx: &Context, req: &SpawnRequest, out: &Outcome) -> Record {
     rec.insert("backend".into(), ctx.backend.name().into());
     rec.insert("error".into(), out.error.clone().unwrap_or_default().into());
     rec
-}
-
-pub fn print_records(fmt: Format, records: &[Record]) -> CommandResult {
-    let mut stdout = std::io::stdout().lock();
-    let tty = std::io::stdout().is_terminal();
-    match format::write_records(&mut stdout, fmt, records, tty).and_then(|_| stdout.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(CommandError::new(Kind::Io, format!("writing output: {e}")))
-        }
-        _ => Ok(()),
-    }
 }
