@@ -5,6 +5,8 @@
 //! never writes to stderr.
 //! Framing follows run-behaviour.md §7, with the deliberate differences noted inline.
 
+pub mod formatter;
+
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
 use std::str::FromStr;

@@ -3,7 +3,7 @@
 //! The binary (`main.rs`) only calls `cli::main`. The modules, in pipeline order: `cli`
 //! (flags), `run` (the pipeline), `attach` (file specs), `backend` (the seam), `engine`
 //! (the embedded local engine), `session` (where the user is in the image tree), `format`
-//! (records), `wire` (the /v1 types).
+//! (records and run formatters), `wire` (the /v1 types).
 
 pub mod api;
 pub mod attach;

@@ -23,7 +23,7 @@ pub use payload::{Plan, RequestView, SpecParser, PENDING_UPLOAD};
 pub use runtime::{Failure, Limits};
 
 use crate::error::{CommandError, Kind};
-use crate::run::formatter::Stream;
+use crate::format::formatter::Stream;
 use crate::run::Outcome;
 use crate::wire::SpawnRequest;
 use mlua::{Function, Value};

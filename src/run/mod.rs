@@ -1,7 +1,6 @@
 //! The run pipeline: flags → spawn request → operation → live output → session update →
 //! exit code. One path for every backend, attached or detached (see ARCHITECTURE.md).
 
-pub mod formatter;
 pub mod request;
 pub mod settle;
 
@@ -9,12 +8,12 @@ use crate::attach::{self, AttachError, DigestCache, Excludes};
 use crate::backend::{BackendError, StdinSource};
 use crate::context::{backend_err, no_session, session_err, Context};
 use crate::error::{exit, CommandError, CommandResult, Kind};
+use crate::format::formatter::{self, Emit, Formatter, Stream};
 use crate::format::{print_records, Format, Record};
 use crate::hooks::{self, Hooks, Plan, PENDING_UPLOAD};
 use crate::session::PendingOp;
 use crate::wire::{FileRef, SpawnRequest, Status};
 use crate::{info, warn};
-use formatter::{Emit, Formatter, Stream};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
