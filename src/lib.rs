@@ -3,7 +3,7 @@
 //! The binary (`main.rs`) only calls `cli::main`. The modules, in pipeline order: `cli`
 //! (flags), `run` (the pipeline), `attach` (file specs), `backend` (the seam), `engine`
 //! (the embedded local engine), `session` (where the user is in the image tree), `format`
-//! (records and run formatters), `wire` (the /v1 types).
+//! (records and run formatters), `outcome` (what a run came to), `wire` (the /v1 types).
 
 pub mod api;
 pub mod attach;
@@ -18,6 +18,7 @@ pub mod format;
 pub mod hooks;
 pub mod interrupt;
 pub mod log;
+pub mod outcome;
 pub mod paths;
 pub mod plugin;
 pub mod privileges;

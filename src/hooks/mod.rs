@@ -24,7 +24,7 @@ pub use runtime::{Failure, Limits};
 
 use crate::error::{CommandError, Kind};
 use crate::format::formatter::Stream;
-use crate::run::Outcome;
+use crate::outcome::Outcome;
 use crate::wire::SpawnRequest;
 use mlua::{Function, Value};
 use redact::Redactor;

@@ -11,6 +11,7 @@ use crate::error::{exit, CommandError, CommandResult, Kind};
 use crate::format::formatter::{self, Emit, Formatter, Stream};
 use crate::format::{print_records, Format, Record};
 use crate::hooks::{self, Hooks, Plan, PENDING_UPLOAD};
+use crate::outcome::Outcome;
 use crate::session::PendingOp;
 use crate::wire::{FileRef, SpawnRequest, Status};
 use crate::{info, warn};
@@ -459,34 +460,6 @@ fn detached_branch(op: &str, disposable: bool) -> (String, &'static str) {
     } else {
         (format!("detached-{op}"), "run-detached")
     }
-}
-
-/// What the event stream told us about a finished operation.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    pub op: String,
-    pub status: Option<Status>,
-    pub error: Option<String>,
-    pub exit_code: Option<i32>,
-    pub timed_out: bool,
-    pub result_image: Option<String>,
-    pub duration_ms: u64,
-    pub image_size: u64,
-    pub truncated: Vec<(String, u64, u64)>,
-    pub interrupted: bool,
-    pub broken_pipe: bool,
-    /// The command ran to its end but its snapshot could not be kept (the engine's
-    /// `completion` says so).
-    pub snapshot_failed: bool,
-    /// Output bytes the command wrote, per stream (before any hook).
-    pub stdout_bytes: u64,
-    pub stderr_bytes: u64,
-    /// The kernel's OOM killer ended a process of the sandbox (the exit event says).
-    pub oom: bool,
-    /// The writable layer reached its size limit.
-    pub layer_limit_hit: bool,
-    /// The limits the run had, as the exit event gives them.
-    pub limits: Option<Value>,
 }
 
 /// Whether the output goes out exactly as the command wrote it (a formatter that passes it
