@@ -198,13 +198,8 @@ fn show(ctx: &Context, flags: HistoryFlags) -> CommandResult<i32> {
         Some(name) => find_one(ctx, name)?,
         None => ctx.session_key.clone(),
     };
-    let now = chrono::Utc::now();
-    let bound = |v: &Option<String>| {
-        v.as_deref()
-            .map(|t| super::when::parse(t, now).map_err(CommandError::user))
-            .transpose()
-    };
-    let (since, until) = (bound(&flags.since)?, bound(&flags.until)?);
+    let (since, until) = super::when::bounds(flags.since.as_deref(), flags.until.as_deref())
+        .map_err(CommandError::user)?;
     let mut entries: Vec<HistoryEntry> = ctx
         .sessions
         .history(&key)
