@@ -8,8 +8,7 @@ pub(super) async fn images(
     Extension(ns): Extension<Namespace>,
     Query(q): Params,
 ) -> ApiResult<Json<Value>> {
-    let limit = number(&q, "limit", 1, 1000, 100)?;
-    let offset = number(&q, "offset", 0, usize::MAX, 0)?;
+    let page = Page::of(&q)?;
     let prefix = param(&q, "tag").map(str::to_string);
     let tagged = flag(&q, "tagged") || prefix.is_some();
     let uuid = match param(&q, "uuid") {
@@ -40,7 +39,7 @@ pub(super) async fn images(
                 }
             }
         }
-        let images: Vec<Image> = out.into_iter().skip(offset).take(limit).collect();
+        let images: Vec<Image> = page.cut(out).collect();
         Ok(Json(json!({ "images": images })))
     })
     .await

@@ -146,8 +146,7 @@ pub(super) async fn operations(
     Extension(ns): Extension<Namespace>,
     Query(q): Params,
 ) -> ApiResult<Json<Vec<wire::Operation>>> {
-    let limit = number(&q, "limit", 1, 1000, 100)?;
-    let offset = number(&q, "offset", 0, usize::MAX, 0)?;
+    let page = Page::of(&q)?;
     let mut statuses = Vec::new();
     for (_, v) in q.iter().filter(|(k, _)| k == "status") {
         for s in v.split(',').filter(|s| !s.is_empty()) {
@@ -172,10 +171,7 @@ pub(super) async fn operations(
         };
         let ops = lock(&st.engine).operations(&filter)?;
         Ok(Json(
-            ops.into_iter()
-                .filter(|o| owned.contains(&o.uuid))
-                .skip(offset)
-                .take(limit)
+            page.cut(ops.into_iter().filter(|o| owned.contains(&o.uuid)))
                 .collect(),
         ))
     })
