@@ -245,6 +245,17 @@ fn status_error(r: Response) -> BackendError {
     }
 }
 
+/// The `uuid` of what a POST made (an upload, an operation); `what` names the request.
+fn answer_uuid(r: Response, what: &str) -> Result<String, BackendError> {
+    let answer: serde_json::Value = r
+        .json()
+        .map_err(|e| BackendError::Store(format!("{what}: bad response: {e}")))?;
+    answer["uuid"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| BackendError::Store(format!("{what}: no uuid in the answer")))
+}
+
 /// `contree run` and friends against a /v1 API.
 pub struct RemoteBackend {
     pub api: Api,
@@ -609,15 +620,7 @@ impl Backend for RemoteBackend {
             },
             false,
         )?;
-        let answer: serde_json::Value = r
-            .json()
-            .map_err(|e| BackendError::Store(format!("POST /images/import: bad response: {e}")))?;
-        let op = answer["uuid"]
-            .as_str()
-            .ok_or_else(|| {
-                BackendError::Store("POST /images/import: no uuid in the answer".into())
-            })?
-            .to_string();
+        let op = answer_uuid(r, "POST /images/import")?;
         let mut delay = Duration::from_millis(100);
         loop {
             let state = self.operation(&op)?;
@@ -778,13 +781,7 @@ impl RemoteBackend {
             },
             true,
         )?;
-        let f: serde_json::Value = r
-            .json()
-            .map_err(|e| BackendError::Store(format!("POST /files: bad response: {e}")))?;
-        f["uuid"]
-            .as_str()
-            .map(|u| (u.to_string(), false))
-            .ok_or_else(|| BackendError::Store("POST /files: no uuid in the answer".into()))
+        answer_uuid(r, "POST /files").map(|u| (u, false))
     }
 
     fn spawn_remote(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
@@ -803,13 +800,7 @@ impl RemoteBackend {
             },
             false,
         )?;
-        let body: serde_json::Value = r
-            .json()
-            .map_err(|e| BackendError::Store(format!("POST /instances: bad response: {e}")))?;
-        let op = body["uuid"]
-            .as_str()
-            .ok_or_else(|| BackendError::Store("POST /instances: no uuid in the answer".into()))?
-            .to_string();
+        let op = answer_uuid(r, "POST /instances")?;
         if let Some(rx) = rest {
             forward_stdin(self.api.clone(), op.clone(), rx);
         }
