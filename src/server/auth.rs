@@ -150,21 +150,13 @@ pub fn default_tokens_file(data: &Path) -> Result<PathBuf, ServeError> {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    let tmp = data.join(".serve.tokens.tmp");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        writeln!(f, "# TOKEN NAMESPACE (one pair per line)")?;
-        writeln!(f, "{token} default")?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
+    let text = format!("# TOKEN NAMESPACE (one pair per line)\n{token} default\n");
+    crate::paths::write_atomic(
+        &path,
+        &data.join(".serve.tokens.tmp"),
+        0o600,
+        text.as_bytes(),
+    )?;
     eprintln!(
         "contree serve: created {} with a token for namespace 'default'",
         path.display()
