@@ -9,6 +9,7 @@ pub mod api;
 pub mod attach;
 pub mod backend;
 pub mod cli;
+pub mod config;
 pub mod context;
 pub mod db;
 pub mod engine;
