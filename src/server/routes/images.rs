@@ -82,8 +82,7 @@ pub(super) async fn import(
     body: Body,
 ) -> ApiResult<Response> {
     accepting(&st)?;
-    let body = read_body(body, st.max_body).await?;
-    let req: ImportBody = json_body(&body)?;
+    let req: ImportBody = json_body(body, st.max_body).await?;
     if req.registry.url.trim().is_empty() {
         return Err(ApiError::bad_request("registry.url is empty"));
     }
@@ -210,8 +209,7 @@ pub(super) async fn tag(
     body: Body,
 ) -> ApiResult<Json<Image>> {
     let image = parse_uuid(&image, "image")?;
-    let body = read_body(body, st.max_body).await?;
-    let TagBody { tag } = json_body(&body)?;
+    let TagBody { tag } = json_body(body, st.max_body).await?;
     valid_tag(&tag)?;
     blocking(&st, move |st| {
         let engine = lock(&st.engine);

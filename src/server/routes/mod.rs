@@ -181,8 +181,9 @@ async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
         .map_err(|_| too_large())
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(body)
+/// The request body (see `read_body`) read as JSON.
+async fn json_body<T: serde::de::DeserializeOwned>(body: Body, limit: usize) -> ApiResult<T> {
+    serde_json::from_slice(&read_body(body, limit).await?)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 

@@ -39,8 +39,7 @@ pub(super) async fn spawn(
     body: Body,
 ) -> ApiResult<Response> {
     accepting(&st)?;
-    let body = read_body(body, st.max_body).await?;
-    let mut req: SpawnRequest = json_body(&body)?;
+    let mut req: SpawnRequest = json_body(body, st.max_body).await?;
     crate::engine::limits::clamp(&mut req, &st.limits);
     let spawned = blocking(&st, move |st| {
         let engine = lock(&st.engine);
@@ -318,8 +317,7 @@ pub(super) async fn stdin(
     body: Body,
 ) -> ApiResult<StatusCode> {
     let op = parse_uuid(&op, "operation")?;
-    let body = read_body(body, st.max_body).await?;
-    let repr: StdinRepr = json_body(&body)?;
+    let repr: StdinRepr = json_body(body, st.max_body).await?;
     let bytes = repr
         .bytes()
         .map_err(|e| ApiError::bad_request(format!("stdin is not valid base64: {e}")))?;
