@@ -1,15 +1,19 @@
 //! Records and the built-in output formats (`-o default|table|json|json-pretty|csv|tsv`).
 //!
 //! Every command hands its results here as *records*: insertion-ordered JSON objects. This
-//! module decides how they look on stdout; it never decides *what* a command reports, never
-//! writes to stderr and never touches the terminal beyond the `tty` flag it is given.
+//! module decides how they look on stdout; it never decides *what* a command reports and
+//! never writes to stderr.
 //! Framing follows run-behaviour.md §7, with the deliberate differences noted inline.
 
+pub mod formatter;
+
 use std::fmt::Write as _;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::str::FromStr;
 
 use serde_json::{Map, Value};
+
+use crate::error::{CommandError, CommandResult, Kind};
 
 /// One output row: keys keep their insertion order (`serde_json` is built with
 /// `preserve_order`), which is the column order the user sees.
@@ -130,6 +134,24 @@ pub fn write_records(
             out.write_all(text.as_bytes())?;
             out.write_all(b"\n")
         }
+    }
+}
+
+/// Prints `records` on stdout in `format` (tables are padded when stdout is a terminal).
+pub fn print_records(format: Format, records: &[Record]) -> CommandResult {
+    let tty = std::io::stdout().is_terminal();
+    to_stdout(|out| write_records(out, format, records, tty))
+}
+
+/// Writes to stdout with `write`, then flushes. A reader that went away (`| head`) is not an
+/// error: it has what it wanted.
+pub fn to_stdout(write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> CommandResult {
+    let mut stdout = std::io::stdout().lock();
+    match write(&mut stdout).and_then(|_| stdout.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            Err(CommandError::new(Kind::Io, format!("writing output: {e}")))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -308,6 +330,18 @@ pub fn format_interval(secs: f64) -> String {
     out
 }
 
+/// `1.5 MiB`-style sizes (and rates), binary units with one decimal.
+pub fn human(bytes: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,5 +511,14 @@ mod tests {
         ] {
             assert_eq!(render(f, &[], true), "", "{f}");
         }
+    }
+
+    #[test]
+    fn sizes_read_in_binary_units_with_one_decimal() {
+        assert_eq!(human(0.0), "0.0 B");
+        assert_eq!(human(1023.0), "1023.0 B");
+        assert_eq!(human(1536.0), "1.5 KiB");
+        assert_eq!(human(3.0 * 1024.0 * 1024.0 * 1024.0), "3.0 GiB");
+        assert_eq!(human(2048.0 * 1024f64.powi(4)), "2048.0 TiB");
     }
 }

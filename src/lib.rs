@@ -3,12 +3,13 @@
 //! The binary (`main.rs`) only calls `cli::main`. The modules, in pipeline order: `cli`
 //! (flags), `run` (the pipeline), `attach` (file specs), `backend` (the seam), `engine`
 //! (the embedded local engine), `session` (where the user is in the image tree), `format`
-//! (records), `wire` (the /v1 types).
+//! (records and run formatters), `outcome` (what a run came to), `wire` (the /v1 types).
 
 pub mod api;
 pub mod attach;
 pub mod backend;
 pub mod cli;
+pub mod config;
 pub mod context;
 pub mod db;
 pub mod engine;
@@ -18,6 +19,7 @@ pub mod format;
 pub mod hooks;
 pub mod interrupt;
 pub mod log;
+pub mod outcome;
 pub mod paths;
 pub mod plugin;
 pub mod privileges;
@@ -25,4 +27,5 @@ pub mod progress;
 pub mod run;
 pub mod server;
 pub mod session;
+pub mod sha256;
 pub mod wire;

@@ -105,6 +105,22 @@ pub fn private_dir(dir: &Path) -> io::Result<bool> {
     }
 }
 
+/// Replaces `path` with `bytes` through `tmp` (created with `mode`, synced, then renamed),
+/// so a reader never sees half a file and a crash leaves the old one.
+pub fn write_atomic(path: &Path, tmp: &Path, mode: u32, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
 fn non_empty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }

@@ -122,14 +122,17 @@ fn pump(
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum Frames {
     Completed,
     Ended,
     ReceiverGone,
 }
 
+/// Reads one connection's frames (the WHATWG "text/event-stream" format: `field: value`
+/// lines, a blank line ends an event, `:` starts a comment), sending each new event.
 fn read_frames(
-    r: reqwest::blocking::Response,
+    r: impl std::io::Read,
     last: &mut u64,
     tx: &SyncSender<Result<EventItem, BackendError>>,
 ) -> Frames {
@@ -225,5 +228,205 @@ impl EventStream for SseStream {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{self, Read};
+
+    /// Hands `text` out `step` bytes at a time, as a network may, then ends (or fails).
+    struct Pieces {
+        text: Vec<u8>,
+        at: usize,
+        step: usize,
+        fail_at_end: bool,
+    }
+
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.at == self.text.len() {
+                if self.fail_at_end {
+                    return Err(io::Error::from(io::ErrorKind::ConnectionReset));
+                }
+                return Ok(0);
+            }
+            let n = self.step.min(buf.len()).min(self.text.len() - self.at);
+            buf[..n].copy_from_slice(&self.text[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    fn pieces(text: &str, step: usize) -> Pieces {
+        Pieces {
+            text: text.as_bytes().to_vec(),
+            at: 0,
+            step,
+            fail_at_end: false,
+        }
+    }
+
+    /// What one connection hands over, resuming after event `last`.
+    fn read(r: impl Read, last: u64) -> (Frames, Vec<EventItem>, u64) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(256);
+        let mut last = last;
+        let frames = read_frames(r, &mut last, &tx);
+        drop(tx);
+        let items = rx
+            .into_iter()
+            .map(|r| r.expect("no error is sent"))
+            .collect();
+        (frames, items, last)
+    }
+
+    fn event(id: u64, kind: &str, data: &str) -> String {
+        format!(r#"{{"id":{id},"ts":"2026-05-01T12:00:00Z","type":"{kind}","data":{data}}}"#)
+    }
+
+    fn frame(id: u64, kind: &str, data: &str) -> String {
+        format!("data: {}\n\n", event(id, kind, data))
+    }
+
+    fn kinds(items: &[EventItem]) -> Vec<&str> {
+        items.iter().map(|i| i.event.kind.as_str()).collect()
+    }
+
+    fn output(items: &[EventItem]) -> String {
+        String::from_utf8(items.iter().flat_map(|i| i.bytes.clone()).collect()).unwrap()
+    }
+
+    /// What a reader of the stream sees of `text` read `step` bytes at a time: how the
+    /// connection ended, the command's output, and the event a resume would start after.
+    fn seen(text: &str, step: usize, last: u64) -> (Frames, String, u64) {
+        let (frames, items, last) = read(pieces(text, step), last);
+        (frames, output(&items), last)
+    }
+
+    fn run_log() -> String {
+        [
+            frame(1, "stdout", r#"{"value":"hello ","encoding":"ascii"}"#),
+            frame(2, "stdout", r#"{"value":"d29ybGQK","encoding":"base64"}"#),
+            frame(3, "exit", r#"{"exit_code":0}"#),
+            frame(4, "completion", r#"{"status":"SUCCESS"}"#),
+        ]
+        .concat()
+    }
+
+    fn completed(out: &str, last: u64) -> (Frames, String, u64) {
+        (Frames::Completed, out.to_string(), last)
+    }
+
+    fn ended(out: &str, last: u64) -> (Frames, String, u64) {
+        (Frames::Ended, out.to_string(), last)
+    }
+
+    #[test]
+    fn events_split_across_reads_arrive_whole_and_in_order() {
+        for step in [1, 2, 7, 4096] {
+            assert_eq!(seen(&run_log(), step, 0), completed("hello world\n", 4));
+            let (_, items, _) = read(pieces(&run_log(), step), 0);
+            assert_eq!(kinds(&items), ["stdout", "stdout", "exit", "completion"]);
+        }
+    }
+
+    #[test]
+    fn output_events_carry_their_bytes_and_not_the_encoded_value() {
+        let (_, items, _) = read(pieces(&run_log(), 4096), 0);
+        let stdout = &items[1].event.data;
+        assert!(!stdout.contains_key("value") && !stdout.contains_key("encoding"));
+        assert_eq!(items[1].bytes, b"world\n");
+        assert_eq!(items[1].passed, 0);
+        // Other events keep their data as sent.
+        assert_eq!(items[2].event.data["exit_code"], 0);
+        assert!(items[2].bytes.is_empty());
+    }
+
+    #[test]
+    fn an_event_spread_over_several_data_lines_arrives_as_one() {
+        let text = concat!(
+            "event: stdout\n",
+            "data: {\"id\": 1, \"ts\": \"t\",\n",
+            "data:\"type\": \"stdout\",\n",
+            "data: \"data\": {\"value\": \"a\\nb\"}}\n",
+            "\n",
+        );
+        assert_eq!(seen(text, 3, 0), ended("a\nb", 1));
+    }
+
+    #[test]
+    fn comments_retry_and_unknown_fields_are_ignored() {
+        let text = format!(
+            ": keepalive\n\nretry: 3000\n: another\nfoo: bar\nevent: message\n{}",
+            frame(1, "stdout", r#"{"value":"x"}"#)
+        );
+        assert_eq!(seen(&text, 5, 0), ended("x", 1));
+    }
+
+    #[test]
+    fn crlf_line_ends_read_like_lf() {
+        let text = run_log().replace('\n', "\r\n");
+        assert_eq!(seen(&text, 3, 0), completed("hello world\n", 4));
+    }
+
+    #[test]
+    fn the_id_field_wins_and_events_seen_before_a_resume_are_not_repeated() {
+        // A resumed connection replays from the start; only what follows `last` is new.
+        let (_, items, _) = read(pieces(&run_log(), 4096), 2);
+        assert_eq!(kinds(&items), ["exit", "completion"]);
+        assert_eq!(seen(&run_log(), 4096, 1), completed("world\n", 4));
+        // `id:` overrides the id inside the JSON.
+        let text = format!("id: 9\n{}", frame(1, "stdout", r#"{"value":"y"}"#));
+        assert_eq!(seen(&text, 4096, 5), ended("y", 9));
+    }
+
+    #[test]
+    fn a_stream_that_ends_mid_event_hands_over_only_whole_events() {
+        let whole = frame(1, "stdout", r#"{"value":"kept"}"#);
+        let half = format!("data: {}", event(2, "stdout", r#"{"value":"lost"}"#));
+        for fail_at_end in [false, true] {
+            let r = Pieces {
+                fail_at_end,
+                ..pieces(&format!("{whole}{half}"), 16)
+            };
+            let (frames, items, last) = read(r, 0);
+            // A resume asks for event 2 again.
+            assert_eq!((frames, output(&items), last), ended("kept", 1));
+        }
+    }
+
+    #[test]
+    fn nothing_after_completion_is_read() {
+        let text = format!("{}{}", run_log(), frame(5, "stdout", r#"{"value":"late"}"#));
+        assert_eq!(seen(&text, 4096, 0), completed("hello world\n", 4));
+    }
+
+    #[test]
+    fn an_sse_error_event_ends_the_connection() {
+        let text = format!(
+            "{}event: sse_error\ndata: {{\"error\": \"gone\"}}\n\n{}",
+            frame(1, "stdout", r#"{"value":"a"}"#),
+            frame(2, "stdout", r#"{"value":"b"}"#)
+        );
+        assert_eq!(seen(&text, 4096, 0), ended("a", 1));
+    }
+
+    #[test]
+    fn data_that_is_not_an_event_is_skipped() {
+        let text = format!(
+            "data: not json\n\ndata: {{}}\n\n{}",
+            frame(1, "stdout", r#"{"value":"ok"}"#)
+        );
+        assert_eq!(seen(&text, 4096, 0), ended("ok", 1));
+    }
+
+    #[test]
+    fn a_reader_that_went_away_stops_the_connection() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(256);
+        drop(rx);
+        let mut last = 0;
+        let frames = read_frames(pieces(&run_log(), 4096), &mut last, &tx);
+        assert_eq!(frames, Frames::ReceiverGone);
     }
 }

@@ -20,6 +20,91 @@ pub use profile::Profile;
 
 /// Delays between attempts; the length bounds the retries.
 const BACKOFF: [f64; 5] = [0.1, 0.2, 0.5, 1.0, 2.0];
+/// Busy answers (429) waited out before they count as failures: a busy server is waited
+/// for longer than a failing one, up to 10 minutes at the longest wait.
+const BUSY_WAITS: u32 = 600;
+
+/// How one attempt went, as far as retrying goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Tried {
+    /// The server answered, with `Retry-After` seconds if it sent them.
+    Answered {
+        status: StatusCode,
+        retry_after: Option<f64>,
+    },
+    /// No connection could be made (refused, unresolved, or timed out connecting).
+    NoConnection,
+    /// The request went out but the answer did not come in time.
+    TimedOut,
+    /// Anything else that broke the exchange.
+    Broken,
+}
+
+/// What `send` does after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Next {
+    /// Hand the answer back: success, or a status that trying again would not change.
+    Return,
+    /// Stop; this attempt's failure is the error.
+    GiveUp,
+    /// The server is busy: wait `secs` (saying so on the `first` wait) and try again.
+    WaitBusy { secs: f64, first: bool },
+    /// Try again after `secs`; at most `left` more tries, this one included.
+    Retry { secs: f64, left: usize },
+}
+
+/// The retry policy of one request, kept apart from the network so it can be tested.
+#[derive(Debug)]
+struct Retries {
+    replayable: bool,
+    attempt: usize,
+    busy_waits: u32,
+}
+
+impl Retries {
+    fn new(replayable: bool) -> Retries {
+        Retries {
+            replayable,
+            attempt: 0,
+            busy_waits: 0,
+        }
+    }
+
+    fn next(&mut self, tried: Tried) -> Next {
+        let wait = match tried {
+            Tried::Answered {
+                status,
+                retry_after,
+            } => {
+                let retry = status == StatusCode::TOO_MANY_REQUESTS
+                    || status.as_u16() == 425
+                    || (self.replayable && (status.is_server_error() || status.as_u16() == 410));
+                if !retry {
+                    return Next::Return;
+                }
+                if status == StatusCode::TOO_MANY_REQUESTS && self.busy_waits < BUSY_WAITS {
+                    self.busy_waits += 1;
+                    return Next::WaitBusy {
+                        secs: retry_after.unwrap_or(1.0).clamp(0.1, 30.0),
+                        first: self.busy_waits == 1,
+                    };
+                }
+                retry_after
+            }
+            Tried::TimedOut => return Next::GiveUp,
+            Tried::NoConnection => None,
+            Tried::Broken if self.replayable => None,
+            Tried::Broken => return Next::GiveUp,
+        };
+        if self.attempt >= BACKOFF.len() {
+            return Next::GiveUp;
+        }
+        let secs = wait.unwrap_or(BACKOFF[self.attempt]).min(30.0);
+        let left = BACKOFF.len() - self.attempt;
+        self.attempt += 1;
+        Next::Retry { secs, left }
+    }
+}
 
 #[derive(Clone)]
 pub struct Api {
@@ -96,82 +181,71 @@ impl Api {
             .timeout(self.answer_timeout)
     }
 
-    /// Sends with bounded retries. `replayable` is false for requests the server may have
-    /// acted on (spawn): those are only retried on 425/429.
+    /// Sends with bounded retries (see `Retries`). `replayable` is false for requests the
+    /// server may have acted on (spawn): those are only retried on 425/429.
     fn send(
         &self,
         build: impl Fn() -> RequestBuilder,
         replayable: bool,
     ) -> Result<Response, BackendError> {
-        let mut attempt = 0;
-        // A busy server (429) is waited for longer than a failing one: up to 10 minutes.
-        let mut busy_waits = 0;
+        let mut retries = Retries::new(replayable);
         let mut last_warned: Option<String> = None;
         loop {
             let result = build().send();
-            let wait = match &result {
-                Ok(r) => {
-                    let s = r.status();
-                    let retry = s == StatusCode::TOO_MANY_REQUESTS
-                        || s.as_u16() == 425
-                        || (replayable && (s.is_server_error() || s.as_u16() == 410));
-                    if !retry {
-                        return result
-                            .map_err(|e| BackendError::Unreachable(network::describe(&e)));
-                    }
-                    r.headers()
+            let tried = match &result {
+                Ok(r) => Tried::Answered {
+                    status: r.status(),
+                    retry_after: r
+                        .headers()
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<f64>().ok())
-                }
-                // Waiting as long again would not help a server that never answers.
-                Err(e) if e.is_timeout() && !e.is_connect() => {
-                    return Err(BackendError::Unreachable(format!(
-                        "{} (waited {} s; $CONTREE_API_TIMEOUT sets how long)",
-                        network::describe(e),
-                        self.answer_timeout.as_secs()
-                    )))
-                }
-                Err(e) if replayable || e.is_connect() => None,
-                Err(e) => return Err(BackendError::Unreachable(network::describe(e))),
+                        .and_then(|v| v.parse::<f64>().ok()),
+                },
+                Err(e) if e.is_timeout() && !e.is_connect() => Tried::TimedOut,
+                Err(e) if e.is_connect() => Tried::NoConnection,
+                Err(_) => Tried::Broken,
             };
-            let busy = matches!(&result, Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS);
-            if busy && busy_waits < 600 {
-                busy_waits += 1;
-                let delay = wait.unwrap_or(1.0).clamp(0.1, 30.0);
-                if busy_waits == 1 {
-                    crate::log::emit(
-                        crate::log::Level::Info,
-                        "the server is busy (429); waiting for a free slot...",
-                    );
+            match retries.next(tried) {
+                Next::Return => {
+                    return result.map_err(|e| BackendError::Unreachable(network::describe(&e)))
                 }
-                std::thread::sleep(Duration::from_secs_f64(delay));
-                continue;
+                Next::GiveUp => {
+                    return Err(match result {
+                        Ok(r) => status_error(r),
+                        // Waiting as long again would not help a server that never answers.
+                        Err(e) if tried == Tried::TimedOut => BackendError::Unreachable(format!(
+                            "{} (waited {} s; $CONTREE_API_TIMEOUT sets how long)",
+                            network::describe(&e),
+                            self.answer_timeout.as_secs()
+                        )),
+                        Err(e) => BackendError::Unreachable(network::describe(&e)),
+                    });
+                }
+                Next::WaitBusy { secs, first } => {
+                    if first {
+                        crate::log::emit(
+                            crate::log::Level::Info,
+                            "the server is busy (429); waiting for a free slot...",
+                        );
+                    }
+                    std::thread::sleep(Duration::from_secs_f64(secs));
+                }
+                Next::Retry { secs, left } => {
+                    let what = match &result {
+                        Ok(r) => format!("server answered {}", r.status().as_u16()),
+                        Err(e) => network::describe(e),
+                    };
+                    // Once per cause: the same line five times over says nothing new.
+                    if last_warned.as_ref() != Some(&what) {
+                        crate::log::emit(
+                            crate::log::Level::Warning,
+                            &format!("{what}; retrying (at most {left} more times)..."),
+                        );
+                        last_warned = Some(what);
+                    }
+                    std::thread::sleep(Duration::from_secs_f64(secs));
+                }
             }
-            if attempt >= BACKOFF.len() {
-                return match result {
-                    Ok(r) => Err(status_error(r)),
-                    Err(e) => Err(BackendError::Unreachable(network::describe(&e))),
-                };
-            }
-            let delay = wait.unwrap_or(BACKOFF[attempt]).min(30.0);
-            let what = match &result {
-                Ok(r) => format!("server answered {}", r.status().as_u16()),
-                Err(e) => network::describe(e),
-            };
-            // Once per cause: the same line five times over says nothing new.
-            if last_warned.as_ref() != Some(&what) {
-                crate::log::emit(
-                    crate::log::Level::Warning,
-                    &format!(
-                        "{what}; retrying (at most {} more times)...",
-                        BACKOFF.len() - attempt
-                    ),
-                );
-                last_warned = Some(what);
-            }
-            std::thread::sleep(Duration::from_secs_f64(delay));
-            attempt += 1;
         }
     }
 
@@ -243,6 +317,17 @@ fn status_error(r: Response) -> BackendError {
         425 | 429 | 410 | 500..=599 => BackendError::Unreachable(message),
         _ => BackendError::Invalid(message),
     }
+}
+
+/// The `uuid` of what a POST made (an upload, an operation); `what` names the request.
+fn answer_uuid(r: Response, what: &str) -> Result<String, BackendError> {
+    let answer: serde_json::Value = r
+        .json()
+        .map_err(|e| BackendError::Store(format!("{what}: bad response: {e}")))?;
+    answer["uuid"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| BackendError::Store(format!("{what}: no uuid in the answer")))
 }
 
 /// `contree run` and friends against a /v1 API.
@@ -337,7 +422,7 @@ impl RemoteBackend {
     pub fn with_upload_cache(mut self, path: &Path) -> RemoteBackend {
         use sha2::Digest;
         let who = sha2::Sha256::digest(format!("{}\n{}", self.api.base, self.api.token));
-        let server: String = who.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        let server = crate::sha256::hex(&who[..16]);
         self.cache = UploadCache::open(path, &server)
             .ok()
             .map(std::sync::Mutex::new);
@@ -609,15 +694,7 @@ impl Backend for RemoteBackend {
             },
             false,
         )?;
-        let answer: serde_json::Value = r
-            .json()
-            .map_err(|e| BackendError::Store(format!("POST /images/import: bad response: {e}")))?;
-        let op = answer["uuid"]
-            .as_str()
-            .ok_or_else(|| {
-                BackendError::Store("POST /images/import: no uuid in the answer".into())
-            })?
-            .to_string();
+        let op = answer_uuid(r, "POST /images/import")?;
         let mut delay = Duration::from_millis(100);
         loop {
             let state = self.operation(&op)?;
@@ -778,13 +855,7 @@ impl RemoteBackend {
             },
             true,
         )?;
-        let f: serde_json::Value = r
-            .json()
-            .map_err(|e| BackendError::Store(format!("POST /files: bad response: {e}")))?;
-        f["uuid"]
-            .as_str()
-            .map(|u| (u.to_string(), false))
-            .ok_or_else(|| BackendError::Store("POST /files: no uuid in the answer".into()))
+        answer_uuid(r, "POST /files").map(|u| (u, false))
     }
 
     fn spawn_remote(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
@@ -803,13 +874,7 @@ impl RemoteBackend {
             },
             false,
         )?;
-        let body: serde_json::Value = r
-            .json()
-            .map_err(|e| BackendError::Store(format!("POST /instances: bad response: {e}")))?;
-        let op = body["uuid"]
-            .as_str()
-            .ok_or_else(|| BackendError::Store("POST /instances: no uuid in the answer".into()))?
-            .to_string();
+        let op = answer_uuid(r, "POST /instances")?;
         if let Some(rx) = rest {
             forward_stdin(self.api.clone(), op.clone(), rx);
         }
@@ -843,5 +908,283 @@ impl std::io::Read for Counting {
         self.counted
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn answered(code: u16, retry_after: Option<f64>) -> Tried {
+        Tried::Answered {
+            status: StatusCode::from_u16(code).unwrap(),
+            retry_after,
+        }
+    }
+
+    /// What `send` would do over `attempts`, one after the other.
+    fn plan(replayable: bool, attempts: impl IntoIterator<Item = Tried>) -> Vec<Next> {
+        let mut retries = Retries::new(replayable);
+        attempts.into_iter().map(|t| retries.next(t)).collect()
+    }
+
+    #[test]
+    fn answers_that_trying_again_would_not_change_are_returned_at_once() {
+        for code in [200, 201, 204, 304, 400, 401, 403, 404, 409, 413, 422] {
+            for replayable in [true, false] {
+                assert_eq!(
+                    plan(replayable, [answered(code, Some(1.0))]),
+                    [Next::Return],
+                    "{code}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn server_errors_are_retried_only_when_the_request_may_be_sent_again() {
+        for code in [500, 502, 503, 504, 410] {
+            assert_eq!(
+                plan(true, [answered(code, None)]),
+                [Next::Retry { secs: 0.1, left: 5 }],
+                "{code}"
+            );
+            // A spawn the server may have acted on is never replayed: the error is the answer.
+            assert_eq!(
+                plan(false, [answered(code, None)]),
+                [Next::Return],
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn too_early_and_busy_are_retried_even_for_a_spawn() {
+        assert_eq!(
+            plan(false, [answered(425, None)]),
+            [Next::Retry { secs: 0.1, left: 5 }]
+        );
+        assert_eq!(
+            plan(false, [answered(429, None)]),
+            [Next::WaitBusy {
+                secs: 1.0,
+                first: true
+            }]
+        );
+    }
+
+    #[test]
+    fn the_delays_grow_and_the_sixth_failure_is_the_error() {
+        let got = plan(true, std::iter::repeat_n(answered(503, None), 7));
+        let retries: Vec<(f64, usize)> = got
+            .iter()
+            .filter_map(|n| match n {
+                Next::Retry { secs, left } => Some((*secs, *left)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(retries, [(0.1, 5), (0.2, 4), (0.5, 3), (1.0, 2), (2.0, 1)]);
+        assert_eq!(got[5], Next::GiveUp);
+    }
+
+    #[test]
+    fn retry_after_replaces_the_delay_up_to_30_seconds() {
+        assert_eq!(
+            plan(true, [answered(503, Some(3.0)), answered(503, Some(120.0))]),
+            [
+                Next::Retry { secs: 3.0, left: 5 },
+                Next::Retry {
+                    secs: 30.0,
+                    left: 4
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_busy_server_is_waited_for_600_times_before_it_counts_as_failing() {
+        let got = plan(true, std::iter::repeat_n(answered(429, Some(0.01)), 600));
+        assert_eq!(
+            got[0],
+            Next::WaitBusy {
+                secs: 0.1,
+                first: true
+            }
+        );
+        assert!(got[1..].iter().all(|n| *n
+            == Next::WaitBusy {
+                secs: 0.1,
+                first: false
+            }));
+        let mut retries = Retries::new(true);
+        for _ in 0..600 {
+            retries.next(answered(429, Some(100.0)));
+        }
+        assert_eq!(
+            retries.next(answered(429, Some(100.0))),
+            Next::Retry {
+                secs: 30.0,
+                left: 5
+            }
+        );
+        // The busy waits do not use up the tries a failing server gets.
+        assert_eq!(
+            retries.next(answered(503, None)),
+            Next::Retry { secs: 0.2, left: 4 }
+        );
+    }
+
+    #[test]
+    fn busy_waits_are_clamped_between_a_tenth_and_30_seconds() {
+        let secs = |after| match plan(false, [answered(429, after)])[0] {
+            Next::WaitBusy { secs, .. } => secs,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(secs(None), 1.0);
+        assert_eq!(secs(Some(0.0)), 0.1);
+        assert_eq!(secs(Some(5.0)), 5.0);
+        assert_eq!(secs(Some(3600.0)), 30.0);
+    }
+
+    #[test]
+    fn connection_failures_are_retried_and_broken_exchanges_only_when_replayable() {
+        let retry = Next::Retry { secs: 0.1, left: 5 };
+        assert_eq!(plan(false, [Tried::NoConnection]), [retry]);
+        assert_eq!(plan(true, [Tried::NoConnection]), [retry]);
+        assert_eq!(plan(true, [Tried::Broken]), [retry]);
+        assert_eq!(plan(false, [Tried::Broken]), [Next::GiveUp]);
+    }
+
+    #[test]
+    fn an_answer_that_never_comes_is_not_waited_for_again() {
+        for replayable in [true, false] {
+            assert_eq!(plan(replayable, [Tried::TimedOut]), [Next::GiveUp]);
+        }
+        // Even after other failures, with tries left.
+        assert_eq!(
+            plan(true, [Tried::NoConnection, Tried::TimedOut])[1],
+            Next::GiveUp
+        );
+    }
+
+    #[test]
+    fn tries_are_counted_across_causes() {
+        let got = plan(
+            true,
+            [
+                Tried::NoConnection,
+                answered(502, None),
+                Tried::Broken,
+                answered(410, None),
+                answered(500, None),
+                Tried::NoConnection,
+            ],
+        );
+        assert_eq!(got[4], Next::Retry { secs: 2.0, left: 1 });
+        assert_eq!(got[5], Next::GiveUp);
+    }
+
+    /// A server on 127.0.0.1 answering one request per connection with the next of
+    /// `answers` (status, body); returns its URL and how many requests it saw.
+    fn server(answers: Vec<(u16, &'static str)>) -> (String, Arc<AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        std::thread::spawn(move || {
+            for (code, body) in answers {
+                let Ok((conn, _)) = listener.accept() else {
+                    return;
+                };
+                let mut reader = BufReader::new(conn);
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut request_body = vec![0; length];
+                let _ = reader.read_exact(&mut request_body);
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut conn = reader.into_inner();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (url, seen)
+    }
+
+    fn api(url: &str) -> Api {
+        Api::new(&Profile {
+            name: "test".into(),
+            url: url.into(),
+            token: "t".into(),
+            kind: "api".into(),
+            project: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_read_is_retried_until_the_server_answers() {
+        let (url, seen) = server(vec![(503, ""), (502, ""), (200, r#"{"ok":true}"#)]);
+        let got: serde_json::Value = api(&url).get_json("/whoami").unwrap();
+        assert_eq!(got["ok"], true);
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_spawn_that_meets_a_server_error_is_sent_once() {
+        let (url, seen) = server(vec![(503, r#"{"error":"boom"}"#), (200, "{}")]);
+        let api = api(&url);
+        let err = api
+            .call(|| api.request(reqwest::Method::POST, "/instances"), false)
+            .unwrap_err();
+        assert!(
+            matches!(&err, BackendError::Unreachable(m) if m == "HTTP 503: boom"),
+            "{err:?}"
+        );
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn error_answers_name_the_status_and_the_servers_message() {
+        let (url, _) = server(vec![
+            (404, r#"{"error":"operation x not found"}"#),
+            (401, r#"{"error":{"code":1}}"#),
+            (400, "plain words"),
+        ]);
+        let api = api(&url);
+        let get = || {
+            api.get_json::<serde_json::Value>("/operations/x")
+                .unwrap_err()
+        };
+        let e = get();
+        assert!(
+            matches!(&e, BackendError::NotFound(m) if m == "HTTP 404: operation x not found"),
+            "{e:?}"
+        );
+        let e = get();
+        assert!(
+            matches!(&e, BackendError::Denied(m)
+                if m == "HTTP 401: {\"code\":1} (check the profile's token: `contree auth`)"),
+            "{e:?}"
+        );
+        let e = get();
+        assert!(
+            matches!(&e, BackendError::Invalid(m) if m == "HTTP 400: plain words"),
+            "{e:?}"
+        );
     }
 }

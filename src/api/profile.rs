@@ -227,20 +227,7 @@ pub fn write(path: &Path, ini: &Ini) -> Result<(), ProfileError> {
         crate::paths::create_private(dir).map_err(err)?;
     }
     let tmp = path.with_extension("ini.tmp");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        f.write_all(ini.render().as_bytes()).map_err(err)?;
-        f.sync_all().map_err(err)?;
-    }
-    std::fs::rename(&tmp, path).map_err(err)
+    crate::paths::write_atomic(path, &tmp, 0o600, ini.render().as_bytes()).map_err(err)
 }
 
 #[cfg(test)]

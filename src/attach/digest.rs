@@ -70,17 +70,7 @@ fn sha256_file_with(
             Err(e) => return Err(e),
         }
     }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    out
+    Ok(crate::sha256::hex(&hasher.finalize()))
 }
 
 /// What identifies one version of a file without reading it.
@@ -314,7 +304,7 @@ mod tests {
         let f = tmp.path().join("big");
         let data: Vec<u8> = (0..READ_BUF * 2 + 12345).map(|i| (i % 251) as u8).collect();
         fs::write(&f, &data).unwrap();
-        assert_eq!(sha256_file(&f).unwrap(), hex(&Sha256::digest(&data)));
+        assert_eq!(sha256_file(&f).unwrap(), crate::sha256::of(&data));
     }
 
     #[test]

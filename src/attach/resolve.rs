@@ -13,8 +13,6 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use super::{expand, AttachError, Attachment, Excludes, FileSpec};
 
 /// Turns one parsed spec into attachments, appended to `out` in order.
@@ -214,10 +212,7 @@ pub fn place(
 /// Writes `bytes` to `dir/<sha256>` unless it is already there (write, then rename, so a
 /// half-written file is never found); returns its path.
 fn store_content(dir: &Path, bytes: &[u8]) -> Result<PathBuf, AttachError> {
-    let sha: String = Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha = crate::sha256::of(bytes);
     let path = dir.join(&sha);
     if fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
         return Ok(path);

@@ -3,8 +3,7 @@
 use crate::backend::{Finding, ImageFilter};
 use crate::context::{backend_err, session_err, Context};
 use crate::error::{CommandError, CommandResult, Kind};
-use crate::format::{Format, Record};
-use crate::run::print_records;
+use crate::format::{print_records, Format, Record};
 use std::collections::HashSet;
 
 pub fn doctor(ctx: &Context, repair: bool) -> CommandResult<i32> {

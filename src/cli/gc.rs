@@ -1,24 +1,9 @@
-//! `gc` and `images rm` (what they free), `completions` and `man` (generated from the
-//! clap definitions, so they never drift from the real flags).
+//! `gc` and `images rm`: what they free.
 
 use crate::backend::GcReport;
 use crate::context::{backend_err, Context};
-use crate::error::{CommandError, CommandResult, Kind};
-use crate::format::{Format, Record};
-use crate::run::print_records;
-use clap::CommandFactory;
-
-/// `1.5 MiB`-style sizes.
-pub fn human(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < units.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", units[unit])
-}
+use crate::error::CommandResult;
+use crate::format::{human, print_records, Format, Record};
 
 /// One record per freed item in the structured formats; in the default format a line per
 /// item and a summary.
@@ -38,7 +23,7 @@ fn report(ctx: &Context, report: &GcReport, verb: &str) -> CommandResult<()> {
         print_records(ctx.format, &records)?;
     } else {
         for f in &report.freed {
-            println!("{verb} {} {} ({})", f.kind, f.id, human(f.bytes));
+            println!("{verb} {} {} ({})", f.kind, f.id, human(f.bytes as f64));
         }
     }
     crate::info!(
@@ -47,7 +32,7 @@ fn report(ctx: &Context, report: &GcReport, verb: &str) -> CommandResult<()> {
         report.count("layer"),
         report.count("blob"),
         report.count("variant"),
-        human(report.bytes()),
+        human(report.bytes() as f64),
         report.bytes()
     );
     Ok(())
@@ -81,32 +66,4 @@ pub fn images_rm(ctx: &Context, images: &[String]) -> CommandResult<i32> {
         }
     }
     Ok(code)
-}
-
-/// Writes generated text to stdout; a reader that went away (`| head`) is not an error.
-fn emit(bytes: &[u8]) -> CommandResult<i32> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(bytes).and_then(|_| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(CommandError::new(Kind::Io, format!("writing output: {e}")))
-        }
-        _ => Ok(0),
-    }
-}
-
-pub fn completions(shell: clap_complete::Shell) -> CommandResult<i32> {
-    let mut cmd = super::args::Cli::command();
-    let mut buf = Vec::new();
-    clap_complete::generate(shell, &mut cmd, "contree", &mut buf);
-    emit(&buf)
-}
-
-pub fn man() -> CommandResult<i32> {
-    let cmd = super::args::Cli::command();
-    let mut buf = Vec::new();
-    clap_mangen::Man::new(cmd)
-        .render(&mut buf)
-        .map_err(|e| CommandError::new(Kind::Internal, format!("rendering the man page: {e}")))?;
-    emit(&buf)
 }

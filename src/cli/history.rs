@@ -5,8 +5,7 @@
 use super::session_args::{BranchFlags, HistoryFlags, SessionCommand};
 use crate::context::{backend_err, no_session, session_err, Context};
 use crate::error::{CommandError, CommandResult};
-use crate::format::{record_order, Format, Record};
-use crate::run::print_records;
+use crate::format::{print_records, record_order, Format, Record};
 use crate::session::{HistoryEntry, SessionError};
 use crate::wire::{Operation, Status};
 use serde_json::json;
@@ -199,13 +198,8 @@ fn show(ctx: &Context, flags: HistoryFlags) -> CommandResult<i32> {
         Some(name) => find_one(ctx, name)?,
         None => ctx.session_key.clone(),
     };
-    let now = chrono::Utc::now();
-    let bound = |v: &Option<String>| {
-        v.as_deref()
-            .map(|t| super::when::parse(t, now).map_err(CommandError::user))
-            .transpose()
-    };
-    let (since, until) = (bound(&flags.since)?, bound(&flags.until)?);
+    let (since, until) = super::when::bounds(flags.since.as_deref(), flags.until.as_deref())
+        .map_err(CommandError::user)?;
     let mut entries: Vec<HistoryEntry> = ctx
         .sessions
         .history(&key)

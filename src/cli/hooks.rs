@@ -3,10 +3,9 @@
 
 use super::args::HooksCommand;
 use crate::error::CommandResult;
-use crate::format::{Format, Record};
+use crate::format::{print_records, Format, Record};
 use crate::hooks::{self, manage_error, Options};
 use crate::paths::Paths;
-use crate::run::print_records;
 use serde_json::json;
 use std::path::PathBuf;
 

@@ -4,9 +4,8 @@ use super::args::{ImagesCommand, ImagesFlags, ImagesList, TagFlags};
 use crate::backend::ImageFilter;
 use crate::context::{backend_err, Context};
 use crate::error::{CommandError, CommandResult};
-use crate::format::Record;
+use crate::format::{print_records, Record};
 use crate::info;
-use crate::run::print_records;
 
 pub fn images(ctx: &Context, flags: ImagesFlags) -> CommandResult<i32> {
     match flags.command {
@@ -31,13 +30,8 @@ fn list(ctx: &Context, flags: ImagesList) -> CommandResult<i32> {
         prefix: flags.prefix,
         uuid: flags.uuid,
     };
-    let now = chrono::Utc::now();
-    let bound = |v: &Option<String>| {
-        v.as_deref()
-            .map(|t| super::when::parse(t, now).map_err(CommandError::user))
-            .transpose()
-    };
-    let (since, until) = (bound(&flags.since)?, bound(&flags.until)?);
+    let (since, until) = super::when::bounds(flags.since.as_deref(), flags.until.as_deref())
+        .map_err(CommandError::user)?;
     let mut images = ctx.backend.images(&filter).map_err(backend_err)?;
     images.retain(|img| super::when::within(&img.created_at, since, until));
     if images.len() > flags.limit {

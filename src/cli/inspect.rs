@@ -2,8 +2,7 @@
 
 use crate::context::{backend_err, Context};
 use crate::error::{CommandError, CommandResult, Kind};
-use crate::format::{Format, Record};
-use crate::run::print_records;
+use crate::format::{human, print_records, Format, Record};
 use crate::wire::FileItem;
 use serde_json::json;
 use std::io::{IsTerminal, Read, Write};
@@ -169,17 +168,6 @@ fn copy_out(ctx: &Context, image: &str, path: &str, target: &Path) -> CommandRes
         }
         Err(e) => Err(backend_err(e)),
     }
-}
-
-fn human(bytes: f64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes;
-    let mut i = 0;
-    while v >= 1024.0 && i < units.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    format!("{v:.1} {}", units[i])
 }
 
 #[cfg(test)]

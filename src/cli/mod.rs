@@ -3,12 +3,14 @@
 
 pub mod args;
 mod auth;
+mod completions;
 mod doctor;
 mod gc;
 mod history;
 mod hooks;
 mod images;
 mod inspect;
+mod man;
 mod ops;
 mod plugins;
 mod pull;
@@ -116,8 +118,8 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
     }
     // Neither do completions and the man page: they come from the clap definitions.
     match command {
-        Command::Completions { shell } => return gc::completions(shell),
-        Command::Man => return gc::man(),
+        Command::Completions { shell } => return completions::completions(shell),
+        Command::Man => return man::man(),
         _ => {}
     }
     // Hook commands never need the engine (or root).

@@ -2,9 +2,8 @@
 
 use super::args::PluginsCommand;
 use crate::error::CommandResult;
-use crate::format::{Format, Record};
+use crate::format::{print_records, Format, Record};
 use crate::plugin::Plugins;
-use crate::run::print_records;
 
 pub fn plugins(format: Format, plugins: &Plugins, command: PluginsCommand) -> CommandResult<i32> {
     match command {

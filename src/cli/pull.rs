@@ -2,8 +2,7 @@
 
 use crate::context::{backend_err, Context};
 use crate::error::CommandResult;
-use crate::format::Record;
-use crate::run::print_records;
+use crate::format::{print_records, Record};
 
 /// True when `text` reads as a registry reference rather than a local path.
 pub fn is_reference(text: &str) -> bool {

@@ -3,8 +3,7 @@
 use super::args::{SessionCommand, UseFlags};
 use crate::context::{backend_err, no_session, session_err, Context};
 use crate::error::{CommandError, CommandResult};
-use crate::format::Record;
-use crate::run::print_records;
+use crate::format::{print_records, Record};
 use crate::run::request::EnvItemError;
 use crate::session::SessionInfo;
 use std::io::IsTerminal;

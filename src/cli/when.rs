@@ -71,6 +71,16 @@ fn relative(t: &str) -> Option<Option<Duration>> {
     )
 }
 
+/// One end of a `--since`/`--until` range; `None` is open.
+pub type Bound = Option<DateTime<Utc>>;
+
+/// `--since` and `--until` as instants, both counted from the same moment.
+pub fn bounds(since: Option<&str>, until: Option<&str>) -> Result<(Bound, Bound), String> {
+    let now = Utc::now();
+    let at = |v: Option<&str>| v.map(|t| parse(t, now)).transpose();
+    Ok((at(since)?, at(until)?))
+}
+
 /// True when the RFC 3339 / `…Z` timestamp `ts` lies within `[since, until]`; a timestamp
 /// that does not parse is kept (better shown than silently dropped).
 pub fn within(ts: &str, since: Option<DateTime<Utc>>, until: Option<DateTime<Utc>>) -> bool {

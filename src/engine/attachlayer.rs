@@ -166,8 +166,7 @@ fn key(placed: &[Placed], dirs: &DirMeta) -> String {
     for (d, (mode, uid, gid)) in dirs {
         h.update(format!("d\0{}\0{uid}\0{gid}\0{mode:o}\n", d.display()));
     }
-    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    hex[..32].to_string()
+    crate::sha256::hex(&h.finalize()[..16])
 }
 
 /// Lays the files out under `staging`, counting each file's bytes on `bar` once placed.

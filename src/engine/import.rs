@@ -2,6 +2,8 @@
 //! tar.gz archive of one. The result is a single layer and an image (optionally tagged).
 //! OCI image layouts and `docker save` archives are recognised here and handed to `oci`.
 
+// The importers' error lives in `oci`, which every importer reaches, so `oci` needs nothing here.
+pub use super::oci::ImportError;
 use super::store::{ImageRow, Store};
 use crate::progress::{self, Counted, Meter, Show};
 use crate::wire;
@@ -10,44 +12,6 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ImportError {
-    #[error("cannot import '{path}': {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot import '{0}': not a directory, tar or tar.gz archive")]
-    Unsupported(String),
-    /// Writing into the store failed: nothing of the import is kept.
-    #[error("cannot import '{path}': writing the store failed: {source}; nothing was imported")]
-    StoreWrite {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{0}")]
-    Store(#[from] super::store::StoreError),
-}
-
-impl ImportError {
-    /// An I/O error while importing `path`: a full disk is the store's, whatever the step.
-    pub fn io(path: &str, source: io::Error) -> ImportError {
-        if super::store::disk_full(&source) {
-            ImportError::StoreWrite {
-                path: path.to_string(),
-                source,
-            }
-        } else {
-            ImportError::Io {
-                path: path.to_string(),
-                source,
-            }
-        }
-    }
-}
 
 /// Imports `source` and returns the new image's uuid. Big imports show progress (see
 /// `progress`).

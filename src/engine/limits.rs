@@ -162,17 +162,11 @@ impl Config {
     /// Reads `config.toml` in `config_dir`; no file or no table means the built-in values.
     /// Ceilings not given are the defaults: a client can ask for less, not for more.
     pub fn load(config_dir: &Path) -> Result<Config, LimitError> {
-        let path = config_dir.join("config.toml");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => {
-                return Err(LimitError::ConfigFile {
-                    path,
-                    reason: e.to_string(),
-                })
-            }
-        };
+        let path = crate::config::file(config_dir);
+        let text = crate::config::read(&path).map_err(|reason| LimitError::ConfigFile {
+            path: path.clone(),
+            reason,
+        })?;
         Self::parse(&text, &path)
     }
 
@@ -184,19 +178,13 @@ impl Config {
                 ceilings: builtin,
             });
         }
-        let table: toml::Table =
-            text.parse()
-                .map_err(|e: toml::de::Error| LimitError::ConfigFile {
-                    path: path.to_path_buf(),
-                    reason: e.message().to_string(),
-                })?;
-        let limits = table.get("limits");
-        let serve = table
-            .get("serve")
-            .and_then(|s| s.as_table())
-            .and_then(|s| s.get("limits"));
-        let defaults = settings(limits, "limits", path, &builtin)?;
-        let ceilings = settings(serve, "serve.limits", path, &defaults)?;
+        let config =
+            crate::config::Config::parse(text).map_err(|reason| LimitError::ConfigFile {
+                path: path.to_path_buf(),
+                reason,
+            })?;
+        let defaults = settings(config.limits, "limits", path, &builtin)?;
+        let ceilings = settings(config.serve.limits, "serve.limits", path, &defaults)?;
         Ok(Config { defaults, ceilings })
     }
 }
@@ -204,13 +192,13 @@ impl Config {
 /// One table's settings over `base`: `memory` (a size or `N%` of RAM), `pids`, `cpus`,
 /// `max_layer_bytes`; each may be `"none"`.
 fn settings(
-    value: Option<&toml::Value>,
+    section: Option<Result<crate::config::Limits, String>>,
     table: &'static str,
     path: &Path,
     base: &Settings,
 ) -> Result<Settings, LimitError> {
     let mut out = base.clone();
-    let Some(value) = value else {
+    let Some(section) = section else {
         return Ok(out);
     };
     let bad = |key: &str, reason: String| LimitError::Config {
@@ -219,15 +207,12 @@ fn settings(
         key: key.to_string(),
         reason,
     };
-    let t = value
-        .as_table()
-        .ok_or_else(|| bad("", "must be a table".into()))?;
-    for (key, v) in t {
-        let text = match v {
-            toml::Value::String(s) => s.clone(),
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Float(f) => f.to_string(),
-            _ => return Err(bad(key, "must be a string or a number".into())),
+    for (key, setting) in &section.map_err(|reason| bad("", reason))?.entries {
+        let text = match setting {
+            crate::config::Setting::Text(text) => text.clone(),
+            crate::config::Setting::Other => {
+                return Err(bad(key, "must be a string or a number".into()))
+            }
         };
         let none = text.trim().eq_ignore_ascii_case("none");
         match key.as_str() {

@@ -7,7 +7,6 @@
 //!
 //! Only local files are read; `registry` downloads into a layout and then calls this.
 
-use super::import::ImportError;
 use super::layers;
 use super::store::{ImageRow, Store};
 use crate::progress::{self, Counted, Show};
@@ -18,6 +17,45 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
+
+/// Why an import (a root filesystem, a tar, an OCI layout or a registry pull) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot import '{path}': {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot import '{0}': not a directory, tar or tar.gz archive")]
+    Unsupported(String),
+    /// Writing into the store failed: nothing of the import is kept.
+    #[error("cannot import '{path}': writing the store failed: {source}; nothing was imported")]
+    StoreWrite {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Store(#[from] super::store::StoreError),
+}
+
+impl ImportError {
+    /// An I/O error while importing `path`: a full disk is the store's, whatever the step.
+    pub fn io(path: &str, source: io::Error) -> ImportError {
+        if super::store::disk_full(&source) {
+            ImportError::StoreWrite {
+                path: path.to_string(),
+                source,
+            }
+        } else {
+            ImportError::Io {
+                path: path.to_string(),
+                source,
+            }
+        }
+    }
+}
 
 /// The layers (bottom first, as paths of tar or tar.gz files) and the environment of an
 /// image found in an unpacked OCI layout or `docker save` archive.

@@ -224,7 +224,7 @@ impl Client {
                 bar.inc(n as u64);
             }
         }
-        let got = format!("sha256:{:x}", hasher.finalize());
+        let got = format!("sha256:{}", crate::sha256::hex(&hasher.finalize()));
         if digest.starts_with("sha256:") && got != digest {
             let _ = fs::remove_file(&tmp);
             return Err(err(format!(
@@ -286,7 +286,7 @@ fn download(
         let mut bytes = Vec::new();
         let mut resp = resp;
         resp.read_to_end(&mut bytes)?;
-        let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
+        let digest = format!("sha256:{}", crate::sha256::of(&bytes));
         if want.starts_with("sha256:") && want != digest {
             return Err(err(format!("{url}: digest mismatch")));
         }

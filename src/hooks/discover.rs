@@ -3,7 +3,7 @@
 //! command-line order. Each file is read once here; the bytes that were hashed for trust
 //! are the bytes that run.
 
-use super::trust::{sha256_hex, TrustStore, Verdict};
+use super::trust::{TrustStore, Verdict};
 use super::HookError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -105,7 +105,7 @@ pub fn project_files(hooks_dir: &Path) -> Result<ProjectFiles, HookError> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        hashes.insert(name, sha256_hex(&source));
+        hashes.insert(name, crate::sha256::of(&source));
         files.push((path, source));
     }
     Ok((files, hashes))

@@ -23,8 +23,8 @@ pub use payload::{Plan, RequestView, SpecParser, PENDING_UPLOAD};
 pub use runtime::{Failure, Limits};
 
 use crate::error::{CommandError, Kind};
-use crate::run::formatter::Stream;
-use crate::run::Outcome;
+use crate::format::formatter::Stream;
+use crate::outcome::Outcome;
 use crate::wire::SpawnRequest;
 use mlua::{Function, Value};
 use redact::Redactor;

@@ -7,7 +7,6 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -36,14 +35,6 @@ pub enum Verdict {
     NeverTrusted,
     /// What differs, e.g. `a.lua changed, b.lua added`.
     Changed(String),
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 impl TrustStore {
@@ -103,12 +94,10 @@ impl TrustStore {
             std::fs::create_dir_all(parent)?;
         }
         let tmp = self.path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(&self.stored).map_err(std::io::Error::other)?;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
+        let mut text = serde_json::to_string_pretty(&self.stored).map_err(std::io::Error::other)?;
+        text.push('\n');
+        // 0666 before the umask, as `File::create` makes it.
+        crate::paths::write_atomic(&self.path, &tmp, 0o666, text.as_bytes())
     }
 }
 

@@ -7,7 +7,7 @@
 
 use super::library::LoadedPlugin;
 use super::{PluginError, Plugins};
-use crate::run::formatter::{self as builtin, Emit, Formatter, RunInfo, RunResult, Stream};
+use crate::format::formatter::{self as builtin, Emit, Formatter, RunInfo, RunResult, Stream};
 use contree_plugin::abi;
 use contree_plugin::msg::FormatterDecl;
 use std::borrow::Cow;

@@ -4,7 +4,7 @@
 //! `library` loads one file and checks it before any call; `registry` finds the files
 //! (`--plugin`, `CONTREE_PLUGIN_PATH`, the config file, the data dir's `plugins/`) and
 //! answers "who provides this name"; `formatter` and `resolver` adapt a plugin to the
-//! pipeline's own [`Formatter`](crate::run::formatter::Formatter) and
+//! pipeline's own [`Formatter`](crate::format::formatter::Formatter) and
 //! [`Resolver`](crate::attach::Resolver) traits, the ones the built-ins implement.
 //!
 //! Loading is lazy: a run that asks for no plugin name loads nothing, so a broken plugin

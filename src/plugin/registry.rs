@@ -279,7 +279,7 @@ impl Plugins {
 
     /// The config file with a `[plugins] path` list.
     pub fn config_file(&self) -> PathBuf {
-        self.paths.config.join("config.toml")
+        crate::config::file(&self.paths.config)
     }
 
     /// Every place to look, in order, and the config file's error if it cannot be read.
@@ -312,48 +312,20 @@ impl Plugins {
 /// `[plugins] path = ["dir", "file.so"]` (or one string) from `config.toml`; relative
 /// entries are relative to the config file's directory. No file: no entries.
 pub fn config_paths(file: &Path) -> Result<Vec<PathBuf>, PluginError> {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(PluginError::Config {
-                path: file.to_path_buf(),
-                reason: e.to_string(),
-            })
-        }
-    };
     let bad = |reason: String| PluginError::Config {
         path: file.to_path_buf(),
         reason,
     };
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| bad(e.message().to_string()))?;
-    let Some(plugins) = table.get("plugins") else {
+    let Some(plugins) = crate::config::Config::load(file).map_err(bad)?.plugins else {
         return Ok(Vec::new());
     };
-    let path = plugins
-        .as_table()
-        .ok_or_else(|| bad("`plugins` must be a table".into()))?
-        .get("path");
-    let items: Vec<&str> = match path {
-        None => Vec::new(),
-        Some(toml::Value::String(s)) => vec![s.as_str()],
-        Some(toml::Value::Array(list)) => list
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .ok_or_else(|| bad("`plugins.path` must list strings".into()))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(bad(
-                "`plugins.path` must be a string or a list of strings".into()
-            ))
-        }
-    };
     let base = file.parent().unwrap_or(Path::new("/"));
-    Ok(items.into_iter().map(|p| base.join(p)).collect())
+    Ok(plugins
+        .map_err(bad)?
+        .path
+        .iter()
+        .map(|p| base.join(p))
+        .collect())
 }
 
 impl Schemes for Plugins {

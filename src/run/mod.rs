@@ -1,7 +1,6 @@
 //! The run pipeline: flags → spawn request → operation → live output → session update →
 //! exit code. One path for every backend, attached or detached (see ARCHITECTURE.md).
 
-pub mod formatter;
 pub mod request;
 pub mod settle;
 
@@ -9,12 +8,13 @@ use crate::attach::{self, AttachError, DigestCache, Excludes};
 use crate::backend::{BackendError, StdinSource};
 use crate::context::{backend_err, no_session, session_err, Context};
 use crate::error::{exit, CommandError, CommandResult, Kind};
-use crate::format::{self, Format, Record};
+use crate::format::formatter::{self, Emit, Formatter, Stream};
+use crate::format::{print_records, Format, Record};
 use crate::hooks::{self, Hooks, Plan, PENDING_UPLOAD};
+use crate::outcome::Outcome;
 use crate::session::PendingOp;
 use crate::wire::{FileRef, SpawnRequest, Status};
 use crate::{info, warn};
-use formatter::{Emit, Formatter, Stream};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -462,34 +462,6 @@ fn detached_branch(op: &str, disposable: bool) -> (String, &'static str) {
     }
 }
 
-/// What the event stream told us about a finished operation.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    pub op: String,
-    pub status: Option<Status>,
-    pub error: Option<String>,
-    pub exit_code: Option<i32>,
-    pub timed_out: bool,
-    pub result_image: Option<String>,
-    pub duration_ms: u64,
-    pub image_size: u64,
-    pub truncated: Vec<(String, u64, u64)>,
-    pub interrupted: bool,
-    pub broken_pipe: bool,
-    /// The command ran to its end but its snapshot could not be kept (the engine's
-    /// `completion` says so).
-    pub snapshot_failed: bool,
-    /// Output bytes the command wrote, per stream (before any hook).
-    pub stdout_bytes: u64,
-    pub stderr_bytes: u64,
-    /// The kernel's OOM killer ended a process of the sandbox (the exit event says).
-    pub oom: bool,
-    /// The writable layer reached its size limit.
-    pub layer_limit_hit: bool,
-    /// The limits the run had, as the exit event gives them.
-    pub limits: Option<Value>,
-}
-
 /// Whether the output goes out exactly as the command wrote it (a formatter that passes it
 /// through, no on-output hook): it may then bypass the formatter, and even this process.
 fn output_untouched(formatter: &dyn Formatter, hooks: &Hooks) -> bool {
@@ -860,15 +832,4 @@ fn result_record(ctx: &Context, req: &SpawnRequest, out: &Outcome) -> Record {
     rec.insert("backend".into(), ctx.backend.name().into());
     rec.insert("error".into(), out.error.clone().unwrap_or_default().into());
     rec
-}
-
-pub fn print_records(fmt: Format, records: &[Record]) -> CommandResult {
-    let mut stdout = std::io::stdout().lock();
-    let tty = std::io::stdout().is_terminal();
-    match format::write_records(&mut stdout, fmt, records, tty).and_then(|_| stdout.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(CommandError::new(Kind::Io, format!("writing output: {e}")))
-        }
-        _ => Ok(()),
-    }
 }

@@ -90,40 +90,13 @@ impl Tokens {
 /// Tokens from the config file's `[[serve.tokens]]` entries (`token = "..."`, `namespace =
 /// "..."`), if it has any. A file that holds tokens must be private to its owner.
 pub fn config_tokens(file: &Path) -> Result<Option<Tokens>, String> {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    };
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| e.message().to_string())?;
-    let Some(entries) = table
-        .get("serve")
-        .and_then(|s| s.as_table())
-        .and_then(|s| s.get("tokens"))
-    else {
+    let Some(entries) = crate::config::Config::load(file)?.serve.tokens else {
         return Ok(None);
     };
-    let entries = entries
-        .as_array()
-        .ok_or("`serve.tokens` must be a list of { token, namespace } tables")?;
-    let mut lines = String::new();
-    for (i, entry) in entries.iter().enumerate() {
-        let field = |name: &str| {
-            entry
-                .get(name)
-                .and_then(|v| v.as_str())
-                .filter(|v| !v.is_empty() && !v.chars().any(char::is_whitespace))
-                .ok_or_else(|| {
-                    format!(
-                        "serve.tokens entry {}: `{name}` must be a string without spaces",
-                        i + 1
-                    )
-                })
-        };
-        lines.push_str(&format!("{} {}\n", field("token")?, field("namespace")?));
-    }
+    let lines: String = entries?
+        .iter()
+        .map(|t| format!("{} {}\n", t.token, t.namespace))
+        .collect();
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(file)
             .map_err(|e| e.to_string())?
@@ -150,21 +123,13 @@ pub fn default_tokens_file(data: &Path) -> Result<PathBuf, ServeError> {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    let tmp = data.join(".serve.tokens.tmp");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        writeln!(f, "# TOKEN NAMESPACE (one pair per line)")?;
-        writeln!(f, "{token} default")?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
+    let text = format!("# TOKEN NAMESPACE (one pair per line)\n{token} default\n");
+    crate::paths::write_atomic(
+        &path,
+        &data.join(".serve.tokens.tmp"),
+        0o600,
+        text.as_bytes(),
+    )?;
     eprintln!(
         "contree serve: created {} with a token for namespace 'default'",
         path.display()

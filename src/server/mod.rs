@@ -115,7 +115,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         ))
     })?;
     // `--tokens FILE`, else `[[serve.tokens]]` in config.toml, else the data dir's file.
-    let config = opts.paths.config.join("config.toml");
+    let config = crate::config::file(&opts.paths.config);
     let from_config = match &opts.tokens {
         Some(_) => None,
         None => auth::config_tokens(&config)

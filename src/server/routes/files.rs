@@ -67,11 +67,7 @@ pub(super) async fn upload(
         tokio::task::block_in_place(|| file.write_all(&chunk))
             .map_err(|e| upload_write_err(&tmp, e))?;
     }
-    let sha: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha = crate::sha256::hex(&hasher.finalize());
     let body = blocking(&st, move |st| {
         let _cleanup = cleanup;
         let uuid = {
@@ -122,8 +118,7 @@ pub(super) async fn files(
     Extension(ns): Extension<Namespace>,
     Query(q): Params,
 ) -> ApiResult<Json<Value>> {
-    let limit = number(&q, "limit", 1, 1000, 100)?;
-    let offset = number(&q, "offset", 0, usize::MAX, 0)?;
+    let page = Page::of(&q)?;
     blocking(&st, move |st| {
         let owned = lock(&st.owners).all(FILE, &ns.name)?;
         let engine = lock(&st.engine);
@@ -141,7 +136,7 @@ pub(super) async fn files(
             }
         }
         out.sort_by(|a, b| b["updated_at"].as_str().cmp(&a["updated_at"].as_str()));
-        let files: Vec<Value> = out.into_iter().skip(offset).take(limit).collect();
+        let files: Vec<Value> = page.cut(out).collect();
         Ok(Json(json!({ "files": files })))
     })
     .await

@@ -8,8 +8,7 @@ pub(super) async fn images(
     Extension(ns): Extension<Namespace>,
     Query(q): Params,
 ) -> ApiResult<Json<Value>> {
-    let limit = number(&q, "limit", 1, 1000, 100)?;
-    let offset = number(&q, "offset", 0, usize::MAX, 0)?;
+    let page = Page::of(&q)?;
     let prefix = param(&q, "tag").map(str::to_string);
     let tagged = flag(&q, "tagged") || prefix.is_some();
     let uuid = match param(&q, "uuid") {
@@ -40,7 +39,7 @@ pub(super) async fn images(
                 }
             }
         }
-        let images: Vec<Image> = out.into_iter().skip(offset).take(limit).collect();
+        let images: Vec<Image> = page.cut(out).collect();
         Ok(Json(json!({ "images": images })))
     })
     .await
@@ -83,8 +82,7 @@ pub(super) async fn import(
     body: Body,
 ) -> ApiResult<Response> {
     accepting(&st)?;
-    let body = read_body(body, st.max_body).await?;
-    let req: ImportBody = json_body(&body)?;
+    let req: ImportBody = json_body(body, st.max_body).await?;
     if req.registry.url.trim().is_empty() {
         return Err(ApiError::bad_request("registry.url is empty"));
     }
@@ -211,8 +209,7 @@ pub(super) async fn tag(
     body: Body,
 ) -> ApiResult<Json<Image>> {
     let image = parse_uuid(&image, "image")?;
-    let body = read_body(body, st.max_body).await?;
-    let TagBody { tag } = json_body(&body)?;
+    let TagBody { tag } = json_body(body, st.max_body).await?;
     valid_tag(&tag)?;
     blocking(&st, move |st| {
         let engine = lock(&st.engine);

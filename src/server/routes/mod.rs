@@ -113,6 +113,27 @@ fn flag(q: &[(String, String)], name: &str) -> bool {
     param(q, name).is_some_and(|v| !matches!(v, "0" | "false" | "no"))
 }
 
+/// The list endpoints' paging: at most `limit` items (1 to 1000, 100 unless asked) after
+/// the first `offset`.
+#[derive(Debug, Clone, Copy)]
+struct Page {
+    limit: usize,
+    offset: usize,
+}
+
+impl Page {
+    fn of(q: &[(String, String)]) -> ApiResult<Page> {
+        Ok(Page {
+            limit: number(q, "limit", 1, 1000, 100)?,
+            offset: number(q, "offset", 0, usize::MAX, 0)?,
+        })
+    }
+
+    fn cut<T>(self, items: impl IntoIterator<Item = T>) -> impl Iterator<Item = T> {
+        items.into_iter().skip(self.offset).take(self.limit)
+    }
+}
+
 fn number(
     q: &[(String, String)],
     name: &str,
@@ -160,8 +181,9 @@ async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
         .map_err(|_| too_large())
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(body)
+/// The request body (see `read_body`) read as JSON.
+async fn json_body<T: serde::de::DeserializeOwned>(body: Body, limit: usize) -> ApiResult<T> {
+    serde_json::from_slice(&read_body(body, limit).await?)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 

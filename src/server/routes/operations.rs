@@ -39,8 +39,7 @@ pub(super) async fn spawn(
     body: Body,
 ) -> ApiResult<Response> {
     accepting(&st)?;
-    let body = read_body(body, st.max_body).await?;
-    let mut req: SpawnRequest = json_body(&body)?;
+    let mut req: SpawnRequest = json_body(body, st.max_body).await?;
     crate::engine::limits::clamp(&mut req, &st.limits);
     let spawned = blocking(&st, move |st| {
         let engine = lock(&st.engine);
@@ -146,8 +145,7 @@ pub(super) async fn operations(
     Extension(ns): Extension<Namespace>,
     Query(q): Params,
 ) -> ApiResult<Json<Vec<wire::Operation>>> {
-    let limit = number(&q, "limit", 1, 1000, 100)?;
-    let offset = number(&q, "offset", 0, usize::MAX, 0)?;
+    let page = Page::of(&q)?;
     let mut statuses = Vec::new();
     for (_, v) in q.iter().filter(|(k, _)| k == "status") {
         for s in v.split(',').filter(|s| !s.is_empty()) {
@@ -172,10 +170,7 @@ pub(super) async fn operations(
         };
         let ops = lock(&st.engine).operations(&filter)?;
         Ok(Json(
-            ops.into_iter()
-                .filter(|o| owned.contains(&o.uuid))
-                .skip(offset)
-                .take(limit)
+            page.cut(ops.into_iter().filter(|o| owned.contains(&o.uuid)))
                 .collect(),
         ))
     })
@@ -322,8 +317,7 @@ pub(super) async fn stdin(
     body: Body,
 ) -> ApiResult<StatusCode> {
     let op = parse_uuid(&op, "operation")?;
-    let body = read_body(body, st.max_body).await?;
-    let repr: StdinRepr = json_body(&body)?;
+    let repr: StdinRepr = json_body(body, st.max_body).await?;
     let bytes = repr
         .bytes()
         .map_err(|e| ApiError::bad_request(format!("stdin is not valid base64: {e}")))?;
