@@ -18,7 +18,7 @@ fn stream_span() -> Duration {
     std::env::var("CONTREE_STREAM_SPAN")
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
-        .filter(|s| *s > 0.0)
+        .filter(|s| s.is_finite() && *s > 0.0)
         .map(Duration::from_secs_f64)
         .unwrap_or(Duration::from_secs(60))
 }

@@ -199,7 +199,7 @@ impl Api {
                         .headers()
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<f64>().ok()),
+                        .and_then(retry_after_secs),
                 },
                 Err(e) if e.is_timeout() && !e.is_connect() => Tried::TimedOut,
                 Err(e) if e.is_connect() => Tried::NoConnection,
@@ -911,6 +911,16 @@ impl std::io::Read for Counting {
     }
 }
 
+/// A `Retry-After` of seconds; a value no sleep can take (negative, NaN, infinite) is
+/// ignored rather than trusted. (The HTTP-date form is not used by the API.)
+fn retry_after_secs(value: &str) -> Option<f64> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -988,6 +998,15 @@ mod tests {
             .collect();
         assert_eq!(retries, [(0.1, 5), (0.2, 4), (0.5, 3), (1.0, 2), (2.0, 1)]);
         assert_eq!(got[5], Next::GiveUp);
+    }
+
+    #[test]
+    fn a_retry_after_no_sleep_can_take_is_ignored() {
+        assert_eq!(retry_after_secs("2.5"), Some(2.5));
+        assert_eq!(retry_after_secs(" 3 "), Some(3.0));
+        for bad in ["-1", "NaN", "inf", "-inf", "soon", ""] {
+            assert_eq!(retry_after_secs(bad), None, "{bad}");
+        }
     }
 
     #[test]
