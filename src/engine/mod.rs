@@ -18,6 +18,7 @@ pub mod limits;
 pub mod network;
 pub mod oci;
 pub mod overlay;
+mod procfs;
 pub mod recorder;
 pub mod registry;
 pub mod sandbox;
@@ -41,6 +42,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use store::{Store, StoreError};
+
+pub use procfs::process_start_time;
+use procfs::single_threaded;
 
 impl From<StoreError> for BackendError {
     fn from(e: StoreError) -> Self {
@@ -77,20 +81,6 @@ pub struct LocalEngine {
     /// A shared lock on `store/gc.lock` while a run of ours is between its upload and its
     /// start (see `hold_gc_off`).
     starting: RefCell<Option<std::fs::File>>,
-}
-
-/// Whether this process has one thread (a plugin or hook may have started others; a
-/// forked copy could then inherit a lock one of them held).
-fn single_threaded() -> bool {
-    let pid = std::process::id() as i32;
-    stat_fields(pid).and_then(|f| f.get(17)?.parse::<u32>().ok()) == Some(1)
-}
-
-/// The fields of /proc/PID/stat after the command name, from the state (field 3) on.
-fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
 /// In a freshly forked supervisor: the log as stdout and stderr, `stdin` (if any) as fd
@@ -176,16 +166,6 @@ fn direct_output(fd: std::os::fd::RawFd) -> bool {
         libc::S_IFCHR => !nix::unistd::isatty(fd).unwrap_or(true),
         _ => false,
     }
-}
-
-/// The start time of a process (field 22 of /proc/PID/stat), to tell a live supervisor
-/// from a recycled pid; `None` if it is gone or a zombie.
-pub fn process_start_time(pid: i32) -> Option<u64> {
-    let fields = stat_fields(pid)?;
-    if matches!(fields.first().map(String::as_str), Some("Z") | Some("X")) {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
 }
 
 impl LocalEngine {
