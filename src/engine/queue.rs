@@ -3,8 +3,8 @@
 //! registry import) rather than a supervisor. The CLI never queues.
 
 use super::eventlog::{self, LogWriter};
+use super::launch::Handover;
 use super::procfs::process_start_time;
-use super::Handover;
 use super::{supervisor, LocalEngine};
 use crate::backend::{BackendError, StdinSource};
 use crate::wire::{SpawnRequest, Status};

@@ -158,8 +158,8 @@ pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
     };
     let _ = std::fs::remove_file(&job_file);
     // The command must never hold (or write) its log.
-    let log = inherited_fd(super::LOG_FD_ENV);
-    let notify = std::env::var(super::NOTIFY_FD_ENV)
+    let log = inherited_fd(super::launch::LOG_FD_ENV);
+    let notify = std::env::var(super::launch::NOTIFY_FD_ENV)
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
         .map(|fd| {
@@ -172,8 +172,8 @@ pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
             );
             fd
         });
-    let scratch =
-        inherited_fd(super::SCRATCH_FD_ENV).map(|file| Claim::adopt(file, &layout.scratch_dir(op)));
+    let scratch = inherited_fd(super::launch::SCRATCH_FD_ENV)
+        .map(|file| Claim::adopt(file, &layout.scratch_dir(op)));
     supervise_job(layout, job, data_dir, log, scratch, notify, None, started)
 }
 
