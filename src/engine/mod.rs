@@ -12,6 +12,7 @@ pub mod harden;
 pub mod idmap;
 pub mod import;
 pub mod inspect;
+mod isolation;
 mod launch;
 pub mod layerlimit;
 pub mod layers;
@@ -29,6 +30,7 @@ pub mod sandbox;
 pub mod store;
 pub mod supervisor;
 mod tail;
+mod validate;
 
 use crate::backend::{Backend, BackendError, EventStream, ImageFilter, OpFilter, StdinSource};
 use crate::paths::Paths;
@@ -37,7 +39,7 @@ use crate::wire::{DirectoryList, Image, Operation, SpawnRequest, Status};
 use nix::unistd::Pid;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use store::{Store, StoreError};
@@ -138,99 +140,6 @@ impl LocalEngine {
         &self.store
     }
 
-    /// `store/gc.lock`, locked shared (a run starting) or exclusive (`gc`). A run's blobs
-    /// are in no row until its operation has one, and its layers in no image until it
-    /// commits; from its upload until it is in flight (its scratch dir claimed, or its row
-    /// written: see `start`) it holds `gc` off, so nothing it is about to use is freed.
-    pub fn gc_lock(&self, exclusive: bool) -> Result<std::fs::File, BackendError> {
-        let path = self.store.root.join("gc.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| BackendError::Store(format!("{}: {e}", path.display())))?;
-        let how = if exclusive {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_SH
-        };
-        loop {
-            // SAFETY: flock(2) on a descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
-                return Ok(file);
-            }
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINTR) {
-                return Err(BackendError::Store(format!("{}: {e}", path.display())));
-            }
-        }
-    }
-
-    /// The id range sandboxes' user namespaces map to, or `None` where this machine cannot
-    /// give sandboxes one (see `idmap`).
-    fn userns(&self) -> Option<idmap::Range> {
-        if std::env::var_os("CONTREE_USERNS").is_some_and(|v| v == "0") {
-            return None;
-        }
-        let range = idmap::Range::for_contree();
-        self.isolation(range).ok().map(|_| range)
-    }
-
-    /// Whether this machine gives sandboxes a user namespace (see `idmap::probe`): tried
-    /// once per kernel and remembered in `store/isolation`; the first time it cannot, says
-    /// so on stderr. The error is the reason.
-    pub fn isolation(&self, range: idmap::Range) -> Result<(), String> {
-        let kernel = nix::sys::utsname::uname()
-            .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let file = self.store.root.join("isolation");
-        if let Ok(text) = std::fs::read_to_string(&file) {
-            let mut lines = text.lines();
-            if lines.next() == Some(kernel.as_str()) {
-                return match lines.next() {
-                    Some("userns") => Ok(()),
-                    other => Err(other.unwrap_or("unknown").to_string()),
-                };
-            }
-        }
-        let result = self
-            .store
-            .layout()
-            .staging_dir(&format!("probe-{}", uuid::Uuid::new_v4().simple()))
-            .map_err(|e| e.to_string())
-            .and_then(|dir| {
-                let probed = idmap::probe(&self.store.root, dir.path(), range);
-                let _ = dir.remove();
-                probed
-            });
-        let verdict = match &result {
-            Ok(()) => "userns".to_string(),
-            Err(e) => e.clone(),
-        };
-        let tmp = self
-            .store
-            .root
-            .join(format!("isolation.{}", std::process::id()));
-        if std::fs::write(&tmp, format!("{kernel}\n{verdict}\n")).is_ok() {
-            let _ = std::fs::rename(&tmp, &file);
-        }
-        if let Err(e) = &result {
-            crate::warn!(
-                "sandboxes run without a user namespace on this machine ({e}): root inside them is root outside; see `contree doctor`"
-            );
-        }
-        result
-    }
-
-    /// Holds `gc` off until this run is in flight (see `gc_lock`).
-    fn hold_gc_off(&self) -> Result<(), BackendError> {
-        if self.starting.borrow().is_none() {
-            *self.starting.borrow_mut() = Some(self.gc_lock(false)?);
-        }
-        Ok(())
-    }
-
     /// The layered view of an image, for inspection without a sandbox.
     pub fn view(&self, image: &str) -> Result<inspect::View, BackendError> {
         let row = self
@@ -272,15 +181,6 @@ impl LocalEngine {
         Ok(config)
     }
 
-    /// The limits a run of `req` gets.
-    fn run_limits(&self, req: &SpawnRequest) -> Result<limits::Limits, BackendError> {
-        let config = self.limits_config()?;
-        Ok(limits::Limits::resolve(
-            req.resources_limits.as_ref(),
-            &config.defaults,
-        ))
-    }
-
     /// The row of an operation that has not finished; an error saying why otherwise.
     fn unfinished_op(&self, op: &str) -> Result<store::OpRow, BackendError> {
         let row = self
@@ -294,74 +194,6 @@ impl LocalEngine {
             )));
         }
         Ok(row)
-    }
-
-    /// Checks the request and gathers what the supervisor needs: the image and the blobs;
-    /// also how many bytes the attachments take.
-    fn validate(&self, req: &SpawnRequest) -> Result<Validated, BackendError> {
-        let Some(image) = self.store.image(&req.image)? else {
-            return Err(BackendError::NotFound(format!(
-                "image {} not found",
-                req.image
-            )));
-        };
-        let mut blobs = std::collections::BTreeMap::new();
-        let mut attached = 0;
-        if let Some(cwd) = &req.cwd {
-            if !cwd.is_empty() && !cwd.starts_with('/') {
-                return Err(BackendError::Invalid(format!(
-                    "cwd '{cwd}' must be an absolute path"
-                )));
-            }
-        }
-        if req.hostname.is_empty() || req.hostname.len() > 64 || req.hostname.contains('/') {
-            return Err(BackendError::Invalid(format!(
-                "hostname '{}' is not valid (1 to 64 characters, no '/')",
-                req.hostname
-            )));
-        }
-        if req.shell && req.command.is_empty() {
-            return Err(BackendError::Invalid("shell command is empty".into()));
-        }
-        // Never a silent fallback to the host's network: no stack, no networked run.
-        if req.network_enabled() {
-            network::find().map_err(|e| BackendError::Unavailable(e.to_string()))?;
-        }
-        for (path, file) in req.files.iter().flatten() {
-            if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
-                return Err(BackendError::Invalid(format!(
-                    "file path '{path}' must be absolute and must not contain '..'"
-                )));
-            }
-            match self.store.blob_by_uuid(&file.uuid)? {
-                Some((sha, size)) => {
-                    blobs.insert(file.uuid.clone(), sha);
-                    attached += size;
-                }
-                None => {
-                    return Err(BackendError::NotFound(format!(
-                        "file {} (for {path}) not found",
-                        file.uuid
-                    )))
-                }
-            }
-            if u32::from_str_radix(&file.mode, 8).is_err() {
-                return Err(BackendError::Invalid(format!(
-                    "file mode '{}' for {path} is not octal",
-                    file.mode
-                )));
-            }
-        }
-        if let Some(stdin) = &req.stdin {
-            stdin
-                .bytes()
-                .map_err(|e| BackendError::Invalid(format!("stdin is not valid base64: {e}")))?;
-        }
-        if let Some(asked) = &req.resources_limits {
-            limits::validate(asked)
-                .map_err(|e| BackendError::Invalid(format!("resources_limits: {e}")))?;
-        }
-        Ok((image, blobs, attached))
     }
 }
 
@@ -387,13 +219,6 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
     }
     Guard(Some(f))
 }
-/// What `LocalEngine::validate` gathers: the image, the blobs (file uuid → sha256) and how
-/// many bytes the attachments take.
-type Validated = (
-    store::ImageRow,
-    std::collections::BTreeMap<String, String>,
-    u64,
-);
 
 fn mask_err(e: std::io::Error) -> BackendError {
     BackendError::Unavailable(format!("cannot build the host image mask: {e}"))
