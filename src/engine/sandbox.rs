@@ -5,8 +5,10 @@
 //! inside (capabilities, seccomp, /proc, /sys and /dev).
 //!
 //! The supervisor calls `start` with everything prepared; this module never touches the
-//! store. The init speaks to the supervisor over a status pipe with one line per fact:
-//! `pid N`, `execfail ERRNO`, `setupfail REASON`, `exit CODE SIGNAL CORE`.
+//! store. The init speaks to the supervisor over a status pipe with one line per fact
+//! (`status`).
+
+pub(crate) mod status;
 
 use super::harden;
 use super::network::{self, Inside};
@@ -16,6 +18,7 @@ use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{self, ForkResult, Pid};
+use status::Report;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -122,7 +125,7 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
         match init(spec, init_sock.as_ref(), &plan) {
             Ok(never) => match never {},
             Err(e) => {
-                let msg = format!("setupfail {e}\n");
+                let msg = Report::SetupFailed(&e).line();
                 // SAFETY: writing a buffer to a pipe fd we own.
                 unsafe { libc::write(status, msg.as_ptr().cast(), msg.len()) };
                 // SAFETY: leave without running destructors of the supervisor's state.
@@ -196,7 +199,7 @@ fn init(mut spec: Spec, sock: Option<&OwnedFd>, plan: &harden::Plan) -> io::Resu
         None => Ok(()),
     };
     if let Err(e) = joined.and_then(|_| prepare(&spec, sock)) {
-        let msg = format!("setupfail {e}\n");
+        let msg = Report::SetupFailed(&e).line();
         write_line(&spec.status, &msg);
         // SAFETY: leave without running destructors of the supervisor's state.
         unsafe { libc::_exit(120) }
@@ -233,10 +236,17 @@ fn init(mut spec: Spec, sock: Option<&OwnedFd>, plan: &harden::Plan) -> io::Resu
             drop(spec.stdout);
             drop(spec.stderr);
             drop(spec.stdin);
-            write_line(&status, &format!("pid {}\n", child.as_raw()));
+            write_line(
+                &status,
+                &Report::Started {
+                    pid: child.as_raw(),
+                }
+                .line(),
+            );
             let mut buf = [0u8; 4];
             if read_full(err_r.as_raw_fd(), &mut buf) == 4 {
-                write_line(&status, &format!("execfail {}\n", i32::from_le_bytes(buf)));
+                let errno = i32::from_le_bytes(buf);
+                write_line(&status, &Report::ExecFailed { errno }.line());
             }
             drop(err_r);
             crate::log::trace("init: exec ok");
@@ -247,7 +257,12 @@ fn init(mut spec: Spec, sock: Option<&OwnedFd>, plan: &harden::Plan) -> io::Resu
             unsafe { libc::kill(-1, libc::SIGKILL) };
             while waitpid(None, None).is_ok() {}
             crate::log::trace("init: all gone");
-            write_line(&status, &format!("exit {code} {sig} {}\n", core as u8));
+            let exit = Report::Exited {
+                code,
+                signal: sig,
+                core,
+            };
+            write_line(&status, &exit.line());
             // SAFETY: leaving the namespace's init ends the sandbox.
             unsafe { libc::_exit(0) }
         }
@@ -488,7 +503,7 @@ fn exec_command(spec: &Spec, program: &CString, plan: &harden::Plan) -> nix::err
 
 /// Reports a failed hardening step to the supervisor and ends the command's process.
 fn setup_failed(spec: &Spec, e: harden::StepError) -> ! {
-    write_line(&spec.status, &format!("setupfail {e}\n"));
+    write_line(&spec.status, &Report::SetupFailed(&e).line());
     // SAFETY: leaving the forked process without running the init's destructors.
     unsafe { libc::_exit(120) }
 }

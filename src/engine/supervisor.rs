@@ -12,6 +12,7 @@ use super::layers;
 use super::network;
 use super::overlay::Overlay;
 use super::recorder::{Recorder, Relay};
+use super::sandbox::status::{InitStatus, Lines};
 use super::sandbox::{self, Spec};
 use super::store::{ImageRow, Layout, Store, HOST_LAYER};
 use crate::wire::{self, SpawnRequest, Status};
@@ -667,7 +668,7 @@ impl Run {
             }
         }
         let mut status_r = Some(st_r);
-        let mut status_buf = String::new();
+        let mut status_lines = Lines::default();
         let sigfd = SignalFd::with_flags(
             &cancel_signals(),
             SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
@@ -675,7 +676,7 @@ impl Run {
         .map_err(|e| format!("signalfd: {e}"))?;
         let mut cancelled = false;
         let mut timed_out = false;
-        let mut main_pid: Option<i64> = None;
+        let mut main_pid: Option<i32> = None;
         let mut exec_errno: Option<i32> = None;
         let mut setup_error: Option<String> = None;
         let mut exit: Option<(i32, i32, bool)> = None;
@@ -748,13 +749,11 @@ impl Run {
                         match nix::unistd::read(fd, &mut buf) {
                             Ok(0) | Err(_) => status_r = None,
                             Ok(n) => {
-                                status_buf.push_str(&String::from_utf8_lossy(&buf[..n]));
-                                while let Some(pos) = status_buf.find('\n') {
-                                    let line: String = status_buf.drain(..=pos).collect();
-                                    let mut parts = line.split_whitespace();
-                                    match parts.next() {
-                                        Some("pid") => {
-                                            main_pid = parts.next().and_then(|p| p.parse().ok());
+                                status_lines.push(&buf[..n]);
+                                while let Some(line) = status_lines.next_line() {
+                                    match InitStatus::parse(&line) {
+                                        Some(InitStatus::Started { pid }) => {
+                                            main_pid = Some(pid);
                                             self.event(
                                                 "spawn",
                                                 Some(1),
@@ -772,20 +771,16 @@ impl Run {
                                                 }),
                                             );
                                         }
-                                        Some("execfail") => {
-                                            exec_errno = parts.next().and_then(|p| p.parse().ok())
+                                        Some(InitStatus::ExecFailed { errno }) => {
+                                            exec_errno = Some(errno)
                                         }
-                                        Some("setupfail") => {
-                                            setup_error = Some(line[10..].trim().to_string())
+                                        Some(InitStatus::SetupFailed(message)) => {
+                                            setup_error = Some(message.to_string())
                                         }
-                                        Some("exit") => {
-                                            let n: Vec<i32> =
-                                                parts.filter_map(|p| p.parse().ok()).collect();
-                                            if n.len() == 3 {
-                                                exit = Some((n[0], n[1], n[2] != 0));
-                                            }
+                                        Some(InitStatus::Exited { code, signal, core }) => {
+                                            exit = Some((code, signal, core))
                                         }
-                                        _ => {}
+                                        None => {}
                                     }
                                 }
                             }
