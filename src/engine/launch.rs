@@ -1,7 +1,7 @@
-//! Starting an operation's supervisor, the two ways: executing `contree __supervise` (the
-//! server, and any caller that may have other threads) or forking this process (the CLI's
-//! run, which takes an exec and a fresh binary's start-up off every run's path). Either way
-//! the supervisor inherits exactly the descriptors listed here and nothing else.
+//! Starting an operation's supervisor, one of two ways: executing `contree __supervise`,
+//! or, for the CLI's own run while it is single-threaded, forking this process, which takes
+//! an exec and a fresh binary's start-up off every run's path. Either way the supervisor
+//! takes over what the spawner hands it (`Handover`) at descriptors named here.
 
 use super::eventlog::LogWriter;
 use super::procfs::{process_start_time, single_threaded};

@@ -1,6 +1,11 @@
 //! The embedded local engine: the `Backend` that runs operations on this machine with
 //! namespaces and overlayfs, daemonless. Each operation is owned by its own supervisor
 //! process (`supervisor`), so the CLI can come and go.
+//!
+//! `LocalEngine`'s own work is spread over a module per concept: `launch` (starting a
+//! supervisor), `tail` (following an event log), `recovery` (operations whose owner died),
+//! `queue` (the server's queued operations), `prune`, `validate` and `isolation`. This
+//! file keeps the struct, its `Backend` impl and the module list.
 
 pub mod attachlayer;
 pub mod cgroup;

@@ -1,6 +1,7 @@
 //! The server's queue of operations: an operation recorded now (PENDING, owned by this
 //! process) and started, or ended, later; and operations this process runs itself (a
-//! registry import) rather than a supervisor. The CLI never queues.
+//! registry import) rather than a supervisor. `finish_here` also gives an abandoned
+//! operation its ending (see `recovery`).
 
 use super::eventlog::{self, LogWriter};
 use super::launch::Handover;
