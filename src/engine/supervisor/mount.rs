@@ -6,7 +6,7 @@ use super::{Mounted, Run};
 use crate::engine::overlay::Overlay;
 use crate::engine::sandbox;
 use crate::engine::store::{ImageRow, Layout, HOST_LAYER};
-use crate::engine::{attachlayer, inspect, layers};
+use crate::engine::{attachlayer, idmap, inspect, layers};
 use std::path::{Path, PathBuf};
 
 impl Run {
@@ -60,6 +60,29 @@ impl Run {
         for d in &dirs {
             std::fs::create_dir(d).map_err(|e| format!("mount point {}: {e}", d.display()))?;
         }
+        self.attachment_layer(image, &mut lowers)?;
+        let plan = RootPlan {
+            points: &points,
+            lowers: &lowers,
+            upper: &upper,
+            work: &work,
+            host,
+        };
+        if let Some(range) = userns {
+            mounted.userns = Some(self.userns_root(range, &plan));
+            mounted.root = PathBuf::from("root");
+            return Ok(mounted);
+        }
+        plan.mount(&mut mounted)?;
+        Ok(mounted)
+    }
+
+    /// The attachment layer, on top of `lowers`, for a request with files.
+    fn attachment_layer(
+        &mut self,
+        image: &ImageRow,
+        lowers: &mut Vec<PathBuf>,
+    ) -> Result<(), String> {
         if let Some(files) = self.job.request.files.as_ref().filter(|f| !f.is_empty()) {
             let view = inspect::View::new(&self.layout, &image.layers);
             let mut id = attachlayer::ensure(&self.layout, &view, files, &self.job.blobs)?;
@@ -75,36 +98,69 @@ impl Run {
                 self.attach = Some(id);
             }
         }
-        if let Some(range) = userns {
-            // The init mounts all of it inside its user namespace (see `sandbox::Userns`),
-            // by paths relative to the mount points: the store's own, seen through the
-            // idmapped copy at `store`, and the host view.
-            let rel = |p: &Path| -> PathBuf {
-                match (p.strip_prefix(&points), p.strip_prefix(&self.layout.root)) {
-                    (Ok(point), _) => point.to_path_buf(),
-                    (_, Ok(inside)) => Path::new("store").join(inside),
-                    _ => p.to_path_buf(),
-                }
-            };
-            let mut idmapped = vec![(self.layout.root.clone(), PathBuf::from("store"))];
-            if host {
-                idmapped.push((PathBuf::from("/"), PathBuf::from("hostfs")));
+        Ok(())
+    }
+
+    /// What the init of a user namespace mounts itself (see `sandbox::Userns`).
+    fn userns_root(&self, range: idmap::Range, plan: &RootPlan) -> sandbox::Userns {
+        let RootPlan {
+            points,
+            lowers,
+            upper,
+            work,
+            host,
+        } = *plan;
+        // The init mounts all of it inside its user namespace, by paths relative to the
+        // mount points: the store's own, seen through the idmapped copy at `store`, and
+        // the host view.
+        let rel = |p: &Path| -> PathBuf {
+            match (p.strip_prefix(points), p.strip_prefix(&self.layout.root)) {
+                (Ok(point), _) => point.to_path_buf(),
+                (_, Ok(inside)) => Path::new("store").join(inside),
+                _ => p.to_path_buf(),
             }
-            if let Some(fs) = &self.res.layer {
-                idmapped.push((fs.mount.clone(), PathBuf::from("layer")));
-            }
-            mounted.userns = Some(sandbox::Userns {
-                range,
-                points: points.clone(),
-                idmapped,
-                host,
-                lowers: lowers.iter().map(|l| rel(l)).collect(),
-                upper: rel(&upper),
-                work: rel(&work),
-            });
-            mounted.root = PathBuf::from("root");
-            return Ok(mounted);
+        };
+        let mut idmapped = vec![(self.layout.root.clone(), PathBuf::from("store"))];
+        if host {
+            idmapped.push((PathBuf::from("/"), PathBuf::from("hostfs")));
         }
+        if let Some(fs) = &self.res.layer {
+            idmapped.push((fs.mount.clone(), PathBuf::from("layer")));
+        }
+        sandbox::Userns {
+            range,
+            points: points.to_path_buf(),
+            idmapped,
+            host,
+            lowers: lowers.iter().map(|l| rel(l)).collect(),
+            upper: rel(upper),
+            work: rel(work),
+        }
+    }
+}
+
+/// What the root is made of: its layers, upper and work dir, and the mount points.
+#[derive(Clone, Copy)]
+struct RootPlan<'a> {
+    points: &'a Path,
+    lowers: &'a [PathBuf],
+    upper: &'a Path,
+    work: &'a Path,
+    /// The image is on the `host` base: its view is mounted first.
+    host: bool,
+}
+
+impl RootPlan<'_> {
+    /// Mounts the host view (for the `host` base) and the overlay root, in the
+    /// supervisor's own mount namespace.
+    fn mount(&self, mounted: &mut Mounted) -> Result<(), String> {
+        let RootPlan {
+            points,
+            lowers,
+            upper,
+            work,
+            host,
+        } = *self;
         if host {
             // overlayfs refuses layers that overlap, and the store lies under `/`: a
             // read-only overlay of `/` (over an empty tmpfs dir) is a separate filesystem
@@ -121,8 +177,8 @@ impl Run {
         }
         let root = mounted.root.clone();
         Overlay {
-            lowers: &lowers,
-            upper: Some((&upper, &work)),
+            lowers,
+            upper: Some((upper, work)),
             userxattr: false,
         }
         .mount(&root)
@@ -133,7 +189,7 @@ impl Run {
             )
         })?;
         mounted.mounts.push(root);
-        Ok(mounted)
+        Ok(())
     }
 }
 
