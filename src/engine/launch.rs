@@ -84,6 +84,35 @@ pub(super) struct Live {
     pub(super) direct: [bool; 2],
 }
 
+/// Pipes that carry a followed run's stdout and stderr to the CLI as they are recorded
+/// (see `Tail`): big, so a chatty command rarely waits for it.
+fn live_pipes() -> Result<[(OwnedFd, OwnedFd); 2], BackendError> {
+    let pipe = || -> Result<(OwnedFd, OwnedFd), BackendError> {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| BackendError::Store(format!("pipe: {e}")))?;
+        let _ = nix::fcntl::fcntl(r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+        nix::fcntl::fcntl(
+            r.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| BackendError::Store(format!("pipe: {e}")))?;
+        Ok((r, w))
+    };
+    Ok([pipe()?, pipe()?])
+}
+
+/// What a forked supervisor finds of its spawner's in its copy of the memory, to put in
+/// place (see `supervisor_fds`).
+struct Inherited<'a> {
+    log: &'a std::fs::File,
+    log_path: &'a std::path::Path,
+    stdin: Option<std::os::fd::RawFd>,
+    notify: &'a OwnedFd,
+    live_pipes: Option<&'a [(OwnedFd, OwnedFd); 2]>,
+    direct: [Option<std::os::fd::RawFd>; 2],
+    handover: &'a Handover,
+}
+
 /// Whether the supervisor may write a stream to `fd`, the CLI's own stdout or stderr,
 /// itself: a pipe (it waits for room without blocking), a regular file or a character
 /// device that is not a terminal (/dev/null). Not a terminal: the CLI's own handling of it
@@ -332,25 +361,7 @@ impl LocalEngine {
             .filter(|_| live)
             .map(|fds| fds.map(|fd| direct_output(fd).then_some(fd)))
             .unwrap_or([None, None]);
-        // Pipes that carry the run's stdout and stderr to us as they are recorded (see
-        // `Tail`): big, so a chatty command rarely waits for us.
-        let live_pipes = if live {
-            let pipe = || -> Result<(OwnedFd, OwnedFd), BackendError> {
-                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                    .map_err(|e| BackendError::Store(format!("pipe: {e}")))?;
-                let _ =
-                    nix::fcntl::fcntl(r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
-                nix::fcntl::fcntl(
-                    r.as_raw_fd(),
-                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-                )
-                .map_err(|e| BackendError::Store(format!("pipe: {e}")))?;
-                Ok((r, w))
-            };
-            Some([pipe()?, pipe()?])
-        } else {
-            None
-        };
+        let live_pipes = if live { Some(live_pipes()?) } else { None };
         let devnull = match stdin {
             StdinSource::Null => Some(
                 std::fs::File::open("/dev/null")
@@ -379,68 +390,17 @@ impl LocalEngine {
         let forked = unsafe { nix::unistd::fork() };
         match forked {
             Ok(nix::unistd::ForkResult::Child) => {
+                let inherited = Inherited {
+                    log: &log,
+                    log_path: &log_path,
+                    stdin: stdin_fd,
+                    notify: &notify_w,
+                    live_pipes: live_pipes.as_ref(),
+                    direct,
+                    handover,
+                };
                 let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let mut extra = vec![notify_w.as_raw_fd()];
-                    if let Some([(_, out), (_, err)]) = &live_pipes {
-                        extra.extend([out.as_raw_fd(), err.as_raw_fd()]);
-                        extra.extend(direct.iter().flatten());
-                    }
-                    // What the supervisor takes over comes along, last.
-                    let mut pass = |fd: std::os::fd::RawFd| {
-                        extra.push(fd);
-                        2 + extra.len() as i32
-                    };
-                    let log_at = handover.log.as_ref().map(|f| pass(f.as_raw_fd()));
-                    let scratch_at = handover
-                        .scratch
-                        .as_ref()
-                        .map(|c| pass(c.file().as_raw_fd()));
-                    if let Err(e) = supervisor_fds(log.as_raw_fd(), stdin_fd, &extra) {
-                        supervisor::diag(&log_path, &format!("file descriptors: {e}"));
-                        return 1;
-                    }
-                    let panic_log = log_path.clone();
-                    std::panic::set_hook(Box::new(move |info| {
-                        supervisor::diag(&panic_log, &info.to_string());
-                    }));
-                    // SAFETY: supervisor_fds put the notify pipe's write end at fd 3, the
-                    // live pipes' write ends at 4 and 5, and the direct outputs after them.
-                    let owned =
-                        |fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                    let notify = owned(3);
-                    let mut next = 6;
-                    let live = live_pipes.as_ref().map(|_| supervisor::Live {
-                        pipes: [owned(4), owned(5)],
-                        direct: direct.map(|d| {
-                            d.map(|_| {
-                                next += 1;
-                                owned(next - 1)
-                            })
-                        }),
-                    });
-                    crate::log::trace("supervisor start");
-                    // Tells it apart from its CLI in `ps -o comm` and top.
-                    let _ = nix::sys::prctl::set_name(c"contree-super");
-                    // SAFETY: supervisor_fds put them there.
-                    let file =
-                        |fd| unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                    let scratch = scratch_at
-                        .map(|fd| claim::Claim::adopt(file(fd), &self.store.scratch_dir(&job.op)));
-                    let code = supervisor::supervise_job(
-                        self.store.layout().clone(),
-                        job.clone(),
-                        &self.data_dir,
-                        log_at.map(file),
-                        scratch,
-                        Some(notify),
-                        live,
-                        started,
-                    );
-                    if self.recover_later && self.scratch_in_use() {
-                        self.recover();
-                    }
-                    crate::log::trace("recovered");
-                    code
+                    self.forked_supervisor(job, &inherited, started)
                 }))
                 .unwrap_or(101);
                 // SAFETY: leaving the forked copy without running anything inherited.
@@ -478,5 +438,75 @@ impl LocalEngine {
                 )))
             }
         }
+    }
+
+    /// The forked supervisor's life: the descriptors it inherited put in place, its job,
+    /// then (for a CLI that skipped it) the recovery. Returns its exit code.
+    fn forked_supervisor(
+        &self,
+        job: &supervisor::Job,
+        inherited: &Inherited<'_>,
+        started: std::time::Instant,
+    ) -> i32 {
+        let mut extra = vec![inherited.notify.as_raw_fd()];
+        if let Some([(_, out), (_, err)]) = inherited.live_pipes {
+            extra.extend([out.as_raw_fd(), err.as_raw_fd()]);
+            extra.extend(inherited.direct.iter().flatten());
+        }
+        // What the supervisor takes over comes along, last.
+        let mut pass = |fd: std::os::fd::RawFd| {
+            extra.push(fd);
+            2 + extra.len() as i32
+        };
+        let log_at = inherited.handover.log.as_ref().map(|f| pass(f.as_raw_fd()));
+        let scratch_at = inherited
+            .handover
+            .scratch
+            .as_ref()
+            .map(|c| pass(c.file().as_raw_fd()));
+        if let Err(e) = supervisor_fds(inherited.log.as_raw_fd(), inherited.stdin, &extra) {
+            supervisor::diag(inherited.log_path, &format!("file descriptors: {e}"));
+            return 1;
+        }
+        let panic_log = inherited.log_path.to_path_buf();
+        std::panic::set_hook(Box::new(move |info| {
+            supervisor::diag(&panic_log, &info.to_string());
+        }));
+        // SAFETY: supervisor_fds put the notify pipe's write end at fd 3, the
+        // live pipes' write ends at 4 and 5, and the direct outputs after them.
+        let owned = |fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let notify = owned(3);
+        let mut next = 6;
+        let live = inherited.live_pipes.map(|_| supervisor::Live {
+            pipes: [owned(4), owned(5)],
+            direct: inherited.direct.map(|d| {
+                d.map(|_| {
+                    next += 1;
+                    owned(next - 1)
+                })
+            }),
+        });
+        crate::log::trace("supervisor start");
+        // Tells it apart from its CLI in `ps -o comm` and top.
+        let _ = nix::sys::prctl::set_name(c"contree-super");
+        // SAFETY: supervisor_fds put them there.
+        let file = |fd| unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let scratch =
+            scratch_at.map(|fd| claim::Claim::adopt(file(fd), &self.store.scratch_dir(&job.op)));
+        let code = supervisor::supervise_job(
+            self.store.layout().clone(),
+            job.clone(),
+            &self.data_dir,
+            log_at.map(file),
+            scratch,
+            Some(notify),
+            live,
+            started,
+        );
+        if self.recover_later && self.scratch_in_use() {
+            self.recover();
+        }
+        crate::log::trace("recovered");
+        code
     }
 }
