@@ -6,7 +6,8 @@
 //! and the row deletions happen in one write transaction, so no run can commit an image
 //! on a layer being removed; directories and files are removed after the commit (a crash
 //! in between leaves orphans that the next `gc` finds). It must never remove anything a
-//! session or a running operation uses.
+//! session or a running operation uses; `store/gc.lock` keeps it apart from runs that are
+//! starting (see `gc_lock`).
 
 use super::store::{ImageRow, HOST_LAYER};
 use super::LocalEngine;
@@ -14,8 +15,48 @@ use crate::backend::{BackendError, Freed, GcReport};
 use crate::wire::Status;
 use rusqlite::params;
 use std::collections::{HashMap, HashSet};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+
+impl LocalEngine {
+    /// `store/gc.lock`, locked shared (a run starting) or exclusive (`gc`). A run's blobs
+    /// are in no row until its operation has one, and its layers in no image until it
+    /// commits; from its upload until it is in flight (its scratch dir claimed, or its row
+    /// written: see `start`) it holds `gc` off, so nothing it is about to use is freed.
+    pub fn gc_lock(&self, exclusive: bool) -> Result<std::fs::File, BackendError> {
+        let path = self.store.root.join("gc.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| BackendError::Store(format!("{}: {e}", path.display())))?;
+        let how = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        loop {
+            // SAFETY: flock(2) on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
+                return Ok(file);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(BackendError::Store(format!("{}: {e}", path.display())));
+            }
+        }
+    }
+
+    /// Holds `gc` off until this run is in flight (see `gc_lock`).
+    pub(super) fn hold_gc_off(&self) -> Result<(), BackendError> {
+        if self.starting.borrow().is_none() {
+            *self.starting.borrow_mut() = Some(self.gc_lock(false)?);
+        }
+        Ok(())
+    }
+}
 
 pub enum Mode<'a> {
     /// Everything unreferenced.

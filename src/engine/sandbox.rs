@@ -5,17 +5,22 @@
 //! inside (capabilities, seccomp, /proc, /sys and /dev).
 //!
 //! The supervisor calls `start` with everything prepared; this module never touches the
-//! store. The init speaks to the supervisor over a status pipe with one line per fact:
-//! `pid N`, `execfail ERRNO`, `setupfail REASON`, `exit CODE SIGNAL CORE`.
+//! store. The init speaks to the supervisor over a status pipe with one line per fact
+//! (`status`).
+
+mod mounts;
+pub(crate) mod status;
 
 use super::harden;
 use super::network::{self, Inside};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+pub(crate) use mounts::setup_mounts;
+pub use mounts::{mount_points_tmpfs, private_mount_namespace, unmount};
+use nix::mount::{umount2, MntFlags};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{self, ForkResult, Pid};
+use status::Report;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -122,7 +127,7 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
         match init(spec, init_sock.as_ref(), &plan) {
             Ok(never) => match never {},
             Err(e) => {
-                let msg = format!("setupfail {e}\n");
+                let msg = Report::SetupFailed(&e).line();
                 // SAFETY: writing a buffer to a pipe fd we own.
                 unsafe { libc::write(status, msg.as_ptr().cast(), msg.len()) };
                 // SAFETY: leave without running destructors of the supervisor's state.
@@ -196,7 +201,7 @@ fn init(mut spec: Spec, sock: Option<&OwnedFd>, plan: &harden::Plan) -> io::Resu
         None => Ok(()),
     };
     if let Err(e) = joined.and_then(|_| prepare(&spec, sock)) {
-        let msg = format!("setupfail {e}\n");
+        let msg = Report::SetupFailed(&e).line();
         write_line(&spec.status, &msg);
         // SAFETY: leave without running destructors of the supervisor's state.
         unsafe { libc::_exit(120) }
@@ -233,10 +238,17 @@ fn init(mut spec: Spec, sock: Option<&OwnedFd>, plan: &harden::Plan) -> io::Resu
             drop(spec.stdout);
             drop(spec.stderr);
             drop(spec.stdin);
-            write_line(&status, &format!("pid {}\n", child.as_raw()));
+            write_line(
+                &status,
+                &Report::Started {
+                    pid: child.as_raw(),
+                }
+                .line(),
+            );
             let mut buf = [0u8; 4];
             if read_full(err_r.as_raw_fd(), &mut buf) == 4 {
-                write_line(&status, &format!("execfail {}\n", i32::from_le_bytes(buf)));
+                let errno = i32::from_le_bytes(buf);
+                write_line(&status, &Report::ExecFailed { errno }.line());
             }
             drop(err_r);
             crate::log::trace("init: exec ok");
@@ -247,7 +259,12 @@ fn init(mut spec: Spec, sock: Option<&OwnedFd>, plan: &harden::Plan) -> io::Resu
             unsafe { libc::kill(-1, libc::SIGKILL) };
             while waitpid(None, None).is_ok() {}
             crate::log::trace("init: all gone");
-            write_line(&status, &format!("exit {code} {sig} {}\n", core as u8));
+            let exit = Report::Exited {
+                code,
+                signal: sig,
+                core,
+            };
+            write_line(&status, &exit.line());
             // SAFETY: leaving the namespace's init ends the sandbox.
             unsafe { libc::_exit(0) }
         }
@@ -488,118 +505,7 @@ fn exec_command(spec: &Spec, program: &CString, plan: &harden::Plan) -> nix::err
 
 /// Reports a failed hardening step to the supervisor and ends the command's process.
 fn setup_failed(spec: &Spec, e: harden::StepError) -> ! {
-    write_line(&spec.status, &format!("setupfail {e}\n"));
+    write_line(&spec.status, &Report::SetupFailed(&e).line());
     // SAFETY: leaving the forked process without running the init's destructors.
     unsafe { libc::_exit(120) }
-}
-
-/// /proc, a minimal /dev and /dev/pts, /dev/shm inside the new root.
-pub(crate) fn setup_mounts(root: &Path, userns: bool) -> io::Result<()> {
-    let proc_dir = root.join("proc");
-    std::fs::create_dir_all(&proc_dir)?;
-    mount(
-        Some("proc"),
-        &proc_dir,
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )?;
-    let dev = root.join("dev");
-    std::fs::create_dir_all(&dev)?;
-    mount(
-        Some("tmpfs"),
-        &dev,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
-    )?;
-    for (name, major, minor) in [
-        ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
-        ("random", 1, 8),
-        ("urandom", 1, 9),
-        ("tty", 5, 0),
-    ] {
-        let path = dev.join(name);
-        if userns {
-            // No mknod of devices inside a user namespace: the host's own nodes, bound.
-            std::fs::File::create(&path)?;
-            mount(
-                Some(Path::new("/dev").join(name).as_path()),
-                &path,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )?;
-            continue;
-        }
-        mknod(
-            &path,
-            SFlag::S_IFCHR,
-            Mode::from_bits_truncate(0o666),
-            makedev(major, minor),
-        )?;
-        // mknod applies the umask; devices must be world-usable.
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
-    }
-    for (link, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-        ("ptmx", "pts/ptmx"),
-    ] {
-        std::os::unix::fs::symlink(target, dev.join(link))?;
-    }
-    let pts = dev.join("pts");
-    std::fs::create_dir(&pts)?;
-    mount(
-        Some("devpts"),
-        &pts,
-        Some("devpts"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=620"),
-    )?;
-    let shm = dev.join("shm");
-    std::fs::create_dir(&shm)?;
-    mount(
-        Some("shm"),
-        &shm,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )?;
-    Ok(())
-}
-
-/// Makes the caller's mount namespace private so nothing it mounts reaches the host, and
-/// so everything it mounts disappears with it (no leftover mounts after a crash).
-pub fn private_mount_namespace() -> io::Result<()> {
-    nix::sched::unshare(CloneFlags::CLONE_NEWNS)?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )?;
-    Ok(())
-}
-
-/// Mounts a small tmpfs for a supervisor's mount points (and the empty second layer of
-/// the host view).
-pub fn mount_points_tmpfs(target: &Path) -> io::Result<()> {
-    mount(
-        Some("tmpfs"),
-        target,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("size=64k,mode=755"),
-    )?;
-    Ok(())
-}
-
-pub fn unmount(target: &Path) {
-    let _ = umount2(target, MntFlags::MNT_DETACH);
 }

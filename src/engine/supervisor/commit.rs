@@ -1,0 +1,248 @@
+//! The end of a run: its upper dir committed as the new image's top layer (by a rename,
+//! never a copy; the chain flattened when it grows long), then `completion` and the row.
+//! A snapshot that is not kept leaves nothing behind.
+
+use super::{diag, Outcome, Run};
+use crate::engine::claim::Claim;
+use crate::engine::eventlog;
+use crate::engine::layers;
+use crate::engine::store::ImageRow;
+use crate::wire::{self, Status};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Layer chains longer than this (not counting the base) are merged into one layer after
+/// a commit. The kernel allows 500 lower layers; lookups and mounts slow down long before.
+const FLATTEN_AT: usize = 24;
+
+impl Run {
+    /// Commits the snapshot (for a successful, non-disposable run), appends `completion`,
+    /// records the terminal state, gives the scratch dir back. Returns the supervisor's exit
+    /// code: 0, or `exit::IO` when the result could not be recorded (a follower that finds
+    /// no `completion` says so).
+    ///
+    /// The log comes before the row: a follower learns the result from `completion` at
+    /// once, and if this process dies in between, recovery finds the log complete and
+    /// copies its ending into the row (see `LocalEngine::finish_here`).
+    pub(super) fn finish(&mut self, outcome: Outcome, started: Instant) -> i32 {
+        let mut result_image = None;
+        let mut image_size = None;
+        let mut error = outcome.error.clone();
+        let mut status = outcome.status;
+        let mut snapshot_failed = false;
+        let disposable = self.job.request.disposable;
+        if status == Status::Success && !disposable {
+            match self.commit() {
+                Ok((image, size)) => {
+                    result_image = Some(image);
+                    image_size = Some(size);
+                }
+                Err(e) => {
+                    status = Status::Failed;
+                    error = Some(format!("snapshot failed: {e}"));
+                    snapshot_failed = true;
+                    // Nothing of the run is kept: its space goes back before anything else
+                    // is written (a full disk is the usual reason a snapshot fails).
+                    drop(self.mounted.take());
+                    let _ = std::fs::remove_dir_all(self.scratch.join("upper"));
+                }
+            }
+        }
+        crate::log::trace("committed");
+        let duration = started.elapsed().as_secs_f64();
+        let op = self.job.op.clone();
+        let diag_log = self.layout.op_dir(&op).join("supervisor.log");
+        // The row must exist (a foreground run's is made here if the sandbox never started).
+        if let Err(e) = self.db() {
+            diag(&diag_log, &format!("opening the store failed: {e}"));
+            if error.is_none() || status == Status::Success {
+                status = Status::Failed;
+                error = Some(format!("recording the result failed: {e}"));
+            }
+        }
+        let mut data = eventlog::completion(
+            status,
+            (duration * 1000.0) as u64,
+            result_image.as_deref(),
+            error.as_deref(),
+            image_size.unwrap_or(0),
+        );
+        if snapshot_failed {
+            data.insert("snapshot_failed".into(), Value::Bool(true));
+        }
+        if let Some(init) = self.init.take() {
+            self.event("init", Some(0), init);
+        }
+        let mut code = 0;
+        if let Err(e) = self.log.append_now("completion", None, data) {
+            diag(&diag_log, &format!("writing completion failed: {e}"));
+            code = crate::error::exit::IO;
+        }
+        crate::log::trace("completion written");
+        crate::failpoint::hit("supervisor:completion-written");
+        // After `completion`: the follower need not wait for this write. (The run is still
+        // unfinished in its row, so `gc` keeps its new image: see `gc::collect`.)
+        self.record_usage();
+        let recorded = match &self.store {
+            Some(db) => db
+                .finish_op(
+                    &op,
+                    status,
+                    error.as_deref(),
+                    duration,
+                    result_image.as_deref(),
+                    outcome.exit_code,
+                    outcome.timed_out,
+                    image_size,
+                )
+                .map_err(|e| e.to_string()),
+            None => Err("the store is not open".to_string()),
+        };
+        if let Err(e) = recorded {
+            diag(&diag_log, &format!("recording the result failed: {e}"));
+            code = crate::error::exit::IO;
+        }
+        drop(self.network.take());
+        drop(self.mounted.take());
+        crate::log::trace("unmounted");
+        self.release_scratch();
+        crate::log::trace("released");
+        self.leave_cgroup();
+        if let Some(store) = &self.store {
+            store.checkpoint();
+        }
+        crate::log::trace("checkpointed");
+        code
+    }
+
+    /// Turns the upper dir into the new image's top layer by a rename (never a copy).
+    fn commit(&mut self) -> Result<(String, u64), String> {
+        let req = self.job.request.clone();
+        let image = self.job.image.clone();
+        let upper = self.scratch.join("upper");
+        self.layer_into_store(&upper)?;
+        let mut env = image.env.clone();
+        if req.preserve_env {
+            for (k, v) in req.env.iter().flatten() {
+                if v.is_empty() {
+                    env.remove(k);
+                } else {
+                    env.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        let unchanged =
+            layers::is_empty_dir(&upper).map_err(|e| format!("{}: {e}", upper.display()))?;
+        if unchanged && env == image.env && self.attach.is_none() {
+            return Ok((image.uuid, 0));
+        }
+        // The overlay must be gone before its upper dir becomes a layer.
+        drop(self.mounted.take());
+        let mut chain = image.layers.clone();
+        let mut new_layers: Vec<(String, u64)> = Vec::new();
+        if let Some(id) = &self.attach {
+            chain.insert(0, id.clone());
+            new_layers.push((id.clone(), layers::layer_size(&self.layout.layer_dir(id))));
+        }
+        // The new layer dirs, claimed until their rows are committed (`gc` leaves them
+        // alone) and removed if that fails: a snapshot that is not kept leaves nothing.
+        let mut claims: Vec<Claim> = Vec::new();
+        let mut size = 0;
+        if !unchanged {
+            let id = self.job.op.clone();
+            let dest = self.layout.layer_dir(&id);
+            size = layers::seal(&upper);
+            self.check_layer_size(size)?;
+            let claim = Claim::take(&upper, &dest)
+                .map_err(|e| format!("moving the layer into place: {e}"))?
+                .ok_or_else(|| {
+                    format!("moving the layer into place: {} is gone", upper.display())
+                })?;
+            claims.push(claim);
+            chain.insert(0, id.clone());
+            new_layers.push((id, size));
+            crate::failpoint::hit("commit:layer-moved");
+        }
+        let undo = |claims: Vec<Claim>| {
+            for claim in claims {
+                let _ = claim.remove();
+            }
+        };
+        // Flattened before the image exists, so no run ever starts from a long chain.
+        match self.shorten(&mut chain) {
+            Ok(Some((flat, claim))) => {
+                new_layers.push(flat);
+                claims.push(claim);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                undo(claims);
+                return Err(e);
+            }
+        }
+        let row = ImageRow {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            created_at: wire::now_ts(),
+            parent: Some(image.uuid.clone()),
+            operation: Some(self.job.op.clone()),
+            layers: chain,
+            env,
+            tags: Vec::new(),
+        };
+        let inserted = self.db().and_then(|db| {
+            db.insert_image(&row, &new_layers)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = inserted {
+            undo(claims);
+            return Err(e);
+        }
+        crate::failpoint::hit("commit:image-inserted");
+        Ok((row.uuid, size))
+    }
+
+    /// Keeps a layer chain short, in two tiers so that the usual merge only touches the
+    /// few recent layers: past `FLATTEN_AT` layers above the base, the run layers on top
+    /// are merged into one `flat-` layer; once there are `FLATTEN_AT / 2` of those,
+    /// everything above the base is merged. Returns the new layer, if any.
+    #[allow(clippy::type_complexity)]
+    fn shorten(
+        &mut self,
+        chain: &mut Vec<String>,
+    ) -> Result<Option<((String, u64), Claim)>, String> {
+        if chain.len() <= FLATTEN_AT + 1 {
+            return Ok(None);
+        }
+        let above_base = chain.len() - 1;
+        // Never the base: it may be the host view, which only exists at run time.
+        let recent = chain[..above_base]
+            .iter()
+            .take_while(|l| !l.starts_with("flat-"))
+            .count();
+        let flats = above_base - recent;
+        let merge = if flats + 1 > FLATTEN_AT / 2 || recent < 2 {
+            above_base
+        } else {
+            recent
+        };
+        let dirs: Vec<PathBuf> = chain[..merge]
+            .iter()
+            .map(|l| self.layout.layer_dir(l))
+            .collect();
+        let id = format!("flat-{}", uuid::Uuid::new_v4());
+        let failed = |e: std::io::Error| format!("flattening layers: {e}");
+        let mut staging = self.layout.staging_dir(&id).map_err(failed)?;
+        if let Err(e) = layers::flatten(&dirs, staging.path()) {
+            let _ = staging.remove();
+            return Err(failed(e));
+        }
+        let size = layers::layer_size(staging.path());
+        if let Err(e) = staging.rename(&self.layout.layer_dir(&id)) {
+            let _ = staging.remove();
+            return Err(failed(e));
+        }
+        chain.splice(..merge, [id.clone()]);
+        Ok(Some(((id, size), staging)))
+    }
+}

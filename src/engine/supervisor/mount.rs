@@ -1,0 +1,208 @@
+//! The sandbox's root: the image's layers, the attachment layer and the run's upper dir,
+//! mounted in the supervisor's private mount namespace (or, with a user namespace, laid
+//! out for the init to mount inside it). Nothing mounted here outlives the supervisor.
+
+use super::{Mounted, Run};
+use crate::engine::overlay::Overlay;
+use crate::engine::sandbox;
+use crate::engine::store::{ImageRow, Layout, HOST_LAYER};
+use crate::engine::{attachlayer, idmap, inspect, layers};
+use std::path::{Path, PathBuf};
+
+impl Run {
+    /// Mounts the image's layers plus a fresh upper dir at `<store>/mnt/root`.
+    ///
+    /// Every directory made on the store's disk is a journaled metadata operation, which
+    /// costs from tens of microseconds to a millisecond when the disk is busy. So the mount
+    /// points go on a tmpfs private to this supervisor's mount namespace, and the upper and
+    /// work dirs come from a spare pair (`claim_scratch`).
+    pub(super) fn mount_root(&mut self, image: &ImageRow) -> Result<Mounted, String> {
+        let points = self.layout.root.join("mnt");
+        if !points.is_dir() {
+            std::fs::create_dir_all(&points)
+                .map_err(|e| format!("mount point dir {}: {e}", points.display()))?;
+        }
+        sandbox::mount_points_tmpfs(&points)
+            .map_err(|e| format!("tmpfs for mount points at {}: {e}", points.display()))?;
+        let userns = self.job.userns;
+        let mut mounted = Mounted {
+            root: points.join("root"),
+            mounts: vec![points.clone()],
+            userns: None,
+        };
+        let mut dirs = vec![mounted.root.clone()];
+        if userns.is_some() {
+            dirs.push(points.join("store"));
+        }
+        self.claim_scratch()?;
+        let (upper, work) = self.layer_dirs(&points, &mut mounted)?;
+        let mut lowers = Vec::new();
+        let mut host = false;
+        for layer in &image.layers {
+            if layer == HOST_LAYER {
+                let mask = self.layout.layer_dir(HOST_LAYER);
+                if !mask.exists() {
+                    layers::build_host_mask(&mask, &self.data_dir)
+                        .map_err(|e| format!("cannot build the host image mask: {e}"))?;
+                }
+                // The empty dir is on the tmpfs: not under `/`'s filesystem.
+                dirs.extend([points.join("empty"), points.join("host")]);
+                if userns.is_some() {
+                    dirs.push(points.join("hostfs"));
+                }
+                host = true;
+                lowers.push(mask);
+                lowers.push(points.join("host"));
+            } else {
+                lowers.push(self.layout.layer_dir(layer));
+            }
+        }
+        for d in &dirs {
+            std::fs::create_dir(d).map_err(|e| format!("mount point {}: {e}", d.display()))?;
+        }
+        self.attachment_layer(image, &mut lowers)?;
+        let plan = RootPlan {
+            points: &points,
+            lowers: &lowers,
+            upper: &upper,
+            work: &work,
+            host,
+        };
+        if let Some(range) = userns {
+            mounted.userns = Some(self.userns_root(range, &plan));
+            mounted.root = PathBuf::from("root");
+            return Ok(mounted);
+        }
+        plan.mount(&mut mounted)?;
+        Ok(mounted)
+    }
+
+    /// The attachment layer, on top of `lowers`, for a request with files.
+    fn attachment_layer(
+        &mut self,
+        image: &ImageRow,
+        lowers: &mut Vec<PathBuf>,
+    ) -> Result<(), String> {
+        if let Some(files) = self.job.request.files.as_ref().filter(|f| !f.is_empty()) {
+            let view = inspect::View::new(&self.layout, &image.layers);
+            let mut id = attachlayer::ensure(&self.layout, &view, files, &self.job.blobs)?;
+            if image.layers.first() == Some(&id) {
+                // Already the top layer (the same files attached again): nothing to add.
+            } else {
+                if image.layers.contains(&id) {
+                    // Deeper in the chain (something above may hide its files): overlayfs
+                    // takes a directory only once, so the top gets a hard-linked copy.
+                    id = copy_layer(&self.layout, &id)?;
+                }
+                lowers.insert(0, self.layout.layer_dir(&id));
+                self.attach = Some(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// What the init of a user namespace mounts itself (see `sandbox::Userns`).
+    fn userns_root(&self, range: idmap::Range, plan: &RootPlan) -> sandbox::Userns {
+        let RootPlan {
+            points,
+            lowers,
+            upper,
+            work,
+            host,
+        } = *plan;
+        // The init mounts all of it inside its user namespace, by paths relative to the
+        // mount points: the store's own, seen through the idmapped copy at `store`, and
+        // the host view.
+        let rel = |p: &Path| -> PathBuf {
+            match (p.strip_prefix(points), p.strip_prefix(&self.layout.root)) {
+                (Ok(point), _) => point.to_path_buf(),
+                (_, Ok(inside)) => Path::new("store").join(inside),
+                _ => p.to_path_buf(),
+            }
+        };
+        let mut idmapped = vec![(self.layout.root.clone(), PathBuf::from("store"))];
+        if host {
+            idmapped.push((PathBuf::from("/"), PathBuf::from("hostfs")));
+        }
+        if let Some(fs) = &self.res.layer {
+            idmapped.push((fs.mount.clone(), PathBuf::from("layer")));
+        }
+        sandbox::Userns {
+            range,
+            points: points.to_path_buf(),
+            idmapped,
+            host,
+            lowers: lowers.iter().map(|l| rel(l)).collect(),
+            upper: rel(upper),
+            work: rel(work),
+        }
+    }
+}
+
+/// What the root is made of: its layers, upper and work dir, and the mount points.
+#[derive(Clone, Copy)]
+struct RootPlan<'a> {
+    points: &'a Path,
+    lowers: &'a [PathBuf],
+    upper: &'a Path,
+    work: &'a Path,
+    /// The image is on the `host` base: its view is mounted first.
+    host: bool,
+}
+
+impl RootPlan<'_> {
+    /// Mounts the host view (for the `host` base) and the overlay root, in the
+    /// supervisor's own mount namespace.
+    fn mount(&self, mounted: &mut Mounted) -> Result<(), String> {
+        let RootPlan {
+            points,
+            lowers,
+            upper,
+            work,
+            host,
+        } = *self;
+        if host {
+            // overlayfs refuses layers that overlap, and the store lies under `/`: a
+            // read-only overlay of `/` (over an empty tmpfs dir) is a separate filesystem
+            // that can then sit under store layers.
+            let view = points.join("host");
+            Overlay {
+                lowers: &[PathBuf::from("/"), points.join("empty")],
+                upper: None,
+                userxattr: false,
+            }
+            .mount(&view)
+            .map_err(|e| format!("cannot mount the host view: {e}"))?;
+            mounted.mounts.push(view);
+        }
+        let root = mounted.root.clone();
+        Overlay {
+            lowers,
+            upper: Some((upper, work)),
+            userxattr: false,
+        }
+        .mount(&root)
+        .map_err(|e| {
+            format!(
+                "cannot mount the overlay root ({} layers): {e}",
+                lowers.len()
+            )
+        })?;
+        mounted.mounts.push(root);
+        Ok(())
+    }
+}
+
+/// A hard-linked copy of layer `id` under a new id, for a layer needed twice in one chain.
+fn copy_layer(layout: &Layout, id: &str) -> Result<String, String> {
+    let copy = format!("{id}-{}", uuid::Uuid::new_v4().simple());
+    let failed = |e: std::io::Error| format!("copying attachment layer {id}: {e}");
+    let mut staging = layout.staging_dir(&copy).map_err(failed)?;
+    let copied = layers::flatten(&[layout.layer_dir(id)], staging.path())
+        .and_then(|_| staging.rename(&layout.layer_dir(&copy)));
+    if let Err(e) = copied {
+        let _ = staging.remove();
+        return Err(failed(e));
+    }
+    Ok(copy)
+}
