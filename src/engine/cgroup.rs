@@ -471,11 +471,6 @@ impl Cgroup {
             remove_dir(dir, 8);
         }
     }
-
-    /// The directories, for tests and diagnostics.
-    pub fn dirs(&self) -> impl Iterator<Item = &Path> {
-        self.dirs.iter().map(|(d, _)| d.as_path())
-    }
 }
 
 /// `struct clone_args` of clone3(2), up to `cgroup` (CLONE_ARGS_SIZE_VER2).

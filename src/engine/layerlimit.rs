@@ -76,7 +76,6 @@ fn find_mkfs() -> Option<PathBuf> {
 #[derive(Debug)]
 pub struct LayerFs {
     pub mount: PathBuf,
-    pub size: u64,
 }
 
 impl LayerFs {
@@ -134,7 +133,6 @@ impl LayerFs {
         }
         Ok(LayerFs {
             mount: mount.to_path_buf(),
-            size,
         })
     }
 

@@ -318,11 +318,6 @@ fn normal(path: &Path) -> PathBuf {
         .collect()
 }
 
-/// Unpacks one layer tar into `dest` as an overlay layer.
-pub fn apply_layer(layer: &Path, dest: &Path) -> io::Result<()> {
-    apply_layer_counted(layer, dest, None)
-}
-
 /// `apply_layer`, counting the bytes read from the layer file on `bar`.
 fn apply_layer_counted(layer: &Path, dest: &Path, bar: Option<ProgressBar>) -> io::Result<()> {
     let mut archive = tar::Archive::new(open_maybe_gzip(layer, bar)?);

@@ -32,8 +32,6 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("store data is corrupt: {0}")]
-    Corrupt(String),
     /// The store's filesystem is out of space: `what` was not kept.
     #[error("the store's disk is full ({source}): {what} was not kept; free space under the store and try again")]
     Full {

@@ -68,7 +68,6 @@ pub struct RunResult {
 }
 
 pub trait Formatter {
-    fn name(&self) -> &str;
     /// True when chunks are written as they arrive (the pipeline then also notices a
     /// closed reader, `| head`).
     fn live(&self) -> bool {
@@ -108,9 +107,6 @@ pub const BUILTIN_NAMES: &[&str] = &["default", "json", "json-pretty"];
 pub struct Default;
 
 impl Formatter for Default {
-    fn name(&self) -> &str {
-        "default"
-    }
     fn live(&self) -> bool {
         true
     }
@@ -170,13 +166,6 @@ pub fn fill_output(record: &mut Record, stdout: &[u8], stderr: &[u8]) {
 }
 
 impl Formatter for Json {
-    fn name(&self) -> &str {
-        if self.pretty {
-            "json-pretty"
-        } else {
-            "json"
-        }
-    }
     fn chunk<'a>(&mut self, stream: Stream, bytes: &'a [u8]) -> Emit<'a> {
         match stream {
             Stream::Stdout => self.stdout.extend_from_slice(bytes),

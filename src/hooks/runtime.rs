@@ -99,8 +99,6 @@ pub enum Handler {
 
 pub struct Registration {
     pub event: Event,
-    /// Index of the file (in load order) that registered it.
-    pub file: usize,
     pub handler: Handler,
     /// `file:line` where the handler was defined (or registered, for a native one).
     pub location: String,
@@ -236,12 +234,12 @@ impl Runtime {
 
         let shared = self.shared.clone();
         let on = lua.create_function(move |lua, (event, handler): (String, Value)| {
-            let Some(file) = shared.loading.get() else {
+            if shared.loading.get().is_none() {
                 return Err(located(
                     lua,
                     "contree.on may only be called while the hook file loads",
                 ));
-            };
+            }
             let event = Event::parse(&event).ok_or_else(|| {
                 located(
                     lua,
@@ -287,7 +285,6 @@ impl Runtime {
             };
             shared.registrations.borrow_mut().push(Registration {
                 event,
-                file,
                 handler,
                 location,
             });

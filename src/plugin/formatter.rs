@@ -119,10 +119,6 @@ impl Drop for PluginFormatter {
 }
 
 impl Formatter for PluginFormatter {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
     fn live(&self) -> bool {
         self.live
     }

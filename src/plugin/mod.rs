@@ -16,9 +16,8 @@ pub mod library;
 pub mod registry;
 pub mod resolver;
 
-pub use formatter::{formatter, PluginFormatter};
-pub use library::LoadedPlugin;
-pub use registry::{Entry, Origin, Plugins, Registry};
+pub use formatter::formatter;
+pub use registry::Plugins;
 
 use crate::error::CommandError;
 use std::path::PathBuf;

@@ -62,11 +62,6 @@ pub struct ServeOptions {
     pub events_max_bytes: u64,
 }
 
-impl ServeOptions {
-    pub const DEFAULT_MAX_BODY: usize = 8 << 20;
-    pub const DEFAULT_MAX_UPLOAD: u64 = 1 << 30;
-}
-
 /// Shared by every handler.
 pub(crate) struct State {
     pub paths: Paths,

@@ -266,6 +266,7 @@ impl SessionStore {
         Ok(entry)
     }
 
+    #[cfg(test)] // for `file cp`/`file edit`, which come later
     /// Stages a file for the next run (`file cp` / `file edit`): a `file` entry titled
     /// `Change file <path>` on the active branch plus its pending-file row, atomically.
     pub fn add_file(
@@ -320,6 +321,7 @@ impl SessionStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    #[cfg(test)]
     /// One entry by id, whatever its session.
     pub fn entry(&self, id: i64) -> Result<Option<HistoryEntry>, SessionError> {
         entry(&self.conn, id)
@@ -490,6 +492,7 @@ impl SessionStore {
         .transpose()
     }
 
+    #[cfg(test)]
     pub fn set_preserved_env(
         &self,
         image: &str,
