@@ -25,6 +25,13 @@ fn doctor_finds_dead_operations_incomplete_logs_and_abandoned_scratch_and_repair
     let done = env.last_op();
     let log = env.home().join("store/ops").join(&done).join("events");
     std::fs::write(&log, b"").expect("truncate the log");
+    // That run's supervisor ends abandoned operations on its way out: had it still been
+    // finishing, it could end the one killed below before doctor sees it.
+    wait_until(
+        Duration::from_secs(20),
+        "the first run's supervisor is gone",
+        || supervisors_of(&env).is_empty(),
+    );
     // A detached run whose supervisor is killed: doctor opens the store as it is, without
     // the recovery every other command does first.
     let token = unique_token();

@@ -611,6 +611,21 @@ pub fn supervisor_of(sleeper: i32) -> i32 {
         .expect("the sleeper's init and supervisor")
 }
 
+/// Supervisors (`contree-super`) of this env's store that still run: one finishing an
+/// earlier run also ends abandoned operations after it (see the engine's recovery).
+pub fn supervisors_of(env: &Env) -> Vec<i32> {
+    let home = format!("CONTREE_HOME={}", env.home().display());
+    processes()
+        .into_iter()
+        .filter(|(_, dir)| {
+            std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == "contree-super")
+                && std::fs::read(dir.join("environ"))
+                    .is_ok_and(|e| e.split(|&b| b == 0).any(|v| v == home.as_bytes()))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
 /// Every process of the host (all PID namespaces): its pid and its /proc dir.
 pub fn processes() -> Vec<(i32, PathBuf)> {
     std::fs::read_dir("/proc")
