@@ -10,6 +10,7 @@
 
 mod mounts;
 pub(crate) mod status;
+pub(crate) mod sys;
 
 use super::harden;
 use super::network::{self, Inside};
@@ -283,9 +284,9 @@ fn prepare(spec: &Spec, sock: Option<&OwnedFd>) -> io::Result<()> {
     crate::log::trace("init: root mounted");
     let root = &spec.root;
     let resolv = spec.network.before_pivot()?;
-    setup_mounts(root, spec.userns.is_some())?;
+    setup_mounts(&sys::Host, root, spec.userns.is_some())?;
     crate::log::trace("init: proc and dev");
-    harden::mounts::apply(root)?;
+    harden::mounts::apply(&sys::Host, root)?;
     crate::log::trace("init: mounts");
     unistd::sethostname(&spec.hostname)?;
     unistd::chdir(root)?;

@@ -241,8 +241,9 @@ fn probe_child(scratch: &Path, plan: &Plan) -> io::Result<String> {
         None::<&str>,
     )?;
     crate::engine::sandbox::mount_points_tmpfs(scratch)?;
-    crate::engine::sandbox::setup_mounts(scratch, false)?;
-    let report = mounts::apply(scratch)?;
+    let host = crate::engine::sandbox::sys::Host;
+    crate::engine::sandbox::setup_mounts(&host, scratch, false)?;
+    let report = mounts::apply(&host, scratch)?;
     let sys = match &report.sys_fallback {
         None => "sysfs".to_string(),
         Some(e) => e.to_string(),

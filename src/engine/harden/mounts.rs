@@ -12,10 +12,10 @@
 //!   device node the command makes or an image brings cannot be opened.
 
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use nix::mount::{mount, MsFlags};
+use crate::engine::sandbox::sys::{Sys, MOUNT_ATTR_NODEV, MOUNT_ATTR_RDONLY};
+use nix::mount::MsFlags;
 
 /// Entries of /proc that stay readable but are never writable.
 pub const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
@@ -50,47 +50,34 @@ pub struct Report {
     pub sys_fallback: Option<io::Error>,
 }
 
-// linux/mount.h
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-
-/// `struct mount_attr` (linux/mount.h).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
 /// Hardens the mounts under `root` (after the init mounted /proc and built /dev there).
 /// Entries this kernel lacks are skipped: the mount says ENOENT, which saves a stat of
 /// every entry on every run.
-pub fn apply(root: &Path) -> io::Result<Report> {
+pub(crate) fn apply(sys: &impl Sys, root: &Path) -> io::Result<Report> {
     let mut report = Report::default();
     let proc_dir = root.join("proc");
     for name in PROC_READ_ONLY {
         let path = proc_dir.join(name);
-        if present(bind(&path, &path))? {
-            add_flags(&path, MOUNT_ATTR_RDONLY)?;
+        if present(bind(sys, &path, &path))? {
+            sys.add_attr(&path, MOUNT_ATTR_RDONLY)?;
             report.read_only.push(name);
         }
     }
     let null = root.join("dev/null");
     for name in PROC_MASKED_FILES {
-        if present(bind(&null, &proc_dir.join(name)))? {
+        if present(bind(sys, &null, &proc_dir.join(name)))? {
             report.masked.push(name);
         }
     }
     for name in PROC_MASKED_DIRS {
-        if present(empty_dir(&proc_dir.join(name)))? {
+        if present(empty_dir(sys, &proc_dir.join(name)))? {
             report.masked.push(name);
         }
     }
-    report.sys_fallback = sys(&root.join("sys")).err();
+    report.sys_fallback = sysfs(sys, &root.join("sys")).err();
     let dev = root.join("dev");
-    add_flags(&dev, MOUNT_ATTR_RDONLY)?;
-    add_flags(root, MOUNT_ATTR_NODEV)?;
+    sys.add_attr(&dev, MOUNT_ATTR_RDONLY)?;
+    sys.add_attr(root, MOUNT_ATTR_NODEV)?;
     Ok(report)
 }
 
@@ -105,95 +92,104 @@ fn present(mounted: io::Result<()>) -> io::Result<bool> {
 
 /// A read-only sysfs at `dir` with the sensitive parts masked; else an empty read-only dir
 /// (and the reason).
-fn sys(dir: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+fn sysfs(sys: &impl Sys, dir: &Path) -> io::Result<()> {
+    sys.create_dir_all(dir)?;
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     // Refused in a user namespace that does not own the network namespace (sysfs shows
     // the network namespace's devices).
-    if let Err(e) = mount(Some("sysfs"), dir, Some("sysfs"), flags, None::<&str>) {
-        empty_dir(dir)?;
-        return Err(e.into());
+    if let Err(e) = sys.mount(Some(Path::new("sysfs")), dir, Some("sysfs"), flags, None) {
+        empty_dir(sys, dir)?;
+        return Err(e);
     }
     for name in SYS_MASKED_DIRS {
-        present(empty_dir(&dir.join(name)))?;
+        present(empty_dir(sys, &dir.join(name)))?;
     }
     Ok(())
 }
 
-fn bind(source: &Path, target: &Path) -> io::Result<()> {
-    mount(
-        Some(source),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )?;
-    Ok(())
+fn bind(sys: &impl Sys, source: &Path, target: &Path) -> io::Result<()> {
+    sys.mount(Some(source), target, None, MsFlags::MS_BIND, None)
 }
 
 /// An empty read-only tmpfs over `dir`.
-fn empty_dir(dir: &Path) -> io::Result<()> {
-    mount(
-        Some("tmpfs"),
+fn empty_dir(sys: &impl Sys, dir: &Path) -> io::Result<()> {
+    sys.mount(
+        Some(Path::new("tmpfs")),
         dir,
         Some("tmpfs"),
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         Some("size=4k,mode=555"),
-    )?;
-    Ok(())
+    )
 }
 
-/// Adds mount attributes to the mount at `path`, keeping the others (mount_setattr(2),
-/// Linux 5.12; before it, a bind remount that restates the mount's current flags).
-fn add_flags(path: &Path, attr: u64) -> io::Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let attrs = MountAttr {
-        attr_set: attr,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: a NUL-terminated path and a mount_attr of the size given.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            0,
-            &attrs,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::ENOSYS) {
-        return Err(err);
-    }
-    let current = nix::sys::statvfs::statvfs(path)?.flags();
-    use nix::sys::statvfs::FsFlags;
-    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
-    for (have, keep) in [
-        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
-        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-    ] {
-        if current.contains(have) {
-            flags |= keep;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::sandbox::sys::Recorded;
+
+    #[test]
+    fn kernel_knobs_are_bound_read_only_and_secrets_masked_before_dev_and_root_are_sealed() {
+        let sys = Recorded::default();
+        let report = apply(&sys, Path::new("/r")).unwrap();
+        for name in PROC_READ_ONLY {
+            let bind = sys.position(&format!("mount /r/proc/{name} /r/proc/{name} - MS_BIND -"));
+            let ro = sys.position(&format!("attr /r/proc/{name} rdonly"));
+            assert_eq!(ro, bind + 1, "{name}: read-only right after its bind");
         }
+        for name in PROC_MASKED_FILES {
+            sys.position(&format!("mount /r/dev/null /r/proc/{name} - MS_BIND -"));
+        }
+        let empty = "tmpfs MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC size=4k,mode=555";
+        for name in PROC_MASKED_DIRS {
+            sys.position(&format!("mount tmpfs /r/proc/{name} {empty}"));
+        }
+        let sysfs =
+            sys.position("mount sysfs /r/sys sysfs MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC -");
+        for name in SYS_MASKED_DIRS {
+            assert!(sys.position(&format!("mount tmpfs /r/sys/{name} {empty}")) > sysfs);
+        }
+        // The last two: after them nothing under the root can be made a device or changed
+        // in /dev.
+        let calls = sys.calls.borrow().clone();
+        assert_eq!(
+            calls[calls.len() - 2..],
+            ["attr /r/dev rdonly", "attr /r nodev"]
+        );
+        assert_eq!(report.read_only, PROC_READ_ONLY);
+        assert_eq!(
+            report.masked.len(),
+            PROC_MASKED_FILES.len() + PROC_MASKED_DIRS.len()
+        );
+        assert!(report.sys_fallback.is_none());
     }
-    if attr & MOUNT_ATTR_RDONLY != 0 {
-        flags |= MsFlags::MS_RDONLY;
+
+    #[test]
+    fn entries_this_kernel_lacks_are_skipped_and_not_reported() {
+        let sys = Recorded {
+            missing: vec!["/proc/timer_stats", "/proc/irq", "/proc/asound"],
+            ..Default::default()
+        };
+        let report = apply(&sys, Path::new("/r")).unwrap();
+        assert!(!report.read_only.contains(&"irq"));
+        assert!(!report.masked.contains(&"timer_stats"));
+        assert!(!report.masked.contains(&"asound"));
+        assert!(sys.starting("attr /r/proc/irq").is_empty());
+        assert!(report.read_only.contains(&"sys"));
     }
-    if attr & MOUNT_ATTR_NODEV != 0 {
-        flags |= MsFlags::MS_NODEV;
+
+    #[test]
+    fn where_sysfs_is_refused_sys_is_an_empty_read_only_dir_and_the_reason_is_kept() {
+        let sys = Recorded {
+            refused: vec!["sysfs"],
+            ..Default::default()
+        };
+        let report = apply(&sys, Path::new("/r")).unwrap();
+        let empty = "tmpfs MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC size=4k,mode=555";
+        sys.position(&format!("mount tmpfs /r/sys {empty}"));
+        assert!(sys.starting("mount tmpfs /r/sys/").is_empty());
+        assert_eq!(
+            report.sys_fallback.and_then(|e| e.raw_os_error()),
+            Some(libc::EPERM)
+        );
     }
-    mount(None::<&str>, path, None::<&str>, flags, None::<&str>)?;
-    Ok(())
 }

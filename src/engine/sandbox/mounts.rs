@@ -2,27 +2,27 @@
 //! new root, and the supervisor's private mount namespace and mount-point tmpfs, which make
 //! every mount of a run vanish with its supervisor.
 
+use super::sys::Sys;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::CloneFlags;
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use std::io;
 use std::path::Path;
 
 /// /proc, a minimal /dev and /dev/pts, /dev/shm inside the new root.
-pub(crate) fn setup_mounts(root: &Path, userns: bool) -> io::Result<()> {
+pub(crate) fn setup_mounts(sys: &impl Sys, root: &Path, userns: bool) -> io::Result<()> {
     let proc_dir = root.join("proc");
-    std::fs::create_dir_all(&proc_dir)?;
-    mount(
-        Some("proc"),
+    sys.create_dir_all(&proc_dir)?;
+    sys.mount(
+        Some(Path::new("proc")),
         &proc_dir,
         Some("proc"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
+        None,
     )?;
     let dev = root.join("dev");
-    std::fs::create_dir_all(&dev)?;
-    mount(
-        Some("tmpfs"),
+    sys.create_dir_all(&dev)?;
+    sys.mount(
+        Some(Path::new("tmpfs")),
         &dev,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
@@ -39,24 +39,17 @@ pub(crate) fn setup_mounts(root: &Path, userns: bool) -> io::Result<()> {
         let path = dev.join(name);
         if userns {
             // No mknod of devices inside a user namespace: the host's own nodes, bound.
-            std::fs::File::create(&path)?;
-            mount(
+            sys.create_file(&path)?;
+            sys.mount(
                 Some(Path::new("/dev").join(name).as_path()),
                 &path,
-                None::<&str>,
+                None,
                 MsFlags::MS_BIND,
-                None::<&str>,
+                None,
             )?;
             continue;
         }
-        mknod(
-            &path,
-            SFlag::S_IFCHR,
-            Mode::from_bits_truncate(0o666),
-            makedev(major, minor),
-        )?;
-        // mknod applies the umask; devices must be world-usable.
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+        sys.char_device(&path, major, minor)?;
     }
     for (link, target) in [
         ("fd", "/proc/self/fd"),
@@ -65,21 +58,21 @@ pub(crate) fn setup_mounts(root: &Path, userns: bool) -> io::Result<()> {
         ("stderr", "/proc/self/fd/2"),
         ("ptmx", "pts/ptmx"),
     ] {
-        std::os::unix::fs::symlink(target, dev.join(link))?;
+        sys.symlink(target, &dev.join(link))?;
     }
     let pts = dev.join("pts");
-    std::fs::create_dir(&pts)?;
-    mount(
-        Some("devpts"),
+    sys.create_dir(&pts)?;
+    sys.mount(
+        Some(Path::new("devpts")),
         &pts,
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=620"),
     )?;
     let shm = dev.join("shm");
-    std::fs::create_dir(&shm)?;
-    mount(
-        Some("shm"),
+    sys.create_dir(&shm)?;
+    sys.mount(
+        Some(Path::new("shm")),
         &shm,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
@@ -117,4 +110,53 @@ pub fn mount_points_tmpfs(target: &Path) -> io::Result<()> {
 
 pub fn unmount(target: &Path) {
     let _ = umount2(target, MntFlags::MNT_DETACH);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::sandbox::sys::Recorded;
+
+    #[test]
+    fn proc_comes_first_then_a_dev_tmpfs_its_nodes_links_pts_and_shm() {
+        let sys = Recorded::default();
+        setup_mounts(&sys, Path::new("/r"), false).unwrap();
+        let proc = sys.position("mount proc /r/proc proc MS_NOSUID | MS_NODEV | MS_NOEXEC -");
+        let dev = sys
+            .position("mount tmpfs /r/dev tmpfs MS_NOSUID | MS_STRICTATIME mode=755,size=65536k");
+        let null = sys.position("mknod /r/dev/null c 1 3");
+        let ptmx = sys.position("ln -s pts/ptmx /r/dev/ptmx");
+        let pts = sys.position(
+            "mount devpts /r/dev/pts devpts MS_NOSUID | MS_NOEXEC newinstance,ptmxmode=0666,mode=620",
+        );
+        let shm = sys.position("mount shm /r/dev/shm tmpfs MS_NOSUID | MS_NODEV mode=1777");
+        assert!(proc < dev && dev < null && null < ptmx && ptmx < pts && pts < shm);
+        // Exactly the six nodes a program expects, nothing that reaches hardware.
+        let nodes = sys.starting("mknod");
+        assert_eq!(
+            nodes,
+            [
+                "mknod /r/dev/null c 1 3",
+                "mknod /r/dev/zero c 1 5",
+                "mknod /r/dev/full c 1 7",
+                "mknod /r/dev/random c 1 8",
+                "mknod /r/dev/urandom c 1 9",
+                "mknod /r/dev/tty c 5 0",
+            ]
+        );
+        // A private devpts: the host's terminals are not in it.
+        assert!(pts > 0 && sys.starting("mount /dev/").is_empty());
+    }
+
+    #[test]
+    fn in_a_user_namespace_the_hosts_nodes_are_bound_instead_of_made() {
+        let sys = Recorded::default();
+        setup_mounts(&sys, Path::new("/r"), true).unwrap();
+        assert!(sys.starting("mknod").is_empty());
+        for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+            let touch = sys.position(&format!("touch /r/dev/{name}"));
+            let bind = sys.position(&format!("mount /dev/{name} /r/dev/{name} - MS_BIND -"));
+            assert!(touch < bind, "{name}: the target exists before the bind");
+        }
+    }
 }
