@@ -1,10 +1,15 @@
-//! config.toml in the config dir: the sections contree reads, as types.
+//! config.toml in the config dir: the sections contree reads, as types, and the layers
+//! every setting goes through: built-in defaults < config.toml < `CONTREE_*` environment
+//! < flags (the last applied by the commands that have them).
 //!
 //! Each reader takes only its own section, and a section that is wrong is kept as its own
 //! error rather than failing the file: a mistake in `[plugins]` must not stop `serve` or a
 //! run. Sections and keys nobody reads are ignored. What the values mean stays with their
-//! readers (`plugin::registry`, `server::auth`, `engine::limits`); the keys are documented
-//! in docs/plugins.md, docs/serve.md and docs/sandbox.md.
+//! readers (`plugin::registry`, `server::auth`, `engine::limits`, `hooks`, `api`); every
+//! key is in `KEYS` and in docs/configuration.md (a test holds the two together).
+//!
+//! Not the `config` crate (auth.ini uses it): it would parse the file a second time, fold
+//! keys to lower case and forget where a value came from, which the messages name.
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -17,6 +22,10 @@ pub fn file(config_dir: &Path) -> PathBuf {
 /// What config.toml says; `None` for a section it does not have.
 #[derive(Debug, Default)]
 pub struct Config {
+    /// The file read (for messages), if any.
+    pub path: Option<PathBuf>,
+    /// The whole file, for `layered`.
+    table: toml::Table,
     /// `[plugins]`.
     pub plugins: Option<Result<Plugins, String>>,
     /// `[limits]`: every run's defaults.
@@ -85,14 +94,21 @@ pub fn read(file: &Path) -> Result<String, String> {
 impl Config {
     /// Reads `file` (see `read`).
     pub fn load(file: &Path) -> Result<Config, String> {
-        Config::parse(&read(file)?)
+        let mut config = Config::parse(&read(file)?)?;
+        config.path = Some(file.to_path_buf());
+        Ok(config)
     }
 
     /// Fails only when `text` is not TOML; a wrong section is that section's error.
     pub fn parse(text: &str) -> Result<Config, String> {
-        let raw: Raw = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        let raw: Raw = toml::Value::Table(table.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| e.message().to_string())?;
         let serve = raw.serve.as_ref().and_then(|s| s.as_table());
         Ok(Config {
+            path: None,
+            table,
             plugins: raw.plugins.map(plugins),
             limits: raw.limits.map(limits),
             serve: Serve {
@@ -167,6 +183,151 @@ fn limits(value: toml::Value) -> Result<Limits, String> {
         })
         .collect();
     Ok(Limits { entries })
+}
+
+/// A setting a layer can give: `section.name` in config.toml, overridden by the first of
+/// `env` that is set (the first name is the documented one; later ones are older names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    pub section: &'static str,
+    pub name: &'static str,
+    pub env: &'static [&'static str],
+    /// The built-in value, as docs/configuration.md shows it.
+    pub default: &'static str,
+}
+
+pub const HOOK_TIME_MS: Key = Key {
+    section: "hooks",
+    name: "time_ms",
+    env: &["CONTREE_HOOK_TIME_MS"],
+    default: "1000",
+};
+pub const HOOK_INSTRUCTIONS: Key = Key {
+    section: "hooks",
+    name: "instructions",
+    env: &["CONTREE_HOOK_INSTRUCTIONS"],
+    default: "100000000",
+};
+pub const HOOK_MEMORY_MB: Key = Key {
+    section: "hooks",
+    name: "memory_mb",
+    env: &["CONTREE_HOOK_MEMORY_MB"],
+    default: "64",
+};
+pub const API_TIMEOUT: Key = Key {
+    section: "api",
+    name: "timeout",
+    env: &["CONTREE_API_TIMEOUT"],
+    default: "30",
+};
+pub const API_CONCURRENCY: Key = Key {
+    section: "api",
+    name: "concurrency",
+    env: &["CONTREE_API_CONCURRENCY", "CONTREE_CONCURRENCY"],
+    default: "8",
+};
+pub const LIMIT_MEMORY: Key = Key {
+    section: "limits",
+    name: "memory",
+    env: &["CONTREE_LIMITS_MEMORY"],
+    default: "50%",
+};
+pub const LIMIT_PIDS: Key = Key {
+    section: "limits",
+    name: "pids",
+    env: &["CONTREE_LIMITS_PIDS"],
+    default: "4096",
+};
+pub const LIMIT_CPUS: Key = Key {
+    section: "limits",
+    name: "cpus",
+    env: &["CONTREE_LIMITS_CPUS"],
+    default: "none",
+};
+pub const LIMIT_MAX_LAYER_BYTES: Key = Key {
+    section: "limits",
+    name: "max_layer_bytes",
+    env: &["CONTREE_LIMITS_MAX_LAYER_BYTES"],
+    default: "12G",
+};
+
+/// Every key with a layer of its own (`[plugins]` and `[serve]` are read whole).
+pub const KEYS: [Key; 9] = [
+    HOOK_TIME_MS,
+    HOOK_INSTRUCTIONS,
+    HOOK_MEMORY_MB,
+    API_TIMEOUT,
+    API_CONCURRENCY,
+    LIMIT_MEMORY,
+    LIMIT_PIDS,
+    LIMIT_CPUS,
+    LIMIT_MAX_LAYER_BYTES,
+];
+
+/// Where a setting's value came from; messages about a bad value name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Env(&'static str),
+    File { path: Option<PathBuf>, key: String },
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Env(name) => f.write_str(name),
+            Origin::File { path: Some(p), key } => write!(f, "{}: {key}", p.display()),
+            Origin::File { path: None, key } => write!(f, "config.toml: {key}"),
+        }
+    }
+}
+
+/// A setting's text (numbers as their text) and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layered {
+    pub text: String,
+    pub origin: Origin,
+}
+
+impl Config {
+    /// `key` from the highest layer that gives it: the environment, else config.toml.
+    /// A value of another TOML type than string or number comes back as its TOML text, for
+    /// its reader to refuse.
+    pub fn layered(&self, key: &Key) -> Option<Layered> {
+        layered_with(self, key, |name| std::env::var(name).ok())
+    }
+}
+
+fn layered_with(
+    config: &Config,
+    key: &Key,
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<Layered> {
+    for name in key.env {
+        if let Some(text) = env(name).filter(|v| !v.is_empty()) {
+            return Some(Layered {
+                text,
+                origin: Origin::Env(name),
+            });
+        }
+    }
+    let value = config
+        .table
+        .get(key.section)
+        .and_then(|s| s.as_table())
+        .and_then(|s| s.get(key.name))?;
+    let text = match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        other => other.to_string(),
+    };
+    Some(Layered {
+        text,
+        origin: Origin::File {
+            path: config.path.clone(),
+            key: format!("{}.{}", key.section, key.name),
+        },
+    })
 }
 
 #[cfg(test)]
@@ -285,5 +446,59 @@ mod tests {
         // A directory in the file's place cannot be read as text.
         std::fs::create_dir(file(tmp.path())).unwrap();
         assert!(Config::load(&file(tmp.path())).is_err());
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_file_and_each_value_says_where_it_came_from() {
+        let mut c = Config::parse("[hooks]\ntime_ms = 250\n[api]\nconcurrency = \"3\"\n").unwrap();
+        c.path = Some(PathBuf::from("/etc/c.toml"));
+        let none = |_: &str| None;
+        let got = layered_with(&c, &HOOK_TIME_MS, none).unwrap();
+        assert_eq!(got.text, "250");
+        assert_eq!(got.origin.to_string(), "/etc/c.toml: hooks.time_ms");
+        let env = |name: &str| (name == "CONTREE_HOOK_TIME_MS").then(|| "40".to_string());
+        let got = layered_with(&c, &HOOK_TIME_MS, env).unwrap();
+        assert_eq!(
+            (got.text.as_str(), got.origin),
+            ("40", Origin::Env("CONTREE_HOOK_TIME_MS"))
+        );
+        // The older name still counts, after the documented one.
+        let old = |name: &str| (name == "CONTREE_CONCURRENCY").then(|| "5".to_string());
+        assert_eq!(layered_with(&c, &API_CONCURRENCY, old).unwrap().text, "5");
+        let both = |name: &str| {
+            Some(
+                if name == "CONTREE_CONCURRENCY" {
+                    "5"
+                } else {
+                    "6"
+                }
+                .to_string(),
+            )
+        };
+        assert_eq!(layered_with(&c, &API_CONCURRENCY, both).unwrap().text, "6");
+        assert_eq!(layered_with(&c, &API_CONCURRENCY, none).unwrap().text, "3");
+        assert!(layered_with(&c, &API_TIMEOUT, none).is_none());
+        // An empty variable is no setting.
+        let empty = |_: &str| Some(String::new());
+        assert_eq!(layered_with(&c, &HOOK_TIME_MS, empty).unwrap().text, "250");
+    }
+
+    #[test]
+    fn every_key_and_variable_is_documented() {
+        let doc = include_str!("../docs/configuration.md");
+        for key in KEYS {
+            let name = format!("`{}.{}`", key.section, key.name);
+            assert!(
+                doc.contains(&name),
+                "{name} is not in docs/configuration.md"
+            );
+            for var in key.env {
+                assert!(doc.contains(var), "{var} is not in docs/configuration.md");
+            }
+            assert!(
+                doc.contains(&format!("`{}`", key.default)),
+                "{name}'s default"
+            );
+        }
     }
 }

@@ -122,13 +122,23 @@ pub struct Api {
 /// port) must end with an error, not hang. Streams, uploads and downloads are not bounded.
 const ANSWER_TIMEOUT_SECS: u64 = 30;
 
+/// `[api]` of config.toml under `CONTREE_*` (see `config::KEYS`); an unreadable file is
+/// no setting here (the commands that need the file say why it cannot be read).
+fn api_setting(key: &crate::config::Key) -> Option<crate::config::Layered> {
+    let file = crate::config::file(&crate::paths::Paths::from_env().config);
+    crate::config::Config::load(&file)
+        .unwrap_or_default()
+        .layered(key)
+}
+
 fn answer_timeout() -> Result<Duration, BackendError> {
-    match std::env::var("CONTREE_API_TIMEOUT") {
-        Err(_) => Ok(Duration::from_secs(ANSWER_TIMEOUT_SECS)),
-        Ok(text) => match text.trim().parse::<u64>() {
+    match api_setting(&crate::config::API_TIMEOUT) {
+        None => Ok(Duration::from_secs(ANSWER_TIMEOUT_SECS)),
+        Some(set) => match set.text.trim().parse::<u64>() {
             Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
             _ => Err(BackendError::Invalid(format!(
-                "CONTREE_API_TIMEOUT='{text}' is not a whole number of seconds above 0"
+                "{}='{}' is not a whole number of seconds above 0",
+                set.origin, set.text
             ))),
         },
     }
@@ -558,9 +568,8 @@ impl Backend for RemoteBackend {
         files: &[(std::path::PathBuf, String)],
     ) -> Result<Vec<(String, bool)>, BackendError> {
         // `$CONTREE_CONCURRENCY` workers (8 by default), as the official client.
-        let workers = std::env::var("CONTREE_CONCURRENCY")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
+        let workers = api_setting(&crate::config::API_CONCURRENCY)
+            .and_then(|v| v.text.trim().parse::<usize>().ok())
             .unwrap_or(8)
             .clamp(1, 64)
             .min(files.len().max(1));

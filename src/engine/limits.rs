@@ -55,6 +55,13 @@ pub enum LimitError {
     },
     #[error("{path}: {reason}")]
     ConfigFile { path: PathBuf, reason: String },
+    /// A `CONTREE_LIMITS_*` variable (see `config::KEYS`).
+    #[error("{var}={value}: {reason}")]
+    Env {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
 }
 
 /// `512`, `64K`, `512M`, `1.5G`, `2T` (binary units; `KiB`… and lower case accepted).
@@ -175,20 +182,44 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, LimitError> {
+        Self::parse_with(text, path, |name| std::env::var(name).ok())
+    }
+
+    /// The layers in order: built-in, config.toml's `[limits]`, `CONTREE_LIMITS_*`; the
+    /// ceilings (`[serve.limits]`) over the result.
+    fn parse_with(
+        text: &str,
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, LimitError> {
         let builtin = Settings::builtin();
-        if !text.contains("limits") {
-            return Ok(Config {
-                defaults: builtin.clone(),
-                ceilings: builtin,
-            });
-        }
-        let config =
-            crate::config::Config::parse(text).map_err(|reason| LimitError::ConfigFile {
-                path: path.to_path_buf(),
+        let (limits, serve_limits) = if text.contains("limits") {
+            let config =
+                crate::config::Config::parse(text).map_err(|reason| LimitError::ConfigFile {
+                    path: path.to_path_buf(),
+                    reason,
+                })?;
+            (config.limits, config.serve.limits)
+        } else {
+            (None, None)
+        };
+        let mut defaults = settings(limits, "limits", path, &builtin)?;
+        for key in crate::config::KEYS.iter().filter(|k| k.section == "limits") {
+            let Some((var, value)) = key
+                .env
+                .iter()
+                .find_map(|var| env(var).filter(|v| !v.is_empty()).map(|v| (*var, v)))
+            else {
+                continue;
+            };
+            let bad = |reason: String| LimitError::Env {
+                var,
+                value: value.clone(),
                 reason,
-            })?;
-        let defaults = settings(config.limits, "limits", path, &builtin)?;
-        let ceilings = settings(config.serve.limits, "serve.limits", path, &defaults)?;
+            };
+            set(&mut defaults, key.name, &value, &|_, reason| bad(reason))?;
+        }
+        let ceilings = settings(serve_limits, "serve.limits", path, &defaults)?;
         Ok(Config { defaults, ceilings })
     }
 }
@@ -218,47 +249,58 @@ fn settings(
                 return Err(bad(key, "must be a string or a number".into()))
             }
         };
-        let none = text.trim().eq_ignore_ascii_case("none");
-        match key.as_str() {
-            "memory" if none => out.memory = None,
-            "memory" => {
-                out.memory = Some(match text.trim().strip_suffix('%') {
-                    Some(p) => {
-                        let p: u64 = p
-                            .trim()
-                            .parse()
-                            .ok()
-                            .filter(|p| (1..=100).contains(p))
-                            .ok_or_else(|| {
-                                bad(key, format!("'{text}' is not a percentage from 1% to 100%"))
-                            })?;
-                        host_ram().ok_or_else(|| bad(key, "the host's RAM is unknown".into()))?
-                            / 100
-                            * p
-                    }
-                    None => parse_size(&text).map_err(|e| bad(key, e.to_string()))?,
-                });
-                check_memory(out.memory).map_err(|e| bad(key, e.to_string()))?;
-            }
-            "pids" if none => out.pids = None,
-            "pids" => out.pids = Some(parse_pids(&text).map_err(|e| bad(key, e.to_string()))?),
-            "cpus" if none => out.cpus = None,
-            "cpus" => out.cpus = Some(parse_cpus(&text).map_err(|e| bad(key, e.to_string()))?),
-            "max_layer_bytes" if none => out.layer = None,
-            "max_layer_bytes" => {
-                let size = parse_size(&text).map_err(|e| bad(key, e.to_string()))?;
-                check_layer(size).map_err(|e| bad(key, e.to_string()))?;
-                out.layer = Some(size);
-            }
-            _ => {
-                return Err(bad(
-                    key,
-                    "unknown key (expected memory, pids, cpus or max_layer_bytes)".into(),
-                ))
-            }
-        }
+        set(&mut out, key, &text, &bad)?;
     }
     Ok(out)
+}
+
+/// Sets `key` of `out` from its text (`none` lifts the limit); `bad` words a refusal.
+fn set(
+    out: &mut Settings,
+    key: &str,
+    text: &str,
+    bad: &dyn Fn(&str, String) -> LimitError,
+) -> Result<(), LimitError> {
+    let none = text.trim().eq_ignore_ascii_case("none");
+
+    match key {
+        "memory" if none => out.memory = None,
+        "memory" => {
+            out.memory = Some(match text.trim().strip_suffix('%') {
+                Some(p) => {
+                    let p: u64 = p
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|p| (1..=100).contains(p))
+                        .ok_or_else(|| {
+                            bad(key, format!("'{text}' is not a percentage from 1% to 100%"))
+                        })?;
+                    host_ram().ok_or_else(|| bad(key, "the host's RAM is unknown".into()))? / 100
+                        * p
+                }
+                None => parse_size(text).map_err(|e| bad(key, e.to_string()))?,
+            });
+            check_memory(out.memory).map_err(|e| bad(key, e.to_string()))?;
+        }
+        "pids" if none => out.pids = None,
+        "pids" => out.pids = Some(parse_pids(text).map_err(|e| bad(key, e.to_string()))?),
+        "cpus" if none => out.cpus = None,
+        "cpus" => out.cpus = Some(parse_cpus(text).map_err(|e| bad(key, e.to_string()))?),
+        "max_layer_bytes" if none => out.layer = None,
+        "max_layer_bytes" => {
+            let size = parse_size(text).map_err(|e| bad(key, e.to_string()))?;
+            check_layer(size).map_err(|e| bad(key, e.to_string()))?;
+            out.layer = Some(size);
+        }
+        _ => {
+            return Err(bad(
+                key,
+                "unknown key (expected memory, pids, cpus or max_layer_bytes)".into(),
+            ))
+        }
+    }
+    Ok(())
 }
 
 fn check_memory(memory: Option<u64>) -> Result<(), LimitError> {

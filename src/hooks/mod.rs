@@ -89,6 +89,42 @@ pub enum HookError {
     },
 }
 
+/// What a hook call may take: built-in < config.toml `[hooks]` < `CONTREE_HOOK_*`.
+fn budgets(config_dir: &std::path::Path) -> Result<Limits, HookError> {
+    use crate::config::{HOOK_INSTRUCTIONS, HOOK_MEMORY_MB, HOOK_TIME_MS};
+    let file = crate::config::file(config_dir);
+    let config = crate::config::Config::load(&file)
+        .map_err(|e| HookError::Config(format!("{}: {e}", file.display())))?;
+    let read = |key| -> Result<Option<u64>, HookError> {
+        let Some(set) = config.layered(key) else {
+            return Ok(None);
+        };
+        set.text
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Some)
+            .ok_or_else(|| {
+                HookError::Config(format!(
+                    "{}={}: expected a whole number above 0",
+                    set.origin, set.text
+                ))
+            })
+    };
+    let mut limits = Limits::default();
+    if let Some(ms) = read(&HOOK_TIME_MS)? {
+        limits.time = std::time::Duration::from_millis(ms);
+    }
+    if let Some(n) = read(&HOOK_INSTRUCTIONS)? {
+        limits.instructions = n;
+    }
+    if let Some(mb) = read(&HOOK_MEMORY_MB)? {
+        limits.memory = usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    }
+    Ok(limits)
+}
+
 /// The CLI's view of a hook error: aborts and failing hooks exit with `exit::HOOK_ABORT`,
 /// and so does a hook file that cannot be read: a policy that cannot apply stops the run
 /// (fail closed), whether its file has a typo or is missing.
@@ -194,7 +230,7 @@ impl Hooks {
         if files.is_empty() {
             return Ok(Hooks::none());
         }
-        let limits = Limits::from_env().map_err(HookError::Config)?;
+        let limits = budgets(opts.config_dir)?;
         let mut rt =
             Runtime::new(limits, opts.config_dir, opts.data_dir).map_err(HookError::Config)?;
         for (i, file) in files.iter().enumerate() {
@@ -529,7 +565,7 @@ pub struct Listed {
 /// that may run are loaded to learn that; untrusted ones are not run).
 pub fn list(opts: &Options<'_>) -> Result<(Vec<Listed>, Option<String>), HookError> {
     let found = discover::discover(opts.config_dir, opts.data_dir, opts.cwd, opts.flags)?;
-    let limits = Limits::from_env().map_err(HookError::Config)?;
+    let limits = budgets(opts.config_dir)?;
     let mut rows = Vec::new();
     for file in &found.files {
         let events = if !file.trusted {

@@ -43,36 +43,6 @@ impl Default for Limits {
     }
 }
 
-impl Limits {
-    /// The defaults, overridden by `CONTREE_HOOK_TIME_MS`, `CONTREE_HOOK_INSTRUCTIONS` and
-    /// `CONTREE_HOOK_MEMORY_MB`.
-    pub fn from_env() -> Result<Limits, String> {
-        let mut limits = Limits::default();
-        let read = |name: &str| -> Result<Option<u64>, String> {
-            match std::env::var(name) {
-                Ok(v) if !v.is_empty() => v
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .map(Some)
-                    .ok_or_else(|| format!("{name}={v}: expected a whole number above 0")),
-                _ => Ok(None),
-            }
-        };
-        if let Some(ms) = read(TIME_ENV)? {
-            limits.time = Duration::from_millis(ms);
-        }
-        if let Some(n) = read(INSTRUCTIONS_ENV)? {
-            limits.instructions = n;
-        }
-        if let Some(mb) = read(MEMORY_ENV)? {
-            limits.memory = usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-        }
-        Ok(limits)
-    }
-}
-
 /// Why a call (or loading a file) did not complete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
@@ -437,7 +407,7 @@ impl Runtime {
                 let over_count = ticks.saturating_mul(TICK as u64) > shared.limits.instructions;
                 if shared.fatal.borrow().is_some() || over_count || Instant::now() > shared.deadline.get() {
                     let message = format!(
-                        "{location}: over its budget ({} ms, {} instructions per call); set {TIME_ENV} / {INSTRUCTIONS_ENV} to change it",
+                        "{location}: over its budget ({} ms, {} instructions per call); set {TIME_ENV} / {INSTRUCTIONS_ENV} or [hooks] in config.toml to change it",
                         shared.limits.time.as_millis(),
                         shared.limits.instructions
                     );
@@ -538,7 +508,7 @@ impl Runtime {
             Described::Memory => {
                 let _ = self.lua.gc_collect();
                 format!(
-                    "{}: out of memory (hooks may use {} MiB; set {MEMORY_ENV} to change it)",
+                    "{}: out of memory (hooks may use {} MiB; set {MEMORY_ENV} or [hooks] in config.toml to change it)",
                     fallback().unwrap_or_else(|| "?".into()),
                     self.shared.limits.memory >> 20
                 )

@@ -95,3 +95,22 @@ fn a_layer_lost_from_disk_is_reported_and_never_repaired_away() {
     // The image and the session are left as they are: nothing is deleted to look clean.
     assert_eq!(env.session_image(), image);
 }
+
+#[test]
+fn run_limits_come_from_config_toml_under_the_environment() {
+    let env = Env::host();
+    std::fs::write(env.home().join("config.toml"), "[limits]\npids = 100\n").expect("config");
+    env.run(["doctor"])
+        .success()
+        .stdout_contains("processes 100,");
+    env.cmd(["doctor"])
+        .env("CONTREE_LIMITS_PIDS", "64")
+        .output()
+        .success()
+        .stdout_contains("processes 64,");
+    env.cmd(["doctor"])
+        .env("CONTREE_LIMITS_PIDS", "lots")
+        .output()
+        .code(1)
+        .stdout_contains("CONTREE_LIMITS_PIDS=lots: 'lots' is not a process count");
+}

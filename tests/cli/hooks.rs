@@ -892,3 +892,31 @@ print(contree.json.encode(v), contree.json.encode(contree.json.array({})))
     .stderr_contains("hook probe.lua: 2\tH\tnumber\tstring\n")
     .stderr_contains(r#"hook probe.lua: {"a":[1,2,{}],"c":"d"}	[]"#);
 }
+
+#[test]
+fn hook_budgets_come_from_config_toml_unless_the_environment_says_otherwise() {
+    let env = Env::host();
+    let spin = hook(
+        &env,
+        "spin.lua",
+        "contree.on('pre-spawn', function(req)\n  while true do end\nend)\n",
+    );
+    let config = env.home().join("config.toml");
+    std::fs::write(&config, "[hooks]\ntime_ms = 150\n").expect("config.toml");
+    env.cmd(["run", "--hook", &spin, "--", "true"])
+        .output()
+        .code(77)
+        .stderr_contains("spin.lua:2: over its budget (150 ms");
+    env.cmd(["run", "--hook", &spin, "--", "true"])
+        .env("CONTREE_HOOK_TIME_MS", "120")
+        .output()
+        .code(77)
+        .stderr_contains("spin.lua:2: over its budget (120 ms");
+    // A bad value names the file and key it came from, and nothing runs.
+    std::fs::write(&config, "[hooks]\ntime_ms = \"soon\"\n").expect("config.toml");
+    env.cmd(["run", "--hook", &spin, "--", "true"])
+        .output()
+        .code(1)
+        .stderr_contains("config.toml: hooks.time_ms=soon: expected a whole number above 0");
+    assert!(env.all_ops().is_empty());
+}
