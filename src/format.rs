@@ -360,16 +360,18 @@ mod tests {
         String::from_utf8(buf).unwrap()
     }
 
+    const ALL: [Format; 6] = [
+        Format::Default,
+        Format::Table,
+        Format::Json,
+        Format::JsonPretty,
+        Format::Csv,
+        Format::Tsv,
+    ];
+
     #[test]
     fn parses_every_format_name_and_rejects_others() {
-        for f in [
-            Format::Default,
-            Format::Table,
-            Format::Json,
-            Format::JsonPretty,
-            Format::Csv,
-            Format::Tsv,
-        ] {
+        for f in ALL {
             assert_eq!(f.name().parse::<Format>().unwrap(), f);
         }
         let err = "yaml".parse::<Format>().unwrap_err();
@@ -501,14 +503,7 @@ mod tests {
 
     #[test]
     fn zero_records_print_nothing_in_any_format() {
-        for f in [
-            Format::Default,
-            Format::Table,
-            Format::Json,
-            Format::JsonPretty,
-            Format::Csv,
-            Format::Tsv,
-        ] {
+        for f in ALL {
             assert_eq!(render(f, &[], true), "", "{f}");
         }
     }

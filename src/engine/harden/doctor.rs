@@ -5,7 +5,6 @@
 
 use super::{caps, mounts, Plan};
 use crate::backend::Finding;
-use nix::mount::{mount, MsFlags};
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult, Pid};
 use std::io::{self, BufRead, BufReader};
@@ -232,14 +231,7 @@ fn read_probe(child: Pid, report: OwnedFd) -> io::Result<Probe> {
 
 /// In the forked child: the sandbox's mounts on a scratch root, then the command's steps.
 fn probe_child(scratch: &Path, plan: &Plan) -> io::Result<String> {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )?;
+    crate::engine::sandbox::private_mount_namespace()?;
     crate::engine::sandbox::mount_points_tmpfs(scratch)?;
     let host = crate::engine::sandbox::sys::Host;
     crate::engine::sandbox::setup_mounts(&host, scratch, false)?;
