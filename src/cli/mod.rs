@@ -19,7 +19,7 @@ mod session_args;
 mod usage;
 mod when;
 
-use crate::context::{backend_err, session_err, Context};
+use crate::context::Context;
 use crate::engine::LocalEngine;
 use crate::error::{exit, CommandError, CommandResult};
 use crate::format::Format;
@@ -239,10 +239,9 @@ fn context(
         );
     }
     if let Some(profile) = remote {
-        let backend = crate::api::RemoteBackend::new(&profile)
-            .map_err(backend_err)?
+        let backend = crate::api::RemoteBackend::new(&profile)?
             .with_upload_cache(&paths.data.join("uploads.db"));
-        let sessions = SessionStore::open(&paths.session_db(&profile.name)).map_err(session_err)?;
+        let sessions = SessionStore::open(&paths.session_db(&profile.name))?;
         return Ok(Context {
             backend: Box::new(backend),
             sessions,
@@ -269,9 +268,9 @@ fn context(
         Open::AsIs => LocalEngine::open_as_is(&paths),
         Open::Recovered => LocalEngine::open(&paths),
     };
-    let engine = engine.map_err(backend_err)?;
+    let engine = engine?;
     crate::log::trace("engine open");
-    let sessions = sessions.map_err(session_err)?;
+    let sessions = sessions?;
     let session_key = SessionStore::resolve_key(session, "local");
     Ok(Context {
         backend: Box::new(engine),

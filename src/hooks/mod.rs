@@ -22,7 +22,6 @@ pub use discover::{HookFile, Origin};
 pub use payload::{Plan, RequestView, SpecParser, PENDING_UPLOAD};
 pub use runtime::{Failure, Limits};
 
-use crate::error::{CommandError, Kind};
 use crate::format::formatter::Stream;
 use crate::outcome::Outcome;
 use crate::wire::SpawnRequest;
@@ -87,30 +86,6 @@ pub enum HookError {
         path: String,
         source: std::io::Error,
     },
-}
-
-/// The CLI's view of a hook error: aborts and failing hooks exit with `exit::HOOK_ABORT`,
-/// and so does a hook file that cannot be read: a policy that cannot apply stops the run
-/// (fail closed), whether its file has a typo or is missing.
-pub fn command_error(e: HookError) -> CommandError {
-    let hint = "fix the hook, or skip every hook for one run with `contree run --no-hooks ...`";
-    match e {
-        HookError::Abort(_) => CommandError::new(Kind::HookAbort, e.to_string()),
-        HookError::Failed(_) | HookError::Load(_) | HookError::Read { .. } => {
-            CommandError::new(Kind::HookAbort, e.to_string()).hint(hint)
-        }
-        HookError::Config(_) => CommandError::user(e.to_string()),
-        HookError::Save { .. } => CommandError::new(Kind::Io, e.to_string()),
-    }
-}
-
-/// A hook error outside a run (`contree hooks list|trust`): nothing was stopped, so it is
-/// a user error, or an I/O one when the trust store cannot be written.
-pub fn manage_error(e: HookError) -> CommandError {
-    match e {
-        HookError::Save { .. } => CommandError::new(Kind::Io, e.to_string()),
-        _ => CommandError::user(e.to_string()),
-    }
 }
 
 /// Where to look for hooks, for one invocation.

@@ -129,6 +129,17 @@ pub enum SessionError {
     },
 }
 
+impl SessionError {
+    /// Whether the store itself failed (its database, directory or files), rather than
+    /// what was asked of it.
+    pub fn is_store_failure(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Sqlite(_) | SessionError::CreateDir { .. } | SessionError::Corrupt { .. }
+        )
+    }
+}
+
 /// A session database error in words; a full disk says what was not kept.
 fn sqlite_message(e: &rusqlite::Error) -> String {
     if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
