@@ -63,6 +63,10 @@ pub enum Cause {
     #[error(transparent)]
     Limit(#[from] crate::engine::limits::LimitError),
     #[error(transparent)]
+    AttachLayer(#[from] crate::engine::attachlayer::AttachLayerError),
+    #[error(transparent)]
+    Scratch(#[from] crate::engine::supervisor::ScratchError),
+    #[error(transparent)]
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     Os(#[from] std::io::Error),
@@ -166,6 +170,19 @@ impl From<crate::engine::oci::ImportError> for BackendError {
             ImportError::Store(_) | ImportError::StoreWrite { .. } => BackendError::Io(e.into()),
             other => BackendError::Invalid(other.into()),
         }
+    }
+}
+
+/// The attachment layer or the scratch dir of a run the engine starts: the store's.
+impl From<crate::engine::attachlayer::AttachLayerError> for BackendError {
+    fn from(e: crate::engine::attachlayer::AttachLayerError) -> Self {
+        BackendError::Io(e.into())
+    }
+}
+
+impl From<crate::engine::supervisor::ScratchError> for BackendError {
+    fn from(e: crate::engine::supervisor::ScratchError) -> Self {
+        BackendError::Io(e.into())
     }
 }
 

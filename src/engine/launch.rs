@@ -161,8 +161,7 @@ impl LocalEngine {
                     files,
                     &blobs,
                     Show::OnTerminal,
-                )
-                .map_err(BackendError::Store)?;
+                )?;
             }
         }
         let op = uuid::Uuid::new_v4().to_string();
@@ -175,10 +174,7 @@ impl LocalEngine {
         let handover = if lazy_row {
             Handover {
                 log: None,
-                scratch: Some(
-                    supervisor::claim_scratch(self.store.layout(), &op)
-                        .map_err(BackendError::Store)?,
-                ),
+                scratch: Some(supervisor::claim_scratch(self.store.layout(), &op)?),
             }
         } else {
             let lock = self.new_op_dir(&op)?;
