@@ -51,10 +51,35 @@ pub enum LimitError {
         path: PathBuf,
         table: &'static str,
         key: String,
-        reason: String,
+        reason: Setting,
     },
+    /// config.toml cannot be read or parsed (in `config`'s words).
     #[error("{path}: {reason}")]
     ConfigFile { path: PathBuf, reason: String },
+}
+
+/// What is wrong with one setting of a `[limits]` table.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Setting {
+    /// The table itself, in `config`'s words.
+    #[error("{0}")]
+    Table(String),
+    #[error("must be a string or a number")]
+    NotText,
+    #[error("'{0}' is not a percentage from 1% to 100%")]
+    Percent(String),
+    #[error("the host's RAM is unknown")]
+    UnknownRam,
+    #[error("unknown key (expected memory, pids, cpus or max_layer_bytes)")]
+    UnknownKey,
+    #[error(transparent)]
+    Value(Box<LimitError>),
+}
+
+impl From<LimitError> for Setting {
+    fn from(e: LimitError) -> Setting {
+        Setting::Value(Box::new(e))
+    }
 }
 
 /// `512`, `64K`, `512M`, `1.5G`, `2T` (binary units; `KiB`… and lower case accepted).
@@ -205,19 +230,21 @@ fn settings(
     let Some(section) = section else {
         return Ok(out);
     };
-    let bad = |key: &str, reason: String| LimitError::Config {
+    let fail = |key: &str, reason: Setting| LimitError::Config {
         path: path.to_path_buf(),
         table,
         key: key.to_string(),
         reason,
     };
-    for (key, setting) in &section.map_err(|reason| bad("", reason))?.entries {
+    for (key, setting) in &section
+        .map_err(|reason| fail("", Setting::Table(reason)))?
+        .entries
+    {
         let text = match setting {
             crate::config::Setting::Text(text) => text.clone(),
-            crate::config::Setting::Other => {
-                return Err(bad(key, "must be a string or a number".into()))
-            }
+            crate::config::Setting::Other => return Err(fail(key, Setting::NotText)),
         };
+        let bad = |e: LimitError| fail(key, e.into());
         let none = text.trim().eq_ignore_ascii_case("none");
         match key.as_str() {
             "memory" if none => out.memory = None,
@@ -229,33 +256,24 @@ fn settings(
                             .parse()
                             .ok()
                             .filter(|p| (1..=100).contains(p))
-                            .ok_or_else(|| {
-                                bad(key, format!("'{text}' is not a percentage from 1% to 100%"))
-                            })?;
-                        host_ram().ok_or_else(|| bad(key, "the host's RAM is unknown".into()))?
-                            / 100
-                            * p
+                            .ok_or_else(|| fail(key, Setting::Percent(text.clone())))?;
+                        host_ram().ok_or_else(|| fail(key, Setting::UnknownRam))? / 100 * p
                     }
-                    None => parse_size(&text).map_err(|e| bad(key, e.to_string()))?,
+                    None => parse_size(&text).map_err(bad)?,
                 });
-                check_memory(out.memory).map_err(|e| bad(key, e.to_string()))?;
+                check_memory(out.memory).map_err(bad)?;
             }
             "pids" if none => out.pids = None,
-            "pids" => out.pids = Some(parse_pids(&text).map_err(|e| bad(key, e.to_string()))?),
+            "pids" => out.pids = Some(parse_pids(&text).map_err(bad)?),
             "cpus" if none => out.cpus = None,
-            "cpus" => out.cpus = Some(parse_cpus(&text).map_err(|e| bad(key, e.to_string()))?),
+            "cpus" => out.cpus = Some(parse_cpus(&text).map_err(bad)?),
             "max_layer_bytes" if none => out.layer = None,
             "max_layer_bytes" => {
-                let size = parse_size(&text).map_err(|e| bad(key, e.to_string()))?;
-                check_layer(size).map_err(|e| bad(key, e.to_string()))?;
+                let size = parse_size(&text).map_err(bad)?;
+                check_layer(size).map_err(bad)?;
                 out.layer = Some(size);
             }
-            _ => {
-                return Err(bad(
-                    key,
-                    "unknown key (expected memory, pids, cpus or max_layer_bytes)".into(),
-                ))
-            }
+            _ => return Err(fail(key, Setting::UnknownKey)),
         }
     }
     Ok(out)
