@@ -206,10 +206,17 @@ impl From<HookError> for CommandError {
         let hint = "fix the hook, or skip every hook for one run with `contree run --no-hooks ...`";
         match e {
             HookError::Abort(_) => CommandError::new(Kind::HookAbort, e.to_string()),
-            HookError::Failed(_) | HookError::Load(_) | HookError::Read { .. } => {
+            HookError::Failed(_)
+            | HookError::Payload { .. }
+            | HookError::Returned { .. }
+            | HookError::BadReturn { .. }
+            | HookError::Load(_)
+            | HookError::Read { .. } => {
                 CommandError::new(Kind::HookAbort, e.to_string()).hint(hint)
             }
-            HookError::Config(_) => CommandError::user(e.to_string()),
+            HookError::Runtime(_) | HookError::Trust(_) | HookError::NoProject(_) => {
+                CommandError::user(e.to_string())
+            }
             HookError::Save { .. } => CommandError::new(Kind::Io, e.to_string()),
         }
     }

@@ -19,8 +19,8 @@ pub mod runtime;
 pub mod trust;
 
 pub use discover::{HookFile, Origin};
-pub use payload::{Plan, RequestView, SpecParser, PENDING_UPLOAD};
-pub use runtime::{Failure, Limits};
+pub use payload::{PayloadError, Plan, RequestView, SpecParser, PENDING_UPLOAD};
+pub use runtime::{Failure, Limits, RuntimeError};
 
 use crate::format::formatter::Stream;
 use crate::outcome::Outcome;
@@ -67,9 +67,34 @@ pub enum HookError {
     /// `contree.abort(reason)`, with file and line.
     #[error("run stopped by hook {0}")]
     Abort(String),
-    /// An error, budget overrun or bad return in a pre-attach / pre-spawn handler.
+    /// An error or budget overrun in a pre-attach / pre-spawn handler (in the runtime's
+    /// words, with file and line).
     #[error("hook failed, so the run was stopped: {0}")]
     Failed(String),
+    /// The table for a pre-attach / pre-spawn handler could not be made.
+    #[error("hook failed, so the run was stopped: {location}: {source}")]
+    Payload {
+        location: String,
+        #[source]
+        source: mlua::Error,
+    },
+    /// A pre-attach / pre-spawn handler returned a table that is not right.
+    #[error(
+        "hook failed, so the run was stopped: {location}: the {event} handler returned {source}"
+    )]
+    Returned {
+        location: String,
+        event: &'static str,
+        #[source]
+        source: PayloadError,
+    },
+    /// A pre-attach / pre-spawn handler returned neither nil nor a table.
+    #[error("hook failed, so the run was stopped: {location}: the {event} handler returned a {found} (expected nil for no change, or the edited table)")]
+    BadReturn {
+        location: String,
+        event: &'static str,
+        found: &'static str,
+    },
     /// A hook file did not load (syntax error, error or overrun at its top level).
     #[error("hook file failed to load, so the run was stopped: {0}")]
     Load(String),
@@ -78,8 +103,14 @@ pub enum HookError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Config(String),
+    /// The hook budgets in the environment, or the Lua state.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Trust(#[from] trust::TrustError),
+    /// `contree hooks trust` outside a project with hooks.
+    #[error("no .contree/hooks directory in {} or above it", .0.display())]
+    NoProject(PathBuf),
     /// The trust store could not be written (`contree hooks trust`).
     #[error("cannot write '{path}': {source}")]
     Save {
@@ -169,9 +200,8 @@ impl Hooks {
         if files.is_empty() {
             return Ok(Hooks::none());
         }
-        let limits = Limits::from_env().map_err(HookError::Config)?;
-        let mut rt =
-            Runtime::new(limits, opts.config_dir, opts.data_dir).map_err(HookError::Config)?;
+        let limits = Limits::from_env()?;
+        let mut rt = Runtime::new(limits, opts.config_dir, opts.data_dir)?;
         for (i, file) in files.iter().enumerate() {
             rt.load_file(i, &file.path, &file.source)
                 .map_err(|f| HookError::Load(f.message().to_string()))?;
@@ -226,17 +256,21 @@ impl Hooks {
         for h in &a.pre_attach {
             let table = plan
                 .to_lua(a.rt.lua())
-                .map_err(|e| HookError::Failed(format!("{}: {e}", h.location)))?;
+                .map_err(|source| HookError::Payload {
+                    location: h.location.clone(),
+                    source,
+                })?;
             match a.rt.call(&h.func, table) {
                 Err(f) => return Err(stop(f)),
                 Ok(Value::Nil) => {}
                 Ok(Value::Table(t)) => {
                     let mut warnings = Vec::new();
-                    *plan = Plan::from_lua(&t, parse, &mut warnings).map_err(|e| {
-                        HookError::Failed(format!(
-                            "{}: the pre-attach handler returned {e}",
-                            h.location
-                        ))
+                    *plan = Plan::from_lua(&t, parse, &mut warnings).map_err(|source| {
+                        HookError::Returned {
+                            location: h.location.clone(),
+                            event: "pre-attach",
+                            source,
+                        }
                     })?;
                     for w in warnings {
                         crate::warn!("{w}");
@@ -267,7 +301,10 @@ impl Hooks {
         for h in &a.pre_spawn {
             let table = view
                 .to_lua(a.rt.lua())
-                .map_err(|e| HookError::Failed(format!("{}: {e}", h.location)))?;
+                .map_err(|source| HookError::Payload {
+                    location: h.location.clone(),
+                    source,
+                })?;
             match a.rt.call(&h.func, table) {
                 Err(f) => return Err(stop(f)),
                 Ok(Value::Nil) => {}
@@ -281,17 +318,14 @@ impl Hooks {
                                     && f.sha256.as_ref().is_some_and(|s| !sizes.contains_key(s))
                             });
                             match unknown {
-                                Some((path, _)) => Err(format!(
-                                    "files['{path}'] with a sha256 that no attachment of this run has (add files in pre-attach)"
-                                )),
+                                Some((path, _)) => Err(PayloadError::UnknownContent(path.clone())),
                                 None => Ok(v),
                             }
                         })
-                        .map_err(|e| {
-                            HookError::Failed(format!(
-                                "{}: the pre-spawn handler returned {e}",
-                                h.location
-                            ))
+                        .map_err(|source| HookError::Returned {
+                            location: h.location.clone(),
+                            event: "pre-spawn",
+                            source,
                         })?;
                 }
                 Ok(other) => return Err(bad_return(&h.location, "pre-spawn", &other)),
@@ -456,11 +490,12 @@ fn stop(f: Failure) -> HookError {
     }
 }
 
-fn bad_return(location: &str, event: &str, v: &Value) -> HookError {
-    HookError::Failed(format!(
-        "{location}: the {event} handler returned a {} (expected nil for no change, or the edited table)",
-        v.type_name()
-    ))
+fn bad_return(location: &str, event: &'static str, v: &Value) -> HookError {
+    HookError::BadReturn {
+        location: location.to_string(),
+        event,
+        found: v.type_name(),
+    }
 }
 
 fn chunk_table(
@@ -497,22 +532,31 @@ pub struct Listed {
     pub origin: Origin,
     pub trusted: bool,
     /// The events it registers; Err when it was not run (untrusted) or failed to load.
-    pub events: Result<Vec<Event>, String>,
+    pub events: Result<Vec<Event>, NotListed>,
+}
+
+/// Why `contree hooks list` shows no events for a file.
+#[derive(Debug, thiserror::Error)]
+pub enum NotListed {
+    #[error("not run: untrusted")]
+    Untrusted,
+    /// The file did not load (in the runtime's words).
+    #[error("load error: {0}")]
+    Load(String),
 }
 
 /// Every hook file a run from `cwd` would consider, with the events each registers (files
 /// that may run are loaded to learn that; untrusted ones are not run).
 pub fn list(opts: &Options<'_>) -> Result<(Vec<Listed>, Option<String>), HookError> {
     let found = discover::discover(opts.config_dir, opts.data_dir, opts.cwd, opts.flags)?;
-    let limits = Limits::from_env().map_err(HookError::Config)?;
+    let limits = Limits::from_env()?;
     let mut rows = Vec::new();
     for file in &found.files {
         let events = if !file.trusted {
-            Err("not run: untrusted".to_string())
+            Err(NotListed::Untrusted)
         } else {
             // A state per file, so one broken file does not hide the others' events.
-            let mut rt =
-                Runtime::new(limits, opts.config_dir, opts.data_dir).map_err(HookError::Config)?;
+            let mut rt = Runtime::new(limits, opts.config_dir, opts.data_dir)?;
             match rt.load_file(0, &file.path, &file.source) {
                 Ok(()) => {
                     let mut events: Vec<Event> = Vec::new();
@@ -524,7 +568,7 @@ pub fn list(opts: &Options<'_>) -> Result<(Vec<Listed>, Option<String>), HookErr
                     events.sort_by_key(|e| Event::ALL.iter().position(|x| x == e));
                     Ok(events)
                 }
-                Err(f) => Err(format!("load error: {}", f.message())),
+                Err(f) => Err(NotListed::Load(f.message().to_string())),
             }
         };
         rows.push(Listed {
@@ -540,15 +584,11 @@ pub fn list(opts: &Options<'_>) -> Result<(Vec<Listed>, Option<String>), HookErr
 /// `contree hooks trust [DIR]`: pins the current content of the project's hook files.
 /// Returns the hooks directory and the trusted file names.
 pub fn trust(start: &Path, data_dir: &Path) -> Result<(PathBuf, Vec<String>), HookError> {
-    let dir = discover::find_project(start).ok_or_else(|| {
-        HookError::Config(format!(
-            "no .contree/hooks directory in {} or above it",
-            start.display()
-        ))
-    })?;
+    let dir =
+        discover::find_project(start).ok_or_else(|| HookError::NoProject(start.to_path_buf()))?;
     let dir = dir.canonicalize().unwrap_or(dir);
     let (_, hashes) = discover::project_files(&dir)?;
-    let mut store = trust::TrustStore::open(data_dir).map_err(HookError::Config)?;
+    let mut store = trust::TrustStore::open(data_dir)?;
     let names = hashes.keys().cloned().collect();
     store.trust(&dir, hashes);
     store.save().map_err(|e| HookError::Save {

@@ -43,12 +43,24 @@ impl Default for Limits {
     }
 }
 
+/// Why the hook runtime could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A budget variable that is not a whole number above 0.
+    #[error("{name}={value}: expected a whole number above 0")]
+    Budget { name: String, value: String },
+    #[error(transparent)]
+    Lua(#[from] mlua::Error),
+    #[error("cannot set up the hook runtime: {0}")]
+    Setup(#[source] mlua::Error),
+}
+
 impl Limits {
     /// The defaults, overridden by `CONTREE_HOOK_TIME_MS`, `CONTREE_HOOK_INSTRUCTIONS` and
     /// `CONTREE_HOOK_MEMORY_MB`.
-    pub fn from_env() -> Result<Limits, String> {
+    pub fn from_env() -> Result<Limits, RuntimeError> {
         let mut limits = Limits::default();
-        let read = |name: &str| -> Result<Option<u64>, String> {
+        let read = |name: &str| -> Result<Option<u64>, RuntimeError> {
             match std::env::var(name) {
                 Ok(v) if !v.is_empty() => v
                     .trim()
@@ -56,7 +68,10 @@ impl Limits {
                     .ok()
                     .filter(|n| *n > 0)
                     .map(Some)
-                    .ok_or_else(|| format!("{name}={v}: expected a whole number above 0")),
+                    .ok_or_else(|| RuntimeError::Budget {
+                        name: name.to_string(),
+                        value: v.clone(),
+                    }),
                 _ => Ok(None),
             }
         };
@@ -189,9 +204,13 @@ fn display_value(v: &Value) -> String {
 }
 
 impl Runtime {
-    pub fn new(limits: Limits, config_dir: &Path, data_dir: &Path) -> Result<Runtime, String> {
+    pub fn new(
+        limits: Limits,
+        config_dir: &Path,
+        data_dir: &Path,
+    ) -> Result<Runtime, RuntimeError> {
         let libs = StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8 | StdLib::OS;
-        let lua = Lua::new_with(libs, LuaOptions::new()).map_err(|e| e.to_string())?;
+        let lua = Lua::new_with(libs, LuaOptions::new())?;
         let shared = Rc::new(Shared {
             limits,
             deadline: Cell::new(Instant::now() + limits.time),
@@ -207,7 +226,7 @@ impl Runtime {
             names: Vec::new(),
         };
         rt.install(config_dir, data_dir)
-            .map_err(|e| format!("cannot set up the hook runtime: {e}"))?;
+            .map_err(RuntimeError::Setup)?;
         Ok(rt)
     }
 
