@@ -122,9 +122,10 @@ pub enum SessionError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("session store error: corrupt {what}: {source}")]
-    Corrupt {
-        what: String,
+    /// The environment an image preserves (`--preserve-env`) does not read back as JSON.
+    #[error("session store error: corrupt preserved env of image {image}: {source}")]
+    PreservedEnv {
+        image: String,
         source: serde_json::Error,
     },
 }
@@ -135,7 +136,9 @@ impl SessionError {
     pub fn is_store_failure(&self) -> bool {
         matches!(
             self,
-            SessionError::Sqlite(_) | SessionError::CreateDir { .. } | SessionError::Corrupt { .. }
+            SessionError::Sqlite(_)
+                | SessionError::CreateDir { .. }
+                | SessionError::PreservedEnv { .. }
         )
     }
 }
