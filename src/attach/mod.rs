@@ -92,9 +92,17 @@ pub enum AttachError {
     #[error("invalid file spec '{spec}': expected {usage}[:/inst][:uUID][:gGID][:mMODE]")]
     SchemeUsage { spec: String, usage: String },
 
-    /// A plugin resolver failed or answered something unusable (the message names it).
+    /// The spec's scheme has no resolver, or what a resolver found cannot be placed.
     #[error("cannot resolve file spec '{spec}': {message}")]
     Resolve { spec: String, message: String },
+
+    /// A plugin resolver failed or answered something unusable (it names the plugin).
+    #[error("cannot resolve file spec '{spec}': {source}")]
+    Plugin {
+        spec: String,
+        #[source]
+        source: crate::plugin::resolver::ResolveError,
+    },
 
     #[error("attachment cache error: cannot write '{path}': {source}")]
     CacheWrite { path: String, source: io::Error },

@@ -39,7 +39,10 @@ pub enum PluginError {
     },
 
     #[error("plugin '{path}' has an invalid descriptor: {reason}")]
-    Descriptor { path: PathBuf, reason: String },
+    Descriptor {
+        path: PathBuf,
+        reason: library::DescriptorError,
+    },
 
     #[error("plugin '{name}' ({path}) failed in {call}: {message}")]
     Failed {
