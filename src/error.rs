@@ -198,6 +198,19 @@ impl From<crate::api::profile::ProfileError> for CommandError {
     }
 }
 
+impl From<crate::server::ServeError> for CommandError {
+    fn from(e: crate::server::ServeError) -> Self {
+        use crate::server::ServeError as S;
+        let kind = match e {
+            // A --listen address that is taken or not ours to bind: pick another.
+            S::Config(_) | S::Listen { .. } => Kind::User,
+            S::Io(_) => Kind::Io,
+            S::Engine(_) => Kind::Unavailable,
+        };
+        CommandError::new(kind, e.to_string())
+    }
+}
+
 /// A hook error during a run: aborts and failing hooks exit with `exit::HOOK_ABORT`, and so
 /// does a hook file that cannot be read: a policy that cannot apply stops the run (fail
 /// closed), whether its file has a typo or is missing.

@@ -199,16 +199,6 @@ fn serve(flags: args::ServeFlags) -> CommandResult<i32> {
         max_pending: flags.max_pending,
         events_max_age: flags.events_max_age,
         events_max_bytes: flags.events_max_bytes,
-    })
-    .map_err(|e| {
-        use crate::server::ServeError as S;
-        let kind = match e {
-            // A --listen address that is taken or not ours to bind: pick another.
-            S::Config(_) | S::Listen { .. } => crate::error::Kind::User,
-            S::Io(_) => crate::error::Kind::Io,
-            S::Engine(_) => crate::error::Kind::Unavailable,
-        };
-        CommandError::new(kind, e.to_string())
     })?;
     Ok(0)
 }
