@@ -101,7 +101,7 @@ pub enum AttachError {
     Plugin {
         spec: String,
         #[source]
-        source: crate::plugin::resolver::ResolveError,
+        source: Box<crate::plugin::resolver::ResolveError>,
     },
 
     #[error("attachment cache error: cannot write '{path}': {source}")]

@@ -233,7 +233,7 @@ impl LocalEngine {
         let op = job.op.as_str();
         let job_file = supervisor::job_path(self.store.layout(), op);
         if let Some(dir) = job_file.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| BackendError::Io(Cause::file(&dir, e)))?;
+            std::fs::create_dir_all(dir).map_err(|e| BackendError::Io(Cause::file(dir, e)))?;
         }
         let bytes = serde_json::to_vec(job).map_err(|e| BackendError::Io(e.into()))?;
         std::fs::write(&job_file, bytes)

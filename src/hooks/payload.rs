@@ -74,7 +74,7 @@ pub enum PayloadError {
     Spec {
         at: String,
         #[source]
-        source: attach::AttachError,
+        source: Box<attach::AttachError>,
     },
     /// A pending upload that is not one of this run's attachments (see `Hooks::pre_spawn`).
     #[error(
@@ -424,7 +424,10 @@ impl Plan {
                     let text = utf8(&s, &at)?;
                     match parse(&text, warnings) {
                         Ok(spec) => spec,
-                        Err(source) => return Err(PayloadError::Spec { at, source }),
+                        Err(e) => {
+                            let source = Box::new(e);
+                            return Err(PayloadError::Spec { at, source });
+                        }
                     }
                 }
                 Value::Table(e) => {

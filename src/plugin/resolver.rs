@@ -89,7 +89,7 @@ impl Resolver for PluginResolver {
         let rest = split_scheme(&spec.host).map(|(_, r)| r).unwrap_or_default();
         let err = |source: ResolveError| AttachError::Plugin {
             spec: spec.to_string(),
-            source,
+            source: Box::new(source),
         };
         let answer = self.ask(rest).map_err(err)?;
         let mut files = Vec::with_capacity(answer.files.len());
