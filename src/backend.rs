@@ -19,10 +19,10 @@ pub enum BackendError {
     #[error("{0}")]
     Unavailable(Cause),
     /// Reading or writing the store (its database, a file, a pipe) failed, in words said
-    /// where it happened.
+    /// where it happened (following an event log, a remote answer that does not parse).
     #[error("{0}")]
     Store(String),
-    /// The same kind as `Store`, with the error it came from.
+    /// The same kind as `Store`, with the typed error it came from.
     #[error(transparent)]
     Io(Cause),
     /// The remote API could not be reached (the message says what failed, and where) or

@@ -1,9 +1,15 @@
 //! The one error type the CLI prints: a kind (which decides the exit code), a message naming
 //! the thing it is about, and hints telling the user what to type next.
 //!
-//! Library modules return their own `thiserror` enums; they are turned into a
-//! `CommandError` at the command layer, never printed from deep inside.
+//! Library modules return their own `thiserror` enums; they become a `CommandError` by the
+//! `From` impls at the end of this file (so a command uses `?`), never printed from deep
+//! inside. Which kind each module error is, and its hints, is decided there and only there.
 
+use crate::attach::AttachError;
+use crate::backend::BackendError;
+use crate::hooks::HookError;
+use crate::plugin::PluginError;
+use crate::session::SessionError;
 use std::fmt;
 
 /// Exit codes. The official client uses 1 for every user error and 2 for usage errors; we
@@ -109,12 +115,6 @@ pub type CommandResult<T = ()> = Result<T, CommandError>;
 
 // The errors of the library modules as the CLI reports them: the kind each one is (hence
 // its exit code) and the hints it gets are decided here, by variant, and nowhere else.
-
-use crate::attach::AttachError;
-use crate::backend::BackendError;
-use crate::hooks::HookError;
-use crate::plugin::PluginError;
-use crate::session::SessionError;
 
 impl From<BackendError> for CommandError {
     fn from(e: BackendError) -> Self {
