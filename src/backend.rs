@@ -5,17 +5,26 @@
 use crate::wire::{DirectoryList, Event, Image, Operation, SpawnRequest, Status};
 use std::path::{Path, PathBuf};
 
+/// What went wrong, by kind: the kind decides the exit code (see `error.rs`) and, in
+/// `serve`, the HTTP status. The kinds the server tells apart (`NotFound`, `Invalid`,
+/// `Unavailable`) carry a `Cause`: a message said where it happened, or the error of the
+/// module it came from, kept typed so a caller can tell cases apart without reading text.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("{0}")]
-    NotFound(String),
+    NotFound(Cause),
     #[error("{0}")]
-    Invalid(String),
+    Invalid(Cause),
     /// The sandbox cannot be built here (kernel feature, privileges).
     #[error("{0}")]
-    Unavailable(String),
+    Unavailable(Cause),
+    /// Reading or writing the store (its database, a file, a pipe) failed, in words said
+    /// where it happened (following an event log, a remote answer that does not parse).
     #[error("{0}")]
     Store(String),
+    /// The same kind as `Store`, with the typed error it came from.
+    #[error(transparent)]
+    Io(Cause),
     /// The remote API could not be reached (the message says what failed, and where) or
     /// kept failing after the retries (5xx, busy, a broken event stream).
     #[error("{0}")]
@@ -32,6 +41,156 @@ pub enum BackendError {
     /// The reader of the watched output went away (see `EventStream::watch_reader`).
     #[error("output closed")]
     OutputClosed,
+}
+
+/// Why a `BackendError` happened: its message, or the typed error of the module it came
+/// from (whose text is the message).
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    #[error("{0}")]
+    Said(String),
+    #[error(transparent)]
+    Db(#[from] crate::engine::store::StoreError),
+    #[error(transparent)]
+    Session(#[from] crate::session::SessionError),
+    /// A path inside an image (`ls`, `cat`, `cp`).
+    #[error(transparent)]
+    Inspect(#[from] crate::engine::inspect::InspectError),
+    #[error(transparent)]
+    Import(#[from] crate::engine::oci::ImportError),
+    #[error(transparent)]
+    Network(#[from] crate::engine::network::NetworkError),
+    #[error(transparent)]
+    Limit(#[from] crate::engine::limits::LimitError),
+    #[error(transparent)]
+    AttachLayer(#[from] crate::engine::attachlayer::AttachLayerError),
+    #[error(transparent)]
+    Scratch(#[from] crate::engine::supervisor::ScratchError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Os(#[from] std::io::Error),
+    /// A file or directory of the store.
+    #[error("{}: {source}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A system call, and what it was for.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A system call made through nix (its errno), and what it was for.
+    #[error("{what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+impl Cause {
+    pub fn file(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Cause {
+        Cause::File {
+            path: path.into(),
+            source,
+        }
+    }
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Cause {
+        Cause::Io {
+            what: what.into(),
+            source,
+        }
+    }
+    pub fn sys(what: impl Into<String>, source: nix::Error) -> Cause {
+        Cause::Sys {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+impl From<String> for Cause {
+    fn from(message: String) -> Cause {
+        Cause::Said(message)
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(message: &str) -> Cause {
+        Cause::Said(message.to_string())
+    }
+}
+
+/// The message, for whoever passes it on as text (the server's error body).
+impl From<Cause> for String {
+    fn from(cause: Cause) -> String {
+        match cause {
+            Cause::Said(message) => message,
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The store's errors are the store kind, whatever went wrong.
+impl From<crate::engine::store::StoreError> for BackendError {
+    fn from(e: crate::engine::store::StoreError) -> Self {
+        BackendError::Io(e.into())
+    }
+}
+
+/// The session store, where a backend call needed it (recording a spawned operation):
+/// the store kind, whatever the reason, as the operation could not be recorded.
+impl From<crate::session::SessionError> for BackendError {
+    fn from(e: crate::session::SessionError) -> Self {
+        BackendError::Io(e.into())
+    }
+}
+
+/// A path of an image that is not there (or not what was asked for) is not found; one that
+/// could not be read is the store's.
+impl From<crate::engine::inspect::InspectError> for BackendError {
+    fn from(e: crate::engine::inspect::InspectError) -> Self {
+        match e {
+            crate::engine::inspect::InspectError::Io { .. } => BackendError::Io(e.into()),
+            other => BackendError::NotFound(other.into()),
+        }
+    }
+}
+
+/// A failed import: the store's fault (it could not be written) or the source's.
+impl From<crate::engine::oci::ImportError> for BackendError {
+    fn from(e: crate::engine::oci::ImportError) -> Self {
+        use crate::engine::oci::ImportError;
+        match e {
+            ImportError::Store(_) | ImportError::StoreWrite { .. } => BackendError::Io(e.into()),
+            other => BackendError::Invalid(other.into()),
+        }
+    }
+}
+
+/// The attachment layer or the scratch dir of a run the engine starts: the store's.
+impl From<crate::engine::attachlayer::AttachLayerError> for BackendError {
+    fn from(e: crate::engine::attachlayer::AttachLayerError) -> Self {
+        BackendError::Io(e.into())
+    }
+}
+
+impl From<crate::engine::supervisor::ScratchError> for BackendError {
+    fn from(e: crate::engine::supervisor::ScratchError) -> Self {
+        BackendError::Io(e.into())
+    }
+}
+
+/// No network stack: the sandbox cannot be built as asked.
+impl From<crate::engine::network::NetworkError> for BackendError {
+    fn from(e: crate::engine::network::NetworkError) -> Self {
+        BackendError::Unavailable(e.into())
+    }
 }
 
 /// Where the command's stdin comes from, besides any bytes in the request itself.

@@ -2,7 +2,7 @@
 //! format, the plugins. Built once from the global flags.
 
 use crate::backend::Backend;
-use crate::error::{CommandError, CommandResult, Kind};
+use crate::error::{CommandError, CommandResult};
 use crate::format::Format;
 use crate::paths::Paths;
 use crate::session::{SessionError, SessionInfo, SessionStore};
@@ -32,7 +32,7 @@ pub fn no_session() -> CommandError {
 
 impl Context {
     pub fn session(&self) -> CommandResult<Option<SessionInfo>> {
-        self.sessions.info(&self.session_key).map_err(session_err)
+        Ok(self.sessions.info(&self.session_key)?)
     }
 
     pub fn require_session(&self) -> CommandResult<SessionInfo> {
@@ -40,23 +40,12 @@ impl Context {
     }
 }
 
+/// A session store error as the CLI reports it (see `error.rs`); for `map_err`.
 pub fn session_err(e: SessionError) -> CommandError {
-    let text = e.to_string();
-    if text.starts_with("session store error") {
-        CommandError::new(Kind::Io, text)
-    } else {
-        CommandError::user(text)
-    }
+    e.into()
 }
 
+/// A backend error as the CLI reports it (see `error.rs`); for `map_err`.
 pub fn backend_err(e: crate::backend::BackendError) -> CommandError {
-    use crate::backend::BackendError as B;
-    match e {
-        B::NotFound(m) | B::Invalid(m) | B::Denied(m) | B::Unsupported(m) => CommandError::user(m),
-        B::Unavailable(m) => CommandError::new(Kind::Unavailable, m),
-        B::Unreachable(m) => CommandError::new(Kind::Unreachable, m),
-        B::Store(m) => CommandError::new(Kind::Io, m),
-        B::Interrupted => CommandError::user("User interrupted"),
-        B::OutputClosed => CommandError::user("output closed"),
-    }
+    e.into()
 }

@@ -1,9 +1,15 @@
 //! The one error type the CLI prints: a kind (which decides the exit code), a message naming
 //! the thing it is about, and hints telling the user what to type next.
 //!
-//! Library modules return their own `thiserror` enums; they are turned into a
-//! `CommandError` at the command layer, never printed from deep inside.
+//! Library modules return their own `thiserror` enums; they become a `CommandError` by the
+//! `From` impls at the end of this file (so a command uses `?`), never printed from deep
+//! inside. Which kind each module error is, and its hints, is decided there and only there.
 
+use crate::attach::AttachError;
+use crate::backend::BackendError;
+use crate::hooks::HookError;
+use crate::plugin::PluginError;
+use crate::session::SessionError;
 use std::fmt;
 
 /// Exit codes. The official client uses 1 for every user error and 2 for usage errors; we
@@ -106,3 +112,134 @@ impl fmt::Display for CommandError {
 impl std::error::Error for CommandError {}
 
 pub type CommandResult<T = ()> = Result<T, CommandError>;
+
+// The errors of the library modules as the CLI reports them: the kind each one is (hence
+// its exit code) and the hints it gets are decided here, by variant, and nowhere else.
+
+impl From<BackendError> for CommandError {
+    fn from(e: BackendError) -> Self {
+        use BackendError as B;
+        match e {
+            B::NotFound(m) | B::Invalid(m) => CommandError::user(m),
+            B::Denied(m) | B::Unsupported(m) => CommandError::user(m),
+            B::Unavailable(m) => CommandError::new(Kind::Unavailable, m),
+            B::Unreachable(m) => CommandError::new(Kind::Unreachable, m),
+            B::Store(m) => CommandError::new(Kind::Io, m),
+            B::Io(cause) => CommandError::new(Kind::Io, cause),
+            B::Interrupted => CommandError::user("User interrupted"),
+            B::OutputClosed => CommandError::user("output closed"),
+        }
+    }
+}
+
+/// The session store's own failures (its database, directory or files) are I/O; the rest
+/// is what the user asked for.
+impl From<SessionError> for CommandError {
+    fn from(e: SessionError) -> Self {
+        let kind = if e.is_store_failure() {
+            Kind::Io
+        } else {
+            Kind::User
+        };
+        CommandError::new(kind, e.to_string())
+    }
+}
+
+/// Bad input, but I/O on the attachment cache; a host path that is neither file nor
+/// directory is said without a prefix, as the official client does.
+impl From<AttachError> for CommandError {
+    fn from(e: AttachError) -> Self {
+        let kind = if e.is_cache_io() {
+            Kind::Io
+        } else {
+            Kind::User
+        };
+        let plain = matches!(e, AttachError::NotFileOrDir { .. });
+        let err = CommandError::new(kind, e.to_string());
+        if plain {
+            err.plain()
+        } else {
+            err
+        }
+    }
+}
+
+/// A plugin error, with hints on what to do next.
+impl From<PluginError> for CommandError {
+    fn from(e: PluginError) -> Self {
+        let mut err = CommandError::user(e.to_string());
+        match &e {
+            PluginError::UnknownFormatter { failed, .. } => {
+                for f in failed {
+                    err = err.hint(format!("not loaded: {f}"));
+                }
+                err = err
+                    .hint("`contree plugins list` shows every plugin found and what it provides");
+            }
+            PluginError::Clash { .. } => {
+                err = err.hint("remove one of the two files, or take it off the plugin path");
+            }
+            PluginError::Failed { .. } | PluginError::Panicked { .. } => {}
+            _ => {
+                err = err.hint("`contree plugins list` shows every plugin found and its state");
+            }
+        }
+        err
+    }
+}
+
+impl From<crate::api::profile::ProfileError> for CommandError {
+    fn from(e: crate::api::profile::ProfileError) -> Self {
+        let kind = match e {
+            crate::api::profile::ProfileError::Io { .. } => Kind::Io,
+            _ => Kind::User,
+        };
+        CommandError::new(kind, e.to_string())
+    }
+}
+
+impl From<crate::server::ServeError> for CommandError {
+    fn from(e: crate::server::ServeError) -> Self {
+        use crate::server::ServeError as S;
+        let kind = match e {
+            // A --listen address that is taken or not ours to bind: pick another.
+            S::Config(_) | S::Listen { .. } => Kind::User,
+            S::Io(_) => Kind::Io,
+            S::Engine(_) => Kind::Unavailable,
+        };
+        CommandError::new(kind, e.to_string())
+    }
+}
+
+/// A hook error during a run: aborts and failing hooks exit with `exit::HOOK_ABORT`, and so
+/// does a hook file that cannot be read: a policy that cannot apply stops the run (fail
+/// closed), whether its file has a typo or is missing.
+impl From<HookError> for CommandError {
+    fn from(e: HookError) -> Self {
+        let hint = "fix the hook, or skip every hook for one run with `contree run --no-hooks ...`";
+        match e {
+            HookError::Abort(_) => CommandError::new(Kind::HookAbort, e.to_string()),
+            HookError::Failed(_)
+            | HookError::Payload { .. }
+            | HookError::Returned { .. }
+            | HookError::BadReturn { .. }
+            | HookError::Load(_)
+            | HookError::Read { .. } => {
+                CommandError::new(Kind::HookAbort, e.to_string()).hint(hint)
+            }
+            HookError::Runtime(_) | HookError::Trust(_) | HookError::NoProject(_) => {
+                CommandError::user(e.to_string())
+            }
+            HookError::Save { .. } => CommandError::new(Kind::Io, e.to_string()),
+        }
+    }
+}
+
+/// A hook error outside a run (`contree hooks list|trust`): nothing was stopped, so it is a
+/// user error, or an I/O one when the trust store cannot be written.
+pub fn hook_management_error(e: HookError) -> CommandError {
+    match e {
+        HookError::Save { .. } => CommandError::new(Kind::Io, e.to_string()),
+        _ => CommandError::user(e.to_string()),
+    }
+}

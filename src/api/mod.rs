@@ -136,10 +136,13 @@ fn answer_timeout() -> Result<Duration, BackendError> {
         None => Ok(Duration::from_secs(ANSWER_TIMEOUT_SECS)),
         Some(set) => match set.text.trim().parse::<u64>() {
             Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
-            _ => Err(BackendError::Invalid(format!(
-                "{}='{}' is not a whole number of seconds above 0",
-                set.origin, set.text
-            ))),
+            _ => Err(BackendError::Invalid(
+                format!(
+                    "{}='{}' is not a whole number of seconds above 0",
+                    set.origin, set.text
+                )
+                .into(),
+            )),
         },
     }
 }
@@ -319,13 +322,13 @@ fn status_error(r: Response) -> BackendError {
         .unwrap_or(body);
     let message = format!("HTTP {}: {message}", status.as_u16());
     match status.as_u16() {
-        404 => BackendError::NotFound(message),
+        404 => BackendError::NotFound(message.into()),
         401 | 403 => BackendError::Denied(format!(
             "{message} (check the profile's token: `contree auth`)"
         )),
         // What the retries are for: the server failing or busy, which may pass.
         425 | 429 | 410 | 500..=599 => BackendError::Unreachable(message),
-        _ => BackendError::Invalid(message),
+        _ => BackendError::Invalid(message.into()),
     }
 }
 
@@ -539,7 +542,7 @@ impl Backend for RemoteBackend {
             .call(|| self.api.get_bounded(&path), true)
             .map_err(|e| match e {
                 BackendError::NotFound(_) => {
-                    BackendError::NotFound(format!("no image tagged '{name}'"))
+                    BackendError::NotFound(format!("no image tagged '{name}'").into())
                 }
                 other => other,
             })?;
@@ -709,9 +712,14 @@ impl Backend for RemoteBackend {
             let state = self.operation(&op)?;
             if state.status.is_terminal() {
                 if state.status != crate::wire::Status::Success {
-                    return Err(BackendError::Invalid(state.error.unwrap_or_else(|| {
-                        format!("import operation {op} ended with status {}", state.status)
-                    })));
+                    return Err(BackendError::Invalid(
+                        state
+                            .error
+                            .unwrap_or_else(|| {
+                                format!("import operation {op} ended with status {}", state.status)
+                            })
+                            .into(),
+                    ));
                 }
                 return state.result_image_uuid.ok_or_else(|| {
                     BackendError::Store(format!("import operation {op} names no image"))
@@ -1200,7 +1208,7 @@ mod tests {
         };
         let e = get();
         assert!(
-            matches!(&e, BackendError::NotFound(m) if m == "HTTP 404: operation x not found"),
+            matches!(&e, BackendError::NotFound(m) if m.to_string() == "HTTP 404: operation x not found"),
             "{e:?}"
         );
         let e = get();
@@ -1211,7 +1219,7 @@ mod tests {
         );
         let e = get();
         assert!(
-            matches!(&e, BackendError::Invalid(m) if m == "HTTP 400: plain words"),
+            matches!(&e, BackendError::Invalid(m) if m.to_string() == "HTTP 400: plain words"),
             "{e:?}"
         );
     }

@@ -31,8 +31,11 @@ pub enum ProfileError {
     #[error("profile '{name}': URL '{url}' must start with http:// or https://")]
     BadUrl { name: String, url: String },
     /// `auth.ini` is not valid INI.
-    #[error("{path}: {message}")]
-    File { path: String, message: String },
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        source: config::ConfigError,
+    },
     /// `auth.ini` cannot be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -51,12 +54,11 @@ pub struct Ini {
 impl Ini {
     /// Parses `text`. Keys are case-insensitive (as Python's configparser, which the
     /// official client uses, lowercases them); values outside any section go to `DEFAULT`.
-    pub fn parse(text: &str) -> Result<Ini, String> {
+    pub fn parse(text: &str) -> Result<Ini, config::ConfigError> {
         let parsed = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Ini))
             .build()
-            .and_then(|c| c.try_deserialize::<BTreeMap<String, config::Value>>())
-            .map_err(|e| e.to_string())?;
+            .and_then(|c| c.try_deserialize::<BTreeMap<String, config::Value>>())?;
         let mut ini = Ini::default();
         for (name, value) in parsed {
             match value.clone().into_table() {
@@ -122,9 +124,9 @@ pub fn read(path: &Path) -> Result<Option<Ini>, ProfileError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ini::parse(&text)
             .map(Some)
-            .map_err(|message| ProfileError::File {
+            .map_err(|source| ProfileError::File {
                 path: path.display().to_string(),
-                message,
+                source,
             }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(ProfileError::Io {

@@ -92,12 +92,42 @@ pub enum AttachError {
     #[error("invalid file spec '{spec}': expected {usage}[:/inst][:uUID][:gGID][:mMODE]")]
     SchemeUsage { spec: String, usage: String },
 
-    /// A plugin resolver failed or answered something unusable (the message names it).
-    #[error("cannot resolve file spec '{spec}': {message}")]
-    Resolve { spec: String, message: String },
+    /// What a resolver found cannot be placed.
+    #[error("cannot resolve file spec '{spec}': {reason}")]
+    Place { spec: String, reason: PlaceError },
+
+    /// The spec's scheme is claimed by two plugins.
+    #[error("cannot resolve file spec '{spec}': {source}")]
+    Scheme {
+        spec: String,
+        #[source]
+        source: Box<crate::plugin::PluginError>,
+    },
+
+    #[error("cannot resolve file spec '{spec}': no plugin provides the '{scheme}:' scheme")]
+    NoScheme { spec: String, scheme: String },
+
+    /// A plugin resolver failed or answered something unusable (it names the plugin).
+    #[error("cannot resolve file spec '{spec}': {source}")]
+    Plugin {
+        spec: String,
+        #[source]
+        source: Box<crate::plugin::resolver::ResolveError>,
+    },
 
     #[error("attachment cache error: cannot write '{path}': {source}")]
     CacheWrite { path: String, source: io::Error },
+}
+
+/// Why the files a resolver answered cannot be placed (see `resolve::place`).
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error("the resolver named no place for its files; add :/inst")]
+    NoPlace,
+    #[error("the resolver answered a lone file and other files")]
+    LoneFile,
+    #[error("the resolver answered a bad path '{0}'")]
+    BadPath(String),
 }
 
 impl AttachError {

@@ -13,7 +13,8 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{expand, AttachError, Attachment, Excludes, FileSpec};
+use super::{expand, AttachError, Attachment, Excludes, FileSpec, PlaceError};
+use crate::plugin::PluginError;
 
 /// Turns one parsed spec into attachments, appended to `out` in order.
 pub trait Resolver {
@@ -48,21 +49,21 @@ pub struct SchemeInfo {
     pub usage: String,
 }
 
-/// The schemes registered by plugins. Errors are messages for the user (say, two plugins
-/// claiming one scheme).
+/// The schemes registered by plugins. An error is a name no plugin can answer for (say,
+/// two plugins claiming one scheme).
 pub trait Schemes {
-    fn scheme(&self, name: &str) -> Result<Option<SchemeInfo>, String>;
-    fn resolver(&self, name: &str) -> Result<Option<&dyn Resolver>, String>;
+    fn scheme(&self, name: &str) -> Result<Option<SchemeInfo>, PluginError>;
+    fn resolver(&self, name: &str) -> Result<Option<&dyn Resolver>, PluginError>;
 }
 
 /// No plugins: every spec is a host path.
 pub struct NoSchemes;
 
 impl Schemes for NoSchemes {
-    fn scheme(&self, _name: &str) -> Result<Option<SchemeInfo>, String> {
+    fn scheme(&self, _name: &str) -> Result<Option<SchemeInfo>, PluginError> {
         Ok(None)
     }
-    fn resolver(&self, _name: &str) -> Result<Option<&dyn Resolver>, String> {
+    fn resolver(&self, _name: &str) -> Result<Option<&dyn Resolver>, PluginError> {
         Ok(None)
     }
 }
@@ -96,14 +97,16 @@ pub fn expand_with(
         match split_scheme(&spec.host) {
             None => Local.resolve(spec, excludes, &mut all)?,
             Some((scheme, _)) => {
-                let err = |message: String| AttachError::Resolve {
-                    spec: spec.to_string(),
-                    message,
-                };
                 let resolver = schemes
                     .resolver(scheme)
-                    .map_err(err)?
-                    .ok_or_else(|| err(format!("no plugin provides the '{scheme}:' scheme")))?;
+                    .map_err(|source| AttachError::Scheme {
+                        spec: spec.to_string(),
+                        source: Box::new(source),
+                    })?
+                    .ok_or_else(|| AttachError::NoScheme {
+                        spec: spec.to_string(),
+                        scheme: scheme.to_string(),
+                    })?;
                 resolver.resolve(spec, excludes, &mut all)?;
             }
         }
@@ -143,20 +146,16 @@ pub fn place(
     content_dir: &Path,
     out: &mut Vec<Attachment>,
 ) -> Result<(), AttachError> {
-    let invalid = |message: String| AttachError::Resolve {
+    let invalid = |reason: PlaceError| AttachError::Place {
         spec: spec.to_string(),
-        message,
+        reason,
     };
     let base = spec.instance.as_deref().unwrap_or(name);
     if base.is_empty() {
-        return Err(invalid(
-            "the resolver named no place for its files; add :/inst".into(),
-        ));
+        return Err(invalid(PlaceError::NoPlace));
     }
     if files.iter().any(|f| f.rel.is_empty()) && files.len() > 1 {
-        return Err(invalid(
-            "the resolver answered a lone file and other files".into(),
-        ));
+        return Err(invalid(PlaceError::LoneFile));
     }
     for file in files {
         let rel = &file.rel;
@@ -165,7 +164,7 @@ pub fn place(
                 .split('/')
                 .any(|p| p == ".." || p == "." || (p.is_empty() && !rel.is_empty()));
         if bad_rel {
-            return Err(invalid(format!("the resolver answered a bad path '{rel}'")));
+            return Err(invalid(PlaceError::BadPath(rel.clone())));
         }
         if !rel.is_empty() && excludes.is_excluded(rel) {
             continue;
@@ -271,16 +270,21 @@ mod tests {
     }
 
     impl Schemes for (Fake, FakeResolver) {
-        fn scheme(&self, name: &str) -> Result<Option<SchemeInfo>, String> {
+        fn scheme(&self, name: &str) -> Result<Option<SchemeInfo>, PluginError> {
             if name == "clash" {
-                return Err("two plugins provide 'clash:'".into());
+                return Err(PluginError::Clash {
+                    what: "file scheme",
+                    name: "clash:".into(),
+                    first: "/a.so".into(),
+                    second: "/b.so".into(),
+                });
             }
             Ok(self.0 .0.get(name).map(|&parts| SchemeInfo {
                 parts,
                 usage: format!("{name}:REST"),
             }))
         }
-        fn resolver(&self, name: &str) -> Result<Option<&dyn Resolver>, String> {
+        fn resolver(&self, name: &str) -> Result<Option<&dyn Resolver>, PluginError> {
             Ok(self
                 .0
                  .0
@@ -320,7 +324,7 @@ mod tests {
         }
         assert_eq!(
             parse("clash:x", &s).unwrap_err().to_string(),
-            "cannot resolve file spec 'clash:x': two plugins provide 'clash:'"
+            "cannot resolve file spec 'clash:x': file scheme 'clash:' is provided by two plugins: '/a.so' and '/b.so'"
         );
     }
 

@@ -47,9 +47,9 @@ pub fn parse_spec_with(
     if spec.len() > first.len() && looks_like_scheme(first) {
         let scheme = schemes
             .scheme(first)
-            .map_err(|message| AttachError::Resolve {
+            .map_err(|source| AttachError::Scheme {
                 spec: spec.to_string(),
-                message,
+                source: Box::new(source),
             })?;
         if let Some(scheme) = scheme {
             for _ in 0..scheme.parts {

@@ -1,6 +1,7 @@
 //! The command line, as clap sees it. Mirrors the official client's surface; conversion to
 //! the pipeline's own types happens in the command modules.
 
+use crate::engine::limits::{self, LimitError};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -457,50 +458,48 @@ pub enum PluginsCommand {
     List,
 }
 
+// The limit flags' value parsers: clap shows the error's text after `invalid value`.
+
 /// `--memory`: a size of at least `limits::MIN_MEMORY`, or `none` (sent as 0).
-fn parse_memory(text: &str) -> Result<u64, String> {
-    use crate::engine::limits;
+fn parse_memory(text: &str) -> Result<u64, LimitError> {
     if text.eq_ignore_ascii_case("none") {
         return Ok(0);
     }
-    let size = limits::parse_size(text).map_err(|e| e.to_string())?;
+    let size = limits::parse_size(text)?;
     limits::validate(&crate::wire::ResourcesLimits {
         max_memory_bytes: Some(size),
         ..Default::default()
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     Ok(size)
 }
 
 /// `--pids`: a whole number of at least 1, or `none` (sent as 0).
-fn parse_pids(text: &str) -> Result<u64, String> {
+fn parse_pids(text: &str) -> Result<u64, LimitError> {
     if text.eq_ignore_ascii_case("none") {
         return Ok(0);
     }
-    crate::engine::limits::parse_pids(text).map_err(|e| e.to_string())
+    limits::parse_pids(text)
 }
 
 /// `--cpus`: at least 0.01, or `none` (sent as 0).
-fn parse_cpus(text: &str) -> Result<f64, String> {
+fn parse_cpus(text: &str) -> Result<f64, LimitError> {
     if text.eq_ignore_ascii_case("none") {
         return Ok(0.0);
     }
-    crate::engine::limits::parse_cpus(text).map_err(|e| e.to_string())
+    limits::parse_cpus(text)
 }
 
 /// `--max-layer-bytes`: a size of at least `limits::MIN_LAYER`.
-fn parse_layer(text: &str) -> Result<u64, String> {
-    use crate::engine::limits;
-    let size = limits::parse_size(text).map_err(|e| e.to_string())?;
+fn parse_layer(text: &str) -> Result<u64, LimitError> {
+    let size = limits::parse_size(text)?;
     limits::validate(&crate::wire::ResourcesLimits {
         max_layer_bytes: Some(size),
         ..Default::default()
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     Ok(size)
 }
 
-/// `45`, `45s`, `30m`, `12h` or `7d`.
+/// `45`, `45s`, `30m`, `12h` or `7d`. (A message is what clap wants from a value parser.)
 fn parse_age(text: &str) -> Result<std::time::Duration, String> {
     let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => (&text[..i], &text[i..]),

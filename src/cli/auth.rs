@@ -6,14 +6,6 @@ use crate::api::profile::{self, Profile, Selection};
 use crate::error::{CommandError, CommandResult, Kind};
 use crate::paths::Paths;
 
-fn profile_err(e: profile::ProfileError) -> CommandError {
-    let kind = match e {
-        profile::ProfileError::Io { .. } => Kind::Io,
-        _ => Kind::User,
-    };
-    CommandError::new(kind, e.to_string())
-}
-
 /// The remote profile this invocation uses, or `None` for the local engine.
 pub fn selected_from(
     profile_flag: &Option<String>,
@@ -23,14 +15,14 @@ pub fn selected_from(
     config: Option<&str>,
 ) -> CommandResult<Option<Profile>> {
     let path = profile::auth_path(&Paths::from_env().config, config);
-    let ini = profile::read(&path).map_err(profile_err)?;
+    let ini = profile::read(&path)?;
     let sel = Selection {
         profile: profile_flag.clone().filter(|p| !p.is_empty()),
         url: url.clone(),
         token: token.clone(),
         project: project.clone(),
     };
-    profile::select(ini.as_ref(), &sel).map_err(profile_err)
+    Ok(profile::select(ini.as_ref(), &sel)?)
 }
 
 fn env(names: &[&str]) -> Option<String> {
@@ -42,9 +34,7 @@ fn env(names: &[&str]) -> Option<String> {
 /// `auth ls|switch|remove`: profile bookkeeping, no network.
 fn manage(action: AuthAction, config: Option<&str>) -> CommandResult<i32> {
     let path = profile::auth_path(&Paths::from_env().config, config);
-    let mut ini = profile::read(&path)
-        .map_err(profile_err)?
-        .unwrap_or_default();
+    let mut ini = profile::read(&path)?.unwrap_or_default();
     let active = ini
         .get("DEFAULT", "profile")
         .unwrap_or("default")
@@ -68,14 +58,14 @@ fn manage(action: AuthAction, config: Option<&str>) -> CommandResult<i32> {
             Ok(0)
         }
         AuthAction::Switch { name } | AuthAction::Remove { name } if !names.contains(&name) => {
-            Err(profile_err(profile::ProfileError::Missing(name)))
+            Err(profile::ProfileError::Missing(name).into())
         }
         AuthAction::Switch { name } => {
             ini.sections
                 .entry("DEFAULT".into())
                 .or_default()
                 .insert("profile".into(), name.clone());
-            profile::write(&path, &ini).map_err(profile_err)?;
+            profile::write(&path, &ini)?;
             crate::log::emit(
                 crate::log::Level::Info,
                 &format!("active profile: '{name}'"),
@@ -84,7 +74,7 @@ fn manage(action: AuthAction, config: Option<&str>) -> CommandResult<i32> {
         }
         AuthAction::Remove { name } => {
             ini.sections.remove(&format!("profile:{name}"));
-            profile::write(&path, &ini).map_err(profile_err)?;
+            profile::write(&path, &ini)?;
             crate::log::emit(
                 crate::log::Level::Info,
                 &format!("removed profile '{name}'"),
@@ -110,7 +100,7 @@ fn whoami_err(e: crate::backend::BackendError, url: &str) -> CommandError {
             "{url} does not answer /v1/whoami like a ConTree API: {m}"
         ))
         .hint(format!("{not_saved}; check --url")),
-        other => crate::context::backend_err(other).hint(not_saved),
+        other => CommandError::from(other).hint(not_saved),
     }
 }
 
@@ -147,7 +137,7 @@ pub fn auth(flags: AuthFlags, config: Option<&str>) -> CommandResult<i32> {
         kind: flags.kind,
         project,
     };
-    let api = crate::api::Api::new(&p).map_err(crate::context::backend_err)?;
+    let api = crate::api::Api::new(&p)?;
     let me = api.whoami().map_err(|e| whoami_err(e, &p.url))?;
     if me["permissions"]["list"] == serde_json::Value::Bool(false) {
         crate::log::emit(
@@ -166,7 +156,7 @@ pub fn auth(flags: AuthFlags, config: Option<&str>) -> CommandResult<i32> {
             }
         }
     }
-    profile::save(&path, &p).map_err(profile_err)?;
+    profile::save(&path, &p)?;
     crate::log::emit(
         crate::log::Level::Info,
         &format!(

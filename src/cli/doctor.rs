@@ -1,7 +1,7 @@
 //! `contree doctor [--repair]`: is the store whole, and do the sessions point into it?
 
 use crate::backend::{Finding, ImageFilter};
-use crate::context::{backend_err, session_err, Context};
+use crate::context::Context;
 use crate::error::{CommandError, CommandResult, Kind};
 use crate::format::{print_records, Format, Record};
 use std::collections::HashSet;
@@ -9,7 +9,7 @@ use std::collections::HashSet;
 pub fn doctor(ctx: &Context, repair: bool) -> CommandResult<i32> {
     let mut findings = ctx.backend.doctor(repair).map_err(|e| match e {
         crate::backend::BackendError::Unavailable(m) => CommandError::user(m),
-        other => backend_err(other),
+        other => other.into(),
     })?;
     findings.push(sessions(ctx)?);
     let left: usize = findings
@@ -71,14 +71,13 @@ fn record(f: &Finding) -> Record {
 /// Every image a session's history names exists (`gc` never frees one; a store restored from
 /// an older copy, or edited by hand, might lack it).
 fn sessions(ctx: &Context) -> CommandResult<Finding> {
-    let refs = ctx.sessions.references().map_err(session_err)?;
+    let refs = ctx.sessions.references()?;
     let images: HashSet<String> = ctx
         .backend
         .images(&ImageFilter {
             all: true,
             ..Default::default()
-        })
-        .map_err(backend_err)?
+        })?
         .into_iter()
         .map(|i| i.uuid)
         .collect();

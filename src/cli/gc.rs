@@ -1,7 +1,7 @@
 //! `gc` and `images rm`: what they free.
 
 use crate::backend::GcReport;
-use crate::context::{backend_err, Context};
+use crate::context::Context;
 use crate::error::CommandResult;
 use crate::format::{human, print_records, Format, Record};
 
@@ -40,16 +40,11 @@ fn report(ctx: &Context, report: &GcReport, verb: &str) -> CommandResult<()> {
 
 /// What this machine's sessions keep alive, read when the engine asks (see `backend::Refs`).
 fn references(ctx: &Context) -> Result<crate::backend::References, crate::backend::BackendError> {
-    ctx.sessions
-        .references()
-        .map_err(|e| crate::backend::BackendError::Store(e.to_string()))
+    Ok(ctx.sessions.references()?)
 }
 
 pub fn gc(ctx: &Context, dry_run: bool) -> CommandResult<i32> {
-    let freed = ctx
-        .backend
-        .gc(&|| references(ctx), dry_run)
-        .map_err(backend_err)?;
+    let freed = ctx.backend.gc(&|| references(ctx), dry_run)?;
     report(ctx, &freed, if dry_run { "Would free" } else { "Freed" })?;
     Ok(0)
 }
@@ -60,7 +55,10 @@ pub fn images_rm(ctx: &Context, images: &[String]) -> CommandResult<i32> {
         match ctx.backend.remove_image(image, &|| references(ctx)) {
             Ok(freed) => report(ctx, &freed, "Freed")?,
             Err(e) => {
-                crate::log::emit(crate::log::Level::Error, &backend_err(e).message);
+                crate::log::emit(
+                    crate::log::Level::Error,
+                    &crate::error::CommandError::from(e).message,
+                );
                 code = 1;
             }
         }

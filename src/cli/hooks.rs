@@ -2,9 +2,10 @@
 //! needs the engine; listing runs only hooks that a `run` from here would run too.
 
 use super::args::HooksCommand;
+use crate::error::hook_management_error;
 use crate::error::CommandResult;
 use crate::format::{print_records, Format, Record};
-use crate::hooks::{self, manage_error, Options};
+use crate::hooks::{self, Options};
 use crate::paths::Paths;
 use serde_json::json;
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ pub fn hooks(format: Format, command: HooksCommand) -> CommandResult<i32> {
                 flags: &flags,
                 disabled: false,
             };
-            let (rows, untrusted) = hooks::list(&opts).map_err(manage_error)?;
+            let (rows, untrusted) = hooks::list(&opts).map_err(hook_management_error)?;
             if let Some(why) = untrusted {
                 crate::warn!("{why}");
             }
@@ -59,7 +60,7 @@ pub fn hooks(format: Format, command: HooksCommand) -> CommandResult<i32> {
                 Some(d) => cwd.join(d),
                 None => cwd,
             };
-            let (dir, names) = hooks::trust(&start, &paths.data).map_err(manage_error)?;
+            let (dir, names) = hooks::trust(&start, &paths.data).map_err(hook_management_error)?;
             match format {
                 Format::Json | Format::JsonPretty => {
                     let mut rec = Record::new();

@@ -2,7 +2,7 @@
 
 use super::args::{ImagesCommand, ImagesFlags, ImagesList, TagFlags};
 use crate::backend::ImageFilter;
-use crate::context::{backend_err, Context};
+use crate::context::Context;
 use crate::error::{CommandError, CommandResult};
 use crate::format::{print_records, Record};
 use crate::info;
@@ -32,7 +32,7 @@ fn list(ctx: &Context, flags: ImagesList) -> CommandResult<i32> {
     };
     let (since, until) = super::when::bounds(flags.since.as_deref(), flags.until.as_deref())
         .map_err(CommandError::user)?;
-    let mut images = ctx.backend.images(&filter).map_err(backend_err)?;
+    let mut images = ctx.backend.images(&filter)?;
     images.retain(|img| super::when::within(&img.created_at, since, until));
     if images.len() > flags.limit {
         images.truncate(flags.limit);
@@ -60,10 +60,7 @@ fn list(ctx: &Context, flags: ImagesList) -> CommandResult<i32> {
 }
 
 fn import(ctx: &Context, path: &str, tag: Option<&str>) -> CommandResult<i32> {
-    let uuid = ctx
-        .backend
-        .import_local(std::path::Path::new(path), tag)
-        .map_err(backend_err)?;
+    let uuid = ctx.backend.import_local(std::path::Path::new(path), tag)?;
     let mut rec = Record::new();
     rec.insert("uuid".into(), uuid.clone().into());
     rec.insert("tag".into(), serde_json::json!(tag));
@@ -76,9 +73,7 @@ fn import(ctx: &Context, path: &str, tag: Option<&str>) -> CommandResult<i32> {
 pub fn tag(ctx: &Context, flags: TagFlags) -> CommandResult<i32> {
     let (image, tag) = match flags.args.as_slice() {
         [tag] if flags.delete => (
-            ctx.backend
-                .resolve_image(&format!("tag:{tag}"))
-                .map_err(backend_err)?,
+            ctx.backend.resolve_image(&format!("tag:{tag}"))?,
             tag.clone(),
         ),
         [tag] => {
@@ -87,17 +82,14 @@ pub fn tag(ctx: &Context, flags: TagFlags) -> CommandResult<i32> {
             })?;
             (info.current_image, tag.clone())
         }
-        [image, tag] => (
-            ctx.backend.resolve_image(image).map_err(backend_err)?,
-            tag.clone(),
-        ),
+        [image, tag] => (ctx.backend.resolve_image(image)?, tag.clone()),
         _ => return Err(CommandError::user("tag takes TAG or IMAGE TAG")),
     };
     if flags.delete {
-        ctx.backend.untag(&image, &tag).map_err(backend_err)?;
+        ctx.backend.untag(&image, &tag)?;
         info!("Removed tag '{tag}' from image {image}");
     } else {
-        ctx.backend.tag(&image, &tag).map_err(backend_err)?;
+        ctx.backend.tag(&image, &tag)?;
         info!("Tagged image {image} as {tag}");
     }
     Ok(0)

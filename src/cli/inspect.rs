@@ -1,6 +1,8 @@
 //! `ls`, `cat`, `cp`: reading the session's image without starting a sandbox.
 
-use crate::context::{backend_err, Context};
+use crate::backend::{BackendError, Cause};
+use crate::context::Context;
+use crate::engine::inspect::InspectError;
 use crate::error::{CommandError, CommandResult, Kind};
 use crate::format::{human, print_records, Format, Record};
 use crate::wire::FileItem;
@@ -30,10 +32,7 @@ pub fn resolve_path(cwd: Option<&str>, path: &str) -> String {
 
 fn image_and_path(ctx: &Context, path: &str) -> CommandResult<(String, String)> {
     let info = ctx.require_session()?;
-    let cwd = ctx
-        .sessions
-        .cwd(&ctx.session_key)
-        .map_err(crate::context::session_err)?;
+    let cwd = ctx.sessions.cwd(&ctx.session_key)?;
     Ok((info.current_image, resolve_path(cwd.as_deref(), path)))
 }
 
@@ -63,7 +62,7 @@ fn item_record(item: &FileItem) -> Record {
 
 pub fn ls(ctx: &Context, path: Option<&str>) -> CommandResult<i32> {
     let (image, path) = image_and_path(ctx, path.unwrap_or("."))?;
-    let list = ctx.backend.list_dir(&image, &path).map_err(backend_err)?;
+    let list = ctx.backend.list_dir(&image, &path)?;
     if ctx.format == Format::Default {
         let text = crate::engine::inspect::text_listing(&list.files);
         let mut out = std::io::stdout().lock();
@@ -80,7 +79,7 @@ pub fn cat(ctx: &Context, path: &str) -> CommandResult<i32> {
         crate::warn!("cat always outputs raw content; --format is ignored");
     }
     let (image, path) = image_and_path(ctx, path)?;
-    let (mut reader, _) = ctx.backend.read_file(&image, &path).map_err(backend_err)?;
+    let (mut reader, _) = ctx.backend.read_file(&image, &path)?;
     let mut bytes = Vec::new();
     reader
         .read_to_end(&mut bytes)
@@ -150,8 +149,10 @@ fn copy_out(ctx: &Context, image: &str, path: &str, target: &Path) -> CommandRes
             tmp.persist(target).map_err(|e| io(e.error))?;
             Ok(n)
         }
-        Err(crate::backend::BackendError::NotFound(msg)) if msg.contains("not a regular file") => {
-            let list = ctx.backend.list_dir(image, path).map_err(backend_err)?;
+        // A directory of the image (the local engine says so; a remote API's answer is
+        // only text, and a directory fails there).
+        Err(BackendError::NotFound(Cause::Inspect(InspectError::NotAFile(_)))) => {
+            let list = ctx.backend.list_dir(image, path)?;
             std::fs::create_dir_all(target).map_err(io)?;
             let mut total = 0;
             for item in &list.files {
@@ -166,7 +167,7 @@ fn copy_out(ctx: &Context, image: &str, path: &str, target: &Path) -> CommandRes
             }
             Ok(total)
         }
-        Err(e) => Err(backend_err(e)),
+        Err(e) => Err(e.into()),
     }
 }
 

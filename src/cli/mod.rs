@@ -19,7 +19,7 @@ mod session_args;
 mod usage;
 mod when;
 
-use crate::context::{backend_err, session_err, Context};
+use crate::context::Context;
 use crate::engine::LocalEngine;
 use crate::error::{exit, CommandError, CommandResult};
 use crate::format::Format;
@@ -199,16 +199,6 @@ fn serve(flags: args::ServeFlags) -> CommandResult<i32> {
         max_pending: flags.max_pending,
         events_max_age: flags.events_max_age,
         events_max_bytes: flags.events_max_bytes,
-    })
-    .map_err(|e| {
-        use crate::server::ServeError as S;
-        let kind = match e {
-            // A --listen address that is taken or not ours to bind: pick another.
-            S::Config(_) | S::Listen { .. } => crate::error::Kind::User,
-            S::Io(_) => crate::error::Kind::Io,
-            S::Engine(_) => crate::error::Kind::Unavailable,
-        };
-        CommandError::new(kind, e.to_string())
     })?;
     Ok(0)
 }
@@ -239,10 +229,9 @@ fn context(
         );
     }
     if let Some(profile) = remote {
-        let backend = crate::api::RemoteBackend::new(&profile)
-            .map_err(backend_err)?
+        let backend = crate::api::RemoteBackend::new(&profile)?
             .with_upload_cache(&paths.data.join("uploads.db"));
-        let sessions = SessionStore::open(&paths.session_db(&profile.name)).map_err(session_err)?;
+        let sessions = SessionStore::open(&paths.session_db(&profile.name))?;
         return Ok(Context {
             backend: Box::new(backend),
             sessions,
@@ -269,9 +258,9 @@ fn context(
         Open::AsIs => LocalEngine::open_as_is(&paths),
         Open::Recovered => LocalEngine::open(&paths),
     };
-    let engine = engine.map_err(backend_err)?;
+    let engine = engine?;
     crate::log::trace("engine open");
-    let sessions = sessions.map_err(session_err)?;
+    let sessions = sessions?;
     let session_key = SessionStore::resolve_key(session, "local");
     Ok(Context {
         backend: Box::new(engine),

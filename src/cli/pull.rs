@@ -1,6 +1,6 @@
 //! `images import REF` for a registry reference: pull, import, print the new image.
 
-use crate::context::{backend_err, Context};
+use crate::context::Context;
 use crate::error::CommandResult;
 use crate::format::{print_records, Record};
 
@@ -41,15 +41,12 @@ pub fn pull(
 ) -> CommandResult<i32> {
     let tag = tag.unwrap_or_else(|| default_tag(reference));
     crate::info!("Pulling {reference}");
-    let uuid = ctx
-        .backend
-        .pull_image(
-            reference,
-            username.as_deref(),
-            password.as_deref(),
-            Some(&tag),
-        )
-        .map_err(backend_err)?;
+    let uuid = ctx.backend.pull_image(
+        reference,
+        username.as_deref(),
+        password.as_deref(),
+        Some(&tag),
+    )?;
     let mut rec = Record::new();
     rec.insert("uuid".into(), uuid.clone().into());
     rec.insert("tag".into(), tag.clone().into());

@@ -1,7 +1,7 @@
 //! `use` and `session`: which image the session is on.
 
 use super::args::{SessionCommand, UseFlags};
-use crate::context::{backend_err, no_session, session_err, Context};
+use crate::context::{no_session, Context};
 use crate::error::{CommandError, CommandResult};
 use crate::format::{print_records, Record};
 use crate::run::request::EnvItemError;
@@ -41,15 +41,14 @@ pub fn use_image(ctx: &Context, flags: UseFlags) -> CommandResult<i32> {
         return Ok(0);
     };
     // Resolve before touching the session: an unknown image changes nothing.
-    let image = ctx.backend.resolve_image(&reference).map_err(backend_err)?;
+    let image = ctx.backend.resolve_image(&reference)?;
     let key = if flags.new {
         uuid::Uuid::new_v4().to_string()
     } else {
         ctx.session_key.clone()
     };
     ctx.sessions
-        .set_image(&key, &image, "use", &reference, None)
-        .map_err(session_err)?;
+        .set_image(&key, &image, "use", &reference, None)?;
     println!("{}", export_line(&key));
     if flags.new && std::io::stdout().is_terminal() {
         crate::warn!("Session is not active until exported. Either paste the line above, or use: eval $(contree use -N IMAGE)");
@@ -64,7 +63,7 @@ pub fn session(ctx: &Context, command: Option<SessionCommand>) -> CommandResult<
             print_records(ctx.format, &[info_record(ctx, &info)])?;
         }
         Some(SessionCommand::List { filter }) => {
-            let mut list = ctx.sessions.list().map_err(session_err)?;
+            let mut list = ctx.sessions.list()?;
             if let Some(f) = &filter {
                 list.retain(|s| s.session_key.contains(f.as_str()));
             }
@@ -108,13 +107,13 @@ pub fn env(ctx: &Context, items: &[String], delete: bool) -> CommandResult<i32> 
             )));
         }
         for k in items {
-            ctx.sessions.unset_env(key, k).map_err(session_err)?;
+            ctx.sessions.unset_env(key, k)?;
             crate::info!("Unset {k}");
         }
         return Ok(0);
     }
     if items.is_empty() {
-        let env = ctx.sessions.env(key).map_err(session_err)?;
+        let env = ctx.sessions.env(key)?;
         if env.is_empty() {
             println!("No session environment variables set.");
             return Ok(0);
@@ -142,7 +141,7 @@ pub fn env(ctx: &Context, items: &[String], delete: bool) -> CommandResult<i32> 
         }
     })?;
     for (k, v) in &pairs {
-        ctx.sessions.set_env(key, k, v).map_err(session_err)?;
+        ctx.sessions.set_env(key, k, v)?;
         crate::info!("Set {k}={v}");
     }
     Ok(0)
@@ -153,7 +152,7 @@ pub fn env(ctx: &Context, items: &[String], delete: bool) -> CommandResult<i32> 
 /// past a `cd` undoes it.
 pub fn cd(ctx: &Context, path: Option<&str>) -> CommandResult<i32> {
     let key = &ctx.session_key;
-    let current = ctx.sessions.cwd(key).map_err(session_err)?;
+    let current = ctx.sessions.cwd(key)?;
     let Some(path) = path else {
         println!("{}", current.as_deref().unwrap_or("/"));
         return Ok(0);
@@ -170,8 +169,8 @@ pub fn cd(ctx: &Context, path: Option<&str>) -> CommandResult<i32> {
                 "cd: {target}: no such directory"
             )));
         }
-        Err(e) => return Err(backend_err(e)),
+        Err(e) => return Err(e.into()),
     }
-    ctx.sessions.set_cwd(key, &target).map_err(session_err)?;
+    ctx.sessions.set_cwd(key, &target)?;
     Ok(0)
 }

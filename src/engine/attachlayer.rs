@@ -25,6 +25,18 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// Why the attachment layer of a run could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachLayerError {
+    /// The request names a file the store has no blob for.
+    #[error("file {uuid} for {path} not found")]
+    UnknownFile { uuid: String, path: String },
+    #[error("file path '{0}' has no name")]
+    NoName(String),
+    #[error("building the attachment layer: {0}")]
+    Build(#[source] io::Error),
+}
+
 /// One file to place, resolved.
 struct Placed {
     /// Relative path inside the layer (after the image's symlinks).
@@ -44,7 +56,7 @@ pub fn ensure(
     view: &View,
     files: &BTreeMap<String, FileRef>,
     blobs: &BTreeMap<String, String>,
-) -> Result<String, String> {
+) -> Result<String, AttachLayerError> {
     ensure_with(layout, view, files, blobs, Show::Never)
 }
 
@@ -55,18 +67,21 @@ pub fn ensure_with(
     files: &BTreeMap<String, FileRef>,
     blobs: &BTreeMap<String, String>,
     show: Show,
-) -> Result<String, String> {
+) -> Result<String, AttachLayerError> {
     let mut placed = Vec::with_capacity(files.len());
     let mut dirs: DirMeta = BTreeMap::new();
     let mut parents: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
     for (path, file) in files {
         let sha = blobs
             .get(&file.uuid)
-            .ok_or_else(|| format!("file {} for {path} not found", file.uuid))?;
+            .ok_or_else(|| AttachLayerError::UnknownFile {
+                uuid: file.uuid.clone(),
+                path: path.clone(),
+            })?;
         let p = Path::new(path);
         let name = p
             .file_name()
-            .ok_or_else(|| format!("file path '{path}' has no name"))?;
+            .ok_or_else(|| AttachLayerError::NoName(path.clone()))?;
         let parent = p.parent().unwrap_or(Path::new("/")).to_path_buf();
         let real_parent = match parents.get(&parent) {
             Some(r) => r.clone(),
@@ -89,10 +104,9 @@ pub fn ensure_with(
     if dest.exists() {
         return Ok(id);
     }
-    let failed = |e: std::io::Error| format!("building the attachment layer: {e}");
     let mut staging = layout
         .staging_dir(&format!("{id}.{}", uuid::Uuid::new_v4().simple()))
-        .map_err(failed)?;
+        .map_err(AttachLayerError::Build)?;
     let bar = match show {
         Show::Never => None,
         Show::OnTerminal => {
@@ -105,13 +119,13 @@ pub fn ensure_with(
     };
     if let Err(e) = build(layout, staging.path(), &placed, &dirs, bar.as_ref()) {
         let _ = staging.remove();
-        return Err(failed(e));
+        return Err(AttachLayerError::Build(e));
     }
     if let Err(e) = staging.rename(&dest) {
         let _ = staging.remove();
         // Someone else built the same layer meanwhile: theirs is as good as ours.
         if !dest.exists() {
-            return Err(failed(e));
+            return Err(AttachLayerError::Build(e));
         }
     }
     Ok(id)

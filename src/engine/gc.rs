@@ -11,7 +11,7 @@
 
 use super::store::{ImageRow, HOST_LAYER};
 use super::LocalEngine;
-use crate::backend::{BackendError, Freed, GcReport};
+use crate::backend::{BackendError, Cause, Freed, GcReport};
 use crate::wire::Status;
 use rusqlite::params;
 use std::collections::{HashMap, HashSet};
@@ -31,7 +31,7 @@ impl LocalEngine {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| BackendError::Store(format!("{}: {e}", path.display())))?;
+            .map_err(|e| BackendError::Io(Cause::file(&path, e)))?;
         let how = if exclusive {
             libc::LOCK_EX
         } else {
@@ -44,7 +44,7 @@ impl LocalEngine {
             }
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EINTR) {
-                return Err(BackendError::Store(format!("{}: {e}", path.display())));
+                return Err(BackendError::Io(Cause::file(&path, e)));
             }
         }
     }
@@ -152,14 +152,14 @@ pub fn collect(
                 .collect(),
             Mode::Image(target) => {
                 let Some(row) = images.iter().find(|i| i.uuid == target) else {
-                    return Ok(Err(BackendError::NotFound(format!(
-                        "image {target} not found"
-                    ))));
+                    return Ok(Err(BackendError::NotFound(
+                        format!("image {target} not found").into(),
+                    )));
                 };
                 if let Some(user) = users.get(target) {
-                    return Ok(Err(BackendError::Invalid(format!(
-                        "image {target} is used by {user}; it stays"
-                    ))));
+                    return Ok(Err(BackendError::Invalid(
+                        format!("image {target} is used by {user}; it stays").into(),
+                    )));
                 }
                 if row.tags.iter().any(|t| t == super::store::HOST_TAG) {
                     return Ok(Err(BackendError::Invalid(

@@ -21,6 +21,39 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+/// Which step of the probe (see `probe`) this machine refused, in words `doctor` shows.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{dir}: {source}")]
+    Dir {
+        dir: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the probe dir is outside the store")]
+    OutsideStore,
+    #[error(transparent)]
+    Nul(#[from] std::ffi::NulError),
+    /// Preparing or handing over the probe's descriptors.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("a user namespace: {0}")]
+    Clone(#[source] nix::Error),
+    #[error("uid/gid maps: {0}")]
+    Maps(#[source] io::Error),
+    #[error("an idmapped mount of the store: {0}")]
+    IdmapStore(#[source] io::Error),
+    #[error("an idmapped mount of /: {0}")]
+    IdmapRoot(#[source] io::Error),
+    #[error(transparent)]
+    Wait(nix::Error),
+    #[error("files made inside do not keep their owners")]
+    Owners,
+    /// The probe's child stopped at this step.
+    #[error("{0} failed")]
+    Step(&'static str),
+}
+
 /// Host ids the sandbox's ids 0–65535 map to, when /etc/subuid and /etc/subgid name no range
 /// for `contree`: above the ranges useradd hands out to users (100000 up) and systemd's
 /// container ranges (524288–1879048191).
@@ -245,21 +278,21 @@ pub fn userns_of(pid: i32) -> io::Result<File> {
 /// of `/`): tries the whole of it once on a tiny overlay in `scratch` (a directory of the
 /// store that this process owns), in a child in namespaces of its own. The error says which
 /// step this machine refused.
-pub fn probe(store: &Path, scratch: &Path, range: Range) -> Result<(), String> {
-    for d in ["lower", "upper", "work", "mnt/store", "mnt/root"] {
-        std::fs::create_dir_all(scratch.join(d)).map_err(|e| format!("{d}: {e}"))?;
+pub fn probe(store: &Path, scratch: &Path, range: Range) -> Result<(), ProbeError> {
+    for dir in ["lower", "upper", "work", "mnt/store", "mnt/root"] {
+        std::fs::create_dir_all(scratch.join(dir))
+            .map_err(|source| ProbeError::Dir { dir, source })?;
     }
     let rel = scratch
         .strip_prefix(store)
-        .map_err(|_| "the probe dir is outside the store".to_string())?;
+        .map_err(|_| ProbeError::OutsideStore)?;
     let store_rel = Path::new("store").join(rel);
     let data = CString::new(format!(
         "lowerdir={0}/lower,upperdir={0}/upper,workdir={0}/work,userxattr",
         store_rel.display()
-    ))
-    .map_err(|e| e.to_string())?;
-    let points = c_path(&scratch.join("mnt")).map_err(|e| e.to_string())?;
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+    ))?;
+    let points = c_path(&scratch.join("mnt"))?;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     let (ours, theirs) = (OwnedFd::from(ours), OwnedFd::from(theirs));
     let mut stack = vec![0u8; 64 * 1024];
     let theirs_raw = theirs.as_raw_fd();
@@ -332,20 +365,19 @@ pub fn probe(store: &Path, scratch: &Path, range: Range) -> Result<(), String> {
     let flags = nix::sched::CloneFlags::CLONE_NEWUSER | nix::sched::CloneFlags::CLONE_NEWNS;
     // SAFETY: the child only runs the closure above (raw syscalls on prepared data).
     let pid = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
-        .map_err(|e| format!("a user namespace: {e}"))?;
+        .map_err(ProbeError::Clone)?;
     drop(theirs);
-    let handed = (|| -> Result<(), String> {
-        write_maps(pid.as_raw(), range).map_err(|e| format!("uid/gid maps: {e}"))?;
-        let userns = userns_of(pid.as_raw()).map_err(|e| e.to_string())?;
-        let mount =
-            idmapped(store, &userns).map_err(|e| format!("an idmapped mount of the store: {e}"))?;
-        idmapped(Path::new("/"), &userns).map_err(|e| format!("an idmapped mount of /: {e}"))?;
-        send_fds(&ours, &[mount.as_raw_fd()]).map_err(|e| e.to_string())
+    let handed = (|| -> Result<(), ProbeError> {
+        write_maps(pid.as_raw(), range).map_err(ProbeError::Maps)?;
+        let userns = userns_of(pid.as_raw())?;
+        let mount = idmapped(store, &userns).map_err(ProbeError::IdmapStore)?;
+        idmapped(Path::new("/"), &userns).map_err(ProbeError::IdmapRoot)?;
+        Ok(send_fds(&ours, &[mount.as_raw_fd()])?)
     })();
     if handed.is_err() {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     }
-    let status = nix::sys::wait::waitpid(pid, None).map_err(|e| e.to_string())?;
+    let status = nix::sys::wait::waitpid(pid, None).map_err(ProbeError::Wait)?;
     handed?;
     let step = match status {
         nix::sys::wait::WaitStatus::Exited(_, 0) => None,
@@ -360,8 +392,8 @@ pub fn probe(store: &Path, scratch: &Path, range: Range) -> Result<(), String> {
         {
             Ok(())
         }
-        None => Err("files made inside do not keep their owners".into()),
-        Some(step) => Err(format!("{step} failed")),
+        None => Err(ProbeError::Owners),
+        Some(step) => Err(ProbeError::Step(step)),
     }
 }
 

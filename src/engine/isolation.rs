@@ -3,6 +3,19 @@
 
 use super::{idmap, LocalEngine};
 
+/// Why sandboxes here get no user namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum IsolationError {
+    #[error(transparent)]
+    Probe(#[from] idmap::ProbeError),
+    /// The probe's directory could not be made.
+    #[error(transparent)]
+    Staging(std::io::Error),
+    /// The verdict an earlier probe on this kernel wrote to `store/isolation`, as written.
+    #[error("{0}")]
+    Recorded(String),
+}
+
 impl LocalEngine {
     /// The id range sandboxes' user namespaces map to, or `None` where this machine cannot
     /// give sandboxes one (see `idmap`).
@@ -17,7 +30,7 @@ impl LocalEngine {
     /// Whether this machine gives sandboxes a user namespace (see `idmap::probe`): tried
     /// once per kernel and remembered in `store/isolation`; the first time it cannot, says
     /// so on stderr. The error is the reason.
-    pub fn isolation(&self, range: idmap::Range) -> Result<(), String> {
+    pub fn isolation(&self, range: idmap::Range) -> Result<(), IsolationError> {
         let kernel = nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default();
@@ -27,7 +40,9 @@ impl LocalEngine {
             if lines.next() == Some(kernel.as_str()) {
                 return match lines.next() {
                     Some("userns") => Ok(()),
-                    other => Err(other.unwrap_or("unknown").to_string()),
+                    other => Err(IsolationError::Recorded(
+                        other.unwrap_or("unknown").to_string(),
+                    )),
                 };
             }
         }
@@ -35,15 +50,15 @@ impl LocalEngine {
             .store
             .layout()
             .staging_dir(&format!("probe-{}", uuid::Uuid::new_v4().simple()))
-            .map_err(|e| e.to_string())
+            .map_err(IsolationError::Staging)
             .and_then(|dir| {
                 let probed = idmap::probe(&self.store.root, dir.path(), range);
                 let _ = dir.remove();
-                probed
+                Ok(probed?)
             });
         let verdict = match &result {
             Ok(()) => "userns".to_string(),
-            Err(e) => e.clone(),
+            Err(e) => e.to_string(),
         };
         let tmp = self
             .store

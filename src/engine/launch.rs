@@ -6,7 +6,7 @@
 use super::eventlog::LogWriter;
 use super::procfs::{process_start_time, single_threaded};
 use super::{attachlayer, claim, inspect, scopeguard, supervisor, LocalEngine};
-use crate::backend::{BackendError, StdinSource};
+use crate::backend::{BackendError, Cause, StdinSource};
 use crate::progress::Show;
 use crate::wire::SpawnRequest;
 use nix::unistd::Pid;
@@ -89,13 +89,13 @@ pub(super) struct Live {
 fn live_pipes() -> Result<[(OwnedFd, OwnedFd); 2], BackendError> {
     let pipe = || -> Result<(OwnedFd, OwnedFd), BackendError> {
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| BackendError::Store(format!("pipe: {e}")))?;
+            .map_err(|e| BackendError::Io(Cause::sys("pipe", e)))?;
         let _ = nix::fcntl::fcntl(r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
         nix::fcntl::fcntl(
             r.as_raw_fd(),
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         )
-        .map_err(|e| BackendError::Store(format!("pipe: {e}")))?;
+        .map_err(|e| BackendError::Io(Cause::sys("pipe", e)))?;
         Ok((r, w))
     };
     Ok([pipe()?, pipe()?])
@@ -161,8 +161,7 @@ impl LocalEngine {
                     files,
                     &blobs,
                     Show::OnTerminal,
-                )
-                .map_err(BackendError::Store)?;
+                )?;
             }
         }
         let op = uuid::Uuid::new_v4().to_string();
@@ -175,10 +174,7 @@ impl LocalEngine {
         let handover = if lazy_row {
             Handover {
                 log: None,
-                scratch: Some(
-                    supervisor::claim_scratch(self.store.layout(), &op)
-                        .map_err(BackendError::Store)?,
-                ),
+                scratch: Some(supervisor::claim_scratch(self.store.layout(), &op)?),
             }
         } else {
             let lock = self.new_op_dir(&op)?;
@@ -222,7 +218,7 @@ impl LocalEngine {
         let dir = self.store.op_dir(op);
         std::fs::create_dir_all(&dir)
             .and_then(|_| LogWriter::own(&dir.join("events")))
-            .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))
+            .map_err(|e| BackendError::Io(Cause::file(&dir, e)))
     }
 
     /// Starts the supervisor by executing `contree __supervise` (see `fork_supervisor` for
@@ -237,26 +233,23 @@ impl LocalEngine {
         let op = job.op.as_str();
         let job_file = supervisor::job_path(self.store.layout(), op);
         if let Some(dir) = job_file.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| BackendError::Store(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| BackendError::Io(Cause::file(dir, e)))?;
         }
-        let bytes = serde_json::to_vec(job).map_err(|e| BackendError::Store(e.to_string()))?;
+        let bytes = serde_json::to_vec(job).map_err(|e| BackendError::Io(e.into()))?;
         std::fs::write(&job_file, bytes)
-            .map_err(|e| BackendError::Store(format!("{}: {e}", job_file.display())))?;
+            .map_err(|e| BackendError::Io(Cause::file(&job_file, e)))?;
         let exe = std::env::current_exe().map_err(|e| {
-            BackendError::Unavailable(format!("cannot find the contree binary: {e}"))
+            BackendError::Unavailable(Cause::io("cannot find the contree binary", e))
         })?;
         let log_path = self.store.op_dir(op).join("supervisor.log");
         let log = std::fs::File::create(&log_path)
-            .map_err(|e| BackendError::Store(format!("{}: {e}", log_path.display())))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| BackendError::Store(e.to_string()))?;
+            .map_err(|e| BackendError::Io(Cause::file(&log_path, e)))?;
+        let log2 = log.try_clone().map_err(|e| BackendError::Io(e.into()))?;
         // A pipe the supervisor pokes after every event: cheaper than inotify, whose fd
         // costs an RCU grace period (milliseconds) to close.
         let (notify_r, notify_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-                .map_err(|e| BackendError::Store(format!("pipe: {e}")))?;
+                .map_err(|e| BackendError::Io(Cause::sys("pipe", e)))?;
         let notify_fd = notify_w.as_raw_fd();
         let mut cmd = Command::new(exe);
         cmd.env(NOTIFY_FD_ENV, notify_fd.to_string());
@@ -273,7 +266,7 @@ impl LocalEngine {
                 StdinSource::Fd(fd) => unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
                     .try_clone_to_owned()
                     .map(Stdio::from)
-                    .map_err(|e| BackendError::Store(format!("stdin pipe: {e}")))?,
+                    .map_err(|e| BackendError::Io(Cause::io("stdin pipe", e)))?,
             });
         // A process group of its own keeps the terminal's Ctrl-C away from the supervisor
         // (the CLI decides what Ctrl-C means). The cancel signals are blocked before exec
@@ -309,10 +302,10 @@ impl LocalEngine {
             notify_fd,
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
         )
-        .map_err(|e| BackendError::Store(format!("notify pipe: {e}")))?;
+        .map_err(|e| BackendError::Io(Cause::sys("notify pipe", e)))?;
         let child = cmd
             .spawn()
-            .map_err(|e| BackendError::Unavailable(format!("cannot start the supervisor: {e}")))?;
+            .map_err(|e| BackendError::Unavailable(Cause::io("cannot start the supervisor", e)))?;
         let pid = child.id() as i32;
         if let Some(start) = process_start_time(pid) {
             let _ = self.store.set_supervisor(op, pid, start);
@@ -352,10 +345,10 @@ impl LocalEngine {
         } else {
             std::fs::OpenOptions::new().write(true).open("/dev/null")
         }
-        .map_err(|e| BackendError::Store(format!("{}: {e}", log_path.display())))?;
+        .map_err(|e| BackendError::Io(Cause::file(&log_path, e)))?;
         let (notify_r, notify_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-                .map_err(|e| BackendError::Store(format!("pipe: {e}")))?;
+                .map_err(|e| BackendError::Io(Cause::sys("pipe", e)))?;
         // The streams the supervisor delivers itself (see `supervisor::Live`).
         let direct = output
             .filter(|_| live)
@@ -365,7 +358,7 @@ impl LocalEngine {
         let devnull = match stdin {
             StdinSource::Null => Some(
                 std::fs::File::open("/dev/null")
-                    .map_err(|e| BackendError::Store(format!("/dev/null: {e}")))?,
+                    .map_err(|e| BackendError::Io(Cause::file("/dev/null", e)))?,
             ),
             _ => None,
         };
@@ -383,7 +376,7 @@ impl LocalEngine {
             Some(&supervisor::cancel_signals()),
             Some(&mut old),
         )
-        .map_err(|e| BackendError::Unavailable(format!("sigprocmask: {e}")))?;
+        .map_err(|e| BackendError::Unavailable(Cause::sys("sigprocmask", e)))?;
         let started = std::time::Instant::now();
         // SAFETY: the CLI is single-threaded here (see `forking`); the child only runs the
         // supervisor and leaves with _exit.
@@ -433,8 +426,9 @@ impl LocalEngine {
                     Some(&old),
                     None,
                 );
-                Err(BackendError::Unavailable(format!(
-                    "cannot start the supervisor: {e}"
+                Err(BackendError::Unavailable(Cause::sys(
+                    "cannot start the supervisor",
+                    e,
                 )))
             }
         }

@@ -51,8 +51,9 @@ pub enum LimitError {
         path: PathBuf,
         table: &'static str,
         key: String,
-        reason: String,
+        reason: Setting,
     },
+    /// config.toml cannot be read or parsed (in `config`'s words).
     #[error("{path}: {reason}")]
     ConfigFile { path: PathBuf, reason: String },
     /// A `CONTREE_LIMITS_*` variable (see `config::KEYS`).
@@ -60,8 +61,32 @@ pub enum LimitError {
     Env {
         var: &'static str,
         value: String,
-        reason: String,
+        reason: Setting,
     },
+}
+
+/// What is wrong with one setting of a `[limits]` table.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Setting {
+    /// The table itself, in `config`'s words.
+    #[error("{0}")]
+    Table(String),
+    #[error("must be a string or a number")]
+    NotText,
+    #[error("'{0}' is not a percentage from 1% to 100%")]
+    Percent(String),
+    #[error("the host's RAM is unknown")]
+    UnknownRam,
+    #[error("unknown key (expected memory, pids, cpus or max_layer_bytes)")]
+    UnknownKey,
+    #[error(transparent)]
+    Value(Box<LimitError>),
+}
+
+impl From<LimitError> for Setting {
+    fn from(e: LimitError) -> Setting {
+        Setting::Value(Box::new(e))
+    }
 }
 
 /// `512`, `64K`, `512M`, `1.5G`, `2T` (binary units; `KiB`… and lower case accepted).
@@ -212,12 +237,11 @@ impl Config {
             else {
                 continue;
             };
-            let bad = |reason: String| LimitError::Env {
+            set(&mut defaults, key.name, &value).map_err(|reason| LimitError::Env {
                 var,
                 value: value.clone(),
                 reason,
-            };
-            set(&mut defaults, key.name, &value, &|_, reason| bad(reason))?;
+            })?;
         }
         let ceilings = settings(serve_limits, "serve.limits", path, &defaults)?;
         Ok(Config { defaults, ceilings })
@@ -236,33 +260,28 @@ fn settings(
     let Some(section) = section else {
         return Ok(out);
     };
-    let bad = |key: &str, reason: String| LimitError::Config {
+    let fail = |key: &str, reason: Setting| LimitError::Config {
         path: path.to_path_buf(),
         table,
         key: key.to_string(),
         reason,
     };
-    for (key, setting) in &section.map_err(|reason| bad("", reason))?.entries {
+    for (key, setting) in &section
+        .map_err(|reason| fail("", Setting::Table(reason)))?
+        .entries
+    {
         let text = match setting {
             crate::config::Setting::Text(text) => text.clone(),
-            crate::config::Setting::Other => {
-                return Err(bad(key, "must be a string or a number".into()))
-            }
+            crate::config::Setting::Other => return Err(fail(key, Setting::NotText)),
         };
-        set(&mut out, key, &text, &bad)?;
+        set(&mut out, key, &text).map_err(|e| fail(key, e))?;
     }
     Ok(out)
 }
 
-/// Sets `key` of `out` from its text (`none` lifts the limit); `bad` words a refusal.
-fn set(
-    out: &mut Settings,
-    key: &str,
-    text: &str,
-    bad: &dyn Fn(&str, String) -> LimitError,
-) -> Result<(), LimitError> {
+/// Sets `key` of `out` from its text (`none` lifts the limit).
+fn set(out: &mut Settings, key: &str, text: &str) -> Result<(), Setting> {
     let none = text.trim().eq_ignore_ascii_case("none");
-
     match key {
         "memory" if none => out.memory = None,
         "memory" => {
@@ -273,32 +292,24 @@ fn set(
                         .parse()
                         .ok()
                         .filter(|p| (1..=100).contains(p))
-                        .ok_or_else(|| {
-                            bad(key, format!("'{text}' is not a percentage from 1% to 100%"))
-                        })?;
-                    host_ram().ok_or_else(|| bad(key, "the host's RAM is unknown".into()))? / 100
-                        * p
+                        .ok_or_else(|| Setting::Percent(text.to_string()))?;
+                    host_ram().ok_or(Setting::UnknownRam)? / 100 * p
                 }
-                None => parse_size(text).map_err(|e| bad(key, e.to_string()))?,
+                None => parse_size(text)?,
             });
-            check_memory(out.memory).map_err(|e| bad(key, e.to_string()))?;
+            check_memory(out.memory)?;
         }
         "pids" if none => out.pids = None,
-        "pids" => out.pids = Some(parse_pids(text).map_err(|e| bad(key, e.to_string()))?),
+        "pids" => out.pids = Some(parse_pids(text)?),
         "cpus" if none => out.cpus = None,
-        "cpus" => out.cpus = Some(parse_cpus(text).map_err(|e| bad(key, e.to_string()))?),
+        "cpus" => out.cpus = Some(parse_cpus(text)?),
         "max_layer_bytes" if none => out.layer = None,
         "max_layer_bytes" => {
-            let size = parse_size(text).map_err(|e| bad(key, e.to_string()))?;
-            check_layer(size).map_err(|e| bad(key, e.to_string()))?;
+            let size = parse_size(text)?;
+            check_layer(size)?;
             out.layer = Some(size);
         }
-        _ => {
-            return Err(bad(
-                key,
-                "unknown key (expected memory, pids, cpus or max_layer_bytes)".into(),
-            ))
-        }
+        _ => return Err(Setting::UnknownKey),
     }
     Ok(())
 }

@@ -37,7 +37,9 @@ pub mod supervisor;
 mod tail;
 mod validate;
 
-use crate::backend::{Backend, BackendError, EventStream, ImageFilter, OpFilter, StdinSource};
+use crate::backend::{
+    Backend, BackendError, Cause, EventStream, ImageFilter, OpFilter, StdinSource,
+};
 use crate::paths::Paths;
 use crate::progress::Show;
 use crate::wire::{DirectoryList, Image, Operation, SpawnRequest, Status};
@@ -47,17 +49,11 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use store::{Store, StoreError};
+use store::Store;
 use tail::Tail;
 
 use launch::Live;
 pub use procfs::process_start_time;
-
-impl From<StoreError> for BackendError {
-    fn from(e: StoreError) -> Self {
-        BackendError::Store(e.to_string())
-    }
-}
 
 pub struct LocalEngine {
     store: Store,
@@ -150,7 +146,7 @@ impl LocalEngine {
         let row = self
             .store
             .image(image)?
-            .ok_or_else(|| BackendError::NotFound(format!("image {image} not found")))?;
+            .ok_or_else(|| BackendError::NotFound(format!("image {image} not found").into()))?;
         self.ensure_host_mask(&row)?;
         Ok(inspect::View::new(self.store.layout(), &row.layers))
     }
@@ -180,8 +176,8 @@ impl LocalEngine {
         if let Some(config) = self.limits.borrow().as_ref() {
             return Ok(config.clone());
         }
-        let config = limits::Config::load(&self.config_dir)
-            .map_err(|e| BackendError::Invalid(e.to_string()))?;
+        let config =
+            limits::Config::load(&self.config_dir).map_err(|e| BackendError::Invalid(e.into()))?;
         *self.limits.borrow_mut() = Some(config.clone());
         Ok(config)
     }
@@ -191,24 +187,13 @@ impl LocalEngine {
         let row = self
             .store
             .op(op)?
-            .ok_or_else(|| BackendError::NotFound(format!("operation {op} not found")))?;
+            .ok_or_else(|| BackendError::NotFound(format!("operation {op} not found").into()))?;
         if row.status.is_terminal() {
-            return Err(BackendError::Invalid(format!(
-                "operation {op} has already finished ({})",
-                row.status
-            )));
+            return Err(BackendError::Invalid(
+                format!("operation {op} has already finished ({})", row.status).into(),
+            ));
         }
         Ok(row)
-    }
-}
-
-/// A failed import: the store's fault (it could not be written) or the source's.
-fn import_err(e: import::ImportError) -> BackendError {
-    match e {
-        import::ImportError::Store(_) | import::ImportError::StoreWrite { .. } => {
-            BackendError::Store(e.to_string())
-        }
-        other => BackendError::Invalid(other.to_string()),
     }
 }
 
@@ -226,14 +211,7 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
 }
 
 fn mask_err(e: std::io::Error) -> BackendError {
-    BackendError::Unavailable(format!("cannot build the host image mask: {e}"))
-}
-
-fn inspect_err(e: inspect::InspectError) -> BackendError {
-    match e {
-        inspect::InspectError::Io { .. } => BackendError::Store(e.to_string()),
-        other => BackendError::NotFound(other.to_string()),
-    }
+    BackendError::Unavailable(Cause::io("cannot build the host image mask", e))
 }
 
 impl Backend for LocalEngine {
@@ -245,15 +223,15 @@ impl Backend for LocalEngine {
         if crate::backend::is_uuid(reference) {
             return match self.store.image(reference)? {
                 Some(img) => Ok(img.uuid),
-                None => Err(BackendError::NotFound(format!(
-                    "image {reference} not found"
-                ))),
+                None => Err(BackendError::NotFound(
+                    format!("image {reference} not found").into(),
+                )),
             };
         }
         let name = reference.strip_prefix("tag:").unwrap_or(reference);
         self.store
             .find_tag(name)?
-            .ok_or_else(|| BackendError::NotFound(format!("no image tagged '{name}'")))
+            .ok_or_else(|| BackendError::NotFound(format!("no image tagged '{name}'").into()))
     }
 
     fn put_files(&self, files: &[(PathBuf, String)]) -> Result<Vec<(String, bool)>, BackendError> {
@@ -355,7 +333,9 @@ impl Backend for LocalEngine {
         // An operation we just spawned exists; asking the database would reopen it (see
         // `fork_supervisor`) on the run's path.
         if self.own_supervisor(op).is_none() && self.store.op(op)?.is_none() {
-            return Err(BackendError::NotFound(format!("operation {op} not found")));
+            return Err(BackendError::NotFound(
+                format!("operation {op} not found").into(),
+            ));
         }
         Ok(Box::new(Tail::open(self, op, follow)?))
     }
@@ -363,7 +343,10 @@ impl Backend for LocalEngine {
     fn cancel(&self, op: &str) -> Result<(), BackendError> {
         let signal = |pid: Pid| {
             nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).map_err(|e| {
-                BackendError::Store(format!("cannot signal the supervisor of {op}: {e}"))
+                BackendError::Io(Cause::sys(
+                    format!("cannot signal the supervisor of {op}"),
+                    e,
+                ))
             })
         };
         // A `run` cancelling its own operation (Ctrl-C, a closed stdout): no need to ask
@@ -398,12 +381,14 @@ impl Backend for LocalEngine {
 
     fn signal(&self, op: &str, spid: u32, signal: i32) -> Result<(), BackendError> {
         if spid != 1 {
-            return Err(BackendError::NotFound(format!(
-                "operation {op} has no subprocess {spid}"
-            )));
+            return Err(BackendError::NotFound(
+                format!("operation {op} has no subprocess {spid}").into(),
+            ));
         }
         if !(1..=64).contains(&signal) {
-            return Err(BackendError::Invalid(format!("{signal} is not a signal")));
+            return Err(BackendError::Invalid(
+                format!("{signal} is not a signal").into(),
+            ));
         }
         let pid = match self.own_supervisor(op) {
             Some(pid) if self.fork => pid,
@@ -413,9 +398,9 @@ impl Backend for LocalEngine {
                 match (row.supervisor_pid, self.supervisor_alive(&row)) {
                     (Some(pid), true) if !queued => Pid::from_raw(pid),
                     _ => {
-                        return Err(BackendError::Invalid(format!(
-                            "operation {op} has not started its command yet"
-                        )))
+                        return Err(BackendError::Invalid(
+                            format!("operation {op} has not started its command yet").into(),
+                        ))
                     }
                 }
             }
@@ -426,9 +411,9 @@ impl Backend for LocalEngine {
         // SAFETY: sigqueue(3) to a supervisor of ours, with a plain integer as its value.
         let rc = unsafe { libc::sigqueue(pid.as_raw(), supervisor::control_signal(), value) };
         if rc != 0 {
-            return Err(BackendError::Store(format!(
-                "cannot signal the supervisor of {op}: {}",
-                std::io::Error::last_os_error()
+            return Err(BackendError::Io(Cause::io(
+                format!("cannot signal the supervisor of {op}"),
+                std::io::Error::last_os_error(),
             )));
         }
         Ok(())
@@ -469,17 +454,21 @@ impl Backend for LocalEngine {
 
     fn tag(&self, image: &str, tag: &str) -> Result<(), BackendError> {
         if self.store.image(image)?.is_none() {
-            return Err(BackendError::NotFound(format!("image {image} not found")));
+            return Err(BackendError::NotFound(
+                format!("image {image} not found").into(),
+            ));
         }
         if tag.is_empty() || tag.chars().any(|c| c.is_whitespace()) {
-            return Err(BackendError::Invalid(format!("tag '{tag}' is not valid")));
+            return Err(BackendError::Invalid(
+                format!("tag '{tag}' is not valid").into(),
+            ));
         }
         Ok(self.store.set_tag(image, tag)?)
     }
 
     fn list_dir(&self, image: &str, path: &str) -> Result<DirectoryList, BackendError> {
         let view = self.view(image)?;
-        let entries = view.list(path).map_err(inspect_err)?;
+        let entries = view.list(path)?;
         Ok(DirectoryList {
             path: path.to_string(),
             files: entries
@@ -495,7 +484,7 @@ impl Backend for LocalEngine {
         path: &str,
     ) -> Result<(Box<dyn std::io::Read>, Option<u32>), BackendError> {
         let view = self.view(image)?;
-        let (file, meta) = view.open(path).map_err(inspect_err)?;
+        let (file, meta) = view.open(path)?;
         Ok((
             Box::new(file),
             Some(std::os::unix::fs::MetadataExt::mode(&meta) & 0o7777),
@@ -503,7 +492,7 @@ impl Backend for LocalEngine {
     }
 
     fn import_local(&self, path: &Path, tag: Option<&str>) -> Result<String, BackendError> {
-        import::import(&self.store, path, tag, Show::OnTerminal).map_err(import_err)
+        Ok(import::import(&self.store, path, tag, Show::OnTerminal)?)
     }
 
     fn pull_image(
@@ -523,9 +512,7 @@ impl Backend for LocalEngine {
             deadline: None,
             show: Show::OnTerminal,
         };
-        registry::pull(&self.store, reference, &creds, &opts)
-            .map(|pulled| pulled.image)
-            .map_err(import_err)
+        Ok(registry::pull(&self.store, reference, &creds, &opts)?.image)
     }
 
     fn gc(
@@ -551,9 +538,9 @@ impl Backend for LocalEngine {
 
     fn untag(&self, image: &str, tag: &str) -> Result<(), BackendError> {
         if !self.store.remove_tag(image, tag)? {
-            return Err(BackendError::NotFound(format!(
-                "image {image} has no tag '{tag}'"
-            )));
+            return Err(BackendError::NotFound(
+                format!("image {image} has no tag '{tag}'").into(),
+            ));
         }
         Ok(())
     }

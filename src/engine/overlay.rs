@@ -25,6 +25,73 @@ struct FsContext {
     fd: OwnedFd,
 }
 
+/// A failed call on a filesystem context, with the kernel's own explanation (the context's
+/// message log) when it gave one.
+#[derive(Debug)]
+struct FsError {
+    source: io::Error,
+    notes: Vec<String>,
+}
+
+impl FsError {
+    fn errno(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+}
+
+impl std::fmt::Display for FsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.notes.is_empty() {
+            write!(f, "{}", self.source)
+        } else {
+            write!(f, "{} ({})", self.source, self.notes.join("; "))
+        }
+    }
+}
+
+impl std::error::Error for FsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl From<FsError> for io::Error {
+    fn from(e: FsError) -> io::Error {
+        if e.notes.is_empty() {
+            e.source
+        } else {
+            io::Error::new(e.source.kind(), e.to_string())
+        }
+    }
+}
+
+/// Why an overlay mount failed: at a `lowerdir+` layer (which a kernel before 6.8 refuses),
+/// or anywhere else.
+#[derive(Debug, thiserror::Error)]
+enum OverlayError {
+    #[error("lowerdir+ {}: {source}", lower.display())]
+    LowerAppend { lower: PathBuf, source: FsError },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl From<FsError> for OverlayError {
+    fn from(e: FsError) -> OverlayError {
+        OverlayError::Io(e.into())
+    }
+}
+
+impl From<OverlayError> for io::Error {
+    fn from(e: OverlayError) -> io::Error {
+        match e {
+            OverlayError::LowerAppend { ref source, .. } => {
+                io::Error::new(source.source.kind(), e.to_string())
+            }
+            OverlayError::Io(e) => e,
+        }
+    }
+}
+
 impl FsContext {
     fn open(fstype: &str) -> io::Result<FsContext> {
         let name = cstr(fstype.as_bytes())?;
@@ -39,9 +106,13 @@ impl FsContext {
         })
     }
 
-    fn set(&self, key: &str, value: Option<&[u8]>) -> io::Result<()> {
-        let key = cstr(key.as_bytes())?;
-        let value = value.map(cstr).transpose()?;
+    fn set(&self, key: &str, value: Option<&[u8]>) -> Result<(), FsError> {
+        let bad = |source| FsError {
+            source,
+            notes: Vec::new(),
+        };
+        let key = cstr(key.as_bytes()).map_err(bad)?;
+        let value = value.map(cstr).transpose().map_err(bad)?;
         let (cmd, ptr) = match &value {
             Some(v) => (FSCONFIG_SET_STRING, v.as_ptr()),
             None => (FSCONFIG_SET_FLAG, std::ptr::null()),
@@ -64,7 +135,7 @@ impl FsContext {
     }
 
     /// Adds the kernel's own explanation (the context's message log) to an error.
-    fn error(&self, err: io::Error) -> io::Error {
+    fn error(&self, source: io::Error) -> FsError {
         let mut buf = [0u8; 512];
         let mut notes = Vec::new();
         loop {
@@ -79,11 +150,7 @@ impl FsContext {
                     .to_string(),
             );
         }
-        if notes.is_empty() {
-            err
-        } else {
-            io::Error::new(err.kind(), format!("{err} ({})", notes.join("; ")))
-        }
+        FsError { source, notes }
     }
 
     fn mount_at(self, target: &Path) -> io::Result<()> {
@@ -98,11 +165,11 @@ impl FsContext {
                 0,
             );
             if rc < 0 {
-                return Err(self.error(io::Error::last_os_error()));
+                return Err(self.error(io::Error::last_os_error()).into());
             }
             let mfd = libc::syscall(libc::SYS_fsmount, self.fd.as_raw_fd(), FSMOUNT_CLOEXEC, 0);
             if mfd < 0 {
-                return Err(self.error(io::Error::last_os_error()));
+                return Err(self.error(io::Error::last_os_error()).into());
             }
             let mfd = OwnedFd::from_raw_fd(mfd as i32);
             let empty = cstr(b"")?;
@@ -138,23 +205,23 @@ impl Overlay<'_> {
     pub fn mount(&self, target: &Path) -> io::Result<()> {
         match self.mount_with(target, true) {
             // EINVAL on `lowerdir+` means a kernel older than 6.8: use the joined form.
-            Err(e)
-                if e.raw_os_error() == Some(libc::EINVAL)
-                    && e.to_string().contains("lowerdir+") =>
+            Err(OverlayError::LowerAppend { source, .. })
+                if source.errno() == Some(libc::EINVAL) =>
             {
-                self.mount_with(target, false)
+                Ok(self.mount_with(target, false)?)
             }
-            other => other,
+            other => Ok(other?),
         }
     }
 
-    fn mount_with(&self, target: &Path, append: bool) -> io::Result<()> {
+    fn mount_with(&self, target: &Path, append: bool) -> Result<(), OverlayError> {
         let ctx = FsContext::open("overlay")?;
         if append {
             for lower in self.lowers {
                 ctx.set("lowerdir+", Some(lower.as_os_str().as_bytes()))
-                    .map_err(|e| {
-                        io::Error::new(e.kind(), format!("lowerdir+ {}: {e}", lower.display()))
+                    .map_err(|source| OverlayError::LowerAppend {
+                        lower: lower.clone(),
+                        source,
                     })?;
             }
         } else {
@@ -190,6 +257,6 @@ impl Overlay<'_> {
             // durable as the store is; a crash mid-run leaves only a scratch dir.
             let _ = ctx.set("volatile", None);
         }
-        ctx.mount_at(target)
+        Ok(ctx.mount_at(target)?)
     }
 }

@@ -149,7 +149,9 @@ impl LocalEngine {
             ending
         });
         let Some(done) = ending else {
-            return Err(BackendError::NotFound(format!("operation {op} not found")));
+            return Err(BackendError::NotFound(
+                format!("operation {op} not found").into(),
+            ));
         };
         let text = |k: &str| done.get(k).and_then(|v| v.as_str()).map(String::from);
         row.status = text("status")

@@ -16,7 +16,7 @@ use super::layers;
 use super::network;
 use super::recorder::Recorder;
 use super::sandbox;
-use super::store::{ImageRow, Layout, Store};
+use super::store::{ImageRow, Layout, Store, StoreError};
 use crate::wire::{self, SpawnRequest, Status};
 use nix::sys::signal::{SigSet, Signal};
 use serde_json::{json, Map, Value};
@@ -34,7 +34,9 @@ mod scratch;
 mod stream;
 mod watch;
 
-pub(crate) use scratch::claim_scratch;
+use command::SandboxError;
+use mount::MountError;
+pub(crate) use scratch::{claim_scratch, ScratchError};
 pub use stream::Live;
 
 /// The hidden subcommand that runs an operation's supervisor.
@@ -62,6 +64,29 @@ pub fn cancel_signals() -> SigSet {
         )
     };
     set
+}
+
+/// Why a run failed before its command could end on its own: its text is the operation's
+/// `error`.
+#[derive(Debug, thiserror::Error)]
+enum SupervisorError {
+    #[error("cannot create a private mount namespace: {0} (contree needs root or CAP_SYS_ADMIN)")]
+    Namespace(#[source] std::io::Error),
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+}
+
+/// Why the supervisor could not reach the database (or record the operation in it).
+#[derive(Debug, thiserror::Error)]
+enum DbError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot create the event log: {0}")]
+    EventLog(#[source] std::io::Error),
+    #[error("store not open")]
+    NotOpen,
 }
 
 #[derive(Debug)]
@@ -123,10 +148,10 @@ pub fn supervise(store_root: &Path, op: &str, data_dir: &Path) -> i32 {
         root: store_root.to_path_buf(),
     };
     let job_file = job_path(&layout, op);
-    let job: Job = match std::fs::read(&job_file)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
+    let read = || -> Result<Job, Box<dyn std::error::Error>> {
+        Ok(serde_json::from_slice(&std::fs::read(&job_file)?)?)
+    };
+    let job = match read() {
         Ok(job) => job,
         Err(e) => {
             eprintln!("supervisor: job {}: {e}", job_file.display());
@@ -225,9 +250,9 @@ pub fn supervise_job(
     let outcome = run.execute();
     let outcome = match outcome {
         Ok(o) => o,
-        Err(message) => Outcome {
+        Err(e) => Outcome {
             status: Status::Failed,
-            error: Some(message),
+            error: Some(e.to_string()),
             exit_code: None,
             timed_out: false,
         },
@@ -291,45 +316,39 @@ impl Run {
     }
 
     /// The database, opened on first use and marking the operation EXECUTING.
-    fn db(&mut self) -> Result<&Store, String> {
+    fn db(&mut self) -> Result<&Store, DbError> {
         if self.store.is_none() {
-            let store = Store::open(&self.layout.root).map_err(|e| e.to_string())?;
+            let store = Store::open(&self.layout.root)?;
             if self.job.created_at.is_some() {
                 // The row of an operation nobody owns would be failed by the next recovery:
                 // the log, and with it the operation's lock, comes first.
                 if let Some(init) = self.init.take() {
                     self.event("init", Some(0), init);
                 }
-                self.log
-                    .ensure_open()
-                    .map_err(|e| format!("cannot create the event log: {e}"))?;
+                self.log.ensure_open().map_err(DbError::EventLog)?;
             }
             let pid = std::process::id() as i32;
             let start = super::process_start_time(pid).unwrap_or(0);
             match &self.job.created_at {
-                Some(created) => store
-                    .create_executing_op(
-                        &self.job.op,
-                        "instance",
-                        created,
-                        Some(&self.job.request.image),
-                        Some(&self.job.request),
-                        pid,
-                        start,
-                    )
-                    .map_err(|e| e.to_string())?,
+                Some(created) => store.create_executing_op(
+                    &self.job.op,
+                    "instance",
+                    created,
+                    Some(&self.job.request.image),
+                    Some(&self.job.request),
+                    pid,
+                    start,
+                )?,
                 None => {
                     let _ = store.mark_executing(&self.job.op, pid, start);
                 }
             }
             self.store = Some(store);
         }
-        self.store
-            .as_ref()
-            .ok_or_else(|| "store not open".to_string())
+        self.store.as_ref().ok_or(DbError::NotOpen)
     }
 
-    fn execute(&mut self) -> Result<Outcome, String> {
+    fn execute(&mut self) -> Result<Outcome, SupervisorError> {
         let req = self.job.request.clone();
         let image = self.job.image.clone();
         let uts = nix::sys::utsname::uname().ok();
@@ -343,8 +362,7 @@ impl Run {
                 "machine": uts.as_ref().map(|u| u.machine().to_string_lossy().into_owned()),
                 "boot_id": self.job.op,
         }));
-        sandbox::private_mount_namespace()
-            .map_err(|e| format!("cannot create a private mount namespace: {e} (contree needs root or CAP_SYS_ADMIN)"))?;
+        sandbox::private_mount_namespace().map_err(SupervisorError::Namespace)?;
         crate::log::trace("mounting");
         let mounted = self.mount_root(&image)?;
         crate::log::trace("mounted");
@@ -352,6 +370,6 @@ impl Run {
         // Kept until the commit needs the upper dir (or, for a run with nothing to commit,
         // until after `completion`: unmounting waits for RCU grace periods).
         self.mounted = Some(mounted);
-        outcome
+        Ok(outcome?)
     }
 }

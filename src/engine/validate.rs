@@ -28,38 +28,40 @@ impl LocalEngine {
     /// also how many bytes the attachments take.
     pub(super) fn validate(&self, req: &SpawnRequest) -> Result<Validated, BackendError> {
         let Some(image) = self.store.image(&req.image)? else {
-            return Err(BackendError::NotFound(format!(
-                "image {} not found",
-                req.image
-            )));
+            return Err(BackendError::NotFound(
+                format!("image {} not found", req.image).into(),
+            ));
         };
         let mut blobs = std::collections::BTreeMap::new();
         let mut attached = 0;
         if let Some(cwd) = &req.cwd {
             if !cwd.is_empty() && !cwd.starts_with('/') {
-                return Err(BackendError::Invalid(format!(
-                    "cwd '{cwd}' must be an absolute path"
-                )));
+                return Err(BackendError::Invalid(
+                    format!("cwd '{cwd}' must be an absolute path").into(),
+                ));
             }
         }
         if req.hostname.is_empty() || req.hostname.len() > 64 || req.hostname.contains('/') {
-            return Err(BackendError::Invalid(format!(
-                "hostname '{}' is not valid (1 to 64 characters, no '/')",
-                req.hostname
-            )));
+            return Err(BackendError::Invalid(
+                format!(
+                    "hostname '{}' is not valid (1 to 64 characters, no '/')",
+                    req.hostname
+                )
+                .into(),
+            ));
         }
         if req.shell && req.command.is_empty() {
             return Err(BackendError::Invalid("shell command is empty".into()));
         }
         // Never a silent fallback to the host's network: no stack, no networked run.
         if req.network_enabled() {
-            network::find().map_err(|e| BackendError::Unavailable(e.to_string()))?;
+            network::find()?;
         }
         for (path, file) in req.files.iter().flatten() {
             if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
-                return Err(BackendError::Invalid(format!(
-                    "file path '{path}' must be absolute and must not contain '..'"
-                )));
+                return Err(BackendError::Invalid(
+                    format!("file path '{path}' must be absolute and must not contain '..'").into(),
+                ));
             }
             match self.store.blob_by_uuid(&file.uuid)? {
                 Some((sha, size)) => {
@@ -67,27 +69,25 @@ impl LocalEngine {
                     attached += size;
                 }
                 None => {
-                    return Err(BackendError::NotFound(format!(
-                        "file {} (for {path}) not found",
-                        file.uuid
-                    )))
+                    return Err(BackendError::NotFound(
+                        format!("file {} (for {path}) not found", file.uuid).into(),
+                    ))
                 }
             }
             if u32::from_str_radix(&file.mode, 8).is_err() {
-                return Err(BackendError::Invalid(format!(
-                    "file mode '{}' for {path} is not octal",
-                    file.mode
-                )));
+                return Err(BackendError::Invalid(
+                    format!("file mode '{}' for {path} is not octal", file.mode).into(),
+                ));
             }
         }
         if let Some(stdin) = &req.stdin {
-            stdin
-                .bytes()
-                .map_err(|e| BackendError::Invalid(format!("stdin is not valid base64: {e}")))?;
+            stdin.bytes().map_err(|e| {
+                BackendError::Invalid(format!("stdin is not valid base64: {e}").into())
+            })?;
         }
         if let Some(asked) = &req.resources_limits {
             limits::validate(asked)
-                .map_err(|e| BackendError::Invalid(format!("resources_limits: {e}")))?;
+                .map_err(|e| BackendError::Invalid(format!("resources_limits: {e}").into()))?;
         }
         Ok((image, blobs, attached))
     }

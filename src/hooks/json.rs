@@ -12,6 +12,21 @@ use std::collections::BTreeMap;
 
 pub const MAX_DEPTH: usize = 64;
 
+/// Why a Lua value cannot be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    #[error("nested deeper than {MAX_DEPTH} levels (a cycle?)")]
+    TooDeep,
+    #[error("cannot encode the number {0}")]
+    Number(f64),
+    #[error("cannot encode a {0}")]
+    Type(&'static str),
+    #[error("cannot encode a table key of type {0}")]
+    Key(&'static str),
+    #[error(transparent)]
+    Lua(#[from] mlua::Error),
+}
+
 /// Registry name of the metatable that marks a table as a JSON array.
 const ARRAY_MT: &str = "contree.json.array";
 
@@ -45,28 +60,26 @@ pub fn list<'a>(lua: &Lua, items: impl IntoIterator<Item = &'a str>) -> mlua::Re
     Ok(t)
 }
 
-pub fn to_json(value: &Value, depth: usize) -> Result<Json, String> {
+pub fn to_json(value: &Value, depth: usize) -> Result<Json, JsonError> {
     if depth > MAX_DEPTH {
-        return Err(format!("nested deeper than {MAX_DEPTH} levels (a cycle?)"));
+        return Err(JsonError::TooDeep);
     }
     Ok(match value {
         Value::Nil => Json::Null,
         Value::Boolean(b) => Json::Bool(*b),
         Value::Integer(i) => Json::Number((*i).into()),
-        Value::Number(n) => Json::Number(
-            Number::from_f64(*n).ok_or_else(|| format!("cannot encode the number {n}"))?,
-        ),
+        Value::Number(n) => Json::Number(Number::from_f64(*n).ok_or(JsonError::Number(*n))?),
         Value::String(s) => Json::String(s.to_string_lossy()),
         Value::Table(t) => table_to_json(t, depth)?,
-        other => return Err(format!("cannot encode a {}", other.type_name())),
+        other => return Err(JsonError::Type(other.type_name())),
     })
 }
 
-fn table_to_json(table: &Table, depth: usize) -> Result<Json, String> {
+fn table_to_json(table: &Table, depth: usize) -> Result<Json, JsonError> {
     let len = table.raw_len();
     let mut pairs = Vec::new();
     for pair in table.clone().pairs::<Value, Value>() {
-        pairs.push(pair.map_err(|e| e.to_string())?);
+        pairs.push(pair?);
     }
     let is_array = (len > 0 || is_marked(table))
         && pairs.len() == len
@@ -88,12 +101,7 @@ fn table_to_json(table: &Table, depth: usize) -> Result<Json, String> {
             Value::String(s) => s.to_string_lossy(),
             Value::Integer(i) => i.to_string(),
             Value::Number(n) => n.to_string(),
-            other => {
-                return Err(format!(
-                    "cannot encode a table key of type {}",
-                    other.type_name()
-                ))
-            }
+            other => return Err(JsonError::Key(other.type_name())),
         };
         keyed.insert(key, to_json(v, depth + 1)?);
     }

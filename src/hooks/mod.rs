@@ -19,10 +19,9 @@ pub mod runtime;
 pub mod trust;
 
 pub use discover::{HookFile, Origin};
-pub use payload::{Plan, RequestView, SpecParser, PENDING_UPLOAD};
-pub use runtime::{Failure, Limits};
+pub use payload::{PayloadError, Plan, RequestView, SpecParser, PENDING_UPLOAD};
+pub use runtime::{Failure, Limits, RuntimeError};
 
-use crate::error::{CommandError, Kind};
 use crate::format::formatter::Stream;
 use crate::outcome::Outcome;
 use crate::wire::SpawnRequest;
@@ -68,9 +67,34 @@ pub enum HookError {
     /// `contree.abort(reason)`, with file and line.
     #[error("run stopped by hook {0}")]
     Abort(String),
-    /// An error, budget overrun or bad return in a pre-attach / pre-spawn handler.
+    /// An error or budget overrun in a pre-attach / pre-spawn handler (in the runtime's
+    /// words, with file and line).
     #[error("hook failed, so the run was stopped: {0}")]
     Failed(String),
+    /// The table for a pre-attach / pre-spawn handler could not be made.
+    #[error("hook failed, so the run was stopped: {location}: {source}")]
+    Payload {
+        location: String,
+        #[source]
+        source: mlua::Error,
+    },
+    /// A pre-attach / pre-spawn handler returned a table that is not right.
+    #[error(
+        "hook failed, so the run was stopped: {location}: the {event} handler returned {source}"
+    )]
+    Returned {
+        location: String,
+        event: &'static str,
+        #[source]
+        source: PayloadError,
+    },
+    /// A pre-attach / pre-spawn handler returned neither nil nor a table.
+    #[error("hook failed, so the run was stopped: {location}: the {event} handler returned a {found} (expected nil for no change, or the edited table)")]
+    BadReturn {
+        location: String,
+        event: &'static str,
+        found: &'static str,
+    },
     /// A hook file did not load (syntax error, error or overrun at its top level).
     #[error("hook file failed to load, so the run was stopped: {0}")]
     Load(String),
@@ -79,8 +103,14 @@ pub enum HookError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Config(String),
+    /// The hook budgets in the environment, or the Lua state.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Trust(#[from] trust::TrustError),
+    /// `contree hooks trust` outside a project with hooks.
+    #[error("no .contree/hooks directory in {} or above it", .0.display())]
+    NoProject(PathBuf),
     /// The trust store could not be written (`contree hooks trust`).
     #[error("cannot write '{path}': {source}")]
     Save {
@@ -94,8 +124,8 @@ fn budgets(config_dir: &std::path::Path) -> Result<Limits, HookError> {
     use crate::config::{HOOK_INSTRUCTIONS, HOOK_MEMORY_MB, HOOK_TIME_MS};
     let file = crate::config::file(config_dir);
     let config = crate::config::Config::load(&file)
-        .map_err(|e| HookError::Config(format!("{}: {e}", file.display())))?;
-    let read = |key| -> Result<Option<u64>, HookError> {
+        .map_err(|e| RuntimeError::Config(format!("{}: {e}", file.display())))?;
+    let read = |key| -> Result<Option<u64>, RuntimeError> {
         let Some(set) = config.layered(key) else {
             return Ok(None);
         };
@@ -105,11 +135,9 @@ fn budgets(config_dir: &std::path::Path) -> Result<Limits, HookError> {
             .ok()
             .filter(|n| *n > 0)
             .map(Some)
-            .ok_or_else(|| {
-                HookError::Config(format!(
-                    "{}={}: expected a whole number above 0",
-                    set.origin, set.text
-                ))
+            .ok_or_else(|| RuntimeError::Budget {
+                name: set.origin.to_string(),
+                value: set.text.clone(),
             })
     };
     let mut limits = Limits::default();
@@ -123,30 +151,6 @@ fn budgets(config_dir: &std::path::Path) -> Result<Limits, HookError> {
         limits.memory = usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
     }
     Ok(limits)
-}
-
-/// The CLI's view of a hook error: aborts and failing hooks exit with `exit::HOOK_ABORT`,
-/// and so does a hook file that cannot be read: a policy that cannot apply stops the run
-/// (fail closed), whether its file has a typo or is missing.
-pub fn command_error(e: HookError) -> CommandError {
-    let hint = "fix the hook, or skip every hook for one run with `contree run --no-hooks ...`";
-    match e {
-        HookError::Abort(_) => CommandError::new(Kind::HookAbort, e.to_string()),
-        HookError::Failed(_) | HookError::Load(_) | HookError::Read { .. } => {
-            CommandError::new(Kind::HookAbort, e.to_string()).hint(hint)
-        }
-        HookError::Config(_) => CommandError::user(e.to_string()),
-        HookError::Save { .. } => CommandError::new(Kind::Io, e.to_string()),
-    }
-}
-
-/// A hook error outside a run (`contree hooks list|trust`): nothing was stopped, so it is
-/// a user error, or an I/O one when the trust store cannot be written.
-pub fn manage_error(e: HookError) -> CommandError {
-    match e {
-        HookError::Save { .. } => CommandError::new(Kind::Io, e.to_string()),
-        _ => CommandError::user(e.to_string()),
-    }
 }
 
 /// Where to look for hooks, for one invocation.
@@ -231,8 +235,7 @@ impl Hooks {
             return Ok(Hooks::none());
         }
         let limits = budgets(opts.config_dir)?;
-        let mut rt =
-            Runtime::new(limits, opts.config_dir, opts.data_dir).map_err(HookError::Config)?;
+        let mut rt = Runtime::new(limits, opts.config_dir, opts.data_dir)?;
         for (i, file) in files.iter().enumerate() {
             rt.load_file(i, &file.path, &file.source)
                 .map_err(|f| HookError::Load(f.message().to_string()))?;
@@ -287,17 +290,21 @@ impl Hooks {
         for h in &a.pre_attach {
             let table = plan
                 .to_lua(a.rt.lua())
-                .map_err(|e| HookError::Failed(format!("{}: {e}", h.location)))?;
+                .map_err(|source| HookError::Payload {
+                    location: h.location.clone(),
+                    source,
+                })?;
             match a.rt.call(&h.func, table) {
                 Err(f) => return Err(stop(f)),
                 Ok(Value::Nil) => {}
                 Ok(Value::Table(t)) => {
                     let mut warnings = Vec::new();
-                    *plan = Plan::from_lua(&t, parse, &mut warnings).map_err(|e| {
-                        HookError::Failed(format!(
-                            "{}: the pre-attach handler returned {e}",
-                            h.location
-                        ))
+                    *plan = Plan::from_lua(&t, parse, &mut warnings).map_err(|source| {
+                        HookError::Returned {
+                            location: h.location.clone(),
+                            event: "pre-attach",
+                            source,
+                        }
                     })?;
                     for w in warnings {
                         crate::warn!("{w}");
@@ -328,7 +335,10 @@ impl Hooks {
         for h in &a.pre_spawn {
             let table = view
                 .to_lua(a.rt.lua())
-                .map_err(|e| HookError::Failed(format!("{}: {e}", h.location)))?;
+                .map_err(|source| HookError::Payload {
+                    location: h.location.clone(),
+                    source,
+                })?;
             match a.rt.call(&h.func, table) {
                 Err(f) => return Err(stop(f)),
                 Ok(Value::Nil) => {}
@@ -342,17 +352,14 @@ impl Hooks {
                                     && f.sha256.as_ref().is_some_and(|s| !sizes.contains_key(s))
                             });
                             match unknown {
-                                Some((path, _)) => Err(format!(
-                                    "files['{path}'] with a sha256 that no attachment of this run has (add files in pre-attach)"
-                                )),
+                                Some((path, _)) => Err(PayloadError::UnknownContent(path.clone())),
                                 None => Ok(v),
                             }
                         })
-                        .map_err(|e| {
-                            HookError::Failed(format!(
-                                "{}: the pre-spawn handler returned {e}",
-                                h.location
-                            ))
+                        .map_err(|source| HookError::Returned {
+                            location: h.location.clone(),
+                            event: "pre-spawn",
+                            source,
                         })?;
                 }
                 Ok(other) => return Err(bad_return(&h.location, "pre-spawn", &other)),
@@ -517,11 +524,12 @@ fn stop(f: Failure) -> HookError {
     }
 }
 
-fn bad_return(location: &str, event: &str, v: &Value) -> HookError {
-    HookError::Failed(format!(
-        "{location}: the {event} handler returned a {} (expected nil for no change, or the edited table)",
-        v.type_name()
-    ))
+fn bad_return(location: &str, event: &'static str, v: &Value) -> HookError {
+    HookError::BadReturn {
+        location: location.to_string(),
+        event,
+        found: v.type_name(),
+    }
 }
 
 fn chunk_table(
@@ -558,7 +566,17 @@ pub struct Listed {
     pub origin: Origin,
     pub trusted: bool,
     /// The events it registers; Err when it was not run (untrusted) or failed to load.
-    pub events: Result<Vec<Event>, String>,
+    pub events: Result<Vec<Event>, NotListed>,
+}
+
+/// Why `contree hooks list` shows no events for a file.
+#[derive(Debug, thiserror::Error)]
+pub enum NotListed {
+    #[error("not run: untrusted")]
+    Untrusted,
+    /// The file did not load (in the runtime's words).
+    #[error("load error: {0}")]
+    Load(String),
 }
 
 /// Every hook file a run from `cwd` would consider, with the events each registers (files
@@ -569,11 +587,10 @@ pub fn list(opts: &Options<'_>) -> Result<(Vec<Listed>, Option<String>), HookErr
     let mut rows = Vec::new();
     for file in &found.files {
         let events = if !file.trusted {
-            Err("not run: untrusted".to_string())
+            Err(NotListed::Untrusted)
         } else {
             // A state per file, so one broken file does not hide the others' events.
-            let mut rt =
-                Runtime::new(limits, opts.config_dir, opts.data_dir).map_err(HookError::Config)?;
+            let mut rt = Runtime::new(limits, opts.config_dir, opts.data_dir)?;
             match rt.load_file(0, &file.path, &file.source) {
                 Ok(()) => {
                     let mut events: Vec<Event> = Vec::new();
@@ -585,7 +602,7 @@ pub fn list(opts: &Options<'_>) -> Result<(Vec<Listed>, Option<String>), HookErr
                     events.sort_by_key(|e| Event::ALL.iter().position(|x| x == e));
                     Ok(events)
                 }
-                Err(f) => Err(format!("load error: {}", f.message())),
+                Err(f) => Err(NotListed::Load(f.message().to_string())),
             }
         };
         rows.push(Listed {
@@ -601,15 +618,11 @@ pub fn list(opts: &Options<'_>) -> Result<(Vec<Listed>, Option<String>), HookErr
 /// `contree hooks trust [DIR]`: pins the current content of the project's hook files.
 /// Returns the hooks directory and the trusted file names.
 pub fn trust(start: &Path, data_dir: &Path) -> Result<(PathBuf, Vec<String>), HookError> {
-    let dir = discover::find_project(start).ok_or_else(|| {
-        HookError::Config(format!(
-            "no .contree/hooks directory in {} or above it",
-            start.display()
-        ))
-    })?;
+    let dir =
+        discover::find_project(start).ok_or_else(|| HookError::NoProject(start.to_path_buf()))?;
     let dir = dir.canonicalize().unwrap_or(dir);
     let (_, hashes) = discover::project_files(&dir)?;
-    let mut store = trust::TrustStore::open(data_dir).map_err(HookError::Config)?;
+    let mut store = trust::TrustStore::open(data_dir)?;
     let names = hashes.keys().cloned().collect();
     store.trust(&dir, hashes);
     store.save().map_err(|e| HookError::Save {

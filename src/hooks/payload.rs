@@ -16,6 +16,93 @@ pub const PENDING_UPLOAD: &str = "sha256:";
 pub type SpecParser<'a> =
     dyn Fn(&str, &mut Vec<String>) -> Result<FileSpec, attach::AttachError> + 'a;
 
+/// What is wrong with a table a handler returned. `In` puts the place in the table in
+/// front (`files['/x'].mode ...`).
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error(transparent)]
+    Lua(#[from] mlua::Error),
+    #[error("a changed read-only field '{0}'")]
+    ReadOnly(&'static str),
+    #[error("unknown field '{prefix}{name}' (known: {known})")]
+    UnknownField {
+        prefix: String,
+        name: String,
+        known: String,
+    },
+    #[error("a key of type {found} in {place} (expected field names)")]
+    KeyType { found: &'static str, place: String },
+    #[error("{key} of type {found} (expected {expected})")]
+    Type {
+        key: String,
+        found: &'static str,
+        expected: &'static str,
+    },
+    #[error("{0} that is not valid UTF-8")]
+    NotUtf8(String),
+    #[error("no '{0}' (it is required)")]
+    Required(&'static str),
+    #[error("{key} {value} (too large for an id)")]
+    IdTooLarge { key: String, value: u64 },
+    /// A list field with a key that is not 1..n (the key as Lua shows it).
+    #[error("{key} that is not a list (a key {found})")]
+    NotList { key: String, found: String },
+    #[error("{0} with holes (not a list)")]
+    Holes(String),
+    #[error("a files key of type {0} (expected an instance path)")]
+    FilesKey(&'static str),
+    #[error("files['{0}']: the path must be absolute")]
+    RelativeFile(String),
+    #[error("files['{0}'] that is not a table")]
+    FileNotTable(String),
+    #[error("{0} without uuid or sha256")]
+    NoContent(String),
+    #[error("{at}.mode '{mode}' (expected octal text like \"0644\")")]
+    Mode { at: String, mode: String },
+    #[error("an env name of type {0}")]
+    EnvName(&'static str),
+    #[error("env.{key} of type {found} (expected a string)")]
+    EnvValue { key: String, found: &'static str },
+    #[error("{0} without a host path")]
+    NoHost(String),
+    #[error("{at}.instance '{instance}' (expected an absolute path)")]
+    RelativeInstance { at: String, instance: String },
+    #[error("{at} of type {found} (expected a table or a spec string)")]
+    SpecType { at: String, found: &'static str },
+    /// A spec string that does not parse as `--file` would.
+    #[error("{at}: {source}")]
+    Spec {
+        at: String,
+        #[source]
+        source: Box<attach::AttachError>,
+    },
+    /// A pending upload that is not one of this run's attachments (see `Hooks::pre_spawn`).
+    #[error(
+        "files['{0}'] with a sha256 that no attachment of this run has (add files in pre-attach)"
+    )]
+    UnknownContent(String),
+    #[error("{at}.{source}")]
+    In {
+        at: String,
+        #[source]
+        source: Box<PayloadError>,
+    },
+}
+
+impl PayloadError {
+    /// This error, at `at` in the table (nothing when `at` is empty: the top).
+    fn within(self, at: &str) -> PayloadError {
+        if at.is_empty() {
+            self
+        } else {
+            PayloadError::In {
+                at: at.to_string(),
+                source: Box::new(self),
+            }
+        }
+    }
+}
+
 /// What pre-attach sees: the `--file` specs and the extra excludes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -211,44 +298,37 @@ impl RequestView {
     }
 
     /// Reads a returned request; `before` is what the handler was given (for read-only fields).
-    pub fn from_lua(t: &Table, before: &RequestView) -> Result<RequestView, String> {
+    pub fn from_lua(t: &Table, before: &RequestView) -> Result<RequestView, PayloadError> {
         check_keys(t, REQUEST_FIELDS, "")?;
-        let stdin_length = opt_uint(t, "stdin_length")?;
+        let stdin_length = opt_uint(t, "", "stdin_length")?;
         if stdin_length != before.stdin_length {
-            return Err("a changed read-only field 'stdin_length'".into());
+            return Err(PayloadError::ReadOnly("stdin_length"));
         }
         let mut files = BTreeMap::new();
         if let Some(ft) = opt_table(t, "files")? {
             for pair in ft.pairs::<Value, Value>() {
-                let (k, v) = pair.map_err(|e| e.to_string())?;
+                let (k, v) = pair?;
                 let path = match k {
                     Value::String(s) => utf8(&s, "a files key")?,
-                    other => {
-                        return Err(format!(
-                            "a files key of type {} (expected an instance path)",
-                            other.type_name()
-                        ))
-                    }
+                    other => return Err(PayloadError::FilesKey(other.type_name())),
                 };
                 if !path.starts_with('/') {
-                    return Err(format!("files['{path}']: the path must be absolute"));
+                    return Err(PayloadError::RelativeFile(path));
                 }
                 let Value::Table(e) = v else {
-                    return Err(format!("files['{path}'] that is not a table"));
+                    return Err(PayloadError::FileNotTable(path));
                 };
                 let at = format!("files['{path}']");
                 check_keys(&e, FILE_FIELDS, &at)?;
-                let uuid = opt_string(&e, "uuid").map_err(|m| format!("{at}.{m}"))?;
-                let sha256 = opt_string(&e, "sha256").map_err(|m| format!("{at}.{m}"))?;
+                let uuid = opt_string(&e, &at, "uuid")?;
+                let sha256 = opt_string(&e, &at, "sha256")?;
                 if uuid.is_none() && sha256.is_none() {
-                    return Err(format!("{at} without uuid or sha256"));
+                    return Err(PayloadError::NoContent(at));
                 }
-                let mode = opt_string(&e, "mode")
-                    .map_err(|m| format!("{at}.{m}"))?
-                    .unwrap_or_else(|| "0644".into());
-                let bits = parse_octal(&mode).ok_or_else(|| {
-                    format!("{at}.mode '{mode}' (expected octal text like \"0644\")")
-                })?;
+                let mode = opt_string(&e, &at, "mode")?.unwrap_or_else(|| "0644".into());
+                let Some(bits) = parse_octal(&mode) else {
+                    return Err(PayloadError::Mode { at, mode });
+                };
                 files.insert(
                     path,
                     FileView {
@@ -261,12 +341,8 @@ impl RequestView {
                         }),
                         uuid,
                         sha256,
-                        uid: opt_u32(&e, "uid")
-                            .map_err(|m| format!("{at}.{m}"))?
-                            .unwrap_or(0),
-                        gid: opt_u32(&e, "gid")
-                            .map_err(|m| format!("{at}.{m}"))?
-                            .unwrap_or(0),
+                        uid: opt_u32(&e, &at, "uid")?.unwrap_or(0),
+                        gid: opt_u32(&e, &at, "gid")?.unwrap_or(0),
                         mode: attach::mode_string(bits),
                     },
                 );
@@ -275,20 +351,18 @@ impl RequestView {
         let mut env = BTreeMap::new();
         if let Some(et) = opt_table(t, "env")? {
             for pair in et.pairs::<Value, Value>() {
-                let (k, v) = pair.map_err(|e| e.to_string())?;
+                let (k, v) = pair?;
                 let key = match k {
                     Value::String(s) => utf8(&s, "an env name")?,
-                    other => return Err(format!("an env name of type {}", other.type_name())),
+                    other => return Err(PayloadError::EnvName(other.type_name())),
                 };
                 let value = match v {
                     Value::String(s) => utf8(&s, &format!("env.{key}"))?,
                     Value::Integer(i) => i.to_string(),
                     Value::Number(n) => n.to_string(),
                     other => {
-                        return Err(format!(
-                            "env.{key} of type {} (expected a string)",
-                            other.type_name()
-                        ))
+                        let found = other.type_name();
+                        return Err(PayloadError::EnvValue { key, found });
                     }
                 };
                 env.insert(key, value);
@@ -300,10 +374,10 @@ impl RequestView {
             args: opt_string_list(t, "args")?,
             shell: opt_bool(t, "shell")?.unwrap_or(false),
             env,
-            cwd: opt_string(t, "cwd")?,
-            hostname: opt_string(t, "hostname")?.unwrap_or_else(crate::wire::default_hostname),
-            timeout: opt_uint(t, "timeout")?,
-            truncate: opt_uint(t, "truncate")?,
+            cwd: opt_string(t, "", "cwd")?,
+            hostname: opt_string(t, "", "hostname")?.unwrap_or_else(crate::wire::default_hostname),
+            timeout: opt_uint(t, "", "timeout")?,
+            truncate: opt_uint(t, "", "truncate")?,
             disposable: opt_bool(t, "disposable")?.unwrap_or(false),
             network: opt_bool(t, "network")?.unwrap_or(true),
             files,
@@ -340,7 +414,7 @@ impl Plan {
         t: &Table,
         parse: &SpecParser<'_>,
         warnings: &mut Vec<String>,
-    ) -> Result<Plan, String> {
+    ) -> Result<Plan, PayloadError> {
         check_keys(t, PLAN_FIELDS, "")?;
         let mut files = Vec::new();
         for (i, v) in sequence(t, "files")?.into_iter().enumerate() {
@@ -348,41 +422,44 @@ impl Plan {
             let spec = match v {
                 Value::String(s) => {
                     let text = utf8(&s, &at)?;
-                    parse(&text, warnings).map_err(|e| format!("{at}: {e}"))?
+                    match parse(&text, warnings) {
+                        Ok(spec) => spec,
+                        Err(e) => {
+                            let source = Box::new(e);
+                            return Err(PayloadError::Spec { at, source });
+                        }
+                    }
                 }
                 Value::Table(e) => {
                     check_keys(&e, SPEC_FIELDS, &at)?;
-                    let host = opt_string(&e, "host")
-                        .map_err(|m| format!("{at}.{m}"))?
-                        .filter(|h| !h.is_empty())
-                        .ok_or_else(|| format!("{at} without a host path"))?;
-                    let instance = opt_string(&e, "instance").map_err(|m| format!("{at}.{m}"))?;
+                    let Some(host) = opt_string(&e, &at, "host")?.filter(|h| !h.is_empty()) else {
+                        return Err(PayloadError::NoHost(at));
+                    };
+                    let instance = opt_string(&e, &at, "instance")?;
                     if let Some(inst) = &instance {
                         if !inst.starts_with('/') {
-                            return Err(format!(
-                                "{at}.instance '{inst}' (expected an absolute path)"
-                            ));
+                            let instance = inst.clone();
+                            return Err(PayloadError::RelativeInstance { at, instance });
                         }
                     }
-                    let mode = match opt_string(&e, "mode").map_err(|m| format!("{at}.{m}"))? {
+                    let mode = match opt_string(&e, &at, "mode")? {
                         None => None,
-                        Some(m) => Some(parse_octal(&m).ok_or_else(|| {
-                            format!("{at}.mode '{m}' (expected octal text like \"0644\")")
-                        })?),
+                        Some(mode) => match parse_octal(&mode) {
+                            Some(bits) => Some(bits),
+                            None => return Err(PayloadError::Mode { at, mode }),
+                        },
                     };
                     FileSpec {
                         host,
                         instance,
-                        uid: opt_u32(&e, "uid").map_err(|m| format!("{at}.{m}"))?,
-                        gid: opt_u32(&e, "gid").map_err(|m| format!("{at}.{m}"))?,
+                        uid: opt_u32(&e, &at, "uid")?,
+                        gid: opt_u32(&e, &at, "gid")?,
                         mode,
                     }
                 }
                 other => {
-                    return Err(format!(
-                        "{at} of type {} (expected a table or a spec string)",
-                        other.type_name()
-                    ))
+                    let found = other.type_name();
+                    return Err(PayloadError::SpecType { at, found });
                 }
             };
             files.push(spec);
@@ -402,87 +479,101 @@ fn parse_octal(text: &str) -> Option<u32> {
     u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o7777)
 }
 
-fn utf8(s: &mlua::LuaString, what: &str) -> Result<String, String> {
+fn utf8(s: &mlua::LuaString, what: &str) -> Result<String, PayloadError> {
     s.to_str()
         .map(|s| s.to_string())
-        .map_err(|_| format!("{what} that is not valid UTF-8"))
+        .map_err(|_| PayloadError::NotUtf8(what.to_string()))
 }
 
 /// Every key of `t` must be one of `allowed`.
-fn check_keys(t: &Table, allowed: &[&str], at: &str) -> Result<(), String> {
+fn check_keys(t: &Table, allowed: &[&str], at: &str) -> Result<(), PayloadError> {
     let prefix = if at.is_empty() {
         String::new()
     } else {
         format!("{at}.")
     };
     for pair in t.pairs::<Value, Value>() {
-        let (k, _) = pair.map_err(|e| e.to_string())?;
+        let (k, _) = pair?;
         match &k {
             Value::String(s) => {
                 let name = s.to_string_lossy();
                 if !allowed.contains(&name.as_str()) {
-                    return Err(format!(
-                        "unknown field '{prefix}{name}' (known: {})",
-                        allowed.join(", ")
-                    ));
+                    return Err(PayloadError::UnknownField {
+                        prefix,
+                        name,
+                        known: allowed.join(", "),
+                    });
                 }
             }
             other => {
-                return Err(format!(
-                    "a key of type {} in {} (expected field names)",
-                    other.type_name(),
-                    if at.is_empty() { "the table" } else { at }
-                ))
+                return Err(PayloadError::KeyType {
+                    found: other.type_name(),
+                    place: if at.is_empty() { "the table" } else { at }.to_string(),
+                })
             }
         }
     }
     Ok(())
 }
 
-fn type_err(key: &str, v: &Value, expected: &str) -> String {
-    format!("{key} of type {} (expected {expected})", v.type_name())
-}
-
-fn req_string(t: &Table, key: &str) -> Result<String, String> {
-    opt_string(t, key)?.ok_or_else(|| format!("no '{key}' (it is required)"))
-}
-
-fn opt_string(t: &Table, key: &str) -> Result<Option<String>, String> {
-    match t.raw_get::<Value>(key).map_err(|e| e.to_string())? {
-        Value::Nil => Ok(None),
-        Value::String(s) => utf8(&s, key).map(Some),
-        other => Err(type_err(key, &other, "a string")),
+fn type_err(key: &str, v: &Value, expected: &'static str) -> PayloadError {
+    PayloadError::Type {
+        key: key.to_string(),
+        found: v.type_name(),
+        expected,
     }
 }
 
-fn opt_bool(t: &Table, key: &str) -> Result<Option<bool>, String> {
-    match t.raw_get::<Value>(key).map_err(|e| e.to_string())? {
+fn req_string(t: &Table, key: &'static str) -> Result<String, PayloadError> {
+    opt_string(t, "", key)?.ok_or(PayloadError::Required(key))
+}
+
+/// A string field of `t`, which is at `at` in the returned table (see `PayloadError::In`).
+fn opt_string(t: &Table, at: &str, key: &str) -> Result<Option<String>, PayloadError> {
+    let value = match t.raw_get::<Value>(key) {
+        Ok(Value::Nil) => Ok(None),
+        Ok(Value::String(s)) => utf8(&s, key).map(Some),
+        Ok(other) => Err(type_err(key, &other, "a string")),
+        Err(e) => Err(e.into()),
+    };
+    value.map_err(|e| e.within(at))
+}
+
+fn opt_bool(t: &Table, key: &str) -> Result<Option<bool>, PayloadError> {
+    match t.raw_get::<Value>(key)? {
         Value::Nil => Ok(None),
         Value::Boolean(b) => Ok(Some(b)),
         other => Err(type_err(key, &other, "a boolean")),
     }
 }
 
-fn opt_uint(t: &Table, key: &str) -> Result<Option<u64>, String> {
-    match t.raw_get::<Value>(key).map_err(|e| e.to_string())? {
-        Value::Nil => Ok(None),
-        Value::Integer(i) if i >= 0 => Ok(Some(i as u64)),
-        Value::Number(n) if n >= 0.0 && n.fract() == 0.0 && n < 9.0e15 => Ok(Some(n as u64)),
-        other => Err(type_err(key, &other, "a whole number >= 0")),
-    }
+fn opt_uint(t: &Table, at: &str, key: &str) -> Result<Option<u64>, PayloadError> {
+    let value = match t.raw_get::<Value>(key) {
+        Ok(Value::Nil) => Ok(None),
+        Ok(Value::Integer(i)) if i >= 0 => Ok(Some(i as u64)),
+        Ok(Value::Number(n)) if n >= 0.0 && n.fract() == 0.0 && n < 9.0e15 => Ok(Some(n as u64)),
+        Ok(other) => Err(type_err(key, &other, "a whole number >= 0")),
+        Err(e) => Err(e.into()),
+    };
+    value.map_err(|e| e.within(at))
 }
 
-fn opt_u32(t: &Table, key: &str) -> Result<Option<u32>, String> {
-    match opt_uint(t, key)? {
+fn opt_u32(t: &Table, at: &str, key: &str) -> Result<Option<u32>, PayloadError> {
+    match opt_uint(t, at, key)? {
         None => Ok(None),
-        Some(n) => u32::try_from(n)
-            .map(Some)
-            .map_err(|_| format!("{key} {n} (too large for an id)")),
+        Some(value) => match u32::try_from(value) {
+            Ok(id) => Ok(Some(id)),
+            Err(_) => Err(PayloadError::IdTooLarge {
+                key: key.to_string(),
+                value,
+            }
+            .within(at)),
+        },
     }
 }
 
-fn opt_table(t: &Table, key: &str) -> Result<Option<Table>, String> {
-    match t.raw_get::<Value>(key).map_err(|e| e.to_string())? {
+fn opt_table(t: &Table, key: &str) -> Result<Option<Table>, PayloadError> {
+    match t.raw_get::<Value>(key)? {
         Value::Nil => Ok(None),
         Value::Table(t) => Ok(Some(t)),
         other => Err(type_err(key, &other, "a table")),
@@ -490,28 +581,31 @@ fn opt_table(t: &Table, key: &str) -> Result<Option<Table>, String> {
 }
 
 /// The values of a list field (nil = empty); any non-sequence key is an error.
-fn sequence(t: &Table, key: &str) -> Result<Vec<Value>, String> {
+fn sequence(t: &Table, key: &str) -> Result<Vec<Value>, PayloadError> {
     let Some(list) = opt_table(t, key)? else {
         return Ok(Vec::new());
     };
     let len = list.raw_len();
     let mut count = 0;
     for pair in list.pairs::<Value, Value>() {
-        let (k, _) = pair.map_err(|e| e.to_string())?;
+        let (k, _) = pair?;
         match k {
             Value::Integer(i) if i >= 1 && i as usize <= len => count += 1,
-            _ => return Err(format!("{key} that is not a list (a key {k:?})")),
+            _ => {
+                return Err(PayloadError::NotList {
+                    key: key.to_string(),
+                    found: format!("{k:?}"),
+                })
+            }
         }
     }
     if count != len {
-        return Err(format!("{key} with holes (not a list)"));
+        return Err(PayloadError::Holes(key.to_string()));
     }
-    (1..=len)
-        .map(|i| list.raw_get::<Value>(i).map_err(|e| e.to_string()))
-        .collect()
+    (1..=len).map(|i| Ok(list.raw_get::<Value>(i)?)).collect()
 }
 
-fn opt_string_list(t: &Table, key: &str) -> Result<Vec<String>, String> {
+fn opt_string_list(t: &Table, key: &str) -> Result<Vec<String>, PayloadError> {
     sequence(t, key)?
         .into_iter()
         .enumerate()

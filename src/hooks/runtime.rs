@@ -43,6 +43,22 @@ impl Default for Limits {
     }
 }
 
+/// Why the hook runtime could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A budget (a variable, or config.toml's `[hooks]`) that is not a whole number above 0;
+    /// `name` says which.
+    #[error("{name}={value}: expected a whole number above 0")]
+    Budget { name: String, value: String },
+    /// config.toml cannot be read or parsed (in `config`'s words).
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Lua(#[from] mlua::Error),
+    #[error("cannot set up the hook runtime: {0}")]
+    Setup(#[source] mlua::Error),
+}
+
 /// Why a call (or loading a file) did not complete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
@@ -159,9 +175,13 @@ fn display_value(v: &Value) -> String {
 }
 
 impl Runtime {
-    pub fn new(limits: Limits, config_dir: &Path, data_dir: &Path) -> Result<Runtime, String> {
+    pub fn new(
+        limits: Limits,
+        config_dir: &Path,
+        data_dir: &Path,
+    ) -> Result<Runtime, RuntimeError> {
         let libs = StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8 | StdLib::OS;
-        let lua = Lua::new_with(libs, LuaOptions::new()).map_err(|e| e.to_string())?;
+        let lua = Lua::new_with(libs, LuaOptions::new())?;
         let shared = Rc::new(Shared {
             limits,
             deadline: Cell::new(Instant::now() + limits.time),
@@ -177,7 +197,7 @@ impl Runtime {
             names: Vec::new(),
         };
         rt.install(config_dir, data_dir)
-            .map_err(|e| format!("cannot set up the hook runtime: {e}"))?;
+            .map_err(RuntimeError::Setup)?;
         Ok(rt)
     }
 

@@ -23,6 +23,23 @@ struct Stored {
     dirs: BTreeMap<String, Entry>,
 }
 
+/// The trust store could not be read (it is never replaced then).
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Damaged {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 pub struct TrustStore {
     path: PathBuf,
     stored: Stored,
@@ -44,14 +61,15 @@ impl TrustStore {
 
     /// Reads the store; a missing file is an empty store. A damaged one is an error: it is
     /// never silently replaced (the caller treats project hooks as untrusted).
-    pub fn open(data_dir: &Path) -> Result<TrustStore, String> {
+    pub fn open(data_dir: &Path) -> Result<TrustStore, TrustError> {
         let path = TrustStore::file(data_dir);
         let stored = match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?
-            }
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(stored) => stored,
+                Err(source) => return Err(TrustError::Damaged { path, source }),
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored::default(),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(source) => return Err(TrustError::Read { path, source }),
         };
         Ok(TrustStore { path, stored })
     }

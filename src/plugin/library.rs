@@ -15,6 +15,45 @@ use std::path::{Path, PathBuf};
 /// Output formats of the binary itself: a plugin may not take these names.
 pub const RESERVED_FORMATTERS: &[&str] = &["default", "table", "json", "json-pretty", "csv", "tsv"];
 
+/// What is wrong with a plugin's descriptor or manifest.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DescriptorError {
+    #[error("{}() returned NULL", abi::ENTRY_SYMBOL)]
+    NullEntry,
+    #[error("the descriptor is misaligned")]
+    Misaligned,
+    #[error("struct_size is {size} bytes; ABI v{version} needs at least {known}")]
+    TooSmall {
+        size: u32,
+        version: u32,
+        known: usize,
+    },
+    #[error("{0} is NULL")]
+    Null(&'static str),
+    #[error("{0} is not UTF-8")]
+    NotUtf8(&'static str),
+    #[error("manifest is not valid: {0}")]
+    Manifest(std::sync::Arc<serde_json::Error>),
+    #[error("name is empty")]
+    EmptyName,
+    #[error("formatter name '{0}' is not lowercase letters, digits, '-', '_' and '.'")]
+    FormatterName(String),
+    #[error("formatter '{0}' is a built-in format")]
+    BuiltinFormatter(String),
+    #[error("formatter '{0}' is listed twice")]
+    FormatterTwice(String),
+    #[error("scheme '{0}' is not two or more of a-z, 0-9, '+', '-', '.' starting with a letter")]
+    SchemeName(String),
+    #[error("scheme '{scheme}' takes {parts} parts (1 to 16)")]
+    SchemeParts { scheme: String, parts: u32 },
+    #[error("scheme '{0}' is listed twice")]
+    SchemeTwice(String),
+    #[error("it provides formatters but {0} is NULL")]
+    NoFormatterCall(&'static str),
+    #[error("it provides resolvers but resolve is NULL")]
+    NoResolve,
+}
+
 /// A loaded, checked plugin. Leaked on load: it lives (and its library stays mapped) until
 /// the process exits.
 pub struct LoadedPlugin {
@@ -50,7 +89,7 @@ fn dl_text(e: &libloading::Error) -> String {
 /// happens before any check: that is what loading a shared library means.
 pub fn load(path: &Path) -> Result<&'static LoadedPlugin, PluginError> {
     let path_buf = path.to_path_buf();
-    let descriptor_err = |reason: String| PluginError::Descriptor {
+    let descriptor_err = |reason: DescriptorError| PluginError::Descriptor {
         path: path_buf.clone(),
         reason,
     };
@@ -71,13 +110,10 @@ pub fn load(path: &Path) -> Result<&'static LoadedPlugin, PluginError> {
     // SAFETY: a v1 entry point takes nothing and returns a descriptor pointer (or NULL).
     let ptr = unsafe { entry() };
     if ptr.is_null() {
-        return Err(descriptor_err(format!(
-            "{}() returned NULL",
-            abi::ENTRY_SYMBOL
-        )));
+        return Err(descriptor_err(DescriptorError::NullEntry));
     }
     if !ptr.is_aligned() {
-        return Err(descriptor_err("the descriptor is misaligned".into()));
+        return Err(descriptor_err(DescriptorError::Misaligned));
     }
     // Version and size first: they are the only fields every version has in one place.
     // SAFETY: any descriptor starts with these two u32s.
@@ -94,31 +130,33 @@ pub fn load(path: &Path) -> Result<&'static LoadedPlugin, PluginError> {
     }
     let known = std::mem::size_of::<Descriptor>();
     if (size as usize) < known {
-        return Err(descriptor_err(format!(
-            "struct_size is {size} bytes; ABI v{version} needs at least {known}"
-        )));
+        return Err(descriptor_err(DescriptorError::TooSmall {
+            size,
+            version,
+            known,
+        }));
     }
     // SAFETY: version and size say the plugin's struct holds at least ours; we read only
     // our prefix of it (the struct may grow at the end).
     let desc = unsafe { ptr.read() };
-    let text = |p: *const c_char, what: &str| -> Result<String, PluginError> {
+    let text = |p: *const c_char, what: &'static str| -> Result<String, PluginError> {
         if p.is_null() {
-            return Err(descriptor_err(format!("{what} is NULL")));
+            return Err(descriptor_err(DescriptorError::Null(what)));
         }
         // SAFETY: the ABI says NUL-terminated and valid while the library is loaded.
         unsafe { CStr::from_ptr(p) }
             .to_str()
             .map(str::to_string)
-            .map_err(|_| descriptor_err(format!("{what} is not UTF-8")))
+            .map_err(|_| descriptor_err(DescriptorError::NotUtf8(what)))
     };
     let name = text(desc.name, "name")?;
     let plugin_version = text(desc.version, "version")?;
     let manifest_text = text(desc.manifest, "manifest")?;
     let manifest: Manifest = serde_json::from_str(&manifest_text)
-        .map_err(|e| descriptor_err(format!("manifest is not valid: {e}")))?;
+        .map_err(|e| descriptor_err(DescriptorError::Manifest(e.into())))?;
     let free_buf = desc
         .free_buf
-        .ok_or_else(|| descriptor_err("free_buf is NULL".into()))?;
+        .ok_or_else(|| descriptor_err(DescriptorError::Null("free_buf")))?;
     check(&name, &manifest, &desc).map_err(descriptor_err)?;
     Ok(Box::leak(Box::new(LoadedPlugin {
         path: path.to_path_buf(),
@@ -160,41 +198,35 @@ fn valid_formatter_name(name: &str) -> bool {
 }
 
 /// The manifest makes sense and the functions it needs are there.
-fn check(name: &str, manifest: &Manifest, desc: &Descriptor) -> Result<(), String> {
+fn check(name: &str, manifest: &Manifest, desc: &Descriptor) -> Result<(), DescriptorError> {
     if name.trim().is_empty() {
-        return Err("name is empty".into());
+        return Err(DescriptorError::EmptyName);
     }
     let mut seen = std::collections::BTreeSet::new();
     for f in &manifest.formatters {
         if !valid_formatter_name(&f.name) {
-            return Err(format!(
-                "formatter name '{}' is not lowercase letters, digits, '-', '_' and '.'",
-                f.name
-            ));
+            return Err(DescriptorError::FormatterName(f.name.clone()));
         }
         if RESERVED_FORMATTERS.contains(&f.name.as_str()) {
-            return Err(format!("formatter '{}' is a built-in format", f.name));
+            return Err(DescriptorError::BuiltinFormatter(f.name.clone()));
         }
         if !seen.insert(f.name.as_str()) {
-            return Err(format!("formatter '{}' is listed twice", f.name));
+            return Err(DescriptorError::FormatterTwice(f.name.clone()));
         }
     }
     let mut seen = std::collections::BTreeSet::new();
     for r in &manifest.resolvers {
         if !crate::attach::resolve::looks_like_scheme(&r.scheme) {
-            return Err(format!(
-                "scheme '{}' is not two or more of a-z, 0-9, '+', '-', '.' starting with a letter",
-                r.scheme
-            ));
+            return Err(DescriptorError::SchemeName(r.scheme.clone()));
         }
         if r.parts == 0 || r.parts > 16 {
-            return Err(format!(
-                "scheme '{}' takes {} parts (1 to 16)",
-                r.scheme, r.parts
-            ));
+            return Err(DescriptorError::SchemeParts {
+                scheme: r.scheme.clone(),
+                parts: r.parts,
+            });
         }
         if !seen.insert(r.scheme.as_str()) {
-            return Err(format!("scheme '{}' is listed twice", r.scheme));
+            return Err(DescriptorError::SchemeTwice(r.scheme.clone()));
         }
     }
     let formatter_calls = [
@@ -206,11 +238,11 @@ fn check(name: &str, manifest: &Manifest, desc: &Descriptor) -> Result<(), Strin
     ];
     if !manifest.formatters.is_empty() {
         if let Some((missing, _)) = formatter_calls.iter().find(|(_, present)| !present) {
-            return Err(format!("it provides formatters but {missing} is NULL"));
+            return Err(DescriptorError::NoFormatterCall(missing));
         }
     }
     if !manifest.resolvers.is_empty() && desc.resolve.is_none() {
-        return Err("it provides resolvers but resolve is NULL".into());
+        return Err(DescriptorError::NoResolve);
     }
     Ok(())
 }

@@ -19,7 +19,6 @@ pub mod resolver;
 pub use formatter::formatter;
 pub use registry::Plugins;
 
-use crate::error::CommandError;
 use std::path::PathBuf;
 
 /// Everything that can go wrong with a plugin. The Display texts are the user-facing
@@ -40,7 +39,10 @@ pub enum PluginError {
     },
 
     #[error("plugin '{path}' has an invalid descriptor: {reason}")]
-    Descriptor { path: PathBuf, reason: String },
+    Descriptor {
+        path: PathBuf,
+        reason: library::DescriptorError,
+    },
 
     #[error("plugin '{name}' ({path}) failed in {call}: {message}")]
     Failed {
@@ -76,25 +78,4 @@ pub enum PluginError {
         /// Load failures, any of which might have provided it.
         failed: Vec<String>,
     },
-}
-
-/// A plugin error as the CLI reports it, with hints on what to do next.
-pub fn plugin_err(e: PluginError) -> CommandError {
-    let mut err = CommandError::user(e.to_string());
-    match &e {
-        PluginError::UnknownFormatter { failed, .. } => {
-            for f in failed {
-                err = err.hint(format!("not loaded: {f}"));
-            }
-            err = err.hint("`contree plugins list` shows every plugin found and what it provides");
-        }
-        PluginError::Clash { .. } => {
-            err = err.hint("remove one of the two files, or take it off the plugin path");
-        }
-        PluginError::Failed { .. } | PluginError::Panicked { .. } => {}
-        _ => {
-            err = err.hint("`contree plugins list` shows every plugin found and its state");
-        }
-    }
-    err
 }

@@ -329,10 +329,10 @@ pub fn config_paths(file: &Path) -> Result<Vec<PathBuf>, PluginError> {
 }
 
 impl Schemes for Plugins {
-    fn scheme(&self, name: &str) -> Result<Option<SchemeInfo>, String> {
+    fn scheme(&self, name: &str) -> Result<Option<SchemeInfo>, PluginError> {
         let reg = self.registry();
         if let Some(clash) = reg.scheme_clash(name) {
-            return Err(clash.to_string());
+            return Err(clash);
         }
         Ok(reg.schemes.get(name).and_then(|p| p.first()).and_then(|p| {
             p.manifest
@@ -349,10 +349,10 @@ impl Schemes for Plugins {
         }))
     }
 
-    fn resolver(&self, name: &str) -> Result<Option<&dyn Resolver>, String> {
+    fn resolver(&self, name: &str) -> Result<Option<&dyn Resolver>, PluginError> {
         let reg = self.registry();
         if let Some(clash) = reg.scheme_clash(name) {
-            return Err(clash.to_string());
+            return Err(clash);
         }
         Ok(reg.resolvers.get(name).map(|r| r as &dyn Resolver))
     }

@@ -3,10 +3,31 @@
 //! gives local directories their instance paths, owners, modes and excludes.
 
 use super::library::LoadedPlugin;
+use super::PluginError;
 use crate::attach::resolve::{place, split_scheme, Resolved, Source};
 use crate::attach::{AttachError, Attachment, Excludes, FileSpec, Resolver};
 use contree_plugin::msg;
 use std::path::{Path, PathBuf};
+
+/// Why a plugin resolver gave no files (every text names the plugin).
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error("plugin '{name}' ({}) answered resolve with invalid JSON: {source}", path.display())]
+    Answer {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "plugin '{name}' answered file '{file}' with not exactly one of host_path and content"
+    )]
+    Source { name: String, file: String },
+    #[error("plugin '{0}' found no files")]
+    NoFiles(String),
+}
 
 pub struct PluginResolver {
     plugin: &'static LoadedPlugin,
@@ -35,7 +56,7 @@ impl PluginResolver {
     }
 
     /// Asks the plugin; its failure, a panic or an unreadable answer names the plugin.
-    pub fn ask(&self, rest: &str) -> Result<msg::Resolved, String> {
+    pub fn ask(&self, rest: &str) -> Result<msg::Resolved, ResolveError> {
         let cwd = std::env::current_dir()
             .map(|d| d.display().to_string())
             .unwrap_or_else(|_| "/".into());
@@ -47,18 +68,13 @@ impl PluginResolver {
         .unwrap_or_default();
         let resolve = self.plugin.descriptor().resolve.expect("checked at load");
         // SAFETY: per the ABI; `request` outlives the call.
-        let answer = self
-            .plugin
-            .call("resolve", |reply| unsafe {
-                resolve(request.as_ptr(), request.len(), reply)
-            })
-            .map_err(|e| e.to_string())?;
-        serde_json::from_slice(&answer.out).map_err(|e| {
-            format!(
-                "plugin '{}' ({}) answered resolve with invalid JSON: {e}",
-                self.plugin.name,
-                self.plugin.path.display()
-            )
+        let answer = self.plugin.call("resolve", |reply| unsafe {
+            resolve(request.as_ptr(), request.len(), reply)
+        })?;
+        serde_json::from_slice(&answer.out).map_err(|source| ResolveError::Answer {
+            name: self.plugin.name.clone(),
+            path: self.plugin.path.clone(),
+            source,
         })
     }
 }
@@ -71,9 +87,9 @@ impl Resolver for PluginResolver {
         out: &mut Vec<Attachment>,
     ) -> Result<(), AttachError> {
         let rest = split_scheme(&spec.host).map(|(_, r)| r).unwrap_or_default();
-        let err = |message: String| AttachError::Resolve {
+        let err = |source: ResolveError| AttachError::Plugin {
             spec: spec.to_string(),
-            message,
+            source: Box::new(source),
         };
         let answer = self.ask(rest).map_err(err)?;
         let mut files = Vec::with_capacity(answer.files.len());
@@ -82,10 +98,10 @@ impl Resolver for PluginResolver {
                 (Some(path), None) => Source::Host(PathBuf::from(path)),
                 (None, Some(bytes)) => Source::Content(bytes),
                 _ => {
-                    return Err(err(format!(
-                        "plugin '{}' answered file '{}' with {} of host_path and content",
-                        self.plugin.name, f.path, "not exactly one"
-                    )))
+                    return Err(err(ResolveError::Source {
+                        name: self.plugin.name.clone(),
+                        file: f.path,
+                    }))
                 }
             };
             files.push(Resolved {
@@ -97,7 +113,7 @@ impl Resolver for PluginResolver {
             });
         }
         if files.is_empty() {
-            return Err(err(format!("plugin '{}' found no files", self.plugin.name)));
+            return Err(err(ResolveError::NoFiles(self.plugin.name.clone())));
         }
         place(spec, &answer.name, files, excludes, &self.content_dir, out)
     }

@@ -4,9 +4,9 @@
 pub mod request;
 pub mod settle;
 
-use crate::attach::{self, AttachError, DigestCache, Excludes};
+use crate::attach::{self, DigestCache, Excludes};
 use crate::backend::{BackendError, StdinSource};
-use crate::context::{backend_err, no_session, session_err, Context};
+use crate::context::{no_session, Context};
 use crate::error::{exit, CommandError, CommandResult, Kind};
 use crate::format::formatter::{self, Emit, Formatter, Stream};
 use crate::format::{print_records, Format, Record};
@@ -51,22 +51,6 @@ pub struct RunArgs {
     pub limits: crate::wire::ResourcesLimits,
 }
 
-fn attach_err(e: AttachError) -> CommandError {
-    let text = e.to_string();
-    let kind = if e.is_cache_io() {
-        Kind::Io
-    } else {
-        Kind::User
-    };
-    let plain = matches!(e, AttachError::NotFileOrDir { .. });
-    let err = CommandError::new(kind, text);
-    if plain {
-        err.plain()
-    } else {
-        err
-    }
-}
-
 pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
     if matches!(ctx.format, Format::Table | Format::Csv | Format::Tsv) {
         return Err(CommandError::user(format!(
@@ -84,8 +68,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
     let env_items = request::parse_env_items(&args.env)
         .map_err(|e| CommandError::user(format!("-e/--env: {e}")))?;
     // 0. The output formatter (built-in or a plugin's) is settled before anything runs.
-    let mut formatter =
-        crate::plugin::formatter(&ctx.output, &ctx.plugins).map_err(crate::plugin::plugin_err)?;
+    let mut formatter = crate::plugin::formatter(&ctx.output, &ctx.plugins)?;
     // 1. Every --file spec is checked before anything else happens (`SCHEME:` specs
     //    against the schemes plugins provide).
     let mut warnings = Vec::new();
@@ -93,8 +76,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
         .files
         .iter()
         .map(|s| attach::parse_spec_with(s, &ctx.plugins, &mut warnings))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(attach_err)?;
+        .collect::<Result<Vec<_>, _>>()?;
     for w in warnings {
         warn!("{w}");
     }
@@ -105,31 +87,27 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
         excludes: args.file_excludes.clone(),
     };
     let parse = |s: &str, w: &mut Vec<String>| attach::parse_spec_with(s, &ctx.plugins, w);
-    hooks
-        .pre_attach(&mut plan, &parse)
-        .map_err(hooks::command_error)?;
+    hooks.pre_attach(&mut plan, &parse)?;
     let Plan {
         files: specs,
         excludes,
     } = plan;
-    let excludes = Excludes::new(&excludes).map_err(attach_err)?;
+    let excludes = Excludes::new(&excludes)?;
 
     // 2. The image: --use switches the session first (and that sticks even if we fail later).
     let key = &ctx.session_key;
     let image = match &args.use_image {
         Some(reference) => {
-            let uuid = ctx.backend.resolve_image(reference).map_err(backend_err)?;
-            ctx.sessions
-                .set_image(key, &uuid, "use", reference, None)
-                .map_err(session_err)?;
+            let uuid = ctx.backend.resolve_image(reference)?;
+            ctx.sessions.set_image(key, &uuid, "use", reference, None)?;
             uuid
         }
         None => ctx.session()?.ok_or_else(no_session)?.current_image,
     };
 
     // 3-4. Expand and upload attachments.
-    let attachments = attach::expand_with(&specs, &excludes, &ctx.plugins).map_err(attach_err)?;
-    let session_cwd = ctx.sessions.cwd(key).map_err(session_err)?;
+    let attachments = attach::expand_with(&specs, &excludes, &ctx.plugins)?;
+    let session_cwd = ctx.sessions.cwd(key)?;
     let run_cwd = if args.cwd.is_empty() {
         session_cwd.clone().unwrap_or_else(|| "/".into())
     } else {
@@ -137,7 +115,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
     };
     let mut files = BTreeMap::new();
     // 5. Pending files (from `file cp`) go under explicit ones.
-    for (path, uuid, uid, gid, mode) in ctx.sessions.pending_files(key).map_err(session_err)? {
+    for (path, uuid, uid, gid, mode) in ctx.sessions.pending_files(key)? {
         files.insert(
             path,
             FileRef {
@@ -155,8 +133,8 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
     }
 
     // 6. The spawn body.
-    let session_env = ctx.sessions.env(key).map_err(session_err)?;
-    let preserved = ctx.sessions.preserved_env(&image).map_err(session_err)?;
+    let session_env = ctx.sessions.env(key)?;
+    let preserved = ctx.sessions.preserved_env(&image)?;
     let (mut req, mut merged_env) = request::build(request::Inputs {
         image: image.clone(),
         words: &args.words,
@@ -202,15 +180,13 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
         .iter()
         .map(|(sha, (_, size))| (sha.clone(), *size))
         .collect();
-    hooks
-        .pre_spawn(
-            &mut req,
-            &mut merged_env,
-            &sizes,
-            args.timeout_given,
-            DEFAULT_TIMEOUT,
-        )
-        .map_err(hooks::command_error)?;
+    hooks.pre_spawn(
+        &mut req,
+        &mut merged_env,
+        &sizes,
+        args.timeout_given,
+        DEFAULT_TIMEOUT,
+    )?;
     upload_pending(ctx, &mut req, &blobs)?;
 
     // 10. Spawn.
@@ -281,14 +257,13 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
 /// The hooks of this run (none with `--no-hooks`); see `docs/hooks.md`.
 fn load_hooks(ctx: &Context, args: &RunArgs) -> CommandResult<Hooks> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    Hooks::load(&hooks::Options {
+    Ok(Hooks::load(&hooks::Options {
         config_dir: &ctx.paths.config,
         data_dir: &ctx.paths.data,
         cwd: &cwd,
         flags: &args.hooks,
         disabled: args.no_hooks,
-    })
-    .map_err(hooks::command_error)
+    })?)
 }
 
 /// Hashes the attachments (with the local digest cache) into `files` entries without
@@ -304,15 +279,12 @@ fn hash_attachments(
     if attachments.is_empty() {
         return Ok(Default::default());
     }
-    let cache =
-        DigestCache::open(&ctx.paths.data.join("cache").join("digests.db")).map_err(attach_err)?;
+    let cache = DigestCache::open(&ctx.paths.data.join("cache").join("digests.db"))?;
     let paths: Vec<&Path> = attachments.iter().map(|a| a.host_path.as_path()).collect();
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let digests = cache
-        .digest_all(&paths, threads, crate::progress::Show::OnTerminal)
-        .map_err(attach_err)?;
+    let digests = cache.digest_all(&paths, threads, crate::progress::Show::OnTerminal)?;
     let mut blobs = BTreeMap::new();
     let mut out = Vec::with_capacity(attachments.len());
     for (a, sha) in attachments.iter().zip(digests) {
@@ -369,7 +341,7 @@ fn upload_pending(
         })?;
         wanted.push((host.clone(), sha.to_string()));
     }
-    let answers = ctx.backend.put_files(&wanted).map_err(backend_err)?;
+    let answers = ctx.backend.put_files(&wanted)?;
     let mut uploaded: BTreeMap<String, String> = BTreeMap::new();
     for ((host, sha), (uuid, reused)) in wanted.into_iter().zip(answers) {
         if reused {
@@ -398,8 +370,7 @@ fn detach(
     let (branch, kind) = detached_branch(op, disposable);
     crate::failpoint::hit("run:detached");
     ctx.sessions
-        .add_side_branch(&ctx.session_key, &branch, image, kind, title, Some(op))
-        .map_err(session_err)?;
+        .add_side_branch(&ctx.session_key, &branch, image, kind, title, Some(op))?;
     let mut rec = Record::new();
     rec.insert("uuid".into(), op.into());
     rec.insert("status".into(), "PENDING".into());
@@ -434,22 +405,18 @@ fn spawn_pending(
         } else {
             detached_branch(op, p.disposable).0
         };
-        ctx.sessions
-            .add_pending_op(
-                &ctx.session_key,
-                &PendingOp {
-                    op: op.to_string(),
-                    branch,
-                    ..p.clone()
-                },
-            )
-            .map_err(|e| BackendError::Store(e.to_string()))
+        let pending = PendingOp {
+            op: op.to_string(),
+            branch,
+            ..p.clone()
+        };
+        Ok(ctx.sessions.add_pending_op(&ctx.session_key, &pending)?)
     });
     spawned.map_err(|e| {
         if let Some(op) = registered {
             let _ = ctx.sessions.remove_pending_op(&ctx.session_key, &op);
         }
-        backend_err(e)
+        e.into()
     })
 }
 
@@ -486,7 +453,7 @@ pub fn follow(
         op: op.to_string(),
         ..Default::default()
     };
-    let mut stream = ctx.backend.events(op, true).map_err(backend_err)?;
+    let mut stream = ctx.backend.events(op, true)?;
     let mut sigint_sent = false;
     if formatter.live() {
         stream.watch_reader(1);
@@ -523,7 +490,7 @@ pub fn follow(
                 }
                 continue;
             }
-            Err(e) => return Err(backend_err(e)),
+            Err(e) => return Err(e.into()),
         };
         let ev = &item.event;
         let num = |k: &str| ev.data.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
@@ -714,15 +681,13 @@ fn finish(
             .as_deref()
             .filter(|_| status == Status::Success)
             .map(|image| (image, title));
-        ctx.sessions
-            .apply_pending(
-                &ctx.session_key,
-                &out.op,
-                result,
-                args.preserve_env.then_some(merged_env),
-                None,
-            )
-            .map_err(session_err)?;
+        ctx.sessions.apply_pending(
+            &ctx.session_key,
+            &out.op,
+            result,
+            args.preserve_env.then_some(merged_env),
+            None,
+        )?;
     }
     crate::log::trace("session updated");
     if !out.broken_pipe {

@@ -6,7 +6,7 @@
 //! has ended: nothing that completed is ever lost, and `gc` keeps its images meanwhile.
 
 use crate::backend::BackendError;
-use crate::context::{session_err, Context};
+use crate::context::Context;
 use crate::error::CommandResult;
 use crate::session::{Applied, PendingOp};
 use crate::wire::{Operation, Status};
@@ -15,10 +15,7 @@ use crate::{info, warn};
 /// Applies the session's foreground runs that have ended without their CLI; leaves the
 /// running ones, and those whose CLI is alive.
 pub fn settle(ctx: &Context) -> CommandResult {
-    let pending = ctx
-        .sessions
-        .pending_foreground(&ctx.session_key)
-        .map_err(session_err)?;
+    let pending = ctx.sessions.pending_foreground(&ctx.session_key)?;
     for p in pending {
         // Its CLI is still there (another terminal): the run is its to apply.
         if let Some((pid, start)) = p.cli {
@@ -30,9 +27,7 @@ pub fn settle(ctx: &Context) -> CommandResult {
             Ok(op) if op.status.is_terminal() => apply(ctx, &p, &op)?,
             Ok(_) => {}
             Err(BackendError::NotFound(_)) => {
-                ctx.sessions
-                    .remove_pending_op(&ctx.session_key, &p.op)
-                    .map_err(session_err)?;
+                ctx.sessions.remove_pending_op(&ctx.session_key, &p.op)?;
                 warn!(
                     "Run {} ({}) never started: its CLI stopped before the sandbox did",
                     p.op, p.title
@@ -61,16 +56,13 @@ pub fn apply(ctx: &Context, p: &PendingOp, op: &Operation) -> CommandResult {
         _ => false,
     };
     let branch = format!("detached-{}", p.op);
-    let applied = ctx
-        .sessions
-        .apply_pending(
-            &ctx.session_key,
-            &p.op,
-            result.map(|image| (image, p.title.as_str())),
-            p.preserved_env.as_ref(),
-            moved_on.then_some(branch.as_str()),
-        )
-        .map_err(session_err)?;
+    let applied = ctx.sessions.apply_pending(
+        &ctx.session_key,
+        &p.op,
+        result.map(|image| (image, p.title.as_str())),
+        p.preserved_env.as_ref(),
+        moved_on.then_some(branch.as_str()),
+    )?;
     match (applied, result) {
         (Applied::NotPending, _) => {}
         (Applied::Recorded(entry), Some(image)) if moved_on => warn!(

@@ -29,8 +29,28 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
+/// Why the tokens could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    #[error("line {0}: expected `TOKEN NAMESPACE`")]
+    Line(usize),
+    #[error(
+        "line {line}: namespace '{namespace}' may hold only letters, digits, '-', '_' and '.'"
+    )]
+    Namespace { line: usize, namespace: String },
+    #[error("no tokens")]
+    Empty,
+    /// The config file, in `config`'s words.
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Stat(std::io::Error),
+    #[error("it holds serve tokens but others may read it (mode {mode:o}); run `chmod 600 {}`", path.display())]
+    Readable { mode: u32, path: PathBuf },
+}
+
 /// Parses `TOKEN NAMESPACE` lines (`#` starts a comment line; blank lines are skipped).
-pub fn parse_tokens(text: &str) -> Result<Tokens, String> {
+pub fn parse_tokens(text: &str) -> Result<Tokens, TokensError> {
     let mut entries = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -39,16 +59,16 @@ pub fn parse_tokens(text: &str) -> Result<Tokens, String> {
         }
         let mut words = line.split_whitespace();
         let (Some(token), Some(ns), None) = (words.next(), words.next(), words.next()) else {
-            return Err(format!("line {}: expected `TOKEN NAMESPACE`", n + 1));
+            return Err(TokensError::Line(n + 1));
         };
         if !ns
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         {
-            return Err(format!(
-                "line {}: namespace '{ns}' may hold only letters, digits, '-', '_' and '.'",
-                n + 1
-            ));
+            return Err(TokensError::Namespace {
+                line: n + 1,
+                namespace: ns.to_string(),
+            });
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let token_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &digest).to_string();
@@ -61,7 +81,7 @@ pub fn parse_tokens(text: &str) -> Result<Tokens, String> {
         ));
     }
     if entries.is_empty() {
-        return Err("no tokens".into());
+        return Err(TokensError::Empty);
     }
     Ok(Tokens { entries })
 }
@@ -89,25 +109,26 @@ impl Tokens {
 /// `default` when missing; the user reads the token from the file, never from a log.
 /// Tokens from the config file's `[[serve.tokens]]` entries (`token = "..."`, `namespace =
 /// "..."`), if it has any. A file that holds tokens must be private to its owner.
-pub fn config_tokens(file: &Path) -> Result<Option<Tokens>, String> {
-    let Some(entries) = crate::config::Config::load(file)?.serve.tokens else {
+pub fn config_tokens(file: &Path) -> Result<Option<Tokens>, TokensError> {
+    let config = crate::config::Config::load(file).map_err(TokensError::Config)?;
+    let Some(entries) = config.serve.tokens else {
         return Ok(None);
     };
-    let lines: String = entries?
+    let lines: String = entries
+        .map_err(TokensError::Config)?
         .iter()
         .map(|t| format!("{} {}\n", t.token, t.namespace))
         .collect();
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(file)
-            .map_err(|e| e.to_string())?
+            .map_err(TokensError::Stat)?
             .permissions(),
     );
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "it holds serve tokens but others may read it (mode {:o}); run `chmod 600 {}`",
-            mode & 0o777,
-            file.display()
-        ));
+        return Err(TokensError::Readable {
+            mode: mode & 0o777,
+            path: file.to_path_buf(),
+        });
     }
     parse_tokens(&lines).map(Some)
 }

@@ -122,11 +122,25 @@ pub enum SessionError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("session store error: corrupt {what}: {source}")]
-    Corrupt {
-        what: String,
+    /// The environment an image preserves (`--preserve-env`) does not read back as JSON.
+    #[error("session store error: corrupt preserved env of image {image}: {source}")]
+    PreservedEnv {
+        image: String,
         source: serde_json::Error,
     },
+}
+
+impl SessionError {
+    /// Whether the store itself failed (its database, directory or files), rather than
+    /// what was asked of it.
+    pub fn is_store_failure(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Sqlite(_)
+                | SessionError::CreateDir { .. }
+                | SessionError::PreservedEnv { .. }
+        )
+    }
 }
 
 /// A session database error in words; a full disk says what was not kept.

@@ -484,8 +484,8 @@ impl SessionStore {
             )
             .optional()?;
         json.map(|j| {
-            serde_json::from_str(&j).map_err(|source| SessionError::Corrupt {
-                what: format!("preserved env of image {image}"),
+            serde_json::from_str(&j).map_err(|source| SessionError::PreservedEnv {
+                image: image.to_string(),
                 source,
             })
         })
@@ -498,8 +498,8 @@ impl SessionStore {
         image: &str,
         env: &BTreeMap<String, String>,
     ) -> Result<(), SessionError> {
-        let json = serde_json::to_string(env).map_err(|source| SessionError::Corrupt {
-            what: format!("preserved env of image {image}"),
+        let json = serde_json::to_string(env).map_err(|source| SessionError::PreservedEnv {
+            image: image.to_string(),
             source,
         })?;
         self.conn.execute(
@@ -663,8 +663,8 @@ impl SessionStore {
         upsert_branch(&tx, key, branch.unwrap_or(&active.branch), entry.id)?;
         touch_state(&tx, key, &active.branch)?;
         if let Some(env) = preserved_env {
-            let json = serde_json::to_string(env).map_err(|source| SessionError::Corrupt {
-                what: format!("preserved env of image {image}"),
+            let json = serde_json::to_string(env).map_err(|source| SessionError::PreservedEnv {
+                image: image.to_string(),
                 source,
             })?;
             tx.execute(

@@ -4,8 +4,8 @@
 //! network helper, the event log, the database) is done after the clone.
 
 use super::stream::{Out, Stream};
-use super::watch::{Seen, Watch};
-use super::{Mounted, Outcome, Run};
+use super::watch::{Seen, Watch, WatchError};
+use super::{DbError, Mounted, Outcome, Run};
 use crate::engine::network;
 use crate::engine::sandbox::{self, Spec};
 use crate::engine::store::ImageRow;
@@ -20,6 +20,28 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// Why the command could not be run (its own failure is the outcome, not an error).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SandboxError {
+    #[error("argument contains a NUL byte: {0:?}")]
+    NulByte(String),
+    #[error("pipe: {0}")]
+    Pipe(#[source] nix::Error),
+    #[error("stdin is not valid base64: {0}")]
+    Stdin(#[source] base64::DecodeError),
+    #[error("cannot create the sandbox namespaces: {0}")]
+    Namespaces(#[source] std::io::Error),
+    /// The init reported that it could not set up the sandbox (in its own words).
+    #[error("sandbox setup failed: {0}")]
+    Setup(String),
+    #[error("cannot open the store: {0}")]
+    Store(#[source] DbError),
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+}
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -40,7 +62,7 @@ struct Exec {
 }
 
 impl CommandLine {
-    fn new(req: &SpawnRequest, image: &ImageRow) -> Result<(CommandLine, Exec), String> {
+    fn new(req: &SpawnRequest, image: &ImageRow) -> Result<(CommandLine, Exec), SandboxError> {
         let env = sandbox_env(req, image);
         let search_path = env
             .get("PATH")
@@ -69,12 +91,12 @@ impl CommandLine {
     }
 }
 
-fn c_string(s: &str) -> Result<CString, String> {
-    CString::new(s).map_err(|_| format!("argument contains a NUL byte: {s:?}"))
+fn c_string(s: &str) -> Result<CString, SandboxError> {
+    CString::new(s).map_err(|_| SandboxError::NulByte(s.to_string()))
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
+fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SandboxError::Pipe)
 }
 
 /// The sandbox's ends of the pipes: the command's stdio and the init's status pipe.
@@ -95,13 +117,11 @@ struct StdinFeed {
 /// The command's stdin pipe (its read end for the sandbox), when the request has a stdin.
 /// It is fed by a thread started after the clone: no other thread may exist while the
 /// sandbox is cloned from this process (see `recorder`).
-fn stdin_pipe(req: &SpawnRequest) -> Result<(Option<OwnedFd>, Option<StdinFeed>), String> {
+fn stdin_pipe(req: &SpawnRequest) -> Result<(Option<OwnedFd>, Option<StdinFeed>), SandboxError> {
     let Some(repr) = &req.stdin else {
         return Ok((None, None));
     };
-    let bytes = repr
-        .bytes()
-        .map_err(|e| format!("stdin is not valid base64: {e}"))?;
+    let bytes = repr.bytes().map_err(SandboxError::Stdin)?;
     let keep_open = repr.close == Some(false);
     let (r, w) = pipe()?;
     let feed = StdinFeed {
@@ -173,7 +193,7 @@ impl Run {
         req: &SpawnRequest,
         image: &ImageRow,
         mounted: &Mounted,
-    ) -> Result<Outcome, String> {
+    ) -> Result<Outcome, SandboxError> {
         let (cmd, exec) = CommandLine::new(req, image)?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
@@ -199,7 +219,7 @@ impl Run {
         let (rusage, duration_ms) =
             self.command_over(init, &mut streams, net, stdin_feed, spawned_at)?;
         if let Some(err) = seen.setup_error.take() {
-            return Err(format!("sandbox setup failed: {err}"));
+            return Err(SandboxError::Setup(err));
         }
         Ok(self.exited(req, &cmd.program, &seen, rusage, duration_ms))
     }
@@ -214,13 +234,12 @@ impl Run {
         cmd: &CommandLine,
         exec: Exec,
         io: SandboxIo,
-    ) -> Result<(Pid, Option<network::Network>, Instant), String> {
+    ) -> Result<(Pid, Option<network::Network>, Instant), SandboxError> {
         // The sandbox's resolv.conf goes on the mount points' tmpfs, next to its root. An
         // init in a user namespace finds it from there, its working directory (the store's
         // own directories are closed to it).
         let points = self.layout.root.join("mnt");
-        let (mut inside, net) =
-            network::prepare(req.network_enabled(), &points).map_err(|e| e.to_string())?;
+        let (mut inside, net) = network::prepare(req.network_enabled(), &points)?;
         if let (Some(u), network::Inside::Stack { resolv, .. }) = (&mounted.userns, &mut inside) {
             // Root's inside, like the rest of the image's /etc (it is bound, not idmapped).
             let _ = std::os::unix::fs::chown(
@@ -250,14 +269,14 @@ impl Run {
             userns: mounted.userns.clone(),
             cgroup,
         })
-        .map_err(|e| format!("cannot create the sandbox namespaces: {e}"))?;
+        .map_err(SandboxError::Namespaces)?;
         crate::log::trace("cloned");
         match net.map(|plan| plan.start(init)).transpose() {
             Ok(net) => Ok((init, net, spawned_at)),
             Err(e) => {
                 let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
                 let _ = wait_init(init);
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }
@@ -269,7 +288,7 @@ impl Run {
         init: Pid,
         net: &mut Option<network::Network>,
         stdin: Option<StdinFeed>,
-    ) -> Result<Option<JoinHandle<()>>, String> {
+    ) -> Result<Option<JoinHandle<()>>, SandboxError> {
         crate::failpoint::hit("supervisor:running");
         batch_scheduling();
         let stdin_feed =
@@ -283,7 +302,7 @@ impl Run {
         if let Err(e) = self.db() {
             let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
             let _ = wait_init(init);
-            return Err(format!("cannot open the store: {e}"));
+            return Err(SandboxError::Store(e));
         }
         if let Some(net) = net.as_mut() {
             match net.ready(init) {
@@ -291,7 +310,7 @@ impl Run {
                 Err(e) => {
                     let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
                     let _ = wait_init(init);
-                    return Err(e.to_string());
+                    return Err(e.into());
                 }
             }
             crate::log::trace("network up");
@@ -330,7 +349,7 @@ impl Run {
         mut net: Option<network::Network>,
         stdin_feed: Option<JoinHandle<()>>,
         spawned_at: Instant,
-    ) -> Result<(Value, u64), String> {
+    ) -> Result<(Value, u64), SandboxError> {
         crate::log::trace("output done");
         // The follower reads its pipes to the end before it takes `exit` and `completion`.
         for s in streams.iter_mut() {
@@ -358,7 +377,7 @@ impl Run {
             }
         }
         if let Some(e) = net_failed {
-            return Err(e.to_string());
+            return Err(e.into());
         }
         Ok((rusage, duration_ms))
     }

@@ -2,7 +2,8 @@
 //! never a copy; the chain flattened when it grows long), then `completion` and the row.
 //! A snapshot that is not kept leaves nothing behind.
 
-use super::{diag, Outcome, Run};
+use super::resources::ResourceError;
+use super::{diag, DbError, Outcome, Run};
 use crate::engine::claim::Claim;
 use crate::engine::eventlog;
 use crate::engine::layers;
@@ -11,6 +12,28 @@ use crate::wire::{self, Status};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Instant;
+
+/// Why a snapshot was not kept (the operation's `error` says `snapshot failed: ` and this).
+#[derive(Debug, thiserror::Error)]
+enum CommitError {
+    #[error(transparent)]
+    Resources(#[from] ResourceError),
+    /// The upper dir could not be read.
+    #[error("{}: {source}", path.display())]
+    Upper {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("moving the layer into place: {0}")]
+    Move(#[source] std::io::Error),
+    #[error("moving the layer into place: {} is gone", .0.display())]
+    UpperGone(PathBuf),
+    #[error("flattening layers: {0}")]
+    Flatten(#[source] std::io::Error),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
 
 /// Layer chains longer than this (not counting the base) are merged into one layer after
 /// a commit. The kernel allows 500 lower layers; lookups and mounts slow down long before.
@@ -84,7 +107,8 @@ impl Run {
         // After `completion`: the follower need not wait for this write. (The run is still
         // unfinished in its row, so `gc` keeps its new image: see `gc::collect`.)
         self.record_usage();
-        let recorded = match &self.store {
+        // (For the supervisor's log only.)
+        let failed = match &self.store {
             Some(db) => db
                 .finish_op(
                     &op,
@@ -96,10 +120,11 @@ impl Run {
                     outcome.timed_out,
                     image_size,
                 )
-                .map_err(|e| e.to_string()),
-            None => Err("the store is not open".to_string()),
+                .err()
+                .map(|e| e.to_string()),
+            None => Some("the store is not open".to_string()),
         };
-        if let Err(e) = recorded {
+        if let Some(e) = failed {
             diag(&diag_log, &format!("recording the result failed: {e}"));
             code = crate::error::exit::IO;
         }
@@ -117,7 +142,7 @@ impl Run {
     }
 
     /// Turns the upper dir into the new image's top layer by a rename (never a copy).
-    fn commit(&mut self) -> Result<(String, u64), String> {
+    fn commit(&mut self) -> Result<(String, u64), CommitError> {
         let req = self.job.request.clone();
         let image = self.job.image.clone();
         let upper = self.scratch.join("upper");
@@ -132,8 +157,10 @@ impl Run {
                 }
             }
         }
-        let unchanged =
-            layers::is_empty_dir(&upper).map_err(|e| format!("{}: {e}", upper.display()))?;
+        let unchanged = layers::is_empty_dir(&upper).map_err(|source| CommitError::Upper {
+            path: upper.clone(),
+            source,
+        })?;
         if unchanged && env == image.env && self.attach.is_none() {
             return Ok((image.uuid, 0));
         }
@@ -155,10 +182,8 @@ impl Run {
             size = layers::seal(&upper);
             self.check_layer_size(size)?;
             let claim = Claim::take(&upper, &dest)
-                .map_err(|e| format!("moving the layer into place: {e}"))?
-                .ok_or_else(|| {
-                    format!("moving the layer into place: {} is gone", upper.display())
-                })?;
+                .map_err(CommitError::Move)?
+                .ok_or_else(|| CommitError::UpperGone(upper.clone()))?;
             claims.push(claim);
             chain.insert(0, id.clone());
             new_layers.push((id, size));
@@ -190,13 +215,12 @@ impl Run {
             env,
             tags: Vec::new(),
         };
-        let inserted = self.db().and_then(|db| {
-            db.insert_image(&row, &new_layers)
-                .map_err(|e| e.to_string())
-        });
+        let inserted = self
+            .db()
+            .and_then(|db| Ok(db.insert_image(&row, &new_layers)?));
         if let Err(e) = inserted {
             undo(claims);
-            return Err(e);
+            return Err(e.into());
         }
         crate::failpoint::hit("commit:image-inserted");
         Ok((row.uuid, size))
@@ -210,7 +234,7 @@ impl Run {
     fn shorten(
         &mut self,
         chain: &mut Vec<String>,
-    ) -> Result<Option<((String, u64), Claim)>, String> {
+    ) -> Result<Option<((String, u64), Claim)>, CommitError> {
         if chain.len() <= FLATTEN_AT + 1 {
             return Ok(None);
         }
@@ -231,16 +255,15 @@ impl Run {
             .map(|l| self.layout.layer_dir(l))
             .collect();
         let id = format!("flat-{}", uuid::Uuid::new_v4());
-        let failed = |e: std::io::Error| format!("flattening layers: {e}");
-        let mut staging = self.layout.staging_dir(&id).map_err(failed)?;
+        let mut staging = self.layout.staging_dir(&id).map_err(CommitError::Flatten)?;
         if let Err(e) = layers::flatten(&dirs, staging.path()) {
             let _ = staging.remove();
-            return Err(failed(e));
+            return Err(CommitError::Flatten(e));
         }
         let size = layers::layer_size(staging.path());
         if let Err(e) = staging.rename(&self.layout.layer_dir(&id)) {
             let _ = staging.remove();
-            return Err(failed(e));
+            return Err(CommitError::Flatten(e));
         }
         chain.splice(..merge, [id.clone()]);
         Ok(Some(((id, size), staging)))

@@ -2,12 +2,62 @@
 //! mounted in the supervisor's private mount namespace (or, with a user namespace, laid
 //! out for the init to mount inside it). Nothing mounted here outlives the supervisor.
 
+use super::resources::ResourceError;
+use super::scratch::ScratchError;
 use super::{Mounted, Run};
+use crate::engine::attachlayer::AttachLayerError;
 use crate::engine::overlay::Overlay;
 use crate::engine::sandbox;
 use crate::engine::store::{ImageRow, Layout, HOST_LAYER};
 use crate::engine::{attachlayer, idmap, inspect, layers};
+use std::io;
 use std::path::{Path, PathBuf};
+
+/// Why the sandbox's root could not be mounted (or laid out).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum MountError {
+    #[error("mount point dir {}: {source}", path.display())]
+    PointsDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("tmpfs for mount points at {}: {source}", path.display())]
+    PointsTmpfs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mount point {}: {source}", path.display())]
+    Point {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot build the host image mask: {0}")]
+    HostMask(#[source] io::Error),
+    #[error("cannot mount the host view: {0}")]
+    HostView(#[source] io::Error),
+    #[error("cannot mount the overlay root ({layers} layers): {source}")]
+    OverlayRoot {
+        layers: usize,
+        #[source]
+        source: io::Error,
+    },
+    /// A layer needed twice in the chain could not be copied (see `copy_layer`).
+    #[error("copying attachment layer {id}: {source}")]
+    CopyLayer {
+        id: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    AttachLayer(#[from] AttachLayerError),
+    #[error(transparent)]
+    Scratch(#[from] ScratchError),
+    #[error(transparent)]
+    Resources(#[from] ResourceError),
+}
 
 impl Run {
     /// Mounts the image's layers plus a fresh upper dir at `<store>/mnt/root`.
@@ -16,14 +66,18 @@ impl Run {
     /// costs from tens of microseconds to a millisecond when the disk is busy. So the mount
     /// points go on a tmpfs private to this supervisor's mount namespace, and the upper and
     /// work dirs come from a spare pair (`claim_scratch`).
-    pub(super) fn mount_root(&mut self, image: &ImageRow) -> Result<Mounted, String> {
+    pub(super) fn mount_root(&mut self, image: &ImageRow) -> Result<Mounted, MountError> {
         let points = self.layout.root.join("mnt");
         if !points.is_dir() {
-            std::fs::create_dir_all(&points)
-                .map_err(|e| format!("mount point dir {}: {e}", points.display()))?;
+            std::fs::create_dir_all(&points).map_err(|source| MountError::PointsDir {
+                path: points.clone(),
+                source,
+            })?;
         }
-        sandbox::mount_points_tmpfs(&points)
-            .map_err(|e| format!("tmpfs for mount points at {}: {e}", points.display()))?;
+        sandbox::mount_points_tmpfs(&points).map_err(|source| MountError::PointsTmpfs {
+            path: points.clone(),
+            source,
+        })?;
         let userns = self.job.userns;
         let mut mounted = Mounted {
             root: points.join("root"),
@@ -42,8 +96,7 @@ impl Run {
             if layer == HOST_LAYER {
                 let mask = self.layout.layer_dir(HOST_LAYER);
                 if !mask.exists() {
-                    layers::build_host_mask(&mask, &self.data_dir)
-                        .map_err(|e| format!("cannot build the host image mask: {e}"))?;
+                    layers::build_host_mask(&mask, &self.data_dir).map_err(MountError::HostMask)?;
                 }
                 // The empty dir is on the tmpfs: not under `/`'s filesystem.
                 dirs.extend([points.join("empty"), points.join("host")]);
@@ -58,7 +111,10 @@ impl Run {
             }
         }
         for d in &dirs {
-            std::fs::create_dir(d).map_err(|e| format!("mount point {}: {e}", d.display()))?;
+            std::fs::create_dir(d).map_err(|source| MountError::Point {
+                path: d.clone(),
+                source,
+            })?;
         }
         self.attachment_layer(image, &mut lowers)?;
         let plan = RootPlan {
@@ -82,7 +138,7 @@ impl Run {
         &mut self,
         image: &ImageRow,
         lowers: &mut Vec<PathBuf>,
-    ) -> Result<(), String> {
+    ) -> Result<(), MountError> {
         if let Some(files) = self.job.request.files.as_ref().filter(|f| !f.is_empty()) {
             let view = inspect::View::new(&self.layout, &image.layers);
             let mut id = attachlayer::ensure(&self.layout, &view, files, &self.job.blobs)?;
@@ -153,7 +209,7 @@ struct RootPlan<'a> {
 impl RootPlan<'_> {
     /// Mounts the host view (for the `host` base) and the overlay root, in the
     /// supervisor's own mount namespace.
-    fn mount(&self, mounted: &mut Mounted) -> Result<(), String> {
+    fn mount(&self, mounted: &mut Mounted) -> Result<(), MountError> {
         let RootPlan {
             points,
             lowers,
@@ -172,7 +228,7 @@ impl RootPlan<'_> {
                 userxattr: false,
             }
             .mount(&view)
-            .map_err(|e| format!("cannot mount the host view: {e}"))?;
+            .map_err(MountError::HostView)?;
             mounted.mounts.push(view);
         }
         let root = mounted.root.clone();
@@ -182,11 +238,9 @@ impl RootPlan<'_> {
             userxattr: false,
         }
         .mount(&root)
-        .map_err(|e| {
-            format!(
-                "cannot mount the overlay root ({} layers): {e}",
-                lowers.len()
-            )
+        .map_err(|source| MountError::OverlayRoot {
+            layers: lowers.len(),
+            source,
         })?;
         mounted.mounts.push(root);
         Ok(())
@@ -194,9 +248,12 @@ impl RootPlan<'_> {
 }
 
 /// A hard-linked copy of layer `id` under a new id, for a layer needed twice in one chain.
-fn copy_layer(layout: &Layout, id: &str) -> Result<String, String> {
+fn copy_layer(layout: &Layout, id: &str) -> Result<String, MountError> {
     let copy = format!("{id}-{}", uuid::Uuid::new_v4().simple());
-    let failed = |e: std::io::Error| format!("copying attachment layer {id}: {e}");
+    let failed = |source| MountError::CopyLayer {
+        id: id.to_string(),
+        source,
+    };
     let mut staging = layout.staging_dir(&copy).map_err(failed)?;
     let copied = layers::flatten(&[layout.layer_dir(id)], staging.path())
         .and_then(|_| staging.rename(&layout.layer_dir(&copy)));

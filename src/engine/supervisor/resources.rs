@@ -13,6 +13,24 @@ use std::path::{Path, PathBuf};
 
 use crate::error::exit::OOM_KILLED;
 
+/// Why the run's writable layer could not be set up or kept.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ResourceError {
+    #[error("mount point {}: {source}", path.display())]
+    MountPoint {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The layer kept on its own filesystem could not be read.
+    #[error(transparent)]
+    ReadLayer(std::io::Error),
+    #[error("copying the layer into the store: {0}")]
+    CopyIntoStore(#[source] std::io::Error),
+    #[error("the writable layer holds {}, past its limit of {} (max_layer_bytes)", human(*size), human(*limit))]
+    OverLimit { size: u64, limit: u64 },
+}
+
 #[derive(Debug, Default)]
 pub(super) struct State {
     cgroup: Option<Cgroup>,
@@ -38,15 +56,17 @@ impl Run {
         &mut self,
         points: &Path,
         mounted: &mut Mounted,
-    ) -> Result<(PathBuf, PathBuf), String> {
+    ) -> Result<(PathBuf, PathBuf), ResourceError> {
         let disk = (self.scratch.join("upper"), self.scratch.join("work"));
         let Some(limit) = self.job.limits.layer else {
             return Ok(disk);
         };
         if self.job.limits.layer_exact {
             let mount = points.join("layer");
-            std::fs::create_dir(&mount)
-                .map_err(|e| format!("mount point {}: {e}", mount.display()))?;
+            std::fs::create_dir(&mount).map_err(|source| ResourceError::MountPoint {
+                path: mount.clone(),
+                source,
+            })?;
             match LayerFs::create(&self.scratch, &mount, limit) {
                 Ok(fs) => {
                     // Unmounted after the overlay that sits on it (`Mounted` goes backwards).
@@ -227,27 +247,24 @@ impl Run {
 
     /// Before a commit: a layer kept on its own filesystem is copied into the store's disk
     /// at `upper` (the scratch dir's, which the commit then renames).
-    pub(super) fn layer_into_store(&self, upper: &Path) -> Result<(), String> {
+    pub(super) fn layer_into_store(&self, upper: &Path) -> Result<(), ResourceError> {
         let Some(fs) = &self.res.layer else {
             return Ok(());
         };
         let src = fs.upper();
-        let empty = super::layers::is_empty_dir(&src).map_err(|e| e.to_string())?;
+        let empty = super::layers::is_empty_dir(&src).map_err(ResourceError::ReadLayer)?;
         if !empty {
-            layerlimit::copy_tree(&src, upper)
-                .map_err(|e| format!("copying the layer into the store: {e}"))?;
+            layerlimit::copy_tree(&src, upper).map_err(ResourceError::CopyIntoStore)?;
         }
         Ok(())
     }
 
     /// A layer that grew past the limit between two looks of the guard is not kept.
-    pub(super) fn check_layer_size(&self, size: u64) -> Result<(), String> {
+    pub(super) fn check_layer_size(&self, size: u64) -> Result<(), ResourceError> {
         match self.job.limits.layer {
-            Some(limit) if size > limit && self.res.layer.is_none() => Err(format!(
-                "the writable layer holds {}, past its limit of {} (max_layer_bytes)",
-                human(size),
-                human(limit)
-            )),
+            Some(limit) if size > limit && self.res.layer.is_none() => {
+                Err(ResourceError::OverLimit { size, limit })
+            }
             _ => Ok(()),
         }
     }

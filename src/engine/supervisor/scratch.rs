@@ -6,15 +6,25 @@ use super::Run;
 use crate::engine::claim::Claim;
 use crate::engine::layers;
 use crate::engine::store::Layout;
+use std::path::PathBuf;
 
 /// Where spare scratch dirs (an empty `upper` and a `work`) wait for the next run, under
 /// the store root, and how many are kept.
 const SPARES: &str = "spare";
 const MAX_SPARES: usize = 4;
 
+/// A scratch dir (or its `upper` or `work`) that could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("scratch dir {}: {source}", path.display())]
+pub struct ScratchError {
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
 /// Makes `tmp/OP` a directory with an empty `upper` and a `work`, claimed by this process
 /// (see `claim`): a spare pair left by an earlier run (one rename), else new ones.
-pub(crate) fn claim_scratch(layout: &Layout, op: &str) -> Result<Claim, String> {
+pub(crate) fn claim_scratch(layout: &Layout, op: &str) -> Result<Claim, ScratchError> {
     let scratch = layout.scratch_dir(op);
     let spares = layout.root.join(SPARES);
     if let Ok(entries) = std::fs::read_dir(&spares) {
@@ -32,12 +42,14 @@ pub(crate) fn claim_scratch(layout: &Layout, op: &str) -> Result<Claim, String> 
             }
         }
     }
-    let claim = Claim::create_dir(&scratch)
-        .map_err(|e| format!("scratch dir {}: {e}", scratch.display()))?;
-    for d in [scratch.join("upper"), scratch.join("work")] {
-        if let Err(e) = std::fs::create_dir(&d) {
+    let claim = Claim::create_dir(&scratch).map_err(|source| ScratchError {
+        path: scratch.clone(),
+        source,
+    })?;
+    for path in [scratch.join("upper"), scratch.join("work")] {
+        if let Err(source) = std::fs::create_dir(&path) {
             let _ = claim.remove();
-            return Err(format!("scratch dir {}: {e}", d.display()));
+            return Err(ScratchError { path, source });
         }
     }
     Ok(claim)
@@ -46,7 +58,7 @@ pub(crate) fn claim_scratch(layout: &Layout, op: &str) -> Result<Claim, String> 
 impl Run {
     /// The scratch dir, claimed by this supervisor for as long as it runs (see `claim`):
     /// the one its spawner claimed for it, else one claimed now.
-    pub(super) fn claim_scratch(&mut self) -> Result<(), String> {
+    pub(super) fn claim_scratch(&mut self) -> Result<(), ScratchError> {
         if self.scratch_claim.is_none() {
             self.scratch_claim = Some(claim_scratch(&self.layout, &self.job.op)?);
         }

@@ -14,6 +14,15 @@ use nix::unistd::Pid;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+/// Why the loop could not watch the run.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WatchError {
+    #[error("signalfd: {0}")]
+    Signalfd(#[source] nix::Error),
+    #[error("poll: {0}")]
+    Poll(#[source] nix::Error),
+}
+
 /// A descriptor in the poll set, by what it is.
 #[derive(Debug, Clone, Copy)]
 enum Source {
@@ -40,12 +49,12 @@ pub(super) struct Watch {
 }
 
 impl Watch {
-    pub(super) fn new(status: OwnedFd) -> Result<Watch, String> {
+    pub(super) fn new(status: OwnedFd) -> Result<Watch, WatchError> {
         let signals = SignalFd::with_flags(
             &cancel_signals(),
             SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
         )
-        .map_err(|e| format!("signalfd: {e}"))?;
+        .map_err(WatchError::Signalfd)?;
         Ok(Watch {
             buf: vec![0u8; 1 << 20],
             signals,
@@ -117,7 +126,7 @@ impl Run {
         timeout: Option<Duration>,
         spawned_at: Instant,
         spawn: &SpawnEvent,
-    ) -> Result<Seen, String> {
+    ) -> Result<Seen, WatchError> {
         let mut seen = Seen::default();
         let kill_init = || {
             let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
@@ -136,7 +145,7 @@ impl Run {
             match poll(&mut fds, wait) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(format!("poll: {e}")),
+                Err(e) => return Err(WatchError::Poll(e)),
             }
             let ready: Vec<Source> = fds
                 .iter()
