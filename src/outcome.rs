@@ -22,6 +22,8 @@ pub struct Outcome {
     /// The command ran to its end but its snapshot could not be kept (the engine's
     /// `completion` says so).
     pub snapshot_failed: bool,
+    /// The operation failed before its command ended, on a store with no room left.
+    pub store_full: bool,
     /// Output bytes the command wrote, per stream (before any hook).
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,

@@ -70,6 +70,15 @@ fn tighten(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether the filesystem at `path` has (next to) no room left for a write, counting the
+/// blocks reserved for root, which the store's writers are.
+#[allow(clippy::unnecessary_cast)] // u64 here, narrower on some 32-bit targets
+pub fn no_room(path: &Path) -> bool {
+    nix::sys::statvfs::statvfs(path).is_ok_and(|s| {
+        (s.blocks_free() as u64).saturating_mul(s.fragment_size() as u64) < 256 << 10
+    })
+}
+
 /// Whether an I/O error means the store's filesystem is out of space (or quota).
 pub fn disk_full(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))

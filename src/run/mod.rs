@@ -553,6 +553,7 @@ pub fn follow(
                 out.duration_ms = num("duration_ms");
                 out.image_size = num("image_size_bytes");
                 out.snapshot_failed = ev.data.get("snapshot_failed") == Some(&Value::Bool(true));
+                out.store_full = ev.data.get("store_full") == Some(&Value::Bool(true));
             }
             _ => {}
         }
@@ -648,6 +649,15 @@ fn finish(
                 out.op
             ),
         );
+    } else if status != Status::Success && out.store_full {
+        let detail = out.error.as_deref().unwrap_or("failed");
+        crate::log::emit(
+            crate::log::Level::Error,
+            &format!(
+                "Operation {} could not run: the store's disk is full ({detail}); free space under the store and try again",
+                out.op
+            ),
+        );
     } else if status != Status::Success && (out.oom || out.layer_limit_hit) {
         // "killed: out of memory (limit 256 MiB)", "stopped: the writable layer grew…"
         let detail = out.error.as_deref().unwrap_or("hit a limit");
@@ -706,6 +716,9 @@ fn finish(
     }
     // A run whose changes were lost never looks like a success.
     if out.snapshot_failed && exit_code(&out) == 0 {
+        return Ok(exit::IO);
+    }
+    if out.store_full && out.exit_code.is_none() {
         return Ok(exit::IO);
     }
     Ok(exit_code(&out))

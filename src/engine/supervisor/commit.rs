@@ -94,6 +94,14 @@ impl Run {
         if snapshot_failed {
             data.insert("snapshot_failed".into(), Value::Bool(true));
         }
+        // A run that failed before its command could end, on a store with no room left:
+        // most likely why (SQLite may say only "disk I/O error"), and what the CLI tells.
+        if status == Status::Failed
+            && outcome.exit_code.is_none()
+            && crate::engine::store::no_room(&self.layout.root)
+        {
+            data.insert("store_full".into(), Value::Bool(true));
+        }
         if let Some(init) = self.init.take() {
             self.event("init", Some(0), init);
         }
