@@ -89,7 +89,7 @@ pub struct ImageFilter {
     pub uuid: Option<String>,
 }
 
-pub trait Backend {
+pub trait Backend: Send + Sync {
     /// `local` or `remote`, shown in `-o json` output.
     fn name(&self) -> &'static str;
     /// A UUID, `tag:NAME` or a bare tag → the image's UUID.

@@ -5,7 +5,7 @@
 
 use super::eventlog::LogWriter;
 use super::procfs::{process_start_time, single_threaded};
-use super::{attachlayer, claim, inspect, scopeguard, supervisor, LocalEngine};
+use super::{attachlayer, claim, inspect, lock, scopeguard, supervisor, LocalEngine};
 use crate::backend::{BackendError, StdinSource};
 use crate::progress::Show;
 use crate::wire::SpawnRequest;
@@ -55,8 +55,11 @@ fn supervisor_fds(
     Ok(())
 }
 
-/// The environment variable that hands a supervisor the write end of its notify pipe.
+/// The environment variable that hands a supervisor the write end of its notify pipe, and
+/// the descriptor it is put at (in the child only: a server starts supervisors from many
+/// threads at once, and none may inherit another's pipe, which would keep it open).
 pub(super) const NOTIFY_FD_ENV: &str = "CONTREE_NOTIFY_FD";
+const NOTIFY_FD: std::os::fd::RawFd = 902;
 
 /// The environment variable that hands an executed supervisor its operation's locked event
 /// log (see `LogWriter::own`), and the descriptor it is put at: high, clear of the few the
@@ -140,9 +143,9 @@ impl LocalEngine {
         output: Option<[std::os::fd::RawFd; 2]>,
         registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
     ) -> Result<String, BackendError> {
-        self.hold_gc_off()?;
+        let _hold = self.hold_gc_off()?;
         // However this ends, the run is in flight or gone by then.
-        let _in_flight = scopeguard(|| drop(self.starting.borrow_mut().take()));
+        let _in_flight = scopeguard(|| drop(lock(&self.starting).take()));
         let (image, blobs, attached) = self.store.reading(|| self.validate(req))?;
         // Before the supervisor mounts it: it builds a missing mask, but knows only the
         // data dir.
@@ -259,7 +262,7 @@ impl LocalEngine {
                 .map_err(|e| BackendError::Store(format!("pipe: {e}")))?;
         let notify_fd = notify_w.as_raw_fd();
         let mut cmd = Command::new(exe);
-        cmd.env(NOTIFY_FD_ENV, notify_fd.to_string());
+        cmd.env(NOTIFY_FD_ENV, NOTIFY_FD.to_string());
         cmd.arg(supervisor::SUPERVISE)
             .arg(&self.store.root)
             .arg(&self.data_dir)
@@ -288,13 +291,32 @@ impl LocalEngine {
         if scratch_fd.is_some() {
             cmd.env(SCRATCH_FD_ENV, SCRATCH_FD.to_string());
         }
-        // SAFETY: pthread_sigmask and dup2 are async-signal-safe. The copies are made in
-        // the child only, so no other program this process starts meanwhile inherits them.
+        // SAFETY: fcntl, dup2 and pthread_sigmask are async-signal-safe. The copies are
+        // made in the child only, so no other program this process starts meanwhile (a
+        // server starts them from many threads) inherits them.
         unsafe {
             cmd.pre_exec(move || {
-                for (fd, at) in [(log_fd, LOG_FD), (scratch_fd, SCRATCH_FD)] {
+                let handed = [
+                    (Some(notify_fd), NOTIFY_FD),
+                    (log_fd, LOG_FD),
+                    (scratch_fd, SCRATCH_FD),
+                ];
+                // Out of the way first: in a process with many descriptors one we hand over
+                // may sit where another goes. The copies close at exec; dup2 clears
+                // close-on-exec on what it puts in place.
+                let mut moved = [None; 3];
+                for (slot, (fd, _)) in moved.iter_mut().zip(handed) {
                     if let Some(fd) = fd {
-                        if libc::dup2(fd, at) < 0 {
+                        let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 1000);
+                        if copy < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        *slot = Some(copy);
+                    }
+                }
+                for (copy, (_, at)) in moved.into_iter().zip(handed) {
+                    if let Some(copy) = copy {
+                        if libc::dup2(copy, at) < 0 {
                             return Err(std::io::Error::last_os_error());
                         }
                     }
@@ -304,12 +326,6 @@ impl LocalEngine {
                     .map_err(std::io::Error::from)
             });
         }
-        // Let the notify pipe's write end survive exec (we close our copy right after).
-        nix::fcntl::fcntl(
-            notify_fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-        )
-        .map_err(|e| BackendError::Store(format!("notify pipe: {e}")))?;
         let child = cmd
             .spawn()
             .map_err(|e| BackendError::Unavailable(format!("cannot start the supervisor: {e}")))?;
@@ -318,10 +334,8 @@ impl LocalEngine {
             let _ = self.store.set_supervisor(op, pid, start);
         }
         drop(notify_w);
-        self.children
-            .borrow_mut()
-            .push((op.to_string(), Pid::from_raw(pid)));
-        self.notify.borrow_mut().insert(op.to_string(), notify_r);
+        lock(&self.children).push((op.to_string(), Pid::from_raw(pid)));
+        lock(&self.notify).insert(op.to_string(), notify_r);
         Ok(())
     }
 
@@ -415,7 +429,7 @@ impl LocalEngine {
                 crate::log::trace("child forked");
                 drop(notify_w);
                 if let Some([(out, _), (err, _)]) = live_pipes {
-                    self.live.borrow_mut().insert(
+                    lock(&self.live).insert(
                         op.to_string(),
                         Live {
                             pipes: [out, err],
@@ -423,8 +437,8 @@ impl LocalEngine {
                         },
                     );
                 }
-                self.children.borrow_mut().push((op.to_string(), child));
-                self.notify.borrow_mut().insert(op.to_string(), notify_r);
+                lock(&self.children).push((op.to_string(), child));
+                lock(&self.notify).insert(op.to_string(), notify_r);
                 Ok(())
             }
             Err(e) => {

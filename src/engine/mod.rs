@@ -42,10 +42,10 @@ use crate::paths::Paths;
 use crate::progress::Show;
 use crate::wire::{DirectoryList, Image, Operation, SpawnRequest, Status};
 use nix::unistd::Pid;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use store::{Store, StoreError};
 use tail::Tail;
@@ -68,27 +68,33 @@ pub struct LocalEngine {
     /// Where config.toml is, for the runs' default limits (see `limits`).
     config_dir: PathBuf,
     /// Read on the first run that needs it.
-    limits: RefCell<Option<limits::Config>>,
+    limits: OnceLock<limits::Config>,
     /// Supervisors we started (operation → pid), so we can reap them instead of leaving
     /// zombies, and signal them without asking the database.
-    children: RefCell<Vec<(String, Pid)>>,
+    children: Mutex<Vec<(String, Pid)>>,
     /// How the supervisors we reaped ended, to say why an operation has no ending.
-    exited: RefCell<HashMap<String, nix::sys::wait::WaitStatus>>,
+    exited: Mutex<HashMap<String, nix::sys::wait::WaitStatus>>,
     /// Fork supervisors instead of executing `contree __supervise` (see `fork_supervisor`).
     fork: bool,
     /// `recover` was skipped at open; a forked supervisor runs it when its job is done.
     recover_later: bool,
     /// Read ends of the pipes our supervisors poke after each event (see `Tail`).
-    notify: RefCell<HashMap<String, OwnedFd>>,
+    notify: Mutex<HashMap<String, OwnedFd>>,
     /// Read ends of the pipes that carry a followed run's stdout and stderr (see `Tail`).
-    live: RefCell<HashMap<String, Live>>,
+    live: Mutex<HashMap<String, Live>>,
     /// The locked event logs of operations this process owns and has not handed to a
     /// supervisor (queued, or run here): see `LogWriter::own`.
-    owned: RefCell<HashMap<String, std::fs::File>>,
-    /// A shared lock on `store/gc.lock` while a run of ours is between its upload and its
+    owned: Mutex<HashMap<String, std::fs::File>>,
+    /// A shared lock on `store/gc.lock` while a CLI's run is between its upload and its
     /// start (see `hold_gc_off`).
-    starting: RefCell<Option<std::fs::File>>,
+    starting: Mutex<Option<std::fs::File>>,
 }
+
+// One engine serves every thread of `contree serve` at once (see `server::State`).
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<LocalEngine>();
+};
 
 impl LocalEngine {
     pub fn open(paths: &Paths) -> Result<LocalEngine, BackendError> {
@@ -120,13 +126,13 @@ impl LocalEngine {
             data_dir: paths.data.clone(),
             private: vec![paths.data.clone(), paths.config.clone()],
             config_dir: paths.config.clone(),
-            limits: RefCell::new(None),
-            children: RefCell::new(Vec::new()),
-            exited: RefCell::new(HashMap::new()),
-            notify: RefCell::new(HashMap::new()),
-            live: RefCell::new(HashMap::new()),
-            owned: RefCell::new(HashMap::new()),
-            starting: RefCell::new(None),
+            limits: OnceLock::new(),
+            children: Mutex::new(Vec::new()),
+            exited: Mutex::new(HashMap::new()),
+            notify: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            owned: Mutex::new(HashMap::new()),
+            starting: Mutex::new(None),
             fork: false,
             recover_later: false,
         })
@@ -177,13 +183,12 @@ impl LocalEngine {
 
     /// config.toml's `[limits]` and `[serve.limits]`, read once.
     pub fn limits_config(&self) -> Result<limits::Config, BackendError> {
-        if let Some(config) = self.limits.borrow().as_ref() {
+        if let Some(config) = self.limits.get() {
             return Ok(config.clone());
         }
         let config = limits::Config::load(&self.config_dir)
             .map_err(|e| BackendError::Invalid(e.to_string()))?;
-        *self.limits.borrow_mut() = Some(config.clone());
-        Ok(config)
+        Ok(self.limits.get_or_init(|| config).clone())
     }
 
     /// The row of an operation that has not finished; an error saying why otherwise.
@@ -210,6 +215,12 @@ fn import_err(e: import::ImportError) -> BackendError {
         }
         other => BackendError::Invalid(other.to_string()),
     }
+}
+
+/// The engine's own bookkeeping behind a mutex: no panic holding one leaves it wrong
+/// for the next user, so a poisoned one is used as it is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Runs `f` when dropped.
@@ -259,8 +270,7 @@ impl Backend for LocalEngine {
     fn put_files(&self, files: &[(PathBuf, String)]) -> Result<Vec<(String, bool)>, BackendError> {
         // A content file comes before its row: `gc` waits. A CLI's upload is for the run it
         // starts next, so it holds `gc` off until then; a server's only for the upload.
-        self.hold_gc_off()?;
-        let _upload = (!self.fork).then(|| scopeguard(|| drop(self.starting.borrow_mut().take())));
+        let _upload = self.hold_gc_off()?;
         // Look everything up in one read transaction; store only what is missing.
         let known = self.store.reading(|| {
             files
@@ -292,8 +302,7 @@ impl Backend for LocalEngine {
     }
 
     fn put_file(&self, path: &Path, sha256: &str) -> Result<(String, bool), BackendError> {
-        self.hold_gc_off()?;
-        let _upload = (!self.fork).then(|| scopeguard(|| drop(self.starting.borrow_mut().take())));
+        let _upload = self.hold_gc_off()?;
         if let Some(uuid) = self.store.blob_uuid(sha256)? {
             if self.store.blob_path(sha256).exists() {
                 return Ok((uuid, true));

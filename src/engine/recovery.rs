@@ -5,7 +5,7 @@
 
 use super::eventlog::{LogReader, LogWriter};
 use super::procfs::process_start_time;
-use super::{cgroup, claim, store, LocalEngine};
+use super::{cgroup, claim, lock, store, LocalEngine};
 use crate::backend::BackendError;
 use crate::wire::{Operation, Status};
 use nix::unistd::Pid;
@@ -16,7 +16,7 @@ impl LocalEngine {
     /// the supervisor process it names (pid and start time, so a recycled pid is no match).
     pub(super) fn supervisor_alive(&self, row: &store::OpRow) -> bool {
         self.reap();
-        if self.owned.borrow().contains_key(&row.uuid) {
+        if lock(&self.owned).contains_key(&row.uuid) {
             return true;
         }
         if let (Some(pid), Some(start)) = (row.supervisor_pid, row.supervisor_start) {
@@ -31,25 +31,26 @@ impl LocalEngine {
     /// such as `contree serve` calls this now and then so none stays a zombie).
     pub fn reap(&self) {
         use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-        let mut exited = self.exited.borrow_mut();
-        self.children.borrow_mut().retain(|(op, pid)| {
-            match waitpid(*pid, Some(WaitPidFlag::WNOHANG)) {
+        let mut exited = lock(&self.exited);
+        lock(&self.children).retain(
+            |(op, pid)| match waitpid(*pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => true,
                 Ok(status) => {
                     exited.insert(op.clone(), status);
                     false
                 }
                 Err(_) => false,
-            }
-        });
+            },
+        );
     }
 
     /// Why a supervisor we started is gone, in words, if we know.
     pub(super) fn exit_of(&self, op: &str) -> Option<String> {
         use nix::sys::wait::WaitStatus;
         self.reap();
-        match self.exited.borrow().get(op)? {
-            WaitStatus::Exited(_, code) if *code == crate::error::exit::IO => {
+        let status = *lock(&self.exited).get(op)?;
+        match status {
+            WaitStatus::Exited(_, code) if code == crate::error::exit::IO => {
                 Some("it could not write to the store (is the store's disk full?)".to_string())
             }
             WaitStatus::Exited(_, code) => Some(format!("it exited with code {code}")),
@@ -61,8 +62,7 @@ impl LocalEngine {
     /// Pid of a supervisor this engine started for `op`, if it is still ours to reap.
     pub(super) fn own_supervisor(&self, op: &str) -> Option<Pid> {
         self.reap();
-        self.children
-            .borrow()
+        lock(&self.children)
             .iter()
             .find(|(o, _)| o == op)
             .map(|(_, pid)| *pid)

@@ -54,12 +54,12 @@ impl<'a> Tail<'a> {
     ) -> Result<Self, BackendError> {
         let path = engine.store.op_dir(op).join("events");
         let notify = if follow {
-            engine.notify.borrow_mut().remove(op)
+            super::lock(&engine.notify).remove(op)
         } else {
             None
         };
         let live = if follow {
-            engine.live.borrow_mut().remove(op)
+            super::lock(&engine.live).remove(op)
         } else {
             None
         };
