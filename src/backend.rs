@@ -41,10 +41,6 @@ pub enum StdinSource {
     Inherit,
     /// The process gets no stdin beyond the request's.
     Null,
-    /// The process reads this descriptor after the request's bytes (when the request says
-    /// `close: false`); it is duplicated at spawn, so the caller keeps ownership. Used by
-    /// `contree serve` to forward `POST .../subprocesses/1/stdin` through a pipe.
-    Fd(std::os::fd::RawFd),
 }
 
 /// One event and, for stream events, its bytes already decoded.

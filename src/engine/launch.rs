@@ -10,7 +10,7 @@ use crate::backend::{BackendError, StdinSource};
 use crate::progress::Show;
 use crate::wire::SpawnRequest;
 use nix::unistd::Pid;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -80,6 +80,26 @@ pub(super) struct Handover {
     pub(super) scratch: Option<claim::Claim>,
 }
 
+/// Where a supervisor's stdin comes from: what a `Backend` caller may choose, or a
+/// descriptor of the caller's (`spawn_piped`).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Stdin<'a> {
+    /// Our own stdin.
+    Inherit,
+    Null,
+    /// Read after the request's bytes; duplicated at spawn, so the caller keeps it.
+    Fd(BorrowedFd<'a>),
+}
+
+impl From<StdinSource> for Stdin<'_> {
+    fn from(source: StdinSource) -> Self {
+        match source {
+            StdinSource::Inherit => Stdin::Inherit,
+            StdinSource::Null => Stdin::Null,
+        }
+    }
+}
+
 /// A followed run's pipes from its supervisor, and which of its streams the supervisor
 /// writes to our own stdout or stderr itself (those pipes then only end).
 pub(super) struct Live {
@@ -138,7 +158,7 @@ impl LocalEngine {
     pub(super) fn start(
         &self,
         req: &SpawnRequest,
-        stdin: StdinSource,
+        stdin: Stdin<'_>,
         lazy_row: bool,
         output: Option<[std::os::fd::RawFd; 2]>,
         registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
@@ -234,7 +254,7 @@ impl LocalEngine {
     pub(super) fn spawn_supervisor(
         &self,
         job: &supervisor::Job,
-        stdin: StdinSource,
+        stdin: Stdin<'_>,
         handover: &Handover,
     ) -> Result<(), BackendError> {
         let op = job.op.as_str();
@@ -270,10 +290,9 @@ impl LocalEngine {
             .stdout(log)
             .stderr(log2)
             .stdin(match stdin {
-                StdinSource::Inherit => Stdio::inherit(),
-                StdinSource::Null => Stdio::null(),
-                // SAFETY: the caller keeps the descriptor open until `spawn` returns.
-                StdinSource::Fd(fd) => unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+                Stdin::Inherit => Stdio::inherit(),
+                Stdin::Null => Stdio::null(),
+                Stdin::Fd(fd) => fd
                     .try_clone_to_owned()
                     .map(Stdio::from)
                     .map_err(|e| BackendError::Store(format!("stdin pipe: {e}")))?,
@@ -350,7 +369,7 @@ impl LocalEngine {
     fn fork_supervisor(
         &self,
         job: &supervisor::Job,
-        stdin: StdinSource,
+        stdin: Stdin<'_>,
         live: bool,
         output: Option<[std::os::fd::RawFd; 2]>,
         handover: &Handover,
@@ -377,7 +396,7 @@ impl LocalEngine {
             .unwrap_or([None, None]);
         let live_pipes = if live { Some(live_pipes()?) } else { None };
         let devnull = match stdin {
-            StdinSource::Null => Some(
+            Stdin::Null => Some(
                 std::fs::File::open("/dev/null")
                     .map_err(|e| BackendError::Store(format!("/dev/null: {e}")))?,
             ),
@@ -385,7 +404,7 @@ impl LocalEngine {
         };
         let stdin_fd = match (&stdin, &devnull) {
             (_, Some(f)) => Some(f.as_raw_fd()),
-            (StdinSource::Fd(fd), None) => Some(*fd),
+            (Stdin::Fd(fd), None) => Some(fd.as_raw_fd()),
             _ => None,
         };
         self.store.close();

@@ -151,6 +151,17 @@ impl LocalEngine {
         &self.store
     }
 
+    /// `spawn`, the process reading `stdin` after the request's bytes (when the request
+    /// says `close: false`): `contree serve` forwards `POST .../subprocesses/1/stdin`
+    /// through a pipe this way. The descriptor is duplicated; the caller keeps it.
+    pub fn spawn_piped(
+        &self,
+        req: &SpawnRequest,
+        stdin: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<String, BackendError> {
+        self.start(req, launch::Stdin::Fd(stdin), false, None, &mut |_| Ok(()))
+    }
+
     /// The layered view of an image, for inspection without a sandbox.
     pub fn view(&self, image: &str) -> Result<inspect::View, BackendError> {
         let row = self
@@ -312,7 +323,7 @@ impl Backend for LocalEngine {
     }
 
     fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
-        self.start(req, stdin, false, None, &mut |_| Ok(()))
+        self.start(req, stdin.into(), false, None, &mut |_| Ok(()))
     }
 
     fn spawn_registered(
@@ -321,7 +332,7 @@ impl Backend for LocalEngine {
         stdin: StdinSource,
         registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
     ) -> Result<String, BackendError> {
-        self.start(req, stdin, false, None, registered)
+        self.start(req, stdin.into(), false, None, registered)
     }
 
     fn spawn_followed(
@@ -331,7 +342,7 @@ impl Backend for LocalEngine {
         output: Option<[std::os::fd::RawFd; 2]>,
         registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
     ) -> Result<String, BackendError> {
-        self.start(req, stdin, self.fork, output, registered)
+        self.start(req, stdin.into(), self.fork, output, registered)
     }
 
     fn operation(&self, op: &str) -> Result<Operation, BackendError> {

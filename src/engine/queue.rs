@@ -4,11 +4,12 @@
 //! operation its ending (see `recovery`).
 
 use super::eventlog::{self, LogWriter};
-use super::launch::Handover;
+use super::launch::{Handover, Stdin};
 use super::procfs::process_start_time;
 use super::{lock, supervisor, LocalEngine};
-use crate::backend::{BackendError, StdinSource};
+use crate::backend::BackendError;
 use crate::wire::{SpawnRequest, Status};
+use std::os::fd::BorrowedFd;
 
 impl LocalEngine {
     /// Records an operation that waits for a free slot (PENDING) without starting it; the
@@ -38,14 +39,17 @@ impl LocalEngine {
         Ok((op, pid, start))
     }
 
-    /// Starts an operation recorded by `enqueue`. If it cannot start (its image is gone,
-    /// say), the operation is failed with the reason, and that is returned too.
+    /// Starts an operation recorded by `enqueue`, its stdin read from `stdin` after the
+    /// request's bytes (see `spawn_piped`), else nothing more. If it cannot start (its
+    /// image is gone, say), the operation is failed with the reason, and that is returned
+    /// too.
     pub fn start_queued(
         &self,
         op: &str,
         req: &SpawnRequest,
-        stdin: StdinSource,
+        stdin: Option<BorrowedFd<'_>>,
     ) -> Result<(), BackendError> {
+        let stdin = stdin.map_or(Stdin::Null, Stdin::Fd);
         let started = self
             .store
             .reading(|| self.validate(req))

@@ -121,7 +121,7 @@ fn pump(st: &Shared, op: &str, follow: bool, since: u64, tx: &tokio::sync::mpsc:
             msg.replace('\n', " ")
         ));
     };
-    let path = lock(&st.engine).store().op_dir(op).join("events");
+    let path = st.engine.store().op_dir(op).join("events");
     let mut reader = match LogReader::open(&path) {
         Ok(r) => r,
         Err(e) => return fail(format!("event log of {op}: {e}")),
@@ -171,7 +171,7 @@ fn pump(st: &Shared, op: &str, follow: bool, since: u64, tx: &tokio::sync::mpsc:
                 if since_check >= Duration::from_secs(1) {
                     since_check = Duration::ZERO;
                     // Recovers (and completes the log of) an operation whose supervisor died.
-                    let _ = lock(&st.engine).operation(op);
+                    let _ = st.engine.operation(op);
                 }
             }
             Err(e) => return fail(format!("event log of {op}: {e}")),
@@ -203,8 +203,4 @@ fn wait_change(ino: &nix::sys::inotify::Inotify, limit: Duration) -> Duration {
         }
     }
     started.elapsed().max(Duration::from_millis(1))
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -12,7 +12,7 @@ pub(super) async fn find_by_tag(
         return Err(ApiError::bad_request("the tag parameter is required"));
     };
     let found = blocking(&st, move |st| {
-        let engine = lock(&st.engine);
+        let engine = &st.engine;
         find_tag(st, &engine, &ns.name, &tag)?
             .ok_or_else(|| ApiError::not_found(format!("no image tagged '{tag}'")))
     })
@@ -33,7 +33,7 @@ pub(super) async fn inspect_image(
 ) -> ApiResult<Json<Image>> {
     let image = parse_uuid(&image, "image")?;
     blocking(&st, move |st| {
-        let engine = lock(&st.engine);
+        let engine = &st.engine;
         let row = visible_image(st, &engine, &ns.name, &image)?;
         let tag = row.tags.iter().find_map(|t| visible_tag(&ns.name, t));
         Ok(Json(image_json(&row, tag)))
@@ -51,7 +51,7 @@ pub(super) async fn list(
     let path = image_path(&q)?;
     let text = flag(&q, "text");
     blocking(&st, move |st| {
-        let engine = lock(&st.engine);
+        let engine = &st.engine;
         visible_image(st, &engine, &ns.name, &image)?;
         let listing = engine.list_dir(&image, &path)?;
         Ok(if text {
@@ -77,7 +77,7 @@ pub(super) async fn download(
     let image = parse_uuid(&image, "image")?;
     let path = image_path(&q)?;
     let (file, size) = blocking(&st, move |st| {
-        let engine = lock(&st.engine);
+        let engine = &st.engine;
         visible_image(st, &engine, &ns.name, &image)?;
         let view = engine.view(&image)?;
         match view.open(&path) {
@@ -146,7 +146,7 @@ pub(super) async fn archive(
     let path = image_path(&q)?;
     let name = format!("{}.tar", path.trim_matches('/').replace('/', "_"));
     let view = blocking(&st, move |st| {
-        let engine = lock(&st.engine);
+        let engine = &st.engine;
         visible_image(st, &engine, &ns.name, &image)?;
         let view = engine.view(&image)?;
         match crate::server::archive::check(&view, &path) {
