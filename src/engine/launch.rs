@@ -100,11 +100,17 @@ impl From<StdinSource> for Stdin<'_> {
     }
 }
 
-/// A followed run's pipes from its supervisor, and which of its streams the supervisor
-/// writes to our own stdout or stderr itself (those pipes then only end).
+/// This process's stdout and stderr: where a followed run's output goes when the caller
+/// passes it on unchanged (see `Backend::spawn_followed`).
+pub(super) const OUTPUT: [std::os::fd::RawFd; 2] = [1, 2];
+
+/// A followed run's pipes from its supervisor, which of its streams the supervisor writes
+/// to our own stdout or stderr itself (those pipes then only end), and whether the rest
+/// goes to them unchanged too (`Tail` then splices it).
 pub(super) struct Live {
     pub(super) pipes: [OwnedFd; 2],
     pub(super) direct: [bool; 2],
+    pub(super) pass: bool,
 }
 
 /// Pipes that carry a followed run's stdout and stderr to the CLI as they are recorded
@@ -160,7 +166,7 @@ impl LocalEngine {
         req: &SpawnRequest,
         stdin: Stdin<'_>,
         lazy_row: bool,
-        output: Option<[std::os::fd::RawFd; 2]>,
+        direct: bool,
         registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
     ) -> Result<String, BackendError> {
         let _hold = self.hold_gc_off()?;
@@ -223,7 +229,7 @@ impl LocalEngine {
             limits,
         };
         let started = if self.fork && single_threaded() {
-            self.fork_supervisor(&job, stdin, lazy_row, output, &handover)
+            self.fork_supervisor(&job, stdin, lazy_row, direct, &handover)
         } else {
             self.spawn_supervisor(&job, stdin, &handover)
         };
@@ -371,7 +377,7 @@ impl LocalEngine {
         job: &supervisor::Job,
         stdin: Stdin<'_>,
         live: bool,
-        output: Option<[std::os::fd::RawFd; 2]>,
+        output: bool,
         handover: &Handover,
     ) -> Result<(), BackendError> {
         let op = job.op.as_str();
@@ -390,10 +396,11 @@ impl LocalEngine {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
                 .map_err(|e| BackendError::Store(format!("pipe: {e}")))?;
         // The streams the supervisor delivers itself (see `supervisor::Live`).
-        let direct = output
-            .filter(|_| live)
-            .map(|fds| fds.map(|fd| direct_output(fd).then_some(fd)))
-            .unwrap_or([None, None]);
+        let direct = if live && output {
+            OUTPUT.map(|fd| direct_output(fd).then_some(fd))
+        } else {
+            [None, None]
+        };
         let live_pipes = if live { Some(live_pipes()?) } else { None };
         let devnull = match stdin {
             Stdin::Null => Some(
@@ -453,6 +460,7 @@ impl LocalEngine {
                         Live {
                             pipes: [out, err],
                             direct: direct.map(|d| d.is_some()),
+                            pass: output,
                         },
                     );
                 }

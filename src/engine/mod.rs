@@ -159,7 +159,7 @@ impl LocalEngine {
         req: &SpawnRequest,
         stdin: std::os::fd::BorrowedFd<'_>,
     ) -> Result<String, BackendError> {
-        self.start(req, launch::Stdin::Fd(stdin), false, None, &mut |_| Ok(()))
+        self.start(req, launch::Stdin::Fd(stdin), false, false, &mut |_| Ok(()))
     }
 
     /// The layered view of an image, for inspection without a sandbox.
@@ -323,7 +323,7 @@ impl Backend for LocalEngine {
     }
 
     fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
-        self.start(req, stdin.into(), false, None, &mut |_| Ok(()))
+        self.start(req, stdin.into(), false, false, &mut |_| Ok(()))
     }
 
     fn spawn_registered(
@@ -332,17 +332,17 @@ impl Backend for LocalEngine {
         stdin: StdinSource,
         registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
     ) -> Result<String, BackendError> {
-        self.start(req, stdin.into(), false, None, registered)
+        self.start(req, stdin.into(), false, false, registered)
     }
 
     fn spawn_followed(
         &self,
         req: &SpawnRequest,
         stdin: StdinSource,
-        output: Option<[std::os::fd::RawFd; 2]>,
+        direct: bool,
         registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
     ) -> Result<String, BackendError> {
-        self.start(req, stdin.into(), self.fork, output, registered)
+        self.start(req, stdin.into(), self.fork, direct, registered)
     }
 
     fn operation(&self, op: &str) -> Result<Operation, BackendError> {

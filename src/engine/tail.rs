@@ -3,7 +3,7 @@
 //! that carry its output straight from the supervisor.
 
 use super::eventlog::{LogReader, LogWriter};
-use super::{eventlog, LocalEngine};
+use super::{eventlog, launch, LocalEngine};
 use crate::backend::{BackendError, EventItem, EventStream};
 use crate::interrupt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -28,8 +28,8 @@ pub(super) struct Tail<'a> {
     direct: [bool; 2],
     /// Which live pipe to try first (they take turns).
     live_turn: usize,
-    /// Where live output goes by splice(2) instead of through `bytes` (see
-    /// `EventStream::pass_through`).
+    /// Where live output goes by splice(2) instead of through `bytes`: our own stdout and
+    /// stderr, for a run spawned with `direct` (see `Backend::spawn_followed`).
     pass: Option<[std::os::fd::RawFd; 2]>,
     /// An `exit`, `truncated` or `completion` read from the log before the live pipes
     /// ended: it waits for them, so no output comes after it.
@@ -76,6 +76,7 @@ impl<'a> Tail<'a> {
             Err(e) => return Err(BackendError::Store(format!("{}: {e}", path.display()))),
         };
         let direct = live.as_ref().map(|l| l.direct).unwrap_or_default();
+        let pass = live.as_ref().filter(|l| l.pass).map(|_| launch::OUTPUT);
         Ok(Tail {
             engine,
             op: op.to_string(),
@@ -85,7 +86,7 @@ impl<'a> Tail<'a> {
             live: live.map(|l| l.pipes.map(Some)).unwrap_or([None, None]),
             direct,
             live_turn: 0,
-            pass: None,
+            pass,
             held: None,
             follow,
             notify,
@@ -299,15 +300,8 @@ impl Tail<'_> {
 }
 
 impl EventStream for Tail<'_> {
-    fn pass_through(&mut self, stdout: std::os::fd::RawFd, stderr: std::os::fd::RawFd) -> bool {
-        if !self.live_used {
-            return false;
-        }
-        self.pass = Some([stdout, stderr]);
-        true
-    }
-
-    fn watch_reader(&mut self, fd: std::os::fd::RawFd) {
+    fn watch_reader(&mut self) {
+        let fd = launch::OUTPUT[0];
         // Only a pipe or socket has a reader that can go away.
         if let Ok(st) = nix::sys::stat::fstat(fd) {
             let kind = st.st_mode & libc::S_IFMT;

@@ -244,8 +244,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
             ..Default::default()
         });
         spawn_pending(ctx, pending, |registered| {
-            ctx.backend
-                .spawn_followed(&req, stdin, direct.then_some([1, 2]), registered)
+            ctx.backend.spawn_followed(&req, stdin, direct, registered)
         })?
     };
     crate::log::trace("spawned");
@@ -486,15 +485,15 @@ pub fn follow(
         op: op.to_string(),
         ..Default::default()
     };
+    if output_untouched(formatter, hooks) {
+        // The backend may write the output itself (see `spawn_followed`): whatever std
+        // buffered goes out first, so the order holds.
+        flush_std();
+    }
     let mut stream = ctx.backend.events(op, true).map_err(backend_err)?;
     let mut sigint_sent = false;
     if formatter.live() {
-        stream.watch_reader(1);
-    }
-    if output_untouched(formatter, hooks) {
-        // Whatever std buffered goes out first, so the order holds.
-        flush_std();
-        stream.pass_through(1, 2);
+        stream.watch_reader();
     }
     loop {
         let item = match stream.next_event() {
