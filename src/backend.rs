@@ -61,6 +61,11 @@ pub trait EventStream {
     /// and report `OutputClosed` once if it goes away: after `-T` cut the output nothing is
     /// written any more, so a write would never notice `| head` closing.
     fn watch_reader(&mut self) {}
+
+    /// From now on `next_event` waits until `deadline` at most: past it, it returns
+    /// `Ok(None)` even before `completion` (the caller tells by what it has seen), and a
+    /// later call goes on where it stopped. `None` waits as long as it takes.
+    fn set_deadline(&mut self, deadline: Option<std::time::Instant>);
 }
 
 #[derive(Debug, Clone, Default)]

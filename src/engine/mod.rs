@@ -373,9 +373,9 @@ impl Backend for LocalEngine {
 
     fn events(&self, op: &str, follow: bool) -> Result<Box<dyn EventStream + '_>, BackendError> {
         // An operation we just spawned exists; asking the database would reopen it (see
-        // `fork_supervisor`) on the run's path.
+        // `fork_supervisor`) on the run's path. One without a row yet may be starting.
         if self.own_supervisor(op).is_none() && self.store.op(op)?.is_none() {
-            return Err(BackendError::NotFound(format!("operation {op} not found")));
+            self.unrecorded(op)?;
         }
         Ok(Box::new(Tail::open(self, op, follow)?))
     }

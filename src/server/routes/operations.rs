@@ -181,19 +181,18 @@ pub(super) async fn operations(
 const RESULT_CAP: usize = 16 << 20;
 
 /// What the process wrote to stdout and stderr (the first `RESULT_CAP` bytes of each),
-/// from the operation's event log.
+/// from the operation's events as they are now.
 fn collect_output(engine: &LocalEngine, op: &str) -> (Vec<u8>, Vec<u8>) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let path = engine.store().op_dir(op).join("events");
-    if let Ok(mut reader) = crate::engine::eventlog::LogReader::open(&path) {
-        while let Ok(Some(ev)) = reader.next() {
-            let buf = match ev.header.kind.as_str() {
+    if let Ok(mut events) = engine.events(op, false) {
+        while let Ok(Some(item)) = events.next_event() {
+            let buf = match item.event.kind.as_str() {
                 "stdout" => &mut out,
                 "stderr" => &mut err,
                 _ => continue,
             };
             let room = RESULT_CAP.saturating_sub(buf.len());
-            buf.extend_from_slice(&ev.payload[..ev.payload.len().min(room)]);
+            buf.extend_from_slice(&item.bytes[..item.bytes.len().min(room)]);
         }
     }
     (out, err)
