@@ -459,7 +459,7 @@ pub enum PluginsCommand {
 
 /// `--memory`: a size of at least `limits::MIN_MEMORY`, or `none` (sent as 0).
 fn parse_memory(text: &str) -> Result<u64, String> {
-    use crate::engine::limits;
+    use crate::wire::limits;
     if text.eq_ignore_ascii_case("none") {
         return Ok(0);
     }
@@ -477,7 +477,7 @@ fn parse_pids(text: &str) -> Result<u64, String> {
     if text.eq_ignore_ascii_case("none") {
         return Ok(0);
     }
-    crate::engine::limits::parse_pids(text).map_err(|e| e.to_string())
+    crate::wire::limits::parse_pids(text).map_err(|e| e.to_string())
 }
 
 /// `--cpus`: at least 0.01, or `none` (sent as 0).
@@ -485,12 +485,12 @@ fn parse_cpus(text: &str) -> Result<f64, String> {
     if text.eq_ignore_ascii_case("none") {
         return Ok(0.0);
     }
-    crate::engine::limits::parse_cpus(text).map_err(|e| e.to_string())
+    crate::wire::limits::parse_cpus(text).map_err(|e| e.to_string())
 }
 
 /// `--max-layer-bytes`: a size of at least `limits::MIN_LAYER`.
 fn parse_layer(text: &str) -> Result<u64, String> {
-    use crate::engine::limits;
+    use crate::wire::limits;
     let size = limits::parse_size(text).map_err(|e| e.to_string())?;
     limits::validate(&crate::wire::ResourcesLimits {
         max_layer_bytes: Some(size),

@@ -4,9 +4,9 @@
 //! takes over what the spawner hands it (`Handover`) at descriptors named here.
 
 use super::eventlog::LogWriter;
-use super::procfs::{process_start_time, single_threaded};
 use super::{attachlayer, claim, inspect, lock, scopeguard, supervisor, LocalEngine};
 use crate::backend::{BackendError, StdinSource};
+use crate::procfs::{process_start_time, single_threaded};
 use crate::progress::Show;
 use crate::wire::SpawnRequest;
 use nix::unistd::Pid;

@@ -25,7 +25,6 @@ pub mod limits;
 pub mod network;
 pub mod oci;
 pub mod overlay;
-mod procfs;
 mod prune;
 mod queue;
 pub mod recorder;
@@ -51,7 +50,6 @@ use store::{Store, StoreError};
 use tail::Tail;
 
 use launch::Live;
-pub use procfs::process_start_time;
 
 impl From<StoreError> for BackendError {
     fn from(e: StoreError) -> Self {

@@ -5,9 +5,9 @@
 
 use super::eventlog::{self, LogWriter};
 use super::launch::{Handover, Stdin};
-use super::procfs::process_start_time;
 use super::{lock, supervisor, LocalEngine};
 use crate::backend::BackendError;
+use crate::procfs::process_start_time;
 use crate::wire::{SpawnRequest, Status};
 use std::os::fd::BorrowedFd;
 

@@ -4,9 +4,9 @@
 //! cleans up. Ownership is decided by locks only a live process holds, never by ages.
 
 use super::eventlog::{LogReader, LogWriter};
-use super::procfs::process_start_time;
 use super::{cgroup, claim, lock, store, LocalEngine};
 use crate::backend::BackendError;
+use crate::procfs::process_start_time;
 use crate::wire::{Operation, Status};
 use nix::unistd::Pid;
 

@@ -305,7 +305,7 @@ impl Run {
                     .map_err(|e| format!("cannot create the event log: {e}"))?;
             }
             let pid = std::process::id() as i32;
-            let start = super::process_start_time(pid).unwrap_or(0);
+            let start = crate::procfs::process_start_time(pid).unwrap_or(0);
             match &self.job.created_at {
                 Some(created) => store
                     .create_executing_op(

@@ -47,7 +47,7 @@ pub struct RunArgs {
     pub hooks: Vec<String>,
     /// `--no-hooks`.
     pub no_hooks: bool,
-    /// `--memory`, `--pids`, `--cpus`, `--max-layer-bytes` (see `engine::limits`).
+    /// `--memory`, `--pids`, `--cpus`, `--max-layer-bytes` (see `wire::limits`).
     pub limits: crate::wire::ResourcesLimits,
 }
 
@@ -240,7 +240,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
             title: title.clone(),
             foreground: true,
             preserved_env: args.preserve_env.then(|| merged_env.clone()),
-            cli: crate::engine::process_start_time(me).map(|start| (me, start)),
+            cli: crate::procfs::process_start_time(me).map(|start| (me, start)),
             ..Default::default()
         });
         spawn_pending(ctx, pending, |registered| {
@@ -753,7 +753,7 @@ fn limit_warnings(out: &Outcome) {
         let limit = limits
             .and_then(|l| l.get("max_memory_bytes"))
             .and_then(|m| m.as_u64())
-            .map(|m| format!(" (limit {})", crate::engine::limits::human(m)))
+            .map(|m| format!(" (limit {})", crate::wire::limits::human(m)))
             .unwrap_or_default();
         warn!(
             "Operation {}: a process was killed: out of memory{limit}",
@@ -764,7 +764,7 @@ fn limit_warnings(out: &Outcome) {
         let limit = limits
             .and_then(|l| l.get("max_layer_bytes"))
             .and_then(|m| m.as_u64())
-            .map(crate::engine::limits::human)
+            .map(crate::wire::limits::human)
             .unwrap_or_else(|| "its size".into());
         warn!(
             "Operation {}: the writable layer reached its limit of {limit} (max_layer_bytes): writes past it failed with \"No space left on device\"",

@@ -57,7 +57,7 @@ pub(super) async fn list(
         Ok(if text {
             (
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                crate::engine::inspect::text_listing(&listing.files),
+                crate::wire::text_listing(&listing.files),
             )
                 .into_response()
         } else {
