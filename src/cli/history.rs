@@ -418,7 +418,7 @@ fn finished(ctx: &Context, op: &str) -> CommandResult<Operation> {
     let mut waiter = Waiter::new(op.to_string());
     loop {
         match waiter.wait(ctx, None)? {
-            Waited::Done(op) => return Ok(op),
+            Waited::Done(op) => return Ok(*op),
             Waited::Interrupted => return Err(CommandError::user("User interrupted")),
             Waited::Pending => {}
         }

@@ -394,7 +394,7 @@ pub fn wait(ctx: &Context, flags: WaitFlags) -> CommandResult<i32> {
 /// Where waiting for an operation got to (see `Waiter::wait`).
 pub(super) enum Waited {
     /// It has finished: its record.
-    Done(Operation),
+    Done(Box<Operation>),
     /// Not yet (the time given is up).
     Pending,
     /// Ctrl-C.
@@ -432,7 +432,7 @@ impl<'a> Waiter<'a> {
             if self.completed || self.events.is_none() {
                 let op = ctx.backend.operation(&self.op).map_err(backend_err)?;
                 if op.status.is_terminal() {
-                    return Ok(Waited::Done(op));
+                    return Ok(Waited::Done(Box::new(op)));
                 }
                 if self.completed || ended {
                     // The log's `completion` comes just before the record's ending; a

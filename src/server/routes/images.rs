@@ -214,7 +214,7 @@ pub(super) async fn tag(
     valid_tag(&tag)?;
     blocking(&st, move |st| {
         let engine = &st.engine;
-        let row = visible_image(st, &engine, &ns.name, &image)?;
+        let row = visible_image(st, engine, &ns.name, &image)?;
         engine.store().set_tag(&image, &ns_tag(&ns.name, &tag))?;
         Ok(Json(image_json(&row, Some(&tag))))
     })
@@ -233,7 +233,7 @@ pub(super) async fn untag(
     };
     blocking(&st, move |st| {
         let engine = &st.engine;
-        visible_image(st, &engine, &ns.name, &image)?;
+        visible_image(st, engine, &ns.name, &image)?;
         if engine.store().remove_tag(&image, &ns_tag(&ns.name, &tag))? {
             Ok(StatusCode::NO_CONTENT)
         } else {

@@ -13,7 +13,7 @@ pub(super) async fn find_by_tag(
     };
     let found = blocking(&st, move |st| {
         let engine = &st.engine;
-        find_tag(st, &engine, &ns.name, &tag)?
+        find_tag(st, engine, &ns.name, &tag)?
             .ok_or_else(|| ApiError::not_found(format!("no image tagged '{tag}'")))
     })
     .await?;
@@ -34,7 +34,7 @@ pub(super) async fn inspect_image(
     let image = parse_uuid(&image, "image")?;
     blocking(&st, move |st| {
         let engine = &st.engine;
-        let row = visible_image(st, &engine, &ns.name, &image)?;
+        let row = visible_image(st, engine, &ns.name, &image)?;
         let tag = row.tags.iter().find_map(|t| visible_tag(&ns.name, t));
         Ok(Json(image_json(&row, tag)))
     })
@@ -52,7 +52,7 @@ pub(super) async fn list(
     let text = flag(&q, "text");
     blocking(&st, move |st| {
         let engine = &st.engine;
-        visible_image(st, &engine, &ns.name, &image)?;
+        visible_image(st, engine, &ns.name, &image)?;
         let listing = engine.list_dir(&image, &path)?;
         Ok(if text {
             (
@@ -78,7 +78,7 @@ pub(super) async fn download(
     let path = image_path(&q)?;
     let (file, size) = blocking(&st, move |st| {
         let engine = &st.engine;
-        visible_image(st, &engine, &ns.name, &image)?;
+        visible_image(st, engine, &ns.name, &image)?;
         let view = engine.view(&image)?;
         match view.open(&path) {
             Ok((file, meta)) => Ok((file, meta.len())),
@@ -147,7 +147,7 @@ pub(super) async fn archive(
     let name = format!("{}.tar", path.trim_matches('/').replace('/', "_"));
     let view = blocking(&st, move |st| {
         let engine = &st.engine;
-        visible_image(st, &engine, &ns.name, &image)?;
+        visible_image(st, engine, &ns.name, &image)?;
         let view = engine.view(&image)?;
         match crate::server::archive::check(&view, &path) {
             Ok(_) => Ok((view, path)),

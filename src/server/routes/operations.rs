@@ -61,10 +61,10 @@ pub(super) async fn spawn(
             req.image.to_ascii_lowercase()
         } else {
             let tag = req.image.strip_prefix("tag:").unwrap_or(&req.image);
-            find_tag(st, &engine, &ns.name, tag)?
+            find_tag(st, engine, &ns.name, tag)?
                 .ok_or_else(|| ApiError::not_found(format!("image {} not found", req.image)))?
         };
-        visible_image(st, &engine, &ns.name, &image)?;
+        visible_image(st, engine, &ns.name, &image)?;
         req.image = image;
         for (path, file) in req.files.iter().flatten() {
             let missing =
