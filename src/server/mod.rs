@@ -72,8 +72,6 @@ pub(crate) struct State {
     pub tokens: Tokens,
     /// Write ends of the stdin pipes of operations spawned with `stdin.close = false`.
     pub stdin: Mutex<HashMap<String, std::fs::File>>,
-    /// Serialises blob stores (the engine's temporary name is per process).
-    pub uploads: Mutex<()>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     pub max_body: usize,
     pub max_upload: u64,
@@ -167,7 +165,6 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             owners: Mutex::new(owners),
             tokens,
             stdin: Mutex::new(HashMap::new()),
-            uploads: Mutex::new(()),
             shutdown: stop_rx.clone(),
             max_body: opts.max_body,
             max_upload: opts.max_upload,

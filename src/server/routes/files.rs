@@ -70,10 +70,8 @@ pub(super) async fn upload(
     let sha = crate::sha256::hex(&hasher.finalize());
     let body = blocking(&st, move |st| {
         let _cleanup = cleanup;
-        let uuid = {
-            let _guard = lock(&st.uploads);
-            st.engine.put_file(&tmp, &sha)?.0
-        };
+        // Uploads store at once: each copy is staged under a name of its own.
+        let uuid = st.engine.put_file(&tmp, &sha)?.0;
         let owners = lock(&st.owners);
         owners.add(FILE, &sha, &ns.name)?;
         let (created, updated) = owners
