@@ -617,3 +617,37 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server's threads share one store: a statement of one thread never lands inside
+    /// another's transaction (where that transaction's rollback would undo it).
+    #[test]
+    fn a_transaction_is_never_joined_by_another_threads_statement() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let host = store.find_tag(HOST_TAG).unwrap().unwrap();
+        let (began, begun) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let store = &store;
+            let host = host.as_str();
+            s.spawn(move || {
+                let _ = store.transaction(|c| {
+                    c.execute("INSERT INTO tags(tag, image) VALUES ('undone', ?1)", [host])?;
+                    began.send(()).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    Err::<(), _>(StoreError::Db(rusqlite::Error::InvalidQuery))
+                });
+            });
+            begun.recv().unwrap();
+            store.set_tag(host, "kept").unwrap();
+        });
+        assert_eq!(store.find_tag("undone").unwrap(), None);
+        assert_eq!(
+            store.find_tag("kept").unwrap().as_deref(),
+            Some(host.as_str())
+        );
+    }
+}
