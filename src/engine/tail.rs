@@ -51,6 +51,8 @@ pub(super) struct Tail<'a> {
     gone: bool,
     /// Past this, `next_event` stops waiting (see `EventStream::set_deadline`).
     deadline: Option<Instant>,
+    /// When a follower stopped by its deadline last checked the operation's owner.
+    checked: Instant,
     /// Wakes a follower without a notify pipe when the log changes; made on its first wait.
     watch: Option<Inotify>,
     /// The operation was spawned by this engine, which has its notify pipe.
@@ -113,6 +115,7 @@ impl<'a> Tail<'a> {
             reader_fd: None,
             gone: false,
             deadline: None,
+            checked: Instant::now(),
             spawned_here,
             watch: None,
             watch_tried: false,
@@ -476,6 +479,12 @@ impl EventStream for Tail<'_> {
                 return Err(BackendError::Interrupted);
             }
             if self.past_deadline() {
+                // A caller that only looks (`wait` on several operations) never waits
+                // here: it still learns in time that nobody owns the operation any more.
+                if self.checked.elapsed() >= WATCH_CHECK {
+                    self.checked = Instant::now();
+                    self.check_supervisor()?;
+                }
                 return Ok(None);
             }
             self.wait()?;
