@@ -28,20 +28,32 @@ impl LocalEngine {
     }
 
     /// Collects the exit status of supervisors that have finished (a long-lived process
-    /// such as `contree serve` calls this now and then so none stays a zombie).
+    /// such as `contree serve` calls this now and then so none stays a zombie). A server's
+    /// notify pipe of a finished supervisor that nobody followed goes too: its log is
+    /// whole, and a follower reads it without.
     pub fn reap(&self) {
         use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
         let mut exited = lock(&self.exited);
+        let mut gone = Vec::new();
         lock(&self.children).retain(
             |(op, pid)| match waitpid(*pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => true,
                 Ok(status) => {
                     exited.insert(op.clone(), status);
+                    gone.push(op.clone());
                     false
                 }
                 Err(_) => false,
             },
         );
+        // Not a CLI's: its own run's follower may not have opened the pipe yet, and needs
+        // it to wait for a log its supervisor was to create.
+        if !self.fork && !gone.is_empty() {
+            let mut notify = lock(&self.notify);
+            for op in &gone {
+                notify.remove(op);
+            }
+        }
     }
 
     /// Why a supervisor we started is gone, in words, if we know.
