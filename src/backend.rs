@@ -200,10 +200,6 @@ pub enum StdinSource {
     Inherit,
     /// The process gets no stdin beyond the request's.
     Null,
-    /// The process reads this descriptor after the request's bytes (when the request says
-    /// `close: false`); it is duplicated at spawn, so the caller keeps ownership. Used by
-    /// `contree serve` to forward `POST .../subprocesses/1/stdin` through a pipe.
-    Fd(std::os::fd::RawFd),
 }
 
 /// One event and, for stream events, its bytes already decoded.
@@ -211,8 +207,8 @@ pub enum StdinSource {
 pub struct EventItem {
     pub event: Event,
     pub bytes: Vec<u8>,
-    /// Bytes of this stream event the stream already wrote to the output itself (see
-    /// `EventStream::pass_through`); they are not in `bytes`.
+    /// Bytes of this stream event the backend already wrote to the output itself (see
+    /// `Backend::spawn_followed`); they are not in `bytes`.
     pub passed: u64,
 }
 
@@ -220,18 +216,15 @@ pub trait EventStream {
     /// The next event; `Ok(None)` once the log is complete (after `completion`).
     fn next_event(&mut self) -> Result<Option<EventItem>, BackendError>;
 
-    /// While waiting, also watch this pipe (our stdout) and report `OutputClosed` once if
-    /// its reader goes away: after `-T` cut the output nothing is written any more, so a
-    /// write would never notice `| head` closing.
-    fn watch_reader(&mut self, _fd: std::os::fd::RawFd) {}
+    /// While waiting, also watch the reader of this process's stdout (when it is a pipe)
+    /// and report `OutputClosed` once if it goes away: after `-T` cut the output nothing is
+    /// written any more, so a write would never notice `| head` closing.
+    fn watch_reader(&mut self) {}
 
-    /// Asks the stream to write the run's output straight to `stdout` and `stderr` (when
-    /// nothing needs to see the bytes: the plain formatter, no on-output handler). A stream
-    /// that can moves it without copying it through memory, reports each chunk's length in
-    /// `EventItem::passed`, and returns true; `OutputClosed` when a reader is gone.
-    fn pass_through(&mut self, _stdout: std::os::fd::RawFd, _stderr: std::os::fd::RawFd) -> bool {
-        false
-    }
+    /// From now on `next_event` waits until `deadline` at most: past it, it returns
+    /// `Ok(None)` even before `completion` (the caller tells by what it has seen), and a
+    /// later call goes on where it stopped. `None` waits as long as it takes.
+    fn set_deadline(&mut self, deadline: Option<std::time::Instant>);
 }
 
 #[derive(Debug, Clone, Default)]
@@ -248,7 +241,7 @@ pub struct ImageFilter {
     pub uuid: Option<String>,
 }
 
-pub trait Backend {
+pub trait Backend: Send + Sync {
     /// `local` or `remote`, shown in `-o json` output.
     fn name(&self) -> &'static str;
     /// A UUID, `tag:NAME` or a bare tag → the image's UUID.
@@ -282,8 +275,9 @@ pub trait Backend {
     }
     /// `spawn` for a caller that follows the operation's events to `completion` (a
     /// foreground run): a backend may then defer bookkeeping nobody else needs yet.
-    /// `output`, the caller's stdout and stderr, is where it would write the output
-    /// unchanged: a backend may write it there itself. Such output does not come as bytes
+    /// `direct` says that the caller writes the output unchanged to this process's stdout
+    /// and stderr (the plain formatter, no on-output hook): a backend may write it there
+    /// itself, without copying it through the caller. Such output does not come as bytes
     /// in the events, only as `EventItem::passed`.
     ///
     /// `registered` is told the operation's id before the operation can have a result:
@@ -294,7 +288,7 @@ pub trait Backend {
         &self,
         req: &SpawnRequest,
         stdin: StdinSource,
-        _output: Option<[std::os::fd::RawFd; 2]>,
+        _direct: bool,
         registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
     ) -> Result<String, BackendError> {
         self.spawn_registered(req, stdin, registered)

@@ -23,6 +23,7 @@ pub(crate) mod outcome;
 pub(crate) mod paths;
 pub(crate) mod plugin;
 pub(crate) mod privileges;
+pub(crate) mod procfs;
 pub(crate) mod progress;
 pub(crate) mod run;
 pub(crate) mod server;

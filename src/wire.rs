@@ -4,6 +4,12 @@
 //! every path speaks one format. Field names and optionality follow the spec; nothing here
 //! knows how a request is carried out.
 
+pub mod limits;
+mod listing;
+pub mod reference;
+
+pub use listing::text_listing;
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

@@ -26,6 +26,8 @@ fn stream_span() -> Duration {
 pub struct SseStream {
     rx: Receiver<Result<EventItem, BackendError>>,
     done: bool,
+    /// See `EventStream::set_deadline`.
+    deadline: Option<std::time::Instant>,
 }
 
 impl SseStream {
@@ -34,7 +36,11 @@ impl SseStream {
         let first = connect(&api, &op, follow, 0)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(256);
         std::thread::spawn(move || pump(api, op, follow, first, tx));
-        Ok(SseStream { rx, done: false })
+        Ok(SseStream {
+            rx,
+            done: false,
+            deadline: None,
+        })
     }
 }
 
@@ -201,6 +207,10 @@ fn read_frames(
 }
 
 impl EventStream for SseStream {
+    fn set_deadline(&mut self, deadline: Option<std::time::Instant>) {
+        self.deadline = deadline;
+    }
+
     fn next_event(&mut self) -> Result<Option<EventItem>, BackendError> {
         if self.done {
             return Ok(None);
@@ -210,7 +220,11 @@ impl EventStream for SseStream {
             if crate::interrupt::take() {
                 return Err(BackendError::Interrupted);
             }
-            match self.rx.recv_timeout(Duration::from_millis(100)) {
+            let mut wait = Duration::from_millis(100);
+            if let Some(deadline) = self.deadline {
+                wait = wait.min(deadline.saturating_duration_since(std::time::Instant::now()));
+            }
+            match self.rx.recv_timeout(wait) {
                 Ok(Ok(item)) => {
                     if item.event.kind == "completion" {
                         self.done = true;
@@ -221,7 +235,14 @@ impl EventStream for SseStream {
                     self.done = true;
                     return Err(e);
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    if self
+                        .deadline
+                        .is_some_and(|t| std::time::Instant::now() >= t)
+                    {
+                        return Ok(None);
+                    }
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     self.done = true;
                     return Ok(None);

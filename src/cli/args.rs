@@ -1,7 +1,7 @@
 //! The command line, as clap sees it. Mirrors the official client's surface; conversion to
 //! the pipeline's own types happens in the command modules.
 
-use crate::engine::limits::{self, LimitError};
+use crate::wire::limits::{self, LimitError};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]

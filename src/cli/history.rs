@@ -3,7 +3,7 @@
 //! several terminals on one session interleave without corrupting it.
 
 use super::session_args::{BranchFlags, HistoryFlags, SessionCommand};
-use crate::context::{backend_err, no_session, session_err, Context};
+use crate::context::{no_session, session_err, Context};
 use crate::error::{CommandError, CommandResult};
 use crate::format::{print_records, record_order, Format, Record};
 use crate::session::{HistoryEntry, SessionError};
@@ -11,7 +11,6 @@ use crate::wire::{Operation, Status};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
-use std::time::Duration;
 
 /// History entries `session show` prints unless `-a` or `-l`.
 const SHOW_DEFAULT: usize = 20;
@@ -361,7 +360,7 @@ fn wait(ctx: &Context, words: &[String]) -> CommandResult<i32> {
     crate::info!("Waiting for {} operations...", pending.len());
     let mut code = 0;
     for (uuid, entry) in pending {
-        let op = poll(ctx, &uuid)?;
+        let op = finished(ctx, &uuid)?;
         let exit = exit_code_of(&op);
         if op.status != Status::Success {
             code = code.max(1);
@@ -413,19 +412,16 @@ fn wait(ctx: &Context, words: &[String]) -> CommandResult<i32> {
     Ok(code)
 }
 
-/// Polls one operation until it is terminal (backing off up to half a second).
-fn poll(ctx: &Context, op: &str) -> CommandResult<Operation> {
-    let mut delay = Duration::from_millis(50);
+/// Waits for one operation to finish (see `ops::Waiter`).
+fn finished(ctx: &Context, op: &str) -> CommandResult<Operation> {
+    use super::ops::{Waited, Waiter};
+    let mut waiter = Waiter::new(op.to_string());
     loop {
-        let row = ctx.backend.operation(op).map_err(backend_err)?;
-        if row.status.is_terminal() {
-            return Ok(row);
+        match waiter.wait(ctx, None)? {
+            Waited::Done(op) => return Ok(*op),
+            Waited::Interrupted => return Err(CommandError::user("User interrupted")),
+            Waited::Pending => {}
         }
-        if crate::interrupt::take() {
-            return Err(CommandError::user("User interrupted"));
-        }
-        std::thread::sleep(delay);
-        delay = (delay * 2).min(Duration::from_millis(500));
     }
 }
 

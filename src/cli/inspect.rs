@@ -64,7 +64,7 @@ pub fn ls(ctx: &Context, path: Option<&str>) -> CommandResult<i32> {
     let (image, path) = image_and_path(ctx, path.unwrap_or("."))?;
     let list = ctx.backend.list_dir(&image, &path)?;
     if ctx.format == Format::Default {
-        let text = crate::engine::inspect::text_listing(&list.files);
+        let text = crate::wire::text_listing(&list.files);
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
         return Ok(0);

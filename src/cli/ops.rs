@@ -2,7 +2,7 @@
 //! (`HEAD`, `@-2`, a history id) resolved against the session.
 
 use super::args::{KillFlags, OpCommand, PsFlags, ShowFlags, WaitFlags};
-use crate::backend::{is_uuid, OpFilter};
+use crate::backend::{is_uuid, BackendError, EventStream, OpFilter};
 use crate::context::{backend_err, Context};
 use crate::error::{CommandError, CommandResult};
 use crate::format::{print_records, record_order, Format, Record};
@@ -329,7 +329,6 @@ pub fn wait(ctx: &Context, flags: WaitFlags) -> CommandResult<i32> {
     }
     let deadline = Instant::now() + Duration::from_secs(flags.timeout);
     let mut code = 0;
-    let mut delay = Duration::from_millis(50);
     let record = |op: &Operation, timed_out: bool| {
         let mut rec = Record::new();
         rec.insert("uuid".into(), op.uuid.clone().into());
@@ -341,42 +340,135 @@ pub fn wait(ctx: &Context, flags: WaitFlags) -> CommandResult<i32> {
         rec.insert("error".into(), json!(op.error));
         record_order(rec, &[], &["error"])
     };
+    let mut waiting: Vec<Waiter> = pending.into_iter().map(Waiter::new).collect();
+    // Each round waits on the first operation for up to `slice` and only looks at the
+    // others, so that each is printed once it has finished, in the order they finish.
+    let mut slice = Duration::from_millis(50);
+    let mut interrupted = false;
     loop {
         let mut still = Vec::new();
-        for uuid in pending {
-            let op = ctx.backend.operation(&uuid).map_err(backend_err)?;
-            if op.status.is_terminal() {
-                if op.status != Status::Success {
-                    code = code.max(1);
-                }
-                if let Some(c) = exit_code_of(&op).filter(|c| *c > 0) {
-                    code = code.max(c as i32);
-                }
-                print_records(ctx.format, &[record(&op, false)])?;
+        for (i, mut waiter) in waiting.into_iter().enumerate() {
+            let until = if i == 0 && !interrupted {
+                (Instant::now() + slice).min(deadline)
             } else {
-                still.push(uuid);
+                Instant::now()
+            };
+            match waiter.wait(ctx, Some(until))? {
+                Waited::Done(op) => {
+                    if op.status != Status::Success {
+                        code = code.max(1);
+                    }
+                    if let Some(c) = exit_code_of(&op).filter(|c| *c > 0) {
+                        code = code.max(c as i32);
+                    }
+                    print_records(ctx.format, &[record(&op, false)])?;
+                }
+                Waited::Pending => still.push(waiter),
+                Waited::Interrupted => {
+                    interrupted = true;
+                    still.push(waiter);
+                }
             }
         }
-        pending = still;
-        if pending.is_empty() {
+        waiting = still;
+        if waiting.is_empty() {
             return Ok(code);
         }
-        if Instant::now() >= deadline || crate::interrupt::take() {
+        if interrupted || Instant::now() >= deadline {
             break;
         }
-        std::thread::sleep(delay.min(deadline.saturating_duration_since(Instant::now())));
-        delay = (delay * 2).min(Duration::from_millis(500));
+        slice = (slice * 2).min(Duration::from_millis(500));
     }
-    for uuid in &pending {
-        let op = ctx.backend.operation(uuid).map_err(backend_err)?;
+    for waiter in &waiting {
+        let op = ctx.backend.operation(&waiter.op).map_err(backend_err)?;
         print_records(ctx.format, &[record(&op, true)])?;
     }
     warn!(
         "Timeout: {} operation(s) did not finish in {}s",
-        pending.len(),
+        waiting.len(),
         flags.timeout
     );
     Ok(code.max(1))
+}
+
+/// Where waiting for an operation got to (see `Waiter::wait`).
+pub(super) enum Waited {
+    /// It has finished: its record.
+    Done(Box<Operation>),
+    /// Not yet (the time given is up).
+    Pending,
+    /// Ctrl-C.
+    Interrupted,
+}
+
+/// Waits for one operation by following its events (the backend's follower, woken as the
+/// operation's log grows) to `completion`, then reads its record.
+pub(super) struct Waiter<'a> {
+    op: String,
+    events: Option<Box<dyn EventStream + 'a>>,
+    /// `completion` has been seen: the record follows at once.
+    completed: bool,
+}
+
+impl<'a> Waiter<'a> {
+    pub(super) fn new(op: String) -> Self {
+        Waiter {
+            op,
+            events: None,
+            completed: false,
+        }
+    }
+
+    /// Waits until the operation has finished, or `until` (if any) has passed.
+    pub(super) fn wait(
+        &mut self,
+        ctx: &'a Context,
+        until: Option<Instant>,
+    ) -> CommandResult<Waited> {
+        let past = || until.is_some_and(|t| Instant::now() >= t);
+        let mut pause = Duration::from_millis(1);
+        let mut ended = false;
+        loop {
+            if self.completed || self.events.is_none() {
+                let op = ctx.backend.operation(&self.op).map_err(backend_err)?;
+                if op.status.is_terminal() {
+                    return Ok(Waited::Done(Box::new(op)));
+                }
+                if self.completed || ended {
+                    // The log's `completion` comes just before the record's ending; a
+                    // stream that ended without one is opened again. A moment more, then.
+                    if past() {
+                        return Ok(Waited::Pending);
+                    }
+                    if crate::interrupt::take() {
+                        return Ok(Waited::Interrupted);
+                    }
+                    let left = until.map_or(pause, |t| t.saturating_duration_since(Instant::now()));
+                    std::thread::sleep(pause.min(left));
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                if self.completed {
+                    continue;
+                }
+                self.events = Some(ctx.backend.events(&self.op, true).map_err(backend_err)?);
+                ended = false;
+            }
+            let events = self.events.as_mut().expect("opened above");
+            events.set_deadline(until);
+            match events.next_event() {
+                Ok(Some(item)) => self.completed |= item.event.kind == "completion",
+                Ok(None) if self.completed => {}
+                Ok(None) if past() => return Ok(Waited::Pending),
+                // Ended without `completion` (a remote stream that gave up): look again.
+                Ok(None) => {
+                    self.events = None;
+                    ended = true;
+                }
+                Err(BackendError::Interrupted) => return Ok(Waited::Interrupted),
+                Err(e) => return Err(backend_err(e)),
+            }
+        }
+    }
 }
 
 pub fn events(ctx: &Context, words: &[String]) -> CommandResult<i32> {

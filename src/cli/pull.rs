@@ -13,7 +13,7 @@ pub fn is_reference(text: &str) -> bool {
     text.starts_with("docker://")
         || (!archive
             && !text.starts_with(['/', '.', '~'])
-            && crate::engine::registry::Reference::parse(text).is_some())
+            && crate::wire::reference::Reference::parse(text).is_some())
 }
 
 /// The default tag (run-behaviour.md §5): the reference minus `docker://`, minus a dotted

@@ -37,7 +37,7 @@ impl Host {
     /// Creates the cgroup of one run, with `limits` written, named for this supervisor.
     pub fn create(&self, op: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
         let me = std::process::id() as i32;
-        let start = super::process_start_time(me).unwrap_or(0);
+        let start = crate::procfs::process_start_time(me).unwrap_or(0);
         let name = format!("{op}.{me}.{start}.{}", pid_namespace().unwrap_or(0));
         let mut cg = Cgroup {
             dirs: Vec::new(),
@@ -166,7 +166,7 @@ fn owner_alive(name: &str) -> bool {
     if Some(ns) != pid_namespace() {
         return true;
     }
-    super::process_start_time(pid) == Some(start)
+    crate::procfs::process_start_time(pid) == Some(start)
 }
 
 /// The inode of this process's pid namespace.
@@ -554,7 +554,7 @@ mod tests {
     #[test]
     fn only_names_of_dead_supervisors_are_stale() {
         let me = std::process::id() as i32;
-        let start = crate::engine::process_start_time(me).unwrap();
+        let start = crate::procfs::process_start_time(me).unwrap();
         let ns = pid_namespace().unwrap();
         assert!(owner_alive(&format!("a-b-c.{me}.{start}.{ns}")));
         assert!(!owner_alive(&format!("a-b-c.{me}.{}.{ns}", start + 1)));

@@ -28,24 +28,18 @@ pub struct LogEvent {
     pub skipped: u64,
 }
 
-impl LogEvent {
-    pub fn is_stream(&self) -> bool {
-        matches!(self.header.kind.as_str(), "stdout" | "stderr" | "stdin")
-    }
-
-    /// The event as the API shows it (`data.value` + `data.encoding` for stream events).
-    pub fn to_wire(&self) -> Event {
-        let mut event = self.header.clone();
-        if self.is_stream() {
-            let (value, encoding) = wire::encode_bytes(&self.payload);
-            event.data.insert("value".into(), Value::String(value));
-            event
-                .data
-                .insert("encoding".into(), Value::String(encoding.into()));
-            event.data.insert("truncated".into(), Value::Bool(false));
-        }
+/// An event read from a log (its header, and a stream event's bytes) as the API shows it:
+/// a stream event's bytes go into `data.value` + `data.encoding`.
+pub fn to_wire(mut event: Event, payload: &[u8]) -> Event {
+    if matches!(event.kind.as_str(), "stdout" | "stderr" | "stdin") {
+        let (value, encoding) = wire::encode_bytes(payload);
+        event.data.insert("value".into(), Value::String(value));
         event
+            .data
+            .insert("encoding".into(), Value::String(encoding.into()));
+        event.data.insert("truncated".into(), Value::Bool(false));
     }
+    event
 }
 
 /// The data of a `completion` event.
@@ -462,7 +456,10 @@ mod tests {
         assert_eq!((a.header.id, a.header.kind.as_str()), (1, "spawn"));
         let b = r.next().unwrap().unwrap();
         assert_eq!(b.payload, b"\0bin\n");
-        assert_eq!(b.to_wire().data["encoding"], "base64");
+        assert_eq!(
+            to_wire(b.header.clone(), &b.payload).data["encoding"],
+            "base64"
+        );
         assert!(r.next().unwrap().is_none());
         // A torn frame is not returned, and the ids of a reopened writer continue.
         std::fs::OpenOptions::new()

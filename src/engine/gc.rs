@@ -49,12 +49,18 @@ impl LocalEngine {
         }
     }
 
-    /// Holds `gc` off until this run is in flight (see `gc_lock`).
-    pub(super) fn hold_gc_off(&self) -> Result<(), BackendError> {
-        if self.starting.borrow().is_none() {
-            *self.starting.borrow_mut() = Some(self.gc_lock(false)?);
+    /// Holds `gc` off until this run is in flight (see `gc_lock`). A CLI's run holds it
+    /// from its upload to its start, in the engine (`start` lets it go); any other caller
+    /// (a server's threads, each with its own calls) for as long as it keeps the answer.
+    pub(super) fn hold_gc_off(&self) -> Result<Option<std::fs::File>, BackendError> {
+        if !self.fork {
+            return self.gc_lock(false).map(Some);
         }
-        Ok(())
+        let mut starting = super::lock(&self.starting);
+        if starting.is_none() {
+            *starting = Some(self.gc_lock(false)?);
+        }
+        Ok(None)
     }
 }
 

@@ -19,7 +19,7 @@
 
 mod listing;
 
-pub use listing::{file_item, text_listing};
+pub use listing::file_item;
 
 use super::layers::{is_opaque, is_whiteout};
 use super::store::{Layout, HOST_LAYER};

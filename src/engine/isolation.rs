@@ -63,7 +63,8 @@ impl LocalEngine {
         let tmp = self
             .store
             .root
-            .join(format!("isolation.{}", std::process::id()));
+            // Per call: a server's threads may probe at once.
+            .join(format!("isolation.{}", uuid::Uuid::new_v4().simple()));
         if std::fs::write(&tmp, format!("{kernel}\n{verdict}\n")).is_ok() {
             let _ = std::fs::rename(&tmp, &file);
         }

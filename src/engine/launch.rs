@@ -4,13 +4,13 @@
 //! takes over what the spawner hands it (`Handover`) at descriptors named here.
 
 use super::eventlog::LogWriter;
-use super::procfs::{process_start_time, single_threaded};
-use super::{attachlayer, claim, inspect, scopeguard, supervisor, LocalEngine};
+use super::{attachlayer, claim, inspect, lock, scopeguard, supervisor, LocalEngine};
 use crate::backend::{BackendError, Cause, StdinSource};
+use crate::procfs::{process_start_time, single_threaded};
 use crate::progress::Show;
 use crate::wire::SpawnRequest;
 use nix::unistd::Pid;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -55,8 +55,11 @@ fn supervisor_fds(
     Ok(())
 }
 
-/// The environment variable that hands a supervisor the write end of its notify pipe.
+/// The environment variable that hands a supervisor the write end of its notify pipe, and
+/// the descriptor it is put at (in the child only: a server starts supervisors from many
+/// threads at once, and none may inherit another's pipe, which would keep it open).
 pub(super) const NOTIFY_FD_ENV: &str = "CONTREE_NOTIFY_FD";
+const NOTIFY_FD: std::os::fd::RawFd = 902;
 
 /// The environment variable that hands an executed supervisor its operation's locked event
 /// log (see `LogWriter::own`), and the descriptor it is put at: high, clear of the few the
@@ -77,11 +80,37 @@ pub(super) struct Handover {
     pub(super) scratch: Option<claim::Claim>,
 }
 
-/// A followed run's pipes from its supervisor, and which of its streams the supervisor
-/// writes to our own stdout or stderr itself (those pipes then only end).
+/// Where a supervisor's stdin comes from: what a `Backend` caller may choose, or a
+/// descriptor of the caller's (`spawn_piped`).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Stdin<'a> {
+    /// Our own stdin.
+    Inherit,
+    Null,
+    /// Read after the request's bytes; duplicated at spawn, so the caller keeps it.
+    Fd(BorrowedFd<'a>),
+}
+
+impl From<StdinSource> for Stdin<'_> {
+    fn from(source: StdinSource) -> Self {
+        match source {
+            StdinSource::Inherit => Stdin::Inherit,
+            StdinSource::Null => Stdin::Null,
+        }
+    }
+}
+
+/// This process's stdout and stderr: where a followed run's output goes when the caller
+/// passes it on unchanged (see `Backend::spawn_followed`).
+pub(super) const OUTPUT: [std::os::fd::RawFd; 2] = [1, 2];
+
+/// A followed run's pipes from its supervisor, which of its streams the supervisor writes
+/// to our own stdout or stderr itself (those pipes then only end), and whether the rest
+/// goes to them unchanged too (`Tail` then splices it).
 pub(super) struct Live {
     pub(super) pipes: [OwnedFd; 2],
     pub(super) direct: [bool; 2],
+    pub(super) pass: bool,
 }
 
 /// Pipes that carry a followed run's stdout and stderr to the CLI as they are recorded
@@ -135,14 +164,14 @@ impl LocalEngine {
     pub(super) fn start(
         &self,
         req: &SpawnRequest,
-        stdin: StdinSource,
+        stdin: Stdin<'_>,
         lazy_row: bool,
-        output: Option<[std::os::fd::RawFd; 2]>,
+        direct: bool,
         registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
     ) -> Result<String, BackendError> {
-        self.hold_gc_off()?;
+        let _hold = self.hold_gc_off()?;
         // However this ends, the run is in flight or gone by then.
-        let _in_flight = scopeguard(|| drop(self.starting.borrow_mut().take()));
+        let _in_flight = scopeguard(|| drop(lock(&self.starting).take()));
         let (image, blobs, attached) = self.store.reading(|| self.validate(req))?;
         // Before the supervisor mounts it: it builds a missing mask, but knows only the
         // data dir.
@@ -196,7 +225,7 @@ impl LocalEngine {
             limits,
         };
         let started = if self.fork && single_threaded() {
-            self.fork_supervisor(&job, stdin, lazy_row, output, &handover)
+            self.fork_supervisor(&job, stdin, lazy_row, direct, &handover)
         } else {
             self.spawn_supervisor(&job, stdin, &handover)
         };
@@ -227,7 +256,7 @@ impl LocalEngine {
     pub(super) fn spawn_supervisor(
         &self,
         job: &supervisor::Job,
-        stdin: StdinSource,
+        stdin: Stdin<'_>,
         handover: &Handover,
     ) -> Result<(), BackendError> {
         let op = job.op.as_str();
@@ -252,7 +281,7 @@ impl LocalEngine {
                 .map_err(|e| BackendError::Io(Cause::sys("pipe", e)))?;
         let notify_fd = notify_w.as_raw_fd();
         let mut cmd = Command::new(exe);
-        cmd.env(NOTIFY_FD_ENV, notify_fd.to_string());
+        cmd.env(NOTIFY_FD_ENV, NOTIFY_FD.to_string());
         cmd.arg(supervisor::SUPERVISE)
             .arg(&self.store.root)
             .arg(&self.data_dir)
@@ -260,10 +289,9 @@ impl LocalEngine {
             .stdout(log)
             .stderr(log2)
             .stdin(match stdin {
-                StdinSource::Inherit => Stdio::inherit(),
-                StdinSource::Null => Stdio::null(),
-                // SAFETY: the caller keeps the descriptor open until `spawn` returns.
-                StdinSource::Fd(fd) => unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+                Stdin::Inherit => Stdio::inherit(),
+                Stdin::Null => Stdio::null(),
+                Stdin::Fd(fd) => fd
                     .try_clone_to_owned()
                     .map(Stdio::from)
                     .map_err(|e| BackendError::Io(Cause::io("stdin pipe", e)))?,
@@ -281,13 +309,32 @@ impl LocalEngine {
         if scratch_fd.is_some() {
             cmd.env(SCRATCH_FD_ENV, SCRATCH_FD.to_string());
         }
-        // SAFETY: pthread_sigmask and dup2 are async-signal-safe. The copies are made in
-        // the child only, so no other program this process starts meanwhile inherits them.
+        // SAFETY: fcntl, dup2 and pthread_sigmask are async-signal-safe. The copies are
+        // made in the child only, so no other program this process starts meanwhile (a
+        // server starts them from many threads) inherits them.
         unsafe {
             cmd.pre_exec(move || {
-                for (fd, at) in [(log_fd, LOG_FD), (scratch_fd, SCRATCH_FD)] {
+                let handed = [
+                    (Some(notify_fd), NOTIFY_FD),
+                    (log_fd, LOG_FD),
+                    (scratch_fd, SCRATCH_FD),
+                ];
+                // Out of the way first: in a process with many descriptors one we hand over
+                // may sit where another goes. The copies close at exec; dup2 clears
+                // close-on-exec on what it puts in place.
+                let mut moved = [None; 3];
+                for (slot, (fd, _)) in moved.iter_mut().zip(handed) {
                     if let Some(fd) = fd {
-                        if libc::dup2(fd, at) < 0 {
+                        let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 1000);
+                        if copy < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        *slot = Some(copy);
+                    }
+                }
+                for (copy, (_, at)) in moved.into_iter().zip(handed) {
+                    if let Some(copy) = copy {
+                        if libc::dup2(copy, at) < 0 {
                             return Err(std::io::Error::last_os_error());
                         }
                     }
@@ -297,12 +344,6 @@ impl LocalEngine {
                     .map_err(std::io::Error::from)
             });
         }
-        // Let the notify pipe's write end survive exec (we close our copy right after).
-        nix::fcntl::fcntl(
-            notify_fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-        )
-        .map_err(|e| BackendError::Io(Cause::sys("notify pipe", e)))?;
         let child = cmd
             .spawn()
             .map_err(|e| BackendError::Unavailable(Cause::io("cannot start the supervisor", e)))?;
@@ -311,10 +352,8 @@ impl LocalEngine {
             let _ = self.store.set_supervisor(op, pid, start);
         }
         drop(notify_w);
-        self.children
-            .borrow_mut()
-            .push((op.to_string(), Pid::from_raw(pid)));
-        self.notify.borrow_mut().insert(op.to_string(), notify_r);
+        lock(&self.children).push((op.to_string(), Pid::from_raw(pid)));
+        lock(&self.notify).insert(op.to_string(), notify_r);
         Ok(())
     }
 
@@ -329,9 +368,9 @@ impl LocalEngine {
     fn fork_supervisor(
         &self,
         job: &supervisor::Job,
-        stdin: StdinSource,
+        stdin: Stdin<'_>,
         live: bool,
-        output: Option<[std::os::fd::RawFd; 2]>,
+        output: bool,
         handover: &Handover,
     ) -> Result<(), BackendError> {
         let op = job.op.as_str();
@@ -350,13 +389,14 @@ impl LocalEngine {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
                 .map_err(|e| BackendError::Io(Cause::sys("pipe", e)))?;
         // The streams the supervisor delivers itself (see `supervisor::Live`).
-        let direct = output
-            .filter(|_| live)
-            .map(|fds| fds.map(|fd| direct_output(fd).then_some(fd)))
-            .unwrap_or([None, None]);
+        let direct = if live && output {
+            OUTPUT.map(|fd| direct_output(fd).then_some(fd))
+        } else {
+            [None, None]
+        };
         let live_pipes = if live { Some(live_pipes()?) } else { None };
         let devnull = match stdin {
-            StdinSource::Null => Some(
+            Stdin::Null => Some(
                 std::fs::File::open("/dev/null")
                     .map_err(|e| BackendError::Io(Cause::file("/dev/null", e)))?,
             ),
@@ -364,7 +404,7 @@ impl LocalEngine {
         };
         let stdin_fd = match (&stdin, &devnull) {
             (_, Some(f)) => Some(f.as_raw_fd()),
-            (StdinSource::Fd(fd), None) => Some(*fd),
+            (Stdin::Fd(fd), None) => Some(fd.as_raw_fd()),
             _ => None,
         };
         self.store.close();
@@ -408,16 +448,17 @@ impl LocalEngine {
                 crate::log::trace("child forked");
                 drop(notify_w);
                 if let Some([(out, _), (err, _)]) = live_pipes {
-                    self.live.borrow_mut().insert(
+                    lock(&self.live).insert(
                         op.to_string(),
                         Live {
                             pipes: [out, err],
                             direct: direct.map(|d| d.is_some()),
+                            pass: output,
                         },
                     );
                 }
-                self.children.borrow_mut().push((op.to_string(), child));
-                self.notify.borrow_mut().insert(op.to_string(), notify_r);
+                lock(&self.children).push((op.to_string(), child));
+                lock(&self.notify).insert(op.to_string(), notify_r);
                 Ok(())
             }
             Err(e) => {

@@ -25,7 +25,6 @@ pub mod limits;
 pub mod network;
 pub mod oci;
 pub mod overlay;
-mod procfs;
 mod prune;
 mod queue;
 pub mod recorder;
@@ -44,16 +43,15 @@ use crate::paths::Paths;
 use crate::progress::Show;
 use crate::wire::{DirectoryList, Image, Operation, SpawnRequest, Status};
 use nix::unistd::Pid;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use store::Store;
 use tail::Tail;
 
 use launch::Live;
-pub use procfs::process_start_time;
 
 pub struct LocalEngine {
     store: Store,
@@ -64,27 +62,33 @@ pub struct LocalEngine {
     /// Where config.toml is, for the runs' default limits (see `limits`).
     config_dir: PathBuf,
     /// Read on the first run that needs it.
-    limits: RefCell<Option<limits::Config>>,
+    limits: OnceLock<limits::Config>,
     /// Supervisors we started (operation → pid), so we can reap them instead of leaving
     /// zombies, and signal them without asking the database.
-    children: RefCell<Vec<(String, Pid)>>,
+    children: Mutex<Vec<(String, Pid)>>,
     /// How the supervisors we reaped ended, to say why an operation has no ending.
-    exited: RefCell<HashMap<String, nix::sys::wait::WaitStatus>>,
+    exited: Mutex<HashMap<String, nix::sys::wait::WaitStatus>>,
     /// Fork supervisors instead of executing `contree __supervise` (see `fork_supervisor`).
     fork: bool,
     /// `recover` was skipped at open; a forked supervisor runs it when its job is done.
     recover_later: bool,
     /// Read ends of the pipes our supervisors poke after each event (see `Tail`).
-    notify: RefCell<HashMap<String, OwnedFd>>,
+    notify: Mutex<HashMap<String, OwnedFd>>,
     /// Read ends of the pipes that carry a followed run's stdout and stderr (see `Tail`).
-    live: RefCell<HashMap<String, Live>>,
+    live: Mutex<HashMap<String, Live>>,
     /// The locked event logs of operations this process owns and has not handed to a
     /// supervisor (queued, or run here): see `LogWriter::own`.
-    owned: RefCell<HashMap<String, std::fs::File>>,
-    /// A shared lock on `store/gc.lock` while a run of ours is between its upload and its
+    owned: Mutex<HashMap<String, std::fs::File>>,
+    /// A shared lock on `store/gc.lock` while a CLI's run is between its upload and its
     /// start (see `hold_gc_off`).
-    starting: RefCell<Option<std::fs::File>>,
+    starting: Mutex<Option<std::fs::File>>,
 }
+
+// One engine serves every thread of `contree serve` at once (see `server::State`).
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<LocalEngine>();
+};
 
 impl LocalEngine {
     pub fn open(paths: &Paths) -> Result<LocalEngine, BackendError> {
@@ -116,13 +120,13 @@ impl LocalEngine {
             data_dir: paths.data.clone(),
             private: vec![paths.data.clone(), paths.config.clone()],
             config_dir: paths.config.clone(),
-            limits: RefCell::new(None),
-            children: RefCell::new(Vec::new()),
-            exited: RefCell::new(HashMap::new()),
-            notify: RefCell::new(HashMap::new()),
-            live: RefCell::new(HashMap::new()),
-            owned: RefCell::new(HashMap::new()),
-            starting: RefCell::new(None),
+            limits: OnceLock::new(),
+            children: Mutex::new(Vec::new()),
+            exited: Mutex::new(HashMap::new()),
+            notify: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            owned: Mutex::new(HashMap::new()),
+            starting: Mutex::new(None),
             fork: false,
             recover_later: false,
         })
@@ -139,6 +143,17 @@ impl LocalEngine {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// `spawn`, the process reading `stdin` after the request's bytes (when the request
+    /// says `close: false`): `contree serve` forwards `POST .../subprocesses/1/stdin`
+    /// through a pipe this way. The descriptor is duplicated; the caller keeps it.
+    pub fn spawn_piped(
+        &self,
+        req: &SpawnRequest,
+        stdin: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<String, BackendError> {
+        self.start(req, launch::Stdin::Fd(stdin), false, false, &mut |_| Ok(()))
     }
 
     /// The layered view of an image, for inspection without a sandbox.
@@ -173,13 +188,12 @@ impl LocalEngine {
 
     /// config.toml's `[limits]` and `[serve.limits]`, read once.
     pub fn limits_config(&self) -> Result<limits::Config, BackendError> {
-        if let Some(config) = self.limits.borrow().as_ref() {
+        if let Some(config) = self.limits.get() {
             return Ok(config.clone());
         }
         let config =
             limits::Config::load(&self.config_dir).map_err(|e| BackendError::Invalid(e.into()))?;
-        *self.limits.borrow_mut() = Some(config.clone());
-        Ok(config)
+        Ok(self.limits.get_or_init(|| config).clone())
     }
 
     /// The row of an operation that has not finished; an error saying why otherwise.
@@ -195,6 +209,12 @@ impl LocalEngine {
         }
         Ok(row)
     }
+}
+
+/// The engine's own bookkeeping behind a mutex: no panic holding one leaves it wrong
+/// for the next user, so a poisoned one is used as it is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Runs `f` when dropped.
@@ -237,8 +257,7 @@ impl Backend for LocalEngine {
     fn put_files(&self, files: &[(PathBuf, String)]) -> Result<Vec<(String, bool)>, BackendError> {
         // A content file comes before its row: `gc` waits. A CLI's upload is for the run it
         // starts next, so it holds `gc` off until then; a server's only for the upload.
-        self.hold_gc_off()?;
-        let _upload = (!self.fork).then(|| scopeguard(|| drop(self.starting.borrow_mut().take())));
+        let _upload = self.hold_gc_off()?;
         // Look everything up in one read transaction; store only what is missing.
         let known = self.store.reading(|| {
             files
@@ -270,8 +289,7 @@ impl Backend for LocalEngine {
     }
 
     fn put_file(&self, path: &Path, sha256: &str) -> Result<(String, bool), BackendError> {
-        self.hold_gc_off()?;
-        let _upload = (!self.fork).then(|| scopeguard(|| drop(self.starting.borrow_mut().take())));
+        let _upload = self.hold_gc_off()?;
         if let Some(uuid) = self.store.blob_uuid(sha256)? {
             if self.store.blob_path(sha256).exists() {
                 return Ok((uuid, true));
@@ -281,7 +299,7 @@ impl Backend for LocalEngine {
     }
 
     fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
-        self.start(req, stdin, false, None, &mut |_| Ok(()))
+        self.start(req, stdin.into(), false, false, &mut |_| Ok(()))
     }
 
     fn spawn_registered(
@@ -290,17 +308,17 @@ impl Backend for LocalEngine {
         stdin: StdinSource,
         registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
     ) -> Result<String, BackendError> {
-        self.start(req, stdin, false, None, registered)
+        self.start(req, stdin.into(), false, false, registered)
     }
 
     fn spawn_followed(
         &self,
         req: &SpawnRequest,
         stdin: StdinSource,
-        output: Option<[std::os::fd::RawFd; 2]>,
+        direct: bool,
         registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
     ) -> Result<String, BackendError> {
-        self.start(req, stdin, self.fork, output, registered)
+        self.start(req, stdin.into(), self.fork, direct, registered)
     }
 
     fn operation(&self, op: &str) -> Result<Operation, BackendError> {
@@ -331,11 +349,9 @@ impl Backend for LocalEngine {
 
     fn events(&self, op: &str, follow: bool) -> Result<Box<dyn EventStream + '_>, BackendError> {
         // An operation we just spawned exists; asking the database would reopen it (see
-        // `fork_supervisor`) on the run's path.
+        // `fork_supervisor`) on the run's path. One without a row yet may be starting.
         if self.own_supervisor(op).is_none() && self.store.op(op)?.is_none() {
-            return Err(BackendError::NotFound(
-                format!("operation {op} not found").into(),
-            ));
+            self.unrecorded(op)?;
         }
         Ok(Box::new(Tail::open(self, op, follow)?))
     }

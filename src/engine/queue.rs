@@ -4,11 +4,12 @@
 //! operation its ending (see `recovery`).
 
 use super::eventlog::{self, LogWriter};
-use super::launch::Handover;
-use super::procfs::process_start_time;
-use super::{supervisor, LocalEngine};
-use crate::backend::{BackendError, StdinSource};
+use super::launch::{Handover, Stdin};
+use super::{lock, supervisor, LocalEngine};
+use crate::backend::BackendError;
+use crate::procfs::process_start_time;
 use crate::wire::{SpawnRequest, Status};
+use std::os::fd::BorrowedFd;
 
 impl LocalEngine {
     /// Records an operation that waits for a free slot (PENDING) without starting it; the
@@ -28,24 +29,27 @@ impl LocalEngine {
         req: Option<&SpawnRequest>,
     ) -> Result<(String, i32, u64), BackendError> {
         let op = uuid::Uuid::new_v4().to_string();
-        let lock = self.new_op_dir(&op)?;
+        let log = self.new_op_dir(&op)?;
         self.store
             .create_op(&op, kind, req.map(|r| r.image.as_str()), req)?;
-        self.owned.borrow_mut().insert(op.clone(), lock);
+        lock(&self.owned).insert(op.clone(), log);
         let pid = std::process::id() as i32;
         let start = process_start_time(pid).unwrap_or(0);
         self.store.set_supervisor(&op, pid, start)?;
         Ok((op, pid, start))
     }
 
-    /// Starts an operation recorded by `enqueue`. If it cannot start (its image is gone,
-    /// say), the operation is failed with the reason, and that is returned too.
+    /// Starts an operation recorded by `enqueue`, its stdin read from `stdin` after the
+    /// request's bytes (see `spawn_piped`), else nothing more. If it cannot start (its
+    /// image is gone, say), the operation is failed with the reason, and that is returned
+    /// too.
     pub fn start_queued(
         &self,
         op: &str,
         req: &SpawnRequest,
-        stdin: StdinSource,
+        stdin: Option<BorrowedFd<'_>>,
     ) -> Result<(), BackendError> {
+        let stdin = stdin.map_or(Stdin::Null, Stdin::Fd);
         let started = self
             .store
             .reading(|| self.validate(req))
@@ -60,13 +64,13 @@ impl LocalEngine {
                     limits: self.run_limits(req)?,
                 };
                 let handover = Handover {
-                    log: self.owned.borrow_mut().remove(op),
+                    log: lock(&self.owned).remove(op),
                     scratch: None,
                 };
                 let started = self.spawn_supervisor(&job, stdin, &handover);
                 if started.is_err() {
-                    if let Some(lock) = handover.log {
-                        self.owned.borrow_mut().insert(op.to_string(), lock);
+                    if let Some(log) = handover.log {
+                        lock(&self.owned).insert(op.to_string(), log);
                     }
                 }
                 started
@@ -102,7 +106,8 @@ impl LocalEngine {
         let path = self.store.op_dir(op).join("events");
         // Ours (queued, or run here), else only if its owner is gone: a live supervisor
         // writes its own ending.
-        let log = match self.owned.borrow_mut().remove(op) {
+        let owned = lock(&self.owned).remove(op);
+        let log = match owned {
             Some(file) => LogWriter::adopt(file, &path).ok(),
             None => std::fs::create_dir_all(self.store.op_dir(op))
                 .and_then(|_| LogWriter::take_over(&path))

@@ -4,9 +4,9 @@
 //! cleans up. Ownership is decided by locks only a live process holds, never by ages.
 
 use super::eventlog::{LogReader, LogWriter};
-use super::procfs::process_start_time;
-use super::{cgroup, claim, store, LocalEngine};
+use super::{cgroup, claim, lock, store, LocalEngine};
 use crate::backend::BackendError;
+use crate::procfs::process_start_time;
 use crate::wire::{Operation, Status};
 use nix::unistd::Pid;
 
@@ -16,7 +16,7 @@ impl LocalEngine {
     /// the supervisor process it names (pid and start time, so a recycled pid is no match).
     pub(super) fn supervisor_alive(&self, row: &store::OpRow) -> bool {
         self.reap();
-        if self.owned.borrow().contains_key(&row.uuid) {
+        if lock(&self.owned).contains_key(&row.uuid) {
             return true;
         }
         if let (Some(pid), Some(start)) = (row.supervisor_pid, row.supervisor_start) {
@@ -28,28 +28,41 @@ impl LocalEngine {
     }
 
     /// Collects the exit status of supervisors that have finished (a long-lived process
-    /// such as `contree serve` calls this now and then so none stays a zombie).
+    /// such as `contree serve` calls this now and then so none stays a zombie). A server's
+    /// notify pipe of a finished supervisor that nobody followed goes too: its log is
+    /// whole, and a follower reads it without.
     pub fn reap(&self) {
         use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-        let mut exited = self.exited.borrow_mut();
-        self.children.borrow_mut().retain(|(op, pid)| {
-            match waitpid(*pid, Some(WaitPidFlag::WNOHANG)) {
+        let mut exited = lock(&self.exited);
+        let mut gone = Vec::new();
+        lock(&self.children).retain(
+            |(op, pid)| match waitpid(*pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => true,
                 Ok(status) => {
                     exited.insert(op.clone(), status);
+                    gone.push(op.clone());
                     false
                 }
                 Err(_) => false,
+            },
+        );
+        // Not a CLI's: its own run's follower may not have opened the pipe yet, and needs
+        // it to wait for a log its supervisor was to create.
+        if !self.fork && !gone.is_empty() {
+            let mut notify = lock(&self.notify);
+            for op in &gone {
+                notify.remove(op);
             }
-        });
+        }
     }
 
     /// Why a supervisor we started is gone, in words, if we know.
     pub(super) fn exit_of(&self, op: &str) -> Option<String> {
         use nix::sys::wait::WaitStatus;
         self.reap();
-        match self.exited.borrow().get(op)? {
-            WaitStatus::Exited(_, code) if *code == crate::error::exit::IO => {
+        let status = *lock(&self.exited).get(op)?;
+        match status {
+            WaitStatus::Exited(_, code) if code == crate::error::exit::IO => {
                 Some("it could not write to the store (is the store's disk full?)".to_string())
             }
             WaitStatus::Exited(_, code) => Some(format!("it exited with code {code}")),
@@ -61,8 +74,7 @@ impl LocalEngine {
     /// Pid of a supervisor this engine started for `op`, if it is still ours to reap.
     pub(super) fn own_supervisor(&self, op: &str) -> Option<Pid> {
         self.reap();
-        self.children
-            .borrow()
+        lock(&self.children)
             .iter()
             .find(|(o, _)| o == op)
             .map(|(_, pid)| *pid)

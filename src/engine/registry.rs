@@ -11,6 +11,7 @@
 use super::import::ImportError;
 use super::store::Store;
 use crate::progress::{self, Show};
+use crate::wire::reference::Reference;
 use base64::Engine as _;
 use indicatif::ProgressBar;
 use serde_json::Value;
@@ -19,66 +20,21 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-/// Where an image lives in a registry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reference {
-    /// `host[:port]` as typed (`docker.io` for Docker Hub).
-    pub registry: String,
-    /// Repository path (`library/alpine`).
-    pub repository: String,
-    /// Tag or `sha256:…` digest.
-    pub reference: String,
-}
-
-impl Reference {
-    /// `docker://reg/path:tag`, `reg/path@sha256:…`, `user/img`, `img` (Docker Hub rules:
-    /// a first segment with `.` or `:` or `localhost` is a registry).
-    pub fn parse(text: &str) -> Option<Reference> {
-        let rest = text.strip_prefix("docker://").unwrap_or(text);
-        if rest.is_empty() || rest.contains(char::is_whitespace) {
-            return None;
-        }
-        let (first, tail) = match rest.split_once('/') {
-            Some((f, t)) if f.contains(['.', ':']) || f == "localhost" => (f.to_string(), t),
-            _ => ("docker.io".to_string(), rest),
-        };
-        let (path, reference) = if let Some((p, d)) = tail.split_once('@') {
-            (p.to_string(), d.to_string())
-        } else {
-            match tail.rsplit_once(':') {
-                Some((p, t)) if !t.contains('/') => (p.to_string(), t.to_string()),
-                _ => (tail.to_string(), "latest".to_string()),
-            }
-        };
-        if path.is_empty() || reference.is_empty() {
-            return None;
-        }
-        let repository = if first == "docker.io" && !path.contains('/') {
-            format!("library/{path}")
-        } else {
-            path
-        };
-        Some(Reference {
-            registry: first,
-            repository,
-            reference,
-        })
-    }
-
-    fn base(&self) -> String {
-        let host = if self.registry == "docker.io" {
-            "registry-1.docker.io"
-        } else {
-            &self.registry
-        };
-        let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
-        let plain = matches!(name, "localhost" | "127.0.0.1" | "[::1]") || name.starts_with("127.");
-        format!(
-            "{}://{host}/v2/{}",
-            if plain { "http" } else { "https" },
-            self.repository
-        )
-    }
+/// The registry's v2 API for the repository: plain HTTP for loopback registries (as
+/// Docker does), HTTPS for everything else.
+fn base(r: &Reference) -> String {
+    let host = if r.registry == "docker.io" {
+        "registry-1.docker.io"
+    } else {
+        &r.registry
+    };
+    let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    let plain = matches!(name, "localhost" | "127.0.0.1" | "[::1]") || name.starts_with("127.");
+    format!(
+        "{}://{host}/v2/{}",
+        if plain { "http" } else { "https" },
+        r.repository
+    )
 }
 
 /// Registry credentials for basic auth or the token realm.
@@ -272,7 +228,7 @@ fn download(
         auth: None,
         deadline,
     };
-    let base = r.base();
+    let base = base(r);
     let mut want = r.reference.clone();
     for _ in 0..4 {
         let url = format!("{base}/manifests/{want}");
@@ -435,21 +391,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn references_follow_docker_hub_rules() {
+    fn loopback_registries_are_spoken_to_over_plain_http() {
         let p = |s| Reference::parse(s).unwrap();
-        assert_eq!(p("ubuntu").repository, "library/ubuntu");
-        assert_eq!(p("ubuntu").reference, "latest");
-        assert_eq!(p("ubuntu").registry, "docker.io");
-        assert_eq!(p("user/img:1.2").repository, "user/img");
-        assert_eq!(p("user/img:1.2").reference, "1.2");
-        let local = p("127.0.0.1:5000/bb/x:v1");
-        assert_eq!(local.registry, "127.0.0.1:5000");
-        assert_eq!(local.repository, "bb/x");
-        assert_eq!(local.base(), "http://127.0.0.1:5000/v2/bb/x");
-        let hub = p("docker://docker.io/library/alpine@sha256:abc");
-        assert_eq!(hub.reference, "sha256:abc");
-        assert_eq!(hub.base(), "https://registry-1.docker.io/v2/library/alpine");
-        assert_eq!(p("ghcr.io/o/r").base(), "https://ghcr.io/v2/o/r");
-        assert!(Reference::parse("").is_none());
+        assert_eq!(
+            base(&p("127.0.0.1:5000/bb/x:v1")),
+            "http://127.0.0.1:5000/v2/bb/x"
+        );
+        assert_eq!(
+            base(&p("docker://docker.io/library/alpine@sha256:abc")),
+            "https://registry-1.docker.io/v2/library/alpine"
+        );
+        assert_eq!(base(&p("ghcr.io/o/r")), "https://ghcr.io/v2/o/r");
     }
 }

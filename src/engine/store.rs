@@ -17,9 +17,11 @@ mod ops;
 pub use ops::OpRow;
 
 use crate::wire;
+use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::cell::{Ref, RefCell};
 use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +148,26 @@ pub struct Store {
     /// `None` after `close`; the next use opens it again. A connection must never be
     /// carried across fork(): SQLite's per-process lock bookkeeping would then be wrong in
     /// the child (see `LocalEngine::fork_supervisor`).
-    conn: RefCell<Option<Connection>>,
+    ///
+    /// One connection, shared by the threads of a server: each use holds the lock, and
+    /// `reading` and `transaction` hold it for their whole closure, so no other thread's
+    /// statement lands inside their transaction. The lock is reentrant because a closure
+    /// uses the store again on the same thread.
+    conn: ReentrantMutex<RefCell<Option<Connection>>>,
+}
+
+/// The store's connection, borrowed under its lock (see `Store::conn`).
+struct Conn<'a> {
+    // Declared first, so dropped first: the borrow ends before the lock is released.
+    conn: Ref<'a, Connection>,
+    _lock: ReentrantMutexGuard<'a, RefCell<Option<Connection>>>,
+}
+
+impl Deref for Conn<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
 }
 
 /// 2: what a run consumed (`consumed_cpu`, `consumed_memory`) and its limits; every opaque
@@ -191,7 +212,7 @@ impl Store {
             layout: Layout {
                 root: root.to_path_buf(),
             },
-            conn: RefCell::new(Some(conn)),
+            conn: ReentrantMutex::new(RefCell::new(Some(conn))),
         };
         // One cheap read on the common path; the full set-up only for a new store.
         let version: i64 = store
@@ -265,15 +286,21 @@ impl Store {
         })
     }
 
-    /// The connection, opened again if `close` dropped it.
-    fn conn(&self) -> Result<Ref<'_, Connection>> {
-        if self.conn.borrow().is_none() {
+    /// The connection, opened again if `close` dropped it; this thread holds the store's
+    /// lock while the answer lives.
+    fn conn(&self) -> Result<Conn<'_>> {
+        let lock = self.conn.lock();
+        if lock.borrow().is_none() {
             let conn = crate::db::open(&self.root.join("contree.db"))?;
-            *self.conn.borrow_mut() = Some(conn);
+            *lock.borrow_mut() = Some(conn);
         }
-        Ok(Ref::map(self.conn.borrow(), |c| {
-            c.as_ref().expect("opened just above")
-        }))
+        // SAFETY: the cell lives as long as `self`, and it is only reached while `lock`,
+        // which `Conn` keeps until after the borrow, is held by this thread.
+        let cell: &RefCell<Option<Connection>> = unsafe { &*self.conn.data_ptr() };
+        Ok(Conn {
+            conn: Ref::map(cell.borrow(), |c| c.as_ref().expect("opened just above")),
+            _lock: lock,
+        })
     }
 
     /// Empties the WAL if it has grown large (`db::checkpoint_if_large`). The supervisor
@@ -286,7 +313,9 @@ impl Store {
 
     /// Closes the connection (before a fork: see `conn`).
     pub fn close(&self) {
-        if let Some(conn) = self.conn.borrow_mut().take() {
+        let lock = self.conn.lock();
+        let conn = lock.borrow_mut().take();
+        if let Some(conn) = conn {
             let _ = conn.close();
         }
     }
@@ -503,6 +532,8 @@ impl Store {
     /// Runs `f` inside one read transaction: many lookups then share one snapshot and one
     /// round of WAL locking instead of one each.
     pub fn reading<T>(&self, f: impl FnOnce() -> T) -> T {
+        // Held across `f`: another thread's statements would otherwise join the transaction.
+        let _lock = self.conn.lock();
         let began = self
             .conn()
             .is_ok_and(|c| c.execute_batch("BEGIN DEFERRED").is_ok());
@@ -593,5 +624,39 @@ impl Store {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server's threads share one store: a statement of one thread never lands inside
+    /// another's transaction (where that transaction's rollback would undo it).
+    #[test]
+    fn a_transaction_is_never_joined_by_another_threads_statement() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let host = store.find_tag(HOST_TAG).unwrap().unwrap();
+        let (began, begun) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let store = &store;
+            let host = host.as_str();
+            s.spawn(move || {
+                let _ = store.transaction(|c| {
+                    c.execute("INSERT INTO tags(tag, image) VALUES ('undone', ?1)", [host])?;
+                    began.send(()).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    Err::<(), _>(StoreError::Db(rusqlite::Error::InvalidQuery))
+                });
+            });
+            begun.recv().unwrap();
+            store.set_tag(host, "kept").unwrap();
+        });
+        assert_eq!(store.find_tag("undone").unwrap(), None);
+        assert_eq!(
+            store.find_tag("kept").unwrap().as_deref(),
+            Some(host.as_str())
+        );
     }
 }

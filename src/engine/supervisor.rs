@@ -328,7 +328,7 @@ impl Run {
                 self.log.ensure_open().map_err(DbError::EventLog)?;
             }
             let pid = std::process::id() as i32;
-            let start = super::process_start_time(pid).unwrap_or(0);
+            let start = crate::procfs::process_start_time(pid).unwrap_or(0);
             match &self.job.created_at {
                 Some(created) => store.create_executing_op(
                     &self.job.op,

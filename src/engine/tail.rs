@@ -1,18 +1,25 @@
-//! The event-log reader `Tail`: what `events` returns for the local engine. It reads an
-//! operation's log as it grows, and for the CLI's own foreground run also the live pipes
-//! that carry its output straight from the supervisor.
+//! The event-log follower `Tail`: what `events` returns for the local engine, and so what
+//! every reader of an operation's events uses: `run`'s live output, `show`, `wait`, and
+//! `serve`'s SSE streams. It reads an operation's log as it grows, and for the CLI's own
+//! foreground run also the live pipes that carry its output straight from the supervisor.
 
 use super::eventlog::{LogReader, LogWriter};
-use super::{eventlog, LocalEngine};
+use super::{claim, eventlog, launch, LocalEngine};
 use crate::backend::{BackendError, EventItem, EventStream};
 use crate::interrupt;
+use nix::sys::inotify::Inotify;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Follows a growing event log. The CLI that spawned the operation is woken by the
+/// How long a follower woken by inotify waits before it checks that someone still owns
+/// the operation.
+const WATCH_CHECK: Duration = Duration::from_millis(250);
+
+/// Follows a growing event log. The process that spawned the operation is woken by the
 /// supervisor's notify pipe (and sees it close when the supervisor exits); any other
-/// follower polls with a backoff of 2 to 100 ms. Either way a dead supervisor is noticed.
+/// follower is woken by inotify, or where that fails polls with a backoff of 2 to 100 ms.
+/// Either way a dead supervisor is noticed, and its operation recovered.
 pub(super) struct Tail<'a> {
     engine: &'a LocalEngine,
     op: String,
@@ -28,8 +35,8 @@ pub(super) struct Tail<'a> {
     direct: [bool; 2],
     /// Which live pipe to try first (they take turns).
     live_turn: usize,
-    /// Where live output goes by splice(2) instead of through `bytes` (see
-    /// `EventStream::pass_through`).
+    /// Where live output goes by splice(2) instead of through `bytes`: our own stdout and
+    /// stderr, for a run spawned with `direct` (see `Backend::spawn_followed`).
     pass: Option<[std::os::fd::RawFd; 2]>,
     /// An `exit`, `truncated` or `completion` read from the log before the live pipes
     /// ended: it waits for them, so no output comes after it.
@@ -42,6 +49,17 @@ pub(super) struct Tail<'a> {
     reader_fd: Option<std::os::fd::RawFd>,
     /// Nobody owns the operation any more: what the log holds now is all it will hold.
     gone: bool,
+    /// Past this, `next_event` stops waiting (see `EventStream::set_deadline`).
+    deadline: Option<Instant>,
+    /// When a follower stopped by its deadline last checked the operation's owner.
+    checked: Instant,
+    /// Wakes a follower without a notify pipe when the log changes; made on its first wait.
+    watch: Option<Inotify>,
+    /// The operation was spawned by this engine, which has its notify pipe.
+    spawned_here: bool,
+    watch_tried: bool,
+    /// The id of the last event read from the log.
+    last_id: u64,
 }
 
 impl<'a> Tail<'a> {
@@ -54,12 +72,12 @@ impl<'a> Tail<'a> {
     ) -> Result<Self, BackendError> {
         let path = engine.store.op_dir(op).join("events");
         let notify = if follow {
-            engine.notify.borrow_mut().remove(op)
+            super::lock(&engine.notify).remove(op)
         } else {
             None
         };
         let live = if follow {
-            engine.live.borrow_mut().remove(op)
+            super::lock(&engine.live).remove(op)
         } else {
             None
         };
@@ -71,11 +89,14 @@ impl<'a> Tail<'a> {
                 }
                 Some(reader)
             }
-            // Our own foreground run: its supervisor creates the log in a moment.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && notify.is_some() => None,
+            // A run whose supervisor creates the log while its sandbox starts (our own
+            // foreground run, or another CLI's): it comes in a moment.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => None,
             Err(e) => return Err(BackendError::Store(format!("{}: {e}", path.display()))),
         };
         let direct = live.as_ref().map(|l| l.direct).unwrap_or_default();
+        let spawned_here = notify.is_some();
+        let pass = live.as_ref().filter(|l| l.pass).map(|_| launch::OUTPUT);
         Ok(Tail {
             engine,
             op: op.to_string(),
@@ -85,7 +106,7 @@ impl<'a> Tail<'a> {
             live: live.map(|l| l.pipes.map(Some)).unwrap_or([None, None]),
             direct,
             live_turn: 0,
-            pass: None,
+            pass,
             held: None,
             follow,
             notify,
@@ -93,6 +114,12 @@ impl<'a> Tail<'a> {
             done: false,
             reader_fd: None,
             gone: false,
+            deadline: None,
+            checked: Instant::now(),
+            spawned_here,
+            watch: None,
+            watch_tried: false,
+            last_id: 0,
         })
     }
 }
@@ -180,11 +207,17 @@ impl Tail<'_> {
         Ok(None)
     }
 
+    /// Whether a live process owns the operation: it holds the log (see `LogWriter::own`)
+    /// or, before the log exists, the scratch dir (see `LocalEngine::unrecorded`).
+    fn owned(&self) -> bool {
+        LogWriter::owned(&self.path) || claim::held(&self.engine.store.scratch_dir(&self.op))
+    }
+
     /// Called when the log has had nothing new for a while, or its writer hung up: once
-    /// nobody owns the operation (see `LogWriter::own`), recovery gives it its ending, and
-    /// `gone` makes the next read past the log's end final (see `ending`).
+    /// nobody owns the operation, recovery gives it its ending, and `gone` makes the next
+    /// read past the log's end final (see `ending`).
     fn check_supervisor(&mut self) -> Result<(), BackendError> {
-        if self.gone || LogWriter::owned(&self.path) {
+        if self.gone || self.owned() {
             return Ok(());
         }
         if let Some(row) = self.engine.store.op(&self.op)? {
@@ -210,7 +243,8 @@ impl Tail<'_> {
                 );
                 return Ok(EventItem {
                     event: crate::wire::Event {
-                        id: 0,
+                        // Where it would have been: a reader resuming by id still gets it.
+                        id: self.last_id + 1,
                         ts: crate::wire::now_ts(),
                         spid: None,
                         kind: "completion".into(),
@@ -232,6 +266,18 @@ impl Tail<'_> {
         )))
     }
 
+    /// `d`, or less if the deadline comes sooner.
+    fn capped(&self, d: Duration) -> Duration {
+        match self.deadline {
+            Some(t) => d.min(t.saturating_duration_since(Instant::now())),
+            None => d,
+        }
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|t| Instant::now() >= t)
+    }
+
     /// Waits for the log to grow (or for a sign that its writer is gone).
     fn wait(&mut self) -> Result<(), BackendError> {
         use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -251,6 +297,33 @@ impl Tail<'_> {
             .flatten()
             .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
             .collect();
+        let ms = |d: Duration| PollTimeout::from(u16::try_from(d.as_millis()).unwrap_or(u16::MAX));
+        // Not for a run spawned here whose supervisor has just gone: closing an inotify
+        // descriptor costs an RCU grace period, milliseconds on the run's path.
+        if !self.watch_tried && !self.spawned_here && self.reader.is_some() {
+            self.watch_tried = true;
+            self.watch = watch_file(&self.path);
+        }
+        if let (None, Some(ino)) = (&self.notify, &self.watch) {
+            let mut fds = vec![PollFd::new(ino.as_fd(), PollFlags::POLLIN)];
+            fds.extend(reader.iter().map(|r| PollFd::new(*r, PollFlags::empty())));
+            let watched = fds.len();
+            fds.extend(live);
+            let changed = match nix::poll::poll(&mut fds, ms(self.capped(WATCH_CHECK))) {
+                Ok(n) => n > 0,
+                Err(nix::errno::Errno::EINTR) => return Ok(()),
+                Err(e) => return Err(BackendError::Store(format!("poll: {e}"))),
+            };
+            if gone(&fds[1..watched]) {
+                self.reader_fd = None;
+                return Err(BackendError::OutputClosed);
+            }
+            if changed {
+                while matches!(ino.read_events(), Ok(ev) if !ev.is_empty()) {}
+                return Ok(());
+            }
+            return self.check_supervisor();
+        }
         let Some(fd) = &self.notify else {
             self.idle = (self.idle * 2).clamp(Duration::from_millis(2), Duration::from_millis(100));
             let mut fds: Vec<PollFd> = reader
@@ -258,8 +331,7 @@ impl Tail<'_> {
                 .map(|r| PollFd::new(*r, PollFlags::empty()))
                 .collect();
             fds.extend(live);
-            let ms = self.idle.as_millis() as u16;
-            let _ = nix::poll::poll(&mut fds, PollTimeout::from(ms));
+            let _ = nix::poll::poll(&mut fds, ms(self.capped(self.idle)));
             if gone(&fds) {
                 self.reader_fd = None;
                 return Err(BackendError::OutputClosed);
@@ -273,7 +345,7 @@ impl Tail<'_> {
         fds.extend(reader.iter().map(|r| PollFd::new(*r, PollFlags::empty())));
         let watched = fds.len();
         fds.extend(live);
-        match nix::poll::poll(&mut fds, PollTimeout::from(1000u16)) {
+        match nix::poll::poll(&mut fds, ms(self.capped(Duration::from_secs(1)))) {
             Ok(0) => self.check_supervisor(),
             Ok(_) => {
                 if gone(&fds[1..watched]) {
@@ -299,15 +371,12 @@ impl Tail<'_> {
 }
 
 impl EventStream for Tail<'_> {
-    fn pass_through(&mut self, stdout: std::os::fd::RawFd, stderr: std::os::fd::RawFd) -> bool {
-        if !self.live_used {
-            return false;
-        }
-        self.pass = Some([stdout, stderr]);
-        true
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
     }
 
-    fn watch_reader(&mut self, fd: std::os::fd::RawFd) {
+    fn watch_reader(&mut self) {
+        let fd = launch::OUTPUT[0];
         // Only a pipe or socket has a reader that can go away.
         if let Ok(st) = nix::sys::stat::fstat(fd) {
             let kind = st.st_mode & libc::S_IFMT;
@@ -334,6 +403,9 @@ impl EventStream for Tail<'_> {
             }
             if self.held.is_some() {
                 // Waiting for the live pipes to end.
+                if self.past_deadline() {
+                    return Ok(None);
+                }
                 self.wait()?;
                 continue;
             }
@@ -346,7 +418,7 @@ impl EventStream for Tail<'_> {
                         self.reader = Some(reader)
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        if self.notify.is_none() {
+                        if self.notify.is_none() && !self.owned() {
                             // Its supervisor is gone (the notify pipe hung up) without one.
                             return Err(BackendError::Store(format!(
                                 "operation {} has no event log: its supervisor exited before starting it",
@@ -367,6 +439,7 @@ impl EventStream for Tail<'_> {
             };
             if let Some(ev) = next {
                 self.idle = Duration::ZERO;
+                self.last_id = self.last_id.max(ev.header.id);
                 let kind = ev.header.kind.clone();
                 if self.live_used && (kind == "stdout" || kind == "stderr") {
                     if self.direct[usize::from(kind == "stderr")] {
@@ -405,7 +478,28 @@ impl EventStream for Tail<'_> {
             if interrupt::take() {
                 return Err(BackendError::Interrupted);
             }
+            if self.past_deadline() {
+                // A caller that only looks (`wait` on several operations) never waits
+                // here: it still learns in time that nobody owns the operation any more.
+                if self.checked.elapsed() >= WATCH_CHECK {
+                    self.checked = Instant::now();
+                    self.check_supervisor()?;
+                }
+                return Ok(None);
+            }
             self.wait()?;
         }
     }
+}
+
+/// An inotify watch on the log, for a follower that has no notify pipe.
+fn watch_file(path: &std::path::Path) -> Option<Inotify> {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags};
+    let ino = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok()?;
+    ino.add_watch(
+        path,
+        AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CLOSE_WRITE,
+    )
+    .ok()?;
+    Some(ino)
 }

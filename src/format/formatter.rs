@@ -74,7 +74,7 @@ pub trait Formatter {
         false
     }
     /// True when chunks go out unchanged, stdout to stdout and stderr to stderr: the run
-    /// may then let the output bypass the formatter (see `EventStream::pass_through`).
+    /// may then let the output bypass the formatter (see `Backend::spawn_followed`).
     fn passes_through(&self) -> bool {
         false
     }

@@ -47,7 +47,7 @@ pub struct RunArgs {
     pub hooks: Vec<String>,
     /// `--no-hooks`.
     pub no_hooks: bool,
-    /// `--memory`, `--pids`, `--cpus`, `--max-layer-bytes` (see `engine::limits`).
+    /// `--memory`, `--pids`, `--cpus`, `--max-layer-bytes` (see `wire::limits`).
     pub limits: crate::wire::ResourcesLimits,
 }
 
@@ -216,12 +216,11 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
             title: title.clone(),
             foreground: true,
             preserved_env: args.preserve_env.then(|| merged_env.clone()),
-            cli: crate::engine::process_start_time(me).map(|start| (me, start)),
+            cli: crate::procfs::process_start_time(me).map(|start| (me, start)),
             ..Default::default()
         });
         spawn_pending(ctx, pending, |registered| {
-            ctx.backend
-                .spawn_followed(&req, stdin, direct.then_some([1, 2]), registered)
+            ctx.backend.spawn_followed(&req, stdin, direct, registered)
         })?
     };
     crate::log::trace("spawned");
@@ -453,15 +452,15 @@ pub fn follow(
         op: op.to_string(),
         ..Default::default()
     };
+    if output_untouched(formatter, hooks) {
+        // The backend may write the output itself (see `spawn_followed`): whatever std
+        // buffered goes out first, so the order holds.
+        flush_std();
+    }
     let mut stream = ctx.backend.events(op, true)?;
     let mut sigint_sent = false;
     if formatter.live() {
-        stream.watch_reader(1);
-    }
-    if output_untouched(formatter, hooks) {
-        // Whatever std buffered goes out first, so the order holds.
-        flush_std();
-        stream.pass_through(1, 2);
+        stream.watch_reader();
     }
     loop {
         let item = match stream.next_event() {
@@ -732,7 +731,7 @@ fn limit_warnings(out: &Outcome) {
         let limit = limits
             .and_then(|l| l.get("max_memory_bytes"))
             .and_then(|m| m.as_u64())
-            .map(|m| format!(" (limit {})", crate::engine::limits::human(m)))
+            .map(|m| format!(" (limit {})", crate::wire::limits::human(m)))
             .unwrap_or_default();
         warn!(
             "Operation {}: a process was killed: out of memory{limit}",
@@ -743,7 +742,7 @@ fn limit_warnings(out: &Outcome) {
         let limit = limits
             .and_then(|l| l.get("max_layer_bytes"))
             .and_then(|m| m.as_u64())
-            .map(crate::engine::limits::human)
+            .map(crate::wire::limits::human)
             .unwrap_or_else(|| "its size".into());
         warn!(
             "Operation {}: the writable layer reached its limit of {limit} (max_layer_bytes): writes past it failed with \"No space left on device\"",

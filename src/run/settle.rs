@@ -19,7 +19,7 @@ pub fn settle(ctx: &Context) -> CommandResult {
     for p in pending {
         // Its CLI is still there (another terminal): the run is its to apply.
         if let Some((pid, start)) = p.cli {
-            if crate::engine::process_start_time(pid) == Some(start) {
+            if crate::procfs::process_start_time(pid) == Some(start) {
                 continue;
             }
         }

@@ -65,15 +65,13 @@ pub struct ServeOptions {
 /// Shared by every handler.
 pub(crate) struct State {
     pub paths: Paths,
-    /// One engine for the short calls. It is not `Sync` (it caches per-process state in
-    /// `RefCell`s), so a mutex serialises them; event streams open their own.
-    pub engine: Mutex<LocalEngine>,
+    /// The engine, shared by every handler and event stream at once: it is `Sync`, and
+    /// serialises only what must be (its store connection, its bookkeeping of children).
+    pub engine: LocalEngine,
     pub owners: Mutex<owners::Owners>,
     pub tokens: Tokens,
     /// Write ends of the stdin pipes of operations spawned with `stdin.close = false`.
     pub stdin: Mutex<HashMap<String, std::fs::File>>,
-    /// Serialises blob stores (the engine's temporary name is per process).
-    pub uploads: Mutex<()>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     pub max_body: usize,
     pub max_upload: u64,
@@ -163,11 +161,10 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let state: Shared = Arc::new(State {
             paths: opts.paths.clone(),
-            engine: Mutex::new(engine),
+            engine,
             owners: Mutex::new(owners),
             tokens,
             stdin: Mutex::new(HashMap::new()),
-            uploads: Mutex::new(()),
             shutdown: stop_rx.clone(),
             max_body: opts.max_body,
             max_upload: opts.max_upload,
@@ -231,17 +228,16 @@ async fn dispatch(state: Shared) {
         let stopping = *state.shutdown.borrow();
         let st = state.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let Ok(engine) = st.engine.lock() else { return };
+            let engine = &st.engine;
             let Ok(mut queue) = st.queue.lock() else {
                 return;
             };
             if stopping {
                 drop(queue);
-                drop(engine);
                 cancel_waiting(&st);
                 return;
             }
-            while !queue.is_empty() && running(&engine, &queue) < st.max_running {
+            while !queue.is_empty() && running(engine, &queue) < st.max_running {
                 let Some(q) = queue.pop_front() else { break };
                 let pending = engine
                     .store()
@@ -253,13 +249,8 @@ async fn dispatch(state: Shared) {
                     // Cancelled while it waited.
                     continue;
                 }
-                let source = match &q.stdin {
-                    Some(fd) => {
-                        crate::backend::StdinSource::Fd(std::os::fd::AsRawFd::as_raw_fd(fd))
-                    }
-                    None => crate::backend::StdinSource::Null,
-                };
-                let _ = engine.start_queued(&q.op, &q.request, source);
+                let stdin = q.stdin.as_ref().map(std::os::fd::AsFd::as_fd);
+                let _ = engine.start_queued(&q.op, &q.request, stdin);
             }
         })
         .await;
@@ -271,12 +262,11 @@ async fn dispatch(state: Shared) {
 
 /// The documented rule at shutdown: operations still waiting for a slot are cancelled.
 fn cancel_waiting(st: &State) {
-    let Ok(engine) = st.engine.lock() else { return };
     let Ok(mut queue) = st.queue.lock() else {
         return;
     };
     for q in queue.drain(..) {
-        engine.end_queued(
+        st.engine.end_queued(
             &q.op,
             crate::wire::Status::Cancelled,
             "the server shut down",
@@ -316,7 +306,7 @@ async fn housekeeping(state: Shared) {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let st = state.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let Ok(engine) = st.engine.lock() else { return };
+            let engine = &st.engine;
             engine.reap();
             if let Ok((cut, freed)) = engine.prune_event_logs(st.events_max_age, st.events_max_bytes) {
                 if cut > 0 {

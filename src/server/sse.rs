@@ -11,16 +11,19 @@ use super::auth::Namespace;
 use super::routes::{blocking, own_op, parse_uuid};
 use super::{ApiError, Shared};
 use crate::backend::Backend;
-use crate::engine::eventlog::LogReader;
+use crate::engine::eventlog;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// How often a follower with nothing to send checks that its client is still there.
+const CHECK_CLIENT: Duration = Duration::from_millis(250);
 
 /// Event streams open at once; more get 503 with `Retry-After`.
 const MAX_STREAMS: usize = 1024;
@@ -108,12 +111,10 @@ pub async fn events(
         .into_response())
 }
 
-/// Reads the log and sends frames until `completion` (or until the client is gone).
-///
-/// The log is read directly rather than through a second `LocalEngine` per stream: opening
-/// an engine runs its crash recovery, which must not race with spawns in this process.
-/// While waiting, the operation is checked now and then through the shared engine, which
-/// appends the missing `completion` when a supervisor died.
+/// Follows the operation's events (the engine's follower, as every reader of a log does)
+/// and sends frames until `completion`, or until the client is gone or the server stops,
+/// which the follower's bounded waits give a chance to notice. The follower also recovers
+/// an operation whose supervisor died, which appends the `completion` it never wrote.
 fn pump(st: &Shared, op: &str, follow: bool, since: u64, tx: &tokio::sync::mpsc::Sender<String>) {
     let fail = |msg: String| {
         let _ = tx.blocking_send(format!(
@@ -121,22 +122,19 @@ fn pump(st: &Shared, op: &str, follow: bool, since: u64, tx: &tokio::sync::mpsc:
             msg.replace('\n', " ")
         ));
     };
-    let path = lock(&st.engine).store().op_dir(op).join("events");
-    let mut reader = match LogReader::open(&path) {
-        Ok(r) => r,
-        Err(e) => return fail(format!("event log of {op}: {e}")),
+    let mut events = match st.engine.events(op, follow) {
+        Ok(events) => events,
+        Err(e) => return fail(e.to_string()),
     };
-    // Woken by the kernel when the supervisor appends; polling with a backoff otherwise.
-    let watch = follow.then(|| watch_file(&path)).flatten();
-    let mut idle = Duration::ZERO;
-    let mut since_check = Duration::ZERO;
     loop {
-        match reader.next() {
-            Ok(Some(ev)) => {
-                idle = Duration::ZERO;
-                let done = ev.header.kind == "completion";
-                if ev.header.id > since {
-                    let event = ev.to_wire();
+        if follow {
+            events.set_deadline(Some(Instant::now() + CHECK_CLIENT));
+        }
+        match events.next_event() {
+            Ok(Some(item)) => {
+                let done = item.event.kind == "completion";
+                if item.event.id > since {
+                    let event = eventlog::to_wire(item.event, &item.bytes);
                     let data = match serde_json::to_string(&event) {
                         Ok(d) => d,
                         Err(e) => return fail(e.to_string()),
@@ -154,57 +152,13 @@ fn pump(st: &Shared, op: &str, follow: bool, since: u64, tx: &tokio::sync::mpsc:
                 }
             }
             Ok(None) if !follow => return,
+            // Nothing new for a while: is anybody still listening?
             Ok(None) => {
                 if tx.is_closed() || *st.shutdown.borrow() {
                     return;
                 }
-                idle = match &watch {
-                    Some(w) => wait_change(w, Duration::from_millis(250)),
-                    None => {
-                        let d =
-                            (idle * 2).clamp(Duration::from_millis(2), Duration::from_millis(100));
-                        std::thread::sleep(d);
-                        d
-                    }
-                };
-                since_check += idle;
-                if since_check >= Duration::from_secs(1) {
-                    since_check = Duration::ZERO;
-                    // Recovers (and completes the log of) an operation whose supervisor died.
-                    let _ = lock(&st.engine).operation(op);
-                }
             }
-            Err(e) => return fail(format!("event log of {op}: {e}")),
+            Err(e) => return fail(e.to_string()),
         }
     }
-}
-
-fn watch_file(path: &std::path::Path) -> Option<nix::sys::inotify::Inotify> {
-    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-    let ino = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok()?;
-    ino.add_watch(
-        path,
-        AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CLOSE_WRITE,
-    )
-    .ok()?;
-    Some(ino)
-}
-
-/// Waits until the watched file changes or `limit` passes; returns about how long it waited.
-fn wait_change(ino: &nix::sys::inotify::Inotify, limit: Duration) -> Duration {
-    use nix::poll::{PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-    let started = std::time::Instant::now();
-    let mut fds = [PollFd::new(ino.as_fd(), PollFlags::POLLIN)];
-    let ms = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
-    if let Ok(n) = nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
-        if n > 0 {
-            while matches!(ino.read_events(), Ok(ev) if !ev.is_empty()) {}
-        }
-    }
-    started.elapsed().max(Duration::from_millis(1))
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -70,10 +70,8 @@ pub(super) async fn upload(
     let sha = crate::sha256::hex(&hasher.finalize());
     let body = blocking(&st, move |st| {
         let _cleanup = cleanup;
-        let uuid = {
-            let _guard = lock(&st.uploads);
-            lock(&st.engine).put_file(&tmp, &sha)?.0
-        };
+        // Uploads store at once: each copy is staged under a name of its own.
+        let uuid = st.engine.put_file(&tmp, &sha)?.0;
         let owners = lock(&st.owners);
         owners.add(FILE, &sha, &ns.name)?;
         let (created, updated) = owners
@@ -101,7 +99,7 @@ pub(super) async fn file_info(
         let (created, updated) = lock(&st.owners)
             .get(FILE, &sha, &ns.name)?
             .ok_or_else(not_found)?;
-        let engine = lock(&st.engine);
+        let engine = &st.engine;
         let uuid = engine.store().blob_uuid(&sha)?.ok_or_else(not_found)?;
         let (_, size) = engine.store().blob_by_uuid(&uuid)?.ok_or_else(not_found)?;
         if !engine.store().blob_path(&sha).exists() {
@@ -121,7 +119,7 @@ pub(super) async fn files(
     let page = Page::of(&q)?;
     blocking(&st, move |st| {
         let owned = lock(&st.owners).all(FILE, &ns.name)?;
-        let engine = lock(&st.engine);
+        let engine = &st.engine;
         let owners = lock(&st.owners);
         let mut out = Vec::new();
         for sha in owned {

@@ -16,7 +16,7 @@ pub(super) async fn images(
         None => None,
     };
     blocking(&st, move |st| {
-        let rows = lock(&st.engine).store().images()?;
+        let rows = st.engine.store().images()?;
         let mut out = Vec::new();
         for row in &rows {
             if uuid.as_ref().is_some_and(|u| *u != row.uuid) || !image_visible(st, &ns.name, row)? {
@@ -97,7 +97,7 @@ pub(super) async fn import(
     }
     let name = ns.name.clone();
     let op = blocking(&st, move |st| {
-        let op = lock(&st.engine).begin_here("image_import")?;
+        let op = st.engine.begin_here("image_import")?;
         lock(&st.owners).add(OP, &op, &name)?;
         Ok(op)
     })
@@ -113,8 +113,9 @@ pub(super) async fn import(
         .into_response())
 }
 
-/// Pulls on a thread of its own with a store connection of its own (the shared engine is
-/// not held for the download), then records the result under the shared engine.
+/// Pulls on a thread of its own with a store connection of its own (the download's many
+/// statements stay off the shared engine's connection), then records the result through
+/// the shared engine.
 ///
 /// An image this namespace may already see, pulled from the same manifest, is given back
 /// instead of a new one (as the API has it: an unchanged image keeps its UUID).
@@ -168,7 +169,7 @@ fn run_import(st: &super::super::Shared, ns: &str, op: &str, req: ImportBody, ti
             Ok(Err(e)) => Err(format!("import of {} failed: {e}", req.registry.url)),
             Err(_) => Err(format!("import timed out after {timeout}s")),
         };
-    let Ok(engine) = st.engine.lock() else { return };
+    let engine = &st.engine;
     let recorded = outcome.and_then(|image| {
         match &req.tag {
             Some(tag) => engine.store().set_tag(&image, &ns_tag(ns, tag)),
@@ -212,8 +213,8 @@ pub(super) async fn tag(
     let TagBody { tag } = json_body(body, st.max_body).await?;
     valid_tag(&tag)?;
     blocking(&st, move |st| {
-        let engine = lock(&st.engine);
-        let row = visible_image(st, &engine, &ns.name, &image)?;
+        let engine = &st.engine;
+        let row = visible_image(st, engine, &ns.name, &image)?;
         engine.store().set_tag(&image, &ns_tag(&ns.name, &tag))?;
         Ok(Json(image_json(&row, Some(&tag))))
     })
@@ -231,8 +232,8 @@ pub(super) async fn untag(
         return Err(ApiError::bad_request("the tag parameter is required"));
     };
     blocking(&st, move |st| {
-        let engine = lock(&st.engine);
-        visible_image(st, &engine, &ns.name, &image)?;
+        let engine = &st.engine;
+        visible_image(st, engine, &ns.name, &image)?;
         if engine.store().remove_tag(&image, &ns_tag(&ns.name, &tag))? {
             Ok(StatusCode::NO_CONTENT)
         } else {

@@ -12,8 +12,8 @@ pub(super) async fn find_by_tag(
         return Err(ApiError::bad_request("the tag parameter is required"));
     };
     let found = blocking(&st, move |st| {
-        let engine = lock(&st.engine);
-        find_tag(st, &engine, &ns.name, &tag)?
+        let engine = &st.engine;
+        find_tag(st, engine, &ns.name, &tag)?
             .ok_or_else(|| ApiError::not_found(format!("no image tagged '{tag}'")))
     })
     .await?;
@@ -33,8 +33,8 @@ pub(super) async fn inspect_image(
 ) -> ApiResult<Json<Image>> {
     let image = parse_uuid(&image, "image")?;
     blocking(&st, move |st| {
-        let engine = lock(&st.engine);
-        let row = visible_image(st, &engine, &ns.name, &image)?;
+        let engine = &st.engine;
+        let row = visible_image(st, engine, &ns.name, &image)?;
         let tag = row.tags.iter().find_map(|t| visible_tag(&ns.name, t));
         Ok(Json(image_json(&row, tag)))
     })
@@ -51,13 +51,13 @@ pub(super) async fn list(
     let path = image_path(&q)?;
     let text = flag(&q, "text");
     blocking(&st, move |st| {
-        let engine = lock(&st.engine);
-        visible_image(st, &engine, &ns.name, &image)?;
+        let engine = &st.engine;
+        visible_image(st, engine, &ns.name, &image)?;
         let listing = engine.list_dir(&image, &path)?;
         Ok(if text {
             (
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                crate::engine::inspect::text_listing(&listing.files),
+                crate::wire::text_listing(&listing.files),
             )
                 .into_response()
         } else {
@@ -77,8 +77,8 @@ pub(super) async fn download(
     let image = parse_uuid(&image, "image")?;
     let path = image_path(&q)?;
     let (file, size) = blocking(&st, move |st| {
-        let engine = lock(&st.engine);
-        visible_image(st, &engine, &ns.name, &image)?;
+        let engine = &st.engine;
+        visible_image(st, engine, &ns.name, &image)?;
         let view = engine.view(&image)?;
         match view.open(&path) {
             Ok((file, meta)) => Ok((file, meta.len())),
@@ -146,8 +146,8 @@ pub(super) async fn archive(
     let path = image_path(&q)?;
     let name = format!("{}.tar", path.trim_matches('/').replace('/', "_"));
     let view = blocking(&st, move |st| {
-        let engine = lock(&st.engine);
-        visible_image(st, &engine, &ns.name, &image)?;
+        let engine = &st.engine;
+        visible_image(st, engine, &ns.name, &image)?;
         let view = engine.view(&image)?;
         match crate::server::archive::check(&view, &path) {
             Ok(_) => Ok((view, path)),

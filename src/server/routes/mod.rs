@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::MutexGuard;
 
 type Params = Query<Vec<(String, String)>>;

@@ -10,7 +10,7 @@ pub(super) async fn whoami(
     let name = ns.name.clone();
     let stat = blocking(&st, move |st| {
         let owned = lock(&st.owners).all(OP, &name)?;
-        let ops = lock(&st.engine).operations(&OpFilter::default())?;
+        let ops = st.engine.operations(&OpFilter::default())?;
         let mut stat = serde_json::Map::new();
         for op in ops.iter().filter(|o| owned.contains(&o.uuid)) {
             let key = op.status.as_str().to_ascii_lowercase();
@@ -42,11 +42,11 @@ pub(super) async fn spawn(
     let mut req: SpawnRequest = json_body(body, st.max_body).await?;
     crate::engine::limits::clamp(&mut req, &st.limits);
     let spawned = blocking(&st, move |st| {
-        let engine = lock(&st.engine);
+        let engine = &st.engine;
         // Admission: a bounded number of running operations; beyond it spawns wait in
         // PENDING (see `dispatch`), and beyond a bounded queue they are refused.
         let mut queue = lock(&st.queue);
-        let wait = !queue.is_empty() || super::super::running(&engine, &queue) >= st.max_running;
+        let wait = !queue.is_empty() || super::super::running(engine, &queue) >= st.max_running;
         if wait && queue.len() >= st.max_pending {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -61,10 +61,10 @@ pub(super) async fn spawn(
             req.image.to_ascii_lowercase()
         } else {
             let tag = req.image.strip_prefix("tag:").unwrap_or(&req.image);
-            find_tag(st, &engine, &ns.name, tag)?
+            find_tag(st, engine, &ns.name, tag)?
                 .ok_or_else(|| ApiError::not_found(format!("image {} not found", req.image)))?
         };
-        visible_image(st, &engine, &ns.name, &image)?;
+        visible_image(st, engine, &ns.name, &image)?;
         req.image = image;
         for (path, file) in req.files.iter().flatten() {
             let missing =
@@ -88,10 +88,6 @@ pub(super) async fn spawn(
         } else {
             None
         };
-        let source = match &pipe {
-            Some((r, _)) => StdinSource::Fd(r.as_raw_fd()),
-            None => StdinSource::Null,
-        };
         let op = if wait {
             let op = engine.enqueue(&req)?;
             let (read, write) = match pipe {
@@ -108,10 +104,14 @@ pub(super) async fn spawn(
             }
             op
         } else {
-            let op = engine.spawn(&req, source)?;
-            if let Some((_, w)) = pipe {
-                lock(&st.stdin).insert(op.clone(), std::fs::File::from(w));
-            }
+            let op = match pipe {
+                Some((r, w)) => {
+                    let op = engine.spawn_piped(&req, r.as_fd())?;
+                    lock(&st.stdin).insert(op.clone(), std::fs::File::from(w));
+                    op
+                }
+                None => engine.spawn(&req, StdinSource::Null)?,
+            };
             op
         };
         drop(queue);
@@ -168,7 +168,7 @@ pub(super) async fn operations(
             kind,
             limit: None,
         };
-        let ops = lock(&st.engine).operations(&filter)?;
+        let ops = st.engine.operations(&filter)?;
         Ok(Json(
             page.cut(ops.into_iter().filter(|o| owned.contains(&o.uuid)))
                 .collect(),
@@ -181,19 +181,18 @@ pub(super) async fn operations(
 const RESULT_CAP: usize = 16 << 20;
 
 /// What the process wrote to stdout and stderr (the first `RESULT_CAP` bytes of each),
-/// from the operation's event log.
+/// from the operation's events as they are now.
 fn collect_output(engine: &LocalEngine, op: &str) -> (Vec<u8>, Vec<u8>) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let path = engine.store().op_dir(op).join("events");
-    if let Ok(mut reader) = crate::engine::eventlog::LogReader::open(&path) {
-        while let Ok(Some(ev)) = reader.next() {
-            let buf = match ev.header.kind.as_str() {
+    if let Ok(mut events) = engine.events(op, false) {
+        while let Ok(Some(item)) = events.next_event() {
+            let buf = match item.event.kind.as_str() {
                 "stdout" => &mut out,
                 "stderr" => &mut err,
                 _ => continue,
             };
             let room = RESULT_CAP.saturating_sub(buf.len());
-            buf.extend_from_slice(&ev.payload[..ev.payload.len().min(room)]);
+            buf.extend_from_slice(&item.bytes[..item.bytes.len().min(room)]);
         }
     }
     (out, err)
@@ -212,10 +211,10 @@ pub(super) async fn operation(
     let op = parse_uuid(&op, "operation")?;
     blocking(&st, move |st| {
         own_op(st, &ns.name, &op)?;
-        let engine = lock(&st.engine);
+        let engine = &st.engine;
         let mut wire_op = engine.operation(&op)?;
         if let Some(meta) = wire_op.metadata.as_mut().and_then(Value::as_object_mut) {
-            let (out, err) = collect_output(&engine, &op);
+            let (out, err) = collect_output(engine, &op);
             let result = meta.entry("result").or_insert_with(|| json!({}));
             if let Some(result) = result.as_object_mut() {
                 result.insert("stdout".into(), stream_json(&out));
@@ -247,7 +246,7 @@ pub(super) async fn cancel(
     let op = parse_uuid(&op, "operation")?;
     blocking(&st, move |st| {
         own_op(st, &ns.name, &op)?;
-        let engine = lock(&st.engine);
+        let engine = &st.engine;
         // Still waiting for a slot: it leaves the queue and never starts.
         lock(&st.queue).retain(|q| q.op != op);
         match engine.cancel(&op) {
@@ -283,7 +282,7 @@ pub(super) async fn signal(
         .ok_or_else(|| ApiError::bad_request(format!("unknown signal '{name}'")))?;
     blocking(&st, move |st| {
         own_op(st, &ns.name, &op)?;
-        match lock(&st.engine).signal(&op, spid, sig) {
+        match st.engine.signal(&op, spid, sig) {
             Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
             Err(crate::backend::BackendError::Invalid(msg)) => {
                 Err(ApiError::new(StatusCode::CONFLICT, msg))

@@ -1,9 +1,10 @@
-//! What the engine reads from /proc about processes: whether a supervisor is still the
-//! process a row names (its start time), and whether this process may fork safely.
+//! What contree reads from /proc about processes: whether a process is still the one a
+//! record names (a supervisor in the store, a CLI on a session's pending list: its pid and
+//! start time), and whether this process may fork safely.
 
 /// Whether this process has one thread (a plugin or hook may have started others; a
 /// forked copy could then inherit a lock one of them held).
-pub(super) fn single_threaded() -> bool {
+pub fn single_threaded() -> bool {
     let pid = std::process::id() as i32;
     stat_fields(pid).and_then(|f| f.get(17)?.parse::<u32>().ok()) == Some(1)
 }
