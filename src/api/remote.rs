@@ -1,0 +1,589 @@
+//! `RemoteBackend`: the `Backend` calls in /v1 terms over `Api`, with the local cache of
+//! what this machine already uploaded.
+
+use super::*;
+
+/// `contree run` and friends against a /v1 API.
+pub struct RemoteBackend {
+    pub api: Api,
+    /// Uploads already made from this machine (§2.8's local cache).
+    cache: Option<std::sync::Mutex<UploadCache>>,
+}
+
+/// Which local files this machine already uploaded to which server: a hit (same path,
+/// inode, mtime and size, younger than 90 days) skips even the dedup request.
+struct UploadCache {
+    conn: rusqlite::Connection,
+    server: String,
+}
+
+const CACHE_TTL_SECS: i64 = 90 * 24 * 3600;
+
+impl UploadCache {
+    fn open(path: &Path, server: &str) -> rusqlite::Result<UploadCache> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = rusqlite::Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
+             CREATE TABLE IF NOT EXISTS uploads(
+                 server TEXT NOT NULL, key TEXT NOT NULL, uuid TEXT NOT NULL,
+                 uploaded_at INTEGER NOT NULL, PRIMARY KEY(server, key));",
+        )?;
+        Ok(UploadCache {
+            conn,
+            server: server.to_string(),
+        })
+    }
+
+    fn key(path: &Path) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let abs = std::path::absolute(path).ok()?;
+        let m = std::fs::metadata(&abs).ok()?;
+        let mtime_ns = m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128;
+        Some(format!(
+            "{}:{}:{}:{}",
+            abs.display(),
+            m.ino(),
+            mtime_ns,
+            m.size()
+        ))
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        use rusqlite::OptionalExtension;
+        let now = chrono::Utc::now().timestamp();
+        let hit: Option<(String, i64)> = self
+            .conn
+            .query_row(
+                "SELECT uuid, uploaded_at FROM uploads WHERE server = ?1 AND key = ?2",
+                rusqlite::params![self.server, key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .ok()
+            .flatten();
+        let (uuid, at) = hit?;
+        if now - at > CACHE_TTL_SECS {
+            return None;
+        }
+        // The TTL slides on use.
+        self.put(key, &uuid);
+        Some(uuid)
+    }
+
+    fn put(&self, key: &str, uuid: &str) {
+        let _ = self.conn.execute(
+            "INSERT INTO uploads(server, key, uuid, uploaded_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(server, key) DO UPDATE SET uuid = excluded.uuid, uploaded_at = excluded.uploaded_at",
+            rusqlite::params![self.server, key, uuid, chrono::Utc::now().timestamp()],
+        );
+    }
+}
+
+impl RemoteBackend {
+    pub fn new(profile: &Profile) -> Result<RemoteBackend, BackendError> {
+        Ok(RemoteBackend {
+            api: Api::new(profile)?,
+            cache: None,
+        })
+    }
+
+    /// Remembers uploads in the SQLite file `path` (per server URL and token).
+    pub fn with_upload_cache(mut self, path: &Path) -> RemoteBackend {
+        use sha2::Digest;
+        let who = sha2::Sha256::digest(format!("{}\n{}", self.api.base, self.api.token));
+        let server = crate::sha256::hex(&who[..16]);
+        self.cache = UploadCache::open(path, &server)
+            .ok()
+            .map(std::sync::Mutex::new);
+        self
+    }
+
+    fn cache(&self) -> Option<std::sync::MutexGuard<'_, UploadCache>> {
+        self.cache.as_ref().and_then(|c| c.lock().ok())
+    }
+
+    /// Reads our stdin on a thread: the first chunk (within 50 ms, as the official client
+    /// waits) goes into the spawn body, the rest through the stdin endpoint once the
+    /// operation exists (§2.9.3).
+    fn stdin_plan(
+        &self,
+    ) -> (
+        Option<StdinRepr>,
+        Option<std::sync::mpsc::Receiver<Vec<u8>>>,
+    ) {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut input = std::io::stdin().lock();
+            loop {
+                let mut buf = vec![0u8; 512 * 1024];
+                match input.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(Vec::new());
+                        return;
+                    }
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if tx.send(buf).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(first) if first.is_empty() => (None, None),
+            Ok(first) => (Some(StdinRepr::from_bytes(&first, Some(false))), Some(rx)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                (Some(StdinRepr::from_bytes(b"", Some(false))), Some(rx))
+            }
+            Err(_) => (None, None),
+        }
+    }
+}
+
+fn forward_stdin(api: Api, op: String, rx: std::sync::mpsc::Receiver<Vec<u8>>) {
+    std::thread::spawn(move || {
+        for chunk in rx {
+            let eof = chunk.is_empty();
+            let repr = StdinRepr::from_bytes(&chunk, Some(eof));
+            if let Err(e) = api.send_stdin(&op, &repr) {
+                crate::log::emit(
+                    crate::log::Level::Error,
+                    &format!("stdin forwarding failed, remaining input was not sent: {e}"),
+                );
+                return;
+            }
+            if eof {
+                return;
+            }
+        }
+    });
+}
+
+fn query(pairs: &[(&str, String)]) -> String {
+    let mut out = String::new();
+    for (k, v) in pairs {
+        out.push(if out.is_empty() { '?' } else { '&' });
+        out.push_str(k);
+        out.push('=');
+        for b in v.bytes() {
+            if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
+impl Backend for RemoteBackend {
+    fn name(&self) -> &'static str {
+        "remote"
+    }
+
+    fn resolve_image(&self, reference: &str) -> Result<String, BackendError> {
+        if crate::backend::is_uuid(reference) {
+            let img: serde_json::Value = self.api.get_json(&format!("/inspect/{reference}/"))?;
+            return Ok(img["uuid"]
+                .as_str()
+                .unwrap_or(reference)
+                .to_ascii_lowercase());
+        }
+        let name = reference.strip_prefix("tag:").unwrap_or(reference);
+        let path = format!("/inspect/{}", query(&[("tag", name.to_string())]));
+        let r = self
+            .api
+            .call(|| self.api.get_bounded(&path), true)
+            .map_err(|e| match e {
+                BackendError::NotFound(_) => {
+                    BackendError::NotFound(format!("no image tagged '{name}'").into())
+                }
+                other => other,
+            })?;
+        let location = r
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        location
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .filter(|u| crate::backend::is_uuid(u))
+            .map(str::to_ascii_lowercase)
+            .ok_or_else(|| {
+                BackendError::Store(format!("the server's answer for tag '{name}' has no image"))
+            })
+    }
+
+    fn put_file(&self, path: &Path, sha256: &str) -> Result<(String, bool), BackendError> {
+        self.put_file_with(path, sha256, None)
+    }
+
+    fn put_files(
+        &self,
+        files: &[(std::path::PathBuf, String)],
+    ) -> Result<Vec<(String, bool)>, BackendError> {
+        // `$CONTREE_CONCURRENCY` workers (8 by default), as the official client.
+        let workers = api_setting(&crate::config::API_CONCURRENCY)
+            .and_then(|v| v.text.trim().parse::<usize>().ok())
+            .unwrap_or(8)
+            .clamp(1, 64)
+            .min(files.len().max(1));
+        let bar = upload_bar(files);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        type Slot = std::sync::Mutex<Option<Result<(String, bool), BackendError>>>;
+        let results: Vec<Slot> = files.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((path, sha)) = files.get(i) else {
+                        return;
+                    };
+                    let r = self.put_file_with(path, sha, bar.as_ref());
+                    let failed = r.is_err();
+                    if let Ok(mut slot) = results[i].lock() {
+                        *slot = Some(r);
+                    }
+                    if failed {
+                        // Stop handing out work; the others finish what they hold.
+                        next.store(files.len(), std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        let mut out = Vec::with_capacity(files.len());
+        for (slot, (path, _)) in results.into_iter().zip(files) {
+            match slot.into_inner().ok().flatten() {
+                Some(r) => out.push(r?),
+                None => {
+                    return Err(BackendError::Unreachable(format!(
+                        "{}: not uploaded (an earlier upload failed)",
+                        path.display()
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
+        self.spawn_remote(req, stdin)
+    }
+
+    fn operation(&self, op: &str) -> Result<Operation, BackendError> {
+        self.api.get_json(&format!("/operations/{op}"))
+    }
+
+    fn operations(&self, filter: &OpFilter) -> Result<Vec<Operation>, BackendError> {
+        let mut pairs = Vec::new();
+        for s in &filter.statuses {
+            pairs.push(("status", s.as_str().to_string()));
+        }
+        if let Some(k) = &filter.kind {
+            pairs.push(("kind", k.clone()));
+        }
+        pairs.push((
+            "limit",
+            filter.limit.unwrap_or(1000).clamp(1, 1000).to_string(),
+        ));
+        self.api.get_json(&format!("/operations{}", query(&pairs)))
+    }
+
+    fn events(&self, op: &str, follow: bool) -> Result<Box<dyn EventStream + '_>, BackendError> {
+        Ok(Box::new(events::SseStream::open(
+            self.api.clone(),
+            op.to_string(),
+            follow,
+        )?))
+    }
+
+    fn cancel(&self, op: &str) -> Result<(), BackendError> {
+        self.api.call(
+            || {
+                self.api
+                    .request(reqwest::Method::DELETE, &format!("/operations/{op}"))
+            },
+            true,
+        )?;
+        Ok(())
+    }
+
+    fn signal(&self, op: &str, spid: u32, signal: i32) -> Result<(), BackendError> {
+        self.api.call(
+            || {
+                self.api.request(
+                    reqwest::Method::DELETE,
+                    &format!("/operations/{op}/subprocesses/{spid}?signal={signal}"),
+                )
+            },
+            true,
+        )?;
+        Ok(())
+    }
+
+    fn interrupt_first(&self) -> bool {
+        true
+    }
+
+    /// `POST /images/import`, then the import operation followed to its end.
+    fn pull_image(
+        &self,
+        reference: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+        tag: Option<&str>,
+    ) -> Result<String, BackendError> {
+        let url = if reference.contains("://") {
+            reference.to_string()
+        } else {
+            format!("docker://{reference}")
+        };
+        let mut registry = serde_json::json!({ "url": url });
+        if username.is_some() || password.is_some() {
+            registry["credentials"] = serde_json::json!({
+                "username": username,
+                "password": password,
+            });
+        }
+        let body = serde_json::json!({ "registry": registry, "tag": tag });
+        // Never replayed once the server may have acted (it would import twice).
+        let r = self.api.call(
+            || {
+                self.api
+                    .request(reqwest::Method::POST, "/images/import")
+                    .json(&body)
+            },
+            false,
+        )?;
+        let op = answer_uuid(r, "POST /images/import")?;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let state = self.operation(&op)?;
+            if state.status.is_terminal() {
+                if state.status != crate::wire::Status::Success {
+                    return Err(BackendError::Invalid(
+                        state
+                            .error
+                            .unwrap_or_else(|| {
+                                format!("import operation {op} ended with status {}", state.status)
+                            })
+                            .into(),
+                    ));
+                }
+                return state.result_image_uuid.ok_or_else(|| {
+                    BackendError::Store(format!("import operation {op} names no image"))
+                });
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    fn images(&self, filter: &ImageFilter) -> Result<Vec<Image>, BackendError> {
+        let mut pairs = vec![("limit", "1000".to_string())];
+        if !filter.all {
+            pairs.push(("tagged", "1".into()));
+        }
+        if let Some(p) = &filter.prefix {
+            pairs.push(("tag", p.clone()));
+        }
+        if let Some(u) = &filter.uuid {
+            pairs.push(("uuid", u.clone()));
+        }
+        #[derive(serde::Deserialize)]
+        struct List {
+            images: Vec<Image>,
+        }
+        let list: List = self.api.get_json(&format!("/images{}", query(&pairs)))?;
+        Ok(list.images)
+    }
+
+    fn tag(&self, image: &str, tag: &str) -> Result<(), BackendError> {
+        let body = serde_json::json!({ "tag": tag });
+        self.api.call(
+            || {
+                self.api
+                    .request(reqwest::Method::PATCH, &format!("/images/{image}/tag"))
+                    .json(&body)
+            },
+            true,
+        )?;
+        Ok(())
+    }
+
+    fn untag(&self, image: &str, tag: &str) -> Result<(), BackendError> {
+        let path = format!("/images/{image}/tag{}", query(&[("tag", tag.to_string())]));
+        self.api
+            .call(|| self.api.request(reqwest::Method::DELETE, &path), true)?;
+        Ok(())
+    }
+
+    fn list_dir(&self, image: &str, path: &str) -> Result<DirectoryList, BackendError> {
+        self.api.get_json(&format!(
+            "/inspect/{image}/list{}",
+            query(&[("path", path.to_string())])
+        ))
+    }
+
+    fn read_file(
+        &self,
+        image: &str,
+        path: &str,
+    ) -> Result<(Box<dyn std::io::Read>, Option<u32>), BackendError> {
+        let url = format!(
+            "/inspect/{image}/download{}",
+            query(&[("path", path.to_string())])
+        );
+        let r = self
+            .api
+            .call(|| self.api.request(reqwest::Method::GET, &url), true)?;
+        Ok((Box::new(r), None))
+    }
+
+    fn import_local(&self, path: &Path, _tag: Option<&str>) -> Result<String, BackendError> {
+        Err(BackendError::Unsupported(format!(
+            "importing {} needs the local engine; the remote API imports from registries only",
+            path.display()
+        )))
+    }
+}
+
+impl RemoteBackend {
+    /// Dedup by sha256 (`GET /files/{sha}`), else `POST /files`.
+    /// `put_file`, counting the bytes on `bar` (a file already there counts as sent).
+    fn put_file_with(
+        &self,
+        path: &Path,
+        sha256: &str,
+        bar: Option<&indicatif::ProgressBar>,
+    ) -> Result<(String, bool), BackendError> {
+        let key = UploadCache::key(path);
+        if let (Some(cache), Some(key)) = (self.cache(), &key) {
+            if let Some(uuid) = cache.get(key) {
+                if let Some(bar) = bar {
+                    bar.inc(file_len(path));
+                }
+                return Ok((uuid, true));
+            }
+        }
+        let (uuid, existed) = self.upload(path, sha256, bar)?;
+        if let (Some(cache), Some(key)) = (self.cache(), &key) {
+            cache.put(key, &uuid);
+        }
+        Ok((uuid, existed))
+    }
+
+    fn upload(
+        &self,
+        path: &Path,
+        sha256: &str,
+        bar: Option<&indicatif::ProgressBar>,
+    ) -> Result<(String, bool), BackendError> {
+        match self
+            .api
+            .get_json::<serde_json::Value>(&format!("/files/{sha256}"))
+        {
+            Ok(f) => {
+                if let Some(uuid) = f["uuid"].as_str() {
+                    if let Some(bar) = bar {
+                        bar.inc(file_len(path));
+                    }
+                    return Ok((uuid.to_string(), true));
+                }
+            }
+            Err(BackendError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        // Bytes of this file counted so far: a retried upload takes them back first.
+        let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let r = self.api.call(
+            || {
+                let file = std::fs::File::open(path);
+                let rb = self
+                    .api
+                    .request(reqwest::Method::POST, "/files")
+                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
+                match (file, bar) {
+                    (Ok(f), Some(bar)) => {
+                        let before = counted.swap(0, std::sync::atomic::Ordering::Relaxed);
+                        bar.set_position(bar.position().saturating_sub(before));
+                        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                        let reader = Counting {
+                            inner: f,
+                            bar: bar.clone(),
+                            counted: counted.clone(),
+                        };
+                        rb.body(reqwest::blocking::Body::sized(reader, len))
+                    }
+                    (Ok(f), None) => rb.body(reqwest::blocking::Body::from(f)),
+                    (Err(_), _) => rb,
+                }
+            },
+            true,
+        )?;
+        answer_uuid(r, "POST /files").map(|u| (u, false))
+    }
+
+    fn spawn_remote(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
+        let mut req = req.clone();
+        let mut rest = None;
+        if req.stdin.is_none() && stdin == StdinSource::Inherit {
+            let (first, rx) = self.stdin_plan();
+            req.stdin = first;
+            rest = rx;
+        }
+        let r = self.api.call(
+            || {
+                self.api
+                    .request(reqwest::Method::POST, "/instances")
+                    .json(&req)
+            },
+            false,
+        )?;
+        let op = answer_uuid(r, "POST /instances")?;
+        if let Some(rx) = rest {
+            forward_stdin(self.api.clone(), op.clone(), rx);
+        }
+        Ok(op)
+    }
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// A progress bar for a large upload (see `progress`); `None` for small uploads.
+fn upload_bar(files: &[(std::path::PathBuf, String)]) -> Option<indicatif::ProgressBar> {
+    let total: u64 = files.iter().map(|(p, _)| file_len(p)).sum();
+    crate::progress::bar(crate::progress::Show::OnTerminal, total, || {
+        format!("uploading {} file(s)", files.len())
+    })
+}
+
+/// A file read for an upload, counting what has been read on the progress bar.
+struct Counting {
+    inner: std::fs::File,
+    bar: indicatif::ProgressBar,
+    counted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::io::Read for Counting {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.inc(n as u64);
+        self.counted
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
