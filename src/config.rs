@@ -27,9 +27,9 @@ pub struct Config {
     /// The whole file, for `layered`.
     table: toml::Table,
     /// `[plugins]`.
-    pub plugins: Option<Result<Plugins, String>>,
+    pub plugins: Option<Result<Plugins, ConfigError>>,
     /// `[limits]`: every run's defaults.
-    pub limits: Option<Result<Limits, String>>,
+    pub limits: Option<Result<Limits, ConfigError>>,
     /// `[serve]`; a `serve` that is not a table counts as absent.
     pub serve: Serve,
 }
@@ -45,9 +45,9 @@ pub struct Plugins {
 #[derive(Debug, Default)]
 pub struct Serve {
     /// `[[serve.tokens]]`.
-    pub tokens: Option<Result<Vec<Token>, String>>,
+    pub tokens: Option<Result<Vec<Token>, ConfigError>>,
     /// `[serve.limits]`: the most a client may ask for.
-    pub limits: Option<Result<Limits, String>>,
+    pub limits: Option<Result<Limits, ConfigError>>,
 }
 
 /// One `[[serve.tokens]]` entry: two words without spaces.
@@ -82,29 +82,55 @@ struct Raw {
     serve: Option<toml::Value>,
 }
 
+/// What is wrong with config.toml (the whole file), or with one of its sections.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read, in the system's words.
+    #[error("{0}")]
+    Read(String),
+    /// Not TOML, in the parser's words.
+    #[error("{0}")]
+    Syntax(String),
+    #[error("`plugins` must be a table")]
+    PluginsNotTable,
+    #[error("`plugins.path` must list strings")]
+    PluginPathItem,
+    #[error("`plugins.path` must be a string or a list of strings")]
+    PluginPath,
+    #[error("`serve.tokens` must be a list of {{ token, namespace }} tables")]
+    TokensNotList,
+    /// Entry `entry` (from 1) lacks a one-word `name`.
+    #[error("serve.tokens entry {entry}: `{name}` must be a string without spaces")]
+    TokenWord { entry: usize, name: &'static str },
+    /// A `[limits]` or `[serve.limits]` that is not a table.
+    #[error("must be a table")]
+    LimitsNotTable,
+}
+
 /// The text of `file`; a missing file reads as empty, as if it said nothing.
-pub fn read(file: &Path) -> Result<String, String> {
+pub fn read(file: &Path) -> Result<String, ConfigError> {
     match std::fs::read_to_string(file) {
         Ok(text) => Ok(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(ConfigError::Read(e.to_string())),
     }
 }
 
 impl Config {
     /// Reads `file` (see `read`).
-    pub fn load(file: &Path) -> Result<Config, String> {
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
         let mut config = Config::parse(&read(file)?)?;
         config.path = Some(file.to_path_buf());
         Ok(config)
     }
 
     /// Fails only when `text` is not TOML; a wrong section is that section's error.
-    pub fn parse(text: &str) -> Result<Config, String> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| e.message().to_string())?;
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.message().to_string()))?;
         let raw: Raw = toml::Value::Table(table.clone())
             .try_into()
-            .map_err(|e: toml::de::Error| e.message().to_string())?;
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.message().to_string()))?;
         let serve = raw.serve.as_ref().and_then(|s| s.as_table());
         Ok(Config {
             path: None,
@@ -119,10 +145,8 @@ impl Config {
     }
 }
 
-fn plugins(value: toml::Value) -> Result<Plugins, String> {
-    let table = value
-        .as_table()
-        .ok_or("`plugins` must be a table".to_string())?;
+fn plugins(value: toml::Value) -> Result<Plugins, ConfigError> {
+    let table = value.as_table().ok_or(ConfigError::PluginsNotTable)?;
     let path = match table.get("path") {
         None => Vec::new(),
         Some(toml::Value::String(s)) => vec![s.clone()],
@@ -131,32 +155,25 @@ fn plugins(value: toml::Value) -> Result<Plugins, String> {
             .map(|v| {
                 v.as_str()
                     .map(str::to_string)
-                    .ok_or("`plugins.path` must list strings".to_string())
+                    .ok_or(ConfigError::PluginPathItem)
             })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err("`plugins.path` must be a string or a list of strings".into()),
+        Some(_) => return Err(ConfigError::PluginPath),
     };
     Ok(Plugins { path })
 }
 
-fn tokens(value: &toml::Value) -> Result<Vec<Token>, String> {
-    let entries = value
-        .as_array()
-        .ok_or("`serve.tokens` must be a list of { token, namespace } tables")?;
+fn tokens(value: &toml::Value) -> Result<Vec<Token>, ConfigError> {
+    let entries = value.as_array().ok_or(ConfigError::TokensNotList)?;
     let mut out = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
-        let word = |name: &str| {
+        let word = |name: &'static str| {
             entry
                 .get(name)
                 .and_then(|v| v.as_str())
                 .filter(|v| !v.is_empty() && !v.chars().any(char::is_whitespace))
                 .map(str::to_string)
-                .ok_or_else(|| {
-                    format!(
-                        "serve.tokens entry {}: `{name}` must be a string without spaces",
-                        i + 1
-                    )
-                })
+                .ok_or(ConfigError::TokenWord { entry: i + 1, name })
         };
         out.push(Token {
             token: word("token")?,
@@ -166,9 +183,9 @@ fn tokens(value: &toml::Value) -> Result<Vec<Token>, String> {
     Ok(out)
 }
 
-fn limits(value: toml::Value) -> Result<Limits, String> {
+fn limits(value: toml::Value) -> Result<Limits, ConfigError> {
     let toml::Value::Table(table) = value else {
-        return Err("must be a table".into());
+        return Err(ConfigError::LimitsNotTable);
     };
     let entries = table
         .into_iter()
@@ -363,8 +380,8 @@ mod tests {
             "plugins = 5\nlimits = [1]\n[[serve.tokens]]\ntoken = \"t\"\nnamespace = \"n\"\n",
         )
         .unwrap();
-        assert_eq!(c.plugins, Some(Err("`plugins` must be a table".into())));
-        assert_eq!(c.limits, Some(Err("must be a table".into())));
+        assert_eq!(c.plugins, Some(Err(ConfigError::PluginsNotTable)));
+        assert_eq!(c.limits, Some(Err(ConfigError::LimitsNotTable)));
         assert!(matches!(c.serve.tokens, Some(Ok(ref t)) if t.len() == 1));
         // A `serve` that is not a table has neither tokens nor limits.
         let c = Config::parse("serve = \"yes\"\n").unwrap();
@@ -383,29 +400,29 @@ mod tests {
         assert_eq!(p("[plugins]\n"), Ok(Plugins { path: vec![] }));
         assert_eq!(
             p("[plugins]\npath = [\"a\", 1]\n"),
-            Err("`plugins.path` must list strings".into())
+            Err(ConfigError::PluginPathItem)
         );
-        assert_eq!(
-            p("[plugins]\npath = 3\n"),
-            Err("`plugins.path` must be a string or a list of strings".into())
-        );
+        assert_eq!(p("[plugins]\npath = 3\n"), Err(ConfigError::PluginPath));
     }
 
     #[test]
     fn token_entries_need_two_words_and_say_which_entry_is_wrong() {
         let t = |text: &str| Config::parse(text).unwrap().serve.tokens.unwrap();
-        assert_eq!(
-            t("[serve]\ntokens = 1\n"),
-            Err("`serve.tokens` must be a list of { token, namespace } tables".into())
-        );
+        assert_eq!(t("[serve]\ntokens = 1\n"), Err(ConfigError::TokensNotList));
         assert_eq!(
             t("[[serve.tokens]]\ntoken = \"a\"\nnamespace = \"n\"\n\
                [[serve.tokens]]\ntoken = \"b c\"\nnamespace = \"n\"\n"),
-            Err("serve.tokens entry 2: `token` must be a string without spaces".into())
+            Err(ConfigError::TokenWord {
+                entry: 2,
+                name: "token"
+            })
         );
         assert_eq!(
             t("[[serve.tokens]]\ntoken = \"a\"\n"),
-            Err("serve.tokens entry 1: `namespace` must be a string without spaces".into())
+            Err(ConfigError::TokenWord {
+                entry: 1,
+                name: "namespace"
+            })
         );
     }
 
@@ -435,7 +452,7 @@ mod tests {
     #[test]
     fn only_text_that_is_not_toml_fails_the_file() {
         let err = Config::parse("[plugins\n").unwrap_err();
-        assert!(!err.is_empty());
+        assert!(matches!(err, ConfigError::Syntax(ref m) if !m.is_empty()));
         assert!(Config::parse("").unwrap().plugins.is_none());
     }
 

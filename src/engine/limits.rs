@@ -123,7 +123,7 @@ impl Config {
 /// One table's settings over `base`: `memory` (a size or `N%` of RAM), `pids`, `cpus`,
 /// `max_layer_bytes`; each may be `"none"`.
 fn settings(
-    section: Option<Result<crate::config::Limits, String>>,
+    section: Option<Result<crate::config::Limits, crate::config::ConfigError>>,
     table: &'static str,
     path: &Path,
     base: &Settings,

@@ -123,8 +123,10 @@ pub enum HookError {
 fn budgets(config_dir: &std::path::Path) -> Result<Limits, HookError> {
     use crate::config::{HOOK_INSTRUCTIONS, HOOK_MEMORY_MB, HOOK_TIME_MS};
     let file = crate::config::file(config_dir);
-    let config = crate::config::Config::load(&file)
-        .map_err(|e| RuntimeError::Config(format!("{}: {e}", file.display())))?;
+    let config = crate::config::Config::load(&file).map_err(|source| RuntimeError::Config {
+        path: file.clone(),
+        source,
+    })?;
     let read = |key| -> Result<Option<u64>, RuntimeError> {
         let Some(set) = config.layered(key) else {
             return Ok(None);

@@ -50,9 +50,12 @@ pub enum RuntimeError {
     /// `name` says which.
     #[error("{name}={value}: expected a whole number above 0")]
     Budget { name: String, value: String },
-    /// config.toml cannot be read or parsed (in `config`'s words).
-    #[error("{0}")]
-    Config(String),
+    /// config.toml cannot be read or parsed.
+    #[error("{}: {source}", path.display())]
+    Config {
+        path: std::path::PathBuf,
+        source: crate::config::ConfigError,
+    },
     #[error(transparent)]
     Lua(#[from] mlua::Error),
     #[error("cannot set up the hook runtime: {0}")]

@@ -69,7 +69,10 @@ pub enum PluginError {
     },
 
     #[error("config file '{path}': {reason}")]
-    Config { path: PathBuf, reason: String },
+    Config {
+        path: PathBuf,
+        reason: crate::config::ConfigError,
+    },
 
     #[error("unknown output format '{name}' for run (available: {})", available.join(", "))]
     UnknownFormatter {

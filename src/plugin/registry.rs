@@ -312,7 +312,7 @@ impl Plugins {
 /// `[plugins] path = ["dir", "file.so"]` (or one string) from `config.toml`; relative
 /// entries are relative to the config file's directory. No file: no entries.
 pub fn config_paths(file: &Path) -> Result<Vec<PathBuf>, PluginError> {
-    let bad = |reason: String| PluginError::Config {
+    let bad = |reason: crate::config::ConfigError| PluginError::Config {
         path: file.to_path_buf(),
         reason,
     };

@@ -42,7 +42,7 @@ pub enum TokensError {
     Empty,
     /// The config file, in `config`'s words.
     #[error("{0}")]
-    Config(String),
+    Config(crate::config::ConfigError),
     #[error(transparent)]
     Stat(std::io::Error),
     #[error("it holds serve tokens but others may read it (mode {mode:o}); run `chmod 600 {}`", path.display())]

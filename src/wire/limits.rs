@@ -41,7 +41,10 @@ pub enum LimitError {
     },
     /// config.toml cannot be read or parsed (in `config`'s words).
     #[error("{path}: {reason}")]
-    ConfigFile { path: PathBuf, reason: String },
+    ConfigFile {
+        path: PathBuf,
+        reason: crate::config::ConfigError,
+    },
     /// A `CONTREE_LIMITS_*` variable (see `config::KEYS`).
     #[error("{var}={value}: {reason}")]
     Env {
@@ -56,7 +59,7 @@ pub enum LimitError {
 pub enum Setting {
     /// The table itself, in `config`'s words.
     #[error("{0}")]
-    Table(String),
+    Table(crate::config::ConfigError),
     #[error("must be a string or a number")]
     NotText,
     #[error("'{0}' is not a percentage from 1% to 100%")]
