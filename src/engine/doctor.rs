@@ -8,6 +8,8 @@
 //! touches an image, a session or a file a run may still use. Garbage (unreferenced images
 //! and layers) is `gc`'s, and is only counted here.
 
+mod limits;
+
 use super::eventlog::{LogReader, LogWriter};
 use super::store::HOST_LAYER;
 use super::{claim, LocalEngine};
@@ -32,7 +34,7 @@ pub fn check(engine: &LocalEngine, repair: bool) -> Result<Vec<Finding>, Backend
     out.push(mounts(engine));
     out.push(permissions(engine));
     out.push(super::network::doctor());
-    out.extend(super::limits::doctor(engine, repair));
+    out.extend(limits::doctor(engine, repair));
     out.extend(super::harden::doctor::findings(
         &engine.store.root.join("mnt"),
     ));

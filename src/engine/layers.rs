@@ -282,8 +282,8 @@ fn hide(mask: &Path, path: &Path) -> io::Result<()> {
     // On the root filesystem's mount, as `inspect` decides (the device where the kernel has
     // no mount ids).
     let on_root = match (
-        super::inspect::mount_id(Path::new("/")),
-        super::inspect::mount_id(&host),
+        super::mountid::mount_id(Path::new("/")),
+        super::mountid::mount_id(&host),
     ) {
         (Some(root), Some(here)) => root == here,
         _ => fs::metadata("/").is_ok_and(|root| root.dev() == meta.dev()),

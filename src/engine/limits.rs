@@ -6,13 +6,10 @@
 //! Sizes, process counts and CPU shares are read by `wire::limits`, for `run`'s flags and
 //! the config alike, so both accept and refuse the same words.
 
-mod doctor;
-
 pub use crate::wire::limits::{
     check_layer, check_memory, human, parse_cpus, parse_pids, parse_size, validate, LimitError,
     Setting, GIB,
 };
-pub use doctor::doctor;
 
 use crate::wire::{ResourcesLimits, SpawnRequest};
 use serde::{Deserialize, Serialize};

@@ -22,6 +22,7 @@ mod launch;
 pub mod layerlimit;
 pub mod layers;
 pub mod limits;
+mod mountid;
 pub mod network;
 pub mod oci;
 pub mod overlay;

@@ -1,6 +1,6 @@
 //! What `contree doctor` says about limits on this host.
 
-use super::human;
+use crate::engine::limits::human;
 use crate::engine::{cgroup, layerlimit, LocalEngine};
 use std::path::PathBuf;
 
