@@ -111,12 +111,13 @@ pub fn write_maps(pid: i32, range: Range) -> io::Result<()> {
     )
 }
 
+/// `struct mount_attr` of mount_setattr(2) (linux/mount.h): one definition for every caller.
 #[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
+pub(crate) struct MountAttr {
+    pub attr_set: u64,
+    pub attr_clr: u64,
+    pub propagation: u64,
+    pub userns_fd: u64,
 }
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;

@@ -51,14 +51,7 @@ impl Sys for Host {
     /// mount_setattr(2) (Linux 5.12); before it, a bind remount that restates the mount's
     /// current flags.
     fn add_attr(&self, path: &Path, attr: u64) -> io::Result<()> {
-        /// `struct mount_attr` (linux/mount.h).
-        #[repr(C)]
-        struct MountAttr {
-            attr_set: u64,
-            attr_clr: u64,
-            propagation: u64,
-            userns_fd: u64,
-        }
+        use crate::engine::idmap::MountAttr;
         let c = std::ffi::CString::new(path.as_os_str().as_bytes())
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let attrs = MountAttr {
