@@ -90,8 +90,14 @@ else
 fi
 
 say "1. contree run -- true: local engine vs remote through contree serve (loopback)"
-"${HF[@]}" -n local "CONTREE_HOME=$WORK/local $C run -- true" \
+"${HF[@]}" --export-json "$WORK/one.json" -n local "CONTREE_HOME=$WORK/local $C run -- true" \
     -n remote "CONTREE_HOME=$WORK/ours $C run -- true"
+python3 - "$WORK/one.json" <<'PY'
+import json, sys
+r = {x["command"]: x["median"] for x in json.load(open(sys.argv[1]))["results"]}
+gap = (r["remote"] - r["local"]) * 1000
+print(f"remote - local = {gap:.1f} ms (medians; target <= 10 ms): {'PASS' if gap <= 10 else 'MISS'}")
+PY
 
 if [ "$HAVE_OFFICIAL" = 1 ]; then
     say "2. the same remote run: our CLI vs the official Python client"

@@ -181,6 +181,12 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         // Tests and scripts read the bound address from this line (`--listen 127.0.0.1:0`).
         eprintln!("contree serve: listening on http://{local}");
         let mut stop_wait = stop_rx.clone();
+        // Answers go out at once: with Nagle's algorithm a response's last small segment
+        // waits for the client's delayed ACK (about 40 ms a request on loopback).
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = stop_wait.wait_for(|s| *s).await;
         });
