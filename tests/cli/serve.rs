@@ -468,6 +468,48 @@ fn namespaces_do_not_see_each_others_operations_files_and_tags() {
         vec![&json!("host")],
         "bob sees only the public base image"
     );
+    // Without `?tag`, DELETE removes every tag the namespace gave the image, and only those.
+    for extra in ["mine-too", "third"] {
+        let body = format!(r#"{{"tag":"{extra}"}}"#);
+        let tagged = server.request(
+            "PATCH",
+            &format!("/v1/images/{image}/tag"),
+            Some(TOKEN_A),
+            body.as_bytes(),
+        );
+        assert_eq!(tagged.status, 200, "{}", tagged.text());
+    }
+    let untag_all = format!("/v1/images/{image}/tag");
+    assert_eq!(
+        server
+            .request("DELETE", &untag_all, Some(TOKEN_B), b"")
+            .status,
+        404
+    );
+    assert_eq!(
+        server
+            .request("DELETE", &untag_all, Some(TOKEN_A), b"")
+            .status,
+        204
+    );
+    for gone in ["mine", "mine-too", "third"] {
+        let at = format!("/v1/inspect/?tag={gone}");
+        assert_eq!(server.get(&at, TOKEN_A).status, 404, "{gone}");
+    }
+    assert_eq!(server.get(&listing, TOKEN_A).status, 200, "the image stays");
+    let host = server.host_image(TOKEN_A);
+    let untag_host = format!("/v1/images/{host}/tag");
+    assert_eq!(
+        server
+            .request("DELETE", &untag_host, Some(TOKEN_A), b"")
+            .status,
+        204
+    );
+    assert_eq!(
+        server.get("/v1/inspect/?tag=host", TOKEN_A).status,
+        302,
+        "shared tags stay"
+    );
 
     // Files: the same content uploaded by alice is unknown to bob until he uploads it.
     let content = b"shared bytes";

@@ -228,12 +228,20 @@ pub(super) async fn untag(
     Query(q): Params,
 ) -> ApiResult<StatusCode> {
     let image = parse_uuid(&image, "image")?;
-    let Some(tag) = param(&q, "tag").map(str::to_string) else {
-        return Err(ApiError::bad_request("the tag parameter is required"));
-    };
+    let tag = param(&q, "tag").map(str::to_string);
     blocking(&st, move |st| {
         let engine = &st.engine;
-        visible_image(st, engine, &ns.name, &image)?;
+        let row = visible_image(st, engine, &ns.name, &image)?;
+        // No `tag`: every tag of this namespace on the image goes (the shared ones, such as
+        // `host`, are no namespace's to remove).
+        let Some(tag) = tag else {
+            for stored in row.tags.iter().filter(|t| t.starts_with('~')) {
+                if visible_tag(&ns.name, stored).is_some() {
+                    engine.store().remove_tag(&image, stored)?;
+                }
+            }
+            return Ok(StatusCode::NO_CONTENT);
+        };
         if engine.store().remove_tag(&image, &ns_tag(&ns.name, &tag))? {
             Ok(StatusCode::NO_CONTENT)
         } else {
