@@ -112,6 +112,23 @@ pub struct FileRef {
     pub mode: String,
 }
 
+impl FileRef {
+    /// The permission bits `mode` asks for. The spec's form is octal text (`"0644"`); an
+    /// optional `0o` prefix is accepted too, as some clients send Python's `oct(st_mode)`
+    /// (`"0o100644"`), and the file-type bits are then dropped. `None`: not octal.
+    pub fn permissions(&self) -> Option<u32> {
+        let t = self.mode.trim();
+        let digits = t
+            .strip_prefix("0o")
+            .or_else(|| t.strip_prefix("0O"))
+            .unwrap_or(t);
+        if digits.is_empty() {
+            return None;
+        }
+        u32::from_str_radix(digits, 8).ok().map(|m| m & 0o7777)
+    }
+}
+
 fn default_mode() -> String {
     "0644".to_string()
 }
@@ -324,6 +341,26 @@ pub fn now_ts() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_modes_are_octal_with_or_without_python_s_0o_prefix() {
+        let mode = |m: &str| {
+            FileRef {
+                uuid: String::new(),
+                uid: 0,
+                gid: 0,
+                mode: m.into(),
+            }
+            .permissions()
+        };
+        assert_eq!(mode("0644"), Some(0o644));
+        assert_eq!(mode("4755"), Some(0o4755));
+        assert_eq!(mode("0o100644"), Some(0o644), "the file type bits go");
+        assert_eq!(mode("0O755"), Some(0o755));
+        for bad in ["", "0o", "0x1ff", "0644x", "9", "-644"] {
+            assert_eq!(mode(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn encoding_picks_ascii_only_for_printable_bytes() {

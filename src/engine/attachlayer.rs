@@ -96,7 +96,7 @@ pub fn ensure_with(
             sha: sha.clone(),
             uid: file.uid,
             gid: file.gid,
-            mode: u32::from_str_radix(&file.mode, 8).unwrap_or(0o644) & 0o7777,
+            mode: file.permissions().unwrap_or(0o644),
         });
     }
     let id = format!("attach-{}", key(&placed, &dirs));

@@ -74,7 +74,7 @@ impl LocalEngine {
                     ))
                 }
             }
-            if u32::from_str_radix(&file.mode, 8).is_err() {
+            if file.permissions().is_none() {
                 return Err(BackendError::Invalid(
                     format!("file mode '{}' for {path} is not octal", file.mode).into(),
                 ));

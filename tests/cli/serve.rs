@@ -1529,3 +1529,34 @@ fn a_large_upload_shows_a_progress_bar_on_a_terminal_only() {
     let sum = crate::harness::sha256_hex(&changed);
     assert!(text.contains(&format!("{sum}  /big")), "{text:?}");
 }
+
+#[test]
+fn a_file_mode_in_python_s_oct_form_keeps_its_permission_bits() {
+    let server = Server::start();
+    let up = server.request("POST", "/v1/files", Some(TOKEN_A), b"#!/bin/sh\necho ran\n");
+    assert_eq!(up.status, 201, "{}", up.text());
+    let uuid = up.json()["uuid"].as_str().unwrap().to_string();
+    let host = server.host_image(TOKEN_A);
+    let spawn = server.post_json(
+        "/v1/instances",
+        TOKEN_A,
+        &json!({
+            "image": host,
+            "command": "stat -c %a /t/run.sh && /t/run.sh",
+            "shell": true,
+            "files": {"/t/run.sh": {"uuid": uuid, "mode": "0o100750"}},
+        }),
+    );
+    assert!(spawn.status < 300, "{}", spawn.text());
+    let op = spawn.json()["uuid"].as_str().unwrap().to_string();
+    let events = server.events(&op, TOKEN_A, None);
+    assert_eq!(stdout_of(&events), "750\nran\n");
+    // Not octal at all is still refused, with the usual JSON error.
+    let bad = server.post_json(
+        "/v1/instances",
+        TOKEN_A,
+        &json!({"image": host, "command": "true", "files": {"/f": {"uuid": uuid, "mode": "0o"}}}),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.text().contains("is not octal"), "{}", bad.text());
+}
