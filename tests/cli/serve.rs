@@ -1560,3 +1560,28 @@ fn a_file_mode_in_python_s_oct_form_keeps_its_permission_bits() {
     assert_eq!(bad.status, 400, "{}", bad.text());
     assert!(bad.text().contains("is not octal"), "{}", bad.text());
 }
+
+#[test]
+fn output_cut_at_truncate_output_at_says_truncated_in_the_result() {
+    let server = Server::start();
+    let host = server.host_image(TOKEN_A);
+    let reply = server.post_json(
+        "/v1/instances",
+        TOKEN_A,
+        &json!({
+            "image": host,
+            "command": "head -c 5000 /dev/zero | tr '\\0' x; echo short >&2",
+            "shell": true,
+            "truncate_output_at": 1000,
+        }),
+    );
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let op = reply.json()["uuid"].as_str().unwrap().to_string();
+    server.events(&op, TOKEN_A, None);
+    let got = server.get(&format!("/v1/operations/{op}"), TOKEN_A).json();
+    let result = &got["metadata"]["result"];
+    assert_eq!(result["stdout"]["truncated"], true, "{result}");
+    assert_eq!(result["stdout"]["value"].as_str().unwrap().len(), 1000);
+    assert_eq!(result["stderr"]["truncated"], false, "{result}");
+    assert_eq!(result["stderr"]["value"], "short\n");
+}

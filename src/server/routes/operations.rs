@@ -180,27 +180,45 @@ pub(super) async fn operations(
 /// At most this much of each stream goes into `metadata.result` (the event stream has it all).
 const RESULT_CAP: usize = 16 << 20;
 
+/// One stream of the process's output as `metadata.result` shows it.
+#[derive(Default)]
+struct Collected {
+    bytes: Vec<u8>,
+    /// Cut at `truncate_output_at` (the log says so), or here at `RESULT_CAP`.
+    truncated: bool,
+}
+
 /// What the process wrote to stdout and stderr (the first `RESULT_CAP` bytes of each),
 /// from the operation's events as they are now.
-fn collect_output(engine: &LocalEngine, op: &str) -> (Vec<u8>, Vec<u8>) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
+fn collect_output(engine: &LocalEngine, op: &str) -> (Collected, Collected) {
+    let (mut out, mut err) = (Collected::default(), Collected::default());
     if let Ok(mut events) = engine.events(op, false) {
         while let Ok(Some(item)) = events.next_event() {
-            let buf = match item.event.kind.as_str() {
-                "stdout" => &mut out,
-                "stderr" => &mut err,
+            let stream = match item.event.kind.as_str() {
+                "truncated" => item.event.data.get("stream").and_then(Value::as_str),
+                kind => Some(kind),
+            };
+            let buf = match stream {
+                Some("stdout") => &mut out,
+                Some("stderr") => &mut err,
                 _ => continue,
             };
-            let room = RESULT_CAP.saturating_sub(buf.len());
-            buf.extend_from_slice(&item.bytes[..item.bytes.len().min(room)]);
+            if item.event.kind == "truncated" {
+                buf.truncated = true;
+                continue;
+            }
+            let room = RESULT_CAP.saturating_sub(buf.bytes.len());
+            buf.truncated |= item.bytes.len() > room;
+            buf.bytes
+                .extend_from_slice(&item.bytes[..item.bytes.len().min(room)]);
         }
     }
     (out, err)
 }
 
-fn stream_json(bytes: &[u8]) -> Value {
-    let (value, encoding) = wire::encode_bytes(bytes);
-    json!({ "value": value, "encoding": encoding })
+fn stream_json(stream: &Collected) -> Value {
+    let (value, encoding) = wire::encode_bytes(&stream.bytes);
+    json!({ "value": value, "encoding": encoding, "truncated": stream.truncated })
 }
 
 pub(super) async fn operation(
