@@ -29,6 +29,18 @@ pub struct Env {
     session: String,
 }
 
+/// A supervisor finishes after its run has been reported (it prepares the next run's spare
+/// dirs, among other things): the data dir goes once none is left, or a late one would
+/// make parts of it again after it was removed.
+impl Drop for Env {
+    fn drop(&mut self) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !supervisors_of(self).is_empty() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
 impl Env {
     /// A fresh data dir in the system temp dir, session key `t`, no session yet.
     pub fn new() -> Env {
@@ -614,13 +626,24 @@ pub fn supervisor_of(sleeper: i32) -> i32 {
 /// Supervisors (`contree-super`) of this env's store that still run: one finishing an
 /// earlier run also ends abandoned operations after it (see the engine's recovery).
 pub fn supervisors_of(env: &Env) -> Vec<i32> {
-    let home = format!("CONTREE_HOME={}", env.home().display());
+    // Named by `CONTREE_HOME`, or by an XDG variable under it.
+    let home = env.home().display().to_string();
     processes()
         .into_iter()
         .filter(|(_, dir)| {
-            std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == "contree-super")
-                && std::fs::read(dir.join("environ"))
-                    .is_ok_and(|e| e.split(|&b| b == 0).any(|v| v == home.as_bytes()))
+            // Forked ones rename themselves; a server's are `contree __supervise …`.
+            let forked = std::fs::read_to_string(dir.join("comm"))
+                .is_ok_and(|c| c.trim() == "contree-super");
+            let execed = std::fs::read(dir.join("cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"__supervise".as_slice()));
+            (forked || execed)
+                && std::fs::read(dir.join("environ")).is_ok_and(|e| {
+                    e.split(|&b| b == 0).any(|v| {
+                        let v = String::from_utf8_lossy(v);
+                        v.split_once('=')
+                            .is_some_and(|(_, val)| val.starts_with(&home))
+                    })
+                })
         })
         .map(|(pid, _)| pid)
         .collect()
