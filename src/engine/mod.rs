@@ -323,12 +323,27 @@ impl Backend for LocalEngine {
     }
 
     fn operation(&self, op: &str) -> Result<Operation, BackendError> {
-        let Some(row) = self.store.op(op)? else {
+        let Some(mut row) = self.store.op(op)? else {
             return self.unrecorded(op);
         };
         if !row.status.is_terminal() && !self.supervisor_alive(&row) {
             self.recover_op(&row);
             return self.operation(op);
+        }
+        // What a run consumed is recorded just after its ending, off the path of the run's
+        // end: a reader that sees the ending first gets it once the supervisor wrote it.
+        let until = std::time::Instant::now() + Duration::from_millis(500);
+        while row.status.is_terminal()
+            && row.kind == "instance"
+            && row.resources.is_none()
+            && std::time::Instant::now() < until
+            && self.supervisor_alive(&row)
+        {
+            std::thread::sleep(Duration::from_millis(2));
+            match self.store.op(op)? {
+                Some(r) => row = r,
+                None => break,
+            }
         }
         Ok(row.to_wire())
     }
