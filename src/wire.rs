@@ -338,6 +338,54 @@ pub fn now_ts() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
+/// What a run keeps of each output stream unless `truncate_output_at` says otherwise.
+pub const DEFAULT_TRUNCATE_AT: u64 = 1 << 20;
+
+/// Seconds from the API timestamp `since` until now; `None` if it does not parse.
+pub fn seconds_since(since: &str) -> Option<f64> {
+    let since = chrono::DateTime::parse_from_rfc3339(since).ok()?;
+    let micros = (chrono::Utc::now() - since.to_utc()).num_microseconds()?;
+    Some(micros.max(0) as f64 / 1e6)
+}
+
+/// The counters of `InstanceResult.resources` (getrusage's, by the API's names), from the
+/// `exit` event's `resources`; a counter not measured is 0 and `cost` is always 0 here.
+pub fn process_resources(rusage: Option<&serde_json::Value>) -> serde_json::Value {
+    const INTEGERS: [&str; 11] = [
+        "block_input",
+        "block_output",
+        "involuntary_switches",
+        "max_rss",
+        "page_faults",
+        "page_faults_io",
+        "shared_memory",
+        "signals",
+        "swaps",
+        "unshared_memory",
+        "voluntary_switches",
+    ];
+    const SECONDS: [&str; 5] = [
+        "elapsed_time",
+        "monotonic_time",
+        "system_cpu_time",
+        "user_cpu_time",
+        "cost",
+    ];
+    let mut out = serde_json::Map::new();
+    let known = |key: &str| rusage.and_then(|r| r.get(key));
+    for key in INTEGERS {
+        let n = known(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        out.insert(key.into(), n.into());
+    }
+    for key in SECONDS {
+        let n = known(key)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0);
+        out.insert(key.into(), n.into());
+    }
+    serde_json::Value::Object(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

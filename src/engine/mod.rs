@@ -332,7 +332,7 @@ impl Backend for LocalEngine {
         }
         // What a run consumed is recorded just after its ending, off the path of the run's
         // end: a reader that sees the ending first gets it once the supervisor wrote it.
-        let until = std::time::Instant::now() + Duration::from_millis(500);
+        let until = std::time::Instant::now() + Duration::from_secs(2);
         while row.status.is_terminal()
             && row.kind == "instance"
             && row.resources.is_none()

@@ -31,6 +31,7 @@ mod plugins;
 mod progress;
 mod registry;
 mod run_basics;
+mod sdk;
 mod serve;
 mod sessions;
 mod sessions_tree;

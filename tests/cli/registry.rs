@@ -605,3 +605,49 @@ fn a_big_pull_shows_download_and_import_progress_on_a_terminal_only() {
             .check("the big file came through", |o| o.stdout == big);
     }
 }
+
+/// The SDK's `images.oci` imports through `POST /images/import` and waits on the operation,
+/// whose metadata it structures as the import's request (password masked).
+#[test]
+fn sdk_imports_from_a_registry_and_runs_the_image() {
+    use crate::serve::{Server, TOKEN_A};
+    let env = Env::new();
+    let Some(registry) = registry_with_image(&env) else {
+        return;
+    };
+    let server = Server::start();
+    let script = format!(
+        r#"
+c = ContreeSync(config=config())
+img = c.images.oci("docker://{}/bb/x:v1", tag="sdk/bb")
+check("tag", img.tag, "sdk/bb")
+check("runs", img.run("/bin/busybox", args=["echo", "imported"]).wait().stdout, "imported\n")
+"#,
+        registry.addr
+    );
+    let Some(out) = crate::sdk::run_script(&server, &script) else {
+        return;
+    };
+    out.success().stdout_contains("ok runs");
+    let ops = server
+        .get("/v1/operations?kind=image_import", TOKEN_A)
+        .json();
+    let op = ops[0]["uuid"].as_str().expect("the import's operation");
+    let import = server.get(&format!("/v1/operations/{op}"), TOKEN_A).json();
+    let url = format!("docker://{}/bb/x:v1", registry.addr);
+    assert_eq!(import["metadata"]["registry"]["url"], url, "{import}");
+    assert_eq!(import["metadata"]["tag"], "sdk/bb", "{import}");
+    assert_eq!(import["result"]["tag"], "sdk/bb", "{import}");
+    // Credentials given are shown, the password never.
+    let body = json!({
+        "registry": {"url": url, "credentials": {"username": "u", "password": "hunter2"}},
+    });
+    let reply = server.post_json("/v1/images/import", TOKEN_A, &body);
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let op = reply.json()["uuid"].as_str().unwrap().to_string();
+    let shown = server.get(&format!("/v1/operations/{op}"), TOKEN_A);
+    assert!(!shown.text().contains("hunter2"), "{}", shown.text());
+    let creds = &shown.json()["metadata"]["registry"]["credentials"];
+    assert_eq!(creds, &json!({"username": "u", "password": "<MASKED>"}));
+    assert_eq!(shown.json()["metadata"]["timeout"], 300);
+}

@@ -4,6 +4,7 @@
 use super::{Result, Store};
 use crate::wire::{self, Operation, SpawnRequest, Status};
 use rusqlite::{params, OptionalExtension};
+use serde_json::{json, Map, Value};
 
 /// What the engine records about an operation besides the wire fields.
 #[derive(Debug, Clone)]
@@ -30,43 +31,24 @@ pub struct OpRow {
 }
 
 impl OpRow {
-    /// The `OperationResponse` shape; `metadata` carries the request echo and the result state.
+    /// The `OperationResponse` shape: `metadata` is the request as the API describes it
+    /// (`OperationInstanceMetadata`: every field, defaults filled in) and, once the run has
+    /// ended, its `result` (the serve route adds the output); while it runs `result` is
+    /// null and `duration` is the time so far.
     pub fn to_wire(&self) -> Operation {
-        let mut metadata = None;
-        if let Some(req) = &self.request {
-            let mut meta = serde_json::to_value(req).unwrap_or_default();
-            if let Some(obj) = meta.as_object_mut() {
-                obj.remove("stdin");
-                if self.status.is_terminal() {
-                    let mut state = serde_json::Map::new();
-                    if let Some(code) = self.exit_code {
-                        state.insert("exit_code".into(), code.into());
-                        state.insert("timed_out".into(), self.timed_out.into());
-                    }
-                    let mut result = serde_json::Map::new();
-                    if let Some(res) = self.resources.as_ref().and_then(|r| r.as_object()) {
-                        for key in ["oom", "layer_limit_hit"] {
-                            if let Some(v) = res.get(key) {
-                                state.insert(key.into(), v.clone());
-                            }
-                        }
-                        if let Some(limits) = res.get("limits") {
-                            result.insert("limits".into(), limits.clone());
-                        }
-                    }
-                    result.insert("state".into(), serde_json::Value::Object(state));
-                    obj.insert("result".into(), serde_json::Value::Object(result));
-                }
-            }
-            metadata = Some(meta);
-        }
+        let metadata = self.request.as_ref().map(|req| self.instance_metadata(req));
+        let duration = self.duration.or_else(|| {
+            (!self.status.is_terminal())
+                .then(|| wire::seconds_since(&self.created_at))
+                .flatten()
+        });
         Operation {
             uuid: self.uuid.clone(),
             kind: self.kind.clone(),
             status: self.status,
             error: self.error.clone(),
             created_at: Some(self.created_at.clone()),
-            duration: self.duration,
+            duration,
             image_size: self.image_size,
             image_uuid: self.image.clone(),
             result_image_uuid: self.result_image.clone(),
@@ -78,6 +60,63 @@ impl OpRow {
                 tag: None,
             }),
         }
+    }
+
+    /// `OperationInstanceMetadata` for this run.
+    fn instance_metadata(&self, req: &SpawnRequest) -> Value {
+        let mut meta = serde_json::to_value(req).unwrap_or_default();
+        let Some(obj) = meta.as_object_mut() else {
+            return meta;
+        };
+        // What the request left out, as the API's defaults say (a timeout of 0: none).
+        let defaults = [
+            ("args", json!([])),
+            ("env", json!({})),
+            ("cwd", json!("")),
+            ("files", json!({})),
+            ("preserve_env", json!(false)),
+            ("timeout", json!(0)),
+            ("truncate_output_at", json!(wire::DEFAULT_TRUNCATE_AT)),
+            ("stdin", json!({"value": "", "encoding": "ascii"})),
+        ];
+        for (key, value) in defaults {
+            obj.entry(key).or_insert(value);
+        }
+        if !self.status.is_terminal() {
+            obj.insert("result".into(), Value::Null);
+            return meta;
+        }
+        let recorded = self.resources.as_ref().and_then(Value::as_object);
+        let get = |key: &str| recorded.and_then(|r| r.get(key));
+        let process = |key: &str, default: Value| {
+            get("process")
+                .and_then(|p| p.get(key))
+                .cloned()
+                .unwrap_or(default)
+        };
+        let mut state = json!({
+            // -1: the command did not end on its own account (it never started, or was lost).
+            "exit_code": self.exit_code.unwrap_or(-1),
+            "timed_out": self.timed_out,
+            "pid": process("pid", json!(0)),
+            "signal": process("signal", json!(-1)),
+            "core_dump": process("core_dump", json!(false)),
+            "stopped": false,
+            "continued": false,
+        });
+        for key in ["oom", "layer_limit_hit"] {
+            if let Some(v) = get(key) {
+                state[key] = v.clone();
+            }
+        }
+        let mut result = Map::new();
+        result.insert("state".into(), state);
+        result.insert("resources".into(), wire::process_resources(get("rusage")));
+        if let Some(limits) = get("limits") {
+            result.insert("limits".into(), limits.clone());
+        }
+        obj.insert("result".into(), Value::Object(result));
+        meta
     }
 }
 
@@ -252,5 +291,71 @@ impl Store {
              WHERE uuid = ?1 AND status IN ('PENDING', 'ASSIGNED', 'EXECUTING')",
             params![uuid, status.as_str(), error, duration, result_image, exit_code, timed_out as i64, image_size.map(|s| s as i64)],
         )? > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(status: Status) -> OpRow {
+        OpRow {
+            uuid: "u".into(),
+            kind: "instance".into(),
+            status,
+            created_at: wire::now_ts(),
+            duration: None,
+            image: None,
+            result_image: None,
+            error: None,
+            request: serde_json::from_value(json!({"image": "i", "command": "true"})).ok(),
+            supervisor_pid: None,
+            supervisor_start: None,
+            exit_code: None,
+            timed_out: false,
+            image_size: None,
+            consumed_cpu: None,
+            consumed_memory: None,
+            resources: None,
+        }
+    }
+
+    #[test]
+    fn a_running_instance_has_no_result_and_a_duration_so_far() {
+        let op = row(Status::Executing).to_wire();
+        let meta = op.metadata.unwrap();
+        assert_eq!(meta["result"], Value::Null);
+        assert_eq!(meta["args"], json!([]));
+        assert_eq!(meta["stdin"], json!({"value": "", "encoding": "ascii"}));
+        assert_eq!(meta["truncate_output_at"], json!(wire::DEFAULT_TRUNCATE_AT));
+        assert!(op.duration.is_some_and(|d| d >= 0.0));
+    }
+
+    #[test]
+    fn an_ended_instance_has_the_api_s_state_and_sixteen_counters() {
+        let mut r = row(Status::Success);
+        r.exit_code = Some(3);
+        r.resources = Some(json!({
+            "oom": false,
+            "rusage": {"max_rss": 1000, "user_cpu_time": 0.5},
+            "process": {"pid": 7, "signal": -1, "core_dump": false},
+        }));
+        let meta = r.to_wire().metadata.unwrap();
+        let result = &meta["result"];
+        assert_eq!(result["state"]["exit_code"], 3);
+        assert_eq!(result["state"]["pid"], 7);
+        assert_eq!(result["state"]["stopped"], false);
+        assert_eq!(result["state"]["oom"], false);
+        let counters = result["resources"].as_object().unwrap();
+        assert_eq!(counters.len(), 16);
+        assert_eq!(counters["max_rss"], 1000);
+        assert_eq!(counters["user_cpu_time"], 0.5);
+        assert_eq!(counters["cost"], 0.0);
+        // Nothing recorded (an old row, or a run that never started): still the shape.
+        let mut bare = row(Status::Failed);
+        bare.exit_code = None;
+        let meta = bare.to_wire().metadata.unwrap();
+        assert_eq!(meta["result"]["state"]["exit_code"], -1);
+        assert_eq!(meta["result"]["resources"].as_object().unwrap().len(), 16);
     }
 }

@@ -161,7 +161,7 @@ impl<'a> SpawnEvent<'a> {
                 Value::String(if secret { "<MASKED>".into() } else { v.clone() }),
             );
         }
-        let cap = req.truncate_output_at.unwrap_or(1 << 20);
+        let cap = req.truncate_output_at.unwrap_or(wire::DEFAULT_TRUNCATE_AT);
         SpawnEvent {
             req,
             cwd,
@@ -388,7 +388,7 @@ impl Run {
         req: &SpawnRequest,
         program: &str,
         seen: &Seen,
-        rusage: Value,
+        mut rusage: Value,
         duration_ms: u64,
     ) -> Outcome {
         let (code, signal, core) = match (seen.exec_errno, seen.exit) {
@@ -397,11 +397,17 @@ impl Run {
             // The init was killed (timeout, cancel) before it could report.
             (None, None) => (-1, libc::SIGKILL, false),
         };
+        let pid = seen.main_pid.unwrap_or(2);
+        event_resources(&mut rusage, duration_ms);
+        self.ended(
+            rusage.clone(),
+            json!({"pid": pid, "signal": signal, "core_dump": core}),
+        );
         self.event(
             "exit",
             Some(1),
             json!({
-                "pid": seen.main_pid.unwrap_or(2),
+                "pid": pid,
                 "code": code,
                 "signal": signal,
                 "core_dump": core,
@@ -543,6 +549,40 @@ fn wait_init(init: Pid) -> Value {
         "elapsed_time": 0,
         "monotonic_time": 0,
     })
+}
+
+/// The exit event's `resources` completed: the wall time, and each counter also by the
+/// name the API's `EventResources` gives it (microseconds, KiB), beside getrusage's names
+/// that `InstanceResult.resources` uses.
+fn event_resources(rusage: &mut Value, duration_ms: u64) {
+    let Some(r) = rusage.as_object_mut() else {
+        return;
+    };
+    let elapsed = duration_ms as f64 / 1e3;
+    r.insert("elapsed_time".into(), json!(elapsed));
+    r.insert("monotonic_time".into(), json!(elapsed));
+    let micros = |v: Option<&Value>| (v.and_then(Value::as_f64).unwrap_or(0.0) * 1e6) as u64;
+    let count = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
+    let api = [
+        ("user_time_us", micros(r.get("user_cpu_time"))),
+        ("sys_time_us", micros(r.get("system_cpu_time"))),
+        ("max_rss_kb", count(r.get("max_rss"))),
+        ("minor_faults", count(r.get("page_faults"))),
+        ("major_faults", count(r.get("page_faults_io"))),
+        ("voluntary_ctx_switches", count(r.get("voluntary_switches"))),
+        (
+            "involuntary_ctx_switches",
+            count(r.get("involuntary_switches")),
+        ),
+        ("block_input_ops", count(r.get("block_input"))),
+        ("block_output_ops", count(r.get("block_output"))),
+        ("signals_received", count(r.get("signals"))),
+        ("ipc_msgs_sent", 0),
+        ("ipc_msgs_received", 0),
+    ];
+    for (key, n) in api {
+        r.insert(key.into(), n.into());
+    }
 }
 
 /// The process's environment: a default PATH, with `shell` also HOME and HOSTNAME, then

@@ -39,6 +39,8 @@ pub(super) struct State {
     usage: Option<Usage>,
     /// The exit event's `resources`, as last filled (cgroup figures where there are any).
     resources: Option<Value>,
+    /// How the command ended: its pid, signal and core dump (see `ended`).
+    process: Option<Value>,
     /// The OOM killer ended a process of the sandbox.
     pub oom: bool,
     /// The writable layer reached its limit (full filesystem, or the guard stopped the run).
@@ -163,6 +165,13 @@ impl Run {
         self.res.resources = Some(resources.clone());
     }
 
+    /// The command's end, for the operation's row: the exit event's final `resources` and
+    /// `process` (pid, signal, core dump), which the API's result shows.
+    pub(super) fn ended(&mut self, resources: Value, process: Value) {
+        self.res.resources = Some(resources);
+        self.res.process = Some(process);
+    }
+
     /// The limits the run had, for the exit event and the result.
     pub(super) fn limits_report(&self) -> Value {
         let mut report = self.job.limits.to_json();
@@ -238,6 +247,8 @@ impl Run {
             "oom": self.res.oom,
             "layer_limit_hit": self.res.layer_hit,
             "limits": self.limits_report(),
+            "rusage": resources,
+            "process": self.res.process,
         });
         let op = self.job.op.clone();
         if let Some(store) = &self.store {

@@ -96,9 +96,22 @@ pub(super) async fn import(
         )));
     }
     let name = ns.name.clone();
+    let mut registry = json!({ "url": req.registry.url });
+    if let Some(creds) = &req.registry.credentials {
+        registry["credentials"] = json!({
+            "username": creds.username,
+            "password": creds.password.as_ref().map(|_| "<MASKED>"),
+        });
+    }
+    let metadata = json!({ "registry": registry, "tag": req.tag, "timeout": timeout });
     let op = blocking(&st, move |st| {
         let op = st.engine.begin_here("image_import")?;
         lock(&st.owners).add(OP, &op, &name)?;
+        // What `GET /operations/{id}` shows as the import's metadata (never the password).
+        let path = st.engine.store().op_dir(&op).join(IMPORT_METADATA);
+        std::fs::create_dir_all(st.engine.store().op_dir(&op))
+            .and_then(|_| std::fs::write(path, metadata.to_string()))
+            .map_err(|e| ApiError::internal(format!("recording the import: {e}")))?;
         Ok(op)
     })
     .await?;
@@ -182,6 +195,15 @@ fn run_import(st: &super::super::Shared, ns: &str, op: &str, req: ImportBody, ti
         Ok(image) => engine.finish_here(op, Status::Success, None, Some(&image)),
         Err(e) => engine.finish_here(op, Status::Failed, Some(&e), None),
     }
+}
+
+/// The import's request as `ImageImportMetadata`, beside its event log.
+const IMPORT_METADATA: &str = "import.json";
+
+/// `ImageImportMetadata` of an import made here; `None` for one whose record is gone.
+pub(super) fn import_metadata(engine: &LocalEngine, op: &str) -> Option<Value> {
+    let text = std::fs::read(engine.store().op_dir(op).join(IMPORT_METADATA)).ok()?;
+    serde_json::from_slice(&text).ok()
 }
 
 /// A tag this API accepts: 1 to 255 characters, no whitespace or control characters, not

@@ -232,13 +232,14 @@ pub(super) async fn operation(
         let engine = &st.engine;
         let mut wire_op = engine.operation(&op)?;
         if let Some(meta) = wire_op.metadata.as_mut().and_then(Value::as_object_mut) {
-            let (out, err) = collect_output(engine, &op);
-            let result = meta.entry("result").or_insert_with(|| json!({}));
-            if let Some(result) = result.as_object_mut() {
+            // (`result` is null while the command runs: the event stream has its output.)
+            if let Some(result) = meta.get_mut("result").and_then(Value::as_object_mut) {
+                let (out, err) = collect_output(engine, &op);
                 result.insert("stdout".into(), stream_json(&out));
                 result.insert("stderr".into(), stream_json(&err));
-                result.entry("state").or_insert(Value::Null);
             }
+        } else if wire_op.kind == "image_import" {
+            wire_op.metadata = super::images::import_metadata(engine, &op);
         }
         if let Some(result) = wire_op.result.as_mut() {
             if let Some(image) = &result.image {
