@@ -577,6 +577,9 @@ fn malformed_requests_get_clear_4xx_errors() {
         ("GET", "/v1/operations?limit=0".into(), vec![], 400),
         ("GET", "/v1/nothing-here".into(), vec![], 404),
         ("GET", "/v1/files/xyz".into(), vec![], 400),
+        // A known path, a method it does not take: still the JSON error body.
+        ("PUT", "/v1/images".into(), vec![], 405),
+        ("GET", "/v1/instances".into(), vec![], 405),
     ];
     for (method, path, body, want) in cases {
         let reply = server.request(method, &path, Some(TOKEN_A), &body);

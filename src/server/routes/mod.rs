@@ -59,6 +59,7 @@ pub fn router(state: Shared) -> Router {
             patch(images::tag).delete(images::untag),
         )
         .fallback(not_found)
+        .method_not_allowed_fallback(not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -71,6 +72,16 @@ pub fn router(state: Shared) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
+}
+
+/// A known path asked with a method it does not take: the usual error body (axum keeps the
+/// `Allow` header).
+async fn not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    // (Inside `/v1`, which nesting strips from the path.)
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on /v1{}", uri.path()),
+    )
 }
 
 // ---- helpers ----------------------------------------------------------------------------
