@@ -82,7 +82,7 @@ pub(super) async fn import(
     body: Body,
 ) -> ApiResult<Response> {
     accepting(&st)?;
-    let req: ImportBody = json_body(body, st.max_body).await?;
+    let req: ImportBody = json_body(body, st.opts.max_body).await?;
     if req.registry.url.trim().is_empty() {
         return Err(ApiError::bad_request("registry.url is empty"));
     }
@@ -121,7 +121,7 @@ pub(super) async fn import(
 /// instead of a new one (as the API has it: an unchanged image keeps its UUID).
 fn run_import(st: &super::super::Shared, ns: &str, op: &str, req: ImportBody, timeout: u64) {
     let (tx, rx) = std::sync::mpsc::channel();
-    let store_root = st.paths.store();
+    let store_root = st.opts.paths.store();
     let url = req.registry.url.clone();
     let creds = req.registry.credentials.unwrap_or(CredentialsBody {
         username: None,
@@ -210,7 +210,7 @@ pub(super) async fn tag(
     body: Body,
 ) -> ApiResult<Json<Image>> {
     let image = parse_uuid(&image, "image")?;
-    let TagBody { tag } = json_body(body, st.max_body).await?;
+    let TagBody { tag } = json_body(body, st.opts.max_body).await?;
     valid_tag(&tag)?;
     blocking(&st, move |st| {
         let engine = &st.engine;
