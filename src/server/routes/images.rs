@@ -212,10 +212,8 @@ pub(super) async fn tag(
     let image = parse_uuid(&image, "image")?;
     let TagBody { tag } = json_body(body, st.opts.max_body).await?;
     valid_tag(&tag)?;
-    blocking(&st, move |st| {
-        let engine = &st.engine;
-        let row = visible_image(st, engine, &ns.name, &image)?;
-        engine.store().set_tag(&image, &ns_tag(&ns.name, &tag))?;
+    on_image(&st, ns, image, move |engine, ns, row| {
+        engine.store().set_tag(&row.uuid, &ns_tag(ns, &tag))?;
         Ok(Json(image_json(&row, Some(&tag))))
     })
     .await
@@ -229,24 +227,23 @@ pub(super) async fn untag(
 ) -> ApiResult<StatusCode> {
     let image = parse_uuid(&image, "image")?;
     let tag = param(&q, "tag").map(str::to_string);
-    blocking(&st, move |st| {
-        let engine = &st.engine;
-        let row = visible_image(st, engine, &ns.name, &image)?;
+    on_image(&st, ns, image, move |engine, ns, row| {
         // No `tag`: every tag of this namespace on the image goes (the shared ones, such as
         // `host`, are no namespace's to remove).
         let Some(tag) = tag else {
             for stored in row.tags.iter().filter(|t| t.starts_with('~')) {
-                if visible_tag(&ns.name, stored).is_some() {
-                    engine.store().remove_tag(&image, stored)?;
+                if visible_tag(ns, stored).is_some() {
+                    engine.store().remove_tag(&row.uuid, stored)?;
                 }
             }
             return Ok(StatusCode::NO_CONTENT);
         };
-        if engine.store().remove_tag(&image, &ns_tag(&ns.name, &tag))? {
+        if engine.store().remove_tag(&row.uuid, &ns_tag(ns, &tag))? {
             Ok(StatusCode::NO_CONTENT)
         } else {
             Err(ApiError::not_found(format!(
-                "image {image} has no tag '{tag}'"
+                "image {} has no tag '{tag}'",
+                row.uuid
             )))
         }
     })

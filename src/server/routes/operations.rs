@@ -65,7 +65,7 @@ pub(super) async fn spawn(
             find_tag(st, engine, &ns.name, tag)?
                 .ok_or_else(|| ApiError::not_found(format!("image {} not found", req.image)))?
         };
-        visible_image(st, engine, &ns.name, &image)?;
+        visible_image(st, &ns.name, &image)?;
         req.image = image;
         for (path, file) in req.files.iter().flatten() {
             let missing =
