@@ -52,6 +52,7 @@ impl<'a> Mount<'a> {
 }
 
 pub(crate) trait Sys {
+    /// mount(2).
     fn mount(&self, m: &Mount) -> io::Result<()>;
     /// Adds `MOUNT_ATTR_*` flags to the mount at `path`, keeping its others.
     fn add_attr(&self, path: &Path, attr: u64) -> io::Result<()>;
