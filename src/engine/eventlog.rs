@@ -441,11 +441,24 @@ mod tests {
     use super::reader::READ_SIZE;
     use super::*;
     use std::io::Write;
+    use std::path::PathBuf;
+
+    /// The path of an event log in a new temporary dir, which lives as long as the guard.
+    fn temp_log() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events");
+        (dir, path)
+    }
+
+    /// Appends one event with a writer of its own, as another process would; its id.
+    fn append_alone(path: &Path, kind: &str, spid: Option<u32>) -> u64 {
+        let mut w = LogWriter::open(path).unwrap();
+        w.append(kind, spid, Map::new()).unwrap()
+    }
 
     #[test]
     fn frames_round_trip_and_partial_frames_wait() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events");
+        let (_dir, path) = temp_log();
         let mut w = LogWriter::open(&path).unwrap();
         let mut data = Map::new();
         data.insert("pid".into(), 7.into());
@@ -473,23 +486,15 @@ mod tests {
 
     #[test]
     fn reopened_writer_continues_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events");
-        LogWriter::open(&path)
-            .unwrap()
-            .append("init", Some(0), Map::new())
-            .unwrap();
-        let id = LogWriter::open(&path)
-            .unwrap()
-            .append("completion", None, Map::new())
-            .unwrap();
+        let (_dir, path) = temp_log();
+        append_alone(&path, "init", Some(0));
+        let id = append_alone(&path, "completion", None);
         assert_eq!(id, 2);
     }
 
     #[test]
     fn large_payloads_are_read_whole_between_small_frames() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events");
+        let (_dir, path) = temp_log();
         let mut w = LogWriter::open(&path).unwrap();
         let big: Vec<u8> = (0..3 * READ_SIZE + 17).map(|i| (i % 251) as u8).collect();
         w.append("init", Some(0), Map::new()).unwrap();
@@ -508,22 +513,15 @@ mod tests {
 
     #[test]
     fn a_torn_last_frame_is_replaced_by_the_next_writer() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events");
-        LogWriter::open(&path)
-            .unwrap()
-            .append("init", Some(0), Map::new())
-            .unwrap();
+        let (_dir, path) = temp_log();
+        append_alone(&path, "init", Some(0));
         // A writer that died mid-frame: a length prefix promising more than is there.
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .unwrap();
         f.write_all(&[200, 0, 0, 0, 0, 0, 0, 0, b'{']).unwrap();
-        LogWriter::open(&path)
-            .unwrap()
-            .append("completion", None, Map::new())
-            .unwrap();
+        append_alone(&path, "completion", None);
         let mut r = LogReader::open(&path).unwrap();
         let kinds: Vec<String> = std::iter::from_fn(|| r.next().unwrap())
             .map(|e| e.header.kind)

@@ -542,34 +542,14 @@ mod tests {
             view.open("/usr/bin/gone"),
             Err(InspectError::NotFound(_))
         ));
-        let names: Vec<String> = view
-            .list("/etc/conf")
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        assert_eq!(names, ["b"]);
-        let names: Vec<String> = view
-            .list("/usr/bin")
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        assert_eq!(names, ["tool"]);
-        let single: Vec<String> = view
-            .list("/usr-note")
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        assert_eq!(single, ["usr-note"]);
-        let root: Vec<String> = view
-            .list("/")
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        assert_eq!(root, ["bin", "etc", "usr", "usr-note"]);
+        let names = |path| -> Vec<String> {
+            let listed = view.list(path).unwrap();
+            listed.into_iter().map(|(n, _)| n).collect()
+        };
+        assert_eq!(names("/etc/conf"), ["b"]);
+        assert_eq!(names("/usr/bin"), ["tool"]);
+        assert_eq!(names("/usr-note"), ["usr-note"]);
+        assert_eq!(names("/"), ["bin", "etc", "usr", "usr-note"]);
     }
 
     #[test]

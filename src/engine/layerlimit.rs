@@ -407,28 +407,10 @@ fn copy_xattrs(src: &Path, dst: &Path) -> io::Result<()> {
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let name = CString::new(name).map_err(io::Error::other)?;
         let mut value = vec![0u8; 65536];
-        // SAFETY: lgetxattr into a buffer of the given size.
-        let len = unsafe {
-            libc::lgetxattr(
-                s.as_ptr(),
-                name.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if len < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let len = super::layers::lgetxattr(&s, &name, &mut value)?;
         // SAFETY: lsetxattr with the bytes just read.
-        let rc = unsafe {
-            libc::lsetxattr(
-                d.as_ptr(),
-                name.as_ptr(),
-                value.as_ptr().cast(),
-                len as usize,
-                0,
-            )
-        };
+        let rc =
+            unsafe { libc::lsetxattr(d.as_ptr(), name.as_ptr(), value.as_ptr().cast(), len, 0) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }

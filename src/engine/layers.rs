@@ -7,7 +7,7 @@
 //! writes the `user.overlay.*` form instead (the `userxattr` option): every layer carries
 //! both markers on its opaque directories, so any chain works in either kind of mount.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -51,16 +51,25 @@ fn has_marker(p: &CString, marker: &str) -> bool {
         return false;
     };
     let mut buf = [0u8; 4];
-    // SAFETY: reading at most 4 bytes into a stack buffer.
+    matches!(lgetxattr(p, &name, &mut buf), Ok(1)) && buf[0] == b'y'
+}
+
+/// lgetxattr(2): the value of attribute `name` of `path` (not following a last symlink)
+/// into `buf`; its length.
+pub(crate) fn lgetxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: NUL-terminated strings, and a buffer of the length given.
     let n = unsafe {
         libc::lgetxattr(
-            p.as_ptr(),
+            path.as_ptr(),
             name.as_ptr(),
             buf.as_mut_ptr().cast(),
             buf.len(),
         )
     };
-    n == 1 && buf[0] == b'y'
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 /// Whether `dir` is opaque, in either form.

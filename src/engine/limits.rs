@@ -272,6 +272,16 @@ pub fn clamp(req: &mut SpawnRequest, config: &Config) {
 mod tests {
     use super::*;
 
+    /// 1 GiB of memory, 100 processes, any CPU, the default layer.
+    fn gig_and_hundred() -> Settings {
+        Settings {
+            memory: Some(1 << 30),
+            pids: Some(100),
+            cpus: None,
+            layer: Some(DEFAULT_LAYER_BYTES),
+        }
+    }
+
     #[test]
     fn config_sets_defaults_and_serve_ceilings() {
         let text = "[limits]\nmemory = \"1G\"\npids = 100\ncpus = 1.5\nmax_layer_bytes = \"2G\"\n\
@@ -301,12 +311,7 @@ mod tests {
 
     #[test]
     fn the_request_wins_over_defaults_and_zero_lifts_a_limit() {
-        let defaults = Settings {
-            memory: Some(1 << 30),
-            pids: Some(100),
-            cpus: None,
-            layer: Some(DEFAULT_LAYER_BYTES),
-        };
+        let defaults = gig_and_hundred();
         let l = Limits::resolve(None, &defaults);
         assert_eq!(
             (l.memory, l.pids, l.layer_exact),
@@ -327,12 +332,7 @@ mod tests {
 
     #[test]
     fn serve_keeps_requests_within_its_ceilings() {
-        let base = Settings {
-            memory: Some(1 << 30),
-            pids: Some(100),
-            cpus: None,
-            layer: Some(DEFAULT_LAYER_BYTES),
-        };
+        let base = gig_and_hundred();
         let config = Config {
             defaults: base.clone(),
             ceilings: Settings {

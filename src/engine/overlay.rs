@@ -15,7 +15,6 @@ const FSCONFIG_SET_FLAG: libc::c_uint = 0;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
 const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
 
 fn cstr(s: &[u8]) -> io::Result<CString> {
     CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
@@ -154,8 +153,8 @@ impl FsContext {
     }
 
     fn mount_at(self, target: &Path) -> io::Result<()> {
-        // SAFETY: plain syscalls on fds we own and a NUL-terminated path.
-        unsafe {
+        // SAFETY: plain syscalls on the context's fd, and an fd we then own.
+        let mfd = unsafe {
             let rc = libc::syscall(
                 libc::SYS_fsconfig,
                 self.fd.as_raw_fd(),
@@ -171,22 +170,9 @@ impl FsContext {
             if mfd < 0 {
                 return Err(self.error(io::Error::last_os_error()).into());
             }
-            let mfd = OwnedFd::from_raw_fd(mfd as i32);
-            let empty = cstr(b"")?;
-            let target = cstr(target.as_os_str().as_bytes())?;
-            let rc = libc::syscall(
-                libc::SYS_move_mount,
-                mfd.as_raw_fd(),
-                empty.as_ptr(),
-                libc::AT_FDCWD,
-                target.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH,
-            );
-            if rc < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(())
+            OwnedFd::from_raw_fd(mfd as i32)
+        };
+        super::idmap::attach(&mfd, target)
     }
 }
 

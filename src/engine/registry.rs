@@ -63,6 +63,11 @@ fn timed_out() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "the pull ran out of time")
 }
 
+/// A header of `resp` that is text.
+fn header<'a>(resp: &'a reqwest::blocking::Response, name: &str) -> Option<&'a str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
 impl Client {
     fn basic(&self) -> Option<String> {
         let user = self.creds.username.as_deref()?;
@@ -94,13 +99,8 @@ impl Client {
             let resp = req.send().map_err(|e| err(format!("{url}: {e}")))?;
             let code = resp.status().as_u16();
             if code == 401 && attempt == 0 {
-                let challenge = resp
-                    .headers()
-                    .get("www-authenticate")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
-                self.auth = Some(self.authenticate(&challenge)?);
+                let challenge = header(&resp, "www-authenticate").unwrap_or("");
+                self.auth = Some(self.authenticate(challenge)?);
                 continue;
             }
             if code >= 400 {
@@ -233,10 +233,7 @@ fn download(
     for _ in 0..4 {
         let url = format!("{base}/manifests/{want}");
         let resp = client.get(&url, Some(MANIFEST_TYPES))?;
-        let media = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
+        let media = header(&resp, "content-type")
             .unwrap_or("application/vnd.oci.image.manifest.v1+json")
             .to_string();
         let mut bytes = Vec::new();

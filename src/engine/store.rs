@@ -174,6 +174,9 @@ impl Deref for Conn<'_> {
 /// directory of every layer carries both overlay markers (see `layers`).
 const SCHEMA_VERSION: i64 = 2;
 
+/// Points tag ?1 at image ?2, moving it if another image had it.
+const SET_TAG: &str = "INSERT INTO tags(tag, image) VALUES (?1, ?2) ON CONFLICT(tag) DO UPDATE SET image = excluded.image";
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS images(
   uuid TEXT PRIMARY KEY, created_at TEXT NOT NULL, parent TEXT, operation TEXT,
@@ -303,6 +306,12 @@ impl Store {
         })
     }
 
+    /// Runs one statement that writes, whatever the rows it changed.
+    fn write(&self, sql: &str, params: impl rusqlite::Params) -> Result<()> {
+        self.conn()?.execute(sql, params)?;
+        Ok(())
+    }
+
     /// Empties the WAL if it has grown large (`db::checkpoint_if_large`). The supervisor
     /// calls this after `completion`, where nobody waits for it.
     pub fn checkpoint(&self) {
@@ -406,11 +415,10 @@ impl Store {
 
     /// Marks `image` as made by operation `op` (who may see it follows the operation).
     pub fn set_image_operation(&self, image: &str, op: &str) -> Result<()> {
-        self.conn()?.execute(
+        self.write(
             "UPDATE images SET operation = ?2 WHERE uuid = ?1",
             params![image, op],
-        )?;
-        Ok(())
+        )
     }
 
     /// The images pulled from the manifest with this digest that still exist, oldest first.
@@ -426,20 +434,15 @@ impl Store {
 
     /// Records that `image` was pulled from the manifest with this digest.
     pub fn set_image_manifest(&self, image: &str, digest: &str) -> Result<()> {
-        self.conn()?.execute(
+        self.write(
             "INSERT OR IGNORE INTO image_sources(digest, image) VALUES (?1, ?2)",
             params![digest, image],
-        )?;
-        Ok(())
+        )
     }
 
     /// Points `tag` at `image` (moving it if another image had it).
     pub fn set_tag(&self, image: &str, tag: &str) -> Result<()> {
-        self.conn()?.execute(
-            "INSERT INTO tags(tag, image) VALUES (?1, ?2) ON CONFLICT(tag) DO UPDATE SET image = excluded.image",
-            params![tag, image],
-        )?;
-        Ok(())
+        self.write(SET_TAG, params![tag, image])
     }
 
     pub fn remove_tag(&self, image: &str, tag: &str) -> Result<bool> {
@@ -473,7 +476,7 @@ impl Store {
         )?;
         for tag in &image.tags {
             tx.execute(
-                "INSERT INTO tags(tag, image) VALUES (?1, ?2) ON CONFLICT(tag) DO UPDATE SET image = excluded.image",
+                SET_TAG,
                 params![tag, image.uuid],
             )?;
         }
@@ -502,9 +505,7 @@ impl Store {
     }
 
     pub fn delete_layer_row(&self, id: &str) -> Result<()> {
-        self.conn()?
-            .execute("DELETE FROM layers WHERE id = ?1", [id])?;
-        Ok(())
+        self.write("DELETE FROM layers WHERE id = ?1", [id])
     }
 
     pub fn blob_shas(&self) -> Result<Vec<String>> {
@@ -512,9 +513,7 @@ impl Store {
     }
 
     pub fn delete_blob_row(&self, sha256: &str) -> Result<()> {
-        self.conn()?
-            .execute("DELETE FROM blobs WHERE sha256 = ?1", [sha256])?;
-        Ok(())
+        self.write("DELETE FROM blobs WHERE sha256 = ?1", [sha256])
     }
 
     // ---- blobs --------------------------------------------------------------------------

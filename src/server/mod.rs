@@ -64,7 +64,8 @@ pub struct ServeOptions {
 
 /// Shared by every handler.
 pub(crate) struct State {
-    pub paths: Paths,
+    /// What serve was asked to do (`max_running` at least 1).
+    pub opts: ServeOptions,
     /// The engine, shared by every handler and event stream at once: it is `Sync`, and
     /// serialises only what must be (its store connection, its bookkeeping of children).
     pub engine: LocalEngine,
@@ -73,12 +74,6 @@ pub(crate) struct State {
     /// Write ends of the stdin pipes of operations spawned with `stdin.close = false`.
     pub stdin: Mutex<HashMap<String, std::fs::File>>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
-    pub max_body: usize,
-    pub max_upload: u64,
-    pub max_running: usize,
-    pub max_pending: usize,
-    pub events_max_age: Duration,
-    pub events_max_bytes: u64,
     /// What a client's `resources_limits` may ask for, at most (config.toml's
     /// `[serve.limits]`; see `engine::limits::clamp`).
     pub limits: crate::engine::limits::Config,
@@ -160,18 +155,15 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         let local: SocketAddr = listener.local_addr()?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let state: Shared = Arc::new(State {
-            paths: opts.paths.clone(),
+            opts: ServeOptions {
+                max_running: opts.max_running.max(1),
+                ..opts
+            },
             engine,
             owners: Mutex::new(owners),
             tokens,
             stdin: Mutex::new(HashMap::new()),
             shutdown: stop_rx.clone(),
-            max_body: opts.max_body,
-            max_upload: opts.max_upload,
-            max_running: opts.max_running.max(1),
-            max_pending: opts.max_pending,
-            events_max_age: opts.events_max_age,
-            events_max_bytes: opts.events_max_bytes,
             limits,
             queue: Mutex::new(std::collections::VecDeque::new()),
         });
@@ -243,7 +235,7 @@ async fn dispatch(state: Shared) {
                 cancel_waiting(&st);
                 return;
             }
-            while !queue.is_empty() && running(engine, &queue) < st.max_running {
+            while !queue.is_empty() && running(engine, &queue) < st.opts.max_running {
                 let Some(q) = queue.pop_front() else { break };
                 let pending = engine
                     .store()
@@ -314,7 +306,7 @@ async fn housekeeping(state: Shared) {
         let _ = tokio::task::spawn_blocking(move || {
             let engine = &st.engine;
             engine.reap();
-            if let Ok((cut, freed)) = engine.prune_event_logs(st.events_max_age, st.events_max_bytes) {
+            if let Ok((cut, freed)) = engine.prune_event_logs(st.opts.events_max_age, st.opts.events_max_bytes) {
                 if cut > 0 {
                     eprintln!("contree serve: cut {cut} event log(s) to their completion, {freed} bytes freed");
                 }

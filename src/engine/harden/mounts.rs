@@ -14,7 +14,7 @@
 use std::io;
 use std::path::Path;
 
-use crate::engine::sandbox::sys::{Sys, MOUNT_ATTR_NODEV, MOUNT_ATTR_RDONLY};
+use crate::engine::sandbox::sys::{Mount, Sys, MOUNT_ATTR_NODEV, MOUNT_ATTR_RDONLY};
 use nix::mount::MsFlags;
 
 /// Entries of /proc that stay readable but are never writable.
@@ -97,7 +97,7 @@ fn sysfs(sys: &impl Sys, dir: &Path) -> io::Result<()> {
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     // Refused in a user namespace that does not own the network namespace (sysfs shows
     // the network namespace's devices).
-    if let Err(e) = sys.mount(Some(Path::new("sysfs")), dir, Some("sysfs"), flags, None) {
+    if let Err(e) = sys.mount(&Mount::fs("sysfs", "sysfs", dir, flags, None)) {
         empty_dir(sys, dir)?;
         return Err(e);
     }
@@ -108,18 +108,19 @@ fn sysfs(sys: &impl Sys, dir: &Path) -> io::Result<()> {
 }
 
 fn bind(sys: &impl Sys, source: &Path, target: &Path) -> io::Result<()> {
-    sys.mount(Some(source), target, None, MsFlags::MS_BIND, None)
+    sys.mount(&Mount::bind(source, target))
 }
 
 /// An empty read-only tmpfs over `dir`.
 fn empty_dir(sys: &impl Sys, dir: &Path) -> io::Result<()> {
-    sys.mount(
-        Some(Path::new("tmpfs")),
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    sys.mount(&Mount::fs(
+        "tmpfs",
+        "tmpfs",
         dir,
-        Some("tmpfs"),
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        flags,
         Some("size=4k,mode=555"),
-    )
+    ))
 }
 
 #[cfg(test)]

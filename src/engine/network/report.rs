@@ -50,23 +50,19 @@ fn interfaces(proc_net_dev: &str) -> Vec<Value> {
 fn configured(init: Pid, stack: Stack) -> Value {
     let mut c = Map::new();
     let (ip4, ip6) = addresses(init);
-    if let Some(a) = ip4 {
-        c.insert("ip4".into(), Value::String(a));
-    }
-    if let Some(gw) = std::fs::read_to_string(format!("/proc/{init}/net/route"))
-        .ok()
-        .and_then(|t| ipv4_gateway(&t))
-    {
-        c.insert("ip4_gw".into(), Value::String(gw));
-    }
-    if let Some(a) = ip6 {
-        c.insert("ip6".into(), Value::String(a));
-    }
-    if let Some(gw) = std::fs::read_to_string(format!("/proc/{init}/net/ipv6_route"))
-        .ok()
-        .and_then(|t| ipv6_gateway(&t))
-    {
-        c.insert("ip6_gw".into(), Value::String(gw));
+    let gateway = |table: &str, parse: fn(&str) -> Option<String>| {
+        let text = std::fs::read_to_string(format!("/proc/{init}/net/{table}")).ok()?;
+        parse(&text)
+    };
+    for (key, value) in [
+        ("ip4", ip4),
+        ("ip4_gw", gateway("route", ipv4_gateway)),
+        ("ip6", ip6),
+        ("ip6_gw", gateway("ipv6_route", ipv6_gateway)),
+    ] {
+        if let Some(v) = value {
+            c.insert(key.into(), Value::String(v));
+        }
     }
     c.insert(
         "nameserver".into(),

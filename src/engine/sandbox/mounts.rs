@@ -2,7 +2,7 @@
 //! new root, and the supervisor's private mount namespace and mount-point tmpfs, which make
 //! every mount of a run vanish with its supervisor.
 
-use super::sys::Sys;
+use super::sys::{Mount, Sys};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use std::io;
@@ -12,22 +12,13 @@ use std::path::Path;
 pub(crate) fn setup_mounts(sys: &impl Sys, root: &Path, userns: bool) -> io::Result<()> {
     let proc_dir = root.join("proc");
     sys.create_dir_all(&proc_dir)?;
-    sys.mount(
-        Some(Path::new("proc")),
-        &proc_dir,
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None,
-    )?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    sys.mount(&Mount::fs("proc", "proc", &proc_dir, flags, None))?;
     let dev = root.join("dev");
     sys.create_dir_all(&dev)?;
-    sys.mount(
-        Some(Path::new("tmpfs")),
-        &dev,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
-    )?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME;
+    let options = Some("mode=755,size=65536k");
+    sys.mount(&Mount::fs("tmpfs", "tmpfs", &dev, flags, options))?;
     for (name, major, minor) in [
         ("null", 1, 3),
         ("zero", 1, 5),
@@ -40,13 +31,7 @@ pub(crate) fn setup_mounts(sys: &impl Sys, root: &Path, userns: bool) -> io::Res
         if userns {
             // No mknod of devices inside a user namespace: the host's own nodes, bound.
             sys.create_file(&path)?;
-            sys.mount(
-                Some(Path::new("/dev").join(name).as_path()),
-                &path,
-                None,
-                MsFlags::MS_BIND,
-                None,
-            )?;
+            sys.mount(&Mount::bind(&Path::new("/dev").join(name), &path))?;
             continue;
         }
         sys.char_device(&path, major, minor)?;
@@ -62,22 +47,13 @@ pub(crate) fn setup_mounts(sys: &impl Sys, root: &Path, userns: bool) -> io::Res
     }
     let pts = dev.join("pts");
     sys.create_dir(&pts)?;
-    sys.mount(
-        Some(Path::new("devpts")),
-        &pts,
-        Some("devpts"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=620"),
-    )?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    let options = Some("newinstance,ptmxmode=0666,mode=620");
+    sys.mount(&Mount::fs("devpts", "devpts", &pts, flags, options))?;
     let shm = dev.join("shm");
     sys.create_dir(&shm)?;
-    sys.mount(
-        Some(Path::new("shm")),
-        &shm,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    sys.mount(&Mount::fs("tmpfs", "shm", &shm, flags, Some("mode=1777")))?;
     Ok(())
 }
 

@@ -11,16 +11,49 @@ use std::path::Path;
 pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
 
-pub(crate) trait Sys {
-    /// mount(2); `source` is a path or a filesystem's name (`proc`, `tmpfs`).
-    fn mount(
-        &self,
-        source: Option<&Path>,
-        target: &Path,
-        fstype: Option<&str>,
+/// The arguments of one mount(2).
+pub(crate) struct Mount<'a> {
+    /// A path, or a filesystem's name (`proc`, `tmpfs`).
+    pub source: &'a Path,
+    pub target: &'a Path,
+    pub fstype: Option<&'a str>,
+    pub flags: MsFlags,
+    pub data: Option<&'a str>,
+}
+
+impl<'a> Mount<'a> {
+    /// A new filesystem of type `fstype` at `target`, `source` naming it in the mount table.
+    pub fn fs(
+        fstype: &'a str,
+        source: &'a str,
+        target: &'a Path,
         flags: MsFlags,
-        data: Option<&str>,
-    ) -> io::Result<()>;
+        data: Option<&'a str>,
+    ) -> Self {
+        Mount {
+            source: Path::new(source),
+            target,
+            fstype: Some(fstype),
+            flags,
+            data,
+        }
+    }
+
+    /// `source` bound at `target`.
+    pub fn bind(source: &'a Path, target: &'a Path) -> Self {
+        Mount {
+            source,
+            target,
+            fstype: None,
+            flags: MsFlags::MS_BIND,
+            data: None,
+        }
+    }
+}
+
+pub(crate) trait Sys {
+    /// mount(2).
+    fn mount(&self, m: &Mount) -> io::Result<()>;
     /// Adds `MOUNT_ATTR_*` flags to the mount at `path`, keeping its others.
     fn add_attr(&self, path: &Path, attr: u64) -> io::Result<()>;
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
@@ -36,15 +69,8 @@ pub(crate) trait Sys {
 pub(crate) struct Host;
 
 impl Sys for Host {
-    fn mount(
-        &self,
-        source: Option<&Path>,
-        target: &Path,
-        fstype: Option<&str>,
-        flags: MsFlags,
-        data: Option<&str>,
-    ) -> io::Result<()> {
-        nix::mount::mount(source, target, fstype, flags, data)?;
+    fn mount(&self, m: &Mount) -> io::Result<()> {
+        nix::mount::mount(Some(m.source), m.target, m.fstype, m.flags, m.data)?;
         Ok(())
     }
 
@@ -171,28 +197,21 @@ impl Recorded {
 
 #[cfg(test)]
 impl Sys for Recorded {
-    fn mount(
-        &self,
-        source: Option<&Path>,
-        target: &Path,
-        fstype: Option<&str>,
-        flags: MsFlags,
-        data: Option<&str>,
-    ) -> io::Result<()> {
-        let t = target.display().to_string();
-        if self.missing.iter().any(|m| t.ends_with(m)) {
+    fn mount(&self, m: &Mount) -> io::Result<()> {
+        let t = m.target.display().to_string();
+        if self.missing.iter().any(|missing| t.ends_with(missing)) {
             return Err(io::ErrorKind::NotFound.into());
         }
-        if fstype.is_some_and(|f| self.refused.contains(&f)) {
+        if m.fstype.is_some_and(|f| self.refused.contains(&f)) {
             return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
-        let source = source.map(|s| s.display().to_string()).unwrap_or_default();
-        let flags: Vec<&str> = flags.iter_names().map(|(name, _)| name).collect();
+        let flags: Vec<&str> = m.flags.iter_names().map(|(name, _)| name).collect();
         self.push(format!(
-            "mount {source} {t} {} {} {}",
-            fstype.unwrap_or("-"),
+            "mount {} {t} {} {} {}",
+            m.source.display(),
+            m.fstype.unwrap_or("-"),
             flags.join(" | "),
-            data.unwrap_or("-")
+            m.data.unwrap_or("-")
         ));
         Ok(())
     }

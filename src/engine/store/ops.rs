@@ -128,7 +128,7 @@ impl Store {
         image: Option<&str>,
         request: Option<&SpawnRequest>,
     ) -> Result<()> {
-        self.conn()?.execute(
+        self.write(
             "INSERT INTO operations(uuid, kind, status, created_at, image, request) VALUES (?1, ?2, 'PENDING', ?3, ?4, ?5)",
             params![
                 uuid,
@@ -137,8 +137,7 @@ impl Store {
                 image,
                 request.map(|r| serde_json::to_string(r).unwrap_or_default())
             ],
-        )?;
-        Ok(())
+        )
     }
 
     /// Records an operation its supervisor already runs (see `Job::created_at`); a row
@@ -154,7 +153,7 @@ impl Store {
         pid: i32,
         start: u64,
     ) -> Result<()> {
-        self.conn()?.execute(
+        self.write(
             "INSERT INTO operations(uuid, kind, status, created_at, image, request, supervisor_pid, supervisor_start)
              VALUES (?1, ?2, 'EXECUTING', ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(uuid) DO UPDATE SET status = 'EXECUTING', supervisor_pid = ?6, supervisor_start = ?7
@@ -168,14 +167,11 @@ impl Store {
                 pid,
                 start as i64
             ],
-        )?;
-        Ok(())
+        )
     }
 
     pub fn delete_op(&self, uuid: &str) -> Result<()> {
-        self.conn()?
-            .execute("DELETE FROM operations WHERE uuid = ?1", [uuid])?;
-        Ok(())
+        self.write("DELETE FROM operations WHERE uuid = ?1", [uuid])
     }
 
     fn op_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OpRow> {
@@ -214,11 +210,10 @@ impl Store {
         consumed_memory: Option<u64>,
         resources: &serde_json::Value,
     ) -> Result<()> {
-        self.conn()?.execute(
+        self.write(
             "UPDATE operations SET consumed_cpu = ?2, consumed_memory = ?3, resources = ?4 WHERE uuid = ?1",
             params![uuid, consumed_cpu, consumed_memory.map(|m| m as i64), resources.to_string()],
-        )?;
-        Ok(())
+        )
     }
 
     pub fn op(&self, uuid: &str) -> Result<Option<OpRow>> {
@@ -265,11 +260,10 @@ impl Store {
     }
 
     pub fn set_supervisor(&self, uuid: &str, pid: i32, start: u64) -> Result<()> {
-        self.conn()?.execute(
+        self.write(
             "UPDATE operations SET supervisor_pid = ?2, supervisor_start = ?3 WHERE uuid = ?1",
             params![uuid, pid, start as i64],
-        )?;
-        Ok(())
+        )
     }
 
     /// Moves an active operation to a terminal status. Returns false if it already was

@@ -159,13 +159,7 @@ impl Run {
 
     /// What the init of a user namespace mounts itself (see `sandbox::Userns`).
     fn userns_root(&self, range: idmap::Range, plan: &RootPlan) -> sandbox::Userns {
-        let RootPlan {
-            points,
-            lowers,
-            upper,
-            work,
-            host,
-        } = *plan;
+        let points = plan.points;
         // The init mounts all of it inside its user namespace, by paths relative to the
         // mount points: the store's own, seen through the idmapped copy at `store`, and
         // the host view.
@@ -177,7 +171,7 @@ impl Run {
             }
         };
         let mut idmapped = vec![(self.layout.root.clone(), PathBuf::from("store"))];
-        if host {
+        if plan.host {
             idmapped.push((PathBuf::from("/"), PathBuf::from("hostfs")));
         }
         if let Some(fs) = &self.res.layer {
@@ -187,10 +181,10 @@ impl Run {
             range,
             points: points.to_path_buf(),
             idmapped,
-            host,
-            lowers: lowers.iter().map(|l| rel(l)).collect(),
-            upper: rel(upper),
-            work: rel(work),
+            host: plan.host,
+            lowers: plan.lowers.iter().map(|l| rel(l)).collect(),
+            upper: rel(plan.upper),
+            work: rel(plan.work),
         }
     }
 }

@@ -27,13 +27,14 @@ pub(super) async fn upload(
     use futures_util::StreamExt;
     use sha2::Digest;
     use std::io::Write;
-    if axum::body::HttpBody::size_hint(&body).lower() > st.max_upload {
+    if axum::body::HttpBody::size_hint(&body).lower() > st.opts.max_upload {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("uploads are limited to {} bytes", st.max_upload),
+            format!("uploads are limited to {} bytes", st.opts.max_upload),
         ));
     }
     let tmp = st
+        .opts
         .paths
         .store()
         .join("tmp")
@@ -57,10 +58,10 @@ pub(super) async fn upload(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
         size += chunk.len() as u64;
-        if size > st.max_upload {
+        if size > st.opts.max_upload {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("uploads are limited to {} bytes", st.max_upload),
+                format!("uploads are limited to {} bytes", st.opts.max_upload),
             ));
         }
         hasher.update(&chunk);

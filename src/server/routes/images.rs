@@ -82,7 +82,7 @@ pub(super) async fn import(
     body: Body,
 ) -> ApiResult<Response> {
     accepting(&st)?;
-    let req: ImportBody = json_body(body, st.max_body).await?;
+    let req: ImportBody = json_body(body, st.opts.max_body).await?;
     if req.registry.url.trim().is_empty() {
         return Err(ApiError::bad_request("registry.url is empty"));
     }
@@ -134,7 +134,7 @@ pub(super) async fn import(
 /// instead of a new one (as the API has it: an unchanged image keeps its UUID).
 fn run_import(st: &super::super::Shared, ns: &str, op: &str, req: ImportBody, timeout: u64) {
     let (tx, rx) = std::sync::mpsc::channel();
-    let store_root = st.paths.store();
+    let store_root = st.opts.paths.store();
     let url = req.registry.url.clone();
     let creds = req.registry.credentials.unwrap_or(CredentialsBody {
         username: None,
@@ -232,12 +232,10 @@ pub(super) async fn tag(
     body: Body,
 ) -> ApiResult<Json<Image>> {
     let image = parse_uuid(&image, "image")?;
-    let TagBody { tag } = json_body(body, st.max_body).await?;
+    let TagBody { tag } = json_body(body, st.opts.max_body).await?;
     valid_tag(&tag)?;
-    blocking(&st, move |st| {
-        let engine = &st.engine;
-        let row = visible_image(st, engine, &ns.name, &image)?;
-        engine.store().set_tag(&image, &ns_tag(&ns.name, &tag))?;
+    on_image(&st, ns, image, move |engine, ns, row| {
+        engine.store().set_tag(&row.uuid, &ns_tag(ns, &tag))?;
         Ok(Json(image_json(&row, Some(&tag))))
     })
     .await
@@ -251,24 +249,23 @@ pub(super) async fn untag(
 ) -> ApiResult<StatusCode> {
     let image = parse_uuid(&image, "image")?;
     let tag = param(&q, "tag").map(str::to_string);
-    blocking(&st, move |st| {
-        let engine = &st.engine;
-        let row = visible_image(st, engine, &ns.name, &image)?;
+    on_image(&st, ns, image, move |engine, ns, row| {
         // No `tag`: every tag of this namespace on the image goes (the shared ones, such as
         // `host`, are no namespace's to remove).
         let Some(tag) = tag else {
             for stored in row.tags.iter().filter(|t| t.starts_with('~')) {
-                if visible_tag(&ns.name, stored).is_some() {
-                    engine.store().remove_tag(&image, stored)?;
+                if visible_tag(ns, stored).is_some() {
+                    engine.store().remove_tag(&row.uuid, stored)?;
                 }
             }
             return Ok(StatusCode::NO_CONTENT);
         };
-        if engine.store().remove_tag(&image, &ns_tag(&ns.name, &tag))? {
+        if engine.store().remove_tag(&row.uuid, &ns_tag(ns, &tag))? {
             Ok(StatusCode::NO_CONTENT)
         } else {
             Err(ApiError::not_found(format!(
-                "image {image} has no tag '{tag}'"
+                "image {} has no tag '{tag}'",
+                row.uuid
             )))
         }
     })

@@ -32,10 +32,8 @@ pub(super) async fn inspect_image(
     Path(image): Path<String>,
 ) -> ApiResult<Json<Image>> {
     let image = parse_uuid(&image, "image")?;
-    blocking(&st, move |st| {
-        let engine = &st.engine;
-        let row = visible_image(st, engine, &ns.name, &image)?;
-        let tag = row.tags.iter().find_map(|t| visible_tag(&ns.name, t));
+    on_image(&st, ns, image, |_, ns, row| {
+        let tag = row.tags.iter().find_map(|t| visible_tag(ns, t));
         Ok(Json(image_json(&row, tag)))
     })
     .await
@@ -50,10 +48,8 @@ pub(super) async fn list(
     let image = parse_uuid(&image, "image")?;
     let path = image_path(&q)?;
     let text = flag(&q, "text");
-    blocking(&st, move |st| {
-        let engine = &st.engine;
-        visible_image(st, engine, &ns.name, &image)?;
-        let listing = engine.list_dir(&image, &path)?;
+    on_image(&st, ns, image, move |engine, _, row| {
+        let listing = engine.list_dir(&row.uuid, &path)?;
         Ok(if text {
             (
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -76,10 +72,8 @@ pub(super) async fn download(
     use crate::engine::inspect::InspectError;
     let image = parse_uuid(&image, "image")?;
     let path = image_path(&q)?;
-    let (file, size) = blocking(&st, move |st| {
-        let engine = &st.engine;
-        visible_image(st, engine, &ns.name, &image)?;
-        let view = engine.view(&image)?;
+    let (file, size) = on_image(&st, ns, image, move |engine, _, row| {
+        let view = engine.view(&row.uuid)?;
         match view.open(&path) {
             Ok((file, meta)) => Ok((file, meta.len())),
             Err(e @ InspectError::NotAFile(_)) => Err(ApiError::new(
@@ -145,10 +139,8 @@ pub(super) async fn archive(
     let image = parse_uuid(&image, "image")?;
     let path = image_path(&q)?;
     let name = format!("{}.tar", path.trim_matches('/').replace('/', "_"));
-    let view = blocking(&st, move |st| {
-        let engine = &st.engine;
-        visible_image(st, engine, &ns.name, &image)?;
-        let view = engine.view(&image)?;
+    let view = on_image(&st, ns, image, move |engine, _, row| {
+        let view = engine.view(&row.uuid)?;
         match crate::server::archive::check(&view, &path) {
             Ok(_) => Ok((view, path)),
             Err(e @ InspectError::NotAFile(_)) => Err(ApiError::new(

@@ -210,14 +210,29 @@ fn accepting(st: &State) -> ApiResult<()> {
 }
 
 /// The image row when `ns` may see it (its own, or public); 404 otherwise.
-fn visible_image(st: &State, engine: &LocalEngine, ns: &str, uuid: &str) -> ApiResult<ImageRow> {
+fn visible_image(st: &State, ns: &str, uuid: &str) -> ApiResult<ImageRow> {
     let not_found = || ApiError::not_found(format!("image {uuid} not found"));
-    let row = engine.store().image(uuid)?.ok_or_else(not_found)?;
+    let row = st.engine.store().image(uuid)?.ok_or_else(not_found)?;
     if image_visible(st, ns, &row)? {
         Ok(row)
     } else {
         Err(not_found())
     }
+}
+
+/// Runs `f` on a blocking thread with the engine, the caller's namespace and the row of
+/// image `uuid`, once that namespace may see the image (404 otherwise).
+async fn on_image<T: Send + 'static>(
+    st: &Shared,
+    ns: Namespace,
+    uuid: String,
+    f: impl FnOnce(&LocalEngine, &str, ImageRow) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    blocking(st, move |st| {
+        let row = visible_image(st, &ns.name, &uuid)?;
+        f(&st.engine, &ns.name, row)
+    })
+    .await
 }
 
 fn image_visible(st: &State, ns: &str, row: &ImageRow) -> ApiResult<bool> {

@@ -39,21 +39,22 @@ pub(super) async fn spawn(
     body: Body,
 ) -> ApiResult<Response> {
     accepting(&st)?;
-    let mut req: SpawnRequest = json_body(body, st.max_body).await?;
+    let mut req: SpawnRequest = json_body(body, st.opts.max_body).await?;
     crate::engine::limits::clamp(&mut req, &st.limits);
     let spawned = blocking(&st, move |st| {
         let engine = &st.engine;
         // Admission: a bounded number of running operations; beyond it spawns wait in
         // PENDING (see `dispatch`), and beyond a bounded queue they are refused.
         let mut queue = lock(&st.queue);
-        let wait = !queue.is_empty() || super::super::running(engine, &queue) >= st.max_running;
-        if wait && queue.len() >= st.max_pending {
+        let wait =
+            !queue.is_empty() || super::super::running(engine, &queue) >= st.opts.max_running;
+        if wait && queue.len() >= st.opts.max_pending {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
                     "{} operations are waiting for a slot (the limit is {}); retry later",
                     queue.len(),
-                    st.max_pending
+                    st.opts.max_pending
                 ),
             ));
         }
@@ -64,7 +65,7 @@ pub(super) async fn spawn(
             find_tag(st, engine, &ns.name, tag)?
                 .ok_or_else(|| ApiError::not_found(format!("image {} not found", req.image)))?
         };
-        visible_image(st, engine, &ns.name, &image)?;
+        visible_image(st, &ns.name, &image)?;
         req.image = image;
         for (path, file) in req.files.iter().flatten() {
             let missing =
@@ -335,7 +336,7 @@ pub(super) async fn stdin(
     body: Body,
 ) -> ApiResult<StatusCode> {
     let op = parse_uuid(&op, "operation")?;
-    let repr: StdinRepr = json_body(body, st.max_body).await?;
+    let repr: StdinRepr = json_body(body, st.opts.max_body).await?;
     let bytes = repr
         .bytes()
         .map_err(|e| ApiError::bad_request(format!("stdin is not valid base64: {e}")))?;
