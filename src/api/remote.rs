@@ -357,16 +357,7 @@ impl Backend for RemoteBackend {
             });
         }
         let body = serde_json::json!({ "registry": registry, "tag": tag });
-        // Never replayed once the server may have acted (it would import twice).
-        let r = self.api.call(
-            || {
-                self.api
-                    .request(reqwest::Method::POST, "/images/import")
-                    .json(&body)
-            },
-            false,
-        )?;
-        let op = answer_uuid(r, "POST /images/import")?;
+        let op = self.api.post_once("/images/import", &body)?;
         let mut delay = Duration::from_millis(100);
         loop {
             let state = self.operation(&op)?;
@@ -543,15 +534,7 @@ impl RemoteBackend {
             req.stdin = first;
             rest = rx;
         }
-        let r = self.api.call(
-            || {
-                self.api
-                    .request(reqwest::Method::POST, "/instances")
-                    .json(&req)
-            },
-            false,
-        )?;
-        let op = answer_uuid(r, "POST /instances")?;
+        let op = self.api.post_once("/instances", &req)?;
         if let Some(rx) = rest {
             forward_stdin(self.api.clone(), op.clone(), rx);
         }
