@@ -451,8 +451,8 @@ impl Backend for RemoteBackend {
 }
 
 impl RemoteBackend {
-    /// Dedup by sha256 (`GET /files/{sha}`), else `POST /files`.
-    /// `put_file`, counting the bytes on `bar` (a file already there counts as sent).
+    /// The upload cache's answer, else dedup by sha256 (`GET /files/{sha}`), else
+    /// `POST /files`; counting the bytes on `bar` (a file already there counts as sent).
     fn put_file_with(
         &self,
         path: &Path,
@@ -460,42 +460,41 @@ impl RemoteBackend {
         bar: Option<&indicatif::ProgressBar>,
     ) -> Result<(String, bool), BackendError> {
         let key = UploadCache::key(path);
-        if let (Some(cache), Some(key)) = (self.cache(), &key) {
-            if let Some(uuid) = cache.get(key) {
-                if let Some(bar) = bar {
-                    bar.inc(file_len(path));
-                }
-                return Ok((uuid, true));
-            }
+        if let Some(uuid) = key.as_ref().and_then(|key| self.cache()?.get(key)) {
+            count_whole(bar, path);
+            return Ok((uuid, true));
         }
-        let (uuid, existed) = self.upload(path, sha256, bar)?;
+        let (uuid, existed) = match self.on_server(sha256)? {
+            Some(uuid) => {
+                count_whole(bar, path);
+                (uuid, true)
+            }
+            None => (self.post_file(path, bar)?, false),
+        };
         if let (Some(cache), Some(key)) = (self.cache(), &key) {
             cache.put(key, &uuid);
         }
         Ok((uuid, existed))
     }
 
-    fn upload(
-        &self,
-        path: &Path,
-        sha256: &str,
-        bar: Option<&indicatif::ProgressBar>,
-    ) -> Result<(String, bool), BackendError> {
+    /// The uuid of the file with this content the server has already, if it has one.
+    fn on_server(&self, sha256: &str) -> Result<Option<String>, BackendError> {
         match self
             .api
             .get_json::<serde_json::Value>(&format!("/files/{sha256}"))
         {
-            Ok(f) => {
-                if let Some(uuid) = f["uuid"].as_str() {
-                    if let Some(bar) = bar {
-                        bar.inc(file_len(path));
-                    }
-                    return Ok((uuid.to_string(), true));
-                }
-            }
-            Err(BackendError::NotFound(_)) => {}
-            Err(e) => return Err(e),
+            Ok(f) => Ok(f["uuid"].as_str().map(str::to_string)),
+            Err(BackendError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
         }
+    }
+
+    /// `POST /files` of the file's bytes, counted on `bar` as they go.
+    fn post_file(
+        &self,
+        path: &Path,
+        bar: Option<&indicatif::ProgressBar>,
+    ) -> Result<String, BackendError> {
         // Bytes of this file counted so far: a retried upload takes them back first.
         let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let r = self.api.call(
@@ -523,7 +522,7 @@ impl RemoteBackend {
             },
             true,
         )?;
-        answer_uuid(r, "POST /files").map(|u| (u, false))
+        answer_uuid(r, "POST /files")
     }
 
     fn spawn_remote(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
@@ -539,6 +538,13 @@ impl RemoteBackend {
             forward_stdin(self.api.clone(), op.clone(), rx);
         }
         Ok(op)
+    }
+}
+
+/// A file that need not be sent counts on `bar` as sent whole.
+fn count_whole(bar: Option<&indicatif::ProgressBar>, path: &Path) {
+    if let Some(bar) = bar {
+        bar.inc(file_len(path));
     }
 }
 
