@@ -152,10 +152,7 @@ fn forward_stdin(api: Api, op: String, rx: std::sync::mpsc::Receiver<Vec<u8>>) {
             let eof = chunk.is_empty();
             let repr = StdinRepr::from_bytes(&chunk, Some(eof));
             if let Err(e) = api.send_stdin(&op, &repr) {
-                crate::log::emit(
-                    crate::log::Level::Error,
-                    &format!("stdin forwarding failed, remaining input was not sent: {e}"),
-                );
+                crate::error!("stdin forwarding failed, remaining input was not sent: {e}");
                 return;
             }
             if eof {

@@ -203,10 +203,7 @@ pub fn show(ctx: &Context, flags: ShowFlags) -> CommandResult<i32> {
         let op = match ctx.backend.operation(&uuid) {
             Ok(op) => op,
             Err(e) => {
-                crate::log::emit(
-                    crate::log::Level::Error,
-                    &format!("Failed to fetch {uuid}: {e}"),
-                );
+                crate::error!("Failed to fetch {uuid}: {e}");
                 code = 1;
                 continue;
             }
@@ -293,10 +290,7 @@ pub fn cancel(ctx: &Context, flags: KillFlags) -> CommandResult<i32> {
         match ctx.backend.cancel(&op) {
             Ok(()) => info!("Cancelled operation {op}"),
             Err(e) => {
-                crate::log::emit(
-                    crate::log::Level::Error,
-                    &format!("Failed to cancel {op}: {e}"),
-                );
+                crate::error!("Failed to cancel {op}: {e}");
                 code = 1;
             }
         }
