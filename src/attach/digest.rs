@@ -288,6 +288,20 @@ mod tests {
             .unwrap();
     }
 
+    /// A fresh directory with a cache and a file `f` there holding "abc", modified at `mtime`.
+    fn abc_file(mtime: SystemTime) -> (tempfile::TempDir, DigestCache, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = cache(tmp.path());
+        let f = tmp.path().join("f");
+        rewrite(&f, "abc", mtime);
+        (tmp, cache, f)
+    }
+
+    /// An mtime in whole seconds.
+    fn t0() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000)
+    }
+
     #[test]
     fn sha256_of_known_strings() {
         let tmp = tempfile::tempdir().unwrap();
@@ -309,11 +323,8 @@ mod tests {
 
     #[test]
     fn cache_hit_does_not_read_the_file_and_mtime_change_rehashes() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cache = cache(tmp.path());
-        let f = tmp.path().join("f");
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
-        rewrite(&f, "abc", t0);
+        let (_tmp, cache, f) = abc_file(t0);
         assert_eq!(cache.digest(&f).unwrap(), ABC);
 
         // Same inode, size and mtime: the cached hash is returned without reading,
@@ -340,16 +351,12 @@ mod tests {
 
     #[test]
     fn replaced_file_with_same_size_and_mtime_misses_on_inode() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cache = cache(tmp.path());
-        let f = tmp.path().join("f");
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
-        rewrite(&f, "abc", t0);
+        let (tmp, cache, f) = abc_file(t0());
         assert_eq!(cache.digest(&f).unwrap(), ABC);
         // Keep the old inode alive so the new file cannot reuse its number.
         let keep = tmp.path().join("keep");
         fs::rename(&f, &keep).unwrap();
-        rewrite(&f, "xyz", t0);
+        rewrite(&f, "xyz", t0());
         assert_eq!(cache.digest(&f).unwrap(), XYZ);
     }
 
@@ -357,10 +364,9 @@ mod tests {
     fn cache_persists_across_opens() {
         let tmp = tempfile::tempdir().unwrap();
         let f = tmp.path().join("f");
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
-        rewrite(&f, "abc", t0);
+        rewrite(&f, "abc", t0());
         assert_eq!(cache(tmp.path()).digest(&f).unwrap(), ABC);
-        rewrite(&f, "xyz", t0);
+        rewrite(&f, "xyz", t0());
         assert_eq!(cache(tmp.path()).digest(&f).unwrap(), ABC);
     }
 
@@ -408,13 +414,9 @@ mod tests {
 
     #[test]
     fn failed_batch_still_records_the_files_that_hashed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cache = cache(tmp.path());
-        let f = tmp.path().join("f");
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
-        rewrite(&f, "abc", t0);
+        let (tmp, cache, f) = abc_file(t0());
         assert!(cache.digest_all(&[&f, tmp.path()], 2, Show::Never).is_err());
-        rewrite(&f, "xyz", t0);
+        rewrite(&f, "xyz", t0());
         assert_eq!(cache.digest(&f).unwrap(), ABC);
     }
 
