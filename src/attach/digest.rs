@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use indicatif::ProgressBar;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use super::AttachError;
@@ -106,14 +106,7 @@ impl FileKey {
 
 /// Remembers content hashes keyed by (absolute path, inode, mtime_ns, size).
 pub struct DigestCache {
-    conn: Connection,
-    path: std::path::PathBuf,
-}
-
-impl Drop for DigestCache {
-    fn drop(&mut self) {
-        crate::db::checkpoint_if_large(&self.conn, &self.path);
-    }
+    conn: crate::db::CliDb,
 }
 
 impl DigestCache {
@@ -126,12 +119,9 @@ impl DigestCache {
                 source,
             })?;
         }
-        let conn = crate::db::open(path)?;
+        let conn = crate::db::CliDb::open(path)?;
         conn.execute_batch(SCHEMA)?;
-        Ok(DigestCache {
-            conn,
-            path: path.to_path_buf(),
-        })
+        Ok(DigestCache { conn })
     }
 
     /// Returns the sha256 of `path`: from the cache when path, inode, mtime_ns and size match,
