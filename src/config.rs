@@ -213,60 +213,47 @@ pub struct Key {
     pub default: &'static str,
 }
 
-pub const HOOK_TIME_MS: Key = Key {
-    section: "hooks",
-    name: "time_ms",
-    env: &["CONTREE_HOOK_TIME_MS"],
-    default: "1000",
-};
-pub const HOOK_INSTRUCTIONS: Key = Key {
-    section: "hooks",
-    name: "instructions",
-    env: &["CONTREE_HOOK_INSTRUCTIONS"],
-    default: "100000000",
-};
-pub const HOOK_MEMORY_MB: Key = Key {
-    section: "hooks",
-    name: "memory_mb",
-    env: &["CONTREE_HOOK_MEMORY_MB"],
-    default: "64",
-};
-pub const API_TIMEOUT: Key = Key {
-    section: "api",
-    name: "timeout",
-    env: &["CONTREE_API_TIMEOUT"],
-    default: "30",
-};
-pub const API_CONCURRENCY: Key = Key {
-    section: "api",
-    name: "concurrency",
-    env: &["CONTREE_API_CONCURRENCY", "CONTREE_CONCURRENCY"],
-    default: "8",
-};
-pub const LIMIT_MEMORY: Key = Key {
-    section: "limits",
-    name: "memory",
-    env: &["CONTREE_LIMITS_MEMORY"],
-    default: "50%",
-};
-pub const LIMIT_PIDS: Key = Key {
-    section: "limits",
-    name: "pids",
-    env: &["CONTREE_LIMITS_PIDS"],
-    default: "4096",
-};
-pub const LIMIT_CPUS: Key = Key {
-    section: "limits",
-    name: "cpus",
-    env: &["CONTREE_LIMITS_CPUS"],
-    default: "none",
-};
-pub const LIMIT_MAX_LAYER_BYTES: Key = Key {
-    section: "limits",
-    name: "max_layer_bytes",
-    env: &["CONTREE_LIMITS_MAX_LAYER_BYTES"],
-    default: "12G",
-};
+impl Key {
+    /// `const`, for the key constants below: one call a key.
+    const fn new(
+        section: &'static str,
+        name: &'static str,
+        env: &'static [&'static str],
+        default: &'static str,
+    ) -> Key {
+        Key {
+            section,
+            name,
+            env,
+            default,
+        }
+    }
+}
+
+pub const HOOK_TIME_MS: Key = Key::new("hooks", "time_ms", &["CONTREE_HOOK_TIME_MS"], "1000");
+pub const HOOK_INSTRUCTIONS: Key = Key::new(
+    "hooks",
+    "instructions",
+    &["CONTREE_HOOK_INSTRUCTIONS"],
+    "100000000",
+);
+pub const HOOK_MEMORY_MB: Key = Key::new("hooks", "memory_mb", &["CONTREE_HOOK_MEMORY_MB"], "64");
+pub const API_TIMEOUT: Key = Key::new("api", "timeout", &["CONTREE_API_TIMEOUT"], "30");
+pub const API_CONCURRENCY: Key = Key::new(
+    "api",
+    "concurrency",
+    &["CONTREE_API_CONCURRENCY", "CONTREE_CONCURRENCY"],
+    "8",
+);
+pub const LIMIT_MEMORY: Key = Key::new("limits", "memory", &["CONTREE_LIMITS_MEMORY"], "50%");
+pub const LIMIT_PIDS: Key = Key::new("limits", "pids", &["CONTREE_LIMITS_PIDS"], "4096");
+pub const LIMIT_CPUS: Key = Key::new("limits", "cpus", &["CONTREE_LIMITS_CPUS"], "none");
+pub const LIMIT_MAX_LAYER_BYTES: Key = Key::new(
+    "limits",
+    "max_layer_bytes",
+    &["CONTREE_LIMITS_MAX_LAYER_BYTES"],
+    "12G",
+);
 
 /// Every key with a layer of its own (`[plugins]` and `[serve]` are read whole).
 pub const KEYS: [Key; 9] = [

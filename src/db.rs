@@ -15,7 +15,7 @@
 //! writer a directory fsync.
 
 use rusqlite::Connection;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The WAL size past which `checkpoint_if_large` checkpoints.
@@ -68,6 +68,36 @@ pub fn checkpoint_if_large(conn: &Connection, db_path: &Path) {
     let large = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_LIMIT);
     if large {
         let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+}
+
+/// A database only the CLI writes (sessions, the digest cache): it keeps the WAL short on
+/// its way out, when dropped (rarely does any work: see `checkpoint_if_large`).
+pub struct CliDb {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl CliDb {
+    /// `open`, remembering the path for the checkpoint.
+    pub fn open(path: &Path) -> rusqlite::Result<CliDb> {
+        Ok(CliDb {
+            conn: open(path)?,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl std::ops::Deref for CliDb {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl Drop for CliDb {
+    fn drop(&mut self) {
+        checkpoint_if_large(&self.conn, &self.path);
     }
 }
 

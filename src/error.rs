@@ -70,6 +70,17 @@ pub struct CommandError {
     pub plain: bool,
 }
 
+impl Kind {
+    /// For errors that are the user's unless the store or cache failed under them.
+    fn io_or_user(io: bool) -> Kind {
+        if io {
+            Kind::Io
+        } else {
+            Kind::User
+        }
+    }
+}
+
 impl CommandError {
     pub fn user(message: impl Into<String>) -> Self {
         Self::new(Kind::User, message)
@@ -136,11 +147,7 @@ impl From<BackendError> for CommandError {
 /// is what the user asked for.
 impl From<SessionError> for CommandError {
     fn from(e: SessionError) -> Self {
-        let kind = if e.is_store_failure() {
-            Kind::Io
-        } else {
-            Kind::User
-        };
+        let kind = Kind::io_or_user(e.is_store_failure());
         CommandError::new(kind, e.to_string())
     }
 }
@@ -149,11 +156,7 @@ impl From<SessionError> for CommandError {
 /// directory is said without a prefix, as the official client does.
 impl From<AttachError> for CommandError {
     fn from(e: AttachError) -> Self {
-        let kind = if e.is_cache_io() {
-            Kind::Io
-        } else {
-            Kind::User
-        };
+        let kind = Kind::io_or_user(e.is_cache_io());
         let plain = matches!(e, AttachError::NotFileOrDir { .. });
         let err = CommandError::new(kind, e.to_string());
         if plain {
@@ -190,10 +193,7 @@ impl From<PluginError> for CommandError {
 
 impl From<crate::api::profile::ProfileError> for CommandError {
     fn from(e: crate::api::profile::ProfileError) -> Self {
-        let kind = match e {
-            crate::api::profile::ProfileError::Io { .. } => Kind::Io,
-            _ => Kind::User,
-        };
+        let kind = Kind::io_or_user(matches!(e, crate::api::profile::ProfileError::Io { .. }));
         CommandError::new(kind, e.to_string())
     }
 }

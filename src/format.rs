@@ -19,6 +19,14 @@ use crate::error::{CommandError, CommandResult, Kind};
 /// `preserve_order`), which is the column order the user sees.
 pub type Record = Map<String, Value>;
 
+/// The record a `json!({...})` object makes, its fields in the order written.
+pub fn record(object: Value) -> Record {
+    let Value::Object(fields) = object else {
+        panic!("a record is made from a JSON object, not {object}");
+    };
+    fields
+}
+
 /// The output formats built into the binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

@@ -63,6 +63,8 @@ macro_rules! info { ($($a:tt)*) => { $crate::log::emit($crate::log::Level::Info,
 #[macro_export]
 macro_rules! warn { ($($a:tt)*) => { $crate::log::emit($crate::log::Level::Warning, &format!($($a)*)) } }
 #[macro_export]
+macro_rules! error { ($($a:tt)*) => { $crate::log::emit($crate::log::Level::Error, &format!($($a)*)) } }
+#[macro_export]
 macro_rules! debug { ($($a:tt)*) => { $crate::log::emit($crate::log::Level::Debug, &format!($($a)*)) } }
 
 static TRACE_START: std::sync::OnceLock<Option<std::time::Instant>> = std::sync::OnceLock::new();

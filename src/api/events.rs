@@ -377,12 +377,16 @@ mod tests {
     }
 
     #[test]
-    fn comments_retry_and_unknown_fields_are_ignored() {
-        let text = format!(
-            ": keepalive\n\nretry: 3000\n: another\nfoo: bar\nevent: message\n{}",
-            frame(1, "stdout", r#"{"value":"x"}"#)
-        );
-        assert_eq!(seen(&text, 5, 0), ended("x", 1));
+    fn comments_retry_unknown_fields_and_data_that_is_not_an_event_are_skipped() {
+        for noise in [
+            ": keepalive\n\nretry: 3000\n: another\nfoo: bar\nevent: message\n",
+            "data: not json\n\ndata: {}\n\n",
+        ] {
+            let text = format!("{noise}{}", frame(1, "stdout", r#"{"value":"x"}"#));
+            for step in [5, 4096] {
+                assert_eq!(seen(&text, step, 0), ended("x", 1), "{noise:?} by {step}");
+            }
+        }
     }
 
     #[test]
@@ -431,15 +435,6 @@ mod tests {
             frame(2, "stdout", r#"{"value":"b"}"#)
         );
         assert_eq!(seen(&text, 4096, 0), ended("a", 1));
-    }
-
-    #[test]
-    fn data_that_is_not_an_event_is_skipped() {
-        let text = format!(
-            "data: not json\n\ndata: {{}}\n\n{}",
-            frame(1, "stdout", r#"{"value":"ok"}"#)
-        );
-        assert_eq!(seen(&text, 4096, 0), ended("ok", 1));
     }
 
     #[test]

@@ -193,6 +193,16 @@ impl Api {
         }
     }
 
+    /// POSTs `body` as JSON and returns the uuid of what it made. Never replayed: the server
+    /// may have acted (it would import or spawn twice).
+    fn post_once(&self, path: &str, body: &impl serde::Serialize) -> Result<String, BackendError> {
+        let r = self.call(
+            || self.request(reqwest::Method::POST, path).json(body),
+            false,
+        )?;
+        answer_uuid(r, &format!("POST {path}"))
+    }
+
     pub(crate) fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,

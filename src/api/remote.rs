@@ -152,10 +152,7 @@ fn forward_stdin(api: Api, op: String, rx: std::sync::mpsc::Receiver<Vec<u8>>) {
             let eof = chunk.is_empty();
             let repr = StdinRepr::from_bytes(&chunk, Some(eof));
             if let Err(e) = api.send_stdin(&op, &repr) {
-                crate::log::emit(
-                    crate::log::Level::Error,
-                    &format!("stdin forwarding failed, remaining input was not sent: {e}"),
-                );
+                crate::error!("stdin forwarding failed, remaining input was not sent: {e}");
                 return;
             }
             if eof {
@@ -357,16 +354,7 @@ impl Backend for RemoteBackend {
             });
         }
         let body = serde_json::json!({ "registry": registry, "tag": tag });
-        // Never replayed once the server may have acted (it would import twice).
-        let r = self.api.call(
-            || {
-                self.api
-                    .request(reqwest::Method::POST, "/images/import")
-                    .json(&body)
-            },
-            false,
-        )?;
-        let op = answer_uuid(r, "POST /images/import")?;
+        let op = self.api.post_once("/images/import", &body)?;
         let mut delay = Duration::from_millis(100);
         loop {
             let state = self.operation(&op)?;
@@ -460,8 +448,8 @@ impl Backend for RemoteBackend {
 }
 
 impl RemoteBackend {
-    /// Dedup by sha256 (`GET /files/{sha}`), else `POST /files`.
-    /// `put_file`, counting the bytes on `bar` (a file already there counts as sent).
+    /// The upload cache's answer, else dedup by sha256 (`GET /files/{sha}`), else
+    /// `POST /files`; counting the bytes on `bar` (a file already there counts as sent).
     fn put_file_with(
         &self,
         path: &Path,
@@ -469,42 +457,41 @@ impl RemoteBackend {
         bar: Option<&indicatif::ProgressBar>,
     ) -> Result<(String, bool), BackendError> {
         let key = UploadCache::key(path);
-        if let (Some(cache), Some(key)) = (self.cache(), &key) {
-            if let Some(uuid) = cache.get(key) {
-                if let Some(bar) = bar {
-                    bar.inc(file_len(path));
-                }
-                return Ok((uuid, true));
-            }
+        if let Some(uuid) = key.as_ref().and_then(|key| self.cache()?.get(key)) {
+            count_whole(bar, path);
+            return Ok((uuid, true));
         }
-        let (uuid, existed) = self.upload(path, sha256, bar)?;
+        let (uuid, existed) = match self.on_server(sha256)? {
+            Some(uuid) => {
+                count_whole(bar, path);
+                (uuid, true)
+            }
+            None => (self.post_file(path, bar)?, false),
+        };
         if let (Some(cache), Some(key)) = (self.cache(), &key) {
             cache.put(key, &uuid);
         }
         Ok((uuid, existed))
     }
 
-    fn upload(
-        &self,
-        path: &Path,
-        sha256: &str,
-        bar: Option<&indicatif::ProgressBar>,
-    ) -> Result<(String, bool), BackendError> {
+    /// The uuid of the file with this content the server has already, if it has one.
+    fn on_server(&self, sha256: &str) -> Result<Option<String>, BackendError> {
         match self
             .api
             .get_json::<serde_json::Value>(&format!("/files/{sha256}"))
         {
-            Ok(f) => {
-                if let Some(uuid) = f["uuid"].as_str() {
-                    if let Some(bar) = bar {
-                        bar.inc(file_len(path));
-                    }
-                    return Ok((uuid.to_string(), true));
-                }
-            }
-            Err(BackendError::NotFound(_)) => {}
-            Err(e) => return Err(e),
+            Ok(f) => Ok(f["uuid"].as_str().map(str::to_string)),
+            Err(BackendError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
         }
+    }
+
+    /// `POST /files` of the file's bytes, counted on `bar` as they go.
+    fn post_file(
+        &self,
+        path: &Path,
+        bar: Option<&indicatif::ProgressBar>,
+    ) -> Result<String, BackendError> {
         // Bytes of this file counted so far: a retried upload takes them back first.
         let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let r = self.api.call(
@@ -532,7 +519,7 @@ impl RemoteBackend {
             },
             true,
         )?;
-        answer_uuid(r, "POST /files").map(|u| (u, false))
+        answer_uuid(r, "POST /files")
     }
 
     fn spawn_remote(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
@@ -543,19 +530,18 @@ impl RemoteBackend {
             req.stdin = first;
             rest = rx;
         }
-        let r = self.api.call(
-            || {
-                self.api
-                    .request(reqwest::Method::POST, "/instances")
-                    .json(&req)
-            },
-            false,
-        )?;
-        let op = answer_uuid(r, "POST /instances")?;
+        let op = self.api.post_once("/instances", &req)?;
         if let Some(rx) = rest {
             forward_stdin(self.api.clone(), op.clone(), rx);
         }
         Ok(op)
+    }
+}
+
+/// A file that need not be sent counts on `bar` as sent whole.
+fn count_whole(bar: Option<&indicatif::ProgressBar>, path: &Path) {
+    if let Some(bar) = bar {
+        bar.inc(file_len(path));
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use indicatif::ProgressBar;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use super::AttachError;
@@ -106,14 +106,7 @@ impl FileKey {
 
 /// Remembers content hashes keyed by (absolute path, inode, mtime_ns, size).
 pub struct DigestCache {
-    conn: Connection,
-    path: std::path::PathBuf,
-}
-
-impl Drop for DigestCache {
-    fn drop(&mut self) {
-        crate::db::checkpoint_if_large(&self.conn, &self.path);
-    }
+    conn: crate::db::CliDb,
 }
 
 impl DigestCache {
@@ -126,12 +119,9 @@ impl DigestCache {
                 source,
             })?;
         }
-        let conn = crate::db::open(path)?;
+        let conn = crate::db::CliDb::open(path)?;
         conn.execute_batch(SCHEMA)?;
-        Ok(DigestCache {
-            conn,
-            path: path.to_path_buf(),
-        })
+        Ok(DigestCache { conn })
     }
 
     /// Returns the sha256 of `path`: from the cache when path, inode, mtime_ns and size match,
@@ -288,6 +278,20 @@ mod tests {
             .unwrap();
     }
 
+    /// A fresh directory with a cache and a file `f` there holding "abc", modified at `mtime`.
+    fn abc_file(mtime: SystemTime) -> (tempfile::TempDir, DigestCache, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = cache(tmp.path());
+        let f = tmp.path().join("f");
+        rewrite(&f, "abc", mtime);
+        (tmp, cache, f)
+    }
+
+    /// An mtime in whole seconds.
+    fn t0() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000)
+    }
+
     #[test]
     fn sha256_of_known_strings() {
         let tmp = tempfile::tempdir().unwrap();
@@ -309,11 +313,8 @@ mod tests {
 
     #[test]
     fn cache_hit_does_not_read_the_file_and_mtime_change_rehashes() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cache = cache(tmp.path());
-        let f = tmp.path().join("f");
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
-        rewrite(&f, "abc", t0);
+        let (_tmp, cache, f) = abc_file(t0);
         assert_eq!(cache.digest(&f).unwrap(), ABC);
 
         // Same inode, size and mtime: the cached hash is returned without reading,
@@ -340,16 +341,12 @@ mod tests {
 
     #[test]
     fn replaced_file_with_same_size_and_mtime_misses_on_inode() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cache = cache(tmp.path());
-        let f = tmp.path().join("f");
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
-        rewrite(&f, "abc", t0);
+        let (tmp, cache, f) = abc_file(t0());
         assert_eq!(cache.digest(&f).unwrap(), ABC);
         // Keep the old inode alive so the new file cannot reuse its number.
         let keep = tmp.path().join("keep");
         fs::rename(&f, &keep).unwrap();
-        rewrite(&f, "xyz", t0);
+        rewrite(&f, "xyz", t0());
         assert_eq!(cache.digest(&f).unwrap(), XYZ);
     }
 
@@ -357,10 +354,9 @@ mod tests {
     fn cache_persists_across_opens() {
         let tmp = tempfile::tempdir().unwrap();
         let f = tmp.path().join("f");
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
-        rewrite(&f, "abc", t0);
+        rewrite(&f, "abc", t0());
         assert_eq!(cache(tmp.path()).digest(&f).unwrap(), ABC);
-        rewrite(&f, "xyz", t0);
+        rewrite(&f, "xyz", t0());
         assert_eq!(cache(tmp.path()).digest(&f).unwrap(), ABC);
     }
 
@@ -408,13 +404,9 @@ mod tests {
 
     #[test]
     fn failed_batch_still_records_the_files_that_hashed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cache = cache(tmp.path());
-        let f = tmp.path().join("f");
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
-        rewrite(&f, "abc", t0);
+        let (tmp, cache, f) = abc_file(t0());
         assert!(cache.digest_all(&[&f, tmp.path()], 2, Show::Never).is_err());
-        rewrite(&f, "xyz", t0);
+        rewrite(&f, "xyz", t0());
         assert_eq!(cache.digest(&f).unwrap(), ABC);
     }
 

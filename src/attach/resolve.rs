@@ -1,12 +1,12 @@
 //! Resolvers: where the files of one `--file` spec come from.
 //!
-//! A spec without a scheme goes to the built-in [`Local`] resolver (stat and walk the host
-//! path). A spec `SCHEME:REST...` goes to the resolver a plugin registered for SCHEME,
-//! found through [`Schemes`]; what it answers is placed here by [`place`], with the same
-//! rules as a local directory (instance path, owner and mode overrides, excludes), and its
-//! in-memory content is written to a content-addressed file so that hashing, dedup and
-//! upload treat it exactly like a local file. A single letter before `:` (a Windows drive)
-//! or a plain path never reaches a plugin.
+//! A spec without a scheme names a host path, which `expand::expand_one` stats and walks.
+//! A spec `SCHEME:REST...` goes to the resolver a plugin registered for SCHEME, found
+//! through [`Schemes`]; what it answers is placed here by [`place`], with the same rules as
+//! a local directory (instance path, owner and mode overrides, excludes), and its in-memory
+//! content is written to a content-addressed file so that hashing, dedup and upload treat
+//! it exactly like a local file. A single letter before `:` (a Windows drive) or a plain
+//! path never reaches a plugin.
 
 use std::fs;
 use std::io::Write;
@@ -24,20 +24,6 @@ pub trait Resolver {
         excludes: &Excludes,
         out: &mut Vec<Attachment>,
     ) -> Result<(), AttachError>;
-}
-
-/// The built-in resolver: host files and directories.
-pub struct Local;
-
-impl Resolver for Local {
-    fn resolve(
-        &self,
-        spec: &FileSpec,
-        excludes: &Excludes,
-        out: &mut Vec<Attachment>,
-    ) -> Result<(), AttachError> {
-        expand::expand_one(spec, excludes, out)
-    }
 }
 
 /// What the spec parser needs to know about a registered scheme.
@@ -95,7 +81,7 @@ pub fn expand_with(
     for spec in specs {
         let before = all.len();
         match split_scheme(&spec.host) {
-            None => Local.resolve(spec, excludes, &mut all)?,
+            None => expand::expand_one(spec, excludes, &mut all)?,
             Some((scheme, _)) => {
                 let resolver = schemes
                     .resolver(scheme)

@@ -5,7 +5,7 @@
 use super::session_args::{BranchFlags, HistoryFlags, SessionCommand};
 use crate::context::{no_session, session_err, Context};
 use crate::error::{CommandError, CommandResult};
-use crate::format::{print_records, record_order, Format, Record};
+use crate::format::{print_records, record, record_order, Format, Record};
 use crate::session::{HistoryEntry, SessionError};
 use crate::wire::{Operation, Status};
 use serde_json::json;
@@ -151,11 +151,8 @@ fn list_branches(ctx: &Context) -> CommandResult<i32> {
     let records: Vec<Record> = branches
         .iter()
         .map(|(name, id)| {
-            let mut rec = Record::new();
-            rec.insert("branch".into(), name.clone().into());
-            rec.insert("active".into(), (*name == info.active_branch).into());
-            rec.insert("history_id".into(), (*id).into());
-            rec
+            let active = *name == info.active_branch;
+            record(json!({ "branch": name, "active": active, "history_id": id }))
         })
         .collect();
     print_records(ctx.format, &records)?;

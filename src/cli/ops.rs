@@ -5,7 +5,7 @@ use super::args::{KillFlags, OpCommand, PsFlags, ShowFlags, WaitFlags};
 use crate::backend::{is_uuid, BackendError, EventStream, OpFilter};
 use crate::context::{backend_err, Context};
 use crate::error::{CommandError, CommandResult};
-use crate::format::{print_records, record_order, Format, Record};
+use crate::format::{print_records, record, record_order, Format, Record};
 use crate::wire::{Operation, Status};
 use crate::{info, warn};
 use serde_json::{json, Value};
@@ -121,16 +121,16 @@ fn resolve_ref(ctx: &Context, token: &str) -> Result<String, String> {
 }
 
 fn summary_record(op: &Operation) -> Record {
-    let mut rec = Record::new();
-    rec.insert("uuid".into(), op.uuid.clone().into());
-    rec.insert("kind".into(), op.kind.clone().into());
-    rec.insert("status".into(), op.status.as_str().into());
-    rec.insert("created_at".into(), json!(op.created_at));
-    rec.insert("duration".into(), json!(op.duration));
-    rec.insert("image_uuid".into(), json!(op.image_uuid));
-    rec.insert("result_image_uuid".into(), json!(op.result_image_uuid));
-    rec.insert("error".into(), json!(op.error));
-    rec
+    record(json!({
+        "uuid": op.uuid,
+        "kind": op.kind,
+        "status": op.status.as_str(),
+        "created_at": op.created_at,
+        "duration": op.duration,
+        "image_uuid": op.image_uuid,
+        "result_image_uuid": op.result_image_uuid,
+        "error": op.error,
+    }))
 }
 
 pub fn list(ctx: &Context, flags: PsFlags) -> CommandResult<i32> {
@@ -205,10 +205,7 @@ pub fn show(ctx: &Context, flags: ShowFlags) -> CommandResult<i32> {
         let op = match ctx.backend.operation(&uuid) {
             Ok(op) => op,
             Err(e) => {
-                crate::log::emit(
-                    crate::log::Level::Error,
-                    &format!("Failed to fetch {uuid}: {e}"),
-                );
+                crate::error!("Failed to fetch {uuid}: {e}");
                 code = 1;
                 continue;
             }
@@ -218,23 +215,21 @@ pub fn show(ctx: &Context, flags: ShowFlags) -> CommandResult<i32> {
             continue;
         }
         let (stdout, stderr) = recorded_output(ctx, &uuid)?;
-        let mut rec = Record::new();
-        rec.insert("uuid".into(), op.uuid.clone().into());
-        rec.insert("status".into(), op.status.as_str().into());
-        rec.insert("exit_code".into(), json!(exit_code_of(&op)));
-        rec.insert("duration".into(), json!(op.duration));
-        rec.insert("result_image_uuid".into(), json!(op.result_image_uuid));
-        rec.insert("kind".into(), op.kind.clone().into());
-        rec.insert("created_at".into(), json!(op.created_at));
-        rec.insert("image_size".into(), json!(op.image_size));
-        rec.insert("consumed_cpu".into(), json!(op.consumed_cpu));
-        rec.insert("consumed_memory".into(), json!(op.consumed_memory));
-        rec.insert("image_uuid".into(), json!(op.image_uuid));
-        rec.insert(
-            "image".into(),
-            op.result_image_uuid.clone().unwrap_or_default().into(),
-        );
-        rec.insert("tag".into(), "".into());
+        let mut rec = record(json!({
+            "uuid": op.uuid,
+            "status": op.status.as_str(),
+            "exit_code": exit_code_of(&op),
+            "duration": op.duration,
+            "result_image_uuid": op.result_image_uuid,
+            "kind": op.kind,
+            "created_at": op.created_at,
+            "image_size": op.image_size,
+            "consumed_cpu": op.consumed_cpu,
+            "consumed_memory": op.consumed_memory,
+            "image_uuid": op.image_uuid,
+            "image": op.result_image_uuid.clone().unwrap_or_default(),
+            "tag": "",
+        }));
         if ctx.format != Format::Default {
             let mut result = op
                 .metadata
@@ -297,10 +292,7 @@ pub fn cancel(ctx: &Context, flags: KillFlags) -> CommandResult<i32> {
         match ctx.backend.cancel(&op) {
             Ok(()) => info!("Cancelled operation {op}"),
             Err(e) => {
-                crate::log::emit(
-                    crate::log::Level::Error,
-                    &format!("Failed to cancel {op}: {e}"),
-                );
+                crate::error!("Failed to cancel {op}: {e}");
                 code = 1;
             }
         }

@@ -3,9 +3,10 @@
 use super::args::{SessionCommand, UseFlags};
 use crate::context::{no_session, Context};
 use crate::error::{CommandError, CommandResult};
-use crate::format::{print_records, Record};
+use crate::format::{print_records, record, Record};
 use crate::run::request::EnvItemError;
 use crate::session::SessionInfo;
+use serde_json::json;
 use std::io::IsTerminal;
 
 fn export_line(key: &str) -> String {
@@ -120,12 +121,7 @@ pub fn env(ctx: &Context, items: &[String], delete: bool) -> CommandResult<i32> 
         }
         let records: Vec<Record> = env
             .iter()
-            .map(|(k, v)| {
-                let mut rec = Record::new();
-                rec.insert("key".into(), k.clone().into());
-                rec.insert("value".into(), v.clone().into());
-                rec
-            })
+            .map(|(k, v)| record(json!({ "key": k, "value": v })))
             .collect();
         print_records(ctx.format, &records)?;
         return Ok(0);

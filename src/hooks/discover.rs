@@ -46,6 +46,19 @@ impl Found {
     pub fn runnable(&self) -> impl Iterator<Item = &HookFile> {
         self.files.iter().filter(|f| f.trusted)
     }
+
+    /// Reads and adds a file the user named or put in the config directory: trusted, as
+    /// their own.
+    fn add_own(&mut self, path: PathBuf, origin: Origin) -> Result<(), HookError> {
+        let source = read(&path)?;
+        self.files.push(HookFile {
+            path,
+            origin,
+            trusted: true,
+            source,
+        });
+        Ok(())
+    }
 }
 
 /// The `.contree/hooks` directory of the nearest project at or above `start`.
@@ -120,13 +133,7 @@ pub fn discover(
 ) -> Result<Found, HookError> {
     let mut found = Found::default();
     for path in lua_files(&config_dir.join("hooks"))? {
-        let source = read(&path)?;
-        found.files.push(HookFile {
-            path,
-            origin: Origin::Config,
-            trusted: true,
-            source,
-        });
+        found.add_own(path, Origin::Config)?;
     }
     if let Some(dir) = find_project(cwd) {
         let (files, hashes) = project_files(&dir)?;
@@ -160,14 +167,7 @@ pub fn discover(
         }
     }
     for flag in flags {
-        let path = cwd.join(flag);
-        let source = read(&path)?;
-        found.files.push(HookFile {
-            path,
-            origin: Origin::Flag,
-            trusted: true,
-            source,
-        });
+        found.add_own(cwd.join(flag), Origin::Flag)?;
     }
     Ok(found)
 }

@@ -290,29 +290,14 @@ impl Hooks {
             return Ok(());
         };
         for h in &a.pre_attach {
-            let table = plan
-                .to_lua(a.rt.lua())
-                .map_err(|source| HookError::Payload {
-                    location: h.location.clone(),
-                    source,
-                })?;
-            match a.rt.call(&h.func, table) {
-                Err(f) => return Err(stop(f)),
-                Ok(Value::Nil) => {}
-                Ok(Value::Table(t)) => {
-                    let mut warnings = Vec::new();
-                    *plan = Plan::from_lua(&t, parse, &mut warnings).map_err(|source| {
-                        HookError::Returned {
-                            location: h.location.clone(),
-                            event: "pre-attach",
-                            source,
-                        }
-                    })?;
-                    for w in warnings {
-                        crate::warn!("{w}");
-                    }
-                }
-                Ok(other) => return Err(bad_return(&h.location, "pre-attach", &other)),
+            let Some(t) = h.edit(&a.rt, Event::PreAttach, plan.to_lua(a.rt.lua()))? else {
+                continue;
+            };
+            let mut warnings = Vec::new();
+            *plan =
+                Plan::from_lua(&t, parse, &mut warnings).map_err(h.returned(Event::PreAttach))?;
+            for w in warnings {
+                crate::warn!("{w}");
             }
         }
         Ok(())
@@ -335,37 +320,23 @@ impl Hooks {
         let before = RequestView::new(req, env, sizes, timeout_given);
         let mut view = before.clone();
         for h in &a.pre_spawn {
-            let table = view
-                .to_lua(a.rt.lua())
-                .map_err(|source| HookError::Payload {
-                    location: h.location.clone(),
-                    source,
-                })?;
-            match a.rt.call(&h.func, table) {
-                Err(f) => return Err(stop(f)),
-                Ok(Value::Nil) => {}
-                Ok(Value::Table(t)) => {
-                    view = RequestView::from_lua(&t, &view)
-                        .and_then(|v| {
-                            // Files can be moved or dropped here, but content is only added
-                            // in pre-attach: a pending upload must be one of this run's.
-                            let unknown = v.files.iter().find(|(_, f)| {
-                                f.uuid.is_none()
-                                    && f.sha256.as_ref().is_some_and(|s| !sizes.contains_key(s))
-                            });
-                            match unknown {
-                                Some((path, _)) => Err(PayloadError::UnknownContent(path.clone())),
-                                None => Ok(v),
-                            }
-                        })
-                        .map_err(|source| HookError::Returned {
-                            location: h.location.clone(),
-                            event: "pre-spawn",
-                            source,
-                        })?;
-                }
-                Ok(other) => return Err(bad_return(&h.location, "pre-spawn", &other)),
-            }
+            let Some(t) = h.edit(&a.rt, Event::PreSpawn, view.to_lua(a.rt.lua()))? else {
+                continue;
+            };
+            view = RequestView::from_lua(&t, &view)
+                .and_then(|v| {
+                    // Files can be moved or dropped here, but content is only added in
+                    // pre-attach: a pending upload must be one of this run's.
+                    let unknown = v.files.iter().find(|(_, f)| {
+                        f.uuid.is_none()
+                            && f.sha256.as_ref().is_some_and(|s| !sizes.contains_key(s))
+                    });
+                    match unknown {
+                        Some((path, _)) => Err(PayloadError::UnknownContent(path.clone())),
+                        None => Ok(v),
+                    }
+                })
+                .map_err(h.returned(Event::PreSpawn))?;
         }
         if view != before {
             view.apply(&before, req, env, default_timeout);
@@ -516,6 +487,37 @@ impl Active {
             }
         }
         data
+    }
+}
+
+impl LuaHandler {
+    /// Calls a pre-* handler with the table `payload` made: the table it returned, or
+    /// `None` for nil (no change). Anything else, or a failure, stops the run.
+    fn edit(
+        &self,
+        rt: &Runtime,
+        event: Event,
+        payload: mlua::Result<mlua::Table>,
+    ) -> Result<Option<mlua::Table>, HookError> {
+        let table = payload.map_err(|source| HookError::Payload {
+            location: self.location.clone(),
+            source,
+        })?;
+        match rt.call(&self.func, table) {
+            Err(f) => Err(stop(f)),
+            Ok(Value::Nil) => Ok(None),
+            Ok(Value::Table(t)) => Ok(Some(t)),
+            Ok(other) => Err(bad_return(&self.location, event.name(), &other)),
+        }
+    }
+
+    /// The error for a returned table that does not read back.
+    fn returned(&self, event: Event) -> impl FnOnce(PayloadError) -> HookError + '_ {
+        move |source| HookError::Returned {
+            location: self.location.clone(),
+            event: event.name(),
+            source,
+        }
     }
 }
 

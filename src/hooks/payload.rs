@@ -308,10 +308,7 @@ impl RequestView {
         if let Some(ft) = opt_table(t, "files")? {
             for pair in ft.pairs::<Value, Value>() {
                 let (k, v) = pair?;
-                let path = match k {
-                    Value::String(s) => utf8(&s, "a files key")?,
-                    other => return Err(PayloadError::FilesKey(other.type_name())),
-                };
+                let path = string_key(k, "a files key", PayloadError::FilesKey)?;
                 if !path.starts_with('/') {
                     return Err(PayloadError::RelativeFile(path));
                 }
@@ -352,10 +349,7 @@ impl RequestView {
         if let Some(et) = opt_table(t, "env")? {
             for pair in et.pairs::<Value, Value>() {
                 let (k, v) = pair?;
-                let key = match k {
-                    Value::String(s) => utf8(&s, "an env name")?,
-                    other => return Err(PayloadError::EnvName(other.type_name())),
-                };
+                let key = string_key(k, "an env name", PayloadError::EnvName)?;
                 let value = match v {
                     Value::String(s) => utf8(&s, &format!("env.{key}"))?,
                     Value::Integer(i) => i.to_string(),
@@ -483,6 +477,19 @@ fn utf8(s: &mlua::LuaString, what: &str) -> Result<String, PayloadError> {
     s.to_str()
         .map(|s| s.to_string())
         .map_err(|_| PayloadError::NotUtf8(what.to_string()))
+}
+
+/// A table key that must be a UTF-8 string (`what` names it); `wrong` is the error for a
+/// key of another type.
+fn string_key(
+    k: Value,
+    what: &str,
+    wrong: fn(&'static str) -> PayloadError,
+) -> Result<String, PayloadError> {
+    match k {
+        Value::String(s) => utf8(&s, what),
+        other => Err(wrong(other.type_name())),
+    }
 }
 
 /// Every key of `t` must be one of `allowed`.

@@ -101,6 +101,20 @@ impl PluginFormatter {
         }
     }
 
+    /// `begin` or `finish`: one step handing the plugin a JSON document.
+    fn step_json(
+        &mut self,
+        what: &str,
+        call: Option<abi::FormatterJsonFn>,
+        json: &[u8],
+    ) -> Emit<'static> {
+        let call = call.expect("checked at load");
+        // SAFETY: per the ABI; `json` outlives the call.
+        self.step(what, |state, reply| unsafe {
+            call(state, json.as_ptr(), json.len(), reply)
+        })
+    }
+
     fn free(&mut self) {
         if !self.state.is_null() {
             if let Some(free) = self.plugin.descriptor().formatter_free {
@@ -130,15 +144,7 @@ impl Formatter for PluginFormatter {
             backend: info.backend.clone(),
         })
         .unwrap_or_default();
-        let begin = self
-            .plugin
-            .descriptor()
-            .formatter_begin
-            .expect("checked at load");
-        // SAFETY: per the ABI; `json` outlives the call.
-        self.step("begin", |state, reply| unsafe {
-            begin(state, json.as_ptr(), json.len(), reply)
-        })
+        self.step_json("begin", self.plugin.descriptor().formatter_begin, &json)
     }
 
     fn chunk<'a>(&mut self, stream: Stream, bytes: &'a [u8]) -> Emit<'a> {
@@ -159,15 +165,7 @@ impl Formatter for PluginFormatter {
 
     fn finish(&mut self, result: &RunResult) -> Emit<'static> {
         let json = serde_json::to_vec(&result.record).unwrap_or_default();
-        let finish = self
-            .plugin
-            .descriptor()
-            .formatter_finish
-            .expect("checked at load");
-        // SAFETY: per the ABI; `json` outlives the call.
-        let emit = self.step("finish", |state, reply| unsafe {
-            finish(state, json.as_ptr(), json.len(), reply)
-        });
+        let emit = self.step_json("finish", self.plugin.descriptor().formatter_finish, &json);
         self.free();
         emit
     }

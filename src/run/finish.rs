@@ -41,29 +41,20 @@ pub(super) fn finish(
         warn!("Operation {} timed out after {secs}s", out.op);
     } else if out.snapshot_failed {
         let detail = out.error.as_deref().unwrap_or("snapshot failed");
-        crate::log::emit(
-            crate::log::Level::Error,
-            &format!(
-                "Operation {} ran, but its changes were not kept ({detail}); the session stays where it was",
-                out.op
-            ),
+        crate::error!(
+            "Operation {} ran, but its changes were not kept ({detail}); the session stays where it was",
+            out.op
         );
     } else if status != Status::Success && out.store_full {
         let detail = out.error.as_deref().unwrap_or("failed");
-        crate::log::emit(
-            crate::log::Level::Error,
-            &format!(
-                "Operation {} could not run: the store's disk is full ({detail}); free space under the store and try again",
-                out.op
-            ),
+        crate::error!(
+            "Operation {} could not run: the store's disk is full ({detail}); free space under the store and try again",
+            out.op
         );
     } else if status != Status::Success && (out.oom || out.layer_limit_hit) {
         // "killed: out of memory (limit 256 MiB)", "stopped: the writable layer grew…"
         let detail = out.error.as_deref().unwrap_or("hit a limit");
-        crate::log::emit(
-            crate::log::Level::Error,
-            &format!("Operation {} {detail}", out.op),
-        );
+        crate::error!("Operation {} {detail}", out.op);
         let flag = if out.oom {
             "--memory SIZE (config.toml: [limits] memory)"
         } else {

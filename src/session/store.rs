@@ -96,16 +96,7 @@ const CHAIN: &str = "WITH RECURSIVE chain(id, depth) AS (
 
 /// The session database of one profile.
 pub struct SessionStore {
-    conn: Connection,
-    path: std::path::PathBuf,
-}
-
-/// The CLI is the only process that writes sessions: it keeps their WAL short on its way
-/// out (rarely does any work: see `db::checkpoint_if_large`).
-impl Drop for SessionStore {
-    fn drop(&mut self) {
-        crate::db::checkpoint_if_large(&self.conn, &self.path);
-    }
+    conn: crate::db::CliDb,
 }
 
 /// The active branch of a session and, when the session exists, its tip.
@@ -124,12 +115,9 @@ impl SessionStore {
                 source,
             })?;
         }
-        let conn = crate::db::open(path)?;
+        let conn = crate::db::CliDb::open(path)?;
         conn.pragma_update(None, "foreign_keys", true)?;
-        let store = SessionStore {
-            conn,
-            path: path.to_path_buf(),
-        };
+        let store = SessionStore { conn };
         store.migrate()?;
         Ok(store)
     }
