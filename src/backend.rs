@@ -35,6 +35,10 @@ pub enum BackendError {
     /// This backend does not do that (a remote profile cannot gc or import a local path).
     #[error("{0}")]
     Unsupported(String),
+    /// The operation is not running (not started yet, or over), and what was asked needs
+    /// it running (an exec, a subprocess's signal).
+    #[error("{0}")]
+    NotRunning(String),
     /// Ctrl-C arrived while waiting; the caller decides what to cancel.
     #[error("interrupted")]
     Interrupted,
@@ -302,6 +306,9 @@ pub trait Backend: Send + Sync {
     /// Sends signal number `signal` to the process group of subprocess `spid` (1 is the
     /// main process) of a running operation.
     fn signal(&self, op: &str, spid: u32, signal: i32) -> Result<(), BackendError>;
+    /// Starts `spec` as one more process in running operation `op`'s sandbox; its spid (2
+    /// or more), which tags its events.
+    fn exec(&self, op: &str, spec: &crate::wire::ExecSpec) -> Result<u32, BackendError>;
     /// Whether Ctrl-C on a followed run first sends the command SIGINT, cancelling only on
     /// a second Ctrl-C (the remote API's behaviour, §2.9.4), rather than cancelling at once.
     fn interrupt_first(&self) -> bool {

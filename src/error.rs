@@ -132,7 +132,7 @@ impl From<BackendError> for CommandError {
         use BackendError as B;
         match e {
             B::NotFound(m) | B::Invalid(m) => CommandError::user(m),
-            B::Denied(m) | B::Unsupported(m) => CommandError::user(m),
+            B::Denied(m) | B::Unsupported(m) | B::NotRunning(m) => CommandError::user(m),
             B::Unavailable(m) => CommandError::new(Kind::Unavailable, m),
             B::Unreachable(m) => CommandError::new(Kind::Unreachable, m),
             B::Store(m) => CommandError::new(Kind::Io, m),

@@ -147,6 +147,31 @@ fn ascii() -> String {
     "ascii".to_string()
 }
 
+/// `ExecSpec`: one more process in a running instance (`POST
+/// /operations/{id}/subprocesses`). What belongs to the instance (image, hostname, limits,
+/// files, timeout) was set when it was spawned and is refused here.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecSpec {
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    #[serde(default)]
+    pub shell: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<StdinRepr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncate_output_at: Option<u64>,
+}
+
 /// Encodes bytes per the API rule: `ascii` when every byte is printable ASCII or TAB/LF/CR,
 /// else standard base64.
 pub fn encode_bytes(bytes: &[u8]) -> (String, &'static str) {

@@ -203,6 +203,22 @@ impl Api {
         answer_uuid(r, &format!("POST {path}"))
     }
 
+    /// `POST /operations/{op}/subprocesses` (never replayed: it may have started).
+    fn exec(&self, op: &str, spec: &crate::wire::ExecSpec) -> Result<u32, BackendError> {
+        let path = format!("/operations/{op}/subprocesses");
+        let r = self.call(
+            || self.request(reqwest::Method::POST, &path).json(spec),
+            false,
+        )?;
+        let answer: serde_json::Value = r
+            .json()
+            .map_err(|e| BackendError::Store(format!("POST {path}: bad response: {e}")))?;
+        answer["spid"]
+            .as_u64()
+            .map(|n| n as u32)
+            .ok_or_else(|| BackendError::Store(format!("POST {path}: no spid in {answer}")))
+    }
+
     pub(crate) fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
@@ -250,6 +266,7 @@ fn status_error(r: Response) -> BackendError {
     let message = format!("HTTP {}: {message}", status.as_u16());
     match status.as_u16() {
         404 => BackendError::NotFound(message.into()),
+        409 => BackendError::NotRunning(message),
         401 | 403 => BackendError::Denied(format!(
             "{message} (check the profile's token: `contree auth`)"
         )),

@@ -329,6 +329,10 @@ impl Backend for RemoteBackend {
         Ok(())
     }
 
+    fn exec(&self, op: &str, spec: &crate::wire::ExecSpec) -> Result<u32, BackendError> {
+        self.api.exec(op, spec)
+    }
+
     fn interrupt_first(&self) -> bool {
         true
     }

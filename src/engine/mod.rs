@@ -12,6 +12,8 @@ pub mod cgroup;
 pub mod claim;
 pub mod doctor;
 pub mod eventlog;
+pub mod exec;
+use exec::{ExecError, ExecReply, ExecRequest};
 pub mod gc;
 pub mod harden;
 pub mod idmap;
@@ -92,6 +94,29 @@ const _: fn() = || {
 };
 
 impl LocalEngine {
+    /// Asks the supervisor of `op` (see `exec`); an operation without one listening is not
+    /// running, or is not ours.
+    fn ask_supervisor(&self, op: &str, request: &ExecRequest) -> Result<ExecReply, BackendError> {
+        match exec::request(op, request) {
+            Ok(reply) => Ok(reply),
+            Err(ExecError::NotRunning(_)) => {
+                let row = self.store.op(op)?;
+                let Some(row) = row else {
+                    return Err(BackendError::NotFound(
+                        format!("operation {op} not found").into(),
+                    ));
+                };
+                let state = if row.status.is_terminal() {
+                    "has ended"
+                } else {
+                    "has not started its command yet"
+                };
+                Err(BackendError::NotRunning(format!("operation {op} {state}")))
+            }
+            Err(e @ ExecError::Io { .. }) => Err(BackendError::Store(e.to_string())),
+        }
+    }
+
     pub fn open(paths: &Paths) -> Result<LocalEngine, BackendError> {
         let engine = Self::open_unrecovered(paths)?;
         engine.recover();
@@ -412,15 +437,18 @@ impl Backend for LocalEngine {
     }
 
     fn signal(&self, op: &str, spid: u32, signal: i32) -> Result<(), BackendError> {
-        if spid != 1 {
-            return Err(BackendError::NotFound(
-                format!("operation {op} has no subprocess {spid}").into(),
-            ));
-        }
         if !(1..=64).contains(&signal) {
             return Err(BackendError::Invalid(
                 format!("{signal} is not a signal").into(),
             ));
+        }
+        if spid != 1 {
+            return match self.ask_supervisor(op, &ExecRequest::Signal { spid, signal })? {
+                ExecReply::Signalled => Ok(()),
+                _ => Err(BackendError::NotFound(
+                    format!("operation {op} has no running subprocess {spid}").into(),
+                )),
+            };
         }
         let pid = match self.own_supervisor(op) {
             Some(pid) if self.fork => pid,
@@ -449,6 +477,16 @@ impl Backend for LocalEngine {
             )));
         }
         Ok(())
+    }
+
+    fn exec(&self, op: &str, spec: &crate::wire::ExecSpec) -> Result<u32, BackendError> {
+        match self.ask_supervisor(op, &ExecRequest::Exec(spec.clone()))? {
+            ExecReply::Started { spid } => Ok(spid),
+            ExecReply::Invalid(why) => Err(BackendError::Invalid(why.into())),
+            _ => Err(BackendError::NotRunning(format!(
+                "operation {op} has ended: nothing more runs in its sandbox"
+            ))),
+        }
     }
 
     fn images(&self, filter: &ImageFilter) -> Result<Vec<Image>, BackendError> {

@@ -27,6 +27,8 @@ enum Frame {
     Open(SyncSender<std::io::Result<()>>),
     Event(String, Option<u32>, Map<String, Value>),
     Stream(&'static str, Vec<u8>),
+    /// A subprocess's output (see `stream_of`).
+    StreamOf(&'static str, u32, Vec<u8>),
     Relayed(&'static str, Relay, usize),
 }
 
@@ -129,6 +131,9 @@ impl Recorder {
                         let _ = log.append_stream(name, 1, &bytes);
                         let _ = give_back.try_send(bytes);
                     }
+                    Frame::StreamOf(name, spid, bytes) => {
+                        let _ = log.append_stream(name, spid, &bytes);
+                    }
                     Frame::Relayed(name, relay, len) => {
                         let _ =
                             relay_back.try_send(Self::write_relayed(&mut log, name, relay, len));
@@ -192,6 +197,19 @@ impl Recorder {
             }
             State::Threaded { queue, .. } => {
                 let _ = queue.send(Frame::Stream(name, bytes));
+            }
+            State::Closed => {}
+        }
+    }
+
+    /// Output of subprocess `spid` (2 or more): a few reads now and then, so no relays.
+    pub fn stream_of(&mut self, name: &'static str, spid: u32, bytes: Vec<u8>) {
+        match &mut self.state {
+            State::Direct(log) => {
+                let _ = log.append_stream(name, spid, &bytes);
+            }
+            State::Threaded { queue, .. } => {
+                let _ = queue.send(Frame::StreamOf(name, spid, bytes));
             }
             State::Closed => {}
         }

@@ -8,6 +8,8 @@
 //! store. The init speaks to the supervisor over a status pipe with one line per fact
 //! (`status`).
 
+mod children;
+pub(crate) mod control;
 mod mounts;
 pub(crate) mod status;
 pub(crate) mod sys;
@@ -19,7 +21,7 @@ pub use mounts::{mount_points_tmpfs, private_mount_namespace, unmount};
 use nix::mount::{umount2, MntFlags};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::waitpid;
 use nix::unistd::{self, ForkResult, Pid};
 use status::Report;
 use std::ffi::CString;
@@ -95,8 +97,15 @@ const FORWARDED: [Signal; 6] = [
     Signal::SIGUSR2,
 ];
 
-/// Starts the sandbox; returns the init's pid (in the supervisor's namespace).
-pub fn start(spec: Spec) -> io::Result<Pid> {
+/// A started sandbox: its init's pid (in the supervisor's namespace) and the supervisor's
+/// end of the init's control socket (see `control`).
+pub struct Started {
+    pub init: Pid,
+    pub control: OwnedFd,
+}
+
+/// Starts the sandbox.
+pub fn start(spec: Spec) -> io::Result<Started> {
     let mut flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
@@ -113,6 +122,7 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
         handover = Some((OwnedFd::from(ours), u.range, sources));
         init_sock = Some(OwnedFd::from(theirs));
     }
+    let (control, init_control) = control::pair()?;
     let plan =
         harden::Plan::new(!flags.contains(CloneFlags::CLONE_NEWNET)).map_err(io::Error::other)?;
     let mut stack = vec![0u8; 1 << 20];
@@ -125,7 +135,7 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
     let mut child = Box::new(|| -> isize {
         let spec = spec.take().expect("clone callback runs once");
         let status = spec.status.as_raw_fd();
-        match init(spec, init_sock.as_ref(), &plan) {
+        match init(spec, init_sock.as_ref(), &init_control, &plan) {
             Ok(never) => match never {},
             Err(e) => {
                 let msg = Report::SetupFailed(&e).line();
@@ -153,6 +163,7 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
         None => unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }?,
     };
     drop(init_sock);
+    drop(init_control);
     if let Some((sock, range, sources)) = handover {
         if let Err(e) = hand_over_mounts(pid, &sock, range, &sources) {
             let _ = signal::kill(pid, Signal::SIGKILL);
@@ -163,7 +174,7 @@ pub fn start(spec: Spec) -> io::Result<Pid> {
             ));
         }
     }
-    Ok(pid)
+    Ok(Started { init: pid, control })
 }
 
 /// Maps the ids of the init's user namespace and sends it idmapped copies of `sources` (the
@@ -194,14 +205,19 @@ fn hand_over_mounts(
 
 enum Never {}
 
-fn init(mut spec: Spec, sock: Option<&OwnedFd>, plan: &harden::Plan) -> io::Result<Never> {
+fn init(
+    mut spec: Spec,
+    sock: Option<&OwnedFd>,
+    control: &OwnedFd,
+    plan: &harden::Plan,
+) -> io::Result<Never> {
     // Said here, while `spec` (and so the status pipe) is still open: an error returned
     // from here on would close the pipe before the caller could say it.
     let joined = match spec.cgroup.take() {
         Some(cgroup) => cgroup.join(),
         None => Ok(()),
     };
-    if let Err(e) = joined.and_then(|_| prepare(&spec, sock)) {
+    if let Err(e) = joined.and_then(|_| prepare(&spec, sock, control.as_raw_fd())) {
         let msg = Report::SetupFailed(&e).line();
         write_line(&spec.status, &msg);
         // SAFETY: leave without running destructors of the supervisor's state.
@@ -217,7 +233,7 @@ fn init(mut spec: Spec, sock: Option<&OwnedFd>, plan: &harden::Plan) -> io::Resu
     match unsafe { unistd::fork() }? {
         ForkResult::Child => {
             drop(err_r);
-            let errno = exec_command(&spec, &program, plan);
+            let errno = exec_process(&spec.process(), &program, plan);
             let bytes = (errno as i32).to_le_bytes();
             // SAFETY: reporting errno through the CLOEXEC pipe, then leaving.
             unsafe {
@@ -253,12 +269,13 @@ fn init(mut spec: Spec, sock: Option<&OwnedFd>, plan: &harden::Plan) -> io::Resu
             }
             drop(err_r);
             crate::log::trace("init: exec ok");
-            let (code, sig, core) = reap_until(child);
+            let mut children = children::Children::new(child, &status, plan, &spec.search_path);
+            let (code, sig, core) = children.serve(control);
             crate::log::trace("init: reaped");
-            // Whatever the command left behind dies with it.
+            // Whatever the command left behind dies with it, subprocesses too.
             // SAFETY: kill(-1) from PID 1 signals every other process of the namespace.
             unsafe { libc::kill(-1, libc::SIGKILL) };
-            while waitpid(None, None).is_ok() {}
+            children.reap_all();
             crate::log::trace("init: all gone");
             let exit = Report::Exited {
                 code,
@@ -273,10 +290,10 @@ fn init(mut spec: Spec, sock: Option<&OwnedFd>, plan: &harden::Plan) -> io::Resu
 }
 
 /// Everything before the command is started: namespaces' contents, the root, the cwd.
-fn prepare(spec: &Spec, sock: Option<&OwnedFd>) -> io::Result<()> {
+fn prepare(spec: &Spec, sock: Option<&OwnedFd>, control: RawFd) -> io::Result<()> {
     // If the supervisor dies (even by SIGKILL) the whole sandbox goes with it.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-    close_inherited_fds(spec, sock.map(|s| s.as_raw_fd()))?;
+    close_inherited_fds(spec, sock.map(|s| s.as_raw_fd()), control)?;
     crate::log::trace("init: start");
     if let (Some(u), Some(sock)) = (&spec.userns, sock) {
         mount_root_in_userns(u, sock)?;
@@ -365,7 +382,7 @@ fn mount_root_in_userns(u: &Userns, sock: &OwnedFd) -> io::Result<()> {
 /// The init is a copy of the supervisor and so holds every fd it had: the database, the
 /// event log, the other ends of the pipes. Any of those kept open would, for one, stop the
 /// command from ever seeing EOF on its stdin. Keep only what the sandbox uses.
-fn close_inherited_fds(spec: &Spec, sock: Option<RawFd>) -> io::Result<()> {
+fn close_inherited_fds(spec: &Spec, sock: Option<RawFd>, control: RawFd) -> io::Result<()> {
     let mut keep: Vec<RawFd> = vec![
         0,
         1,
@@ -373,6 +390,7 @@ fn close_inherited_fds(spec: &Spec, sock: Option<RawFd>) -> io::Result<()> {
         spec.stdout.as_raw_fd(),
         spec.stderr.as_raw_fd(),
         spec.status.as_raw_fd(),
+        control,
     ];
     keep.extend(spec.stdin.as_ref().map(|f| f.as_raw_fd()));
     keep.extend(sock);
@@ -419,22 +437,7 @@ fn read_full(fd: RawFd, buf: &mut [u8]) -> usize {
     got
 }
 
-/// Reaps children until the main command exits; returns (exit code or -1, signal or -1, core).
-fn reap_until(main: Pid) -> (i32, i32, bool) {
-    loop {
-        match waitpid(None, None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == main => return (code, -1, false),
-            Ok(WaitStatus::Signaled(pid, sig, core)) if pid == main => {
-                return (-1, sig as i32, core)
-            }
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => return (-1, -1, false),
-        }
-    }
-}
-
-fn resolve_program(command: &CString, search_path: &str) -> CString {
+pub(crate) fn resolve_program(command: &CString, search_path: &str) -> CString {
     let bytes = command.as_bytes();
     if bytes.is_empty() || bytes.contains(&b'/') {
         return command.clone();
@@ -454,19 +457,54 @@ fn resolve_program(command: &CString, search_path: &str) -> CString {
     command.clone()
 }
 
-/// In the command's process: stdio, credentials, cwd, a clean signal state, the hardening
-/// `plan`, exec. Returns only on failure, with the errno (a hardening step that fails ends
-/// the process with a `setupfail` line instead).
-fn exec_command(spec: &Spec, program: &CString, plan: &harden::Plan) -> nix::errno::Errno {
+/// One process to exec in the sandbox: the main command, or a subprocess (`control`).
+pub(crate) struct Process<'a> {
+    /// Its stdin; `None` keeps the init's fd 0.
+    pub stdin: Option<RawFd>,
+    pub stdout: RawFd,
+    pub stderr: RawFd,
+    pub argv: &'a [CString],
+    pub env: &'a [CString],
+    pub cwd: &'a str,
+    pub uid: u32,
+    pub gid: u32,
+    /// The init's status pipe, for a hardening step that fails.
+    pub status: RawFd,
+}
+
+impl Spec {
+    fn process(&self) -> Process<'_> {
+        Process {
+            stdin: self.stdin.as_ref().map(|f| f.as_raw_fd()),
+            stdout: self.stdout.as_raw_fd(),
+            stderr: self.stderr.as_raw_fd(),
+            argv: &self.argv,
+            env: &self.env,
+            cwd: &self.cwd,
+            uid: self.uid,
+            gid: self.gid,
+            status: self.status.as_raw_fd(),
+        }
+    }
+}
+
+/// In a forked child of the init: stdio, credentials, cwd, a clean signal state, the
+/// hardening `plan`, exec. Returns only on failure, with the errno (a hardening step that
+/// fails ends the process with a `setupfail` line instead).
+pub(crate) fn exec_process(
+    p: &Process<'_>,
+    program: &CString,
+    plan: &harden::Plan,
+) -> nix::errno::Errno {
     let fail = |e: nix::errno::Errno| e;
     let _ = unistd::setsid();
-    if let Some(stdin) = &spec.stdin {
-        if let Err(e) = unistd::dup2(stdin.as_raw_fd(), 0) {
+    if let Some(stdin) = p.stdin {
+        if let Err(e) = unistd::dup2(stdin, 0) {
             return fail(e);
         }
     }
-    for (fd, target) in [(&spec.stdout, 1), (&spec.stderr, 2)] {
-        if let Err(e) = unistd::dup2(fd.as_raw_fd(), target) {
+    for (fd, target) in [(p.stdout, 1), (p.stderr, 2)] {
+        if let Err(e) = unistd::dup2(fd, target) {
             return fail(e);
         }
     }
@@ -479,34 +517,36 @@ fn exec_command(spec: &Spec, program: &CString, plan: &harden::Plan) -> nix::err
     }
     let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     if let Err(e) = plan.before_credentials() {
-        setup_failed(spec, e);
+        setup_failed(p.status, e);
     }
     if let Err(e) = unistd::setgroups(&[]) {
         return fail(e);
     }
-    let gid = unistd::Gid::from_raw(spec.gid);
-    let uid = unistd::Uid::from_raw(spec.uid);
+    let gid = unistd::Gid::from_raw(p.gid);
+    let uid = unistd::Uid::from_raw(p.uid);
     if let Err(e) = unistd::setresgid(gid, gid, gid) {
         return fail(e);
     }
     if let Err(e) = unistd::setresuid(uid, uid, uid) {
         return fail(e);
     }
-    if let Err(e) = unistd::chdir(spec.cwd.as_str()) {
+    if let Err(e) = unistd::chdir(p.cwd) {
         return fail(e);
     }
     if let Err(e) = plan.before_exec() {
-        setup_failed(spec, e);
+        setup_failed(p.status, e);
     }
-    match unistd::execve(program, &spec.argv, &spec.env) {
+    match unistd::execve(program, p.argv, p.env) {
         Ok(never) => match never {},
         Err(e) => e,
     }
 }
 
 /// Reports a failed hardening step to the supervisor and ends the command's process.
-fn setup_failed(spec: &Spec, e: harden::StepError) -> ! {
-    write_line(&spec.status, &Report::SetupFailed(&e).line());
+fn setup_failed(status: RawFd, e: harden::StepError) -> ! {
+    let line = Report::SetupFailed(&e).line();
+    // SAFETY: plain write to the status pipe.
+    unsafe { libc::write(status, line.as_ptr().cast(), line.len()) };
     // SAFETY: leaving the forked process without running the init's destructors.
     unsafe { libc::_exit(120) }
 }

@@ -32,6 +32,7 @@ mod mount;
 mod resources;
 mod scratch;
 mod stream;
+mod subprocess;
 mod watch;
 
 use command::SandboxError;

@@ -34,6 +34,7 @@ impl From<BackendError> for ApiError {
             BackendError::NotFound(_) => StatusCode::NOT_FOUND,
             BackendError::Invalid(_) => StatusCode::BAD_REQUEST,
             BackendError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            BackendError::NotRunning(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())

@@ -55,6 +55,14 @@ pub async fn events(
             .parse::<u64>()
             .map_err(|_| ApiError::bad_request(format!("event id '{t}' is not a number")))?,
     };
+    // Only that process's events (`completion`, spid 0, still ends the stream).
+    let spid = match param("spid").as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(t) => Some(
+            t.parse::<u32>()
+                .map_err(|_| ApiError::bad_request(format!("spid '{t}' is not a number")))?,
+        ),
+    };
     let check = op.clone();
     blocking(&st, move |st| {
         own_op(st, &ns.name, &check)?;
@@ -81,7 +89,7 @@ pub async fn events(
     let spawned = std::thread::Builder::new()
         .name("sse".into())
         .spawn(move || {
-            pump(&pump_state, &op, follow, since, &tx);
+            pump(&pump_state, &op, follow, since, spid, &tx);
             OPEN_STREAMS.fetch_sub(1, Ordering::SeqCst);
         });
     if let Err(e) = spawned {
@@ -115,7 +123,14 @@ pub async fn events(
 /// and sends frames until `completion`, or until the client is gone or the server stops,
 /// which the follower's bounded waits give a chance to notice. The follower also recovers
 /// an operation whose supervisor died, which appends the `completion` it never wrote.
-fn pump(st: &Shared, op: &str, follow: bool, since: u64, tx: &tokio::sync::mpsc::Sender<String>) {
+fn pump(
+    st: &Shared,
+    op: &str,
+    follow: bool,
+    since: u64,
+    spid: Option<u32>,
+    tx: &tokio::sync::mpsc::Sender<String>,
+) {
     let fail = |msg: String| {
         let _ = tx.blocking_send(format!(
             ": stream ended with error, retry since last event id\n\nevent: sse_error\ndata: {}\n\n",
@@ -133,7 +148,8 @@ fn pump(st: &Shared, op: &str, follow: bool, since: u64, tx: &tokio::sync::mpsc:
         match events.next_event() {
             Ok(Some(item)) => {
                 let done = item.event.kind == "completion";
-                if item.event.id > since {
+                let wanted = spid.is_none_or(|n| item.event.spid.unwrap_or(0) == n);
+                if item.event.id > since && wanted {
                     let event = eventlog::to_wire(item.event, &item.bytes);
                     let data = match serde_json::to_string(&event) {
                         Ok(d) => d,

@@ -19,6 +19,17 @@ pub(crate) enum InitStatus<M> {
     SetupFailed(M),
     /// `exit CODE SIGNAL CORE`: the command ended (code or -1, signal or -1, core 0 or 1).
     Exited { code: i32, signal: i32, core: bool },
+    /// `spawned SPID PID`: subprocess `spid` (see `control`) was started and exec'd.
+    SubStarted { spid: i32, pid: i32 },
+    /// `subfail SPID ERRNO`: its exec failed (or, with errno 0, it could not be forked).
+    SubFailed { spid: i32, errno: i32 },
+    /// `subexit SPID CODE SIGNAL CORE`: subprocess `spid` ended, as `exit` says.
+    SubExited {
+        spid: i32,
+        code: i32,
+        signal: i32,
+        core: bool,
+    },
 }
 
 /// What the init writes: an error goes into its line as it is, with no copy made first.
@@ -35,6 +46,14 @@ impl<M: Display> InitStatus<M> {
             InitStatus::Exited { code, signal, core } => {
                 format!("exit {code} {signal} {}\n", *core as u8)
             }
+            InitStatus::SubStarted { spid, pid } => format!("spawned {spid} {pid}\n"),
+            InitStatus::SubFailed { spid, errno } => format!("subfail {spid} {errno}\n"),
+            InitStatus::SubExited {
+                spid,
+                code,
+                signal,
+                core,
+            } => format!("subexit {spid} {code} {signal} {}\n", *core as u8),
         }
     }
 }
@@ -54,6 +73,20 @@ impl<'a> InitStatus<&'a str> {
                 return Some(InitStatus::SetupFailed(line[at..].trim()));
             }
             "exit" => InitStatus::Exited {
+                code: int()?,
+                signal: int()?,
+                core: int()? != 0,
+            },
+            "spawned" => InitStatus::SubStarted {
+                spid: int()?,
+                pid: int()?,
+            },
+            "subfail" => InitStatus::SubFailed {
+                spid: int()?,
+                errno: int()?,
+            },
+            "subexit" => InitStatus::SubExited {
+                spid: int()?,
                 code: int()?,
                 signal: int()?,
                 core: int()? != 0,
@@ -106,6 +139,17 @@ mod tests {
                 code: -1,
                 signal: libc::SIGSEGV,
                 core: true,
+            },
+            InitStatus::SubStarted { spid: 2, pid: 40 },
+            InitStatus::SubFailed {
+                spid: 3,
+                errno: libc::ENOENT,
+            },
+            InitStatus::SubExited {
+                spid: 2,
+                code: -1,
+                signal: libc::SIGKILL,
+                core: false,
             },
         ]
     }
@@ -175,6 +219,9 @@ mod tests {
             "pidd 5\n",
             "setupfailure of sorts\n",
             "started 5\n",
+            "spawned 2\n",
+            "subexit 2 0 -1\n",
+            "subfail 2 2 2\n",
         ] {
             assert_eq!(InitStatus::parse(line), None, "{line:?}");
         }

@@ -4,6 +4,7 @@
 //! network helper, the event log, the database) is done after the clone.
 
 use super::stream::{Out, Stream};
+use super::subprocess::Subprocesses;
 use super::watch::{Seen, Watch, WatchError};
 use super::{DbError, Mounted, Outcome, Run};
 use crate::engine::network;
@@ -143,7 +144,7 @@ pub(super) struct SpawnEvent<'a> {
 }
 
 impl<'a> SpawnEvent<'a> {
-    fn new(req: &'a SpawnRequest, cwd: &'a str) -> Self {
+    pub(super) fn new(req: &'a SpawnRequest, cwd: &'a str) -> Self {
         let mut masked_env = Map::new();
         for (k, v) in req.env.iter().flatten() {
             let secret = [
@@ -210,11 +211,13 @@ impl Run {
             status: st_w,
         };
         let timeout = req.timeout.filter(|t| *t > 0).map(Duration::from_secs);
-        let (init, mut net, spawned_at) = self.start_sandbox(req, mounted, &cmd, exec, io)?;
+        let (started, mut net, spawned_at) = self.start_sandbox(req, mounted, &cmd, exec, io)?;
+        let init = started.init;
         let stdin_feed = self.while_it_starts(init, &mut net, stdin_feed)?;
         let spawn = SpawnEvent::new(req, &cmd.cwd);
         let mut streams = self.output_streams(out_r, err_r, spawn.truncate_at);
-        let mut watch = Watch::new(st_r)?;
+        let subs = Subprocesses::new(&self.job.op, started.control, req, image);
+        let mut watch = Watch::new(st_r, subs)?;
         let mut seen = self.watch(init, &mut streams, &mut watch, timeout, spawned_at, &spawn)?;
         let (rusage, duration_ms) =
             self.command_over(init, &mut streams, net, stdin_feed, spawned_at)?;
@@ -225,8 +228,8 @@ impl Run {
     }
 
     /// Starts the sandbox, then its network helper (which configures the network while
-    /// the init sets up its mounts). Returns the init's pid, the helper and when the
-    /// command was started.
+    /// the init sets up its mounts). Returns the sandbox, the helper and when the command
+    /// was started.
     fn start_sandbox(
         &mut self,
         req: &SpawnRequest,
@@ -234,7 +237,7 @@ impl Run {
         cmd: &CommandLine,
         exec: Exec,
         io: SandboxIo,
-    ) -> Result<(Pid, Option<network::Network>, Instant), SandboxError> {
+    ) -> Result<(sandbox::Started, Option<network::Network>, Instant), SandboxError> {
         // The sandbox's resolv.conf goes on the mount points' tmpfs, next to its root. An
         // init in a user namespace finds it from there, its working directory (the store's
         // own directories are closed to it).
@@ -251,7 +254,7 @@ impl Run {
         }
         let cgroup = self.enter_cgroup();
         let spawned_at = Instant::now();
-        let init = sandbox::start(Spec {
+        let started = sandbox::start(Spec {
             root: mounted.root.clone(),
             hostname: req.hostname.clone(),
             network: inside,
@@ -271,11 +274,11 @@ impl Run {
         })
         .map_err(SandboxError::Namespaces)?;
         crate::log::trace("cloned");
-        match net.map(|plan| plan.start(init)).transpose() {
-            Ok(net) => Ok((init, net, spawned_at)),
+        match net.map(|plan| plan.start(started.init)).transpose() {
+            Ok(net) => Ok((started, net, spawned_at)),
             Err(e) => {
-                let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
-                let _ = wait_init(init);
+                let _ = nix::sys::signal::kill(started.init, Signal::SIGKILL);
+                let _ = wait_init(started.init);
                 Err(e.into())
             }
         }
@@ -554,7 +557,7 @@ fn wait_init(init: Pid) -> Value {
 /// The exit event's `resources` completed: the wall time, and each counter also by the
 /// name the API's `EventResources` gives it (microseconds, KiB), beside getrusage's names
 /// that `InstanceResult.resources` uses.
-fn event_resources(rusage: &mut Value, duration_ms: u64) {
+pub(super) fn event_resources(rusage: &mut Value, duration_ms: u64) {
     let Some(r) = rusage.as_object_mut() else {
         return;
     };

@@ -5,6 +5,7 @@
 
 use super::command::SpawnEvent;
 use super::stream::{Out, Stream};
+use super::subprocess::Subprocesses;
 use super::{cancel_signals, control_signal, Run};
 use crate::engine::sandbox::status::{InitStatus, Lines};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -36,6 +37,10 @@ enum Source {
     Status,
     /// Cancel and control signals.
     Signals,
+    /// Requests for subprocesses (see `subprocess`).
+    Exec,
+    /// Subprocess `k`'s stream `i`.
+    Sub(usize, usize),
 }
 
 /// What the loop reads besides the output. Field order is drop order: the buffer, the
@@ -46,10 +51,11 @@ pub(super) struct Watch {
     signals: SignalFd,
     status: Option<OwnedFd>,
     lines: Lines,
+    pub(super) subs: Subprocesses,
 }
 
 impl Watch {
-    pub(super) fn new(status: OwnedFd) -> Result<Watch, WatchError> {
+    pub(super) fn new(status: OwnedFd, subs: Subprocesses) -> Result<Watch, WatchError> {
         let signals = SignalFd::with_flags(
             &cancel_signals(),
             SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
@@ -60,6 +66,7 @@ impl Watch {
             signals,
             status: Some(status),
             lines: Lines::default(),
+            subs,
         })
     }
 }
@@ -113,6 +120,15 @@ fn poll_set<'a>(streams: &'a [Stream; 2], watch: &'a Watch) -> (Vec<PollFd<'a>>,
     }
     fds.push(PollFd::new(watch.signals.as_fd(), PollFlags::POLLIN));
     who.push(Source::Signals);
+    let (listener, pipes) = watch.subs.fds();
+    if let Some(fd) = listener {
+        fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        who.push(Source::Exec);
+    }
+    for (fd, k, i) in pipes {
+        fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        who.push(Source::Sub(k, i));
+    }
     (fds, who)
 }
 
@@ -131,7 +147,10 @@ impl Run {
         let kill_init = || {
             let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
         };
-        while streams.iter().any(|s| s.fd.is_some()) || watch.status.is_some() {
+        while streams.iter().any(|s| s.fd.is_some())
+            || watch.status.is_some()
+            || watch.subs.reading()
+        {
             let (mut fds, who) = poll_set(streams, watch);
             let wait = match timeout {
                 Some(t) if !seen.stopped() => {
@@ -163,6 +182,8 @@ impl Run {
                     }
                     Source::Reader(i) => streams[i].cli_gone(),
                     Source::Status => self.read_status(watch, &mut seen, spawn),
+                    Source::Exec => watch.subs.accept(),
+                    Source::Sub(k, i) => watch.subs.pump(k, i, &mut self.log),
                     Source::Signals => {
                         while let Ok(Some(info)) = watch.signals.read_signal() {
                             if info.ssi_signo as libc::c_int == control_signal() {
@@ -184,7 +205,9 @@ impl Run {
             if !seen.stopped() && self.guard_tripped() {
                 kill_init();
             }
+            watch.subs.flush(&mut self.log);
         }
+        watch.subs.finish(&mut self.log);
         Ok(seen)
     }
 
@@ -210,8 +233,19 @@ impl Run {
                     seen.setup_error = Some(message.to_string())
                 }
                 Some(InitStatus::Exited { code, signal, core }) => {
-                    seen.exit = Some((code, signal, core))
+                    seen.exit = Some((code, signal, core));
+                    watch.subs.ending();
                 }
+                Some(InitStatus::SubStarted { spid, pid }) => {
+                    watch.subs.started(spid, pid, &mut self.log)
+                }
+                Some(InitStatus::SubFailed { spid, errno }) => watch.subs.failed(spid, errno),
+                Some(InitStatus::SubExited {
+                    spid,
+                    code,
+                    signal,
+                    core,
+                }) => watch.subs.exited(spid, code, signal, core),
                 None => {}
             }
         }

@@ -6,6 +6,7 @@ mod files;
 mod images;
 mod inspect;
 mod operations;
+mod subprocesses;
 
 use super::auth::{require_token, Namespace};
 use super::owners::{ns_tag, visible_tag, FILE, OP};
@@ -44,13 +45,14 @@ pub fn router(state: Shared) -> Router {
             get(operations::operation).delete(operations::cancel),
         )
         .route("/operations/{op}/events", get(super::sse::events))
+        .route("/operations/{op}/subprocesses", post(subprocesses::exec))
         .route(
             "/operations/{op}/subprocesses/{spid}/stdin",
-            post(operations::stdin),
+            post(subprocesses::stdin),
         )
         .route(
             "/operations/{op}/subprocesses/{spid}",
-            axum::routing::delete(operations::signal),
+            get(subprocesses::subprocess).delete(subprocesses::signal),
         )
         .route("/images", get(images::images))
         .route("/images/import", post(images::import))

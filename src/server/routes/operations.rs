@@ -1,5 +1,6 @@
 //! `/instances` and `/operations`: spawning (with admission and the stdin pipe),
-//! listing, reading, cancelling, signalling and stdin forwarding; and `/whoami`.
+//! listing, reading and cancelling; and `/whoami`. The processes inside a running
+//! operation are `subprocesses`.
 
 use super::*;
 
@@ -178,50 +179,6 @@ pub(super) async fn operations(
     .await
 }
 
-/// At most this much of each stream goes into `metadata.result` (the event stream has it all).
-const RESULT_CAP: usize = 16 << 20;
-
-/// One stream of the process's output as `metadata.result` shows it.
-#[derive(Default)]
-struct Collected {
-    bytes: Vec<u8>,
-    /// Cut at `truncate_output_at` (the log says so), or here at `RESULT_CAP`.
-    truncated: bool,
-}
-
-/// What the process wrote to stdout and stderr (the first `RESULT_CAP` bytes of each),
-/// from the operation's events as they are now.
-fn collect_output(engine: &LocalEngine, op: &str) -> (Collected, Collected) {
-    let (mut out, mut err) = (Collected::default(), Collected::default());
-    if let Ok(mut events) = engine.events(op, false) {
-        while let Ok(Some(item)) = events.next_event() {
-            let stream = match item.event.kind.as_str() {
-                "truncated" => item.event.data.get("stream").and_then(Value::as_str),
-                kind => Some(kind),
-            };
-            let buf = match stream {
-                Some("stdout") => &mut out,
-                Some("stderr") => &mut err,
-                _ => continue,
-            };
-            if item.event.kind == "truncated" {
-                buf.truncated = true;
-                continue;
-            }
-            let room = RESULT_CAP.saturating_sub(buf.bytes.len());
-            buf.truncated |= item.bytes.len() > room;
-            buf.bytes
-                .extend_from_slice(&item.bytes[..item.bytes.len().min(room)]);
-        }
-    }
-    (out, err)
-}
-
-fn stream_json(stream: &Collected) -> Value {
-    let (value, encoding) = wire::encode_bytes(&stream.bytes);
-    json!({ "value": value, "encoding": encoding, "truncated": stream.truncated })
-}
-
 pub(super) async fn operation(
     st: axum::extract::State<Shared>,
     Extension(ns): Extension<Namespace>,
@@ -235,9 +192,9 @@ pub(super) async fn operation(
         if let Some(meta) = wire_op.metadata.as_mut().and_then(Value::as_object_mut) {
             // (`result` is null while the command runs: the event stream has its output.)
             if let Some(result) = meta.get_mut("result").and_then(Value::as_object_mut) {
-                let (out, err) = collect_output(engine, &op);
-                result.insert("stdout".into(), stream_json(&out));
-                result.insert("stderr".into(), stream_json(&err));
+                let main = super::subprocesses::fold(engine, &op, 1);
+                result.insert("stdout".into(), main.stdout.to_json());
+                result.insert("stderr".into(), main.stderr.to_json());
             }
         } else if wire_op.kind == "image_import" {
             wire_op.metadata = super::images::import_metadata(engine, &op);
@@ -278,90 +235,6 @@ pub(super) async fn cancel(
         }
         let wire_op = engine.operation(&op)?;
         Ok((StatusCode::ACCEPTED, Json(wire_op)).into_response())
-    })
-    .await
-}
-
-/// `DELETE .../subprocesses/{spid}?signal=NAME`: the signal (SIGKILL without one) goes to
-/// the process group of the main process, the only subprocess the engine runs. The command's
-/// end shows in the event log as usual; the operation is not cancelled.
-pub(super) async fn signal(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
-    Path((op, spid)): Path<(String, String)>,
-    Query(q): Params,
-) -> ApiResult<Response> {
-    let op = parse_uuid(&op, "operation")?;
-    let spid: u32 = spid
-        .parse()
-        .ok()
-        .filter(|n| *n >= 1)
-        .ok_or_else(|| ApiError::bad_request(format!("invalid spid '{spid}'")))?;
-    let name = param(&q, "signal").unwrap_or("KILL");
-    let sig = parse_signal(name)
-        .ok_or_else(|| ApiError::bad_request(format!("unknown signal '{name}'")))?;
-    blocking(&st, move |st| {
-        own_op(st, &ns.name, &op)?;
-        match st.engine.signal(&op, spid, sig) {
-            Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
-            Err(crate::backend::BackendError::Invalid(msg)) => {
-                Err(ApiError::new(StatusCode::CONFLICT, msg))
-            }
-            Err(e) => Err(e.into()),
-        }
-    })
-    .await
-}
-
-/// A signal given as a number (`15`) or a name with or without `SIG` (`TERM`, `SIGTERM`).
-fn parse_signal(text: &str) -> Option<i32> {
-    if let Ok(n) = text.parse::<i32>() {
-        return (1..=64).contains(&n).then_some(n);
-    }
-    let upper = text.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    name.parse::<nix::sys::signal::Signal>()
-        .ok()
-        .map(|s| s as i32)
-}
-
-pub(super) async fn stdin(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
-    Path((op, spid)): Path<(String, String)>,
-    body: Body,
-) -> ApiResult<StatusCode> {
-    let op = parse_uuid(&op, "operation")?;
-    let repr: StdinRepr = json_body(body, st.opts.max_body).await?;
-    let bytes = repr
-        .bytes()
-        .map_err(|e| ApiError::bad_request(format!("stdin is not valid base64: {e}")))?;
-    blocking(&st, move |st| {
-        own_op(st, &ns.name, &op)?;
-        if spid != "1" {
-            return Err(ApiError::not_found(format!(
-                "operation {op} has no subprocess {spid} with a stdin"
-            )));
-        }
-        // Taken out of the map while writing, so a full pipe never blocks other requests.
-        let Some(mut pipe) = lock(&st.stdin).remove(&op) else {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("the stdin of operation {op} is closed"),
-            ));
-        };
-        use std::io::Write;
-        // A process that has exited reads nothing more: its input is dropped, as a
-        // closed pipe would.
-        let alive = pipe.write_all(&bytes).is_ok();
-        if alive && repr.close != Some(true) {
-            lock(&st.stdin).insert(op, pipe);
-        }
-        Ok(StatusCode::NO_CONTENT)
     })
     .await
 }
