@@ -81,7 +81,9 @@ pub enum GrepError {
     Inspect(#[from] InspectError),
 }
 
-/// Searches the image `view` shows as `req` asks, stopping at `deadline`.
+/// Searches the image `view` shows as `req` asks, stopping at `deadline`. Rows name each
+/// file by its path in the image, a root's symlinks resolved (a root `/alias` of `/data`
+/// gives `/data/...`).
 pub fn search(view: &View, req: &GrepRequest, deadline: Instant) -> Result<GrepResult, GrepError> {
     let plan = Plan::new(req)?;
     // Every root is checked before anything is searched: a missing one is the answer.
