@@ -2,7 +2,9 @@
 //! ConTree /v1 API. Everything is in /v1 terms (wire types), so the run pipeline, hooks and
 //! formatters never know which one they talk to.
 
-use crate::wire::{DirectoryList, Event, Image, Operation, SpawnRequest, Status};
+use crate::wire::{
+    DirectoryList, Event, GrepRequest, GrepResult, Image, Operation, SpawnRequest, Status,
+};
 use std::path::{Path, PathBuf};
 
 /// What went wrong, by kind: the kind decides the exit code (see `error.rs`) and, in
@@ -60,6 +62,9 @@ pub enum Cause {
     /// A path inside an image (`ls`, `cat`, `cp`).
     #[error(transparent)]
     Inspect(#[from] crate::engine::inspect::InspectError),
+    /// A search of an image's files (`grep`): a request it cannot take.
+    #[error(transparent)]
+    Grep(#[from] crate::engine::grep::GrepError),
     #[error(transparent)]
     Import(#[from] crate::engine::oci::ImportError),
     #[error(transparent)]
@@ -162,6 +167,17 @@ impl From<crate::engine::inspect::InspectError> for BackendError {
         match e {
             crate::engine::inspect::InspectError::Io { .. } => BackendError::Io(e.into()),
             other => BackendError::NotFound(other.into()),
+        }
+    }
+}
+
+/// A search with a root that is not in the image is not found (as `InspectError` says);
+/// any other refusal is the request's.
+impl From<crate::engine::grep::GrepError> for BackendError {
+    fn from(e: crate::engine::grep::GrepError) -> Self {
+        match e {
+            crate::engine::grep::GrepError::Inspect(e) => e.into(),
+            other => BackendError::Invalid(other.into()),
         }
     }
 }
@@ -325,6 +341,8 @@ pub trait Backend: Send + Sync {
         image: &str,
         path: &str,
     ) -> Result<(Box<dyn std::io::Read>, Option<u32>), BackendError>;
+    /// Searches the files of an image (`GET /inspect/{image}/grep`), without a sandbox.
+    fn grep(&self, image: &str, req: &GrepRequest) -> Result<GrepResult, BackendError>;
     /// Imports a root filesystem directory or tar archive from this machine.
     fn import_local(&self, path: &Path, tag: Option<&str>) -> Result<String, BackendError>;
     /// Pulls an image from an OCI / Docker registry (`docker://reg/path:tag`, `user/img`…).

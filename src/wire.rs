@@ -4,10 +4,12 @@
 //! every path speaks one format. Field names and optionality follow the spec; nothing here
 //! knows how a request is carried out.
 
+mod grep;
 pub mod limits;
 mod listing;
 pub mod reference;
 
+pub use grep::{GrepLineKind, GrepMatch, GrepRequest, GrepResult, GrepSubmatch};
 pub use listing::text_listing;
 
 use serde::{Deserialize, Serialize};

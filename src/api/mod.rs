@@ -14,7 +14,9 @@ mod retry;
 mod tests;
 
 use crate::backend::{Backend, BackendError, EventStream, ImageFilter, OpFilter, StdinSource};
-use crate::wire::{DirectoryList, Image, Operation, SpawnRequest, StdinRepr};
+use crate::wire::{
+    DirectoryList, GrepRequest, GrepResult, Image, Operation, SpawnRequest, StdinRepr,
+};
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use std::path::Path;
 use std::time::Duration;

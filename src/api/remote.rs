@@ -443,6 +443,13 @@ impl Backend for RemoteBackend {
         Ok((Box::new(r), None))
     }
 
+    fn grep(&self, image: &str, req: &GrepRequest) -> Result<GrepResult, BackendError> {
+        self.api.get_json(&format!(
+            "/inspect/{image}/grep{}",
+            query(&req.query_pairs())
+        ))
+    }
+
     fn import_local(&self, path: &Path, _tag: Option<&str>) -> Result<String, BackendError> {
         Err(BackendError::Unsupported(format!(
             "importing {} needs the local engine; the remote API imports from registries only",

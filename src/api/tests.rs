@@ -285,3 +285,56 @@ fn error_answers_name_the_status_and_the_servers_message() {
         "{e:?}"
     );
 }
+
+#[test]
+fn grep_sends_repeated_keys_and_reads_the_grep_result() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let served = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(conn);
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line).unwrap();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+        }
+        let body = r#"{"path":"/etc","patterns":["^a b","x"],"truncated":true,"matches":[
+            {"path":"/etc/f","line_number":2,"absolute_offset":4,"line_text":"a b\n",
+             "line_bytes":4,"submatches":[{"text":"a b","start":0,"end":3}],"type":"match"}]}"#;
+        let mut conn = reader.into_inner();
+        let _ = write!(
+            conn,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        request_line
+    });
+    let remote = RemoteBackend::new(&Profile {
+        name: "test".into(),
+        url,
+        token: "t".into(),
+        kind: "api".into(),
+        project: None,
+    })
+    .unwrap();
+    let req = crate::wire::GrepRequest {
+        patterns: vec!["^a b".into(), "x".into()],
+        paths: vec!["/etc".into(), "/srv".into()],
+        globs: vec!["!*.bak".into()],
+        max_total: Some(5),
+        case: Some("smart".into()),
+        ..Default::default()
+    };
+    let got = remote.grep("0123", &req).unwrap();
+    assert!(got.truncated);
+    assert_eq!(got.matches[0].kind, crate::wire::GrepLineKind::Match);
+    assert_eq!(got.matches[0].submatches[0].end, 3);
+    assert_eq!(
+        served.join().unwrap().trim_end(),
+        "GET /v1/inspect/0123/grep?pattern=%5Ea%20b&pattern=x&path=/etc&path=/srv\
+         &glob=%21%2A.bak&max_total=5&case=smart HTTP/1.1"
+    );
+}

@@ -5,8 +5,8 @@
 //! The `host` base is read straight from `/` through its mask. Symlinks met on the way are
 //! resolved inside the image, never on the host.
 //!
-//! Containment: every reader (`list`, `open`, the server's `download`/`archive`, and `grep`
-//! when it comes) goes through `View::resolve`, `View::list` or `View::walk`, and reads
+//! Containment: every reader (`list`, `open`, the server's `download`/`archive`, and
+//! `grep`) goes through `View::resolve`, `View::list` or `View::walk`, and reads
 //! content only with `Found::open`/`Found::link_target`. The one rule is `Layer::holds`: an
 //! entry is part of the image only if it is on the mount of the layer it was found in. The
 //! host's other mounts (`/proc`, `/sys`, `/dev`, a tmpfs, a bind mount) are not, as the sandbox's overlay
@@ -307,13 +307,23 @@ impl View {
     }
 
     /// Visits everything below the directory `path`, each entry before what it holds, with
-    /// its path relative to `path`: the one tree walk readers share (`archive`, and `grep`
-    /// when it comes). Symlinks are visited, never followed; a mount point is visited as the
-    /// empty directory it is in the image, never entered.
+    /// its path relative to `path`: the one tree walk readers share (`archive`, `grep`).
+    /// Symlinks are visited, never followed; a mount point is visited as the empty
+    /// directory it is in the image, never entered.
     pub fn walk(
         &self,
         path: &str,
         visit: &mut dyn FnMut(&Path, &Found) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.walk_pruned(path, &mut |rel, found| visit(rel, found).map(|()| true))
+    }
+
+    /// `walk`, where the visitor of a directory says whether to go into it (`grep` leaves
+    /// out the directories its globs exclude without listing them).
+    pub fn walk_pruned(
+        &self,
+        path: &str,
+        visit: &mut dyn FnMut(&Path, &Found) -> io::Result<bool>,
     ) -> io::Result<()> {
         self.walk_in(path.trim_end_matches('/'), Path::new(""), visit)
     }
@@ -322,13 +332,13 @@ impl View {
         &self,
         image_dir: &str,
         rel: &Path,
-        visit: &mut dyn FnMut(&Path, &Found) -> io::Result<()>,
+        visit: &mut dyn FnMut(&Path, &Found) -> io::Result<bool>,
     ) -> io::Result<()> {
         let dir = if image_dir.is_empty() { "/" } else { image_dir };
         for (name, found) in self.list(dir).map_err(io::Error::other)? {
             let child = rel.join(&name);
-            visit(&child, &found)?;
-            if found.meta.is_dir() && !found.mount_point {
+            let enter = visit(&child, &found)?;
+            if enter && found.meta.is_dir() && !found.mount_point {
                 self.walk_in(&format!("{image_dir}/{name}"), &child, visit)?;
             }
         }

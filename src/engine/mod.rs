@@ -15,6 +15,7 @@ pub mod eventlog;
 pub mod exec;
 use exec::{ExecError, ExecReply, ExecRequest};
 pub mod gc;
+pub mod grep;
 pub mod harden;
 pub mod idmap;
 pub mod import;
@@ -44,7 +45,7 @@ use crate::backend::{
 };
 use crate::paths::Paths;
 use crate::progress::Show;
-use crate::wire::{DirectoryList, Image, Operation, SpawnRequest, Status};
+use crate::wire::{DirectoryList, GrepRequest, GrepResult, Image, Operation, SpawnRequest, Status};
 use nix::unistd::Pid;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -559,6 +560,12 @@ impl Backend for LocalEngine {
             Box::new(file),
             Some(std::os::unix::fs::MetadataExt::mode(&meta) & 0o7777),
         ))
+    }
+
+    fn grep(&self, image: &str, req: &GrepRequest) -> Result<GrepResult, BackendError> {
+        let view = self.view(image)?;
+        let deadline = std::time::Instant::now() + grep::DEADLINE;
+        Ok(grep::search(&view, req, deadline)?)
     }
 
     fn import_local(&self, path: &Path, tag: Option<&str>) -> Result<String, BackendError> {

@@ -18,6 +18,7 @@ mod escape_userns;
 mod exit_codes;
 mod faults;
 mod gc;
+mod grep;
 mod hooks;
 mod host_image;
 mod images;

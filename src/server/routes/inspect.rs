@@ -1,5 +1,6 @@
-//! `/inspect`: find an image by tag, its metadata, directory listings, file downloads and
-//! tar archives. Every call checks that the caller's namespace may see the image.
+//! `/inspect`: find an image by tag, its metadata, directory listings, file downloads, tar
+//! archives and content search. Every call checks that the caller's namespace may see the
+//! image.
 
 use super::*;
 
@@ -61,6 +62,54 @@ pub(super) async fn list(
         })
     })
     .await
+}
+
+pub(super) async fn grep(
+    st: axum::extract::State<Shared>,
+    Extension(ns): Extension<Namespace>,
+    Path(image): Path<String>,
+    Query(q): Params,
+) -> ApiResult<Json<wire::GrepResult>> {
+    let image = parse_uuid(&image, "image")?;
+    let req = grep_request(&q)?;
+    blocking(&st, move |st| {
+        let engine = &st.engine;
+        visible_image(st, engine, &ns.name, &image)?;
+        Ok(Json(engine.grep(&image, &req)?))
+    })
+    .await
+}
+
+/// The query as the engine takes it: repeated `pattern`, `path` and `glob` in order, the
+/// numbers read as integers (the engine checks their ranges, and everything else).
+fn grep_request(q: &[(String, String)]) -> ApiResult<wire::GrepRequest> {
+    let all = |name: &str| -> Vec<String> {
+        q.iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let integer = |name: &str| -> ApiResult<Option<u64>> {
+        param(q, name)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "{name} must be a non-negative integer, not '{v}'"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    Ok(wire::GrepRequest {
+        patterns: all("pattern"),
+        paths: all("path"),
+        globs: all("glob"),
+        max_count: integer("max_count")?,
+        max_total: integer("max_total")?,
+        case: param(q, "case").map(str::to_string),
+        before: integer("before")?,
+        after: integer("after")?,
+    })
 }
 
 pub(super) async fn download(

@@ -36,6 +36,7 @@ pub fn router(state: Shared) -> Router {
         .route("/inspect/{image}/list", get(inspect::list))
         .route("/inspect/{image}/download", get(inspect::download))
         .route("/inspect/{image}/archive", get(inspect::archive))
+        .route("/inspect/{image}/grep", get(inspect::grep))
         .route("/files", post(files::upload).get(files::files))
         .route("/files/{sha256}", get(files::file_info))
         .route("/instances", post(operations::spawn))
