@@ -72,10 +72,8 @@ pub(super) async fn grep(
 ) -> ApiResult<Json<wire::GrepResult>> {
     let image = parse_uuid(&image, "image")?;
     let req = grep_request(&q)?;
-    blocking(&st, move |st| {
-        let engine = &st.engine;
-        visible_image(st, engine, &ns.name, &image)?;
-        Ok(Json(engine.grep(&image, &req)?))
+    on_image(&st, ns, image, move |engine, _, row| {
+        Ok(Json(engine.grep(&row.uuid, &req)?))
     })
     .await
 }
