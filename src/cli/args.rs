@@ -76,6 +76,8 @@ pub enum Command {
     Kill(KillFlags),
     /// Wait for operations to finish
     Wait(WaitFlags),
+    /// Run one more command in a running operation's sandbox (e.g. one started with run -d)
+    Exec(ExecFlags),
     /// Operations: ls, show, cancel, wait, events
     #[command(visible_alias = "op")]
     Operation {
@@ -402,6 +404,28 @@ pub struct KillFlags {
     /// Every active operation
     #[arg(short = 'a', long)]
     pub all: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ExecFlags {
+    /// The running operation
+    #[arg(value_name = "UUID_OR_REF")]
+    pub op: String,
+    /// Run the words as one shell expression (`sh -c`)
+    #[arg(short = 's', long)]
+    pub shell: bool,
+    /// Set an environment variable (repeatable), over the operation's own
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory (default: the operation's)
+    #[arg(short = 'w', long = "cwd", value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// Keep at most this many bytes of each output stream in the operation's log
+    #[arg(short = 'T', long = "truncate-output-at", value_name = "BYTES")]
+    pub truncate_output_at: Option<u64>,
+    /// The command and its arguments
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -5,6 +5,7 @@ pub mod args;
 mod auth;
 mod completions;
 mod doctor;
+mod exec;
 mod gc;
 mod history;
 mod hooks;
@@ -169,6 +170,7 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         Command::Show(flags) => ops::show(&ctx, flags),
         Command::Kill(flags) => ops::cancel(&ctx, flags),
         Command::Wait(flags) => ops::wait(&ctx, flags),
+        Command::Exec(flags) => exec::exec(&ctx, flags),
         Command::Operation { command } => ops::dispatch(&ctx, command),
         Command::Session { command } => session::session(&ctx, command),
         Command::Ls { path } => inspect::ls(&ctx, path.as_deref()),

@@ -15,6 +15,7 @@ mod escape_limits;
 mod escape_network;
 mod escape_serve;
 mod escape_userns;
+mod exec;
 mod exit_codes;
 mod faults;
 mod gc;
