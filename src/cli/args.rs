@@ -107,6 +107,9 @@ pub enum Command {
     },
     /// Print a file of the session's image (no sandbox is started)
     Cat { path: String },
+    /// Search file contents of the session's image (no sandbox is started); exit 1: no
+    /// match, 2: stopped before finding any
+    Grep(GrepFlags),
     /// Copy a file or directory of the session's image to this machine
     Cp { path: String, dest: String },
     /// Print or change the session's working directory
@@ -404,6 +407,48 @@ pub struct KillFlags {
     /// Every active operation
     #[arg(short = 'a', long)]
     pub all: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GrepFlags {
+    /// Regex to search for (Rust regex syntax)
+    pub pattern: String,
+    /// Files or directories inside the image (default: the session's cd; `/` for all)
+    pub paths: Vec<String>,
+    /// Only files matching this glob (ripgrep's -g; `!` excludes; repeatable)
+    #[arg(long = "glob", value_name = "GLOB")]
+    pub globs: Vec<String>,
+    /// Stop after this many matches per file
+    #[arg(long = "max-count", value_name = "NUM")]
+    pub max_count: Option<u64>,
+    /// Stop after this many matches in all (the server's default: 1000)
+    #[arg(long = "max-total", value_name = "NUM")]
+    pub max_total: Option<u64>,
+    /// Case sensitivity
+    #[arg(long, value_parser = ["sensitive", "insensitive", "smart"], default_value = "sensitive")]
+    pub case: String,
+    /// Lines of context before each match (at most 50)
+    #[arg(
+        short = 'B',
+        long = "before-context",
+        visible_alias = "before",
+        value_name = "NUM"
+    )]
+    pub before: Option<u64>,
+    /// Lines of context after each match (at most 50)
+    #[arg(
+        short = 'A',
+        long = "after-context",
+        visible_alias = "after",
+        value_name = "NUM"
+    )]
+    pub after: Option<u64>,
+    /// Lines of context before and after (-A/-B win)
+    #[arg(short = 'C', long = "context", value_name = "NUM")]
+    pub context: Option<u64>,
+    /// Print the API's JSON result as it is
+    #[arg(long)]
+    pub raw: bool,
 }
 
 #[derive(Debug, Args, Clone)]

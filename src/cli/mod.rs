@@ -7,6 +7,7 @@ mod completions;
 mod doctor;
 mod exec;
 mod gc;
+mod grep;
 mod history;
 mod hooks;
 mod images;
@@ -174,6 +175,7 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         Command::Operation { command } => ops::dispatch(&ctx, command),
         Command::Session { command } => session::session(&ctx, command),
         Command::Ls { path } => inspect::ls(&ctx, path.as_deref()),
+        Command::Grep(flags) => grep::grep(&ctx, flags),
         Command::Cat { path } => inspect::cat(&ctx, &path),
         Command::Cp { path, dest } => inspect::cp(&ctx, &path, &dest),
         Command::Cd { path } => session::cd(&ctx, path.as_deref()),

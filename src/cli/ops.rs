@@ -194,8 +194,6 @@ fn exit_code_of(op: &Operation) -> Option<i64> {
         .as_ref()?
         .pointer("/result/state/exit_code")?
         .as_i64()
-        // -1: the command never ended on its own (the API's state has no "none").
-        .filter(|code| *code >= 0)
 }
 
 pub fn show(ctx: &Context, flags: ShowFlags) -> CommandResult<i32> {

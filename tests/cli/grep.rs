@@ -217,3 +217,44 @@ fn grep_refuses_bad_requests_and_what_the_namespace_cannot_see() {
     );
     assert_eq!(status, 200);
 }
+
+/// `contree grep` on the session's image: locally, and through a profile on `serve`, the
+/// same lines and exit codes.
+fn cli_greps(env: &crate::harness::Env) {
+    env.run(["run", "--", "sh", "-c", FILES]).success();
+    env.run(["grep", "Port", "/g/etc"])
+        .success()
+        .stdout("/g/etc/sshd_config:3:Port 22\n");
+    // Case folding, context, a glob, and the session's cd as the default root.
+    env.run(["cd", "/g"]).success();
+    env.run(["grep", "--case", "insensitive", "-B1", "--glob", "!*.bak", "^port"])
+        .success()
+        .stdout("/g/etc/sshd_config-2-PermitRootLogin no\n/g/etc/sshd_config:3:Port 22\n--\n/g/src/.env:1:PORT=2\n");
+    let rows = env
+        .run(["-o", "json", "grep", "let port", "src"])
+        .success()
+        .json_lines();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["path"], "/g/src/main.rs");
+    assert_eq!(rows[0]["line_number"], 2);
+    // No match: 1; a bad regex: an error.
+    env.run(["grep", "nowhere-to-be-found", "/g"])
+        .code(1)
+        .stdout_empty();
+    env.run(["grep", "(", "/g"])
+        .code(1)
+        .stderr_contains("regex");
+}
+
+#[test]
+fn cli_grep_searches_the_session_image_locally() {
+    cli_greps(&crate::harness::Env::host());
+}
+
+#[test]
+fn cli_grep_searches_the_session_image_through_serve() {
+    let server = Server::start();
+    let env = crate::serve::our_client(&server);
+    env.use_host();
+    cli_greps(&env);
+}

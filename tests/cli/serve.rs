@@ -846,6 +846,16 @@ fn official_client_snapshots_tags_and_inspects() {
     cli.run(["run", "--", "cat", "/kept.txt"])
         .success()
         .stdout("kept\n");
+    // grep goes through /inspect/{uuid}/grep: the same lines and exit codes as ours.
+    cli.run(["run", "--", "sh", "-c", "printf 'alpha\\nbeta\\n' > /a.txt"])
+        .success();
+    cli.run(["grep", "beta", "/a.txt"])
+        .success()
+        .stdout_contains("/a.txt:2:beta");
+    cli.run(["grep", "-B1", "beta", "/a.txt"])
+        .success()
+        .stdout_contains("alpha");
+    cli.run(["grep", "nothing-here", "/a.txt"]).code(1);
 }
 
 #[test]
