@@ -247,6 +247,15 @@ pub trait EventStream {
     fn set_deadline(&mut self, deadline: Option<std::time::Instant>);
 }
 
+/// A registry pull as `Backend::pull_image` takes it: what to pull, with which credentials,
+/// and the tag the image gets.
+pub struct Pull<'a> {
+    /// `docker://reg/path:tag`, `user/img`…
+    pub reference: &'a str,
+    pub credentials: crate::engine::registry::Credentials,
+    pub tag: Option<&'a str>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct OpFilter {
     pub statuses: Vec<Status>,
@@ -346,13 +355,7 @@ pub trait Backend: Send + Sync {
     /// Imports a root filesystem directory or tar archive from this machine.
     fn import_local(&self, path: &Path, tag: Option<&str>) -> Result<String, BackendError>;
     /// Pulls an image from an OCI / Docker registry (`docker://reg/path:tag`, `user/img`…).
-    fn pull_image(
-        &self,
-        _reference: &str,
-        _username: Option<&str>,
-        _password: Option<&str>,
-        _tag: Option<&str>,
-    ) -> Result<String, BackendError> {
+    fn pull_image(&self, _pull: &Pull<'_>) -> Result<String, BackendError> {
         Err(BackendError::Unsupported(
             "registry pulls are not available for this backend".into(),
         ))

@@ -338,26 +338,21 @@ impl Backend for RemoteBackend {
     }
 
     /// `POST /images/import`, then the import operation followed to its end.
-    fn pull_image(
-        &self,
-        reference: &str,
-        username: Option<&str>,
-        password: Option<&str>,
-        tag: Option<&str>,
-    ) -> Result<String, BackendError> {
-        let url = if reference.contains("://") {
-            reference.to_string()
+    fn pull_image(&self, pull: &crate::backend::Pull<'_>) -> Result<String, BackendError> {
+        let url = if pull.reference.contains("://") {
+            pull.reference.to_string()
         } else {
-            format!("docker://{reference}")
+            format!("docker://{}", pull.reference)
         };
         let mut registry = serde_json::json!({ "url": url });
-        if username.is_some() || password.is_some() {
+        let creds = &pull.credentials;
+        if creds.username.is_some() || creds.password.is_some() {
             registry["credentials"] = serde_json::json!({
-                "username": username,
-                "password": password,
+                "username": creds.username,
+                "password": creds.password,
             });
         }
-        let body = serde_json::json!({ "registry": registry, "tag": tag });
+        let body = serde_json::json!({ "registry": registry, "tag": pull.tag });
         let op = self.api.post_once("/images/import", &body)?;
         let mut delay = Duration::from_millis(100);
         loop {

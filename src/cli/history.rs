@@ -378,14 +378,7 @@ fn wait(ctx: &Context, words: &[String]) -> CommandResult<i32> {
                         .or_else(|| op.image_uuid.clone())
                         .unwrap_or_default();
                     ctx.sessions
-                        .add_side_branch(
-                            key,
-                            &format!("disposable-{uuid}"),
-                            &image,
-                            "run-disposable",
-                            &p.title,
-                            Some(&uuid),
-                        )
+                        .add_side_branch(key, &uuid, true, &image, &p.title)
                         .map_err(store_err)?;
                 } else if let Some(image) = &op.result_image_uuid {
                     ctx.sessions

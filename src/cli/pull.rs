@@ -1,6 +1,8 @@
 //! `images import REF` for a registry reference: pull, import, print the new image.
 
+use crate::backend::Pull;
 use crate::context::Context;
+use crate::engine::registry::Credentials;
 use crate::error::CommandResult;
 use crate::format::{print_records, Record};
 
@@ -41,12 +43,11 @@ pub fn pull(
 ) -> CommandResult<i32> {
     let tag = tag.unwrap_or_else(|| default_tag(reference));
     crate::info!("Pulling {reference}");
-    let uuid = ctx.backend.pull_image(
+    let uuid = ctx.backend.pull_image(&Pull {
         reference,
-        username.as_deref(),
-        password.as_deref(),
-        Some(&tag),
-    )?;
+        credentials: Credentials { username, password },
+        tag: Some(&tag),
+    })?;
     let mut rec = Record::new();
     rec.insert("uuid".into(), uuid.clone().into());
     rec.insert("tag".into(), tag.clone().into());

@@ -572,24 +572,14 @@ impl Backend for LocalEngine {
         Ok(import::import(&self.store, path, tag, Show::OnTerminal)?)
     }
 
-    fn pull_image(
-        &self,
-        reference: &str,
-        username: Option<&str>,
-        password: Option<&str>,
-        tag: Option<&str>,
-    ) -> Result<String, BackendError> {
-        let creds = registry::Credentials {
-            username: username.map(str::to_string),
-            password: password.map(str::to_string),
-        };
+    fn pull_image(&self, pull: &crate::backend::Pull<'_>) -> Result<String, BackendError> {
         let opts = registry::PullOptions {
-            tag,
+            tag: pull.tag,
             reuse: &|_| true,
             deadline: None,
             show: Show::OnTerminal,
         };
-        Ok(registry::pull(&self.store, reference, &creds, &opts)?.image)
+        Ok(registry::pull(&self.store, pull.reference, &pull.credentials, &opts)?.image)
     }
 
     fn gc(

@@ -126,25 +126,7 @@ impl LocalEngine {
     /// ending). Anything else is no operation at all.
     pub(super) fn unrecorded(&self, op: &str) -> Result<Operation, BackendError> {
         let log = self.store.op_dir(op).join("events");
-        let mut row = store::OpRow {
-            uuid: op.to_string(),
-            kind: "instance".into(),
-            status: Status::Executing,
-            created_at: crate::wire::now_ts(),
-            duration: None,
-            image: None,
-            result_image: None,
-            error: None,
-            request: None,
-            supervisor_pid: None,
-            supervisor_start: None,
-            exit_code: None,
-            timed_out: false,
-            image_size: None,
-            consumed_cpu: None,
-            consumed_memory: None,
-            resources: None,
-        };
+        let mut row = store::OpRow::instance(op, Status::Executing);
         if crate::backend::is_uuid(op)
             && (LogWriter::owned(&log) || claim::held(&self.store.scratch_dir(op)))
         {

@@ -37,8 +37,10 @@ fn base(r: &Reference) -> String {
     )
 }
 
-/// Registry credentials for basic auth or the token realm.
-#[derive(Debug, Clone, Default)]
+/// Registry credentials for basic auth or the token realm (as `POST /images/import` takes
+/// them too: either may be missing).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
 pub struct Credentials {
     pub username: Option<String>,
     pub password: Option<String>,

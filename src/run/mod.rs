@@ -372,10 +372,9 @@ fn detach(
     image: &str,
     disposable: bool,
 ) -> CommandResult<i32> {
-    let (branch, kind) = detached_branch(op, disposable);
     crate::failpoint::hit("run:detached");
     ctx.sessions
-        .add_side_branch(&ctx.session_key, &branch, image, kind, title, Some(op))?;
+        .add_side_branch(&ctx.session_key, op, disposable, image, title)?;
     let mut rec = Record::new();
     rec.insert("uuid".into(), op.into());
     rec.insert("status".into(), "PENDING".into());
@@ -408,7 +407,7 @@ fn spawn_pending(
         let branch = if p.foreground {
             String::new()
         } else {
-            detached_branch(op, p.disposable).0
+            crate::session::side_branch(op, p.disposable).0
         };
         let pending = PendingOp {
             op: op.to_string(),
@@ -423,15 +422,6 @@ fn spawn_pending(
         }
         e.into()
     })
-}
-
-/// The branch a detached run gets at spawn time, and its entry's kind (§2.14).
-fn detached_branch(op: &str, disposable: bool) -> (String, &'static str) {
-    if disposable {
-        (format!("disposable-{op}"), "run-disposable")
-    } else {
-        (format!("detached-{op}"), "run-detached")
-    }
 }
 
 /// Whether the output goes out exactly as the command wrote it (a formatter that passes it

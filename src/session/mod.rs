@@ -18,6 +18,15 @@ use target::Target;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+/// The branch a detached run gets at spawn time, and its entry's kind (§2.14).
+pub fn side_branch(op: &str, disposable: bool) -> (String, &'static str) {
+    if disposable {
+        (format!("disposable-{op}"), "run-disposable")
+    } else {
+        (format!("detached-{op}"), "run-detached")
+    }
+}
+
 /// One history entry. Ids are global to the database (shared by all sessions of a profile).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HistoryEntry {

@@ -282,24 +282,24 @@ impl SessionStore {
         Ok(entry)
     }
 
-    /// A side entry (child of the active tip) with branch `branch` pointing at it; the
-    /// active branch does not move. Used for `detached-<op>` / `disposable-<op>`. An
-    /// existing branch of that name is moved: `session wait` re-creates the
-    /// `disposable-<op>` branch that `run -d -D` made at spawn time.
+    /// The side entry of detached run `op` (child of the active tip) with its branch (see
+    /// `side_branch`) pointing at it; the active branch does not move. An existing branch
+    /// of that name is moved: `session wait` re-creates the `disposable-<op>` branch that
+    /// `run -d -D` made at spawn time.
     pub fn add_side_branch(
         &self,
         key: &str,
-        branch: &str,
+        op: &str,
+        disposable: bool,
         image: &str,
-        kind: &str,
         title: &str,
-        operation: Option<&str>,
     ) -> Result<HistoryEntry, SessionError> {
+        let (branch, kind) = super::side_branch(op, disposable);
         let tx = self.write()?;
         let active = active(&tx, key)?;
         let tip = active.tip.ok_or(SessionError::NoSession)?;
-        let entry = insert_entry(&tx, key, image, Some(tip.id), kind, title, operation)?;
-        upsert_branch(&tx, key, branch, entry.id)?;
+        let entry = insert_entry(&tx, key, image, Some(tip.id), kind, title, Some(op))?;
+        upsert_branch(&tx, key, &branch, entry.id)?;
         touch_state(&tx, key, &active.branch)?;
         tx.commit()?;
         Ok(entry)

@@ -174,35 +174,24 @@ fn side_branches_do_not_move_the_active_branch() {
     let (_d, s) = store();
     let [_a, _b, c] = abc(&s);
     let e = s
-        .add_side_branch(
-            "t",
-            "detached-op1",
-            "C",
-            "run-detached",
-            "sleep 9",
-            Some("op1"),
-        )
+        .add_side_branch("t", "op1", false, "C", "sleep 9")
         .unwrap();
-    assert_eq!(e.parent_id, Some(c.id));
+    assert_eq!((e.parent_id, e.kind.as_str()), (Some(c.id), "run-detached"));
     let info = s.info("t").unwrap().unwrap();
     assert_eq!((info.active_branch.as_str(), info.tip_id), ("main", c.id));
-    // Re-creating an existing side branch moves it (session wait after `run -d -D`).
-    let e2 = s
-        .add_side_branch(
-            "t",
-            "detached-op1",
-            "C",
-            "run-disposable",
-            "sleep 9",
-            Some("op1"),
-        )
-        .unwrap();
     assert!(s
         .branches("t")
         .unwrap()
-        .contains(&("detached-op1".to_string(), e2.id)));
+        .contains(&("detached-op1".to_string(), e.id)));
+    // Re-creating an existing side branch moves it (session wait after `run -d -D`).
+    let d1 = s.add_side_branch("t", "op1", true, "C", "sleep 9").unwrap();
+    let d2 = s.add_side_branch("t", "op1", true, "C", "sleep 9").unwrap();
+    assert_eq!(d2.kind, "run-disposable");
+    let branches = s.branches("t").unwrap();
+    assert!(branches.contains(&("disposable-op1".to_string(), d2.id)));
+    assert!(!branches.iter().any(|(_, id)| *id == d1.id));
     assert!(matches!(
-        s.add_side_branch("fresh", "b", "I", "run-detached", "t", None),
+        s.add_side_branch("fresh", "b", false, "I", "t"),
         Err(SessionError::NoSession)
     ));
 }
@@ -250,8 +239,7 @@ fn pending_files_stop_at_the_last_run_and_latest_per_path_wins() {
     );
 
     s.add_file("t", "/app/cfg", "u1", 0, 0, "0644").unwrap();
-    s.add_side_branch("t", "detached-x", "B", "run-detached", "x", Some("x"))
-        .unwrap();
+    s.add_side_branch("t", "x", false, "B", "x").unwrap();
     s.set_image("t", "B", "run-disposable", "d", None).unwrap();
     s.set_cwd("t", "/app").unwrap();
     s.add_file("t", "/app/cfg", "u2", 1, 2, "0600").unwrap();

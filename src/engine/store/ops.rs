@@ -31,6 +31,29 @@ pub struct OpRow {
 }
 
 impl OpRow {
+    /// An instance operation created now, with nothing recorded about it yet.
+    pub fn instance(uuid: &str, status: Status) -> OpRow {
+        OpRow {
+            uuid: uuid.to_string(),
+            kind: "instance".into(),
+            status,
+            created_at: wire::now_ts(),
+            duration: None,
+            image: None,
+            result_image: None,
+            error: None,
+            request: None,
+            supervisor_pid: None,
+            supervisor_start: None,
+            exit_code: None,
+            timed_out: false,
+            image_size: None,
+            consumed_cpu: None,
+            consumed_memory: None,
+            resources: None,
+        }
+    }
+
     /// The `OperationResponse` shape: `metadata` is the request as the API describes it
     /// (`OperationInstanceMetadata`: every field, defaults filled in) and, once the run has
     /// ended, its `result` (the serve route adds the output); while it runs `result` is
@@ -294,23 +317,8 @@ mod tests {
 
     fn row(status: Status) -> OpRow {
         OpRow {
-            uuid: "u".into(),
-            kind: "instance".into(),
-            status,
-            created_at: wire::now_ts(),
-            duration: None,
-            image: None,
-            result_image: None,
-            error: None,
             request: serde_json::from_value(json!({"image": "i", "command": "true"})).ok(),
-            supervisor_pid: None,
-            supervisor_start: None,
-            exit_code: None,
-            timed_out: false,
-            image_size: None,
-            consumed_cpu: None,
-            consumed_memory: None,
-            resources: None,
+            ..OpRow::instance("u", status)
         }
     }
 

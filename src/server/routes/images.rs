@@ -58,15 +58,7 @@ struct ImportBody {
 struct RegistryBody {
     url: String,
     #[serde(default)]
-    credentials: Option<CredentialsBody>,
-}
-
-#[derive(serde::Deserialize)]
-struct CredentialsBody {
-    #[serde(default)]
-    username: Option<String>,
-    #[serde(default)]
-    password: Option<String>,
+    credentials: Option<crate::engine::registry::Credentials>,
 }
 
 /// The longest `timeout` an import may ask for, in seconds.
@@ -136,10 +128,7 @@ fn run_import(st: &super::super::Shared, ns: &str, op: &str, req: ImportBody, ti
     let (tx, rx) = std::sync::mpsc::channel();
     let store_root = st.opts.paths.store();
     let url = req.registry.url.clone();
-    let creds = req.registry.credentials.unwrap_or(CredentialsBody {
-        username: None,
-        password: None,
-    });
+    let creds = req.registry.credentials.unwrap_or_default();
     let shared = st.clone();
     let name = ns.to_string();
     let job = op.to_string();
@@ -148,10 +137,6 @@ fn run_import(st: &super::super::Shared, ns: &str, op: &str, req: ImportBody, ti
         let result = crate::engine::store::Store::open(&store_root)
             .map_err(|e| e.to_string())
             .and_then(|store| {
-                let creds = crate::engine::registry::Credentials {
-                    username: creds.username,
-                    password: creds.password,
-                };
                 let visible = |image: &str| match store.image(image) {
                     Ok(Some(row)) => image_visible(&shared, &name, &row).unwrap_or(false),
                     _ => false,

@@ -40,14 +40,39 @@ pub(super) async fn inspect_image(
     .await
 }
 
+/// The image and the path in it that `list`, `download` and `archive` act on: both checked
+/// (400) before the image is looked up.
+pub(super) struct ImagePath {
+    image: String,
+    path: String,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ImagePath {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        let Path(image) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Query(q) = Params::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(ImagePath {
+            image: parse_uuid(&image, "image").map_err(IntoResponse::into_response)?,
+            path: image_path(&q).map_err(IntoResponse::into_response)?,
+        })
+    }
+}
+
 pub(super) async fn list(
     st: axum::extract::State<Shared>,
     Extension(ns): Extension<Namespace>,
-    Path(image): Path<String>,
+    ImagePath { image, path }: ImagePath,
     Query(q): Params,
 ) -> ApiResult<Response> {
-    let image = parse_uuid(&image, "image")?;
-    let path = image_path(&q)?;
     let text = flag(&q, "text");
     on_image(&st, ns, image, move |engine, _, row| {
         let listing = engine.list_dir(&row.uuid, &path)?;
@@ -113,12 +138,9 @@ fn grep_request(q: &[(String, String)]) -> ApiResult<wire::GrepRequest> {
 pub(super) async fn download(
     st: axum::extract::State<Shared>,
     Extension(ns): Extension<Namespace>,
-    Path(image): Path<String>,
-    Query(q): Params,
+    ImagePath { image, path }: ImagePath,
 ) -> ApiResult<Response> {
     use crate::engine::inspect::InspectError;
-    let image = parse_uuid(&image, "image")?;
-    let path = image_path(&q)?;
     let (file, size) = on_image(&st, ns, image, move |engine, _, row| {
         let view = engine.view(&row.uuid)?;
         match view.open(&path) {
@@ -172,8 +194,7 @@ pub(super) async fn download(
 pub(super) async fn archive(
     st: axum::extract::State<Shared>,
     Extension(ns): Extension<Namespace>,
-    Path(image): Path<String>,
-    Query(q): Params,
+    ImagePath { image, path }: ImagePath,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     // Compressed on the wire when the client takes gzip (the official `export` keeps the
@@ -183,8 +204,6 @@ pub(super) async fn archive(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
     use crate::engine::inspect::InspectError;
-    let image = parse_uuid(&image, "image")?;
-    let path = image_path(&q)?;
     let name = format!("{}.tar", path.trim_matches('/').replace('/', "_"));
     let view = on_image(&st, ns, image, move |engine, _, row| {
         let view = engine.view(&row.uuid)?;
