@@ -95,6 +95,20 @@ const _: fn() = || {
 };
 
 impl LocalEngine {
+    /// Whether `op`'s event log has its `completion` (headers only: the output is skipped).
+    fn log_has_completion(&self, op: &str) -> bool {
+        let Ok(mut log) = eventlog::LogReader::open(&self.store.op_dir(op).join("events")) else {
+            return false;
+        };
+        log.skip_stream_payloads();
+        while let Ok(Some(event)) = log.next() {
+            if event.header.kind == "completion" {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Asks the supervisor of `op` (see `exec`); an operation without one listening is not
     /// running, or is not ours.
     fn ask_supervisor(&self, op: &str, request: &ExecRequest) -> Result<ExecReply, BackendError> {
@@ -356,12 +370,13 @@ impl Backend for LocalEngine {
             self.recover_op(&row);
             return self.operation(op);
         }
-        // What a run consumed is recorded just after its ending, off the path of the run's
-        // end: a reader that sees the ending first gets it once the supervisor wrote it.
+        // The supervisor writes `completion` first (the run's end, which a follower is
+        // waiting for), then what the run consumed and the row's ending: a reader who saw
+        // the completion and asks at once gets the row once it caught up.
         let until = std::time::Instant::now() + Duration::from_secs(2);
-        while row.status.is_terminal()
-            && row.kind == "instance"
-            && row.resources.is_none()
+        let ended_in_log = !row.status.is_terminal() && self.log_has_completion(op);
+        while (ended_in_log && !row.status.is_terminal()
+            || row.status.is_terminal() && row.kind == "instance" && row.resources.is_none())
             && std::time::Instant::now() < until
             && self.supervisor_alive(&row)
         {
