@@ -192,50 +192,13 @@ pub fn attach(fd: &OwnedFd, target: &Path) -> io::Result<()> {
 
 /// Sends descriptors over a unix socket (SCM_RIGHTS), with one byte of data.
 pub fn send_fds(sock: &OwnedFd, fds: &[RawFd]) -> io::Result<()> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let iov = [io::IoSlice::new(&[0u8])];
-    let rights = [ControlMessage::ScmRights(fds)];
-    sendmsg::<()>(
-        sock.as_raw_fd(),
-        &iov,
-        &rights,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )?;
-    Ok(())
+    super::fdpass::send(sock, &[0u8], fds)
 }
 
 /// Receives up to `n` descriptors sent by `send_fds` (waiting for them); none when the
 /// other end closed without sending.
 pub fn recv_fds(sock: RawFd, n: usize) -> io::Result<Vec<OwnedFd>> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut byte = [0u8; 1];
-    let mut iov = [io::IoSliceMut::new(&mut byte)];
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE((n * std::mem::size_of::<RawFd>()) as u32) } as usize;
-    let mut control = Vec::with_capacity(space);
-    let msg = loop {
-        match recvmsg::<()>(
-            sock,
-            &mut iov,
-            Some(&mut control),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => break other?,
-        }
-    };
-    let mut fds = Vec::new();
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(got) = cmsg {
-            // SAFETY: the kernel just installed these descriptors in this process.
-            fds.extend(
-                got.into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
-        }
-    }
-    Ok(fds)
+    super::fdpass::recv(sock, &mut [0u8; 1], n).map(|(_, fds)| fds)
 }
 
 /// The user namespace of process `pid`, to idmap mounts with.

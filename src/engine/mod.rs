@@ -13,6 +13,7 @@ pub mod claim;
 pub mod doctor;
 pub mod eventlog;
 pub mod exec;
+mod fdpass;
 use exec::{ExecError, ExecReply, ExecRequest};
 pub mod gc;
 pub mod grep;

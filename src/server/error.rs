@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Busy or too early: the answer says when to ask again (`Retry-After: 1`).
+    pub retry: bool,
 }
 
 impl ApiError {
@@ -15,6 +17,14 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry: false,
+        }
+    }
+    /// An error to retry in a moment (429, 425, 503 while busy).
+    pub fn retry_later(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            retry: true,
+            ..ApiError::new(status, message)
         }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -56,6 +66,13 @@ impl From<rusqlite::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.message, "status": self.status.as_u16() });
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.retry {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }

@@ -77,14 +77,10 @@ pub async fn events(
     let open = OPEN_STREAMS.fetch_add(1, Ordering::SeqCst);
     if open >= MAX_STREAMS {
         OPEN_STREAMS.fetch_sub(1, Ordering::SeqCst);
-        let mut e = ApiError::new(
+        return Err(ApiError::retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("too many open event streams ({MAX_STREAMS}); retry later"),
-        )
-        .into_response();
-        e.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return Ok(e);
+        ));
     }
     let spawned = std::thread::Builder::new()
         .name("sse".into())

@@ -11,9 +11,10 @@
 //! One request is one datagram (SOCK_SEQPACKET): a JSON body and, for a spawn, the three
 //! descriptors of its stdin, stdout and stderr.
 
+use crate::engine::fdpass;
 use serde::{Deserialize, Serialize};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 
 /// The largest request; an exec's argv and environment must fit.
 pub(crate) const MAX_REQUEST: usize = 256 << 10;
@@ -54,7 +55,6 @@ pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Sends `request` with `fds` (a spawn's stdin, stdout and stderr).
 pub(crate) fn send(sock: &OwnedFd, request: &Request, fds: &[RawFd]) -> io::Result<()> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let body = serde_json::to_vec(request).map_err(io::Error::other)?;
     if body.len() > MAX_REQUEST {
         return Err(io::Error::other(format!(
@@ -62,53 +62,23 @@ pub(crate) fn send(sock: &OwnedFd, request: &Request, fds: &[RawFd]) -> io::Resu
             body.len()
         )));
     }
-    let iov = [io::IoSlice::new(&body)];
-    let rights = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-    sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
-    Ok(())
+    fdpass::send(sock, &body, fds)
 }
 
 /// The next request and its descriptors; `None` once the supervisor's end is closed.
 pub(crate) fn recv(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<(Request, Vec<OwnedFd>)>> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut control = nix::cmsg_space!([RawFd; 3]);
-    let mut iov = [io::IoSliceMut::new(buf)];
-    let (len, fds) = loop {
-        match recvmsg::<()>(
-            sock,
-            &mut iov,
-            Some(&mut control),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-            Ok(msg) => {
-                let mut fds = Vec::new();
-                for cmsg in msg.cmsgs()? {
-                    if let ControlMessageOwned::ScmRights(got) = cmsg {
-                        // SAFETY: the kernel just installed these descriptors here.
-                        fds.extend(
-                            got.into_iter()
-                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                        );
-                    }
-                }
-                break (msg.bytes, fds);
-            }
-        }
-    };
+    let (len, fds) = fdpass::recv(sock, buf, 3)?;
     if len == 0 {
         return Ok(None);
     }
-    let body = iov[0].get(..len).unwrap_or_default();
-    let request = serde_json::from_slice(body).map_err(io::Error::other)?;
+    let request = serde_json::from_slice(&buf[..len]).map_err(io::Error::other)?;
     Ok(Some((request, fds)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn a_request_crosses_with_its_descriptors() {

@@ -110,12 +110,10 @@ pub(super) async fn import(
     let shared = st.0.clone();
     let job = op.clone();
     tokio::task::spawn_blocking(move || run_import(&shared, &ns.name, &job, req, timeout));
-    Ok((
-        StatusCode::CREATED,
-        [(axum::http::header::LOCATION, format!("/v1/operations/{op}"))],
-        Json(json!({ "uuid": op })),
-    )
-        .into_response())
+    Ok(created(
+        format!("/v1/operations/{op}"),
+        json!({ "uuid": op }),
+    ))
 }
 
 /// Pulls on a thread of its own with a store connection of its own (the download's many

@@ -201,6 +201,16 @@ async fn json_body<T: serde::de::DeserializeOwned>(body: Body, limit: usize) -> 
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
+/// 201 Created: `body`, and where what was made can be read.
+fn created(location: String, body: Value) -> Response {
+    (
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response()
+}
+
 /// 503 once the server is shutting down: it starts no new work.
 fn accepting(st: &State) -> ApiResult<()> {
     if *st.shutdown.borrow() {

@@ -50,7 +50,7 @@ pub(super) async fn spawn(
         let wait =
             !queue.is_empty() || super::super::running(engine, &queue) >= st.opts.max_running;
         if wait && queue.len() >= st.opts.max_pending {
-            return Err(ApiError::new(
+            return Err(ApiError::retry_later(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
                     "{} operations are waiting for a slot (the limit is {}); retry later",
@@ -125,21 +125,8 @@ pub(super) async fn spawn(
         Ok((op, echo))
     })
     .await;
-    let (op, echo) = match spawned {
-        Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
-            let mut resp = e.into_response();
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return Ok(resp);
-        }
-        other => other?,
-    };
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, format!("/v1/operations/{op}"))],
-        Json(echo),
-    )
-        .into_response())
+    let (op, echo) = spawned?;
+    Ok(created(format!("/v1/operations/{op}"), echo))
 }
 
 pub(super) async fn operations(
