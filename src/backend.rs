@@ -350,6 +350,17 @@ pub trait Backend: Send + Sync {
         image: &str,
         path: &str,
     ) -> Result<(Box<dyn std::io::Read>, Option<u32>), BackendError>;
+    /// A file or directory of an image as a tar stream written to `out` (`GET
+    /// /inspect/{image}/archive`): gzip-compressed when `gzip`, else plain tar. Whiteouts
+    /// are applied, symlinks stored as links, mount points of the host empty (see
+    /// `engine::archive`). A path that is neither a file nor a directory is `Invalid`.
+    fn archive(
+        &self,
+        image: &str,
+        path: &str,
+        gzip: bool,
+        out: &mut dyn std::io::Write,
+    ) -> Result<(), BackendError>;
     /// Searches the files of an image (`GET /inspect/{image}/grep`), without a sandbox.
     fn grep(&self, image: &str, req: &GrepRequest) -> Result<GrepResult, BackendError>;
     /// Imports a root filesystem directory or tar archive from this machine.

@@ -243,3 +243,16 @@ pub fn hook_management_error(e: HookError) -> CommandError {
         _ => CommandError::user(e.to_string()),
     }
 }
+
+/// Writing the archive (a file, stdout) is I/O; a terminal as stdout is the user's to fix.
+impl From<crate::export::ExportError> for CommandError {
+    fn from(e: crate::export::ExportError) -> Self {
+        use crate::export::ExportError as E;
+        match e {
+            E::Terminal => CommandError::user(e.to_string())
+                .hint("pipe it (`contree export | tar -tzf -`) or write a file: `contree export -F rootfs.tar.gz`"),
+            E::File { .. } | E::Stdout(_) => CommandError::new(Kind::Io, e.to_string()),
+            E::Backend(e) => e.into(),
+        }
+    }
+}

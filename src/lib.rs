@@ -14,6 +14,7 @@ pub(crate) mod context;
 pub(crate) mod db;
 pub(crate) mod engine;
 pub(crate) mod error;
+pub(crate) mod export;
 pub(crate) mod failpoint;
 pub(crate) mod format;
 pub(crate) mod hooks;

@@ -438,6 +438,47 @@ impl Backend for RemoteBackend {
         Ok((Box::new(r), None))
     }
 
+    /// Asks for gzip on the wire when the caller wants it (the server's compression is kept
+    /// as it is, no work here); whichever the server sent, the caller gets what it asked for.
+    fn archive(
+        &self,
+        image: &str,
+        path: &str,
+        gzip: bool,
+        out: &mut dyn std::io::Write,
+    ) -> Result<(), BackendError> {
+        let url = format!(
+            "/inspect/{image}/archive{}",
+            query(&[("path", path.to_string())])
+        );
+        let encoding = if gzip { "gzip" } else { "identity" };
+        let mut r = self.api.call(
+            || {
+                self.api
+                    .request(reqwest::Method::GET, &url)
+                    .header(reqwest::header::ACCEPT_ENCODING, encoding)
+            },
+            true,
+        )?;
+        let gzipped = r
+            .headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+        let copied = match (gzipped, gzip) {
+            (true, true) | (false, false) => std::io::copy(&mut r, out).map(drop),
+            (true, false) => {
+                std::io::copy(&mut flate2::read::MultiGzDecoder::new(r), out).map(drop)
+            }
+            (false, true) => {
+                let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+                std::io::copy(&mut r, &mut gz).and_then(|_| gz.finish().map(drop))
+            }
+        };
+        copied
+            .map_err(|e| BackendError::Unreachable(format!("the archive of {path} broke off: {e}")))
+    }
+
     fn grep(&self, image: &str, req: &GrepRequest) -> Result<GrepResult, BackendError> {
         self.api.get_json(&format!(
             "/inspect/{image}/grep{}",

@@ -112,6 +112,9 @@ pub enum Command {
     Grep(GrepFlags),
     /// Copy a file or directory of the session's image to this machine
     Cp { path: String, dest: String },
+    /// Write the session image's root filesystem (or the subtree at PATH) as a tar archive:
+    /// tar.gz unless --decompress or a FILE ending in .tar; stdout must not be a terminal
+    Export(ExportFlags),
     /// Print or change the session's working directory
     Cd { path: Option<String> },
     /// Print, set (KEY=VALUE) or unset (-U KEY) the session's environment
@@ -449,6 +452,19 @@ pub struct GrepFlags {
     /// Print the API's JSON result as it is
     #[arg(long)]
     pub raw: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ExportFlags {
+    /// Path inside the image (default: `/`, the whole root filesystem; a relative path is
+    /// taken from the session's cd)
+    pub path: Option<String>,
+    /// Write the archive to FILE instead of stdout (a name ending in .tar means plain tar)
+    #[arg(short = 'F', long = "file", value_name = "FILE")]
+    pub file: Option<String>,
+    /// Plain tar instead of tar.gz
+    #[arg(long)]
+    pub decompress: bool,
 }
 
 #[derive(Debug, Args, Clone)]

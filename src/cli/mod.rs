@@ -6,6 +6,7 @@ mod auth;
 mod completions;
 mod doctor;
 mod exec;
+mod export;
 mod gc;
 mod grep;
 mod history;
@@ -178,6 +179,7 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         Command::Grep(flags) => grep::grep(&ctx, flags),
         Command::Cat { path } => inspect::cat(&ctx, &path),
         Command::Cp { path, dest } => inspect::cp(&ctx, &path, &dest),
+        Command::Export(flags) => export::export(&ctx, flags),
         Command::Cd { path } => session::cd(&ctx, path.as_deref()),
         Command::Env { items, delete } => session::env(&ctx, &items, delete),
         Command::Gc { dry_run } => gc::gc(&ctx, dry_run),

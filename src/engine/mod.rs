@@ -7,6 +7,7 @@
 //! `queue` (the server's queued operations), `prune`, `validate` and `isolation`. This
 //! file keeps the struct, its `Backend` impl and the module list.
 
+pub mod archive;
 pub mod attachlayer;
 pub mod cgroup;
 pub mod claim;
@@ -576,6 +577,24 @@ impl Backend for LocalEngine {
             Box::new(file),
             Some(std::os::unix::fs::MetadataExt::mode(&meta) & 0o7777),
         ))
+    }
+
+    fn archive(
+        &self,
+        image: &str,
+        path: &str,
+        gzip: bool,
+        out: &mut dyn std::io::Write,
+    ) -> Result<(), BackendError> {
+        let view = self.view(image)?;
+        archive::check(&view, path).map_err(|e| match e {
+            inspect::InspectError::NotAFile(_) => {
+                BackendError::Invalid(format!("{e} nor a directory").into())
+            }
+            other => other.into(),
+        })?;
+        archive::write_maybe_gzip(&view, path, gzip, out)
+            .map_err(|e| BackendError::Io(Cause::io(format!("archiving {path}"), e)))
     }
 
     fn grep(&self, image: &str, req: &GrepRequest) -> Result<GrepResult, BackendError> {

@@ -6,7 +6,6 @@
 //! handlers only translate between HTTP and the `Backend` calls, on blocking threads since
 //! the engine and its SQLite store are synchronous. This module must never log a token.
 
-mod archive;
 mod auth;
 mod error;
 mod owners;

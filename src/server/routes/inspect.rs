@@ -207,7 +207,7 @@ pub(super) async fn archive(
     let name = format!("{}.tar", path.trim_matches('/').replace('/', "_"));
     let view = on_image(&st, ns, image, move |engine, _, row| {
         let view = engine.view(&row.uuid)?;
-        match crate::server::archive::check(&view, &path) {
+        match crate::engine::archive::check(&view, &path) {
             Ok(_) => Ok((view, path)),
             Err(e @ InspectError::NotAFile(_)) => Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -223,14 +223,7 @@ pub(super) async fn archive(
         let (view, path) = view;
         let writer =
             std::io::BufWriter::with_capacity(256 * 1024, ChannelWriter { tx: tx.clone() });
-        let result = if gzip {
-            let mut gz = flate2::write::GzEncoder::new(writer, flate2::Compression::fast());
-            crate::server::archive::write(&view, &path, &mut gz)
-                .and_then(|()| gz.finish())
-                .and_then(|mut w| std::io::Write::flush(&mut w))
-        } else {
-            crate::server::archive::write(&view, &path, writer)
-        };
+        let result = crate::engine::archive::write_maybe_gzip(&view, &path, gzip, writer);
         if let Err(e) = result {
             let _ = tx.blocking_send(Err(e));
         }

@@ -1,10 +1,11 @@
-//! `GET/HEAD /v1/inspect/{image}/archive?path=P`: a file or a directory of an image as a
-//! tar stream. A directory becomes the archive root (entries relative to it); a regular
-//! file becomes a one-entry archive. Symlinks are stored as links, never followed;
-//! devices, sockets and fifos are left out. A mount point of another filesystem is stored
-//! as the empty directory it is in the image, never entered (see `engine::inspect`).
+//! A file or a directory of an image as a tar stream: `Backend::archive` (`contree
+//! export`) and serve's `GET/HEAD /v1/inspect/{image}/archive?path=P` write the same bytes.
+//! A directory becomes the archive root (entries relative to it); a regular file becomes a
+//! one-entry archive. Symlinks are stored as links, never followed; devices, sockets and
+//! fifos are left out. A mount point of another filesystem is stored as the empty directory
+//! it is in the image, never entered (see `engine::inspect`).
 
-use crate::engine::inspect::{Found, InspectError, View};
+use super::inspect::{Found, InspectError, View};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -18,6 +19,23 @@ pub fn check(view: &View, path: &str) -> Result<bool, InspectError> {
         Ok(false)
     } else {
         Err(InspectError::NotAFile(path.to_string()))
+    }
+}
+
+/// Writes the archive of `path` to `out`, gzip-compressed (fast level, as the server sends
+/// it on the wire) when `gzip`.
+pub fn write_maybe_gzip(
+    view: &View,
+    path: &str,
+    gzip: bool,
+    out: impl Write,
+) -> std::io::Result<()> {
+    if gzip {
+        let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+        write(view, path, &mut gz)?;
+        gz.finish()?.flush()
+    } else {
+        write(view, path, out)
     }
 }
 
