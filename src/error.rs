@@ -256,3 +256,19 @@ impl From<crate::export::ExportError> for CommandError {
         }
     }
 }
+
+/// A local file that is missing or not a file, and an editor that failed, are the user's;
+/// the scratch copy and a broken read of the image's file are I/O.
+impl From<crate::staging::StageError> for CommandError {
+    fn from(e: crate::staging::StageError) -> Self {
+        use crate::staging::StageError as S;
+        match e {
+            S::Source { .. } | S::NotAFile(_) => CommandError::user(e.to_string()),
+            S::EditorStart { .. } | S::EditorFailed { .. } => CommandError::user(e.to_string())
+                .hint("choose the editor with `-E CMD`, $VISUAL or $EDITOR"),
+            S::ReadImage { .. } | S::Scratch { .. } => CommandError::new(Kind::Io, e.to_string()),
+            S::Backend(e) => e.into(),
+            S::Session(e) => e.into(),
+        }
+    }
+}

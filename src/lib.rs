@@ -30,4 +30,5 @@ pub(crate) mod run;
 pub(crate) mod server;
 pub(crate) mod session;
 pub(crate) mod sha256;
+pub(crate) mod staging;
 pub(crate) mod wire;

@@ -115,6 +115,13 @@ pub enum Command {
     /// Write the session image's root filesystem (or the subtree at PATH) as a tar archive:
     /// tar.gz unless --decompress or a FILE ending in .tar; stdout must not be a terminal
     Export(ExportFlags),
+    /// Stage files for the next run: copy one in (cp), edit one of the image (edit), list
+    /// them (ls). Staged files belong to the session's current branch
+    #[command(visible_alias = "f")]
+    File {
+        #[command(subcommand)]
+        command: FileCommand,
+    },
     /// Print or change the session's working directory
     Cd { path: Option<String> },
     /// Print, set (KEY=VALUE) or unset (-U KEY) the session's environment
@@ -465,6 +472,31 @@ pub struct ExportFlags {
     /// Plain tar instead of tar.gz
     #[arg(long)]
     pub decompress: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FileCommand {
+    /// Upload a local file now and stage it at DEST for the next run
+    Cp {
+        /// The local file
+        src: String,
+        /// Where the next run sees it (relative: from the session's cd; ending in `/`: a
+        /// directory, the file keeps its name)
+        dest: String,
+    },
+    /// Edit a file of the session's image in $VISUAL / $EDITOR (else vi) and stage the
+    /// edited copy for the next run (nothing is staged when it is unchanged)
+    #[command(visible_alias = "e")]
+    Edit {
+        /// Path inside the image (relative: from the session's cd)
+        path: String,
+        /// Editor command (default: $VISUAL, else $EDITOR, else vi)
+        #[arg(short = 'E', long)]
+        editor: Option<String>,
+    },
+    /// The files staged for the next run of the current branch, and where they go
+    #[command(visible_alias = "list")]
+    Ls,
 }
 
 #[derive(Debug, Args, Clone)]

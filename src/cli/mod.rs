@@ -7,6 +7,7 @@ mod completions;
 mod doctor;
 mod exec;
 mod export;
+mod file;
 mod gc;
 mod grep;
 mod history;
@@ -180,6 +181,7 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         Command::Cat { path } => inspect::cat(&ctx, &path),
         Command::Cp { path, dest } => inspect::cp(&ctx, &path, &dest),
         Command::Export(flags) => export::export(&ctx, flags),
+        Command::File { command } => file::file(&ctx, command),
         Command::Cd { path } => session::cd(&ctx, path.as_deref()),
         Command::Env { items, delete } => session::env(&ctx, &items, delete),
         Command::Gc { dry_run } => gc::gc(&ctx, dry_run),

@@ -259,7 +259,6 @@ impl SessionStore {
         Ok(entry)
     }
 
-    #[cfg(test)] // for `file cp`/`file edit`, which come later
     /// Stages a file for the next run (`file cp` / `file edit`): a `file` entry titled
     /// `Change file <path>` on the active branch plus its pending-file row, atomically.
     pub fn add_file(
