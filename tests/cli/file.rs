@@ -196,3 +196,14 @@ fn file_commands_through_serve() {
         check(&env);
     }
 }
+
+#[test]
+fn gc_keeps_the_content_of_staged_files() {
+    let env = Env::host();
+    env.write("kept.txt", "still here\n");
+    env.run(["file", "cp", "kept.txt", "/kept.txt"]).success();
+    env.run(["gc"]).success();
+    env.run(["run", "--", "cat", "/kept.txt"])
+        .success()
+        .stdout("still here\n");
+}
