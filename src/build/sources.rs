@@ -147,12 +147,12 @@ pub fn from_image(
         } else {
             path
         };
-        match backend.list_dir(image, &path) {
-            Ok(_) => {
+        match is_dir(backend, image, &path)? {
+            true => {
                 let base = dest.trim_end_matches('/').to_string();
                 copy_image_dir(backend, image, &path, &base, into, &mut out)?;
             }
-            Err(_) => {
+            false => {
                 let name = path.rsplit('/').next().unwrap_or_default().to_string();
                 let dest = target(dest, into_dir, &name);
                 out.push(fetch(backend, image, &path, dest, into)?);
@@ -160,6 +160,25 @@ pub fn from_image(
         }
     }
     Ok(out)
+}
+
+/// Whether `path` of `image` is a directory (a listing of a file lists the file itself, so
+/// its parent is asked); a symlink counts as what it points to.
+fn is_dir(backend: &dyn Backend, image: &str, path: &str) -> Result<bool, BuildError> {
+    let Some((parent, name)) = path.rsplit_once('/').filter(|(_, n)| !n.is_empty()) else {
+        return Ok(true);
+    };
+    let parent = if parent.is_empty() { "/" } else { parent };
+    let list = backend.list_dir(image, parent)?;
+    let item = list
+        .files
+        .iter()
+        .find(|f| f.path.rsplit('/').next() == Some(name))
+        .ok_or_else(|| BuildError::Source(format!("{path}: not in image {image}")))?;
+    if item.is_symlink {
+        return Ok(backend.read_file(image, path).is_err());
+    }
+    Ok(item.is_dir)
 }
 
 fn copy_image_dir(
