@@ -439,7 +439,19 @@ impl Builder<'_> {
             .map(word)
             .collect::<Result<Vec<_>, _>>()?;
         let dest = word(&copy.dest)?;
-        let dest = if dest.ends_with('/') {
+        // A directory when written as one (`dir/`, `.`) or when the image has one there.
+        let as_dir = dest.ends_with('/')
+            || dest == "."
+            || dest == ".."
+            || dest.ends_with("/.")
+            || dest.ends_with("/..")
+            || sources::is_dir(
+                self.env.backend,
+                &state.image,
+                &absolute(&state.workdir, &dest),
+            )
+            .unwrap_or(false);
+        let dest = if as_dir {
             format!("{}/", absolute(&state.workdir, &dest).trim_end_matches('/'))
         } else {
             absolute(&state.workdir, &dest)

@@ -164,7 +164,7 @@ pub fn from_image(
 
 /// Whether `path` of `image` is a directory (a listing of a file lists the file itself, so
 /// its parent is asked); a symlink counts as what it points to.
-fn is_dir(backend: &dyn Backend, image: &str, path: &str) -> Result<bool, BuildError> {
+pub fn is_dir(backend: &dyn Backend, image: &str, path: &str) -> Result<bool, BuildError> {
     let Some((parent, name)) = path.rsplit_once('/').filter(|(_, n)| !n.is_empty()) else {
         return Ok(true);
     };
