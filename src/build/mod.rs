@@ -391,7 +391,8 @@ impl Builder<'_> {
             }),
         );
         if let Some(hit) = self.lookup(&hash)? {
-            return Ok(advance(state, hit.image, hit.entry, hash));
+            advance(state, hit.image, hit.entry, hash);
+            return Ok(());
         }
         let (uid, gid) = match &state.user {
             Some(user) => self.ids(ins, &state.image, user)?,
@@ -523,7 +524,8 @@ impl Builder<'_> {
             }),
         );
         if let Some(hit) = self.lookup(&hash)? {
-            return Ok(advance(state, hit.image, hit.entry, hash));
+            advance(state, hit.image, hit.entry, hash);
+            return Ok(());
         }
         let wanted: Vec<(PathBuf, String)> = files
             .iter()
