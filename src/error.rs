@@ -272,3 +272,23 @@ impl From<crate::staging::StageError> for CommandError {
         }
     }
 }
+
+/// A build's errors: the Dockerfile or a step as written is the user's; the store's and
+/// the backend's keep their own kinds. (A failed step exits with its own code: `cli/build`.)
+impl From<crate::build::BuildError> for CommandError {
+    fn from(e: crate::build::BuildError) -> Self {
+        use crate::build::BuildError as B;
+        match e {
+            B::Backend(e) => e.into(),
+            B::Session(e) => e.into(),
+            B::Attach(e) => e.into(),
+            B::Io { .. } => CommandError::new(Kind::Io, e.to_string()),
+            B::Read { .. } => CommandError::user(e.to_string())
+                .hint("give the Dockerfile with --dockerfile PATH, or put one in the context"),
+            B::Interrupted => CommandError::user("User interrupted"),
+            B::Parse { .. } | B::Step { .. } | B::Failed { .. } | B::Source(_) => {
+                CommandError::user(e.to_string())
+            }
+        }
+    }
+}

@@ -8,6 +8,7 @@
 pub(crate) mod api;
 pub mod attach;
 pub(crate) mod backend;
+pub(crate) mod build;
 pub mod cli;
 pub(crate) mod config;
 pub(crate) mod context;

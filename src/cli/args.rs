@@ -131,6 +131,10 @@ pub enum Command {
         #[arg(short = 'U', short_alias = 'u', long = "delete", visible_alias = "rm")]
         delete: bool,
     },
+    /// Build an image from a Dockerfile, step by step, with a per-context cache (see
+    /// docs/build.md); the result becomes the session's image
+    #[command(visible_alias = "bd")]
+    Build(BuildFlags),
     /// Free layers, blobs and images nothing references (tags, sessions, running operations)
     Gc {
         /// Only print what would be freed
@@ -302,6 +306,28 @@ pub struct RunFlags {
     /// An unknown option before the command is a usage error, not the command.
     #[arg(trailing_var_arg = true, num_args = 0.., value_name = "COMMAND")]
     pub words: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildFlags {
+    /// The build context: the directory COPY and ADD read from
+    #[arg(default_value = ".")]
+    pub context: String,
+    /// The Dockerfile [default: CONTEXT/Dockerfile]
+    #[arg(long, value_name = "PATH")]
+    pub dockerfile: Option<String>,
+    /// Tag the built image
+    #[arg(long, value_name = "NAME[:TAG]")]
+    pub tag: Option<String>,
+    /// KEY=VALUE for an ARG of the Dockerfile (repeatable)
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
+    /// Run every step again instead of reusing the images of earlier builds
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Seconds each RUN step may take before it is killed
+    #[arg(short = 't', long, value_name = "TIMEOUT", default_value_t = 600)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 
 pub mod args;
 mod auth;
+mod build;
 mod completions;
 mod doctor;
 mod exec;
@@ -178,6 +179,7 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         Command::Session { command } => session::session(&ctx, command),
         Command::Ls { path } => inspect::ls(&ctx, path.as_deref()),
         Command::Grep(flags) => grep::grep(&ctx, flags),
+        Command::Build(flags) => build::build(&ctx, flags),
         Command::Cat { path } => inspect::cat(&ctx, &path),
         Command::Cp { path, dest } => inspect::cp(&ctx, &path, &dest),
         Command::Export(flags) => export::export(&ctx, flags),

@@ -304,6 +304,39 @@ impl SessionStore {
         Ok(entry)
     }
 
+    /// A build cache entry (see `build::cache`): `image` as a `build` entry titled
+    /// `title`, child of entry `parent`, with branch `name` and the session's `main` (made
+    /// active) pointing at it, in one transaction.
+    pub fn record_branch(
+        &self,
+        key: &str,
+        name: &str,
+        parent: Option<i64>,
+        image: &str,
+        title: &str,
+    ) -> Result<HistoryEntry, SessionError> {
+        let tx = self.write()?;
+        let entry = insert_entry(&tx, key, image, parent, "build", title, None)?;
+        upsert_branch(&tx, key, name, entry.id)?;
+        upsert_branch(&tx, key, "main", entry.id)?;
+        touch_state(&tx, key, "main")?;
+        tx.commit()?;
+        Ok(entry)
+    }
+
+    /// The entry branch `name` of session `key` points at, if the branch exists.
+    pub fn branch_entry(
+        &self,
+        key: &str,
+        name: &str,
+    ) -> Result<Option<HistoryEntry>, SessionError> {
+        let tx = self.read()?;
+        match branch_tip(&tx, key, name)? {
+            Some(id) => entry(&tx, id),
+            None => Ok(None),
+        }
+    }
+
     /// The whole history of a session, oldest first.
     pub fn history(&self, key: &str) -> Result<Vec<HistoryEntry>, SessionError> {
         let sql =

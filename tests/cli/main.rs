@@ -6,6 +6,7 @@ mod harness;
 mod skip;
 
 mod attachments;
+mod build;
 mod completions;
 mod doctor;
 mod durability;

@@ -1,0 +1,214 @@
+//! `contree build`: a multi-stage Dockerfile on a busybox image (imported from Debian's
+//! busybox-static) built, rebuilt from the cache, rebuilt from a changed COPY, a failing
+//! RUN, and a build through `contree serve`.
+
+use crate::harness::{busybox_rootfs, skip, static_busybox, Env, Output};
+use crate::serve::{our_client, Server};
+use std::path::PathBuf;
+
+/// A data dir with the busybox image tagged `bb`, or `None` (test reported skipped).
+fn busybox_env() -> Option<Env> {
+    let Some(busybox) = static_busybox() else {
+        skip("needs a static /bin/busybox (apt-get install busybox-static)");
+        return None;
+    };
+    let env = Env::new();
+    let root = busybox_rootfs(&busybox, env.work());
+    env.run(["images", "import", root.to_str().unwrap(), "--tag", "bb"])
+        .success();
+    Some(env)
+}
+
+const MULTI_STAGE: &str = r#"# a two-stage build
+ARG BASE=bb
+FROM ${BASE} AS builder
+ENV GREETING=hi
+WORKDIR /work
+COPY src/ ./src/
+RUN echo "$GREETING from builder" > out.txt \
+    && cat src/hello.txt >> out.txt
+FROM bb
+ARG WHO=world
+COPY app.txt /app/
+COPY --from=builder /work/out.txt /app/out.txt
+RUN ["sh", "-c", "cat /app/app.txt /app/out.txt; echo who=$WHO"]
+EXPOSE 80
+"#;
+
+/// The context of `MULTI_STAGE` under the env's scratch dir.
+fn context(env: &Env) -> PathBuf {
+    env.write("ctx/Dockerfile", MULTI_STAGE);
+    env.write("ctx/src/hello.txt", "hello\n");
+    env.write("ctx/app.txt", "v1\n");
+    env.work().join("ctx")
+}
+
+fn build(env: &Env, args: &[&str]) -> Output {
+    let mut cmd = env.cmd(["build"]);
+    for a in args {
+        cmd = cmd.arg(a);
+    }
+    cmd.output()
+}
+
+/// The image a build printed last on stdout.
+fn built_image(out: &Output) -> String {
+    out.stdout_text()
+        .lines()
+        .last()
+        .expect("the image on the last line")
+        .to_string()
+}
+
+fn cache_hits(out: &Output) -> usize {
+    out.stderr_text().matches("---> Using cache").count()
+}
+
+#[test]
+fn a_multi_stage_build_runs_then_reuses_every_step_then_rebuilds_from_a_changed_copy() {
+    let Some(env) = busybox_env() else { return };
+    let ctx = context(&env);
+    let ctx = ctx.to_str().unwrap();
+
+    let first = build(&env, &[ctx, "--tag", "app:1", "--build-arg", "WHO=tests"])
+        .success()
+        .stdout_contains("v1\nhi from builder\nhello\nwho=tests\n")
+        .stderr_contains("Step 1/12: ARG BASE=bb")
+        .stderr_contains("Step 12/12: EXPOSE 80")
+        .stderr_contains("[WARNING] EXPOSE is not supported");
+    assert_eq!(cache_hits(&first), 0, "{}", first.stderr_text());
+    let image = built_image(&first);
+    // The result is the session's image and carries the tag; the file COPY --from
+    // brought from the first stage is in it.
+    assert_eq!(env.session_image(), image);
+    env.run(["run", "--use", "tag:app:1", "--", "cat", "/app/out.txt"])
+        .success()
+        .stdout("hi from builder\nhello\n");
+
+    // Unchanged: every image step (2 COPY + 1 RUN in the first stage, 2 COPY + 1 RUN in
+    // the second) comes from the cache, no operation is started, the image is the same.
+    let ops = env.all_ops().len();
+    let again = build(&env, &[ctx, "--build-arg", "WHO=tests"]).success();
+    assert_eq!(cache_hits(&again), 5, "{}", again.stderr_text());
+    assert_eq!(env.all_ops().len(), ops, "a cached rebuild runs nothing");
+    assert_eq!(built_image(&again), image);
+    assert!(!again.stdout_text().contains("hello"), "no RUN ran");
+
+    // A changed --build-arg changes the RUN that sees it, and only that one.
+    let other = build(&env, &[ctx, "--build-arg", "WHO=else"])
+        .success()
+        .stdout_contains("who=else\n");
+    assert_eq!(cache_hits(&other), 4, "{}", other.stderr_text());
+
+    // A changed COPY input: the first stage is reused, the second stage rebuilds from
+    // that COPY on.
+    env.write("ctx/app.txt", "v2\n");
+    let ops = env.all_ops().len();
+    let changed = build(&env, &[ctx, "--build-arg", "WHO=tests"])
+        .success()
+        .stdout_contains("v2\nhi from builder\nhello\nwho=tests\n");
+    assert_eq!(cache_hits(&changed), 2, "{}", changed.stderr_text());
+    let stderr = changed.stderr_text();
+    let copy_step = stderr.find("Step 9/12: COPY app.txt").unwrap();
+    assert!(!stderr[copy_step..].contains("Using cache"), "{stderr}");
+    assert_eq!(
+        env.all_ops().len(),
+        ops + 3,
+        "COPY, COPY --from and RUN ran"
+    );
+    assert_ne!(built_image(&changed), image);
+
+    // --no-cache runs everything again.
+    let fresh = build(&env, &[ctx, "--no-cache"]).success();
+    assert_eq!(cache_hits(&fresh), 0, "{}", fresh.stderr_text());
+}
+
+#[test]
+fn a_failing_run_stops_the_build_with_its_exit_code_and_names_the_step() {
+    let Some(env) = busybox_env() else { return };
+    env.write(
+        "ctx/Dockerfile",
+        "FROM bb\nRUN echo before\nRUN echo failing; exit 3\nRUN echo never\n",
+    );
+    let ctx = env.work().join("ctx");
+    env.run(["use", "bb"]).success();
+    let image = env.session_image();
+    build(&env, &[ctx.to_str().unwrap()])
+        .code(3)
+        .stdout_contains("before\nfailing\n")
+        .stdout_lacks("never")
+        .stderr_contains("[ERROR] Step 3/4 failed: RUN echo failing; exit 3: exit code 3");
+    assert_eq!(
+        env.session_image(),
+        image,
+        "a failed build leaves the session"
+    );
+    // The step before the failure is cached for the next try.
+    let out = build(&env, &[ctx.to_str().unwrap()]).code(3);
+    assert_eq!(cache_hits(&out), 1, "{}", out.stderr_text());
+}
+
+#[test]
+fn dockerfile_errors_name_the_line() {
+    let Some(env) = busybox_env() else { return };
+    let df = env.write("Dockerfile.bad", "FROM bb\nFROBNICATE now\n");
+    build(
+        &env,
+        &[
+            "--dockerfile",
+            df.to_str().unwrap(),
+            env.work().to_str().unwrap(),
+        ],
+    )
+    .code(1)
+    .stderr_contains("line 2: unknown instruction 'FROBNICATE'");
+    let df = env.write("Dockerfile.src", "FROM bb\nCOPY missing.txt /x\n");
+    build(
+        &env,
+        &[
+            "--dockerfile",
+            df.to_str().unwrap(),
+            env.work().to_str().unwrap(),
+        ],
+    )
+    .code(1)
+    .stderr_contains("Step 2/2 (COPY missing.txt /x): 'missing.txt' in the build context");
+}
+
+#[test]
+fn from_scratch_makes_an_empty_image() {
+    let Some(env) = busybox_env() else { return };
+    env.write(
+        "ctx/Dockerfile",
+        "FROM bb AS tools\nFROM scratch\nLABEL empty=yes\n",
+    );
+    let out = build(&env, &[env.work().join("ctx").to_str().unwrap()]).success();
+    let image = built_image(&out);
+    env.run(["ls", "/"]).success().stdout_empty();
+    // Rebuilt, the empty image is the cached one.
+    let again = build(&env, &[env.work().join("ctx").to_str().unwrap()]).success();
+    assert_eq!(built_image(&again), image);
+}
+
+#[test]
+fn a_build_runs_through_contree_serve() {
+    let server = Server::start();
+    let env = our_client(&server);
+    env.use_host();
+    env.write(
+        "ctx/Dockerfile",
+        "FROM host AS first\nWORKDIR /srv\nCOPY note.txt .\nRUN cat note.txt > copy.txt\nFROM host\nCOPY --from=first /srv/copy.txt /copied.txt\nRUN cat /copied.txt\n",
+    );
+    env.write("ctx/note.txt", "through serve\n");
+    let ctx = env.work().join("ctx");
+    let out = build(&env, &[ctx.to_str().unwrap(), "--tag", "served"])
+        .success()
+        .stdout_contains("through serve\n");
+    let image = built_image(&out);
+    env.run(["run", "--", "cat", "/copied.txt"])
+        .success()
+        .stdout("through serve\n");
+    let again = build(&env, &[ctx.to_str().unwrap()]).success();
+    assert_eq!(cache_hits(&again), 4, "{}", again.stderr_text());
+    assert_eq!(built_image(&again), image);
+}
