@@ -34,7 +34,7 @@ pub struct Cli {
     /// debug, info, warning, error or critical
     #[arg(short = 'L', long = "log-level", default_value = "info")]
     pub log_level: String,
-    /// Output format: default, table, json, json-pretty, csv, tsv; `run` also takes a
+    /// Output format: default, table, json, json-pretty, csv, tsv, plain, toml; `run` also takes a
     /// plugin's format (`contree plugins list`)
     #[arg(
         short = 'o',
