@@ -34,19 +34,17 @@ pub fn default_tag(reference: &str) -> String {
     }
 }
 
-pub fn pull(
-    ctx: &Context,
-    reference: &str,
-    tag: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-) -> CommandResult<i32> {
-    let tag = tag.unwrap_or_else(|| default_tag(reference));
+pub fn pull(ctx: &Context, reference: &str, flags: &super::images::Import) -> CommandResult<i32> {
+    let tag = flags.tag.clone().unwrap_or_else(|| default_tag(reference));
     crate::info!("Pulling {reference}");
     let uuid = ctx.backend.pull_image(&Pull {
         reference,
-        credentials: Credentials { username, password },
+        credentials: Credentials {
+            username: flags.username.clone(),
+            password: flags.password.clone(),
+        },
         tag: Some(&tag),
+        timeout: flags.timeout,
     })?;
     let mut rec = Record::new();
     rec.insert("uuid".into(), uuid.clone().into());
