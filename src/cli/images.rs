@@ -74,9 +74,9 @@ pub(super) struct Import {
     pub password: Option<String>,
 }
 
-/// Imports every reference (after brace expansion), one after the other, printing each
-/// record as its import ends. A failed one is reported and the others still go; the exit
-/// code is then 1 (or the first failure's own code when there was only one reference).
+/// Imports every reference (after brace expansion), one after the other, then prints a
+/// record for each that was imported. A failed one is reported and the others still go;
+/// the exit code is then 1 (a single reference fails with its own error's code).
 fn import_all(ctx: &Context, words: &[String], flags: &Import) -> CommandResult<i32> {
     let refs: Vec<String> = words
         .iter()
@@ -93,16 +93,20 @@ fn import_all(ctx: &Context, words: &[String], flags: &Import) -> CommandResult<
         )
         .hint("import them one at a time, or leave the tags to their references"));
     }
-    if refs.len() == 1 {
-        return import_one(ctx, &refs[0], flags);
+    if let [reference] = refs.as_slice() {
+        let rec = import_one(ctx, reference, flags)?;
+        print_records(ctx.format, &[rec])?;
+        return Ok(0);
     }
-    let mut failed = 0;
+    let mut records = Vec::new();
     for reference in &refs {
-        if let Err(e) = import_one(ctx, reference, flags) {
-            crate::error!("{reference}: {}", e.message);
-            failed += 1;
+        match import_one(ctx, reference, flags) {
+            Ok(rec) => records.push(rec),
+            Err(e) => crate::error!("{reference}: {}", e.message),
         }
     }
+    print_records(ctx.format, &records)?;
+    let failed = refs.len() - records.len();
     if failed > 0 {
         crate::warn!("{failed} of {} imports failed", refs.len());
         return Ok(1);
@@ -110,7 +114,8 @@ fn import_all(ctx: &Context, words: &[String], flags: &Import) -> CommandResult<
     Ok(0)
 }
 
-fn import_one(ctx: &Context, reference: &str, flags: &Import) -> CommandResult<i32> {
+/// One import: a registry pull, or a local path; its record.
+fn import_one(ctx: &Context, reference: &str, flags: &Import) -> CommandResult<Record> {
     if !std::path::Path::new(reference).exists() && super::pull::is_reference(reference) {
         return super::pull::pull(ctx, reference, flags);
     }
@@ -121,13 +126,12 @@ fn import_one(ctx: &Context, reference: &str, flags: &Import) -> CommandResult<i
     let uuid = ctx
         .backend
         .import_local(std::path::Path::new(reference), tag)?;
+    info!("Imported {reference} as image {uuid}");
     let mut rec = Record::new();
-    rec.insert("uuid".into(), uuid.clone().into());
+    rec.insert("uuid".into(), uuid.into());
     rec.insert("tag".into(), serde_json::json!(tag));
     rec.insert("source".into(), reference.into());
-    print_records(ctx.format, &[rec])?;
-    info!("Imported {reference} as image {uuid}");
-    Ok(0)
+    Ok(rec)
 }
 
 pub fn tag(ctx: &Context, flags: TagFlags) -> CommandResult<i32> {
