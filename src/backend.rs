@@ -254,6 +254,9 @@ pub struct Pull<'a> {
     pub reference: &'a str,
     pub credentials: crate::engine::registry::Credentials,
     pub tag: Option<&'a str>,
+    /// Seconds the pull may take (the import operation's `timeout`); `None`: no limit
+    /// locally, the server's default remotely.
+    pub timeout: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -261,6 +264,25 @@ pub struct OpFilter {
     pub statuses: Vec<Status>,
     pub kind: Option<String>,
     pub limit: Option<usize>,
+    /// Only operations created at or after this instant (`ps --since`).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only operations created at or before this instant (`ps --until`).
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl OpFilter {
+    /// Whether an operation created at `created_at` (an API timestamp) lies within
+    /// `since..=until`. One whose time is missing or does not parse is kept when a bound
+    /// is set: better shown than silently dropped.
+    pub fn admits_time(&self, created_at: Option<&str>) -> bool {
+        if self.since.is_none() && self.until.is_none() {
+            return true;
+        }
+        let Some(at) = created_at.and_then(crate::wire::parse_timestamp) else {
+            return true;
+        };
+        self.since.is_none_or(|s| at >= s) && self.until.is_none_or(|u| at <= u)
+    }
 }
 
 #[derive(Debug, Clone, Default)]

@@ -1,4 +1,4 @@
-//! Records and the built-in output formats (`-o default|table|json|json-pretty|csv|tsv`).
+//! Records and the built-in output formats (`-o default|table|json|json-pretty|csv|tsv|plain|toml`).
 //!
 //! Every command hands its results here as *records*: insertion-ordered JSON objects. This
 //! module decides how they look on stdout; it never decides *what* a command reports and
@@ -37,6 +37,10 @@ pub enum Format {
     JsonPretty,
     Csv,
     Tsv,
+    /// `key: value` lines, keys padded to the widest, records separated by `---`.
+    Plain,
+    /// One `[[results]]` table per record: a TOML document with an array of tables.
+    Toml,
 }
 
 impl Format {
@@ -49,6 +53,8 @@ impl Format {
             Format::JsonPretty => "json-pretty",
             Format::Csv => "csv",
             Format::Tsv => "tsv",
+            Format::Plain => "plain",
+            Format::Toml => "toml",
         }
     }
 }
@@ -62,7 +68,7 @@ impl std::fmt::Display for Format {
 /// Errors of this module.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
-    #[error("unknown format '{0}' (expected default, table, json, json-pretty, csv or tsv)")]
+    #[error("unknown format '{0}' (expected default, table, json, json-pretty, csv, tsv, plain or toml)")]
     Unknown(String),
 }
 
@@ -77,6 +83,8 @@ impl FromStr for Format {
             "json-pretty" => Format::JsonPretty,
             "csv" => Format::Csv,
             "tsv" => Format::Tsv,
+            "plain" => Format::Plain,
+            "toml" => Format::Toml,
             other => return Err(FormatError::Unknown(other.to_string())),
         })
     }
@@ -123,6 +131,8 @@ pub fn write_records(
         Format::Default | Format::Table => write_table(out, records, tty),
         Format::Csv => write_delimited(out, records, ','),
         Format::Tsv => write_delimited(out, records, '\t'),
+        Format::Plain => write_plain(out, records),
+        Format::Toml => write_toml(out, records),
         Format::Json => {
             for rec in records {
                 let line = serde_json::to_string(&json_record(rec)).map_err(io::Error::other)?;
@@ -266,6 +276,63 @@ fn write_delimited(out: &mut dyn Write, records: &[Record], sep: char) -> io::Re
     Ok(())
 }
 
+/// `key: value` blocks. A multi-line value continues under its first line, indented to the
+/// values' column, so every line of a block still reads as belonging to its key.
+fn write_plain(out: &mut dyn Write, records: &[Record]) -> io::Result<()> {
+    for (i, rec) in records.iter().enumerate() {
+        if i > 0 {
+            out.write_all(b"---\n")?;
+        }
+        let width = rec.keys().map(|k| k.chars().count()).max().unwrap_or(0) + 2;
+        let mut block = String::new();
+        for (key, value) in rec {
+            let label = format!("{key}:");
+            let text = render_cell(key, value);
+            let mut lines = text.split('\n');
+            let _ = writeln!(block, "{label:<width$}{}", lines.next().unwrap_or_default());
+            for line in lines {
+                let _ = writeln!(block, "{:width$}{line}", "");
+            }
+        }
+        out.write_all(block.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// A TOML document `{ results = [record, ...] }`, which the toml crate prints as one
+/// `[[results]]` table per record. Values keep their types, nested ones included (the
+/// official client flattens those to strings); TOML has no null, so a null is `""`.
+fn write_toml(out: &mut dyn Write, records: &[Record]) -> io::Result<()> {
+    let results: Vec<toml::Value> = records
+        .iter()
+        .map(|rec| toml_value(&Value::Object(json_record(rec))))
+        .collect();
+    let mut doc = toml::Table::new();
+    doc.insert("results".into(), toml::Value::Array(results));
+    let text = toml::to_string(&doc).map_err(io::Error::other)?;
+    out.write_all(text.as_bytes())
+}
+
+fn toml_value(value: &Value) -> toml::Value {
+    match value {
+        Value::Null => toml::Value::String(String::new()),
+        Value::Bool(b) => toml::Value::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            // u64 past i64::MAX, and floats: TOML integers are 64-bit signed.
+            None => toml::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => toml::Value::String(s.clone()),
+        Value::Array(items) => toml::Value::Array(items.iter().map(toml_value).collect()),
+        Value::Object(fields) => toml::Value::Table(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), toml_value(v)))
+                .collect(),
+        ),
+    }
+}
+
 /// RFC 4180 minimal quoting: quote a field containing the separator, a quote, CR or LF, and
 /// double the quotes inside it.
 fn push_csv_field(line: &mut String, cell: &str, sep: char) {
@@ -368,13 +435,15 @@ mod tests {
         String::from_utf8(buf).unwrap()
     }
 
-    const ALL: [Format; 6] = [
+    const ALL: [Format; 8] = [
         Format::Default,
         Format::Table,
         Format::Json,
         Format::JsonPretty,
         Format::Csv,
         Format::Tsv,
+        Format::Plain,
+        Format::Toml,
     ];
 
     #[test]
@@ -385,7 +454,7 @@ mod tests {
         let err = "yaml".parse::<Format>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown format 'yaml' (expected default, table, json, json-pretty, csv or tsv)"
+            "unknown format 'yaml' (expected default, table, json, json-pretty, csv, tsv, plain or toml)"
         );
     }
 
@@ -507,6 +576,36 @@ mod tests {
             render(Format::JsonPretty, &records, false),
             "[\n  {\n    \"a\": 1,\n    \"error\": \"\"\n  },\n  {\n    \"b\": [\n      true\n    ]\n  }\n]\n"
         );
+    }
+
+    #[test]
+    fn plain_is_padded_key_value_blocks_separated_by_dashes() {
+        let records = [
+            rec(json!({"uuid": "u", "duration": 42, "error": null})),
+            rec(json!({"id": 1, "text": "two\nlines"})),
+        ];
+        assert_eq!(
+            render(Format::Plain, &records, false),
+            "uuid:     u\nduration: 42s\nerror:    \n---\nid:   1\ntext: two\n      lines\n"
+        );
+    }
+
+    #[test]
+    fn toml_is_an_array_of_results_tables_that_parses_back() {
+        let records = [
+            rec(json!({"uuid": "u", "n": 7, "ok": true, "error": null, "meta": {"a": [1, 2]}})),
+            rec(json!({"uuid": "v", "ratio": 0.5, "s": "say \"hi\"\n"})),
+        ];
+        let text = render(Format::Toml, &records, false);
+        assert!(text.starts_with("[[results]]\n"), "{text}");
+        let doc: toml::Table = toml::from_str(&text).unwrap();
+        let results = doc["results"].as_array().unwrap();
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[0]["n"].as_integer(), Some(7));
+        assert_eq!(results[0]["error"].as_str(), Some(""));
+        assert_eq!(results[0]["meta"]["a"][1].as_integer(), Some(2));
+        assert_eq!(results[1]["ratio"].as_float(), Some(0.5));
+        assert_eq!(results[1]["s"].as_str(), Some("say \"hi\"\n"));
     }
 
     #[test]

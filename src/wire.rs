@@ -365,6 +365,22 @@ pub fn now_ts() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
+/// An API timestamp: RFC 3339, or an ISO 8601 date-time without an offset (taken as UTC, as
+/// Python's `isoformat()` writes a naive one), or a date (its midnight, UTC).
+pub fn parse_timestamp(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
+    let t = text.trim();
+    if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Some(dt.to_utc());
+    }
+    if let Ok(dt) = NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f") {
+        return Some(dt.and_utc());
+    }
+    NaiveDate::parse_from_str(t, "%Y-%m-%d")
+        .ok()
+        .map(|d| d.and_time(NaiveTime::MIN).and_utc())
+}
+
 /// What a run keeps of each output stream unless `truncate_output_at` says otherwise.
 pub const DEFAULT_TRUNCATE_AT: u64 = 1 << 20;
 

@@ -290,11 +290,25 @@ impl Backend for RemoteBackend {
         if let Some(k) = &filter.kind {
             pairs.push(("kind", k.clone()));
         }
+        let stamp = |t: &chrono::DateTime<chrono::Utc>| {
+            t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        };
+        if let Some(t) = &filter.since {
+            pairs.push(("since", stamp(t)));
+        }
+        if let Some(t) = &filter.until {
+            pairs.push(("until", stamp(t)));
+        }
         pairs.push((
             "limit",
             filter.limit.unwrap_or(1000).clamp(1, 1000).to_string(),
         ));
-        self.api.get_json(&format!("/operations{}", query(&pairs)))
+        let mut ops: Vec<Operation> = self
+            .api
+            .get_json(&format!("/operations{}", query(&pairs)))?;
+        // A server that does not know `since`/`until` lists everything: the range still holds.
+        ops.retain(|op| filter.admits_time(op.created_at.as_deref()));
+        Ok(ops)
     }
 
     fn events(&self, op: &str, follow: bool) -> Result<Box<dyn EventStream + '_>, BackendError> {
@@ -352,7 +366,10 @@ impl Backend for RemoteBackend {
                 "password": creds.password,
             });
         }
-        let body = serde_json::json!({ "registry": registry, "tag": pull.tag });
+        let mut body = serde_json::json!({ "registry": registry, "tag": pull.tag });
+        if let Some(t) = pull.timeout {
+            body["timeout"] = t.into();
+        }
         let op = self.api.post_once("/images/import", &body)?;
         let mut delay = Duration::from_millis(100);
         loop {

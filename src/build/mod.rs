@@ -317,6 +317,7 @@ impl Builder<'_> {
                     reference,
                     credentials: Default::default(),
                     tag: Some(bare),
+                    timeout: None,
                 });
                 pulled.map_err(|e| self.fail(ins, format!("image '{reference}': {e}")))
             }

@@ -34,7 +34,7 @@ pub struct Cli {
     /// debug, info, warning, error or critical
     #[arg(short = 'L', long = "log-level", default_value = "info")]
     pub log_level: String,
-    /// Output format: default, table, json, json-pretty, csv, tsv; `run` also takes a
+    /// Output format: default, table, json, json-pretty, csv, tsv, plain, toml; `run` also takes a
     /// plugin's format (`contree plugins list`)
     #[arg(
         short = 'o',
@@ -197,12 +197,21 @@ pub struct AuthFlags {
 pub enum AuthAction {
     /// List the saved profiles (* marks the active one; tokens are not shown)
     #[command(visible_aliases = ["ls", "profiles"])]
-    List,
+    List {
+        /// Do not contact the servers (this listing never does: it reads auth.ini only)
+        #[arg(short = 'O', long)]
+        offline: bool,
+    },
     /// Make NAME the active profile
     Switch { name: String },
-    /// Remove the profile NAME
+    /// Remove the profile NAME (asks first when stdin is a terminal)
     #[command(visible_aliases = ["rm", "del"])]
-    Remove { name: String },
+    Remove {
+        name: String,
+        /// Do not ask
+        #[arg(short = 'f', short_alias = 'y', long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -384,11 +393,17 @@ pub enum ImagesCommand {
     /// Import a root filesystem directory, a tar / tar.gz archive, an OCI image layout
     /// (directory or tar), a `docker save` archive, or pull from a registry
     Import {
-        /// A local path, or a registry reference (`docker://reg/path:tag`, `user/img:tag`)
-        path: String,
-        /// Tag for the new image (a pull defaults to the reference without its registry)
-        #[arg(long, short = 't')]
+        /// Local paths or registry references (`docker://reg/path:tag`, `user/img:tag`);
+        /// braces expand as in a shell: `alpine:{3.19,3.20}` is two
+        #[arg(required = true, value_name = "REF")]
+        refs: Vec<String>,
+        /// Tag for the new image (a pull defaults to the reference without its registry);
+        /// only with a single reference
+        #[arg(long)]
         tag: Option<String>,
+        /// Seconds a registry pull may take before it fails (a server's default otherwise)
+        #[arg(short = 't', long, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: Option<u64>,
         /// Registry user name (basic auth, or for the registry's token service)
         #[arg(long)]
         username: Option<String>,
@@ -419,6 +434,13 @@ pub struct PsFlags {
     /// instance or image_import
     #[arg(short = 'k', long)]
     pub kind: Option<String>,
+    /// Only operations created since: 30m, 2h, 1d (ago), +/-N with s m h d M y, HH:MM[:SS]
+    /// (today, UTC), a date or an ISO datetime
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only operations created until (same forms as --since)
+    #[arg(long)]
+    pub until: Option<String>,
     /// UUIDs only
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -549,12 +571,14 @@ pub struct ExecFlags {
 
 #[derive(Debug, Args, Clone)]
 pub struct WaitFlags {
+    /// Operations to wait for. `contree wait` with none (and no -a) waits for this
+    /// session's pending runs and applies them, as `contree session wait` does
     #[arg(value_name = "UUID_OR_REF")]
     pub ops: Vec<String>,
     /// Every active operation
     #[arg(short = 'a', long)]
     pub all: bool,
-    /// Give up after this many seconds
+    /// Give up after this many seconds (with UUIDs or -a)
     #[arg(short = 't', long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
 }
@@ -563,6 +587,7 @@ pub struct WaitFlags {
 pub enum OpCommand {
     #[command(visible_alias = "ls")]
     List(PsFlags),
+    #[command(visible_alias = "sh")]
     Show(ShowFlags),
     #[command(visible_aliases = ["kill", "k"])]
     Cancel(KillFlags),

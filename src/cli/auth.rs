@@ -5,6 +5,7 @@ use super::args::{AuthAction, AuthFlags};
 use crate::api::profile::{self, Profile, Selection};
 use crate::error::{CommandError, CommandResult, Kind};
 use crate::paths::Paths;
+use std::io::IsTerminal;
 
 /// The remote profile this invocation uses, or `None` for the local engine.
 pub fn selected_from(
@@ -45,7 +46,8 @@ fn manage(action: AuthAction, config: Option<&str>) -> CommandResult<i32> {
         .filter_map(|k| k.strip_prefix("profile:").map(str::to_string))
         .collect();
     match action {
-        AuthAction::List => {
+        // Nothing here asks the servers, so --offline changes nothing.
+        AuthAction::List { offline: _ } => {
             for name in &names {
                 let section = &ini.sections[&format!("profile:{name}")];
                 let mark = if *name == active { "*" } else { " " };
@@ -57,7 +59,7 @@ fn manage(action: AuthAction, config: Option<&str>) -> CommandResult<i32> {
             }
             Ok(0)
         }
-        AuthAction::Switch { name } | AuthAction::Remove { name } if !names.contains(&name) => {
+        AuthAction::Switch { name } | AuthAction::Remove { name, .. } if !names.contains(&name) => {
             Err(profile::ProfileError::Missing(name).into())
         }
         AuthAction::Switch { name } => {
@@ -72,7 +74,15 @@ fn manage(action: AuthAction, config: Option<&str>) -> CommandResult<i32> {
             );
             Ok(0)
         }
-        AuthAction::Remove { name } => {
+        AuthAction::Remove { name, force } => {
+            // A script (stdin not a terminal) is not asked: it said what it wanted.
+            if !force
+                && std::io::stdin().is_terminal()
+                && !super::history::confirm(&format!("Remove profile '{name}'? [y/N] "))
+            {
+                eprintln!("Kept profile '{name}'");
+                return Ok(0);
+            }
             ini.sections.remove(&format!("profile:{name}"));
             profile::write(&path, &ini)?;
             crate::log::emit(

@@ -22,7 +22,7 @@ pub fn dispatch(ctx: &Context, command: SessionCommand) -> CommandResult<i32> {
         SessionCommand::Branch(flags) => branch(ctx, flags),
         SessionCommand::Checkout { name } => checkout(ctx, &name),
         SessionCommand::Rollback { target } => rollback(ctx, target.as_deref().unwrap_or("-1")),
-        SessionCommand::Wait { ops } => wait(ctx, &ops),
+        SessionCommand::Wait { ops } => session_wait(ctx, &ops),
         SessionCommand::Delete { keys, force } => delete(ctx, &keys, force),
         // Handled by `session::session`.
         SessionCommand::List { .. } => Ok(0),
@@ -334,7 +334,7 @@ fn exit_code_of(op: &Operation) -> Option<i64> {
 /// `session wait`: with no arguments, the session's detached runs, each applied when it
 /// finished well (a run moves the active branch, a disposable one gets its branch); with
 /// arguments, just those operations, no bookkeeping.
-fn wait(ctx: &Context, words: &[String]) -> CommandResult<i32> {
+pub(super) fn session_wait(ctx: &Context, words: &[String]) -> CommandResult<i32> {
     let key = &ctx.session_key;
     let bookkeeping = words.is_empty();
     let pending: Vec<(String, Option<crate::session::PendingOp>)> = if bookkeeping {
@@ -447,7 +447,7 @@ fn delete(ctx: &Context, keys: &[String], force: bool) -> CommandResult<i32> {
 
 /// Asks on stderr and reads one line from stdin; anything but y/yes (or no terminal
 /// answer at all) is a no.
-fn confirm(question: &str) -> bool {
+pub(super) fn confirm(question: &str) -> bool {
     eprint!("{question}");
     let _ = std::io::stderr().flush();
     // Read even when stdin is not a terminal: `yes | contree session delete K` answers.

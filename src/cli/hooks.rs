@@ -62,7 +62,7 @@ pub fn hooks(format: Format, command: HooksCommand) -> CommandResult<i32> {
             };
             let (dir, names) = hooks::trust(&start, &paths.data).map_err(hook_management_error)?;
             match format {
-                Format::Json | Format::JsonPretty => {
+                Format::Json | Format::JsonPretty | Format::Plain | Format::Toml => {
                     let mut rec = Record::new();
                     rec.insert("dir".into(), dir.display().to_string().into());
                     rec.insert("files".into(), json!(names));

@@ -3,7 +3,7 @@
 use super::args::{ImagesCommand, ImagesFlags, ImagesList, TagFlags};
 use crate::backend::ImageFilter;
 use crate::context::Context;
-use crate::error::{CommandError, CommandResult};
+use crate::error::{CommandError, CommandResult, Kind};
 use crate::format::{print_records, Record};
 use crate::info;
 
@@ -12,14 +12,21 @@ pub fn images(ctx: &Context, flags: ImagesFlags) -> CommandResult<i32> {
         None => list(ctx, flags.list),
         Some(ImagesCommand::List(list_flags)) => list(ctx, list_flags),
         Some(ImagesCommand::Import {
-            path,
+            refs,
             tag,
+            timeout,
             username,
             password,
-        }) if !std::path::Path::new(&path).exists() && super::pull::is_reference(&path) => {
-            super::pull::pull(ctx, &path, tag, username, password)
-        }
-        Some(ImagesCommand::Import { path, tag, .. }) => import(ctx, &path, tag.as_deref()),
+        }) => import_all(
+            ctx,
+            &refs,
+            &Import {
+                tag,
+                timeout,
+                username,
+                password,
+            },
+        ),
         Some(ImagesCommand::Rm { images }) => super::gc::images_rm(ctx, &images),
     }
 }
@@ -59,15 +66,72 @@ fn list(ctx: &Context, flags: ImagesList) -> CommandResult<i32> {
     Ok(0)
 }
 
-fn import(ctx: &Context, path: &str, tag: Option<&str>) -> CommandResult<i32> {
-    let uuid = ctx.backend.import_local(std::path::Path::new(path), tag)?;
-    let mut rec = Record::new();
-    rec.insert("uuid".into(), uuid.clone().into());
-    rec.insert("tag".into(), serde_json::json!(tag));
-    rec.insert("source".into(), path.into());
-    print_records(ctx.format, &[rec])?;
-    info!("Imported {path} as image {uuid}");
+/// `images import`'s flags, the same for every reference.
+pub(super) struct Import {
+    pub tag: Option<String>,
+    pub timeout: Option<u64>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// Imports every reference (after brace expansion), one after the other, then prints a
+/// record for each that was imported. A failed one is reported and the others still go;
+/// the exit code is then 1 (a single reference fails with its own error's code).
+fn import_all(ctx: &Context, words: &[String], flags: &Import) -> CommandResult<i32> {
+    let refs: Vec<String> = words
+        .iter()
+        .flat_map(|w| super::braces::expand(w))
+        .collect();
+    if refs.len() > 1 && flags.tag.is_some() {
+        return Err(CommandError::new(
+            Kind::Usage,
+            format!(
+                "--tag names one image, but {} references were given ({})",
+                refs.len(),
+                refs.join(", ")
+            ),
+        )
+        .hint("import them one at a time, or leave the tags to their references"));
+    }
+    if let [reference] = refs.as_slice() {
+        let rec = import_one(ctx, reference, flags)?;
+        print_records(ctx.format, &[rec])?;
+        return Ok(0);
+    }
+    let mut records = Vec::new();
+    for reference in &refs {
+        match import_one(ctx, reference, flags) {
+            Ok(rec) => records.push(rec),
+            Err(e) => crate::error!("{reference}: {}", e.message),
+        }
+    }
+    print_records(ctx.format, &records)?;
+    let failed = refs.len() - records.len();
+    if failed > 0 {
+        crate::warn!("{failed} of {} imports failed", refs.len());
+        return Ok(1);
+    }
     Ok(0)
+}
+
+/// One import: a registry pull, or a local path; its record.
+fn import_one(ctx: &Context, reference: &str, flags: &Import) -> CommandResult<Record> {
+    if !std::path::Path::new(reference).exists() && super::pull::is_reference(reference) {
+        return super::pull::pull(ctx, reference, flags);
+    }
+    if flags.timeout.is_some() {
+        crate::warn!("-t/--timeout is for registry pulls; {reference} is imported without one");
+    }
+    let tag = flags.tag.as_deref();
+    let uuid = ctx
+        .backend
+        .import_local(std::path::Path::new(reference), tag)?;
+    info!("Imported {reference} as image {uuid}");
+    let mut rec = Record::new();
+    rec.insert("uuid".into(), uuid.into());
+    rec.insert("tag".into(), serde_json::json!(tag));
+    rec.insert("source".into(), reference.into());
+    Ok(rec)
 }
 
 pub fn tag(ctx: &Context, flags: TagFlags) -> CommandResult<i32> {

@@ -3,6 +3,7 @@
 
 pub mod args;
 mod auth;
+mod braces;
 mod build;
 mod completions;
 mod doctor;
@@ -173,6 +174,10 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         Command::Ps(flags) => ops::list(&ctx, flags),
         Command::Show(flags) => ops::show(&ctx, flags),
         Command::Kill(flags) => ops::cancel(&ctx, flags),
+        // Bare `wait`: the session's own pending runs, applied to it (`session wait`).
+        Command::Wait(flags) if flags.ops.is_empty() && !flags.all => {
+            history::session_wait(&ctx, &[])
+        }
         Command::Wait(flags) => ops::wait(&ctx, flags),
         Command::Exec(flags) => exec::exec(&ctx, flags),
         Command::Operation { command } => ops::dispatch(&ctx, command),

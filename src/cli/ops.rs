@@ -150,10 +150,14 @@ pub fn list(ctx: &Context, flags: PsFlags) -> CommandResult<i32> {
             )));
         }
     }
+    let (since, until) = super::when::bounds(flags.since.as_deref(), flags.until.as_deref())
+        .map_err(CommandError::user)?;
     let filter = OpFilter {
         statuses,
         kind: flags.kind.clone(),
         limit: Some(flags.show_max + 1),
+        since,
+        until,
     };
     let mut ops = ctx.backend.operations(&filter).map_err(backend_err)?;
     if ops.len() > flags.show_max {

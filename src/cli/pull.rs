@@ -1,10 +1,10 @@
-//! `images import REF` for a registry reference: pull, import, print the new image.
+//! `images import REF` for a registry reference: pull, import, the new image's record.
 
 use crate::backend::Pull;
 use crate::context::Context;
 use crate::engine::registry::Credentials;
 use crate::error::CommandResult;
-use crate::format::{print_records, Record};
+use crate::format::Record;
 
 /// True when `text` reads as a registry reference rather than a local path.
 pub fn is_reference(text: &str) -> bool {
@@ -34,27 +34,29 @@ pub fn default_tag(reference: &str) -> String {
     }
 }
 
+/// Pulls `reference` and imports it; the new image's record.
 pub fn pull(
     ctx: &Context,
     reference: &str,
-    tag: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-) -> CommandResult<i32> {
-    let tag = tag.unwrap_or_else(|| default_tag(reference));
+    flags: &super::images::Import,
+) -> CommandResult<Record> {
+    let tag = flags.tag.clone().unwrap_or_else(|| default_tag(reference));
     crate::info!("Pulling {reference}");
     let uuid = ctx.backend.pull_image(&Pull {
         reference,
-        credentials: Credentials { username, password },
+        credentials: Credentials {
+            username: flags.username.clone(),
+            password: flags.password.clone(),
+        },
         tag: Some(&tag),
+        timeout: flags.timeout,
     })?;
-    let mut rec = Record::new();
-    rec.insert("uuid".into(), uuid.clone().into());
-    rec.insert("tag".into(), tag.clone().into());
-    rec.insert("source".into(), reference.into());
-    print_records(ctx.format, &[rec])?;
     crate::info!("Imported {reference} as image {uuid} (tag {tag})");
-    Ok(0)
+    let mut rec = Record::new();
+    rec.insert("uuid".into(), uuid.into());
+    rec.insert("tag".into(), tag.into());
+    rec.insert("source".into(), reference.into());
+    Ok(rec)
 }
 
 #[cfg(test)]

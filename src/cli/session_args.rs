@@ -25,7 +25,7 @@ pub enum SessionCommand {
     #[command(visible_alias = "rb")]
     Rollback {
         /// -N, +N or a history id (`rollback -- -2` and `rollback -2` both work)
-        #[arg(allow_hyphen_values = true, allow_negative_numbers = true)]
+        #[arg(allow_negative_numbers = true)]
         target: Option<String>,
     },
     /// Wait for detached runs and apply the finished ones to the session
@@ -54,8 +54,8 @@ pub struct HistoryFlags {
     /// Only entries of this kind (`run` also matches run-detached, run-disposable)
     #[arg(short = 'k', long)]
     pub kind: Option<String>,
-    /// The last N entries
-    #[arg(short = 'l', long)]
+    /// The last N entries (after the other filters)
+    #[arg(short = 'l', long = "last", visible_alias = "limit", value_name = "N")]
     pub limit: Option<usize>,
     /// Only entries created since (30m, 2h, 1d, HH:MM, a date or datetime)
     #[arg(long)]

@@ -393,6 +393,7 @@ impl Backend for LocalEngine {
 
     fn operations(&self, filter: &OpFilter) -> Result<Vec<Operation>, BackendError> {
         let mut rows = self.store.ops(&filter.statuses, filter.kind.as_deref())?;
+        rows.retain(|r| filter.admits_time(Some(&r.created_at)));
         if let Some(limit) = filter.limit {
             rows.truncate(limit);
         }
@@ -611,7 +612,9 @@ impl Backend for LocalEngine {
         let opts = registry::PullOptions {
             tag: pull.tag,
             reuse: &|_| true,
-            deadline: None,
+            deadline: pull
+                .timeout
+                .map(|t| std::time::Instant::now() + std::time::Duration::from_secs(t)),
             show: Show::OnTerminal,
         };
         Ok(registry::pull(&self.store, pull.reference, &pull.credentials, &opts)?.image)

@@ -2,11 +2,11 @@
 //!
 //! A formatter sees the run as a stream: `begin` (what is about to run), `chunk` (each
 //! piece of output, in order, after any hook has filtered it) and `finish` (the result),
-//! and answers each with bytes to write. The built-in `default`, `json` and `json-pretty`
-//! implement this trait, and so do plugin formatters: whatever the built-ins can do, a
+//! and answers each with bytes to write. The built-in `default`, `json`, `json-pretty`,
+//! `plain` and `toml` implement this trait, and so do plugin formatters: whatever the built-ins can do, a
 //! plugin can too.
 
-use crate::format::Record;
+use crate::format::{Format, Record};
 use serde_json::{json, Value};
 use std::borrow::Cow;
 
@@ -94,13 +94,15 @@ pub trait Formatter {
 pub fn builtin(name: &str) -> Option<Box<dyn Formatter>> {
     match name {
         "default" => Some(Box::new(Default)),
-        "json" => Some(Box::new(Json::new(false))),
-        "json-pretty" => Some(Box::new(Json::new(true))),
+        "json" => Some(Box::new(Json::new(Format::Json))),
+        "json-pretty" => Some(Box::new(Json::new(Format::JsonPretty))),
+        "plain" => Some(Box::new(Json::new(Format::Plain))),
+        "toml" => Some(Box::new(Json::new(Format::Toml))),
         _ => None,
     }
 }
 
-pub const BUILTIN_NAMES: &[&str] = &["default", "json", "json-pretty"];
+pub const BUILTIN_NAMES: &[&str] = &["default", "json", "json-pretty", "plain", "toml"];
 
 /// The process's bytes, as they come, on the matching stream: nothing added, nothing
 /// sanitised.
@@ -124,17 +126,18 @@ impl Formatter for Default {
     }
 }
 
-/// One record at the end (JSON line, or pretty-printed in a one-element list).
+/// One record at the end, in a record format: a JSON line, a one-element pretty JSON list,
+/// a `plain` block or a `[[results]]` TOML table.
 pub struct Json {
-    pretty: bool,
+    format: Format,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
 }
 
 impl Json {
-    pub fn new(pretty: bool) -> Json {
+    pub fn new(format: Format) -> Json {
         Json {
-            pretty,
+            format,
             stdout: Vec::new(),
             stderr: Vec::new(),
         }
@@ -176,13 +179,8 @@ impl Formatter for Json {
     fn finish(&mut self, result: &RunResult) -> Emit<'static> {
         let mut record = result.record.clone();
         fill_output(&mut record, &self.stdout, &self.stderr);
-        let format = if self.pretty {
-            crate::format::Format::JsonPretty
-        } else {
-            crate::format::Format::Json
-        };
         let mut out = Vec::new();
-        let _ = crate::format::write_records(&mut out, format, &[record], false);
+        let _ = crate::format::write_records(&mut out, self.format, &[record], false);
         Emit::stdout(out)
     }
 }
@@ -215,7 +213,7 @@ mod tests {
 
     #[test]
     fn json_prints_one_record_with_the_output_and_error_last() {
-        let mut f = Json::new(false);
+        let mut f = Json::new(Format::Json);
         assert!(f.chunk(Stream::Stdout, b"hi\n").stdout.is_empty());
         f.chunk(Stream::Stderr, b"\0");
         let out = f.finish(&result()).stdout.into_owned();

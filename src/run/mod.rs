@@ -60,7 +60,7 @@ pub struct RunArgs {
 pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
     if matches!(ctx.format, Format::Table | Format::Csv | Format::Tsv) {
         return Err(CommandError::user(format!(
-            "run prints one record: use -o default, json or json-pretty (not {})",
+            "run prints one record: use -o default, json, json-pretty, plain or toml (not {})",
             ctx.format.name()
         )));
     }

@@ -249,3 +249,27 @@ fn a_server_that_never_answers_ends_in_an_error_not_a_hang() {
             "[ERROR] cannot reach {url}: no answer in time (waited 1 s; $CONTREE_API_TIMEOUT sets how long)\n"
         ));
 }
+
+#[test]
+fn an_unknown_option_is_a_usage_error_for_every_command_never_a_word() {
+    let env = Env::new();
+    for args in [
+        &["run", "--bogus"][..],
+        &["run", "-t", "5", "--bogus", "echo", "x"],
+        &["ps", "--bogus"],
+        &["op", "sh", "--bogus", "x"],
+        &["wait", "--bogus"],
+        &["session", "show", "--bogus"],
+        &["session", "rollback", "--bogus"],
+        &["images", "import", "--bogus", "alpine"],
+        &["auth", "list", "--bogus"],
+        &["auth", "remove", "--bogus", "x"],
+    ] {
+        let out = env.run(args.iter().copied()).code(2).stdout_empty();
+        let err = out.stderr_text();
+        assert!(err.contains("unknown option '--bogus'"), "{args:?}: {err}");
+    }
+    // A number is still a rollback target, not an option.
+    env.run(["session", "rollback", "-2"])
+        .check("not a usage error", |o| o.status.code() != Some(2));
+}

@@ -198,3 +198,81 @@ fn tag_with_two_arguments_tags_that_image_and_minus_u_removes_it() {
     // The image itself is still there under its other tag.
     env.run(["-S", "third", "use", "host"]).success();
 }
+
+/// Two tiny root filesystems, `root1` and `root2`, in the env's scratch dir.
+fn two_roots(env: &Env) -> String {
+    for n in [1, 2] {
+        env.write(&format!("root{n}/etc/which"), format!("{n}\n"));
+    }
+    env.work().join("root{1,2}").to_string_lossy().into_owned()
+}
+
+#[test]
+fn import_takes_several_references_and_expands_braces() {
+    let env = Env::new();
+    let pattern = two_roots(&env);
+    let records = env
+        .run(["-o", "json", "images", "import", &pattern])
+        .success()
+        .json_lines();
+    let sources: Vec<&str> = records
+        .iter()
+        .map(|r| r["source"].as_str().unwrap())
+        .collect();
+    let root = |n| env.work().join(format!("root{n}")).display().to_string();
+    assert_eq!(sources, [root(1), root(2)]);
+    // Several words, one of them missing: the others are imported, the exit code says one failed.
+    let out = env
+        .run(["images", "import", &root(1), &root(3), &root(2)])
+        .code(1);
+    assert_eq!(
+        out.stdout_text().lines().count(),
+        3,
+        "{}",
+        out.stdout_text()
+    );
+    out.stderr_contains(&format!("[ERROR] {}", root(3)))
+        .stderr_contains("1 of 3 imports failed");
+}
+
+#[test]
+fn import_tag_is_long_only_and_minus_t_is_the_timeout() {
+    let env = Env::new();
+    let pattern = two_roots(&env);
+    let root1 = env.work().join("root1").display().to_string();
+    env.run(["images", "import", &root1, "--tag", "one"])
+        .success();
+    env.run(["-o", "json", "images"])
+        .success()
+        .stdout_contains("\"tag\":\"one\"");
+    // -t takes seconds now; a tag there is a usage error.
+    env.run(["images", "import", &root1, "-t", "mini"])
+        .code(2)
+        .stderr_contains("'mini'");
+    env.run(["images", "import", "-t", "30", &root1])
+        .success()
+        .stderr_contains("-t/--timeout is for registry pulls");
+    // One tag for several images is refused before anything is imported.
+    env.run(["images", "import", &pattern, "--tag", "both"])
+        .code(2)
+        .stderr_contains("--tag names one image, but 2 references were given");
+    env.run(["images"]).success().stdout_lacks("both");
+}
+
+#[test]
+fn images_print_plain_blocks_and_toml_tables() {
+    let env = Env::host();
+    env.run(["-o", "plain", "images"])
+        .success()
+        .stdout_contains("tag:            host\n")
+        .stdout_lacks("---");
+    let text = env.run(["-o", "toml", "images"]).success().stdout_text();
+    let doc: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let results = doc["results"].as_array().expect("[[results]]");
+    assert_eq!(results.len(), 1, "{text}");
+    assert_eq!(results[0]["tag"].as_str(), Some("host"));
+    assert_eq!(
+        results[0]["uuid"].as_str(),
+        Some(env.session_image().as_str())
+    );
+}

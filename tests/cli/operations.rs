@@ -474,3 +474,86 @@ fn a_big_event_log_takes_no_more_disk_than_its_size() {
         meta.len()
     );
 }
+
+#[test]
+fn ps_since_and_until_keep_the_operations_created_in_that_range() {
+    let env = Env::host();
+    env.run(["run", "--", "true"]).success();
+    let all = env.all_ops();
+    assert!(!all.is_empty());
+    let listed = |range: &[&str]| -> Vec<String> {
+        let mut args = vec!["ps", "-a", "-q"];
+        args.extend_from_slice(range);
+        env.run(args)
+            .success()
+            .stdout_text()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(listed(&["--since", "1h"]), all);
+    assert_eq!(listed(&["--since", "2000-01-01", "--until", "+1m"]), all);
+    assert!(listed(&["--until", "1h"]).is_empty());
+    assert!(listed(&["--since", "+1h"]).is_empty());
+    env.run(["op", "ls", "-a", "-q", "--until", "1h"])
+        .success()
+        .stdout_empty();
+    env.run(["ps", "-a", "--since", "soon"])
+        .code(1)
+        .stderr_contains("invalid time 'soon'");
+}
+
+#[test]
+fn op_sh_is_op_show() {
+    let env = Env::host();
+    env.run(["run", "--", "echo", "shown"]).success();
+    let op = env.last_op();
+    let show = env.run(["op", "show", &op]).success().stdout_text();
+    assert!(show.contains("shown\n"), "{show}");
+    env.run(["op", "sh", &op]).success().stdout(&show);
+}
+
+#[test]
+fn bare_wait_applies_the_sessions_detached_runs_like_session_wait() {
+    let env = Env::host();
+    let before = env.session_image();
+    let op = uuid(&detach(&env, &["sh", "-c", "sleep 0.3; echo x > /waited"]));
+    env.run(["wait"]).success().stdout_contains(&op);
+    assert_ne!(env.session_image(), before);
+    env.run(["cat", "/waited"]).success().stdout("x\n");
+    // Nothing left to wait for: said, and not an error.
+    env.run(["wait"])
+        .success()
+        .stderr_contains("No active operations for this session.");
+}
+
+#[test]
+fn ps_prints_plain_blocks_and_toml_tables() {
+    let env = Env::host();
+    env.run(["run", "--", "true"]).success();
+    env.run(["run", "--", "false"]).code(1);
+    let ops = env.all_ops();
+    let plain = env.run(["-o", "plain", "ps", "-a"]).success().stdout_text();
+    let blocks: Vec<&str> = plain.split("---\n").collect();
+    assert_eq!(blocks.len(), 2, "{plain}");
+    for (block, op) in blocks.iter().zip(&ops) {
+        let lines: Vec<&str> = block.lines().collect();
+        // Keys padded to the widest (`result_image_uuid:` and one space).
+        assert_eq!(lines[0], format!("uuid:{}{op}", " ".repeat(14)), "{block}");
+        assert!(lines.contains(&"kind:              instance"), "{block}");
+        assert!(lines.contains(&"status:            SUCCESS"), "{block}");
+    }
+    let text = env.run(["-o", "toml", "ps", "-a"]).success().stdout_text();
+    let doc: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let results = doc["results"].as_array().expect("[[results]]");
+    let uuids: Vec<&str> = results
+        .iter()
+        .map(|r| r["uuid"].as_str().unwrap())
+        .collect();
+    assert_eq!(uuids, ops);
+    for r in results {
+        assert_eq!(r["status"].as_str(), Some("SUCCESS"));
+        assert_eq!(r["error"].as_str(), Some(""));
+        assert!(r["duration"].is_float(), "{r}");
+    }
+}

@@ -301,7 +301,7 @@ fn plugin_formats_are_for_run_only_and_unknown_ones_list_what_exists() {
     env.run(["-o", "nope", "run", "--", "true"])
         .code(1)
         .stdout_empty()
-        .stderr_contains("[ERROR] unknown output format 'nope' for run (available: default, json, json-pretty, junit)");
+        .stderr_contains("[ERROR] unknown output format 'nope' for run (available: default, json, json-pretty, plain, toml, junit)");
     // Nothing ran.
     assert!(env.all_ops().is_empty());
     env.run(["-o", "junit", "images"])

@@ -518,6 +518,31 @@ fn serve_imports_from_a_registry_into_the_importing_namespace() {
     );
     let bad = server.post_json("/v1/images/import", TOKEN_B, &json!({"tag": "x"}));
     assert_eq!(bad.status, 400, "{}", bad.text());
+
+    // Our CLI again: braces make two references, -t is each import's timeout, and the one
+    // that fails does not stop the other.
+    let braced = format!("{}/bb/x:{{v1,nope}}", registry.addr);
+    bob.run(["images", "import", "-t", "60", &braced])
+        .code(1)
+        .stdout_contains("bb/x:v1")
+        .stderr_contains("bb/x:nope")
+        .stderr_contains("1 of 2 imports failed");
+    let imports = bob
+        .run(["ps", "-a", "-q", "-k", "image_import"])
+        .success()
+        .stdout_text();
+    let timeouts: Vec<Value> = imports
+        .lines()
+        .map(|op| {
+            server.get(&format!("/v1/operations/{op}"), TOKEN_B).json()["metadata"]["timeout"]
+                .clone()
+        })
+        .collect();
+    assert_eq!(
+        timeouts.iter().filter(|t| **t == json!(60)).count(),
+        2,
+        "{timeouts:?}"
+    );
 }
 
 #[test]

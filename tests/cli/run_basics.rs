@@ -363,3 +363,50 @@ fn run_alias_r_works() {
         .success()
         .stdout("via alias\n");
 }
+
+#[test]
+fn plain_and_toml_print_the_runs_record() {
+    let env = Env::host();
+    let text = env
+        .run([
+            "-o",
+            "toml",
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ])
+        .code(3)
+        .stderr_empty()
+        .stdout_text();
+    let doc: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let results = doc["results"].as_array().expect("[[results]]");
+    assert_eq!(results.len(), 1, "{text}");
+    let r = &results[0];
+    assert_eq!(r["uuid"].as_str(), Some(env.last_op().as_str()));
+    assert_eq!(r["exit_code"].as_integer(), Some(3));
+    assert_eq!(r["stdout"].as_str(), Some("out\n"));
+    assert_eq!(r["stderr"].as_str(), Some("err\n"));
+    assert_eq!(r["error"].as_str(), Some(""));
+    assert_eq!(r["metadata"]["command"].as_str(), Some("sh"));
+    assert!(text.starts_with("[[results]]\nuuid = "), "{text}");
+
+    let plain = env
+        .run(["-o", "plain", "run", "--", "echo", "hi"])
+        .success()
+        .stdout_text();
+    let lines: Vec<&str> = plain.lines().collect();
+    assert!(lines[0].starts_with("uuid:"), "{plain}");
+    let value = |key: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("{key}:")))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {key}: {plain}"))
+    };
+    assert_eq!(value("exit_code"), "0");
+    assert_eq!(value("stdout"), "hi");
+    assert_eq!(value("status"), "SUCCESS");
+    assert!(!plain.contains("---"), "one record: {plain}");
+}

@@ -1130,11 +1130,36 @@ fn auth_lists_switches_and_removes_profiles() {
         .stdout_contains("  default")
         .stdout_lacks(TOKEN_A);
     env.run(["auth", "switch", "default"]).success();
-    env.run(["auth", "ls"])
+    let listed = env
+        .run(["auth", "ls"])
         .success()
-        .stdout_contains("* default");
+        .stdout_contains("* default")
+        .stdout_text();
+    // Listing never asks the servers, so -O/--offline lists the same.
+    env.run(["auth", "list", "-O"]).success().stdout(&listed);
+    env.run(["auth", "list", "--offline"])
+        .success()
+        .stdout(&listed);
+    // Not a terminal: no question; -f, -y and --force are taken.
     env.run(["auth", "rm", "alice"]).success();
     env.run(["auth", "ls"]).success().stdout_lacks("alice");
+    for force in ["-f", "-y", "--force"] {
+        env.run([
+            "auth",
+            "--token",
+            TOKEN_A,
+            "--url",
+            &server.url(),
+            "--type",
+            "jwt",
+            "-p",
+            "carol",
+            "-f",
+        ])
+        .success();
+        env.run(["auth", "remove", force, "carol"]).success();
+        env.run(["auth", "ls"]).success().stdout_lacks("carol");
+    }
     // A wrong token is refused before anything is saved.
     env.run([
         "auth",
@@ -1597,4 +1622,57 @@ fn output_cut_at_truncate_output_at_says_truncated_in_the_result() {
     assert_eq!(result["stdout"]["value"].as_str().unwrap().len(), 1000);
     assert_eq!(result["stderr"]["truncated"], false, "{result}");
     assert_eq!(result["stderr"]["value"], "short\n");
+}
+
+#[test]
+fn ps_since_and_until_reach_the_server_and_the_official_client_gets_them_too() {
+    let server = Server::start();
+    let env = our_client(&server);
+    env.use_host();
+    env.run(["run", "--", "true"]).success();
+    let op = env.last_op();
+    env.run(["ps", "-a", "-q", "--since", "1h"])
+        .success()
+        .stdout(&format!("{op}\n"));
+    env.run(["ps", "-a", "-q", "--until", "1h"])
+        .success()
+        .stdout_empty();
+    // The API filters by itself (our client would also filter what it is sent).
+    let listed = |query: &str| {
+        server
+            .get(&format!("/v1/operations?{query}"), TOKEN_B)
+            .json()
+            .as_array()
+            .expect("a list")
+            .len()
+    };
+    assert_eq!(listed("since=2000-01-01T00:00:00Z"), 1);
+    assert_eq!(listed("until=2000-01-01T00:00:00"), 0);
+    assert_eq!(listed("since=2999-01-01"), 0);
+    let bad = server.get("/v1/operations?since=soon", TOKEN_B);
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    // -o toml through the API too.
+    let text = env
+        .run(["-o", "toml", "run", "--", "echo", "remote"])
+        .success()
+        .stdout_text();
+    let doc: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(doc["results"][0]["stdout"].as_str(), Some("remote\n"));
+    assert_eq!(doc["results"][0]["backend"].as_str(), Some("remote"));
+
+    let Some(official) = Official::new(&server) else {
+        return;
+    };
+    official.run(["run", "--", "true"]).success();
+    let theirs = official.run(["ps", "-a", "-q", "--since", "1h"]).success();
+    assert_eq!(
+        theirs.stdout_text().lines().count(),
+        1,
+        "{}",
+        theirs.stdout_text()
+    );
+    official
+        .run(["ps", "-a", "-q", "--until", "1h"])
+        .success()
+        .stdout_empty();
 }

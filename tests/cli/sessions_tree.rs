@@ -275,6 +275,14 @@ fn show_limits_filters_and_names_branches() {
         .json_lines();
     assert_eq!(three.len(), 3);
     assert_eq!(three[2]["branches"], "main");
+    // The official client's --last, and our earlier --limit, are the same flag.
+    for flag in ["--last", "--limit"] {
+        let two = env
+            .run(["-o", "json", "session", "show", flag, "2"])
+            .success()
+            .json_lines();
+        assert_eq!(two, three[1..], "{flag}");
+    }
     let uses = env
         .run(["-o", "json", "session", "show", "-k", "use"])
         .success()
