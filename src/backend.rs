@@ -278,10 +278,36 @@ impl OpFilter {
         if self.since.is_none() && self.until.is_none() {
             return true;
         }
-        let Some(at) = created_at.and_then(crate::wire::parse_timestamp) else {
-            return true;
-        };
-        self.since.is_none_or(|s| at >= s) && self.until.is_none_or(|u| at <= u)
+        time_within(self.since, self.until, created_at)
+    }
+}
+
+/// Whether `at` (an API timestamp) lies within `since..=until`; one that is missing or does
+/// not parse is kept: better shown than silently dropped.
+fn time_within(
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    at: Option<&str>,
+) -> bool {
+    let Some(at) = at.and_then(crate::wire::parse_timestamp) else {
+        return true;
+    };
+    since.is_none_or(|s| at >= s) && until.is_none_or(|u| at <= u)
+}
+
+/// Which uploaded files `Backend::files` lists (newest first).
+#[derive(Debug, Clone, Default)]
+pub struct FileFilter {
+    /// Uploaded at or after this instant.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Uploaded at or before this instant.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    pub limit: Option<usize>,
+}
+
+impl FileFilter {
+    pub fn admits(&self, file: &crate::wire::File) -> bool {
+        time_within(self.since, self.until, Some(&file.created_at))
     }
 }
 
@@ -364,6 +390,8 @@ pub trait Backend: Send + Sync {
     fn images(&self, filter: &ImageFilter) -> Result<Vec<Image>, BackendError>;
     fn tag(&self, image: &str, tag: &str) -> Result<(), BackendError>;
     fn untag(&self, image: &str, tag: &str) -> Result<(), BackendError>;
+    /// The files uploaded (by this namespace, through a profile), newest first.
+    fn files(&self, filter: &FileFilter) -> Result<Vec<crate::wire::File>, BackendError>;
     /// The entries of a directory of an image (symlinks resolved inside the image).
     fn list_dir(&self, image: &str, path: &str) -> Result<DirectoryList, BackendError>;
     /// A regular file of an image, for reading, with its mode when known.

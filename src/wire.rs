@@ -307,6 +307,19 @@ pub struct Image {
     pub operation_uuid: Option<String>,
 }
 
+/// `File`: an uploaded file (`GET /files`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct File {
+    pub uuid: String,
+    pub sha256: String,
+    /// Bytes; -1 if unknown.
+    pub size: i64,
+    /// When this namespace first uploaded it.
+    pub created_at: String,
+    /// When it was last uploaded again.
+    pub updated_at: String,
+}
+
 /// `FileItem`: one entry of a directory listing (`/inspect/{image}/list`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileItem {

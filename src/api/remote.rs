@@ -433,6 +433,41 @@ impl Backend for RemoteBackend {
         Ok(())
     }
 
+    /// `GET /files`, a page of 1000 at a time, until the filter's limit.
+    fn files(
+        &self,
+        filter: &crate::backend::FileFilter,
+    ) -> Result<Vec<crate::wire::File>, BackendError> {
+        const PAGE: usize = 1000;
+        let stamp = |t: &chrono::DateTime<chrono::Utc>| {
+            t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        };
+        let want = filter.limit.unwrap_or(usize::MAX);
+        let mut files = Vec::new();
+        loop {
+            let mut pairs = vec![
+                ("limit", PAGE.to_string()),
+                ("offset", files.len().to_string()),
+            ];
+            pairs.extend(filter.since.as_ref().map(|t| ("since", stamp(t))));
+            pairs.extend(filter.until.as_ref().map(|t| ("until", stamp(t))));
+            #[derive(serde::Deserialize)]
+            struct Listing {
+                files: Vec<crate::wire::File>,
+            }
+            let page: Listing = self.api.get_json(&format!("/files{}", query(&pairs)))?;
+            let last = page.files.len() < PAGE;
+            files.extend(page.files);
+            if last || files.len() >= want {
+                break;
+            }
+        }
+        // A server that does not know `since`/`until` lists everything: the range still holds.
+        files.retain(|f| filter.admits(f));
+        files.truncate(want);
+        Ok(files)
+    }
+
     fn list_dir(&self, image: &str, path: &str) -> Result<DirectoryList, BackendError> {
         self.api.get_json(&format!(
             "/inspect/{image}/list{}",

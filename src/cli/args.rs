@@ -542,9 +542,29 @@ pub enum FileCommand {
         #[arg(short = 'E', long)]
         editor: Option<String>,
     },
-    /// The files staged for the next run of the current branch, and where they go
+    /// The files uploaded (newest first), and where the next run of the current branch
+    /// puts those staged for it
     #[command(visible_alias = "list")]
-    Ls,
+    Ls(FileLsFlags),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct FileLsFlags {
+    /// Only files uploaded since (a time, or an interval ago: 30m, 2h, 1d)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only files uploaded until (same forms)
+    #[arg(long)]
+    pub until: Option<String>,
+    /// At most this many files (a warning says when there are more)
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Only the uuid and sha256 of each file
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Only the files staged for the next run
+    #[arg(long)]
+    pub staged: bool,
 }
 
 #[derive(Debug, Args, Clone)]

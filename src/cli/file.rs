@@ -1,8 +1,9 @@
 //! `contree file cp|edit|ls`: files staged for the session's next run (see
 //! `crate::staging`).
 
-use super::args::FileCommand;
+use super::args::{FileCommand, FileLsFlags};
 use super::inspect::resolve_path;
+use crate::backend::FileFilter;
 use crate::context::Context;
 use crate::error::CommandResult;
 use crate::format::{human, print_records, Format, Record};
@@ -14,7 +15,7 @@ pub fn file(ctx: &Context, command: FileCommand) -> CommandResult<i32> {
     match command {
         FileCommand::Cp { src, dest } => cp(ctx, &src, &dest),
         FileCommand::Edit { path, editor } => edit(ctx, &path, editor),
-        FileCommand::Ls => ls(ctx),
+        FileCommand::Ls(flags) => ls(ctx, &flags),
     }
 }
 
@@ -85,7 +86,57 @@ fn report(ctx: &Context, staged: &Staged, source: Option<&str>) -> CommandResult
     Ok(0)
 }
 
-fn ls(ctx: &Context) -> CommandResult<i32> {
+fn ls(ctx: &Context, flags: &FileLsFlags) -> CommandResult<i32> {
+    if flags.staged {
+        return ls_staged(ctx);
+    }
+    let (since, until) = super::when::bounds(flags.since.as_deref(), flags.until.as_deref())
+        .map_err(crate::error::CommandError::user)?;
+    // One more than asked: to say whether there are more.
+    let filter = FileFilter {
+        since,
+        until,
+        limit: flags.limit.map(|n| n + 1),
+    };
+    let mut files = ctx.backend.files(&filter)?;
+    if let Some(n) = flags.limit.filter(|n| files.len() > *n) {
+        files.truncate(n);
+        crate::warn!("more than {n} files; showing the newest {n} (raise --limit)");
+    }
+    // Where the next run puts the staged ones (a session is not needed to list files).
+    let staged = match ctx.require_session() {
+        Ok(_) => ctx.sessions.pending_files(&ctx.session_key)?,
+        Err(_) => Vec::new(),
+    };
+    if files.is_empty() && ctx.format == Format::Default {
+        crate::info!("No files uploaded");
+        return Ok(0);
+    }
+    let records: Vec<Record> = files
+        .into_iter()
+        .map(|f| {
+            let mut rec = Record::new();
+            rec.insert("uuid".into(), f.uuid.clone().into());
+            rec.insert("sha256".into(), f.sha256.into());
+            if !flags.quiet {
+                rec.insert("size".into(), json!(f.size));
+                rec.insert("created_at".into(), f.created_at.into());
+                let dests: Vec<&str> = staged
+                    .iter()
+                    .filter(|s| s.1 == f.uuid)
+                    .map(|s| s.0.as_str())
+                    .collect();
+                rec.insert("staged_at".into(), dests.join(" ").into());
+            }
+            rec
+        })
+        .collect();
+    print_records(ctx.format, &records)?;
+    Ok(0)
+}
+
+/// `file ls --staged`: what the next run of the current branch gets, and where.
+fn ls_staged(ctx: &Context) -> CommandResult<i32> {
     ctx.require_session()?;
     let files = ctx.sessions.pending_files(&ctx.session_key)?;
     if files.is_empty() && ctx.format == Format::Default {

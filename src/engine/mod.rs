@@ -555,6 +555,30 @@ impl Backend for LocalEngine {
         Ok(self.store.set_tag(image, tag)?)
     }
 
+    fn files(
+        &self,
+        filter: &crate::backend::FileFilter,
+    ) -> Result<Vec<crate::wire::File>, BackendError> {
+        let mut files: Vec<crate::wire::File> = self
+            .store
+            .blob_rows()?
+            .into_iter()
+            .map(|(sha256, uuid, size, created_at)| crate::wire::File {
+                uuid,
+                sha256,
+                size: size as i64,
+                // A blob here is stored once: uploading it again changes nothing.
+                updated_at: created_at.clone(),
+                created_at,
+            })
+            .filter(|f| filter.admits(f))
+            .collect();
+        if let Some(n) = filter.limit {
+            files.truncate(n);
+        }
+        Ok(files)
+    }
+
     fn list_dir(&self, image: &str, path: &str) -> Result<DirectoryList, BackendError> {
         let view = self.view(image)?;
         let entries = view.list(path)?;

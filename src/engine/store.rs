@@ -508,6 +508,18 @@ impl Store {
         self.write("DELETE FROM layers WHERE id = ?1", [id])
     }
 
+    /// Every blob as (sha256, uuid, size, created_at), newest first.
+    pub fn blob_rows(&self) -> Result<Vec<(String, String, u64, String)>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT sha256, uuid, size, created_at FROM blobs ORDER BY created_at DESC, sha256",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     pub fn blob_shas(&self) -> Result<Vec<String>> {
         self.strings("SELECT sha256 FROM blobs ORDER BY sha256")
     }

@@ -9,9 +9,11 @@ use serde_json::Value;
 use crate::harness::Env;
 use crate::serve::{our_client, Server};
 
-/// `-o json file ls`: one record per staged file.
+/// `-o json file ls --staged`: one record per staged file.
 fn staged(env: &Env) -> Vec<Value> {
-    env.run(["-o", "json", "file", "ls"]).success().json_lines()
+    env.run(["-o", "json", "file", "ls", "--staged"])
+        .success()
+        .json_lines()
 }
 
 fn staged_paths(env: &Env) -> Vec<String> {
@@ -34,7 +36,7 @@ fn cp_then_run(env: &Env) {
     let src = env.write("tool.sh", "echo from the host\n");
     std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o750)).unwrap();
     env.write("notes.txt", "notes\n");
-    env.run(["file", "ls"])
+    env.run(["file", "ls", "--staged"])
         .success()
         .stdout_empty()
         .stderr_contains("No files staged");
@@ -53,10 +55,35 @@ fn cp_then_run(env: &Env) {
     let paths: Vec<&str> = listed.iter().map(|r| r["path"].as_str().unwrap()).collect();
     assert_eq!(paths, ["/app/tool.sh", "/docs/notes.txt", "/srv/rel.txt"]);
     assert_eq!(listed[0]["mode"], "0750");
-    env.run(["file", "list"])
+    env.run(["file", "list", "--staged"])
         .success()
         .stdout_contains("/app/tool.sh")
         .stdout_contains("PATH");
+    // Every upload, newest first, with where the next run puts the staged ones.
+    let uploaded = env.run(["-o", "json", "file", "ls"]).success().json_lines();
+    let tool = uploaded
+        .iter()
+        .find(|f| f["staged_at"] == "/app/tool.sh")
+        .expect("the staged tool among the uploads");
+    assert_eq!(tool["size"], 19);
+    assert_eq!(tool["sha256"].as_str().unwrap().len(), 64);
+    let quiet = env
+        .run(["-o", "json", "file", "ls", "-q"])
+        .success()
+        .json_lines();
+    assert_eq!(quiet.len(), uploaded.len());
+    assert_eq!(quiet[0].as_object().unwrap().len(), 2, "{quiet:?}");
+    env.run(["file", "ls", "--limit", "1"])
+        .success()
+        .stderr_contains("more than 1 files");
+    env.run(["-o", "json", "file", "ls", "--since", "1h"])
+        .success()
+        .check("uploads of the last hour", |o| {
+            o.json_lines().len() == uploaded.len()
+        });
+    env.run(["file", "ls", "--until", "2000-01-01"])
+        .success()
+        .stderr_contains("No files uploaded");
 
     env.run([
         "run",

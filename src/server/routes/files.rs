@@ -118,6 +118,22 @@ pub(super) async fn files(
     Query(q): Params,
 ) -> ApiResult<Json<Value>> {
     let page = Page::of(&q)?;
+    let instant = |name: &str| {
+        param(&q, name)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                wire::parse_timestamp(v).ok_or_else(|| {
+                    ApiError::bad_request(format!("'{name}' is not an ISO 8601 timestamp: '{v}'"))
+                })
+            })
+            .transpose()
+    };
+    // `since`/`until` bound when this namespace first uploaded each file.
+    let range = crate::backend::FileFilter {
+        since: instant("since")?,
+        until: instant("until")?,
+        limit: None,
+    };
     blocking(&st, move |st| {
         let owned = lock(&st.owners).all(FILE, &ns.name)?;
         let engine = &st.engine;
@@ -131,11 +147,20 @@ pub(super) async fn files(
                 continue;
             };
             if let Some((created, updated)) = owners.get(FILE, &sha, &ns.name)? {
-                out.push(file_json(&sha, &uuid, size, &created, &updated));
+                let file = wire::File {
+                    uuid,
+                    sha256: sha,
+                    size: size as i64,
+                    created_at: created,
+                    updated_at: updated,
+                };
+                if range.admits(&file) {
+                    out.push(file);
+                }
             }
         }
-        out.sort_by(|a, b| b["updated_at"].as_str().cmp(&a["updated_at"].as_str()));
-        let files: Vec<Value> = page.cut(out).collect();
+        out.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+        let files: Vec<wire::File> = page.cut(out).collect();
         Ok(Json(json!({ "files": files })))
     })
     .await
