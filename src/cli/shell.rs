@@ -48,7 +48,7 @@ pub fn shell(globals: Cli) -> CommandResult<i32> {
     if std::io::stdin().is_terminal() {
         shell.on_terminal()
     } else {
-        shell.from_stdin()
+        shell.on_pipe()
     }
 }
 
@@ -101,7 +101,7 @@ impl Shell {
         }
     }
 
-    fn from_stdin(&mut self) -> CommandResult<i32> {
+    fn on_pipe(&mut self) -> CommandResult<i32> {
         let io_error = |what: &str, e: std::io::Error| {
             CommandError::new(crate::error::Kind::Io, format!("shell: {what}: {e}"))
         };

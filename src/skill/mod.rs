@@ -319,13 +319,14 @@ pub fn install(target: &Target, force: bool) -> Result<Installed, SkillError> {
                 files: changed.join(", "),
             });
         }
+        // Up to date (a file deleted by hand is written again below).
         State::Installed { version, changed }
-            if changed.is_empty() && *version == self::version() && !force =>
+            if changed.is_empty()
+                && *version == self::version()
+                && !force
+                && FILES.iter().all(|(name, _)| dir.join(name).exists()) =>
         {
-            // Files deleted by hand come back, without counting as an upgrade.
-            if FILES.iter().all(|(name, _)| dir.join(name).exists()) {
-                return Ok(Installed::Current);
-            }
+            return Ok(Installed::Current);
         }
         State::Foreign(files) if !force => {
             return Err(SkillError::Foreign {
