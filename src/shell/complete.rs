@@ -27,10 +27,11 @@ pub struct Candidate {
 }
 
 impl Candidate {
+    /// A whole word: chosen, it is followed by a space, as shells do.
     fn word(word: &str) -> Candidate {
         Candidate {
             display: word.to_string(),
-            replacement: escape(word),
+            replacement: format!("{} ", escape(word)),
         }
     }
 }
@@ -232,10 +233,11 @@ fn paths(prefix: &str, catalog: &dyn Catalog, dirs_only: bool) -> Vec<Candidate>
         .filter(|(entry, is_dir)| entry.starts_with(name) && (*is_dir || !dirs_only))
         .filter(|(entry, _)| !entry.starts_with('.') || name.starts_with('.'))
         .map(|(entry, is_dir)| {
-            let slash = if is_dir { "/" } else { "" };
+            // A directory goes on (`/`), a file is done (a space).
+            let (shown, end) = if is_dir { ("/", "/") } else { ("", " ") };
             Candidate {
-                display: format!("{entry}{slash}"),
-                replacement: format!("{}{slash}", escape(&format!("{dir}{entry}"))),
+                display: format!("{entry}{shown}"),
+                replacement: format!("{}{end}", escape(&format!("{dir}{entry}"))),
             }
         })
         .collect()
@@ -334,26 +336,29 @@ mod tests {
 
     #[test]
     fn the_first_word_is_a_builtin_or_contree() {
-        assert_eq!(shown("c"), (0, vec!["cd".into(), "contree".into()]));
-        assert_eq!(shown("e"), (0, vec!["exit".into()]));
+        assert_eq!(shown("c"), (0, vec!["cd ".into(), "contree ".into()]));
+        assert_eq!(shown("e"), (0, vec!["exit ".into()]));
     }
 
     #[test]
     fn contree_lines_complete_from_the_definitions() {
-        assert_eq!(shown("contree r"), (8, vec!["run".into()]));
+        assert_eq!(shown("contree r"), (8, vec!["run ".into()]));
         assert_eq!(
             shown("contree run --"),
-            (12, vec!["--help".into(), "--shell".into(), "--use".into()])
+            (
+                12,
+                vec!["--help ".into(), "--shell ".into(), "--use ".into()]
+            )
         );
         assert_eq!(
             shown("contree -S x run --use a"),
-            (23, vec!["alpine".into()])
+            (23, vec!["alpine ".into()])
         );
         assert_eq!(
             shown("contree session checkout e"),
-            (25, vec!["exp".into()])
+            (25, vec!["exp ".into()])
         );
-        assert_eq!(shown("contree completions f"), (20, vec!["fish".into()]));
+        assert_eq!(shown("contree completions f"), (20, vec!["fish ".into()]));
         // The command's own words are not ours to complete.
         assert_eq!(shown("contree run -- --").1, Vec::<String>::new());
     }
@@ -363,10 +368,10 @@ mod tests {
         assert_eq!(shown("ls lo"), (3, vec!["local/".into()]));
         assert_eq!(
             shown("cat local/"),
-            (4, vec!["local/bin/".into(), "local/my\\ file".into()])
+            (4, vec!["local/bin/".into(), "local/my\\ file ".into()])
         );
         assert_eq!(shown("cd local/"), (3, vec!["local/bin/".into()]));
         assert_eq!(shown("contree ls /"), (11, vec!["/etc/".into()]));
-        assert_eq!(shown("contree ls /."), (11, vec!["/.hidden".into()]));
+        assert_eq!(shown("contree ls /."), (11, vec!["/.hidden ".into()]));
     }
 }

@@ -6,6 +6,8 @@ use std::io::Write;
 use std::time::Duration;
 
 const PROMPT: &str = "contree> ";
+/// What the line editor writes once as it starts reading a line: bracketed paste on.
+const NEW_LINE: &str = "\x1b[?2004h";
 
 /// Types each line after the prompt it answers (the line editor drops what is typed
 /// ahead of its prompt, as a terminal user never does), then waits for the exit.
@@ -108,4 +110,37 @@ fn shell_lines_that_cannot_be_read_are_usage_errors() {
         .output()
         .code(2)
         .stderr_contains("--bogus");
+}
+
+#[test]
+fn on_a_terminal_tab_completes_and_ctrl_c_cancels_the_run_not_the_shell() {
+    let env = Env::host();
+    env.run(["tag", "mytag"]).success();
+    let Some(cmd) = env.on_terminal(["shell"]) else {
+        return;
+    };
+    let mut shell = cmd.spawn_with_stdin_pipe();
+    let mut input = shell.child.stdin.take().expect("stdin pipe");
+    let mut send = |bytes: &[u8]| {
+        input.write_all(bytes).unwrap();
+        input.flush().unwrap();
+    };
+    shell.wait_for_stdout_times(PROMPT, 1, Duration::from_secs(60));
+    // `contree ta<Tab>` → `contree tag `, then a tag from the store.
+    send(b"contree ta\t");
+    shell.wait_for_stdout("contree tag ", Duration::from_secs(30));
+    send(b"my\t");
+    shell.wait_for_stdout("mytag", Duration::from_secs(30));
+    // Ctrl-C drops the line being typed. (Each prompt turns bracketed paste on once; the
+    // prompt's text itself comes again with every redraw.)
+    send(b"\x03");
+    shell.wait_for_stdout_times(NEW_LINE, 2, Duration::from_secs(30));
+    send(b"echo started; sleep 60\r");
+    shell.wait_for_stdout("started", Duration::from_secs(60));
+    send(b"\x03");
+    shell.wait_for_stdout_times(NEW_LINE, 3, Duration::from_secs(30));
+    send(b"exit\r");
+    let out = shell.wait();
+    // Ctrl-C on a run exits as `contree run` does after an interrupt (not 0).
+    assert!(!out.status.success(), "{}", out.stdout_text());
 }
