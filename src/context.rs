@@ -20,11 +20,11 @@ pub struct Context {
     pub paths: Paths,
 }
 
-/// The two-line message the official client prints when no session exists. Its first line
-/// is kept as is; the second points at help that exists here (there is no `contree agent`).
+/// The two-line message the official client prints when no session exists, as it prints
+/// it: scripts may look for it (`contree agent` is the manual for agents here too).
 pub fn no_session() -> CommandError {
     CommandError::user(
-        "No active session. Run `contree use IMAGE` to start one.\nAgents: read `contree --help` and `contree use --help` for the workflow, and set a session first.",
+        "No active session. Run `contree use IMAGE` to start one.\nAgents: read `contree agent` for workflow and set a session first.",
     )
     .plain()
     .hint("`eval $(contree use host)` starts a session on the built-in host image")

@@ -257,6 +257,23 @@ impl From<crate::export::ExportError> for CommandError {
     }
 }
 
+/// A shell line that cannot be read (quoting, a built-in's arguments) is the user's to fix;
+/// the history file is I/O.
+impl From<crate::shell::ShellError> for CommandError {
+    fn from(e: crate::shell::ShellError) -> Self {
+        use crate::shell::ShellError as S;
+        match e {
+            S::History { .. } => CommandError::new(Kind::Io, e.to_string()),
+            S::Nested => CommandError::user(e.to_string()).hint("`exit` leaves this shell"),
+            S::UnclosedQuote(_)
+            | S::TrailingBackslash
+            | S::NotANumber { .. }
+            | S::Arguments { .. } => CommandError::new(Kind::Usage, e.to_string())
+                .hint("`help` shows what the shell takes"),
+        }
+    }
+}
+
 /// A local file that is missing or not a file, and an editor that failed, are the user's;
 /// the scratch copy and a broken read of the image's file are I/O.
 impl From<crate::staging::StageError> for CommandError {
@@ -289,6 +306,34 @@ impl From<crate::build::BuildError> for CommandError {
             B::Parse { .. } | B::Step { .. } | B::Failed { .. } | B::Source(_) => {
                 CommandError::user(e.to_string())
             }
+        }
+    }
+}
+
+/// An unknown manual topic is a usage error, as clap's unknown values are.
+impl From<crate::cli::agent::AgentError> for CommandError {
+    fn from(e: crate::cli::agent::AgentError) -> Self {
+        CommandError::new(Kind::Usage, e.to_string())
+            .hint("`contree agent topics` says what each topic covers")
+    }
+}
+
+/// Skill files: the user's to fix (a spec, changed files), or I/O on them and the list.
+impl From<crate::skill::SkillError> for CommandError {
+    fn from(e: crate::skill::SkillError) -> Self {
+        use crate::skill::SkillError as S;
+        let message = e.to_string();
+        if e.needs_force() {
+            return CommandError::user(message)
+                .hint("keep a copy of what you changed, then add -f to overwrite it");
+        }
+        match e {
+            S::Changed { .. } | S::Foreign { .. } => CommandError::user(message),
+            S::NothingDetected { .. } => CommandError::user(message).hint(
+                "name one: `contree skill install claude:~` (or codex:~, codex: for this project, or a directory)",
+            ),
+            S::UnknownKind { .. } | S::NotInstalled { .. } => CommandError::user(message),
+            S::Io { .. } | S::Registry { .. } => CommandError::new(Kind::Io, message),
         }
     }
 }

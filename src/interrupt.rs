@@ -31,3 +31,13 @@ pub fn take() -> bool {
     let seen = SEEN.swap(count, Ordering::SeqCst);
     count != seen
 }
+
+/// Back to the default actions (the process ends on the signal): for `contree shell`
+/// while it waits for a line, when nothing is running that a signal should cancel instead.
+pub fn restore_default() {
+    let action = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the default action installs no handler of ours.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+}

@@ -31,5 +31,7 @@ pub(crate) mod run;
 pub(crate) mod server;
 pub(crate) mod session;
 pub(crate) mod sha256;
+pub(crate) mod shell;
+pub(crate) mod skill;
 pub(crate) mod staging;
 pub(crate) mod wire;

@@ -154,8 +154,28 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) generated from these definitions
-    Man,
+    /// Print the man page (roff) generated from these definitions (`contree man` is the
+    /// manual for agents: `contree agent`)
+    Manpage,
+    /// An interactive shell on the session: a bare line runs as `run --shell`, a line
+    /// starting with `contree` runs that command; built-ins cd, pwd, history, help,
+    /// exit/quit. Without a terminal, lines are read from stdin (and runs get no stdin)
+    #[command(visible_alias = "sh")]
+    Shell,
+    /// The built-in manual for coding agents: the workflow, sessions, execution modes,
+    /// files, images, output, profiles, which commands change state, and this
+    /// implementation's additions
+    #[command(visible_alias = "man")]
+    Agent {
+        /// Topic (default: all); `contree agent topics` lists them
+        topic: Option<String>,
+    },
+    /// Install, list, upgrade or remove ConTree's skill files for coding agents (Claude
+    /// Code, Codex)
+    Skill {
+        #[command(subcommand)]
+        command: SkillCommand,
+    },
     /// Serve the local engine as a ConTree /v1 API (see docs/serve.md)
     Serve(ServeFlags),
     /// Save a profile for a ConTree /v1 API (checked with /v1/whoami first)
@@ -637,6 +657,36 @@ pub enum HooksCommand {
         /// A directory in the project (default: the current one)
         dir: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SkillCommand {
+    /// Install the skill into agent homes (autodetected when no SPEC is given)
+    #[command(visible_alias = "i")]
+    Install(SkillFlags),
+    /// The remembered installs: where, which version, whether outdated or changed
+    #[command(visible_alias = "ls")]
+    List,
+    /// Remove installed skill files (every remembered install when no SPEC is given)
+    #[command(visible_aliases = ["r", "rm", "del"])]
+    Remove(SkillFlags),
+    /// Bring installed skill files up to this version (every remembered install when no
+    /// SPEC is given)
+    #[command(visible_aliases = ["u", "update"])]
+    Upgrade(SkillFlags),
+}
+
+#[derive(Debug, Args)]
+pub struct SkillFlags {
+    /// `claude:~` (~/.claude/skills), `codex:~` (~/.agents/skills), `claude:` or `codex:`
+    /// (the same under the current directory), `KIND:DIR` (under the project DIR), a skill
+    /// directory, or a project root (every kind under it)
+    #[arg(value_name = "SPEC")]
+    pub specs: Vec<String>,
+    /// Overwrite (or remove) files that were changed since they were installed, or that
+    /// another tool put there
+    #[arg(short = 'f', short_alias = 'y', long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]

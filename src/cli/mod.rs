@@ -1,6 +1,7 @@
 //! The command layer: parse flags once, build the context, dispatch to a command, turn the
 //! result into an exit code. Commands stay thin; the work happens in `run`, `engine`, ...
 
+pub(crate) mod agent;
 pub mod args;
 mod auth;
 mod braces;
@@ -16,12 +17,14 @@ mod history;
 mod hooks;
 mod images;
 mod inspect;
-mod man;
+mod manpage;
 mod ops;
 mod plugins;
 mod pull;
 mod session;
 mod session_args;
+mod shell;
+mod skill;
 mod usage;
 mod when;
 
@@ -65,12 +68,7 @@ pub fn main() -> i32 {
     };
     crate::log::trace("parsed");
     if cli.version {
-        println!(
-            "contree {} ({} {})",
-            env!("CARGO_PKG_VERSION"),
-            std::env::consts::OS,
-            std::env::consts::ARCH
-        );
+        print_version();
         return 0;
     }
     let r = dispatch(cli);
@@ -84,6 +82,15 @@ pub fn main() -> i32 {
     }
 }
 
+fn print_version() {
+    println!(
+        "contree {} ({} {})",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
+}
+
 fn report(e: &CommandError) {
     if e.plain {
         eprintln!("{}", e.message);
@@ -95,7 +102,7 @@ fn report(e: &CommandError) {
     }
 }
 
-fn dispatch(cli: Cli) -> CommandResult<i32> {
+fn dispatch(mut cli: Cli) -> CommandResult<i32> {
     let level = crate::log::parse_level(&cli.log_level).ok_or_else(|| {
         CommandError::user(format!(
             "unknown log level '{}' (expected debug, info, warning, error or critical)",
@@ -103,7 +110,7 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         ))
     })?;
     crate::log::set_level(level);
-    let Some(command) = cli.command else {
+    let Some(command) = cli.command.take() else {
         return Ok(0);
     };
     if let Command::Supervise { store, data, op } = &command {
@@ -125,7 +132,11 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
     // Neither do completions and the man page: they come from the clap definitions.
     match command {
         Command::Completions { shell } => return completions::completions(shell),
-        Command::Man => return man::man(),
+        Command::Manpage => return manpage::manpage(),
+        Command::Agent { topic } => return agent::agent(topic.as_deref()),
+        Command::Skill { command } => return skill::skill(format, command),
+        // The shell builds each line's context as that line's command would.
+        Command::Shell => return shell::shell(cli),
         _ => {}
     }
     // Hook commands never need the engine (or root).
@@ -136,32 +147,16 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
     if let Command::Serve(flags) = command {
         return serve(flags);
     }
-    let explicit_plugins = cli.plugins.iter().map(std::path::PathBuf::from).collect();
-    let plugins = crate::plugin::Plugins::new(explicit_plugins, &Paths::from_env());
     // Neither do plugin commands.
     if let Command::Plugins { command } = command {
-        return plugins::plugins(format, &plugins, command);
+        return plugins::plugins(format, &plugins_of(&cli), command);
     }
-    let remote = auth::selected_from(
-        &cli.profile,
-        &cli.url,
-        &cli.token,
-        &cli.project,
-        cli.config.as_deref(),
-    )?;
     let open = match command {
         Command::Run(_) => Open::ForRun,
         Command::Doctor { .. } => Open::AsIs,
         _ => Open::Recovered,
     };
-    let ctx = context(
-        format,
-        &cli.format,
-        plugins,
-        cli.session.as_deref(),
-        remote,
-        open,
-    )?;
+    let ctx = context_of(&cli, format, open)?;
     crate::log::trace("context ready");
     // Runs of this session that ended after their CLI died reach it before anything else.
     crate::run::settle::settle(&ctx)?;
@@ -197,7 +192,10 @@ fn dispatch(cli: Cli) -> CommandResult<i32> {
         | Command::Hooks { .. }
         | Command::Plugins { .. }
         | Command::Completions { .. }
-        | Command::Man
+        | Command::Manpage
+        | Command::Agent { .. }
+        | Command::Skill { .. }
+        | Command::Shell
         | Command::Serve(_)
         | Command::Auth(_) => Ok(0),
     }
@@ -216,6 +214,30 @@ fn serve(flags: args::ServeFlags) -> CommandResult<i32> {
         events_max_bytes: flags.events_max_bytes,
     })?;
     Ok(0)
+}
+
+fn plugins_of(cli: &Cli) -> crate::plugin::Plugins {
+    let explicit = cli.plugins.iter().map(std::path::PathBuf::from).collect();
+    crate::plugin::Plugins::new(explicit, &Paths::from_env())
+}
+
+/// The context the global flags of `cli` select (its command aside).
+fn context_of(cli: &Cli, format: Format, open: Open) -> CommandResult<Context> {
+    let remote = auth::selected_from(
+        &cli.profile,
+        &cli.url,
+        &cli.token,
+        &cli.project,
+        cli.config.as_deref(),
+    )?;
+    context(
+        format,
+        &cli.format,
+        plugins_of(cli),
+        cli.session.as_deref(),
+        remote,
+        open,
+    )
 }
 
 /// How a command opens the local store.

@@ -13,7 +13,9 @@ fn completions_cover_every_shell_and_the_session_subcommands() {
     ] {
         let out = env.run(["completions", shell]).success().stdout_text();
         assert!(out.contains(marker), "{shell}: {out}");
-        for word in ["rollback", "checkout", "gc"] {
+        for word in [
+            "rollback", "checkout", "gc", "shell", "agent", "skill", "manpage",
+        ] {
             assert!(out.contains(word), "{shell} completes {word}");
         }
     }
@@ -21,15 +23,18 @@ fn completions_cover_every_shell_and_the_session_subcommands() {
 }
 
 #[test]
-fn the_man_page_is_roff_naming_the_commands() {
+fn the_manpage_is_roff_naming_the_commands() {
     let env = Env::new();
-    let page = env.run(["man"]).success().stdout_text();
+    let page = env.run(["manpage"]).success().stdout_text();
     assert!(page.contains(".TH contree 1"), "{page}");
     assert!(page.contains("session"), "{page}");
     // A reader that stops early is not an error.
     env.program("sh")
         .arg("-c")
-        .arg(format!("'{}' man | head -c 10", crate::harness::CONTREE))
+        .arg(format!(
+            "'{}' manpage | head -c 10",
+            crate::harness::CONTREE
+        ))
         .output()
         .success()
         .stderr_empty();

@@ -34,7 +34,7 @@ fn code_1_is_a_user_error() {
     let env = Env::new();
     env.run(["run", "--", "true"]).code(1).stderr(
         "No active session. Run `contree use IMAGE` to start one.\n\
-         Agents: read `contree --help` and `contree use --help` for the workflow, and set a session first.\n\
+         Agents: read `contree agent` for workflow and set a session first.\n\
          hint: `eval $(contree use host)` starts a session on the built-in host image\n",
     );
     env.run(["use", "no-such-image"])

@@ -144,6 +144,31 @@ impl Env {
         )
     }
 
+    /// `contree ARGS…` on a pseudo-terminal (see `run_on_terminal`), to start with
+    /// `spawn_with_stdin_pipe` and type into. `None` where `script` is missing.
+    pub fn on_terminal<I, S>(&self, args: I) -> Option<Cmd>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let Some(script) = find_program("script") else {
+            skip("needs util-linux's `script` for a pseudo-terminal (apt-get install bsdutils)");
+            return None;
+        };
+        let mut line = shell_quote(OsStr::new(CONTREE));
+        for arg in args {
+            line.push(' ');
+            line.push_str(&shell_quote(arg.as_ref()));
+        }
+        Some(
+            self.program(script)
+                .env("TERM", "xterm")
+                .arg("-qec")
+                .arg(line)
+                .arg("/dev/null"),
+        )
+    }
+
     /// Any program, run with this env's environment (data dir, session, PATH).
     pub fn program(&self, program: impl AsRef<OsStr>) -> Cmd {
         let mut command = Command::new(program);
@@ -318,6 +343,20 @@ impl Running {
     #[track_caller]
     pub fn wait_for_stdout(&mut self, needle: &str, limit: Duration) {
         self.wait_for(0, needle, limit)
+    }
+
+    /// Waits until `needle` appeared `count` times on stdout (a prompt shown again).
+    #[track_caller]
+    pub fn wait_for_stdout_times(&mut self, needle: &str, count: usize, limit: Duration) {
+        let seen = self.reader(0).seen.clone();
+        let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+        if !eventually(limit, || text().matches(needle).count() >= count) {
+            panic!(
+                "{}: {needle:?} not {count} times on stdout after {limit:?}; it wrote:\n{}",
+                self.label,
+                text()
+            );
+        }
     }
 
     /// `wait_for_stdout` for stderr.

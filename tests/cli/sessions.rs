@@ -6,7 +6,7 @@ use crate::harness::Env;
 const NO_SESSION: &str = "No active session. Run `contree use IMAGE` to start one.";
 
 /// The second line, pointing at help that exists (the official client names `contree agent`).
-const AGENTS: &str = "Agents: read `contree --help` and `contree use --help` for the workflow, and set a session first.";
+const AGENTS: &str = "Agents: read `contree agent` for workflow and set a session first.";
 
 /// The three-line explanation printed when there is no session.
 fn assert_no_session_message(stderr: &str) {

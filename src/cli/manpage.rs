@@ -1,10 +1,11 @@
-//! `contree man`: the man page, generated from the clap definitions like the completions.
+//! `contree manpage`: the man page (roff), generated from the clap definitions like the
+//! completions. (`contree man` is `agent`'s alias, as in the official client.)
 
 use crate::error::{CommandError, CommandResult, Kind};
 use crate::format::to_stdout;
 use clap::CommandFactory;
 
-pub fn man() -> CommandResult<i32> {
+pub fn manpage() -> CommandResult<i32> {
     let cmd = super::args::Cli::command();
     let mut buf = Vec::new();
     clap_mangen::Man::new(cmd)
