@@ -97,6 +97,22 @@ const _: fn() = || {
 };
 
 impl LocalEngine {
+    /// On a store with no room left, a database error is what it most likely is: SQLite
+    /// may say only "disk I/O error" where a write found the disk full.
+    fn full_store(&self, e: BackendError) -> BackendError {
+        match e {
+            BackendError::Io(Cause::Db(store::StoreError::Db(db)))
+                if store::no_room(&self.store.layout().root) =>
+            {
+                BackendError::Io(Cause::Db(store::StoreError::Full {
+                    what: "the run".into(),
+                    source: std::io::Error::other(db),
+                }))
+            }
+            other => other,
+        }
+    }
+
     /// Whether `op`'s event log has its `completion` (headers only: the output is skipped).
     fn log_has_completion(&self, op: &str) -> bool {
         let Ok(mut log) = eventlog::LogReader::open(&self.store.op_dir(op).join("events")) else {
@@ -343,6 +359,7 @@ impl Backend for LocalEngine {
 
     fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
         self.start(req, stdin.into(), false, false, &mut |_| Ok(()))
+            .map_err(|e| self.full_store(e))
     }
 
     fn spawn_registered(
@@ -352,6 +369,7 @@ impl Backend for LocalEngine {
         registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
     ) -> Result<String, BackendError> {
         self.start(req, stdin.into(), false, false, registered)
+            .map_err(|e| self.full_store(e))
     }
 
     fn spawn_followed(
@@ -362,6 +380,7 @@ impl Backend for LocalEngine {
         registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
     ) -> Result<String, BackendError> {
         self.start(req, stdin.into(), self.fork, direct, registered)
+            .map_err(|e| self.full_store(e))
     }
 
     fn operation(&self, op: &str) -> Result<Operation, BackendError> {
