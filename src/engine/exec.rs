@@ -117,6 +117,39 @@ pub fn request(op: &str, request: &ExecRequest) -> Result<ExecReply, ExecError> 
     serde_json::from_str(&answer).map_err(|e| io(std::io::Error::other(e)))
 }
 
+impl super::LocalEngine {
+    /// Asks the supervisor of `op` (see `exec`); an operation without one listening is not
+    /// running, or is not ours.
+    pub(super) fn ask_supervisor(
+        &self,
+        op: &str,
+        asked: &ExecRequest,
+    ) -> Result<ExecReply, crate::backend::BackendError> {
+        match request(op, asked) {
+            Ok(reply) => Ok(reply),
+            Err(ExecError::NotRunning(_)) => {
+                let row = self.store.op(op)?;
+                let Some(row) = row else {
+                    return Err(crate::backend::BackendError::NotFound(
+                        format!("operation {op} not found").into(),
+                    ));
+                };
+                let state = if row.status.is_terminal() {
+                    "has ended"
+                } else {
+                    "has not started its command yet"
+                };
+                Err(crate::backend::BackendError::NotRunning(format!(
+                    "operation {op} {state}"
+                )))
+            }
+            Err(e @ ExecError::Io { .. }) => {
+                Err(crate::backend::BackendError::Store(e.to_string()))
+            }
+        }
+    }
+}
+
 /// One line, at most 1 MiB.
 trait TakeLine {
     fn take_line(self, line: &mut String) -> std::io::Result<()>;

@@ -159,6 +159,22 @@ fn direct_output(fd: std::os::fd::RawFd) -> bool {
 }
 
 impl LocalEngine {
+    /// On a store with no room left, a database error is what it most likely is: SQLite
+    /// may say only "disk I/O error" where a write found the disk full.
+    pub(super) fn full_store(&self, e: BackendError) -> BackendError {
+        match e {
+            BackendError::Io(Cause::Db(super::store::StoreError::Db(db)))
+                if super::store::no_room(&self.store.layout().root) =>
+            {
+                BackendError::Io(Cause::Db(super::store::StoreError::Full {
+                    what: "the run".into(),
+                    source: std::io::Error::other(db),
+                }))
+            }
+            other => other,
+        }
+    }
+
     /// Starts an operation. With `lazy_row` the supervisor records it (while its sandbox
     /// starts) instead of us, before it: only for a caller that follows it to the end.
     pub(super) fn start(

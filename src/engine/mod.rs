@@ -15,7 +15,6 @@ pub mod doctor;
 pub mod eventlog;
 pub mod exec;
 mod fdpass;
-use exec::{ExecError, ExecReply, ExecRequest};
 pub mod gc;
 pub mod grep;
 pub mod harden;
@@ -48,6 +47,7 @@ use crate::backend::{
 use crate::paths::Paths;
 use crate::progress::Show;
 use crate::wire::{DirectoryList, GrepRequest, GrepResult, Image, Operation, SpawnRequest, Status};
+use exec::{ExecReply, ExecRequest};
 use nix::unistd::Pid;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -97,59 +97,6 @@ const _: fn() = || {
 };
 
 impl LocalEngine {
-    /// On a store with no room left, a database error is what it most likely is: SQLite
-    /// may say only "disk I/O error" where a write found the disk full.
-    fn full_store(&self, e: BackendError) -> BackendError {
-        match e {
-            BackendError::Io(Cause::Db(store::StoreError::Db(db)))
-                if store::no_room(&self.store.layout().root) =>
-            {
-                BackendError::Io(Cause::Db(store::StoreError::Full {
-                    what: "the run".into(),
-                    source: std::io::Error::other(db),
-                }))
-            }
-            other => other,
-        }
-    }
-
-    /// Whether `op`'s event log has its `completion` (headers only: the output is skipped).
-    fn log_has_completion(&self, op: &str) -> bool {
-        let Ok(mut log) = eventlog::LogReader::open(&self.store.op_dir(op).join("events")) else {
-            return false;
-        };
-        log.skip_stream_payloads();
-        while let Ok(Some(event)) = log.next() {
-            if event.header.kind == "completion" {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Asks the supervisor of `op` (see `exec`); an operation without one listening is not
-    /// running, or is not ours.
-    fn ask_supervisor(&self, op: &str, request: &ExecRequest) -> Result<ExecReply, BackendError> {
-        match exec::request(op, request) {
-            Ok(reply) => Ok(reply),
-            Err(ExecError::NotRunning(_)) => {
-                let row = self.store.op(op)?;
-                let Some(row) = row else {
-                    return Err(BackendError::NotFound(
-                        format!("operation {op} not found").into(),
-                    ));
-                };
-                let state = if row.status.is_terminal() {
-                    "has ended"
-                } else {
-                    "has not started its command yet"
-                };
-                Err(BackendError::NotRunning(format!("operation {op} {state}")))
-            }
-            Err(e @ ExecError::Io { .. }) => Err(BackendError::Store(e.to_string())),
-        }
-    }
-
     pub fn open(paths: &Paths) -> Result<LocalEngine, BackendError> {
         let engine = Self::open_unrecovered(paths)?;
         engine.recover();

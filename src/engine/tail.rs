@@ -503,3 +503,19 @@ fn watch_file(path: &std::path::Path) -> Option<Inotify> {
     .ok()?;
     Some(ino)
 }
+
+impl LocalEngine {
+    /// Whether `op`'s event log has its `completion` (headers only: the output is skipped).
+    pub(super) fn log_has_completion(&self, op: &str) -> bool {
+        let Ok(mut log) = LogReader::open(&self.store.op_dir(op).join("events")) else {
+            return false;
+        };
+        log.skip_stream_payloads();
+        while let Ok(Some(event)) = log.next() {
+            if event.header.kind == "completion" {
+                return true;
+            }
+        }
+        false
+    }
+}
