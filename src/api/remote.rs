@@ -1,5 +1,6 @@
 //! `RemoteBackend`: the `Backend` calls in /v1 terms over `Api`, with the local cache of
-//! what this machine already uploaded.
+//! what this machine already uploaded. About 650 lines: one short method per `Backend` call,
+//! which read best side by side with the trait; the HTTP plumbing is in `api`.
 
 use super::*;
 

@@ -1,5 +1,7 @@
 //! The command line, as clap sees it. Mirrors the official client's surface; conversion to
-//! the pipeline's own types happens in the command modules.
+//! the pipeline's own types happens in the command modules. Over 600 lines on purpose: every
+//! command's flags in one file, so the surface (and its likeness to the official client's)
+//! is read and reviewed in one place.
 
 use crate::wire::limits::{self, LimitError};
 use clap::{Args, Parser, Subcommand};
