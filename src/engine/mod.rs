@@ -208,10 +208,32 @@ impl LocalEngine {
             .store
             .op(op)?
             .ok_or_else(|| BackendError::NotFound(format!("operation {op} not found").into()))?;
+        let row = self.caught_up(row)?;
         if row.status.is_terminal() {
             return Err(BackendError::Invalid(
                 format!("operation {op} has already finished ({})", row.status).into(),
             ));
+        }
+        Ok(row)
+    }
+
+    /// `row` once it says what the event log says. The supervisor writes `completion` first
+    /// (the run's end, which a follower is waiting for), then what the run consumed and the
+    /// row's ending: whoever saw the completion and asks at once (to read it, or to cancel
+    /// it) gets the row once it caught up, at most 2 s later while the supervisor lives.
+    fn caught_up(&self, mut row: store::OpRow) -> Result<store::OpRow, BackendError> {
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        let ended_in_log = !row.status.is_terminal() && self.log_has_completion(&row.uuid);
+        while (ended_in_log && !row.status.is_terminal()
+            || row.status.is_terminal() && row.kind == "instance" && row.resources.is_none())
+            && std::time::Instant::now() < until
+            && self.supervisor_alive(&row)
+        {
+            std::thread::sleep(Duration::from_millis(2));
+            match self.store.op(&row.uuid)? {
+                Some(r) => row = r,
+                None => break,
+            }
         }
         Ok(row)
     }
@@ -331,29 +353,14 @@ impl Backend for LocalEngine {
     }
 
     fn operation(&self, op: &str) -> Result<Operation, BackendError> {
-        let Some(mut row) = self.store.op(op)? else {
+        let Some(row) = self.store.op(op)? else {
             return self.unrecorded(op);
         };
         if !row.status.is_terminal() && !self.supervisor_alive(&row) {
             self.recover_op(&row);
             return self.operation(op);
         }
-        // The supervisor writes `completion` first (the run's end, which a follower is
-        // waiting for), then what the run consumed and the row's ending: a reader who saw
-        // the completion and asks at once gets the row once it caught up.
-        let until = std::time::Instant::now() + Duration::from_secs(2);
-        let ended_in_log = !row.status.is_terminal() && self.log_has_completion(op);
-        while (ended_in_log && !row.status.is_terminal()
-            || row.status.is_terminal() && row.kind == "instance" && row.resources.is_none())
-            && std::time::Instant::now() < until
-            && self.supervisor_alive(&row)
-        {
-            std::thread::sleep(Duration::from_millis(2));
-            match self.store.op(op)? {
-                Some(r) => row = r,
-                None => break,
-            }
-        }
+        let row = self.caught_up(row)?;
         Ok(row.to_wire())
     }
 
