@@ -311,6 +311,30 @@ impl FileFilter {
     }
 }
 
+/// One entry `Backend::add_files` places in an image, as a run's attachment carries a
+/// file: its absolute path, owner and permission bits, and what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Absolute, without `..`; placed through the image's own symlinks (as attachments are).
+    pub path: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits (`0o7777` at most); a symlink has none of its own.
+    pub mode: u32,
+    pub content: Content,
+}
+
+/// What a `Placement` is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// A regular file with the content of an uploaded file (its uuid, from `put_file`).
+    File(String),
+    /// A directory (empty unless other entries go into it).
+    Dir,
+    /// A symbolic link to this target, stored as written (never resolved here).
+    Symlink(String),
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ImageFilter {
     pub all: bool,
@@ -413,6 +437,16 @@ pub trait Backend: Send + Sync {
     ) -> Result<(), BackendError>;
     /// Searches the files of an image (`GET /inspect/{image}/grep`), without a sandbox.
     fn grep(&self, image: &str, req: &GrepRequest) -> Result<GrepResult, BackendError>;
+    /// A new image: `image` with one more layer holding `entries`, made without starting a
+    /// sandbox (so the image needs no program: an empty one takes files too). Parent
+    /// directories the image lacks are made root-owned 0755, as for attachments. An image
+    /// that would not change (the same layer on top already) is given back as it is.
+    /// `Unsupported` where the backend can place files only through a run (a /v1 API).
+    fn add_files(&self, _image: &str, _entries: &[Placement]) -> Result<String, BackendError> {
+        Err(BackendError::Unsupported(
+            "this backend places files in an image only through a run".into(),
+        ))
+    }
     /// Imports a root filesystem directory or tar archive from this machine.
     fn import_local(&self, path: &Path, tag: Option<&str>) -> Result<String, BackendError>;
     /// Pulls an image from an OCI / Docker registry (`docker://reg/path:tag`, `user/img`…).

@@ -1,6 +1,8 @@
-//! `contree build`: a Dockerfile applied step by step on the session's backend. Each RUN,
-//! COPY and ADD is one run on the previous step's image (COPY/ADD attach their files to
-//! it the way `run -F` does), its result the next step's image; FROM picks or pulls an
+//! `contree build`: a Dockerfile applied step by step on the session's backend. Each RUN
+//! is one run on the previous step's image; COPY and ADD add a layer of files to it
+//! without a sandbox where the backend can (`Backend::add_files`, the local engine), else
+//! attach their files to a run of `true` the way `run -F` does. Each step's result is the
+//! next step's image; FROM picks or pulls an
 //! image; ENV, ARG, WORKDIR and USER only change what later steps get. Every step's
 //! image is remembered in the build cache (`cache`), so an unchanged rebuild runs
 //! nothing. It never prints through the run formatters or hooks: a build is not a run.
@@ -10,7 +12,7 @@ pub mod dockerfile;
 mod sources;
 
 use crate::attach::{AttachError, DigestCache};
-use crate::backend::{Backend, BackendError, StdinSource};
+use crate::backend::{Backend, BackendError, Content, Placement, StdinSource};
 use crate::session::{SessionError, SessionStore};
 use crate::wire::{FileRef, SpawnRequest, Status};
 use cache::Cache;
@@ -468,10 +470,11 @@ impl Builder<'_> {
         }
         // Scratch files of COPY --from live until the step's files are uploaded.
         let scratch;
-        let (files, from) = match &copy.from {
+        let (files, extra, from) = match &copy.from {
             None => (
                 sources::from_context(&self.args.context, &sources, &dest)
                     .map_err(|e| self.fail(ins, e))?,
+                Vec::new(),
                 None,
             ),
             Some(from) if add => {
@@ -487,10 +490,10 @@ impl Builder<'_> {
                         what: format!("making a scratch directory in {}", self.env.data.display()),
                         source,
                     })?;
-                let files =
+                let (files, extra) =
                     sources::from_image(self.env.backend, &image, &sources, &dest, scratch.path())
                         .map_err(|e| self.fail(ins, e))?;
-                (files, Some(image))
+                (files, extra, Some(image))
             }
         };
         let (uid, gid) = match &copy.chown {
@@ -516,14 +519,45 @@ impl Builder<'_> {
             .zip(&shas)
             .map(|(f, sha)| json!([f.dest, sha, chmod.unwrap_or(f.mode), uid, gid]))
             .collect();
-        let hash = cache::chain(
-            &state.hash,
-            &json!({
-                "copy": placed,
-                "from": from,
-                "parent": state.image,
-            }),
-        );
+        let mode = |m: u32| chmod.unwrap_or(m);
+        // Symlinks and empty directories (COPY --from only) are in the key when there are
+        // any, so that a copy of files only keeps the key it always had.
+        let extra: Vec<Placement> = extra
+            .iter()
+            .filter_map(|e| match e {
+                // The root itself: there already.
+                sources::Extra::Dir { dest, .. } if dest.trim_matches('/').is_empty() => None,
+                sources::Extra::Dir { dest, mode: m } => Some(Placement {
+                    path: dest.clone(),
+                    uid,
+                    gid,
+                    mode: mode(*m),
+                    content: Content::Dir,
+                }),
+                sources::Extra::Symlink { dest, target } => Some(Placement {
+                    path: dest.clone(),
+                    uid,
+                    gid,
+                    mode: 0o777,
+                    content: Content::Symlink(target.clone()),
+                }),
+            })
+            .collect();
+        let mut step = json!({
+            "copy": placed,
+            "from": from,
+            "parent": state.image,
+        });
+        if !extra.is_empty() {
+            step["extra"] = extra
+                .iter()
+                .map(|p| match &p.content {
+                    Content::Symlink(target) => json!([p.path, "symlink", target, p.uid, p.gid]),
+                    _ => json!([p.path, "dir", p.mode, p.uid, p.gid]),
+                })
+                .collect();
+        }
+        let hash = cache::chain(&state.hash, &step);
         if let Some(hit) = self.lookup(&hash)? {
             advance(state, hit.image, hit.entry, hash);
             return Ok(());
@@ -546,7 +580,36 @@ impl Builder<'_> {
                 },
             );
         }
-        // The files join the image as the run's attachments; the command itself does
+        // Placed without a sandbox where the backend can (the local engine): in the order
+        // (and so the layer) the run below would attach them.
+        let mut placements: Vec<Placement> = map
+            .iter()
+            .map(|(path, file)| Placement {
+                path: path.clone(),
+                uid,
+                gid,
+                mode: file.permissions().unwrap_or(0o644),
+                content: Content::File(file.uuid.clone()),
+            })
+            .collect();
+        placements.extend(extra.iter().cloned());
+        match self.env.backend.add_files(&state.image, &placements) {
+            Ok(image) => {
+                let entry = self.cache.record(&hash, state.entry, &image, &ins.text)?;
+                eprintln!(" ---> {image}");
+                advance(state, image, entry, hash);
+                return Ok(());
+            }
+            Err(BackendError::Unsupported(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if !extra.is_empty() {
+            crate::warn!(
+                "{} symlinks or empty directories of the source are not carried: this backend places regular files only",
+                extra.len()
+            );
+        }
+        // Else the files join the image as a run's attachments; the command itself does
         // nothing, so it needs a `true` in the image (which FROM scratch has not).
         let req = SpawnRequest {
             image: state.image.clone(),

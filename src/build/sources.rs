@@ -1,7 +1,9 @@
 //! What a COPY or ADD places: files of the build context, or of another image (`--from`),
 //! as (host file, path in the image, mode). Directories are walked; a directory source
-//! places its contents under the destination, as Docker does. Empty directories and, in
-//! images, symlinks are not carried (the attachments of a run are regular files).
+//! places its contents under the destination, as Docker does. From an image, symlinks and
+//! empty directories are carried too (`Extra`), for a backend that places them
+//! (`Backend::add_files`); from the context, symlinks are followed and empty directories
+//! left out, as `run -F` attaches them.
 
 use super::BuildError;
 use crate::backend::Backend;
@@ -16,6 +18,16 @@ pub struct Source {
     pub dest: String,
     pub mode: u32,
     pub size: u64,
+}
+
+/// What a COPY --from carries besides regular files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Extra {
+    /// An empty directory of the source (a directory with entries comes with them).
+    Dir { dest: String, mode: u32 },
+    /// A symlink inside a copied directory, kept as a link (a source named on the COPY
+    /// line is followed instead, as Docker does).
+    Symlink { dest: String, target: String },
 }
 
 /// Where a source goes: `dest` is a directory when it ends with `/`, when there are
@@ -130,16 +142,18 @@ fn inside(source: &str) -> Option<PathBuf> {
 }
 
 /// The files of `sources` (absolute, or relative to `/`) in `image`, copied into `into`
-/// (a scratch directory of the caller's) through the backend's file reads.
+/// (a scratch directory of the caller's) through the backend's file reads, and the
+/// symlinks and empty directories under them.
 pub fn from_image(
     backend: &dyn Backend,
     image: &str,
     sources: &[String],
     dest: &str,
     into: &Path,
-) -> Result<Vec<Source>, BuildError> {
+) -> Result<(Vec<Source>, Vec<Extra>), BuildError> {
     let into_dir = dest.ends_with('/') || sources.len() > 1;
     let mut out = Vec::new();
+    let mut extra = Vec::new();
     for source in sources {
         let path = format!("/{}", source.trim_start_matches('/'));
         let path = if path.len() > 1 {
@@ -150,7 +164,11 @@ pub fn from_image(
         match is_dir(backend, image, &path)? {
             true => {
                 let base = dest.trim_end_matches('/').to_string();
-                copy_image_dir(backend, image, &path, &base, into, &mut out)?;
+                let mut found = Found {
+                    files: &mut out,
+                    extra: &mut extra,
+                };
+                copy_image_dir(backend, image, &path, &base, 0o755, into, &mut found)?;
             }
             false => {
                 let name = path.rsplit('/').next().unwrap_or_default().to_string();
@@ -159,7 +177,13 @@ pub fn from_image(
             }
         }
     }
-    Ok(out)
+    Ok((out, extra))
+}
+
+/// What a walk of an image's directory found.
+struct Found<'a> {
+    files: &'a mut Vec<Source>,
+    extra: &'a mut Vec<Extra>,
 }
 
 /// Whether `path` of `image` is a directory (a listing of a file lists the file itself, so
@@ -186,10 +210,12 @@ fn copy_image_dir(
     image: &str,
     dir: &str,
     base: &str,
+    mode: u32,
     into: &Path,
-    out: &mut Vec<Source>,
+    found: &mut Found<'_>,
 ) -> Result<(), BuildError> {
     let list = backend.list_dir(image, dir)?;
+    let mut empty = true;
     for item in list.files {
         let name = item
             .path
@@ -200,15 +226,28 @@ fn copy_image_dir(
         if name == "." || name == ".." || name.is_empty() {
             continue;
         }
+        empty = false;
         let path = format!("{}/{name}", dir.trim_end_matches('/'));
         let dest = format!("{base}/{name}");
         if item.is_dir {
-            copy_image_dir(backend, image, &path, &dest, into, out)?;
+            let mode = item.mode & 0o7777;
+            copy_image_dir(backend, image, &path, &dest, mode, into, found)?;
         } else if item.is_regular {
-            out.push(fetch(backend, image, &path, dest, into)?);
+            found.files.push(fetch(backend, image, &path, dest, into)?);
+        } else if item.is_symlink && !item.symlink_to.is_empty() {
+            found.extra.push(Extra::Symlink {
+                dest,
+                target: item.symlink_to,
+            });
         } else {
-            crate::debug!("COPY --from: {path} is not a regular file or directory; skipped");
+            crate::debug!("COPY --from: {path} is not a file, directory or symlink; skipped");
         }
+    }
+    if empty {
+        found.extra.push(Extra::Dir {
+            dest: base.to_string(),
+            mode,
+        });
     }
     Ok(())
 }

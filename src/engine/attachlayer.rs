@@ -37,14 +37,36 @@ pub enum AttachLayerError {
     Build(#[source] io::Error),
 }
 
-/// One file to place, resolved.
+/// One entry to place, resolved.
 struct Placed {
     /// Relative path inside the layer (after the image's symlinks).
     rel: PathBuf,
-    sha: String,
+    kind: Kind,
     uid: u32,
     gid: u32,
     mode: u32,
+}
+
+/// What one entry of an attachment layer is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file: the sha256 of its blob.
+    File(String),
+    /// A directory, with the entry's owner and mode (also when the image has one there).
+    Dir,
+    /// A symbolic link to this target, as written.
+    Symlink(String),
+}
+
+/// One entry of a layer built by `ensure_entries`.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Absolute path in the image.
+    pub path: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    pub kind: Kind,
 }
 
 /// Directory metadata (mode, uid, gid) for the layer's directories.
@@ -68,9 +90,7 @@ pub fn ensure_with(
     blobs: &BTreeMap<String, String>,
     show: Show,
 ) -> Result<String, AttachLayerError> {
-    let mut placed = Vec::with_capacity(files.len());
-    let mut dirs: DirMeta = BTreeMap::new();
-    let mut parents: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    let mut entries = Vec::with_capacity(files.len());
     for (path, file) in files {
         let sha = blobs
             .get(&file.uuid)
@@ -78,10 +98,41 @@ pub fn ensure_with(
                 uuid: file.uuid.clone(),
                 path: path.clone(),
             })?;
-        let p = Path::new(path);
+        entries.push(Entry {
+            path: path.clone(),
+            uid: file.uid,
+            gid: file.gid,
+            mode: file.permissions().unwrap_or(0o644),
+            kind: Kind::File(sha.clone()),
+        });
+    }
+    ensure_entries(layout, view, &entries, show)
+}
+
+/// The id of a layer holding `entries` over the image `view` shows (built unless it
+/// exists): files, directories and symlinks, in order (a later entry at the same path
+/// wins).
+pub fn ensure_entries(
+    layout: &Layout,
+    view: &View,
+    entries: &[Entry],
+    show: Show,
+) -> Result<String, AttachLayerError> {
+    let mut placed = Vec::with_capacity(entries.len());
+    let mut dirs: DirMeta = BTreeMap::new();
+    let mut parents: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    // Directories asked for keep their own metadata, whatever placing the others records.
+    let mut asked: DirMeta = BTreeMap::new();
+    for entry in entries {
+        let p = Path::new(&entry.path);
         let name = p
             .file_name()
-            .ok_or_else(|| AttachLayerError::NoName(path.clone()))?;
+            .ok_or_else(|| AttachLayerError::NoName(entry.path.clone()))?;
+        if entry.kind == Kind::Dir {
+            let rel = place_dir(view, p, &mut dirs);
+            asked.insert(rel, (entry.mode, entry.uid, entry.gid));
+            continue;
+        }
         let parent = p.parent().unwrap_or(Path::new("/")).to_path_buf();
         let real_parent = match parents.get(&parent) {
             Some(r) => r.clone(),
@@ -93,12 +144,13 @@ pub fn ensure_with(
         };
         placed.push(Placed {
             rel: real_parent.join(name),
-            sha: sha.clone(),
-            uid: file.uid,
-            gid: file.gid,
-            mode: file.permissions().unwrap_or(0o644),
+            kind: entry.kind.clone(),
+            uid: entry.uid,
+            gid: entry.gid,
+            mode: entry.mode,
         });
     }
+    dirs.extend(asked);
     let id = format!("attach-{}", key(&placed, &dirs));
     let dest = layout.layer_dir(&id);
     if dest.exists() {
@@ -112,7 +164,11 @@ pub fn ensure_with(
         Show::OnTerminal => {
             let bytes = placed
                 .iter()
-                .map(|p| fs::metadata(layout.blob_path(&p.sha)).map_or(0, |m| m.len()))
+                .filter_map(|p| match &p.kind {
+                    Kind::File(sha) => fs::metadata(layout.blob_path(sha)).ok(),
+                    _ => None,
+                })
+                .map(|m| m.len())
                 .sum();
             progress::bar(show, bytes, || format!("staging {} file(s)", placed.len()))
         }
@@ -167,15 +223,24 @@ fn place_dir(view: &View, dir: &Path, dirs: &mut DirMeta) -> PathBuf {
 
 fn key(placed: &[Placed], dirs: &DirMeta) -> String {
     let mut h = Sha256::new();
+    // A layer of files only has the key it had before directories and links were placed.
     for p in placed {
-        h.update(format!(
-            "f\0{}\0{}\0{}\0{}\0{:o}\n",
-            p.rel.display(),
-            p.sha,
-            p.uid,
-            p.gid,
-            p.mode
-        ));
+        match &p.kind {
+            Kind::File(sha) => h.update(format!(
+                "f\0{}\0{sha}\0{}\0{}\0{:o}\n",
+                p.rel.display(),
+                p.uid,
+                p.gid,
+                p.mode
+            )),
+            Kind::Symlink(target) => h.update(format!(
+                "l\0{}\0{target}\0{}\0{}\n",
+                p.rel.display(),
+                p.uid,
+                p.gid
+            )),
+            Kind::Dir => {}
+        }
     }
     for (d, (mode, uid, gid)) in dirs {
         h.update(format!("d\0{}\0{uid}\0{gid}\0{mode:o}\n", d.display()));
@@ -197,10 +262,16 @@ fn build(
     }
     let mut made = BTreeSet::new();
     for p in placed {
-        let variant = variant(layout, p, &mut made, bar)?;
         let target = staging.join(&p.rel);
         let _ = fs::remove_file(&target);
-        fs::hard_link(&variant, &target)?;
+        match &p.kind {
+            Kind::File(sha) => fs::hard_link(variant(layout, p, sha, &mut made, bar)?, &target)?,
+            Kind::Symlink(to) => {
+                std::os::unix::fs::symlink(to, &target)?;
+                std::os::unix::fs::lchown(&target, Some(p.uid), Some(p.gid))?;
+            }
+            Kind::Dir => {}
+        }
     }
     // Directory metadata last: a 0500 directory would refuse the links above.
     for (d, (mode, uid, gid)) in dirs.iter().rev() {
@@ -215,16 +286,11 @@ fn build(
 fn variant(
     layout: &Layout,
     file: &Placed,
+    sha: &str,
     made: &mut BTreeSet<PathBuf>,
     bar: Option<&ProgressBar>,
 ) -> io::Result<PathBuf> {
-    let Placed {
-        sha,
-        uid,
-        gid,
-        mode,
-        ..
-    } = file;
+    let Placed { uid, gid, mode, .. } = file;
     let dir = layout.root.join("blobs/variants");
     let path = dir.join(format!("{sha}.{uid}.{gid}.{mode:o}"));
     if made.contains(&path) || path.exists() {
@@ -294,5 +360,44 @@ mod tests {
         );
         assert_eq!(mode("root/new"), 0o755);
         assert_eq!(ensure(&layout, &view, &files, &blobs).unwrap(), id);
+    }
+
+    #[test]
+    fn directories_and_symlinks_are_placed_with_their_metadata() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            root: t.path().to_path_buf(),
+        };
+        fs::create_dir_all(layout.layer_dir("base")).unwrap();
+        fs::create_dir_all(t.path().join("tmp")).unwrap();
+        let view = View::new(&layout, &["base".to_string()]);
+        let entry = |path: &str, mode, kind| Entry {
+            path: path.into(),
+            uid: 0,
+            gid: 0,
+            mode,
+            kind,
+        };
+        let entries = vec![
+            entry("/d/empty", 0o700, Kind::Dir),
+            entry("/d/link", 0o777, Kind::Symlink("../target".into())),
+        ];
+        let id = ensure_entries(&layout, &view, &entries, Show::Never).unwrap();
+        let dir = layout.layer_dir(&id);
+        assert_eq!(
+            fs::metadata(dir.join("d/empty")).unwrap().mode() & 0o7777,
+            0o700
+        );
+        assert_eq!(fs::metadata(dir.join("d")).unwrap().mode() & 0o7777, 0o755);
+        assert_eq!(
+            fs::read_link(dir.join("d/link")).unwrap(),
+            Path::new("../target")
+        );
+        // Another target is another layer.
+        let other = vec![entry("/d/link", 0o777, Kind::Symlink("elsewhere".into()))];
+        assert_ne!(
+            ensure_entries(&layout, &view, &other, Show::Never).unwrap(),
+            id
+        );
     }
 }

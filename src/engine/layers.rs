@@ -7,6 +7,8 @@
 //! writes the `user.overlay.*` form instead (the `userxattr` option): every layer carries
 //! both markers on its opaque directories, so any chain works in either kind of mount.
 
+use super::claim::Claim;
+use super::store::Layout;
 use std::ffi::{CStr, CString};
 use std::fs;
 use std::io;
@@ -449,6 +451,67 @@ fn copy_entry(src: &Path, dst: &Path, meta: &fs::Metadata) -> io::Result<()> {
         }
     }
     std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()))
+}
+
+/// Layer chains longer than this (not counting the base) are merged into one layer when an
+/// image is made on top of them. The kernel allows 500 lower layers; lookups and mounts
+/// slow down long before.
+pub const FLATTEN_AT: usize = 24;
+
+/// Keeps a layer chain (top first) short, in two tiers so that the usual merge only
+/// touches the few recent layers: past `FLATTEN_AT` layers above the base, the layers on
+/// top are merged into one `flat-` layer; once there are `FLATTEN_AT / 2` of those,
+/// everything above the base is merged. Returns the new layer (id and size), still claimed
+/// in `layers/` until the caller's image row names it, if one was made.
+pub fn shorten(
+    layout: &Layout,
+    chain: &mut Vec<String>,
+) -> io::Result<Option<((String, u64), Claim)>> {
+    if chain.len() <= FLATTEN_AT + 1 {
+        return Ok(None);
+    }
+    let above_base = chain.len() - 1;
+    // Never the base: it may be the host view, which only exists at run time.
+    let recent = chain[..above_base]
+        .iter()
+        .take_while(|l| !l.starts_with("flat-"))
+        .count();
+    let flats = above_base - recent;
+    let merge = if flats + 1 > FLATTEN_AT / 2 || recent < 2 {
+        above_base
+    } else {
+        recent
+    };
+    let dirs: Vec<PathBuf> = chain[..merge].iter().map(|l| layout.layer_dir(l)).collect();
+    let id = format!("flat-{}", uuid::Uuid::new_v4());
+    let mut staging = layout.staging_dir(&id)?;
+    let made = flatten(&dirs, staging.path()).and_then(|_| {
+        let size = layer_size(staging.path());
+        staging.rename(&layout.layer_dir(&id)).map(|_| size)
+    });
+    let size = match made {
+        Ok(size) => size,
+        Err(e) => {
+            let _ = staging.remove();
+            return Err(e);
+        }
+    };
+    chain.splice(..merge, [id.clone()]);
+    Ok(Some(((id, size), staging)))
+}
+
+/// A hard-linked copy of layer `id` under a new id: overlayfs takes a directory only once
+/// in a chain, so a layer needed again on top (the same attachments) gets a copy.
+pub fn copy_layer(layout: &Layout, id: &str) -> io::Result<String> {
+    let copy = format!("{id}-{}", uuid::Uuid::new_v4().simple());
+    let mut staging = layout.staging_dir(&copy)?;
+    let copied = flatten(&[layout.layer_dir(id)], staging.path())
+        .and_then(|_| staging.rename(&layout.layer_dir(&copy)));
+    if let Err(e) = copied {
+        let _ = staging.remove();
+        return Err(e);
+    }
+    Ok(copy)
 }
 
 #[cfg(test)]

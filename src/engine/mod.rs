@@ -7,6 +7,7 @@
 //! `queue` (the server's queued operations), `prune`, `validate` and `isolation`. This
 //! file keeps the struct, its `Backend` impl and the module list.
 
+mod addfiles;
 pub mod archive;
 pub mod attachlayer;
 pub mod cgroup;
@@ -599,6 +600,14 @@ impl Backend for LocalEngine {
         let view = self.view(image)?;
         let deadline = std::time::Instant::now() + grep::DEADLINE;
         Ok(grep::search(&view, req, deadline)?)
+    }
+
+    fn add_files(
+        &self,
+        image: &str,
+        entries: &[crate::backend::Placement],
+    ) -> Result<String, BackendError> {
+        self.place(image, entries)
     }
 
     fn import_local(&self, path: &Path, tag: Option<&str>) -> Result<String, BackendError> {

@@ -35,10 +35,6 @@ enum CommitError {
     Db(#[from] DbError),
 }
 
-/// Layer chains longer than this (not counting the base) are merged into one layer after
-/// a commit. The kernel allows 500 lower layers; lookups and mounts slow down long before.
-const FLATTEN_AT: usize = 24;
-
 impl Run {
     /// Commits the snapshot (for a successful, non-disposable run), appends `completion`,
     /// records the terminal state, gives the scratch dir back. Returns the supervisor's exit
@@ -234,46 +230,12 @@ impl Run {
         Ok((row.uuid, size))
     }
 
-    /// Keeps a layer chain short, in two tiers so that the usual merge only touches the
-    /// few recent layers: past `FLATTEN_AT` layers above the base, the run layers on top
-    /// are merged into one `flat-` layer; once there are `FLATTEN_AT / 2` of those,
-    /// everything above the base is merged. Returns the new layer, if any.
+    /// Keeps a layer chain short (see `layers::shorten`); the new layer, if any.
     #[allow(clippy::type_complexity)]
     fn shorten(
         &mut self,
         chain: &mut Vec<String>,
     ) -> Result<Option<((String, u64), Claim)>, CommitError> {
-        if chain.len() <= FLATTEN_AT + 1 {
-            return Ok(None);
-        }
-        let above_base = chain.len() - 1;
-        // Never the base: it may be the host view, which only exists at run time.
-        let recent = chain[..above_base]
-            .iter()
-            .take_while(|l| !l.starts_with("flat-"))
-            .count();
-        let flats = above_base - recent;
-        let merge = if flats + 1 > FLATTEN_AT / 2 || recent < 2 {
-            above_base
-        } else {
-            recent
-        };
-        let dirs: Vec<PathBuf> = chain[..merge]
-            .iter()
-            .map(|l| self.layout.layer_dir(l))
-            .collect();
-        let id = format!("flat-{}", uuid::Uuid::new_v4());
-        let mut staging = self.layout.staging_dir(&id).map_err(CommitError::Flatten)?;
-        if let Err(e) = layers::flatten(&dirs, staging.path()) {
-            let _ = staging.remove();
-            return Err(CommitError::Flatten(e));
-        }
-        let size = layers::layer_size(staging.path());
-        if let Err(e) = staging.rename(&self.layout.layer_dir(&id)) {
-            let _ = staging.remove();
-            return Err(CommitError::Flatten(e));
-        }
-        chain.splice(..merge, [id.clone()]);
-        Ok(Some(((id, size), staging)))
+        layers::shorten(&self.layout, chain).map_err(CommitError::Flatten)
     }
 }

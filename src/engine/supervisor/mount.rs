@@ -243,17 +243,8 @@ impl RootPlan<'_> {
 
 /// A hard-linked copy of layer `id` under a new id, for a layer needed twice in one chain.
 fn copy_layer(layout: &Layout, id: &str) -> Result<String, MountError> {
-    let copy = format!("{id}-{}", uuid::Uuid::new_v4().simple());
-    let failed = |source| MountError::CopyLayer {
+    layers::copy_layer(layout, id).map_err(|source| MountError::CopyLayer {
         id: id.to_string(),
         source,
-    };
-    let mut staging = layout.staging_dir(&copy).map_err(failed)?;
-    let copied = layers::flatten(&[layout.layer_dir(id)], staging.path())
-        .and_then(|_| staging.rename(&layout.layer_dir(&copy)));
-    if let Err(e) = copied {
-        let _ = staging.remove();
-        return Err(failed(e));
-    }
-    Ok(copy)
+    })
 }
