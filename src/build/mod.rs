@@ -460,23 +460,45 @@ impl Builder<'_> {
         } else {
             absolute(&state.workdir, &dest)
         };
-        if add {
-            if let Some(url) = sources.iter().find(|s| s.contains("://")) {
-                return Err(self.fail(
-                    ins,
-                    format!("ADD of a URL ({url}) is not supported; fetch it in a RUN step"),
-                ));
+        // ADD's URLs are fetched here, on this machine, into a scratch dir that lives until
+        // the step's files are uploaded; the rest come from the context.
+        let (urls, sources): (Vec<String>, Vec<String>) =
+            sources.into_iter().partition(|s| add && s.contains("://"));
+        let mut fetched = None;
+        let mut downloads = Vec::new();
+        for url in &urls {
+            if fetched.is_none() {
+                fetched = Some(
+                    tempfile::Builder::new()
+                        .prefix("build-add-")
+                        .tempdir_in(self.env.data)
+                        .map_err(|source| BuildError::Io {
+                            what: format!(
+                                "making a scratch directory in {}",
+                                self.env.data.display()
+                            ),
+                            source,
+                        })?,
+                );
             }
+            let dir = fetched.as_ref().map(|d| d.path()).unwrap_or(self.env.data);
+            let source = sources::from_url(url, &dest, dir, self.args.timeout)
+                .map_err(|e| self.fail(ins, e))?;
+            downloads.push(source);
         }
         // Scratch files of COPY --from live until the step's files are uploaded.
         let scratch;
         let (files, extra, from) = match &copy.from {
-            None => (
-                sources::from_context(&self.args.context, &sources, &dest)
-                    .map_err(|e| self.fail(ins, e))?,
-                Vec::new(),
-                None,
-            ),
+            None => {
+                let mut files = if sources.is_empty() {
+                    Vec::new()
+                } else {
+                    sources::from_context(&self.args.context, &sources, &dest)
+                        .map_err(|e| self.fail(ins, e))?
+                };
+                files.extend(downloads);
+                (files, Vec::new(), None)
+            }
             Some(from) if add => {
                 return Err(self.fail(ins, format!("ADD does not take --from={from}")))
             }

@@ -41,6 +41,55 @@ fn target(dest: &str, into_dir: bool, name: &str) -> String {
 }
 
 /// The files of `sources` (relative to `context`, glob patterns allowed) for `dest`.
+/// ADD of an http(s) URL: fetched on this machine into `scratch`, placed at `dest` (or in it,
+/// named after the URL's last path segment, when `dest` ends in `/`) with mode 0600, as
+/// Docker does. `timeout` bounds the whole download, in seconds.
+pub fn from_url(url: &str, dest: &str, scratch: &Path, timeout: u64) -> Result<Source, BuildError> {
+    use std::io::Write;
+    let fail = |why: String| BuildError::Source(format!("ADD {url}: {why}"));
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(fail("only http:// and https:// URLs are fetched".into()));
+    }
+    let name = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(_, path)| path.rsplit('/').next().unwrap_or_default())
+        .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+        .unwrap_or("index.html");
+    let dest = if dest.ends_with('/') {
+        format!("{dest}{name}")
+    } else {
+        dest.to_string()
+    };
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(timeout.max(1)))
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    let mut resp = client
+        .get(url)
+        .send()
+        .map_err(|e| fail(crate::api::network::describe(&e)))?;
+    if !resp.status().is_success() {
+        return Err(fail(format!("the server answered {}", resp.status())));
+    }
+    let host = scratch.join(format!("{}", uuid::Uuid::new_v4()));
+    let mut file = std::fs::File::create(&host).map_err(|e| fail(e.to_string()))?;
+    let size = resp
+        .copy_to(&mut file)
+        .map_err(|e| fail(format!("reading the body: {e}")))?;
+    file.flush().map_err(|e| fail(e.to_string()))?;
+    Ok(Source {
+        host,
+        dest,
+        mode: 0o600,
+        size,
+    })
+}
+
 pub fn from_context(
     context: &Path,
     sources: &[String],

@@ -264,3 +264,76 @@ fn a_build_runs_through_contree_serve() {
     assert_eq!(cache_hits(&again), 4, "{}", again.stderr_text());
     assert_eq!(built_image(&again), image);
 }
+
+/// A web server on loopback for ADD: each GET of `/…/NAME` answers the body now in
+/// `body` (404 for `/missing`), until the returned guard's server is dropped with the test.
+fn loopback_web(body: std::sync::Arc<std::sync::Mutex<String>>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).to_string();
+            let reply = if request.starts_with("GET /missing") {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
+            } else {
+                let body = body.lock().unwrap().clone();
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// ADD of an http URL: fetched on this machine, placed with mode 0600 (named after the URL
+/// in a directory), rebuilt from that step when what the URL serves changes; a URL the
+/// server refuses fails the step.
+#[test]
+fn add_fetches_a_url_and_rebuilds_when_its_content_changes() {
+    let Some(env) = busybox_env() else { return };
+    let body = std::sync::Arc::new(std::sync::Mutex::new("first\n".to_string()));
+    let web = loopback_web(body.clone());
+    let dockerfile = format!(
+        "FROM bb\nADD {web}/files/notes.txt /srv/\nADD {web}/files/other.txt /srv/renamed.txt\nRUN stat -c %a /srv/notes.txt\n"
+    );
+    env.write("ctx/Dockerfile", &dockerfile);
+    let ctx = env.work().join("ctx");
+    let out = build(&env, &[ctx.to_str().unwrap()]).success();
+    // The RUN's output: the mode ADD gave the fetched file.
+    assert!(
+        out.stdout_text().lines().any(|l| l == "600"),
+        "{}",
+        out.stdout_text()
+    );
+    env.run(["cat", "/srv/notes.txt"])
+        .success()
+        .stdout("first\n");
+    env.run(["cat", "/srv/renamed.txt"])
+        .success()
+        .stdout("first\n");
+    // Unchanged: every step from the cache. Changed content: built again from the ADD.
+    let again = build(&env, &[ctx.to_str().unwrap()]).success();
+    assert_eq!(cache_hits(&again), 3, "{}", again.stderr_text());
+    *body.lock().unwrap() = "second\n".to_string();
+    let changed = build(&env, &[ctx.to_str().unwrap()]).success();
+    assert_eq!(cache_hits(&changed), 0, "{}", changed.stderr_text());
+    env.run(["cat", "/srv/notes.txt"])
+        .success()
+        .stdout("second\n");
+    // Refused by the server: the step fails, named.
+    env.write(
+        "ctx/Dockerfile",
+        format!("FROM bb\nADD {web}/missing /srv/\n"),
+    );
+    build(&env, &[ctx.to_str().unwrap()])
+        .code(1)
+        .stderr_contains("404");
+}
