@@ -4,8 +4,10 @@
 //!
 //! `LocalEngine`'s own work is spread over a module per concept: `launch` (starting a
 //! supervisor), `tail` (following an event log), `recovery` (operations whose owner died),
-//! `queue` (the server's queued operations), `prune`, `validate` and `isolation`. This
-//! file keeps the struct, its `Backend` impl and the module list.
+//! `queue` (the server's queued operations), `prune`, `validate`, `isolation` and `exec`
+//! (asking a running operation's supervisor). This file keeps the struct, its `Backend`
+//! impl and the module list: about 650 lines, one short method per `Backend` call, which
+//! read best next to each other.
 
 mod addfiles;
 pub mod archive;
