@@ -78,18 +78,7 @@ pub fn export(backend: &dyn Backend, req: &Export) -> Result<u64, ExportError> {
                 path: path.clone(),
                 source,
             };
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let base = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let mut tmp = tempfile::Builder::new()
-                .prefix(&format!(".{base}."))
-                .tempfile_in(dir)
-                .map_err(file_err)?;
+            let mut tmp = crate::paths::temp_beside(path).map_err(file_err)?;
             let mut out = Tracked::new(io::BufWriter::with_capacity(256 * 1024, tmp.as_file_mut()));
             let result = backend.archive(&req.image, &req.path, req.gzip, &mut out);
             if let Some(e) = out.failed.take() {

@@ -19,6 +19,7 @@ pub(crate) mod export;
 pub(crate) mod failpoint;
 pub(crate) mod format;
 pub(crate) mod hooks;
+pub(crate) mod imagepath;
 pub(crate) mod interrupt;
 pub(crate) mod log;
 pub(crate) mod outcome;

@@ -128,3 +128,19 @@ fn non_empty(name: &str) -> Option<String> {
 fn absolute(path: PathBuf) -> PathBuf {
     std::path::absolute(&path).unwrap_or(path)
 }
+
+/// A temporary file in `target`'s directory, named after it (`.NAME.xxxxxx`), to be renamed
+/// onto it once whole: a reader never sees half a file, and a failure leaves none.
+pub fn temp_beside(target: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let base = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    tempfile::Builder::new()
+        .prefix(&format!(".{base}."))
+        .tempfile_in(dir)
+}

@@ -201,10 +201,7 @@ impl Builder<'_> {
         placements.extend(extra.iter().cloned());
         match self.env.backend.add_files(&state.image, &placements) {
             Ok(image) => {
-                let entry = self.cache.record(&hash, state.entry, &image, &ins.text)?;
-                eprintln!(" ---> {image}");
-                advance(state, image, entry, hash);
-                return Ok(());
+                return self.built(ins, state, image, hash);
             }
             Err(BackendError::Unsupported(_)) => {}
             Err(e) => return Err(e.into()),
@@ -227,10 +224,7 @@ impl Builder<'_> {
             ..Default::default()
         };
         let image = self.spawn(ins, &req)?;
-        let entry = self.cache.record(&hash, state.entry, &image, &ins.text)?;
-        eprintln!(" ---> {image}");
-        advance(state, image, entry, hash);
-        Ok(())
+        self.built(ins, state, image, hash)
     }
 
     /// COPY --from's image: an earlier stage by name or index, else an image reference.

@@ -416,6 +416,18 @@ impl Builder<'_> {
             ..Default::default()
         };
         let image = self.spawn(ins, &req)?;
+        self.built(ins, state, image, hash)
+    }
+
+    /// A step made `image`: remembered in the cache under `hash`, said, and the stage's
+    /// image from now on.
+    fn built(
+        &mut self,
+        ins: &Instruction,
+        state: &mut Stage,
+        image: String,
+        hash: String,
+    ) -> Result<(), BuildError> {
         let entry = self.cache.record(&hash, state.entry, &image, &ins.text)?;
         eprintln!(" ---> {image}");
         advance(state, image, entry, hash);
@@ -543,33 +555,5 @@ fn advance(state: &mut Stage, image: String, entry: i64, hash: String) {
 
 /// `path` against the working directory `cwd`, normalised (`.` and `..` resolved).
 fn absolute(cwd: &str, path: &str) -> String {
-    let joined = if path.starts_with('/') {
-        path.to_string()
-    } else {
-        format!("{}/{path}", cwd.trim_end_matches('/'))
-    };
-    let mut parts: Vec<&str> = Vec::new();
-    for part in joined.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    format!("/{}", parts.join("/"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn workdirs_are_resolved_against_the_previous_one() {
-        assert_eq!(absolute("/", "app"), "/app");
-        assert_eq!(absolute("/app", "src/../lib"), "/app/lib");
-        assert_eq!(absolute("/app", "/opt/"), "/opt");
-        assert_eq!(absolute("/", ".."), "/");
-    }
+    crate::imagepath::resolve(cwd, path)
 }

@@ -12,22 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// `path` made absolute against the session's working directory, `..` and `.` folded.
 pub fn resolve_path(cwd: Option<&str>, path: &str) -> String {
-    let base = if path.starts_with('/') {
-        "/"
-    } else {
-        cwd.unwrap_or("/")
-    };
-    let mut parts: Vec<&str> = Vec::new();
-    for part in base.split('/').chain(path.split('/')) {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    format!("/{}", parts.join("/"))
+    crate::imagepath::resolve(cwd.unwrap_or("/"), path)
 }
 
 fn image_and_path(ctx: &Context, path: &str) -> CommandResult<(String, String)> {
@@ -130,18 +115,7 @@ fn copy_out(ctx: &Context, image: &str, path: &str, target: &Path) -> CommandRes
     let io = |e: std::io::Error| CommandError::new(Kind::Io, format!("{}: {e}", target.display()));
     match ctx.backend.read_file(image, path) {
         Ok((mut reader, mode)) => {
-            let dir = target
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let base = target
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let mut tmp = tempfile::Builder::new()
-                .prefix(&format!(".{base}."))
-                .tempfile_in(dir)
-                .map_err(io)?;
+            let mut tmp = crate::paths::temp_beside(target).map_err(io)?;
             let n = std::io::copy(&mut reader, tmp.as_file_mut()).map_err(io)?;
             use std::os::unix::fs::PermissionsExt;
             let perms = std::fs::Permissions::from_mode(mode.unwrap_or(0o644));

@@ -245,18 +245,7 @@ fn paths(prefix: &str, catalog: &dyn Catalog, dirs_only: bool) -> Vec<Candidate>
 
 /// `path` against the working directory `cwd`, `.` and `..` taken out.
 fn resolve(cwd: &str, path: &str) -> String {
-    let base = if path.starts_with('/') { "/" } else { cwd };
-    let mut parts: Vec<&str> = Vec::new();
-    for part in base.split('/').chain(path.split('/')) {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    format!("/{}", parts.join("/"))
+    crate::imagepath::resolve(cwd, path)
 }
 
 fn words_with<'a>(prefix: &str, words: impl Iterator<Item = &'a str>) -> Vec<Candidate> {

@@ -118,20 +118,10 @@ pub(super) async fn files(
     Query(q): Params,
 ) -> ApiResult<Json<Value>> {
     let page = Page::of(&q)?;
-    let instant = |name: &str| {
-        param(&q, name)
-            .filter(|v| !v.is_empty())
-            .map(|v| {
-                wire::parse_timestamp(v).ok_or_else(|| {
-                    ApiError::bad_request(format!("'{name}' is not an ISO 8601 timestamp: '{v}'"))
-                })
-            })
-            .transpose()
-    };
     // `since`/`until` bound when this namespace first uploaded each file.
     let range = crate::backend::FileFilter {
-        since: instant("since")?,
-        until: instant("until")?,
+        since: instant(&q, "since")?,
+        until: instant(&q, "until")?,
         limit: None,
     };
     blocking(&st, move |st| {

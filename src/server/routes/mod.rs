@@ -201,6 +201,19 @@ async fn json_body<T: serde::de::DeserializeOwned>(body: Body, limit: usize) -> 
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
+/// Query parameter `name` as an instant (ISO 8601, UTC without an offset); absent or empty:
+/// no bound.
+fn instant(q: &[(String, String)], name: &str) -> ApiResult<Option<chrono::DateTime<chrono::Utc>>> {
+    param(q, name)
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            wire::parse_timestamp(v).ok_or_else(|| {
+                ApiError::bad_request(format!("'{name}' is not an ISO 8601 timestamp: '{v}'"))
+            })
+        })
+        .transpose()
+}
+
 /// 201 Created: `body`, and where what was made can be read.
 fn created(location: String, body: Value) -> Response {
     (

@@ -150,17 +150,7 @@ pub(super) async fn operations(
             return Err(ApiError::bad_request(format!("unknown kind '{k}'")));
         }
     }
-    let instant = |name: &str| {
-        param(&q, name)
-            .filter(|v| !v.is_empty())
-            .map(|v| {
-                wire::parse_timestamp(v).ok_or_else(|| {
-                    ApiError::bad_request(format!("'{name}' is not an ISO 8601 timestamp: '{v}'"))
-                })
-            })
-            .transpose()
-    };
-    let (since, until) = (instant("since")?, instant("until")?);
+    let (since, until) = (instant(&q, "since")?, instant(&q, "until")?);
     blocking(&st, move |st| {
         let owned = lock(&st.owners).all(OP, &ns.name)?;
         let filter = OpFilter {
