@@ -504,7 +504,7 @@ pub use crate::session::References;
 /// One thing `gc` / `images rm` freed (or, in a dry run, would free).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Freed {
-    /// `image`, `layer`, `blob` or `variant`.
+    /// `image`, `layer`, `blob`, `variant` or `log` (an event log cut to its completion).
     pub kind: &'static str,
     pub id: String,
     pub bytes: u64,

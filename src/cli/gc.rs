@@ -27,11 +27,12 @@ fn report(ctx: &Context, report: &GcReport, verb: &str) -> CommandResult<()> {
         }
     }
     crate::info!(
-        "{verb} {} images, {} layers, {} blobs, {} blob variants: {} ({} bytes)",
+        "{verb} {} images, {} layers, {} blobs, {} blob variants, {} event logs: {} ({} bytes)",
         report.count("image"),
         report.count("layer"),
         report.count("blob"),
         report.count("variant"),
+        report.count("log"),
         human(report.bytes() as f64),
         report.bytes()
     );
