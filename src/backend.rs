@@ -463,6 +463,12 @@ pub trait Backend: Send + Sync {
             "garbage collection runs on the server for remote profiles".into(),
         ))
     }
+    /// What the store takes on disk, by kind (`gc`, `doctor`).
+    fn usage(&self) -> Result<crate::engine::Usage, BackendError> {
+        Err(BackendError::Unsupported(
+            "the store's size is known only to the server for remote profiles".into(),
+        ))
+    }
     /// Checks the store (`contree doctor`), repairing what can be repaired safely.
     fn doctor(&self, _repair: bool) -> Result<Vec<Finding>, BackendError> {
         Err(BackendError::Unavailable(

@@ -33,6 +33,8 @@ pub mod oci;
 pub mod overlay;
 mod prune;
 pub use prune::Retention;
+mod usage;
+pub use usage::Usage;
 mod queue;
 pub mod recorder;
 mod recovery;
@@ -639,6 +641,10 @@ impl Backend for LocalEngine {
         let mut report = gc::collect(self, refs, gc::Mode::All { dry_run })?;
         report.freed.extend(logs);
         Ok(report)
+    }
+
+    fn usage(&self) -> Result<Usage, BackendError> {
+        Ok(LocalEngine::usage(self))
     }
 
     fn doctor(&self, repair: bool) -> Result<Vec<crate::backend::Finding>, BackendError> {

@@ -326,3 +326,68 @@ fn gc_cuts_logs_past_their_age_and_a_dry_run_names_them() {
         .code(1)
         .stderr_contains("CONTREE_STORE_EVENTS_MAX_AGE: 'soon' is not an age");
 }
+
+#[test]
+fn gc_dry_run_and_doctor_give_the_store_size_by_kind_and_what_gc_would_free() {
+    let env = Env::host();
+    env.run([
+        "run",
+        "-D",
+        "-T",
+        "200000",
+        "--",
+        "sh",
+        "-c",
+        "head -c 150000 /dev/zero",
+    ])
+    .success();
+    let op = env.last_op();
+    let out = env
+        .cmd(["gc", "-n"])
+        .env("CONTREE_STORE_EVENTS_MAX_BYTES", "1K")
+        .output()
+        .success();
+    let text = out.stdout_text();
+    let line = |name: &str| -> String {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line in {text:?}"))
+            .to_string()
+    };
+    for kind in ["layers", "blobs", "blob variants", "database", "caches"] {
+        line(kind);
+    }
+    // The log takes ~150 KB, and the budget cuts it.
+    let logs = line("event logs");
+    assert!(logs.contains("KiB  would free 1"), "{logs:?}");
+    assert!(line("total").contains("would free"), "{text:?}");
+    // A summary, not a line per item; `-L debug` has those.
+    assert!(text.lines().count() <= 8, "{text:?}");
+    out.stderr_contains("Would free 0 images, 0 layers, 0 blobs, 0 blob variants, 1 event logs");
+    env.cmd(["-L", "debug", "gc", "-n"])
+        .env("CONTREE_STORE_EVENTS_MAX_BYTES", "1K")
+        .output()
+        .success()
+        .stderr_contains(&format!("Would free log {op}"));
+
+    let doctor = env
+        .cmd(["doctor"])
+        .env("CONTREE_STORE_EVENTS_MAX_BYTES", "1K")
+        .output()
+        .success()
+        .stdout_text();
+    let usage = doctor
+        .lines()
+        .find(|l| l.contains("usage"))
+        .unwrap_or_else(|| panic!("no usage line: {doctor:?}"));
+    assert!(
+        usage.contains("event logs ")
+            && usage.contains("gc would free")
+            && usage.contains("1 event logs cut"),
+        "{usage:?}"
+    );
+    // Nothing was cut by either.
+    env.run(["show", &op])
+        .success()
+        .check("not pruned", |o| !o.stderr_text().contains("was pruned"));
+}
