@@ -463,6 +463,12 @@ pub trait Backend: Send + Sync {
             "garbage collection runs on the server for remote profiles".into(),
         ))
     }
+    /// What the store takes on disk, by kind (`gc`, `doctor`).
+    fn usage(&self) -> Result<crate::engine::Usage, BackendError> {
+        Err(BackendError::Unsupported(
+            "the store's size is known only to the server for remote profiles".into(),
+        ))
+    }
     /// Checks the store (`contree doctor`), repairing what can be repaired safely.
     fn doctor(&self, _repair: bool) -> Result<Vec<Finding>, BackendError> {
         Err(BackendError::Unavailable(
@@ -504,7 +510,7 @@ pub use crate::session::References;
 /// One thing `gc` / `images rm` freed (or, in a dry run, would free).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Freed {
-    /// `image`, `layer`, `blob` or `variant`.
+    /// `image`, `layer`, `blob`, `variant` or `log` (an event log cut to its completion).
     pub kind: &'static str,
     pub id: String,
     pub bytes: u64,

@@ -255,8 +255,24 @@ pub const LIMIT_MAX_LAYER_BYTES: Key = Key::new(
     "12G",
 );
 
+/// How long a local store keeps finished operations' event logs whole (`engine::prune`):
+/// a month of a user's history, which `show` and `op events` can still replay.
+pub const STORE_EVENTS_MAX_AGE: Key = Key::new(
+    "store",
+    "events_max_age",
+    &["CONTREE_STORE_EVENTS_MAX_AGE"],
+    "30d",
+);
+/// The most they may take together; the oldest are cut first.
+pub const STORE_EVENTS_MAX_BYTES: Key = Key::new(
+    "store",
+    "events_max_bytes",
+    &["CONTREE_STORE_EVENTS_MAX_BYTES"],
+    "1G",
+);
+
 /// Every key with a layer of its own (`[plugins]` and `[serve]` are read whole).
-pub const KEYS: [Key; 9] = [
+pub const KEYS: [Key; 11] = [
     HOOK_TIME_MS,
     HOOK_INSTRUCTIONS,
     HOOK_MEMORY_MB,
@@ -266,7 +282,28 @@ pub const KEYS: [Key; 9] = [
     LIMIT_PIDS,
     LIMIT_CPUS,
     LIMIT_MAX_LAYER_BYTES,
+    STORE_EVENTS_MAX_AGE,
+    STORE_EVENTS_MAX_BYTES,
 ];
+
+/// `45`, `45s`, `30m`, `12h` or `7d` (`serve --events-max-age`, `[store] events_max_age`).
+pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let bad = || format!("'{text}' is not an age (like 45s, 30m, 12h or 7d)");
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&text[..i], &text[i..]),
+        None => (text, "s"),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(bad()),
+    };
+    Ok(std::time::Duration::from_secs(n.saturating_mul(unit)))
+}
 
 /// Where a setting's value came from; messages about a bad value name it.
 #[derive(Debug, Clone, PartialEq, Eq)]

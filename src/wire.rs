@@ -397,6 +397,21 @@ pub fn parse_timestamp(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
 /// What a run keeps of each output stream unless `truncate_output_at` says otherwise.
 pub const DEFAULT_TRUNCATE_AT: u64 = 1 << 20;
 
+/// The most `truncate_output_at` may ask for through the API (the spec's maximum for the
+/// field, 10 MiB). `contree serve` refuses more, and so does a client with a profile; a
+/// local run may keep more, its log bounded by the store's retention (docs/store.md).
+pub const MAX_TRUNCATE_AT: u64 = 10 << 20;
+
+/// Why a request through the API cannot keep `truncate_output_at` bytes, if it cannot.
+pub fn over_api_truncate_cap(truncate_output_at: Option<u64>) -> Option<String> {
+    let asked = truncate_output_at?;
+    (asked > MAX_TRUNCATE_AT).then(|| {
+        format!(
+            "truncate_output_at {asked} is more than the API allows ({MAX_TRUNCATE_AT} bytes, 10 MiB)"
+        )
+    })
+}
+
 /// Seconds from the API timestamp `since` until now; `None` if it does not parse.
 pub fn seconds_since(since: &str) -> Option<f64> {
     let since = chrono::DateTime::parse_from_rfc3339(since).ok()?;

@@ -276,6 +276,11 @@ impl Backend for RemoteBackend {
     }
 
     fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError> {
+        if let Some(why) = crate::wire::over_api_truncate_cap(req.truncate_output_at) {
+            return Err(BackendError::Invalid(
+                format!("{why}: with a profile, -T can be at most 10485760; without one (the local store) it can be more").into(),
+            ));
+        }
         self.spawn_remote(req, stdin)
     }
 

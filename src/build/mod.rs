@@ -411,7 +411,12 @@ impl Builder<'_> {
             uid,
             gid,
             timeout: Some(self.args.timeout),
-            truncate_output_at: Some(1 << 30),
+            // As much of a step's output as the backend keeps: through the API, its cap.
+            truncate_output_at: Some(if self.env.backend.name() == "local" {
+                1 << 30
+            } else {
+                crate::wire::MAX_TRUNCATE_AT
+            }),
             hostname: "contree-build".into(),
             ..Default::default()
         };

@@ -739,21 +739,7 @@ fn parse_layer(text: &str) -> Result<u64, LimitError> {
     Ok(size)
 }
 
-/// `45`, `45s`, `30m`, `12h` or `7d`. (A message is what clap wants from a value parser.)
+/// An age, for clap (which wants a message from a value parser).
 fn parse_age(text: &str) -> Result<std::time::Duration, String> {
-    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => (&text[..i], &text[i..]),
-        None => (text, "s"),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{text}' is not an age (like 45s, 30m, 12h or 7d)"))?;
-    let unit = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("'{text}' is not an age (like 45s, 30m, 12h or 7d)")),
-    };
-    Ok(std::time::Duration::from_secs(n.saturating_mul(unit)))
+    crate::config::parse_age(text)
 }

@@ -12,6 +12,9 @@ pub fn doctor(ctx: &Context, repair: bool) -> CommandResult<i32> {
         other => other.into(),
     })?;
     findings.push(sessions(ctx)?);
+    if let Some(f) = usage(ctx) {
+        findings.push(f);
+    }
     let left: usize = findings
         .iter()
         .filter(|f| !f.repaired)
@@ -48,6 +51,49 @@ pub fn doctor(ctx: &Context, repair: bool) -> CommandResult<i32> {
     } else {
         err
     })
+}
+
+/// (Not a problem unless `gc` cannot decide, a bad `[store]` setting.) The store's size by
+/// kind, and what `gc` would free: a dry run, which waits for runs being started as `gc`
+/// does. `None` where the backend does not know its size.
+fn usage(ctx: &Context) -> Option<Finding> {
+    use crate::format::human;
+    let usage = ctx.backend.usage().ok()?;
+    let kinds: Vec<String> = usage
+        .kinds
+        .iter()
+        .map(|(kind, bytes)| format!("{kind} {}", human(*bytes as f64)))
+        .collect();
+    let mut f = Finding {
+        check: "usage",
+        detail: format!("{}: {}", human(usage.total() as f64), kinds.join(", ")),
+        problems: Vec::new(),
+        repairable: false,
+        repaired: false,
+    };
+    match ctx.backend.gc(&|| super::gc::references(ctx), true) {
+        Ok(report) if report.freed.is_empty() => f.detail.push_str("; gc would free nothing"),
+        Ok(report) => {
+            let counts: Vec<String> = [
+                ("image", "images"),
+                ("layer", "layers"),
+                ("blob", "blobs"),
+                ("variant", "blob variants"),
+                ("log", "event logs cut"),
+            ]
+            .iter()
+            .filter(|(kind, _)| report.count(kind) > 0)
+            .map(|(kind, name)| format!("{} {name}", report.count(kind)))
+            .collect();
+            f.detail.push_str(&format!(
+                "; gc would free {} ({})",
+                human(report.bytes() as f64),
+                counts.join(", ")
+            ));
+        }
+        Err(e) => f.problems.push(format!("gc cannot decide: {e}")),
+    }
+    Some(f)
 }
 
 fn record(f: &Finding) -> Record {

@@ -5,8 +5,8 @@ use crate::context::Context;
 use crate::error::CommandResult;
 use crate::format::{human, print_records, Format, Record};
 
-/// One record per freed item in the structured formats; in the default format a line per
-/// item and a summary.
+/// One record per freed item in the structured formats; in the default format a summary
+/// (each item is a `-L debug` line).
 fn report(ctx: &Context, report: &GcReport, verb: &str) -> CommandResult<()> {
     if ctx.format != Format::Default {
         let records: Vec<Record> = report
@@ -23,15 +23,16 @@ fn report(ctx: &Context, report: &GcReport, verb: &str) -> CommandResult<()> {
         print_records(ctx.format, &records)?;
     } else {
         for f in &report.freed {
-            println!("{verb} {} {} ({})", f.kind, f.id, human(f.bytes as f64));
+            crate::debug!("{verb} {} {} ({})", f.kind, f.id, human(f.bytes as f64));
         }
     }
     crate::info!(
-        "{verb} {} images, {} layers, {} blobs, {} blob variants: {} ({} bytes)",
+        "{verb} {} images, {} layers, {} blobs, {} blob variants, {} event logs: {} ({} bytes)",
         report.count("image"),
         report.count("layer"),
         report.count("blob"),
         report.count("variant"),
+        report.count("log"),
         human(report.bytes() as f64),
         report.bytes()
     );
@@ -39,14 +40,55 @@ fn report(ctx: &Context, report: &GcReport, verb: &str) -> CommandResult<()> {
 }
 
 /// What this machine's sessions keep alive, read when the engine asks (see `backend::Refs`).
-fn references(ctx: &Context) -> Result<crate::backend::References, crate::backend::BackendError> {
+pub fn references(
+    ctx: &Context,
+) -> Result<crate::backend::References, crate::backend::BackendError> {
     Ok(ctx.sessions.references()?)
 }
 
 pub fn gc(ctx: &Context, dry_run: bool) -> CommandResult<i32> {
     let freed = ctx.backend.gc(&|| references(ctx), dry_run)?;
-    report(ctx, &freed, if dry_run { "Would free" } else { "Freed" })?;
+    let verb = if dry_run { "Would free" } else { "Freed" };
+    if ctx.format == Format::Default {
+        print!("{}", usage_table(&ctx.backend.usage()?, &freed, verb));
+    }
+    report(ctx, &freed, verb)?;
     Ok(0)
+}
+
+/// The kind of `usage` a freed item is counted under (images take no room of their own).
+fn usage_kind(freed: &str) -> Option<&'static str> {
+    Some(match freed {
+        "layer" => "layers",
+        "blob" => "blobs",
+        "variant" => "blob variants",
+        "log" => "event logs",
+        _ => return None,
+    })
+}
+
+/// A line per kind: its size, and what `gc` frees (or would) of it; then the total.
+pub fn usage_table(usage: &crate::engine::Usage, freed: &GcReport, verb: &str) -> String {
+    let freed_of = |kind: &str| -> u64 {
+        freed
+            .freed
+            .iter()
+            .filter(|f| usage_kind(f.kind) == Some(kind))
+            .map(|f| f.bytes)
+            .sum()
+    };
+    let line = |name: &str, bytes: u64, gone: u64| {
+        let mut text = format!("{name:<14} {:>10}", human(bytes as f64));
+        if gone > 0 {
+            text.push_str(&format!("  {} {}", verb.to_lowercase(), human(gone as f64)));
+        }
+        text + "\n"
+    };
+    let mut text = String::new();
+    for (kind, bytes) in &usage.kinds {
+        text.push_str(&line(kind, *bytes, freed_of(kind)));
+    }
+    text + &line("total", usage.total(), freed.bytes())
 }
 
 pub fn images_rm(ctx: &Context, images: &[String]) -> CommandResult<i32> {

@@ -180,17 +180,22 @@ pub fn list(ctx: &Context, flags: PsFlags) -> CommandResult<i32> {
 }
 
 /// The operation's recorded stdout and stderr, from its event log.
-fn recorded_output(ctx: &Context, op: &str) -> CommandResult<(Vec<u8>, Vec<u8>)> {
+/// The operation's stdout and stderr as its log has them, and whether the log was cut
+/// down to its `completion` (`output_pruned`: the store's retention, docs/store.md).
+fn recorded_output(ctx: &Context, op: &str) -> CommandResult<(Vec<u8>, Vec<u8>, bool)> {
     let mut stream = ctx.backend.events(op, false).map_err(backend_err)?;
-    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (mut out, mut err, mut pruned) = (Vec::new(), Vec::new(), false);
     while let Some(item) = stream.next_event().map_err(backend_err)? {
         match item.event.kind.as_str() {
             "stdout" => out.extend_from_slice(&item.bytes),
             "stderr" => err.extend_from_slice(&item.bytes),
+            "completion" => {
+                pruned = item.event.data.get("output_pruned") == Some(&Value::Bool(true));
+            }
             _ => {}
         }
     }
-    Ok((out, err))
+    Ok((out, err, pruned))
 }
 
 fn exit_code_of(op: &Operation) -> Option<i64> {
@@ -216,7 +221,7 @@ pub fn show(ctx: &Context, flags: ShowFlags) -> CommandResult<i32> {
             println!("{}", serde_json::to_string(&op).unwrap_or_default());
             continue;
         }
-        let (stdout, stderr) = recorded_output(ctx, &uuid)?;
+        let (stdout, stderr, pruned) = recorded_output(ctx, &uuid)?;
         let mut rec = record(json!({
             "uuid": op.uuid,
             "status": op.status.as_str(),
@@ -251,7 +256,16 @@ pub fn show(ctx: &Context, flags: ShowFlags) -> CommandResult<i32> {
             rec.insert("result".into(), result);
         }
         rec.insert("error".into(), json!(op.error));
+        if pruned {
+            rec.insert("output_pruned".into(), true.into());
+        }
         print_records(ctx.format, &[rec])?;
+        if pruned && ctx.format == Format::Default {
+            crate::info!(
+                "the output of {uuid} was pruned: the store keeps finished operations' \
+                 event logs for [store] events_max_age, up to events_max_bytes in all"
+            );
+        }
         if ctx.format == Format::Default {
             write_text(&mut std::io::stdout().lock(), &stdout);
             write_text(&mut std::io::stderr().lock(), &stderr);

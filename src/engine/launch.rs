@@ -558,6 +558,8 @@ impl LocalEngine {
             self.recover();
         }
         crate::log::trace("recovered");
+        // Its CLI has the result: the store's bounds are kept here, off the run's path.
+        self.prune_now_and_then();
         code
     }
 }

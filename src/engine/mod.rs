@@ -34,6 +34,9 @@ pub mod network;
 pub mod oci;
 pub mod overlay;
 mod prune;
+pub use prune::Retention;
+mod usage;
+pub use usage::Usage;
 mod queue;
 pub mod recorder;
 mod recovery;
@@ -633,7 +636,17 @@ impl Backend for LocalEngine {
         refs: crate::backend::Refs<'_>,
         dry_run: bool,
     ) -> Result<crate::backend::GcReport, BackendError> {
-        gc::collect(self, refs, gc::Mode::All { dry_run })
+        // Event logs first, by the policy runs apply (config.toml's `[store]`).
+        let policy = Retention::load(&self.config_dir)
+            .map_err(|e| BackendError::Invalid(crate::backend::Cause::Said(e)))?;
+        let logs = self.prune_for_gc(policy, dry_run)?;
+        let mut report = gc::collect(self, refs, gc::Mode::All { dry_run })?;
+        report.freed.extend(logs);
+        Ok(report)
+    }
+
+    fn usage(&self) -> Result<Usage, BackendError> {
+        Ok(LocalEngine::usage(self))
     }
 
     fn doctor(&self, repair: bool) -> Result<Vec<crate::backend::Finding>, BackendError> {

@@ -1,13 +1,96 @@
 //! Event-log pruning: the logs of finished operations cut down to their `completion`, by
-//! age and by total size. The operations themselves stay.
+//! age and by total size. The operations themselves stay. `serve` prunes on its own
+//! schedule; a local store is pruned by `gc` and, at most once a minute, after a run
+//! (`prune_now_and_then`), with the policy config.toml's `[store]` gives (`Retention`).
+//! Never the log of an operation that is not finished.
 
 use super::eventlog::{self, LogReader, LogWriter};
 use super::{store, LocalEngine};
-use crate::backend::BackendError;
+use crate::backend::{BackendError, Cause, Freed};
 use crate::wire::Status;
+use serde_json::Value;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+/// How long and how much of the finished operations' logs a local store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_bytes: u64,
+}
+
+/// How often a run prunes, at most (the stamp's mtime says when it last did).
+const EVERY: Duration = Duration::from_secs(60);
+
+impl Retention {
+    /// Built-in < config.toml `[store]` < `CONTREE_STORE_*`; a bad value names where it
+    /// came from.
+    pub fn load(config_dir: &std::path::Path) -> Result<Retention, String> {
+        use crate::config::{STORE_EVENTS_MAX_AGE, STORE_EVENTS_MAX_BYTES};
+        let file = crate::config::file(config_dir);
+        let config =
+            crate::config::Config::load(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let text = |key: &crate::config::Key| {
+            config
+                .layered(key)
+                .map(|set| (set.text, set.origin.to_string()))
+                .unwrap_or_else(|| (key.default.to_string(), String::new()))
+        };
+        let (age, from) = text(&STORE_EVENTS_MAX_AGE);
+        let max_age = crate::config::parse_age(&age).map_err(|e| format!("{from}: {e}"))?;
+        let (bytes, from) = text(&STORE_EVENTS_MAX_BYTES);
+        let max_bytes =
+            crate::wire::limits::parse_size(&bytes).map_err(|e| format!("{from}: {e}"))?;
+        Ok(Retention { max_age, max_bytes })
+    }
+}
+
+/// What one pass cut (or, dry, would cut): an entry per log.
+pub type Cut = Vec<Freed>;
+
 impl LocalEngine {
+    /// After a local run, off its path (its `completion` is written and its CLI gone on):
+    /// prunes with config.toml's policy unless this store was pruned less than a minute
+    /// ago or is being pruned now. What it costs the other times is one `open` and one
+    /// `fstat` of `store/prune.stamp`. A bad config is left for `gc` to report.
+    pub fn prune_now_and_then(&self) {
+        let path = self.store.root.join("prune.stamp");
+        // A stamp made now: this store was never pruned (or by a version before this one).
+        let (stamp, new) = match std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)
+        {
+            Ok(file) => (file, true),
+            Err(_) => match std::fs::OpenOptions::new().write(true).open(&path) {
+                Ok(file) => (file, false),
+                Err(_) => return,
+            },
+        };
+        let recent = !new
+            && stamp
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age < EVERY);
+        // SAFETY: flock(2) on a descriptor we own; never waits (another pruner is at it).
+        if recent || unsafe { libc::flock(stamp.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return;
+        }
+        let Ok(policy) = Retention::load(&self.config_dir) else {
+            return;
+        };
+        let _ = self.prune_locked(policy.max_age, policy.max_bytes, false);
+        let _ = stamp.set_modified(std::time::SystemTime::now());
+    }
+
+    /// `gc`'s part: the logs `policy` cuts (`dry_run`: would cut), one entry each.
+    pub fn prune_for_gc(&self, policy: Retention, dry_run: bool) -> Result<Cut, BackendError> {
+        let _lock = self.prune_lock()?;
+        self.prune_locked(policy.max_age, policy.max_bytes, dry_run)
+    }
+
     /// Bounds the event logs of finished operations: a log older than `max_age`, or among
     /// the oldest while all of them together exceed `max_bytes`, is cut down to its
     /// `completion` (rebuilt from the operation's row, so followers and `show` still see
@@ -18,6 +101,39 @@ impl LocalEngine {
         max_age: Duration,
         max_bytes: u64,
     ) -> Result<(usize, u64), BackendError> {
+        let _lock = self.prune_lock()?;
+        let cut = self.prune_locked(max_age, max_bytes, false)?;
+        Ok((cut.len(), cut.iter().map(|f| f.bytes).sum()))
+    }
+
+    /// One pruner at a time (a run's, `gc`'s, `serve`'s): two would race on a log's
+    /// `events.cut`.
+    fn prune_lock(&self) -> Result<std::fs::File, BackendError> {
+        let path = self.store.root.join("prune.stamp");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| BackendError::Io(Cause::file(&path, e)))?;
+        loop {
+            // SAFETY: flock(2) on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(file);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(BackendError::Io(Cause::file(&path, e)));
+            }
+        }
+    }
+
+    fn prune_locked(
+        &self,
+        max_age: Duration,
+        max_bytes: u64,
+        dry_run: bool,
+    ) -> Result<Cut, BackendError> {
         let rows = self
             .store
             .ops(&[Status::Success, Status::Failed, Status::Cancelled], None)?;
@@ -34,7 +150,7 @@ impl LocalEngine {
             .collect();
         let mut total: u64 = logs.iter().map(|(_, size)| size).sum();
         let now = chrono::Utc::now();
-        let (mut cut, mut freed) = (0, 0);
+        let mut cut = Vec::new();
         for (row, size) in logs.drain(..) {
             let old = chrono::DateTime::parse_from_rfc3339(&row.created_at)
                 .map(|t| {
@@ -51,21 +167,27 @@ impl LocalEngine {
             if !old && total <= max_bytes {
                 continue;
             }
-            let Some(new_size) = self.cut_log(&row, size) else {
+            let Some(new_size) = self.cut_log(&row, size, dry_run) else {
                 continue;
             };
-            total -= size - new_size;
-            freed += size - new_size;
-            cut += 1;
+            let freed = size.saturating_sub(new_size);
+            total -= freed;
+            cut.push(Freed {
+                kind: "log",
+                id: row.uuid.clone(),
+                bytes: freed,
+            });
         }
-        Ok((cut, freed))
+        Ok(cut)
     }
 
-    /// Replaces an operation's log by its `completion` alone; the new size, or `None` when
-    /// there was nothing to cut.
-    fn cut_log(&self, row: &store::OpRow, size: u64) -> Option<u64> {
+    /// Replaces an operation's log by its `completion` alone, marked `output_pruned`; the
+    /// new size (`dry_run`: about what it would be), or `None` when there was nothing to
+    /// cut. Stream payloads are skipped, not read: a cut costs the log's frame headers.
+    fn cut_log(&self, row: &store::OpRow, size: u64, dry_run: bool) -> Option<u64> {
         let dir = self.store.op_dir(&row.uuid);
         let mut frames = LogReader::open(&dir.join("events")).ok()?;
+        frames.skip_stream_payloads();
         let mut completion = None;
         let mut count = 0;
         let mut last_id = 0;
@@ -79,7 +201,7 @@ impl LocalEngine {
         if count <= 1 {
             return None;
         }
-        let data = completion.unwrap_or_else(|| {
+        let mut data = completion.unwrap_or_else(|| {
             eventlog::completion(
                 row.status,
                 (row.duration.unwrap_or(0.0) * 1000.0) as u64,
@@ -88,6 +210,12 @@ impl LocalEngine {
                 row.image_size.unwrap_or(0),
             )
         });
+        data.insert("output_pruned".into(), Value::Bool(true));
+        if dry_run {
+            // A frame's two lengths, its header and its id and time.
+            let header = serde_json::to_vec(&data).map_or(0, |v| v.len() as u64);
+            return Some((8 + 64 + header).min(size));
+        }
         let tmp = dir.join("events.cut");
         let _ = std::fs::remove_file(&tmp);
         let mut log = LogWriter::open(&tmp).ok()?;

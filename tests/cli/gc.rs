@@ -195,3 +195,199 @@ fn gc_frees_attachment_blobs_nothing_stages_and_runs_still_attach() {
         .success()
         .stdout("payload\n");
 }
+
+/// The sizes of the event logs under `store/ops/`, by operation.
+fn log_sizes(env: &Env) -> Vec<(String, u64)> {
+    std::fs::read_dir(env.home().join("store/ops"))
+        .expect("list ops")
+        .filter_map(|e| {
+            let e = e.unwrap();
+            let size = std::fs::metadata(e.path().join("events")).ok()?.len();
+            Some((e.file_name().to_string_lossy().into_owned(), size))
+        })
+        .collect()
+}
+
+fn logs_total(env: &Env) -> u64 {
+    log_sizes(env).iter().map(|(_, size)| size).sum()
+}
+
+/// Makes the store look last pruned two minutes ago, so the next run prunes again.
+fn backdate_prune_stamp(env: &Env) {
+    let stamp = std::fs::File::options()
+        .write(true)
+        .open(env.home().join("store/prune.stamp"))
+        .expect("the first run made the stamp");
+    stamp
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(120))
+        .unwrap();
+}
+
+#[test]
+fn runs_with_large_output_keep_their_logs_under_the_budget_and_pruned_runs_keep_their_ending() {
+    let env = Env::host();
+    let budget: u64 = 300 << 10;
+    std::fs::write(
+        env.home().join("config.toml"),
+        "[store]\nevents_max_bytes = \"300K\"\n",
+    )
+    .unwrap();
+    let big = |code: i32| format!("head -c 100000 /dev/zero | tr '\\0' x; echo; exit {code}");
+    // The oldest: it exits 3, and is the first its log is cut from.
+    env.run(["run", "-D", "-T", "200000", "--", "sh", "-c", &big(3)])
+        .code(3);
+    let oldest = env.last_op();
+    for _ in 0..9 {
+        env.run(["run", "-D", "-T", "200000", "--", "sh", "-c", &big(0)])
+            .success();
+    }
+    // Pruned after the first run only (nothing to cut then): at most once a minute.
+    assert!(
+        logs_total(&env) > 900_000,
+        "pruned more often than once a minute: {:?}",
+        log_sizes(&env)
+    );
+    // The last supervisor may still be finishing, and would prune itself.
+    crate::harness::wait_until(
+        std::time::Duration::from_secs(10),
+        "the supervisors to finish",
+        || crate::harness::supervisors_of(&env).is_empty(),
+    );
+    assert!(logs_total(&env) > 900_000, "{:?}", log_sizes(&env));
+    backdate_prune_stamp(&env);
+    env.run(["run", "-D", "-T", "200000", "--", "sh", "-c", &big(0)])
+        .success();
+    // The supervisor prunes after its CLI has gone.
+    crate::harness::wait_until(
+        std::time::Duration::from_secs(20),
+        "the logs to be pruned after a run",
+        || logs_total(&env) <= budget,
+    );
+    assert!(
+        log_sizes(&env).iter().any(|(_, size)| *size > 100_000),
+        "the newest logs stay whole: {:?}",
+        log_sizes(&env)
+    );
+
+    // The pruned run still says how it ended, and that its output is gone.
+    let show = env.run(["-o", "json", "show", &oldest]).success().json();
+    assert_eq!(show["status"], "SUCCESS", "{show}");
+    assert_eq!(show["exit_code"], 3, "{show}");
+    assert_eq!(show["output_pruned"], true, "{show}");
+    env.run(["show", &oldest])
+        .success()
+        .stdout_contains("SUCCESS")
+        .stderr_contains("was pruned");
+    let events = env.run(["-o", "json", "op", "events", &oldest]).success();
+    let events = events.json_lines();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "completion");
+    assert_eq!(events[0]["data"]["output_pruned"], true);
+}
+
+#[test]
+fn gc_cuts_logs_past_their_age_and_a_dry_run_names_them() {
+    let env = Env::host();
+    env.run(["run", "-D", "--", "echo", "kept for a while"])
+        .success();
+    let op = env.last_op();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let aged = |args: &[&str]| {
+        let mut all = vec!["-o", "json", "gc"];
+        all.extend_from_slice(args);
+        env.cmd(all)
+            .env("CONTREE_STORE_EVENTS_MAX_AGE", "1s")
+            .output()
+            .success()
+            .json_lines()
+    };
+    let would = aged(&["-n"]);
+    assert!(
+        would
+            .iter()
+            .any(|r| r["kind"] == "log" && r["id"] == op.as_str()),
+        "{would:?}"
+    );
+    env.run(["show", &op])
+        .success()
+        .stdout_contains("kept for a while");
+    aged(&[]);
+    env.run(["show", &op])
+        .success()
+        .stdout_lacks("kept for a while")
+        .stderr_contains("was pruned");
+    // The default keeps a month: a plain gc cuts nothing.
+    env.run(["run", "-D", "--", "echo", "recent"]).success();
+    assert!(!gc(&env, &[]).iter().any(|(kind, _)| kind == "log"));
+    // A bad setting names where it came from.
+    env.cmd(["gc", "-n"])
+        .env("CONTREE_STORE_EVENTS_MAX_AGE", "soon")
+        .output()
+        .code(1)
+        .stderr_contains("CONTREE_STORE_EVENTS_MAX_AGE: 'soon' is not an age");
+}
+
+#[test]
+fn gc_dry_run_and_doctor_give_the_store_size_by_kind_and_what_gc_would_free() {
+    let env = Env::host();
+    env.run([
+        "run",
+        "-D",
+        "-T",
+        "200000",
+        "--",
+        "sh",
+        "-c",
+        "head -c 150000 /dev/zero",
+    ])
+    .success();
+    let op = env.last_op();
+    let out = env
+        .cmd(["gc", "-n"])
+        .env("CONTREE_STORE_EVENTS_MAX_BYTES", "1K")
+        .output()
+        .success();
+    let text = out.stdout_text();
+    let line = |name: &str| -> String {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line in {text:?}"))
+            .to_string()
+    };
+    for kind in ["layers", "blobs", "blob variants", "database", "caches"] {
+        line(kind);
+    }
+    // The log takes ~150 KB, and the budget cuts it.
+    let logs = line("event logs");
+    assert!(logs.contains("KiB  would free 1"), "{logs:?}");
+    assert!(line("total").contains("would free"), "{text:?}");
+    // A summary, not a line per item; `-L debug` has those.
+    assert!(text.lines().count() <= 8, "{text:?}");
+    out.stderr_contains("Would free 0 images, 0 layers, 0 blobs, 0 blob variants, 1 event logs");
+    env.cmd(["-L", "debug", "gc", "-n"])
+        .env("CONTREE_STORE_EVENTS_MAX_BYTES", "1K")
+        .output()
+        .success()
+        .stderr_contains(&format!("Would free log {op}"));
+
+    let doctor = env
+        .cmd(["doctor"])
+        .env("CONTREE_STORE_EVENTS_MAX_BYTES", "1K")
+        .output()
+        .success()
+        .stdout_text();
+    let usage = doctor
+        .lines()
+        .find(|l| l.contains("usage"))
+        .unwrap_or_else(|| panic!("no usage line: {doctor:?}"));
+    assert!(
+        usage.contains("event logs ")
+            && usage.contains("gc would free")
+            && usage.contains("1 event logs cut"),
+        "{usage:?}"
+    );
+    // Nothing was cut by either.
+    env.run(["show", &op])
+        .success()
+        .check("not pruned", |o| !o.stderr_text().contains("was pruned"));
+}

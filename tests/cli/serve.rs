@@ -1676,3 +1676,42 @@ fn ps_since_and_until_reach_the_server_and_the_official_client_gets_them_too() {
         .success()
         .stdout_empty();
 }
+
+#[test]
+fn truncate_output_at_above_the_apis_10_mib_is_refused_through_the_api_and_kept_locally() {
+    let server = Server::start();
+    let image = server.host_image(TOKEN_A);
+    let over = json!({"image": image, "command": "true", "shell": true,
+        "truncate_output_at": 10_485_761});
+    let reply = server.post_json("/v1/instances", TOKEN_A, &over);
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert!(reply.text().contains("10 MiB"), "{}", reply.text());
+    let at_cap = json!({"image": image, "command": "true", "shell": true,
+        "truncate_output_at": 10_485_760});
+    let reply = server.post_json("/v1/instances", TOKEN_A, &at_cap);
+    assert!(reply.status < 300, "{}", reply.text());
+
+    // A client with a profile says so before asking.
+    let bob = our_client(&server);
+    bob.use_host();
+    bob.run(["run", "-D", "-T", "20000000", "--", "true"])
+        .code(1)
+        .stderr_contains("with a profile, -T can be at most 10485760");
+
+    // The local store keeps more: its logs are bounded by retention instead.
+    let local = Env::host();
+    let out = local
+        .run([
+            "run",
+            "-D",
+            "-T",
+            "12582912",
+            "--",
+            "head",
+            "-c",
+            "12M",
+            "/dev/zero",
+        ])
+        .success();
+    assert_eq!(out.stdout_text().len(), 12 << 20);
+}

@@ -41,6 +41,9 @@ pub(super) async fn spawn(
 ) -> ApiResult<Response> {
     accepting(&st)?;
     let mut req: SpawnRequest = json_body(body, st.opts.max_body).await?;
+    if let Some(why) = wire::over_api_truncate_cap(req.truncate_output_at) {
+        return Err(ApiError::bad_request(why));
+    }
     crate::engine::limits::clamp(&mut req, &st.limits);
     let spawned = blocking(&st, move |st| {
         let engine = &st.engine;
