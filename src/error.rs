@@ -136,10 +136,31 @@ impl From<BackendError> for CommandError {
             B::Unavailable(m) => CommandError::new(Kind::Unavailable, m),
             B::Unreachable(m) => CommandError::new(Kind::Unreachable, m),
             B::Store(m) => CommandError::new(Kind::Io, m),
-            B::Io(cause) => CommandError::new(Kind::Io, cause),
+            B::Io(cause) => {
+                let full = disk_full_suspected(&cause);
+                let e = CommandError::new(Kind::Io, cause);
+                if full {
+                    e.hint("the store's disk may be full: free space under the store and try again")
+                } else {
+                    e
+                }
+            }
             B::Interrupted => CommandError::user("User interrupted"),
             B::OutputClosed => CommandError::user("output closed"),
         }
+    }
+}
+
+/// A database write that failed the way SQLite fails on a full disk: SQLITE_FULL, or an
+/// I/O error (a WAL or shared-memory write may say only "disk I/O error").
+fn disk_full_suspected(cause: &crate::backend::Cause) -> bool {
+    use crate::engine::store::StoreError;
+    use rusqlite::ErrorCode;
+    match cause {
+        crate::backend::Cause::Db(StoreError::Db(rusqlite::Error::SqliteFailure(e, _))) => {
+            matches!(e.code, ErrorCode::DiskFull | ErrorCode::SystemIoFailure)
+        }
+        _ => false,
     }
 }
 
@@ -335,5 +356,31 @@ impl From<crate::skill::SkillError> for CommandError {
             S::UnknownKind { .. } | S::NotInstalled { .. } => CommandError::user(message),
             S::Io { .. } | S::Registry { .. } => CommandError::new(Kind::Io, message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cause;
+    use crate::engine::store::StoreError;
+
+    fn db(code: std::os::raw::c_int) -> BackendError {
+        let e = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        BackendError::Io(Cause::Db(StoreError::Db(e)))
+    }
+
+    #[test]
+    fn a_database_write_failing_as_on_a_full_disk_says_so() {
+        for code in [rusqlite::ffi::SQLITE_FULL, rusqlite::ffi::SQLITE_IOERR] {
+            let e = CommandError::from(db(code));
+            assert_eq!(e.kind, Kind::Io);
+            assert!(
+                e.hints.iter().any(|h| h.contains("disk may be full")),
+                "{code}"
+            );
+        }
+        let busy = CommandError::from(db(rusqlite::ffi::SQLITE_BUSY));
+        assert!(busy.hints.is_empty());
     }
 }
