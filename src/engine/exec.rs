@@ -76,10 +76,7 @@ pub(crate) fn peer_is_us(stream: &UnixStream) -> bool {
 pub(crate) fn read_request(stream: &UnixStream) -> Result<ExecRequest, String> {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut line = String::new();
-    BufReader::new(stream)
-        .take_line(&mut line)
-        .map_err(|e| format!("reading the request: {e}"))?;
+    let line = read_line(stream).map_err(|e| format!("reading the request: {e}"))?;
     serde_json::from_str(&line).map_err(|e| format!("not a request: {e}"))
 }
 
@@ -108,8 +105,7 @@ pub fn request(op: &str, request: &ExecRequest) -> Result<ExecReply, ExecError> 
     line.push(b'\n');
     stream.write_all(&line).map_err(io)?;
     stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(io)?;
-    let mut answer = String::new();
-    BufReader::new(&stream).take_line(&mut answer).map_err(io)?;
+    let answer = read_line(&stream).map_err(io)?;
     if answer.is_empty() {
         // Closed without a word: the command ended while we asked.
         return Ok(ExecReply::Ending);
@@ -150,16 +146,12 @@ impl super::LocalEngine {
     }
 }
 
-/// One line, at most 1 MiB.
-trait TakeLine {
-    fn take_line(self, line: &mut String) -> std::io::Result<()>;
-}
-
-impl<R: std::io::Read> TakeLine for BufReader<R> {
-    fn take_line(self, line: &mut String) -> std::io::Result<()> {
-        use std::io::Read;
-        self.take(1 << 20).read_line(line).map(drop)
-    }
+/// One line from `stream`, at most 1 MiB of it.
+fn read_line(stream: &UnixStream) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut line = String::new();
+    BufReader::new(stream).take(1 << 20).read_line(&mut line)?;
+    Ok(line)
 }
 
 #[cfg(test)]

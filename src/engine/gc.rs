@@ -25,18 +25,24 @@ impl LocalEngine {
     /// commits; from its upload until it is in flight (its scratch dir claimed, or its row
     /// written: see `start`) it holds `gc` off, so nothing it is about to use is freed.
     pub fn gc_lock(&self, exclusive: bool) -> Result<std::fs::File, BackendError> {
-        let path = self.store.root.join("gc.lock");
+        let how = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        self.store_lock("gc.lock", how)
+    }
+
+    /// `store/NAME`, created if need be, locked with flock(2) `how` (waiting for it); the
+    /// lock goes with the file.
+    pub(super) fn store_lock(&self, name: &str, how: i32) -> Result<std::fs::File, BackendError> {
+        let path = self.store.root.join(name);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
             .map_err(|e| BackendError::Io(Cause::file(&path, e)))?;
-        let how = if exclusive {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_SH
-        };
         loop {
             // SAFETY: flock(2) on a descriptor we own.
             if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {

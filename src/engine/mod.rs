@@ -376,14 +376,7 @@ impl Backend for LocalEngine {
         if let Some(limit) = filter.limit {
             rows.truncate(limit);
         }
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let mut op = r.to_wire();
-                op.metadata = None;
-                op
-            })
-            .collect())
+        Ok(rows.iter().map(store::OpRow::summary).collect())
     }
 
     fn events(&self, op: &str, follow: bool) -> Result<Box<dyn EventStream + '_>, BackendError> {

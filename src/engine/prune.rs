@@ -6,7 +6,7 @@
 
 use super::eventlog::{self, LogReader, LogWriter};
 use super::{store, LocalEngine};
-use crate::backend::{BackendError, Cause, Freed};
+use crate::backend::{BackendError, Freed};
 use crate::wire::Status;
 use serde_json::Value;
 use std::os::fd::AsRawFd;
@@ -109,23 +109,7 @@ impl LocalEngine {
     /// One pruner at a time (a run's, `gc`'s, `serve`'s): two would race on a log's
     /// `events.cut`.
     fn prune_lock(&self) -> Result<std::fs::File, BackendError> {
-        let path = self.store.root.join("prune.stamp");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| BackendError::Io(Cause::file(&path, e)))?;
-        loop {
-            // SAFETY: flock(2) on a descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(file);
-            }
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINTR) {
-                return Err(BackendError::Io(Cause::file(&path, e)));
-            }
-        }
+        self.store_lock("prune.stamp", libc::LOCK_EX)
     }
 
     fn prune_locked(

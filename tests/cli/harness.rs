@@ -125,23 +125,7 @@ impl Env {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let Some(script) = find_program("script") else {
-            skip("needs util-linux's `script` for a pseudo-terminal (apt-get install bsdutils)");
-            return None;
-        };
-        let mut line = shell_quote(OsStr::new(CONTREE));
-        for arg in args {
-            line.push(' ');
-            line.push_str(&shell_quote(arg.as_ref()));
-        }
-        Some(
-            self.program(script)
-                .env("TERM", "xterm")
-                .arg("-qec")
-                .arg(line)
-                .arg("/dev/null")
-                .output(),
-        )
+        Some(self.on_terminal(args)?.output())
     }
 
     /// `contree ARGS…` on a pseudo-terminal (see `run_on_terminal`), to start with

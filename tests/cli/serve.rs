@@ -1111,19 +1111,22 @@ fn official_client_runs_an_interpreter_script() {
 fn auth_lists_switches_and_removes_profiles() {
     let server = Server::start();
     let env = our_client(&server);
-    env.run([
-        "auth",
-        "--token",
-        TOKEN_A,
-        "--url",
-        &server.url(),
-        "--type",
-        "jwt",
-        "-p",
-        "alice",
-        "-f",
-    ])
-    .success();
+    // `auth` saving profile `name` for `token` on this server.
+    let login = |token: &str, name: &str| {
+        env.run([
+            "auth",
+            "--token",
+            token,
+            "--url",
+            &server.url(),
+            "--type",
+            "jwt",
+            "-p",
+            name,
+            "-f",
+        ])
+    };
+    login(TOKEN_A, "alice").success();
     env.run(["auth", "ls"])
         .success()
         .stdout_contains("* alice")
@@ -1144,36 +1147,12 @@ fn auth_lists_switches_and_removes_profiles() {
     env.run(["auth", "rm", "alice"]).success();
     env.run(["auth", "ls"]).success().stdout_lacks("alice");
     for force in ["-f", "-y", "--force"] {
-        env.run([
-            "auth",
-            "--token",
-            TOKEN_A,
-            "--url",
-            &server.url(),
-            "--type",
-            "jwt",
-            "-p",
-            "carol",
-            "-f",
-        ])
-        .success();
+        login(TOKEN_A, "carol").success();
         env.run(["auth", "remove", force, "carol"]).success();
         env.run(["auth", "ls"]).success().stdout_lacks("carol");
     }
     // A wrong token is refused before anything is saved.
-    env.run([
-        "auth",
-        "--token",
-        "wrong",
-        "--url",
-        &server.url(),
-        "--type",
-        "jwt",
-        "-p",
-        "bad",
-        "-f",
-    ])
-    .check("fails", |o| !o.status.success());
+    login("wrong", "bad").check("fails", |o| !o.status.success());
     env.run(["auth", "ls"]).success().stdout_lacks("bad");
 }
 

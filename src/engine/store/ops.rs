@@ -59,7 +59,14 @@ impl OpRow {
     /// ended, its `result` (the serve route adds the output); while it runs `result` is
     /// null and `duration` is the time so far.
     pub fn to_wire(&self) -> Operation {
-        let metadata = self.request.as_ref().map(|req| self.instance_metadata(req));
+        Operation {
+            metadata: self.request.as_ref().map(|req| self.instance_metadata(req)),
+            ..self.summary()
+        }
+    }
+
+    /// `to_wire` without `metadata`, as listings give each operation.
+    pub fn summary(&self) -> Operation {
         let duration = self.duration.or_else(|| {
             (!self.status.is_terminal())
                 .then(|| wire::seconds_since(&self.created_at))
@@ -77,7 +84,7 @@ impl OpRow {
             result_image_uuid: self.result_image.clone(),
             consumed_cpu: self.consumed_cpu,
             consumed_memory: self.consumed_memory,
-            metadata,
+            metadata: None,
             result: Some(wire::OperationResult {
                 image: self.result_image.clone(),
                 tag: None,

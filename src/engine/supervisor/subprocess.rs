@@ -133,7 +133,9 @@ impl Subprocesses {
             return exec::reply(&client, &ExecReply::Ending);
         };
         let req = self.request(spec);
-        match prepare(&req, &self.image, self.subs.len() as u32 + 2) {
+        // 1 is the main command; each process the init is asked to start takes the next.
+        let spid = self.subs.len() as u32 + 2;
+        match prepare(&req, &self.image, spid) {
             Err(why) => exec::reply(&client, &ExecReply::Invalid(why)),
             Ok(prepared) => {
                 let Prepared {
@@ -163,7 +165,7 @@ impl Subprocesses {
                     dropped: 0,
                 };
                 self.subs.push(Sub {
-                    spid: self.subs.len() as u32 + 2,
+                    spid,
                     req,
                     cwd,
                     streams: [stream("stdout", out), stream("stderr", err)],
