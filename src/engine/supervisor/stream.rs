@@ -96,6 +96,9 @@ impl Stream {
         {
             return;
         }
+        if room == 0 && self.pass_past_cap() {
+            return;
+        }
         let Some(fd) = self.fd.as_ref() else {
             return;
         };
@@ -184,6 +187,41 @@ impl Stream {
             }
         }
         self.record(log, buf);
+    }
+
+    /// Past the cap, where nothing more is recorded or shown: moves the next chunk from
+    /// the command's pipe to /dev/null by splice(2), counted as dropped without being
+    /// copied (1 GiB of output past the default cap costs the pipe's speed, not a read of
+    /// every byte). False when that cannot be done (no /dev/null): the caller reads.
+    fn pass_past_cap(&mut self) -> bool {
+        let (Some(fd), Some(null)) = (self.fd.as_ref().map(|f| f.as_raw_fd()), dev_null()) else {
+            return self.fd.is_none();
+        };
+        // SAFETY: splice(2) from the command's pipe to /dev/null; no pointers but the null
+        // offsets.
+        let n = unsafe {
+            libc::splice(
+                fd,
+                std::ptr::null_mut(),
+                null,
+                std::ptr::null_mut(),
+                CHUNK,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n > 0 {
+            self.dropped += n as u64;
+            return true;
+        }
+        if n == 0 {
+            self.fd = None;
+            self.close_output();
+            return true;
+        }
+        matches!(
+            nix::errno::Errno::last(),
+            nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR
+        )
     }
 
     /// For a file in `out`: duplicates the next chunk into a relay (tee(2)), records it,
@@ -345,6 +383,19 @@ impl Stream {
             log.stream(self.name, bytes);
         }
     }
+}
+
+/// /dev/null, opened once: where output past the cap goes when no one takes it.
+fn dev_null() -> Option<std::os::fd::RawFd> {
+    static NULL: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+    NULL.get_or_init(|| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .ok()
+    })
+    .as_ref()
+    .map(|f| f.as_raw_fd())
 }
 
 /// write(2) until all of `bytes` is written.
