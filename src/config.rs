@@ -271,8 +271,12 @@ pub const STORE_EVENTS_MAX_BYTES: Key = Key::new(
     "1G",
 );
 
+/// How much the local store may take before a run's upkeep collects what nothing uses
+/// (`engine::upkeep`): a size, a share of the filesystem the store is on, or `none`.
+pub const STORE_MAX_SIZE: Key = Key::new("store", "max_size", &["CONTREE_STORE_MAX_SIZE"], "10%");
+
 /// Every key with a layer of its own (`[plugins]` and `[serve]` are read whole).
-pub const KEYS: [Key; 11] = [
+pub const KEYS: [Key; 12] = [
     HOOK_TIME_MS,
     HOOK_INSTRUCTIONS,
     HOOK_MEMORY_MB,
@@ -284,6 +288,7 @@ pub const KEYS: [Key; 11] = [
     LIMIT_MAX_LAYER_BYTES,
     STORE_EVENTS_MAX_AGE,
     STORE_EVENTS_MAX_BYTES,
+    STORE_MAX_SIZE,
 ];
 
 /// `45`, `45s`, `30m`, `12h` or `7d` (`serve --events-max-age`, `[store] events_max_age`).

@@ -186,6 +186,44 @@ impl DigestCache {
         }
     }
 
+    /// Removes (`dry_run`: only finds) the entries that can never be hit again: their file
+    /// is gone, or is another version than the one hashed (its next digest would replace
+    /// the entry anyway). Returns each one's path and about what its row takes.
+    pub fn forget_stale(&self, dry_run: bool) -> Result<Vec<(String, u64)>, AttachError> {
+        let rows: Vec<(Vec<u8>, i64, i64, i64)> = self
+            .conn
+            .prepare("SELECT path, inode, mtime_ns, size FROM attach_digest")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let stale: Vec<Vec<u8>> = rows
+            .into_iter()
+            .filter(|(path, inode, mtime_ns, size)| {
+                let path = Path::new(std::ffi::OsStr::from_bytes(path));
+                !FileKey::of(path)
+                    .is_ok_and(|k| (k.inode, k.mtime_ns, k.size) == (*inode, *mtime_ns, *size))
+            })
+            .map(|(path, ..)| path)
+            .collect();
+        if !dry_run {
+            let tx = self.conn.unchecked_transaction()?;
+            {
+                let mut stmt = tx.prepare("DELETE FROM attach_digest WHERE path = ?1")?;
+                for path in &stale {
+                    stmt.execute([path])?;
+                }
+            }
+            tx.commit()?;
+        }
+        // A row: its path, three integers and a 64-character hash.
+        Ok(stale
+            .into_iter()
+            .map(|p| {
+                let bytes = p.len() as u64 + 88;
+                (String::from_utf8_lossy(&p).into_owned(), bytes)
+            })
+            .collect())
+    }
+
     fn lookup(&self, keys: &[FileKey]) -> Result<Vec<Option<String>>, AttachError> {
         // One read transaction: a consistent snapshot and no per-row lock round trips.
         let tx = self.conn.unchecked_transaction()?;
@@ -348,6 +386,41 @@ mod tests {
         fs::rename(&f, &keep).unwrap();
         rewrite(&f, "xyz", t0());
         assert_eq!(cache.digest(&f).unwrap(), XYZ);
+    }
+
+    #[test]
+    fn stale_entries_are_forgotten_and_live_ones_kept() {
+        let (dir, cache, path) = abc_file(t0());
+        cache.digest(&path).unwrap();
+        let gone = dir.path().join("gone");
+        std::fs::write(&gone, "x").unwrap();
+        cache.digest(&gone).unwrap();
+        let changed = dir.path().join("changed");
+        rewrite(&changed, "one", t0());
+        cache.digest(&changed).unwrap();
+        std::fs::remove_file(&gone).unwrap();
+        rewrite(&changed, "two", t0() + std::time::Duration::from_secs(5));
+        let names = |v: Vec<(String, u64)>| {
+            let mut n: Vec<String> = v.into_iter().map(|(p, _)| p).collect();
+            n.sort();
+            n
+        };
+        let want = names(vec![
+            (changed.display().to_string(), 0),
+            (gone.display().to_string(), 0),
+        ]);
+        assert_eq!(
+            names(cache.forget_stale(true).unwrap()),
+            want,
+            "dry run names them"
+        );
+        assert_eq!(names(cache.forget_stale(false).unwrap()), want);
+        assert!(
+            cache.forget_stale(false).unwrap().is_empty(),
+            "and they are gone"
+        );
+        // The live entry is still a hit.
+        assert!(cache.lookup(&[FileKey::of(&path).unwrap()]).unwrap()[0].is_some());
     }
 
     #[test]

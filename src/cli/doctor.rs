@@ -66,7 +66,16 @@ fn usage(ctx: &Context) -> Option<Finding> {
         .collect();
     let mut f = Finding {
         check: "usage",
-        detail: format!("{}: {}", human(usage.total() as f64), kinds.join(", ")),
+        detail: format!(
+            "{}{}: {}",
+            human(usage.total() as f64),
+            usage
+                .budget
+                .as_ref()
+                .map(|(_, how)| format!(" (budget {how})"))
+                .unwrap_or_default(),
+            kinds.join(", ")
+        ),
         problems: Vec::new(),
         repairable: false,
         repaired: false,

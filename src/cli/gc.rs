@@ -27,12 +27,13 @@ fn report(ctx: &Context, report: &GcReport, verb: &str) -> CommandResult<()> {
         }
     }
     crate::info!(
-        "{verb} {} images, {} layers, {} blobs, {} blob variants, {} event logs: {} ({} bytes)",
+        "{verb} {} images, {} layers, {} blobs, {} blob variants, {} event logs, {} cache entries: {} ({} bytes)",
         report.count("image"),
         report.count("layer"),
         report.count("blob"),
         report.count("variant"),
         report.count("log"),
+        report.count("cache"),
         human(report.bytes() as f64),
         report.bytes()
     );
@@ -46,8 +47,77 @@ pub fn references(
     Ok(ctx.sessions.references()?)
 }
 
+/// The CLI's side of the local engine's upkeep (see `engine::Keeper`): this machine's
+/// local sessions, read afresh each time (a run's upkeep happens in its supervisor, a
+/// process of its own), and the caches beside the store.
+pub struct Sessions {
+    pub session_db: std::path::PathBuf,
+    pub cache_dir: std::path::PathBuf,
+}
+
+/// How long a resolver's stored content stays unused before it may go: it is kept only
+/// between resolving a run's attachments and uploading them.
+const RESOLVED_UNUSED: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+impl crate::engine::Keeper for Sessions {
+    fn references(&self) -> Result<crate::backend::References, crate::backend::BackendError> {
+        Ok(crate::session::SessionStore::open(&self.session_db)?.references()?)
+    }
+
+    fn trim_caches(&self, dry_run: bool) -> Vec<crate::backend::Freed> {
+        trim_caches(&self.cache_dir, dry_run)
+    }
+}
+
+/// Digest-cache entries no file can hit any more, and resolvers' content unused for a
+/// day (`cache/resolved`), one `cache` entry each.
+fn trim_caches(cache_dir: &std::path::Path, dry_run: bool) -> Vec<crate::backend::Freed> {
+    let mut freed = Vec::new();
+    let digests = cache_dir.join("digests.db");
+    if digests.exists() {
+        if let Ok(stale) =
+            crate::attach::DigestCache::open(&digests).and_then(|cache| cache.forget_stale(dry_run))
+        {
+            freed.extend(
+                stale
+                    .into_iter()
+                    .map(|(path, bytes)| crate::backend::Freed {
+                        kind: "cache",
+                        id: format!("digest of {path}"),
+                        bytes,
+                    }),
+            );
+        }
+    }
+    for entry in std::fs::read_dir(cache_dir.join("resolved"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        let unused = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > RESOLVED_UNUSED);
+        if meta.is_file() && unused && (dry_run || std::fs::remove_file(entry.path()).is_ok()) {
+            freed.push(crate::backend::Freed {
+                kind: "cache",
+                id: format!("resolved {}", entry.file_name().to_string_lossy()),
+                bytes: meta.len(),
+            });
+        }
+    }
+    freed
+}
+
 pub fn gc(ctx: &Context, dry_run: bool) -> CommandResult<i32> {
-    let freed = ctx.backend.gc(&|| references(ctx), dry_run)?;
+    let mut freed = ctx.backend.gc(&|| references(ctx), dry_run)?;
+    freed
+        .freed
+        .extend(trim_caches(&ctx.paths.data.join("cache"), dry_run));
     let verb = if dry_run { "Would free" } else { "Freed" };
     if ctx.format == Format::Default {
         print!("{}", usage_table(&ctx.backend.usage()?, &freed, verb));
@@ -63,6 +133,7 @@ fn usage_kind(freed: &str) -> Option<&'static str> {
         "blob" => "blobs",
         "variant" => "blob variants",
         "log" => "event logs",
+        "cache" => "caches",
         _ => return None,
     })
 }
@@ -88,7 +159,16 @@ pub fn usage_table(usage: &crate::engine::Usage, freed: &GcReport, verb: &str) -
     for (kind, bytes) in &usage.kinds {
         text.push_str(&line(kind, *bytes, freed_of(kind)));
     }
-    text + &line("total", usage.total(), freed.bytes())
+    text += &line("total", usage.total(), freed.bytes());
+    if let Some((bytes, how)) = &usage.budget {
+        let over = if usage.total() > *bytes {
+            "; over it: a run's upkeep frees what nothing uses"
+        } else {
+            ""
+        };
+        text.push_str(&format!("{:<14} {how}{over}\n", "budget"));
+    }
+    text
 }
 
 pub fn images_rm(ctx: &Context, images: &[String]) -> CommandResult<i32> {

@@ -295,7 +295,10 @@ fn context(
         Open::AsIs => LocalEngine::open_as_is(&paths),
         Open::Recovered => LocalEngine::open(&paths),
     };
-    let engine = engine?;
+    let engine = engine?.keeper(Box::new(gc::Sessions {
+        session_db: paths.session_db("local"),
+        cache_dir: paths.data.join("cache"),
+    }));
     crate::log::trace("engine open");
     let sessions = sessions?;
     let session_key = SessionStore::resolve_key(session, "local");

@@ -559,7 +559,7 @@ impl LocalEngine {
         }
         crate::log::trace("recovered");
         // Its CLI has the result: the store's bounds are kept here, off the run's path.
-        self.prune_now_and_then();
+        self.upkeep();
         code
     }
 }

@@ -35,6 +35,8 @@ pub mod oci;
 pub mod overlay;
 mod prune;
 pub use prune::Retention;
+mod upkeep;
+pub use upkeep::{Budget, Keeper};
 mod usage;
 pub use usage::Usage;
 mod queue;
@@ -94,6 +96,8 @@ pub struct LocalEngine {
     /// A shared lock on `store/gc.lock` while a CLI's run is between its upload and its
     /// start (see `hold_gc_off`).
     starting: Mutex<Option<std::fs::File>>,
+    /// The CLI's sessions and caches, for a run's upkeep (see `upkeep`).
+    keeper: Option<std::sync::Arc<dyn Keeper>>,
 }
 
 // One engine serves every thread of `contree serve` at once (see `server::State`).
@@ -127,11 +131,15 @@ impl LocalEngine {
     fn open_unrecovered(paths: &Paths) -> Result<LocalEngine, BackendError> {
         let store = Store::open(&paths.store())?;
         crate::log::trace("store open");
-        Ok(LocalEngine {
+        Ok(Self::with_store(store, &paths.data, &paths.config))
+    }
+
+    fn with_store(store: Store, data: &Path, config: &Path) -> LocalEngine {
+        LocalEngine {
             store,
-            data_dir: paths.data.clone(),
-            private: vec![paths.data.clone(), paths.config.clone()],
-            config_dir: paths.config.clone(),
+            data_dir: data.to_path_buf(),
+            private: vec![data.to_path_buf(), config.to_path_buf()],
+            config_dir: config.to_path_buf(),
             limits: OnceLock::new(),
             children: Mutex::new(Vec::new()),
             exited: Mutex::new(HashMap::new()),
@@ -141,7 +149,8 @@ impl LocalEngine {
             starting: Mutex::new(None),
             fork: false,
             recover_later: false,
-        })
+            keeper: None,
+        }
     }
 
     /// Start supervisors by forking this process rather than executing a new one, which
@@ -631,6 +640,8 @@ impl Backend for LocalEngine {
     ) -> Result<crate::backend::GcReport, BackendError> {
         // Event logs first, by the policy runs apply (config.toml's `[store]`).
         let policy = Retention::load(&self.config_dir)
+            .map_err(|e| BackendError::Invalid(crate::backend::Cause::Said(e)))?;
+        upkeep::Budget::load(&self.config_dir)
             .map_err(|e| BackendError::Invalid(crate::backend::Cause::Said(e)))?;
         let logs = self.prune_for_gc(policy, dry_run)?;
         let mut report = gc::collect(self, refs, gc::Mode::All { dry_run })?;

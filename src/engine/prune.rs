@@ -1,7 +1,7 @@
 //! Event-log pruning: the logs of finished operations cut down to their `completion`, by
 //! age and by total size. The operations themselves stay. `serve` prunes on its own
-//! schedule; a local store is pruned by `gc` and, at most once a minute, after a run
-//! (`prune_now_and_then`), with the policy config.toml's `[store]` gives (`Retention`).
+//! schedule; a local store is pruned by `gc` and by a run's `upkeep`, with the policy
+//! config.toml's `[store]` gives (`Retention`).
 //! Never the log of an operation that is not finished.
 
 use super::eventlog::{self, LogReader, LogWriter};
@@ -9,7 +9,6 @@ use super::{store, LocalEngine};
 use crate::backend::{BackendError, Freed};
 use crate::wire::Status;
 use serde_json::Value;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 /// How long and how much of the finished operations' logs a local store keeps.
@@ -18,9 +17,6 @@ pub struct Retention {
     pub max_age: Duration,
     pub max_bytes: u64,
 }
-
-/// How often a run prunes, at most (the stamp's mtime says when it last did).
-const EVERY: Duration = Duration::from_secs(60);
 
 impl Retention {
     /// Built-in < config.toml `[store]` < `CONTREE_STORE_*`; a bad value names where it
@@ -49,45 +45,14 @@ impl Retention {
 pub type Cut = Vec<Freed>;
 
 impl LocalEngine {
-    /// After a local run, off its path (its `completion` is written and its CLI gone on):
-    /// prunes with config.toml's policy unless this store was pruned less than a minute
-    /// ago or is being pruned now. What it costs the other times is one `open` and one
-    /// `fstat` of `store/prune.stamp`. A bad config is left for `gc` to report.
-    pub fn prune_now_and_then(&self) {
-        let path = self.store.root.join("prune.stamp");
-        // A stamp made now: this store was never pruned (or by a version before this one).
-        let (stamp, new) = match std::fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&path)
-        {
-            Ok(file) => (file, true),
-            Err(_) => match std::fs::OpenOptions::new().write(true).open(&path) {
-                Ok(file) => (file, false),
-                Err(_) => return,
-            },
-        };
-        let recent = !new
-            && stamp
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age < EVERY);
-        // SAFETY: flock(2) on a descriptor we own; never waits (another pruner is at it).
-        if recent || unsafe { libc::flock(stamp.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return;
-        }
-        let Ok(policy) = Retention::load(&self.config_dir) else {
-            return;
-        };
-        let _ = self.prune_locked(policy.max_age, policy.max_bytes, false);
-        let _ = stamp.set_modified(std::time::SystemTime::now());
-    }
-
     /// `gc`'s part: the logs `policy` cuts (`dry_run`: would cut), one entry each.
     pub fn prune_for_gc(&self, policy: Retention, dry_run: bool) -> Result<Cut, BackendError> {
-        let _lock = self.prune_lock()?;
+        // A dry run cuts nothing: it keeps no run's upkeep from pruning.
+        let _lock = if dry_run {
+            None
+        } else {
+            Some(self.prune_lock()?)
+        };
         self.prune_locked(policy.max_age, policy.max_bytes, dry_run)
     }
 
@@ -112,7 +77,7 @@ impl LocalEngine {
         self.store_lock("prune.stamp", libc::LOCK_EX)
     }
 
-    fn prune_locked(
+    pub(super) fn prune_locked(
         &self,
         max_age: Duration,
         max_bytes: u64,

@@ -10,6 +10,9 @@ use std::path::Path;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
     pub kinds: Vec<(&'static str, u64)>,
+    /// The store's budget (`[store] max_size`) in bytes, and how it reads; `None` without
+    /// one, or with a bad setting (which `gc` reports).
+    pub budget: Option<(u64, String)>,
 }
 
 impl Usage {
@@ -50,7 +53,10 @@ impl LocalEngine {
                 ]),
             ),
         ];
-        Usage { kinds }
+        let budget = super::Budget::load(&self.config_dir)
+            .ok()
+            .and_then(|b| b.bytes(root).map(|bytes| (bytes, b.describe(root))));
+        Usage { kinds, budget }
     }
 }
 

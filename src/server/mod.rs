@@ -136,6 +136,10 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     engine
         .hide_from_host(secrets)
         .map_err(|e| ServeError::Engine(e.to_string()))?;
+    // A CLI's run on this store must not collect what our clients use (see `upkeep`).
+    let _serving = engine
+        .serving()
+        .map_err(|e| ServeError::Engine(e.to_string()))?;
     let limits = engine
         .limits_config()
         .map_err(|e| ServeError::Config(e.to_string()))?;

@@ -391,3 +391,268 @@ fn gc_dry_run_and_doctor_give_the_store_size_by_kind_and_what_gc_would_free() {
         .success()
         .check("not pruned", |o| !o.stderr_text().contains("was pruned"));
 }
+
+/// Waits for every supervisor of `env` to be done, with its upkeep.
+fn upkeep_done(env: &Env) {
+    crate::harness::wait_until(
+        std::time::Duration::from_secs(20),
+        "the supervisors to finish",
+        || crate::harness::supervisors_of(env).is_empty(),
+    );
+}
+
+/// Makes the next run's upkeep due, once the last one is done.
+fn upkeep_due(env: &Env) {
+    upkeep_done(env);
+    backdate_prune_stamp(env);
+}
+
+#[test]
+fn past_its_budget_the_store_is_collected_after_a_run_and_kept_images_stay() {
+    let env = Env::host();
+    env.run(["run", "--", "sh", "-c", "echo mine > /root/mine"])
+        .success();
+    // Only a tag keeps it.
+    as_session(&env, "tagged", &["use", "host"]).success();
+    as_session(
+        &env,
+        "tagged",
+        &["run", "--", "sh", "-c", "echo t > /root/t"],
+    )
+    .success();
+    as_session(&env, "tagged", &["tag", "kept"]).success();
+    as_session(&env, "tagged", &["session", "delete", "-f", "tagged"]).success();
+    // A detached run not applied yet: its result is on session `p`'s pending list only.
+    as_session(&env, "p", &["use", "host"]).success();
+    as_session(
+        &env,
+        "p",
+        &["run", "-d", "--", "sh", "-c", "echo p > /root/p"],
+    )
+    .success();
+    let pending = env.last_op();
+    env.run(["op", "wait", &pending]).success();
+    // What nothing keeps: a deleted session's image.
+    as_session(&env, "o", &["use", "host"]).success();
+    as_session(&env, "o", &["run", "--", "sh", "-c", "echo o > /root/o"]).success();
+    let orphan = image_of(&env, "o");
+    as_session(&env, "o", &["session", "delete", "-f", "o"]).success();
+    let would = gc(&env, &["-n"]);
+    let orphan_layers: BTreeSet<String> = would
+        .iter()
+        .filter(|(kind, _)| kind == "layer")
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(orphan_layers.len(), 1, "one layer to free: {would:?}");
+
+    // Within the (default) budget, a run's upkeep collects nothing.
+    upkeep_due(&env);
+    env.run(["run", "-D", "--", "true"]).success();
+    upkeep_due(&env);
+    assert!(
+        layers(&env).is_superset(&orphan_layers),
+        "collected within the budget"
+    );
+    env.run(["gc", "-n"])
+        .success()
+        .stdout_contains("budget         10% of the filesystem: ");
+
+    std::fs::write(
+        env.home().join("config.toml"),
+        "[store]\nmax_size = \"1K\"\n",
+    )
+    .unwrap();
+    env.run(["gc", "-n"])
+        .success()
+        .stdout_contains("budget         1.0 KiB; over it");
+    env.run(["run", "-D", "--", "true"]).success();
+    upkeep_done(&env);
+    assert!(
+        layers(&env).is_disjoint(&orphan_layers),
+        "the upkeep freed the deleted session's layer"
+    );
+    env.run(["images", "-a"]).success().stdout_lacks(&orphan);
+    // Everything kept is whole.
+    env.run(["run", "--", "cat", "/root/mine"])
+        .success()
+        .stdout("mine\n");
+    env.run(["run", "-D", "--use", "tag:kept", "--", "cat", "/root/t"])
+        .success()
+        .stdout("t\n");
+    as_session(&env, "p", &["session", "wait"]).success();
+    as_session(&env, "p", &["run", "--", "cat", "/root/p"])
+        .success()
+        .stdout("p\n");
+    // A bad budget is refused by name.
+    env.cmd(["gc", "-n"])
+        .env("CONTREE_STORE_MAX_SIZE", "lots")
+        .output()
+        .code(1)
+        .stderr_contains("CONTREE_STORE_MAX_SIZE: ");
+}
+
+#[test]
+fn automatic_gc_never_frees_what_runs_and_imports_in_flight_need() {
+    let Some(busybox) = crate::harness::static_busybox() else {
+        crate::harness::skip("needs a static /bin/busybox (apt-get install busybox-static)");
+        return;
+    };
+    let env = Env::host();
+    let root = crate::harness::busybox_rootfs(&busybox, env.work());
+    // Every run's upkeep collects, as often as the stamp allows: it is backdated all along.
+    std::fs::write(
+        env.home().join("config.toml"),
+        "[store]\nmax_size = \"1\"\n",
+    )
+    .unwrap();
+    env.run(["run", "-D", "--", "true"]).success();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let rounds = 6;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if env.home().join("store/prune.stamp").exists() {
+                    backdate_prune_stamp(&env);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        // A session whose every run builds on the last.
+        let chain = s.spawn(|| {
+            as_session(&env, "chain", &["use", "host"]).success();
+            for i in 0..rounds {
+                as_session(
+                    &env,
+                    "chain",
+                    &["run", "--", "sh", "-c", &format!("echo {i} >> /root/chain")],
+                )
+                .success();
+            }
+        });
+        // Imports, each tagged.
+        let imports = s.spawn(|| {
+            for i in 0..rounds {
+                env.run([
+                    "images",
+                    "import",
+                    root.to_str().unwrap(),
+                    "--tag",
+                    &format!("bb{i}"),
+                ])
+                .success();
+            }
+        });
+        // Detached runs, applied later; and garbage made along the way.
+        let detached = s.spawn(|| {
+            as_session(&env, "det", &["use", "host"]).success();
+            for i in 0..rounds {
+                as_session(
+                    &env,
+                    "det",
+                    &[
+                        "run",
+                        "-d",
+                        "--",
+                        "sh",
+                        "-c",
+                        &format!("echo {i} > /root/d{i}"),
+                    ],
+                )
+                .success();
+                as_session(&env, "det", &["session", "wait"]).success();
+                let key = format!("junk{i}");
+                as_session(&env, &key, &["use", "host"]).success();
+                as_session(
+                    &env,
+                    &key,
+                    &["run", "--", "sh", "-c", "echo junk > /root/j"],
+                )
+                .success();
+                as_session(&env, &key, &["session", "delete", "-f", &key]).success();
+            }
+        });
+        for worker in [chain, imports, detached] {
+            let done = worker.join();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            done.unwrap();
+        }
+    });
+    let expected: String = (0..rounds).map(|i| format!("{i}\n")).collect();
+    as_session(&env, "chain", &["run", "--", "cat", "/root/chain"])
+        .success()
+        .stdout(&expected);
+    for i in 0..rounds {
+        env.run([
+            "run",
+            "-D",
+            "--use",
+            &format!("tag:bb{i}"),
+            "--",
+            "busybox",
+            "true",
+        ])
+        .success();
+        as_session(
+            &env,
+            "det",
+            &["run", "-D", "--", "cat", &format!("/root/d{i}")],
+        )
+        .success()
+        .stdout(&format!("{i}\n"));
+    }
+    // And the garbage went: after one more upkeep, nothing is left to free but what came
+    // since.
+    upkeep_due(&env);
+    env.run(["run", "-D", "--", "true"]).success();
+    upkeep_done(&env);
+    let freeable: Vec<(String, String)> = gc(&env, &["-n"])
+        .into_iter()
+        .filter(|(kind, _)| kind == "image" || kind == "layer")
+        .collect();
+    assert!(freeable.is_empty(), "the upkeep left {freeable:?}");
+    env.run(["doctor"]).success();
+}
+
+#[test]
+fn a_runs_upkeep_never_collects_a_store_a_server_is_using() {
+    let server = crate::serve::Server::start();
+    let env = &server.env;
+    env.use_host();
+    env.run(["run", "-D", "--", "true"]).success();
+    std::fs::write(
+        env.home().join("config.toml"),
+        "[store]\nmax_size = \"1\"\n",
+    )
+    .unwrap();
+    // A client's snapshot: in no session of this machine, kept only by the client.
+    let op = server.spawn(crate::serve::TOKEN_A, "echo x > /root/x");
+    let events = server.events(&op, crate::serve::TOKEN_A, None);
+    let image = events
+        .iter()
+        .find(|e| e["type"] == "completion")
+        .and_then(|e| e["data"]["result_image_uuid"].as_str())
+        .expect("the client's run made an image")
+        .to_string();
+    upkeep_due(env);
+    env.run(["run", "-D", "--", "true"]).success();
+    upkeep_done(env);
+    assert!(
+        gc(env, &["-n"]).contains(&("image".to_string(), image.clone())),
+        "the client's image stayed while the server runs"
+    );
+    // Once the server is gone, the store is the CLI's alone.
+    let pid = nix::unistd::Pid::from_raw(server.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    crate::harness::wait_until(
+        std::time::Duration::from_secs(20),
+        "the server to exit",
+        || !std::path::Path::new(&format!("/proc/{pid}/exe")).exists(),
+    );
+    upkeep_due(env);
+    env.run(["run", "-D", "--", "true"]).success();
+    upkeep_done(env);
+    assert!(
+        !gc(env, &["-n"]).iter().any(|(_, id)| *id == image),
+        "collected once the server is gone"
+    );
+}
