@@ -301,7 +301,11 @@ fn prepare(spec: &Spec, sock: Option<&OwnedFd>, control: RawFd) -> io::Result<()
     crate::log::trace("init: root mounted");
     let root = &spec.root;
     let resolv = spec.network.before_pivot()?;
-    setup_mounts(&sys::Host, root, spec.userns.is_some())?;
+    setup_mounts(
+        &sys::Host,
+        root,
+        spec.userns.is_some() || crate::rootless::active(),
+    )?;
     crate::log::trace("init: proc and dev");
     harden::mounts::apply(&sys::Host, root)?;
     crate::log::trace("init: mounts");
