@@ -564,3 +564,46 @@ fn nix_kill(pid: i32) -> std::io::Result<()> {
         Err(std::io::Error::other("kill failed"))
     }
 }
+
+/// `serve` run by the user on a port above 1024: the official wire format, the user's
+/// engine behind it (root inside is the user's namespace root).
+#[test]
+fn rootless_serve_runs_for_a_client() {
+    let Some(rl) = Rl::new(OWN, false) else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = rl.cmd(["serve", "--listen", &listen]).spawn();
+    server.wait_for_stderr("listening on", Duration::from_secs(30));
+    let tokens = rl.home().join(".local/share/contree/serve.tokens");
+    let text = std::fs::read_to_string(&tokens).expect("serve.tokens");
+    let token = text
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 2 && !l.starts_with('#')).then(|| f[0].to_string())
+        })
+        .expect("a token");
+    let url = format!("http://{listen}");
+    rl.run(["--url", &url, "--token", &token, "use", "host"])
+        .success();
+    rl.run([
+        "--url",
+        &url,
+        "--token",
+        &token,
+        "run",
+        "--no-network",
+        "--",
+        "id",
+        "-u",
+    ])
+    .success()
+    .stdout("0\n");
+    let _ = server.child.kill();
+    let _ = server.wait();
+}
