@@ -12,6 +12,10 @@
 #                        tmpfs, the benchmarks are about the disk the store lives on)
 #   HASH_SIZE=1G         size of the file hashed (head -c syntax)
 #   BENCH_ONLY=startup   run only benchmark 1 (sandbox start-up)
+#   BENCH_ONLY=rootless  run only benchmark 1b (rootless start-up against bwrap, same user)
+#   BENCH_USER=contree-rl-sub  the ordinary user of benchmark 1b (made when missing, with
+#                        subordinate ids, as tests/cli/rootless.rs makes it)
+#   BENCH_BIN=PATH       measure this binary instead of a fresh release build
 #
 # Needs root (or whatever `contree run` needs on this machine), cargo, hyperfine, bwrap,
 # pasta and openssl (slirp4netns for an extra row); missing tools are installed with
@@ -68,13 +72,19 @@ echo "uptime before: $(uptime)"
 echo "scratch: $WORK ($(stat -f -c %T "$WORK"))"
 
 # ---------------------------------------------------------------- build
-say "cargo build --release"
-cargo build --release
 # Run a private copy: other work rebuilding target/release/contree mid-benchmark would
 # otherwise swap the binary under a running supervisor (it re-executes current_exe()).
 C=$WORK/contree
-cp target/release/contree "$C"
+if [ -n "${BENCH_BIN:-}" ]; then
+    cp "$BENCH_BIN" "$C"
+else
+    say "cargo build --release"
+    cargo build --release
+    cp target/release/contree "$C"
+fi
 "$C" --version
+# Benchmark 1b runs the copy as an ordinary user: the scratch dir must be searchable.
+chmod 711 "$WORK"
 
 export CONTREE_HOME=$WORK/home
 export CONTREE_SESSION=bench
@@ -98,13 +108,15 @@ verdict() {
 }
 
 ROWS=()
+BWRAP_CMD="bwrap --ro-bind / / --proc /proc --dev /dev --unshare-all true"
 row() { ROWS+=("$(printf '%-36s|%16s|%24s|%8s|%8s|%6s' "$@")"); }
 
+if [ "${BENCH_ONLY:-}" != rootless ]; then
 # ---------------------------------------------------------------- 1. sandbox start-up
 say "1. sandbox start-up: contree run vs bwrap (median of $BENCH_RUNS runs)"
 # The build above leaves dirty pages; their writeback would land in the first runs.
 sync
-BWRAP="bwrap --ro-bind / / --proc /proc --dev /dev --unshare-all true"
+BWRAP=$BWRAP_CMD
 START=(
     -n "contree run -D --no-network -- true" "$C run -D --no-network -- true"
     -n "contree run -D -- true" "$C run -D -- true"
@@ -141,7 +153,49 @@ else
     row "run -D / run (vs bwrap)" "failed" "" "" "" "ERROR"
 fi
 
-if [ "${BENCH_ONLY:-}" != startup ]; then
+fi # not BENCH_ONLY=rootless
+
+# ---------------------------------------------------------------- 1b. rootless start-up
+# The same disposable run without network, by an ordinary user (docs/rootless.md), against
+# bwrap run by that same user (an unprivileged user namespace too).
+if [ -z "${BENCH_ONLY:-}" ] || [ "${BENCH_ONLY:-}" = rootless ]; then
+    RL_USER=${BENCH_USER:-contree-rl-sub}
+    if ! id -u "$RL_USER" >/dev/null 2>&1; then
+        useradd --system --no-create-home --shell /usr/sbin/nologin "$RL_USER"
+    fi
+    for f in /etc/subuid /etc/subgid; do
+        if ! grep -q "^$RL_USER:" "$f" 2>/dev/null; then
+            end=$(awk -F: '{ e = $2 + $3; if (e > m) m = e } END { print (m > 100000 ? m : 100000) }' "$f" 2>/dev/null || echo 100000)
+            echo "$RL_USER:$(( (end + 65535) / 65536 * 65536 )):65536" >>"$f"
+        fi
+    done
+    RL_HOME=$WORK/rl-home
+    mkdir -p "$RL_HOME"
+    chown "$RL_USER:" "$RL_HOME"
+    AS=(setpriv --reuid="$(id -u "$RL_USER")" --regid="$(id -g "$RL_USER")" --clear-groups
+        env -u CONTREE_HOME HOME="$RL_HOME" CONTREE_SESSION=bench)
+    say "1b. rootless start-up as $RL_USER: contree run vs bwrap (median of $BENCH_RUNS runs)"
+    "${AS[@]}" "$C" use host
+    "${AS[@]}" "$C" run -D --no-network -- true
+    RL_START=(
+        -n "rootless contree run -D --no-network -- true" "${AS[*]} $C run -D --no-network -- true"
+        -n "rootless bwrap ... --unshare-all true" "${AS[*]} $BWRAP_CMD"
+        -n "rootless env (the wrapper alone)" "${AS[*]} true"
+    )
+    if "${HF[@]}" --warmup 5 --runs "$BENCH_RUNS" --export-csv "$WORK/rootless.csv" "${RL_START[@]}"; then
+        o=$(csv_get "$WORK/rootless.csv" 1 median)
+        b=$(csv_get "$WORK/rootless.csv" 2 median)
+        w=$(csv_get "$WORK/rootless.csv" 3 median)
+        ro=$(ratio "$o" "$b")
+        echo "rootless no network / rootless bwrap = ${ro}x (target <= 1.5x): $(verdict "$ro" '<=' 1.5); setpriv+env alone $(ms "$w") ms in both"
+        row "rootless run -D --no-network -- true" "$(ms "$o") ms" "bwrap $(ms "$b") ms" "${ro}x" "<= 1.5x" "$(verdict "$ro" '<=' 1.5)"
+    else
+        echo "rootless start-up benchmark FAILED"
+        row "rootless run -D --no-network" "FAILED" "-" "-" "<= 1.5x" "FAIL"
+    fi
+fi
+
+if [ -z "${BENCH_ONLY:-}" ]; then
 # ---------------------------------------------------------------- 2. CLI start
 say "2. contree --version vs true (median of $VERSION_RUNS runs)"
 if "${HF[@]}" --warmup 10 --runs "$VERSION_RUNS" --export-csv "$WORK/version.csv" \

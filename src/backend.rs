@@ -41,6 +41,10 @@ pub enum BackendError {
     /// it running (an exec, a subprocess's signal).
     #[error("{0}")]
     NotRunning(String),
+    /// Rootless, what was asked needs a privilege this user lacks here (a memory, pids or
+    /// CPU limit without a cgroup of its own: see `rootless`).
+    #[error("{0}")]
+    NeedsRoot(String),
     /// Ctrl-C arrived while waiting; the caller decides what to cancel.
     #[error("interrupted")]
     Interrupted,
@@ -148,6 +152,9 @@ impl From<Cause> for String {
 /// The store's errors are the store kind, whatever went wrong.
 impl From<crate::engine::store::StoreError> for BackendError {
     fn from(e: crate::engine::store::StoreError) -> Self {
+        if let crate::engine::store::StoreError::Mode(m) = e {
+            return BackendError::Unavailable(m.into());
+        }
         BackendError::Io(e.into())
     }
 }

@@ -38,6 +38,10 @@ pub mod exit {
     /// A `run` whose process the kernel's OOM killer ended at the memory limit: 128 +
     /// SIGKILL, as shells and container engines report it.
     pub const OOM_KILLED: i32 = 137;
+    /// Rootless, the run asked for what needs root on this machine: a memory, pids or CPU
+    /// limit, with no cgroup this user may write. (`sysexits.h` EX_CONFIG: this machine
+    /// is not set up for it; unlike 69 the sandbox itself can be built.)
+    pub const NEEDS_ROOT: i32 = 78;
     /// stdout was closed by its reader (`| head`).
     pub const BROKEN_PIPE: i32 = 141;
 }
@@ -58,6 +62,8 @@ pub enum Kind {
     HookAbort,
     /// The remote API could not be reached or kept failing (see `exit::UNREACHABLE`).
     Unreachable,
+    /// Rootless, the run asked for what needs root here (see `exit::NEEDS_ROOT`).
+    NeedsRoot,
 }
 
 #[derive(Debug)]
@@ -110,6 +116,7 @@ impl CommandError {
             Kind::Internal => exit::INTERNAL,
             Kind::HookAbort => exit::HOOK_ABORT,
             Kind::Unreachable => exit::UNREACHABLE,
+            Kind::NeedsRoot => exit::NEEDS_ROOT,
         }
     }
 }
@@ -134,6 +141,8 @@ impl From<BackendError> for CommandError {
             B::NotFound(m) | B::Invalid(m) => CommandError::user(m),
             B::Denied(m) | B::Unsupported(m) | B::NotRunning(m) => CommandError::user(m),
             B::Unavailable(m) => CommandError::new(Kind::Unavailable, m),
+            B::NeedsRoot(m) => CommandError::new(Kind::NeedsRoot, m)
+                .hint("run without --memory, --pids and --cpus (`0` for none), or as root; see docs/rootless.md, Limits"),
             B::Unreachable(m) => CommandError::new(Kind::Unreachable, m),
             B::Store(m) => CommandError::new(Kind::Io, m),
             B::Io(cause) => {
@@ -235,6 +244,19 @@ impl From<crate::server::ServeError> for CommandError {
 /// A hook error during a run: aborts and failing hooks exit with `exit::HOOK_ABORT`, and so
 /// does a hook file that cannot be read: a policy that cannot apply stops the run (fail
 /// closed), whether its file has a typo or is missing.
+impl From<crate::rootless::RootlessError> for CommandError {
+    fn from(e: crate::rootless::RootlessError) -> Self {
+        use crate::rootless::RootlessError as R;
+        let hint = match &e {
+            R::Forbidden { .. } => "or run contree as root, or use a ConTree API: `contree auth --url URL --token TOKEN --type jwt`",
+            R::Maps(_) | R::Helper { .. } | R::Fork(_) => {
+                "check /etc/subuid and /etc/subgid (see docs/rootless.md), or remove your lines there to run with your own id only"
+            }
+        };
+        CommandError::new(Kind::Unavailable, e.to_string()).hint(hint)
+    }
+}
+
 impl From<HookError> for CommandError {
     fn from(e: HookError) -> Self {
         let hint = "fix the hook, or skip every hook for one run with `contree run --no-hooks ...`";

@@ -42,3 +42,9 @@ pub fn hit(name: &str) {
         }
     }
 }
+
+/// Whether the point `name` is armed, for a point that makes the caller take its refusal
+/// path (what a host that forbids something does) rather than die.
+pub fn refused(name: &str) -> bool {
+    armed().iter().any(|(point, _)| point == name)
+}

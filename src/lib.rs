@@ -28,6 +28,7 @@ pub(crate) mod plugin;
 pub(crate) mod privileges;
 pub(crate) mod procfs;
 pub(crate) mod progress;
+pub(crate) mod rootless;
 pub(crate) mod run;
 pub(crate) mod server;
 pub(crate) mod session;

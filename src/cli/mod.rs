@@ -202,6 +202,8 @@ fn dispatch(mut cli: Cli) -> CommandResult<i32> {
 }
 
 fn serve(flags: args::ServeFlags) -> CommandResult<i32> {
+    // Before the server's threads: see `rootless`.
+    crate::rootless::enter()?;
     crate::server::serve(crate::server::ServeOptions {
         listen: flags.listen,
         tokens: flags.tokens.map(std::path::PathBuf::from),
@@ -279,6 +281,9 @@ fn context(
             paths,
         });
     }
+    // An ordinary user's engine lives in a user namespace of its own (see `rootless`),
+    // entered while this process has one thread.
+    crate::rootless::enter()?;
     // A run on this machine needs the privileges to build its sandbox: said up front.
     if matches!(open, Open::ForRun) {
         if let Some(why) = crate::privileges::missing() {

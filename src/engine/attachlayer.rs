@@ -268,7 +268,7 @@ fn build(
             Kind::File(sha) => fs::hard_link(variant(layout, p, sha, &mut made, bar)?, &target)?,
             Kind::Symlink(to) => {
                 std::os::unix::fs::symlink(to, &target)?;
-                std::os::unix::fs::lchown(&target, Some(p.uid), Some(p.gid))?;
+                crate::rootless::lchown(&target, p.uid, p.gid)?;
             }
             Kind::Dir => {}
         }
@@ -276,7 +276,7 @@ fn build(
     // Directory metadata last: a 0500 directory would refuse the links above.
     for (d, (mode, uid, gid)) in dirs.iter().rev() {
         let path = staging.join(d);
-        std::os::unix::fs::lchown(&path, Some(*uid), Some(*gid))?;
+        crate::rootless::lchown(&path, *uid, *gid)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(*mode))?;
     }
     Ok(())
@@ -303,7 +303,7 @@ fn variant(
     let mut tmp = layout.staging_file(&format!(".variant-{}", uuid::Uuid::new_v4().simple()))?;
     let made_here = progress::copy(&layout.blob_path(sha), tmp.path(), bar)
         // chown first: it clears setuid/setgid bits that the mode may set.
-        .and_then(|_| std::os::unix::fs::lchown(tmp.path(), Some(*uid), Some(*gid)))
+        .and_then(|_| crate::rootless::lchown(tmp.path(), *uid, *gid))
         .and_then(|_| fs::set_permissions(tmp.path(), fs::Permissions::from_mode(*mode)))
         .and_then(|_| tmp.rename(&path));
     if let Err(e) = made_here {

@@ -24,7 +24,11 @@ pub fn check(engine: &LocalEngine, repair: bool) -> Result<Vec<Finding>, Backend
     } else {
         None
     };
-    let mut out = vec![isolation(engine), database(engine)];
+    let mut out = vec![isolation(engine)];
+    if !crate::rootless::active() {
+        out.push(rootless_users());
+    }
+    out.push(database(engine));
     out.push(operations(engine, repair)?);
     out.push(event_logs(engine, repair)?);
     out.push(images(engine)?);
@@ -52,7 +56,13 @@ fn finding(check: &'static str, ok_detail: &str) -> Finding {
 /// Which isolation sandboxes get here (see `idmap`): a level, not a problem.
 fn isolation(engine: &LocalEngine) -> Finding {
     let range = super::idmap::Range::for_contree();
-    let detail = if std::env::var_os("CONTREE_USERNS").is_some_and(|v| v == "0") {
+    let detail = if crate::rootless::active() {
+        format!(
+            "rootless: contree runs in a user namespace of its user's ({}); sandboxes share it, so root inside is that user outside; store at {}, never shared with root's",
+            crate::rootless::current_mapping(),
+            engine.store.root.display()
+        )
+    } else if std::env::var_os("CONTREE_USERNS").is_some_and(|v| v == "0") {
         "no user namespace: turned off by CONTREE_USERNS=0 (root inside is root outside)"
             .to_string()
     } else {
@@ -71,6 +81,24 @@ fn isolation(engine: &LocalEngine) -> Finding {
         }
     };
     finding("isolation", &detail)
+}
+
+/// Run as root: whether an ordinary user could run contree here, by the kernel's settings
+/// (a level, not a problem of this store).
+fn rootless_users() -> Finding {
+    let knobs = crate::rootless::Knobs::read();
+    let detail = match crate::rootless::allowed_by_settings(&knobs) {
+        Ok(()) => {
+            let ids = if crate::rootless::id_helpers_installed() {
+                "users with /etc/subuid and /etc/subgid entries get ids 0-65535, others their own id only"
+            } else {
+                "newuidmap/newgidmap are not installed (Debian/Ubuntu: apt install uidmap): users get their own id only"
+            };
+            format!("ordinary users can run contree without root (user namespaces allowed; {ids})")
+        }
+        Err(why) => format!("ordinary users cannot run contree here: {why}"),
+    };
+    finding("rootless", &detail)
 }
 
 fn database(engine: &LocalEngine) -> Finding {

@@ -129,12 +129,21 @@ pub fn copy_tree(src: &Path, dst: &Path, meter: &mut Meter) -> io::Result<()> {
                 .map_err(io::Error::other)?;
             // SAFETY: recreating a special file with the source's mode and device number.
             if unsafe { libc::mknod(c.as_ptr(), meta.mode(), meta.rdev()) } != 0 {
-                return Err(io::Error::last_os_error());
+                let e = io::Error::last_os_error();
+                // Rootless, no device but a whiteout can be made: left out of the image.
+                if crate::rootless::active() && e.raw_os_error() == Some(libc::EPERM) {
+                    crate::warn!(
+                        "{}: a device node, left out (rootless)",
+                        entry.path().display()
+                    );
+                    continue;
+                }
+                return Err(e);
             }
         } else {
             continue;
         }
-        std::os::unix::fs::lchown(&target, Some(meta.uid()), Some(meta.gid()))?;
+        crate::rootless::lchown(&target, meta.uid(), meta.gid())?;
         if !ft.is_symlink() {
             fs::set_permissions(&target, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
         }

@@ -20,7 +20,10 @@ impl LocalEngine {
     /// The id range sandboxes' user namespaces map to, or `None` where this machine cannot
     /// give sandboxes one (see `idmap`).
     pub(super) fn userns(&self) -> Option<idmap::Range> {
-        if std::env::var_os("CONTREE_USERNS").is_some_and(|v| v == "0") {
+        // Rootless, the whole engine is in the user's own namespace already (`rootless`):
+        // the sandbox shares it, as bubblewrap's does.
+        if std::env::var_os("CONTREE_USERNS").is_some_and(|v| v == "0") || crate::rootless::active()
+        {
             return None;
         }
         let range = idmap::Range::for_contree();

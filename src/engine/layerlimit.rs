@@ -42,6 +42,9 @@ const MKFS: &str = "mkfs.ext4";
 pub enum LayerError {
     #[error("{MKFS} not found (install e2fsprogs)")]
     NoMkfs,
+    /// A loop device needs root: rootless runs keep the guard.
+    #[error("rootless: a loop device needs root")]
+    Rootless,
     #[error("{MKFS} failed: {0}")]
     Mkfs(String),
     #[error("{what}: {source}")]
@@ -59,6 +62,9 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> LayerError {
 
 /// Which mechanism holds a limit on this host, for `contree doctor`.
 pub fn exact_available() -> Result<(), LayerError> {
+    if crate::rootless::active() {
+        return Err(LayerError::Rootless);
+    }
     find_mkfs().ok_or(LayerError::NoMkfs)?;
     fs::metadata("/dev/loop-control").map_err(io_err("/dev/loop-control"))?;
     Ok(())
@@ -82,6 +88,7 @@ impl LayerFs {
     /// Makes a `size`-byte ext4 filesystem from a sparse file in `scratch` and mounts it at
     /// `mount` (an empty directory in the supervisor's private mount namespace).
     pub fn create(scratch: &Path, mount: &Path, size: u64) -> Result<LayerFs, LayerError> {
+        exact_available()?;
         let mkfs = find_mkfs().ok_or(LayerError::NoMkfs)?;
         let image = scratch.join("layer.img");
         let file = fs::OpenOptions::new()
@@ -360,7 +367,7 @@ fn c_path(path: &Path) -> io::Result<CString> {
 /// Owner, then mode (chown clears set-id bits), then extended attributes (chown clears
 /// file capabilities too), then times.
 fn copy_meta(src: &Path, dst: &Path, meta: &fs::Metadata) -> io::Result<()> {
-    std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()))?;
+    crate::rootless::lchown(dst, meta.uid(), meta.gid())?;
     if !meta.file_type().is_symlink() {
         fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
     }

@@ -38,8 +38,15 @@ pub fn make_whiteout(path: &Path) -> io::Result<()> {
 /// Marks `dir` opaque, in both forms (see the module's doc).
 pub fn set_opaque(dir: &Path) -> io::Result<()> {
     let p = c_path(dir)?;
-    for marker in [OPAQUE, OPAQUE_USER] {
-        let name = CString::new(marker).map_err(io::Error::other)?;
+    // `trusted.*` needs host root: a rootless store (never shared with root's) keeps the
+    // one form its overlays, all mounted with `userxattr`, read.
+    let markers: &[&str] = if crate::rootless::active() {
+        &[OPAQUE_USER]
+    } else {
+        &[OPAQUE, OPAQUE_USER]
+    };
+    for marker in markers {
+        let name = CString::new(*marker).map_err(io::Error::other)?;
         // SAFETY: valid C strings and a 1-byte value.
         if unsafe { libc::lsetxattr(p.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) } != 0 {
             return Err(io::Error::last_os_error());
@@ -358,6 +365,11 @@ fn copy_dir_meta(src: &Path, dst: &Path, default_mode: u32) -> io::Result<()> {
     match fs::metadata(src) {
         Ok(meta) => {
             fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+            // Rootless, the host's owners are not ids of the namespace (they show as
+            // `nobody`): the mask's directories stay root's of the namespace.
+            if crate::rootless::active() {
+                return Ok(());
+            }
             std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()))
         }
         Err(_) => fs::set_permissions(dst, fs::Permissions::from_mode(default_mode)),
@@ -416,7 +428,7 @@ fn apply_layer(layer: &Path, dest: &Path) -> io::Result<()> {
                 fs::create_dir(&target)?;
             }
             fs::set_permissions(&target, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-            std::os::unix::fs::lchown(&target, Some(meta.uid()), Some(meta.gid()))?;
+            crate::rootless::lchown(&target, meta.uid(), meta.gid())?;
             if opaque {
                 set_opaque(&target)?;
             }

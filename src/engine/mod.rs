@@ -21,6 +21,7 @@ mod fdpass;
 pub mod gc;
 pub mod grep;
 pub mod harden;
+pub mod hostview;
 pub mod idmap;
 pub mod import;
 pub mod inspect;

@@ -53,6 +53,9 @@ const READY_LIMIT: Duration = Duration::from_secs(30);
 pub enum NetworkError {
     #[error("networking needs pasta (Debian/Ubuntu: apt install passt) or slirp4netns; or run with --no-network")]
     NoHelper,
+    /// Rootless, the helper cannot open the tun device, whose mode here shuts out users.
+    #[error("networking as an ordinary user needs /dev/net/tun open to you ({0}; it is usually mode 0666, and root can make it so); or run with --no-network")]
+    Tun(String),
     #[error("networking: cannot start {program}: {source}")]
     Start { program: String, source: io::Error },
     #[error("networking failed: {program} {how}{detail}; `--no-network` runs without network")]
@@ -98,6 +101,11 @@ pub struct Helper {
 
 /// The helper a networked run would use: pasta, else slirp4netns, from `PATH`.
 pub fn find() -> Result<Helper, NetworkError> {
+    // Rootless, both open /dev/net/tun as the user: a host whose node is root's alone
+    // fails every networked run, said before anything starts.
+    if crate::rootless::active() {
+        tun_open_to_us()?;
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     for stack in [Stack::Pasta, Stack::Slirp4netns] {
         for dir in std::env::split_paths(&path).filter(|d| d.is_absolute()) {
@@ -126,6 +134,19 @@ fn avx2_build(pasta: &Path) -> Option<PathBuf> {
     }
     let _ = pasta;
     None
+}
+
+/// Whether this process may open /dev/net/tun for reading and writing (access(2), which
+/// a user namespace's root passes only for nodes it owns or their mode grants).
+fn tun_open_to_us() -> Result<(), NetworkError> {
+    use nix::unistd::{access, AccessFlags};
+    access("/dev/net/tun", AccessFlags::R_OK | AccessFlags::W_OK).map_err(|e| {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata("/dev/net/tun")
+            .map(|m| format!("mode {:04o}", m.permissions().mode() & 0o7777))
+            .unwrap_or_else(|_| "missing".into());
+        NetworkError::Tun(format!("{mode}: {}", io::Error::from(e)))
+    })
 }
 
 fn is_executable(path: &Path) -> bool {

@@ -322,7 +322,8 @@ fn normal(path: &Path) -> PathBuf {
 fn apply_layer_counted(layer: &Path, dest: &Path, bar: Option<ProgressBar>) -> io::Result<()> {
     let mut archive = tar::Archive::new(open_maybe_gzip(layer, bar)?);
     archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
+    // Rootless with only the user's own id, no other owner can be set: all are root's.
+    archive.set_preserve_ownerships(!crate::rootless::one_id());
     archive.set_overwrite(true);
     // Directory modes are applied last by `unpack`, not by `unpack_in`: keep them for the end
     // so a read-only directory does not stop its own contents from being written.

@@ -301,7 +301,11 @@ fn prepare(spec: &Spec, sock: Option<&OwnedFd>, control: RawFd) -> io::Result<()
     crate::log::trace("init: root mounted");
     let root = &spec.root;
     let resolv = spec.network.before_pivot()?;
-    setup_mounts(&sys::Host, root, spec.userns.is_some())?;
+    setup_mounts(
+        &sys::Host,
+        root,
+        spec.userns.is_some() || crate::rootless::active(),
+    )?;
     crate::log::trace("init: proc and dev");
     harden::mounts::apply(&sys::Host, root)?;
     crate::log::trace("init: mounts");
@@ -519,8 +523,13 @@ pub(crate) fn exec_process(
     if let Err(e) = plan.before_credentials() {
         setup_failed(p.status, e);
     }
-    if let Err(e) = unistd::setgroups(&[]) {
-        return fail(e);
+    match unistd::setgroups(&[]) {
+        // Rootless with the user's own id only, the kernel denies setgroups (the gid map
+        // could not be written otherwise): the process keeps the user's own groups, as
+        // the user outside has them.
+        Err(nix::errno::Errno::EPERM) if crate::rootless::active() => {}
+        Err(e) => return fail(e),
+        Ok(()) => {}
     }
     let gid = unistd::Gid::from_raw(p.gid);
     let uid = unistd::Uid::from_raw(p.uid);

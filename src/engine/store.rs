@@ -34,6 +34,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A store root made and a rootless one are never the same (see `check_mode`).
+    #[error("{0}")]
+    Mode(String),
     /// The store's filesystem is out of space: `what` was not kept.
     #[error("the store's disk is full ({source}): {what} was not kept; free space under the store and try again")]
     Full {
@@ -44,6 +47,38 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The file that marks a store as rootless (made by contree run by an ordinary user, in
+/// its user namespace: see `rootless`).
+const ROOTLESS_MARK: &str = "rootless";
+
+/// A store belongs to root mode or to rootless mode, never both: their files' owners and
+/// opaque markers differ (a rootless store has only `user.overlay.*`), and root sharing a
+/// user's store would leave files the user cannot remove. A new store is marked when
+/// rootless; opening one of the other mode is refused. One `stat` when all is well.
+fn check_mode(root: &Path, db: &Path) -> Result<()> {
+    let marked = root.join(ROOTLESS_MARK);
+    let rootless_store = marked.exists();
+    let rootless = crate::rootless::active();
+    if rootless == rootless_store {
+        return Ok(());
+    }
+    if rootless && !db.exists() {
+        return std::fs::write(&marked, "made by contree run by an ordinary user\n")
+            .map_err(io_err(&marked));
+    }
+    Err(StoreError::Mode(if rootless {
+        format!(
+            "{} is a store of contree run as root: an ordinary user's contree keeps a store of its own (unset CONTREE_HOME, or point it elsewhere)",
+            root.display()
+        )
+    } else {
+        format!(
+            "{} is the store of contree run by an ordinary user (rootless): root keeps a store of its own (unset CONTREE_HOME, or point it elsewhere)",
+            root.display()
+        )
+    }))
+}
 
 /// The store's own directories, 0700 like the store (see `docs/store.md`).
 const DIRS: &[&str] = &[
@@ -208,6 +243,7 @@ impl Store {
         if crate::paths::private_dir(root).map_err(io_err(root))? {
             tighten(root)?;
         }
+        check_mode(root, &db)?;
         let conn = crate::db::open(&db)?;
         crate::log::trace("db open");
         let store = Store {

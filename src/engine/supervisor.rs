@@ -294,6 +294,19 @@ struct Mounted {
     mounts: Vec<PathBuf>,
     /// What the init mounts itself inside its user namespace.
     userns: Option<sandbox::Userns>,
+    /// Directories of the upper dir made for the rootless host views, deepest first:
+    /// removed at commit where the run left them empty (see `mount::mount_rootless_host`).
+    made: Vec<PathBuf>,
+}
+
+impl Mounted {
+    /// Removes the directories made for the views that the run left empty, so that a run
+    /// that changed nothing still makes no layer.
+    fn drop_unused_dirs(&mut self) {
+        for dir in self.made.drain(..) {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 impl Drop for Mounted {

@@ -18,10 +18,11 @@ impl LocalEngine {
     /// The limits a run of `req` gets.
     pub(super) fn run_limits(&self, req: &SpawnRequest) -> Result<limits::Limits, BackendError> {
         let config = self.limits_config()?;
-        Ok(limits::Limits::resolve(
-            req.resources_limits.as_ref(),
-            &config.defaults,
-        ))
+        let mut limits = limits::Limits::resolve(req.resources_limits.as_ref(), &config.defaults);
+        if crate::rootless::active() {
+            rootless_limits(req, &mut limits)?;
+        }
+        Ok(limits)
     }
 
     /// Checks the request and gathers what the supervisor needs: the image and the blobs;
@@ -91,4 +92,33 @@ impl LocalEngine {
         }
         Ok((image, blobs, attached))
     }
+}
+
+/// Rootless, there is no cgroup this user may write (contree does not use a delegated
+/// one yet): a memory, pids or CPU limit the request names is refused, never silently
+/// dropped, and the defaults (which would only be reported as unenforced on every run)
+/// are not applied, as bubblewrap applies none. The writable layer's limit stays.
+fn rootless_limits(req: &SpawnRequest, limits: &mut limits::Limits) -> Result<(), BackendError> {
+    let asked = req.resources_limits.as_ref();
+    let named: Vec<&str> = [
+        (
+            "memory",
+            asked.and_then(|r| r.max_memory_bytes).unwrap_or(0) != 0,
+        ),
+        ("pids", asked.and_then(|r| r.max_pids).unwrap_or(0) != 0),
+        ("cpus", asked.and_then(|r| r.max_cpus).unwrap_or(0.0) != 0.0),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    if !named.is_empty() {
+        return Err(BackendError::NeedsRoot(format!(
+            "a {} limit needs a cgroup, and contree run as an ordinary user has none here (rootless mode does not use a delegated cgroup)",
+            named.join(", ")
+        )));
+    }
+    limits.memory = None;
+    limits.pids = None;
+    limits.cpus = None;
+    Ok(())
 }

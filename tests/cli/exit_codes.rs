@@ -1,6 +1,6 @@
 //! One test per row of docs/exit-codes.md, each triggering that code the way a user would
 //! and checking the message that comes with it. Row 70 (an internal error) has no test: no
-//! input is meant to reach it.
+//! input is meant to reach it. Row 78 needs an ordinary user: tests/cli/rootless.rs.
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -58,7 +58,8 @@ fn code_2_is_a_usage_error() {
 #[test]
 fn code_69_is_a_sandbox_this_process_cannot_build_as_a_user_without_root() {
     let env = Env::new();
-    // nobody:nogroup, no supplementary groups, and no capabilities left.
+    // nobody:nogroup, no supplementary groups, and no capabilities left, on a host that
+    // forbids ordinary users a user namespace (the failpoint: no kernel setting is touched).
     let out = env
         .program("setpriv")
         .arg("--reuid=65534")
@@ -68,15 +69,16 @@ fn code_69_is_a_sandbox_this_process_cannot_build_as_a_user_without_root() {
         .arg("run")
         .arg("--")
         .arg("true")
+        .env("CONTREE_FAILPOINTS", "userns-forbidden")
         .output();
     if out.stderr_text().contains("setpriv: ") || out.status.code() == Some(127) {
         skip(&format!("setpriv unusable here: {}", out.stderr_text()));
         return;
     }
-    out.code(69).stdout_empty().stderr(
-        "[ERROR] running a sandbox needs root (or CAP_SYS_ADMIN), and this process (uid 65534) has neither\n\
-         hint: run contree as root, or use a ConTree API: `contree auth --url URL --token TOKEN --type jwt`\n",
-    );
+    out.code(69)
+        .stdout_empty()
+        .stderr_contains("[ERROR] this system does not let ordinary users create user namespaces (Operation not permitted (os error 1)): ")
+        .stderr_contains("hint: or run contree as root, or use a ConTree API");
 }
 
 #[test]

@@ -36,6 +36,7 @@ mod operations;
 mod plugins;
 mod progress;
 mod registry;
+mod rootless;
 mod run_basics;
 mod sdk;
 mod serve;

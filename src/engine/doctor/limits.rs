@@ -11,6 +11,15 @@ pub fn doctor(engine: &LocalEngine, repair: bool) -> Vec<crate::backend::Finding
     use crate::backend::Finding;
     let host = cgroup::Host::detect();
     let mut out = Vec::new();
+    if crate::rootless::active() {
+        out.push(Finding {
+            check: "cgroups",
+            detail: "rootless: contree does not use a delegated cgroup, so memory, pids and CPU limits are unavailable: runs have none, and `run --memory/--pids/--cpus` fails (exit 78)".into(),
+            ..Default::default()
+        });
+        out.extend(doctor_layer());
+        return out;
+    }
     let places = host.summary();
     let mut at = Vec::new();
     let mut missing = Vec::new();
@@ -64,17 +73,7 @@ pub fn doctor(engine: &LocalEngine, repair: bool) -> Vec<crate::backend::Finding
         }
     }
     out.push(f);
-    let exact = match layerlimit::exact_available() {
-        Ok(()) => "a limit a run names (--max-layer-bytes, the API's max_layer_bytes) gets a loop-mounted ext4 of that size: writes past it fail with ENOSPC".to_string(),
-        Err(e) => format!("a limit a run names cannot get a filesystem of its own here ({e})"),
-    };
-    out.push(Finding {
-        check: "layer limit",
-        detail: format!(
-            "{exact}; otherwise a guard stops the run once its layer is past the limit"
-        ),
-        ..Default::default()
-    });
+    out.extend(doctor_layer());
     // Only this store's: another store's runs are its own doctor's business. A dead run's
     // cgroups go when its operation is recovered (the "operations" line above).
     let stale: Vec<(PathBuf, bool)> = host
@@ -117,4 +116,19 @@ pub fn doctor(engine: &LocalEngine, repair: bool) -> Vec<crate::backend::Finding
     }
     out.push(f);
     out
+}
+
+/// The line about the writable layer's limit, which works the same rootless.
+fn doctor_layer() -> Option<crate::backend::Finding> {
+    let exact = match layerlimit::exact_available() {
+        Ok(()) => "a limit a run names (--max-layer-bytes, the API's max_layer_bytes) gets a loop-mounted ext4 of that size: writes past it fail with ENOSPC".to_string(),
+        Err(e) => format!("a limit a run names cannot get a filesystem of its own here ({e})"),
+    };
+    Some(crate::backend::Finding {
+        check: "layer limit",
+        detail: format!(
+            "{exact}; otherwise a guard stops the run once its layer is past the limit"
+        ),
+        ..Default::default()
+    })
 }

@@ -167,25 +167,50 @@ fn run_probe(scratch: &Path, plan: &Plan) -> io::Result<Probe> {
     std::fs::create_dir_all(scratch)?;
     let (report_r, report_w) = pipe()?;
     let (hold_r, hold_w) = pipe()?;
-    // SAFETY: the CLI is single-threaded here; the child only mounts, hardens itself and
-    // waits, then leaves with _exit.
-    match unsafe { fork() }? {
-        ForkResult::Child => {
-            drop(report_r);
-            drop(hold_w);
-            let line = match probe_child(scratch, plan) {
-                Ok(text) => text,
-                Err(e) => format!("error {e}\n"),
-            };
-            write_all(&report_w, line.as_bytes());
-            drop(report_w);
-            // Stay hardened until the parent has read /proc/PID.
-            let mut b = [0u8; 1];
-            // SAFETY: a blocking read on our own pipe; EOF when the parent is done.
-            unsafe { libc::read(hold_r.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
-            // SAFETY: leave the fork without running the CLI's destructors.
-            unsafe { libc::_exit(0) }
+    let (report_r_raw, hold_w_raw) = (report_r.as_raw_fd(), hold_w.as_raw_fd());
+    let body = |report_w: &OwnedFd, hold_r: &OwnedFd| -> ! {
+        // SAFETY: closing the child's copies of the parent's ends (the hold pipe's EOF
+        // must come from the parent alone).
+        unsafe {
+            libc::close(report_r_raw);
+            libc::close(hold_w_raw);
         }
+        let line = match probe_child(scratch, plan) {
+            Ok(text) => text,
+            Err(e) => format!("error {e}\n"),
+        };
+        write_all(report_w, line.as_bytes());
+        // SAFETY: closing our copy of the report pipe so that the parent sees its end.
+        unsafe { libc::close(report_w.as_raw_fd()) };
+        // Stay hardened until the parent has read /proc/PID.
+        let mut b = [0u8; 1];
+        // SAFETY: a blocking read on our own pipe; EOF when the parent is done.
+        unsafe { libc::read(hold_r.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+        // SAFETY: leave the fork without running the CLI's destructors.
+        unsafe { libc::_exit(0) }
+    };
+    // Rootless, /proc can only be mounted by a process of a PID namespace of ours, as the
+    // sandbox's init is.
+    let forked = if crate::rootless::active() {
+        let mut stack = vec![0u8; 256 * 1024];
+        let cb = Box::new(|| -> isize { body(&report_w, &hold_r) });
+        // SAFETY: the child gets a copy of our memory (no CLONE_VM) and runs `body`.
+        unsafe {
+            nix::sched::clone(
+                cb,
+                &mut stack,
+                nix::sched::CloneFlags::CLONE_NEWPID,
+                Some(libc::SIGCHLD),
+            )
+        }
+        .map(|child| ForkResult::Parent { child })
+    } else {
+        // SAFETY: the CLI is single-threaded here; the child only mounts, hardens itself
+        // and waits, then leaves with _exit.
+        unsafe { fork() }
+    };
+    match forked? {
+        ForkResult::Child => body(&report_w, &hold_r),
         ForkResult::Parent { child } => {
             drop(report_w);
             drop(hold_r);
@@ -234,7 +259,7 @@ fn probe_child(scratch: &Path, plan: &Plan) -> io::Result<String> {
     crate::engine::sandbox::private_mount_namespace()?;
     crate::engine::sandbox::mount_points_tmpfs(scratch)?;
     let host = crate::engine::sandbox::sys::Host;
-    crate::engine::sandbox::setup_mounts(&host, scratch, false)?;
+    crate::engine::sandbox::setup_mounts(&host, scratch, crate::rootless::active())?;
     let report = mounts::apply(&host, scratch)?;
     let sys = match &report.sys_fallback {
         None => "sysfs".to_string(),

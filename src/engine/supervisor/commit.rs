@@ -150,6 +150,9 @@ impl Run {
         let req = self.job.request.clone();
         let image = self.job.image.clone();
         let upper = self.scratch.join("upper");
+        if let Some(m) = self.mounted.as_mut() {
+            m.drop_unused_dirs();
+        }
         self.layer_into_store(&upper)?;
         let mut env = image.env.clone();
         if req.preserve_env {

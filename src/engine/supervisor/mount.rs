@@ -9,7 +9,7 @@ use crate::engine::attachlayer::AttachLayerError;
 use crate::engine::overlay::Overlay;
 use crate::engine::sandbox;
 use crate::engine::store::{ImageRow, Layout, HOST_LAYER};
-use crate::engine::{attachlayer, idmap, inspect, layers};
+use crate::engine::{attachlayer, hostview, idmap, inspect, layers};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -83,6 +83,7 @@ impl Run {
             root: points.join("root"),
             mounts: vec![points.clone()],
             userns: None,
+            made: Vec::new(),
         };
         let mut dirs = vec![mounted.root.clone()];
         if userns.is_some() {
@@ -123,6 +124,7 @@ impl Run {
             upper: &upper,
             work: &work,
             host,
+            store: &self.layout.root,
         };
         if let Some(range) = userns {
             mounted.userns = Some(self.userns_root(range, &plan));
@@ -198,6 +200,8 @@ struct RootPlan<'a> {
     work: &'a Path,
     /// The image is on the `host` base: its view is mounted first.
     host: bool,
+    /// The store's root, which no rootless host view may hold (see `hostview`).
+    store: &'a Path,
 }
 
 impl RootPlan<'_> {
@@ -210,7 +214,12 @@ impl RootPlan<'_> {
             upper,
             work,
             host,
+            store,
         } = *self;
+        let rootless = crate::rootless::active();
+        if host && rootless {
+            return self.mount_rootless_host(mounted, store);
+        }
         if host {
             // overlayfs refuses layers that overlap, and the store lies under `/`: a
             // read-only overlay of `/` (over an empty tmpfs dir) is a separate filesystem
@@ -229,7 +238,7 @@ impl RootPlan<'_> {
         Overlay {
             lowers,
             upper: Some((upper, work)),
-            userxattr: false,
+            userxattr: rootless,
         }
         .mount(&root)
         .map_err(|source| MountError::OverlayRoot {
@@ -237,6 +246,71 @@ impl RootPlan<'_> {
             source,
         })?;
         mounted.mounts.push(root);
+        Ok(())
+    }
+}
+
+impl RootPlan<'_> {
+    /// The `host` image rootless: the skeleton of `/` under the root overlay, then one
+    /// overlay per host directory over it (see `hostview`). Each view's upper dir is the
+    /// directory of the same path in the run's upper dir, made before anything is mounted
+    /// and removed again at commit when the run left it empty (`Mounted::made`).
+    fn mount_rootless_host(&self, mounted: &mut Mounted, store: &Path) -> Result<(), MountError> {
+        let skeleton = self.points.join("host");
+        let above: Vec<PathBuf> = self
+            .lowers
+            .iter()
+            .take_while(|l| **l != skeleton)
+            .cloned()
+            .collect();
+        let avoid = [store.to_path_buf()];
+        let views = hostview::plan(&skeleton, &above, &avoid).map_err(MountError::HostView)?;
+        let mut points = Vec::new();
+        for (i, view) in views.iter().enumerate() {
+            let upper = self.upper.join(&view.rel);
+            let work = self.work.join(format!("view{i}"));
+            for dir in upper.ancestors().take(view.rel.components().count()) {
+                if !dir.exists() {
+                    mounted.made.push(dir.to_path_buf());
+                }
+            }
+            std::fs::create_dir_all(&upper)
+                .and_then(|_| std::fs::create_dir_all(&work))
+                .map_err(MountError::HostView)?;
+            points.push((upper, work));
+        }
+        // Deepest first, as they are removed.
+        mounted
+            .made
+            .sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        let root = mounted.root.clone();
+        Overlay {
+            lowers: self.lowers,
+            upper: Some((self.upper, self.work)),
+            userxattr: true,
+        }
+        .mount(&root)
+        .map_err(|source| MountError::OverlayRoot {
+            layers: self.lowers.len(),
+            source,
+        })?;
+        mounted.mounts.push(root.clone());
+        for (view, (upper, work)) in views.iter().zip(&points) {
+            let at = root.join(&view.rel);
+            Overlay {
+                lowers: &view.lowers,
+                upper: Some((upper, work)),
+                userxattr: true,
+            }
+            .mount(&at)
+            .map_err(|e| {
+                MountError::HostView(io::Error::new(
+                    e.kind(),
+                    format!("/{}: {e}", view.rel.display()),
+                ))
+            })?;
+            mounted.mounts.push(at);
+        }
         Ok(())
     }
 }

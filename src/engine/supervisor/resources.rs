@@ -89,6 +89,10 @@ impl Run {
     /// Creates the run's cgroup; returns how the init gets into it. A host without the
     /// controllers runs the sandbox without those limits, and the exit event says so.
     pub(super) fn enter_cgroup(&mut self) -> Option<Placement> {
+        // Rootless: no cgroup this user may write, and no limit asked (`run_limits`).
+        if crate::rootless::active() {
+            return None;
+        }
         let made = Host::detect().create(&self.job.op, &self.job.limits);
         crate::log::trace("cgroup made");
         match made {

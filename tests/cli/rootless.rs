@@ -1,0 +1,609 @@
+//! Rootless: the real binary run by ordinary users (docs/rootless.md). The test (root) makes
+//! two users once and keeps them: `contree-rl`, with no /etc/subuid or /etc/subgid line (its
+//! own id only), and `contree-rl-sub`, with 65536 subordinate ids (lines added only when
+//! missing). Each test gives its user a scratch HOME (chown'd to it, removed afterwards) and
+//! runs contree as that user with `setpriv`. Nothing here writes a kernel knob: a host that
+//! forbids user namespaces is the `userns-forbidden` failpoint; /dev/net/tun is looked at
+//! with access(2) as the user.
+
+use crate::harness::*;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Serialises useradd and /etc/subuid edits between the tests' threads.
+static USERS: Mutex<()> = Mutex::new(());
+
+const OWN: &str = "contree-rl";
+const SUB: &str = "contree-rl-sub";
+
+struct User {
+    uid: u32,
+    gid: u32,
+    subids: bool,
+}
+
+/// The user `name`, made when missing (a system user: useradd gives it no subordinate ids),
+/// with a subordinate range of 65536 ids when `subids`.
+fn user(name: &str, subids: bool) -> Option<User> {
+    let _held = USERS.lock().unwrap_or_else(|e| e.into_inner());
+    if find_program("setpriv").is_none() || find_program("useradd").is_none() {
+        skip("needs setpriv and useradd (util-linux, passwd)");
+        return None;
+    }
+    if subids && (find_program("newuidmap").is_none() || find_program("newgidmap").is_none()) {
+        skip("needs newuidmap/newgidmap (apt-get install uidmap)");
+        return None;
+    }
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id").arg(flag).arg(name).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    if id("-u").is_none() {
+        let made = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg(name)
+            .status()
+            .expect("useradd");
+        assert!(made.success(), "useradd {name}");
+    }
+    let named = |file: &str| {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with(&format!("{name}:")))
+    };
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        if subids && !named(file) {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            // Above every range the file names already.
+            let end = text
+                .lines()
+                .filter_map(|l| {
+                    let mut p = l.split(':').skip(1);
+                    Some(p.next()?.parse::<u64>().ok()? + p.next()?.parse::<u64>().ok()?)
+                })
+                .max()
+                .unwrap_or(100_000)
+                .max(100_000);
+            let start = end.div_ceil(65536) * 65536;
+            let mut text = text;
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&format!("{name}:{start}:65536\n"));
+            std::fs::write(file, text).expect("add a subordinate range");
+        }
+        assert_eq!(
+            named(file),
+            subids,
+            "{file}: {name} should{} have a line",
+            if subids { "" } else { " not" }
+        );
+    }
+    Some(User {
+        uid: id("-u")?,
+        gid: id("-g")?,
+        subids,
+    })
+}
+
+/// A scratch HOME (and work dir) owned by a test user; contree's data goes to its default
+/// place, `$HOME/.local/share/contree`.
+struct Rl {
+    dir: tempfile::TempDir,
+    user: User,
+}
+
+impl Rl {
+    fn new(name: &str, subids: bool) -> Option<Rl> {
+        let user = user(name, subids)?;
+        let dir = tempfile::Builder::new()
+            .prefix("contree-rl-")
+            .tempdir()
+            .expect("scratch dir");
+        for sub in ["", "home", "work"] {
+            let p = dir.path().join(sub);
+            std::fs::create_dir_all(&p).unwrap();
+            std::os::unix::fs::chown(&p, Some(user.uid), Some(user.gid)).unwrap();
+        }
+        // The binary must be reachable by the user: every directory on its way searchable.
+        let exe = Path::new(CONTREE);
+        for dir in exe.ancestors().skip(1) {
+            let mode = std::fs::metadata(dir).map(|m| m.mode()).unwrap_or(0);
+            assert!(
+                mode & 0o001 != 0,
+                "{} is not searchable by other users: the rootless tests cannot run {CONTREE}",
+                dir.display()
+            );
+        }
+        Some(Rl { dir, user })
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    fn store(&self) -> PathBuf {
+        self.home().join(".local/share/contree/store")
+    }
+
+    /// `contree ARGS…` as the user.
+    fn cmd<const N: usize>(&self, args: [&str; N]) -> Cmd {
+        let env = Env::new();
+        let mut cmd = env
+            .program("setpriv")
+            .arg(format!("--reuid={}", self.user.uid))
+            .arg(format!("--regid={}", self.user.gid))
+            .arg("--clear-groups")
+            .arg("env")
+            .arg("-u")
+            .arg("CONTREE_HOME")
+            .arg(CONTREE)
+            .env("HOME", self.home())
+            .env("CONTREE_SESSION", "t")
+            .current_dir(self.work());
+        for a in args {
+            cmd = cmd.arg(a);
+        }
+        cmd
+    }
+
+    fn run<const N: usize>(&self, args: [&str; N]) -> Output {
+        self.cmd(args).output()
+    }
+
+    /// Writes a file the user may read, in the work dir.
+    fn write(&self, rel: &str, content: &str) -> PathBuf {
+        let path = self.work().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        let mut p = path.clone();
+        while p != self.work() {
+            std::os::unix::fs::chown(&p, Some(self.user.uid), Some(self.user.gid)).unwrap();
+            p = p.parent().unwrap().to_path_buf();
+        }
+        path
+    }
+
+    /// Its supervisors that still run (their environment names the scratch dir).
+    fn supervisors(&self) -> usize {
+        let dir = self.dir.path().display().to_string();
+        processes()
+            .into_iter()
+            .filter(|(_, p)| {
+                std::fs::read_to_string(p.join("comm")).is_ok_and(|c| c.trim() == "contree-super")
+                    && std::fs::read(p.join("environ"))
+                        .is_ok_and(|e| String::from_utf8_lossy(&e).contains(&dir))
+            })
+            .count()
+    }
+}
+
+impl Drop for Rl {
+    fn drop(&mut self) {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while self.supervisors() > 0 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Host image, snapshot, -D, the masks, the store's place and owner, and what each mapping
+/// allows: the same checks for both users.
+fn host_image_runs_and_snapshots(rl: &Rl) {
+    rl.run(["use", "host"]).success();
+    let maps = rl
+        .run([
+            "run",
+            "--no-network",
+            "-D",
+            "--",
+            "cat",
+            "/proc/self/uid_map",
+        ])
+        .success()
+        .stdout_text();
+    let lines: Vec<Vec<u64>> = maps
+        .lines()
+        .map(|l| l.split_whitespace().map(|n| n.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(lines[0], [0, rl.user.uid as u64, 1], "{maps}");
+    assert_eq!(lines.len(), if rl.user.subids { 2 } else { 1 }, "{maps}");
+    rl.run([
+        "run",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /root/f; echo e > /etc/made; id -u",
+    ])
+    .success()
+    .stdout("0\n");
+    rl.run(["run", "--no-network", "--", "cat", "/root/f", "/etc/made"])
+        .success()
+        .stdout("kept\ne\n");
+    rl.run([
+        "run",
+        "--no-network",
+        "-D",
+        "--",
+        "sh",
+        "-c",
+        "echo gone > /root/g",
+    ])
+    .success();
+    rl.run(["run", "--no-network", "--", "test", "!", "-e", "/root/g"])
+        .success();
+    // The host's system dirs show; secrets, home dirs and the data dir do not.
+    rl.run([
+        "run",
+        "--no-network",
+        "-D",
+        "--",
+        "test",
+        "-x",
+        "/usr/bin/env",
+    ])
+    .success();
+    rl.run([
+        "run",
+        "--no-network",
+        "-D",
+        "--",
+        "test",
+        "!",
+        "-e",
+        "/etc/shadow",
+    ])
+    .success();
+    rl.run([
+        "run",
+        "--no-network",
+        "-D",
+        "--",
+        "ls",
+        "-A",
+        "/home",
+        "/tmp",
+    ])
+    .success()
+    .stdout("/home:\n\n/tmp:\n");
+    let store = rl.store();
+    rl.run([
+        "run",
+        "--no-network",
+        "-D",
+        "--",
+        "test",
+        "!",
+        "-e",
+        store.to_str().unwrap(),
+    ])
+    .success();
+    // chown to another id: only with subordinate ids.
+    let chown = rl.run([
+        "run",
+        "--no-network",
+        "-D",
+        "--",
+        "chown",
+        "1000:1000",
+        "/root/f",
+    ]);
+    if rl.user.subids {
+        chown.success();
+    } else {
+        chown.code(1).stderr_contains("Invalid argument");
+    }
+    // The store is the user's, marked rootless, and root's contree refuses it (last: root
+    // opening the user's data dir may leave files there that are root's).
+    let meta = std::fs::metadata(&store).expect("the store under ~/.local/share/contree");
+    assert_eq!(meta.uid(), rl.user.uid);
+    assert!(store.join("rootless").exists());
+    let env = Env::new();
+    env.program(CONTREE)
+        .env("CONTREE_HOME", store.parent().unwrap())
+        .arg("images")
+        .output()
+        .code(69)
+        .stderr_contains("is the store of contree run by an ordinary user (rootless)");
+}
+
+#[test]
+fn rootless_with_its_own_id_runs_the_host_image() {
+    let Some(rl) = Rl::new(OWN, false) else {
+        return;
+    };
+    host_image_runs_and_snapshots(&rl);
+}
+
+#[test]
+fn rootless_with_subordinate_ids_runs_the_host_image() {
+    let Some(rl) = Rl::new(SUB, true) else {
+        return;
+    };
+    host_image_runs_and_snapshots(&rl);
+}
+
+#[test]
+fn rootless_files_stdin_timeout_and_network() {
+    let Some(rl) = Rl::new(OWN, false) else {
+        return;
+    };
+    rl.run(["use", "host"]).success();
+    let file = rl.write("a.txt", "from a file\n");
+    rl.write("dir/one", "1\n");
+    rl.write("dir/sub/two", "2\n");
+    let dir = rl.work().join("dir");
+    let spec_file = format!("{}:/data/a.txt", file.display());
+    let spec_dir = format!("{}:/data/dir", dir.display());
+    rl.run([
+        "run",
+        "--no-network",
+        "-F",
+        &spec_file,
+        "-F",
+        &spec_dir,
+        "--",
+        "cat",
+        "/data/a.txt",
+        "/data/dir/one",
+        "/data/dir/sub/two",
+    ])
+    .success()
+    .stdout("from a file\n1\n2\n");
+    rl.cmd(["run", "--no-network", "-D", "--", "tr", "a-z", "A-Z"])
+        .stdin("piped in\n")
+        .output()
+        .success()
+        .stdout("PIPED IN\n");
+    rl.run([
+        "run",
+        "--no-network",
+        "-D",
+        "--timeout",
+        "1",
+        "--",
+        "sleep",
+        "30",
+    ])
+    .code(255);
+    rl.run(["run", "--no-network", "-D", "--", "ls", "/sys/class/net"])
+        .success()
+        .stdout("lo\n");
+    // Networking goes through pasta or slirp4netns, which open /dev/net/tun as the user.
+    let tun = Command::new("setpriv")
+        .arg(format!("--reuid={}", rl.user.uid))
+        .arg(format!("--regid={}", rl.user.gid))
+        .args([
+            "--clear-groups",
+            "test",
+            "-r",
+            "/dev/net/tun",
+            "-a",
+            "-w",
+            "/dev/net/tun",
+        ])
+        .status()
+        .expect("setpriv test")
+        .success();
+    let net = rl.run(["run", "-D", "--", "ls", "/sys/class/net"]);
+    if tun {
+        net.success().check("an interface besides lo", |o| {
+            o.stdout_text().lines().any(|l| l != "lo")
+        });
+    } else {
+        net.code(69)
+            .stderr_contains("needs /dev/net/tun open to you");
+    }
+}
+
+#[test]
+fn rootless_imported_busybox_branches_and_rollback() {
+    let Some(busybox) = static_busybox() else {
+        skip("needs a static /bin/busybox (apt-get install busybox-static)");
+        return;
+    };
+    let Some(rl) = Rl::new(SUB, true) else {
+        return;
+    };
+    let root = busybox_rootfs(&busybox, &rl.work());
+    Command::new("chown")
+        .arg("-R")
+        .arg(format!("{}:{}", rl.user.uid, rl.user.gid))
+        .arg(&root)
+        .status()
+        .unwrap();
+    rl.run(["images", "import", root.to_str().unwrap(), "--tag", "bb"])
+        .success();
+    rl.run(["use", "bb"]).success();
+    rl.run(["run", "--no-network", "--", "sh", "-c", "echo a > /a"])
+        .success();
+    rl.run(["session", "branch", "keep"]).success();
+    rl.run(["run", "--no-network", "--", "sh", "-c", "echo b > /b"])
+        .success();
+    rl.run(["run", "--no-network", "-D", "--", "cat", "/a", "/b"])
+        .success()
+        .stdout("a\nb\n");
+    rl.run(["session", "rollback"]).success();
+    rl.run(["run", "--no-network", "-D", "--", "test", "!", "-e", "/b"])
+        .success();
+    rl.run(["session", "checkout", "keep"]).success();
+    rl.run(["run", "--no-network", "-D", "--", "cat", "/a"])
+        .success()
+        .stdout("a\n");
+    // Detached, then waited for.
+    let out = rl.run([
+        "-o",
+        "json",
+        "run",
+        "--no-network",
+        "-d",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    let op = out.success().json()["uuid"].as_str().unwrap().to_string();
+    rl.run(["wait", &op]).code(3);
+}
+
+#[test]
+fn rootless_limits_are_refused_and_doctor_says_so() {
+    let Some(rl) = Rl::new(OWN, false) else {
+        return;
+    };
+    rl.run(["use", "host"]).success();
+    rl.run(["run", "--no-network", "--memory", "64M", "--", "true"])
+        .code(78)
+        .stderr_contains("a memory limit needs a cgroup");
+    let doctor = rl.run(["doctor"]);
+    let text = doctor.stdout_text();
+    assert!(
+        text.contains("rootless: contree runs in a user namespace"),
+        "{text}"
+    );
+    assert!(text.contains("limits are unavailable"), "{text}");
+    assert!(text.contains("only the user's own id is mapped"), "{text}");
+    // A host that forbids user namespaces: the settings are named, exit 69.
+    rl.cmd(["run", "--no-network", "--", "true"])
+        .env("CONTREE_FAILPOINTS", "userns-forbidden")
+        .output()
+        .code(69)
+        .stderr_contains("does not let ordinary users create user namespaces");
+}
+
+/// The escape probes of the containment work that apply rootless: the sandbox's processes
+/// are the user's on the host, and they cannot mount, write kernel knobs or see the store.
+#[test]
+fn rootless_escape_probes() {
+    let Some(rl) = Rl::new(SUB, true) else {
+        return;
+    };
+    rl.run(["use", "host"]).success();
+    let token = unique_token();
+    let running = rl
+        .cmd([
+            "run",
+            "--no-network",
+            "-D",
+            "--",
+            "sleep",
+            &format!("30.{token}"),
+        ])
+        .spawn();
+    wait_until(Duration::from_secs(20), "the sandbox runs", || {
+        !sleepers(&token).is_empty()
+    });
+    for pid in sleepers(&token) {
+        let meta = std::fs::metadata(format!("/proc/{pid}")).expect("/proc/PID");
+        assert_eq!(meta.uid(), rl.user.uid, "the sandbox's root is the user");
+        let _ = nix_kill(pid);
+    }
+    let _ = running.wait();
+    rl.run([
+        "run",
+        "--no-network",
+        "-D",
+        "--",
+        "test",
+        "!",
+        "-w",
+        "/proc/sys/kernel/hostname",
+    ])
+    .success();
+    rl.run([
+        "run",
+        "--no-network",
+        "-D",
+        "--",
+        "mount",
+        "-t",
+        "tmpfs",
+        "x",
+        "/mnt",
+    ])
+    .check("mount refused", |o| o.status.code() != Some(0));
+    rl.run([
+        "run",
+        "--no-network",
+        "-D",
+        "--",
+        "sh",
+        "-c",
+        "grep CapEff /proc/self/status",
+    ])
+    .success()
+    .check("no CAP_SYS_ADMIN", |o| {
+        let mask = o
+            .stdout_text()
+            .split_whitespace()
+            .nth(1)
+            .map(|m| u64::from_str_radix(m, 16).unwrap_or(u64::MAX));
+        mask.is_some_and(|m| m & (1 << 21) == 0)
+    });
+}
+
+fn nix_kill(pid: i32) -> std::io::Result<()> {
+    let status = Command::new("kill").arg(pid.to_string()).status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("kill failed"))
+    }
+}
+
+/// `serve` run by the user on a port above 1024: the official wire format, the user's
+/// engine behind it (root inside is the user's namespace root).
+#[test]
+fn rootless_serve_runs_for_a_client() {
+    let Some(rl) = Rl::new(OWN, false) else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = rl.cmd(["serve", "--listen", &listen]).spawn();
+    server.wait_for_stderr("listening on", Duration::from_secs(30));
+    let tokens = rl.home().join(".local/share/contree/serve.tokens");
+    let text = std::fs::read_to_string(&tokens).expect("serve.tokens");
+    let token = text
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 2 && !l.starts_with('#')).then(|| f[0].to_string())
+        })
+        .expect("a token");
+    let url = format!("http://{listen}");
+    rl.run(["--url", &url, "--token", &token, "use", "host"])
+        .success();
+    rl.run([
+        "--url",
+        &url,
+        "--token",
+        &token,
+        "run",
+        "--no-network",
+        "--",
+        "id",
+        "-u",
+    ])
+    .success()
+    .stdout("0\n");
+    let _ = server.child.kill();
+    let _ = server.wait();
+}
