@@ -40,7 +40,7 @@ const PASTA_DNS: &str = "169.254.1.1";
 const NO_HELPER: &str = "[ERROR] networking needs pasta (Debian/Ubuntu: apt install passt) or slirp4netns; or run with --no-network\n";
 
 /// pasta is installed (CI installs it); otherwise the test reports itself skipped.
-fn have_pasta() -> bool {
+pub(crate) fn have_pasta() -> bool {
     if find_program("pasta").is_none() {
         skip("needs pasta (apt-get install passt)");
         return false;
@@ -53,7 +53,7 @@ fn have_pasta() -> bool {
 /// which also has 198.51.100.7 for servers on the internet. A resolv.conf naming the test's
 /// DNS server (198.51.100.7) is bound over /etc/resolv.conf for the contree processes run
 /// on the host side.
-struct TestNet {
+pub(crate) struct TestNet {
     ns: OwnedFd,
     outside: OwnedFd,
     resolv: PathBuf,
@@ -63,7 +63,7 @@ struct TestNet {
 
 impl TestNet {
     /// `None` (the test reported skipped) without `ip`, `nsenter` or `unshare`.
-    fn new() -> Option<TestNet> {
+    pub(crate) fn new() -> Option<TestNet> {
         for tool in ["ip", "nsenter", "unshare"] {
             if find_program(tool).is_none() {
                 skip(&format!("needs `{tool}` (iproute2, util-linux)"));
@@ -137,6 +137,18 @@ impl TestNet {
     /// `contree ARGS…` of `env`, run inside the test network with its resolv.conf, and
     /// `PATH` set to `path` for contree itself when given.
     fn contree(&self, env: &Env, path: Option<&Path>, args: &[&str]) -> Cmd {
+        let mut argv = vec!["/usr/bin/env".to_string()];
+        if let Some(path) = path {
+            argv.push(format!("PATH={}", path.display()));
+        }
+        argv.push(CONTREE.to_string());
+        argv.extend(args.iter().map(|a| a.to_string()));
+        self.command(env, "", &argv)
+    }
+
+    /// `argv` run inside the test network with its resolv.conf, in a mount namespace of its
+    /// own where the shell commands `prelude` (each ending in `&&`) ran first.
+    pub(crate) fn command(&self, env: &Env, prelude: &str, argv: &[String]) -> Cmd {
         let mut cmd = env
             .program("nsenter")
             .arg(format!(
@@ -150,14 +162,11 @@ impl TestNet {
             .arg("--")
             .arg("/bin/sh")
             .arg("-c")
-            .arg(r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#)
-            .arg(&self.resolv)
-            .arg("/usr/bin/env");
-        if let Some(path) = path {
-            cmd = cmd.arg(format!("PATH={}", path.display()));
-        }
-        cmd = cmd.arg(CONTREE);
-        for a in args {
+            .arg(format!(
+                r#"mount --bind "$0" /etc/resolv.conf && {prelude} exec "$@""#
+            ))
+            .arg(&self.resolv);
+        for a in argv {
             cmd = cmd.arg(a);
         }
         cmd
@@ -169,7 +178,7 @@ impl TestNet {
 
     /// A TCP server at `addr` in the test network that answers every connection with
     /// `reply`, then closes it. Returns its port.
-    fn tcp_server(&self, addr: &str, reply: &'static str) -> u16 {
+    pub(crate) fn tcp_server(&self, addr: &str, reply: &'static str) -> u16 {
         let side = self.side(addr);
         let addr = format!("{addr}:0");
         let listener = enter(side, move || {

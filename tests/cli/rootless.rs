@@ -142,22 +142,35 @@ impl Rl {
     /// `contree ARGS…` as the user.
     fn cmd<const N: usize>(&self, args: [&str; N]) -> Cmd {
         let env = Env::new();
-        let mut cmd = env
-            .program("setpriv")
-            .arg(format!("--reuid={}", self.user.uid))
-            .arg(format!("--regid={}", self.user.gid))
-            .arg("--clear-groups")
-            .arg("env")
-            .arg("-u")
-            .arg("CONTREE_HOME")
-            .arg(CONTREE)
-            .env("HOME", self.home())
-            .env("CONTREE_SESSION", "t")
-            .current_dir(self.work());
-        for a in args {
+        let argv = self.argv(args);
+        let mut cmd = env.program(&argv[0]);
+        for a in &argv[1..] {
             cmd = cmd.arg(a);
         }
-        cmd
+        self.user_env(cmd)
+    }
+
+    /// The command line of `contree ARGS…` as the user (with `user_env`).
+    fn argv<const N: usize>(&self, args: [&str; N]) -> Vec<String> {
+        let mut argv = vec![
+            "setpriv".to_string(),
+            format!("--reuid={}", self.user.uid),
+            format!("--regid={}", self.user.gid),
+            "--clear-groups".to_string(),
+            "env".to_string(),
+            "-u".to_string(),
+            "CONTREE_HOME".to_string(),
+            CONTREE.to_string(),
+        ];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        argv
+    }
+
+    /// The user's environment and working dir for `cmd`.
+    fn user_env(&self, cmd: Cmd) -> Cmd {
+        cmd.env("HOME", self.home())
+            .env("CONTREE_SESSION", "t")
+            .current_dir(self.work())
     }
 
     fn run<const N: usize>(&self, args: [&str; N]) -> Output {
@@ -408,6 +421,34 @@ fn rootless_files_stdin_timeout_and_network() {
         net.code(69)
             .stderr_contains("needs /dev/net/tun open to you");
     }
+}
+
+/// A mount namespace's own /dev/net/tun, open to every user, as most distributions ship it
+/// (this machine's is 0600): made in a tmpfs over /dev/net, never on the host's /dev.
+const TUN_FOR_USERS: &str =
+    "mount -t tmpfs -o mode=0755 tmpfs /dev/net && mknod -m 0666 /dev/net/tun c 10 200 &&";
+
+#[test]
+fn rootless_networked_run_reaches_the_hosts_loopback_through_the_stack() {
+    if !crate::escape_network::have_pasta() {
+        return;
+    }
+    let Some(net) = crate::escape_network::TestNet::new() else {
+        return;
+    };
+    let Some(rl) = Rl::new(OWN, false) else {
+        return;
+    };
+    rl.run(["use", "host"]).success();
+    let port = net.tcp_server("127.0.0.1", "hello, rootless\n");
+    let script = format!(
+        "ip -o -4 addr show scope global | grep -q inet && exec 3<>/dev/tcp/$(ip route show default | awk '{{print $3}}')/{port} && cat <&3"
+    );
+    let argv = rl.argv(["run", "-D", "--", "timeout", "20", "bash", "-c", &script]);
+    rl.user_env(net.command(&Env::new(), TUN_FOR_USERS, &argv))
+        .output()
+        .success()
+        .stdout("hello, rootless\n");
 }
 
 #[test]
