@@ -265,6 +265,7 @@ impl RootPlan<'_> {
             .collect();
         let avoid = [store.to_path_buf()];
         let views = hostview::plan(&skeleton, &above, &avoid).map_err(MountError::HostView)?;
+        crate::log::trace(&format!("host view planned: {} views", views.len()));
         let mut points = Vec::new();
         for (i, view) in views.iter().enumerate() {
             let upper = self.upper.join(&view.rel);
@@ -295,6 +296,7 @@ impl RootPlan<'_> {
             source,
         })?;
         mounted.mounts.push(root.clone());
+        crate::log::trace("root mounted");
         for (view, (upper, work)) in views.iter().zip(&points) {
             let at = root.join(&view.rel);
             Overlay {
