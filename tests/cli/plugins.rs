@@ -13,8 +13,8 @@ use std::sync::OnceLock;
 use crate::harness::{skip, Env};
 
 /// The plugin files every test copies from.
-struct Built {
-    junit: PathBuf,
+pub(crate) struct Built {
+    pub(crate) junit: PathBuf,
     git: PathBuf,
     panicky: PathBuf,
     /// The C fixture and its broken variants; `None` without a C compiler.
@@ -31,7 +31,7 @@ struct CPlugins {
     no_entry: PathBuf,
 }
 
-fn built() -> &'static Built {
+pub(crate) fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(build)
 }

@@ -609,6 +609,55 @@ fn nix_kill(pid: i32) -> std::io::Result<()> {
 /// `serve` run by the user on a port above 1024: the official wire format, the user's
 /// engine behind it (root inside is the user's namespace root).
 #[test]
+fn rootless_hooks_and_plugins_run_as_for_root() {
+    let Some(rl) = Rl::new(SUB, true) else {
+        return;
+    };
+    rl.run(["use", "host"]).success();
+    // A Lua hook: the native redactor masks a token in the output.
+    let hook = rl.write(
+        "hooks/redact.lua",
+        "contree.on(\"on-output\", contree.redact { \"bearer\" })\n",
+    );
+    rl.run([
+        "run",
+        "--no-network",
+        "-D",
+        "--hook",
+        hook.to_str().unwrap(),
+        "--",
+        "echo",
+        "Authorization: Bearer abc.def.ghi",
+    ])
+    .success()
+    .stdout("Authorization: Bearer [REDACTED]\n");
+    // A plugin built from plugins/: its output format, loaded from the user's own copy.
+    let lib = rl.work().join("junit.so");
+    std::fs::copy(&crate::plugins::built().junit, &lib).unwrap();
+    std::os::unix::fs::chown(&lib, Some(rl.user.uid), Some(rl.user.gid)).unwrap();
+    let out = rl
+        .cmd([
+            "-o",
+            "junit",
+            "run",
+            "--no-network",
+            "--",
+            "sh",
+            "-c",
+            "echo from a plugin run",
+        ])
+        .env("CONTREE_PLUGIN_PATH", &lib)
+        .output()
+        .success();
+    let xml = out.stdout_text();
+    assert!(xml.contains("tests=\"1\" failures=\"0\""), "{xml}");
+    assert!(
+        xml.contains("<system-out>from a plugin run&#10;</system-out>"),
+        "{xml}"
+    );
+}
+
+#[test]
 fn rootless_serve_runs_for_a_client() {
     let Some(rl) = Rl::new(OWN, false) else {
         return;
