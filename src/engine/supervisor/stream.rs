@@ -23,7 +23,16 @@ impl Out {
     /// The CLI's own descriptor, handed over to take this stream directly (see `Live`).
     pub(super) fn direct(fd: OwnedFd) -> Out {
         match nix::sys::stat::fstat(fd.as_raw_fd()) {
-            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFIFO => Out::Pipe(fd),
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFIFO => {
+                // A pipe to the CLI's reader (`contree run … | cat`) holds 64 KiB: as much as
+                // a chunk, so a tee moves a chunk at a time instead of a sixteenth of one.
+                // Best effort: a pipe that cannot grow (past a user's pipe quota) stays.
+                let _ = nix::fcntl::fcntl(
+                    fd.as_raw_fd(),
+                    nix::fcntl::FcntlArg::F_SETPIPE_SZ(CHUNK as libc::c_int),
+                );
+                Out::Pipe(fd)
+            }
             _ => Out::File(fd),
         }
     }
