@@ -294,8 +294,7 @@ mod tests {
 
     #[test]
     fn sha256_of_known_strings() {
-        let tmp = tempfile::tempdir().unwrap();
-        let f = tmp.path().join("f");
+        let (_tmp, f) = crate::paths::temp_path("f");
         fs::write(&f, "abc").unwrap();
         assert_eq!(sha256_file(&f).unwrap(), ABC);
         fs::write(&f, "").unwrap();
@@ -304,8 +303,7 @@ mod tests {
 
     #[test]
     fn content_larger_than_the_read_buffer_hashes_whole() {
-        let tmp = tempfile::tempdir().unwrap();
-        let f = tmp.path().join("big");
+        let (_tmp, f) = crate::paths::temp_path("big");
         let data: Vec<u8> = (0..READ_BUF * 2 + 12345).map(|i| (i % 251) as u8).collect();
         fs::write(&f, &data).unwrap();
         assert_eq!(sha256_file(&f).unwrap(), crate::sha256::of(&data));
@@ -352,8 +350,7 @@ mod tests {
 
     #[test]
     fn cache_persists_across_opens() {
-        let tmp = tempfile::tempdir().unwrap();
-        let f = tmp.path().join("f");
+        let (tmp, f) = crate::paths::temp_path("f");
         rewrite(&f, "abc", t0());
         assert_eq!(cache(tmp.path()).digest(&f).unwrap(), ABC);
         rewrite(&f, "xyz", t0());

@@ -415,8 +415,7 @@ fn navigation_without_a_session_reports_no_session() {
 
 #[test]
 fn reopening_keeps_the_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p.db");
+    let (_dir, path) = crate::paths::temp_path("p.db");
     let c = {
         let s = SessionStore::open(&path).unwrap();
         abc(&s)[2].clone()
@@ -427,8 +426,7 @@ fn reopening_keeps_the_data() {
 
 #[test]
 fn concurrent_writers_on_one_session_build_a_single_chain() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.db");
+    let (_dir, path) = crate::paths::temp_path("s.db");
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let path = path.clone();
