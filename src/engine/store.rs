@@ -114,6 +114,16 @@ pub struct Layout {
     pub root: PathBuf,
 }
 
+#[cfg(test)]
+impl Layout {
+    /// For tests: a layout rooted in a fresh temporary directory (removed when dropped).
+    pub fn temp() -> (tempfile::TempDir, Layout) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        (dir, Layout { root })
+    }
+}
+
 impl Layout {
     pub fn layer_dir(&self, id: &str) -> PathBuf {
         if id == HOST_LAYER {
