@@ -104,6 +104,20 @@ impl FileKey {
     }
 }
 
+/// The sha256 of each of `paths`, in order, through the digest cache of the data directory
+/// `data` (`cache/digests.db`, not opened for no paths), hashing what it misses on every
+/// core, with a progress bar on a terminal.
+pub fn digest_files(data: &Path, paths: &[&Path]) -> Result<Vec<String>, AttachError> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cache = DigestCache::open(&data.join("cache").join("digests.db"))?;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    cache.digest_all(paths, threads, Show::OnTerminal)
+}
+
 /// Remembers content hashes keyed by (absolute path, inode, mtime_ns, size).
 pub struct DigestCache {
     conn: crate::db::CliDb,

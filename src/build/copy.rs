@@ -242,14 +242,7 @@ impl Builder<'_> {
     }
 
     fn digest(&self, files: &[sources::Source]) -> Result<Vec<String>, BuildError> {
-        if files.is_empty() {
-            return Ok(Vec::new());
-        }
-        let cache = DigestCache::open(&self.env.data.join("cache").join("digests.db"))?;
         let paths: Vec<&Path> = files.iter().map(|f| f.host.as_path()).collect();
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
-        Ok(cache.digest_all(&paths, threads, crate::progress::Show::OnTerminal)?)
+        Ok(digest_files(self.env.data, &paths)?)
     }
 }

@@ -12,7 +12,7 @@ mod copy;
 pub mod dockerfile;
 mod sources;
 
-use crate::attach::{AttachError, DigestCache};
+use crate::attach::{digest_files, AttachError};
 use crate::backend::{Backend, BackendError, Content, Placement, StdinSource};
 use crate::session::{SessionError, SessionStore};
 use crate::wire::{FileRef, SpawnRequest, Status};

@@ -10,7 +10,7 @@ use finish::finish;
 pub use follow::follow;
 use follow::write_emit;
 
-use crate::attach::{self, DigestCache, Excludes};
+use crate::attach::{self, digest_files, Excludes};
 use crate::backend::{BackendError, StdinSource};
 use crate::context::{no_session, Context};
 use crate::error::{exit, CommandError, CommandResult, Kind};
@@ -281,15 +281,8 @@ fn hash_attachments(
     attachments: &[attach::Attachment],
     cwd: &str,
 ) -> CommandResult<(Vec<(String, FileRef)>, BTreeMap<String, (PathBuf, u64)>)> {
-    if attachments.is_empty() {
-        return Ok(Default::default());
-    }
-    let cache = DigestCache::open(&ctx.paths.data.join("cache").join("digests.db"))?;
     let paths: Vec<&Path> = attachments.iter().map(|a| a.host_path.as_path()).collect();
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    let digests = cache.digest_all(&paths, threads, crate::progress::Show::OnTerminal)?;
+    let digests = digest_files(&ctx.paths.data, &paths)?;
     let mut blobs = BTreeMap::new();
     let mut out = Vec::with_capacity(attachments.len());
     for (a, sha) in attachments.iter().zip(digests) {
