@@ -45,6 +45,20 @@ pub struct Env<'a> {
     pub data: &'a Path,
 }
 
+impl Env<'_> {
+    /// A directory of the build's own in the data directory, removed when dropped; `what`
+    /// says what it is for an error (`a scratch directory`).
+    fn temp_dir(&self, prefix: &str, what: &str) -> Result<tempfile::TempDir, BuildError> {
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(self.data)
+            .map_err(|source| BuildError::Io {
+                what: format!("making {what} in {}", self.data.display()),
+                source,
+            })
+    }
+}
+
 /// The end of a build that ran to its last step.
 #[derive(Debug)]
 pub struct Built {
@@ -290,13 +304,7 @@ impl Builder<'_> {
     /// An empty image: an empty directory imported (the local engine only; a /v1 API
     /// imports from registries only, so `scratch` is refused there).
     fn scratch(&self, ins: &Instruction) -> Result<String, BuildError> {
-        let dir = tempfile::Builder::new()
-            .prefix("build-scratch-")
-            .tempdir_in(self.env.data)
-            .map_err(|source| BuildError::Io {
-                what: format!("making an empty directory in {}", self.env.data.display()),
-                source,
-            })?;
+        let dir = self.env.temp_dir("build-scratch-", "an empty directory")?;
         match self.env.backend.import_local(dir.path(), None) {
             Ok(image) => Ok(image),
             Err(BackendError::Unsupported(_)) => Err(self.fail(
