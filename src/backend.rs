@@ -247,6 +247,15 @@ pub trait EventStream {
     fn set_deadline(&mut self, deadline: Option<std::time::Instant>);
 }
 
+/// What `Backend::archive` packs: `path` (a file or a directory) of `image`, gzip-compressed
+/// when `gzip`, else plain tar.
+#[derive(Debug, Clone, Copy)]
+pub struct Archive<'a> {
+    pub image: &'a str,
+    pub path: &'a str,
+    pub gzip: bool,
+}
+
 /// A registry pull as `Backend::pull_image` takes it: what to pull, with which credentials,
 /// and the tag the image gets.
 pub struct Pull<'a> {
@@ -425,14 +434,12 @@ pub trait Backend: Send + Sync {
         path: &str,
     ) -> Result<(Box<dyn std::io::Read>, Option<u32>), BackendError>;
     /// A file or directory of an image as a tar stream written to `out` (`GET
-    /// /inspect/{image}/archive`): gzip-compressed when `gzip`, else plain tar. Whiteouts
-    /// are applied, symlinks stored as links, mount points of the host empty (see
-    /// `engine::archive`). A path that is neither a file nor a directory is `Invalid`.
+    /// /inspect/{image}/archive`). Whiteouts are applied, symlinks stored as links, mount
+    /// points of the host empty (see `engine::archive`). A path that is neither a file nor a
+    /// directory is `Invalid`.
     fn archive(
         &self,
-        image: &str,
-        path: &str,
-        gzip: bool,
+        archive: Archive<'_>,
         out: &mut dyn std::io::Write,
     ) -> Result<(), BackendError>;
     /// Searches the files of an image (`GET /inspect/{image}/grep`), without a sandbox.

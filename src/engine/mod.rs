@@ -48,7 +48,7 @@ mod tail;
 mod validate;
 
 use crate::backend::{
-    Backend, BackendError, Cause, EventStream, ImageFilter, OpFilter, StdinSource,
+    Archive, Backend, BackendError, Cause, EventStream, ImageFilter, OpFilter, StdinSource,
 };
 use crate::paths::Paths;
 use crate::progress::Show;
@@ -578,9 +578,7 @@ impl Backend for LocalEngine {
 
     fn archive(
         &self,
-        image: &str,
-        path: &str,
-        gzip: bool,
+        Archive { image, path, gzip }: Archive<'_>,
         out: &mut dyn std::io::Write,
     ) -> Result<(), BackendError> {
         let view = self.view(image)?;
