@@ -13,7 +13,7 @@ pub mod dockerfile;
 mod sources;
 
 use crate::attach::{digest_files, AttachError};
-use crate::backend::{Backend, BackendError, Content, Placement, StdinSource};
+use crate::backend::{Backend, BackendError, Content, Placement, Spawn, StdinSource};
 use crate::session::{SessionError, SessionStore};
 use crate::wire::{FileRef, SpawnRequest, Status};
 use cache::Cache;
@@ -486,7 +486,12 @@ impl Builder<'_> {
     fn spawn(&self, ins: &Instruction, req: &SpawnRequest) -> Result<String, BuildError> {
         let backend = self.env.backend;
         let _ = std::io::stdout().flush();
-        let op = backend.spawn_followed(req, StdinSource::Null, true, &mut |_| Ok(()))?;
+        let spawn = Spawn {
+            req,
+            stdin: StdinSource::Null,
+            registered: &mut |_| Ok(()),
+        };
+        let op = backend.spawn_followed(spawn, true)?;
         let mut stream = backend.events(&op, true)?;
         let (mut code, mut timed_out, mut status, mut result, mut error) =
             (None, false, None, None, None);
