@@ -254,6 +254,29 @@ pub trait EventStream {
     fn set_deadline(&mut self, deadline: Option<std::time::Instant>);
 }
 
+/// Told the id of an operation being spawned before the operation can have a result:
+/// before it starts, for a backend that names its operations itself, else as soon as the
+/// spawn returns (an operation it refuses is cancelled). A caller records the id there, so
+/// that a run reaches its session even if the caller dies.
+pub type Registered<'a> = &'a mut dyn FnMut(&str) -> Result<(), BackendError>;
+
+/// A spawn that tells `registered` the operation's id, as `Backend::spawn_registered` and
+/// `Backend::spawn_followed` take it.
+pub struct Spawn<'a> {
+    pub req: &'a SpawnRequest,
+    pub stdin: StdinSource,
+    pub registered: Registered<'a>,
+}
+
+/// What `Backend::archive` packs: `path` (a file or a directory) of `image`, gzip-compressed
+/// when `gzip`, else plain tar.
+#[derive(Debug, Clone, Copy)]
+pub struct Archive<'a> {
+    pub image: &'a str,
+    pub path: &'a str,
+    pub gzip: bool,
+}
+
 /// A registry pull as `Backend::pull_image` takes it: what to pull, with which credentials,
 /// and the tag the image gets.
 pub struct Pull<'a> {
@@ -366,16 +389,10 @@ pub trait Backend: Send + Sync {
             .collect()
     }
     fn spawn(&self, req: &SpawnRequest, stdin: StdinSource) -> Result<String, BackendError>;
-    /// `spawn`, telling `registered` the operation's id before it can have a result (see
-    /// `spawn_followed`).
-    fn spawn_registered(
-        &self,
-        req: &SpawnRequest,
-        stdin: StdinSource,
-        registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
-    ) -> Result<String, BackendError> {
-        let op = self.spawn(req, stdin)?;
-        if let Err(e) = registered(&op) {
+    /// `spawn`, telling `registered` the operation's id before it can have a result.
+    fn spawn_registered(&self, spawn: Spawn<'_>) -> Result<String, BackendError> {
+        let op = self.spawn(spawn.req, spawn.stdin)?;
+        if let Err(e) = (spawn.registered)(&op) {
             let _ = self.cancel(&op);
             return Err(e);
         }
@@ -387,19 +404,8 @@ pub trait Backend: Send + Sync {
     /// and stderr (the plain formatter, no on-output hook): a backend may write it there
     /// itself, without copying it through the caller. Such output does not come as bytes
     /// in the events, only as `EventItem::passed`.
-    ///
-    /// `registered` is told the operation's id before the operation can have a result:
-    /// before it starts, for a backend that names its operations itself, else as soon as
-    /// the spawn returns (an operation it refuses is cancelled). The caller records it
-    /// there so that the run reaches its session even if the caller dies.
-    fn spawn_followed(
-        &self,
-        req: &SpawnRequest,
-        stdin: StdinSource,
-        _direct: bool,
-        registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
-    ) -> Result<String, BackendError> {
-        self.spawn_registered(req, stdin, registered)
+    fn spawn_followed(&self, spawn: Spawn<'_>, _direct: bool) -> Result<String, BackendError> {
+        self.spawn_registered(spawn)
     }
     fn operation(&self, op: &str) -> Result<Operation, BackendError>;
     fn operations(&self, filter: &OpFilter) -> Result<Vec<Operation>, BackendError>;
@@ -432,14 +438,12 @@ pub trait Backend: Send + Sync {
         path: &str,
     ) -> Result<(Box<dyn std::io::Read>, Option<u32>), BackendError>;
     /// A file or directory of an image as a tar stream written to `out` (`GET
-    /// /inspect/{image}/archive`): gzip-compressed when `gzip`, else plain tar. Whiteouts
-    /// are applied, symlinks stored as links, mount points of the host empty (see
-    /// `engine::archive`). A path that is neither a file nor a directory is `Invalid`.
+    /// /inspect/{image}/archive`). Whiteouts are applied, symlinks stored as links, mount
+    /// points of the host empty (see `engine::archive`). A path that is neither a file nor a
+    /// directory is `Invalid`.
     fn archive(
         &self,
-        image: &str,
-        path: &str,
-        gzip: bool,
+        archive: Archive<'_>,
         out: &mut dyn std::io::Write,
     ) -> Result<(), BackendError>;
     /// Searches the files of an image (`GET /inspect/{image}/grep`), without a sandbox.

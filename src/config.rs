@@ -213,83 +213,48 @@ pub struct Key {
     pub default: &'static str,
 }
 
-impl Key {
-    /// `const`, for the key constants below: one call a key.
-    const fn new(
-        section: &'static str,
-        name: &'static str,
-        env: &'static [&'static str],
-        default: &'static str,
-    ) -> Key {
-        Key {
-            section,
-            name,
-            env,
-            default,
-        }
-    }
+/// Declares each key as a constant, written as config.toml and the environment spell it
+/// (`NAME: section.name = "default", env ["CONTREE_…"]`), and `KEYS`, all of them in order.
+macro_rules! keys {
+    ($(
+        $(#[$doc:meta])*
+        $id:ident: $section:ident.$name:ident = $default:literal, env [$($env:literal),+];
+    )*) => {
+        $(
+            $(#[$doc])*
+            pub const $id: Key = Key {
+                section: stringify!($section),
+                name: stringify!($name),
+                env: &[$($env),+],
+                default: $default,
+            };
+        )*
+
+        /// Every key with a layer of its own (`[plugins]` and `[serve]` are read whole).
+        pub const KEYS: &[Key] = &[$($id),*];
+    };
 }
 
-pub const HOOK_TIME_MS: Key = Key::new("hooks", "time_ms", &["CONTREE_HOOK_TIME_MS"], "1000");
-pub const HOOK_INSTRUCTIONS: Key = Key::new(
-    "hooks",
-    "instructions",
-    &["CONTREE_HOOK_INSTRUCTIONS"],
-    "100000000",
-);
-pub const HOOK_MEMORY_MB: Key = Key::new("hooks", "memory_mb", &["CONTREE_HOOK_MEMORY_MB"], "64");
-pub const API_TIMEOUT: Key = Key::new("api", "timeout", &["CONTREE_API_TIMEOUT"], "30");
-pub const API_CONCURRENCY: Key = Key::new(
-    "api",
-    "concurrency",
-    &["CONTREE_API_CONCURRENCY", "CONTREE_CONCURRENCY"],
-    "8",
-);
-pub const LIMIT_MEMORY: Key = Key::new("limits", "memory", &["CONTREE_LIMITS_MEMORY"], "50%");
-pub const LIMIT_PIDS: Key = Key::new("limits", "pids", &["CONTREE_LIMITS_PIDS"], "4096");
-pub const LIMIT_CPUS: Key = Key::new("limits", "cpus", &["CONTREE_LIMITS_CPUS"], "none");
-pub const LIMIT_MAX_LAYER_BYTES: Key = Key::new(
-    "limits",
-    "max_layer_bytes",
-    &["CONTREE_LIMITS_MAX_LAYER_BYTES"],
-    "12G",
-);
-
-/// How long a local store keeps finished operations' event logs whole (`engine::prune`):
-/// a month of a user's history, which `show` and `op events` can still replay.
-pub const STORE_EVENTS_MAX_AGE: Key = Key::new(
-    "store",
-    "events_max_age",
-    &["CONTREE_STORE_EVENTS_MAX_AGE"],
-    "30d",
-);
-/// The most they may take together; the oldest are cut first.
-pub const STORE_EVENTS_MAX_BYTES: Key = Key::new(
-    "store",
-    "events_max_bytes",
-    &["CONTREE_STORE_EVENTS_MAX_BYTES"],
-    "1G",
-);
-
-/// How much the local store may take before a run's upkeep collects what nothing uses
-/// (`engine::upkeep`): a size, a share of the filesystem the store is on, or `none`.
-pub const STORE_MAX_SIZE: Key = Key::new("store", "max_size", &["CONTREE_STORE_MAX_SIZE"], "10%");
-
-/// Every key with a layer of its own (`[plugins]` and `[serve]` are read whole).
-pub const KEYS: [Key; 12] = [
-    HOOK_TIME_MS,
-    HOOK_INSTRUCTIONS,
-    HOOK_MEMORY_MB,
-    API_TIMEOUT,
-    API_CONCURRENCY,
-    LIMIT_MEMORY,
-    LIMIT_PIDS,
-    LIMIT_CPUS,
-    LIMIT_MAX_LAYER_BYTES,
-    STORE_EVENTS_MAX_AGE,
-    STORE_EVENTS_MAX_BYTES,
-    STORE_MAX_SIZE,
-];
+keys! {
+    HOOK_TIME_MS: hooks.time_ms = "1000", env ["CONTREE_HOOK_TIME_MS"];
+    HOOK_INSTRUCTIONS: hooks.instructions = "100000000", env ["CONTREE_HOOK_INSTRUCTIONS"];
+    HOOK_MEMORY_MB: hooks.memory_mb = "64", env ["CONTREE_HOOK_MEMORY_MB"];
+    API_TIMEOUT: api.timeout = "30", env ["CONTREE_API_TIMEOUT"];
+    API_CONCURRENCY: api.concurrency = "8", env ["CONTREE_API_CONCURRENCY", "CONTREE_CONCURRENCY"];
+    LIMIT_MEMORY: limits.memory = "50%", env ["CONTREE_LIMITS_MEMORY"];
+    LIMIT_PIDS: limits.pids = "4096", env ["CONTREE_LIMITS_PIDS"];
+    LIMIT_CPUS: limits.cpus = "none", env ["CONTREE_LIMITS_CPUS"];
+    LIMIT_MAX_LAYER_BYTES: limits.max_layer_bytes = "12G", env ["CONTREE_LIMITS_MAX_LAYER_BYTES"];
+    /// How long a local store keeps finished operations' event logs whole (`engine::prune`):
+    /// a month of a user's history, which `show` and `op events` can still replay.
+    STORE_EVENTS_MAX_AGE: store.events_max_age = "30d", env ["CONTREE_STORE_EVENTS_MAX_AGE"];
+    /// The most they may take together; the oldest are cut first.
+    STORE_EVENTS_MAX_BYTES: store.events_max_bytes = "1G",
+        env ["CONTREE_STORE_EVENTS_MAX_BYTES"];
+    /// How much the local store may take before a run's upkeep collects what nothing uses
+    /// (`engine::upkeep`): a size, a share of the filesystem the store is on, or `none`.
+    STORE_MAX_SIZE: store.max_size = "10%", env ["CONTREE_STORE_MAX_SIZE"];
+}
 
 /// `45`, `45s`, `30m`, `12h` or `7d` (`serve --events-max-age`, `[store] events_max_age`).
 pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {

@@ -4,7 +4,7 @@
 //! a failed export leaves nothing behind, or to stdout, which must not be a terminal (the
 //! stream is binary). This module never prints.
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Archive, Backend, BackendError};
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
@@ -53,6 +53,11 @@ pub fn gzip_for(decompress: bool, file: Option<&Path>) -> bool {
 /// Writes the archive; the number of bytes written. A reader of stdout that goes away
 /// (`| head`) has what it wanted: not an error.
 pub fn export(backend: &dyn Backend, req: &Export) -> Result<u64, ExportError> {
+    let archive = Archive {
+        image: &req.image,
+        path: &req.path,
+        gzip: req.gzip,
+    };
     match &req.dest {
         Dest::Stdout => {
             let stdout = io::stdout();
@@ -61,7 +66,7 @@ pub fn export(backend: &dyn Backend, req: &Export) -> Result<u64, ExportError> {
             }
             let mut out = Tracked::new(io::BufWriter::with_capacity(256 * 1024, stdout.lock()));
             let result = backend
-                .archive(&req.image, &req.path, req.gzip, &mut out)
+                .archive(archive, &mut out)
                 .map_err(ExportError::from)
                 .and_then(|()| out.flush().map_err(ExportError::Stdout));
             match (result, out.failed.take()) {
@@ -80,7 +85,7 @@ pub fn export(backend: &dyn Backend, req: &Export) -> Result<u64, ExportError> {
             };
             let mut tmp = crate::paths::temp_beside(path).map_err(file_err)?;
             let mut out = Tracked::new(io::BufWriter::with_capacity(256 * 1024, tmp.as_file_mut()));
-            let result = backend.archive(&req.image, &req.path, req.gzip, &mut out);
+            let result = backend.archive(archive, &mut out);
             if let Some(e) = out.failed.take() {
                 return Err(file_err(e));
             }

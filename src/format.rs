@@ -422,17 +422,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn rec(v: Value) -> Record {
-        match v {
-            Value::Object(m) => m,
-            _ => panic!("not an object"),
-        }
+    /// `records` (JSON objects) written as `format`.
+    fn render(format: Format, records: &[Value], tty: bool) -> String {
+        let records: Vec<Record> = records.iter().cloned().map(record).collect();
+        let mut buf = Vec::new();
+        write_records(&mut buf, format, &records, tty).unwrap();
+        String::from_utf8(buf).unwrap()
     }
 
-    fn render(format: Format, records: &[Record], tty: bool) -> String {
-        let mut buf = Vec::new();
-        write_records(&mut buf, format, records, tty).unwrap();
-        String::from_utf8(buf).unwrap()
+    /// Asserts what `records` (JSON objects) look like as `format`, not on a terminal.
+    fn assert_renders(format: Format, records: &[Value], expected: &str) {
+        assert_eq!(render(format, records, false), expected);
     }
 
     const ALL: [Format; 8] = [
@@ -460,7 +460,7 @@ mod tests {
 
     #[test]
     fn record_order_pins_head_and_tail_keys() {
-        let r = rec(json!({"error": null, "b": 1, "uuid": "u", "c": 2, "status": "S"}));
+        let r = record(json!({"error": null, "b": 1, "uuid": "u", "c": 2, "status": "S"}));
         let r = record_order(r, &["uuid", "status", "missing"], &["error"]);
         let keys: Vec<&str> = r.keys().map(String::as_str).collect();
         assert_eq!(keys, ["uuid", "status", "b", "c", "error"]);
@@ -469,8 +469,8 @@ mod tests {
     #[test]
     fn table_without_tty_joins_cells_with_two_spaces() {
         let records = [
-            rec(json!({"uuid": "abc", "status": "SUCCESS", "ok": true})),
-            rec(json!({"uuid": "d", "status": null, "ok": false})),
+            json!({"uuid": "abc", "status": "SUCCESS", "ok": true}),
+            json!({"uuid": "d", "status": null, "ok": false}),
         ];
         assert_eq!(
             render(Format::Table, &records, false),
@@ -485,8 +485,8 @@ mod tests {
     #[test]
     fn table_on_tty_pads_all_but_the_last_column() {
         let records = [
-            rec(json!({"uuid": "abc", "status": "SUCCESS", "x": 1})),
-            rec(json!({"uuid": "d", "status": "FAILED", "x": 22})),
+            json!({"uuid": "abc", "status": "SUCCESS", "x": 1}),
+            json!({"uuid": "d", "status": "FAILED", "x": 22}),
         ];
         assert_eq!(
             render(Format::Table, &records, true),
@@ -496,19 +496,19 @@ mod tests {
 
     #[test]
     fn table_columns_are_the_union_of_keys_in_first_appearance_order() {
-        let records = [rec(json!({"a": 1})), rec(json!({"b": 2, "a": 3}))];
+        let records = [json!({"a": 1}), json!({"b": 2, "a": 3})];
         assert_eq!(render(Format::Table, &records, false), "A  B\n1  \n3  2\n");
     }
 
     #[test]
     fn cells_render_floats_durations_and_nested_values() {
-        let records = [rec(json!({
-            "duration": 185.4, "ratio": 0.5, "n": 7, "meta": {"a": [1, 2]},
-            "error": null, "tag": null, "s": "x y"
-        }))];
-        assert_eq!(
-            render(Format::Table, &records, false),
-            "DURATION  RATIO  N  META  ERROR  TAG  S\n3m5s  0.50  7  {\"a\":[1,2]}      x y\n"
+        assert_renders(
+            Format::Table,
+            &[json!({
+                "duration": 185.4, "ratio": 0.5, "n": 7, "meta": {"a": [1, 2]},
+                "error": null, "tag": null, "s": "x y"
+            })],
+            "DURATION  RATIO  N  META  ERROR  TAG  S\n3m5s  0.50  7  {\"a\":[1,2]}      x y\n",
         );
     }
 
@@ -528,73 +528,65 @@ mod tests {
 
     #[test]
     fn csv_quotes_only_when_needed_and_ends_lines_with_crlf() {
-        let records = [
-            rec(json!({"a": "plain", "b": "x,y", "c": "say \"hi\""})),
-            rec(json!({"a": "two\nlines", "b": "cr\r", "c": null})),
-        ];
-        assert_eq!(
-            render(Format::Csv, &records, false),
-            "a,b,c\r\nplain,\"x,y\",\"say \"\"hi\"\"\"\r\n\"two\nlines\",\"cr\r\",\r\n"
+        assert_renders(
+            Format::Csv,
+            &[
+                json!({"a": "plain", "b": "x,y", "c": "say \"hi\""}),
+                json!({"a": "two\nlines", "b": "cr\r", "c": null}),
+            ],
+            "a,b,c\r\nplain,\"x,y\",\"say \"\"hi\"\"\"\r\n\"two\nlines\",\"cr\r\",\r\n",
         );
     }
 
     #[test]
     fn tsv_quotes_tabs_but_not_commas() {
-        let records = [rec(json!({"a": "x,y", "b": "t\tab", "d": 1.0}))];
-        assert_eq!(
-            render(Format::Tsv, &records, false),
-            "a\tb\td\r\nx,y\t\"t\tab\"\t1.00\r\n"
+        assert_renders(
+            Format::Tsv,
+            &[json!({"a": "x,y", "b": "t\tab", "d": 1.0})],
+            "a\tb\td\r\nx,y\t\"t\tab\"\t1.00\r\n",
         );
     }
 
     #[test]
     fn csv_keeps_a_lone_empty_field_visible() {
-        let records = [rec(json!({"a": null}))];
-        assert_eq!(render(Format::Csv, &records, false), "a\r\n\"\"\r\n");
+        assert_renders(Format::Csv, &[json!({"a": null})], "a\r\n\"\"\r\n");
     }
 
     #[test]
     fn json_is_one_compact_object_per_line_with_error_and_tag_blanked() {
-        let records = [
-            rec(json!({"uuid": "u", "x": null, "nested": {"k": [1]}, "tag": null, "error": null})),
-            rec(json!({"uuid": "v", "duration": 1.5, "error": "boom"})),
-        ];
-        assert_eq!(
-            render(Format::Json, &records, false),
+        assert_renders(
+            Format::Json,
+            &[
+                json!({"uuid": "u", "x": null, "nested": {"k": [1]}, "tag": null, "error": null}),
+                json!({"uuid": "v", "duration": 1.5, "error": "boom"}),
+            ],
             "{\"uuid\":\"u\",\"x\":null,\"nested\":{\"k\":[1]},\"tag\":\"\",\"error\":\"\"}\n\
-             {\"uuid\":\"v\",\"duration\":1.5,\"error\":\"boom\"}\n"
+             {\"uuid\":\"v\",\"duration\":1.5,\"error\":\"boom\"}\n",
         );
     }
 
     #[test]
     fn json_pretty_is_an_indented_array() {
-        let records = [
-            rec(json!({"a": 1, "error": null})),
-            rec(json!({"b": [true]})),
-        ];
-        assert_eq!(
-            render(Format::JsonPretty, &records, false),
-            "[\n  {\n    \"a\": 1,\n    \"error\": \"\"\n  },\n  {\n    \"b\": [\n      true\n    ]\n  }\n]\n"
-        );
+        assert_renders(Format::JsonPretty, &[json!({"a": 1, "error": null}), json!({"b": [true]})], "[\n  {\n    \"a\": 1,\n    \"error\": \"\"\n  },\n  {\n    \"b\": [\n      true\n    ]\n  }\n]\n");
     }
 
     #[test]
     fn plain_is_padded_key_value_blocks_separated_by_dashes() {
-        let records = [
-            rec(json!({"uuid": "u", "duration": 42, "error": null})),
-            rec(json!({"id": 1, "text": "two\nlines"})),
-        ];
-        assert_eq!(
-            render(Format::Plain, &records, false),
-            "uuid:     u\nduration: 42s\nerror:    \n---\nid:   1\ntext: two\n      lines\n"
+        assert_renders(
+            Format::Plain,
+            &[
+                json!({"uuid": "u", "duration": 42, "error": null}),
+                json!({"id": 1, "text": "two\nlines"}),
+            ],
+            "uuid:     u\nduration: 42s\nerror:    \n---\nid:   1\ntext: two\n      lines\n",
         );
     }
 
     #[test]
     fn toml_is_an_array_of_results_tables_that_parses_back() {
         let records = [
-            rec(json!({"uuid": "u", "n": 7, "ok": true, "error": null, "meta": {"a": [1, 2]}})),
-            rec(json!({"uuid": "v", "ratio": 0.5, "s": "say \"hi\"\n"})),
+            json!({"uuid": "u", "n": 7, "ok": true, "error": null, "meta": {"a": [1, 2]}}),
+            json!({"uuid": "v", "ratio": 0.5, "s": "say \"hi\"\n"}),
         ];
         let text = render(Format::Toml, &records, false);
         assert!(text.starts_with("[[results]]\n"), "{text}");

@@ -144,3 +144,12 @@ pub fn temp_beside(target: &Path) -> std::io::Result<tempfile::NamedTempFile> {
         .prefix(&format!(".{base}."))
         .tempfile_in(dir)
 }
+
+/// For tests: a fresh temporary directory (removed when dropped) and `rel` below it, not
+/// created.
+#[cfg(test)]
+pub fn temp_path(rel: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(rel);
+    (dir, path)
+}

@@ -2,7 +2,8 @@
 //!
 //! Shared by the run pipeline, the local engine and (later) the HTTP client and server, so
 //! every path speaks one format. Field names and optionality follow the spec; nothing here
-//! knows how a request is carried out.
+//! knows how a request is carried out. A missing `Option` field reads as `None` (serde's own
+//! rule), so only whether `None` is written is said field by field.
 
 mod grep;
 pub mod limits;
@@ -21,37 +22,37 @@ use std::collections::BTreeMap;
 pub struct SpawnRequest {
     pub image: String,
     pub command: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub args: Option<Vec<String>>,
     #[serde(default)]
     pub shell: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub preserve_env: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub preserve_cwd: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
     #[serde(default)]
     pub disposable: bool,
     #[serde(default = "default_hostname")]
     pub hostname: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub truncate_output_at: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<BTreeMap<String, FileRef>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stdin: Option<StdinRepr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub networking: Option<Networking>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub resources_limits: Option<ResourcesLimits>,
 }
 
@@ -61,16 +62,16 @@ pub struct SpawnRequest {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResourcesLimits {
     /// Size of the writable layer, in bytes (API default: 12 GiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_layer_bytes: Option<u64>,
     /// Memory (RAM and swap together) of everything in the sandbox, in bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_memory_bytes: Option<u64>,
     /// Processes and threads in the sandbox, its init not counted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_pids: Option<u64>,
     /// CPU time per wall-clock second (1.5 = one and a half CPUs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_cpus: Option<f64>,
 }
 
@@ -141,7 +142,7 @@ pub struct StdinRepr {
     pub value: String,
     #[serde(default = "ascii")]
     pub encoding: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub close: Option<bool>,
 }
 
@@ -156,21 +157,21 @@ fn ascii() -> String {
 #[serde(deny_unknown_fields)]
 pub struct ExecSpec {
     pub command: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub args: Option<Vec<String>>,
     #[serde(default)]
     pub shell: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stdin: Option<StdinRepr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub truncate_output_at: Option<u64>,
 }
 
@@ -267,28 +268,20 @@ pub struct Operation {
     pub uuid: String,
     pub kind: String,
     pub status: Status,
-    #[serde(default)]
     pub error: Option<String>,
-    #[serde(default)]
     pub created_at: Option<String>,
-    #[serde(default)]
     pub duration: Option<f64>,
-    #[serde(default)]
     pub image_size: Option<u64>,
-    #[serde(default)]
     pub image_uuid: Option<String>,
-    #[serde(default)]
     pub result_image_uuid: Option<String>,
     /// CPU seconds (user + system) of everything in the sandbox; `null` when not measured.
-    #[serde(default)]
     pub consumed_cpu: Option<f64>,
     /// Peak memory of the sandbox in KiB (the unit of getrusage's `max_rss`, which the API
     /// names); `null` when not measured.
-    #[serde(default)]
     pub consumed_memory: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<OperationResult>,
 }
 
@@ -353,7 +346,7 @@ pub struct DirectoryList {
 pub struct Event {
     pub id: u64,
     pub ts: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub spid: Option<u32>,
     #[serde(rename = "type")]
     pub kind: String,

@@ -13,7 +13,9 @@ mod retry;
 #[cfg(test)]
 mod tests;
 
-use crate::backend::{Backend, BackendError, EventStream, ImageFilter, OpFilter, StdinSource};
+use crate::backend::{
+    Archive, Backend, BackendError, EventStream, ImageFilter, OpFilter, StdinSource,
+};
 use crate::wire::{
     DirectoryList, GrepRequest, GrepResult, Image, Operation, SpawnRequest, StdinRepr,
 };

@@ -271,8 +271,7 @@ mod tests {
 
     #[test]
     fn saving_keeps_other_profiles_and_is_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("auth.ini");
+        let (_dir, path) = crate::paths::temp_path("auth.ini");
         std::fs::write(&path, INI).unwrap();
         let p = Profile {
             name: "new".into(),

@@ -500,9 +500,7 @@ impl Backend for RemoteBackend {
     /// as it is, no work here); whichever the server sent, the caller gets what it asked for.
     fn archive(
         &self,
-        image: &str,
-        path: &str,
-        gzip: bool,
+        Archive { image, path, gzip }: Archive<'_>,
         out: &mut dyn std::io::Write,
     ) -> Result<(), BackendError> {
         let url = format!(

@@ -104,6 +104,20 @@ impl FileKey {
     }
 }
 
+/// The sha256 of each of `paths`, in order, through the digest cache of the data directory
+/// `data` (`cache/digests.db`, not opened for no paths), hashing what it misses on every
+/// core, with a progress bar on a terminal.
+pub fn digest_files(data: &Path, paths: &[&Path]) -> Result<Vec<String>, AttachError> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cache = DigestCache::open(&data.join("cache").join("digests.db"))?;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    cache.digest_all(paths, threads, Show::OnTerminal)
+}
+
 /// Remembers content hashes keyed by (absolute path, inode, mtime_ns, size).
 pub struct DigestCache {
     conn: crate::db::CliDb,
@@ -332,8 +346,7 @@ mod tests {
 
     #[test]
     fn sha256_of_known_strings() {
-        let tmp = tempfile::tempdir().unwrap();
-        let f = tmp.path().join("f");
+        let (_tmp, f) = crate::paths::temp_path("f");
         fs::write(&f, "abc").unwrap();
         assert_eq!(sha256_file(&f).unwrap(), ABC);
         fs::write(&f, "").unwrap();
@@ -342,8 +355,7 @@ mod tests {
 
     #[test]
     fn content_larger_than_the_read_buffer_hashes_whole() {
-        let tmp = tempfile::tempdir().unwrap();
-        let f = tmp.path().join("big");
+        let (_tmp, f) = crate::paths::temp_path("big");
         let data: Vec<u8> = (0..READ_BUF * 2 + 12345).map(|i| (i % 251) as u8).collect();
         fs::write(&f, &data).unwrap();
         assert_eq!(sha256_file(&f).unwrap(), crate::sha256::of(&data));
@@ -425,8 +437,7 @@ mod tests {
 
     #[test]
     fn cache_persists_across_opens() {
-        let tmp = tempfile::tempdir().unwrap();
-        let f = tmp.path().join("f");
+        let (tmp, f) = crate::paths::temp_path("f");
         rewrite(&f, "abc", t0());
         assert_eq!(cache(tmp.path()).digest(&f).unwrap(), ABC);
         rewrite(&f, "xyz", t0());

@@ -331,8 +331,7 @@ mod tests {
 
     #[test]
     fn project_directory_keeps_only_unexcluded_files() {
-        let tmp = tempfile::tempdir().unwrap();
-        let proj = tmp.path().join("proj");
+        let (_tmp, proj) = crate::paths::temp_path("proj");
         for rel in [
             "a.txt",
             "src/main.py",
@@ -391,8 +390,7 @@ mod tests {
 
     #[test]
     fn excluded_subdirectories_are_pruned_and_sub_star_excludes_children() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("r");
+        let (_tmp, root) = crate::paths::temp_path("r");
         write(&root, "sub/build/o", "x");
         write(&root, "sub/keep.txt", "x");
         write(&root, "src/.env", "x");
@@ -426,8 +424,7 @@ mod tests {
 
     #[test]
     fn defaults_come_from_stat_and_explicit_fields_win() {
-        let tmp = tempfile::tempdir().unwrap();
-        let file = tmp.path().join("f");
+        let (_tmp, file) = crate::paths::temp_path("f");
         fs::write(&file, "hello").unwrap();
         fs::set_permissions(&file, fs::Permissions::from_mode(0o4750)).unwrap();
         let meta = fs::metadata(&file).unwrap();
@@ -505,8 +502,7 @@ mod tests {
 
     #[test]
     fn fifo_is_neither_file_nor_directory() {
-        let tmp = tempfile::tempdir().unwrap();
-        let fifo = tmp.path().join("p");
+        let (tmp, fifo) = crate::paths::temp_path("p");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let err = expand(&[spec(&host(&fifo))], &excludes(&[])).unwrap_err();
         assert_eq!(
@@ -521,8 +517,7 @@ mod tests {
 
     #[test]
     fn symlinks_in_a_directory() {
-        let tmp = tempfile::tempdir().unwrap();
-        let outside = tmp.path().join("outside");
+        let (tmp, outside) = crate::paths::temp_path("outside");
         write(&outside, "target.txt", "target content");
         write(&outside, "inner/deep.txt", "x");
         let d = tmp.path().join("d");
@@ -579,8 +574,7 @@ mod tests {
     fn non_utf8_names_are_excluded_lossily_or_rejected() {
         use std::ffi::OsStr;
         use std::os::unix::ffi::OsStrExt;
-        let tmp = tempfile::tempdir().unwrap();
-        let d = tmp.path().join("d");
+        let (_tmp, d) = crate::paths::temp_path("d");
         fs::create_dir(&d).unwrap();
         fs::write(d.join(OsStr::from_bytes(b".hidden\xff")), "x").unwrap();
         let got = expand(&[spec(&format!("{}:/a", host(&d)))], &excludes(&[])).unwrap();

@@ -12,7 +12,7 @@ pub mod expand;
 pub mod resolve;
 pub mod spec;
 
-pub use digest::{sha256_file, DigestCache};
+pub use digest::{digest_files, sha256_file, DigestCache};
 pub use expand::{expand, Attachment, Excludes, DEFAULT_EXCLUDES};
 pub use resolve::{expand_with, NoSchemes, Resolver, Schemes};
 pub use spec::{parse_spec, parse_spec_with, FileSpec};

@@ -16,14 +16,10 @@ use std::path::{Path, PathBuf};
 use super::{expand, AttachError, Attachment, Excludes, FileSpec, PlaceError};
 use crate::plugin::PluginError;
 
-/// Turns one parsed spec into attachments, appended to `out` in order.
+/// Turns one parsed spec into attachments, in order.
 pub trait Resolver {
-    fn resolve(
-        &self,
-        spec: &FileSpec,
-        excludes: &Excludes,
-        out: &mut Vec<Attachment>,
-    ) -> Result<(), AttachError>;
+    fn resolve(&self, spec: &FileSpec, excludes: &Excludes)
+        -> Result<Vec<Attachment>, AttachError>;
 }
 
 /// What the spec parser needs to know about a registered scheme.
@@ -93,7 +89,7 @@ pub fn expand_with(
                         spec: spec.to_string(),
                         scheme: scheme.to_string(),
                     })?;
-                resolver.resolve(spec, excludes, &mut all)?;
+                all.extend(resolver.resolve(spec, excludes)?);
             }
         }
         expand::check_destinations(spec, &all[before..])?;
@@ -130,8 +126,7 @@ pub fn place(
     files: Vec<Resolved>,
     excludes: &Excludes,
     content_dir: &Path,
-    out: &mut Vec<Attachment>,
-) -> Result<(), AttachError> {
+) -> Result<Vec<Attachment>, AttachError> {
     let invalid = |reason: PlaceError| AttachError::Place {
         spec: spec.to_string(),
         reason,
@@ -143,6 +138,7 @@ pub fn place(
     if files.iter().any(|f| f.rel.is_empty()) && files.len() > 1 {
         return Err(invalid(PlaceError::LoneFile));
     }
+    let mut out = Vec::with_capacity(files.len());
     for file in files {
         let rel = &file.rel;
         let bad_rel = rel.starts_with('/')
@@ -191,7 +187,7 @@ pub fn place(
             size,
         });
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Writes `bytes` to `dir/<sha256>` unless it is already there (write, then rename, so a
@@ -232,8 +228,7 @@ mod tests {
             &self,
             spec: &FileSpec,
             excludes: &Excludes,
-            out: &mut Vec<Attachment>,
-        ) -> Result<(), AttachError> {
+        ) -> Result<Vec<Attachment>, AttachError> {
             let (_, rest) = split_scheme(&spec.host).unwrap();
             let files = vec![
                 Resolved {
@@ -251,7 +246,7 @@ mod tests {
                     mode: None,
                 },
             ];
-            place(spec, "fake", files, excludes, &self.0, out)
+            place(spec, "fake", files, excludes, &self.0)
         }
     }
 
@@ -392,29 +387,12 @@ mod tests {
             mode: None,
         };
         for rel in ["../x", "/abs", "a//b", "a/./b"] {
-            let err = place(
-                &spec,
-                "n",
-                vec![file(rel)],
-                &ex,
-                tmp.path(),
-                &mut Vec::new(),
-            )
-            .unwrap_err();
+            let err = place(&spec, "n", vec![file(rel)], &ex, tmp.path()).unwrap_err();
             assert!(err.to_string().contains("bad path"), "{rel}: {err}");
         }
-        let err = place(
-            &spec,
-            "n",
-            vec![file(""), file("a")],
-            &ex,
-            tmp.path(),
-            &mut Vec::new(),
-        )
-        .unwrap_err();
+        let err = place(&spec, "n", vec![file(""), file("a")], &ex, tmp.path()).unwrap_err();
         assert!(err.to_string().contains("lone file"), "{err}");
-        let mut out = Vec::new();
-        place(&spec, "n", vec![file("")], &ex, tmp.path(), &mut out).unwrap();
+        let out = place(&spec, "n", vec![file("")], &ex, tmp.path()).unwrap();
         assert_eq!(out[0].instance_path, "n");
     }
 }

@@ -52,18 +52,7 @@ impl Builder<'_> {
         let mut downloads = Vec::new();
         for url in &urls {
             if fetched.is_none() {
-                fetched = Some(
-                    tempfile::Builder::new()
-                        .prefix("build-add-")
-                        .tempdir_in(self.env.data)
-                        .map_err(|source| BuildError::Io {
-                            what: format!(
-                                "making a scratch directory in {}",
-                                self.env.data.display()
-                            ),
-                            source,
-                        })?,
-                );
+                fetched = Some(self.env.temp_dir("build-add-", "a scratch directory")?);
             }
             let dir = fetched.as_ref().map(|d| d.path()).unwrap_or(self.env.data);
             let source = sources::from_url(url, &dest, dir, self.args.timeout)
@@ -89,13 +78,7 @@ impl Builder<'_> {
             Some(from) => {
                 let from = self.expand(ins, from, &vars)?;
                 let image = self.source_image(ins, &from)?;
-                scratch = tempfile::Builder::new()
-                    .prefix("build-from-")
-                    .tempdir_in(self.env.data)
-                    .map_err(|source| BuildError::Io {
-                        what: format!("making a scratch directory in {}", self.env.data.display()),
-                        source,
-                    })?;
+                scratch = self.env.temp_dir("build-from-", "a scratch directory")?;
                 let (files, extra) =
                     sources::from_image(self.env.backend, &image, &sources, &dest, scratch.path())
                         .map_err(|e| self.fail(ins, e))?;
@@ -242,14 +225,7 @@ impl Builder<'_> {
     }
 
     fn digest(&self, files: &[sources::Source]) -> Result<Vec<String>, BuildError> {
-        if files.is_empty() {
-            return Ok(Vec::new());
-        }
-        let cache = DigestCache::open(&self.env.data.join("cache").join("digests.db"))?;
         let paths: Vec<&Path> = files.iter().map(|f| f.host.as_path()).collect();
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
-        Ok(cache.digest_all(&paths, threads, crate::progress::Show::OnTerminal)?)
+        Ok(digest_files(self.env.data, &paths)?)
     }
 }

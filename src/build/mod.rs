@@ -12,8 +12,8 @@ mod copy;
 pub mod dockerfile;
 mod sources;
 
-use crate::attach::{AttachError, DigestCache};
-use crate::backend::{Backend, BackendError, Content, Placement, StdinSource};
+use crate::attach::{digest_files, AttachError};
+use crate::backend::{Backend, BackendError, Content, Placement, Spawn, StdinSource};
 use crate::session::{SessionError, SessionStore};
 use crate::wire::{FileRef, SpawnRequest, Status};
 use cache::Cache;
@@ -43,6 +43,20 @@ pub struct Env<'a> {
     pub sessions: &'a SessionStore,
     /// The data dir (the digest cache, scratch files of COPY --from).
     pub data: &'a Path,
+}
+
+impl Env<'_> {
+    /// A directory of the build's own in the data directory, removed when dropped; `what`
+    /// says what it is for an error (`a scratch directory`).
+    fn temp_dir(&self, prefix: &str, what: &str) -> Result<tempfile::TempDir, BuildError> {
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(self.data)
+            .map_err(|source| BuildError::Io {
+                what: format!("making {what} in {}", self.data.display()),
+                source,
+            })
+    }
 }
 
 /// The end of a build that ran to its last step.
@@ -290,13 +304,7 @@ impl Builder<'_> {
     /// An empty image: an empty directory imported (the local engine only; a /v1 API
     /// imports from registries only, so `scratch` is refused there).
     fn scratch(&self, ins: &Instruction) -> Result<String, BuildError> {
-        let dir = tempfile::Builder::new()
-            .prefix("build-scratch-")
-            .tempdir_in(self.env.data)
-            .map_err(|source| BuildError::Io {
-                what: format!("making an empty directory in {}", self.env.data.display()),
-                source,
-            })?;
+        let dir = self.env.temp_dir("build-scratch-", "an empty directory")?;
         match self.env.backend.import_local(dir.path(), None) {
             Ok(image) => Ok(image),
             Err(BackendError::Unsupported(_)) => Err(self.fail(
@@ -478,7 +486,12 @@ impl Builder<'_> {
     fn spawn(&self, ins: &Instruction, req: &SpawnRequest) -> Result<String, BuildError> {
         let backend = self.env.backend;
         let _ = std::io::stdout().flush();
-        let op = backend.spawn_followed(req, StdinSource::Null, true, &mut |_| Ok(()))?;
+        let spawn = Spawn {
+            req,
+            stdin: StdinSource::Null,
+            registered: &mut |_| Ok(()),
+        };
+        let op = backend.spawn_followed(spawn, true)?;
         let mut stream = backend.events(&op, true)?;
         let (mut code, mut timed_out, mut status, mut result, mut error) =
             (None, false, None, None, None);

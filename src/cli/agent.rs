@@ -22,61 +22,64 @@ struct Topic {
     text: Option<&'static str>,
 }
 
+/// A topic whose text is `texts/agent/NAME.md`.
+macro_rules! topic {
+    ($name:literal, [$($alias:literal),*], $about:literal) => {
+        Topic {
+            name: $name,
+            aliases: &[$($alias),*],
+            about: $about,
+            text: Some(include_str!(concat!("texts/agent/", $name, ".md"))),
+        }
+    };
+}
+
 const TOPICS: &[Topic] = &[
-    Topic {
-        name: "core",
-        aliases: &["core_workflow", "workflow"],
-        about: "the loop: open a session, run, look, roll back, tag",
-        text: Some(include_str!("texts/agent/core.md")),
-    },
-    Topic {
-        name: "sessions",
-        aliases: &["session", "branches"],
-        about: "sessions, history, branches, rollback",
-        text: Some(include_str!("texts/agent/sessions.md")),
-    },
-    Topic {
-        name: "execution",
-        aliases: &["execution_modes", "run"],
-        about: "run, run -s, -D, -d, exec, timeouts",
-        text: Some(include_str!("texts/agent/execution.md")),
-    },
-    Topic {
-        name: "files",
-        aliases: &["files_and_directories"],
-        about: "attaching files; ls, cat, cp, grep",
-        text: Some(include_str!("texts/agent/files.md")),
-    },
-    Topic {
-        name: "images",
-        aliases: &["images_and_tags", "tags"],
-        about: "listing, importing, tagging, removing images",
-        text: Some(include_str!("texts/agent/images.md")),
-    },
-    Topic {
-        name: "output",
-        aliases: &["output_formats", "formats"],
-        about: "-o json and friends, messages, exit codes",
-        text: Some(include_str!("texts/agent/output.md")),
-    },
-    Topic {
-        name: "profiles",
-        aliases: &["auth", "remote"],
-        about: "using a ConTree API instead of this machine",
-        text: Some(include_str!("texts/agent/profiles.md")),
-    },
-    Topic {
-        name: "safety",
-        aliases: &["command_safety", "command"],
-        about: "which commands read, which change the session, which change shared state",
-        text: Some(include_str!("texts/agent/safety.md")),
-    },
-    Topic {
-        name: "additions",
-        aliases: &["local", "extensions"],
-        about: "local engine, limits, exec, grep, hooks, plugins, serve, shell, skill",
-        text: Some(include_str!("texts/agent/additions.md")),
-    },
+    topic!(
+        "core",
+        ["core_workflow", "workflow"],
+        "the loop: open a session, run, look, roll back, tag"
+    ),
+    topic!(
+        "sessions",
+        ["session", "branches"],
+        "sessions, history, branches, rollback"
+    ),
+    topic!(
+        "execution",
+        ["execution_modes", "run"],
+        "run, run -s, -D, -d, exec, timeouts"
+    ),
+    topic!(
+        "files",
+        ["files_and_directories"],
+        "attaching files; ls, cat, cp, grep"
+    ),
+    topic!(
+        "images",
+        ["images_and_tags", "tags"],
+        "listing, importing, tagging, removing images"
+    ),
+    topic!(
+        "output",
+        ["output_formats", "formats"],
+        "-o json and friends, messages, exit codes"
+    ),
+    topic!(
+        "profiles",
+        ["auth", "remote"],
+        "using a ConTree API instead of this machine"
+    ),
+    topic!(
+        "safety",
+        ["command_safety", "command"],
+        "which commands read, which change the session, which change shared state"
+    ),
+    topic!(
+        "additions",
+        ["local", "extensions"],
+        "local engine, limits, exec, grep, hooks, plugins, serve, shell, skill"
+    ),
     Topic {
         name: "commands",
         aliases: &["all_commands"],

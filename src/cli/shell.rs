@@ -213,19 +213,11 @@ impl Shell {
     fn parse(&self, argv: &[OsString]) -> Result<Cli, clap::Error> {
         let matches = Cli::command().try_get_matches_from(argv)?;
         let mut cli = Cli::from_arg_matches(&matches)?;
-        let given: Vec<&str> = [
-            "profile",
-            "token",
-            "url",
-            "project",
-            "config",
-            "log_level",
-            "format",
-            "session",
-        ]
-        .into_iter()
-        .filter(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
-        .collect();
+        let given: Vec<&str> = GLOBALS
+            .iter()
+            .copied()
+            .filter(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
+            .collect();
         inherit(&mut cli, &self.globals, &given);
         Ok(cli)
     }
@@ -238,37 +230,25 @@ impl Shell {
     }
 }
 
-/// Takes the shell's global flags into a line's `cli` where the line did not give them
-/// (`given`: the ids it did). Plugins add up.
-fn inherit(cli: &mut Cli, shell: &Cli, given: &[&str]) {
-    let take = |id: &str| !given.contains(&id);
-    if take("profile") {
-        cli.profile.clone_from(&shell.profile);
-    }
-    if take("token") {
-        cli.token.clone_from(&shell.token);
-    }
-    if take("url") {
-        cli.url.clone_from(&shell.url);
-    }
-    if take("project") {
-        cli.project.clone_from(&shell.project);
-    }
-    if take("config") {
-        cli.config.clone_from(&shell.config);
-    }
-    if take("log_level") {
-        cli.log_level.clone_from(&shell.log_level);
-    }
-    if take("format") {
-        cli.format.clone_from(&shell.format);
-    }
-    if take("session") {
-        cli.session.clone_from(&shell.session);
-    }
-    let own = std::mem::take(&mut cli.plugins);
-    cli.plugins = shell.plugins.iter().cloned().chain(own).collect();
+/// The shell's global flags that a line takes over where it does not give them, and
+/// `inherit`, which takes them: their clap ids are their field names in `Cli`.
+macro_rules! inherited_globals {
+    ($($flag:ident),*) => {
+        const GLOBALS: &[&str] = &[$(stringify!($flag)),*];
+
+        /// Takes the shell's global flags into a line's `cli` where the line did not give
+        /// them (`given`: the ids it did). Plugins add up.
+        fn inherit(cli: &mut Cli, shell: &Cli, given: &[&str]) {
+            $(if !given.contains(&stringify!($flag)) {
+                cli.$flag.clone_from(&shell.$flag);
+            })*
+            let own = std::mem::take(&mut cli.plugins);
+            cli.plugins = shell.plugins.iter().cloned().chain(own).collect();
+        }
+    };
 }
+
+inherited_globals!(profile, token, url, project, config, log_level, format, session);
 
 /// Says `e` as `contree` would, and gives its exit code.
 fn fail(e: &CommandError) -> i32 {

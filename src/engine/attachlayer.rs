@@ -320,10 +320,7 @@ mod tests {
 
     #[test]
     fn files_land_through_image_symlinks_and_the_layer_is_reused() {
-        let t = tempfile::tempdir().unwrap();
-        let layout = Layout {
-            root: t.path().to_path_buf(),
-        };
+        let (t, layout) = Layout::temp();
         let base = layout.layer_dir("base");
         fs::create_dir_all(base.join("usr/bin")).unwrap();
         fs::create_dir_all(base.join("root")).unwrap();
@@ -364,10 +361,7 @@ mod tests {
 
     #[test]
     fn directories_and_symlinks_are_placed_with_their_metadata() {
-        let t = tempfile::tempdir().unwrap();
-        let layout = Layout {
-            root: t.path().to_path_buf(),
-        };
+        let (t, layout) = Layout::temp();
         fs::create_dir_all(layout.layer_dir("base")).unwrap();
         fs::create_dir_all(t.path().join("tmp")).unwrap();
         let view = View::new(&layout, &["base".to_string()]);

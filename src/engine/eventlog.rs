@@ -445,8 +445,7 @@ mod tests {
 
     /// The path of an event log in a new temporary dir, which lives as long as the guard.
     fn temp_log() -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events");
+        let (dir, path) = crate::paths::temp_path("events");
         (dir, path)
     }
 

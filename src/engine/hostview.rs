@@ -172,13 +172,19 @@ mod tests {
     #[test]
     fn a_layer_hides_the_host_with_a_whiteout_a_file_or_an_opaque_dir() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        // Layer a holds the directory usr/lib; layer b a file where usr is.
+        let a = dir.path().join("a");
         fs::create_dir_all(a.join("usr/lib")).unwrap();
+        let b = dir.path().join("b");
         fs::create_dir_all(&b).unwrap();
         fs::write(b.join("usr"), "").unwrap();
-        assert_eq!(reach(&a, Path::new("usr/lib")), Reach::Dir);
-        assert_eq!(reach(&a, Path::new("etc")), Reach::Absent);
-        assert_eq!(reach(&b, Path::new("usr/lib")), Reach::Hidden);
+        for (layer, rel, want) in [
+            (&a, "usr/lib", Reach::Dir),
+            (&a, "etc", Reach::Absent),
+            (&b, "usr/lib", Reach::Hidden),
+        ] {
+            assert_eq!(reach(layer, Path::new(rel)), want, "{rel}");
+        }
         assert_eq!(
             lowers_for(Path::new("usr/lib"), std::slice::from_ref(&a)),
             Some(vec![a.join("usr/lib"), PathBuf::from("/usr/lib")])

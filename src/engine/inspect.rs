@@ -521,16 +521,9 @@ mod tests {
     use super::super::layers::{make_whiteout, set_opaque};
     use super::*;
 
-    fn layout(root: &Path) -> Layout {
-        Layout {
-            root: root.to_path_buf(),
-        }
-    }
-
     #[test]
     fn lookups_follow_overlay_rules_and_image_symlinks() {
-        let t = tempfile::tempdir().unwrap();
-        let l = layout(t.path());
+        let (_t, l) = Layout::temp();
         let (low, mid, top) = (l.layer_dir("low"), l.layer_dir("mid"), l.layer_dir("top"));
         fs::create_dir_all(low.join("usr/bin")).unwrap();
         fs::write(low.join("usr/bin/tool"), "low").unwrap();
@@ -564,8 +557,7 @@ mod tests {
 
     #[test]
     fn content_is_read_only_from_the_entry_the_lookup_found() {
-        let t = tempfile::tempdir().unwrap();
-        let l = layout(t.path());
+        let (_t, l) = Layout::temp();
         let top = l.layer_dir("top");
         fs::create_dir_all(top.join("d")).unwrap();
         fs::write(top.join("d/f"), "first").unwrap();

@@ -5,7 +5,7 @@
 
 use super::eventlog::LogWriter;
 use super::{attachlayer, claim, inspect, lock, scopeguard, supervisor, LocalEngine};
-use crate::backend::{BackendError, Cause, StdinSource};
+use crate::backend::{BackendError, Cause, Registered, StdinSource};
 use crate::procfs::{process_start_time, single_threaded};
 use crate::progress::Show;
 use crate::wire::SpawnRequest;
@@ -183,7 +183,7 @@ impl LocalEngine {
         stdin: Stdin<'_>,
         lazy_row: bool,
         direct: bool,
-        registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
+        registered: Registered<'_>,
     ) -> Result<String, BackendError> {
         let _hold = self.hold_gc_off()?;
         // However this ends, the run is in flight or gone by then.

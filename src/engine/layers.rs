@@ -532,8 +532,7 @@ mod tests {
 
     #[test]
     fn the_host_mask_hides_private_paths_once_even_when_built_earlier() {
-        let t = tempfile::tempdir().unwrap();
-        let mask = t.path().join("host-mask");
+        let (t, mask) = crate::paths::temp_path("host-mask");
         // Built by an older version, which knew only the data dir (here under /tmp).
         build_host_mask(&mask, t.path()).unwrap();
         assert!(is_opaque(&mask.join("tmp")) && is_opaque(&mask.join("root")));
@@ -565,8 +564,7 @@ mod tests {
 
     #[test]
     fn a_top_level_entry_unknown_to_the_mask_is_masked_when_the_root_changed() {
-        let t = tempfile::tempdir().unwrap();
-        let mask = t.path().join("host-mask");
+        let (t, mask) = crate::paths::temp_path("host-mask");
         build_host_mask(&mask, t.path()).unwrap();
         // As if the mask predated every non-system top-level directory, and `/` changed.
         let extra: Vec<PathBuf> = fs::read_dir(&mask)

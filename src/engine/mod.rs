@@ -51,7 +51,7 @@ mod tail;
 mod validate;
 
 use crate::backend::{
-    Backend, BackendError, Cause, EventStream, ImageFilter, OpFilter, StdinSource,
+    Archive, Backend, BackendError, Cause, EventStream, ImageFilter, OpFilter, Spawn, StdinSource,
 };
 use crate::paths::Paths;
 use crate::progress::Show;
@@ -347,25 +347,26 @@ impl Backend for LocalEngine {
             .map_err(|e| self.full_store(e))
     }
 
-    fn spawn_registered(
-        &self,
-        req: &SpawnRequest,
-        stdin: StdinSource,
-        registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
-    ) -> Result<String, BackendError> {
-        self.start(req, stdin.into(), false, false, registered)
-            .map_err(|e| self.full_store(e))
+    fn spawn_registered(&self, spawn: Spawn<'_>) -> Result<String, BackendError> {
+        self.start(
+            spawn.req,
+            spawn.stdin.into(),
+            false,
+            false,
+            spawn.registered,
+        )
+        .map_err(|e| self.full_store(e))
     }
 
-    fn spawn_followed(
-        &self,
-        req: &SpawnRequest,
-        stdin: StdinSource,
-        direct: bool,
-        registered: &mut dyn FnMut(&str) -> Result<(), BackendError>,
-    ) -> Result<String, BackendError> {
-        self.start(req, stdin.into(), self.fork, direct, registered)
-            .map_err(|e| self.full_store(e))
+    fn spawn_followed(&self, spawn: Spawn<'_>, direct: bool) -> Result<String, BackendError> {
+        self.start(
+            spawn.req,
+            spawn.stdin.into(),
+            self.fork,
+            direct,
+            spawn.registered,
+        )
+        .map_err(|e| self.full_store(e))
     }
 
     fn operation(&self, op: &str) -> Result<Operation, BackendError> {
@@ -588,9 +589,7 @@ impl Backend for LocalEngine {
 
     fn archive(
         &self,
-        image: &str,
-        path: &str,
-        gzip: bool,
+        Archive { image, path, gzip }: Archive<'_>,
         out: &mut dyn std::io::Write,
     ) -> Result<(), BackendError> {
         let view = self.view(image)?;

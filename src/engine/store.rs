@@ -149,6 +149,16 @@ pub struct Layout {
     pub root: PathBuf,
 }
 
+#[cfg(test)]
+impl Layout {
+    /// For tests: a layout rooted in a fresh temporary directory (removed when dropped).
+    pub fn temp() -> (tempfile::TempDir, Layout) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        (dir, Layout { root })
+    }
+}
+
 impl Layout {
     pub fn layer_dir(&self, id: &str) -> PathBuf {
         if id == HOST_LAYER {
@@ -682,8 +692,8 @@ mod tests {
     /// another's transaction (where that transaction's rollback would undo it).
     #[test]
     fn a_transaction_is_never_joined_by_another_threads_statement() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("store")).unwrap();
+        let (_dir, root) = crate::paths::temp_path("store");
+        let store = Store::open(&root).unwrap();
         let host = store.find_tag(HOST_TAG).unwrap().unwrap();
         let (began, begun) = std::sync::mpsc::channel();
         std::thread::scope(|s| {

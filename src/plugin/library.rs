@@ -324,8 +324,7 @@ mod tests {
 
     #[test]
     fn a_file_that_is_not_a_shared_library_is_named_with_the_loader_reason() {
-        let tmp = tempfile::tempdir().unwrap();
-        let junk = tmp.path().join("junk.so");
+        let (tmp, junk) = crate::paths::temp_path("junk.so");
         std::fs::write(&junk, "not an ELF file").unwrap();
         let err = load(&junk).unwrap_err().to_string();
         assert!(

@@ -372,8 +372,7 @@ mod tests {
 
     #[test]
     fn directories_give_their_so_files_in_name_order_and_missing_places_are_skipped() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("p");
+        let (tmp, dir) = crate::paths::temp_path("p");
         std::fs::create_dir_all(dir.join("sub.so")).unwrap();
         for f in ["b.so", "a.so", "notes.txt"] {
             std::fs::write(dir.join(f), "x").unwrap();
@@ -395,8 +394,7 @@ mod tests {
 
     #[test]
     fn config_lists_paths_relative_to_itself() {
-        let tmp = tempfile::tempdir().unwrap();
-        let file = tmp.path().join("config.toml");
+        let (tmp, file) = crate::paths::temp_path("config.toml");
         assert!(config_paths(&file).unwrap().is_empty());
         std::fs::write(&file, "[plugins]\npath = [\"p\", \"/abs/x.so\"]\n").unwrap();
         assert_eq!(
@@ -436,8 +434,7 @@ mod tests {
 
     #[test]
     fn a_broken_file_is_an_entry_with_its_reason_and_provides_nothing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let junk = tmp.path().join("junk.so");
+        let (tmp, junk) = crate::paths::temp_path("junk.so");
         std::fs::write(&junk, "junk").unwrap();
         let reg = Registry::load(&[(junk.clone(), Origin::Flag)], None, tmp.path());
         assert_eq!(reg.entries.len(), 1);

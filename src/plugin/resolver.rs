@@ -84,8 +84,7 @@ impl Resolver for PluginResolver {
         &self,
         spec: &FileSpec,
         excludes: &Excludes,
-        out: &mut Vec<Attachment>,
-    ) -> Result<(), AttachError> {
+    ) -> Result<Vec<Attachment>, AttachError> {
         let rest = split_scheme(&spec.host).map(|(_, r)| r).unwrap_or_default();
         let err = |source: ResolveError| AttachError::Plugin {
             spec: spec.to_string(),
@@ -115,6 +114,6 @@ impl Resolver for PluginResolver {
         if files.is_empty() {
             return Err(err(ResolveError::NoFiles(self.plugin.name.clone())));
         }
-        place(spec, &answer.name, files, excludes, &self.content_dir, out)
+        place(spec, &answer.name, files, excludes, &self.content_dir)
     }
 }

@@ -10,8 +10,8 @@ use finish::finish;
 pub use follow::follow;
 use follow::write_emit;
 
-use crate::attach::{self, DigestCache, Excludes};
-use crate::backend::{BackendError, StdinSource};
+use crate::attach::{self, digest_files, Excludes};
+use crate::backend::{BackendError, Registered, Spawn, StdinSource};
 use crate::context::{no_session, Context};
 use crate::error::{exit, CommandError, CommandResult, Kind};
 use crate::format::formatter::{self, Emit, Formatter, Stream};
@@ -206,7 +206,11 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
             ..Default::default()
         };
         spawn_pending(ctx, Some(pending), |registered| {
-            ctx.backend.spawn_registered(&req, stdin, registered)
+            ctx.backend.spawn_registered(Spawn {
+                req: &req,
+                stdin,
+                registered,
+            })
         })?
     } else {
         // Output nothing inspects may go from the command to our stdout and stderr without
@@ -226,7 +230,12 @@ pub fn run(ctx: &Context, args: RunArgs) -> CommandResult<i32> {
             ..Default::default()
         });
         spawn_pending(ctx, pending, |registered| {
-            ctx.backend.spawn_followed(&req, stdin, direct, registered)
+            let spawn = Spawn {
+                req: &req,
+                stdin,
+                registered,
+            };
+            ctx.backend.spawn_followed(spawn, direct)
         })?
     };
     crate::log::trace("spawned");
@@ -281,15 +290,8 @@ fn hash_attachments(
     attachments: &[attach::Attachment],
     cwd: &str,
 ) -> CommandResult<(Vec<(String, FileRef)>, BTreeMap<String, (PathBuf, u64)>)> {
-    if attachments.is_empty() {
-        return Ok(Default::default());
-    }
-    let cache = DigestCache::open(&ctx.paths.data.join("cache").join("digests.db"))?;
     let paths: Vec<&Path> = attachments.iter().map(|a| a.host_path.as_path()).collect();
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    let digests = cache.digest_all(&paths, threads, crate::progress::Show::OnTerminal)?;
+    let digests = digest_files(&ctx.paths.data, &paths)?;
     let mut blobs = BTreeMap::new();
     let mut out = Vec::with_capacity(attachments.len());
     for (a, sha) in attachments.iter().zip(digests) {
@@ -396,7 +398,7 @@ fn detach(
 fn spawn_pending(
     ctx: &Context,
     pending: Option<PendingOp>,
-    spawn: impl FnOnce(&mut dyn FnMut(&str) -> Result<(), BackendError>) -> Result<String, BackendError>,
+    spawn: impl FnOnce(Registered<'_>) -> Result<String, BackendError>,
 ) -> CommandResult<String> {
     let mut registered = None;
     let spawned = spawn(&mut |op: &str| {

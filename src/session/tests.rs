@@ -23,6 +23,13 @@ fn abc(s: &SessionStore) -> [HistoryEntry; 3] {
     [a, b, c]
 }
 
+/// A new store, and `abc` run in it.
+fn store_with_abc() -> (tempfile::TempDir, SessionStore, [HistoryEntry; 3]) {
+    let (dir, s) = store();
+    let entries = abc(&s);
+    (dir, s, entries)
+}
+
 fn image(s: &SessionStore, key: &str) -> String {
     s.info(key).unwrap().unwrap().current_image
 }
@@ -55,8 +62,7 @@ fn set_image_builds_a_chain_and_info_reports_the_tip() {
 
 #[test]
 fn rollback_navigates_like_scenario_52() {
-    let (_d, s) = store();
-    let [a, b, c] = abc(&s);
+    let (_d, s, [a, b, c]) = store_with_abc();
     let other = s.set_image("other", "X", "use", "x", None).unwrap();
 
     assert_eq!(s.rollback("t", "-1").unwrap().id, b.id);
@@ -93,8 +99,7 @@ fn rollback_navigates_like_scenario_52() {
 
 #[test]
 fn forward_steps_follow_the_newest_child() {
-    let (_d, s) = store();
-    let [a, _b, _c] = abc(&s);
+    let (_d, s, [a, _b, _c]) = store_with_abc();
     s.rollback("t", "-2").unwrap();
     let d = s.set_image("t", "D", "run", "make d", None).unwrap();
     s.rollback("t", "-1").unwrap();
@@ -104,8 +109,7 @@ fn forward_steps_follow_the_newest_child() {
 
 #[test]
 fn a_run_after_rollback_becomes_a_second_child() {
-    let (_d, s) = store();
-    let [a, b, c] = abc(&s);
+    let (_d, s, [a, b, c]) = store_with_abc();
     s.rollback("t", "-1").unwrap();
     let d = s.set_image("t", "D", "run", "other", None).unwrap();
     assert_eq!(d.parent_id, Some(b.id));
@@ -123,8 +127,7 @@ fn a_run_after_rollback_becomes_a_second_child() {
 
 #[test]
 fn branches_can_be_created_checked_out_and_deleted() {
-    let (_d, s) = store();
-    let [_a, b, c] = abc(&s);
+    let (_d, s, [_a, b, c]) = store_with_abc();
     s.create_branch("t", "feat", None).unwrap();
     assert_eq!(
         s.create_branch("t", "feat", None).unwrap_err().to_string(),
@@ -171,8 +174,7 @@ fn branches_can_be_created_checked_out_and_deleted() {
 
 #[test]
 fn side_branches_do_not_move_the_active_branch() {
-    let (_d, s) = store();
-    let [_a, _b, c] = abc(&s);
+    let (_d, s, [_a, _b, c]) = store_with_abc();
     let e = s
         .add_side_branch("t", "op1", false, "C", "sleep 9")
         .unwrap();
@@ -415,8 +417,7 @@ fn navigation_without_a_session_reports_no_session() {
 
 #[test]
 fn reopening_keeps_the_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p.db");
+    let (_dir, path) = crate::paths::temp_path("p.db");
     let c = {
         let s = SessionStore::open(&path).unwrap();
         abc(&s)[2].clone()
@@ -427,8 +428,7 @@ fn reopening_keeps_the_data() {
 
 #[test]
 fn concurrent_writers_on_one_session_build_a_single_chain() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.db");
+    let (_dir, path) = crate::paths::temp_path("s.db");
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let path = path.clone();

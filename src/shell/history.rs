@@ -81,8 +81,7 @@ mod tests {
 
     #[test]
     fn entries_outlive_the_shell_that_typed_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/history");
+        let (_dir, path) = crate::paths::temp_path("sub/history");
         let mut first = History::open(&path).unwrap();
         assert!(first.push("echo one").unwrap());
         assert!(!first.push("echo one").unwrap(), "a repeat is not kept");
@@ -94,8 +93,7 @@ mod tests {
 
     #[test]
     fn a_long_history_is_cut_to_its_newest_entries() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("history");
+        let (_dir, path) = crate::paths::temp_path("history");
         let text: String = (0..2 * KEEP + 5).map(|i| format!("echo {i}\n")).collect();
         std::fs::write(&path, text).unwrap();
         let history = History::open(&path).unwrap();

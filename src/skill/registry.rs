@@ -85,8 +85,7 @@ mod tests {
 
     #[test]
     fn installs_are_remembered_once_per_directory() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("conf/skills.json");
+        let (tmp, path) = crate::paths::temp_path("conf/skills.json");
         let target = Target {
             agent: Agent::Claude,
             dir: tmp.path().join("a"),

@@ -712,6 +712,12 @@ fn store_with_a_setuid_file(env: &Env, home: &Path) -> Vec<PathBuf> {
         "cp /bin/true /suid && chmod 4755 /suid",
     ])
     .success();
+    // Its supervisor's upkeep opens the store (tightening it) after the CLI is gone.
+    crate::harness::wait_until(
+        std::time::Duration::from_secs(20),
+        "the run's supervisor to finish",
+        || crate::harness::supervisors_in(home).is_empty(),
+    );
     let suid = layer_file(home, "suid");
     assert_eq!(mode(&suid) & 0o4000, 0o4000, "the run left a setuid file");
     let sha = crate::harness::sha256_hex(b"attached content\n");

@@ -649,8 +649,13 @@ pub fn supervisor_of(sleeper: i32) -> i32 {
 /// Supervisors (`contree-super`) of this env's store that still run: one finishing an
 /// earlier run also ends abandoned operations after it (see the engine's recovery).
 pub fn supervisors_of(env: &Env) -> Vec<i32> {
+    supervisors_in(env.home())
+}
+
+/// The supervisors of the data dir `home` that still run.
+pub fn supervisors_in(home: &Path) -> Vec<i32> {
     // Named by `CONTREE_HOME`, or by an XDG variable under it.
-    let home = env.home().display().to_string();
+    let home = home.display().to_string();
     processes()
         .into_iter()
         .filter(|(_, dir)| {

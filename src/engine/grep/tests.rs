@@ -6,10 +6,7 @@ use std::fs;
 
 /// An image of two layers: `low` below `top`, which whites out and hides some of it.
 fn image() -> (tempfile::TempDir, View) {
-    let t = tempfile::tempdir().unwrap();
-    let l = Layout {
-        root: t.path().to_path_buf(),
-    };
+    let (t, l) = Layout::temp();
     let (low, top) = (l.layer_dir("low"), l.layer_dir("top"));
     fs::create_dir_all(low.join("etc/conf.d")).unwrap();
     fs::create_dir_all(low.join("old")).unwrap();
@@ -33,6 +30,26 @@ fn image() -> (tempfile::TempDir, View) {
     .unwrap();
     let view = View::new(&l, &["top".into(), "low".into()]);
     (t, view)
+}
+
+/// An image of one layer, whose directory `fill` fills.
+fn one_layer(fill: impl FnOnce(&Path)) -> (tempfile::TempDir, View) {
+    let (t, l) = Layout::temp();
+    let d = l.layer_dir("one");
+    fs::create_dir_all(&d).unwrap();
+    fill(&d);
+    (t, View::new(&l, &["one".into()]))
+}
+
+/// An image of one layer holding `files` (path, text), their parent directories made.
+fn one_layer_of(files: &[(&str, &str)]) -> (tempfile::TempDir, View) {
+    one_layer(|d| {
+        for (path, text) in files {
+            let path = d.join(path);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, text).unwrap();
+        }
+    })
 }
 
 fn request(patterns: &[&str]) -> GrepRequest {
@@ -154,15 +171,7 @@ fn context_rows_come_around_matches_without_submatches() {
 
 #[test]
 fn max_count_bounds_each_file_and_max_total_the_search() {
-    let t = tempfile::tempdir().unwrap();
-    let l = Layout {
-        root: t.path().to_path_buf(),
-    };
-    let d = l.layer_dir("one");
-    fs::create_dir_all(d.join("d")).unwrap();
-    fs::write(d.join("d/a"), "x1\nx2\nx3\n").unwrap();
-    fs::write(d.join("d/b"), "x4\nx5\n").unwrap();
-    let view = View::new(&l, &["one".into()]);
+    let (_t, view) = one_layer_of(&[("d/a", "x1\nx2\nx3\n"), ("d/b", "x4\nx5\n")]);
     let mut req = request(&["x"]);
     req.max_count = Some(1);
     let r = grep(&view, &req);
@@ -202,21 +211,17 @@ fn a_past_deadline_stops_the_search_as_truncated() {
 
 #[test]
 fn binary_files_are_skipped_and_symlinks_not_followed() {
-    let t = tempfile::tempdir().unwrap();
-    let l = Layout {
-        root: t.path().to_path_buf(),
-    };
-    let d = l.layer_dir("one");
-    fs::create_dir_all(d.join("data/real")).unwrap();
-    let mut binary = b"needle at the start\n".to_vec();
-    binary.extend(vec![b'a'; 200_000]);
-    binary.extend(b"\0needle after the NUL\n");
-    fs::write(d.join("data/blob.bin"), binary).unwrap();
-    fs::write(d.join("data/real/text"), "needle\n").unwrap();
-    std::os::unix::fs::symlink("real", d.join("data/link")).unwrap();
-    std::os::unix::fs::symlink("real/text", d.join("data/file-link")).unwrap();
-    std::os::unix::fs::symlink("/data", d.join("alias")).unwrap();
-    let view = View::new(&l, &["one".into()]);
+    let (_t, view) = one_layer(|d| {
+        fs::create_dir_all(d.join("data/real")).unwrap();
+        let mut binary = b"needle at the start\n".to_vec();
+        binary.extend(vec![b'a'; 200_000]);
+        binary.extend(b"\0needle after the NUL\n");
+        fs::write(d.join("data/blob.bin"), binary).unwrap();
+        fs::write(d.join("data/real/text"), "needle\n").unwrap();
+        std::os::unix::fs::symlink("real", d.join("data/link")).unwrap();
+        std::os::unix::fs::symlink("real/text", d.join("data/file-link")).unwrap();
+        std::os::unix::fs::symlink("/data", d.join("alias")).unwrap();
+    });
     assert_eq!(
         lines(&grep(&view, &request(&["needle"]))),
         ["/data/real/text:1:needle"]
@@ -232,18 +237,13 @@ fn binary_files_are_skipped_and_symlinks_not_followed() {
 
 #[test]
 fn hidden_files_are_searched_and_gitignore_files_mean_nothing() {
-    let t = tempfile::tempdir().unwrap();
-    let l = Layout {
-        root: t.path().to_path_buf(),
-    };
-    let d = l.layer_dir("one");
-    fs::create_dir_all(d.join("repo/.git")).unwrap();
-    fs::write(d.join("repo/.gitignore"), "ignored.txt\n.secret\n").unwrap();
-    fs::write(d.join("repo/.ignore"), "*\n").unwrap();
-    fs::write(d.join("repo/.secret"), "token=1\n").unwrap();
-    fs::write(d.join("repo/ignored.txt"), "token=2\n").unwrap();
-    fs::write(d.join("repo/.git/config"), "token=3\n").unwrap();
-    let view = View::new(&l, &["one".into()]);
+    let (_t, view) = one_layer_of(&[
+        ("repo/.gitignore", "ignored.txt\n.secret\n"),
+        ("repo/.ignore", "*\n"),
+        ("repo/.secret", "token=1\n"),
+        ("repo/ignored.txt", "token=2\n"),
+        ("repo/.git/config", "token=3\n"),
+    ]);
     assert_eq!(
         lines(&grep(&view, &request(&["token"]))),
         [
@@ -256,23 +256,13 @@ fn hidden_files_are_searched_and_gitignore_files_mean_nothing() {
 
 #[test]
 fn globs_filter_as_ripgrep_g_does() {
-    let t = tempfile::tempdir().unwrap();
-    let l = Layout {
-        root: t.path().to_path_buf(),
-    };
-    let d = l.layer_dir("one");
-    fs::create_dir_all(d.join("srv/sub/deep")).unwrap();
-    fs::create_dir_all(d.join("srv/skip")).unwrap();
-    for f in [
-        "a.conf",
-        "b.txt",
-        "sub/c.conf",
-        "sub/deep/d.conf",
-        "skip/e.conf",
-    ] {
-        fs::write(d.join("srv").join(f), "hit\n").unwrap();
-    }
-    let view = View::new(&l, &["one".into()]);
+    let (_t, view) = one_layer_of(&[
+        ("srv/a.conf", "hit\n"),
+        ("srv/b.txt", "hit\n"),
+        ("srv/sub/c.conf", "hit\n"),
+        ("srv/sub/deep/d.conf", "hit\n"),
+        ("srv/skip/e.conf", "hit\n"),
+    ]);
     let paths = |globs: &[&str]| -> Vec<String> {
         let mut req = request(&["hit"]);
         req.paths = vec!["/srv".into()];
@@ -318,16 +308,9 @@ fn globs_filter_as_ripgrep_g_does() {
 
 #[test]
 fn long_lines_are_capped_and_say_their_real_length() {
-    let t = tempfile::tempdir().unwrap();
-    let l = Layout {
-        root: t.path().to_path_buf(),
-    };
-    let d = l.layer_dir("one");
-    fs::create_dir_all(&d).unwrap();
     // A two-byte character straddles the cap.
     let line = format!("{}é{}needle\n", "x".repeat(LINE_CAP - 1), "y".repeat(5000));
-    fs::write(d.join("long"), format!("needle first\n{line}")).unwrap();
-    let view = View::new(&l, &["one".into()]);
+    let (_t, view) = one_layer_of(&[("long", &format!("needle first\n{line}"))]);
     let mut req = request(&["needle", "^x"]);
     req.paths = vec!["/long".into()];
     let r = grep(&view, &req);

@@ -19,11 +19,7 @@ fn upload_write_err(tmp: &std::path::Path, e: std::io::Error) -> ApiError {
     }
 }
 
-pub(super) async fn upload(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
-    body: Body,
-) -> ApiResult<Response> {
+pub(super) async fn upload(Caller { st, ns }: Caller, body: Body) -> ApiResult<Response> {
     use futures_util::StreamExt;
     use sha2::Digest;
     use std::io::Write;
@@ -85,8 +81,7 @@ pub(super) async fn upload(
 }
 
 pub(super) async fn file_info(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
+    Caller { st, ns }: Caller,
     Path(sha): Path<String>,
 ) -> ApiResult<Json<Value>> {
     if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -112,11 +107,7 @@ pub(super) async fn file_info(
 }
 
 /// `GET /files`: the files this namespace uploaded, newest first.
-pub(super) async fn files(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
-    Query(q): Params,
-) -> ApiResult<Json<Value>> {
+pub(super) async fn files(Caller { st, ns }: Caller, Query(q): Params) -> ApiResult<Json<Value>> {
     let page = Page::of(&q)?;
     // `since`/`until` bound when this namespace first uploaded each file.
     let range = crate::backend::FileFilter {

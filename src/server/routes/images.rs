@@ -3,11 +3,7 @@
 
 use super::*;
 
-pub(super) async fn images(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
-    Query(q): Params,
-) -> ApiResult<Json<Value>> {
+pub(super) async fn images(Caller { st, ns }: Caller, Query(q): Params) -> ApiResult<Json<Value>> {
     let page = Page::of(&q)?;
     let prefix = param(&q, "tag").map(str::to_string);
     let tagged = flag(&q, "tagged") || prefix.is_some();
@@ -68,11 +64,7 @@ const MAX_IMPORT_TIMEOUT: u64 = 3600;
 /// (`docker://HOST/REPO:TAG`, as `contree pull` does) on a thread of the server. The image
 /// belongs to the namespace that imported it, and so does its tag: one tenant's import never
 /// replaces what another sees. The operation fails if the pull takes longer than `timeout`.
-pub(super) async fn import(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
-    body: Body,
-) -> ApiResult<Response> {
+pub(super) async fn import(Caller { st, ns }: Caller, body: Body) -> ApiResult<Response> {
     accepting(&st)?;
     let req: ImportBody = json_body(body, st.opts.max_body).await?;
     if req.registry.url.trim().is_empty() {
@@ -107,7 +99,7 @@ pub(super) async fn import(
         Ok(op)
     })
     .await?;
-    let shared = st.0.clone();
+    let shared = st.clone();
     let job = op.clone();
     tokio::task::spawn_blocking(move || run_import(&shared, &ns.name, &job, req, timeout));
     Ok(created(
@@ -209,8 +201,7 @@ struct TagBody {
 }
 
 pub(super) async fn tag(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
+    Caller { st, ns }: Caller,
     Path(image): Path<String>,
     body: Body,
 ) -> ApiResult<Json<Image>> {
@@ -225,8 +216,7 @@ pub(super) async fn tag(
 }
 
 pub(super) async fn untag(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
+    Caller { st, ns }: Caller,
     Path(image): Path<String>,
     Query(q): Params,
 ) -> ApiResult<StatusCode> {

@@ -5,8 +5,7 @@
 use super::*;
 
 pub(super) async fn find_by_tag(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
+    Caller { st, ns }: Caller,
     Query(q): Params,
 ) -> ApiResult<Response> {
     let Some(tag) = param(&q, "tag").map(str::to_string) else {
@@ -28,8 +27,7 @@ pub(super) async fn find_by_tag(
 }
 
 pub(super) async fn inspect_image(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
+    Caller { st, ns }: Caller,
     Path(image): Path<String>,
 ) -> ApiResult<Json<Image>> {
     let image = parse_uuid(&image, "image")?;
@@ -47,13 +45,10 @@ pub(super) struct ImagePath {
     path: String,
 }
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ImagePath {
+impl<S: Send + Sync> FromRequestParts<S> for ImagePath {
     type Rejection = Response;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
         let Path(image) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(IntoResponse::into_response)?;
@@ -68,8 +63,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ImagePath {
 }
 
 pub(super) async fn list(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
+    Caller { st, ns }: Caller,
     ImagePath { image, path }: ImagePath,
     Query(q): Params,
 ) -> ApiResult<Response> {
@@ -90,8 +84,7 @@ pub(super) async fn list(
 }
 
 pub(super) async fn grep(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
+    Caller { st, ns }: Caller,
     Path(image): Path<String>,
     Query(q): Params,
 ) -> ApiResult<Json<wire::GrepResult>> {
@@ -136,8 +129,7 @@ fn grep_request(q: &[(String, String)]) -> ApiResult<wire::GrepRequest> {
 }
 
 pub(super) async fn download(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
+    Caller { st, ns }: Caller,
     ImagePath { image, path }: ImagePath,
 ) -> ApiResult<Response> {
     use crate::engine::inspect::InspectError;
@@ -192,8 +184,7 @@ pub(super) async fn download(
 }
 
 pub(super) async fn archive(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
+    Caller { st, ns }: Caller,
     ImagePath { image, path }: ImagePath,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {

@@ -16,7 +16,8 @@ use crate::engine::store::ImageRow;
 use crate::engine::LocalEngine;
 use crate::wire::{self, Image, SpawnRequest, Status, StdinRepr};
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query};
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
@@ -98,6 +99,24 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&st))
         .await
         .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?
+}
+
+/// What every handler starts from: the server's state and the namespace of the caller,
+/// which `require_token` has put on the request.
+struct Caller {
+    st: Shared,
+    ns: Namespace,
+}
+
+impl FromRequestParts<Shared> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, st: &Shared) -> Result<Self, Response> {
+        let Extension(ns) = Extension::<Namespace>::from_request_parts(parts, st)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Caller { st: st.clone(), ns })
+    }
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> MutexGuard<'_, T> {

@@ -4,10 +4,7 @@
 
 use super::*;
 
-pub(super) async fn whoami(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
-) -> ApiResult<Json<Value>> {
+pub(super) async fn whoami(Caller { st, ns }: Caller) -> ApiResult<Json<Value>> {
     let name = ns.name.clone();
     let stat = blocking(&st, move |st| {
         let owned = lock(&st.owners).all(OP, &name)?;
@@ -34,11 +31,7 @@ pub(super) async fn whoami(
     })))
 }
 
-pub(super) async fn spawn(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
-    body: Body,
-) -> ApiResult<Response> {
+pub(super) async fn spawn(Caller { st, ns }: Caller, body: Body) -> ApiResult<Response> {
     accepting(&st)?;
     let mut req: SpawnRequest = json_body(body, st.opts.max_body).await?;
     if let Some(why) = wire::over_api_truncate_cap(req.truncate_output_at) {
@@ -133,8 +126,7 @@ pub(super) async fn spawn(
 }
 
 pub(super) async fn operations(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
+    Caller { st, ns }: Caller,
     Query(q): Params,
 ) -> ApiResult<Json<Vec<wire::Operation>>> {
     let page = Page::of(&q)?;
@@ -173,8 +165,7 @@ pub(super) async fn operations(
 }
 
 pub(super) async fn operation(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
+    Caller { st, ns }: Caller,
     Path(op): Path<String>,
 ) -> ApiResult<Json<wire::Operation>> {
     let op = parse_uuid(&op, "operation")?;
@@ -209,8 +200,7 @@ pub(super) async fn operation(
 }
 
 pub(super) async fn cancel(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
+    Caller { st, ns }: Caller,
     Path(op): Path<String>,
 ) -> ApiResult<Response> {
     let op = parse_uuid(&op, "operation")?;

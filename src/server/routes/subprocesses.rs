@@ -8,8 +8,7 @@ use crate::wire::ExecSpec;
 
 /// `POST /operations/{id}/subprocesses`: an `ExecSpec` started in the operation's sandbox.
 pub(super) async fn exec(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
+    Caller { st, ns }: Caller,
     Path(op): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
@@ -69,8 +68,7 @@ fn too_early(message: String) -> ApiError {
 /// `GET /operations/{id}/subprocesses/{spid}`: an `InstanceResult` folded from the events
 /// of `spid`. While it runs, `exit_code` and `signal` are -1 and the counters are zeros.
 pub(super) async fn subprocess(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
+    Caller { st, ns }: Caller,
     Path((op, spid)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let op = parse_uuid(&op, "operation")?;
@@ -186,8 +184,7 @@ pub(super) fn fold(engine: &LocalEngine, op: &str, spid: u32) -> Folded {
 /// the process group of `spid`. Its end shows in the event log as usual; for the main
 /// process that ends the operation, which is not cancelled.
 pub(super) async fn signal(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
+    Caller { st, ns }: Caller,
     Path((op, spid)): Path<(String, String)>,
     Query(q): Params,
 ) -> ApiResult<Response> {
@@ -226,8 +223,7 @@ fn parse_signal(text: &str) -> Option<i32> {
 }
 
 pub(super) async fn stdin(
-    st: axum::extract::State<Shared>,
-    Extension(ns): Extension<Namespace>,
+    Caller { st, ns }: Caller,
     Path((op, spid)): Path<(String, String)>,
     body: Body,
 ) -> ApiResult<StatusCode> {

@@ -98,15 +98,26 @@ impl SessionStore {
             "SELECT op, title, disposable, branch, foreground, preserved_env, cli_pid, cli_start
              FROM pending_ops WHERE session_key = ?1 {filter} ORDER BY position"
         ))?;
+        // The columns' types, in the order selected.
+        type Columns = (
+            String,
+            String,
+            bool,
+            String,
+            bool,
+            Option<String>,
+            Option<i32>,
+            Option<i64>,
+        );
         let rows = stmt.query_map([key], |r| {
-            let env: Option<String> = r.get(5)?;
-            let (pid, start): (Option<i32>, Option<i64>) = (r.get(6)?, r.get(7)?);
+            let (op, title, disposable, branch, foreground, env, pid, start): Columns =
+                r.try_into()?;
             Ok(PendingOp {
-                op: r.get(0)?,
-                title: r.get(1)?,
-                disposable: r.get(2)?,
-                branch: r.get(3)?,
-                foreground: r.get(4)?,
+                op,
+                title,
+                disposable,
+                branch,
+                foreground,
                 preserved_env: env.and_then(|e| serde_json::from_str(&e).ok()),
                 cli: pid.zip(start.map(|s| s as u64)),
             })

@@ -14,27 +14,30 @@ pub(super) const INFO_SELECT: &str =
     JOIN history h ON h.id = b.history_id";
 
 pub(super) fn info_row(r: &Row<'_>) -> rusqlite::Result<SessionInfo> {
+    let (session_key, active_branch, current_image, last_kind, last_title, updated_at, tip_id) =
+        r.try_into()?;
     Ok(SessionInfo {
-        session_key: r.get(0)?,
-        active_branch: r.get(1)?,
-        current_image: r.get(2)?,
-        last_kind: r.get(3)?,
-        last_title: r.get(4)?,
-        updated_at: r.get(5)?,
-        tip_id: r.get(6)?,
+        session_key,
+        active_branch,
+        current_image,
+        last_kind,
+        last_title,
+        updated_at,
+        tip_id,
     })
 }
 
 pub(super) fn entry_row(r: &Row<'_>) -> rusqlite::Result<HistoryEntry> {
+    let (id, session_key, image, parent_id, kind, title, operation, created_at) = r.try_into()?;
     Ok(HistoryEntry {
-        id: r.get(0)?,
-        session_key: r.get(1)?,
-        image: r.get(2)?,
-        parent_id: r.get(3)?,
-        kind: r.get(4)?,
-        title: r.get(5)?,
-        operation: r.get(6)?,
-        created_at: r.get(7)?,
+        id,
+        session_key,
+        image,
+        parent_id,
+        kind,
+        title,
+        operation,
+        created_at,
     })
 }
 
