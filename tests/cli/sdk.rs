@@ -183,10 +183,17 @@ asyncio.run(main())
     };
     let text = out.stdout_text();
     assert_eq!(checks(out).len(), 4, "{text}");
-    // Giving up on the wait cancelled the operation on the server.
-    let cancelled = server
-        .get("/v1/operations?status=CANCELLED", TOKEN_A)
-        .json();
+    // Giving up on the wait cancelled the operation on the server: the server records it
+    // once the supervisor has stopped the command, which may be after the script is done.
+    let cancelled = || {
+        server
+            .get("/v1/operations?status=CANCELLED", TOKEN_A)
+            .json()
+    };
+    crate::harness::eventually(std::time::Duration::from_secs(20), || {
+        cancelled().as_array().is_some_and(|ops| !ops.is_empty())
+    });
+    let cancelled = cancelled();
     let ops = cancelled.as_array().expect("a list");
     assert_eq!(ops.len(), 1, "{cancelled}");
     assert_eq!(ops[0]["kind"], "instance");
