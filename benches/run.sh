@@ -59,7 +59,7 @@ mkdir -p "$base"
 WORK=$(mktemp -d "$base/contree-bench.XXXXXX")
 cleanup() {
     # Attachment runs leave ~10,000 blobs per home; deleting them takes a few seconds.
-    rm -rf "$WORK"
+    rm -rf "$WORK" ${RL_CLEAN:+"$RL_CLEAN"}
 }
 trap cleanup EXIT
 
@@ -169,8 +169,11 @@ if [ -z "${BENCH_ONLY:-}" ] || [ "${BENCH_ONLY:-}" = rootless ]; then
             echo "$RL_USER:$(( (end + 65535) / 65536 * 65536 )):65536" >>"$f"
         fi
     done
-    RL_HOME=$WORK/rl-home
-    mkdir -p "$RL_HOME"
+    # The user's home as a user's is: in a directory the host image masks (/home is; /tmp
+    # stands in for it here). A store under an unmasked directory (/var/tmp, the scratch
+    # dir) splits that directory into a view per entry, which costs a run more mounts.
+    RL_HOME=$(mktemp -d /tmp/contree-rl-bench.XXXXXX)
+    RL_CLEAN=$RL_HOME
     chown "$RL_USER:" "$RL_HOME"
     AS=(setpriv --reuid="$(id -u "$RL_USER")" --regid="$(id -g "$RL_USER")" --clear-groups
         env -u CONTREE_HOME HOME="$RL_HOME" CONTREE_SESSION=bench)
