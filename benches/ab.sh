@@ -18,7 +18,8 @@ command -v hyperfine >/dev/null || {
 }
 base=${CONTREE_BENCH_DIR:-/var/tmp}
 WORK=$(mktemp -d "$base/contree-ab.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+trap 'remove_dir "$WORK"' EXIT
 for side in a b; do
     bin=$A
     [ "$side" = b ] && bin=$B

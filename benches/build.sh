@@ -28,16 +28,8 @@ case "$(stat -f -c %T "$base" 2>/dev/null || echo unknown)" in
     tmpfs | ramfs) base=$ROOT/target ;;
 esac
 WORK=$(mktemp -d "$base/contree-build-bench.XXXXXX")
-cleanup() {
-    # A run's supervisor puts its scratch dir back in spare/ after the run's end: the last
-    # ones may still be at it.
-    for _ in $(seq 1 50); do
-        rm -rf "$WORK" 2>/dev/null && return
-        sleep 0.1
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+trap 'remove_dir "$WORK"' EXIT
 # A private copy: a rebuild of target/release mid-benchmark must not swap the binary
 # under a running supervisor.
 C=$WORK/contree

@@ -51,7 +51,8 @@ case "$(stat -f -c %T "$base" 2>/dev/null || echo unknown)" in
 esac
 mkdir -p "$base"
 WORK=$(mktemp -d "$base/contree-hooks-bench.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+trap 'remove_dir "$WORK"' EXIT
 
 say "machine: $(date -u '+%Y-%m-%d %H:%M UTC'); nproc $(nproc); kernel $(uname -r); CPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 echo "uptime before: $(uptime)"

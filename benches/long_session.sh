@@ -13,7 +13,8 @@ SAMPLE=${SAMPLE:-50}
 cargo build --release --quiet
 bin=${CARGO_TARGET_DIR:-$PWD/target}/release/contree
 home=$(mktemp -d)
-trap 'rm -rf "$home"' EXIT
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+trap 'remove_dir "$home"' EXIT
 export CONTREE_HOME=$home CONTREE_SESSION=bench-long
 "$bin" use host >/dev/null
 

@@ -30,7 +30,8 @@ case "$(stat -f -c %T "$base" 2>/dev/null || echo unknown)" in
 esac
 mkdir -p "$base"
 WORK=$(mktemp -d "$base/contree-output-bench.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+trap 'remove_dir "$WORK"' EXIT
 
 say "machine: $(date -u '+%Y-%m-%d %H:%M UTC'); nproc $(nproc); kernel $(uname -r)"
 echo "uptime before: $(uptime)"

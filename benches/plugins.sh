@@ -43,7 +43,8 @@ case "$(stat -f -c %T "$base" 2>/dev/null || echo unknown)" in
 esac
 mkdir -p "$base"
 WORK=$(mktemp -d "$base/contree-plugin-bench.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+trap 'remove_dir "$WORK"' EXIT
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
 LOAD_BEFORE=$(load1)

@@ -14,7 +14,8 @@ bins=("${CONTREE_BIN:-target/release/contree}")
 [ -n "${BASE_BIN:-}" ] && bins+=("$BASE_BIN")
 big=${BIG_TREE:-/usr/share}
 scratch=$(mktemp -d /var/tmp/contree-progress.XXXXXX)
-trap 'rm -rf "$scratch"' EXIT
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+trap 'remove_dir "$scratch"' EXIT
 
 # The calls of one command, as "total statx ioctl clone" (strace -c rows: calls in column 4).
 calls() {

@@ -57,9 +57,10 @@ case "$(stat -f -c %T "$base" 2>/dev/null || echo unknown)" in
 esac
 mkdir -p "$base"
 WORK=$(mktemp -d "$base/contree-bench.XXXXXX")
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cleanup() {
     # Attachment runs leave ~10,000 blobs per home; deleting them takes a few seconds.
-    rm -rf "$WORK" ${RL_CLEAN:+"$RL_CLEAN"}
+    remove_dir "$WORK" ${RL_CLEAN:+"$RL_CLEAN"}
 }
 trap cleanup EXIT
 

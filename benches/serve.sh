@@ -43,9 +43,10 @@ base=${CONTREE_BENCH_DIR:-/var/tmp}
 mkdir -p "$base"
 WORK=$(mktemp -d "$base/contree-serve-bench.XXXXXX")
 SERVER_PID=
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cleanup() {
     [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-    rm -rf "$WORK"
+    remove_dir "$WORK"
 }
 trap cleanup EXIT
 
