@@ -632,14 +632,29 @@ fn mode(path: &Path) -> u32 {
 
 /// A scratch dir that other users may traverse (0755), as a home directory often is: the
 /// data dirs of the store tests live in it, so only contree's own modes protect them.
-fn open_parent() -> tempfile::TempDir {
+fn open_parent() -> OpenParent {
     let dir = tempfile::Builder::new()
         .prefix("contree-escape-")
         .tempdir()
         .expect("create scratch dir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod scratch dir");
-    dir
+    OpenParent(dir)
+}
+
+/// `open_parent`'s dir, removed once the supervisors of the data dirs in it are done.
+struct OpenParent(tempfile::TempDir);
+
+impl OpenParent {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for OpenParent {
+    fn drop(&mut self) {
+        crate::harness::settle(self.0.path());
+    }
 }
 
 /// The file `name` at the top of some layer of the store under `home`.

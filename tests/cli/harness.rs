@@ -31,13 +31,30 @@ pub struct Env {
 
 /// A supervisor finishes after its run has been reported (it prepares the next run's spare
 /// dirs, among other things): the data dir goes once none is left, or a late one would
-/// make parts of it again after it was removed.
+/// make parts of it again after it was removed. One still there after ten seconds (a run a
+/// test left sleeping) is killed, with its sandbox.
 impl Drop for Env {
     fn drop(&mut self) {
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !supervisors_of(self).is_empty() && std::time::Instant::now() < until {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        // A test may put a data dir in the scratch dir (XDG_DATA_HOME) too.
+        settle(self.home());
+        settle(self.work());
+    }
+}
+
+/// Waits (ten seconds at most) for the supervisors of the data dir `home`, or of one below
+/// it, to finish, then kills those left, so that the dir can go for good.
+pub fn settle(home: &Path) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !supervisors_in(home).is_empty() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for pid in supervisors_in(home) {
+        // SAFETY: kill(2) of a process of this test's data dir.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !supervisors_in(home).is_empty() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 

@@ -194,27 +194,11 @@ impl Rl {
         }
         path
     }
-
-    /// Its supervisors that still run (their environment names the scratch dir).
-    fn supervisors(&self) -> usize {
-        let dir = self.dir.path().display().to_string();
-        processes()
-            .into_iter()
-            .filter(|(_, p)| {
-                std::fs::read_to_string(p.join("comm")).is_ok_and(|c| c.trim() == "contree-super")
-                    && std::fs::read(p.join("environ"))
-                        .is_ok_and(|e| String::from_utf8_lossy(&e).contains(&dir))
-            })
-            .count()
-    }
 }
 
 impl Drop for Rl {
     fn drop(&mut self) {
-        let until = std::time::Instant::now() + Duration::from_secs(10);
-        while self.supervisors() > 0 && std::time::Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::harness::settle(self.dir.path());
     }
 }
 
