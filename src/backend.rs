@@ -75,6 +75,9 @@ pub enum Cause {
     Network(#[from] crate::engine::network::NetworkError),
     #[error(transparent)]
     Limit(#[from] crate::engine::limits::LimitError),
+    /// A bad setting of config.toml or its environment (`[store]`).
+    #[error(transparent)]
+    Setting(#[from] Box<crate::config::SettingError>),
     #[error(transparent)]
     AttachLayer(#[from] crate::engine::attachlayer::AttachLayerError),
     #[error(transparent)]

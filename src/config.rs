@@ -256,10 +256,67 @@ keys! {
     STORE_MAX_SIZE: store.max_size = "10%", env ["CONTREE_STORE_MAX_SIZE"];
 }
 
+/// A value that does not read as its key wants.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValueError {
+    #[error("'{0}' is not an age (like 45s, 30m, 12h or 7d)")]
+    Age(String),
+    #[error("'{0}' is not a share of the filesystem (from 0% to 100%)")]
+    Share(String),
+    #[error("{0} (or a share like 10%, or none)")]
+    Budget(Box<crate::wire::limits::LimitError>),
+    #[error(transparent)]
+    Size(Box<crate::wire::limits::LimitError>),
+}
+
+impl From<crate::wire::limits::LimitError> for ValueError {
+    fn from(e: crate::wire::limits::LimitError) -> ValueError {
+        ValueError::Size(Box::new(e))
+    }
+}
+
+/// A bad setting of a layered key, named by where it came from (none: the built-in default).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SettingError {
+    #[error("{file}: {source}")]
+    File { file: String, source: ConfigError },
+    #[error("{origin}: {source}")]
+    Value { origin: Origin, source: ValueError },
+    #[error(transparent)]
+    Default(ValueError),
+}
+
+impl Config {
+    /// config.toml in `config_dir`; a file that cannot be read or parsed is named.
+    pub fn load_in(config_dir: &Path) -> Result<Config, SettingError> {
+        let file = self::file(config_dir);
+        Config::load(&file).map_err(|source| SettingError::File {
+            file: file.display().to_string(),
+            source,
+        })
+    }
+
+    /// `key`'s value read by `parse`, from its highest layer or its default; a bad one is
+    /// named by where it came from.
+    pub fn read<T>(
+        &self,
+        key: &Key,
+        parse: impl Fn(&str) -> Result<T, ValueError>,
+    ) -> Result<T, SettingError> {
+        match self.layered(key) {
+            Some(set) => parse(&set.text).map_err(|source| SettingError::Value {
+                origin: set.origin,
+                source,
+            }),
+            None => parse(key.default).map_err(SettingError::Default),
+        }
+    }
+}
+
 /// `45`, `45s`, `30m`, `12h` or `7d` (`serve --events-max-age`, `[store] events_max_age`).
-pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+pub fn parse_age(text: &str) -> Result<std::time::Duration, ValueError> {
     let text = text.trim();
-    let bad = || format!("'{text}' is not an age (like 45s, 30m, 12h or 7d)");
+    let bad = || ValueError::Age(text.to_string());
     let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => (&text[..i], &text[i..]),
         None => (text, "s"),

@@ -406,16 +406,13 @@ pub fn diagnose(k: &Knobs) -> String {
 }
 
 /// Whether an ordinary user could create a user namespace here, judging by the settings
-/// alone (for `doctor` run as root): `Err` says which setting forbids it.
-pub fn allowed_by_settings(k: &Knobs) -> Result<(), String> {
+/// alone (for `doctor` run as root): `None` when none forbids it, else which one does and
+/// how to allow it.
+pub fn forbidding_setting(k: &Knobs) -> Option<String> {
     let forbids = k.unprivileged_userns_clone.as_deref() == Some("0")
         || k.max_user_namespaces.as_deref() == Some("0")
         || k.apparmor_restrict.as_deref() == Some("1");
-    if forbids {
-        Err(diagnose(k))
-    } else {
-        Ok(())
-    }
+    forbids.then(|| diagnose(k))
 }
 
 #[cfg(test)]
@@ -461,13 +458,13 @@ mod tests {
         };
         let said = diagnose(&ubuntu);
         assert!(said.contains("AppArmor") && said.contains("userns,"));
-        assert!(allowed_by_settings(&ubuntu).is_err());
+        assert!(forbidding_setting(&ubuntu).is_some());
         let open = Knobs {
             unprivileged_userns_clone: Some("1".into()),
             max_user_namespaces: Some("63000".into()),
             apparmor_restrict: Some("0".into()),
         };
-        assert!(allowed_by_settings(&open).is_ok());
+        assert!(forbidding_setting(&open).is_none());
         assert!(diagnose(&open).contains("no known setting"));
     }
 }

@@ -739,7 +739,7 @@ fn parse_layer(text: &str) -> Result<u64, LimitError> {
     Ok(size)
 }
 
-/// An age, for clap (which wants a message from a value parser).
-fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+/// An age, for clap.
+fn parse_age(text: &str) -> Result<std::time::Duration, crate::config::ValueError> {
     crate::config::parse_age(text)
 }

@@ -87,8 +87,8 @@ fn isolation(engine: &LocalEngine) -> Finding {
 /// (a level, not a problem of this store).
 fn rootless_users() -> Finding {
     let knobs = crate::rootless::Knobs::read();
-    let detail = match crate::rootless::allowed_by_settings(&knobs) {
-        Ok(()) => {
+    let detail = match crate::rootless::forbidding_setting(&knobs) {
+        None => {
             let ids = if crate::rootless::id_helpers_installed() {
                 "users with /etc/subuid and /etc/subgid entries get ids 0-65535, others their own id only"
             } else {
@@ -96,7 +96,7 @@ fn rootless_users() -> Finding {
             };
             format!("ordinary users can run contree without root (user namespaces allowed; {ids})")
         }
-        Err(why) => format!("ordinary users cannot run contree here: {why}"),
+        Some(why) => format!("ordinary users cannot run contree here: {why}"),
     };
     finding("rootless", &detail)
 }

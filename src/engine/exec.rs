@@ -72,12 +72,21 @@ pub(crate) fn peer_is_us(stream: &UnixStream) -> bool {
     getsockopt(stream, PeerCredentials).is_ok_and(|c| c.uid() == nix::unistd::geteuid().as_raw())
 }
 
+/// Why an accepted connection gave no request.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RequestError {
+    #[error("reading the request: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("not a request: {0}")]
+    Parse(#[from] serde_json::Error),
+}
+
 /// Reads one request from an accepted connection.
-pub(crate) fn read_request(stream: &UnixStream) -> Result<ExecRequest, String> {
+pub(crate) fn read_request(stream: &UnixStream) -> Result<ExecRequest, RequestError> {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let line = read_line(stream).map_err(|e| format!("reading the request: {e}"))?;
-    serde_json::from_str(&line).map_err(|e| format!("not a request: {e}"))
+    let line = read_line(stream)?;
+    Ok(serde_json::from_str(&line)?)
 }
 
 /// Answers a connection (a client gone meanwhile is no error of ours).

@@ -640,9 +640,9 @@ impl Backend for LocalEngine {
     ) -> Result<crate::backend::GcReport, BackendError> {
         // Event logs first, by the policy runs apply (config.toml's `[store]`).
         let policy = Retention::load(&self.config_dir)
-            .map_err(|e| BackendError::Invalid(crate::backend::Cause::Said(e)))?;
+            .map_err(|e| BackendError::Invalid(Box::new(e).into()))?;
         upkeep::Budget::load(&self.config_dir)
-            .map_err(|e| BackendError::Invalid(crate::backend::Cause::Said(e)))?;
+            .map_err(|e| BackendError::Invalid(Box::new(e).into()))?;
         let logs = self.prune_for_gc(policy, dry_run)?;
         let mut report = gc::collect(self, refs, gc::Mode::All { dry_run })?;
         report.freed.extend(logs);

@@ -7,6 +7,7 @@
 use super::eventlog::{self, LogReader, LogWriter};
 use super::{store, LocalEngine};
 use crate::backend::{BackendError, Freed};
+use crate::config::SettingError;
 use crate::wire::Status;
 use serde_json::Value;
 use std::time::Duration;
@@ -21,23 +22,15 @@ pub struct Retention {
 impl Retention {
     /// Built-in < config.toml `[store]` < `CONTREE_STORE_*`; a bad value names where it
     /// came from.
-    pub fn load(config_dir: &std::path::Path) -> Result<Retention, String> {
+    pub fn load(config_dir: &std::path::Path) -> Result<Retention, SettingError> {
         use crate::config::{STORE_EVENTS_MAX_AGE, STORE_EVENTS_MAX_BYTES};
-        let file = crate::config::file(config_dir);
-        let config =
-            crate::config::Config::load(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let text = |key: &crate::config::Key| {
-            config
-                .layered(key)
-                .map(|set| (set.text, set.origin.to_string()))
-                .unwrap_or_else(|| (key.default.to_string(), String::new()))
-        };
-        let (age, from) = text(&STORE_EVENTS_MAX_AGE);
-        let max_age = crate::config::parse_age(&age).map_err(|e| format!("{from}: {e}"))?;
-        let (bytes, from) = text(&STORE_EVENTS_MAX_BYTES);
-        let max_bytes =
-            crate::wire::limits::parse_size(&bytes).map_err(|e| format!("{from}: {e}"))?;
-        Ok(Retention { max_age, max_bytes })
+        let config = crate::config::Config::load_in(config_dir)?;
+        Ok(Retention {
+            max_age: config.read(&STORE_EVENTS_MAX_AGE, crate::config::parse_age)?,
+            max_bytes: config.read(&STORE_EVENTS_MAX_BYTES, |text| {
+                Ok(crate::wire::limits::parse_size(text)?)
+            })?,
+        })
     }
 }
 

@@ -7,6 +7,7 @@
 
 use super::LocalEngine;
 use crate::backend::{BackendError, Freed, References};
+use crate::config::{SettingError, ValueError};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
@@ -37,7 +38,7 @@ pub enum Budget {
 
 impl Budget {
     /// `none`, a size (`20G`) or a share of the filesystem (`10%`).
-    pub fn parse(text: &str) -> Result<Budget, String> {
+    pub fn parse(text: &str) -> Result<Budget, ValueError> {
         let text = text.trim();
         if text.eq_ignore_ascii_case("none") {
             return Ok(Budget::None);
@@ -45,27 +46,19 @@ impl Budget {
         if let Some(pct) = text.strip_suffix('%') {
             return match pct.trim().parse::<f64>() {
                 Ok(p) if p > 0.0 && p <= 100.0 => Ok(Budget::Share(p / 100.0)),
-                _ => Err(format!(
-                    "'{text}' is not a share of the filesystem (from 0% to 100%)"
-                )),
+                _ => Err(ValueError::Share(text.to_string())),
             };
         }
         crate::wire::limits::parse_size(text)
             .map(Budget::Bytes)
-            .map_err(|e| format!("{e} (or a share like 10%, or none)"))
+            .map_err(|e| ValueError::Budget(Box::new(e)))
     }
 
     /// Built-in < config.toml `[store]` < `CONTREE_STORE_MAX_SIZE`; a bad value names where
     /// it came from.
-    pub fn load(config_dir: &Path) -> Result<Budget, String> {
-        let key = &crate::config::STORE_MAX_SIZE;
-        let file = crate::config::file(config_dir);
-        let config =
-            crate::config::Config::load(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        match config.layered(key) {
-            Some(set) => Budget::parse(&set.text).map_err(|e| format!("{}: {e}", set.origin)),
-            None => Budget::parse(key.default),
-        }
+    pub fn load(config_dir: &Path) -> Result<Budget, SettingError> {
+        crate::config::Config::load_in(config_dir)?
+            .read(&crate::config::STORE_MAX_SIZE, Budget::parse)
     }
 
     /// In bytes, for a store at `root`; `None` without a budget (or when the filesystem's

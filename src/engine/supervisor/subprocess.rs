@@ -108,7 +108,7 @@ impl Subprocesses {
                     let answer = self.signal(spid, signal);
                     exec::reply(&stream, &answer);
                 }
-                Err(why) => exec::reply(&stream, &ExecReply::Invalid(why)),
+                Err(why) => exec::reply(&stream, &ExecReply::Invalid(why.to_string())),
             }
         }
     }
@@ -136,7 +136,7 @@ impl Subprocesses {
         // 1 is the main command; each process the init is asked to start takes the next.
         let spid = self.subs.len() as u32 + 2;
         match prepare(&req, &self.image, spid) {
-            Err(why) => exec::reply(&client, &ExecReply::Invalid(why)),
+            Err(why) => exec::reply(&client, &ExecReply::Invalid(why.to_string())),
             Ok(prepared) => {
                 let Prepared {
                     process,
@@ -337,18 +337,28 @@ struct Prepared {
     stdin: Option<(OwnedFd, Vec<u8>)>,
 }
 
-fn prepare(req: &SpawnRequest, image: &ImageRow, spid: u32) -> Result<Prepared, String> {
+/// Why a subprocess's request cannot be started (the client is told, 400).
+#[derive(Debug, thiserror::Error)]
+enum PrepareError {
+    #[error("command is empty")]
+    Empty,
+    #[error("a subprocess's stdin is sent whole with the request (close: false is not supported)")]
+    StdinLeftOpen,
+    #[error("stdin is not valid base64: {0}")]
+    Stdin(#[from] base64::DecodeError),
+    #[error("the command, its arguments, environment or cwd contain a NUL byte")]
+    Nul,
+    #[error("pipe: {0}")]
+    Pipe(#[from] nix::errno::Errno),
+}
+
+fn prepare(req: &SpawnRequest, image: &ImageRow, spid: u32) -> Result<Prepared, PrepareError> {
     if req.command.is_empty() {
-        return Err("command is empty".into());
+        return Err(PrepareError::Empty);
     }
     let bytes = match &req.stdin {
-        Some(s) if s.close == Some(false) => return Err(
-            "a subprocess's stdin is sent whole with the request (close: false is not supported)"
-                .into(),
-        ),
-        Some(s) => s
-            .bytes()
-            .map_err(|e| format!("stdin is not valid base64: {e}"))?,
+        Some(s) if s.close == Some(false) => return Err(PrepareError::StdinLeftOpen),
+        Some(s) => s.bytes()?,
         None => Vec::new(),
     };
     let env = sandbox_env(req, image);
@@ -365,10 +375,9 @@ fn prepare(req: &SpawnRequest, image: &ImageRow, spid: u32) -> Result<Prepared, 
         .chain([&command, &cwd])
         .any(|s| s.contains('\0'))
     {
-        return Err("the command, its arguments, environment or cwd contain a NUL byte".into());
+        return Err(PrepareError::Nul);
     }
-    let pipe =
-        || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
     let (in_r, in_w) = pipe()?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
