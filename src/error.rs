@@ -142,7 +142,7 @@ impl From<BackendError> for CommandError {
             B::Denied(m) | B::Unsupported(m) | B::NotRunning(m) => CommandError::user(m),
             B::Unavailable(m) => CommandError::new(Kind::Unavailable, m),
             B::NeedsRoot(m) => CommandError::new(Kind::NeedsRoot, m)
-                .hint("run without --memory, --pids and --cpus (`0` for none), or as root; see docs/rootless.md, Limits"),
+                .hint("run without that limit (`0` for none), as root, or in a cgroup delegated to you with that controller; see docs/rootless.md, Limits"),
             B::Unreachable(m) => CommandError::new(Kind::Unreachable, m),
             B::Store(m) => CommandError::new(Kind::Io, m),
             B::Io(cause) => {

@@ -13,7 +13,8 @@
 //!
 //! `active` says whether this process is in a user namespace other than the host's, however
 //! it got there: the engine then builds what cannot be built there differently (overlays
-//! with `userxattr`, the `host` image from views of single directories, no cgroups).
+//! with `userxattr`, the `host` image from views of single directories, cgroups only under one
+//! delegated to the user).
 
 use std::io;
 use std::sync::OnceLock;

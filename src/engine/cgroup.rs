@@ -77,11 +77,11 @@ impl Host {
             }
         }
         for h in needed {
-            let dir = h.mount.join(PARENT).join(name);
+            let dir = h.base.join(PARENT).join(name);
             if h.v2 {
-                ensure_v2_parent(&h.mount, &h.controllers)?;
+                ensure_v2_parent(&h.base, &h.controllers)?;
             }
-            make_dir(&dir, &h.mount)?;
+            make_dir(&dir, &h.base)?;
             cg.dirs.push((dir.clone(), h.v2));
             if h.v2 {
                 let fd = nix::fcntl::open(
@@ -394,7 +394,7 @@ impl Cgroup {
                     let dir = self
                         .dirs
                         .iter()
-                        .find(|(d, _)| d.starts_with(&h.mount))
+                        .find(|(d, _)| d.starts_with(&h.base))
                         .map(|(d, _)| d.clone());
                     match (dir, h.v2) {
                         (Some(dir), true) => {

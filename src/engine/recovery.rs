@@ -108,7 +108,7 @@ impl LocalEngine {
             }
         }
         claim::reap(&self.store.root.join("tmp"));
-        cgroup::Host::detect().reap(true);
+        cgroup::Host::usable().reap(true);
     }
 
     /// Whether any run has a scratch dir: after its own run (whose scratch dir is gone by

@@ -94,31 +94,50 @@ impl LocalEngine {
     }
 }
 
-/// Rootless, there is no cgroup this user may write (contree does not use a delegated
-/// one yet): a memory, pids or CPU limit the request names is refused, never silently
-/// dropped, and the defaults (which would only be reported as unenforced on every run)
-/// are not applied, as bubblewrap applies none. The writable layer's limit stays.
+/// Rootless, a memory, pids or CPU limit needs a cgroup delegated to the user with that
+/// controller (`cgroup::Host::delegated`): one the request names without it is refused,
+/// never silently dropped, and a default without it is not applied (it would only be
+/// reported as unenforced on every run), as bubblewrap applies none. The writable
+/// layer's limit stays.
 fn rootless_limits(req: &SpawnRequest, limits: &mut limits::Limits) -> Result<(), BackendError> {
+    let host = super::cgroup::Host::usable();
     let asked = req.resources_limits.as_ref();
-    let named: Vec<&str> = [
+    let wants = [
         (
+            "memory",
             "memory",
             asked.and_then(|r| r.max_memory_bytes).unwrap_or(0) != 0,
         ),
-        ("pids", asked.and_then(|r| r.max_pids).unwrap_or(0) != 0),
-        ("cpus", asked.and_then(|r| r.max_cpus).unwrap_or(0.0) != 0.0),
-    ]
-    .into_iter()
-    .filter_map(|(name, on)| on.then_some(name))
-    .collect();
+        (
+            "pids",
+            "pids",
+            asked.and_then(|r| r.max_pids).unwrap_or(0) != 0,
+        ),
+        (
+            "cpus",
+            "cpu",
+            asked.and_then(|r| r.max_cpus).unwrap_or(0.0) != 0.0,
+        ),
+    ];
+    let named: Vec<&str> = wants
+        .iter()
+        .filter(|(_, controller, on)| *on && !host.carries(controller))
+        .map(|(name, _, _)| *name)
+        .collect();
     if !named.is_empty() {
         return Err(BackendError::NeedsRoot(format!(
-            "a {} limit needs a cgroup, and contree run as an ordinary user has none here (rootless mode does not use a delegated cgroup)",
+            "a {} limit needs a cgroup, and contree run as an ordinary user has none here (no cgroup delegated to this user carries that controller: see `contree doctor`)",
             named.join(", ")
         )));
     }
-    limits.memory = None;
-    limits.pids = None;
-    limits.cpus = None;
+    if !host.carries("memory") {
+        limits.memory = None;
+    }
+    if !host.carries("pids") {
+        limits.pids = None;
+    }
+    if !host.carries("cpu") {
+        limits.cpus = None;
+    }
     Ok(())
 }

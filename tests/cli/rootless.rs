@@ -515,6 +515,268 @@ fn rootless_limits_are_refused_and_doctor_says_so() {
         .stderr_contains("does not let ordinary users create user namespaces");
 }
 
+/// Cgroups delegated to a test user as an administrator would on a cgroup v1 host: a
+/// directory `contree-test-TOKEN` under the root of each of the memory and pids
+/// hierarchies, chown'd (with its files) to the user. The user's contree is put in them by
+/// a root shell that writes its own pid into each `cgroup.procs` and then execs setpriv.
+/// Dropped after the user's runs are over: what is left in them moves back to the root,
+/// and the directories go, children first. Only v1 is tested (this is where the host has
+/// its controllers); a v2 delegation (systemd's `user@UID.service`) has unit tests only.
+struct Delegated {
+    dirs: Vec<PathBuf>,
+}
+
+impl Delegated {
+    fn new(user: &User) -> Option<Delegated> {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let v1 = |c: &str| {
+            mounts.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1) == Some(&format!("/sys/fs/cgroup/{c}").as_str())
+                    && f.get(2) == Some(&"cgroup")
+                    && f.get(3).is_some_and(|o| o.split(',').any(|x| x == c))
+            })
+        };
+        if !v1("memory") || !v1("pids") {
+            skip("needs the v1 memory and pids hierarchies at /sys/fs/cgroup/{memory,pids}");
+            return None;
+        }
+        let name = format!("contree-test-{}", unique_token());
+        let mut dg = Delegated { dirs: Vec::new() };
+        for c in ["memory", "pids"] {
+            let dir = PathBuf::from(format!("/sys/fs/cgroup/{c}/{name}"));
+            std::fs::create_dir(&dir).expect("a cgroup for the user");
+            dg.dirs.push(dir.clone());
+            std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)).unwrap();
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                std::os::unix::fs::chown(entry.path(), Some(user.uid), Some(user.gid)).unwrap();
+            }
+        }
+        Some(dg)
+    }
+
+    /// The shell script that moves itself into the delegated cgroups and execs its
+    /// arguments.
+    fn script(&self) -> String {
+        let mut s = String::new();
+        for dir in &self.dirs {
+            s.push_str(&format!("echo $$ > {}/cgroup.procs && ", dir.display()));
+        }
+        s.push_str("exec \"$@\"");
+        s
+    }
+}
+
+impl Drop for Delegated {
+    fn drop(&mut self) {
+        fn empty(dir: &std::path::Path, root: &std::path::Path) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        empty(&e.path(), root);
+                    }
+                }
+            }
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines() {
+                let _ = std::fs::write(root.join("cgroup.procs"), pid);
+            }
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        for dir in &self.dirs {
+            empty(dir, dir.parent().unwrap());
+        }
+    }
+}
+
+impl Rl {
+    /// `contree -o json show` of the newest operation.
+    fn show_last(&self) -> serde_json::Value {
+        let text = self.run(["ps", "-a", "-q"]).success().stdout_text();
+        let op = text.lines().next().expect("an operation").to_string();
+        self.run(["-o", "json", "show", &op]).success().json()
+    }
+
+    /// `contree ARGS…` as the user, its process in the cgroups of `dg`.
+    fn delegated(&self, dg: &Delegated, args: &[&str]) -> Cmd {
+        let env = Env::new();
+        let mut cmd = env.program("sh").arg("-c").arg(dg.script()).arg("sh");
+        for a in self.argv([]) {
+            cmd = cmd.arg(a);
+        }
+        for a in args {
+            cmd = cmd.arg(a);
+        }
+        self.user_env(cmd)
+    }
+}
+
+/// A fork loop bounded at 2,000 children, each exec'ing `sleep 60.TOKEN` (as the root-mode
+/// fork bomb of escape_limits): prints how many forks worked and how many failed.
+fn fork_loop(token: &str) -> String {
+    format!(
+        "my ($ok, $failed) = (0, 0); for (1 .. 2000) {{ my $p = fork; \
+         if (!defined $p) {{ $failed++ }} elsif ($p == 0) {{ exec 'sleep', '60.{token}'; exit 1 }} \
+         else {{ $ok++ }} }} print \"made=$ok failed=$failed\\n\""
+    )
+}
+
+/// Limits through delegated cgroups: the run's cgroup is made under them, holds the
+/// limits, and they hold (the OOM kill and the fork bomb as root mode reports them).
+fn limits_through_delegated_cgroups(name: &str, subids: bool) {
+    let Some(user) = user(name, subids) else {
+        return;
+    };
+    let Some(dg) = Delegated::new(&user) else {
+        return;
+    };
+    // Declared after `dg`, so dropped (its runs settled) before the cgroups go.
+    let Some(rl) = Rl::new(name, subids) else {
+        return;
+    };
+    rl.run(["use", "host"]).success();
+    let doctor = rl.delegated(&dg, &["doctor"]).output().stdout_text();
+    assert!(doctor.contains("rootless: delegated cgroups"), "{doctor}");
+    assert!(
+        doctor.contains(&format!("memory v1 {}", dg.dirs[0].display())),
+        "{doctor}"
+    );
+    // The sandbox's cgroup, seen from the host while it sleeps: under the delegated one,
+    // with the limits written.
+    let token = unique_token();
+    let sleep = format!("60.{token}");
+    let running = rl
+        .delegated(
+            &dg,
+            &[
+                "run",
+                "--no-network",
+                "-D",
+                "-t",
+                "60",
+                "--memory",
+                "64M",
+                "--pids",
+                "20",
+                "--",
+                "sleep",
+                &sleep,
+            ],
+        )
+        .spawn();
+    wait_until(Duration::from_secs(20), "the sandbox runs", || {
+        !sleepers(&token).is_empty()
+    });
+    let pid = sleepers(&token)[0];
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for (c, file, want) in [
+        ("memory", "memory.limit_in_bytes", (64u64 << 20).to_string()),
+        ("pids", "pids.max", "21".to_string()),
+    ] {
+        let path = cgroups
+            .lines()
+            .find_map(|l| l.split_once(&format!(":{c}:")).map(|(_, p)| p.to_string()))
+            .unwrap_or_else(|| panic!("{c} in {cgroups}"));
+        let dir = PathBuf::from(format!("/sys/fs/cgroup/{c}{path}"));
+        let delegated = dg
+            .dirs
+            .iter()
+            .find(|d| d.starts_with(format!("/sys/fs/cgroup/{c}")));
+        assert!(
+            dir.starts_with(delegated.unwrap().join("contree")),
+            "{} is not under the delegated cgroup",
+            dir.display()
+        );
+        let value = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert_eq!(value.trim(), want, "{}", dir.join(file).display());
+    }
+    for pid in sleepers(&token) {
+        let _ = nix_kill(pid);
+    }
+    let _ = running.wait();
+    // Past the memory limit: killed as out of memory, as root mode says it.
+    rl.delegated(
+        &dg,
+        &[
+            "run",
+            "--no-network",
+            "-t",
+            "60",
+            "--memory",
+            "64M",
+            "--",
+            "perl",
+            "-e",
+            "$x = 'a' x (3 * 2**30); print length($x), qq(\\n)",
+        ],
+    )
+    .output()
+    .code(137)
+    .stdout_lacks("3221225472")
+    .stderr_contains("killed: out of memory (limit 64 MiB)");
+    let shown = rl.show_last();
+    assert_eq!(shown["exit_code"], 137);
+    assert_eq!(shown["result"]["state"]["oom"], true);
+    let peak = shown["consumed_memory"].as_u64().expect("consumed_memory");
+    assert!(peak <= 64 * 1024, "peak {peak} KiB");
+    // A fork bomb stops at the pids limit.
+    let token = unique_token();
+    let out = rl
+        .delegated(
+            &dg,
+            &[
+                "run",
+                "--no-network",
+                "-D",
+                "-t",
+                "60",
+                "--pids",
+                "20",
+                "--",
+                "perl",
+                "-e",
+                &fork_loop(&token),
+            ],
+        )
+        .output()
+        .success();
+    let text = out.stdout_text();
+    let num = |key: &str| -> u64 {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {text:?}"))
+    };
+    assert!(num("made=") <= 19, "{text}");
+    assert!(num("failed=") >= 2000 - 19, "{text}");
+    let limits = &rl.show_last()["result"]["limits"];
+    assert_eq!(limits["max_pids"], 20);
+    assert!(limits["forks_refused"].as_u64().unwrap() > 0, "{limits}");
+    assert!(
+        sleepers(&token).is_empty(),
+        "sandboxed sleepers outlived the run"
+    );
+    // No cpu hierarchy was delegated: a CPU limit is still refused.
+    rl.delegated(&dg, &["run", "--no-network", "--cpus", "1", "--", "true"])
+        .output()
+        .code(78)
+        .stderr_contains("a cpus limit needs a cgroup");
+}
+
+#[test]
+fn rootless_limits_hold_in_delegated_cgroups_with_its_own_id() {
+    limits_through_delegated_cgroups(OWN, false);
+}
+
+#[test]
+fn rootless_limits_hold_in_delegated_cgroups_with_subordinate_ids() {
+    limits_through_delegated_cgroups(SUB, true);
+}
+
 /// The escape probes of the containment work that apply rootless: the sandbox's processes
 /// are the user's on the host, and they cannot mount, write kernel knobs or see the store.
 #[test]

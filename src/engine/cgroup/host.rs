@@ -14,6 +14,9 @@ const WANTED: [&str; 4] = ["memory", "pids", "cpu", "cpuacct"];
 #[derive(Debug, Clone)]
 pub(super) struct Hierarchy {
     pub(super) mount: PathBuf,
+    /// Where `contree/` goes: the mount for root; rootless, a cgroup delegated to the user
+    /// (see `delegated`).
+    pub(super) base: PathBuf,
     pub(super) v2: bool,
     pub(super) controllers: Vec<&'static str>,
 }
@@ -46,6 +49,7 @@ impl Host {
                 .filter(|c| offered.split_whitespace().any(|o| o == *c))
                 .collect();
             Hierarchy {
+                base: mount.clone(),
                 mount,
                 v2: true,
                 controllers,
@@ -78,6 +82,7 @@ impl Host {
                         .collect();
                     if !controllers.is_empty() {
                         hierarchies.push(Hierarchy {
+                            base: path.clone(),
                             mount: path,
                             v2: false,
                             controllers,
@@ -112,6 +117,7 @@ impl Host {
                         .filter(|c| offered.split_whitespace().any(|o| o == *c))
                         .collect();
                     hierarchies.push(Hierarchy {
+                        base: mount.clone(),
                         mount,
                         v2: true,
                         controllers,
@@ -131,6 +137,7 @@ impl Host {
                     });
                     if !controllers.is_empty() && !taken {
                         hierarchies.push(Hierarchy {
+                            base: mount.clone(),
                             mount,
                             v2: false,
                             controllers,
@@ -143,6 +150,44 @@ impl Host {
         // v2 first: a controller enabled there is not in any v1 hierarchy.
         hierarchies.sort_by_key(|h| !h.v2);
         Host { hierarchies }
+    }
+
+    /// The hierarchies contree may use as this process: all of them as root; rootless,
+    /// only those delegated to the user (`delegated`), under the delegated cgroup.
+    pub fn usable() -> Host {
+        let host = Host::detect();
+        if crate::rootless::active() {
+            host.delegated()
+        } else {
+            host
+        }
+    }
+
+    /// The hierarchies where this process's own cgroup (`/proc/self/cgroup`), or for v2
+    /// its parent, was delegated to the user: a directory it may write, whose
+    /// `cgroup.procs` (and on v2 `cgroup.subtree_control`) it may write too. Writability
+    /// is asked of access(2): inside the user namespace the user's files look like root's.
+    /// A child made there is the user's too (the kernel gives it its maker's ids), so its
+    /// limit files are writable.
+    pub fn delegated(&self) -> Host {
+        let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let writable = |p: &Path| {
+            use nix::unistd::{access, AccessFlags};
+            access(p, AccessFlags::W_OK).is_ok()
+        };
+        let read = |p: &Path| fs::read_to_string(p).ok();
+        Host {
+            hierarchies: self
+                .hierarchies
+                .iter()
+                .filter_map(|h| delegate(h, &own, &writable, &read))
+                .collect(),
+        }
+    }
+
+    /// Whether a limit through `controller` can be enforced.
+    pub fn carries(&self, controller: &str) -> bool {
+        self.carrier(controller).is_some()
     }
 
     pub(super) fn v2(&self) -> Option<&Hierarchy> {
@@ -168,7 +213,7 @@ impl Host {
             .map(|c| {
                 let at = self
                     .carrier(c)
-                    .map(|h| format!("{} {}", if h.v2 { "v2" } else { "v1" }, h.mount.display()));
+                    .map(|h| format!("{} {}", if h.v2 { "v2" } else { "v1" }, h.base.display()));
                 (c, at)
             })
             .collect()
@@ -187,8 +232,82 @@ impl Host {
 
     /// The roots of every hierarchy (where `contree/` lives).
     pub(super) fn roots(&self) -> impl Iterator<Item = PathBuf> + '_ {
-        self.hierarchies.iter().map(|h| h.mount.join(PARENT))
+        self.hierarchies.iter().map(|h| h.base.join(PARENT))
     }
+}
+
+/// `h` with `base` at the cgroup delegated to this process, if there is one (see
+/// `Host::delegated`); `own` is `/proc/self/cgroup`.
+fn delegate(
+    h: &Hierarchy,
+    own: &str,
+    writable: &dyn Fn(&Path) -> bool,
+    read: &dyn Fn(&Path) -> Option<String>,
+) -> Option<Hierarchy> {
+    let path = own.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let ours = if h.v2 {
+            controllers.is_empty()
+        } else {
+            controllers.split(',').any(|c| h.controllers.contains(&c))
+        };
+        ours.then(|| path.trim_start_matches('/').to_string())
+    })?;
+    // A cgroup namespace's view (`/..`) is not a place under this mount.
+    if path.split('/').any(|c| c == "..") {
+        return None;
+    }
+    let dir = h.mount.join(&path);
+    let usable = |dir: &Path, files: &[&str]| {
+        dir != h.mount && writable(dir) && files.iter().all(|f| writable(&dir.join(f)))
+    };
+    if !h.v2 {
+        return usable(&dir, &["cgroup.procs", "tasks"]).then(|| Hierarchy {
+            mount: h.mount.clone(),
+            base: dir,
+            v2: false,
+            controllers: h.controllers.clone(),
+        });
+    }
+    // v2 lets a cgroup enable controllers for its children only while it holds no process,
+    // and contree is in its own: there only what is enabled already; else its parent
+    // (systemd keeps processes out of inner nodes), where contree/ is a sibling of its own.
+    let listed = |dir: &Path, file: &str| -> Vec<String> {
+        read(&dir.join(file))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let wanted = |names: &[String]| -> Vec<&'static str> {
+        h.controllers
+            .iter()
+            .copied()
+            .filter(|c| names.iter().any(|n| n == c))
+            .collect()
+    };
+    let files = ["cgroup.procs", "cgroup.subtree_control"];
+    let here = wanted(&listed(&dir, "cgroup.subtree_control"));
+    let parent = dir.parent().map(Path::to_path_buf);
+    let (base, controllers) = match parent {
+        Some(p) if here.is_empty() && usable(&p, &files) => {
+            let mut names = listed(&p, "cgroup.subtree_control");
+            if listed(&p, "cgroup.procs").is_empty() {
+                names.extend(listed(&p, "cgroup.controllers"));
+            }
+            let c = wanted(&names);
+            (p, c)
+        }
+        _ if usable(&dir, &files) => (dir, here),
+        _ => return None,
+    };
+    Some(Hierarchy {
+        mount: h.mount.clone(),
+        base,
+        v2: true,
+        controllers,
+    })
 }
 
 /// Mount paths in /proc/mounts escape spaces and the like as `\040`.
@@ -238,6 +357,48 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
             host.summary()[0].1.as_deref(),
             Some("v1 /sys/fs/cgroup/memory")
         );
+    }
+
+    #[test]
+    fn rootless_uses_only_the_cgroups_delegated_to_it() {
+        let host = Host::from_mounts(HYBRID, |_| Some("hugetlb\n".into()));
+        let own = "4:memory:/box\n8:pids:/\n1:cpu:/box\n0::/\n";
+        let mine = |p: &Path| p.starts_with("/sys/fs/cgroup/memory/box");
+        let used: Vec<_> = host
+            .hierarchies
+            .iter()
+            .filter_map(|h| delegate(h, own, &mine, &|_| None))
+            .collect();
+        assert_eq!(used.len(), 1);
+        assert_eq!(used[0].base, Path::new("/sys/fs/cgroup/memory/box"));
+        assert_eq!(used[0].controllers, ["memory"]);
+    }
+
+    #[test]
+    fn on_v2_the_run_goes_beside_contrees_own_cgroup() {
+        let h = Hierarchy {
+            mount: "/sys/fs/cgroup".into(),
+            base: "/sys/fs/cgroup".into(),
+            v2: true,
+            controllers: vec!["memory", "pids", "cpu"],
+        };
+        let own = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope\n";
+        let app =
+            Path::new("/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice");
+        let read = |p: &Path| -> Option<String> {
+            let name = p.file_name()?.to_str()?;
+            match (p.parent()? == app, name) {
+                (true, "cgroup.subtree_control") => Some("memory pids\n".into()),
+                (true, "cgroup.procs") => Some(String::new()),
+                (true, "cgroup.controllers") => Some("cpu memory pids\n".into()),
+                _ => Some(String::new()),
+            }
+        };
+        let d = delegate(&h, own, &|p: &Path| p.starts_with(app), &read).unwrap();
+        assert_eq!(d.base, app);
+        assert_eq!(d.controllers, ["memory", "pids", "cpu"]);
+        // Nothing the user may write: nothing delegated.
+        assert!(delegate(&h, own, &|_: &Path| false, &read).is_none());
     }
 
     #[test]

@@ -9,16 +9,18 @@ use std::path::PathBuf;
 /// runs left behind (removed with `--repair`).
 pub fn doctor(engine: &LocalEngine, repair: bool) -> Vec<crate::backend::Finding> {
     use crate::backend::Finding;
-    let host = cgroup::Host::detect();
+    let host = cgroup::Host::usable();
     let mut out = Vec::new();
     if crate::rootless::active() {
         out.push(Finding {
             check: "cgroups",
-            detail: "rootless: contree does not use a delegated cgroup, so memory, pids and CPU limits are unavailable: runs have none, and `run --memory/--pids/--cpus` fails (exit 78)".into(),
+            detail: rootless_detail(&host),
             ..Default::default()
         });
-        out.extend(doctor_layer());
-        return out;
+        if host.version() == "none" {
+            out.extend(doctor_layer());
+            return out;
+        }
     }
     let places = host.summary();
     let mut at = Vec::new();
@@ -46,11 +48,13 @@ pub fn doctor(engine: &LocalEngine, repair: bool) -> Vec<crate::backend::Finding
             missing.join(", ")
         ));
     }
-    out.push(Finding {
-        check: "cgroups",
-        detail,
-        ..Default::default()
-    });
+    if !crate::rootless::active() {
+        out.push(Finding {
+            check: "cgroups",
+            detail,
+            ..Default::default()
+        });
+    }
     let mut f = Finding {
         check: "limits",
         ..Default::default()
@@ -116,6 +120,46 @@ pub fn doctor(engine: &LocalEngine, repair: bool) -> Vec<crate::backend::Finding
     }
     out.push(f);
     out
+}
+
+/// Rootless: which cgroups were delegated to the user and the limits they carry, or that
+/// there are none (and so no limits).
+fn rootless_detail(host: &cgroup::Host) -> String {
+    let places = host.summary();
+    let at: Vec<String> = places
+        .iter()
+        .filter_map(|(c, place)| Some(format!("{c} {}", place.as_ref()?)))
+        .collect();
+    let missing: Vec<&str> = places
+        .iter()
+        .filter(|(_, place)| place.is_none())
+        .map(|(c, _)| *c)
+        .collect();
+    if at.is_empty() {
+        return "rootless: no cgroup delegated to this user carries a memory, pids or cpu controller, so those limits are unavailable: runs have none, and `run --memory/--pids/--cpus` fails (exit 78)".into();
+    }
+    let mut detail = format!(
+        "rootless: delegated cgroups, limits through {}",
+        at.join(", ")
+    );
+    if !missing.is_empty() {
+        let flags: Vec<String> = missing
+            .iter()
+            .map(|c| {
+                if *c == "cpu" {
+                    "--cpus".to_string()
+                } else {
+                    format!("--{c}")
+                }
+            })
+            .collect();
+        detail.push_str(&format!(
+            "; no delegated {} controller: `run {}` fails (exit 78)",
+            missing.join(", "),
+            flags.join("/")
+        ));
+    }
+    detail
 }
 
 /// The line about the writable layer's limit, which works the same rootless.

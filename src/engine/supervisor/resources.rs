@@ -89,11 +89,13 @@ impl Run {
     /// Creates the run's cgroup; returns how the init gets into it. A host without the
     /// controllers runs the sandbox without those limits, and the exit event says so.
     pub(super) fn enter_cgroup(&mut self) -> Option<Placement> {
-        // Rootless: no cgroup this user may write, and no limit asked (`run_limits`).
-        if crate::rootless::active() {
+        // Rootless, only under a delegated cgroup; none, and no limit was asked
+        // (`run_limits`): the run goes without one.
+        let host = Host::usable();
+        if crate::rootless::active() && host.version() == "none" {
             return None;
         }
-        let made = Host::detect().create(&self.job.op, &self.job.limits);
+        let made = host.create(&self.job.op, &self.job.limits);
         crate::log::trace("cgroup made");
         match made {
             Ok(mut cg) => {
