@@ -23,12 +23,8 @@ CACHED_RUNS=${CACHED_RUNS:-10}
 
 say() { printf '\n=== %s\n' "$*"; }
 
-base=${CONTREE_BENCH_DIR:-/var/tmp}
-case "$(stat -f -c %T "$base" 2>/dev/null || echo unknown)" in
-    tmpfs | ramfs) base=$ROOT/target ;;
-esac
-WORK=$(mktemp -d "$base/contree-build-bench.XXXXXX")
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_workdir contree-build-bench
 trap 'remove_dir "$WORK"' EXIT
 # A private copy: a rebuild of target/release mid-benchmark must not swap the binary
 # under a running supervisor.

@@ -45,30 +45,15 @@ HF=(hyperfine)
 [ -t 1 ] || HF+=(--style basic)
 
 # ---------------------------------------------------------------- scratch space
-base=${CONTREE_BENCH_DIR:-/var/tmp}
-case "$(stat -f -c %T "$base" 2>/dev/null || echo unknown)" in
-    tmpfs | ramfs) base=$ROOT/target ;;
-esac
-mkdir -p "$base"
-WORK=$(mktemp -d "$base/contree-hooks-bench.XXXXXX")
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_workdir contree-hooks-bench
 trap 'remove_dir "$WORK"' EXIT
 
 say "machine: $(date -u '+%Y-%m-%d %H:%M UTC'); nproc $(nproc); kernel $(uname -r); CPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 echo "uptime before: $(uptime)"
 echo "scratch: $WORK ($(stat -f -c %T "$WORK"))"
 
-# A private copy: a rebuild of target/ mid-benchmark must not swap the binary under a
-# running supervisor (it re-executes current_exe()).
-C=$WORK/contree
-if [ -n "${CONTREE_BIN:-}" ]; then
-    cp "$CONTREE_BIN" "$C"
-else
-    say "cargo build --release"
-    cargo build --release
-    cp target/release/contree "$C"
-fi
-"$C" --version
+bench_binary "${CONTREE_BIN:-}"
 
 export CONTREE_HOME=$WORK/home
 export CONTREE_SESSION=bench

@@ -24,29 +24,14 @@ RUNS=${RUNS:-7}
 
 say() { printf '\n=== %s\n' "$*"; }
 
-base=${CONTREE_BENCH_DIR:-/var/tmp}
-case "$(stat -f -c %T "$base" 2>/dev/null || echo unknown)" in
-    tmpfs | ramfs) base=$ROOT/target ;;
-esac
-mkdir -p "$base"
-WORK=$(mktemp -d "$base/contree-output-bench.XXXXXX")
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_workdir contree-output-bench
 trap 'remove_dir "$WORK"' EXIT
 
 say "machine: $(date -u '+%Y-%m-%d %H:%M UTC'); nproc $(nproc); kernel $(uname -r)"
 echo "uptime before: $(uptime)"
 
-# A private copy: a rebuild of target/ mid-benchmark must not swap the binary under a
-# running supervisor.
-C=$WORK/contree
-if [ -n "${CONTREE_BIN:-}" ]; then
-    cp "$CONTREE_BIN" "$C"
-else
-    say "cargo build --release"
-    cargo build --release
-    cp target/release/contree "$C"
-fi
-"$C" --version
+bench_binary "${CONTREE_BIN:-}"
 export CONTREE_HOME=$WORK/home
 export CONTREE_SESSION=bench
 "$C" use host >/dev/null

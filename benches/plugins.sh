@@ -37,13 +37,8 @@ fi
 HF=(hyperfine -N)
 [ -t 1 ] || HF+=(--style basic)
 
-base=${CONTREE_BENCH_DIR:-/var/tmp}
-case "$(stat -f -c %T "$base" 2>/dev/null || echo unknown)" in
-    tmpfs | ramfs) base=$ROOT/target ;;
-esac
-mkdir -p "$base"
-WORK=$(mktemp -d "$base/contree-plugin-bench.XXXXXX")
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_workdir contree-plugin-bench
 trap 'remove_dir "$WORK"' EXIT
 
 load1() { cut -d' ' -f1 /proc/loadavg; }

@@ -51,13 +51,8 @@ HF=(hyperfine -N)
 [ -t 1 ] || HF+=(--style basic)
 
 # ---------------------------------------------------------------- scratch space
-base=${CONTREE_BENCH_DIR:-/var/tmp}
-case "$(stat -f -c %T "$base" 2>/dev/null || echo unknown)" in
-    tmpfs | ramfs) base=$ROOT/target ;;
-esac
-mkdir -p "$base"
-WORK=$(mktemp -d "$base/contree-bench.XXXXXX")
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_workdir contree-bench
 cleanup() {
     # Attachment runs leave ~10,000 blobs per home; deleting them takes a few seconds.
     remove_dir "$WORK" ${RL_CLEAN:+"$RL_CLEAN"}
@@ -73,17 +68,7 @@ echo "uptime before: $(uptime)"
 echo "scratch: $WORK ($(stat -f -c %T "$WORK"))"
 
 # ---------------------------------------------------------------- build
-# Run a private copy: other work rebuilding target/release/contree mid-benchmark would
-# otherwise swap the binary under a running supervisor (it re-executes current_exe()).
-C=$WORK/contree
-if [ -n "${BENCH_BIN:-}" ]; then
-    cp "$BENCH_BIN" "$C"
-else
-    say "cargo build --release"
-    cargo build --release
-    cp target/release/contree "$C"
-fi
-"$C" --version
+bench_binary "${BENCH_BIN:-}"
 # Benchmark 1b runs the copy as an ordinary user: the scratch dir must be searchable.
 chmod 711 "$WORK"
 

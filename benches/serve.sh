@@ -39,11 +39,9 @@ fi
 HF=(hyperfine --warmup 3 --runs "$RUNS")
 [ -t 1 ] || HF+=(--style basic)
 
-base=${CONTREE_BENCH_DIR:-/var/tmp}
-mkdir -p "$base"
-WORK=$(mktemp -d "$base/contree-serve-bench.XXXXXX")
-SERVER_PID=
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_workdir contree-serve-bench
+SERVER_PID=
 cleanup() {
     [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
     remove_dir "$WORK"
@@ -53,16 +51,7 @@ trap cleanup EXIT
 say "machine: $(date -u '+%Y-%m-%d %H:%M UTC'); nproc $(nproc); kernel $(uname -r); CPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 echo "uptime before: $(uptime)"
 
-# A private copy: a rebuild of target/ must not swap the binary under running supervisors.
-C=$WORK/contree
-if [ -n "${CONTREE_BIN:-}" ]; then
-    cp "$CONTREE_BIN" "$C"
-else
-    say "cargo build --release"
-    cargo build --release
-    cp target/release/contree "$C"
-fi
-"$C" --version
+bench_binary "${CONTREE_BIN:-}"
 
 # The server, on its own data dir, with one token.
 TOKEN=bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
