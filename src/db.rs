@@ -104,9 +104,21 @@ impl Drop for CliDb {
 /// Opens (creating) a database. Setting up a brand-new file takes locks that the busy
 /// handler does not always wait for, so two processes creating it at once are retried.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+    open_with(path, rusqlite::OpenFlags::default())
+}
+
+/// Opens a database that exists, and fails rather than create one.
+pub fn open_existing(path: &Path) -> rusqlite::Result<Connection> {
+    open_with(
+        path,
+        rusqlite::OpenFlags::default() - rusqlite::OpenFlags::SQLITE_OPEN_CREATE,
+    )
+}
+
+fn open_with(path: &Path, flags: rusqlite::OpenFlags) -> rusqlite::Result<Connection> {
     let deadline = std::time::Instant::now() + busy_timeout();
     loop {
-        match open_once(path) {
+        match open_once(path, flags) {
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if matches!(
                     e.code,
@@ -120,8 +132,8 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     }
 }
 
-fn open_once(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
+fn open_once(path: &Path, flags: rusqlite::OpenFlags) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags)?;
     // Set before switching to WAL, which itself needs a lock another process may hold.
     conn.busy_handler(Some(wait_for_lock))?;
     conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;

@@ -247,6 +247,24 @@ CREATE INDEX IF NOT EXISTS operations_status ON operations(status);
 ";
 
 impl Store {
+    /// Opens the store at `root` as it is, creating nothing: for a run's upkeep, which
+    /// must not bring back a store its user removed meanwhile (the run's CLI opened it, so
+    /// its schema is current).
+    pub fn reopen(root: &Path) -> Result<Store> {
+        let conn = crate::db::open_existing(&root.join("contree.db"))?;
+        Ok(Store::with_conn(root, conn))
+    }
+
+    fn with_conn(root: &Path, conn: Connection) -> Store {
+        Store {
+            root: root.to_path_buf(),
+            layout: Layout {
+                root: root.to_path_buf(),
+            },
+            conn: ReentrantMutex::new(RefCell::new(Some(conn))),
+        }
+    }
+
     /// Opens the store at `root`, creating its directories, schema and the `host` image.
     pub fn open(root: &Path) -> Result<Store> {
         let db = root.join("contree.db");
@@ -257,13 +275,7 @@ impl Store {
         check_mode(root, &db)?;
         let conn = crate::db::open(&db)?;
         crate::log::trace("db open");
-        let store = Store {
-            root: root.to_path_buf(),
-            layout: Layout {
-                root: root.to_path_buf(),
-            },
-            conn: ReentrantMutex::new(RefCell::new(Some(conn))),
-        };
+        let store = Store::with_conn(root, conn);
         // One cheap read on the common path; the full set-up only for a new store.
         let version: i64 = store
             .conn()?

@@ -100,9 +100,10 @@ impl LocalEngine {
     }
 
     /// This engine with a store connection of its own, for a forked supervisor: SQLite's
-    /// connections must not cross a fork (the copy's view of its locks is the parent's).
+    /// connections must not cross a fork (the copy's view of its locks is the parent's). It
+    /// creates nothing: a store removed since the run (its data dir deleted) stays gone.
     pub(super) fn reopened(&self) -> Result<LocalEngine, BackendError> {
-        let store = super::store::Store::open(&self.store.root)?;
+        let store = super::store::Store::reopen(&self.store.root)?;
         let mut engine = LocalEngine::with_store(store, &self.data_dir, &self.config_dir);
         engine.private = self.private.clone();
         engine.keeper = self.keeper.clone();

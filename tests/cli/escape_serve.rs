@@ -727,7 +727,8 @@ fn store_with_a_setuid_file(env: &Env, home: &Path) -> Vec<PathBuf> {
         "cp /bin/true /suid && chmod 4755 /suid",
     ])
     .success();
-    // Its supervisor's upkeep opens the store (tightening it) after the CLI is gone.
+    // Its supervisor goes on after the CLI (its upkeep, its scratch dir given back): the
+    // modes are changed below once it is done.
     crate::harness::wait_until(
         std::time::Duration::from_secs(20),
         "the run's supervisor to finish",
