@@ -154,9 +154,19 @@ fn cgroups_of(op: &str) -> Vec<PathBuf> {
     found
 }
 
+/// `fork_loop`'s report: how many forks worked and how many failed.
+pub(crate) fn forks(text: &str) -> (u64, u64) {
+    let num = |key: &str| -> u64 {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {text:?}"))
+    };
+    (num("made="), num("failed="))
+}
+
 /// A fork loop bounded at 2,000 children, each exec'ing `sleep 60.TOKEN`: prints how many
-/// forks worked and how many failed.
-fn fork_loop(token: &str) -> String {
+/// forks worked and how many failed (see `forks`).
+pub(crate) fn fork_loop(token: &str) -> String {
     format!(
         "my ($ok, $failed) = (0, 0); for (1 .. 2000) {{ my $p = fork; \
          if (!defined $p) {{ $failed++ }} elsif ($p == 0) {{ exec 'sleep', '60.{token}'; exit 1 }} \
@@ -186,14 +196,10 @@ fn a_fork_bomb_stops_at_the_pids_limit_and_the_host_is_fine_afterwards() {
         ])
         .success();
     let text = out.stdout_text();
-    let num = |key: &str| -> u64 {
-        text.split_whitespace()
-            .find_map(|w| w.strip_prefix(key)?.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in {text:?}"))
-    };
+    let (made, failed) = forks(&text);
     // The command itself is one of the 64: at most 63 children, and the rest refused.
-    assert!(num("made=") <= 63, "{text}");
-    assert!(num("failed=") >= 2000 - 63, "{text}");
+    assert!(made <= 63, "{text}");
+    assert!(failed >= 2000 - 63, "{text}");
     let op = env.last_op();
     let limits = &show(&env, &op)["result"]["limits"];
     assert_eq!(limits["max_pids"], 64);

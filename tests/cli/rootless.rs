@@ -616,16 +616,6 @@ impl Rl {
     }
 }
 
-/// A fork loop bounded at 2,000 children, each exec'ing `sleep 60.TOKEN` (as the root-mode
-/// fork bomb of escape_limits): prints how many forks worked and how many failed.
-fn fork_loop(token: &str) -> String {
-    format!(
-        "my ($ok, $failed) = (0, 0); for (1 .. 2000) {{ my $p = fork; \
-         if (!defined $p) {{ $failed++ }} elsif ($p == 0) {{ exec 'sleep', '60.{token}'; exit 1 }} \
-         else {{ $ok++ }} }} print \"made=$ok failed=$failed\\n\""
-    )
-}
-
 /// Limits through delegated cgroups: the run's cgroup is made under them, holds the
 /// limits, and they hold (the OOM kill and the fork bomb as root mode reports them).
 fn limits_through_delegated_cgroups(name: &str, subids: bool) {
@@ -740,19 +730,15 @@ fn limits_through_delegated_cgroups(name: &str, subids: bool) {
                 "--",
                 "perl",
                 "-e",
-                &fork_loop(&token),
+                &crate::escape_limits::fork_loop(&token),
             ],
         )
         .output()
         .success();
     let text = out.stdout_text();
-    let num = |key: &str| -> u64 {
-        text.split_whitespace()
-            .find_map(|w| w.strip_prefix(key)?.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in {text:?}"))
-    };
-    assert!(num("made=") <= 19, "{text}");
-    assert!(num("failed=") >= 2000 - 19, "{text}");
+    let (made, failed) = crate::escape_limits::forks(&text);
+    assert!(made <= 19, "{text}");
+    assert!(failed >= 2000 - 19, "{text}");
     let limits = &rl.show_last()["result"]["limits"];
     assert_eq!(limits["max_pids"], 20);
     assert!(limits["forks_refused"].as_u64().unwrap() > 0, "{limits}");
