@@ -75,18 +75,16 @@ impl Budget {
         }
     }
 
-    /// How the budget reads in a report: `20.0 GB` or `10% of 200.0 GB = 20.0 GB`.
-    pub fn describe(self, root: &Path) -> String {
-        let human = |n: u64| crate::format::human(n as f64);
-        match (self, self.bytes(root)) {
-            (Budget::None, _) => "none".into(),
-            (Budget::Share(share), Some(bytes)) => format!(
-                "{}% of the filesystem: {}",
-                (share * 1000.0).round() / 10.0,
-                human(bytes)
+    /// How the budget, `bytes` here (see `bytes`), reads in a report: `20.0 GiB` or
+    /// `10% of the filesystem: 20.0 GiB`.
+    pub fn describe(self, bytes: u64) -> String {
+        let human = crate::format::human(bytes as f64);
+        match self {
+            Budget::Share(share) => format!(
+                "{}% of the filesystem: {human}",
+                (share * 1000.0).round() / 10.0
             ),
-            (_, Some(bytes)) => human(bytes),
-            (_, None) => "unknown".into(),
+            _ => human,
         }
     }
 }
@@ -166,7 +164,7 @@ impl LocalEngine {
         let Some(limit) = budget.bytes(&self.store.root) else {
             return;
         };
-        let used = self.usage().total();
+        let used: u64 = self.sizes().iter().map(|(_, bytes)| bytes).sum();
         if used <= limit || self.served() {
             return;
         }
@@ -228,7 +226,7 @@ mod tests {
         assert_eq!(Budget::None.bytes(tmp.path()), None);
         assert_eq!(Budget::Bytes(7).bytes(tmp.path()), Some(7));
         assert!(Budget::Share(0.1)
-            .describe(tmp.path())
+            .describe(size / 10)
             .starts_with("10% of the filesystem: "));
     }
 }

@@ -29,9 +29,21 @@ impl LocalEngine {
     /// counts it once, under the kind seen first.
     pub fn usage(&self) -> Usage {
         let root = &self.store.root;
+        let budget = super::Budget::load(&self.config_dir)
+            .ok()
+            .and_then(|b| b.bytes(root).map(|bytes| (bytes, b.describe(bytes))));
+        Usage {
+            kinds: self.sizes(),
+            budget,
+        }
+    }
+
+    /// `usage`'s sizes alone, by kind (a walk of the store, no config read).
+    pub(super) fn sizes(&self) -> Vec<(&'static str, u64)> {
+        let root = &self.store.root;
         let mut seen = HashSet::new();
         let mut walk = |paths: &[&Path]| paths.iter().map(|p| du(p, &mut seen)).sum::<u64>();
-        let kinds = vec![
+        vec![
             ("layers", walk(&[&root.join("layers"), &root.join("base")])),
             ("blobs", walk(&[&root.join("blobs/sha256")])),
             ("blob variants", walk(&[&root.join("blobs/variants")])),
@@ -52,11 +64,7 @@ impl LocalEngine {
                     &self.data_dir.join("cache"),
                 ]),
             ),
-        ];
-        let budget = super::Budget::load(&self.config_dir)
-            .ok()
-            .and_then(|b| b.bytes(root).map(|bytes| (bytes, b.describe(root))));
-        Usage { kinds, budget }
+        ]
     }
 }
 
