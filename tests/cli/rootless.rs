@@ -145,9 +145,9 @@ impl Rl {
     }
 
     /// `contree ARGS…` as the user.
-    fn cmd<const N: usize>(&self, args: [&str; N]) -> Cmd {
+    fn cmd<'a>(&self, args: impl AsRef<[&'a str]>) -> Cmd {
         let env = Env::new();
-        let argv = self.argv(args);
+        let argv = self.argv(args.as_ref());
         let mut cmd = env.program(&argv[0]);
         for a in &argv[1..] {
             cmd = cmd.arg(a);
@@ -156,7 +156,7 @@ impl Rl {
     }
 
     /// The command line of `contree ARGS…` as the user (with `user_env`).
-    fn argv<const N: usize>(&self, args: [&str; N]) -> Vec<String> {
+    fn argv(&self, args: &[&str]) -> Vec<String> {
         let mut argv = vec![
             "setpriv".to_string(),
             format!("--reuid={}", self.user.uid),
@@ -178,8 +178,15 @@ impl Rl {
             .current_dir(self.work())
     }
 
-    fn run<const N: usize>(&self, args: [&str; N]) -> Output {
+    fn run<'a>(&self, args: impl AsRef<[&'a str]>) -> Output {
         self.cmd(args).output()
+    }
+
+    /// `contree run --no-network -D -- COMMAND…` as the user.
+    fn sandboxed(&self, command: &[&str]) -> Output {
+        let mut args = vec!["run", "--no-network", "-D", "--"];
+        args.extend_from_slice(command);
+        self.run(args)
     }
 
     /// Writes a file the user may read, in the work dir.
@@ -207,14 +214,7 @@ impl Drop for Rl {
 fn host_image_runs_and_snapshots(rl: &Rl) {
     rl.run(["use", "host"]).success();
     let maps = rl
-        .run([
-            "run",
-            "--no-network",
-            "-D",
-            "--",
-            "cat",
-            "/proc/self/uid_map",
-        ])
+        .sandboxed(&["cat", "/proc/self/uid_map"])
         .success()
         .stdout_text();
     let lines: Vec<Vec<u64>> = maps
@@ -236,74 +236,20 @@ fn host_image_runs_and_snapshots(rl: &Rl) {
     rl.run(["run", "--no-network", "--", "cat", "/root/f", "/etc/made"])
         .success()
         .stdout("kept\ne\n");
-    rl.run([
-        "run",
-        "--no-network",
-        "-D",
-        "--",
-        "sh",
-        "-c",
-        "echo gone > /root/g",
-    ])
-    .success();
+    rl.sandboxed(&["sh", "-c", "echo gone > /root/g"]).success();
     rl.run(["run", "--no-network", "--", "test", "!", "-e", "/root/g"])
         .success();
     // The host's system dirs show; secrets, home dirs and the data dir do not.
-    rl.run([
-        "run",
-        "--no-network",
-        "-D",
-        "--",
-        "test",
-        "-x",
-        "/usr/bin/env",
-    ])
-    .success();
-    rl.run([
-        "run",
-        "--no-network",
-        "-D",
-        "--",
-        "test",
-        "!",
-        "-e",
-        "/etc/shadow",
-    ])
-    .success();
-    rl.run([
-        "run",
-        "--no-network",
-        "-D",
-        "--",
-        "ls",
-        "-A",
-        "/home",
-        "/tmp",
-    ])
-    .success()
-    .stdout("/home:\n\n/tmp:\n");
+    rl.sandboxed(&["test", "-x", "/usr/bin/env"]).success();
+    rl.sandboxed(&["test", "!", "-e", "/etc/shadow"]).success();
+    rl.sandboxed(&["ls", "-A", "/home", "/tmp"])
+        .success()
+        .stdout("/home:\n\n/tmp:\n");
     let store = rl.store();
-    rl.run([
-        "run",
-        "--no-network",
-        "-D",
-        "--",
-        "test",
-        "!",
-        "-e",
-        store.to_str().unwrap(),
-    ])
-    .success();
+    rl.sandboxed(&["test", "!", "-e", store.to_str().unwrap()])
+        .success();
     // chown to another id: only with subordinate ids.
-    let chown = rl.run([
-        "run",
-        "--no-network",
-        "-D",
-        "--",
-        "chown",
-        "1000:1000",
-        "/root/f",
-    ]);
+    let chown = rl.sandboxed(&["chown", "1000:1000", "/root/f"]);
     if rl.user.subids {
         chown.success();
     } else {
@@ -382,7 +328,7 @@ fn rootless_files_stdin_timeout_and_network() {
         "30",
     ])
     .code(255);
-    rl.run(["run", "--no-network", "-D", "--", "ls", "/sys/class/net"])
+    rl.sandboxed(&["ls", "/sys/class/net"])
         .success()
         .stdout("lo\n");
     // Networking goes through pasta or slirp4netns, which open /dev/net/tun as the user.
@@ -433,7 +379,7 @@ fn rootless_networked_run_reaches_the_hosts_loopback_through_the_stack() {
     let script = format!(
         "ip -o -4 addr show scope global | grep -q inet && exec 3<>/dev/tcp/$(ip route show default | awk '{{print $3}}')/{port} && cat <&3"
     );
-    let argv = rl.argv(["run", "-D", "--", "timeout", "20", "bash", "-c", &script]);
+    let argv = rl.argv(&["run", "-D", "--", "timeout", "20", "bash", "-c", &script]);
     rl.user_env(net.command(&Env::new(), TUN_FOR_USERS, &argv))
         .output()
         .success()
@@ -464,16 +410,13 @@ fn rootless_imported_busybox_branches_and_rollback() {
     rl.run(["session", "branch", "keep"]).success();
     rl.run(["run", "--no-network", "--", "sh", "-c", "echo b > /b"])
         .success();
-    rl.run(["run", "--no-network", "-D", "--", "cat", "/a", "/b"])
+    rl.sandboxed(&["cat", "/a", "/b"])
         .success()
         .stdout("a\nb\n");
     rl.run(["session", "rollback"]).success();
-    rl.run(["run", "--no-network", "-D", "--", "test", "!", "-e", "/b"])
-        .success();
+    rl.sandboxed(&["test", "!", "-e", "/b"]).success();
     rl.run(["session", "checkout", "keep"]).success();
-    rl.run(["run", "--no-network", "-D", "--", "cat", "/a"])
-        .success()
-        .stdout("a\n");
+    rl.sandboxed(&["cat", "/a"]).success().stdout("a\n");
     // Detached, then waited for.
     let out = rl.run([
         "-o",
@@ -606,7 +549,7 @@ impl Rl {
     fn delegated(&self, dg: &Delegated, args: &[&str]) -> Cmd {
         let env = Env::new();
         let mut cmd = env.program("sh").arg("-c").arg(dg.script()).arg("sh");
-        for a in self.argv([]) {
+        for a in self.argv(&[]) {
             cmd = cmd.arg(a);
         }
         for a in args {
@@ -791,47 +734,20 @@ fn rootless_escape_probes() {
         let _ = nix_kill(pid);
     }
     let _ = running.wait();
-    rl.run([
-        "run",
-        "--no-network",
-        "-D",
-        "--",
-        "test",
-        "!",
-        "-w",
-        "/proc/sys/kernel/hostname",
-    ])
-    .success();
-    rl.run([
-        "run",
-        "--no-network",
-        "-D",
-        "--",
-        "mount",
-        "-t",
-        "tmpfs",
-        "x",
-        "/mnt",
-    ])
-    .check("mount refused", |o| o.status.code() != Some(0));
-    rl.run([
-        "run",
-        "--no-network",
-        "-D",
-        "--",
-        "sh",
-        "-c",
-        "grep CapEff /proc/self/status",
-    ])
-    .success()
-    .check("no CAP_SYS_ADMIN", |o| {
-        let mask = o
-            .stdout_text()
-            .split_whitespace()
-            .nth(1)
-            .map(|m| u64::from_str_radix(m, 16).unwrap_or(u64::MAX));
-        mask.is_some_and(|m| m & (1 << 21) == 0)
-    });
+    rl.sandboxed(&["test", "!", "-w", "/proc/sys/kernel/hostname"])
+        .success();
+    rl.sandboxed(&["mount", "-t", "tmpfs", "x", "/mnt"])
+        .check("mount refused", |o| o.status.code() != Some(0));
+    rl.sandboxed(&["sh", "-c", "grep CapEff /proc/self/status"])
+        .success()
+        .check("no CAP_SYS_ADMIN", |o| {
+            let mask = o
+                .stdout_text()
+                .split_whitespace()
+                .nth(1)
+                .map(|m| u64::from_str_radix(m, 16).unwrap_or(u64::MAX));
+            mask.is_some_and(|m| m & (1 << 21) == 0)
+        });
 }
 
 fn nix_kill(pid: i32) -> std::io::Result<()> {
