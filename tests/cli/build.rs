@@ -149,28 +149,30 @@ fn a_failing_run_stops_the_build_with_its_exit_code_and_names_the_step() {
 #[test]
 fn dockerfile_errors_name_the_line() {
     let Some(env) = busybox_env() else { return };
-    let df = env.write("Dockerfile.bad", "FROM bb\nFROBNICATE now\n");
-    build(
-        &env,
-        &[
-            "--dockerfile",
-            df.to_str().unwrap(),
-            env.work().to_str().unwrap(),
-        ],
-    )
-    .code(1)
-    .stderr_contains("line 2: unknown instruction 'FROBNICATE'");
-    let df = env.write("Dockerfile.src", "FROM bb\nCOPY missing.txt /x\n");
-    build(
-        &env,
-        &[
-            "--dockerfile",
-            df.to_str().unwrap(),
-            env.work().to_str().unwrap(),
-        ],
-    )
-    .code(1)
-    .stderr_contains("Step 2/2 (COPY missing.txt /x): 'missing.txt' in the build context");
+    for (name, text, error) in [
+        (
+            "Dockerfile.bad",
+            "FROM bb\nFROBNICATE now\n",
+            "line 2: unknown instruction 'FROBNICATE'",
+        ),
+        (
+            "Dockerfile.src",
+            "FROM bb\nCOPY missing.txt /x\n",
+            "Step 2/2 (COPY missing.txt /x): 'missing.txt' in the build context",
+        ),
+    ] {
+        let df = env.write(name, text);
+        build(
+            &env,
+            &[
+                "--dockerfile",
+                df.to_str().unwrap(),
+                env.work().to_str().unwrap(),
+            ],
+        )
+        .code(1)
+        .stderr_contains(error);
+    }
 }
 
 #[test]
